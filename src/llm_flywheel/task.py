@@ -1,0 +1,150 @@
+"""Task definitions: what the teacher is asked and what the student predicts.
+
+A task is a small TOML file so that a user can version it beside their data::
+
+    name = "fashion-mnist"
+    modality = "image"                 # image | text | tabular
+    instructions = "Classify the clothing item in this 28x28 grayscale photo."
+
+    [labels]
+    t_shirt_top = "T-shirt or top: short-sleeved upper-body garment"
+    trouser = "Trousers: two separate legs"
+
+    [prices]                           # optional, USD per 1M tokens, used when the provider reports no cost
+    input_per_mtok = 0.30
+    output_per_mtok = 2.50
+
+Label *names* are what the student predicts and what goes in the store; descriptions help the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+MODALITIES = ("image", "text", "tabular")
+_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+class TaskError(ValueError):
+    """A task file that cannot be used; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    modality: str
+    labels: tuple[str, ...]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    instructions: str = ""
+    input_per_mtok: float | None = None
+    output_per_mtok: float | None = None
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def index(self, label: str) -> int:
+        return self.labels.index(label)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Task":
+        d = json.loads(text)
+        d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, origin: str = "task") -> "Task":
+        unknown = set(d) - {"name", "modality", "instructions", "labels", "prices"}
+        if unknown:
+            raise TaskError(f"{origin}: unknown key(s) {sorted(unknown)}; allowed: name, modality, instructions, labels, prices")
+        for key in ("name", "modality", "labels"):
+            if key not in d:
+                raise TaskError(f"{origin}: missing required key {key!r}")
+        labels = d["labels"]
+        if isinstance(labels, list):
+            descriptions = {str(k): str(k).replace("_", " ") for k in labels}
+        elif isinstance(labels, dict):
+            descriptions = {str(k): str(v) for k, v in labels.items()}
+        else:
+            raise TaskError(f"{origin}: 'labels' must be a table of label = \"description\" or a list of names")
+        prices = d.get("prices", {}) or {}
+        if not isinstance(prices, dict) or set(prices) - {"input_per_mtok", "output_per_mtok"}:
+            raise TaskError(f"{origin}: [prices] takes input_per_mtok and output_per_mtok (USD per million tokens)")
+        try:
+            return cls(
+                name=str(d["name"]),
+                modality=str(d["modality"]),
+                labels=tuple(descriptions),
+                descriptions=descriptions,
+                instructions=str(d.get("instructions", "")),
+                input_per_mtok=_opt_float(prices.get("input_per_mtok")),
+                output_per_mtok=_opt_float(prices.get("output_per_mtok")),
+            )
+        except TaskError as e:
+            raise TaskError(f"{origin}: {e}") from None
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TaskError(f"price {v!r} is not a number") from None
+    if f < 0:
+        raise TaskError(f"price {v!r} is negative")
+    return f
+
+
+def _validate(t: Task) -> None:
+    if not t.name or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", t.name):
+        raise TaskError(f"name {t.name!r}: use letters, digits, '-', '_' or '.'")
+    if t.modality not in MODALITIES:
+        raise TaskError(f"modality {t.modality!r}: must be one of {', '.join(MODALITIES)}")
+    if len(t.labels) < 2:
+        raise TaskError(f"needs at least 2 labels, got {len(t.labels)}")
+    if len(set(t.labels)) != len(t.labels):
+        raise TaskError("labels must be unique")
+    for lab in t.labels:
+        if not _LABEL_RE.match(lab):
+            raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. 'sweet_pepper')")
+
+
+def load_task(path: str | Path) -> Task:
+    """Load and validate a task TOML file."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskError(f"task file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TaskError(f"{p}: not valid TOML: {e}") from None
+    return Task.from_dict(data, origin=str(p))
+
+
+def builtin_task(name: str) -> Task:
+    """Built-in tasks shipped in ``llm_flywheel/tasks/<name>.toml``."""
+    try:
+        text = resources.files("llm_flywheel").joinpath("tasks", f"{name}.toml").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TaskError(f"no built-in task {name!r}; built-ins: {', '.join(builtin_task_names())}") from None
+    return Task.from_dict(tomllib.loads(text), origin=f"built-in task {name}")
+
+
+def builtin_task_names() -> list[str]:
+    folder = resources.files("llm_flywheel").joinpath("tasks")
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
