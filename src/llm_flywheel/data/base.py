@@ -1,0 +1,192 @@
+"""Registering items in the store: the one path every dataset adapter goes through.
+
+Why one path: content hashing, blob storage, batching (a kill loses at most one batch and a re-run skips what
+is there), and the corrupt-file report are the same for every source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..task import Task
+from ..workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+BATCH = 2000
+
+
+@dataclass
+class Record:
+    """One item as a source yields it, before it is stored.
+
+    Exactly one of ``image`` (PNG/JPEG bytes, a PIL image or an HxW[xC] uint8 array), ``text`` or
+    ``features`` is set.  ``error`` marks a record the source could not read (it is reported, not stored).
+    """
+
+    source_ref: str
+    image: bytes | Image.Image | np.ndarray | None = None
+    text: str | None = None
+    features: list[float] | None = None
+    source_split: str | None = None
+    gold_label: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class ImportReport:
+    dataset: str
+    seen: int = 0
+    added: int = 0
+    already_present: int = 0
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def skip(self, ref: str, why: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_examples) < 5:
+            self.skipped_examples.append(f"{ref}: {why}")
+
+    def summary(self) -> str:
+        s = f"{self.dataset}: {self.added} added, {self.already_present} already present"
+        if self.skipped:
+            s += f", {self.skipped} unreadable skipped (first: {'; '.join(self.skipped_examples)})"
+        return s
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_png(image: Image.Image | np.ndarray) -> bytes:
+    """Lossless, deterministic PNG bytes (same pixels -> same hash)."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def _image_bytes(img: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:
+    """Validate and normalise an image to bytes + suffix.  Raises on anything undecodable."""
+    if isinstance(img, bytes):
+        with Image.open(io.BytesIO(img)) as im:
+            im.verify()  # catches truncated/corrupt files without a full decode
+        with Image.open(io.BytesIO(img)) as im:
+            im.load()
+            fmt = (im.format or "").upper()
+        if fmt == "PNG":
+            return img, ".png"
+        if fmt == "JPEG":
+            return img, ".jpg"
+        with Image.open(io.BytesIO(img)) as im:  # anything else is stored as PNG
+            return encode_png(im.convert("RGB") if im.mode not in ("L", "RGB") else im), ".png"
+    return encode_png(img), ".png"
+
+
+def register(
+    ws: Workspace,
+    task: Task,
+    records: Iterable[Record],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> ImportReport:
+    """Store ``records`` as items of dataset ``task.name``; idempotent, resumable, never crashes on bad input."""
+    report = ImportReport(task.name)
+    store = ws.store()
+    try:
+        store.put_dataset(task.name, task.to_json())
+        present = {r["source_ref"] for r in store.query("SELECT source_ref FROM items WHERE dataset=?", (task.name,))}
+        batch: list[dict[str, Any]] = []
+        for rec in _progress(records, total, f"importing {task.name}", progress):
+            report.seen += 1
+            if rec.source_ref in present:
+                report.already_present += 1
+                continue
+            row = _to_row(ws, task, rec, report)
+            if row is None:
+                continue
+            batch.append(row)
+            if len(batch) >= BATCH:
+                report.added += store.add_items(batch)
+                batch = []
+        if batch:
+            report.added += store.add_items(batch)
+    finally:
+        store.close()
+    if report.skipped:
+        log.warning(report.summary())
+    return report
+
+
+def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dict[str, Any] | None:
+    if rec.error:
+        report.skip(rec.source_ref, rec.error)
+        return None
+    if rec.gold_label is not None and rec.gold_label not in task.labels:
+        report.skip(rec.source_ref, f"label {rec.gold_label!r} is not one of the task's labels")
+        return None
+    row: dict[str, Any] = {
+        "dataset": task.name,
+        "source_ref": rec.source_ref,
+        "modality": task.modality,
+        "source_split": rec.source_split,
+        "gold_label": rec.gold_label,
+    }
+    if task.modality == "image":
+        if rec.image is None:
+            report.skip(rec.source_ref, "no image")
+            return None
+        try:
+            data, suffix = _image_bytes(rec.image)
+        except Exception as e:  # PIL raises many types for corrupt files
+            report.skip(rec.source_ref, f"unreadable image ({type(e).__name__}: {e})")
+            return None
+        h = sha256(data)
+        row.update(content_hash=h, blob_path=ws.put_blob(data, h, suffix))
+    elif task.modality == "text":
+        if rec.text is None or not rec.text.strip():
+            report.skip(rec.source_ref, "empty text")
+            return None
+        row.update(content_hash=sha256(rec.text.encode("utf-8")), text=rec.text)
+    else:
+        feats = rec.features
+        if feats is None or not all(np.isfinite(f) or np.isnan(f) for f in feats):
+            report.skip(rec.source_ref, "no features")
+            return None
+        fj = json.dumps([None if np.isnan(f) else float(f) for f in feats])
+        row.update(content_hash=sha256(fj.encode()), features_json=fj)
+    return row
+
+
+def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool) -> Iterator[Record]:
+    if not enabled:
+        yield from it
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        transient=False,
+    ) as p:
+        t = p.add_task(desc, total=total)
+        for rec in it:
+            yield rec
+            p.advance(t)
+
+
+def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:
+    """Open a stored image (already validated at import)."""
+    im = Image.open(ws.abspath(blob_path))
+    im.load()
+    return im.convert(mode) if mode and im.mode != mode else im
