@@ -50,6 +50,8 @@ class ImportReport:
     already_present: int = 0
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the adapter decided (columns used, ...)
+    splits: dict[str, int] = field(default_factory=dict)  # counts per split after the import
 
     def skip(self, ref: str, why: str) -> None:
         self.skipped += 1
@@ -60,6 +62,10 @@ class ImportReport:
         s = f"{self.dataset}: {self.added} added, {self.already_present} already present"
         if self.skipped:
             s += f", {self.skipped} unreadable skipped (first: {'; '.join(self.skipped_examples)})"
+        if self.splits:
+            s += "; splits: " + ", ".join(f"{k} {v:,}" for k, v in self.splits.items())
+        for note in self.notes:
+            s += f"; {note}"
         return s
 
 

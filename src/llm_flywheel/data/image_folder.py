@@ -1,0 +1,137 @@
+"""Images from a folder: one sub-folder per class (labelled) or a flat folder (unlabelled).
+
+Layouts understood::
+
+    photos/cat/1.jpg  photos/dog/2.png            labels from folder names (normalised to snake_case)
+    photos/train/cat/1.jpg  photos/test/cat/9.jpg  the same, with the source's own train/test split
+    photos/1.jpg  photos/2.png                     unlabelled: the teacher will label them (needs --task)
+
+Every file with an image extension is read; a file PIL cannot decode (truncated, zero bytes, a text file named
+.jpg) is counted and skipped by :func:`register`, never a crash.  Hidden files and other extensions are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from ..task import Task, TaskError, load_task
+from .base import Record
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+SOURCE_SPLITS = ("train", "test")
+
+
+def normalise_label(name: str) -> str:
+    """Folder names / label cells -> the task's label form: ``"Sweet Pepper"`` -> ``sweet_pepper``."""
+    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    return s
+
+
+def dataset_name(name: str) -> str:
+    """A usable dataset name from a folder or file name (``"My Photos"`` -> ``my-photos``)."""
+    s = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.strip()).strip("-._")
+    return s or "dataset"
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
+    """(file, source split, folder label) for every image file under ``root`` in a stable order."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS) and all(
+        any(c.is_dir() for c in d.iterdir()) for d in subdirs
+    )
+    out: list[tuple[Path, str | None, str | None]] = []
+    roots = [(d, d.name.lower()) for d in subdirs] if split_layout else [(root, None)]
+    for base, split in roots:
+        for p in sorted(base.iterdir()):
+            if not _visible(p):
+                continue
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                out.append((p, split, None))  # top-level file: unlabelled
+            elif p.is_dir():
+                out += [(f, split, p.name) for f in _images_under(p)]
+    return out
+
+
+def image_folder_source(
+    path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None
+) -> tuple[Task, Iterator[Record], int]:
+    """Task, records and count for an image folder.
+
+    With ``task`` (a TOML path or Task) the folder labels must be among its labels; without one, the task is
+    derived from the folder names (at least two classes).  ``name`` overrides the dataset name.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    files = scan(root)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+    raw_labels = sorted({lab for _, _, lab in files if lab is not None})
+    norm = {lab: normalise_label(lab) for lab in raw_labels}
+    bad = [lab for lab, n in norm.items() if not n]
+    if bad:
+        raise ValueError(f"class folder name(s) {bad} have no letters or digits; rename them")
+    clash: dict[str, list[str]] = {}
+    for lab, n in norm.items():
+        clash.setdefault(n, []).append(lab)
+    clashes = {n: labs for n, labs in clash.items() if len(labs) > 1}
+    if clashes:
+        raise ValueError(f"class folders {clashes} normalise to the same label; merge or rename them")
+
+    if task is not None:
+        t = task if isinstance(task, Task) else load_task(task)
+        if t.modality != "image":
+            raise TaskError(f"task {t.name!r} has modality {t.modality!r}; an image folder needs 'image'")
+        unknown = sorted(n for n in norm.values() if n not in t.labels)
+        if unknown:
+            raise TaskError(
+                f"folder label(s) {unknown} are not in task {t.name!r} (labels: {', '.join(t.labels)}); "
+                "rename the folders or add the labels to the task file"
+            )
+    else:
+        labels = sorted(set(norm.values()))
+        if len(labels) < 2:
+            raise TaskError(
+                f"{root} has {'no class sub-folders' if not labels else 'only one class folder ' + repr(labels[0])}; "
+                "pass --task FILE.toml naming the labels (an unlabelled folder is labelled by the teacher)"
+            )
+        t = Task(
+            name=dataset_name(name or root.name), modality="image", labels=tuple(labels),
+            descriptions={lab: lab.replace("_", " ") for lab in labels},
+            instructions="Classify the main object in this image.",
+        )
+    if name:
+        t = replace(t, name=dataset_name(name))
+
+    def gen() -> Iterator[Record]:
+        for f, split, lab in files:
+            ref = f.relative_to(root).as_posix()
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                yield Record(ref, error=f"cannot read ({type(e).__name__}: {e.strerror or e})", source_split=split)
+                continue
+            if not data:
+                yield Record(ref, error="empty file (0 bytes)", source_split=split)
+                continue
+            yield Record(ref, image=data, source_split=split, gold_label=norm[lab] if lab is not None else None)
+
+    return t, gen(), len(files)

@@ -1,0 +1,165 @@
+"""``add_dataset``: one entry point from an adapter name + options to items in the store with fixed splits.
+
+Why a registry: the CLI, the demo and tests all import data the same way, and every import ends the same way --
+items registered (idempotently), splits made once, and a ``dataset_import`` report kept with what was imported
+from where (and, for tables, the feature names a student needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..splits import SplitSpec, make_splits
+from ..task import Task
+from ..workspace import Workspace
+from .base import ImportReport, Record, register
+
+ADAPTERS: dict[str, str] = {
+    "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)",
+    "cifar5": "CIFAR-100 apple/mushroom/orange/pear/sweet_pepper, 2,500 train / 500 test 32x32 colour (the seed's task)",
+    "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
+    "text": "CSV/TSV/JSONL with a text column, optional label and split columns",
+    "tabular": "CSV/JSONL with numeric feature columns, optional label and split columns",
+}
+
+# which options each adapter takes (besides the split options, which all take)
+_OPTIONS: dict[str, set[str]] = {
+    "fashion-mnist": {"path", "limit"},
+    "cifar5": {"path", "limit"},
+    "image-folder": {"path", "task", "as_name"},
+    "text": {"path", "task", "as_name", "text_column", "label_column", "split_column"},
+    "tabular": {"path", "task", "as_name", "features", "label_column", "split_column"},
+}
+
+
+class DatasetError(ValueError):
+    """Bad adapter name or options; the message says what is allowed."""
+
+
+def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator[Record], int, dict[str, Any]]:
+    meta: dict[str, Any] = {}
+    if name == "fashion-mnist":
+        from .fashion_mnist import fashion_mnist_source
+
+        task, recs, total = fashion_mnist_source(o.get("path"), limit=o.get("limit"))
+    elif name == "cifar5":
+        from .cifar5 import cifar5_source
+
+        task, recs, total = cifar5_source(o.get("path"), download_root=ws.root / "downloads", limit=o.get("limit"))
+    else:
+        if not o.get("path"):
+            raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
+        common = {"task": o.get("task"), "name": o.get("as_name")}
+        if name == "image-folder":
+            from .image_folder import image_folder_source
+
+            task, recs, total = image_folder_source(o["path"], **common)
+        elif name == "text":
+            from .text import text_source
+
+            task, recs, total = text_source(
+                o["path"], text_column=o.get("text_column") or "text", label_column=o.get("label_column"),
+                split_column=o.get("split_column"), **common,
+            )
+        else:
+            from .tabular import tabular_source
+
+            task, recs, total, feats, notes = tabular_source(
+                o["path"], features=o.get("features"), label_column=o.get("label_column"),
+                split_column=o.get("split_column"), **common,
+            )
+            meta = {"features": feats, "notes": notes}
+    return task, recs, total, meta
+
+
+def add_dataset(
+    ws: Workspace,
+    name: str,
+    *,
+    val: float | int = 0.05,
+    calib: float | int = 0.05,
+    stream: float | int = 0.2,
+    test: float | int = 0.2,
+    seed: int = 0,
+    resplit: bool = False,
+    progress: bool = True,
+    **options: Any,
+) -> ImportReport:
+    """Import dataset ``name`` (an adapter, see :data:`ADAPTERS`) and make its splits.
+
+    ``options``: ``path``, ``limit`` (first N per source split), ``task`` (TOML path or Task), ``as_name``
+    (dataset name), ``text_column``, ``label_column``, ``split_column``, ``features`` (list of column names).
+    Split sizes: a float < 1 is a fraction of the non-test items, an int a count; ``test`` applies only when the
+    source has no test split.  Splits already made stay fixed (new items join ``train``) unless ``resplit``,
+    which is refused once the dataset has labels or models.  Re-running an import adds nothing.
+    """
+    if name not in ADAPTERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(ADAPTERS)}")
+    options = {k: v for k, v in options.items() if v is not None and v != ()}
+    wrong = sorted(set(options) - _OPTIONS[name])
+    if wrong:
+        allowed = ", ".join(sorted(_OPTIONS[name])) or "none"
+        raise DatasetError(f"option(s) {', '.join(wrong)} do not apply to {name} (it takes: {allowed})")
+    if "limit" in options and int(options["limit"]) < 1:
+        raise DatasetError("--limit must be at least 1")
+    task, records, total, meta = _source(ws, name, options)
+
+    with ws.store() as store:
+        if task.name in store.dataset_names():
+            old = Task.from_json(store.dataset_task_json(task.name))
+            if old.labels != task.labels or old.modality != task.modality:
+                raise DatasetError(
+                    f"dataset {task.name!r} already exists with {old.modality} labels {list(old.labels)}; this import "
+                    f"has {task.modality} labels {list(task.labels)}. Pass --task with the existing labels, or --name "
+                    "to import it as a new dataset."
+                )
+    if resplit:
+        with ws.store() as store:
+            used = store.query(
+                "SELECT (SELECT COUNT(*) FROM labels l JOIN items i ON i.id=l.item_id WHERE i.dataset=?) AS labels,"
+                " (SELECT COUNT(*) FROM models WHERE dataset=?) AS models", (task.name, task.name),
+            )[0]
+        if used["labels"] or used["models"]:
+            raise DatasetError(
+                f"{task.name} already has {used['labels']} labels and {used['models']} models; re-splitting now "
+                "would move labelled/trained-on items into val/calib/test. Use a new workspace or --name instead."
+            )
+    report = register(ws, task, records, total=total, progress=progress)
+    report.notes += meta.get("notes", [])
+    spec = SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed)
+    with ws.store() as store:
+        if _count(store, task.name, "1") == 0:
+            report.notes.append("no readable items: nothing to split")
+        elif report.added or resplit or not _has_splits(store, task.name):
+            before_test = _count(store, task.name, "split='test'")
+            report.splits = make_splits(store, task.name, spec, force=resplit)
+            joined = _count(store, task.name, "source_split='test' AND split!='test'")
+            if joined and not resplit and before_test:
+                report.notes.append(
+                    f"{joined:,} items the source marks as test joined the training pool because this dataset's "
+                    "splits were already made (the test split never changes; --resplit re-makes them while "
+                    "nothing is labelled)"
+                )
+        else:
+            from ..splits import split_counts
+
+            report.splits = split_counts(store, task.name)
+        store.add_report("dataset_import", task.name, {
+            "adapter": name,
+            "options": {k: (str(v) if isinstance(v, (Path, Task)) else v) for k, v in options.items()},
+            "seen": report.seen, "added": report.added, "already_present": report.already_present,
+            "skipped": report.skipped, "skipped_examples": report.skipped_examples,
+            "splits": report.splits, **meta,
+        })
+    return report
+
+
+def _has_splits(store: Any, dataset: str) -> bool:
+    return _count(store, dataset, "split IS NULL") == 0
+
+
+def _count(store: Any, dataset: str, where: str) -> int:
+    return int(store.query(f"SELECT COUNT(*) AS n FROM items WHERE dataset=? AND {where}", (dataset,))[0]["n"])
+
