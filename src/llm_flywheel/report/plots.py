@@ -1,0 +1,147 @@
+"""Matplotlib figures for the report, returned as PNG bytes so the HTML can embed them (one self-contained file).
+
+Why bytes, not files: the report must open anywhere (mailed, archived) without a folder of images beside it.
+Every function takes plain numbers/lists (what the store's JSON reports hold), never a model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers/CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _err(values: Sequence[float | None], cis: Sequence[Sequence[float] | None]) -> np.ndarray:
+    lo, hi = [], []
+    for v, ci in zip(values, cis):
+        if v is None or not ci:
+            lo.append(0.0), hi.append(0.0)
+        else:
+            lo.append(max(0.0, v - ci[0])), hi.append(max(0.0, ci[1] - v))
+    return np.array([lo, hi])
+
+
+def rounds_plot(rounds: Sequence[dict[str, Any]], teacher_accuracy: float | None = None) -> bytes:
+    """Per-round student and cascade accuracy (95 % CI bars) and the teacher fraction."""
+    r = [d["round"] for d in rounds]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for key, name, marker in (("student_accuracy", "student", "o"), ("cascade_accuracy", "cascade", "s")):
+        vals = [d.get(key) for d in rounds]
+        if all(v is None for v in vals):
+            continue
+        cis = [d.get(f"{key}_ci") for d in rounds]
+        ax.errorbar(r, [np.nan if v is None else v for v in vals], yerr=_err(vals, cis), marker=marker, capsize=4, label=name)
+    if teacher_accuracy is not None:
+        ax.axhline(teacher_accuracy, color="grey", ls="--", label="teacher (single call)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy on test (gold)")
+    ax.set_xticks(r)
+    ax2 = ax.twinx()
+    tf = [d.get("teacher_fraction") for d in rounds]
+    ax2.bar(r, [0 if v is None else v for v in tf], alpha=0.2, color="tab:red", width=0.4, label="teacher fraction")
+    ax2.set_ylabel("fraction sent to teacher", color="tab:red")
+    ax2.set_ylim(0, max(0.3, max([v or 0 for v in tf] + [0]) * 1.3))
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.set_title("The wheel, round by round")
+    return _png(fig)
+
+
+def confusion_plot(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> bytes:
+    """Row-normalised confusion matrix with counts."""
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6, color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def reliability_plot(bins: Sequence[dict[str, float]], ece: float | None, title: str) -> bytes:
+    """Reliability diagram: mean confidence vs accuracy per confidence bin (bar width ~ bin)."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    conf = [b["confidence"] for b in bins if b.get("count")]
+    acc = [b["accuracy"] for b in bins if b.get("count")]
+    cnt = [b["count"] for b in bins if b.get("count")]
+    if conf:
+        sizes = 20 + 200 * np.asarray(cnt) / max(cnt)
+        ax.scatter(conf, acc, s=sizes, alpha=0.7)
+        ax.plot(conf, acc, lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("calibrated confidence")
+    ax.set_ylabel("accuracy (gold)")
+    ax.set_title(title + (f"  ECE={ece:.3f}" if ece is not None else ""), fontsize=9)
+    return _png(fig)
+
+
+def cascade_curve_plot(curve: dict[str, Sequence[float]], threshold: float | None) -> bytes:
+    """Accuracy and teacher fraction as the confidence threshold moves (test split, gold reference)."""
+    t = np.asarray(curve["threshold"])
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    ax.plot(t, curve["cascade_accuracy"], label="cascade accuracy")
+    if "accepted_accuracy" in curve:
+        ax.plot(t, curve["accepted_accuracy"], label="accuracy on accepted", ls=":")
+    ax.set_xlabel("confidence threshold")
+    ax.set_ylabel("accuracy")
+    ax2 = ax.twinx()
+    ax2.plot(t, curve["teacher_fraction"], color="tab:red", label="teacher fraction")
+    ax2.set_ylabel("teacher fraction", color="tab:red")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", lw=1, ls="--", label=f"chosen {threshold:.3f}")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax.set_title("Cascade: accuracy vs teacher fraction", fontsize=9)
+    return _png(fig)
+
+
+def cost_plot(cost_teacher_1k: float, cost_cascade_1k: float, student_1k: float | None = None) -> bytes:
+    """Cost per 1,000 items: teacher everywhere vs the cascade (student compute shown inside the cascade bar)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    ax.bar(["teacher everywhere", "cascade"], [cost_teacher_1k, cost_cascade_1k], color=["tab:grey", "tab:green"])
+    if student_1k is not None:
+        ax.bar(["cascade"], [student_1k], color="tab:olive", label="student compute")
+        ax.legend(fontsize=8)
+    for i, v in enumerate([cost_teacher_1k, cost_cascade_1k]):
+        ax.text(i, v, f"${v:.4f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("USD per 1,000 items")
+    ratio = cost_teacher_1k / cost_cascade_1k if cost_cascade_1k > 0 else float("inf")
+    ax.set_title(f"Cost per 1,000 items ({ratio:.1f}x cheaper)", fontsize=9)
+    return _png(fig)
+
+
+def per_class_plot(labels: Sequence[str], values: Sequence[float | None], title: str) -> bytes:
+    """Per-class accuracy bars (teacher quality)."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    ax.bar(range(len(labels)), [0 if v is None else v for v in values], color="tab:purple")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy vs gold")
+    ax.set_title(title, fontsize=9)
+    return _png(fig)

@@ -1,0 +1,86 @@
+"""Cost model: arithmetic on known inputs, and measurement from a real store."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llm_flywheel import cost
+from llm_flywheel.store import Store
+
+
+def test_teacher_only_and_cascade_per_1k():
+    assert cost.cost_per_1k_teacher_only(0.0002) == pytest.approx(0.2)
+    # 1 CPU-hour = $0.36 at 100 items/s -> $1e-6 per item -> $0.001 per 1k
+    assert cost.student_cost_per_item(100.0, 0.36) == pytest.approx(1e-6)
+    c = cost.cost_per_1k_cascade(0.0002, 0.1, 100.0, cpu_usd_per_hour=0.36)
+    assert c == pytest.approx(1000 * (0.1 * 0.0002 + 1e-6))
+    # all items deferred costs more than teacher-only (the student still ran)
+    assert cost.cost_per_1k_cascade(0.0002, 1.0, 100.0, cpu_usd_per_hour=0.36) > cost.cost_per_1k_teacher_only(0.0002)
+
+
+def test_breakeven():
+    assert cost.breakeven_items(10.0, 0.001) == pytest.approx(10_000)
+    assert cost.breakeven_items(0.0, 0.001) == 0.0
+    assert cost.breakeven_items(5.0, 0.0) is None
+    assert cost.breakeven_items(5.0, -1e-4) is None
+
+
+def test_compare_ratio_and_breakeven_consistent():
+    r = cost.compare(cost.CostInputs(teacher_cost_per_call=0.0003, student_items_per_s=2000.0, teacher_fraction=0.05,
+                                     labelling_spend_usd=1.5, cpu_usd_per_hour=0.09))
+    assert r["cost_ratio"] == pytest.approx(r["cost_per_1k_teacher_only"] / r["cost_per_1k_cascade"])
+    assert r["cost_ratio"] > 10
+    assert r["breakeven_items"] == pytest.approx(1.5 / r["saving_per_item"])
+    # serving breakeven_items items saves exactly the labelling spend
+    assert r["breakeven_items"] * r["saving_per_item"] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("bad", [dict(items_per_s=0.0), dict(items_per_s=-3.0), dict(items_per_s=math.inf)])
+def test_bad_throughput_rejected(bad):
+    with pytest.raises(ValueError, match="throughput"):
+        cost.student_cost_per_item(bad["items_per_s"])
+
+
+def test_bad_fraction_rejected():
+    with pytest.raises(ValueError, match="fraction"):
+        cost.cost_per_1k_cascade(0.001, 1.5, 100.0)
+
+
+def test_teacher_cost_stats_from_store(tmp_path):
+    s = Store(tmp_path / "f.db")
+    s.put_dataset("d", "{}")
+    s.add_items([{"dataset": "d", "source_ref": f"r{i}", "content_hash": f"h{i}", "modality": "text", "text": "x"} for i in range(3)])
+    ids = [it.id for it in s.items("d")]
+    rows = [(ids[0], 1, 0.0002), (ids[1], 1, 0.0004), (ids[2], 0, None)]
+    for k, (iid, ok, c) in enumerate(rows):
+        s.execute(
+            "INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, cost_usd, tokens_in, created_at) "
+            "VALUES(?,?,?,?,?,?,?,?,0)", (iid, f"h{k}", "m", "p", 0, ok, c, 300))
+    st = cost.teacher_cost_stats(s, "d")
+    assert st["calls"] == 3 and st["ok_calls"] == 2 and st["priced"]
+    assert st["mean_cost_per_call"] == pytest.approx(0.0003)
+    assert cost.teacher_totals(s, "d") == (3, pytest.approx(0.0006))
+    assert cost.teacher_totals(s, "other") == (0, 0.0)
+
+
+class _CountingStudent:
+    labels = ("a", "b")
+
+    def __init__(self):
+        self.seen = 0
+
+    def predict_proba(self, items):
+        import numpy as np
+        self.seen += len(items)
+        return np.full((len(items), 2), 0.5)
+
+
+def test_measure_throughput_runs_all_items():
+    st = _CountingStudent()
+    r = cost.measure_student_throughput(st, list(range(10)), batch_size=4, min_items=20)
+    assert r["items"] == 20 and r["items_per_s"] > 0
+    assert st.seen == 4 + 20  # warm-up batch + the timed pass
+    with pytest.raises(ValueError):
+        cost.measure_student_throughput(st, [])

@@ -1,0 +1,87 @@
+"""Report rendering: summary.json keys and a self-contained HTML page, from a real store."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from llm_flywheel.report import OVERALL_KEYS, ROUND_KEYS, ReportError, build_summary, render_report, write_report, wheel_report_key
+
+LABELS = ["bar", "ring", "cross", "dot"]
+
+
+def _fill(ws, *, source="simulated"):
+    s = ws.store()
+    run_id = s.start_run("wheel", {"dataset": "synth"})
+    for r, (tf, acc) in enumerate([(0.4, 0.8), (0.2, 0.85)], start=1):
+        m = {"round": r, "teacher_calls": 100 * r, "teacher_cost_usd": 0.02 * r, "student_accuracy": acc - 0.05,
+             "student_accuracy_ci": [acc - 0.1, acc], "cascade_accuracy": acc, "cascade_accuracy_ci": [acc - 0.05, acc + 0.04],
+             "teacher_fraction": tf, "model_version": f"v{r}", "promoted": True, "labels_total": 50 * r}
+        s.execute("INSERT INTO rounds(run_id, dataset, round, model_version, metrics_json, started_at, finished_at) VALUES(?,?,?,?,?,?,?)",
+                  (run_id, "synth", r, f"v{r}", json.dumps(m), time.time(), time.time()))
+    # an unfinished round 3 (killed run) must not show
+    s.execute("INSERT INTO rounds(run_id, dataset, round, metrics_json, started_at) VALUES(?,?,?,?,?)",
+              (run_id, "synth", 3, json.dumps({"phase": "trained"}), time.time()))
+    s.add_report("wheel", wheel_report_key("synth", run_id), {
+        "teacher_source": source, "teacher_model": "simulated/synth-teacher",
+        "teacher_quality": {"accuracy": 0.83, "accuracy_ci": [0.78, 0.87], "n": 200, "labels": LABELS,
+                            "per_class": dict(zip(LABELS, [0.9, 0.8, 0.7, 0.9])), "confusion": [[9, 1, 0, 0], [1, 8, 1, 0], [0, 2, 7, 1], [0, 0, 1, 9]],
+                            "consensus_accuracy": 0.86, "agreement_rate": 0.9, "passes": 2},
+        "gold_ceiling_accuracy": 0.9,
+        "cost": {"cost_per_1k_teacher_only": 0.25, "cost_per_1k_cascade": 0.02, "breakeven_items": 1234.5, "cost_ratio": 12.5,
+                 "student_cost_per_1k": 0.001, "teacher_cost_per_call": 0.00025, "student_items_per_s": 3000.0,
+                 "cpu_usd_per_hour": 0.09, "teacher_fraction": 0.2, "labelling_spend_usd": 0.06, "saving_per_item": 0.00023},
+        "final": {"version": "v2", "labels": LABELS, "confusion": [[20, 1, 0, 0], [0, 22, 1, 0], [1, 0, 25, 0], [0, 0, 0, 30]],
+                  "reliability": [{"confidence": 0.5, "accuracy": 0.4, "count": 5}, {"confidence": 0.95, "accuracy": 0.93, "count": 90}],
+                  "ece": 0.03, "threshold": 0.8,
+                  "curve": {"threshold": [0.5, 0.7, 0.9], "cascade_accuracy": [0.8, 0.85, 0.88], "teacher_fraction": [0.05, 0.15, 0.4],
+                            "accepted_accuracy": [0.82, 0.9, 0.97]}},
+    })
+    s.close()
+    return run_id
+
+
+def test_summary_has_exact_keys_and_html_is_self_contained(ws):
+    run_id = _fill(ws)
+    page = write_report(ws, "synth")
+    assert page == ws.reports_dir / "index.html"
+    summary = json.loads((ws.reports_dir / "summary.json").read_text())
+    for k in OVERALL_KEYS:
+        assert k in summary, k
+    assert summary["teacher_source"] == "simulated"
+    assert summary["run_id"] == run_id
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    for r in summary["rounds"]:
+        for k in ROUND_KEYS:
+            assert k in r, k
+    assert summary["rounds"][1]["teacher_fraction"] == 0.2
+    assert summary["breakeven_items"] == pytest.approx(1234.5)
+    text = page.read_text()
+    assert "Simulated teacher" in text
+    imgs = re.findall(r'src="([^"]+)"', text)
+    assert len(imgs) >= 6 and all(i.startswith("data:image/png;base64,") for i in imgs)
+    assert "http://" not in text and "https://" not in text  # nothing fetched from outside
+    assert "12.5×" in text
+
+
+def test_real_teacher_has_no_simulated_banner_and_infinite_breakeven_is_null(ws, tmp_path):
+    _fill(ws, source="google/gemini-2.5-flash")
+    s = build_summary(ws, "synth")
+    s["breakeven_items"] = float("inf")
+    page = render_report(s, tmp_path / "out")
+    assert "Simulated teacher" not in page.read_text()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["breakeven_items"] is None
+
+
+def test_no_run_is_a_clear_error(ws):
+    with pytest.raises(ReportError, match="flywheel run"):
+        write_report(ws, "synth")
+
+
+def test_html_escapes_values(ws, tmp_path):
+    page = render_report({"dataset": "<script>x</script>", "rounds": [], "teacher_source": "<b>m</b>"}, tmp_path)
+    t = page.read_text()
+    assert "<script>x" not in t and "&lt;script&gt;" in t
