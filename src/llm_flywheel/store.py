@@ -220,7 +220,10 @@ class Store:
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self.conn = connect(self.path)
+        try:
+            self.conn = connect(self.path)
+        except sqlite3.DatabaseError as e:  # "file is not a database", a corrupt header, ...
+            raise StoreError(f"{self.path} is not a usable SQLite database ({e}); move it aside or use another workspace") from None
         if not readonly:
             self.migrate()
         else:

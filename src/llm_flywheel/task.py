@@ -76,6 +76,9 @@ class Task:
                 raise TaskError(f"{origin}: missing required key {key!r}")
         labels = d["labels"]
         if isinstance(labels, list):
+            dup = sorted({str(k) for k in labels if labels.count(k) > 1})
+            if dup:
+                raise TaskError(f"{origin}: duplicate label(s) {dup}; labels must be unique")
             descriptions = {str(k): str(k).replace("_", " ") for k in labels}
         elif isinstance(labels, dict):
             descriptions = {str(k): str(v) for k, v in labels.items()}

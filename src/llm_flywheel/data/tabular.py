@@ -5,7 +5,7 @@ Missing-value policy (documented in ``flywheel data add --help``):
 * a cell that is empty or one of ``NA, N/A, NaN, null, None, ?`` (any case) is *missing* and stored as NaN
   (JSON ``null``); students impute it (or, like gradient boosting, use it natively);
 * features are ``--features a,b,c`` if given, else every column (other than the label and split columns) whose
-  non-missing cells all parse as finite numbers; columns left out that way are named in the import notes;
+  non-missing cells all parse as numbers; columns left out that way are named in the import notes;
 * a row with a non-numeric or infinite value in a chosen feature column is reported (line and column) and skipped.
 
 The feature names are returned so the registry can keep them with the dataset (the ``dataset_import`` report).
@@ -26,7 +26,9 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 
 
 class _Bad(ValueError):
-    pass
+    def __init__(self, msg: str, infinite: bool = False) -> None:
+        super().__init__(msg)
+        self.infinite = infinite
 
 
 def parse_number(v: Any) -> float:
@@ -46,17 +48,20 @@ def parse_number(v: Any) -> float:
         except ValueError:
             raise _Bad(f"{s[:30]!r} is not a number") from None
     if math.isinf(f):
-        raise _Bad("infinite value")
+        raise _Bad("infinite value", infinite=True)
     return f
 
 
 def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
+    """Every non-missing cell is a number (an infinite one counts: that row is skipped later, not the column)."""
     seen = False
     for r in rows:
         try:
             f = parse_number(r.get(col))
-        except _Bad:
-            return False
+        except _Bad as e:
+            if not e.infinite:
+                return False
+            f = math.inf
         seen = seen or not math.isnan(f)
     return seen
 

@@ -1,0 +1,129 @@
+"""image-folder adapter: class sub-folders, train/test layout, flat unlabelled folders, corrupt files skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_flywheel.data import load_image
+from llm_flywheel.data.image_folder import normalise_label
+from llm_flywheel.data.registry import DatasetError, add_dataset
+from llm_flywheel.task import TaskError
+
+
+def save(path: Path, seed: int, fmt: str | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+def make_folder(root: Path) -> None:
+    for i in range(4):
+        save(root / "Sweet Pepper" / f"{i}.png", i)
+        save(root / "apple" / f"{i}.jpg", 100 + i)
+    save(root / "apple" / "deep" / "nested.bmp", 200)  # nested files belong to their class folder
+    (root / "apple" / "notes.txt").write_text("not an image, ignored")
+    (root / ".hidden").mkdir()
+    save(root / ".hidden" / "x.png", 300)
+
+
+def test_class_folders_become_snake_case_labels(ws, tmp_path):
+    make_folder(tmp_path / "Fruit Photos")
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "Fruit Photos", progress=False)
+    assert rep.dataset == "Fruit-Photos"
+    assert (rep.seen, rep.added, rep.skipped) == (9, 9, 0)
+    with ws.store() as s:
+        items = {it.source_ref: it for it in s.items("Fruit-Photos")}
+        assert s.query("SELECT COUNT(*) FROM items WHERE split IS NULL")[0][0] == 0  # splits made
+    assert items["Sweet Pepper/0.png"].gold_label == "sweet_pepper"
+    assert items["apple/deep/nested.bmp"].gold_label == "apple"
+    assert items["apple/deep/nested.bmp"].blob_path.endswith(".png")  # BMP normalised to PNG
+    assert items["apple/1.jpg"].blob_path.endswith(".jpg")  # JPEG kept as is, never re-encoded
+    assert load_image(ws, items["Sweet Pepper/0.png"].blob_path).size == (16, 16)
+    assert add_dataset(ws, "image-folder", path=tmp_path / "Fruit Photos", progress=False).added == 0
+
+
+def test_corrupt_files_are_counted_and_skipped(ws, tmp_path):
+    root = tmp_path / "pics"
+    make_folder(root)
+    good = (root / "apple" / "0.jpg").read_bytes()
+    (root / "apple" / "truncated.png").write_bytes((root / "Sweet Pepper" / "0.png").read_bytes()[:60])
+    (root / "apple" / "text.jpg").write_text("I am a text file named .jpg")
+    (root / "apple" / "empty.png").write_bytes(b"")
+    (root / "apple" / "half.jpg").write_bytes(good[: len(good) // 2])
+    rep = add_dataset(ws, "image-folder", path=root, as_name="pics", progress=False)
+    assert rep.added == 9
+    assert rep.skipped == 4
+    joined = " ".join(rep.skipped_examples)
+    for name in ("truncated.png", "text.jpg", "empty.png", "half.jpg"):
+        assert name in joined
+    assert "0 bytes" in joined
+    assert "4 unreadable skipped" in rep.summary()
+
+
+def test_train_test_layout_gives_source_splits(ws, tmp_path):
+    for split, n in (("train", 12), ("test", 4)):
+        for c in ("cat", "dog"):
+            for i in range(n):
+                save(tmp_path / "pets" / split / c / f"{i}.png", hash((split, c, i)) % 10_000)
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "pets", progress=False)
+    assert rep.added == 32 and rep.splits["test"] == 8
+    with ws.store() as s:
+        it = s.items("pets", split="test")[0]
+    assert it.source_split == "test" and it.source_ref.startswith("test/") and it.gold_label in ("cat", "dog")
+
+
+def test_flat_folder_is_unlabelled_and_needs_a_task(ws, tmp_path):
+    for i in range(5):
+        save(tmp_path / "flat" / f"{i}.png", i)
+    with pytest.raises(TaskError, match="no class sub-folders.*--task"):
+        add_dataset(ws, "image-folder", path=tmp_path / "flat", progress=False)
+    task = tmp_path / "t.toml"
+    task.write_text('name = "shapes"\nmodality = "image"\nlabels = ["round", "square"]\n')
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "flat", task=task, progress=False)
+    assert rep.dataset == "shapes" and rep.added == 5
+    with ws.store() as s:
+        assert s.query("SELECT COUNT(*) FROM items WHERE gold_label IS NOT NULL")[0][0] == 0
+
+
+def test_folder_labels_must_match_the_task(ws, tmp_path):
+    make_folder(tmp_path / "f")
+    task = tmp_path / "t.toml"
+    task.write_text('name = "fruit"\nmodality = "image"\nlabels = ["apple", "pear"]\n')
+    with pytest.raises(TaskError, match=r"folder label\(s\) \['sweet_pepper'\] are not in task 'fruit'"):
+        add_dataset(ws, "image-folder", path=tmp_path / "f", task=task, progress=False)
+    text_task = tmp_path / "tt.toml"
+    text_task.write_text('name = "fruit"\nmodality = "text"\nlabels = ["apple", "sweet_pepper"]\n')
+    with pytest.raises(TaskError, match="needs 'image'"):
+        add_dataset(ws, "image-folder", path=tmp_path / "f", task=text_task, progress=False)
+
+
+def test_changing_labels_of_an_existing_dataset_is_refused(ws, tmp_path):
+    make_folder(tmp_path / "f")
+    add_dataset(ws, "image-folder", path=tmp_path / "f", as_name="fruit", progress=False)
+    save(tmp_path / "f" / "pear" / "0.png", 999)
+    with pytest.raises(DatasetError, match="already exists with image labels"):
+        add_dataset(ws, "image-folder", path=tmp_path / "f", as_name="fruit", progress=False)
+
+
+def test_bad_paths_and_clashing_folders(ws, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        add_dataset(ws, "image-folder", path=tmp_path / "nope", progress=False)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        add_dataset(ws, "image-folder", path=tmp_path / "none", progress=False)
+    save(tmp_path / "clash" / "Big Cat" / "0.png", 1)
+    save(tmp_path / "clash" / "big_cat" / "0.png", 2)
+    with pytest.raises(ValueError, match="normalise to the same label"):
+        add_dataset(ws, "image-folder", path=tmp_path / "clash", progress=False)
+    with pytest.raises(DatasetError, match="needs a path"):
+        add_dataset(ws, "image-folder", progress=False)
+
+
+@pytest.mark.parametrize("raw, norm", [("Sweet Pepper", "sweet_pepper"), ("T-shirt/top", "t_shirt_top"),
+                                       ("  Ankle--Boot ", "ankle_boot"), ("0", "0"), ("***", "")])
+def test_normalise_label(raw, norm):
+    assert normalise_label(raw) == norm

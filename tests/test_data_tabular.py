@@ -1,0 +1,81 @@
+"""tabular adapter: numeric feature detection, the missing-value policy, bad cells reported and skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from llm_flywheel.data.registry import add_dataset
+from llm_flywheel.data.tabular import parse_number
+
+
+def _features(ws, dataset):
+    with ws.store() as s:
+        return {r["source_ref"]: (json.loads(r["features_json"]), r["gold_label"])
+                for r in s.query("SELECT source_ref, features_json, gold_label FROM items WHERE dataset=?", (dataset,))}
+
+
+def test_auto_features_missing_values_and_bad_cells(ws, tmp_path):
+    p = tmp_path / "flowers.csv"
+    p.write_text(
+        "id_name,sepal,petal,colour,label\n"
+        "a,5.1,1.4,red,Setosa\n"
+        "b,7.0,,blue,versicolor\n"          # empty cell -> NaN
+        "c,NA,4.7,red,versicolor\n"         # NA -> NaN
+        "d,6.3,6.0,green,virginica\n"
+        "e,1e400,1.0,red,setosa\n"           # infinite -> row skipped
+        "f,5.9,?,red,virginica\n",           # ? -> NaN
+        encoding="utf-8",
+    )
+    rep = add_dataset(ws, "tabular", path=p, progress=False)
+    assert rep.added == 5 and rep.skipped == 1 and "flowers.csv:6" in rep.skipped_examples[0]
+    assert any("id_name, colour" in n for n in rep.notes)  # the dropped non-numeric columns are named
+    feats = _features(ws, "flowers")
+    assert feats["flowers.csv:2"] == ([5.1, 1.4], "setosa")
+    assert feats["flowers.csv:3"][0] == [7.0, None]  # NaN stored as JSON null
+    assert feats["flowers.csv:4"][0] == [None, 4.7]
+    with ws.store() as s:
+        meta = s.latest_report("dataset_import", "flowers")
+    assert meta["features"] == ["sepal", "petal"] and meta["adapter"] == "tabular"
+
+
+def test_explicit_features_skip_rows_with_text_in_them(ws, tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("x,y,z,cls,split\n1,2,3,a,train\n4,oops,6,b,train\n7,8,9,b,test\n1,1,1,a,test\n")
+    rep = add_dataset(ws, "tabular", path=p, features=["x", "y"], label_column="cls", split_column="split",
+                      as_name="tab", progress=False)
+    assert rep.added == 3 and rep.skipped == 1
+    assert "column 'y': 'oops' is not a number" in rep.skipped_examples[0]
+    assert rep.splits["test"] == 2
+    assert sorted(v[0] for v in _features(ws, "tab").values()) == [[1.0, 1.0], [1.0, 2.0], [7.0, 8.0]]
+
+
+def test_jsonl_table_and_numeric_labels(ws, tmp_path):
+    p = tmp_path / "n.jsonl"
+    p.write_text("\n".join(json.dumps({"a": i, "b": i * 0.5, "label": i % 2}) for i in range(8)))
+    rep = add_dataset(ws, "tabular", path=p, progress=False)
+    assert rep.added == 8
+    feats = _features(ws, "n")
+    assert {lab for _, lab in feats.values()} == {"0", "1"}
+
+
+def test_tabular_errors_are_clear(ws, tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("name,label\nx,a\ny,b\n")
+    with pytest.raises(ValueError, match="no numeric feature columns.*--features"):
+        add_dataset(ws, "tabular", path=p, progress=False)
+    p2 = tmp_path / "u.csv"
+    p2.write_text("x,label\n1,a\n2,b\n")
+    with pytest.raises(ValueError, match=r"feature column\(s\) \['q'\] not found"):
+        add_dataset(ws, "tabular", path=p2, features=["q"], progress=False)
+    with pytest.raises(ValueError, match="label column 'label' cannot also be a feature"):
+        add_dataset(ws, "tabular", path=p2, features=["x", "label"], progress=False)
+
+
+@pytest.mark.parametrize("cell, expected", [("1.5", 1.5), (" 2 ", 2.0), ("", None), ("NaN", None), ("null", None),
+                                            (None, None), (3, 3.0), (True, 1.0)])
+def test_parse_number(cell, expected):
+    v = parse_number(cell)
+    assert (math.isnan(v) if expected is None else v == expected)
