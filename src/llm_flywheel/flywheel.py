@@ -1,0 +1,663 @@
+"""The round loop: select -> label -> train -> calibrate -> promote -> serve the stream -> collect -> repeat.
+
+Why it is built this way:
+- **Only held-out splits make choices.**  Training uses the train pool (plus stream items the teacher answered);
+  promotion compares the new model with the serving one on the *validation* split's teacher labels (what a real
+  user has); the threshold comes from the *calibration* split; the *test* split (gold) is only measured.
+- **Every round is accounted.**  Teacher calls and dollars are attributed to the round that caused them (round 1
+  carries the bootstrap: the random seed set and the validation/calibration labels).  Calls made only to *measure*
+  the cascade on test are counted apart (``eval_teacher_calls``) so they never flatter or burden the wheel.
+- **Resumable.**  Teacher answers are cached in the store, each finished phase is written to the round's row, and a
+  re-run with the same configuration continues the unfinished run: finished rounds are skipped, a trained model is
+  reused, and repeated teacher requests cost nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from . import cost as costmod
+from . import feedback
+from .report import wheel_report_key
+from .splits import make_splits
+from .store import Item, Store
+from .task import Task
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WheelConfig:
+    """Knobs of one wheel run.  Sizes are item counts; ``None`` means the whole split."""
+
+    rounds: int = 3
+    seed_labels: int = 500  # random items of the train pool labelled in round 1
+    val_labels: int | None = 500  # validation items labelled (promotion + early stopping)
+    calib_labels: int | None = 1000  # calibration items labelled (temperature + threshold)
+    per_round_budget: int = 1000  # teacher calls spent on actively selected items per round (rounds >= 2)
+    passes: int = 2  # teacher passes per labelled training item (consensus)
+    policy: str = "margin"  # margin | entropy | qbc | random
+    committee: int = 3  # model versions in the query-by-committee
+    candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)
+    stream_per_round: int = 1000  # unseen stream items served through the cascade per round
+    test_limit: int | None = None  # test items measured (None = all)
+    student_kind: str | None = None
+    epochs: int | None = None
+    target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
+    max_teacher_fraction: float | None = None  # ... and/or a teacher budget
+    delta: float = 0.1
+    audit_rate: float = 0.03
+    concurrency: int = 16
+    seed: int = 0
+    cpu_usd_per_hour: float = costmod.DEFAULT_CPU_USD_PER_HOUR
+    gold_ceiling: bool = True  # train the same student on the same items with gold labels at the end
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if self.policy not in feedback.POLICIES:
+            raise ValueError(f"policy {self.policy!r}: choose one of {', '.join(feedback.POLICIES)}")
+        if self.passes < 1:
+            raise ValueError("passes must be >= 1")
+        for name in ("seed_labels", "per_round_budget", "stream_per_round"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.target_accuracy is None and self.max_teacher_fraction is None:
+            raise ValueError("give a cascade goal: target_accuracy and/or max_teacher_fraction")
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings that must match for a re-run to continue an unfinished run (rounds may grow)."""
+        d = asdict(self)
+        d.pop("rounds")
+        return d
+
+
+@dataclass
+class WheelResult:
+    run_id: int
+    dataset: str
+    rounds: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _teacher_source(model: str) -> str:
+    return "simulated" if "simulated" in model.lower() else model
+
+
+def _wilson(correct: np.ndarray) -> tuple[float, list[float]]:
+    from .evaluation import accuracy_ci
+
+    acc, lo, hi = accuracy_ci(np.asarray(correct, dtype=bool))
+    return float(acc), [float(lo), float(hi)]
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+
+
+def run_wheel(
+    ws: Workspace,
+    dataset: str,
+    *,
+    teacher: Any | None = None,
+    teacher_spec: str | None = None,
+    config: WheelConfig | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    **overrides: Any,
+) -> WheelResult:
+    """Turn the wheel ``config.rounds`` times on ``dataset``; returns per-round metrics (also stored in ``rounds``).
+
+    Give either a ``teacher`` object (Teacher protocol, as used by ``labeling.label_items``) or a ``teacher_spec``
+    (e.g. ``openrouter:google/gemini-2.5-flash`` or ``http://127.0.0.1:8111/v1|simulated/...``).  ``overrides`` are
+    WheelConfig fields.
+    """
+    cfg = config or WheelConfig(**{k: v for k, v in overrides.items() if k in {f.name for f in fields(WheelConfig)}})
+    if config is not None and overrides:
+        cfg = WheelConfig(**(asdict(config) | overrides))
+    unknown = set(overrides) - {f.name for f in fields(WheelConfig)}
+    if unknown:
+        raise TypeError(f"unknown wheel option(s): {sorted(unknown)}")
+    con = console or Console(stderr=True, quiet=not progress)
+    wheel = _Wheel(ws, dataset, cfg, con, progress)
+    wheel.setup(teacher, teacher_spec)
+    return wheel.run(on_round)
+
+
+class _Wheel:
+    def __init__(self, ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress: bool) -> None:
+        self.ws, self.dataset, self.cfg, self.con, self.progress = ws, dataset, cfg, con, progress
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def setup(self, teacher: Any | None, teacher_spec: str | None) -> None:
+        store = self.ws.store()
+        try:
+            self.task = Task.from_json(store.dataset_task_json(self.dataset))
+            if store.query("SELECT 1 FROM items WHERE dataset=? AND split IS NULL LIMIT 1", (self.dataset,)):
+                make_splits(store, self.dataset)
+            ids = {s: [it.id for it in store.items(self.dataset, split=s)] for s in ("train", "val", "calib", "test", "stream")}
+        finally:
+            store.close()
+        if not ids["train"]:
+            raise ValueError(f"dataset {self.dataset!r} has an empty train pool; re-make its splits")
+        if not ids["calib"] or not ids["val"]:
+            raise ValueError(f"dataset {self.dataset!r} needs val and calib splits (see `flywheel data add --val/--calib`)")
+        if teacher is None:
+            if not teacher_spec:
+                raise ValueError("give a teacher or a teacher spec (e.g. openrouter:google/gemini-2.5-flash)")
+            from .teachers.registry import teacher_from_spec
+
+            teacher = teacher_from_spec(teacher_spec, self.task)
+        self.teacher = teacher
+        rng = np.random.default_rng(self.cfg.seed)
+        perm = {s: [int(i) for i in rng.permutation(v)] if v else [] for s, v in ids.items()}
+        self.train_order = perm["train"]
+        self.val_ids = perm["val"][: self.cfg.val_labels] if self.cfg.val_labels is not None else perm["val"]
+        self.calib_ids = perm["calib"][: self.cfg.calib_labels] if self.cfg.calib_labels is not None else perm["calib"]
+        self.test_ids = sorted(perm["test"][: self.cfg.test_limit] if self.cfg.test_limit is not None else perm["test"])
+        self.stream_order = perm["stream"]
+        self.seed_ids = self.train_order[: self.cfg.seed_labels]
+        need = self.cfg.rounds * self.cfg.stream_per_round
+        if need > len(self.stream_order):
+            log.warning("stream split has %d items, %d rounds x %d wanted; later rounds get fewer",
+                        len(self.stream_order), self.cfg.rounds, self.cfg.stream_per_round)
+
+    def _open_run(self) -> int:
+        key = self.cfg.resume_key()
+        store = self.ws.store()
+        try:
+            for r in store.query("SELECT id, config_json, status FROM runs WHERE kind='wheel' ORDER BY id DESC"):
+                c = json.loads(r["config_json"] or "{}")
+                if c.get("dataset") != self.dataset:
+                    continue
+                if r["status"] != "done" and c.get("resume_key") == json.loads(json.dumps(key)) and c.get("teacher") == self.teacher.model:
+                    store.execute("UPDATE runs SET status='running', config_json=? WHERE id=?",
+                                  (json.dumps(c | {"rounds": self.cfg.rounds}), r["id"]))
+                    self.con.print(f"[yellow]resuming wheel run {r['id']}[/] (teacher answers are cached; finished rounds are kept)")
+                    return int(r["id"])
+                break  # only the newest run of this dataset can be resumed
+            return store.start_run("wheel", {"dataset": self.dataset, "teacher": self.teacher.model, "rounds": self.cfg.rounds,
+                                             "resume_key": key})
+        finally:
+            store.close()
+
+    # -- store helpers -------------------------------------------------------------------------------------
+    def _totals(self) -> tuple[int, float]:
+        store = self.ws.store()
+        try:
+            return costmod.teacher_totals(store, self.dataset)
+        finally:
+            store.close()
+
+    def _items(self, ids: Sequence[int]) -> list[Item]:
+        store = self.ws.store()
+        try:
+            by_id = {it.id: it for it in store.items(self.dataset, ids=list(ids))}
+        finally:
+            store.close()
+        return [by_id[i] for i in ids if i in by_id]
+
+    def _round_row(self, r: int) -> tuple[dict[str, Any], bool]:
+        store = self.ws.store()
+        try:
+            row = store.query("SELECT metrics_json, finished_at FROM rounds WHERE run_id=? AND round=?", (self.run_id, r))
+            if not row:
+                store.execute("INSERT INTO rounds(run_id, dataset, round, metrics_json, started_at) VALUES(?,?,?,?,?)",
+                              (self.run_id, self.dataset, r, json.dumps({"round": r}), time.time()))
+                return {"round": r}, False
+            return json.loads(row[0]["metrics_json"] or "{}"), row[0]["finished_at"] is not None
+        finally:
+            store.close()
+
+    def _save_round(self, m: dict[str, Any], *, finished: bool = False) -> None:
+        store = self.ws.store()
+        try:
+            store.execute(
+                "UPDATE rounds SET metrics_json=?, model_version=?, finished_at=? WHERE run_id=? AND round=?",
+                (json.dumps(m, default=float), m.get("model_version"), time.time() if finished else None, self.run_id, m["round"]),
+            )
+        finally:
+            store.close()
+
+    def _label(self, ids: Sequence[int], passes: int, m: dict[str, Any], what: str) -> Any:
+        from .labeling import LabelConfig, label_items
+
+        if not ids:
+            return None
+        self.con.print(f"  labelling {len(ids):,} {what} items x {passes} pass(es) with [bold]{self.teacher.model}[/]")
+        n0, c0 = self._totals()
+        res = label_items(self.ws, self.dataset, list(ids), self.teacher,
+                          LabelConfig(passes=passes, concurrency=self.cfg.concurrency), progress=self.progress)
+        n1, c1 = self._totals()
+        m["teacher_calls"] = m.get("teacher_calls", 0) + (n1 - n0)
+        m["teacher_cost_usd"] = m.get("teacher_cost_usd", 0.0) + (c1 - c0)
+        return res
+
+    def _labels(self, split: str | Sequence[str]) -> dict[int, str]:
+        store = self.ws.store()
+        try:
+            return store.effective_labels(self.dataset, split=split)
+        finally:
+            store.close()
+
+    def _asked(self) -> set[int]:
+        """Items the teacher has a labels row for (agreed or not): never selected again."""
+        store = self.ws.store()
+        try:
+            return {int(r["item_id"]) for r in store.query(
+                "SELECT l.item_id FROM labels l JOIN items i ON i.id=l.item_id WHERE i.dataset=? AND l.source='teacher'",
+                (self.dataset,))}
+        finally:
+            store.close()
+
+    def _promoted_version(self) -> str | None:
+        store = self.ws.store()
+        try:
+            r = store.query("SELECT version FROM models WHERE dataset=? AND promoted=1 ORDER BY id DESC LIMIT 1", (self.dataset,))
+        finally:
+            store.close()
+        return r[0]["version"] if r else None
+
+    def _promote(self, version: str) -> None:
+        store = self.ws.store()
+        try:
+            with store.transaction() as c:
+                c.execute("UPDATE models SET promoted=0 WHERE dataset=?", (self.dataset,))
+                c.execute("UPDATE models SET promoted=1 WHERE version=?", (version,))
+        finally:
+            store.close()
+
+    def _accuracy(self, student: Any, labelled: dict[int, str]) -> float | None:
+        items = self._items(sorted(labelled))
+        if not items:
+            return None
+        probs = _predict(student, items)
+        pred = np.asarray(student.labels)[probs.argmax(1)]
+        return float(np.mean(pred == np.asarray([labelled[it.id] for it in items])))
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def run(self, on_round: Callable[[dict[str, Any]], None] | None) -> WheelResult:
+        self.run_id = self._open_run()
+        results: list[dict[str, Any]] = []
+        self.trained: list[str] = []  # versions trained in this run, newest last (the QBC committee)
+        self.served_stream: list[int] = []
+        try:
+            for r in range(1, self.cfg.rounds + 1):
+                m, done = self._round_row(r)
+                stream_slice = self.stream_order[(r - 1) * self.cfg.stream_per_round : r * self.cfg.stream_per_round]
+                if done:
+                    self.con.print(f"[dim]round {r}: already finished in this run, kept[/]")
+                    if m.get("trained_version"):
+                        self.trained.append(m["trained_version"])
+                    self.served_stream += stream_slice
+                    results.append(m)
+                    continue
+                self.con.rule(f"[bold]round {r}/{self.cfg.rounds}")
+                m = self._round(r, m, stream_slice)
+                results.append(m)
+                if on_round:
+                    on_round(m)
+            extra = self._finish(results)
+            store = self.ws.store()
+            try:
+                store.finish_run(self.run_id, "done")
+            finally:
+                store.close()
+        except KeyboardInterrupt:
+            self._mark("stopped")
+            raise
+        except BaseException:
+            self._mark("failed")
+            raise
+        return WheelResult(self.run_id, self.dataset, results, extra)
+
+    def _mark(self, status: str) -> None:
+        try:
+            store = self.ws.store()
+            try:
+                store.finish_run(self.run_id, status)
+            finally:
+                store.close()
+        except Exception:  # never hide the original error
+            log.exception("could not mark run %s as %s", self.run_id, status)
+
+    def _round(self, r: int, m: dict[str, Any], stream_slice: list[int]) -> dict[str, Any]:
+        from .calibration import calibrate
+        from .training import load_student, train_student
+
+        cfg = self.cfg
+        m.setdefault("teacher_calls", 0)
+        m.setdefault("teacher_cost_usd", 0.0)
+        m.setdefault("eval_teacher_calls", 0)
+        m.setdefault("eval_teacher_cost_usd", 0.0)
+        # 1. select + label ----------------------------------------------------------------------------
+        if "labelled" not in m:
+            if r == 1:
+                self.con.print(f"bootstrap: {len(self.seed_ids):,} random train items, {len(self.val_ids):,} val, {len(self.calib_ids):,} calib")
+                self._label(self.seed_ids + self.val_ids + self.calib_ids, cfg.passes, m, "seed/val/calib")
+                m["selected"] = len(self.seed_ids)
+            else:
+                asked = self._asked()
+                cands = [i for i in self.train_order if i not in asked]
+                if cfg.candidate_pool is not None and len(cands) > cfg.candidate_pool:
+                    rng = np.random.default_rng([cfg.seed, r])
+                    cands = [cands[i] for i in sorted(rng.choice(len(cands), cfg.candidate_pool, replace=False))]
+                budget_items = cfg.per_round_budget // cfg.passes
+                committee = [load_student(self.ws, v) for v in reversed(self.trained[-cfg.committee:])]
+                serving = self._promoted_version()
+                if serving and serving in self.trained:  # the serving model leads the committee (margin uses it)
+                    committee.sort(key=lambda s, sv=serving: 0 if getattr(s, "version", None) == sv else 1)
+                chosen = feedback.select(self.ws, self.dataset, cands, policy=cfg.policy, budget=budget_items,
+                                         students=committee, seed=cfg.seed + r)
+                self.con.print(f"  selected {len(chosen):,} of {len(cands):,} unlabelled pool items by [bold]{cfg.policy}[/]")
+                self._label(chosen, cfg.passes, m, "selected")
+                m["selected"] = len(chosen)
+            m["labelled"] = True
+            self._save_round(m)
+        # 2. train -------------------------------------------------------------------------------------
+        labels = self._labels("train")
+        served = set(self.served_stream)
+        labels |= {i: lab for i, lab in self._labels("stream").items() if i in served}
+        m["labels_total"] = len(labels)
+        if not m.get("trained_version") or not (self.ws.models_dir / m["trained_version"]).exists():
+            self.con.print(f"  training on {len(labels):,} labels ({len(served):,} stream items served so far)")
+            tm = train_student(self.ws, self.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
+                               epochs=cfg.epochs, round=r, progress=self.progress)
+            m["trained_version"] = tm.version
+            m["student_kind"] = getattr(tm.student, "kind", cfg.student_kind)
+            self._save_round(m)
+        version = m["trained_version"]
+        if version not in self.trained:
+            self.trained.append(version)
+        # 3. calibrate ----------------------------------------------------------------------------------
+        if "threshold" not in m:
+            cal = calibrate(self.ws, self.dataset, version, target_accuracy=cfg.target_accuracy,
+                            max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta)
+            m["threshold"] = _get(cal, "threshold")
+            m["temperature"] = _get(cal, "temperature", "T")
+            m["calib_feasible"] = _get(cal, "feasible")
+            self._save_round(m)
+        # 4. promote on validation (teacher labels: what a real user has) ---------------------------------
+        val_labels = {i: lab for i, lab in self._labels("val").items() if i in set(self.val_ids)}
+        new_student = load_student(self.ws, version)
+        m["val_accuracy_new"] = self._accuracy(new_student, val_labels)
+        current = self._promoted_version()
+        if current and current != version and (self.ws.models_dir / current).exists():
+            m["val_accuracy_current"] = self._accuracy(load_student(self.ws, current), val_labels)
+        else:
+            m["val_accuracy_current"] = None
+        promote = current is None or current == version or m["val_accuracy_current"] is None or (
+            (m["val_accuracy_new"] or 0) > m["val_accuracy_current"])
+        if promote:
+            self._promote(version)
+        m["promoted"] = bool(promote)
+        serving = version if promote else current
+        m["model_version"] = serving
+        self.con.print(f"  val accuracy new {_pct(m['val_accuracy_new'])} vs serving {_pct(m['val_accuracy_current'])} -> "
+                       f"{'[green]promoted[/]' if promote else '[yellow]kept ' + str(current) + '[/]'}")
+        self._save_round(m)
+        # 5. measure on test (gold): student alone and the cascade --------------------------------------
+        self._evaluate(r, m, serving)
+        # 6. serve this round's slice of the unseen stream ----------------------------------------------
+        self._serve(r, m, serving, stream_slice)
+        # 7. collect feedback (deferred answers are already labels; audit a sample of accepted answers) --
+        n0, c0 = self._totals()
+        fb = feedback.collect(self.ws, self.dataset, r, teacher=self.teacher if self.cfg.audit_rate > 0 else None,
+                              audit_rate=self.cfg.audit_rate, seed=self.cfg.seed, progress=False)
+        n1, c1 = self._totals()
+        m["teacher_calls"] += n1 - n0
+        m["teacher_cost_usd"] += c1 - c0
+        m["feedback"] = fb.to_dict()
+        m["audit_disagreement_rate"] = fb.audit_disagreement_rate
+        self.served_stream += stream_slice
+        self._save_round(m, finished=True)
+        return m
+
+    def _cascade(self, version: str) -> Any:
+        from .cascade import Cascade
+
+        return Cascade.from_store(self.ws, self.dataset, version=version, teacher=self.teacher)
+
+    def _evaluate(self, r: int, m: dict[str, Any], version: str) -> None:
+        items = self._items(self.test_ids)
+        gold = np.asarray([it.gold_label for it in items], dtype=object)
+        if not items or any(g is None for g in gold):
+            self.con.print("[yellow]  test split has no gold labels: accuracies not measured[/]")
+            return
+        self.con.print(f"  measuring on {len(items):,} test items (gold)")
+        n0, c0 = self._totals()
+        answers = self._cascade(version).predict_items(items, origin="eval", round=r, log=False,
+                                                       teacher_concurrency=self.cfg.concurrency)
+        n1, c1 = self._totals()
+        m["eval_teacher_calls"] += n1 - n0
+        m["eval_teacher_cost_usd"] += c1 - c0
+        student_pred = np.asarray([a.student_label for a in answers], dtype=object)
+        cascade_pred = np.asarray([a.label for a in answers], dtype=object)
+        m["student_accuracy"], m["student_accuracy_ci"] = _wilson(student_pred == gold)
+        m["cascade_accuracy"], m["cascade_accuracy_ci"] = _wilson(cascade_pred == gold)
+        deferred = np.asarray([a.source != "student" for a in answers])
+        m["test_teacher_fraction"] = float(deferred.mean())
+        if deferred.any():
+            m["test_accuracy_deferred_teacher"] = float(np.mean(cascade_pred[deferred] == gold[deferred]))
+            m["test_accuracy_deferred_student"] = float(np.mean(student_pred[deferred] == gold[deferred]))
+        if (~deferred).any():
+            m["test_accuracy_accepted"] = float(np.mean(student_pred[~deferred] == gold[~deferred]))
+        self._last_eval = (version, items, answers, gold)
+        self._save_round(m)
+
+    def _serve(self, r: int, m: dict[str, Any], version: str, stream_slice: list[int]) -> None:
+        items = self._items(stream_slice)
+        if not items:
+            m["teacher_fraction"] = None
+            m["stream_served"] = 0
+            return
+        self.con.print(f"  serving {len(items):,} unseen stream items through the cascade ({version})")
+        n0, c0 = self._totals()
+        answers = self._cascade(version).predict_items(items, origin="run", round=r, teacher_concurrency=self.cfg.concurrency)
+        n1, c1 = self._totals()
+        m["teacher_calls"] += n1 - n0
+        m["teacher_cost_usd"] += c1 - c0
+        m["stream_served"] = len(answers)
+        m["teacher_fraction"] = float(np.mean([a.source != "student" for a in answers]))
+        m["stream_teacher_failed"] = int(sum(a.source == "teacher_failed" for a in answers))
+        gold = [it.gold_label for it in items]
+        if all(g is not None for g in gold):
+            m["stream_cascade_accuracy"] = float(np.mean([a.label == g for a, g in zip(answers, gold)]))
+        self._save_round(m)
+
+    # -- end of run: teacher quality, gold ceiling, throughput, cost, final plots' data --------------------
+    def _finish(self, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        from .training import load_student, train_student
+
+        extra: dict[str, Any] = {"teacher_model": self.teacher.model, "teacher_source": _teacher_source(self.teacher.model),
+                                 "config": asdict(self.cfg)}
+        extra["teacher_quality"] = teacher_quality_on(self.ws, self.dataset, self.val_ids + self.calib_ids,
+                                                      self.teacher.model, self.task.labels)
+        last = rounds[-1]
+        serving = last.get("model_version")
+        test_items = self._items(self.test_ids)
+        if serving and test_items and all(it.gold_label is not None for it in test_items):
+            student = load_student(self.ws, serving)
+            extra["final"] = self._final_plots_data(serving, student, test_items, last)
+            if self.cfg.gold_ceiling:
+                labels = self._labels("train")
+                served = set(self.served_stream)
+                ids = sorted(set(labels) | {i for i in self._labels("stream") if i in served})
+                gold = {it.id: it.gold_label for it in self._items(ids) if it.gold_label is not None}
+                self.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
+                tm = train_student(self.ws, self.dataset, kind=self.cfg.student_kind, labels=gold, seed=self.cfg.seed,
+                                   epochs=self.cfg.epochs, round=None, progress=self.progress)
+                probs = _predict(tm.student, test_items)
+                pred = np.asarray(tm.student.labels)[probs.argmax(1)]
+                acc, ci = _wilson(pred == np.asarray([it.gold_label for it in test_items]))
+                extra["gold_ceiling_accuracy"], extra["gold_ceiling_accuracy_ci"] = acc, ci
+                extra["gold_ceiling_version"] = tm.version
+            thr = costmod.measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
+            extra["throughput"] = thr
+        store = self.ws.store()
+        try:
+            tstats = costmod.teacher_cost_stats(store, self.dataset, model=self.teacher.model)
+        finally:
+            store.close()
+        extra["teacher_cost"] = tstats
+        spend = float(sum(r.get("teacher_cost_usd") or 0.0 for r in rounds))
+        tf = last.get("teacher_fraction")
+        if extra.get("throughput") and tf is not None:
+            extra["cost"] = costmod.compare(costmod.CostInputs(
+                teacher_cost_per_call=tstats["mean_cost_per_call"], student_items_per_s=extra["throughput"]["items_per_s"],
+                teacher_fraction=tf, labelling_spend_usd=spend, cpu_usd_per_hour=self.cfg.cpu_usd_per_hour))
+        store = self.ws.store()
+        try:
+            store.add_report("wheel", wheel_report_key(self.dataset, self.run_id), extra)
+        finally:
+            store.close()
+        return extra
+
+    def _final_plots_data(self, version: str, student: Any, items: list[Item], last: dict[str, Any]) -> dict[str, Any]:
+        from .calibration import apply_temperature
+
+        labels = list(student.labels)
+        gold = np.asarray([labels.index(it.gold_label) for it in items])
+        probs = _predict(student, items)
+        T = last.get("temperature")
+        if T:
+            probs = apply_temperature(probs, float(T))
+        pred = probs.argmax(1)
+        conf = probs.max(1)
+        k = len(labels)
+        confusion = np.zeros((k, k), dtype=int)
+        np.add.at(confusion, (gold, pred), 1)
+        correct = pred == gold
+        bins = []
+        edges = np.linspace(0, 1, 11)
+        ece = 0.0
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (conf > lo) & (conf <= hi)
+            if sel.any():
+                bins.append({"lo": lo, "hi": hi, "confidence": float(conf[sel].mean()), "accuracy": float(correct[sel].mean()),
+                             "count": int(sel.sum())})
+                ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+        # cascade curve on test: exact wherever the deferred items have a teacher answer (all thresholds <= chosen)
+        teacher_ok = {}
+        ev = getattr(self, "_last_eval", None)
+        if ev and ev[0] == version:
+            for it, a in zip(ev[1], ev[2]):
+                if a.source == "teacher" and a.teacher_label is not None:
+                    teacher_ok[it.id] = a.teacher_label == it.gold_label
+                elif a.source == "teacher_failed":
+                    teacher_ok[it.id] = False
+        thresholds = np.unique(np.quantile(conf, np.linspace(0, 0.6, 31)))
+        curve: dict[str, list[float]] = {"threshold": [], "accepted_accuracy": [], "teacher_fraction": [], "cascade_accuracy": []}
+        ids = np.asarray([it.id for it in items])
+        for t in thresholds:
+            acc_mask = conf >= t
+            curve["threshold"].append(float(t))
+            curve["teacher_fraction"].append(float(1 - acc_mask.mean()))
+            curve["accepted_accuracy"].append(float(correct[acc_mask].mean()) if acc_mask.any() else float("nan"))
+            dids = ids[~acc_mask]
+            if all(int(i) in teacher_ok for i in dids):
+                tot = correct[acc_mask].sum() + sum(teacher_ok[int(i)] for i in dids)
+                curve["cascade_accuracy"].append(float(tot / len(items)))
+            else:
+                curve["cascade_accuracy"].append(float("nan"))
+        return {"version": version, "labels": labels, "confusion": confusion.tolist(), "reliability": bins, "ece": float(ece),
+                "threshold": last.get("threshold"), "temperature": T, "curve": curve,
+                "student_accuracy": float(correct.mean()), "n": len(items)}
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+        if isinstance(obj, dict) and isinstance(obj.get("choice"), dict) and n in obj["choice"]:
+            return obj["choice"][n]
+    return None
+
+
+def _predict(student: Any, items: Sequence[Item], batch: int = 512) -> np.ndarray:
+    out = [student.predict_proba(items[i : i + batch]) for i in range(0, len(items), batch)]
+    return np.concatenate(out) if out else np.zeros((0, len(student.labels)))
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def teacher_quality_on(ws: Workspace, dataset: str, item_ids: Sequence[int], model: str, labels: Sequence[str]) -> dict[str, Any]:
+    """Teacher accuracy vs gold on a *random* sample (val + calib): single call (pass 0) and k-pass consensus.
+
+    Why these items: they were drawn at random, so the estimate is unbiased -- actively selected items are hard by
+    construction and would understate the teacher.
+    """
+    store = Store(ws.db_path)
+    try:
+        ids = list(item_ids)
+        if not ids:
+            return {}
+        q = ",".join("?" * len(ids))
+        gold = {int(r["id"]): r["gold_label"] for r in store.query(
+            f"SELECT id, gold_label FROM items WHERE id IN ({q}) AND gold_label IS NOT NULL", ids)}
+        answers: dict[int, dict[int, str | None]] = {}
+        for r in store.query(f"SELECT item_id, pass_index, label FROM teacher_answers WHERE ok=1 AND model=? AND item_id IN ({q})",
+                             [model, *ids]):
+            answers.setdefault(int(r["item_id"]), {})[int(r["pass_index"])] = r["label"]
+        consensus = {int(r["item_id"]): r["label"] for r in store.query(
+            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({q})", ids)}
+    finally:
+        store.close()
+    first = [(answers[i][0], gold[i]) for i in gold if i in answers and 0 in answers[i]]
+    if not first:
+        return {}
+    correct = np.asarray([a == g for a, g in first])
+    acc, ci = _wilson(correct)
+    idx = {lab: j for j, lab in enumerate(labels)}
+    conf = np.zeros((len(labels), len(labels)), dtype=int)
+    for a, g in first:
+        if a in idx:
+            conf[idx[g], idx[a]] += 1
+    per_class = {}
+    for lab in labels:
+        sel = [a == g for a, g in first if g == lab]
+        per_class[lab] = float(np.mean(sel)) if sel else None
+    cons = [(consensus[i], gold[i]) for i in gold if i in consensus]
+    multi = [a for i, a in answers.items() if len(a) >= 2]
+    return {
+        "n": len(first), "accuracy": acc, "accuracy_ci": ci, "labels": list(labels), "per_class": per_class,
+        "confusion": conf.tolist(), "off_list_or_none": int(sum(a is None for a, _ in first)),
+        "consensus_accuracy": float(np.mean([c == g for c, g in cons])) if cons else None,
+        "consensus_unresolved": int(sum(c is None for c, _ in cons)),
+        "agreement_rate": float(np.mean([len(set(a.values())) == 1 for a in multi])) if multi else None,
+        "passes": max((len(a) for a in answers.values()), default=0), "sample": "val+calib (random)",
+    }
+
+
+def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds") -> Table:
+    """The per-round table printed by `flywheel run` / `flywheel demo`."""
+    t = Table(title=title)
+    for col in ("round", "model", "promoted", "labels", "teacher calls", "teacher $", "student acc (test)",
+                "cascade acc (test)", "teacher frac (stream)"):
+        t.add_column(col, justify="right")
+
+    def acc(d: dict[str, Any], k: str) -> str:
+        v, ci = d.get(k), d.get(f"{k}_ci")
+        if v is None:
+            return "–"
+        return f"{100 * v:.1f} % [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * v:.1f} %"
+
+    for d in rounds:
+        t.add_row(str(d.get("round")), str(d.get("model_version") or "–"), "yes" if d.get("promoted") else "no",
+                  f"{d.get('labels_total', 0):,}", f"{d.get('teacher_calls', 0):,}", f"{d.get('teacher_cost_usd') or 0:.4f}",
+                  acc(d, "student_accuracy"), acc(d, "cascade_accuracy"), _pct(d.get("teacher_fraction")))
+    return t
