@@ -1,8 +1,20 @@
-"""The Student protocol shared by image, text and tabular students."""
+"""The Student protocol shared by image, text and tabular students, plus the pieces they share.
+
+Why one protocol: the training loop, the evaluation, the cascade and the service never care which kind of student
+they hold -- they ask for probabilities in the task's label order, save it, and export it for ONNX Runtime.
+The shared torch training loop (:func:`fit_torch`) lives here so every torch student gets the same recipe:
+AdamW, cosine schedule, label smoothing, soft targets, per-item weights, early stopping on the validation split.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -10,13 +22,20 @@ import numpy as np
 
 from ..store import Item
 
+META_FILE = "meta.json"
+ONNX_FILE = "model.onnx"
+
+
+class StudentError(RuntimeError):
+    """A student that cannot be built, trained or loaded; the message says what to do."""
+
 
 @runtime_checkable
 class Student(Protocol):
     """A small model that learns from (possibly noisy, possibly soft) teacher labels.
 
     ``labels`` fixes the column order of every probability matrix.  ``items`` are store Items; a student loads
-    their content itself (image blobs from the workspace, text, features) via the loader it was built with.
+    their content itself (image blobs from the workspace, text, features) via the workspace it was built with.
     """
 
     kind: str
@@ -39,8 +58,253 @@ class Student(Protocol):
         """(n, num_labels) probabilities, rows summing to 1."""
         ...
 
+    def predict_proba_raw(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Same as :meth:`predict_proba` for content that is not in the store (PIL images / bytes, str, floats)."""
+        ...
+
     def save(self, path: Path) -> None:
         ...
 
     def export_onnx(self, path: Path) -> Path:
         ...
+
+
+# -- shared helpers -------------------------------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64 then float32: the one definition both runtimes use, so their outputs compare."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def version_info() -> dict[str, str]:
+    """Library versions written into every model's meta.json (what produced these weights)."""
+    from .. import __version__
+
+    info = {"llm_flywheel": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        import sklearn
+
+        info["sklearn"] = sklearn.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    full = {"version_info": version_info(), "saved_at": time.time(), **meta}
+    tmp = path / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path / META_FILE)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    p = Path(path) / META_FILE
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudentError(f"{p} not found: not a saved student folder") from None
+    except json.JSONDecodeError as e:
+        raise StudentError(f"{p} is corrupt ({e}); retrain the model") from None
+
+
+def torch_threads() -> int:
+    """Threads for torch/ORT: $FLYWHEEL_THREADS, else min(cores, 4) -- small models gain nothing from more."""
+    env = os.environ.get("FLYWHEEL_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def set_torch_threads() -> None:
+    import torch
+
+    n = torch_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def targets_matrix(
+    y: np.ndarray, num_labels: int, soft_targets: np.ndarray | None, label_smoothing: float
+) -> np.ndarray:
+    """The distribution each item is trained towards: the teacher's pass distribution when given, else one-hot,
+    mixed with a little uniform mass (label smoothing)."""
+    n = len(y)
+    if soft_targets is not None:
+        q = np.asarray(soft_targets, dtype=np.float32).copy()
+        if q.shape != (n, num_labels):
+            raise StudentError(f"soft_targets has shape {q.shape}, expected {(n, num_labels)}")
+        bad = ~np.isfinite(q).all(axis=1) | (q.sum(axis=1) <= 0)
+        q[bad] = 0.0
+        q[bad, np.asarray(y)[bad]] = 1.0  # unusable soft row -> the hard label
+        q = np.clip(q, 0, None)
+        q /= q.sum(axis=1, keepdims=True)
+    else:
+        q = np.zeros((n, num_labels), dtype=np.float32)
+        q[np.arange(n), np.asarray(y, dtype=int)] = 1.0
+    if label_smoothing > 0:
+        q = (1 - label_smoothing) * q + label_smoothing / num_labels
+    return q.astype(np.float32)
+
+
+def fit_torch(
+    model: Any,
+    x_train: Any,
+    q_train: np.ndarray,
+    w_train: np.ndarray | None,
+    x_val: Any,
+    y_val: np.ndarray,
+    *,
+    augment: Callable[[Any, Any], Any] | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int,
+    seed: int,
+    progress: bool,
+    desc: str,
+    eval_batch: int = 256,
+) -> dict[str, Any]:
+    """Train ``model`` (a torch module mapping a float batch to logits) on in-memory tensors.
+
+    ``q_train`` are target distributions (see :func:`targets_matrix`); ``w_train`` per-item weights (label quality).
+    The epoch with the best **validation** accuracy is kept (ties: lower val loss); training stops after
+    ``patience`` epochs without improvement.  With no validation items the last epoch is kept.
+    Returns a history dict; the model is left holding the selected weights, in eval mode.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    set_torch_threads()
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n = len(q_train)
+    if n == 0:
+        raise StudentError("no training items")
+    q = torch.from_numpy(np.asarray(q_train, dtype=np.float32))
+    w = torch.from_numpy(np.asarray(w_train if w_train is not None else np.ones(n), dtype=np.float32))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    y_val_t = np.asarray(y_val, dtype=int)
+    history: list[dict[str, float]] = []
+    best: tuple[float, float] | None = None
+    best_state: dict[str, Any] | None = None
+    best_epoch = -1
+    since_best = 0
+    t0 = time.time()
+
+    bar = _Bar(progress, desc, epochs)
+    try:
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(n, generator=g)
+            tot_loss, seen = 0.0, 0
+            for s in range(0, n, batch_size):
+                idx = perm[s : s + batch_size]
+                if len(idx) < 2 and n >= 2:
+                    continue  # BatchNorm cannot train on a batch of one
+                xb = x_train[idx]
+                xb = augment(xb, g) if augment is not None else xb
+                logits = model(xb)
+                per = -(q[idx] * F.log_softmax(logits, dim=1)).sum(dim=1)
+                wb = w[idx]
+                loss = (per * wb).sum() / wb.sum().clamp_min(1e-8)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tot_loss += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            rec: dict[str, float] = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1)}
+            if len(y_val_t):
+                logits_v = predict_torch(model, x_val, eval_batch)
+                pv = softmax(logits_v)
+                rec["val_acc"] = float((pv.argmax(1) == y_val_t).mean())
+                rec["val_loss"] = float(-np.log(np.clip(pv[np.arange(len(y_val_t)), y_val_t], 1e-12, None)).mean())
+                key = (rec["val_acc"], -rec["val_loss"])
+                if best is None or key > best:
+                    best, best_state, best_epoch, since_best = key, copy.deepcopy(model.state_dict()), epoch + 1, 0
+                else:
+                    since_best += 1
+            history.append(rec)
+            bar.advance(rec)
+            if len(y_val_t) and since_best >= patience:
+                break
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = len(history)
+    model.eval()
+    return {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_acc": best[0] if best else None,
+        "best_val_loss": -best[1] if best else None,
+        "history": history,
+        "train_seconds": round(time.time() - t0, 2),
+        "n_train": int(n),
+        "n_val": int(len(y_val_t)),
+    }
+
+
+def predict_torch(model: Any, x: Any, batch: int = 256) -> np.ndarray:
+    """Logits for an in-memory float tensor, in eval mode, without gradients."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(x), batch):
+            outs.append(model(x[s : s + batch]).float().numpy())
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(outs)
+
+
+class _Bar:
+    """A rich progress bar over epochs that shows the latest val accuracy (silent when disabled)."""
+
+    def __init__(self, enabled: bool, desc: str, total: int) -> None:
+        self.p = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), transient=False,
+            )
+            self.p.start()
+            self.t = self.p.add_task(desc, total=total, info="")
+
+    def advance(self, rec: dict[str, float]) -> None:
+        if self.p is not None:
+            info = f"loss {rec['train_loss']:.3f}" + (f" val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else "")
+            self.p.update(self.t, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.p is not None:
+            self.p.stop()

