@@ -1,0 +1,530 @@
+"""k-pass teacher labelling: cache, resume, budget, consensus, review queue.
+
+The teacher is where the money goes, so this module makes every call count:
+
+* **Cache first.**  A call is made only when no final answer (``ok=1``) exists for its key
+  (content hash, model, prompt version, pass).  Every answer is written to ``teacher_answers`` *before* it is used,
+  one autocommitted row at a time, so a run killed at any moment resumes where it stopped and a re-run makes zero
+  calls.  Failures (``ok=0``: network, HTTP, unparseable) are kept apart from disagreements and retried next run.
+* **Budget.**  Before a call is sent its estimated cost is *reserved* (with a safety margin, and never below the
+  most expensive call seen), so concurrent calls cannot overshoot the dollar cap or the call cap.
+* **Diverse passes -> consensus.**  Pass 0 is T=0 with the canonical prompt; later passes change wording, label
+  order and temperature.  Agreement and confidences make one label with a quality score and a soft target;
+  a disagreement gets a tie-break pass (pass index ``k``) and, whatever it says, stays visible: the label row
+  records it and the item is queued for human review -- never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .store import Item, Store
+from .task import Task
+from .teachers.base import TeacherAnswer
+from .teachers.openai_compat import OpenAICompatTeacher, RateLimiter, run_sync
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIDENCE = 0.7  # used in the soft target when a teacher gives no confidence
+_CHUNK = 900
+
+
+@dataclass
+class LabelConfig:
+    """How to label.  ``passes`` diverse passes per item; ``tie_break`` adds pass ``passes`` where they disagree."""
+
+    passes: int = 2
+    concurrency: int = 16
+    rpm: float | None = None
+    budget_usd: float | None = None
+    max_calls: int | None = None
+    tie_break: bool = True
+    queue_disagreements: bool = True
+    cost_safety: float = 1.5  # reservation = estimated cost x this (and >= the dearest call seen)
+
+    def __post_init__(self) -> None:
+        if self.passes < 1:
+            raise ValueError(f"passes must be >= 1, got {self.passes}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.budget_usd is not None and self.budget_usd < 0:
+            raise ValueError(f"budget_usd must be >= 0, got {self.budget_usd}")
+        if self.max_calls is not None and self.max_calls < 0:
+            raise ValueError(f"max_calls must be >= 0, got {self.max_calls}")
+
+
+@dataclass
+class LabelRunResult:
+    """What a run did.  ``failed`` counts calls that failed *this run* (retried next run)."""
+
+    calls_made: int = 0
+    cost_usd: float = 0.0
+    answers_cached: int = 0
+    labelled: int = 0
+    agreed: int = 0
+    disagreed: int = 0
+    failed: int = 0
+    stopped_by_budget: bool = False
+    tie_broken: int = 0
+    single: int = 0
+    unlabelled: int = 0
+    off_list: int = 0
+    tie_break_calls: int = 0
+    queued_for_review: int = 0
+    stopped_reason: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+    prompt_version: str = ""
+    simulated: bool = False
+    items: int = 0
+    elapsed_s: float = 0.0
+    run_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- budget --------------------------------------------------------------------------------------------------------
+WAIT = "wait"
+
+
+class Budget:
+    """Reserve-then-settle accounting so that concurrent calls never exceed the caps."""
+
+    def __init__(self, budget_usd: float | None, max_calls: int | None, est_cost: float | None, safety: float) -> None:
+        self.budget_usd, self.max_calls = budget_usd, max_calls
+        self.est_cost, self.safety = est_cost, safety
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.calls = 0
+        self.inflight = 0
+        self.max_seen = 0.0
+        self.exhausted = False
+
+    def _per_call(self) -> float | None:
+        cands = [c for c in (self.est_cost * self.safety if self.est_cost is not None else None,
+                             self.max_seen * 1.2 if self.max_seen else None) if c is not None]
+        return max(cands) if cands else None
+
+    def reserve(self) -> float | str | None:
+        """A reservation (USD) to settle later; ``WAIT`` to try again once in-flight calls settle; ``None``: stop."""
+        if self.exhausted:
+            return None
+        if self.max_calls is not None and self.calls + self.inflight >= self.max_calls:
+            if self.inflight:
+                return WAIT
+            self.exhausted = True
+            return None
+        est = 0.0
+        if self.budget_usd is not None:
+            per = self._per_call()
+            if per is None:  # nothing known about prices yet: one probe call at a time
+                if self.inflight:
+                    return WAIT
+                per = 0.0
+            if self.spent + self.reserved + per > self.budget_usd + 1e-12:
+                if self.inflight:
+                    return WAIT
+                self.exhausted = True
+                return None
+            est = per
+        self.reserved += est
+        self.inflight += 1
+        return est
+
+    def settle(self, reservation: float, actual: float | None) -> None:
+        self.reserved -= reservation
+        self.inflight -= 1
+        self.calls += 1
+        if actual:
+            self.spent += actual
+            self.max_seen = max(self.max_seen, actual)
+
+
+# --- storage -------------------------------------------------------------------------------------------------------
+def store_answer(store: Store, ans: TeacherAnswer, run_id: int | None = None) -> int | None:
+    """Write one answer (autocommitted).  A final answer already stored for the same key is kept (first wins)."""
+    cur = store.execute(
+        "INSERT OR IGNORE INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, label, "
+        "confidence, label_logprob, logprobs_json, reason, raw_text, tokens_in, tokens_out, cost_usd, latency_s, "
+        "error_kind, error_detail, run_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            ans.item_id, ans.content_hash, ans.model, ans.prompt_version, ans.pass_index, int(bool(ans.ok)),
+            ans.label, ans.confidence, ans.label_logprob,
+            json.dumps(ans.logprobs) if ans.logprobs else None, ans.reason,
+            ans.raw_text, ans.tokens_in, ans.tokens_out, ans.cost_usd, ans.latency_s, ans.error_kind,
+            ans.error_detail, run_id, time.time(),
+        ),
+    )
+    return cur.lastrowid if cur.rowcount else None
+
+
+def cached_keys(store: Store, model: str, prompt_version: str, hashes: Sequence[str]) -> set[tuple[str, int]]:
+    """(content_hash, pass_index) pairs that already have a final answer."""
+    out: set[tuple[str, int]] = set()
+    hs = list(dict.fromkeys(hashes))
+    for i in range(0, len(hs), _CHUNK):
+        chunk = hs[i : i + _CHUNK]
+        rows = store.query(
+            f"SELECT content_hash, pass_index FROM teacher_answers WHERE ok=1 AND model=? AND prompt_version=? "
+            f"AND content_hash IN ({','.join('?' * len(chunk))})",
+            [model, prompt_version, *chunk],
+        )
+        out.update((r["content_hash"], r["pass_index"]) for r in rows)
+    return out
+
+
+def final_answers(store: Store, model: str, prompt_version: str, hashes: Sequence[str],
+                  max_pass: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """content_hash -> final answers (ordered by pass)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    hs = list(dict.fromkeys(hashes))
+    for i in range(0, len(hs), _CHUNK):
+        chunk = hs[i : i + _CHUNK]
+        sql = (f"SELECT id, content_hash, pass_index, label, confidence, label_logprob, error_kind FROM teacher_answers "
+               f"WHERE ok=1 AND model=? AND prompt_version=? AND content_hash IN ({','.join('?' * len(chunk))})")
+        params: list[Any] = [model, prompt_version, *chunk]
+        if max_pass is not None:
+            sql += " AND pass_index<=?"
+            params.append(max_pass)
+        for r in store.query(sql + " ORDER BY pass_index", params):
+            out.setdefault(r["content_hash"], []).append(dict(r))
+    return out
+
+
+# --- consensus -----------------------------------------------------------------------------------------------------
+@dataclass
+class Consensus:
+    label: str | None
+    quality: float
+    soft: dict[str, float]
+    status: str  # agreed | tie_broken | disagreed | single
+    votes: dict[str, int]
+    answer_ids: list[int]
+
+
+def consensus(answers: Sequence[dict[str, Any]], labels: Sequence[str]) -> Consensus | None:
+    """One label from several passes.
+
+    * all valid passes agree (>= 2): ``agreed``, quality = mean confidence;
+    * a strict majority after dissent: ``tie_broken``, quality = majority share x mean confidence of the majority;
+    * no majority: ``disagreed``, label ``None`` (kept and queued, never dropped);
+    * one valid pass: ``single``, quality halved (nothing checked it).
+    The soft target averages, per pass, ``confidence`` on the answer and the rest spread over the other labels.
+    """
+    if not answers:
+        return None
+    ids = [int(a["id"]) for a in answers]
+    valid = [a for a in answers if a.get("label") in labels]
+    k = len(labels)
+    if not valid:
+        return Consensus(None, 0.0, {}, "disagreed", {"off_list": len(answers)}, ids)
+    soft = dict.fromkeys(labels, 0.0)
+    for a in valid:
+        c = a.get("confidence")
+        c = DEFAULT_CONFIDENCE if c is None else min(max(float(c), 1.0 / k), 1.0)
+        for lab in labels:
+            soft[lab] += (c if lab == a["label"] else (1.0 - c) / (k - 1)) / len(valid)
+    votes = Counter(a["label"] for a in valid)
+    (top, n_top), *rest = votes.most_common()
+    confs = [float(a["confidence"]) if a.get("confidence") is not None else DEFAULT_CONFIDENCE
+             for a in valid if a["label"] == top]
+    mean_c = sum(confs) / len(confs)
+    n = len(valid)
+    soft = {lab: round(p, 6) for lab, p in soft.items() if p > 0}
+    if n == 1:
+        return Consensus(top, 0.5 * mean_c, soft, "single", dict(votes), ids)
+    if n_top == n:
+        return Consensus(top, mean_c, soft, "agreed", dict(votes), ids)
+    if n_top * 2 > n:
+        return Consensus(top, n_top / n * mean_c, soft, "tie_broken", dict(votes), ids)
+    return Consensus(None, n_top / n * mean_c, soft, "disagreed", dict(votes), ids)
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+def _load(ws: Workspace, store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
+    task = Task.from_json(store.dataset_task_json(dataset))
+    items = store.items(dataset, ids=list(item_ids)) if item_ids else []
+    if item_ids and len(items) != len(set(item_ids)):
+        missing = sorted(set(item_ids) - {it.id for it in items})
+        raise ValueError(f"{len(missing)} item id(s) are not in dataset {dataset!r}: {missing[:10]}")
+    return task, items
+
+
+def _jobs(items: Sequence[Item], passes: Sequence[int], cached: set[tuple[str, int]]) -> list[tuple[Item, int]]:
+    """One call per missing (content hash, pass); items sharing content share the call.  Item-major order so a
+    partial run leaves whole items done."""
+    seen: set[tuple[str, int]] = set(cached)
+    jobs = []
+    for it in items:
+        for p in passes:
+            key = (it.content_hash, p)
+            if key not in seen:
+                seen.add(key)
+                jobs.append((it, p))
+    return jobs
+
+
+class _Runner:
+    def __init__(self, ws: Workspace, store: Store, task: Task, teacher: OpenAICompatTeacher, cfg: LabelConfig,
+                 budget: Budget, result: LabelRunResult, run_id: int, progress: Any) -> None:
+        self.ws, self.store, self.task, self.teacher, self.cfg = ws, store, task, teacher, cfg
+        self.budget, self.result, self.run_id, self.progress = budget, result, run_id, progress
+        self.stop = False
+
+    async def run(self, jobs: list[tuple[Item, int]], desc: str) -> None:
+        if not jobs or self.stop:
+            return
+        queue = deque(jobs)
+        bar = self.progress.add_task(desc, total=len(jobs)) if self.progress else None
+        async with self.teacher.make_client(self.cfg.concurrency) as client:
+            async def worker() -> None:
+                while queue and not self.stop:
+                    res = self.budget.reserve()
+                    if res == WAIT:
+                        await asyncio.sleep(0.005)
+                        continue
+                    if res is None:
+                        self.result.stopped_by_budget = True
+                        self.result.stopped_reason = (
+                            f"call cap {self.cfg.max_calls} reached" if self.cfg.max_calls is not None
+                            and self.budget.calls >= self.cfg.max_calls else
+                            f"budget ${self.cfg.budget_usd:g} reached (spent ${self.budget.spent:.4f})")
+                        self.stop = True
+                        return
+                    item, p = queue.popleft()
+                    try:
+                        ans = await self.teacher.alabel_one(item, self.task, self.ws, pass_index=p, client=client)
+                    except BaseException:
+                        self.budget.settle(res, None)  # type: ignore[arg-type]
+                        raise
+                    store_answer(self.store, ans, self.run_id)  # stored before anything uses it
+                    self.budget.settle(res, ans.cost_usd)  # type: ignore[arg-type]
+                    self._count(ans)
+                    if bar is not None:
+                        self.progress.update(bar, advance=1,
+                                             description=f"{desc} [dim]${self.result.cost_usd:.4f}[/]")
+
+            await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(jobs)))))
+
+    def _count(self, ans: TeacherAnswer) -> None:
+        r = self.result
+        r.calls_made += 1
+        r.cost_usd += ans.cost_usd or 0.0
+        if not ans.ok:
+            r.failed += 1
+        if ans.error_kind:
+            r.errors[ans.error_kind] = r.errors.get(ans.error_kind, 0) + 1
+            if ans.error_kind == "off_list":
+                r.off_list += 1
+        if ans.extra.get("fatal") and not self.stop:
+            self.stop = True
+            r.stopped_reason = (f"the teacher refused the request ({ans.error_detail}); stopped so as not to repeat "
+                                f"it for every item -- check the API key, model name and base URL")
+
+
+def _progress_ctx(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .cli import console
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def label_items(
+    ws: Workspace,
+    dataset: str,
+    item_ids: Sequence[int],
+    teacher: OpenAICompatTeacher,
+    config: LabelConfig | None = None,
+    *,
+    progress: bool = True,
+) -> LabelRunResult:
+    """Label ``item_ids`` with ``config.passes`` diverse passes (+ tie-breaks), making only uncached calls.
+
+    Writes ``labels`` rows (source='teacher') for every item with at least one final answer and queues
+    disagreements in ``review_queue``.  Opens its own Store, so it can run in a thread beside a server.
+    Raises ``TeacherConfigError`` before any call when the API key is missing.
+    """
+    cfg = config or LabelConfig()
+    t_start = time.monotonic()
+    store = ws.store()
+    try:
+        task, items = _load(ws, store, dataset, item_ids)
+        teacher.check_ready()
+        if teacher.task is None:
+            teacher.task = task
+        pv = teacher.prompt_version_for(task)
+        result = LabelRunResult(model=teacher.model, prompt_version=pv, simulated=teacher.is_simulated,
+                                items=len(items))
+        if cfg.rpm:
+            teacher.limiter = RateLimiter(cfg.rpm)
+        hashes = [it.content_hash for it in items]
+        cached = cached_keys(store, teacher.model, pv, hashes)
+        main_passes = list(range(cfg.passes))
+        jobs = _jobs(items, main_passes, cached)
+        result.answers_cached = sum(1 for h in set(hashes) for p in main_passes if (h, p) in cached)
+        run_id = store.start_run("label", {"dataset": dataset, "model": teacher.model, "base_url": teacher.base_url,
+                                           "prompt_version": pv, "items": len(items), "simulated": teacher.is_simulated,
+                                           **{k: v for k, v in asdict(cfg).items()}})
+        result.run_id = run_id
+        _, _, est = teacher.estimate_call(task)
+        observed = _observed_cost_per_call(store, teacher.model)
+        budget = Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
+        prog = _progress_ctx(progress and bool(items))
+        tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
+        status = "failed"
+        try:
+            if prog is not None:
+                prog.start()
+            runner = _Runner(ws, store, task, teacher, cfg, budget, result, run_id, prog)
+            run_sync(runner.run(jobs, f"labelling {dataset}{tag}"))
+            if cfg.tie_break and not runner.stop:
+                answers = final_answers(store, teacher.model, pv, hashes, max_pass=cfg.passes - 1)
+                tb_items = []
+                for it in items:
+                    c = consensus(answers.get(it.content_hash, []), task.labels)
+                    if c is not None and c.status == "disagreed" and sum(c.votes.values()) >= 2 and "off_list" not in c.votes:
+                        tb_items.append(it)
+                tb_cached = cached_keys(store, teacher.model, pv, [it.content_hash for it in tb_items])
+                tb_jobs = _jobs(tb_items, [cfg.passes], tb_cached)
+                before = result.calls_made
+                run_sync(runner.run(tb_jobs, f"tie-break pass{tag}"))
+                result.tie_break_calls = result.calls_made - before
+            status = "stopped" if runner.stop else "done"
+        finally:
+            if prog is not None:
+                prog.stop()
+            _write_labels(store, task, teacher, pv, items, cfg, result)
+            result.elapsed_s = time.monotonic() - t_start
+            store.finish_run(run_id, status)
+            store.add_report("label_run", str(run_id), {**result.to_dict(),
+                                                        "note": SIMULATED_NOTE if teacher.is_simulated else None})
+        return result
+    finally:
+        store.close()
+
+
+SIMULATED_NOTE = ("teacher answers come from the SIMULATED teacher (gold labels through an explicit error model), "
+                  "not from a real LLM")
+
+
+def _write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
+                  cfg: LabelConfig, result: LabelRunResult) -> None:
+    max_pass = cfg.passes if cfg.tie_break else cfg.passes - 1
+    answers = final_answers(store, teacher.model, pv, [it.content_hash for it in items], max_pass=max_pass)
+    now = time.time()
+    human = set()
+    ids = [it.id for it in items]
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i : i + _CHUNK]
+        human.update(r["item_id"] for r in store.query(
+            f"SELECT item_id FROM labels WHERE source='human' AND item_id IN ({','.join('?' * len(chunk))})", chunk))
+    counts: Counter[str] = Counter()
+    with store.transaction() as c:
+        for it in items:
+            con = consensus(answers.get(it.content_hash, []), task.labels)
+            if con is None:
+                counts["unlabelled"] += 1
+                continue
+            counts[con.status] += 1
+            prov = {"model": teacher.model, "prompt_version": pv, "answer_ids": con.answer_ids, "votes": con.votes,
+                    "simulated": teacher.is_simulated}
+            c.execute(
+                "INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
+                "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(item_id, source) DO UPDATE SET label=excluded.label, "
+                "quality=excluded.quality, soft_json=excluded.soft_json, status=excluded.status, "
+                "provenance=excluded.provenance, updated_at=excluded.updated_at",
+                (it.id, "teacher", con.label, round(con.quality, 6), json.dumps(con.soft), con.status,
+                 json.dumps(prov), now),
+            )
+            if cfg.queue_disagreements and con.status in ("disagreed", "tie_broken") and it.id not in human:
+                score = 1.0 if con.status == "disagreed" else 0.5
+                cur = c.execute(
+                    "INSERT INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?) "
+                    "ON CONFLICT(item_id) DO UPDATE SET score=MAX(COALESCE(score,0), excluded.score) "
+                    "WHERE resolved_at IS NULL",
+                    (it.id, "disagreement", score, now),
+                )
+                result.queued_for_review += cur.rowcount
+    result.agreed = counts["agreed"]
+    result.tie_broken = counts["tie_broken"]
+    result.disagreed = counts["disagreed"]
+    result.single = counts["single"]
+    result.unlabelled = counts["unlabelled"]
+    result.labelled = counts["agreed"] + counts["tie_broken"] + counts["single"]
+
+
+def _observed_cost_per_call(store: Store, model: str) -> float | None:
+    row = store.query("SELECT AVG(cost_usd) AS c, MAX(cost_usd) AS m, COUNT(cost_usd) AS n FROM teacher_answers "
+                      "WHERE model=? AND cost_usd IS NOT NULL", (model,))[0]
+    return float(row["c"]) if row["n"] else None
+
+
+def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
+         config: LabelConfig | None = None) -> dict[str, Any]:
+    """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
+
+    The price per call is the mean recorded for this model when there is one ('observed'), else the task's
+    price table applied to a token estimate ('task prices').  Tie-breaks are estimated from the disagreement
+    rate seen so far (15 % when nothing is known) and bounded by one per item.
+    """
+    cfg = config or LabelConfig()
+    store = ws.store(readonly=True)
+    try:
+        task, items = _load(ws, store, dataset, item_ids)
+        pv = teacher.prompt_version_for(task)
+        hashes = [it.content_hash for it in items]
+        uniq = len(set(hashes))
+        cached = cached_keys(store, teacher.model, pv, hashes)
+        needed = len(_jobs(items, list(range(cfg.passes)), cached))
+        tb_max = len(_jobs(items, [cfg.passes], cached)) if cfg.tie_break and cfg.passes >= 2 else 0
+        rows = store.query("SELECT status, COUNT(*) AS n FROM labels WHERE source='teacher' GROUP BY status")
+        by = {r["status"]: r["n"] for r in rows}
+        tot = sum(by.values())
+        dis_rate = (by.get("disagreed", 0) + by.get("tie_broken", 0)) / tot if tot else 0.15
+        tb_exp = min(tb_max, round(dis_rate * tb_max)) if needed else 0
+        row = store.query("SELECT AVG(cost_usd) AS c, AVG(tokens_in) AS ti, AVG(tokens_out) AS to_, COUNT(cost_usd) AS n "
+                          "FROM teacher_answers WHERE model=? AND cost_usd IS NOT NULL", (teacher.model,))[0]
+        tin, tout, est = teacher.estimate_call(task)
+        if row["n"]:
+            per_call, source = float(row["c"]), "observed"
+            tin, tout = int(row["ti"] or tin), int(row["to_"] or tout)
+        elif est is not None:
+            per_call, source = est, "task prices"
+        else:
+            per_call, source = None, "unknown (no prices in the task and no calls recorded)"
+    finally:
+        store.close()
+    calls_exp = needed + tb_exp
+    cost = None if per_call is None else per_call * calls_exp
+    cost_max = None if per_call is None else per_call * (needed + tb_max)
+    return {
+        "dataset": dataset, "model": teacher.model, "base_url": teacher.base_url, "prompt_version": pv,
+        "simulated": teacher.is_simulated, "items": len(items), "unique_contents": uniq, "passes": cfg.passes,
+        "calls_cached": uniq * cfg.passes - needed, "calls_needed": needed,
+        "tie_break_calls_expected": tb_exp, "tie_break_calls_max": tb_max,
+        "est_tokens_in": tin * calls_exp, "est_tokens_out": tout * calls_exp,
+        "est_cost_per_call_usd": per_call, "price_source": source,
+        "est_cost_usd": cost, "est_cost_usd_max": cost_max,
+        "budget_usd": cfg.budget_usd, "max_calls": cfg.max_calls,
+        "fits_budget": None if cfg.budget_usd is None or cost_max is None else cost_max <= cfg.budget_usd,
+    }
+
+
+def teacher_quality(ws: Workspace, dataset: str, model: str | None = None, split: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """Teacher accuracy vs gold (95 % CI), confusion and ECE -- see :func:`llm_flywheel.quality.teacher_quality`."""
+    from .quality import teacher_quality as tq
+
+    return tq(ws, dataset, model=model, split=split)

@@ -1,0 +1,149 @@
+"""Measuring the teacher against gold labels: accuracy (95 % CI), per-class confusion, calibration (ECE).
+
+Why: the seed never measured its teacher although gold labels were at hand, so nobody knew whether the student's
+errors came from the student or from its labels.  Wherever gold exists we measure, per pass and for the consensus,
+and store the result as a ``teacher_quality`` report.  Gold labels are used for measurement only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .task import Task
+from .workspace import Workspace
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval for a proportion (good at small n and near 0/1)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> tuple[float, list[dict[str, float]]]:
+    """ECE with equal-width bins; returns (ece, per-bin table for a reliability diagram)."""
+    n = len(confidences)
+    if n == 0:
+        return float("nan"), []
+    table = []
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidences) if (lo <= c < hi) or (b == bins - 1 and c == 1.0)]
+        if not idx:
+            continue
+        conf = sum(confidences[i] for i in idx) / len(idx)
+        acc = sum(1 for i in idx if correct[i]) / len(idx)
+        ece += len(idx) / n * abs(acc - conf)
+        table.append({"lo": lo, "hi": hi, "n": len(idx), "confidence": conf, "accuracy": acc})
+    return ece, table
+
+
+def _split_clause(split: str | Sequence[str] | None) -> tuple[str, list[Any]]:
+    if split is None:
+        return "", []
+    splits = [split] if isinstance(split, str) else list(split)
+    return f" AND i.split IN ({','.join('?' * len(splits))})", splits
+
+
+def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
+                    split: str | Sequence[str] | None = None, *, store_report: bool = True) -> dict[str, Any]:
+    """Accuracy (+95 % CI), per-class confusion and ECE of the teacher's verbalised confidence, vs gold.
+
+    Per answer (every final pass), per pass index, and for the consensus labels.  Off-list answers count as
+    wrong.  ``model`` defaults to the model with most answers on this dataset.  Stored as report
+    ``teacher_quality`` keyed ``"{dataset}:{model}"``.  ``n == 0`` when no gold labels exist.
+    """
+    store = ws.store()
+    try:
+        task = Task.from_json(store.dataset_task_json(dataset))
+        if model is None:
+            row = store.query(
+                "SELECT a.model AS model, COUNT(*) AS n FROM teacher_answers a JOIN items i ON i.id=a.item_id "
+                "WHERE i.dataset=? AND a.ok=1 GROUP BY a.model ORDER BY n DESC LIMIT 1", (dataset,))
+            if not row:
+                raise ValueError(f"no teacher answers for dataset {dataset!r}; run `flywheel label` first")
+            model = row[0]["model"]
+        sc, sp = _split_clause(split)
+        # answers keyed by content hash so duplicates of an item are measured against its gold
+        answers = store.query(
+            "SELECT a.pass_index AS pass_index, a.label AS label, a.confidence AS confidence, i.gold_label AS gold "
+            "FROM teacher_answers a JOIN items i ON i.content_hash=a.content_hash AND i.dataset=? "
+            f"WHERE a.ok=1 AND a.model=? AND i.gold_label IS NOT NULL{sc} GROUP BY a.id, i.id", [dataset, model, *sp])
+        cons = store.query(
+            "SELECT l.label AS label, l.quality AS quality, l.status AS status, l.provenance AS prov, "
+            "i.gold_label AS gold FROM labels l JOIN items i ON i.id=l.item_id "
+            f"WHERE l.source='teacher' AND i.dataset=? AND i.gold_label IS NOT NULL{sc}", [dataset, *sp])
+        cons = [r for r in cons if _prov_model(r["prov"]) == model]
+        failures = store.query(
+            "SELECT a.error_kind AS k, COUNT(*) AS n FROM teacher_answers a JOIN items i ON i.id=a.item_id "
+            f"WHERE a.ok=0 AND a.model=? AND i.dataset=?{sc} GROUP BY a.error_kind", [model, dataset, *sp])
+    finally:
+        store.close()
+
+    labels = list(task.labels)
+    n = len(answers)
+    correct = [a["label"] == a["gold"] for a in answers]
+    k = sum(correct)
+    confusion = {g: dict.fromkeys([*labels, "off_list"], 0) for g in labels}
+    for a in answers:
+        if a["gold"] in confusion:
+            confusion[a["gold"]][a["label"] if a["label"] in labels else "off_list"] += 1
+    per_class = {}
+    for g in labels:
+        tot = sum(confusion[g].values())
+        per_class[g] = {"n": tot, "accuracy": confusion[g][g] / tot if tot else None}
+    conf_pairs = [(float(a["confidence"]), a["label"] == a["gold"]) for a in answers if a["confidence"] is not None]
+    ece, bins = expected_calibration_error([c for c, _ in conf_pairs], [ok for _, ok in conf_pairs])
+    per_pass: dict[str, Any] = {}
+    for p in sorted({a["pass_index"] for a in answers}):
+        rows = [a for a in answers if a["pass_index"] == p]
+        kp = sum(1 for a in rows if a["label"] == a["gold"])
+        per_pass[str(p)] = {"n": len(rows), "accuracy": kp / len(rows), "ci95": wilson_ci(kp, len(rows))}
+    labelled = [r for r in cons if r["label"] is not None]
+    kc = sum(1 for r in labelled if r["label"] == r["gold"])
+    by_status: dict[str, dict[str, Any]] = {}
+    for r in cons:
+        s = by_status.setdefault(r["status"], {"n": 0, "correct": 0})
+        s["n"] += 1
+        s["correct"] += int(r["label"] == r["gold"])
+    for s in by_status.values():
+        s["accuracy"] = s["correct"] / s["n"] if s["n"] else None
+    simulated = model.startswith("simulated/")
+    report = {
+        "dataset": dataset, "model": model, "split": split, "simulated": simulated,
+        "note": ("SIMULATED teacher: its accuracy is a parameter of the error model, not a measurement of an LLM"
+                 if simulated else None),
+        "n": n, "accuracy": k / n if n else None, "ci95": wilson_ci(k, n) if n else None,
+        "off_list_rate": sum(1 for a in answers if a["label"] is None) / n if n else None,
+        "ece": ece if n else None, "mean_confidence": (sum(c for c, _ in conf_pairs) / len(conf_pairs)) if conf_pairs else None,
+        "reliability": bins, "per_pass": per_pass, "per_class": per_class, "confusion": confusion,
+        "labels": labels,
+        "consensus": {
+            "n_items": len(cons), "n_labelled": len(labelled), "coverage": len(labelled) / len(cons) if cons else None,
+            "accuracy": kc / len(labelled) if labelled else None,
+            "ci95": wilson_ci(kc, len(labelled)) if labelled else None, "by_status": by_status,
+        },
+        "failures": {r["k"]: r["n"] for r in failures},
+    }
+    if store_report and n:
+        s = ws.store()
+        try:
+            s.add_report("teacher_quality", f"{dataset}:{model}", report)
+        finally:
+            s.close()
+    return report
+
+
+def _prov_model(prov: str | None) -> str | None:
+    try:
+        return json.loads(prov).get("model") if prov else None
+    except (json.JSONDecodeError, AttributeError):
+        return None

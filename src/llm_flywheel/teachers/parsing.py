@@ -1,0 +1,192 @@
+"""Turning what an LLM wrote into one of the task's labels -- or saying plainly that it did not give one.
+
+Why a module of its own: real models wrap JSON in code fences, add prose, write "T-shirt", "Sweet Peppers" or
+"ankle boots" for ``t_shirt_top``, ``sweet_pepper`` and ``ankle_boot``.  A robust parser turns those into labels,
+while an answer that names something off the list is *recorded* as off-list (a final answer, ``ok=1``) and one
+that cannot be read at all is a parse failure (``ok=0``, asked again on the next run) -- never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+def norm_token(text: str) -> str:
+    """Lower-case, every run of non-alphanumerics becomes ``_`` ("T-Shirt / Top" -> "t_shirt_top")."""
+    return _NON_WORD.sub("_", text.strip().lower()).strip("_")
+
+
+def _singular(word: str) -> str:
+    if len(word) > 3 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith(("ches", "shes", "sses", "xes")):
+        return word[:-2]
+    if len(word) > 2 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def _singular_key(text: str) -> str:
+    return "_".join(_singular(w) for w in norm_token(text).split("_") if w)
+
+
+class LabelMatcher:
+    """Maps free-form label text to a task label: exact, case/space/hyphen/plural variants, description names,
+    and an unambiguous whole-word prefix ("t-shirt" -> ``t_shirt_top``).  Ambiguous or unknown -> ``None``."""
+
+    def __init__(self, labels: tuple[str, ...] | list[str], descriptions: dict[str, str] | None = None) -> None:
+        self.labels = tuple(labels)
+        self._exact: dict[str, str] = {}
+        for lab in self.labels:
+            for key in (norm_token(lab), _singular_key(lab), norm_token(lab).replace("_", "")):
+                self._exact.setdefault(key, lab)
+        for lab, desc in (descriptions or {}).items():
+            head = desc.split(":", 1)[0]
+            if head and len(head) < 40 and ":" in desc:
+                for key in (norm_token(head), _singular_key(head)):
+                    self._exact.setdefault(key, lab)
+
+    def match(self, text: Any) -> str | None:
+        if not isinstance(text, str) or not text.strip():
+            return None
+        key = norm_token(text)
+        for k in (key, _singular_key(text), key.replace("_", "")):
+            if k in self._exact:
+                return self._exact[k]
+        # whole-word prefix: "t_shirt" is the start of exactly one label ("t_shirt_top")
+        sk = _singular_key(text)
+        cands = {lab for lab in self.labels if _singular_key(lab).startswith(sk + "_")}
+        if len(cands) == 1:
+            return cands.pop()
+        return None
+
+
+@dataclass
+class ParsedAnswer:
+    """``error_kind``: None (a label), ``off_list`` (valid JSON naming no task label -- final), ``parse`` (unreadable)."""
+
+    label: str | None
+    confidence: float | None
+    reason: str | None
+    raw_label: str | None
+    error_kind: str | None = None
+    error_detail: str | None = None
+
+
+def _json_objects(text: str) -> list[Any]:
+    """Every JSON object that can be decoded from ``text`` (fenced blocks first, then any ``{`` position)."""
+    out: list[Any] = []
+    candidates = [m.group(1) for m in _FENCE_RE.finditer(text)] + [text]
+    dec = json.JSONDecoder()
+    for cand in candidates:
+        s = cand.strip()
+        try:
+            out.append(json.loads(s))
+            continue
+        except (json.JSONDecodeError, ValueError):
+            pass
+        for m in re.finditer(r"\{", s):
+            try:
+                obj, _ = dec.raw_decode(s[m.start():])
+            except (json.JSONDecodeError, ValueError):
+                continue
+            out.append(obj)
+            break
+    return [o for o in out if isinstance(o, dict)]
+
+
+def parse_confidence(v: Any) -> float | None:
+    """0..1 from 0.93, "0.93", "93%", 93 (a percent) or "high"; ``None`` when absent or meaningless."""
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        s = v.strip().lower()
+        words = {"very high": 0.95, "high": 0.85, "medium": 0.6, "moderate": 0.6, "low": 0.3, "very low": 0.1}
+        if s in words:
+            return words[s]
+        pct = s.endswith("%")
+        try:
+            f = float(s.rstrip("%").strip())
+        except ValueError:
+            return None
+        if pct:
+            f /= 100.0
+    elif isinstance(v, (int, float)):
+        f = float(v)
+    else:
+        return None
+    if not math.isfinite(f) or f < 0:
+        return None
+    if f > 1.0:
+        f = f / 100.0 if f <= 100.0 else None  # type: ignore[assignment]
+    return None if f is None else min(max(f, 0.0), 1.0)
+
+
+_LABEL_KEYS = ("label", "class", "category", "answer", "prediction")
+
+
+def parse_answer(text: str | None, matcher: LabelMatcher) -> ParsedAnswer:
+    """Parse a model's reply.  Never raises."""
+    if text is None or not str(text).strip():
+        return ParsedAnswer(None, None, None, None, "parse", "empty reply")
+    text = str(text)
+    objs = _json_objects(text)
+    for obj in objs:
+        low = {str(k).lower(): v for k, v in obj.items()}
+        raw = next((low[k] for k in _LABEL_KEYS if k in low), None)
+        if raw is None:
+            continue
+        conf = parse_confidence(low.get("confidence", low.get("probability", low.get("score"))))
+        reason = low.get("reason", low.get("why", low.get("explanation")))
+        reason = str(reason)[:300] if reason is not None else None
+        raw_s = raw if isinstance(raw, str) else json.dumps(raw)
+        label = matcher.match(raw_s)
+        if label is None:
+            return ParsedAnswer(None, conf, reason, raw_s[:200], "off_list", f"label {raw_s[:80]!r} is not one of the task's labels")
+        return ParsedAnswer(label, conf, reason, raw_s)
+    if objs:
+        return ParsedAnswer(None, None, None, None, "parse", "JSON without a 'label' field")
+    # no JSON at all: accept a bare label ("Coat", "label: coat"), nothing longer
+    bare = re.sub(r"^\s*(label|answer|class)\s*[:=]\s*", "", text.strip(), flags=re.I).strip().strip(".\"'`")
+    if len(bare) <= 40:
+        label = matcher.match(bare)
+        if label is not None:
+            return ParsedAnswer(label, None, None, bare)
+    return ParsedAnswer(None, None, None, None, "parse", f"no JSON object in reply ({len(text)} chars)")
+
+
+def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None) -> float | None:
+    """Sum of the log-probabilities of the tokens that spell the label value in the reply.
+
+    OpenAI-style ``choices[0].logprobs.content`` is a list of ``{token, logprob}``; we find the label's
+    characters in the concatenated text (after ``"label"`` when present) and add up the overlapping tokens.
+    """
+    if not tokens or not raw_label:
+        return None
+    try:
+        pieces = [(str(t.get("token", "")), float(t.get("logprob"))) for t in tokens]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    full = "".join(p for p, _ in pieces)
+    start_from = max(full.find('"label"'), 0)
+    pos = full.find(raw_label, start_from)
+    if pos < 0:
+        pos = full.lower().find(raw_label.lower())
+    if pos < 0:
+        return None
+    end = pos + len(raw_label)
+    total, off, hit = 0.0, 0, False
+    for tok, lp in pieces:
+        t0, t1 = off, off + len(tok)
+        if t1 > pos and t0 < end and math.isfinite(lp):
+            total += lp
+            hit = True
+        off = t1
+    return total if hit else None

@@ -1,0 +1,80 @@
+"""Teacher specs: one short string picks the provider, model and API-key variable.
+
+    openrouter:google/gemini-2.5-flash     https://openrouter.ai/api/v1, key in $OPENROUTER_API_KEY
+    openai:gpt-4o-mini                     https://api.openai.com/v1, $OPENAI_API_KEY
+    gemini:gemini-2.5-flash                Google's OpenAI-compatible endpoint, $GEMINI_API_KEY
+    ollama:llama3.2-vision                 http://127.0.0.1:11434/v1, no key
+    vllm:MODEL / llamacpp:MODEL / lmstudio:MODEL   local servers, no key
+    http://host:port/v1|MODEL              any OpenAI-compatible base URL (the simulated teacher too)
+    http://host:port/v1                    same, model taken from the server's /models
+
+Why strings: the same spec goes on the command line, in a config file and in a report, and says exactly which
+teacher produced a label.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from ..task import Task
+from .openai_compat import OpenAICompatTeacher, TeacherConfigError
+
+PROVIDERS: dict[str, tuple[str, str | None]] = {
+    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "gemini": ("https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY"),
+    "ollama": ("http://127.0.0.1:11434/v1", None),
+    "vllm": ("http://127.0.0.1:8000/v1", None),
+    "llamacpp": ("http://127.0.0.1:8080/v1", None),
+    "lmstudio": ("http://127.0.0.1:1234/v1", None),
+}
+LOCAL_BASE_ENV = {"ollama": "OLLAMA_BASE_URL", "vllm": "VLLM_BASE_URL", "llamacpp": "LLAMACPP_BASE_URL"}
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """``spec`` -> (base_url, model or None, default key env).  Raises ``TeacherConfigError`` with the forms."""
+    spec = (spec or "").strip()
+    if spec.startswith(("http://", "https://")):
+        base, _, model = spec.partition("|")
+        return base.rstrip("/"), (model.strip() or None), None
+    provider, sep, model = spec.partition(":")
+    provider = provider.lower()
+    if not sep or provider not in PROVIDERS or not model.strip():
+        raise TeacherConfigError(
+            f"cannot read teacher spec {spec!r}; use PROVIDER:MODEL with PROVIDER one of "
+            f"{', '.join(PROVIDERS)} (e.g. openrouter:google/gemini-2.5-flash), or BASE_URL|MODEL "
+            f"(e.g. http://127.0.0.1:8111/v1|simulated/fashion-mnist-teacher)"
+        )
+    base, key_env = PROVIDERS[provider]
+    if provider in LOCAL_BASE_ENV and os.environ.get(LOCAL_BASE_ENV[provider]):
+        base = os.environ[LOCAL_BASE_ENV[provider]].rstrip("/")
+    return base, model.strip(), key_env
+
+
+def discover_model(base_url: str, api_key_env: str | None = None, timeout: float = 10.0) -> str:
+    """The first model a server lists at ``/models`` (for specs given as a bare URL)."""
+    headers = {}
+    if api_key_env and os.environ.get(api_key_env):
+        headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+    try:
+        r = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout)
+        r.raise_for_status()
+        data = r.json().get("data") or []
+        return str(data[0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise TeacherConfigError(
+            f"no model given and {base_url}/models did not list one ({type(e).__name__}); use BASE_URL|MODEL"
+        ) from None
+
+
+def teacher_from_spec(spec: str, task: Task, *, api_key_env: str | None = None, **options: Any) -> OpenAICompatTeacher:
+    """Build the teacher a spec names.  ``api_key_env`` overrides the provider's default variable name."""
+    base, model, key_env = parse_spec(spec)
+    if api_key_env is not None:
+        key_env = api_key_env or None
+    if model is None:
+        model = discover_model(base, key_env)
+    return OpenAICompatTeacher(base, model, api_key_env=key_env, task=task, **options)
