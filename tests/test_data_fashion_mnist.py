@@ -122,3 +122,20 @@ def test_real_files_parse_to_60000_and_10000():
     first = next(recs)
     assert first.source_ref == "train:0" and first.gold_label == "ankle_boot"  # the well-known first training image
     assert first.image.shape == (28, 28)
+
+
+def test_growing_a_limited_import_keeps_test_fixed_and_resplit_fixes_it(ws, tmp_path):
+    write_fashion(tmp_path / "fm", 100, 40)
+    first = add_dataset(ws, "fashion-mnist", path=tmp_path / "fm", limit=10, progress=False)
+    assert first.splits["test"] == 10
+    grown = add_dataset(ws, "fashion-mnist", path=tmp_path / "fm", progress=False)
+    assert grown.added == 120 and grown.splits["test"] == 10  # held-out split never changes under your feet
+    assert any("30 items the source marks as test joined the training pool" in n for n in grown.notes)
+    redone = add_dataset(ws, "fashion-mnist", path=tmp_path / "fm", resplit=True, progress=False)
+    assert redone.added == 0 and redone.splits["test"] == 40
+    with ws.store() as s:  # once something is labelled, re-splitting is refused
+        item = s.items("fashion-mnist", split="train")[0]
+        s.execute("INSERT INTO labels(item_id, source, label, status, updated_at) VALUES(?, 'human', 'bag', 'human', 0)",
+                  (item.id,))
+    with pytest.raises(DatasetError, match="already has 1 labels"):
+        add_dataset(ws, "fashion-mnist", path=tmp_path / "fm", resplit=True, progress=False)

@@ -127,3 +127,15 @@ def test_bad_paths_and_clashing_folders(ws, tmp_path):
                                        ("  Ankle--Boot ", "ankle_boot"), ("0", "0"), ("***", "")])
 def test_normalise_label(raw, norm):
     assert normalise_label(raw) == norm
+
+
+def test_flat_train_test_folders_are_splits_not_classes(ws, tmp_path):
+    for split in ("train", "test"):
+        for i in range(3):
+            save(tmp_path / "u" / split / f"{i}.png", hash((split, i)) % 10_000)
+    task = tmp_path / "t.toml"
+    task.write_text('name = "u"\nmodality = "image"\nlabels = ["a", "b"]\n')
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "u", task=task, progress=False)
+    assert rep.added == 6 and rep.splits["test"] == 3
+    with ws.store() as s:
+        assert s.query("SELECT COUNT(*) FROM items WHERE gold_label IS NOT NULL")[0][0] == 0

@@ -4,6 +4,7 @@ Layouts understood::
 
     photos/cat/1.jpg  photos/dog/2.png            labels from folder names (normalised to snake_case)
     photos/train/cat/1.jpg  photos/test/cat/9.jpg  the same, with the source's own train/test split
+    photos/train/1.jpg  photos/test/9.jpg          unlabelled, with the source's split
     photos/1.jpg  photos/2.png                     unlabelled: the teacher will label them (needs --task)
 
 Every file with an image extension is read; a file PIL cannot decode (truncated, zero bytes, a text file named
@@ -54,9 +55,8 @@ def _images_under(folder: Path) -> list[Path]:
 def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
     """(file, source split, folder label) for every image file under ``root`` in a stable order."""
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
-    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS) and all(
-        any(c.is_dir() for c in d.iterdir()) for d in subdirs
-    )
+    # train/ and test/ at the top are the source's splits (classes below them, or flat unlabelled files)
+    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS)
     out: list[tuple[Path, str | None, str | None]] = []
     roots = [(d, d.name.lower()) for d in subdirs] if split_layout else [(root, None)]
     for base, split in roots:
