@@ -85,3 +85,21 @@ def test_help_is_useful(args):
     if args[-1] == "add":
         for word in ("fashion-mnist", "cifar5", "image-folder", "text", "tabular", "--limit", "NaN", "Examples"):
             assert word in r.output
+
+
+def test_newer_or_corrupt_database_is_a_clear_error(tmp_path):
+    import sqlite3
+
+    ws = tmp_path / "ws"
+    assert run("-w", str(ws), "init").exit_code == 0
+    c = sqlite3.connect(ws / "flywheel.db")
+    c.execute("PRAGMA user_version=999")
+    c.close()
+    for args in (["data", "info"], ["data", "add", "fashion-mnist", "--limit", "1"]):
+        r = run("-w", str(ws), *args)
+        assert r.exit_code == 1 and "newer than this llm-flywheel" in r.output and "Traceback" not in r.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "flywheel.db").write_bytes(b"garbage" * 1000)
+    r = run("-w", str(bad), "data", "info")
+    assert r.exit_code == 1 and "not a usable SQLite database" in r.output

@@ -80,8 +80,8 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
     """
     if source and path_opt and source != path_opt:
         raise click.UsageError("give the path once: either PATH or --path")
-    ws = ctx.workspace()
     try:
+        ws = ctx.workspace()
         report = add_dataset(
             ws, dataset, path=source or path_opt, limit=limit, task=task_file, as_name=as_name,
             text_column=text_column, label_column=label_column, split_column=split_column,
@@ -207,7 +207,7 @@ def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
     (teacher / human label present) and by label source."""
     try:
         ws = ctx.workspace(create=False)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     with ws.store(readonly=True) as store:
         names = [dataset] if dataset else store.dataset_names()
