@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import logging
+
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..cli import Ctx, console, pass_ctx
@@ -80,6 +83,7 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
     """
     if source and path_opt and source != path_opt:
         raise click.UsageError("give the path once: either PATH or --path")
+    logging.getLogger("llm_flywheel.data.base").setLevel(logging.ERROR)  # we print the report ourselves
     try:
         ws = ctx.workspace()
         report = add_dataset(
@@ -94,11 +98,11 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
     console.print(f"[bold green]{report.dataset}[/]: {report.added:,} added, {report.already_present:,} already present"
                   + (f", [yellow]{report.skipped:,} unreadable skipped[/]" if report.skipped else ""))
     for ex in report.skipped_examples:
-        console.print(f"  [yellow]skipped[/] {ex}", markup=False, highlight=False)
+        console.print(f"  [yellow]skipped[/] {escape(ex)}", highlight=False)
     if report.splits:
         console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in report.splits.items()))
     for note in report.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {escape(note)}", highlight=False)
 
 
 # -- info ---------------------------------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def dataset_info(store: Store, dataset: str) -> dict[str, Any]:
     by_split: dict[str, dict[str, int]] = {}
     for r in q("SELECT split, source_split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split, source_split",
                (dataset,)):
-        by_split.setdefault(r["split"] or "unassigned", {})[r["source_split"] or "-"] = r["n"]
+        by_split.setdefault(r["split"] or "unassigned", {})[r["source_split"] or "none"] = r["n"]
     gold: dict[str, dict[str, int]] = {}
     for r in q("SELECT gold_label, split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY gold_label, split",
                (dataset,)):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..task import Task
 from ..workspace import Workspace
@@ -155,6 +155,9 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
             return None
         try:
             data, suffix = _image_bytes(rec.image)
+        except UnidentifiedImageError:
+            report.skip(rec.source_ref, "unreadable image (not a format PIL recognises)")
+            return None
         except Exception as e:  # PIL raises many types for corrupt files
             report.skip(rec.source_ref, f"unreadable image ({type(e).__name__}: {e})")
             return None
