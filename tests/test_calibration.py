@@ -1,0 +1,176 @@
+"""Calibration math and threshold choice: temperature recovery, ECE, the accuracy guarantee, the budget goal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from llm_flywheel.calibration import (
+    DEFER_ALL,
+    apply_temperature,
+    cascade_curve,
+    choose_threshold,
+    clopper_pearson_lower,
+    ece,
+    fit_temperature,
+    plot_cascade_curve,
+)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _synthetic(n: int, k: int, true_T: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z); the model reports softmax(z * true_T): over-confident by a factor true_T."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.0, (n, k))
+    p_true = _softmax(z)
+    y = np.array([rng.choice(k, p=row) for row in p_true])
+    return _softmax(z * true_T), y
+
+
+def test_temperature_recovers_known_value_and_ece_drops():
+    probs, y = _synthetic(6000, 5, 2.5, seed=0)
+    T = fit_temperature(probs, y)
+    assert T == pytest.approx(2.5, rel=0.08)
+    before, after = ece(probs, y), ece(apply_temperature(probs, T), y)
+    assert after < before / 3, (before, after)
+    assert after < 0.03
+    # scaling never changes the predicted label
+    assert (apply_temperature(probs, T).argmax(1) == probs.argmax(1)).all()
+
+
+def test_temperature_sharpens_underconfident_model():
+    probs, y = _synthetic(6000, 4, 0.5, seed=1)
+    assert fit_temperature(probs, y) == pytest.approx(0.5, rel=0.1)
+
+
+def test_apply_temperature_rows_sum_to_one_and_identity_at_1():
+    probs, _ = _synthetic(50, 3, 1.0, seed=2)
+    assert np.allclose(apply_temperature(probs, 1.0), probs, atol=1e-9)
+    assert np.allclose(apply_temperature(probs, 3.0).sum(1), 1.0)
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(np.full((2, 2), 0.5), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        fit_temperature(np.full((3, 2), 0.5), np.array([0, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        fit_temperature(np.full((2, 2), 0.5), np.array([0, 2]))
+    with pytest.raises(ValueError, match="NaN"):
+        ece(np.array([[np.nan, 1.0]]), np.array([0]))
+    with pytest.raises(ValueError, match="goal"):
+        choose_threshold(np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="target_accuracy"):
+        choose_threshold(np.ones(3), np.ones(3), target_accuracy=1.5)
+
+
+# -- the guarantee ------------------------------------------------------------------------------------------------
+# population: confidence c ~ U(LO, 1); correct with probability c**A (miscalibrated: less accurate than it says).
+LO, A = 0.4, 1.6
+
+
+def _pop_accuracy(t: float) -> float:
+    """E[c**A | c >= t] for c ~ U(LO, 1), exactly."""
+    t = max(t, LO)
+    if t >= 1.0:
+        return 1.0
+    return (1 - t ** (A + 1)) / ((A + 1) * (1 - t))
+
+
+def _draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    c = rng.uniform(LO, 1.0, n)
+    return c, rng.random(n) < c**A
+
+
+@pytest.mark.parametrize("n_calib,target,delta", [(400, 0.85, 0.1), (1500, 0.9, 0.05)])
+def test_accuracy_guarantee_holds_over_many_calibration_draws(n_calib, target, delta):
+    rng = np.random.default_rng(123)
+    trials = 400
+    violations = naive_violations = feasible = 0
+    for _ in range(trials):
+        c, ok = _draw(n_calib, rng)
+        ch = choose_threshold(c, ok, target_accuracy=target, delta=delta)
+        if ch.feasible:
+            feasible += 1
+            violations += _pop_accuracy(ch.threshold) < target
+            assert ch.accuracy_bound >= target  # the bound it reports clears the target
+        # the naive rule (lowest threshold whose *empirical* accepted accuracy reaches the target) for contrast
+        order = np.argsort(-c)
+        acc = np.cumsum(ok[order]) / np.arange(1, n_calib + 1)
+        good = np.nonzero(acc >= target)[0]
+        if len(good):
+            naive_violations += _pop_accuracy(c[order][good.max()]) < target
+    assert feasible > 0.75 * trials  # the test has power: it usually finds a threshold
+    slack = 3 * math.sqrt(delta * (1 - delta) / trials)
+    assert violations / trials <= delta + slack, violations
+    assert naive_violations / trials > 2 * delta  # without the bound the target is missed often
+
+
+def test_infeasible_accuracy_defers_everything():
+    rng = np.random.default_rng(0)
+    c, ok = rng.uniform(0.3, 1, 200), rng.random(200) < 0.5  # a coin-flip student
+    ch = choose_threshold(c, ok, target_accuracy=0.95, delta=0.1)
+    assert not ch.feasible and ch.threshold == DEFER_ALL
+    assert ch.teacher_fraction == 1.0 and ch.coverage == 0.0
+    assert "teacher" in ch.note
+
+
+def test_budget_goal_respected_and_uses_the_budget():
+    rng = np.random.default_rng(4)
+    for n in (7, 100, 999):
+        c, ok = _draw(n, rng)
+        for f in (0.0, 0.05, 0.1, 0.33, 1.0):
+            ch = choose_threshold(c, ok, max_teacher_fraction=f)
+            defer = np.mean(c < ch.threshold)
+            assert defer <= f + 1e-12
+            assert ch.teacher_fraction == pytest.approx(defer)
+            # highest such threshold: deferring one more item would break the budget
+            assert defer >= f - 1.0 / n - 1e-12
+
+
+def test_budget_on_unseen_data_is_close():
+    rng = np.random.default_rng(5)
+    c, ok = _draw(2000, rng)
+    ch = choose_threshold(c, ok, max_teacher_fraction=0.1)
+    c2, _ = _draw(20000, rng)
+    assert abs(np.mean(c2 < ch.threshold) - 0.1) < 0.03
+
+
+def test_both_goals_feasible_and_infeasible():
+    rng = np.random.default_rng(6)
+    c, ok = _draw(2000, rng)
+    both = choose_threshold(c, ok, target_accuracy=0.85, max_teacher_fraction=0.9, delta=0.1)
+    acc_only = choose_threshold(c, ok, target_accuracy=0.85, delta=0.1)
+    assert both.feasible and both.threshold == acc_only.threshold and both.teacher_fraction <= 0.9
+    tight = choose_threshold(c, ok, target_accuracy=0.95, max_teacher_fraction=0.05, delta=0.1)
+    assert not tight.feasible and "INFEASIBLE" in tight.note
+    assert np.mean(c < tight.threshold) <= 0.05  # the budget is a hard cap even when infeasible
+
+
+def test_clopper_pearson_matches_known_values():
+    # 10/10 correct: lower bound at level 0.05 is 0.05**(1/10)
+    assert float(clopper_pearson_lower(10, 10, 0.05)) == pytest.approx(0.05 ** 0.1, rel=1e-6)
+    assert float(clopper_pearson_lower(0, 10, 0.05)) == 0.0
+
+
+def test_cascade_curve_and_plot(tmp_path):
+    rng = np.random.default_rng(7)
+    c, ok = _draw(500, rng)
+    teacher_ok = rng.random(500) < 0.9
+    curve = cascade_curve(c, ok, teacher_ok, teacher_cost_per_item=0.001, student_cost_per_item=1e-7)
+    tf = np.asarray(curve["teacher_fraction"])
+    assert tf[0] == 0.0 and tf[-1] == 1.0 and (np.diff(tf) >= 0).all()
+    assert curve["cascade_accuracy"][0] == pytest.approx(ok.mean())
+    assert curve["cascade_accuracy"][-1] == pytest.approx(teacher_ok.mean())
+    assert curve["cost_per_1k"][-1] == pytest.approx(1000 * (0.001 + 1e-7))
+    assert curve["cost_per_1k"][0] == pytest.approx(1000 * 1e-7)
+    ch = choose_threshold(c, ok, target_accuracy=0.85)
+    png = plot_cascade_curve(curve, ch, tmp_path / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
