@@ -142,6 +142,11 @@ class ErrorModel:
         return lab, round(0.80 + 0.17 * pass_rng.random(), 2), 0.45 + 0.4 * pass_rng.random(), False
 
 
+def variant_key(temperature: Any, system: str) -> str:
+    """What makes two calls on the same item "the same call" for the simulator: temperature + system prompt."""
+    return hashlib.sha256(f"{temperature}|{system}".encode()).hexdigest()[:12]
+
+
 def _extract_content(messages: Any) -> tuple[str | None, str, str]:
     """(content hash, system prompt, all prompt text) from an OpenAI-style messages list."""
     system, texts, h = "", [], None
@@ -221,8 +226,7 @@ def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) 
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return JSONResponse({"error": {"message": "'messages' is required", "type": "invalid_request_error"}}, 400)
         h, system, prompt_text = _extract_content(body["messages"])
-        temp = body.get("temperature", 1.0)
-        variant = hashlib.sha256(f"{temp}|{system}".encode()).hexdigest()[:12]
+        variant = variant_key(body.get("temperature", 1.0), system)
         with lock:
             stats["requests"] += 1
             counts[f"{h}:{variant}"] += 1

@@ -1,0 +1,97 @@
+"""The simulated teacher: error model properties and its OpenAI-compatible HTTP face (through the real client)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import pytest
+
+from llm_flywheel.task import builtin_task
+from llm_flywheel.teachers.openai_compat import run_sync
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.teachers.simulated import ErrorModel, SimConfig, model_id, run_simulated_teacher, sim_stats
+
+QUIET = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)
+
+
+def _hashes(n):
+    return [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+
+
+def test_fashion_error_model_accuracy_lookalikes_and_correlation():
+    task = builtin_task("fashion-mnist")
+    em = ErrorModel(task, SimConfig())
+    golds = [task.labels[i % 10] for i in range(6000)]
+    hs = _hashes(6000)
+    a = [em.answer(h, g, "A") for h, g in zip(hs, golds)]
+    b = [em.answer(h, g, "B") for h, g in zip(hs, golds)]
+    acc = sum(x[3] for x in a) / len(a)
+    assert 0.82 < acc < 0.88
+    look = {"shirt": {"t_shirt_top", "pullover", "coat", "dress"}, "sneaker": {"sandal", "ankle_boot"}}
+    for g, allowed in look.items():
+        errs = Counter(x[0] for x, gg in zip(a, golds) if gg == g and not x[3])
+        assert errs and set(errs) <= allowed
+    shirt = [x[3] for x, g in zip(a, golds) if g == "shirt"]
+    trouser = [x[3] for x, g in zip(a, golds) if g == "trouser"]
+    assert sum(shirt) / len(shirt) < sum(trouser) / len(trouser)
+    both_wrong = sum(1 for x, y in zip(a, b) if not x[3] and not y[3]) / len(a)
+    assert both_wrong > 1.5 * (1 - acc) ** 2  # correlated errors: hard items err on every pass
+    assert any(x[0] != y[0] for x, y in zip(a, b))  # diverse passes can differ
+    assert a == [em.answer(h, g, "A") for h, g in zip(hs, golds)]  # deterministic
+    wrong_conf = [x[1] for x in a if not x[3]]
+    assert min(wrong_conf) >= 0.8  # over-confident even when wrong
+
+
+def test_generic_task_neighbour_confusion(synth_task):
+    em = ErrorModel(synth_task, SimConfig(accuracy=0.7))
+    res = [em.answer(h, "bar", "A") for h in _hashes(3000)]
+    acc = sum(r[3] for r in res) / len(res)
+    assert 0.65 < acc < 0.75
+    assert {r[0] for r in res if not r[3]} <= {"ring", "dot"}  # neighbours of "bar" in the label list
+
+
+def test_http_server_through_the_real_client(synth_ws, synth_task):
+    items = synth_ws.store().items("synth", limit=60)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task)
+        assert t.is_simulated and "SIMULATED" in t.display_name
+        a0 = t.label(items, synth_task, pass_index=0, ws=synth_ws)
+        again = t.label(items[:10], synth_task, pass_index=0, ws=synth_ws)
+        stats = sim_stats(url)
+    assert all(a.ok and a.label in synth_task.labels for a in a0)
+    assert [a.label for a in a0[:10]] == [a.label for a in again]  # identical calls repeat their answer
+    acc = sum(a.label == it.gold_label for a, it in zip(a0, items)) / len(items)
+    assert acc > 0.6
+    a = a0[0]
+    assert a.tokens_in > 258 and 5 < a.tokens_out < 100 and a.cost_usd > 0
+    assert a.label_logprob is not None and a.label_logprob < 0
+    assert 0.8 <= a.confidence <= 0.99
+    assert stats["simulated"] and stats["completions"] == 70 and stats["unknown_items"] == 0
+
+
+def test_faults_of_the_simulator_are_handled(synth_ws, synth_task):
+    items = synth_ws.store().items("synth", limit=4)
+    cfg = SimConfig(latency_ms=0, malformed_rate=1.0, rate_429=0)
+    with run_simulated_teacher(synth_ws, "synth", cfg) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task)
+        bad = t.label(items, synth_task, ws=synth_ws)
+    assert all(not a.ok and a.error_kind == "parse" for a in bad)
+    cfg = SimConfig(latency_ms=0, malformed_rate=0, rate_429=1.0, retry_after_s=0.01)
+    with run_simulated_teacher(synth_ws, "synth", cfg) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task, max_retries=2)
+        limited = t.label(items[:1], synth_task, ws=synth_ws)
+        assert sim_stats(url)["status_429"] == 3
+    assert limited[0].error_kind == "http_429" and not limited[0].ok
+
+
+def test_models_endpoint_and_loopback_only(synth_ws):
+    import httpx
+
+    from llm_flywheel.teachers.simulated import serve_app, simulated_app
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/models").json()["data"][0]["id"] == "simulated/synth-teacher"
+    with pytest.raises(ValueError, match="loopback"):
+        with serve_app(simulated_app(synth_ws, "synth", QUIET), host="0.0.0.0"):
+            pass
