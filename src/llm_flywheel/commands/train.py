@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from ..cli import Ctx, console, pass_ctx
+from ..store import StoreError
 from ..students.base import StudentError
 from ..students.registry import STUDENT_KINDS
 
@@ -78,7 +79,7 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
 
         tm = train_student(ws, dataset, kind=kind, soft=not no_soft, weight_by_quality=not no_weights, seed=seed,
                            epochs=epochs, val_labels=val_labels, progress=True, **hp)
-    except (StudentError, ValueError, FileNotFoundError) as e:
+    except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     m = tm.metrics
     t = Table(title=f"trained {tm.version}")
@@ -125,7 +126,7 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
                 store.close()
         rep = run_eval(ws, dataset, version, split=split, ceiling=ceiling, runtime=runtime,
                        out_dir=Path(out_dir) if out_dir else None, progress=True)
-    except (StudentError, ValueError, FileNotFoundError) as e:
+    except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     t = Table(title=f"{version} on {dataset}/{split} (gold labels)")
     t.add_column("who")

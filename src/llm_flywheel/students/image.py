@@ -95,7 +95,7 @@ def _nn():
 
 
 def _build_net(arch: str, num_labels: int, channels: int, size: int, mean: Sequence[float], std: Sequence[float],
-               pretrained: bool) -> tuple[Any, str | None]:
+               pretrained: bool, width: int = 32) -> tuple[Any, str | None]:
     """The network (normalisation included) and a description of the pretrained weights used, if any."""
     torch, nn = _torch(), _nn()
 
@@ -113,10 +113,11 @@ def _build_net(arch: str, num_labels: int, channels: int, size: int, mean: Seque
         def block(cin: int, cout: int) -> list:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
+        w = int(width)
         body = nn.Sequential(
-            *block(channels, 32), *block(32, 32), nn.MaxPool2d(2),
-            *block(32, 64), *block(64, 64), nn.MaxPool2d(2),
-            *block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, num_labels),
+            *block(channels, w), *block(w, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4 * w, num_labels),
         )
     elif arch == "efficientnet-lite0":
         from efficientnet_lite_pytorch import EfficientNet
@@ -190,7 +191,7 @@ def _augment(size: int, flip: bool):
 
 # defaults per architecture: resolution None = the data's native size
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "image-cnn": dict(size=None, epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, patience=8, pretrained=False),
+    "image-cnn": dict(size=None, width=32, epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, patience=8, pretrained=False),
     "efficientnet-lite0": dict(size=64, epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-2, patience=5, pretrained=True),
     "mobilenet-v3-small": dict(size=64, epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-2, patience=5, pretrained=True),
 }
@@ -249,7 +250,8 @@ class ImageStudent:
 
     def _make_net(self, pretrained: bool) -> None:
         mean, std = self._mean_std()
-        self.net, src = _build_net(self.kind, len(self.labels), self.channels, self.size, mean, std, pretrained)
+        self.net, src = _build_net(self.kind, len(self.labels), self.channels, self.size, mean, std, pretrained,
+                                   width=int(self.hp.get("width", 32)))
         if pretrained:
             self.pretrained_source = src
 

@@ -1,0 +1,212 @@
+"""Every student kind: trains a few steps, predict_proba is a distribution, save -> load and ONNX agree."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_flywheel.data import Record, register
+from llm_flywheel.students.base import StudentError, targets_matrix
+from llm_flywheel.students.onnx_runtime import OnnxStudent
+from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
+from llm_flywheel.students.text import expand_soft
+from llm_flywheel.task import Task
+
+
+def _xy(ws, task, split):
+    store = ws.store()
+    try:
+        items = [it for it in store.items(task.name) if it.source_split == split]
+    finally:
+        store.close()
+    return items, np.array([task.index(it.gold_label) for it in items])
+
+
+def _check_distribution(p: np.ndarray, n: int, k: int) -> None:
+    assert p.shape == (n, k)
+    assert np.isfinite(p).all() and (p >= 0).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+IMAGE_CASES = [
+    ("image-cnn", {"epochs": 2}),
+    ("efficientnet-lite0", {"epochs": 1, "size": 32, "batch_size": 32}),
+    pytest.param("mobilenet-v3-small", {"epochs": 1, "size": 32, "pretrained": False},
+                 marks=pytest.mark.skipif(importlib.util.find_spec("torchvision") is None, reason="torchvision absent")),
+]
+
+
+@pytest.mark.parametrize("kind,hp", IMAGE_CASES)
+def test_image_student_roundtrip_and_onnx(synth_ws, synth_task, tmp_path, kind, hp):
+    train, y = _xy(synth_ws, synth_task, "train")
+    test, _ = _xy(synth_ws, synth_task, "test")
+    s = build_student(kind, synth_task, synth_ws, **hp)
+    hist = s.fit(train[:96], y[:96], train[96:128], y[96:128])
+    assert hist["epochs_run"] >= 1 and hist["n_val"] == 32
+    p = s.predict_proba(test[:20])
+    _check_distribution(p, 20, synth_task.num_labels)
+
+    s.save(tmp_path / "m")
+    meta = (tmp_path / "m" / "meta.json").read_text()
+    assert kind in meta and '"labels"' in meta and '"preprocessing"' in meta and '"pretrained"' in meta
+    again = load_student_dir(tmp_path / "m", synth_ws, runtime="torch")
+    np.testing.assert_allclose(again.predict_proba(test[:20]), p, atol=1e-6)
+
+    s.export_onnx(tmp_path / "m" / "model.onnx")
+    ort = load_student_dir(tmp_path / "m", synth_ws, runtime="onnx")
+    assert isinstance(ort, OnnxStudent)
+    np.testing.assert_allclose(ort.predict_proba(test[:20]), p, atol=1e-4)
+    # serving path: raw PNG bytes from outside the store give the same answer as the stored item
+    raw = (synth_ws.root / test[0].blob_path).read_bytes()
+    np.testing.assert_allclose(ort.predict_proba_raw([raw]), p[:1], atol=1e-4)
+    np.testing.assert_allclose(s.predict_proba_raw([Image.open(io.BytesIO(raw))]), p[:1], atol=1e-5)
+
+
+def test_efficientnet_uses_shipped_imagenet_weights(synth_task, ws):
+    s = build_student("efficientnet-lite0", synth_task, ws, size=32)
+    s.channels, s.size = 3, 32
+    s._make_net(pretrained=True)
+    assert s.pretrained_source and "efficientnet-lite0" in s.pretrained_source
+    assert s.meta()["pretrained"] == s.pretrained_source
+
+
+def test_image_cnn_learns_and_is_deterministic(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    test, yt = _xy(synth_ws, synth_task, "test")
+    probs = []
+    for _ in range(2):
+        s = build_student("image-cnn", synth_task, synth_ws, epochs=6, seed=3, width=16, batch_size=32)
+        h = s.fit(train[:192], y[:192], train[192:256], y[192:256])
+        probs.append(s.predict_proba(test))
+    assert (probs[0].argmax(1) == yt).mean() > 0.8, "the native CNN should learn the synthetic shapes"
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-5)  # same seed -> same model
+    assert h["best_epoch"] <= h["epochs_run"]
+
+
+def test_image_student_native_grayscale_geometry(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    s = build_student("image-cnn", synth_task, synth_ws, epochs=1)
+    s.fit(train[:40], y[:40], [], np.zeros(0, int))
+    assert s.size == 28 and s.channels == 1  # native resolution, no upscaling, grayscale kept
+
+
+def test_bad_inputs_give_clear_errors(synth_task, ws):
+    with pytest.raises(StudentError, match="unknown student kind"):
+        build_student("resnet-9000", synth_task, ws)
+    with pytest.raises(StudentError, match="for text data"):
+        build_student("text-tfidf", synth_task, ws)
+    with pytest.raises(StudentError, match="unknown hyper-parameter"):
+        build_student("image-cnn", synth_task, ws, learning_rat=1)
+    s = build_student("image-cnn", synth_task, ws)
+    with pytest.raises(StudentError, match="not trained"):
+        s.predict_proba_raw([np.zeros((28, 28), np.uint8)])
+
+
+def test_corrupt_image_bytes_raise_student_error(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    s = build_student("image-cnn", synth_task, synth_ws, epochs=1)
+    s.fit(train[:40], y[:40], [], np.zeros(0, int))
+    with pytest.raises(StudentError, match="cannot decode"):
+        s.predict_proba_raw([b"\x89PNG not really"])
+
+
+def test_registry_defaults():
+    assert default_student_kind(Task("a", "image", ("x", "y"))) == "image-cnn"
+    assert default_student_kind(Task("a", "text", ("x", "y"))) == "text-minilm"
+    assert default_student_kind(Task("a", "tabular", ("x", "y"))) == "tabular-hgb"
+    assert {"image-cnn", "efficientnet-lite0", "mobilenet-v3-small", "text-minilm", "text-tfidf", "tabular-hgb"} <= set(STUDENT_KINDS)
+
+
+def test_targets_matrix_soft_and_smoothing():
+    y = np.array([0, 1])
+    soft = np.array([[0.5, 0.5, 0.0], [np.nan, 0, 0]], np.float32)
+    q = targets_matrix(y, 3, soft, 0.0)
+    np.testing.assert_allclose(q[0], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(q[1], [0, 1, 0])  # an unusable soft row falls back to the hard label
+    q = targets_matrix(y, 3, None, 0.3)
+    np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-6)
+    assert q[0, 0] == pytest.approx(0.7 + 0.1)
+    rows, labs, w = expand_soft(2, y, np.array([[0.7, 0.3, 0], [0, 1, 0]], np.float32), np.array([1.0, 0.5]))
+    assert rows.tolist() == [0, 0, 1] and labs.tolist() == [0, 1, 1]
+    np.testing.assert_allclose(w, [0.7, 0.3, 0.5])
+
+
+# -- text and tabular -----------------------------------------------------------------------------------------
+
+WORDS = {
+    "sport": "match goal team score league player coach stadium win season",
+    "food": "recipe bake flour sugar oven dinner taste spicy soup bread",
+    "tech": "software chip laptop code server cloud battery update app phone",
+}
+
+
+@pytest.fixture
+def text_ws(ws):
+    task = Task(name="news", modality="text", labels=tuple(WORDS))
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(150):
+        lab = list(WORDS)[i % 3]
+        words = rng.choice(WORDS[lab].split(), size=6).tolist() + rng.choice(["the", "a", "today", "new"], size=2).tolist()
+        recs.append(Record(f"r{i}", text=" ".join(rng.permutation(words)), source_split="test" if i >= 120 else "train",
+                           gold_label=lab))
+    register(ws, task, recs, progress=False)
+    return ws, task
+
+
+@pytest.mark.parametrize("kind", ["text-tfidf", "text-minilm"])
+def test_text_students(text_ws, tmp_path, kind):
+    ws, task = text_ws
+    train, y = _xy(ws, task, "train")
+    test, yt = _xy(ws, task, "test")
+    s = build_student(kind, task, ws)
+    soft = np.eye(3, dtype=np.float32)[y[:90]] * 0.7 + 0.1
+    s.fit(train[:90], y[:90], train[90:], y[90:], soft_targets=soft, sample_weight=np.ones(90))
+    p = s.predict_proba(test)
+    _check_distribution(p, len(test), 3)
+    assert (p.argmax(1) == yt).mean() > 0.8
+    np.testing.assert_allclose(s.predict_proba_raw([it.text for it in test]), p, atol=1e-5)
+    s.save(tmp_path / kind)
+    again = load_student_dir(tmp_path / kind, ws, runtime="torch")
+    np.testing.assert_allclose(again.predict_proba(test), p, atol=1e-6)
+    if kind == "text-minilm":
+        # embeddings cached per content hash: retraining never re-embeds
+        cached = list((ws.root / "cache" / "embeddings").rglob("*.npy"))
+        assert len(cached) == len(train) + len(test)
+        s.export_onnx(tmp_path / kind / "model.onnx")
+        ort = load_student_dir(tmp_path / kind, ws, runtime="onnx")
+        assert isinstance(ort, OnnxStudent)
+        np.testing.assert_allclose(ort.predict_proba(test), p, atol=1e-4)
+    else:
+        with pytest.raises(StudentError, match="no ONNX"):
+            s.export_onnx(tmp_path / kind / "model.onnx")
+        assert not isinstance(load_student_dir(tmp_path / kind, ws, runtime="onnx"), OnnxStudent)
+
+
+def test_tabular_hgb(ws, tmp_path):
+    task = Task(name="tab", modality="tabular", labels=("neg", "pos", "mid"))
+    rng = np.random.default_rng(1)
+    recs = []
+    for i in range(300):
+        x = rng.normal(size=4)
+        lab = "pos" if x[0] + x[1] > 0.8 else ("neg" if x[0] + x[1] < -0.8 else "mid")
+        feats = [float(v) for v in x]
+        if i % 17 == 0:
+            feats[3] = float("nan")  # missing values are handled natively
+        recs.append(Record(f"r{i}", features=feats, source_split="test" if i >= 240 else "train", gold_label=lab))
+    register(ws, task, recs, progress=False)
+    train, y = _xy(ws, task, "train")
+    test, yt = _xy(ws, task, "test")
+    s = build_student("tabular-hgb", task, ws, max_iter=60)
+    h = s.fit(train[:180], y[:180], train[180:], y[180:], sample_weight=np.full(180, 0.5))
+    assert len(h["trials"]) > 1 and h["chosen"] in [t["params"] for t in h["trials"]]
+    p = s.predict_proba(test)
+    _check_distribution(p, len(test), 3)
+    assert (p.argmax(1) == yt).mean() > 0.75
+    np.testing.assert_allclose(s.predict_proba_raw([it.features for it in test]), p, atol=1e-6)
+    s.save(tmp_path / "hgb")
+    np.testing.assert_allclose(load_student_dir(tmp_path / "hgb", ws).predict_proba(test), p, atol=1e-6)

@@ -1,0 +1,116 @@
+"""train_student / load_student through the store: labels, soft targets, val handling, files, models row, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from helpers_students import split_synth, write_teacher_labels
+from llm_flywheel.cli import main
+from llm_flywheel.students.base import StudentError
+from llm_flywheel.students.onnx_runtime import OnnxStudent
+from llm_flywheel.training import latest_version, load_student, train_student
+
+
+@pytest.fixture
+def labelled_ws(synth_ws):
+    split_synth(synth_ws)
+    write_teacher_labels(synth_ws, "synth", flip=0.1)
+    return synth_ws
+
+
+def test_train_student_writes_versioned_model(labelled_ws):
+    ws = labelled_ws
+    tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=3, progress=False)
+    for f in ("weights.pt", "meta.json", "model.onnx", "train_ids.json", "metrics.json"):
+        assert (tm.path / f).exists(), f
+    meta = json.loads((tm.path / "meta.json").read_text())
+    assert meta["kind"] == "image-cnn" and meta["labels"] == ["bar", "ring", "cross", "dot"]
+    assert meta["preprocessing"]["size"] == 28 and "torch" in meta["version_info"]
+    m = tm.metrics
+    assert m["val_labels"] == "holdout"  # the val split has no labels yet -> 10 % of the train labels, recorded
+    assert m["n_train"] + m["n_val"] == 300 and m["label_sources"]["soft_rows"] == m["n_train"]
+    assert m["onnx_max_abs_diff"] < 1e-4
+    store = ws.store()
+    try:
+        row = store.query("SELECT * FROM models WHERE version=?", (tm.version,))[0]
+        assert row["dataset"] == "synth" and row["kind"] == "image-cnn" and row["path"] == f"models/{tm.version}"
+        assert latest_version(store, "synth") == tm.version
+        test = store.items("synth", split="test")
+    finally:
+        store.close()
+    onnx = load_student(ws, tm.version)
+    torch_s = load_student(ws, tm.version, runtime="torch")
+    assert isinstance(onnx, OnnxStudent)
+    np.testing.assert_allclose(onnx.predict_proba(test), torch_s.predict_proba(test), atol=1e-4)
+    np.testing.assert_allclose(torch_s.predict_proba(test), tm.student.predict_proba(test), atol=1e-6)
+
+
+def test_val_split_labels_used_and_test_never(labelled_ws):
+    ws = labelled_ws
+    write_teacher_labels(ws, "synth", split="val", seed=1)
+    tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=2, progress=False)
+    assert tm.metrics["val_labels"] == "store" and tm.metrics["n_val"] == 60
+    ids = json.loads((tm.path / "train_ids.json").read_text())
+    store = ws.store()
+    try:
+        test_ids = {it.id for it in store.items("synth", split="test")}
+        val_ids = {it.id for it in store.items("synth", split="val")}
+    finally:
+        store.close()
+    assert not ({int(i) for i in ids["train"]} & (test_ids | val_ids))
+    with pytest.raises(StudentError, match="test split"):
+        train_student(ws, "synth", kind="image-cnn", width=16, labels={i: "bar" for i in list(test_ids)[:5]}, progress=False)
+
+
+def test_human_label_outranks_teacher_and_sets_hard_target(labelled_ws):
+    ws = labelled_ws
+    store = ws.store()
+    try:
+        item = store.items("synth", split="train")[0]
+        teacher = store.query("SELECT label FROM labels WHERE item_id=? AND source='teacher'", (item.id,))[0]["label"]
+        other = next(lab for lab in ("bar", "ring", "cross", "dot") if lab != teacher)
+        store.execute("INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
+                      "VALUES(?,?,?,?,?,?,?,?)", (item.id, "human", other, 1.0, None, "human", "{}", time.time()))
+    finally:
+        store.close()
+    tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=1, progress=False, val_labels="holdout", seed=5)
+    ids = json.loads((tm.path / "train_ids.json").read_text())
+    got = ids["train"].get(str(item.id)) or ids["val"].get(str(item.id))
+    assert got == other
+    assert tm.metrics["label_sources"]["human"] + (1 if str(item.id) in ids["val"] else 0) == 1
+
+
+def test_corrupt_soft_json_falls_back_to_hard_label(labelled_ws):
+    ws = labelled_ws
+    store = ws.store()
+    try:
+        store.execute("UPDATE labels SET soft_json='{not json' WHERE item_id IN (SELECT id FROM items WHERE split='train' LIMIT 20)")
+    finally:
+        store.close()
+    tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=1, progress=False)
+    assert tm.metrics["label_sources"]["soft_rows"] <= tm.metrics["n_train"] - 15
+
+
+def test_no_labels_is_a_clear_error(synth_ws):
+    split_synth(synth_ws)
+    with pytest.raises(StudentError, match="no labelled train items"):
+        train_student(synth_ws, "synth", progress=False)
+    with pytest.raises(StudentError, match="no model version"):
+        load_student(synth_ws, "nope")
+
+
+def test_cli_train_and_evaluate(labelled_ws):
+    runner = CliRunner()
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "2", "--kind", "image-cnn"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "evaluate", "synth"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "--help"])
+    assert "soft targets" in r.output or "--no-soft" in r.output
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "nosuch"])
+    assert r.exit_code != 0 and "not in this workspace" in r.output
