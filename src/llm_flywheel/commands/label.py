@@ -13,7 +13,7 @@ from ..labeling import LabelConfig, label_items, plan
 from ..store import StoreError
 from ..task import Task
 from ..teachers.openai_compat import TeacherConfigError
-from ..teachers.registry import teacher_from_spec
+from ..teachers.registry import parse_spec, teacher_from_spec
 
 DEFAULT_TEACHER = "openrouter:google/gemini-2.5-flash"
 
@@ -70,6 +70,10 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
           passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
           max_calls: int | None, timeout: float, max_retries: int, plan_only: bool, as_json: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
+    try:
+        parse_spec(spec)  # a typo in the spec is reported before anything else
+    except TeacherConfigError as e:
+        raise click.ClickException(str(e)) from None
     ws = ctx.workspace(create=False)
     item_ids = _ids(ids)
     store = ws.store()
