@@ -1,0 +1,304 @@
+"""The cascade: answer with the student when its calibrated confidence clears the threshold, else ask the teacher.
+
+Why this shape: the student is cheap and fast, the teacher is right more often but costs money and seconds.  The
+temperature and threshold come from the model's stored calibration report (fitted on the calib split), so the
+serving rule is exactly the one whose accuracy/budget was guaranteed there.  Every answer says who gave it
+(``student`` | ``teacher`` | ``teacher_failed`` | ``deferred``), with what confidence and which model version, and
+is logged to ``cascade_log`` -- the feedback the wheel learns from.  A deferred store item is labelled through
+:func:`llm_flywheel.labeling.label_items` (one pass), so the teacher's answer is cached *before* it is used and
+becomes a free new label for the next round.
+
+Sources: ``teacher_failed`` = the teacher was asked but gave no usable label (the answer falls back to the student's
+guess, flagged); ``deferred`` = below threshold but no teacher configured (label None, the student's guess is in
+``student_label``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .calibration import apply_temperature
+from .store import Item, Store
+from .task import Task
+from .workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("student", "teacher", "teacher_failed", "deferred")
+_CHUNK = 900
+
+
+class CascadeError(RuntimeError):
+    """A cascade that cannot be built (no model, never calibrated, ...); the message says what to run."""
+
+
+@dataclass
+class CascadeAnswer:
+    label: str | None
+    source: str  # see SOURCES
+    confidence: float  # calibrated student confidence, or the teacher label's quality when the teacher answered
+    student_label: str
+    student_confidence: float
+    teacher_label: str | None
+    model_version: str
+    latency_ms: float
+    item_id: int | None = None
+    content_hash: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def promoted_version(store: Store, dataset: str) -> str:
+    """The promoted model of ``dataset`` (newest promoted), else the newest model; raises when there is none."""
+    row = store.conn.execute(
+        "SELECT version FROM models WHERE dataset=? ORDER BY promoted DESC, id DESC LIMIT 1", (dataset,)).fetchone()
+    if row is None:
+        raise CascadeError(f"dataset {dataset!r} has no trained model; run `flywheel train {dataset}` first")
+    return str(row["version"])
+
+
+class Cascade:
+    """Student + calibrated threshold + (optional) teacher, for one dataset and one model version."""
+
+    def __init__(self, ws: Workspace, dataset: str, task: Task, student: Any, version: str, temperature: float,
+                 threshold: float, teacher: Any = None, calibration: dict[str, Any] | None = None) -> None:
+        self.ws = ws
+        self.dataset = dataset
+        self.task = task
+        self.student = student
+        self.version = version
+        self.temperature = float(temperature)
+        self.threshold = float(threshold)
+        self.teacher = teacher
+        self.calibration = calibration or {}
+        self.labels: list[str] = list(student.labels)
+        if tuple(self.labels) != tuple(task.labels):
+            raise CascadeError(f"model {version} predicts {self.labels}, but task {task.name!r} has {list(task.labels)}")
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self._client: Any = None
+
+    @classmethod
+    def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Any = None,
+                   runtime: str = "onnx", threshold: float | None = None) -> "Cascade":
+        """Build the cascade of ``version`` (None: the promoted model) from its latest calibration report.
+
+        ``threshold`` overrides the calibrated one (an operator's choice; the guarantee then no longer applies).
+        """
+        from .training import load_student, model_row
+
+        store = ws.store()
+        try:
+            task = Task.from_json(store.dataset_task_json(dataset))
+            version = version or promoted_version(store, dataset)
+            row = model_row(store, version)
+            if row["dataset"] != dataset:
+                raise CascadeError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+            cal = store.latest_report("calibration", version)
+        finally:
+            store.close()
+        if cal is None:
+            raise CascadeError(f"model {version} has not been calibrated; run `flywheel calibrate {dataset} "
+                               f"--version {version} --target-accuracy 0.95` (or --max-teacher-fraction 0.1)")
+        student = load_student(ws, version, runtime=runtime)
+        if teacher is not None and getattr(teacher, "task", "absent") is None:
+            teacher.task = task
+        thr = float(cal["threshold"]) if threshold is None else float(threshold)
+        return cls(ws, dataset, task, student, version, float(cal["temperature"]), thr, teacher, cal)
+
+    # -- the decision --------------------------------------------------------------------------------------------
+    def student_scores(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated (predicted index, confidence) for raw student probabilities."""
+        cal = apply_temperature(probs, self.temperature)
+        return cal.argmax(axis=1), cal.max(axis=1)
+
+    def accepts(self, confidence: float) -> bool:
+        return confidence >= self.threshold
+
+    # -- store items (batch) -------------------------------------------------------------------------------------
+    def predict_items(self, items: Sequence[Item], *, origin: str = "predict", round: int | None = None,
+                      log: bool = True, teacher_concurrency: int = 16, progress: bool = False,
+                      batch_size: int = 512) -> list[CascadeAnswer]:
+        """Answer store items: the student in batches, the deferred ones by the teacher (cached, one pass).
+
+        The teacher's answers go through ``label_items`` so they are stored before use and become labels.  Items
+        the teacher already labelled (same model) are not asked again.  Every answer is logged to ``cascade_log``
+        unless ``log`` is False (e.g. measurement on the test split).
+        """
+        items = list(items)
+        if not items:
+            return []
+        t0 = time.perf_counter()
+        probs = np.concatenate([self.student.predict_proba(items[s : s + batch_size])
+                                for s in range(0, len(items), batch_size)])
+        idx, conf = self.student_scores(probs)
+        student_ms = (time.perf_counter() - t0) * 1000 / len(items)
+        deferred = [i for i, c in enumerate(conf) if not self.accepts(float(c))]
+        teacher_out: dict[int, tuple[str | None, float | None]] = {}
+        teacher_ms = 0.0
+        if deferred and self.teacher is not None:
+            t1 = time.perf_counter()
+            teacher_out = self._teacher_labels([items[i] for i in deferred], teacher_concurrency, progress)
+            teacher_ms = (time.perf_counter() - t1) * 1000 / len(deferred)
+        answers: list[CascadeAnswer] = []
+        dset = set(deferred)
+        for i, it in enumerate(items):
+            s_lab, s_conf = self.labels[int(idx[i])], float(conf[i])
+            if i not in dset:
+                a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
+                                  it.content_hash)
+            elif self.teacher is None:
+                a = CascadeAnswer(None, "deferred", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
+                                  it.content_hash)
+            else:
+                t_lab, t_q = teacher_out.get(it.id, (None, None))
+                if t_lab is not None:
+                    a = CascadeAnswer(t_lab, "teacher", float(t_q if t_q is not None else 1.0), s_lab, s_conf, t_lab,
+                                      self.version, student_ms + teacher_ms, it.id, it.content_hash)
+                else:
+                    a = CascadeAnswer(s_lab, "teacher_failed", s_conf, s_lab, s_conf, None, self.version,
+                                      student_ms + teacher_ms, it.id, it.content_hash)
+            answers.append(a)
+        if log:
+            self.log_answers(answers, origin=origin, round=round)
+        return answers
+
+    def _teacher_labels(self, items: list[Item], concurrency: int, progress: bool) -> dict[int, tuple[str | None, float | None]]:
+        """item id -> (teacher label, quality), asking the teacher (one pass, cached) only where needed."""
+        from .labeling import LabelConfig, label_items
+
+        model = getattr(self.teacher, "model", None)
+        have = self._existing_teacher_labels([it.id for it in items], model)
+        missing = [it.id for it in items if it.id not in have]
+        if missing:
+            try:
+                label_items(self.ws, self.dataset, missing, self.teacher,
+                            LabelConfig(passes=1, concurrency=max(1, concurrency), queue_disagreements=False),
+                            progress=progress)
+            except Exception as e:  # a teacher outage must not take the cascade down: those answers are flagged
+                logger.warning("teacher labelling failed for %d deferred items: %s: %s", len(missing), type(e).__name__, e)
+            have.update(self._existing_teacher_labels(missing, model))
+        return have
+
+    def _existing_teacher_labels(self, ids: list[int], model: str | None) -> dict[int, tuple[str | None, float | None]]:
+        out: dict[int, tuple[str | None, float | None]] = {}
+        store = self.ws.store()
+        try:
+            for s in range(0, len(ids), _CHUNK):
+                chunk = ids[s : s + _CHUNK]
+                rows = store.query(
+                    f"SELECT item_id, label, quality, provenance FROM labels WHERE source='teacher' AND label IS NOT NULL "
+                    f"AND item_id IN ({','.join('?' * len(chunk))})", chunk)
+                for r in rows:
+                    try:
+                        prov_model = json.loads(r["provenance"] or "{}").get("model")
+                    except (json.JSONDecodeError, AttributeError):
+                        prov_model = None
+                    if model is None or prov_model in (None, model):
+                        out[int(r["item_id"])] = (r["label"], r["quality"])
+        finally:
+            store.close()
+        return out
+
+    # -- raw inputs (serving) --------------------------------------------------------------------------------------
+    async def apredict_raw(self, content: Any, *, origin: str = "serve", log: bool = True,
+                           content_hash: str | None = None, payload_ref: str | None = None,
+                           round: int | None = None) -> CascadeAnswer:
+        """Answer one input that is not in the store (a PIL image / image bytes, a text, a feature list).
+
+        The student runs in a worker thread and the teacher call is awaited on the event loop, so a slow teacher
+        never blocks other requests.
+        """
+        t0 = time.perf_counter()
+        probs = await asyncio.to_thread(self.student.predict_proba_raw, [content])
+        idx, conf = self.student_scores(probs)
+        s_lab, s_conf = self.labels[int(idx[0])], float(conf[0])
+        if self.accepts(s_conf):
+            a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
+        elif self.teacher is None:
+            a = CascadeAnswer(None, "deferred", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
+        else:
+            ans = await self._ask_teacher_raw(content)
+            if ans is not None and ans.ok and ans.label in self.labels:
+                conf_t = float(ans.confidence) if ans.confidence is not None else 1.0
+                a = CascadeAnswer(ans.label, "teacher", conf_t, s_lab, s_conf, ans.label, self.version, 0.0, None,
+                                  content_hash)
+            else:
+                a = CascadeAnswer(s_lab, "teacher_failed", s_conf, s_lab, s_conf, None, self.version, 0.0, None,
+                                  content_hash)
+        a.latency_ms = (time.perf_counter() - t0) * 1000
+        if log:
+            await asyncio.to_thread(self.log_answers, [a], origin=origin, round=round, payload_refs=[payload_ref])
+        return a
+
+    async def _ask_teacher_raw(self, content: Any) -> Any:
+        teacher = self.teacher
+        if hasattr(teacher, "alabel_raw"):
+            if self._client is None and hasattr(teacher, "make_client"):
+                self._client = teacher.make_client(64)
+            try:
+                payload = content
+                if isinstance(content, list):  # tabular: the teacher reads a text rendering
+                    payload = "Features: " + json.dumps(content)
+                return await teacher.alabel_raw(payload, self.task, client=self._client)
+            except Exception as e:
+                logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
+                return None
+        logger.warning("teacher %r cannot label raw inputs (no alabel_raw)", teacher)
+        return None
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- logging ---------------------------------------------------------------------------------------------------
+    def log_answers(self, answers: Sequence[CascadeAnswer], *, origin: str, round: int | None = None,
+                    payload_refs: Sequence[str | None] | None = None) -> None:
+        """Append answers to ``cascade_log`` in one transaction (thread-safe; one connection per cascade)."""
+        now = time.time()
+        refs = list(payload_refs) if payload_refs is not None else [None] * len(answers)
+        rows = [(now, self.dataset, a.item_id, a.content_hash, a.source, a.label, a.confidence, a.student_label,
+                 a.student_confidence, a.teacher_label, a.model_version, self.threshold, a.latency_ms, round, origin, ref)
+                for a, ref in zip(answers, refs)]
+        with self._store_lock:
+            if self._store is None:
+                self._store = self.ws.store()
+            with self._store.transaction() as c:
+                c.executemany(
+                    "INSERT INTO cascade_log(ts, dataset, item_id, content_hash, source, label, confidence, student_label, "
+                    "student_confidence, teacher_label, model_version, threshold, latency_ms, round, origin, payload_ref) "
+                    "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def close(self) -> None:
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def describe(self) -> dict[str, Any]:
+        """What is serving: for /healthz and the CLI."""
+        ch = self.calibration.get("choice") or {}
+        return {"dataset": self.dataset, "model_version": self.version, "temperature": self.temperature,
+                "threshold": self.threshold, "goal": ch.get("goal"), "target": ch.get("target"),
+                "delta": ch.get("delta"), "feasible": ch.get("feasible"),
+                "teacher": getattr(self.teacher, "display_name", None) if self.teacher is not None else None,
+                "student_kind": getattr(self.student, "kind", None), "modality": self.task.modality}
+
+
+def summarize(answers: Sequence[CascadeAnswer]) -> dict[str, Any]:
+    """Counts by source, teacher fraction and mean latency, for the CLI and reports."""
+    n = len(answers)
+    by = {s: sum(a.source == s for a in answers) for s in SOURCES}
+    return {"n": n, "by_source": by, "teacher_fraction": (n - by["student"]) / n if n else None,
+            "mean_latency_ms": float(np.mean([a.latency_ms for a in answers])) if n else None}
