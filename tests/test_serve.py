@@ -1,0 +1,223 @@
+"""The HTTP service against a live uvicorn server on 127.0.0.1: valid, oversize, garbage and wrong inputs; metrics,
+health, docs, feedback logging, and a slow teacher that must not block the student's answers to other requests."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from llm_flywheel.calibration import DEFER_ALL
+from llm_flywheel.cascade import Cascade
+from llm_flywheel.serve import create_app, parse_prometheus
+from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher, serve_app
+from test_cascade import sim_teacher, trained_calibrated_ws
+
+
+@pytest.fixture(scope="module")
+def cal_ws(tmp_path_factory):
+    return trained_calibrated_ws(tmp_path_factory.mktemp("serve") / "ws")
+
+
+@pytest.fixture(scope="module")
+def images(cal_ws):
+    """(bytes, calibrated student confidence) of 30 test images, most confident first."""
+    ws, _ = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test", limit=30)
+    casc = Cascade.from_store(ws, "synth")
+    _, conf = casc.student_scores(casc.student.predict_proba(items))
+    pairs = [((ws.root / it.blob_path).read_bytes(), float(c)) for it, c in zip(items, conf)]
+    return sorted(pairs, key=lambda p: -p[1])
+
+
+@pytest.fixture(scope="module")
+def server(cal_ws):
+    ws, _ = cal_ws
+    app = create_app(ws, "synth", max_bytes=64 * 1024, max_logged_payload_bytes=10_000, seed=0)
+    with serve_app(app) as url:
+        yield url
+
+
+def _rows(ws, sql, params=()):
+    with ws.store() as s:
+        return s.query(sql, params)
+
+
+def test_valid_image_in_every_form(server, images, cal_ws):
+    ws, version = cal_ws
+    png = images[0][0]
+    n0 = len(_rows(ws, "SELECT id FROM cascade_log WHERE origin='serve'"))
+    answers = [
+        httpx.post(f"{server}/v1/predict", files={"file": ("x.png", png, "image/png")}),
+        httpx.post(f"{server}/v1/predict", json={"image_base64": base64.b64encode(png).decode()}),
+        httpx.post(f"{server}/v1/predict", json={"image_base64": "data:image/png;base64," + base64.b64encode(png).decode()}),
+        httpx.post(f"{server}/v1/predict", content=png, headers={"Content-Type": "image/png"}),
+    ]
+    for r in answers:
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["model_version"] == version
+        assert d["source"] in ("student", "deferred")  # no teacher configured on this server
+        assert 0 < d["student_confidence"] <= 1 and d["student_label"] in ("bar", "ring", "cross", "dot")
+        assert d["threshold"] > 0 and d["latency_ms"] > 0
+    assert len({r.json()["student_label"] for r in answers}) == 1  # the same bytes, the same answer
+    # every answer logged as feedback, the small payload kept under exports/served/
+    rows = _rows(ws, "SELECT * FROM cascade_log WHERE origin='serve' ORDER BY id")[n0:]
+    assert len(rows) == 4 and all(r["model_version"] == version for r in rows)
+    assert rows[0]["payload_ref"].startswith("exports/served/")
+    assert (ws.root / rows[0]["payload_ref"]).read_bytes() == png
+
+
+def test_oversize_is_413(server):
+    big = b"\x89PNG\r\n\x1a\n" + b"\0" * 100_000
+    r = httpx.post(f"{server}/v1/predict", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", json={"image_base64": base64.b64encode(big).decode()})
+    assert r.status_code == 413
+
+    def chunks():  # no Content-Length: the streamed body is cut off at the limit
+        for _ in range(20):
+            yield b"\0" * 10_000
+
+    r = httpx.post(f"{server}/v1/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413
+
+
+def test_pixel_bomb_is_413(server):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, "PNG")  # tiny file, 64 M pixels
+    assert len(buf.getvalue()) < 64 * 1024
+    r = httpx.post(f"{server}/v1/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413 and "pixels" in r.json()["detail"]
+
+
+def test_garbage_is_400(server, images):
+    r = httpx.post(f"{server}/v1/predict", files={"file": ("x.png", b"this is not an image at all", "image/png")})
+    assert r.status_code == 400 and "decode" in r.json()["detail"]
+    truncated = images[0][0][:60]
+    r = httpx.post(f"{server}/v1/predict", content=truncated, headers={"Content-Type": "image/png"})
+    assert r.status_code == 400
+    r = httpx.post(f"{server}/v1/predict", json={"image_base64": "%%% not base64 %%%"})
+    assert r.status_code == 400 and "base64" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", content=b'{"image_base64": ', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["detail"]
+
+
+def test_wrong_json_and_modality_is_422_and_unknown_type_415(server, images):
+    for body in ({"picture": "x"}, {}, [1, 2], {"image_base64": 3},
+                 {"image_base64": base64.b64encode(images[0][0]).decode(), "text": "both"}):
+        r = httpx.post(f"{server}/v1/predict", json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", json={"text": "a ring"})  # an image task
+    assert r.status_code == 422 and "image" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", files={"other": ("x.png", images[0][0], "image/png")})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = httpx.post(f"{server}/v1/predict", content=b"<xml/>", headers={"Content-Type": "application/xml"})
+    assert r.status_code == 415
+
+
+def test_health_metrics_and_docs(server, cal_ws, images):
+    _, version = cal_ws
+    h = httpx.get(f"{server}/healthz").json()
+    assert h["status"] == "ok" and h["model_version"] == version and h["dataset"] == "synth"
+    assert h["goal"] == "accuracy" and h["teacher"] is None
+    before = parse_prometheus(httpx.get(f"{server}/metrics").text)
+    httpx.post(f"{server}/v1/predict", content=b"garbage", headers={"Content-Type": "image/png"})
+    ok = httpx.post(f"{server}/v1/predict", content=images[0][0], headers={"Content-Type": "image/png"}).json()
+    r = httpx.get(f"{server}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    m = parse_prometheus(r.text)
+    assert m['flywheel_request_errors_total{code="400"}'] == before.get('flywheel_request_errors_total{code="400"}', 0) + 1
+    key = f'flywheel_requests_total{{source="{ok["source"]}"}}'
+    assert m[key] == before[key] + 1
+    n = sum(v for k, v in m.items() if k.startswith("flywheel_requests_total"))
+    assert m["flywheel_teacher_fraction"] == pytest.approx(1 - m['flywheel_requests_total{source="student"}'] / n)
+    for src in ("student", "deferred"):
+        assert m[f'flywheel_request_latency_seconds_bucket{{source="{src}",le="+Inf"}}'] == m[f'flywheel_requests_total{{source="{src}"}}']
+        assert m[f'flywheel_request_latency_seconds_count{{source="{src}"}}'] == m[f'flywheel_requests_total{{source="{src}"}}']
+    assert 0.0 <= m["flywheel_teacher_fraction"] <= 1.0
+    assert m[f'flywheel_model_info{{version="{version}",dataset="synth"}}'] == 1
+    # histogram buckets are cumulative
+    b = [m[f'flywheel_request_latency_seconds_bucket{{source="student",le="{le}"}}'] for le in ("0.001", "0.01", "0.1", "1", "10")]
+    assert b == sorted(b)
+    assert httpx.get(f"{server}/docs").status_code == 200
+    spec = httpx.get(f"{server}/openapi.json").json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+def test_sampling_and_payload_bound(cal_ws, images):
+    ws, _ = cal_ws
+    app = create_app(ws, "synth", log_sample_rate=0.0)
+    n0 = len(_rows(ws, "SELECT id FROM cascade_log"))
+    with serve_app(app) as url:
+        for png, _ in images[:3]:
+            assert httpx.post(f"{url}/v1/predict", content=png, headers={"Content-Type": "image/png"}).status_code == 200
+    assert len(_rows(ws, "SELECT id FROM cascade_log")) == n0  # sampled out
+    app = create_app(ws, "synth", max_logged_payload_bytes=0)
+    with serve_app(app) as url:
+        httpx.post(f"{url}/v1/predict", content=images[5][0], headers={"Content-Type": "image/png"})
+    row = _rows(ws, "SELECT * FROM cascade_log ORDER BY id DESC LIMIT 1")[0]
+    assert row["origin"] == "serve" and row["payload_ref"] is None  # logged, payload over the bound not kept
+
+
+def test_bad_startup_config_is_clear(cal_ws):
+    ws, _ = cal_ws
+    with pytest.raises(ValueError, match="log_sample_rate"):
+        create_app(ws, "synth", log_sample_rate=2)
+    from llm_flywheel.teachers.openai_compat import TeacherConfigError
+
+    with pytest.raises(TeacherConfigError, match="FLYWHEEL_TEST_NO_SUCH_KEY"):
+        from llm_flywheel.teachers.registry import teacher_from_spec
+        from test_cascade import SYNTH_TASK
+
+        create_app(ws, "synth", teacher=teacher_from_spec("openai:gpt-4o-mini", SYNTH_TASK,
+                                                          api_key_env="FLYWHEEL_TEST_NO_SUCH_KEY"))
+
+
+def test_slow_teacher_does_not_block_student_answers(cal_ws, images):
+    """A deferred request waits ~1.5 s for the (simulated) teacher; student answers to other requests sent
+    meanwhile all come back while it is still in flight."""
+    ws, _ = cal_ws
+    (fast_png, hi), (slow_png, lo) = images[0], images[-1]
+    assert hi > lo
+    cfg = SimConfig(latency_ms=1500, latency_sigma=0.0, rate_429=0.0, malformed_rate=0.0)
+    with run_simulated_teacher(ws, "synth", cfg) as turl:
+        app = create_app(ws, "synth", teacher=sim_teacher(ws, turl), threshold=(hi + lo) / 2)
+        with serve_app(app) as url, cf.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(httpx.post, f"{url}/v1/predict", content=slow_png,
+                               headers={"Content-Type": "image/png"}, timeout=30)
+            deadline = time.monotonic() + 20  # wait until the teacher has the deferred request
+            while httpx.get(f"{turl}/_stats").json()["requests"] == 0:
+                assert time.monotonic() < deadline and not slow.done(), "the deferred request never reached the teacher"
+                time.sleep(0.01)
+            fast = [httpx.post(f"{url}/v1/predict", content=fast_png, headers={"Content-Type": "image/png"}, timeout=30)
+                    for _ in range(5)]
+            assert not slow.done()  # all five student answers came back while the teacher call was in flight
+            assert all(r.status_code == 200 and r.json()["source"] == "student" for r in fast)
+            r = slow.result()
+            assert r.status_code == 200, r.text
+            d = r.json()
+            assert d["source"] == "teacher" and d["teacher_label"] == d["label"] and d["label"] is not None
+            m = parse_prometheus(httpx.get(f"{url}/metrics").text)
+            assert m['flywheel_requests_total{source="teacher"}'] == 1
+            assert m['flywheel_requests_total{source="student"}'] == 5
+            assert m["flywheel_teacher_fraction"] == pytest.approx(1 / 6)
+    assert np.isfinite(d["confidence"])
+
+
+def test_no_teacher_defers_with_null_label(cal_ws, images):
+    ws, _ = cal_ws
+    app = create_app(ws, "synth", threshold=DEFER_ALL)
+    with serve_app(app) as url:
+        d = httpx.post(f"{url}/v1/predict", content=images[0][0], headers={"Content-Type": "image/png"}).json()
+    assert d["source"] == "deferred" and d["label"] is None and d["student_label"]
