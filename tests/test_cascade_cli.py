@@ -1,0 +1,109 @@
+"""`flywheel calibrate / predict / serve` end to end on a tiny trained student (serve as a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from llm_flywheel.cli import main
+from test_cascade import trained_calibrated_ws
+
+
+@pytest.fixture(scope="module")
+def cal_ws(tmp_path_factory):
+    return trained_calibrated_ws(tmp_path_factory.mktemp("cli") / "ws")
+
+
+def _run(ws, *args):
+    return CliRunner().invoke(main, ["--workspace", str(ws.root), *args], catch_exceptions=False)
+
+
+def test_help_is_useful():
+    for cmd, words in (("calibrate", ("--target-accuracy", "--max-teacher-fraction", "guarantee")),
+                       ("predict", ("--split", "--teacher", "source")),
+                       ("serve", ("--host", "loopback", "/v1/predict", "/metrics"))):
+        r = CliRunner().invoke(main, [cmd, "--help"])
+        assert r.exit_code == 0
+        for w in words:
+            assert w in r.output, (cmd, w)
+
+
+def test_calibrate_prints_choice_and_png(cal_ws):
+    ws, version = cal_ws
+    r = _run(ws, "calibrate", "synth", "--max-teacher-fraction", "0.25")
+    assert r.exit_code == 0, r.output
+    png = r.stdout.strip().splitlines()[-1]
+    assert png.endswith(f"cascade-curve-{version}.png") and os.path.exists(png)
+    r = _run(ws, "calibrate", "synth", "--target-accuracy", "0.9", "--delta", "0.1", "--json")
+    rep = json.loads(r.stdout)
+    assert rep["version"] == version and rep["choice"]["goal"] == "accuracy" and rep["choice"]["delta"] == 0.1
+    r = _run(ws, "calibrate", "synth", "--target-accuracy", "1.5")
+    assert r.exit_code != 0 and "target_accuracy" in r.output
+    r = _run(ws, "calibrate", "nosuch")
+    assert r.exit_code != 0 and "no trained model" in r.output
+
+
+def test_predict_files_and_split(cal_ws, tmp_path):
+    ws, version = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test", limit=3)
+    files = []
+    for it in items:
+        p = tmp_path / f"{it.id}.png"
+        p.write_bytes((ws.root / it.blob_path).read_bytes())
+        files.append(str(p))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    r = _run(ws, "predict", "synth", *files, str(bad), "--json")
+    assert r.exit_code == 1 and "could not be read" in r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 4 and "error" in lines[-1]
+    for d in lines[:3]:
+        assert d["model_version"] == version and d["source"] in ("student", "deferred")
+    # a split through the cascade with the simulated teacher answering the deferred items
+    r = _run(ws, "predict", "synth", "--split", "stream", "--teacher", "simulated", "--threshold", "0.9999", "--json")
+    assert r.exit_code == 0, r.output
+    answers = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(answers) == 40
+    assert {a["source"] for a in answers} <= {"student", "teacher"} and any(a["source"] == "teacher" for a in answers)
+    assert "sent to the teacher" in r.output and "cascade accuracy (gold)" in r.output
+    with ws.store() as s:
+        n = s.query("SELECT COUNT(*) FROM cascade_log WHERE origin='predict' AND source='teacher'")[0][0]
+    assert n == sum(a["source"] == "teacher" for a in answers)
+    r = _run(ws, "predict", "synth")
+    assert r.exit_code == 2 and "FILES or --split" in r.output
+
+
+def test_serve_command_runs_a_loopback_server(cal_ws):
+    ws, version = cal_ws
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from llm_flywheel.cli import main; main()", "--workspace", str(ws.root), "serve", "synth",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                h = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        assert h.json()["model_version"] == version
+        with ws.store() as s:
+            it = s.items("synth", split="test", limit=1)[0]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"file": ("a.png", (ws.root / it.blob_path).read_bytes())})
+        assert r.status_code == 200 and r.json()["model_version"] == version
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
