@@ -98,7 +98,8 @@ def test_consensus_rules():
 def test_failures_are_retried_next_run_not_counted_as_disagreement(synth_ws, synth_task):
     ids = _ids(synth_ws, 40)
     with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, rate_429=0, malformed_rate=0.3)) as url:
-        r1 = label_items(synth_ws, "synth", ids, _sim_teacher(url, synth_task), LabelConfig(tie_break=False), progress=False)
+        r1 = label_items(synth_ws, "synth", ids, _sim_teacher(url, synth_task),
+                         LabelConfig(tie_break=False, reask_unparseable=0), progress=False)
     failed = [a for a in _answers(synth_ws) if not a["ok"]]
     assert r1.failed == len(failed) > 0 and {a["error_kind"] for a in failed} == {"parse"}
     with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
@@ -241,3 +242,16 @@ def test_label_from_a_thread_while_the_store_is_read(synth_ws, synth_task):
         th.join()
         reader.close()
     assert out["r"].agreed + out["r"].tie_broken + out["r"].disagreed + out["r"].single == 60
+
+
+def test_unparseable_replies_are_reasked_within_the_run(synth_ws, synth_task):
+    ids = _ids(synth_ws, 40)
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, rate_429=0, malformed_rate=0.2)) as url:
+        r = label_items(synth_ws, "synth", ids, _sim_teacher(url, synth_task),
+                        LabelConfig(tie_break=False, reask_unparseable=2), progress=False)
+        assert sim_stats(url)["requests"] == r.calls_made
+    rows = _answers(synth_ws)
+    assert sum(1 for a in rows if not a["ok"]) == r.failed > 0  # every failed attempt is on record
+    finals = {(a["content_hash"], a["pass_index"]) for a in rows if a["ok"]}
+    assert len(finals) >= 75  # 0.2^3 chance per key of still failing after two re-asks
+    assert r.calls_made == len(finals) + r.failed

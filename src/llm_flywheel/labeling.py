@@ -49,6 +49,7 @@ class LabelConfig:
     tie_break: bool = True
     queue_disagreements: bool = True
     cost_safety: float = 1.5  # reservation = estimated cost x this (and >= the dearest call seen)
+    reask_unparseable: int = 1  # re-ask an unparseable/refused reply this many times within the run
 
     def __post_init__(self) -> None:
         if self.passes < 1:
@@ -279,14 +280,32 @@ class _Runner:
         self.ws, self.store, self.task, self.teacher, self.cfg = ws, store, task, teacher, cfg
         self.budget, self.result, self.run_id, self.progress = budget, result, run_id, progress
         self.stop = False
+        self.known: dict[str, dict[int, str | None]] = {}  # content hash -> pass -> label of final answers
+        self.tb_pass = cfg.passes if cfg.tie_break and cfg.passes >= 2 else None
+        self.tb_queued: set[str] = set()
+
+    def needs_tie_break(self, h: str) -> bool:
+        """All main passes answered, no off-list among them, and no strict majority: ask pass ``k`` once."""
+        if self.tb_pass is None or h in self.tb_queued:
+            return False
+        got = self.known.get(h, {})
+        if self.tb_pass in got or any(p not in got for p in range(self.cfg.passes)):
+            return False
+        votes = [got[p] for p in range(self.cfg.passes)]
+        if any(v is None for v in votes):
+            return False
+        top = Counter(votes).most_common(1)[0][1]
+        return top * 2 <= len(votes)
 
     async def run(self, jobs: list[tuple[Item, int]], desc: str) -> None:
         if not jobs or self.stop:
             return
-        queue = deque(jobs)
+        queue: deque[tuple[Item, int, int]] = deque((it, p, 0) for it, p in jobs)
         bar = self.progress.add_task(desc, total=len(jobs)) if self.progress else None
-        async with self.teacher.make_client(self.cfg.concurrency) as client:
-            async def worker() -> None:
+        # one single-connection client per worker: httpcore's shared pool scans every connection on each
+        # request (quadratic in the concurrency), which halved throughput at concurrency 32
+        async def worker() -> None:
+            async with self.teacher.make_client(1) as client:
                 while queue and not self.stop:
                     res = self.budget.reserve()
                     if res == WAIT:
@@ -300,7 +319,7 @@ class _Runner:
                             f"budget ${self.cfg.budget_usd:g} reached (spent ${self.budget.spent:.4f})")
                         self.stop = True
                         return
-                    item, p = queue.popleft()
+                    item, p, tries = queue.popleft()
                     try:
                         ans = await self.teacher.alabel_one(item, self.task, self.ws, pass_index=p, client=client)
                     except BaseException:
@@ -309,11 +328,23 @@ class _Runner:
                     store_answer(self.store, ans, self.run_id)  # stored before anything uses it
                     self.budget.settle(res, ans.cost_usd)  # type: ignore[arg-type]
                     self._count(ans)
+                    if p == self.tb_pass:
+                        self.result.tie_break_calls += 1
+                    if ans.error_kind in ("parse", "refused") and tries < self.cfg.reask_unparseable:
+                        queue.append((item, p, tries + 1))  # a sampled reply often parses when asked again
+                        continue
+                    if ans.ok:
+                        self.known.setdefault(item.content_hash, {})[p] = ans.label
+                        if self.needs_tie_break(item.content_hash):
+                            self.tb_queued.add(item.content_hash)
+                            queue.appendleft((item, self.tb_pass, 0))  # type: ignore[arg-type]  # resolve it now
+                            if bar is not None:
+                                self.progress.update(bar, total=self.progress.tasks[bar].total + 1)
                     if bar is not None:
                         self.progress.update(bar, advance=1,
                                              description=f"{desc} [dim]${self.result.cost_usd:.4f}[/]")
 
-            await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(jobs)))))
+        await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(jobs)))))
 
     def _count(self, ans: TeacherAnswer) -> None:
         r = self.result
@@ -389,19 +420,13 @@ def label_items(
             if prog is not None:
                 prog.start()
             runner = _Runner(ws, store, task, teacher, cfg, budget, result, run_id, prog)
+            for h, answers in final_answers(store, teacher.model, pv, hashes, max_pass=cfg.passes).items():
+                runner.known[h] = {a["pass_index"]: a["label"] for a in answers}
+            for it in items:  # resumed runs: passes all cached but the tie-break still missing
+                if runner.needs_tie_break(it.content_hash):
+                    runner.tb_queued.add(it.content_hash)
+                    jobs.append((it, cfg.passes))
             run_sync(runner.run(jobs, f"labelling {dataset}{tag}"))
-            if cfg.tie_break and not runner.stop:
-                answers = final_answers(store, teacher.model, pv, hashes, max_pass=cfg.passes - 1)
-                tb_items = []
-                for it in items:
-                    c = consensus(answers.get(it.content_hash, []), task.labels)
-                    if c is not None and c.status == "disagreed" and sum(c.votes.values()) >= 2 and "off_list" not in c.votes:
-                        tb_items.append(it)
-                tb_cached = cached_keys(store, teacher.model, pv, [it.content_hash for it in tb_items])
-                tb_jobs = _jobs(tb_items, [cfg.passes], tb_cached)
-                before = result.calls_made
-                run_sync(runner.run(tb_jobs, f"tie-break pass{tag}"))
-                result.tie_break_calls = result.calls_made - before
             status = "stopped" if runner.stop else "done"
         finally:
             if prog is not None:

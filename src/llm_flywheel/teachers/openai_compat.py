@@ -230,15 +230,24 @@ class OpenAICompatTeacher:
         self.limiter = RateLimiter(rpm)
         self._lock = threading.Lock()
         self._matchers: dict[str, LabelMatcher] = {}
+        self._pv_cache: dict[int, tuple[Task, str]] = {}
+        self._ssl: Any = None
         self.http_requests = 0  # attempts sent (including retries), for observability
 
     # -- identity ------------------------------------------------------------------------------------------
     @property
     def prompt_version(self) -> str:
-        return self._explicit_pv or compute_prompt_version(self.task)
+        if self.task is not None:
+            return self.prompt_version_for(self.task)
+        return self._explicit_pv or compute_prompt_version(None)
 
     def prompt_version_for(self, task: Task) -> str:
-        return self._explicit_pv or compute_prompt_version(task)
+        if self._explicit_pv:
+            return self._explicit_pv
+        hit = self._pv_cache.get(id(task))
+        if hit is None or hit[0] is not task:  # keyed by identity; the task object is kept alive with it
+            hit = self._pv_cache[id(task)] = (task, compute_prompt_version(task))
+        return hit[1]
 
     @property
     def is_simulated(self) -> bool:
@@ -384,7 +393,9 @@ class OpenAICompatTeacher:
 
     def make_client(self, concurrency: int = 16) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=max(concurrency, 1), max_keepalive_connections=max(concurrency, 1))
-        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits)
+        if self._ssl is None:  # loading the CA bundle costs ~40 ms: once per teacher, not once per client
+            self._ssl = httpx.create_ssl_context()
+        return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits, verify=self._ssl)
 
     def _answer(self, item_id: int, content_hash: str, task: Task, pass_index: int, **kw: Any) -> TeacherAnswer:
         return TeacherAnswer(item_id=item_id, content_hash=content_hash, model=self.model,

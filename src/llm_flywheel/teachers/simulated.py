@@ -40,7 +40,7 @@ from statistics import NormalDist
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..task import Task
 from ..workspace import Workspace
@@ -277,18 +277,18 @@ def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) 
                     off += len(t)
             share = math.log(max(p_label, 1e-6)) / max(1, len(lab_toks))
             choice["logprobs"] = {"content": [
-                {"token": t, "logprob": share if i in lab_toks else -0.0005, "bytes": list(t.encode()), "top_logprobs": []}
+                {"token": t, "logprob": share if i in lab_toks else -0.0005, "top_logprobs": []}
                 for i, t in enumerate(toks)]}
         with lock:
             stats["completions"] += 1
-        return {
+        return Response(json.dumps({
             "id": f"simcmpl-{h[:8] if h else 'x'}-{variant}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": mid,
             "choices": [choice],
             "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout, "cost": cost},
-        }
+        }), media_type="application/json")  # pre-encoded: FastAPI's generic encoder is slow on nested dicts
 
     app.state.sim_model = mid
     app.state.sim_stats = stats
