@@ -255,3 +255,16 @@ def test_unparseable_replies_are_reasked_within_the_run(synth_ws, synth_task):
     finals = {(a["content_hash"], a["pass_index"]) for a in rows if a["ok"]}
     assert len(finals) >= 75  # 0.2^3 chance per key of still failing after two re-asks
     assert r.calls_made == len(finals) + r.failed
+
+
+def test_a_later_single_pass_run_keeps_the_consensus(synth_ws, synth_task):
+    ids = _ids(synth_ws, 30)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        t = _sim_teacher(url, synth_task)
+        label_items(synth_ws, "synth", ids, t, LabelConfig(passes=2), progress=False)
+        s = synth_ws.store()
+        before = {r["item_id"]: (r["label"], r["status"]) for r in s.query("SELECT * FROM labels")}
+        r = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=1), progress=False)
+        after = {r_["item_id"]: (r_["label"], r_["status"]) for r_ in s.query("SELECT * FROM labels")}
+        s.close()
+    assert r.calls_made == 0 and before == after and "single" not in {v[1] for v in after.values()}

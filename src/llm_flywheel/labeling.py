@@ -447,8 +447,9 @@ SIMULATED_NOTE = ("teacher answers come from the SIMULATED teacher (gold labels 
 
 def _write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
                   cfg: LabelConfig, result: LabelRunResult) -> None:
-    max_pass = cfg.passes if cfg.tie_break else cfg.passes - 1
-    answers = final_answers(store, teacher.model, pv, [it.content_hash for it in items], max_pass=max_pass)
+    # every final pass of this teacher counts, also those of earlier runs with more passes: a later 1-pass run
+    # (the cascade's) must not downgrade a 2-pass consensus to a single vote
+    answers = final_answers(store, teacher.model, pv, [it.content_hash for it in items])
     now = time.time()
     human = set()
     ids = [it.id for it in items]
