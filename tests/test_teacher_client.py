@@ -209,3 +209,29 @@ def test_alabel_raw_for_inputs_outside_the_store(synth_task):
         ans_t = asyncio.run(t.alabel_raw("some text", synth_task))
     assert ans.ok and ans.item_id == 0 and len(ans.content_hash) == 64
     assert srv.requests[1]["body"]["messages"][1]["content"] == "some text" and ans_t.ok
+
+
+def test_retry_after_is_honoured_and_backoff_grows(tiny_ws, synth_task):
+    with FaultServer([status(429, headers={"Retry-After": "0.3"}), status(503), status(503)]) as srv:
+        t = _teacher(srv.url, synth_task, backoff_base=0.02)
+        ans = _ask(t, tiny_ws, synth_task)
+    waits = list(t.retry_waits)
+    assert ans.ok and len(waits) == 3
+    assert 0.3 <= waits[0] <= 0.36  # the server's Retry-After, not our backoff
+    assert 0.02 <= waits[1] <= 0.06 and 0.04 <= waits[2] <= 0.12  # base x 2^attempt x jitter(0.5-1.5)
+
+
+def test_rate_limiter_spaces_request_starts():
+    from llm_flywheel.teachers.openai_compat import RateLimiter
+
+    async def go():
+        lim = RateLimiter(rpm=600)  # one start per 0.1 s
+        for _ in range(4):
+            await lim.wait()
+        return lim._next
+    import time
+    t0 = time.monotonic()
+    nxt = asyncio.run(go())
+    assert nxt - t0 >= 0.4 - 1e-6  # four starts booked 0.1 s apart
+    with pytest.raises(ValueError):
+        RateLimiter(rpm=0)

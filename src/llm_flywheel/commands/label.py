@@ -120,7 +120,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
                  ("tie-break calls", res.tie_break_calls), ("cost", _money(res.cost_usd)),
                  ("labelled (agreed / tie-broken / single)", f"{res.labelled} ({res.agreed} / {res.tie_broken} / {res.single})"),
                  ("disagreed (no majority, queued)", res.disagreed), ("queued for review", res.queued_for_review),
-                 ("failed calls (retried next run)", res.failed), ("off-list answers", res.off_list),
+                 ("failed calls (re-asked once; still failing -> next run)", res.failed), ("off-list answers", res.off_list),
                  ("no answer yet", res.unlabelled), ("elapsed", f"{res.elapsed_s:.1f}s")]:
         t.add_row(k, str(v))
     console.print(t)

@@ -30,6 +30,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,7 @@ class OpenAICompatTeacher:
         self._pv_cache: dict[int, tuple[Task, str]] = {}
         self._ssl: Any = None
         self.http_requests = 0  # attempts sent (including retries), for observability
+        self.retry_waits: deque[float] = deque(maxlen=1000)  # recent backoff delays (s), for observability
 
     # -- identity ------------------------------------------------------------------------------------------
     @property
@@ -477,6 +479,7 @@ class OpenAICompatTeacher:
             log.debug("retrying %s after %s (%.2fs)", content_hash[:8], kind, delay)
             attempt += 1
             retries += 1
+            self.retry_waits.append(delay)
             await asyncio.sleep(delay)
 
     def _from_response(self, resp: httpx.Response, item_id: int, content_hash: str, task: Task, pass_index: int,
