@@ -57,8 +57,9 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
                     split: str | Sequence[str] | None = None, *, store_report: bool = True) -> dict[str, Any]:
     """Accuracy (+95 % CI), per-class confusion and ECE of the teacher's verbalised confidence, vs gold.
 
-    Per answer (every final pass), per pass index, and for the consensus labels.  Off-list answers count as
-    wrong.  ``model`` defaults to the model with most answers on this dataset.  Stored as report
+    Per answer (the passes asked of every item; tie-break passes, asked only on the hardest items, are shown
+    per pass but kept out of the headline), per pass index, and for the consensus labels.  Off-list answers
+    count as wrong.  ``model`` defaults to the model with most answers on this dataset.  Stored as report
     ``teacher_quality`` keyed ``"{dataset}:{model}"``.  ``n == 0`` when no gold labels exist.
     """
     store = ws.store()
@@ -89,6 +90,13 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         store.close()
 
     labels = list(task.labels)
+    # headline numbers use the passes asked of every item; a tie-break pass is asked only where the passes
+    # disagreed (the hardest items) and would bias them down -- it is still reported under per_pass
+    all_answers = answers
+    per_pass_n = {p: sum(1 for a in answers if a["pass_index"] == p) for p in {a["pass_index"] for a in answers}}
+    n0 = max(per_pass_n.values(), default=0)
+    main_passes = sorted(p for p, c in per_pass_n.items() if c >= 0.5 * n0)
+    answers = [a for a in answers if a["pass_index"] in main_passes]
     n = len(answers)
     correct = [a["label"] == a["gold"] for a in answers]
     k = sum(correct)
@@ -103,8 +111,8 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
     conf_pairs = [(float(a["confidence"]), a["label"] == a["gold"]) for a in answers if a["confidence"] is not None]
     ece, bins = expected_calibration_error([c for c, _ in conf_pairs], [ok for _, ok in conf_pairs])
     per_pass: dict[str, Any] = {}
-    for p in sorted({a["pass_index"] for a in answers}):
-        rows = [a for a in answers if a["pass_index"] == p]
+    for p in sorted(per_pass_n):
+        rows = [a for a in all_answers if a["pass_index"] == p]
         kp = sum(1 for a in rows if a["label"] == a["gold"])
         per_pass[str(p)] = {"n": len(rows), "accuracy": kp / len(rows), "ci95": wilson_ci(kp, len(rows))}
     labelled = [r for r in cons if r["label"] is not None]
@@ -121,6 +129,7 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         "dataset": dataset, "model": model, "split": split, "simulated": simulated,
         "note": ("SIMULATED teacher: its accuracy is a parameter of the error model, not a measurement of an LLM"
                  if simulated else None),
+        "passes_in_headline": main_passes,
         "n": n, "accuracy": k / n if n else None, "ci95": wilson_ci(k, n) if n else None,
         "off_list_rate": sum(1 for a in answers if a["label"] is None) / n if n else None,
         "ece": ece if n else None, "mean_confidence": (sum(c for c, _ in conf_pairs) / len(conf_pairs)) if conf_pairs else None,

@@ -128,8 +128,25 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         console.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(res.errors.items())))
     if res.stopped_reason:
         console.print(f"[bold red]stopped early[/]: {res.stopped_reason}. Re-run to continue; nothing is asked twice.")
+    _print_quality(ws, dataset, teacher.model)
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, default=str))
+
+
+def _print_quality(ws: Any, dataset: str, model: str) -> None:
+    """Where gold labels exist, measure the teacher right away (stored as a teacher_quality report)."""
+    from ..quality import teacher_quality
+
+    try:
+        q = teacher_quality(ws, dataset, model=model)
+    except ValueError:
+        return
+    if not q["n"]:
+        return
+    lo, hi = q["ci95"]
+    sim = " [SIMULATED: a parameter of the error model]" if q["simulated"] else ""
+    console.print(f"teacher vs gold: per-answer accuracy {q['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={q['n']}), "
+                  f"ECE {q['ece']:.3f}{sim}; details: `flywheel teacher quality {dataset}`")
 
 
 def _print_plan(p: dict[str, Any]) -> None:

@@ -1,0 +1,43 @@
+"""Teacher quality vs gold: accuracy with CI, confusion, ECE -- on answers labelled over HTTP by the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.quality import expected_calibration_error, teacher_quality, wilson_ci
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+
+def test_ece_and_wilson_by_hand():
+    ece, bins = expected_calibration_error([0.9, 0.9, 0.9, 0.9, 0.55, 0.55], [True, True, False, False, True, False])
+    # bin 0.9: conf .9 acc .5 (4/6 weight); bin 0.5: conf .55 acc .5 (2/6)
+    assert ece == pytest.approx(4 / 6 * 0.4 + 2 / 6 * 0.05)
+    assert [b["n"] for b in bins] == [2, 4]
+    lo, hi = wilson_ci(85, 100)
+    assert lo == pytest.approx(0.767, abs=0.002) and hi == pytest.approx(0.907, abs=0.002)
+
+
+def test_quality_of_simulated_teacher(synth_ws, synth_task):
+    from llm_flywheel.splits import make_splits
+    s = synth_ws.store()
+    make_splits(s, "synth")
+    ids = [it.id for it in s.items("synth")]
+    s.close()
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)) as url:
+        label_items(synth_ws, "synth", ids, teacher_from_spec(f"{url}|{model_id('synth')}", synth_task),
+                    LabelConfig(passes=2), progress=False)
+    q = teacher_quality(synth_ws, "synth")
+    assert q["model"] == "simulated/synth-teacher" and q["simulated"] and "SIMULATED" in q["note"]
+    assert q["passes_in_headline"] == [0, 1] and q["n"] == 1000
+    lo, hi = q["ci95"]
+    assert lo < q["accuracy"] < hi and 0.72 < q["accuracy"] < 0.88
+    assert sum(sum(row.values()) for row in q["confusion"].values()) == q["n"]
+    assert q["per_pass"]["2"]["accuracy"] < q["accuracy"]  # tie-breaks are the hard items, kept out of the headline
+    assert q["ece"] > 0.05 and q["mean_confidence"] > q["accuracy"]  # the simulator is over-confident
+    assert q["consensus"]["accuracy"] > q["accuracy"]  # two agreeing passes beat one
+    s = synth_ws.store()
+    assert s.latest_report("teacher_quality", "synth:simulated/synth-teacher")["n"] == 1000
+    s.close()
+    assert teacher_quality(synth_ws, "synth", split="test", store_report=False)["n"] == 200
