@@ -203,3 +203,44 @@ def test_apredict_raw_student_and_teacher_paths(cal_ws, sim_url):
     assert b.source == "teacher" and b.teacher_label in SYNTH_TASK.labels
     assert _count(ws, "SELECT COUNT(*) FROM cascade_log WHERE origin='serve'") == n0 + 2
     assert json.loads(json.dumps(b.to_dict()))["source"] == "teacher"
+
+
+def test_raw_teacher_answers_are_reused_not_paid_twice(cal_ws, sim_url):
+    """A served input whose exact bytes the teacher already answered (stored answer, or earlier in this process)
+    costs no new call."""
+    import asyncio
+
+    import httpx
+
+    ws, _ = cal_ws
+    with ws.store() as s:
+        it = s.items("synth", split="stream", limit=1)[0]
+    t = sim_teacher(ws, sim_url)
+    casc = Cascade.from_store(ws, "synth", teacher=t, threshold=DEFER_ALL)
+    casc.predict_items([it], log=False)  # stored teacher answer for this item (or already there)
+    calls = httpx.get(f"{sim_url}/_stats").json()["requests"]
+    data = (ws.root / it.blob_path).read_bytes()
+    a = asyncio.run(casc.apredict_raw(data, content_hash=it.content_hash, log=False))
+    assert a.source == "teacher" and httpx.get(f"{sim_url}/_stats").json()["requests"] == calls
+    with ws.store() as s:  # an input the teacher never saw: one call, then remembered in this process
+        other = s.items("synth", split="test", limit=60)[-1]
+    odata = (ws.root / other.blob_path).read_bytes()
+    for _ in range(2):
+        b = asyncio.run(casc.apredict_raw(odata, content_hash=other.content_hash, log=False))
+        assert b.source == "teacher"
+    assert httpx.get(f"{sim_url}/_stats").json()["requests"] == calls + 1
+
+
+def test_corrupt_blob_is_deferred_not_a_crash(cal_ws):
+    ws, _ = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test", limit=4)
+    victim = ws.root / items[1].blob_path
+    saved = victim.read_bytes()
+    try:
+        victim.write_bytes(b"corrupted on disk")
+        answers = Cascade.from_store(ws, "synth", threshold=0.0).predict_items(items, log=False)
+    finally:
+        victim.write_bytes(saved)
+    assert [a.source for a in answers] == ["student", "deferred", "student", "student"]
+    assert answers[1].student_label == "" and answers[1].student_confidence == 0.0

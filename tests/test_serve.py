@@ -210,8 +210,12 @@ def test_slow_teacher_does_not_block_student_answers(cal_ws, images):
             assert d["source"] == "teacher" and d["teacher_label"] == d["label"] and d["label"] is not None
             m = parse_prometheus(httpx.get(f"{url}/metrics").text)
             assert m['flywheel_requests_total{source="teacher"}'] == 1
+            # the same input again: the teacher's answer is reused, not paid for twice
+            again = httpx.post(f"{url}/v1/predict", content=slow_png, headers={"Content-Type": "image/png"}, timeout=30)
+            assert again.json()["source"] == "teacher" and again.json()["label"] == d["label"]
+            assert httpx.get(f"{turl}/_stats").json()["requests"] == 1
             assert m['flywheel_requests_total{source="student"}'] == 5
-            assert m["flywheel_teacher_fraction"] == pytest.approx(1 / 6)
+            assert m["flywheel_teacher_fraction"] == pytest.approx(1 / 6)  # counted before the repeat
     assert np.isfinite(d["confidence"])
 
 

@@ -34,6 +34,7 @@ from .workspace import Workspace
 logger = logging.getLogger(__name__)
 
 SOURCES = ("student", "teacher", "teacher_failed", "deferred")
+RAW_CACHE_SIZE = 10_000
 _CHUNK = 900
 
 
@@ -87,6 +88,7 @@ class Cascade:
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self._client: Any = None
+        self._raw_cache: dict[str, tuple[str, float]] = {}  # content hash -> teacher (label, confidence), bounded
 
     @classmethod
     def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Any = None,
@@ -139,11 +141,11 @@ class Cascade:
         if not items:
             return []
         t0 = time.perf_counter()
-        probs = np.concatenate([self.student.predict_proba(items[s : s + batch_size])
-                                for s in range(0, len(items), batch_size)])
+        probs, unreadable = self._student_probs(items, batch_size)
         idx, conf = self.student_scores(probs)
+        conf[unreadable] = 0.0  # the student could not read these: always deferred
         student_ms = (time.perf_counter() - t0) * 1000 / len(items)
-        deferred = [i for i, c in enumerate(conf) if not self.accepts(float(c))]
+        deferred = [i for i, c in enumerate(conf) if unreadable[i] or not self.accepts(float(c))]
         teacher_out: dict[int, tuple[str | None, float | None]] = {}
         teacher_ms = 0.0
         if deferred and self.teacher is not None:
@@ -153,7 +155,7 @@ class Cascade:
         answers: list[CascadeAnswer] = []
         dset = set(deferred)
         for i, it in enumerate(items):
-            s_lab, s_conf = self.labels[int(idx[i])], float(conf[i])
+            s_lab, s_conf = ("" if unreadable[i] else self.labels[int(idx[i])]), float(conf[i])
             if i not in dset:
                 a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
                                   it.content_hash)
@@ -172,6 +174,27 @@ class Cascade:
         if log:
             self.log_answers(answers, origin=origin, round=round)
         return answers
+
+    def _student_probs(self, items: list[Item], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Student probabilities; a batch that fails (e.g. a corrupt blob) is retried item by item and the items
+        the student cannot read are flagged (deferred with student_label "") instead of failing the whole call."""
+        k = len(self.labels)
+        out = np.full((len(items), k), 1.0 / k)
+        bad = np.zeros(len(items), dtype=bool)
+        for s in range(0, len(items), batch_size):
+            chunk = items[s : s + batch_size]
+            try:
+                out[s : s + len(chunk)] = self.student.predict_proba(chunk)
+                continue
+            except Exception as e:
+                logger.warning("student failed on a batch (%s: %s); retrying item by item", type(e).__name__, e)
+            for j, it in enumerate(chunk):
+                try:
+                    out[s + j] = self.student.predict_proba([it])[0]
+                except Exception as e:
+                    logger.warning("student cannot read item %s: %s: %s", it.id, type(e).__name__, e)
+                    bad[s + j] = True
+        return out, bad
 
     def _teacher_labels(self, items: list[Item], concurrency: int, progress: bool) -> dict[int, tuple[str | None, float | None]]:
         """item id -> (teacher label, quality), asking the teacher (one pass, cached) only where needed."""
@@ -228,10 +251,18 @@ class Cascade:
         elif self.teacher is None:
             a = CascadeAnswer(None, "deferred", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
         else:
-            ans = await self._ask_teacher_raw(content)
-            if ans is not None and ans.ok and ans.label in self.labels:
-                conf_t = float(ans.confidence) if ans.confidence is not None else 1.0
-                a = CascadeAnswer(ans.label, "teacher", conf_t, s_lab, s_conf, ans.label, self.version, 0.0, None,
+            cached = self._raw_cache.get(content_hash) if content_hash else None
+            if cached is None and content_hash:
+                cached = await asyncio.to_thread(self._stored_teacher_answer, content_hash)
+            if cached is None:  # not paid for yet: ask (awaited, so other requests keep flowing)
+                ans = await self._ask_teacher_raw(content)
+                if ans is not None and ans.ok and ans.label in self.labels:
+                    conf_t = float(ans.confidence) if ans.confidence is not None else 1.0
+                    if content_hash:
+                        self._remember(content_hash, ans.label, conf_t)
+                    cached = (ans.label, conf_t)
+            if cached is not None:
+                a = CascadeAnswer(cached[0], "teacher", cached[1], s_lab, s_conf, cached[0], self.version, 0.0, None,
                                   content_hash)
             else:
                 a = CascadeAnswer(s_lab, "teacher_failed", s_conf, s_lab, s_conf, None, self.version, 0.0, None,
@@ -240,6 +271,30 @@ class Cascade:
         if log:
             await asyncio.to_thread(self.log_answers, [a], origin=origin, round=round, payload_refs=[payload_ref])
         return a
+
+    def _remember(self, content_hash: str, label: str, conf: float) -> None:
+        self._raw_cache[content_hash] = (label, conf)
+        if len(self._raw_cache) > RAW_CACHE_SIZE:
+            self._raw_cache.pop(next(iter(self._raw_cache)))
+
+    def _stored_teacher_answer(self, content_hash: str) -> tuple[str, float] | None:
+        """A final answer of this teacher (any pass, same prompt version) already paid for this exact content."""
+        model = getattr(self.teacher, "model", None)
+        pv_for = getattr(self.teacher, "prompt_version_for", None)
+        if model is None or pv_for is None:
+            return None
+        with self._store_lock:
+            if self._store is None:
+                self._store = self.ws.store()
+            row = self._store.conn.execute(
+                "SELECT label, confidence FROM teacher_answers WHERE content_hash=? AND model=? AND prompt_version=? "
+                "AND ok=1 AND label IS NOT NULL ORDER BY pass_index LIMIT 1",
+                (content_hash, model, pv_for(self.task))).fetchone()
+        if row is None or row["label"] not in self.labels:
+            return None
+        hit = (str(row["label"]), float(row["confidence"]) if row["confidence"] is not None else 1.0)
+        self._remember(content_hash, *hit)
+        return hit
 
     async def _ask_teacher_raw(self, content: Any) -> Any:
         teacher = self.teacher
