@@ -41,6 +41,7 @@ def test_export_queue_has_passes_consensus_and_empty_final(labelled_ws, tmp_path
                 "consensus", "status", "quality", "label_final"):
         assert col in r
     assert all(row["label_final"] == "" for row in rows)
+    assert r["teacher"] == "simulated/synth-teacher (SIMULATED)"
     assert all(row["status"] in ("disagreed", "tie_broken") for row in rows)
     assert all(row["pass_0_label"] != row["pass_1_label"] for row in rows)
     from pathlib import Path

@@ -39,7 +39,12 @@ _CHUNK = 900
 
 @dataclass
 class LabelConfig:
-    """How to label.  ``passes`` diverse passes per item; ``tie_break`` adds pass ``passes`` where they disagree."""
+    """How to label.  ``passes`` diverse passes per item; ``tie_break`` adds pass ``passes`` where they disagree.
+
+    The dollar cap holds as long as no single call costs more than its reservation (1.5 x the estimate from the
+    task's prices or recorded calls, and >= 1.2 x the dearest call seen).  With no price known at all, calls go
+    one at a time until the first reported cost is seen.
+    """
 
     passes: int = 2
     concurrency: int = 16

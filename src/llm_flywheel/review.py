@@ -85,7 +85,7 @@ def export_reviews(ws: Workspace, dataset: str, path: str | Path, *, which: str 
     cols = ["item_id", "source_ref", "image_path", "text"]
     for p in range(max_pass + 1):
         cols += [f"pass_{p}_label", f"pass_{p}_confidence"]
-    cols += ["consensus", "status", "quality", "queue_reason", "label_final", "note"]
+    cols += ["consensus", "status", "quality", "queue_reason", "teacher", "label_final", "note"]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-review-", suffix=".csv")
@@ -100,7 +100,7 @@ def export_reviews(ws: Workspace, dataset: str, path: str | Path, *, which: str 
                     lab, conf = pa.get(p, (None, None))
                     rec += [lab or "", "" if conf is None else f"{conf:.2f}"]
                 rec += [r["label"] or "", r["status"] or "", "" if r["quality"] is None else f"{r['quality']:.3f}",
-                        r["reason"] or "", "", ""]
+                        r["reason"] or "", _teacher_name(r["prov"]), "", ""]
                 w.writerow(rec)
         os.replace(tmp, out)
     except BaseException:
@@ -189,3 +189,8 @@ def _json(s: str | None) -> dict[str, Any]:
         return v if isinstance(v, dict) else {}
     except json.JSONDecodeError:
         return {}
+
+
+def _teacher_name(prov: str | None) -> str:
+    model = _json(prov).get("model") or ""
+    return f"{model} (SIMULATED)" if model.startswith("simulated/") else model
