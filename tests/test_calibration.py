@@ -174,3 +174,13 @@ def test_cascade_curve_and_plot(tmp_path):
     ch = choose_threshold(c, ok, target_accuracy=0.85)
     png = plot_cascade_curve(curve, ch, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_small_calibration_set_is_tested_as_a_whole():
+    c = np.linspace(0.5, 1.0, 30)  # fewer items than the sequence's start size (38 for 0.9 / 0.1)
+    ch = choose_threshold(c, np.ones(30, bool), target_accuracy=0.9, delta=0.1)
+    assert ch.feasible and ch.threshold == 0.5 and ch.accuracy_bound >= 0.9  # 30/30 correct: 0.9**30 < 0.1
+    ok = np.ones(30, bool)
+    ok[-1] = False  # one error among 30 is not enough evidence for 90 % at 90 % confidence
+    ch = choose_threshold(c, ok, target_accuracy=0.9, delta=0.1)
+    assert not ch.feasible and "29/30" in ch.note

@@ -248,7 +248,8 @@ def choose_threshold(
             ts, ns, ks = _candidates(conf, correct)
             pv = binomial_p_value(ks, ns, target_accuracy)
             n_min = start_size(target_accuracy, delta)
-            start = int(np.searchsorted(ns, n_min, side="left"))  # ns increases as the threshold falls
+            # ns increases as the threshold falls; with fewer calib items than n_min, test them all at once
+            start = min(int(np.searchsorted(ns, n_min, side="left")), len(ns) - 1)
             j = start
             while j < len(ts) and pv[j] <= delta:
                 j += 1
@@ -256,9 +257,12 @@ def choose_threshold(
                 t_acc, p_acc = float(ts[j - 1]), float(pv[j - 1])
                 acc_note = (f"fixed-sequence binomial test: P(accepted accuracy >= {target_accuracy:g}) >= {1 - delta:g}")
             else:
+                j0 = start
                 acc_note = (f"no threshold passes: even the most confident calibration items do not show accuracy >= "
                             f"{target_accuracy:g} at confidence {1 - delta:g} (n_calib={n_cal}; the test starts with the "
-                            f"{n_min} most confident items) -- every item goes to the teacher; lower the target, raise delta, "
+                            f"{n_min} most confident items, of which {int(ks[j0])}/{int(ns[j0])} agree with the reference; "
+                            f"all items: {correct.mean():.3f}) -- every item goes to the teacher.  Lower the target (it "
+                            f"cannot exceed the reference labels' own accuracy when they are teacher labels), raise delta, "
                             f"calibrate on more items or train a better student")
 
     t_bud: float | None = None
