@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
-
 import click
 from rich.console import Console
 
@@ -78,6 +76,3 @@ def _register() -> None:
 
 
 _register()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
