@@ -53,6 +53,7 @@ class WheelConfig:
     test_limit: int | None = None  # test items measured (None = all)
     student_kind: str | None = None
     epochs: int | None = None
+    student_hparams: dict[str, Any] = field(default_factory=dict)  # passed to the student (e.g. {"width": 16})
     target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
     max_teacher_fraction: float | None = None  # ... and/or a teacher budget
     delta: float = 0.1
@@ -336,6 +337,15 @@ class _Wheel:
         from .training import load_student, train_student
 
         cfg = self.cfg
+        secs = m.setdefault("seconds", {})
+        tick = time.perf_counter()
+
+        def lap(phase: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            secs[phase] = round(secs.get(phase, 0.0) + now - tick, 3)
+            tick = now
+
         m.setdefault("teacher_calls", 0)
         m.setdefault("teacher_cost_usd", 0.0)
         m.setdefault("eval_teacher_calls", 0)
@@ -363,6 +373,7 @@ class _Wheel:
                 self._label(chosen, cfg.passes, m, "selected")
                 m["selected"] = len(chosen)
             m["labelled"] = True
+            lap("select_label")
             self._save_round(m)
         # 2. train -------------------------------------------------------------------------------------
         labels = self._labels("train")
@@ -372,9 +383,10 @@ class _Wheel:
         if not m.get("trained_version") or not (self.ws.models_dir / m["trained_version"]).exists():
             self.con.print(f"  training on {len(labels):,} labels ({len(served):,} stream items served so far)")
             tm = train_student(self.ws, self.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
-                               epochs=cfg.epochs, round=r, progress=self.progress)
+                               epochs=cfg.epochs, round=r, progress=self.progress, **cfg.student_hparams)
             m["trained_version"] = tm.version
             m["student_kind"] = getattr(tm.student, "kind", cfg.student_kind)
+            lap("train")
             self._save_round(m)
         version = m["trained_version"]
         if version not in self.trained:
@@ -386,6 +398,9 @@ class _Wheel:
             m["threshold"] = _get(cal, "threshold")
             m["temperature"] = _get(cal, "temperature", "T")
             m["calib_feasible"] = _get(cal, "feasible")
+            m["calib_note"] = _get(cal, "note")
+            m["student_agreement_calib"] = _get(cal, "student_accuracy_calib")
+            lap("calibrate")
             self._save_round(m)
         # 4. promote on validation (teacher labels: what a real user has) ---------------------------------
         val_labels = {i: lab for i, lab in self._labels("val").items() if i in set(self.val_ids)}
@@ -405,11 +420,14 @@ class _Wheel:
         m["model_version"] = serving
         self.con.print(f"  val accuracy new {_pct(m['val_accuracy_new'])} vs serving {_pct(m['val_accuracy_current'])} -> "
                        f"{'[green]promoted[/]' if promote else '[yellow]kept ' + str(current) + '[/]'}")
+        lap("promote")
         self._save_round(m)
         # 5. measure on test (gold): student alone and the cascade --------------------------------------
         self._evaluate(r, m, serving)
+        lap("evaluate")
         # 6. serve this round's slice of the unseen stream ----------------------------------------------
         self._serve(r, m, serving, stream_slice)
+        lap("serve")
         # 7. collect feedback (deferred answers are already labels; audit a sample of accepted answers) --
         n0, c0 = self._totals()
         fb = feedback.collect(self.ws, self.dataset, r, teacher=self.teacher if self.cfg.audit_rate > 0 else None,
@@ -420,6 +438,7 @@ class _Wheel:
         m["feedback"] = fb.to_dict()
         m["audit_disagreement_rate"] = fb.audit_disagreement_rate
         self.served_stream += stream_slice
+        lap("collect")
         self._save_round(m, finished=True)
         return m
 
@@ -496,7 +515,7 @@ class _Wheel:
                 gold = {it.id: it.gold_label for it in self._items(ids) if it.gold_label is not None}
                 self.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
                 tm = train_student(self.ws, self.dataset, kind=self.cfg.student_kind, labels=gold, seed=self.cfg.seed,
-                                   epochs=self.cfg.epochs, round=None, progress=self.progress)
+                                   epochs=self.cfg.epochs, round=None, progress=self.progress, **self.cfg.student_hparams)
                 probs = _predict(tm.student, test_items)
                 pred = np.asarray(tm.student.labels)[probs.argmax(1)]
                 acc, ci = _wilson(pred == np.asarray([it.gold_label for it in test_items]))

@@ -93,11 +93,12 @@ def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool) -> Iterat
         return
     if not simulated:
         raise click.UsageError("give --teacher SPEC (e.g. openrouter:google/gemini-2.5-flash) or --simulated")
-    from ..teachers.simulated import SimConfig, run_simulated_teacher
+    from ..teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
-    with run_simulated_teacher(ws, dataset, SimConfig()) as base_url:
+    sim = SimConfig()
+    with run_simulated_teacher(ws, dataset, sim) as base_url:
         console.print(f"[yellow]simulated teacher[/] for {dataset} at {base_url} (answers from gold labels through an error model)")
-        yield teacher_from_spec(base_url, task)
+        yield teacher_from_spec(f"{base_url}|{model_id(dataset, sim)}", task, api_key_env="")
 
 
 def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
