@@ -18,7 +18,7 @@ from llm_flywheel.report import OVERALL_KEYS, ROUND_KEYS, write_report
 from llm_flywheel.splits import SplitSpec, make_splits
 
 SMALL = dict(rounds=2, seed_labels=24, val_labels=80, calib_labels=160, per_round_budget=400, passes=2, policy="margin",
-             stream_per_round=100, student_kind="image-cnn", epochs=6, student_hparams={"width": 8}, target_accuracy=0.8, delta=0.1, audit_rate=0.05,
+             stream_per_round=100, student_kind="image-cnn", epochs=12, target_accuracy=0.8, delta=0.1, audit_rate=0.05,
              concurrency=16, seed=0, gold_ceiling=True)
 
 
@@ -40,6 +40,7 @@ def _teacher(ws, url):
     return teacher_from_spec(f"{url}|{model_id('synth')}", task, api_key_env="")
 
 
+@pytest.mark.slow  # ~2 min on 2 idle cores (two trainings per round plus the gold ceiling); more when shared
 def test_small_wheel_end_to_end(wheel_ws):
     from llm_flywheel.flywheel import WheelConfig, run_wheel
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
@@ -90,7 +91,7 @@ def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
     ws = wheel_ws
-    cfg = dict(SMALL, rounds=1, gold_ceiling=False, epochs=4)
+    cfg = dict(SMALL, rounds=1, gold_ceiling=False, epochs=3, student_hparams={"width": 8})
     with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, rate_429=0.0)) as url:
         t = _teacher(ws, url)
         first = run_wheel(ws, "synth", teacher=t, config=WheelConfig(**cfg), progress=False)
