@@ -107,7 +107,7 @@ def test_accuracy_guarantee_holds_over_many_calibration_draws(n_calib, target, d
         good = np.nonzero(acc >= target)[0]
         if len(good):
             naive_violations += _pop_accuracy(c[order][good.max()]) < target
-    assert feasible > 0.75 * trials  # the test has power: it usually finds a threshold
+    assert feasible > 0.6 * trials  # the test has power: it usually finds a threshold
     slack = 3 * math.sqrt(delta * (1 - delta) / trials)
     assert violations / trials <= delta + slack, violations
     assert naive_violations / trials > 2 * delta  # without the bound the target is missed often
@@ -184,3 +184,16 @@ def test_small_calibration_set_is_tested_as_a_whole():
     ok[-1] = False  # one error among 30 is not enough evidence for 90 % at 90 % confidence
     ch = choose_threshold(c, ok, target_accuracy=0.9, delta=0.1)
     assert not ch.feasible and "29/30" in ch.note
+
+
+def test_noisy_reference_does_not_stop_a_strong_student():
+    """A sharp student scored against teacher labels that are wrong on 8 % of items at every confidence level (the
+    usual case: the errors are the teacher's) must not be sent to the teacher because of one early unlucky error."""
+    rng = np.random.default_rng(8)
+    fractions = []
+    for _ in range(100):
+        conf = 1 - rng.exponential(0.02, 157).clip(0, 0.6)
+        correct = rng.random(157) < 0.92
+        ch = choose_threshold(conf, correct, target_accuracy=0.8, delta=0.1)
+        fractions.append(ch.teacher_fraction)
+    assert np.mean(fractions) < 0.1 and np.mean(np.asarray(fractions) > 0.5) < 0.05

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,7 @@ def binomial_p_value(k: np.ndarray | int, n: np.ndarray | int, target: float) ->
     return np.where(n > 0, binom.sf(k - 1, np.maximum(n, 1), target), 1.0)
 
 
+@lru_cache(maxsize=256)
 def start_size(target: float, delta: float) -> int:
     """Accepted items at which the fixed sequence starts: the smallest n at which a student whose accuracy is
     halfway between the target and 1 passes the test.  Starting lower (a handful of items) makes the very first
@@ -172,6 +174,33 @@ def start_size(target: float, delta: float) -> int:
         if binom.sf(k - 1, n, target) <= delta:
             return n
     return 100_000
+
+
+@lru_cache(maxsize=256)
+def power_start_size(target: float, delta: float, power: float = 0.9) -> int:
+    """Smallest n at which a student whose accuracy is halfway between the target and 1 passes the level-``delta``
+    binomial test with probability >= ``power``: a start that a noisy reference (teacher labels that are wrong on a
+    few percent of even the easiest items) cannot knock over with one unlucky error."""
+    from scipy.stats import binom
+
+    mid = (1 + target) / 2
+    for n in range(1, 20_000):
+        k_crit = int(binom.isf(delta, n, target)) + 1  # smallest k with P(Binom(n, target) >= k) <= delta
+        if k_crit <= n and binom.sf(k_crit - 1, n, mid) >= power:
+            return n
+    return 20_000
+
+
+SEQUENCES = 2
+"""The accuracy goal runs two fixed sequences (a short start and a powerful start), each at delta / 2."""
+
+
+def _fixed_sequence(pv: np.ndarray, start: int, level: float) -> int | None:
+    """Index of the last rejection walking from ``start`` until the first p-value above ``level`` (None: none)."""
+    j = start
+    while j < len(pv) and pv[j] <= level:
+        j += 1
+    return j - 1 if j > start else None
 
 
 def _candidates(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,12 +229,15 @@ def choose_threshold(
 
     Accuracy goal (Learn-then-Test, fixed-sequence testing): candidate thresholds are the calibration confidences,
     tested from high to low; at each, H0 "accepted accuracy < target" is tested with the exact binomial p-value of
-    the accepted items (equivalently: the one-sided Clopper-Pearson bound must clear the target).  The walk starts at
-    the first threshold accepting :func:`start_size` items (a number fixed by target and delta; the order uses
-    confidences only, never correctness) and stops at the first non-rejection; the lowest rejected threshold is kept.
-    Fixed-sequence testing controls the family-wise error at ``delta``, hence
-    ``P(accepted accuracy >= target) >= 1 - delta``.  Nothing passing -> everything goes to the teacher, ``feasible``
-    False.
+    the accepted items (equivalently: the one-sided Clopper-Pearson bound must clear the target).  A walk starts at
+    the first threshold accepting a given number of items and stops at the first non-rejection.  Two walks run, each
+    at level ``delta / 2``: one from :func:`start_size` items (finds thresholds where only a few items are very
+    reliable) and one from :func:`power_start_size` items (not stopped by one unlucky error at the top, which matters
+    when the reference is noisy teacher labels).  Both starts depend on target and delta only, and the order on
+    confidences only, never on correctness.  Each fixed sequence controls its family-wise error at ``delta / 2``;
+    by the union bound the lowest threshold rejected by either satisfies
+    ``P(accepted accuracy >= target) >= 1 - delta``.  Nothing passing -> everything goes to the teacher,
+    ``feasible`` False.  ``accuracy_bound`` is the Clopper-Pearson bound at the level used (``delta / 2``).
 
     Budget goal: the highest threshold (most items checked by the teacher) whose calibration deferral fraction is
     <= ``max_teacher_fraction``.  Both goals: the accuracy threshold if it also fits the budget (the cheapest
@@ -230,7 +262,8 @@ def choose_threshold(
 
     def summary(t: float, goal: str, target: float, feasible: bool, note: str, p: float | None = None) -> ThresholdChoice:
         n, k = _at(conf, correct, t)
-        lb = float(clopper_pearson_lower(k, n, delta)) if n else 0.0
+        level = delta / SEQUENCES if goal.startswith("accuracy") else delta
+        lb = float(clopper_pearson_lower(k, n, level)) if n else 0.0
         return ThresholdChoice(
             threshold=float(t), goal=goal, target=float(target), delta=float(delta),
             coverage=n / n_cal if n_cal else 0.0, accuracy_accepted=k / n if n else float("nan"), accuracy_bound=lb,
@@ -246,21 +279,23 @@ def choose_threshold(
             acc_note = "no calibration items: nothing can be guaranteed, every item goes to the teacher"
         else:
             ts, ns, ks = _candidates(conf, correct)
+            level = delta / SEQUENCES
             pv = binomial_p_value(ks, ns, target_accuracy)
-            n_min = start_size(target_accuracy, delta)
-            # ns increases as the threshold falls; with fewer calib items than n_min, test them all at once
-            start = min(int(np.searchsorted(ns, n_min, side="left")), len(ns) - 1)
-            j = start
-            while j < len(ts) and pv[j] <= delta:
-                j += 1
-            if j > start:
-                t_acc, p_acc = float(ts[j - 1]), float(pv[j - 1])
-                acc_note = (f"fixed-sequence binomial test: P(accepted accuracy >= {target_accuracy:g}) >= {1 - delta:g}")
+            starts = sorted({start_size(target_accuracy, level), power_start_size(target_accuracy, level)})
+            # ns increases as the threshold falls; with fewer calib items than a start, test them all at once
+            idx = [min(int(np.searchsorted(ns, n0, side="left")), len(ns) - 1) for n0 in starts]
+            ends = [e for e in (_fixed_sequence(pv, i, level) for i in idx) if e is not None]
+            if ends:
+                j = max(ends)  # the lowest threshold either sequence rejected
+                t_acc, p_acc = float(ts[j]), float(pv[j])
+                acc_note = (f"two fixed-sequence binomial tests (starting at the {starts[0]} and {starts[-1]} most "
+                            f"confident items, each at level {level:g}): P(accepted accuracy >= {target_accuracy:g}) "
+                            f">= {1 - delta:g}")
             else:
-                j0 = start
+                j0 = idx[0]
                 acc_note = (f"no threshold passes: even the most confident calibration items do not show accuracy >= "
-                            f"{target_accuracy:g} at confidence {1 - delta:g} (n_calib={n_cal}; the test starts with the "
-                            f"{n_min} most confident items, of which {int(ks[j0])}/{int(ns[j0])} agree with the reference; "
+                            f"{target_accuracy:g} at confidence {1 - delta:g} (n_calib={n_cal}; of the {int(ns[j0])} "
+                            f"most confident items {int(ks[j0])}/{int(ns[j0])} agree with the reference; "
                             f"all items: {correct.mean():.3f}) -- every item goes to the teacher.  Lower the target (it "
                             f"cannot exceed the reference labels' own accuracy when they are teacher labels), raise delta, "
                             f"calibrate on more items or train a better student")
