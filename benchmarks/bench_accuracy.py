@@ -90,6 +90,20 @@ def run_student(ws: Workspace, kind: str, *, soft: bool, seed: int, epochs: int 
     return evaluate(ws, DATASET, version, ceiling=True)
 
 
+def single_pass_accuracy(ws: Workspace) -> dict | None:
+    """Accuracy of the teacher's first pass alone on the test items (what a one-call-per-item teacher would get)."""
+    from llm_flywheel.evaluation import accuracy_ci
+
+    with ws.store() as store:
+        rows = store.query(
+            "SELECT a.label = i.gold_label AS ok FROM teacher_answers a JOIN items i ON i.id = a.item_id "
+            "WHERE i.dataset=? AND i.split='test' AND a.ok=1 AND a.pass_index=0", (DATASET,))
+    if not rows:
+        return None
+    acc, lo, hi = accuracy_ci(np.array([bool(r["ok"]) for r in rows]))
+    return {"accuracy": acc, "ci95": [lo, hi], "n": len(rows)}
+
+
 def fmt(d: dict | None) -> str:
     if not d:
         return "-"
@@ -136,6 +150,11 @@ def main() -> int:
             lo, hi = t["diff_ci95"]
             beats = f"{100 * t['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         print(f"| {r['kind']} | {r['labels']} | {fmt(r['student'])} | {fmt(c)} | {gap} | {fmt(t)} | {beats} |")
+    p0 = single_pass_accuracy(ws)
+    if p0:
+        print(f"teacher single pass (pass 0, T=0) on the same test items: {fmt(p0)}  -- the consensus above uses 2 passes"
+              " + a tie-break pass")
+        info["teacher_single_pass_test"] = p0
     tl = results[0]["training_label_accuracy"] if results else None
     if tl:
         print(f"teacher labels the students learned from (train split, vs gold): {fmt(tl)}")
