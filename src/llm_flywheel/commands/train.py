@@ -30,7 +30,7 @@ def _ci(d: dict | None) -> str:
 @click.option("--no-soft", is_flag=True, help="Train on hard consensus labels instead of the teacher's pass distribution.")
 @click.option("--no-weights", is_flag=True, help="Do not weight items by label quality (pass agreement x confidence).")
 @click.option("--val-labels", type=click.Choice(["auto", "store", "gold", "holdout"]), default="auto", show_default=True,
-              help="Validation labels for early stopping: the val split's labels (auto falls back to a 10%% train holdout), "
+              help="Validation labels for early stopping: the val split's labels (auto falls back to a 10% train holdout), "
                    "or the val split's gold labels (gold; recorded in the metrics).")
 @click.option("--size", type=int, default=None, help="Image students: input resolution in pixels.")
 @click.option("--lr", type=float, default=None, help="Learning rate.")
