@@ -41,10 +41,6 @@ def _teacher(ws, url):
 
 
 @pytest.mark.slow  # ~3 min on 2 shared cores (two trainings per round plus the gold ceiling)
-@pytest.mark.xfail(strict=False, reason=(
-    "known open problem: with 160 calib items labelled by an ~87 %-accurate teacher, the fixed-sequence threshold "
-    "test gave the strong round-2 student (100 % gold accuracy, 92 % teacher agreement) a threshold of 0.98 (87 % "
-    "deferred) while the weak round-1 student got 0.54 (43 % deferred); everything else in this test passes"))
 def test_small_wheel_end_to_end(wheel_ws):
     from llm_flywheel.flywheel import WheelConfig, run_wheel
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher

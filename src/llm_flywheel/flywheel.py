@@ -514,7 +514,9 @@ class _Wheel:
                 ids = sorted(set(labels) | {i for i in self._labels("stream") if i in served})
                 gold = {it.id: it.gold_label for it in self._items(ids) if it.gold_label is not None}
                 self.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
+                # hard gold labels, no teacher soft targets or quality weights: a pure gold ceiling
                 tm = train_student(self.ws, self.dataset, kind=self.cfg.student_kind, labels=gold, seed=self.cfg.seed,
+                                   soft=False, weight_by_quality=False,
                                    epochs=self.cfg.epochs, round=None, progress=self.progress, **self.cfg.student_hparams)
                 probs = _predict(tm.student, test_items)
                 pred = np.asarray(tm.student.labels)[probs.argmax(1)]
