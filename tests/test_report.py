@@ -35,7 +35,7 @@ def _fill(ws, *, source="simulated"):
                  "student_cost_per_1k": 0.001, "teacher_cost_per_call": 0.00025, "student_items_per_s": 3000.0,
                  "cpu_usd_per_hour": 0.09, "teacher_fraction": 0.2, "labelling_spend_usd": 0.06, "saving_per_item": 0.00023},
         "final": {"version": "v2", "labels": LABELS, "confusion": [[20, 1, 0, 0], [0, 22, 1, 0], [1, 0, 25, 0], [0, 0, 0, 30]],
-                  "reliability": [{"confidence": 0.5, "accuracy": 0.4, "count": 5}, {"confidence": 0.95, "accuracy": 0.93, "count": 90}],
+                  "reliability": [{"confidence": 0.5, "accuracy": 0.4, "n": 5}, {"confidence": 0.95, "accuracy": 0.93, "n": 90}],
                   "ece": 0.03, "threshold": 0.8,
                   "curve": {"threshold": [0.5, 0.7, 0.9], "cascade_accuracy": [0.8, 0.85, 0.88], "teacher_fraction": [0.05, 0.15, 0.4],
                             "accepted_accuracy": [0.82, 0.9, 0.97]}},

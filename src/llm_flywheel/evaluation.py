@@ -16,28 +16,23 @@ from typing import Any
 
 import numpy as np
 
+from .report import plots
+from .stats import Z95, confusion, reliability, wilson_interval
 from .store import Item, Store
 from .students.base import StudentError, read_meta
 from .training import load_student, model_row, task_of, train_student
 from .workspace import Workspace
 
-Z95 = 1.959963984540054
 ECE_BINS = 15
 
 
 def accuracy_ci(correct: np.ndarray) -> tuple[float, float, float]:
     """Accuracy and its Wilson 95 % interval (acc, lo, hi); well-behaved at 0 %, 100 % and small n."""
     c = np.asarray(correct, dtype=bool)
-    n = int(c.size)
-    if n == 0:
+    if c.size == 0:
         return float("nan"), float("nan"), float("nan")
-    p = float(c.mean())
-    denom = 1 + Z95**2 / n
-    centre = (p + Z95**2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
-    lo = 0.0 if p == 0.0 else max(0.0, centre - half)
-    hi = 1.0 if p == 1.0 else min(1.0, centre + half)
-    return p, lo, hi
+    lo, hi = wilson_interval(int(c.sum()), int(c.size))
+    return float(c.mean()), lo, hi
 
 
 def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
@@ -57,18 +52,7 @@ def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float,
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
     """Top-label ECE with equal-width confidence bins, and the per-bin table behind the reliability plot."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    table, ece = [], 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if not m.any():
-            continue
-        acc, avg = float(correct[m].mean()), float(conf[m].mean())
-        ece += m.mean() * abs(acc - avg)
-        table.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()), "accuracy": acc, "confidence": avg})
-    return float(ece), table
+    return reliability(probs.max(axis=1), probs.argmax(axis=1) == y, bins)
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -79,62 +63,17 @@ def per_class(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> list[
             for i, lab in enumerate(labels)]
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
-    cm = np.zeros((k, k), int)
-    np.add.at(cm, (y, pred), 1)
-    return cm
-
-
 def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = len(labels)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.55 * k), dpi=110)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    for i in range(k):
-        for j in range(k):
-            if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write_png(plots.confusion_plot(cm, labels, title), path)
 
 
 def plot_reliability(table: list[dict[str, float]], ece: float, path: Path, title: str) -> Path:
-    import matplotlib
+    return _write_png(plots.reliability_plot(table, ece, title), path)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
-    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    if table:
-        mids = [(b["lo"] + b["hi"]) / 2 for b in table]
-        ax.bar(mids, [b["accuracy"] for b in table], width=1 / ECE_BINS * 0.9, alpha=0.7, label="accuracy in bin")
-        ax.plot([b["confidence"] for b in table], [b["accuracy"] for b in table], "o-", color="C3", ms=3,
-                label="mean confidence")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (max probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE = {ece:.3f}", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+def _write_png(data: bytes, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    path.write_bytes(data)
     return path
 
 

@@ -29,6 +29,8 @@ from . import cost as costmod
 from . import feedback
 from .report import wheel_report_key
 from .splits import make_splits
+from .stats import confusion as confusion_matrix
+from .stats import reliability, wilson_interval
 from .store import Item, Store
 from .task import Task
 from .workspace import Workspace
@@ -96,10 +98,9 @@ def _teacher_source(model: str) -> str:
 
 
 def _wilson(correct: np.ndarray) -> tuple[float, list[float]]:
-    from .evaluation import accuracy_ci
-
-    acc, lo, hi = accuracy_ci(np.asarray(correct, dtype=bool))
-    return float(acc), [float(lo), float(hi)]
+    c = np.asarray(correct, dtype=bool)
+    lo, hi = wilson_interval(int(c.sum()), int(c.size))
+    return (float(c.mean()) if c.size else float("nan")), [lo, hi]
 
 
 # -- the run --------------------------------------------------------------------------------------------------
@@ -555,19 +556,9 @@ class _Wheel:
             probs = apply_temperature(probs, float(T))
         pred = probs.argmax(1)
         conf = probs.max(1)
-        k = len(labels)
-        confusion = np.zeros((k, k), dtype=int)
-        np.add.at(confusion, (gold, pred), 1)
+        confusion = confusion_matrix(gold, pred, len(labels))
         correct = pred == gold
-        bins = []
-        edges = np.linspace(0, 1, 11)
-        ece = 0.0
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = (conf > lo) & (conf <= hi)
-            if sel.any():
-                bins.append({"lo": lo, "hi": hi, "confidence": float(conf[sel].mean()), "accuracy": float(correct[sel].mean()),
-                             "count": int(sel.sum())})
-                ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
+        ece, bins = reliability(conf, correct, 10)
         # cascade curve on test: exact wherever the deferred items have a teacher answer (all thresholds <= chosen)
         teacher_ok = {}
         ev = getattr(self, "_last_eval", None)

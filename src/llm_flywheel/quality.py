@@ -8,42 +8,22 @@ and store the result as a ``teacher_quality`` report.  Gold labels are used for 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from .stats import reliability, wilson_interval
 from .task import Task
 from .workspace import Workspace
 
 
-def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval for a proportion (good at small n and near 0/1)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, mid - half), min(1.0, mid + half))
+wilson_ci = wilson_interval  # the teacher's numbers use the same interval as the student's
 
 
 def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> tuple[float, list[dict[str, float]]]:
-    """ECE with equal-width bins; returns (ece, per-bin table for a reliability diagram)."""
-    n = len(confidences)
-    if n == 0:
-        return float("nan"), []
-    table = []
-    ece = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        idx = [i for i, c in enumerate(confidences) if (lo <= c < hi) or (b == bins - 1 and c == 1.0)]
-        if not idx:
-            continue
-        conf = sum(confidences[i] for i in idx) / len(idx)
-        acc = sum(1 for i in idx if correct[i]) / len(idx)
-        ece += len(idx) / n * abs(acc - conf)
-        table.append({"lo": lo, "hi": hi, "n": len(idx), "confidence": conf, "accuracy": acc})
-    return ece, table
+    """ECE of the teacher's verbalised confidence; returns (ece, per-bin table for a reliability diagram)."""
+    return reliability(np.asarray(confidences, dtype=float), np.asarray(correct, dtype=bool), bins)
 
 
 def _split_clause(split: str | Sequence[str] | None) -> tuple[str, list[Any]]:

@@ -14,6 +14,7 @@ import click
 from rich.table import Table
 
 from ..cli import Ctx, console, pass_ctx
+from ..stats import wilson_interval
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
@@ -143,16 +144,6 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
     return [float(x) for x in feats], sha256(json.dumps(feats).encode())
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    z, p = 1.96, k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
-
-
 @click.command(epilog="\b\nExamples:\n"
                "  flywheel predict fashion-mnist shirt.png boot.jpg --teacher openrouter:google/gemini-2.5-flash\n"
                "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n\n"
@@ -279,7 +270,7 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
         for name, preds in (("student accuracy (gold)", [a.student_label for a in answers]),
                             ("cascade accuracy (gold)", [a.label for a in answers])):
             k = sum(p == g for p, g in zip(preds, gold))
-            lo, hi = _wilson(k, len(gold))
+            lo, hi = wilson_interval(k, len(gold))
             t.add_row(name, f"{_pct(k / len(gold))}  (95 % CI {_pct(lo)} – {_pct(hi)})")
     console.print(t)
 

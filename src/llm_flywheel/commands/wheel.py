@@ -20,14 +20,14 @@ DEMO = dict(
     seed_labels=1500,
     val_labels=1000,
     calib_labels=2000,
-    per_round_budget=2000,  # teacher calls per later round = 1,000 selected items x 2 passes
+    per_round_budget=4000,  # teacher calls per later round = 2,000 selected items x 2 passes
     passes=2,
     policy="margin",
     candidate_pool=10000,  # unlabelled pool items scored per selection
     stream_per_round=2000,
     test_limit=5000,  # Wilson 95 % CI about +-1 point; the whole wheel fits 15 min on 2 cores
     student_kind="image-cnn",
-    epochs=8,
+    epochs=20,
     target_accuracy=None,
     max_teacher_fraction=0.1,  # the goal: at most 10 % of items go to the teacher
     delta=0.1,
@@ -122,7 +122,7 @@ def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
         f"student accuracy (test, final round): {pct('final_student_accuracy')}",
         f"cascade accuracy (test, final round): {pct('final_cascade_accuracy')}",
         f"gold-label ceiling (same student, same items): {pct('gold_ceiling_accuracy')}",
-        f"teacher fraction (stream, final round): "
+        "teacher fraction (stream, final round): "
         + ("–" if summary.get("final_teacher_fraction") is None else f"{100 * summary['final_teacher_fraction']:.1f} %"),
     ]
     c1, c2, ratio, be = (summary.get(k) for k in ("cost_per_1k_teacher_only", "cost_per_1k_cascade", "cost_ratio", "breakeven_items"))

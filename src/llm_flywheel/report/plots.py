@@ -85,9 +85,9 @@ def reliability_plot(bins: Sequence[dict[str, float]], ece: float | None, title:
     """Reliability diagram: mean confidence vs accuracy per confidence bin (bar width ~ bin)."""
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
-    conf = [b["confidence"] for b in bins if b.get("count")]
-    acc = [b["accuracy"] for b in bins if b.get("count")]
-    cnt = [b["count"] for b in bins if b.get("count")]
+    conf = [b["confidence"] for b in bins if b.get("n")]
+    acc = [b["accuracy"] for b in bins if b.get("n")]
+    cnt = [b["n"] for b in bins if b.get("n")]
     if conf:
         sizes = 20 + 200 * np.asarray(cnt) / max(cnt)
         ax.scatter(conf, acc, s=sizes, alpha=0.7)

@@ -26,7 +26,6 @@ import numpy as np
 from PIL import Image
 
 from ..store import Item
-from ..task import Task
 from ..workspace import Workspace
 from .base import (
     ONNX_FILE,
