@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .students.base import predict_in_batches
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,9 @@ def select(
         raise ValueError(f"{len(missing)} candidate ids are not items of {dataset!r} (first: {missing[:5]})")
     ordered = [by_id[i] for i in ids]
     members = students if policy == "qbc" else students[:1]
-    probs_list = [_predict(s, ordered, batch_size) for s in members]
+    probs_list = [predict_in_batches(s, ordered, batch_size) for s in members]
     idx = rank(policy, probs=probs_list[0], committee=probs_list if policy == "qbc" else None, budget=budget, seed=seed)
     return [ids[i] for i in idx]
-
-
-def _predict(student: Any, items: Sequence[Any], batch_size: int) -> np.ndarray:
-    out = [student.predict_proba(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, len(student.labels)))
 
 
 # -- collecting what the cascade saw -------------------------------------------------------------------------

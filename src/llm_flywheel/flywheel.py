@@ -32,6 +32,7 @@ from .splits import make_splits
 from .stats import confusion as confusion_matrix
 from .stats import reliability, wilson_interval
 from .store import Item, Store
+from .students.base import predict_in_batches
 from .task import Task
 from .workspace import Workspace
 
@@ -283,7 +284,7 @@ class _Wheel:
         items = self._items(sorted(labelled))
         if not items:
             return None
-        probs = _predict(student, items)
+        probs = predict_in_batches(student, items)
         pred = np.asarray(student.labels)[probs.argmax(1)]
         return float(np.mean(pred == np.asarray([labelled[it.id] for it in items])))
 
@@ -519,7 +520,7 @@ class _Wheel:
                 tm = train_student(self.ws, self.dataset, kind=self.cfg.student_kind, labels=gold, seed=self.cfg.seed,
                                    soft=False, weight_by_quality=False,
                                    epochs=self.cfg.epochs, round=None, progress=self.progress, **self.cfg.student_hparams)
-                probs = _predict(tm.student, test_items)
+                probs = predict_in_batches(tm.student, test_items)
                 pred = np.asarray(tm.student.labels)[probs.argmax(1)]
                 acc, ci = _wilson(pred == np.asarray([it.gold_label for it in test_items]))
                 extra["gold_ceiling_accuracy"], extra["gold_ceiling_accuracy_ci"] = acc, ci
@@ -550,7 +551,7 @@ class _Wheel:
 
         labels = list(student.labels)
         gold = np.asarray([labels.index(it.gold_label) for it in items])
-        probs = _predict(student, items)
+        probs = predict_in_batches(student, items)
         T = last.get("temperature")
         if T:
             probs = apply_temperature(probs, float(T))
@@ -596,11 +597,6 @@ def _get(obj: Any, *names: str) -> Any:
         if isinstance(obj, dict) and isinstance(obj.get("choice"), dict) and n in obj["choice"]:
             return obj["choice"][n]
     return None
-
-
-def _predict(student: Any, items: Sequence[Item], batch: int = 512) -> np.ndarray:
-    out = [student.predict_proba(items[i : i + batch]) for i in range(0, len(items), batch)]
-    return np.concatenate(out) if out else np.zeros((0, len(student.labels)))
 
 
 def _pct(v: float | None) -> str:

@@ -80,6 +80,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def predict_in_batches(student: "Student", items: Sequence[Item], batch_size: int = 512) -> np.ndarray:
+    """``student.predict_proba`` over slices: bounded memory for students that load every item they are given."""
+    out = [student.predict_proba(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    return np.concatenate(out, axis=0) if out else np.zeros((0, len(student.labels)), np.float32)
+
+
 def version_info() -> dict[str, str]:
     """Library versions written into every model's meta.json (what produced these weights)."""
     from .. import __version__
