@@ -140,7 +140,7 @@ def main() -> int:
     print(f"Fashion-MNIST, {info['train_labels'] + info['val_labels']} teacher labels "
           f"({info['train_labels']} train + {info['val_labels']} val), SIMULATED teacher; test n = "
           f"{results[0]['student']['n'] if results else 0}; 95 % Wilson CIs; gap = student - ceiling (paired 95 % CI)")
-    print(f"| student | labels | student acc | gold-label ceiling | gap to ceiling | teacher acc (same test items) | beats teacher |")
+    print("| student | labels | student acc | gold-label ceiling | gap to ceiling | teacher acc (same test items) | beats teacher |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         c, t = r["ceiling"], r["teacher_on_test"]

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from llm_flywheel import feedback
 from llm_flywheel.feedback import collect, entropy_scores, margin_scores, rank, select, vote_entropy
 
 

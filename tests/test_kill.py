@@ -117,3 +117,20 @@ def test_reader_sees_whole_batches_while_a_writer_imports(tmp_path):
     assert seen == sorted(seen)  # never goes backwards
     assert all(n % BATCH == 0 or n == total for n in seen)  # only whole committed batches are ever visible
     assert any(0 < n < total for n in seen) and held is not None  # we really read during the import
+
+
+def test_stale_blob_temp_files_are_swept_by_the_next_import(tmp_path):
+    """A kill between mkstemp and rename leaves a .tmp-* file; the next import removes it, a fresh one survives."""
+    src = tmp_path / "src"
+    write_fashion(src, n_train=20, n_test=10)
+    ws = Workspace.open(tmp_path / "ws")
+    shard = ws.root / "blobs" / "ab"
+    shard.mkdir(parents=True)
+    stale, fresh = shard / ".tmp-stale", shard / ".tmp-fresh"
+    stale.write_bytes(b"half a png")
+    fresh.write_bytes(b"being written right now")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    add_dataset(ws, "fashion-mnist", path=str(src), progress=False)
+    assert not stale.exists()
+    assert fresh.exists()

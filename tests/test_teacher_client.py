@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from fault_server import FaultServer, completion, drop, ok, refuse_structured, slow, status
+from fault_server import FaultServer, drop, ok, refuse_structured, slow, status
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, run_sync
 from llm_flywheel.teachers.registry import parse_spec, teacher_from_spec
 from llm_flywheel.teachers.openai_compat import TeacherConfigError

@@ -232,9 +232,11 @@ def choose_threshold(
     ``feasible`` False.  ``accuracy_bound`` is the Clopper-Pearson bound at the level used (``delta / 2``).
 
     Budget goal (:func:`budget_threshold`): the highest threshold whose deferral fraction on new items is
-    <= ``max_teacher_fraction`` with probability >= 1 - ``delta``.  Both goals: the accuracy threshold if it also fits the budget (the cheapest
-    threshold meeting both); otherwise infeasible, and the budget threshold is returned (the budget is a hard cap)
-    with a note saying the accuracy target is not guaranteed.
+    <= ``max_teacher_fraction`` with probability >= 1 - ``delta``.  Both goals: the accuracy threshold if it also fits
+    the budget (the cheapest threshold meeting both); otherwise infeasible, and the budget threshold is returned (the
+    budget is a hard cap) with a note saying the accuracy target is not guaranteed.  With both goals each guarantee
+    holds at 1 - ``delta`` on its own; that both hold at once is guaranteed only at 1 - 2 ``delta`` (union bound) --
+    pass ``delta / 2`` for a joint 1 - ``delta``.
     """
     conf = np.asarray(conf, dtype=np.float64).ravel()
     correct = np.asarray(correct).astype(bool).ravel()

@@ -30,7 +30,7 @@ from . import feedback
 from .report import wheel_report_key
 from .splits import make_splits
 from .stats import confusion as confusion_matrix
-from .stats import reliability, wilson_interval
+from .stats import pct, reliability, wilson_interval
 from .store import Item, Store
 from .students.base import predict_in_batches
 from .task import Task
@@ -420,7 +420,7 @@ class _Wheel:
         m["promoted"] = bool(promote)
         serving = version if promote else current
         m["model_version"] = serving
-        self.con.print(f"  val accuracy new {_pct(m['val_accuracy_new'])} vs serving {_pct(m['val_accuracy_current'])} -> "
+        self.con.print(f"  val accuracy new {pct(m['val_accuracy_new'])} vs serving {pct(m['val_accuracy_current'])} -> "
                        f"{'[green]promoted[/]' if promote else '[yellow]kept ' + str(current) + '[/]'}")
         lap("promote")
         self._save_round(m)
@@ -599,10 +599,6 @@ def _get(obj: Any, *names: str) -> Any:
     return None
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
-
-
 def teacher_quality_on(ws: Workspace, dataset: str, item_ids: Sequence[int], model: str, labels: Sequence[str]) -> dict[str, Any]:
     """Teacher accuracy vs gold on a *random* sample (val + calib): single call (pass 0) and k-pass consensus.
 
@@ -667,5 +663,5 @@ def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds"
     for d in rounds:
         t.add_row(str(d.get("round")), str(d.get("model_version") or "–"), "yes" if d.get("promoted") else "no",
                   f"{d.get('labels_total', 0):,}", f"{d.get('teacher_calls', 0):,}", f"{d.get('teacher_cost_usd') or 0:.4f}",
-                  acc(d, "student_accuracy"), acc(d, "cascade_accuracy"), _pct(d.get("teacher_fraction")))
+                  acc(d, "student_accuracy"), acc(d, "cascade_accuracy"), pct(d.get("teacher_fraction")))
     return t

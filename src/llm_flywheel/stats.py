@@ -53,3 +53,10 @@ def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[
         ece += float(sel.mean()) * abs(acc - avg)
         table.append({"lo": b / bins, "hi": (b + 1) / bins, "n": int(sel.sum()), "confidence": avg, "accuracy": acc})
     return float(ece), table
+
+
+def pct(v: float | None) -> str:
+    """A rate as "12.3 %", or "–" when unknown (None / NaN): one format for every table the CLI and reports print."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{100 * v:.1f} %"

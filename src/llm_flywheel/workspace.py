@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,19 @@ class Workspace:
             Path(tmp).unlink(missing_ok=True)
             raise
         return rel
+
+    def sweep_temp_files(self, older_than_s: float = 3600.0) -> int:
+        """Delete ``.tmp-*`` files a killed blob write left behind; returns how many.
+
+        Only files older than ``older_than_s`` go, so a write in progress in another process is never touched.
+        """
+        cutoff = time.time() - older_than_s
+        n = 0
+        for tmp in (self.root / "blobs").glob("*/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    n += 1
+            except FileNotFoundError:  # removed by another sweeper meanwhile
+                continue
+        return n

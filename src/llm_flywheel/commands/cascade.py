@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,15 +13,11 @@ import click
 from rich.table import Table
 
 from ..cli import Ctx, console, pass_ctx
-from ..stats import wilson_interval
+from ..stats import pct, wilson_interval
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
                 "command). Omitted: deferred items are reported as 'deferred' with no label.")
-
-
-def _pct(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.1f} %"
 
 
 def _fail(e: Exception) -> click.ClickException:
@@ -110,10 +105,10 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
     t.add_row("ECE before → after", f"{rep['ece_before']:.4f} → {rep['ece_after']:.4f}")
     t.add_row("goal", f"{ch['goal']}  target {ch['target']:g}" + (f", delta {ch['delta']:g}" if "accuracy" in ch["goal"] else ""))
     t.add_row("threshold", "defer everything" if ch["threshold"] > 1 else f"{ch['threshold']:.4f}")
-    t.add_row("student answers (calib)", _pct(ch["coverage"]))
-    t.add_row("accuracy of those (calib)", _pct(ch["accuracy_accepted"]))
-    t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", _pct(ch["accuracy_bound"]))
-    t.add_row("sent to the teacher (calib)", _pct(ch["teacher_fraction"]))
+    t.add_row("student answers (calib)", pct(ch["coverage"]))
+    t.add_row("accuracy of those (calib)", pct(ch["accuracy_accepted"]))
+    t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
+    t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
     t.add_row("feasible", "[green]yes[/]" if ch["feasible"] else "[red]NO[/]")
     t.add_row("note", ch["note"])
     t.add_row("curve", rep["plot"])
@@ -262,8 +257,8 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
     t.add_row("items", f"{sm['n']:,}")
     for src, n in sm["by_source"].items():
         if n:
-            t.add_row(f"answered by {src}", f"{n:,} ({_pct(n / sm['n'])})")
-    t.add_row("sent to the teacher", _pct(sm["teacher_fraction"]))
+            t.add_row(f"answered by {src}", f"{n:,} ({pct(n / sm['n'])})")
+    t.add_row("sent to the teacher", pct(sm["teacher_fraction"]))
     t.add_row("mean latency per item", f"{sm['mean_latency_ms']:.2f} ms")
     gold = [it.gold_label for it in items]
     if all(g is not None for g in gold):
@@ -271,7 +266,7 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
                             ("cascade accuracy (gold)", [a.label for a in answers])):
             k = sum(p == g for p, g in zip(preds, gold))
             lo, hi = wilson_interval(k, len(gold))
-            t.add_row(name, f"{_pct(k / len(gold))}  (95 % CI {_pct(lo)} – {_pct(hi)})")
+            t.add_row(name, f"{pct(k / len(gold))}  (95 % CI {pct(lo)} – {pct(hi)})")
     console.print(t)
 
 

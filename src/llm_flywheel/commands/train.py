@@ -6,13 +6,10 @@ import click
 from rich.table import Table
 
 from ..cli import Ctx, console, pass_ctx
+from ..stats import pct
 from ..store import StoreError
 from ..students.base import StudentError
 from ..students.registry import STUDENT_KINDS
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def _ci(d: dict | None) -> str:
@@ -70,8 +67,8 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
             t.add_column("precision vs gold")
             t.add_column("base error rate")
             g = rep.get("gold_check") or {}
-            t.add_row(str(len(ids)), str(rep.get("n")), str(rep.get("queued", 0)), _pct(g.get("precision")),
-                      _pct(g.get("label_error_rate")))
+            t.add_row(str(len(ids)), str(rep.get("n")), str(rep.get("queued", 0)), pct(g.get("precision")),
+                      pct(g.get("label_error_rate")))
             console.print(t)
             console.print(f"method: {rep.get('method')}; review them with `flywheel review`")
             return
@@ -86,7 +83,7 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
     t.add_column("metric")
     t.add_column("value")
     for key, val in (
-        ("kind", tm.student.kind), ("val accuracy", _pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
+        ("kind", tm.student.kind), ("val accuracy", pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
         ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
@@ -136,7 +133,7 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     t.add_row(f"student ({rep['kind']}, {runtime})", _ci(s), f"ECE {s['ece']:.3f}")
     te = rep.get("teacher_on_split")
     if te:
-        note = f"coverage {_pct(te['coverage'])}"
+        note = f"coverage {pct(te['coverage'])}"
         if "student_minus_teacher" in te:
             lo, hi = te["diff_ci95"]
             note += f"; student - teacher {100 * te['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"

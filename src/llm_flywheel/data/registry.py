@@ -105,6 +105,7 @@ def add_dataset(
     if "limit" in options and int(options["limit"]) < 1:
         raise DatasetError("--limit must be at least 1")
     task, records, total, meta = _source(ws, name, options)
+    ws.sweep_temp_files()  # leftovers of a killed earlier import; the re-run writes those blobs again
 
     with ws.store() as store:
         if task.name in store.dataset_names():
