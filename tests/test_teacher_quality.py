@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.quality import expected_calibration_error, teacher_quality, wilson_ci
+from llm_flywheel.quality import expected_calibration_error, teacher_quality, teacher_quality_on_items, wilson_ci
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -41,3 +41,14 @@ def test_quality_of_simulated_teacher(synth_ws, synth_task):
     assert s.latest_report("teacher_quality", "synth:simulated/synth-teacher")["n"] == 1000
     s.close()
     assert teacher_quality(synth_ws, "synth", split="test", store_report=False)["n"] == 200
+    # the wheel's compact form on chosen items agrees with the full measurement's single-call pass
+    with synth_ws.store() as s:
+        val = [it.id for it in s.items("synth", split="val")]
+    on = teacher_quality_on_items(synth_ws, "synth", val, "simulated/synth-teacher", synth_task.labels)
+    full = teacher_quality(synth_ws, "synth", split="val", store_report=False)
+    assert on["n"] == len(val) == full["per_pass"]["0"]["n"]
+    assert on["accuracy"] == pytest.approx(full["per_pass"]["0"]["accuracy"])
+    assert on["accuracy_ci"] == pytest.approx(list(full["per_pass"]["0"]["ci95"]))
+    assert sum(map(sum, on["confusion"])) + on["off_list_or_none"] == on["n"]
+    assert on["consensus_accuracy"] == pytest.approx(full["consensus"]["accuracy"]) and on["passes"] == 3
+    assert teacher_quality_on_items(synth_ws, "synth", [], "simulated/synth-teacher", synth_task.labels) == {}

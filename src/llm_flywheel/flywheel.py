@@ -27,11 +27,12 @@ from rich.table import Table
 
 from . import cost as costmod
 from . import feedback
+from .quality import teacher_quality_on_items
 from .report import wheel_report_key
 from .splits import make_splits
 from .stats import confusion as confusion_matrix
 from .stats import pct, reliability, wilson_interval
-from .store import Item, Store
+from .store import Item
 from .students.base import predict_in_batches
 from .task import Task
 from .workspace import Workspace
@@ -502,7 +503,7 @@ class _Wheel:
 
         extra: dict[str, Any] = {"teacher_model": self.teacher.model, "teacher_source": _teacher_source(self.teacher.model),
                                  "config": asdict(self.cfg)}
-        extra["teacher_quality"] = teacher_quality_on(self.ws, self.dataset, self.val_ids + self.calib_ids,
+        extra["teacher_quality"] = teacher_quality_on_items(self.ws, self.dataset, self.val_ids + self.calib_ids,
                                                       self.teacher.model, self.task.labels)
         last = rounds[-1]
         serving = last.get("model_version")
@@ -597,54 +598,6 @@ def _get(obj: Any, *names: str) -> Any:
         if isinstance(obj, dict) and isinstance(obj.get("choice"), dict) and n in obj["choice"]:
             return obj["choice"][n]
     return None
-
-
-def teacher_quality_on(ws: Workspace, dataset: str, item_ids: Sequence[int], model: str, labels: Sequence[str]) -> dict[str, Any]:
-    """Teacher accuracy vs gold on a *random* sample (val + calib): single call (pass 0) and k-pass consensus.
-
-    Why these items: they were drawn at random, so the estimate is unbiased -- actively selected items are hard by
-    construction and would understate the teacher.
-    """
-    store = Store(ws.db_path)
-    try:
-        ids = list(item_ids)
-        if not ids:
-            return {}
-        q = ",".join("?" * len(ids))
-        gold = {int(r["id"]): r["gold_label"] for r in store.query(
-            f"SELECT id, gold_label FROM items WHERE id IN ({q}) AND gold_label IS NOT NULL", ids)}
-        answers: dict[int, dict[int, str | None]] = {}
-        for r in store.query(f"SELECT item_id, pass_index, label FROM teacher_answers WHERE ok=1 AND model=? AND item_id IN ({q})",
-                             [model, *ids]):
-            answers.setdefault(int(r["item_id"]), {})[int(r["pass_index"])] = r["label"]
-        consensus = {int(r["item_id"]): r["label"] for r in store.query(
-            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({q})", ids)}
-    finally:
-        store.close()
-    first = [(answers[i][0], gold[i]) for i in gold if i in answers and 0 in answers[i]]
-    if not first:
-        return {}
-    correct = np.asarray([a == g for a, g in first])
-    acc, ci = _wilson(correct)
-    idx = {lab: j for j, lab in enumerate(labels)}
-    conf = np.zeros((len(labels), len(labels)), dtype=int)
-    for a, g in first:
-        if a in idx:
-            conf[idx[g], idx[a]] += 1
-    per_class = {}
-    for lab in labels:
-        sel = [a == g for a, g in first if g == lab]
-        per_class[lab] = float(np.mean(sel)) if sel else None
-    cons = [(consensus[i], gold[i]) for i in gold if i in consensus]
-    multi = [a for i, a in answers.items() if len(a) >= 2]
-    return {
-        "n": len(first), "accuracy": acc, "accuracy_ci": ci, "labels": list(labels), "per_class": per_class,
-        "confusion": conf.tolist(), "off_list_or_none": int(sum(a is None for a, _ in first)),
-        "consensus_accuracy": float(np.mean([c == g for c, g in cons])) if cons else None,
-        "consensus_unresolved": int(sum(c is None for c, _ in cons)),
-        "agreement_rate": float(np.mean([len(set(a.values())) == 1 for a in multi])) if multi else None,
-        "passes": max((len(a) for a in answers.values()), default=0), "sample": "val+calib (random)",
-    }
 
 
 def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds") -> Table:

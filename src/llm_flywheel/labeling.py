@@ -552,10 +552,3 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICo
         "budget_usd": cfg.budget_usd, "max_calls": cfg.max_calls,
         "fits_budget": None if cfg.budget_usd is None or cost_max is None else cost_max <= cfg.budget_usd,
     }
-
-
-def teacher_quality(ws: Workspace, dataset: str, model: str | None = None, split: str | Sequence[str] | None = None) -> dict[str, Any]:
-    """Teacher accuracy vs gold (95 % CI), confusion and ECE -- see :func:`llm_flywheel.quality.teacher_quality`."""
-    from .quality import teacher_quality as tq
-
-    return tq(ws, dataset, model=model, split=split)

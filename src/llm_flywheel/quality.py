@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import reliability, wilson_interval
+from .stats import confusion, reliability, wilson_interval
 from .task import Task
 from .workspace import Workspace
 
@@ -129,6 +129,56 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         finally:
             s.close()
     return report
+
+
+def teacher_quality_on_items(ws: Workspace, dataset: str, item_ids: Sequence[int], model: str,
+                             labels: Sequence[str]) -> dict[str, Any]:
+    """Teacher accuracy vs gold on given items (the wheel passes its random val + calib sample): single call
+    (pass 0), k-pass consensus and pass agreement -- the compact form the wheel's report shows.
+
+    Why these items: they were drawn at random, so the estimate is unbiased -- actively selected items are hard by
+    construction and would understate the teacher.
+    """
+    store = ws.store()
+    try:
+        ids = list(item_ids)
+        if not ids:
+            return {}
+        q = ",".join("?" * len(ids))
+        gold = {int(r["id"]): r["gold_label"] for r in store.query(
+            f"SELECT id, gold_label FROM items WHERE id IN ({q}) AND gold_label IS NOT NULL", ids)}
+        answers: dict[int, dict[int, str | None]] = {}
+        for r in store.query(f"SELECT item_id, pass_index, label FROM teacher_answers WHERE ok=1 AND model=? AND item_id IN ({q})",
+                             [model, *ids]):
+            answers.setdefault(int(r["item_id"]), {})[int(r["pass_index"])] = r["label"]
+        consensus = {int(r["item_id"]): r["label"] for r in store.query(
+            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({q})", ids)}
+    finally:
+        store.close()
+    first = [(answers[i][0], gold[i]) for i in gold if i in answers and 0 in answers[i]]
+    if not first:
+        return {}
+    k = sum(a == g for a, g in first)
+    idx = {lab: j for j, lab in enumerate(labels)}
+    on_list = [(idx[g], idx[a]) for a, g in first if a in idx and g in idx]
+    conf = confusion(np.asarray([g for g, _ in on_list]), np.asarray([a for _, a in on_list]), len(labels))
+    per_class = {}
+    for lab in labels:
+        sel = [a == g for a, g in first if g == lab]
+        per_class[lab] = float(np.mean(sel)) if sel else None
+    cons = [(consensus[i], gold[i]) for i in gold if i in consensus]
+    resolved = [(c, g) for c, g in cons if c is not None]
+    multi = [a for i, a in answers.items() if len(a) >= 2]
+    return {
+        "n": len(first), "accuracy": k / len(first), "accuracy_ci": list(wilson_interval(k, len(first))),
+        "labels": list(labels), "per_class": per_class,
+        "confusion": conf.tolist(), "off_list_or_none": int(sum(a is None for a, _ in first)),
+        # over resolved items, as in teacher_quality: an unresolved item yields no label to be wrong about
+        "consensus_accuracy": float(np.mean([c == g for c, g in resolved])) if resolved else None,
+        "consensus_unresolved": int(sum(c is None for c, _ in cons)),
+        "agreement_rate": float(np.mean([len(set(a.values())) == 1 for a in multi])) if multi else None,
+        "passes": max((len(a) for a in answers.values()), default=0), "sample": "val+calib (random)",
+    }
 
 
 def _prov_model(prov: str | None) -> str | None:
