@@ -112,7 +112,10 @@ def main() -> int:
         eager = ImageStudent.load(folder)
         ort = OnnxStudent(folder)
         x = [Image.open(p) for p in paths[:8]]
-        diff = float(np.abs(eager.predict_proba_raw(x) - ort.predict_proba_raw(x)).max())
+        # logits, not probabilities: an untrained net's softmax is near uniform and would hide a broken export
+        le, lo = eager.predict_logits_raw(x), ort.predict_logits_raw(x)
+        diff = float(np.abs(le - lo).max())
+        print(f"  {name}: logits spread {float(le.std()):.2e}, max abs eager-ORT logit difference {diff:.1e}", flush=True)
         onnx_mb = (folder / "model.onnx").stat().st_size / 1e6
         pt_mb = (folder / "weights.pt").stat().st_size / 1e6
         for b in batches:
@@ -124,7 +127,7 @@ def main() -> int:
             rows.append((name, eager.size, b, e, o, o / e, onnx_mb, pt_mb, diff))
             print(f"  {name:<20} batch {b:>3}: eager {e:8.0f} img/s   ORT {o:8.0f} img/s   ratio {o / e:5.2f}x", flush=True)
     print()
-    print("| student | input px | batch | PyTorch eager img/s | ONNX Runtime img/s | ORT / eager | ONNX MB | weights.pt MB | max abs diff |")
+    print("| student | input px | batch | PyTorch eager img/s | ONNX Runtime img/s | ORT / eager | ONNX MB | weights.pt MB | max abs logit diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, size, b, e, o, r, omb, pmb, diff in rows:
         print(f"| {name} | {size} | {b} | {e:,.0f} | {o:,.0f} | **{r:.2f}x** | {omb:.2f} | {pmb:.2f} | {diff:.1e} |")
