@@ -37,7 +37,8 @@ def _fill(ws, *, source="simulated"):
         "final": {"version": "v2", "labels": LABELS, "confusion": [[20, 1, 0, 0], [0, 22, 1, 0], [1, 0, 25, 0], [0, 0, 0, 30]],
                   "reliability": [{"confidence": 0.5, "accuracy": 0.4, "n": 5}, {"confidence": 0.95, "accuracy": 0.93, "n": 90}],
                   "ece": 0.03, "threshold": 0.8,
-                  "curve": {"threshold": [0.5, 0.7, 0.9], "cascade_accuracy": [0.8, 0.85, 0.88], "teacher_fraction": [0.05, 0.15, 0.4],
+                  "curve": {"threshold": [0.5, 0.7, 0.9], "cascade_accuracy": [0.8, 0.85, None], "teacher_fraction": [0.05, 0.15, 0.4],
+                            "cascade_accuracy_est": [0.8, 0.85, 0.87],  # teacher not asked above the threshold
                             "accepted_accuracy": [0.82, 0.9, 0.97]}},
     })
     s.close()

@@ -69,6 +69,11 @@ def test_small_wheel_end_to_end(wheel_ws):
             assert r[k] is not None, (r["round"], k)
     assert summary["cost_per_1k_cascade"] < summary["cost_per_1k_teacher_only"]
     assert 0.0 <= summary["teacher_accuracy"] <= 1.0 and 0.0 <= summary["gold_ceiling_accuracy"] <= 1.0
+    # the cascade curve: exact where the teacher answered every deferred test item, estimated everywhere
+    curve = summary["final"]["curve"]
+    exact = [(e, x) for e, x in zip(curve["cascade_accuracy_est"], curve["cascade_accuracy"]) if x is not None]
+    assert exact and all(e == pytest.approx(x) for e, x in exact)
+    assert all(e is not None and 0.0 <= e <= 1.0 for e in curve["cascade_accuracy_est"])
 
     # stored per-round metrics and promotion
     with ws.store() as s:

@@ -504,13 +504,14 @@ class _Wheel:
         extra: dict[str, Any] = {"teacher_model": self.teacher.model, "teacher_source": _teacher_source(self.teacher.model),
                                  "config": asdict(self.cfg)}
         extra["teacher_quality"] = teacher_quality_on_items(self.ws, self.dataset, self.val_ids + self.calib_ids,
-                                                      self.teacher.model, self.task.labels)
+                                                            self.teacher.model, self.task.labels)
         last = rounds[-1]
         serving = last.get("model_version")
         test_items = self._items(self.test_ids)
         if serving and test_items and all(it.gold_label is not None for it in test_items):
             student = load_student(self.ws, serving)
-            extra["final"] = self._final_plots_data(serving, student, test_items, last)
+            extra["final"] = self._final_plots_data(serving, student, test_items, last,
+                                                    teacher_accuracy=extra["teacher_quality"].get("accuracy"))
             if self.cfg.gold_ceiling:
                 labels = self._labels("train")
                 served = set(self.served_stream)
@@ -547,7 +548,15 @@ class _Wheel:
             store.close()
         return extra
 
-    def _final_plots_data(self, version: str, student: Any, items: list[Item], last: dict[str, Any]) -> dict[str, Any]:
+    def _final_plots_data(self, version: str, student: Any, items: list[Item], last: dict[str, Any], *,
+                          teacher_accuracy: float | None = None) -> dict[str, Any]:
+        """Confusion, reliability and the cascade curve of the serving model on test.
+
+        The curve is exact up to the chosen threshold (every deferred test item has a teacher answer).  Above it
+        the teacher was never asked about some deferred items; ``cascade_accuracy_est`` counts each of those at the
+        teacher's measured single-call accuracy (random val + calib sample), so the curve can still be read there,
+        drawn apart as an estimate.
+        """
         from .calibration import apply_temperature
 
         labels = list(student.labels)
@@ -571,7 +580,8 @@ class _Wheel:
                 elif a.source == "teacher_failed":
                     teacher_ok[it.id] = False
         thresholds = np.unique(np.quantile(conf, np.linspace(0, 0.6, 31)))
-        curve: dict[str, list[float]] = {"threshold": [], "accepted_accuracy": [], "teacher_fraction": [], "cascade_accuracy": []}
+        curve: dict[str, list[float]] = {"threshold": [], "accepted_accuracy": [], "teacher_fraction": [], "cascade_accuracy": [],
+                                         "cascade_accuracy_est": []}
         ids = np.asarray([it.id for it in items])
         for t in thresholds:
             acc_mask = conf >= t
@@ -579,11 +589,12 @@ class _Wheel:
             curve["teacher_fraction"].append(float(1 - acc_mask.mean()))
             curve["accepted_accuracy"].append(float(correct[acc_mask].mean()) if acc_mask.any() else float("nan"))
             dids = ids[~acc_mask]
-            if all(int(i) in teacher_ok for i in dids):
-                tot = correct[acc_mask].sum() + sum(teacher_ok[int(i)] for i in dids)
-                curve["cascade_accuracy"].append(float(tot / len(items)))
-            else:
-                curve["cascade_accuracy"].append(float("nan"))
+            known = [teacher_ok[int(i)] for i in dids if int(i) in teacher_ok]
+            tot = float(correct[acc_mask].sum() + sum(known))
+            unknown = len(dids) - len(known)
+            curve["cascade_accuracy"].append(tot / len(items) if not unknown else float("nan"))
+            est = tot + unknown * teacher_accuracy if teacher_accuracy is not None else float("nan")
+            curve["cascade_accuracy_est"].append(float(est / len(items)))
         return {"version": version, "labels": labels, "confusion": confusion.tolist(), "reliability": bins, "ece": float(ece),
                 "threshold": last.get("threshold"), "temperature": T, "curve": curve,
                 "student_accuracy": float(correct.mean()), "n": len(items)}

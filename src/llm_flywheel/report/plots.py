@@ -103,8 +103,18 @@ def reliability_plot(bins: Sequence[dict[str, float]], ece: float | None, title:
 def cascade_curve_plot(curve: dict[str, Sequence[float]], threshold: float | None) -> bytes:
     """Accuracy and teacher fraction as the confidence threshold moves (test split, gold reference)."""
     t = np.asarray(curve["threshold"])
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
     ax.plot(t, curve["cascade_accuracy"], label="cascade accuracy")
+    est = np.asarray(curve.get("cascade_accuracy_est") or [], dtype=float)
+    exact = np.asarray(curve["cascade_accuracy"], dtype=float)
+    if est.size == t.size and np.isnan(exact).any() and not np.isnan(est).all():
+        # where the teacher was not asked, only an estimate exists: drawn dashed, starting at the last exact point
+        show = np.isnan(exact)
+        last = np.flatnonzero(~show)
+        if last.size:
+            show[last[-1]] = True
+        ax.plot(t[show], est[show], ls="--", color="tab:blue", alpha=0.6,
+                label="cascade, estimated (teacher not asked)")
     if "accepted_accuracy" in curve:
         ax.plot(t, curve["accepted_accuracy"], label="accuracy on accepted", ls=":")
     ax.set_xlabel("confidence threshold")
@@ -116,7 +126,7 @@ def cascade_curve_plot(curve: dict[str, Sequence[float]], threshold: float | Non
         ax.axvline(threshold, color="black", lw=1, ls="--", label=f"chosen {threshold:.3f}")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower left")
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     ax.set_title("Cascade: accuracy vs teacher fraction", fontsize=9)
     return _png(fig)
 
