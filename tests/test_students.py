@@ -185,6 +185,7 @@ def test_text_students(text_ws, tmp_path, kind):
         fresh = ["corn and wheat prices fell", "", "goal scored in the final minute " * 60]
         np.testing.assert_allclose(ort.predict_proba_raw(fresh), s.predict_proba_raw(fresh), atol=1e-4)
         assert (ws.root / "cache" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
+        assert len(list((ws.root / "cache" / "embeddings").rglob("*.npy"))) == len(cached)  # raw requests not cached
     else:
         with pytest.raises(StudentError, match="no ONNX"):
             s.export_onnx(tmp_path / kind / "model.onnx")

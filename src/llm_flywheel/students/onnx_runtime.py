@@ -76,7 +76,7 @@ class OnnxStudent:
                 from .text import OnnxMiniLMEncoder
 
                 self._encoder = OnnxMiniLMEncoder(self.ws)
-            return self._encoder.encode(list(raw))
+            return self._encoder.encode([str(t) for t in raw], write_cache=False)
         raise StudentError(f"no ONNX input pipeline for modality {self.modality!r}")
 
     def predict_logits_raw(self, inputs: Sequence[Any]) -> np.ndarray:

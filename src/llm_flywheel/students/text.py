@@ -71,7 +71,9 @@ class MiniLMEncoder:
     def _path(self, h: str) -> Path | None:
         return self.cache_dir / h[:2] / f"{h}.npy" if self.cache_dir is not None else None
 
-    def encode(self, texts: Sequence[str], hashes: Sequence[str] | None = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], hashes: Sequence[str] | None = None, *, write_cache: bool = True) -> np.ndarray:
+        """Embeddings, read from the cache where present.  ``write_cache=False`` for raw request texts: a served API
+        would otherwise leave one file per distinct request on disk."""
         hashes = list(hashes) if hashes is not None else [_hash(t) for t in texts]
         out = np.zeros((len(texts), EMBED_DIM), dtype=np.float32)
         todo: list[int] = []
@@ -88,7 +90,7 @@ class MiniLMEncoder:
             emb = self._embed([texts[i] for i in todo])
             for j, i in enumerate(todo):
                 out[i] = emb[j]
-                p = self._path(hashes[i])
+                p = self._path(hashes[i]) if write_cache else None
                 if p is not None:
                     p.parent.mkdir(parents=True, exist_ok=True)
                     tmp = p.with_suffix(f".tmp{os.getpid()}.npy")
@@ -256,7 +258,7 @@ class MiniLMStudent:
         return self._logits(self.encoder.encode_items(items))
 
     def predict_logits_raw(self, inputs: Sequence[str]) -> np.ndarray:
-        return self._logits(self.encoder.encode([str(t) for t in inputs]))
+        return self._logits(self.encoder.encode([str(t) for t in inputs], write_cache=False))
 
     def predict_proba(self, items: Sequence[Item]) -> np.ndarray:
         return softmax(self.predict_logits(items)) if len(items) else np.zeros((0, len(self.labels)), np.float32)
