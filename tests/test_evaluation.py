@@ -44,6 +44,7 @@ def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
     write_teacher_labels(ws, "synth", flip=0.25, seed=0)
     write_teacher_labels(ws, "synth", split="test", flip=0.25, seed=1)  # the teacher also answered the test items
     tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=3, progress=False)
+    expected_single = _write_single_call_answers(ws)
     rep = evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev", ceiling=True)
     s = rep["student"]
     assert s["n"] == 100 and s["ci95"][0] <= s["accuracy"] <= s["ci95"][1]
@@ -57,6 +58,10 @@ def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
     assert t["n"] == 100 and 0.6 < t["accuracy"] < 0.9  # ~25 % flipped
     assert "student_minus_teacher" in t
     assert 0.6 < rep["training_label_accuracy"]["accuracy"] < 0.9
+    t1 = rep["teacher_single_call_on_split"]  # pass 0 of the model that answered most; off-list counts as wrong
+    assert t1["model"] == "m/main" and t1["coverage"] == pytest.approx(0.9)
+    assert t1["n"] == 90 and t1["accuracy"] == pytest.approx(expected_single)
+    assert t1["diff_ci95"][0] <= t1["student_minus_teacher"] <= t1["diff_ci95"][1]
     c = rep["ceiling"]
     assert c["version"] == f"{tm.version}-gold-ceiling" and c["n"] == 100
     assert c["diff_ci95"][0] <= c["student_minus_ceiling"] <= c["diff_ci95"][1]
@@ -72,6 +77,29 @@ def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
     # a second evaluation reuses the cached ceiling model
     rep2 = evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev2", ceiling=True)
     assert rep2["ceiling"]["accuracy"] == c["accuracy"]
+
+
+def _write_single_call_answers(ws) -> float:
+    """Teacher answers for 90 of the 100 test items: pass 0 of 'm/main' (every 4th wrong, every 10th off-list),
+    a pass 1 that is always right (must be ignored) and a second model on 10 items.  Returns pass-0 accuracy."""
+    import time
+
+    with ws.store() as store:
+        items = store.items("synth", split="test")[:90]
+        labels = sorted({it.gold_label for it in items})
+        rows, right = [], 0
+        for k, it in enumerate(items):
+            wrong = k % 4 == 0
+            lab = None if k % 10 == 5 else (labels[(labels.index(it.gold_label) + 1) % len(labels)] if wrong else it.gold_label)
+            right += lab == it.gold_label
+            rows.append((it.id, it.content_hash, "m/main", "v1", 0, lab))
+            rows.append((it.id, it.content_hash, "m/main", "v1", 1, it.gold_label))
+            if k < 10:
+                rows.append((it.id, it.content_hash, "m/other", "v1", 0, it.gold_label))
+        with store.transaction() as c:
+            c.executemany("INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, label, "
+                          f"created_at) VALUES(?,?,?,?,?,1,?,{time.time()})", rows)
+    return right / 90
 
 
 def test_find_label_issues_flags_flipped_labels(synth_ws):

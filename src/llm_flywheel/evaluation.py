@@ -112,6 +112,39 @@ def teacher_accuracy(store: Store, items: list[Item], student_correct: np.ndarra
     return out
 
 
+def teacher_single_call_accuracy(store: Store, items: list[Item],
+                                 student_correct: np.ndarray | None = None) -> dict[str, Any] | None:
+    """The teacher's first answer (pass 0) per item against gold: what paying for *one* call per item buys.
+
+    Why beside the consensus: a user replacing one LLM call per item compares the student with this number; the
+    consensus (k passes + tie-break) costs several calls per item.  Answers are matched by content hash, like
+    the cache; off-list answers count as wrong; with several teacher models, the one that answered most.
+    """
+    gold = {it.content_hash: it.gold_label for it in items if it.gold_label}
+    if not gold:
+        return None
+    hashes = list(gold)
+    by_model: dict[str, dict[str, str | None]] = {}
+    for s in range(0, len(hashes), 900):
+        chunk = hashes[s : s + 900]
+        for r in store.query(
+            "SELECT content_hash, model, label FROM teacher_answers WHERE ok=1 AND pass_index=0 "
+            f"AND content_hash IN ({','.join('?' * len(chunk))})", chunk
+        ):
+            by_model.setdefault(r["model"], {})[r["content_hash"]] = r["label"]
+    if not by_model:
+        return None
+    model, answers = max(by_model.items(), key=lambda kv: len(kv[1]))
+    pos = [k for k, it in enumerate(items) if it.gold_label and it.content_hash in answers]
+    correct = np.array([answers[items[k].content_hash] == items[k].gold_label for k in pos])
+    out = {**_ci_dict(correct), "model": model, "coverage": len(pos) / len(gold)}
+    if student_correct is not None and len(pos) > 1:
+        sc = np.asarray(student_correct, bool)[pos]
+        d, lo, hi = paired_diff_ci(sc, correct)
+        out.update(student_on_same_items=float(sc.mean()), student_minus_teacher=d, diff_ci95=[lo, hi])
+    return out
+
+
 def evaluate(
     ws: Workspace,
     dataset: str,
@@ -162,6 +195,7 @@ def evaluate(
             "reliability_png": str(plot_reliability(table, ece, out / "reliability.png", title)),
         }
         report["teacher_on_split"] = teacher_accuracy(store, items, correct)
+        report["teacher_single_call_on_split"] = teacher_single_call_accuracy(store, items, correct)
         model_dir = ws.abspath(row["path"])
         train_ids = _read_train_ids(model_dir)
         if train_ids:

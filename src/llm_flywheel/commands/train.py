@@ -140,6 +140,13 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
         t.add_row("teacher (consensus)", _ci(te), note)
     else:
         t.add_row("teacher (consensus)", "-", "the teacher labelled no items of this split")
+    t1 = rep.get("teacher_single_call_on_split")
+    if t1:
+        note = f"pass 0 of {t1['model']}, coverage {pct(t1['coverage'])}"
+        if "student_minus_teacher" in t1:
+            lo, hi = t1["diff_ci95"]
+            note += f"; student - teacher {100 * t1['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        t.add_row("teacher (single call)", _ci(t1), note)
     if rep.get("training_label_accuracy"):
         t.add_row("teacher labels the student learned from", _ci(rep["training_label_accuracy"]), "train split, vs gold")
     c = rep.get("ceiling")
