@@ -1,0 +1,145 @@
+"""Label sweep: how many teacher labels before the student beats the teacher it learned from?
+
+Fashion-MNIST with the **SIMULATED** teacher (~85 % single call), through the product's own code paths:
+
+1. imports the first ``--limit`` images of each source split and makes the stored splits (``--val`` val items,
+   test = the source's 10,000 test images);
+2. labels a random, *nested* sequence of train items (the first 1,500 are a subset of the first 3,000, ...) plus
+   the val split with 2 diverse passes + tie-break (consensus, soft targets, quality), and every test item with
+   one call (pass 0) -- the teacher's single-call accuracy is measured on exactly the items the student is;
+3. for each label count (train + val), trains the student on those labels (early stopping on the teacher-labelled
+   val split, never test), then evaluates on all test items: accuracy with Wilson 95 % CIs, the gold-label ceiling
+   (same items, gold labels) and the paired student-minus-teacher difference with its 95 % CI.
+
+The crossover -- the smallest count where the paired CI lies above zero -- is what a user budgeting an LLM
+teacher wants to know.  Teacher answers and models are cached in the workspace, so re-running is cheap.
+
+Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llm_flywheel.evaluation import evaluate
+from llm_flywheel.training import train_student
+from llm_flywheel.workspace import Workspace
+
+DATASET = "fashion-mnist"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prepare(ws: Workspace, limit: int, val: int) -> None:
+    from llm_flywheel.data.registry import add_dataset
+
+    with ws.store() as store:
+        if DATASET in store.dataset_names():
+            return
+    log(f"importing Fashion-MNIST (first {limit} of each source split)")
+    rep = add_dataset(ws, DATASET, limit=limit, val=val, calib=100, stream=100, progress=False)
+    log(rep.summary())
+
+
+def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int]:
+    """Label the first ``n_train`` of a seeded permutation of train (+ val, 2 passes) and test (1 pass)."""
+    from llm_flywheel.labeling import LabelConfig, label_items
+    from llm_flywheel.task import Task
+    from llm_flywheel.teachers.registry import teacher_from_spec
+    from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+    with ws.store() as store:
+        task = Task.from_json(store.dataset_task_json(DATASET))
+        train_ids = [it.id for it in store.items(DATASET, split="train")]
+        val_ids = [it.id for it in store.items(DATASET, split="val")]
+        test_ids = [it.id for it in store.items(DATASET, split="test")]
+    if n_train > len(train_ids):
+        raise SystemExit(f"only {len(train_ids)} train items; raise --limit")
+    order = np.random.default_rng(seed).permutation(train_ids)[:n_train].tolist()
+    cfg = SimConfig(latency_ms=latency_ms)
+    log(f"labelling {n_train} train + {len(val_ids)} val items (2 passes) and {len(test_ids)} test items (1 call) "
+        "with the SIMULATED teacher")
+    with run_simulated_teacher(ws, DATASET, cfg) as url:
+        teacher = teacher_from_spec(f"{url}|{model_id(DATASET, cfg)}", task, api_key_env="")
+        r1 = label_items(ws, DATASET, order + val_ids, teacher, LabelConfig(passes=2, concurrency=16), progress=False)
+        r2 = label_items(ws, DATASET, test_ids, teacher, LabelConfig(passes=1, concurrency=16), progress=False)
+    log(f"labelled: calls {r1.calls_made + r2.calls_made}, cached {r1.answers_cached + r2.answers_cached}")
+    return order
+
+
+def pct(d: dict | None) -> str:
+    return "-" if not d else f"{100 * d['accuracy']:.1f} % [{100 * d['ci95'][0]:.1f}, {100 * d['ci95'][1]:.1f}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workspace", default=os.environ.get("BENCH_WS", "/tmp/flywheel-bench-sweep"))
+    ap.add_argument("--counts", default="1500,3000,6000,12000", help="student label counts (train + val)")
+    ap.add_argument("--val", type=int, default=500, help="val split size (teacher-labelled; counts toward each total)")
+    ap.add_argument("--limit", type=int, default=20000, help="first N images of each source split")
+    ap.add_argument("--student", default="image-cnn")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--latency-ms", type=float, default=5.0, help="simulated teacher latency (does not affect labels)")
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    a = ap.parse_args()
+    counts = sorted(int(c) for c in a.counts.split(","))
+    if counts[0] <= a.val:
+        print(f"every count must exceed --val ({a.val})", file=sys.stderr)
+        return 2
+    ws = Workspace.open(a.workspace)
+    prepare(ws, a.limit, a.val)
+    order = label(ws, counts[-1] - a.val, a.seed, a.latency_ms)
+    with ws.store() as store:
+        effective = store.effective_labels(DATASET, split="train")
+    rows = []
+    for n in counts:
+        chosen = {i: effective[i] for i in order[: n - a.val] if effective.get(i) is not None}
+        version = f"sweep-{a.student}-{n}-s{a.seed}"
+        with ws.store() as store:
+            exists = store.query("SELECT 1 FROM models WHERE version=?", (version,))
+        if not exists:
+            log(f"training {a.student} on {len(chosen)} train labels (+ {a.val} val)")
+            tm = train_student(ws, DATASET, kind=a.student, labels=chosen, seed=a.seed, epochs=a.epochs,
+                               progress=False, version=version)
+            log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s")
+        log(f"evaluating {version} on test (+ gold-label ceiling)")
+        rep = evaluate(ws, DATASET, version, ceiling=True)
+        rows.append({"labels": n, "train_labels": len(chosen), "student": rep["student"], "ceiling": rep["ceiling"],
+                     "teacher_single_call": rep["teacher_single_call_on_split"],
+                     "training_label_accuracy": rep.get("training_label_accuracy"), "version": version})
+    print()
+    print(f"Fashion-MNIST, {a.student}, SIMULATED teacher; test n = {rows[0]['student']['n']}; labels = train + "
+          f"{a.val} val (2 passes + tie-break each); 95 % Wilson CIs; differences paired on the same test items")
+    print("| labels | student | gold-label ceiling | teacher single call | student - teacher | "
+          "teacher labels learned (train, vs gold) |")
+    print("|---|---|---|---|---|---|")
+    crossover = None
+    for r in rows:
+        t = r["teacher_single_call"] or {}
+        diff = "-"
+        if "student_minus_teacher" in t:
+            lo, hi = t["diff_ci95"]
+            diff = f"{100 * t['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+            if lo > 0 and crossover is None:
+                crossover = r["labels"]
+        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {pct(r['student'])} | {pct(r['ceiling'])} | {pct(t)} | {diff} | "
+              f"{pct(r['training_label_accuracy'])} |")
+    print(f"smallest count where the student beats the teacher's single call (paired 95 % CI above 0): "
+          f"{f'{crossover:,}' if crossover else 'none of ' + a.counts}")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"rows": rows, "crossover": crossover}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
