@@ -74,9 +74,15 @@ def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
     finally:
         store.close()
     assert all(gold[i] == lab for i, lab in ceil_ids["train"].items())  # the ceiling learned gold labels
-    # a second evaluation reuses the cached ceiling model
+    assert "ece_after_temperature" not in s  # not calibrated yet
+    # a second evaluation reuses the cached ceiling model; once calibrated, ECE is also shown after the temperature
+    with ws.store() as store:
+        store.add_report("calibration", tm.version, {"temperature": 3.0})
     rep2 = evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev2", ceiling=True)
     assert rep2["ceiling"]["accuracy"] == c["accuracy"]
+    s2 = rep2["student"]
+    assert s2["temperature"] == 3.0 and s2["ece_after_temperature"] != pytest.approx(s2["ece"])
+    assert Path(rep2["reliability_after_temperature_png"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def _write_single_call_answers(ws) -> float:

@@ -194,6 +194,17 @@ def evaluate(
             "confusion_png": str(plot_confusion(cm, task.labels, out / "confusion.png", title)),
             "reliability_png": str(plot_reliability(table, ece, out / "reliability.png", title)),
         }
+        cal = store.latest_report("calibration", version)
+        if cal and cal.get("temperature"):
+            # what the cascade actually thresholds: probabilities after the temperature fitted on calib
+            from .calibration import apply_temperature
+
+            T = float(cal["temperature"])
+            ece_t, table_t = expected_calibration_error(apply_temperature(probs, T), y)
+            report["student"].update(temperature=T, ece_after_temperature=ece_t)
+            report["reliability_after_temperature"] = table_t
+            report["reliability_after_temperature_png"] = str(plot_reliability(
+                table_t, ece_t, out / "reliability_after_temperature.png", f"{title}, T = {T:.2f} (fitted on calib)"))
         report["teacher_on_split"] = teacher_accuracy(store, items, correct)
         report["teacher_single_call_on_split"] = teacher_single_call_accuracy(store, items, correct)
         model_dir = ws.abspath(row["path"])

@@ -130,7 +130,10 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     t.add_column("accuracy  [95% CI]")
     t.add_column("note")
     s = rep["student"]
-    t.add_row(f"student ({rep['kind']}, {runtime})", _ci(s), f"ECE {s['ece']:.3f}")
+    ece = f"ECE {s['ece']:.3f}"
+    if s.get("ece_after_temperature") is not None:
+        ece += f"; after T = {s['temperature']:.2f} (calib): {s['ece_after_temperature']:.3f}"
+    t.add_row(f"student ({rep['kind']}, {runtime})", _ci(s), ece)
     te = rep.get("teacher_on_split")
     if te:
         note = f"coverage {pct(te['coverage'])}"
@@ -161,5 +164,7 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     for r in rep["per_class"]:
         pc.add_row(r["label"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
     console.print(pc)
+    if rep.get("reliability_after_temperature_png"):
+        console.print(f"reliability after temperature: {rep['reliability_after_temperature_png']}")
     console.print(f"confusion matrix: {rep['confusion_png']}\nreliability plot: {rep['reliability_png']}\n"
                   f"report: {rep['json']}")
