@@ -104,12 +104,18 @@ def teacher_accuracy(store: Store, items: list[Item], student_correct: np.ndarra
     correct = np.array([got[i] == gold[i] for i in with_label])
     out = {**_ci_dict(correct), "labelled": len(got), "with_consensus": len(with_label),
            "coverage": len(with_label) / len(gold)}
-    if student_correct is not None and len(with_label) > 1:
+    if student_correct is not None:
         pos = {it.id: k for k, it in enumerate(items)}
-        sc = np.array([student_correct[pos[i]] for i in with_label])
-        d, lo, hi = paired_diff_ci(sc, correct)
-        out.update(student_on_same_items=float(sc.mean()), student_minus_teacher=d, diff_ci95=[lo, hi])
+        out.update(_student_vs(np.asarray(student_correct, bool)[[pos[i] for i in with_label]], correct))
     return out
+
+
+def _student_vs(student_correct: np.ndarray, teacher_correct: np.ndarray) -> dict[str, Any]:
+    """Student and teacher on the same items: the student's accuracy there and the paired difference."""
+    if len(teacher_correct) < 2:
+        return {}
+    d, lo, hi = paired_diff_ci(student_correct, teacher_correct)
+    return {"student_on_same_items": float(np.mean(student_correct)), "student_minus_teacher": d, "diff_ci95": [lo, hi]}
 
 
 def teacher_single_call_accuracy(store: Store, items: list[Item],
@@ -138,10 +144,8 @@ def teacher_single_call_accuracy(store: Store, items: list[Item],
     pos = [k for k, it in enumerate(items) if it.gold_label and it.content_hash in answers]
     correct = np.array([answers[items[k].content_hash] == items[k].gold_label for k in pos])
     out = {**_ci_dict(correct), "model": model, "coverage": len(pos) / len(gold)}
-    if student_correct is not None and len(pos) > 1:
-        sc = np.asarray(student_correct, bool)[pos]
-        d, lo, hi = paired_diff_ci(sc, correct)
-        out.update(student_on_same_items=float(sc.mean()), student_minus_teacher=d, diff_ci95=[lo, hi])
+    if student_correct is not None:
+        out.update(_student_vs(np.asarray(student_correct, bool)[pos], correct))
     return out
 
 

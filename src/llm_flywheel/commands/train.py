@@ -19,6 +19,11 @@ def _ci(d: dict | None) -> str:
     return f"{100 * d['accuracy']:.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]  n={d['n']}"
 
 
+def _pt(diff: float, ci: list[float]) -> str:
+    """An accuracy difference in points with its 95 % CI."""
+    return f"{100 * diff:+.1f} pt [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 @click.command()
 @click.argument("dataset")
 @click.option("--kind", "-k", type=click.Choice(sorted(STUDENT_KINDS)), default=None,
@@ -134,29 +139,21 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     if s.get("ece_after_temperature") is not None:
         ece += f"; after T = {s['temperature']:.2f} (calib): {s['ece_after_temperature']:.3f}"
     t.add_row(f"student ({rep['kind']}, {runtime})", _ci(s), ece)
-    te = rep.get("teacher_on_split")
-    if te:
-        note = f"coverage {pct(te['coverage'])}"
+    for name, te, note in (("teacher (consensus)", rep.get("teacher_on_split"), ""),
+                           ("teacher (single call)", rep.get("teacher_single_call_on_split"), "pass 0; ")):
+        if not te:
+            if name == "teacher (consensus)":
+                t.add_row(name, "-", "the teacher labelled no items of this split")
+            continue
+        note += f"coverage {pct(te['coverage'])}"
         if "student_minus_teacher" in te:
-            lo, hi = te["diff_ci95"]
-            note += f"; student - teacher {100 * te['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        t.add_row("teacher (consensus)", _ci(te), note)
-    else:
-        t.add_row("teacher (consensus)", "-", "the teacher labelled no items of this split")
-    t1 = rep.get("teacher_single_call_on_split")
-    if t1:
-        note = f"pass 0 of {t1['model']}, coverage {pct(t1['coverage'])}"
-        if "student_minus_teacher" in t1:
-            lo, hi = t1["diff_ci95"]
-            note += f"; student - teacher {100 * t1['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        t.add_row("teacher (single call)", _ci(t1), note)
+            note += f"; student - teacher {_pt(te['student_minus_teacher'], te['diff_ci95'])}"
+        t.add_row(name, _ci(te), note)
     if rep.get("training_label_accuracy"):
         t.add_row("teacher labels the student learned from", _ci(rep["training_label_accuracy"]), "train split, vs gold")
     c = rep.get("ceiling")
     if c:
-        lo, hi = c["diff_ci95"]
-        t.add_row("gold-label ceiling", _ci(c), f"student - ceiling {100 * c['student_minus_ceiling']:+.1f} pt "
-                                               f"[{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        t.add_row("gold-label ceiling", _ci(c), f"student - ceiling {_pt(c['student_minus_ceiling'], c['diff_ci95'])}")
     console.print(t)
     pc = Table(title="per class")
     for col in ("label", "precision", "recall", "F1", "support"):
