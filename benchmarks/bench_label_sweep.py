@@ -14,7 +14,7 @@ Fashion-MNIST with the **SIMULATED** teacher (~85 % single call), through the pr
 The crossover -- the smallest count where the paired CI lies above zero -- is what a user budgeting an LLM
 teacher wants to know.  Teacher answers and models are cached in the workspace, so re-running is cheap.
 
-Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn]
+Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
 """
 
 from __future__ import annotations
@@ -80,6 +80,36 @@ def pct(d: dict | None) -> str:
     return "-" if not d else f"{100 * d['accuracy']:.1f} % [{100 * d['ci95'][0]:.1f}, {100 * d['ci95'][1]:.1f}]"
 
 
+def plot(rows: list[dict], path: Path, student: str) -> None:
+    """Student, gold ceiling and the teacher's single call (95 % CIs) against the number of teacher labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([r["labels"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for key, name, style in (("student", f"student ({student}) on teacher labels", "-o"),
+                             ("ceiling", "same student on gold labels", "--s"),
+                             ("teacher_single_call", "teacher, single call", ":^")):
+        acc = np.array([100 * r[key]["accuracy"] for r in rows])
+        lo = np.array([100 * r[key]["ci95"][0] for r in rows])
+        hi = np.array([100 * r[key]["ci95"][1] for r in rows])
+        ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt=style, capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:,}" for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("teacher labels (train + val)")
+    ax.set_ylabel("test accuracy, % (95 % CI)")
+    ax.set_title("Fashion-MNIST, simulated teacher: when does the student overtake it?", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workspace", default=os.environ.get("BENCH_WS", "/tmp/flywheel-bench-sweep"))
@@ -91,6 +121,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=5.0, help="simulated teacher latency (does not affect labels)")
     ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
     a = ap.parse_args()
     counts = sorted(int(c) for c in a.counts.split(","))
     if counts[0] <= a.val:
@@ -138,6 +169,9 @@ def main() -> int:
           f"{f'{crossover:,}' if crossover else 'none of ' + a.counts}")
     if a.out:
         Path(a.out).write_text(json.dumps({"rows": rows, "crossover": crossover}, indent=2, default=float))
+    if a.plot:
+        plot(rows, Path(a.plot), a.student)
+        print(f"plot: {a.plot}")
     return 0
 
 
