@@ -231,4 +231,6 @@ def test_onnx_minilm_encoder_matches_torch(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert (tmp_path / "llm-flywheel" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
     np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode(texts[2:4]), got[2:4], atol=1e-6)  # reuses the export
+    (tmp_path / "llm-flywheel" / "onnx" / "all-MiniLM-L6-v2.onnx").write_bytes(b"truncated")  # a damaged cache
+    np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode(texts[2:4]), got[2:4], atol=1e-6)  # re-exported
 

@@ -190,7 +190,13 @@ class OnnxMiniLMEncoder(MiniLMEncoder):
         tok = Tokenizer.from_file(str(mdir / "tokenizer.json"))
         tok.enable_truncation(max_len)
         tok.enable_padding()
-        self._tokenizer, self._session = tok, make_session(encoder_onnx_path(self.ws))
+        path = encoder_onnx_path(self.ws)
+        try:
+            session = make_session(path)
+        except StudentError:  # an unreadable cached export (disk trouble, older format): export it again, once
+            path.unlink(missing_ok=True)
+            session = make_session(encoder_onnx_path(self.ws))
+        self._tokenizer, self._session = tok, session
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         self._ready()
