@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_accuracy import log
+from llm_flywheel.data.fashion_mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from llm_flywheel.evaluation import accuracy_ci
 from llm_flywheel.students.base import fit_torch, predict_torch, set_torch_threads, softmax, targets_matrix
 from llm_flywheel.students.image import _augment, _build_net
@@ -42,21 +42,18 @@ DATA = Path("/usr/share/datasets/fashion-mnist")
 NAMES = ("t_shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _idx(name: str, offset: int) -> np.ndarray:
-    with gzip.open(DATA / name) as fh:
-        return np.frombuffer(fh.read(), np.uint8, offset=offset)
-
-
 def load() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: apt-get install dataset-fashion-mnist")
-    xtr = _idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32)
-    xte = _idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32)
-    return xtr, _idx("train-labels-idx1-ubyte.gz", 8).astype(int), xte, _idx("t10k-labels-idx1-ubyte.gz", 8).astype(int)
+
+    def images(name: str) -> np.ndarray:
+        return read_idx(DATA / name, IMAGES_MAGIC)[:, None].astype(np.float32)
+
+    def labels(name: str) -> np.ndarray:
+        return read_idx(DATA / name, LABELS_MAGIC).astype(int)
+
+    return (images("train-images-idx3-ubyte.gz"), labels("train-labels-idx1-ubyte.gz"),
+            images("t10k-images-idx3-ubyte.gz"), labels("t10k-labels-idx1-ubyte.gz"))
 
 
 class Teacher:

@@ -23,31 +23,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench_accuracy import DATASET, fmt, log, prepare
 from llm_flywheel.evaluation import evaluate
 from llm_flywheel.training import train_student
 from llm_flywheel.workspace import Workspace
-
-DATASET = "fashion-mnist"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def prepare(ws: Workspace, limit: int, val: int) -> None:
-    from llm_flywheel.data.registry import add_dataset
-
-    with ws.store() as store:
-        if DATASET in store.dataset_names():
-            return
-    log(f"importing Fashion-MNIST (first {limit} of each source split)")
-    rep = add_dataset(ws, DATASET, limit=limit, val=val, calib=100, stream=100, progress=False)
-    log(rep.summary())
 
 
 def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int]:
@@ -74,10 +57,6 @@ def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int
         r2 = label_items(ws, DATASET, test_ids, teacher, LabelConfig(passes=1, concurrency=16), progress=False)
     log(f"labelled: calls {r1.calls_made + r2.calls_made}, cached {r1.answers_cached + r2.answers_cached}")
     return order
-
-
-def pct(d: dict | None) -> str:
-    return "-" if not d else f"{100 * d['accuracy']:.1f} % [{100 * d['ci95'][0]:.1f}, {100 * d['ci95'][1]:.1f}]"
 
 
 def plot(rows: list[dict], path: Path, student: str) -> None:
@@ -128,7 +107,7 @@ def main() -> int:
         print(f"every count must exceed --val ({a.val})", file=sys.stderr)
         return 2
     ws = Workspace.open(a.workspace)
-    prepare(ws, a.limit, a.val)
+    prepare(ws, a.limit, a.val, calib=100, stream=100)
     order = label(ws, counts[-1] - a.val, a.seed, a.latency_ms)
     with ws.store() as store:
         effective = store.effective_labels(DATASET, split="train")
@@ -163,8 +142,8 @@ def main() -> int:
             diff = f"{100 * t['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
             if lo > 0 and crossover is None:
                 crossover = r["labels"]
-        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {pct(r['student'])} | {pct(r['ceiling'])} | {pct(t)} | {diff} | "
-              f"{pct(r['training_label_accuracy'])} |")
+        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {fmt(r['student'])} | {fmt(r['ceiling'])} | {fmt(t)} | {diff} | "
+              f"{fmt(r['training_label_accuracy'])} |")
     print(f"smallest count where the student beats the teacher's single call (paired 95 % CI above 0): "
           f"{f'{crossover:,}' if crossover else 'none of ' + a.counts}")
     if a.out:

@@ -99,7 +99,7 @@ def text_case(tmp: Path, n: int) -> tuple[str, Any, Any, list[Any], str, float, 
     """
     import os
 
-    from llm_flywheel.students.text import MiniLMStudent, _model_dir
+    from llm_flywheel.students.text import MiniLMStudent, _model_dir, encoder_onnx_path
 
     os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")  # the encoder's one-time ONNX export goes here, not ~/.cache
     rng = np.random.default_rng(0)
@@ -111,8 +111,6 @@ def text_case(tmp: Path, n: int) -> tuple[str, Any, Any, list[Any], str, float, 
     s.export_onnx(folder / "model.onnx")
     ort = OnnxStudent(folder)
     ort.predict_proba_raw(texts[:2])  # exports the encoder once, outside the timing
-    from llm_flywheel.students.text import encoder_onnx_path
-
     onnx_mb = ((folder / "model.onnx").stat().st_size + encoder_onnx_path(None).stat().st_size) / 1e6
     pt_mb = ((_model_dir() / "model.safetensors").stat().st_size + (folder / "head.pt").stat().st_size) / 1e6
     return "text-minilm", MiniLMStudent.load(folder, None), ort, texts, "8-60 words", onnx_mb, pt_mb
