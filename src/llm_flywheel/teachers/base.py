@@ -9,6 +9,24 @@ from typing import Protocol, runtime_checkable
 from ..store import Item
 from ..task import Task
 
+# The vocabulary of ``TeacherAnswer.error_kind`` (and ``teacher_answers.error_kind``), shared by the client that
+# classifies a failure and the labeller / cascade / CLI that decide what to do about it.
+#   transient (retried with backoff, then retried next run): http_429, http_5xx, timeout
+#   per-item, final or re-asked once: parse, off_list, refused, truncated, context_exceeded
+#   fatal for the whole run (asking again cannot help; stop early with a message that names the fix):
+FATAL_ERROR_KINDS: frozenset[str] = frozenset({
+    "connection",   # connection refused / reset before any byte: nothing listens at the URL
+    "dns",          # the host name does not resolve
+    "auth",         # HTTP 401 / 403: missing or wrong API key
+    "not_found",    # HTTP 404: wrong base URL or unknown model
+})
+TRANSIENT_ERROR_KINDS: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout"})
+
+
+def is_fatal(error_kind: str | None) -> bool:
+    """True when every further call to the same endpoint would fail the same way."""
+    return error_kind in FATAL_ERROR_KINDS
+
 
 @dataclass
 class TeacherAnswer:
