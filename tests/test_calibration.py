@@ -208,3 +208,29 @@ def test_noisy_reference_does_not_stop_a_strong_student():
         ch = choose_threshold(conf, correct, target_accuracy=0.8, delta=0.1)
         fractions.append(ch.teacher_fraction)
     assert np.mean(fractions) < 0.1 and np.mean(np.asarray(fractions) > 0.5) < 0.05
+
+
+def test_budget_uses_every_calib_item_when_hard_items_lack_a_label():
+    """Items whose teacher passes disagreed have no label and are the hard (low-confidence) ones.  The budget
+    threshold must count them (``budget_conf``): chosen on the labelled items alone it overshoots the cap on new
+    traffic most of the time (the demo's stream deferred 10.85 % against a 10 % cap)."""
+    rng = np.random.default_rng(11)
+    trials, n, cap, delta = 300, 1000, 0.1, 0.1
+    over_all = over_labelled = 0
+    fracs = []
+    for _ in range(trials):
+        c, ok = _draw(n, rng)
+        unresolved = rng.random(n) < 0.4 * ((1 - c) / (1 - LO)) ** 2  # disagreement is likelier on hard items
+        keep = ~unresolved
+        ch = choose_threshold(c[keep], ok[keep], max_teacher_fraction=cap, delta=delta, budget_conf=c)
+        assert ch.n_calib == n and ch.teacher_fraction == pytest.approx(float(np.mean(c < ch.threshold)))
+        biased = choose_threshold(c[keep], ok[keep], max_teacher_fraction=cap, delta=delta)
+        new, _ = _draw(20000, rng)
+        frac = float(np.mean(new < ch.threshold))
+        fracs.append(frac)
+        over_all += frac > cap
+        over_labelled += float(np.mean(new < biased.threshold)) > cap
+    slack = 3 * math.sqrt(delta * (1 - delta) / trials)
+    assert over_all / trials <= delta + slack, over_all
+    assert over_labelled / trials > 3 * delta  # the filtered rule breaks the guarantee
+    assert 0.08 < float(np.mean(fracs)) < cap  # the budget is used, not wasted

@@ -216,6 +216,7 @@ def choose_threshold(
     target_accuracy: float | None = None,
     max_teacher_fraction: float | None = None,
     delta: float = 0.1,
+    budget_conf: np.ndarray | None = None,
 ) -> ThresholdChoice:
     """Pick the cascade threshold on calibration data for an accuracy goal, a teacher budget, or both.
 
@@ -237,6 +238,11 @@ def choose_threshold(
     budget is a hard cap) with a note saying the accuracy target is not guaranteed.  With both goals each guarantee
     holds at 1 - ``delta`` on its own; that both hold at once is guaranteed only at 1 - 2 ``delta`` (union bound) --
     pass ``delta / 2`` for a joint 1 - ``delta``.
+
+    ``budget_conf``: the confidences of *every* calibration item, also those without a usable reference label
+    (``conf``/``correct`` cover only the labelled ones).  A deferral-rate goal needs no labels, and the items whose
+    teacher passes disagreed are the hard ones: leaving them out lowers the deferral rate seen on calibration and
+    the budget is overshot on new traffic.  The teacher fraction and coverage reported are measured on these.
     """
     conf = np.asarray(conf, dtype=np.float64).ravel()
     correct = np.asarray(correct).astype(bool).ravel()
@@ -253,15 +259,20 @@ def choose_threshold(
     if not np.isfinite(conf).all():
         raise ValueError("conf contains NaN or infinite values")
     n_cal = len(conf)
+    bconf = conf if budget_conf is None else np.asarray(budget_conf, dtype=np.float64).ravel()
+    if not np.isfinite(bconf).all():
+        raise ValueError("budget_conf contains NaN or infinite values")
+    n_all = len(bconf)
 
     def summary(t: float, goal: str, target: float, feasible: bool, note: str, p: float | None = None) -> ThresholdChoice:
         n, k = _at(conf, correct, t)
         level = delta / SEQUENCES if goal.startswith("accuracy") else delta
         lb = float(clopper_pearson_lower(k, n, level)) if n else 0.0
+        tf = float(np.mean(bconf < t)) if n_all else 1.0
         return ThresholdChoice(
             threshold=float(t), goal=goal, target=float(target), delta=float(delta),
-            coverage=n / n_cal if n_cal else 0.0, accuracy_accepted=k / n if n else float("nan"), accuracy_bound=lb,
-            teacher_fraction=1 - n / n_cal if n_cal else 1.0, n_calib=n_cal, feasible=feasible, note=note,
+            coverage=1 - tf, accuracy_accepted=k / n if n else float("nan"), accuracy_bound=lb,
+            teacher_fraction=tf, n_calib=n_all, feasible=feasible, note=note,
             max_teacher_fraction=max_teacher_fraction, p_value=p,
         )
 
@@ -296,10 +307,7 @@ def choose_threshold(
 
     t_bud: float | None = None
     if max_teacher_fraction is not None:
-        if n_cal == 0:
-            t_bud = 0.0
-        else:
-            t_bud = budget_threshold(conf, max_teacher_fraction, delta)
+        t_bud = budget_threshold(bconf, max_teacher_fraction, delta) if n_all else 0.0
 
     if target_accuracy is not None and max_teacher_fraction is None:
         if t_acc is None:
@@ -316,7 +324,7 @@ def choose_threshold(
                        acc_note + f"; defers <= {max_teacher_fraction:g} of calibration items", p_acc)
     why = acc_note if t_acc is None else (
         f"the accuracy target needs threshold {t_acc:.4f} (teacher fraction "
-        f"{float(np.mean(conf < t_acc)):.3f}) but the budget allows at most {max_teacher_fraction:g}")
+        f"{float(np.mean(bconf < t_acc)):.3f}) but the budget allows at most {max_teacher_fraction:g}")
     return summary(t_bud, "accuracy+budget", target_accuracy, False,
                    f"INFEASIBLE: {why}; using the budget threshold, the accuracy target is NOT guaranteed")
 
@@ -480,6 +488,7 @@ def calibrate(
         else:
             ref = {it.id: it.gold_label for it in items if it.gold_label is not None}
             ref_note = "calib split GOLD labels (a human-verified dev set)"
+        all_items = items  # the budget goal uses every calib item, labelled or not (see choose_threshold)
         items = [it for it in items if ref.get(it.id) in task.labels]
         if not items:
             raise ValueError(
@@ -497,15 +506,18 @@ def calibrate(
     student = load_student(ws, version)
     labels = list(student.labels)
     t0 = time.perf_counter()
-    probs = np.concatenate([student.predict_proba(items[s : s + 512]) for s in range(0, len(items), 512)])
-    per_item_s = (time.perf_counter() - t0) / len(items)
+    all_probs = np.concatenate([student.predict_proba(all_items[s : s + 512]) for s in range(0, len(all_items), 512)])
+    per_item_s = (time.perf_counter() - t0) / len(all_items)
+    pos = {it.id: i for i, it in enumerate(all_items)}
+    probs = all_probs[[pos[it.id] for it in items]]
     y = np.asarray([labels.index(ref[it.id]) for it in items])
     T = fit_temperature(probs, y)
     cal = apply_temperature(probs, T)
     conf = cal.max(axis=1)
     correct = cal.argmax(axis=1) == y
+    all_conf = apply_temperature(all_probs, T).max(axis=1)
     choice = choose_threshold(conf, correct, target_accuracy=target_accuracy,
-                              max_teacher_fraction=max_teacher_fraction, delta=delta)
+                              max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)
     teacher_correct = None
     if reference == "gold":
         teacher_correct = np.asarray([teacher_labels.get(it.id) == ref[it.id] for it in items])
@@ -515,7 +527,7 @@ def calibrate(
     report: dict[str, Any] = {
         "version": version, "dataset": dataset, "temperature": T, "T": T, "threshold": choice.threshold,
         "feasible": choice.feasible, "goal": choice.goal, "choice": choice.to_dict(),
-        "reference": reference, "reference_note": ref_note, "n_calib": len(items),
+        "reference": reference, "reference_note": ref_note, "n_calib": len(items), "n_calib_all": len(all_items),
         "ece_before": ece(probs, y), "ece_after": ece(cal, y),
         "nll_before": _nll(probs, y), "nll_after": _nll(cal, y),
         "student_accuracy_calib": float(correct.mean()),
