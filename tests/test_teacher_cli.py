@@ -49,3 +49,32 @@ def test_label_errors_are_clear(synth_ws, monkeypatch):
     assert res.exit_code != 0 and "PROVIDER:MODEL" in res.output
     for cmd in (["label"], ["teacher", "simulate"], ["teacher", "quality"], ["review", "import"]):
         assert runner.invoke(main, [*cmd, "--help"]).exit_code == 0
+
+
+def test_label_exit_codes_say_why_it_stopped(synth_ws, monkeypatch):
+    """0 done; 2 bad configuration; 3 stopped on a fatal teacher error; 4 call cap reached; 5 items left unanswered."""
+    from fault_server import FaultServer, status
+
+    from llm_flywheel.cli import ExitCode
+
+    runner = CliRunner()
+    w = ["-w", str(synth_ws.root)]
+    base = [*w, "label", "synth", "--split", "all", "--passes", "1", "--no-tie-break", "--max-retries", "0"]
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    res = runner.invoke(main, [*base, "--limit", "3"])  # default teacher, no key in the environment
+    assert res.exit_code == ExitCode.USAGE and "OPENROUTER_API_KEY" in res.output
+    with FaultServer(default=status(401, {"error": {"message": "bad key"}})) as srv:
+        res = runner.invoke(main, [*base, "--limit", "20", "--teacher", f"{srv.url}|fault-model", "--concurrency", "1"])
+        assert res.exit_code == ExitCode.TEACHER_FAILED, res.output
+        assert "stopped early" in res.output and len(srv.requests) < 20
+    with FaultServer(default=status(503, {"error": {"message": "overloaded"}})) as srv:
+        res = runner.invoke(main, [*base, "--limit", "4", "--teacher", f"{srv.url}|fault-model", "--no-progress"])
+        assert res.exit_code == ExitCode.INCOMPLETE, res.output
+        assert "re-run" in res.output
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)) as url:
+        spec = f"{url}|{model_id('synth')}"
+        res = runner.invoke(main, [*base, "--limit", "30", "--teacher", spec, "--max-calls", "10", "--json"])
+        assert res.exit_code == ExitCode.BUDGET, res.output
+        assert json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])["exit_code"] == ExitCode.BUDGET
+        res = runner.invoke(main, [*base, "--limit", "30", "--teacher", spec, "--no-progress"])
+        assert res.exit_code == ExitCode.OK, res.output

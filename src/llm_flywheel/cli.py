@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+from enum import IntEnum
+from typing import Any
+
 import click
 from rich.console import Console
 
@@ -15,6 +18,62 @@ from . import __version__
 from .workspace import Workspace
 
 console = Console(stderr=True)
+
+
+class ExitCode(IntEnum):
+    """Exit statuses a script can rely on (documented in the README and in ``flywheel --help``)."""
+
+    OK = 0  # done
+    ERROR = 1  # a failure not listed below (the message says what happened)
+    USAGE = 2  # bad usage or configuration: unknown option, bad value, missing API key, unknown dataset
+    TEACHER_FAILED = 3  # stopped early on a teacher error that asking again cannot fix (connection, DNS, auth, 404)
+    BUDGET = 4  # stopped at --budget-usd / --max-calls; re-run with a larger cap to continue
+    INCOMPLETE = 5  # finished, but some items still have no teacher answer (transient errors); re-run to retry them
+
+
+EXIT_CODES_HELP = (
+    "\b\nExit codes:\n"
+    "  0  done\n"
+    "  1  other error (the message says what happened)\n"
+    "  2  bad usage or configuration (bad option, missing API key, unknown dataset)\n"
+    "  3  stopped early on a teacher error (connection refused, DNS, 401/403, 404)\n"
+    "  4  --budget-usd / --max-calls reached (re-run with a larger cap to continue)\n"
+    "  5  finished, but some items still lack a teacher answer (re-run to retry them)"
+)
+
+
+class FlywheelExit(click.ClickException):
+    """A known condition: print ``Error: message`` (no traceback) and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = ExitCode.ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = int(code)
+
+
+def config_error(message: str) -> FlywheelExit:
+    """Bad configuration (missing key, unknown dataset...): exit status 2 like click's own usage errors."""
+    return FlywheelExit(message, ExitCode.USAGE)
+
+
+def label_exit_code(result: Any) -> int:
+    """The exit status of a labelling run (``labeling.LabelRunResult``): why it stopped, or whether work is left."""
+    if getattr(result, "stopped_by_budget", False):
+        return ExitCode.BUDGET
+    if getattr(result, "stopped_reason", None):
+        return ExitCode.TEACHER_FAILED
+    if getattr(result, "failed", 0) and getattr(result, "unlabelled", 0):
+        return ExitCode.INCOMPLETE
+    return ExitCode.OK
+
+
+def progress_enabled(no_progress: bool) -> bool:
+    """Progress bars only on a terminal and without --no-progress; elsewhere the stages print plain lines."""
+    return not no_progress and console.is_terminal
+
+
+def no_progress_option(f: Any) -> Any:
+    return click.option("--no-progress", is_flag=True,
+                        help="No progress bars (they are off anyway when stderr is not a terminal).")(f)
 
 # module name under llm_flywheel.commands -> attribute names of click commands/groups to register
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
@@ -43,7 +102,7 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option(
     "--workspace",
     "-w",

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..cli import Ctx, console, pass_ctx
+from ..cli import EXIT_CODES_HELP, Ctx, ExitCode, config_error, console, label_exit_code, no_progress_option, pass_ctx, progress_enabled
 from ..labeling import LabelConfig, label_items, plan
 from ..store import StoreError
 from ..task import Task
@@ -44,7 +44,7 @@ def _money(v: Any) -> str:
     "  flywheel label fashion-mnist --limit 1500 --budget-usd 0.50 --concurrency 32\n\n"
     "Every answer is stored before it is used: re-running makes no new calls, a killed run resumes, failed calls "
     "(network, unparseable) are retried on the next run. Disagreeing passes get a tie-break pass and are queued "
-    "for `flywheel review export`.",
+    "for `flywheel review export`.\n\n" + EXIT_CODES_HELP,
 )
 @click.argument("dataset")
 @click.option("--split", default="train", show_default=True,
@@ -65,15 +65,17 @@ def _money(v: Any) -> str:
               help="Retries per call on 429 / 5xx / timeout / connection errors (never on other 4xx).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print calls needed and estimated cost; make no call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@no_progress_option
 @pass_ctx
 def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
           passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
-          max_calls: int | None, timeout: float, max_retries: int, plan_only: bool, as_json: bool) -> None:
+          max_calls: int | None, timeout: float, max_retries: int, plan_only: bool, as_json: bool,
+          no_progress: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
     try:
         parse_spec(spec)  # a typo in the spec is reported before anything else
     except TeacherConfigError as e:
-        raise click.ClickException(str(e)) from None
+        raise config_error(str(e)) from None
     ws = ctx.workspace(create=False)
     item_ids = _ids(ids)
     store = ws.store()
@@ -81,7 +83,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         try:
             task = Task.from_json(store.dataset_task_json(dataset))
         except StoreError as e:
-            raise click.ClickException(str(e)) from None
+            raise config_error(str(e)) from None
         if item_ids is None:
             items = store.items(dataset, split=None if split == "all" else split, limit=limit)
             if not items:
@@ -96,7 +98,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
                           max_calls=max_calls, tie_break=not no_tie_break)
         teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
     except (ValueError, TeacherConfigError) as e:
-        raise click.ClickException(str(e)) from None
+        raise config_error(str(e)) from None
     if teacher.is_simulated:
         console.print("[bold yellow]SIMULATED teacher[/]: answers come from gold labels through an error model, "
                       "not from an LLM.")
@@ -110,9 +112,9 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
             click.echo(json.dumps(p, indent=2, default=str))
         return
     try:
-        res = label_items(ws, dataset, item_ids, teacher, cfg, progress=True)
+        res = label_items(ws, dataset, item_ids, teacher, cfg, progress=progress_enabled(no_progress))
     except TeacherConfigError as e:
-        raise click.ClickException(str(e)) from None
+        raise config_error(str(e)) from None
     t = Table(title=f"labelling {dataset} with {teacher.display_name}")
     t.add_column("what")
     t.add_column("value", justify="right")
@@ -126,11 +128,17 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
     console.print(t)
     if res.errors:
         console.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(res.errors.items())))
+    code = label_exit_code(res)
     if res.stopped_reason:
         console.print(f"[bold red]stopped early[/]: {res.stopped_reason}. Re-run to continue; nothing is asked twice.")
+    elif code == ExitCode.INCOMPLETE:
+        console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
+                      f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
     _print_quality(ws, dataset, teacher.model)
     if as_json:
-        click.echo(json.dumps(res.to_dict(), indent=2, default=str))
+        click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
+    if code:
+        raise SystemExit(int(code))
 
 
 def _print_quality(ws: Any, dataset: str, model: str) -> None:
