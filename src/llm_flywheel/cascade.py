@@ -60,12 +60,15 @@ class CascadeAnswer:
 
 
 def promoted_version(store: Store, dataset: str) -> str:
-    """The promoted model of ``dataset`` (newest promoted), else the newest model; raises when there is none."""
-    row = store.conn.execute(
-        "SELECT version FROM models WHERE dataset=? ORDER BY promoted DESC, id DESC LIMIT 1", (dataset,)).fetchone()
-    if row is None:
-        raise CascadeError(f"dataset {dataset!r} has no trained model; run `flywheel train {dataset}` first")
-    return str(row["version"])
+    """The serving model of ``dataset`` (:func:`llm_flywheel.training.serving_version`: the promoted student, else
+    the newest student, never a gold-trained reference model); raises CascadeError when there is none."""
+    from .students.base import StudentError
+    from .training import serving_version
+
+    try:
+        return serving_version(store, dataset)
+    except StudentError as e:
+        raise CascadeError(str(e)) from None
 
 
 class Cascade:

@@ -171,6 +171,9 @@ def evaluate(
         row = model_row(store, version)
         if row["dataset"] != dataset:
             raise StudentError(f"model {version} was trained on {row['dataset']!r}, not {dataset!r}")
+        if ceiling and row.get("role") == "reference":
+            raise StudentError(f"model {version} is itself a reference model (trained on gold labels); evaluate the "
+                               "student it was built from with --ceiling instead")
         items = [it for it in store.items(dataset, split=split) if it.gold_label]
         if not items:
             raise StudentError(f"the {split} split of {dataset!r} has no items with gold labels to evaluate on")
@@ -188,6 +191,7 @@ def evaluate(
             "dataset": dataset,
             "version": version,
             "kind": row["kind"],
+            "role": row.get("role", "student"),
             "split": split,
             "runtime": runtime,
             "student": {**_ci_dict(correct), "ece": ece, "nll": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())},
@@ -240,12 +244,12 @@ def _read_train_ids(model_dir: Path) -> dict[str, Any] | None:
 def _ceiling(ws: Workspace, store: Store, dataset: str, version: str, row: dict[str, Any], model_dir: Path,
              train_ids: dict[str, Any] | None, items: list[Item], y: np.ndarray, correct: np.ndarray, runtime: str,
              progress: bool) -> dict[str, Any]:
-    """Same kind, same items, same seed/hyper-parameters -- gold labels.  Cached as ``<version>-gold-ceiling``."""
+    """Same kind, same items, same seed/hyper-parameters -- gold labels.  Cached as ``<version>-gold-ceiling``, a
+    *reference* model: trained on gold, so it is never a default for calibrate/predict/serve (see serving_version)."""
     if not train_ids:
         raise StudentError(f"model {version} has no train_ids.json; cannot build its gold-label ceiling")
     cver = f"{version}-gold-ceiling"
-    exists = store.conn.execute("SELECT 1 FROM models WHERE version=?", (cver,)).fetchone()
-    if not exists:
+    if store.model(cver) is None:
         ids = [int(i) for i in train_ids["train"]]
         val_source = train_ids.get("val_labels", "store")
         if val_source == "holdout":
@@ -261,7 +265,7 @@ def _ceiling(ws: Workspace, store: Store, dataset: str, version: str, row: dict[
             hp["size"] = pre.get("size", hp.get("size"))
         train_student(ws, dataset, kind=row["kind"], labels=gold, soft=False, weight_by_quality=False, seed=seed,
                       progress=progress, val_labels="holdout" if val_source == "holdout" else "gold",
-                      version=cver, round=row.get("round"), **hp)
+                      version=cver, round=row.get("round"), role="reference", **hp)
     cstudent = load_student(ws, cver, runtime=runtime)
     cprobs = cstudent.predict_proba(items)
     ccorrect = cprobs.argmax(axis=1) == y

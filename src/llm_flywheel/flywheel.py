@@ -265,12 +265,12 @@ class _Wheel:
             store.close()
 
     def _promoted_version(self) -> str | None:
+        """The promoted student (Store.serving_version, promoted only; never a gold-trained reference model)."""
         store = self.ws.store()
         try:
-            r = store.query("SELECT version FROM models WHERE dataset=? AND promoted=1 ORDER BY id DESC LIMIT 1", (self.dataset,))
+            return store.serving_version(self.dataset, promoted_only=True)
         finally:
             store.close()
-        return r[0]["version"] if r else None
 
     def _promote(self, version: str) -> None:
         store = self.ws.store()
@@ -520,7 +520,7 @@ class _Wheel:
                 self.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
                 # hard gold labels, no teacher soft targets or quality weights: a pure gold ceiling
                 tm = train_student(self.ws, self.dataset, kind=self.cfg.student_kind, labels=gold, seed=self.cfg.seed,
-                                   soft=False, weight_by_quality=False,
+                                   soft=False, weight_by_quality=False, role="reference",
                                    epochs=self.cfg.epochs, round=None, progress=self.progress, **self.cfg.student_hparams)
                 probs = predict_in_batches(tm.student, test_items)
                 pred = np.asarray(tm.student.labels)[probs.argmax(1)]

@@ -164,7 +164,30 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX reports_kind ON reports(kind, key);
     """,
+    # v2 -- model roles: a reference model (trained on gold labels, e.g. the gold-label ceiling) is for measurement
+    # only; it is never promoted, served or calibrated unless asked for by name.  Backfills the ceilings that
+    # `flywheel evaluate --ceiling` (<version>-gold-ceiling) and the wheel's end-of-run report recorded.
+    """
+    ALTER TABLE models ADD COLUMN role TEXT NOT NULL DEFAULT 'student';
+    UPDATE models SET role='reference', promoted=0 WHERE version LIKE '%-gold-ceiling'
+        OR version IN (SELECT json_extract(json, '$.gold_ceiling_version') FROM reports
+                       WHERE kind='wheel' AND json_valid(json));
+    CREATE TRIGGER models_reference_never_promoted BEFORE UPDATE OF promoted ON models
+        WHEN NEW.promoted=1 AND NEW.role='reference'
+    BEGIN
+        SELECT RAISE(ABORT, 'a reference model (trained on gold labels) cannot be promoted');
+    END;
+    CREATE TRIGGER models_reference_never_promoted_insert BEFORE INSERT ON models
+        WHEN NEW.promoted=1 AND NEW.role='reference'
+    BEGIN
+        SELECT RAISE(ABORT, 'a reference model (trained on gold labels) cannot be promoted');
+    END;
+    """,
 ]
+
+MODEL_ROLES = ("student", "reference")
+"""``student``: trained on teacher/human labels, what the wheel serves.  ``reference``: trained on gold labels
+(the gold-label ceiling) -- a measurement, used only when asked for by name."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -357,6 +380,23 @@ class Store:
         with self.transaction() as c:
             c.executemany("UPDATE items SET split=? WHERE id=?", [(s, i) for i, s in assignments])
 
+    def split_rows(self, dataset: str) -> list[sqlite3.Row]:
+        """id, source_split, split, content_hash, text of every item (by id): what splitting and its checks need."""
+        return self.query("SELECT id, source_split, split, content_hash, text FROM items WHERE dataset=? ORDER BY id",
+                          (dataset,))
+
+    def split_counts(self, dataset: str) -> dict[str | None, int]:
+        """split (None: unassigned) -> number of items."""
+        return {r["split"]: int(r["n"]) for r in self.query(
+            "SELECT split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split", (dataset,))}
+
+    def labelled_counts_by_split(self, dataset: str) -> dict[str | None, int]:
+        """split -> items holding a label row (teacher or human, decided or not) or a review."""
+        return {r["split"]: int(r["n"]) for r in self.query(
+            "SELECT i.split AS split, COUNT(*) AS n FROM items i WHERE i.dataset=? AND ("
+            " EXISTS(SELECT 1 FROM labels l WHERE l.item_id=i.id) OR EXISTS(SELECT 1 FROM reviews r WHERE r.item_id=i.id))"
+            " GROUP BY i.split", (dataset,))}
+
     # -- labels ----------------------------------------------------------------------------------
     def effective_labels(self, dataset: str, *, split: str | Sequence[str] | None = None) -> dict[int, str]:
         """item id -> best available label: a human label outranks the teacher's consensus."""
@@ -383,6 +423,42 @@ class Store:
 
     def finish_run(self, run_id: int, status: str = "done") -> None:
         self.execute("UPDATE runs SET status=?, finished_at=? WHERE id=?", (status, time.time(), run_id))
+
+    def add_model(self, *, version: str, dataset: str, kind: str, path: str, metrics: dict[str, Any],
+                  meta: dict[str, Any], round: int | None, role: str = "student") -> None:
+        """Record a trained model; ``role='reference'`` (gold-trained) keeps it out of every default lookup."""
+        if role not in MODEL_ROLES:
+            raise ValueError(f"model role must be one of {MODEL_ROLES}, not {role!r}")
+        self.execute(
+            "INSERT INTO models(version, dataset, kind, path, metrics_json, meta_json, round, role, created_at) "
+            "VALUES(?,?,?,?,?,?,?,?,?)",
+            (version, dataset, kind, path, json.dumps(metrics, default=float), json.dumps(meta, default=str), round,
+             role, time.time()),
+        )
+
+    def model(self, version: str) -> dict[str, Any] | None:
+        """The ``models`` row of ``version`` as a dict, or None."""
+        row = self.conn.execute("SELECT * FROM models WHERE version=?", (version,)).fetchone()
+        return dict(row) if row else None
+
+    def model_versions(self, dataset: str | None = None, *, role: str | None = None, limit: int | None = None
+                       ) -> list[str]:
+        """Model versions, newest first, optionally of one dataset and/or one role."""
+        sql, params = "SELECT version FROM models WHERE 1=1", []
+        if dataset is not None:
+            sql, params = sql + " AND dataset=?", params + [dataset]
+        if role is not None:
+            sql, params = sql + " AND role=?", params + [role]
+        sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
+        return [r["version"] for r in self.query(sql, params)]
+
+    def serving_version(self, dataset: str, *, promoted_only: bool = False) -> str | None:
+        """THE serving model of ``dataset``: the newest promoted student, else (unless ``promoted_only``) the newest
+        student.  Reference models (gold-trained) are never returned: they are used only when named."""
+        where = "dataset=? AND role='student'" + (" AND promoted=1" if promoted_only else "")
+        row = self.conn.execute(f"SELECT version FROM models WHERE {where} ORDER BY promoted DESC, id DESC LIMIT 1",
+                                (dataset,)).fetchone()
+        return str(row["version"]) if row else None
 
     def add_report(self, kind: str, key: str, payload: dict[str, Any]) -> None:
         self.execute(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import Item, Store
+from .store import MODEL_ROLES, Item, Store
 from .students.base import ONNX_FILE, Student, StudentError
 from .students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
 from .task import Task
@@ -116,6 +116,7 @@ def train_student(
     val_labels: str = "auto",
     export_onnx: bool = True,
     version: str | None = None,
+    role: str = "student",
     **hparams: Any,
 ) -> TrainedModel:
     """Train a student on the labelled train split and record it as a new model version.
@@ -124,7 +125,11 @@ def train_student(
     ``val_labels``: ``auto`` = the val split's effective labels, or -- when the val split has none -- a 10 % holdout
     of the train labels; ``store`` = val split labels only (error if none); ``gold`` = the val split's gold labels
     (only when explicitly asked; recorded in the metrics); ``holdout`` = always the train holdout.
+    ``role='reference'`` records a model trained on gold labels (a ceiling): never served, promoted or calibrated
+    by default, only when asked for by name.
     """
+    if role not in MODEL_ROLES:
+        raise ValueError(f"role must be one of {MODEL_ROLES}, not {role!r}")
     if val_labels not in VAL_LABEL_SOURCES:
         raise ValueError(f"val_labels must be one of {VAL_LABEL_SOURCES}, not {val_labels!r}")
     store = ws.store()
@@ -184,7 +189,7 @@ def train_student(
         if epochs is not None:
             hparams["epochs"] = epochs
         student = build_student(kind, task, ws, seed=seed, progress=progress, **hparams)
-        config = {"dataset": dataset, "kind": kind, "soft": soft, "weight_by_quality": weight_by_quality, "seed": seed,
+        config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality, "seed": seed,
                   "round": round, "val_labels": val_source, "hparams": hparams}
         run_id = store.start_run("train", config)
         try:
@@ -204,6 +209,7 @@ def train_student(
         metrics: dict[str, Any] = {
             "val_acc": history.get("best_val_acc"),
             "val_labels": val_source,
+            "role": role,
             "n_train": len(train_items),
             "n_val": len(val_items),
             "label_sources": counts,
@@ -224,12 +230,8 @@ def train_student(
         }))
         (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         meta = json.loads((path / "meta.json").read_text())
-        store.execute(
-            "INSERT INTO models(version, dataset, kind, path, metrics_json, meta_json, round, created_at) "
-            "VALUES(?,?,?,?,?,?,?,?)",
-            (version, dataset, kind, str(path.relative_to(ws.root)), json.dumps(metrics, default=float),
-             json.dumps(meta, default=str), round, time.time()),
-        )
+        store.add_model(version=version, dataset=dataset, kind=kind, path=str(path.relative_to(ws.root)),
+                        metrics=metrics, meta=meta, round=round, role=role)
         store.finish_run(run_id, "done")
         return TrainedModel(version=version, path=path, student=student, metrics=metrics)
     finally:
@@ -248,20 +250,33 @@ def _onnx_check(ws: Workspace, path: Path, student: Student, items: list[Item]) 
 
 
 def model_row(store: Store, version: str) -> dict[str, Any]:
-    row = store.conn.execute("SELECT * FROM models WHERE version=?", (version,)).fetchone()
+    row = store.model(version)
     if row is None:
-        known = [r["version"] for r in store.query("SELECT version FROM models ORDER BY id DESC LIMIT 5")]
+        known = store.model_versions(limit=5)
         raise StudentError(f"no model version {version!r} (latest: {', '.join(known) or 'none'}); train one first")
-    return dict(row)
+    return row
+
+
+def serving_version(store: Store, dataset: str) -> str:
+    """THE model every default uses (calibrate, predict, serve, evaluate, the wheel): the promoted student, else the
+    newest student.  A reference model (gold-trained) is never a default -- name it with ``--version`` to use it."""
+    version = store.serving_version(dataset)
+    if version is None:
+        refs = store.model_versions(dataset, role="reference", limit=1)
+        hint = (f" (only the reference model {refs[0]} is there, trained on gold labels; name it with --version "
+                "to use it)") if refs else ""
+        raise StudentError(f"dataset {dataset!r} has no trained model to serve{hint}; run `flywheel train {dataset}`")
+    return version
 
 
 def latest_version(store: Store, dataset: str, *, promoted_first: bool = True) -> str:
-    """The promoted model of ``dataset`` if any, else the newest."""
-    order = "promoted DESC, id DESC" if promoted_first else "id DESC"
-    row = store.conn.execute(f"SELECT version FROM models WHERE dataset=? ORDER BY {order} LIMIT 1", (dataset,)).fetchone()
-    if row is None:
-        raise StudentError(f"dataset {dataset!r} has no trained model; run `flywheel train {dataset}`")
-    return row["version"]
+    """:func:`serving_version` (``promoted_first=False``: the newest student, promoted or not); never a reference."""
+    if promoted_first:
+        return serving_version(store, dataset)
+    versions = store.model_versions(dataset, role="student", limit=1)
+    if not versions:
+        return serving_version(store, dataset)  # raises with the hint
+    return versions[0]
 
 
 def load_student(ws: Workspace, version: str, *, runtime: str = "onnx") -> Student:

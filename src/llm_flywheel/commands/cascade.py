@@ -62,7 +62,7 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
                "target) >= 1 - delta, where accuracy is agreement with the calib split's labels (teacher "
                "consensus, human corrections outranking it; --reference gold uses gold labels instead).")
 @click.argument("dataset")
-@click.option("--version", help="Model version (default: the promoted model, else the newest).")
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--target-accuracy", type=float, help="Goal: accuracy on the items the student answers (0-1).")
 @click.option("--delta", type=float, default=0.1, show_default=True,
               help="Allowed probability that the accuracy guarantee fails.")
@@ -148,7 +148,7 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
 @click.option("--limit", type=int, help="With --split: at most this many items (by id).")
-@click.option("--version", help="Model version (default: the promoted model, else the newest).")
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
@@ -284,7 +284,7 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; loopback by default because there is no authentication.")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--version", help="Model version (default: the promoted model, else the newest).")
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")

@@ -101,7 +101,7 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
 
 @click.command()
 @click.argument("dataset")
-@click.option("--version", "-V", "version", default=None, help="Model version (default: the promoted model, else the newest).")
+@click.option("--version", "-V", "version", default=None, help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--split", default="test", show_default=True,
               type=click.Choice(["test", "val", "calib", "stream", "train"]), help="Split whose gold labels score the model.")
 @click.option("--ceiling", is_flag=True,
@@ -116,14 +116,14 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     from pathlib import Path
 
     from ..evaluation import evaluate as run_eval
-    from ..training import latest_version
+    from ..training import serving_version
 
     ws = ctx.workspace()
     try:
         if version is None:
             store = ws.store()
             try:
-                version = latest_version(store, dataset)
+                version = serving_version(store, dataset)
             finally:
                 store.close()
         rep = run_eval(ws, dataset, version, split=split, ceiling=ceiling, runtime=runtime,
