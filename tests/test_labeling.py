@@ -116,7 +116,7 @@ def test_budget_cap_in_dollars_is_never_exceeded(synth_ws, synth_task):
                         LabelConfig(concurrency=16, budget_usd=budget), progress=False)
         reqs = sim_stats(url)["requests"]
     spent = sum(a["cost_usd"] or 0 for a in _answers(synth_ws))
-    assert r.stopped_by_budget and "budget" in r.stopped_reason
+    assert r.stopped_by_budget and r.stopped_reason == "budget" and "--budget-usd" in r.stopped_message
     assert 0 < spent <= budget and r.cost_usd == pytest.approx(spent)
     assert reqs == r.calls_made < 400
     assert spent > budget * 0.5  # it used the budget rather than stopping at once
@@ -129,6 +129,7 @@ def test_call_cap_is_never_exceeded(synth_ws, synth_task):
                         LabelConfig(concurrency=16, max_calls=25), progress=False)
         assert sim_stats(url)["requests"] == 25
     assert r.calls_made == 25 and r.stopped_by_budget and len(_answers(synth_ws)) == 25
+    assert r.stopped_reason == "max_calls" and "--max-calls" in r.stopped_message
 
 
 def test_plan_counts_cached_calls_and_prices_them(synth_ws, synth_task):
@@ -149,13 +150,16 @@ def test_plan_counts_cached_calls_and_prices_them(synth_ws, synth_task):
 
 
 def test_fatal_auth_error_stops_the_run(synth_ws, synth_task, monkeypatch):
+    """A real server on 127.0.0.1 answering 401: the breaker stops after `breaker_threshold` identical answers."""
     monkeypatch.setenv("FW_KEY", "wrong")
     ids = _ids(synth_ws, 50)
     with FaultServer(default=status(401)) as srv:
         t = OpenAICompatTeacher(srv.url, "m", api_key_env="FW_KEY", task=synth_task)
-        r = label_items(synth_ws, "synth", ids, t, LabelConfig(concurrency=1), progress=False)
-    assert len(srv.requests) == 1 and r.failed == 1 and "401" in r.stopped_reason
-    assert all(not a["ok"] and a["error_kind"] == "http_4xx" for a in _answers(synth_ws))
+        r = label_items(synth_ws, "synth", ids, t, LabelConfig(concurrency=1, breaker_threshold=3), progress=False)
+    assert len(srv.requests) == 3 and r.failed == 3 and r.calls_made == 3
+    assert r.stopped_reason == "fatal_error" and not r.stopped_by_budget
+    assert srv.url in r.stopped_message and "API key" in r.stopped_message and "401" in r.stopped_message
+    assert all(not a["ok"] and a["error_kind"] in ("http_4xx", "auth") for a in _answers(synth_ws))
 
 
 def test_off_list_answers_are_final_and_recorded(synth_ws, synth_task):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -27,7 +29,8 @@ from typing import Any
 
 from .store import Item, Store
 from .task import Task
-from .teachers.base import TeacherAnswer
+from .teachers.base import TeacherAnswer, is_fatal
+from .teachers.concurrency import AdaptiveConcurrency, is_overload, remember_level, start_level
 from .teachers.openai_compat import OpenAICompatTeacher, RateLimiter, run_sync
 from .workspace import Workspace
 
@@ -40,6 +43,17 @@ _CHUNK = 900
 @dataclass
 class LabelConfig:
     """How to label.  ``passes`` diverse passes per item; ``tie_break`` adds pass ``passes`` where they disagree.
+
+    ``concurrency`` is a *cap*: with ``adaptive`` (the default) the labeller searches for the number of requests in
+    flight that gives the most answers per second (see :mod:`llm_flywheel.teachers.concurrency`), starting low for
+    a local server; ``adaptive=False`` keeps exactly ``concurrency`` in flight.
+
+    ``breaker_threshold``: after this many consecutive answers failing with the same *fatal* error kind
+    (:data:`~llm_flywheel.teachers.base.FATAL_ERROR_KINDS`: connection refused, DNS, auth, not found) the run stops
+    (``stopped_reason='fatal_error'``) instead of failing every remaining item the same way.
+
+    ``use_logprobs``: where answers carry the label's token log-probability, its probability is the per-answer
+    confidence in the consensus quality and the soft target (the verbalised confidence only where it is missing).
 
     The dollar cap holds as long as no single call costs more than its reservation (1.5 x the estimate from the
     task's prices or recorded calls, and >= 1.2 x the dearest call seen).  With no price known at all, calls go
@@ -55,6 +69,9 @@ class LabelConfig:
     queue_disagreements: bool = True
     cost_safety: float = 1.5  # reservation = estimated cost x this (and >= the dearest call seen)
     reask_unparseable: int = 1  # re-ask an unparseable/refused reply this many times within the run
+    adaptive: bool = True
+    breaker_threshold: int = 3
+    use_logprobs: bool = True
 
     def __post_init__(self) -> None:
         if self.passes < 1:
@@ -65,11 +82,28 @@ class LabelConfig:
             raise ValueError(f"budget_usd must be >= 0, got {self.budget_usd}")
         if self.max_calls is not None and self.max_calls < 0:
             raise ValueError(f"max_calls must be >= 0, got {self.max_calls}")
+        if self.breaker_threshold < 1:
+            raise ValueError(f"breaker_threshold must be >= 1, got {self.breaker_threshold}")
+
+
+STOP_REASONS = (None, "budget", "max_calls", "fatal_error")
 
 
 @dataclass
 class LabelRunResult:
-    """What a run did.  ``failed`` counts calls that failed *this run* (retried next run)."""
+    """What a run did.  ``failed`` counts calls that failed *this run* (retried next run).
+
+    Why a run stopped -- for scripts and exit codes:
+
+    * ``stopped_reason``: ``None`` (every job was attempted), ``"budget"`` (the dollar cap), ``"max_calls"`` (the
+      call cap) or ``"fatal_error"`` (the circuit breaker: ``breaker_threshold`` consecutive identical fatal errors
+      such as connection refused, DNS failure, 401/403 or 404; see ``fatal_error_kind``);
+    * ``stopped_message``: one human sentence naming the cause, the endpoint URL and the fix;
+    * ``stopped_by_budget``: True for ``"budget"`` and ``"max_calls"`` (kept for older callers);
+    * ``cancelled_calls``: calls still in flight (in back-off) when the breaker tripped, abandoned unanswered;
+    * ``concurrency``: the adaptive controller's summary (cap, final and largest level, back-offs).
+    A stopped run keeps everything it stored; re-running continues where it stopped and asks nothing twice.
+    """
 
     calls_made: int = 0
     cost_usd: float = 0.0
@@ -86,8 +120,13 @@ class LabelRunResult:
     tie_break_calls: int = 0
     queued_for_review: int = 0
     stopped_reason: str | None = None
+    stopped_message: str | None = None
+    fatal_error_kind: str | None = None
+    cancelled_calls: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    concurrency: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    base_url: str = ""
     prompt_version: str = ""
     simulated: bool = False
     items: int = 0
@@ -215,16 +254,47 @@ class Consensus:
     status: str  # agreed | tie_broken | disagreed | single
     votes: dict[str, int]
     answer_ids: list[int]
+    confidence_source: str = "verbalised"  # logprob | verbalised | mixed | default
 
 
-def consensus(answers: Sequence[dict[str, Any]], labels: Sequence[str]) -> Consensus | None:
+def answer_probability(answer: dict[str, Any], k: int, use_logprobs: bool = True) -> tuple[float, str]:
+    """How sure one answer is of its own label, in [1/k, 1], and where that came from.
+
+    The label's token probability ``exp(label_logprob)`` when present (refuel's labelling study found it the better
+    signal; verbalised confidences cluster at 0.8-0.99 whether right or wrong), else the verbalised confidence,
+    else :data:`DEFAULT_CONFIDENCE`.  The floor 1/k: an answer never argues against its own label (a sampled pass
+    can pick a label below 1/k; it still said that label).
+    """
+    lp = answer.get("label_logprob")
+    if use_logprobs and lp is not None:
+        try:
+            lpf = float(lp)
+        except (TypeError, ValueError):
+            lpf = float("nan")
+        if math.isfinite(lpf):
+            return min(max(math.exp(min(lpf, 0.0)), 1.0 / k), 1.0), "logprob"
+    c = answer.get("confidence")
+    if c is not None:
+        try:
+            cf = float(c)
+        except (TypeError, ValueError):
+            cf = float("nan")
+        if math.isfinite(cf):
+            return min(max(cf, 1.0 / k), 1.0), "verbalised"
+    return max(DEFAULT_CONFIDENCE, 1.0 / k), "default"
+
+
+def consensus(answers: Sequence[dict[str, Any]], labels: Sequence[str], *, use_logprobs: bool = True) -> Consensus | None:
     """One label from several passes.
 
-    * all valid passes agree (>= 2): ``agreed``, quality = mean confidence;
-    * a strict majority after dissent: ``tie_broken``, quality = majority share x mean confidence of the majority;
+    Each valid answer contributes ``p``, its probability for its own label (:func:`answer_probability`: the label
+    logprob where the provider returned one, else the verbalised confidence).
+
+    * all valid passes agree (>= 2): ``agreed``, quality = mean p;
+    * a strict majority after dissent: ``tie_broken``, quality = majority share x mean p of the majority;
     * no majority: ``disagreed``, label ``None`` (kept and queued, never dropped);
     * one valid pass: ``single``, quality halved (nothing checked it).
-    The soft target averages, per pass, ``confidence`` on the answer and the rest spread over the other labels.
+    The soft target averages, per pass, ``p`` on the answer and the rest spread over the other labels.
     """
     if not answers:
         return None
@@ -233,26 +303,26 @@ def consensus(answers: Sequence[dict[str, Any]], labels: Sequence[str]) -> Conse
     k = len(labels)
     if not valid:
         return Consensus(None, 0.0, {}, "disagreed", {"off_list": len(answers)}, ids)
+    probs = [answer_probability(a, k, use_logprobs) for a in valid]
+    sources = {src for _, src in probs}
+    source = sources.pop() if len(sources) == 1 else "mixed"
     soft = dict.fromkeys(labels, 0.0)
-    for a in valid:
-        c = a.get("confidence")
-        c = DEFAULT_CONFIDENCE if c is None else min(max(float(c), 1.0 / k), 1.0)
+    for a, (c, _) in zip(valid, probs):
         for lab in labels:
-            soft[lab] += (c if lab == a["label"] else (1.0 - c) / (k - 1)) / len(valid)
+            soft[lab] += (c if lab == a["label"] else (1.0 - c) / max(k - 1, 1)) / len(valid)
     votes = Counter(a["label"] for a in valid)
     (top, n_top), *rest = votes.most_common()
-    confs = [float(a["confidence"]) if a.get("confidence") is not None else DEFAULT_CONFIDENCE
-             for a in valid if a["label"] == top]
+    confs = [c for a, (c, _) in zip(valid, probs) if a["label"] == top]
     mean_c = sum(confs) / len(confs)
     n = len(valid)
     soft = {lab: round(p, 6) for lab, p in soft.items() if p > 0}
     if n == 1:
-        return Consensus(top, 0.5 * mean_c, soft, "single", dict(votes), ids)
+        return Consensus(top, 0.5 * mean_c, soft, "single", dict(votes), ids, source)
     if n_top == n:
-        return Consensus(top, mean_c, soft, "agreed", dict(votes), ids)
+        return Consensus(top, mean_c, soft, "agreed", dict(votes), ids, source)
     if n_top * 2 > n:
-        return Consensus(top, n_top / n * mean_c, soft, "tie_broken", dict(votes), ids)
-    return Consensus(None, n_top / n * mean_c, soft, "disagreed", dict(votes), ids)
+        return Consensus(top, n_top / n * mean_c, soft, "tie_broken", dict(votes), ids, source)
+    return Consensus(None, n_top / n * mean_c, soft, "disagreed", dict(votes), ids, source)
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -279,15 +349,67 @@ def _jobs(items: Sequence[Item], passes: Sequence[int], cached: set[tuple[str, i
     return jobs
 
 
+class CircuitBreaker:
+    """Counts consecutive answers failing with the same fatal error kind; trips at ``threshold``.
+
+    Why consecutive and identical: one 404 among successes is an item problem, but N in a row of
+    "connection refused" mean nothing listens at the URL, and every further call would fail the same way.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.kind: str | None = None
+        self.count = 0
+        self.detail: str | None = None
+
+    def record(self, ans: TeacherAnswer) -> bool:
+        """Feed one answer; True when the breaker trips with it."""
+        kind = ans.error_kind
+        if kind == "http_4xx" and ans.extra.get("fatal"):  # older client vocabulary: 401/403/404 with a flag
+            kind = f"http_{ans.extra.get('status', '4xx')}"
+        elif not is_fatal(kind):
+            self.kind, self.count = None, 0
+            return False
+        if kind != self.kind:
+            self.kind, self.count = kind, 0
+        self.count += 1
+        self.detail = ans.error_detail
+        return self.count >= self.threshold
+
+
+_FIXES = {
+    "connection": "start the server or correct the base URL (host and port)",
+    "dns": "the host name does not resolve: correct the base URL",
+    "auth": "check the API key (--api-key-env names the variable that holds it)",
+    "not_found": "check the base URL path (usually ending in /v1) and the model name",
+    "http_401": "check the API key (--api-key-env names the variable that holds it)",
+    "http_402": "the account has no credit left",
+    "http_403": "check the API key and the account's access to this model",
+    "http_404": "check the base URL path (usually ending in /v1) and the model name",
+}
+
+
+def fatal_message(kind: str, count: int, base_url: str, model: str, detail: str | None) -> str:
+    fix = _FIXES.get(kind, "check the teacher's base URL, model and API key")
+    det = f" (last: {detail[:160]})" if detail else ""
+    return (f"stopped after {count} consecutive '{kind}' errors from {base_url} (model {model}){det}; {fix}, "
+            f"then re-run -- stored answers are kept and nothing is asked twice")
+
+
 class _Runner:
+    BREAKER_GRACE_S = 2.0  # in-flight calls get this long to finish after the breaker trips, then are abandoned
+
     def __init__(self, ws: Workspace, store: Store, task: Task, teacher: OpenAICompatTeacher, cfg: LabelConfig,
-                 budget: Budget, result: LabelRunResult, run_id: int, progress: Any) -> None:
+                 budget: Budget, result: LabelRunResult, run_id: int, progress: Any, ctl: AdaptiveConcurrency) -> None:
         self.ws, self.store, self.task, self.teacher, self.cfg = ws, store, task, teacher, cfg
-        self.budget, self.result, self.run_id, self.progress = budget, result, run_id, progress
+        self.budget, self.result, self.run_id, self.progress, self.ctl = budget, result, run_id, progress, ctl
         self.stop = False
         self.known: dict[str, dict[int, str | None]] = {}  # content hash -> pass -> label of final answers
         self.tb_pass = cfg.passes if cfg.tie_break and cfg.passes >= 2 else None
         self.tb_queued: set[str] = set()
+        self.breaker = CircuitBreaker(cfg.breaker_threshold)
+        self.calls: set[asyncio.Future[Any]] = set()
+        self.abandoning = False
 
     def needs_tie_break(self, h: str) -> bool:
         """All main passes answered, no off-list among them, and no strict majority: ask pass ``k`` once."""
@@ -302,37 +424,80 @@ class _Runner:
         top = Counter(votes).most_common(1)[0][1]
         return top * 2 <= len(votes)
 
+    def _stop_for_budget(self) -> None:
+        self.result.stopped_by_budget = True
+        if self.cfg.max_calls is not None and self.budget.calls >= self.cfg.max_calls:
+            self.result.stopped_reason = "max_calls"
+            self.result.stopped_message = (f"call cap {self.cfg.max_calls} reached; raise --max-calls (or drop it) "
+                                           f"and re-run to continue")
+        else:
+            self.result.stopped_reason = "budget"
+            self.result.stopped_message = (f"budget ${self.cfg.budget_usd:g} reached (spent ${self.budget.spent:.4f}); "
+                                           f"raise --budget-usd and re-run to continue")
+        self.stop = True
+
+    def _abandon_calls(self) -> None:
+        """After the breaker trips: calls still waiting (e.g. in back-off against a dead port) are given up."""
+        self.abandoning = True
+        for f in list(self.calls):
+            f.cancel()
+
     async def run(self, jobs: list[tuple[Item, int]], desc: str) -> None:
         if not jobs or self.stop:
             return
         queue: deque[tuple[Item, int, int]] = deque((it, p, 0) for it, p in jobs)
-        bar = self.progress.add_task(desc, total=len(jobs)) if self.progress else None
+        prog = self.progress
+        if prog is not None:
+            prog.start(desc, len(jobs))
+        loop = asyncio.get_running_loop()
+
         # one single-connection client per worker: httpcore's shared pool scans every connection on each
         # request (quadratic in the concurrency), which halved throughput at concurrency 32
         async def worker() -> None:
             async with self.teacher.make_client(1) as client:
                 while queue and not self.stop:
+                    ticket = await self.ctl.acquire()
+                    if not queue or self.stop:
+                        await self.ctl.release(ticket, count=False)
+                        return
                     res = self.budget.reserve()
                     if res == WAIT:
+                        await self.ctl.release(ticket, count=False)
                         await asyncio.sleep(0.005)
                         continue
                     if res is None:
-                        self.result.stopped_by_budget = True
-                        self.result.stopped_reason = (
-                            f"call cap {self.cfg.max_calls} reached" if self.cfg.max_calls is not None
-                            and self.budget.calls >= self.cfg.max_calls else
-                            f"budget ${self.cfg.budget_usd:g} reached (spent ${self.budget.spent:.4f})")
-                        self.stop = True
+                        await self.ctl.release(ticket, count=False)
+                        if not self.stop:
+                            self._stop_for_budget()
                         return
                     item, p, tries = queue.popleft()
+                    call = asyncio.ensure_future(
+                        self.teacher.alabel_one(item, self.task, self.ws, pass_index=p, client=client))
+                    self.calls.add(call)
                     try:
-                        ans = await self.teacher.alabel_one(item, self.task, self.ws, pass_index=p, client=client)
+                        ans = await call
+                    except asyncio.CancelledError:
+                        self.budget.settle(res, None)  # type: ignore[arg-type]
+                        await self.ctl.release(ticket, count=False)
+                        if self.abandoning and call.cancelled():
+                            self.result.cancelled_calls += 1
+                            return
+                        raise
                     except BaseException:
                         self.budget.settle(res, None)  # type: ignore[arg-type]
+                        await self.ctl.release(ticket, count=False)
                         raise
+                    finally:
+                        self.calls.discard(call)
                     store_answer(self.store, ans, self.run_id)  # stored before anything uses it
                     self.budget.settle(res, ans.cost_usd)  # type: ignore[arg-type]
+                    retries = int(ans.extra.get("retries") or 0)
+                    await self.ctl.release(ticket, latency_s=ans.latency_s, ok=bool(ans.ok),
+                                           overload=is_overload(ans.error_kind, retries))
                     self._count(ans)
+                    if self.breaker.record(ans) and not self.stop:
+                        self._trip()
+                        loop.call_later(self.BREAKER_GRACE_S, self._abandon_calls)
                     if p == self.tb_pass:
                         self.result.tie_break_calls += 1
                     if ans.error_kind in ("parse", "refused") and tries < self.cfg.reask_unparseable:
@@ -343,13 +508,20 @@ class _Runner:
                         if self.needs_tie_break(item.content_hash):
                             self.tb_queued.add(item.content_hash)
                             queue.appendleft((item, self.tb_pass, 0))  # type: ignore[arg-type]  # resolve it now
-                            if bar is not None:
-                                self.progress.update(bar, total=self.progress.tasks[bar].total + 1)
-                    if bar is not None:
-                        self.progress.update(bar, advance=1,
-                                             description=f"{desc} [dim]${self.result.cost_usd:.4f}[/]")
+                            if prog is not None:
+                                prog.grow(1)
+                    if prog is not None:
+                        prog.advance(f"${self.result.cost_usd:.4f}, concurrency {self.ctl.limit}")
 
         await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(jobs)))))
+
+    def _trip(self) -> None:
+        r, b = self.result, self.breaker
+        self.stop = True
+        r.stopped_reason = "fatal_error"
+        r.fatal_error_kind = b.kind
+        r.stopped_message = fatal_message(b.kind or "fatal", b.count, self.teacher.base_url, self.teacher.model,
+                                          b.detail)
 
     def _count(self, ans: TeacherAnswer) -> None:
         r = self.result
@@ -361,21 +533,98 @@ class _Runner:
             r.errors[ans.error_kind] = r.errors.get(ans.error_kind, 0) + 1
             if ans.error_kind == "off_list":
                 r.off_list += 1
-        if ans.extra.get("fatal") and not self.stop:
-            self.stop = True
-            r.stopped_reason = (f"the teacher refused the request ({ans.error_detail}); stopped so as not to repeat "
-                                f"it for every item -- check the API key, model name and base URL")
 
 
-def _progress_ctx(enabled: bool) -> Any:
+class _RichProgress:
+    """A rich bar on the console's stream (a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+        self.bar: Any = None
+        self.desc = ""
+
+    def start(self, desc: str, total: int) -> None:
+        self.desc = desc
+        self.p.start()
+        self.bar = self.p.add_task(desc, total=total)
+
+    def grow(self, n: int) -> None:
+        self.p.update(self.bar, total=self.p.tasks[self.bar].total + n)
+
+    def advance(self, info: str) -> None:
+        self.p.update(self.bar, advance=1, description=f"{self.desc} [dim]{info}[/]")
+
+    def stop(self) -> None:
+        self.p.stop()
+
+
+class PlainProgress:
+    """Progress as plain lines (for logs, CI and pipes, where a redrawn bar is noise or invisible): one line at
+    most every ``every_s`` seconds or every 10 %, and one at the end."""
+
+    def __init__(self, stream: Any = None, every_s: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_s = every_s
+        self.done = self.total = 0
+        self.desc, self.info = "", ""
+        self._t0 = self._last = 0.0
+        self._last_decile = 0
+        self._printed = (-1, -1)
+
+    def start(self, desc: str, total: int) -> None:
+        self.desc, self.total, self.done = desc, total, 0
+        self._t0 = self._last = time.monotonic()
+        self._last_decile = 0
+        self._line()
+
+    def grow(self, n: int) -> None:
+        self.total += n
+
+    def advance(self, info: str) -> None:
+        self.done += 1
+        self.info = info
+        now = time.monotonic()
+        decile = int(10 * self.done / max(self.total, 1))
+        if now - self._last >= self.every_s or decile > self._last_decile:
+            self._line()
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        self._last = now
+        self._last_decile = int(10 * self.done / max(self.total, 1))
+        self._printed = (self.done, self.total)
+        el = now - self._t0
+        rate = self.done / el if el > 0 else 0.0
+        eta = f", eta {(self.total - self.done) / rate:.0f}s" if rate > 0 and self.done < self.total else ""
+        pct = 100.0 * self.done / max(self.total, 1)
+        info = f", {self.info}" if self.info else ""
+        print(f"{self.desc}: {self.done}/{self.total} calls ({pct:.0f} %), {el:.0f}s, {rate:.1f} calls/s{eta}{info}",
+              file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        if self.desc and self._printed != (self.done, self.total):
+            self._line()
+
+
+def _isatty(f: Any) -> bool:
+    try:
+        return bool(f.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _progress_ctx(enabled: bool | str) -> Any:
+    """``False``: nothing; ``"plain"``: lines; ``True``: a bar when stdout and stderr (where the CLI console and
+    the bar write) are terminals, plain lines on stderr when either is not (logs, CI, pipes)."""
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from .cli import console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    if enabled == "plain" or not all(_isatty(f) for f in (sys.stdout, sys.stderr)):
+        return PlainProgress()
+    return _RichProgress()
 
 
 def label_items(
@@ -385,13 +634,15 @@ def label_items(
     teacher: OpenAICompatTeacher,
     config: LabelConfig | None = None,
     *,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> LabelRunResult:
     """Label ``item_ids`` with ``config.passes`` diverse passes (+ tie-breaks), making only uncached calls.
 
     Writes ``labels`` rows (source='teacher') for every item with at least one final answer and queues
     disagreements in ``review_queue``.  Opens its own Store, so it can run in a thread beside a server.
-    Raises ``TeacherConfigError`` before any call when the API key is missing.
+    Raises ``TeacherConfigError`` before any call when the API key is missing.  Provider trouble never raises:
+    the result says why the run stopped (``stopped_reason`` / ``stopped_message``).  ``progress``: ``False``
+    silent, ``True`` a bar on a terminal and plain lines otherwise, ``"plain"`` always lines.
     """
     cfg = config or LabelConfig()
     t_start = time.monotonic()
@@ -402,8 +653,8 @@ def label_items(
         if teacher.task is None:
             teacher.task = task
         pv = teacher.prompt_version_for(task)
-        result = LabelRunResult(model=teacher.model, prompt_version=pv, simulated=teacher.is_simulated,
-                                items=len(items))
+        result = LabelRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
+                                simulated=teacher.is_simulated, items=len(items))
         if cfg.rpm:
             teacher.limiter = RateLimiter(cfg.rpm)
         hashes = [it.content_hash for it in items]
@@ -420,11 +671,12 @@ def label_items(
         budget = Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
         prog = _progress_ctx(progress and bool(items))
         tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
+        ctl = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive,
+                                  start=start_level(teacher.base_url, teacher.model, cfg.concurrency),
+                                  timeout_s=getattr(teacher, "timeout", None))
         status = "failed"
         try:
-            if prog is not None:
-                prog.start()
-            runner = _Runner(ws, store, task, teacher, cfg, budget, result, run_id, prog)
+            runner = _Runner(ws, store, task, teacher, cfg, budget, result, run_id, prog, ctl)
             for h, answers in final_answers(store, teacher.model, pv, hashes, max_pass=cfg.passes).items():
                 runner.known[h] = {a["pass_index"]: a["label"] for a in answers}
             for it in items:  # resumed runs: passes all cached but the tie-break still missing
@@ -436,6 +688,9 @@ def label_items(
         finally:
             if prog is not None:
                 prog.stop()
+            result.concurrency = ctl.summary()
+            if cfg.adaptive and ctl.windows:  # learned something: the next run on this endpoint starts there
+                remember_level(teacher.base_url, teacher.model, ctl.settled)
             _write_labels(store, task, teacher, pv, items, cfg, result)
             result.elapsed_s = time.monotonic() - t_start
             store.finish_run(run_id, status)
@@ -465,13 +720,13 @@ def _write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: st
     counts: Counter[str] = Counter()
     with store.transaction() as c:
         for it in items:
-            con = consensus(answers.get(it.content_hash, []), task.labels)
+            con = consensus(answers.get(it.content_hash, []), task.labels, use_logprobs=cfg.use_logprobs)
             if con is None:
                 counts["unlabelled"] += 1
                 continue
             counts[con.status] += 1
             prov = {"model": teacher.model, "prompt_version": pv, "answer_ids": con.answer_ids, "votes": con.votes,
-                    "simulated": teacher.is_simulated}
+                    "confidence_source": con.confidence_source, "simulated": teacher.is_simulated}
             c.execute(
                 "INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
                 "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(item_id, source) DO UPDATE SET label=excluded.label, "

@@ -1,0 +1,239 @@
+"""Adaptive concurrency: find how many requests a teacher endpoint should have in flight, without being told.
+
+Why: the right number depends on the server.  A local llama.cpp on 2 CPU cores runs best at about 4 requests at
+once; at 16 its queue grows past the client timeout, it cancels work and answers "Context size has been exceeded",
+and throughput falls 3x.  A remote API gets faster up to its rate limit.  So the labeller searches for the level
+that gives the most answers per second and stays there, always within the user's cap (``--concurrency``).
+
+How (throughput hill-climbing with AIMD back-off, evaluated in windows of completed calls):
+
+* **start** low for a local server (loopback / private address: 2) and moderately for a remote API (8);
+  a level learned earlier in this process for the same endpoint and model is the start when there is one;
+* **measure** each level by Little's law: goodput = mean requests in flight x success share / mean latency, over a
+  window of calls that *started* at that level (so a level is never credited with its predecessor's calls);
+* **grow** (doubling until the first loss, then +25 %) only while goodput grows by more than ``gain``; a level
+  that is not faster is abandoned for the smaller one -- latency inflation without more throughput is a queue;
+* **back off** multiplicatively (x ``backoff``) on overload: timeouts, 429, 5xx, "context exceeded" or retried
+  calls (more than a few per window), or p90 latency above half the client timeout; the overloaded level becomes
+  a ceiling for the rest of the run;
+* **re-probe** one step up every few steady windows, so a server that speeds up is noticed.
+
+With ``adaptive=False`` the limit is the cap, fixed (the old behaviour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+LOCAL_START = 2
+REMOTE_START = 8
+OVERLOAD_KINDS = frozenset({"http_429", "http_5xx", "timeout", "context_exceeded"})
+
+# level learned per (base_url, model) in this process: the cascade labels small batches many times, and each
+# batch should not re-learn what the previous one found
+_LEARNED: dict[tuple[str, str], int] = {}
+
+
+def is_local_url(base_url: str) -> bool:
+    """True for loopback, private-network and ``*.local`` hosts: a model server on the user's own hardware."""
+    host = (urlparse(base_url).hostname or "").strip("[]").lower()
+    if host in ("localhost", "host.docker.internal") or host.endswith((".local", ".localhost", ".internal")):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+def start_level(base_url: str, model: str, cap: int) -> int:
+    """Where the search starts: what was learned for this endpoint in this process, else low local / moderate remote."""
+    learned = _LEARNED.get((base_url, model))
+    if learned:
+        return max(1, min(cap, learned))
+    return max(1, min(cap, LOCAL_START if is_local_url(base_url) else REMOTE_START))
+
+
+def remember_level(base_url: str, model: str, level: int) -> None:
+    _LEARNED[(base_url, model)] = max(1, int(level))
+
+
+def forget_levels() -> None:
+    """Forget every learned level (tests and benchmarks that compare cold starts)."""
+    _LEARNED.clear()
+
+
+def is_overload(error_kind: str | None, retries: int = 0) -> bool:
+    """A sign the server is asked too much at once: timeouts, 429, 5xx, context exceeded, or a call that needed retries."""
+    return error_kind in OVERLOAD_KINDS or retries > 0
+
+
+@dataclass
+class Ticket:
+    epoch: int
+    t0: float
+
+
+class AdaptiveConcurrency:
+    """An asyncio limit on requests in flight that adjusts itself (see the module docstring).
+
+    Use: ``t = await ctl.acquire()`` before a call, ``await ctl.release(t, latency_s=..., ok=..., overload=...)``
+    after it (``ctl.release(t, count=False)`` when no call was made).  Event-loop local; not thread-safe.
+    """
+
+    PROBE_EVERY = 4  # steady windows between probes one step up
+
+    def __init__(self, cap: int, *, start: int | None = None, adaptive: bool = True, timeout_s: float | None = None,
+                 gain: float = 0.1, backoff: float = 0.5, min_window: int = 12, window_factor: int = 3) -> None:
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1, got {cap}")
+        if not 0 < backoff < 1:
+            raise ValueError(f"backoff must be in (0, 1), got {backoff}")
+        self.cap, self.adaptive, self.timeout_s = cap, adaptive, timeout_s
+        self.gain, self.backoff = gain, backoff
+        self.min_window, self.window_factor = min_window, window_factor
+        self.limit = max(1, min(cap, start or cap)) if adaptive else cap
+        self.inflight = 0
+        self.epoch = 0
+        self.ceiling = cap
+        self.phase = "slow_start"  # slow_start -> steady <-> probe
+        self.base_limit: int | None = None
+        self.base_rate: float | None = None
+        self.steady_windows = 0
+        self.max_limit = self.limit
+        self.decreases = 0
+        self.windows = 0  # decisions made (windows ended or back-offs)
+        self.history: list[tuple[float, int, str]] = [(0.0, self.limit, "start")]
+        self._t_start = time.monotonic()
+        self._cond: asyncio.Condition | None = None
+        self._reset_window()
+
+    # -- limiting -----------------------------------------------------------------------------------------------
+    def _condition(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._area += self.inflight * (now - self._last)
+        self._last = now
+
+    async def acquire(self) -> Ticket:
+        cond = self._condition()
+        async with cond:
+            await cond.wait_for(lambda: self.inflight < self.limit)
+            self._tick()
+            self.inflight += 1
+            return Ticket(self.epoch, time.monotonic())
+
+    async def release(self, ticket: Ticket, *, latency_s: float | None = None, ok: bool = False,
+                      overload: bool = False, count: bool = True) -> None:
+        """Give the slot back; ``count`` feeds the call's outcome to the search."""
+        cond = self._condition()
+        async with cond:
+            self._tick()
+            self.inflight -= 1
+            if count and self.adaptive and ticket.epoch == self.epoch:
+                lat = latency_s if latency_s is not None else time.monotonic() - ticket.t0
+                self._observe(max(lat, 1e-6), ok, overload)
+            cond.notify_all()
+
+    # -- the search --------------------------------------------------------------------------------------------
+    def _reset_window(self) -> None:
+        self._w_start = self._last = time.monotonic()
+        self._area = 0.0
+        self._n = self._ok = self._signals = 0
+        self._lat: list[float] = []
+
+    def _window_size(self) -> int:
+        return max(self.min_window, self.window_factor * self.limit)
+
+    def _set(self, level: int, why: str) -> None:
+        level = max(1, min(self.cap, self.ceiling, level))
+        if level != self.limit:
+            self.history.append((round(time.monotonic() - self._t_start, 3), level, why))
+        self.limit = level
+        self.max_limit = max(self.max_limit, level)
+        self.epoch += 1
+        self._reset_window()
+
+    def _observe(self, latency: float, ok: bool, overload: bool) -> None:
+        self._n += 1
+        self._ok += int(ok)
+        self._lat.append(latency)
+        if overload:
+            self._signals += 1
+            if self._signals >= max(2, math.ceil(0.05 * self._window_size())):
+                self._decrease("overload (timeouts / 429 / 5xx / retries)")
+                return
+        if self._n >= self._window_size():
+            self._end_window()
+
+    def _decrease(self, why: str) -> None:
+        self.decreases += 1
+        self.windows += 1
+        self.ceiling = max(1, self.limit - 1)
+        new = max(1, min(int(self.limit * self.backoff), self.limit - 1))
+        self.phase, self.base_limit, self.base_rate, self.steady_windows = "steady", new, None, 0
+        self._set(new, why)
+
+    def _up(self) -> int:
+        if self.phase == "slow_start":
+            return self.limit * 2
+        return self.limit + max(1, self.limit // 4)
+
+    def _end_window(self) -> None:
+        self.windows += 1
+        now = time.monotonic()
+        dur = max(now - self._w_start, 1e-9)
+        lat = sorted(self._lat)
+        mean_lat = sum(lat) / len(lat)
+        p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+        rate = (self._area / dur) * (self._ok / self._n) / mean_lat  # Little's law: goodput at this level
+        if self.timeout_s and p90 > 0.5 * self.timeout_s and self.limit > 1:
+            self._decrease(f"p90 latency {p90:.1f}s above half the {self.timeout_s:g}s timeout")
+            return
+        if self.phase in ("slow_start", "probe"):
+            if self.base_rate is None or self.base_limit is None:
+                self.base_limit, self.base_rate = self.limit, rate
+            elif rate > self.base_rate * (1 + self.gain):
+                self.base_limit, self.base_rate = self.limit, rate
+            else:  # not faster: the extra requests only queued
+                was, self.phase, self.steady_windows = self.limit, "steady", 0
+                self._set(self.base_limit, f"{was} no faster than {self.base_limit}")
+                return
+            nxt = min(self.cap, self.ceiling, self._up())
+            if nxt <= self.limit:
+                self.phase, self.steady_windows = "steady", 0
+                self._reset_window()
+            else:
+                self._set(nxt, f"{self.limit} faster than before: try {nxt}")
+            return
+        # steady: follow drift, probe one step up now and then
+        self.base_limit = self.limit
+        self.base_rate = rate if self.base_rate is None else 0.5 * (self.base_rate + rate)
+        self.steady_windows += 1
+        nxt = min(self.cap, self.ceiling, self._up())
+        if self.steady_windows >= self.PROBE_EVERY and nxt > self.limit:
+            self.phase, self.steady_windows = "probe", 0
+            self._set(nxt, f"probe {nxt}")
+        else:
+            self._reset_window()
+
+    def summary(self) -> dict[str, object]:
+        return {"adaptive": self.adaptive, "cap": self.cap, "final": self.settled, "max": self.max_limit,
+                "decreases": self.decreases, "windows": self.windows,
+                "changes": [list(h) for h in self.history[-20:]]}
+
+    @property
+    def settled(self) -> int:
+        """The level the search believes in (the base level while a probe is running)."""
+        if self.phase == "probe" and self.base_limit:
+            return self.base_limit
+        return self.limit
