@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..cli import Ctx, console, pass_ctx
+from ..cli import Ctx, ExitCode, FlywheelExit, console, pass_ctx
 from ..data.registry import ADAPTERS, add_dataset
 from ..store import SPLITS, Store, StoreError
 from ..task import Task, TaskError
@@ -141,8 +141,13 @@ def dataset_info(store: Store, dataset: str) -> dict[str, Any]:
         "SELECT a.model AS model, COUNT(*) AS answers, SUM(a.ok) AS ok, SUM(1 - a.ok) AS failed,"
         " ROUND(COALESCE(SUM(a.cost_usd), 0), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
         " WHERE i.dataset=? GROUP BY a.model ORDER BY a.model", (dataset,))]
+    from ..splits import check_duplicates
+
+    dups = check_duplicates(store, dataset)
     return {
         "dataset": dataset, "modality": task.modality, "labels": list(task.labels), "items": total,
+        "duplicates": {k: v for k, v in dups.to_dict().items()
+                       if k in ("groups", "duplicate_items", "cross_split_groups", "cross_split_items", "by_splits")},
         "by_split": dict(sorted(by_split.items(), key=lambda kv: _split_key(kv[0]))),
         "by_source_split": {s: sum(v.get(s, 0) for v in by_split.values())
                             for s in sorted({s for v in by_split.values() for s in v}, key=_split_key)},
@@ -156,6 +161,15 @@ def _print_info(out: Console, info: dict[str, Any]) -> None:
     src = ", ".join(f"{k} {v:,}" for k, v in info["by_source_split"].items())
     out.print(f"[bold]{info['dataset']}[/] ({info['modality']}): [bold]{info['items']:,}[/] items ({src}); "
               f"task has {len(info['labels'])} labels, {len(gold_known)} gold labels present")
+    d = info["duplicates"]
+    line = (f"duplicates: {d['duplicate_items']:,} items repeat another ({d['groups']:,} groups); "
+            f"{d['cross_split_groups']:,} groups cross splits")
+    if d["cross_split_groups"]:
+        where = ", ".join(f"{k} {v:,}" for k, v in d["by_splits"].items())
+        out.print(f"[bold red]{line}[/] ({escape(where)}): a test item may be trained on; run "
+                  f"`flywheel data check {escape(info['dataset'])} --repair`", highlight=False)
+    else:
+        out.print(line, highlight=False)
     splits = list(info["by_split"])
     src_splits = list(info["by_source_split"])
     t = Table(title="items by split x source split")
@@ -228,3 +242,44 @@ def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
     out = Console()
     for i in infos:
         _print_info(out, i)
+
+
+# -- check -------------------------------------------------------------------------------------------------------
+
+
+@data.command("check", epilog="\b\nExamples:\n"
+              "  flywheel data check spam-assassin            # report duplicates that cross splits (exit 1 if any)\n"
+              "  flywheel data check spam-assassin --repair   # move them into one split, while nothing is labelled\n\n"
+              "Identical items -- same content hash, or for text the same text after casefolding and collapsing "
+              "whitespace -- must share a split, else a test item can be trained on. Imports keep them together; "
+              "this checks workspaces split before that. A repair moves each group into the most held-out split it "
+              "touches (test, val, calib, stream, train), and is refused once those splits have labels.")
+@click.argument("dataset")
+@click.option("--repair", is_flag=True, help="Move cross-split duplicates into one split (refused once labelled).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@pass_ctx
+def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
+    """Report items of DATASET that repeat another item in a different split; --repair moves them together."""
+    from ..splits import SplitRepairError, check_duplicates, repair_duplicates
+
+    try:
+        ws = ctx.workspace(create=False)
+        with ws.store() as store:
+            rep = repair_duplicates(store, dataset) if repair else check_duplicates(store, dataset)
+    except (FileNotFoundError, StoreError, SplitRepairError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        console.print(f"[bold]{dataset}[/]: {rep.duplicate_items:,} items repeat another ({rep.groups:,} groups); "
+                      f"{rep.cross_split_groups:,} groups cross splits ({rep.cross_split_items:,} items to move)",
+                      highlight=False)
+        for k, v in rep.by_splits.items():
+            console.print(f"  {k}: {v:,} groups", highlight=False)
+        for ex in rep.examples:
+            console.print(f"  e.g. items {ex['item_ids']} in {ex['splits']} -> {ex['to']}", highlight=False)
+        if rep.repaired:
+            console.print(f"[green]repaired[/]: moved {len(rep.moves):,} items; every duplicate group now shares one split")
+    if rep.cross_split_groups and not rep.repaired:
+        raise FlywheelExit(f"{rep.cross_split_groups} duplicate group(s) of {dataset} cross splits; run "
+                           f"`flywheel data check {dataset} --repair` before labelling", ExitCode.ERROR)

@@ -1,0 +1,203 @@
+"""Duplicate-safe splits: identical items (same content hash, or the same normalised text) never cross splits;
+`flywheel data check` reports and repairs workspaces split before that, and refuses once labels exist."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SYNTH_LABELS, synth_image
+from llm_flywheel.cli import main
+from llm_flywheel.data import Record, register
+from llm_flywheel.splits import (SplitRepairError, SplitSpec, check_duplicates, group_key, make_splits,
+                                 normalise_text, repair_duplicates)
+from llm_flywheel.task import Task
+from llm_flywheel.workspace import Workspace
+
+TEXT_TASK = Task(name="mail", modality="text", labels=("spam", "ham"), instructions="Spam or not.")
+IMG_TASK = Task(name="synth", modality="image", labels=SYNTH_LABELS, instructions="Classify the shape.")
+
+
+def _variants(text: str, k: int, rng: np.random.Generator) -> list[str]:
+    """k copies of ``text``: exact, re-cased, or with its whitespace changed -- all the same item."""
+    out = []
+    for _ in range(k):
+        v = int(rng.integers(3))
+        out.append(text if v == 0 else text.upper() if v == 1 else "  " + text.replace(" ", " \n\t ") + "\n")
+    return out
+
+
+def text_records(n: int, *, dup_groups: int, source_test: bool, seed: int = 0) -> list[Record]:
+    """``n`` distinct emails plus ``dup_groups`` of them repeated 2-4 times, copies scattered over the sources."""
+    rng = np.random.default_rng(seed)
+    base = [f"message {i} about {'prize money' if i % 2 else 'the meeting'} number {i * 7919 % 1000}" for i in range(n)]
+    texts = list(base)
+    for i in rng.choice(n, dup_groups, replace=False):
+        texts += _variants(base[i], int(rng.integers(1, 4)), rng)
+    order = rng.permutation(len(texts))
+    recs = []
+    for j, idx in enumerate(order):
+        t = texts[idx]
+        src = ("test" if rng.random() < 0.2 else "train") if source_test else None
+        recs.append(Record(f"row:{j}", text=t, source_split=src, gold_label="spam" if "prize" in t.lower() else "ham"))
+    return recs
+
+
+def image_records(n: int, *, dup_groups: int, seed: int = 0) -> list[Record]:
+    """Distinct synthetic images plus byte-identical copies of ``dup_groups`` of them, under other names."""
+    rng = np.random.default_rng(seed)
+    imgs = [(synth_image(i % 4, rng), SYNTH_LABELS[i % 4]) for i in range(n)]
+    copies = [imgs[int(i)] for i in rng.choice(n, dup_groups, replace=False) for _ in range(int(rng.integers(1, 3)))]
+    allim = imgs + copies
+    order = rng.permutation(len(allim))
+    return [Record(f"img:{j}", image=allim[k][0], gold_label=allim[k][1]) for j, k in enumerate(order)]
+
+
+def _groups_by_split(ws: Workspace, dataset: str) -> dict[str, set[str | None]]:
+    with ws.store() as s:
+        g: dict[str, set[str | None]] = defaultdict(set)
+        for r in s.split_rows(dataset):
+            g[group_key(r["content_hash"], r["text"])].add(r["split"])
+    return g
+
+
+def _run(ws: Workspace, *args: str):
+    return CliRunner().invoke(main, ["--workspace", str(ws.root), *args], catch_exceptions=False)
+
+
+def test_normalised_text_key():
+    assert normalise_text("  Win a\tPRIZE\n\n now ") == "win a prize now"
+    assert group_key("h1", "Win a PRIZE") == group_key("h2", "win  a prize\n")
+    assert group_key("h1", "win a prize") != group_key("h1", "win a price")
+    assert group_key("same", None) == group_key("same", None) != group_key("other", None)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_identical_texts_never_cross_splits(tmp_path, seed):
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, TEXT_TASK, text_records(300, dup_groups=60, source_test=True, seed=seed), progress=False)
+    with ws.store() as s:
+        counts = make_splits(s, "mail", SplitSpec(val=0.1, calib=0.1, stream=0.2, seed=seed))
+        rows = s.split_rows("mail")
+    groups = _groups_by_split(ws, "mail")
+    assert sum(1 for v in groups.values() if len(v) > 1) == 0
+    assert sum(counts.values()) == len(rows) and all(counts.get(k) for k in ("train", "val", "calib", "stream", "test"))
+    # the source's own test split is honoured: every item it marks test is in test (its copies join it there)
+    assert all(r["split"] == "test" for r in rows if r["source_split"] == "test")
+    with ws.store() as s:
+        rep = check_duplicates(s, "mail")
+    assert rep.groups >= 60 and rep.duplicate_items >= 60 and rep.cross_split_groups == 0 and not rep.moves
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_identical_images_never_cross_splits(tmp_path, seed):
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, IMG_TASK, image_records(200, dup_groups=50, seed=seed), progress=False)
+    with ws.store() as s:
+        counts = make_splits(s, "synth", SplitSpec(val=0.1, calib=0.1, stream=0.2, test=0.2, seed=seed))
+        rep = check_duplicates(s, "synth")
+    assert rep.groups == 50 and rep.cross_split_groups == 0
+    assert not [k for k, v in _groups_by_split(ws, "synth").items() if len(v) > 1]
+    n = sum(counts.values())
+    assert abs(counts["test"] - 0.2 * n) <= 3  # whole groups: the sizes stay close to what was asked
+
+
+def test_without_duplicates_sizes_are_exact_and_fixed(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, TEXT_TASK, text_records(200, dup_groups=0, source_test=False), progress=False)
+    with ws.store() as s:
+        counts = make_splits(s, "mail", SplitSpec(val=10, calib=20, stream=30, test=40, seed=3))
+        first = {r["id"]: r["split"] for r in s.split_rows("mail")}
+        assert counts == {"train": 100, "val": 10, "calib": 20, "test": 40, "stream": 30}
+        make_splits(s, "mail", SplitSpec(val=10, calib=20, stream=30, test=40, seed=3), force=True)
+        assert {r["id"]: r["split"] for r in s.split_rows("mail")} == first  # same seed, same splits
+
+
+def test_later_import_puts_a_copy_beside_its_twin(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    recs = text_records(100, dup_groups=0, source_test=True)
+    register(ws, TEXT_TASK, recs, progress=False)
+    with ws.store() as s:
+        make_splits(s, "mail", SplitSpec(val=5, calib=5, stream=10))
+        by_text = {r["text"]: r["split"] for r in s.split_rows("mail")}
+    test_text = next(t for t, sp in by_text.items() if sp == "test")
+    val_text = next(t for t, sp in by_text.items() if sp == "val")
+    register(ws, TEXT_TASK, [Record("new:0", text=test_text.upper(), source_split="train"),
+                             Record("new:1", text=val_text + "  "), Record("new:2", text="a brand new message")],
+             progress=False)
+    with ws.store() as s:
+        make_splits(s, "mail")
+        new = {r["text"]: r["split"] for r in s.split_rows("mail") if r["id"] > len(recs)}
+    assert new == {test_text.upper(): "test", val_text + "  ": "val", "a brand new message": "train"}
+
+
+def _old_style_cross_splits(ws: Workspace, dataset: str) -> list[tuple[int, str]]:
+    """Simulate a workspace split before grouping: put the copies of each duplicate group into different splits."""
+    with ws.store() as s:
+        by_key: dict[str, list] = defaultdict(list)
+        for r in s.split_rows(dataset):
+            by_key[group_key(r["content_hash"], r["text"])].append(r)
+        moves = []
+        for g in by_key.values():
+            if len(g) > 1:
+                first = g[0]["split"]
+                other = "train" if first != "train" else "test"
+                moves.append((int(g[1]["id"]), other))
+        s.set_splits(moves)
+    return moves
+
+
+def test_check_info_and_repair_through_the_cli(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, TEXT_TASK, text_records(200, dup_groups=20, source_test=False, seed=5), progress=False)
+    with ws.store() as s:
+        make_splits(s, "mail", SplitSpec(val=0.1, calib=0.1, stream=0.2, seed=5))
+    moved = _old_style_cross_splits(ws, "mail")
+    assert len(moved) == 20
+
+    r = _run(ws, "data", "info", "mail", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)["mail"]["duplicates"]
+    assert d["cross_split_groups"] == 20 and d["groups"] == 20 and d["duplicate_items"] >= 20
+    r = _run(ws, "data", "info", "mail")
+    assert "20 groups cross splits" in r.output and "flywheel data check mail --repair" in r.output
+
+    r = _run(ws, "data", "check", "mail", "--json")
+    assert r.exit_code == 1 and "--repair" in r.output  # a script can tell: duplicates cross splits
+    rep = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
+    assert rep["cross_split_groups"] == 20 and rep["cross_split_items"] >= 20 and not rep["repaired"]
+    assert all(m["to"] in ("test", "val", "calib", "stream") for m in rep["moves"])  # into the held-out side
+
+    r = _run(ws, "data", "check", "mail", "--repair")
+    assert r.exit_code == 0, r.output
+    assert "repaired" in r.output
+    assert not [k for k, v in _groups_by_split(ws, "mail").items() if len(v) > 1]
+    r = _run(ws, "data", "check", "mail")
+    assert r.exit_code == 0 and "0 groups cross splits" in r.output
+    with ws.store() as s:
+        assert s.latest_report("split_repair", "mail")["cross_split_groups"] == 20
+    r = _run(ws, "data", "check", "nosuch")
+    assert r.exit_code != 0 and "not in this workspace" in r.output
+
+
+def test_repair_refused_once_a_touched_split_has_labels(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, TEXT_TASK, text_records(150, dup_groups=10, source_test=False, seed=2), progress=False)
+    with ws.store() as s:
+        make_splits(s, "mail", SplitSpec(val=0.1, calib=0.1, stream=0.2, seed=2))
+    _old_style_cross_splits(ws, "mail")
+    with ws.store() as s:
+        before = {r["id"]: r["split"] for r in s.split_rows("mail")}
+        train_item = s.items("mail", split="train", limit=1)[0]
+        s.execute("INSERT INTO labels(item_id, source, label, status, updated_at) VALUES(?,?,?,?,?)",
+                  (train_item.id, "teacher", "spam", "agreed", time.time()))
+        with pytest.raises(SplitRepairError, match=r"train \(1 labelled.*--name mail-dedup"):
+            repair_duplicates(s, "mail")
+        assert {r["id"]: r["split"] for r in s.split_rows("mail")} == before  # nothing moved
+    r = _run(ws, "data", "check", "mail", "--repair")
+    assert r.exit_code != 0 and "already have labels" in r.output and "--name mail-dedup" in r.output
