@@ -3,6 +3,12 @@
 Each request takes the next action from ``script`` (then ``default``).  Actions are callables
 ``action(handler, body) -> None`` built with the helpers below: a status with headers, a slow answer (for client
 timeouts), a dropped connection, or a normal completion.  Every request is recorded (path, headers, JSON body).
+
+The refusal helpers reproduce what real servers send (bodies copied from their sources): OpenAI-style 400 / 422,
+llama-cpp-python's HTTP 500 for ``json_schema`` (a pydantic error naming ``response_format``), a server that
+silently ignores the format and answers in prose, llama.cpp's "Context size has been exceeded" 500 and
+llama-cpp-python's ``context_length_exceeded`` 400, and replies cut off at ``max_tokens`` (``finish_reason:
+"length"``).
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ def _send(h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, s
         pass
 
 
-def completion(content: str | None, *, usage: dict | None = None, logprobs: list | None = None) -> dict:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+def completion(content: str | None, *, usage: dict | None = None, logprobs: list | None = None,
+               finish_reason: str = "stop") -> dict:
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
+                              "finish_reason": finish_reason}
     if logprobs is not None:
         choice["logprobs"] = {"content": logprobs}
     return {"id": "x", "object": "chat.completion", "model": "fault-model", "choices": [choice],
@@ -74,6 +82,81 @@ def refuse_structured(then: Action | None = None) -> Action:
             _send(h, 400, {"error": {"message": f"response_format type {rf.get('type')} is not supported"}})
         else:
             (then or ok())(h, body)
+    return act
+
+
+def rf_type(body: dict) -> str | None:
+    """The mode a request asks for: json_schema, json_object_schema (llama.cpp's native form), json_object, None."""
+    rf = body.get("response_format")
+    if not isinstance(rf, dict):
+        return None
+    if rf.get("type") == "json_object" and "schema" in rf:
+        return "json_object_schema"
+    return rf.get("type")
+
+
+def user_text(body: dict) -> str:
+    """The user message's text (text items are sent as a plain string)."""
+    for m in body.get("messages") or []:
+        if m.get("role") == "user":
+            c = m.get("content")
+            return c if isinstance(c, str) else json.dumps(c)
+    return ""
+
+
+LLAMA_CPP_PYTHON_500 = ("1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
+                        "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]")
+
+
+def refuse_modes(refused: dict[str, tuple[int, Any]], then: Action | None = None, *, prose_for: tuple[str, ...] = (),
+                 latency: float = 0.0) -> Action:
+    """A server that refuses some response_format modes (mode -> (status, body)), answers others in prose (the
+    format silently ignored, ``prose_for``), and otherwise runs ``then``; ``latency`` keeps requests in flight."""
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        if latency:
+            time.sleep(latency)
+        mode = rf_type(body)
+        if mode in refused:
+            code, err = refused[mode]
+            _send(h, code, err)
+        elif mode in prose_for:
+            _send(h, 200, completion("The image shows a bar, I think."))
+        else:
+            (then or ok())(h, body)
+    return act
+
+
+def llama_cpp_python(then: Action | None = None, latency: float = 0.0) -> Action:
+    """llama-cpp-python's server: HTTP 500 for ``json_schema``; json_object with or without a schema works."""
+    err = {"error": {"message": LLAMA_CPP_PYTHON_500, "type": "internal_server_error", "param": None, "code": None}}
+    return refuse_modes({"json_schema": (500, err)}, then, latency=latency)
+
+
+def context_exceeded_above(max_chars: int, then: Action | None = None, style: str = "llama.cpp") -> Action:
+    """Refuse a user message longer than ``max_chars`` like llama.cpp's C++ server (HTTP 500 "Context size has been
+    exceeded.") or llama-cpp-python (HTTP 400 ``context_length_exceeded`` with the token counts)."""
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        n = len(user_text(body))
+        if n <= max_chars:
+            (then or ok())(h, body)
+        elif style == "llama.cpp":
+            _send(h, 500, {"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}})
+        else:
+            mt = body.get("max_tokens") or 0
+            _send(h, 400, {"error": {"message": (
+                f"This model's maximum context length is {max_chars // 4 + 200 + mt} tokens. However, you requested "
+                f"{n // 4 + 200 + mt} tokens ({n // 4 + 200} in the messages, {mt} in the completion). Please reduce "
+                f"the length of the messages or completion."), "type": "invalid_request_error", "param": "messages",
+                "code": "context_length_exceeded"}})
+    return act
+
+
+def cut_off(content: str, **kw: Any) -> Action:
+    """A reply that ran into ``max_tokens``: ``finish_reason: "length"`` and ``completion_tokens`` = max_tokens."""
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        mt = int(body.get("max_tokens") or 300)
+        _send(h, 200, completion(content, finish_reason="length",
+                                 usage={"prompt_tokens": 300, "completion_tokens": mt, "total_tokens": 300 + mt}, **kw))
     return act
 
 

@@ -29,6 +29,7 @@ def tiny_ws(tmp_path_factory):
 def _teacher(url: str, task, **kw) -> OpenAICompatTeacher:
     kw.setdefault("backoff_base", 0.01)
     kw.setdefault("api_key_env", None)
+    kw.setdefault("capability_cache", False)  # these servers come and go on reused ports: remember nothing
     return OpenAICompatTeacher(url, "fault-model", task=task, **kw)
 
 
@@ -58,14 +59,17 @@ def test_timeout_is_retried(tiny_ws, synth_task):
     assert len(srv.requests) == 2
 
 
-@pytest.mark.parametrize("code", [400, 401, 404])
-def test_client_errors_are_not_retried(tiny_ws, synth_task, code):
+@pytest.mark.parametrize("code,kind", [(400, "http_4xx"), (401, "auth"), (403, "auth"), (404, "not_found")])
+def test_client_errors_are_not_retried(tiny_ws, synth_task, code, kind):
+    from llm_flywheel.teachers.base import is_fatal
     with FaultServer(default=status(code)) as srv:
         ans = _ask(_teacher(srv.url, synth_task), tiny_ws, synth_task)
-    assert not ans.ok and ans.error_kind == "http_4xx"
+    assert not ans.ok and ans.error_kind == kind
     assert f"HTTP {code}" in ans.error_detail
     assert len(srv.requests) == 1
-    assert ans.extra["fatal"] is (code in (401, 404))
+    assert ans.extra["fatal"] is is_fatal(kind) is (code != 400)
+    if code != 400:
+        assert srv.url in ans.error_detail  # names the URL it could not use
 
 
 def test_gives_up_after_max_retries(tiny_ws, synth_task):
@@ -82,7 +86,10 @@ def test_response_format_fallback_schema_to_object_to_plain(tiny_ws, synth_task)
         ans = _ask(t, tiny_ws, synth_task)
         ans2 = _ask(t, tiny_ws, synth_task, pass_index=1)
     kinds = [(r["body"].get("response_format") or {}).get("type") for r in srv.requests]
-    assert kinds == ["json_schema", "json_object", None, None]  # the teacher remembers the fallback
+    # json_schema -> llama.cpp's native schema form -> plain JSON mode -> prompt only; the teacher remembers it
+    assert kinds == ["json_schema", "json_object", "json_object", None, None]
+    assert "schema" in srv.requests[1]["body"]["response_format"] and "schema" not in srv.requests[2]["body"]["response_format"]
+    assert [d["to"] for d in t.negotiation] == ["json_object_schema", "json_object", "none"]
     assert ans.ok and ans.label == "ring" and ans.confidence == pytest.approx(0.8)
     assert ans2.ok and t.response_format == "none"
 
@@ -120,8 +127,8 @@ def test_logprobs_give_label_logprob(tiny_ws, synth_task):
     (None, None, "refused", False),
 ])
 def test_answers_are_parsed_or_recorded(tiny_ws, synth_task, content, label, kind, ok_):
-    with FaultServer(default=ok(content)) as srv:
-        ans = _ask(_teacher(srv.url, synth_task), tiny_ws, synth_task)
+    with FaultServer(default=ok(content)) as srv:  # plain prompting: prose is then the model's, not an ignored format
+        ans = _ask(_teacher(srv.url, synth_task, response_format="none"), tiny_ws, synth_task)
     assert ans.label == label and ans.error_kind == kind and ans.ok is ok_
     assert len(srv.requests) == 1  # a bad answer is recorded, not retried in a loop
 
@@ -164,7 +171,7 @@ def test_api_key_only_in_header_and_redacted(tiny_ws, synth_task, monkeypatch, c
         ans = _ask(t, tiny_ws, synth_task)
         ans2 = _ask(t, tiny_ws, synth_task)
     assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {key}"
-    assert not ans.ok and ans.error_kind == "http_4xx"
+    assert not ans.ok and ans.error_kind == "auth" and "MY_TEST_KEY" in ans.error_detail
     assert key not in repr(t) and key not in str(ans) and key not in str(ans2) and key not in caplog.text
     assert ans2.ok
 

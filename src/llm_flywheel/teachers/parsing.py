@@ -190,3 +190,47 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None) ->
             hit = True
         off = t1
     return total if hit else None
+
+
+_LABEL_FIELD_RE = re.compile(r'"(?:label|class|category|answer|prediction)"\s*:\s*"((?:[^"\\]|\\.)*)"', re.I)
+_CONF_FIELD_RE = re.compile(r'"(?:confidence|probability|score)"\s*:\s*"?([0-9.]+%?)', re.I)
+
+
+def recover_truncated(text: str | None, matcher: LabelMatcher) -> ParsedAnswer | None:
+    """The label of a reply cut off at ``max_tokens`` -- when it was written in full before the cut.
+
+    Why: the schema puts ``label`` first, so a reply that ran out of tokens inside ``reason`` usually holds a
+    complete, closed ``"label": "..."`` string.  Only an unambiguous reading counts: exactly one closed label
+    field that maps to a task label.  Anything else (the cut fell inside the label, two different labels, an
+    off-list name) is ``None`` and the caller treats the reply as truncated.
+    """
+    if not text:
+        return None
+    found = _LABEL_FIELD_RE.findall(text)
+    if not found:
+        return None
+    labels = {matcher.match(raw) for raw in found}
+    if len(labels) != 1 or None in labels:
+        return None
+    conf_m = _CONF_FIELD_RE.search(text[text.find(found[0]):])
+    conf = None
+    if conf_m:  # only a number that is complete: something (a comma, a space, a brace) must follow it
+        end = text.find(found[0]) + conf_m.end()
+        rest = text[end:end + 1]
+        if rest and rest in ',} \n\t"':
+            conf = parse_confidence(conf_m.group(1))
+    return ParsedAnswer(labels.pop(), conf, None, found[0])
+
+
+def looks_like_json(text: str | None) -> bool:
+    """True when a reply is (or starts as) a JSON object -- what a server that honours ``response_format``
+    returns.  A reply that is prose means the server ignored the requested format."""
+    if not text:
+        return False
+    s = text.strip()
+    m = _FENCE_RE.match(s)
+    if m:
+        s = m.group(1).strip()
+    elif s.startswith("```"):  # a fence cut off before it closed
+        s = s.lstrip("`").removeprefix("json").removeprefix("JSON").strip()
+    return s.startswith("{")
