@@ -66,3 +66,19 @@ $(SPAM_ASSASSIN):
 
 demo-text: setup spam-assassin
 	$(BIN)/flywheel demo --text
+
+# -- human review in Label Studio + the report in a real browser (tests/test_labelstudio.py, tests/test_report_browser.py)
+# Label Studio pins Django and ~100 packages: it gets its OWN venv, never .venv (`pip install label-studio`: ~1 min
+# warm here, offline from PyPI).  Debian's chromium renders the report headless (no browser download).
+LS_VENV ?= .venv-ls
+.PHONY: label-studio chromium
+label-studio: $(LS_VENV)/bin/label-studio
+$(LS_VENV)/bin/label-studio:
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q 'label-studio>=1.23,<1.24'
+	@touch $@
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium) ; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium'"; fi; }
