@@ -201,3 +201,14 @@ def test_repair_refused_once_a_touched_split_has_labels(tmp_path):
         assert {r["id"]: r["split"] for r in s.split_rows("mail")} == before  # nothing moved
     r = _run(ws, "data", "check", "mail", "--repair")
     assert r.exit_code != 0 and "already have labels" in r.output and "--name mail-dedup" in r.output
+
+
+def test_import_reports_duplicates(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    recs = text_records(100, dup_groups=15, source_test=True, seed=4)
+    distinct = len({group_key("", r.text) for r in recs})
+    rep = register(ws, TEXT_TASK, recs, progress=False)
+    assert rep.added == len(recs) and rep.duplicates == len(recs) - distinct >= 15
+    assert any("repeat the content of another item" in n for n in rep.notes)
+    again = register(ws, TEXT_TASK, recs + [Record("late:0", text=recs[0].text.upper())], progress=False)
+    assert again.added == 1 and again.duplicates == 1  # a copy of an item imported earlier counts too

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..splits import group_key
 from ..task import Task
 from ..workspace import Workspace
 
@@ -50,6 +51,7 @@ class ImportReport:
     already_present: int = 0
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    duplicates: int = 0  # added items whose content repeats another item of the dataset (splits keep them together)
     notes: list[str] = field(default_factory=list)  # what the adapter decided (columns used, ...)
     splits: dict[str, int] = field(default_factory=dict)  # counts per split after the import
 
@@ -112,7 +114,9 @@ def register(
     store = ws.store()
     try:
         store.put_dataset(task.name, task.to_json())
+        existing = store.split_rows(task.name)
         present = {r["source_ref"] for r in store.query("SELECT source_ref FROM items WHERE dataset=?", (task.name,))}
+        seen_keys = {group_key(r["content_hash"], r["text"]) for r in existing}
         batch: list[dict[str, Any]] = []
         for rec in _progress(records, total, f"importing {task.name}", progress):
             report.seen += 1
@@ -122,6 +126,10 @@ def register(
             row = _to_row(ws, task, rec, report)
             if row is None:
                 continue
+            key = group_key(row["content_hash"], row.get("text"))
+            if key in seen_keys:
+                report.duplicates += 1
+            seen_keys.add(key)
             batch.append(row)
             if len(batch) >= BATCH:
                 report.added += store.add_items(batch)
@@ -130,6 +138,9 @@ def register(
             report.added += store.add_items(batch)
     finally:
         store.close()
+    if report.duplicates:
+        report.notes.append(f"{report.duplicates:,} added items repeat the content of another item (same bytes, or for "
+                            "text the same text ignoring case and whitespace); they are kept and always share a split")
     if report.skipped:
         log.warning(report.summary())
     return report
