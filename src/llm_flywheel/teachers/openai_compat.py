@@ -355,6 +355,7 @@ class _Call:
     nonjson_seen: bool = False  # a structured-mode probe got prose once already
     spent: list[TeacherAnswer] = field(default_factory=list)  # 200 replies that were paid for and re-asked
     holding: bool = False  # this call is the one probe while the mode is unconfirmed
+    gate_wait_s: float = 0.0  # time spent waiting for the probe (not counted in latency_s)
 
 
 class OpenAICompatTeacher:
@@ -796,6 +797,8 @@ class OpenAICompatTeacher:
             ans.extra["discarded_replies"] = len(call.spent)
         ans.latency_s = time.monotonic() - t0
         ans.extra["retries"] = call.retries
+        if call.gate_wait_s:
+            ans.extra["probe_wait_s"] = round(call.gate_wait_s, 3)
         return ans
 
     async def _ask_with(self, client: httpx.AsyncClient, call: _Call, item_id: int, content_hash: str, task: Task,
@@ -815,7 +818,12 @@ class OpenAICompatTeacher:
 
         while True:
             if not call.holding:
+                tg = time.monotonic()
                 call.holding = await self._enter_gate()
+                waited = time.monotonic() - tg
+                if waited > 0.001:  # time queued behind the capability probe is not the server's latency
+                    t0 += waited
+                    call.gate_wait_s += waited
             with self._lock:
                 mode, logprobs = self.response_format, self.logprobs
             await self.limiter.wait()

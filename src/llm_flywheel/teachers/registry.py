@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from ..task import Task
-from .openai_compat import OpenAICompatTeacher, TeacherConfigError
+from .openai_compat import OpenAICompatTeacher, TeacherConfigError, classify_transport_error, fatal_fix
 
 PROVIDERS: dict[str, tuple[str, str | None]] = {
     "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
@@ -55,12 +55,21 @@ def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
 
 
 def discover_model(base_url: str, api_key_env: str | None = None, timeout: float = 10.0) -> str:
-    """The first model a server lists at ``/models`` (for specs given as a bare URL)."""
+    """The first model a server lists at ``/models`` (for specs given as a bare URL).  Raises
+    ``TeacherConfigError`` naming the URL and the fix (nothing listens there, the host does not resolve, the key
+    was refused, nothing is listed)."""
     headers = {}
     if api_key_env and os.environ.get(api_key_env):
         headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
     try:
         r = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+        raise TeacherConfigError(fatal_fix(classify_transport_error(e), base_url)) from None
+    except httpx.HTTPError as e:
+        raise TeacherConfigError(f"{base_url}/models did not answer ({type(e).__name__}); use BASE_URL|MODEL") from None
+    if r.status_code in (401, 402, 403):
+        raise TeacherConfigError(fatal_fix("auth", base_url, r.status_code, api_key_env))
+    try:
         r.raise_for_status()
         data = r.json().get("data") or []
         return str(data[0]["id"])

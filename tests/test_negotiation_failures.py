@@ -1,0 +1,207 @@
+"""How the teacher client classifies failures and survives long prompts and cut-off replies -- against real
+HTTP servers on 127.0.0.1 (and a port where nothing listens, and a host name that cannot resolve)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from fault_server import FaultServer, context_exceeded_above, cut_off, ok, slow, status, user_text
+from llm_flywheel.task import Task
+from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
+from llm_flywheel.teachers.openai_compat import (
+    QUICK_RETRY_DELAY, REASON_MAX_CHARS, OpenAICompatTeacher, classify_transport_error, response_schema, run_sync,
+    system_prompt,
+)
+
+TASK = Task(name="mail", modality="text", labels=("spam", "ham"), instructions="Is this email spam or ham?")
+
+
+def _teacher(url: str, **kw) -> OpenAICompatTeacher:
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("capability_cache", False)
+    return OpenAICompatTeacher(url, "fault-model", api_key_env=None, task=TASK, **kw)
+
+
+def _ask(t: OpenAICompatTeacher, text: str = "Buy cheap pills now!!!", pass_index: int = 0):
+    return run_sync(t.alabel_raw(text, TASK, pass_index=pass_index))
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there any more
+    return port
+
+
+# --- fatal failures: one quick retry, a message that names the URL and the fix -----------------------------------
+def test_connection_refused_is_fatal_fast_and_names_the_url():
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    t = _teacher(url)
+    ans = _ask(t)
+    assert not ans.ok and ans.error_kind == "connection" and is_fatal(ans.error_kind) and ans.extra["fatal"]
+    assert f"nothing listens at {url}" in ans.error_detail and "start the server or fix --teacher" in ans.error_detail
+    assert t.http_requests == 2  # one quick retry, not max_retries backoffs
+    assert list(t.retry_waits) == [QUICK_RETRY_DELAY]
+
+
+def test_dns_failure_is_fatal_and_names_the_host():
+    t = _teacher("http://flywheel-no-such-host.invalid/v1")
+    ans = _ask(t)
+    assert not ans.ok and ans.error_kind == "dns" and ans.extra["fatal"]
+    assert "'flywheel-no-such-host.invalid'" in ans.error_detail and "does not resolve" in ans.error_detail
+    assert t.http_requests == 2
+
+
+def test_transport_errors_are_classified():
+    import httpx
+    try:
+        socket.getaddrinfo("flywheel-no-such-host.invalid", 80)
+    except socket.gaierror as g:
+        e = httpx.ConnectError(str(g))
+        e.__cause__ = g
+        assert classify_transport_error(e) == "dns"
+    assert classify_transport_error(httpx.ConnectError("[Errno 111] Connection refused")) == "connection"
+    assert classify_transport_error(httpx.RemoteProtocolError("Server disconnected")) == "dropped"
+    assert {"connection", "dns", "auth", "not_found"} <= FATAL_ERROR_KINDS
+
+
+@pytest.mark.parametrize("code,kind,words", [
+    (401, "auth", "--api-key-env"), (403, "auth", "--api-key-env"), (404, "not_found", "/models lists them"),
+])
+def test_auth_and_not_found_are_fatal_without_retry(code, kind, words):
+    with FaultServer(default=status(code)) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+    assert ans.error_kind == kind and ans.extra["fatal"] and len(srv.requests) == 1
+    assert srv.url in ans.error_detail and words in ans.error_detail
+
+
+@pytest.mark.parametrize("fault", [status(503), status(429, headers={"Retry-After": "0.01"}), slow(1.0)])
+def test_transient_failures_keep_their_retries(fault):
+    with FaultServer(default=fault) as srv:
+        t = _teacher(srv.url, max_retries=3, timeout=0.2)
+        ans = _ask(t)
+    assert not ans.ok and not ans.extra["fatal"] and ans.error_kind in ("http_5xx", "http_429", "timeout")
+    assert len(srv.requests) == 4  # 1 + max_retries
+
+
+# --- context exceeded: shortened once, else a clear failure ----------------------------------------------------------
+@pytest.mark.parametrize("style", ["llama.cpp", "llama-cpp-python"])
+def test_context_exceeded_shortens_the_text_once_and_answers(style):
+    long_text = "lorem ipsum dolor sit amet " * 400  # 10,800 chars
+    with FaultServer(default=context_exceeded_above(6000, ok('{"label": "spam", "confidence": 0.8}'), style)) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t, long_text)
+    assert ans.ok and ans.label == "spam" and ans.extra["input_truncated"]
+    assert "input_truncated" in ans.error_detail and str(len(long_text)) in ans.error_detail
+    assert len(srv.requests) == 2  # not retried as if transient
+    sent = user_text(srv.requests[1]["body"])
+    assert len(sent) <= 6000 and sent.startswith(long_text[:100]) and sent.endswith("[truncated]")
+
+
+def test_context_exceeded_that_shortening_cannot_fix_fails_clearly():
+    with FaultServer(default=context_exceeded_above(10)) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t, "a perfectly ordinary email that is still too long for this tiny window " * 3)
+    assert not ans.ok and ans.error_kind == "context_exceeded" and not ans.extra["fatal"]
+    assert "-c" in ans.error_detail and "-np" in ans.error_detail and "even with the item text cut" in ans.error_detail
+    assert len(srv.requests) == 2
+
+
+# --- truncation: bounded reason, label first, recovery, a re-ask that changes the cause ------------------------------
+def test_schema_and_instructions_bound_the_reason_label_first():
+    schema = response_schema(TASK)["schema"]
+    assert list(schema["properties"]) == ["label", "confidence", "reason"]
+    assert schema["properties"]["reason"]["maxLength"] == REASON_MAX_CHARS
+    for p in range(3):
+        assert f"{REASON_MAX_CHARS} characters" in system_prompt(TASK, p) and "12 words" in system_prompt(TASK, p)
+
+
+def test_label_recovered_from_a_cut_off_reply():
+    cut = '{"label": "spam", "confidence": 0.9, "reason": "the sender promises cheap pills and a prize and'
+    with FaultServer(default=cut_off(cut)) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+    assert ans.ok and ans.label == "spam" and ans.confidence == pytest.approx(0.9) and ans.error_kind is None
+    assert ans.extra["recovered_truncated"] and ans.error_detail.startswith("recovered_truncated")
+    assert len(srv.requests) == 1
+
+
+def test_cut_inside_the_label_is_re_asked_with_more_room_and_no_reason():
+    with FaultServer([cut_off('{"label": "sp')], default=ok('{"label": "ham", "confidence": 0.7}')) as srv:
+        t = _teacher(srv.url, max_tokens=300)
+        ans = _ask(t)
+    assert ans.ok and ans.label == "ham" and len(srv.requests) == 2
+    first, second = srv.requests[0]["body"], srv.requests[1]["body"]
+    assert second["max_tokens"] > first["max_tokens"]
+    assert "reason" in first["response_format"]["json_schema"]["schema"]["properties"]
+    assert "reason" not in second["response_format"]["json_schema"]["schema"]["properties"]
+    assert "no reason" in second["messages"][0]["content"]
+    assert ans.tokens_out == 300 + 20 and ans.extra["discarded_replies"] == 1  # the cut-off reply was paid for too
+
+
+def test_a_reply_cut_off_twice_is_a_truncated_failure():
+    with FaultServer(default=cut_off('{"label": "')) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+    assert not ans.ok and ans.error_kind == "truncated" and "max_tokens" in ans.error_detail
+    assert len(srv.requests) == 2
+
+
+@pytest.mark.parametrize("text", ['{"label": "spam", "label": "ham", "reason": "x', '{"label": "spa', '{"reason": "x'])
+def test_ambiguous_or_incomplete_labels_are_not_recovered(text):
+    from llm_flywheel.teachers.parsing import LabelMatcher, recover_truncated
+    assert recover_truncated(text, LabelMatcher(TASK.labels)) is None
+
+
+def test_max_length_refused_keeps_json_schema_without_it():
+    def act(h, body):
+        from fault_server import _send
+        rf = body.get("response_format") or {}
+        if "maxLength" in json.dumps(rf):
+            _send(h, 400, {"error": {"message": "Invalid schema for response_format 'label_answer': In context="
+                                                "('properties', 'reason'), 'maxLength' is not permitted."}})
+        else:
+            ok('{"label": "spam", "confidence": 0.6, "reason": "r"}')(h, body)
+    with FaultServer(default=act) as srv:
+        t = _teacher(srv.url)
+        assert _ask(t).ok and _ask(t).ok
+    assert t.response_format == "json_schema" and not t.schema_max_length and len(srv.requests) == 3
+
+
+# --- timeouts follow the server ----------------------------------------------------------------------------------------
+def test_timeout_follows_measured_latency_within_the_cap():
+    t = _teacher("http://127.0.0.1:1/v1", timeout=100.0)
+    assert t.current_timeout() == min(100.0, t.timeout_first)  # nothing measured yet
+    t.latencies.extend([2.0] * 19 + [20.0])  # p95 of 20 samples is the 19th: 2 s
+    assert t.current_timeout() == pytest.approx(max(t.timeout_floor, 4 * 2.0))
+    t.latencies.extend([20.0] * 30)
+    assert t.current_timeout() == 80.0  # 4 x p95
+    assert t.current_timeout(boost=1) == 100.0  # doubled after a timeout, but never above the caller's cap
+    assert OpenAICompatTeacher("http://x/v1", "m", api_key_env=None).timeout == 300.0  # default cap
+
+
+def test_measured_latency_sets_the_request_timeout():
+    with FaultServer(default=ok('{"label": "spam", "confidence": 0.6}')) as srv:
+        t = _teacher(srv.url, timeout=5.0)
+        t.timeout_floor = 0.3
+        for _ in range(6):
+            assert _ask(t).ok
+        assert t.latency_p95() is not None and t.current_timeout() == pytest.approx(0.3)
+        srv.script.extend([slow(2.0)])  # one answer far slower than anything measured: cut at 0.3 s, asked again
+        ans = _ask(t)
+    assert ans.ok and ans.extra["retries"] == 1 and len(srv.requests) == 8
+
+
+def test_bare_url_spec_with_nothing_listening_names_the_fix():
+    from llm_flywheel.teachers.openai_compat import TeacherConfigError
+    from llm_flywheel.teachers.registry import teacher_from_spec
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(TeacherConfigError, match=f"nothing listens at {url}"):
+        teacher_from_spec(url, TASK)
+    with FaultServer() as srv:
+        assert teacher_from_spec(srv.url, TASK).model == "fault-model"
