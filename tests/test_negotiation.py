@@ -187,3 +187,22 @@ def test_llama_cpp_python_500_body_is_recognised():
     assert not refused_response_format(500, '{"error": {"message": "Internal Server Error"}}')
     assert not refused_response_format(503, "Service Unavailable")
     assert refused_response_format(400, "Invalid schema for response_format 'label_answer'")
+
+
+def test_prose_cut_off_at_max_tokens_also_counts_as_an_ignored_format(neg_ws):
+    """A small model that ignores the format rambles until max_tokens: that must not confirm json_schema."""
+    from fault_server import cut_off
+    ws, task = neg_ws
+    items = ws.store().items("synth", limit=8)
+
+    def act(h, body):
+        if rf_type(body) == "json_schema":
+            cut_off("Well, looking at this picture carefully, the shape in the middle seems to be")(h, body)
+        else:
+            ok()(h, body)
+
+    with FaultServer(default=act) as srv:
+        t = _teacher(srv.url, task)
+        answers = t.label(items, task, ws=ws, concurrency=CONCURRENCY)
+    assert all(a.ok and a.label == "bar" for a in answers)
+    assert [d["to"] for d in t.negotiation] == ["json_object_schema"] and _modes(srv).count("json_schema") == 2

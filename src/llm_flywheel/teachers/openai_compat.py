@@ -353,6 +353,7 @@ class _Call:
     no_reason: bool = False  # the re-ask after a truncated reply
     max_tokens: int | None = None
     nonjson_seen: bool = False  # a structured-mode probe got prose once already
+    reasks: int = 0  # re-asks after a reply cut off at max_tokens
     spent: list[TeacherAnswer] = field(default_factory=list)  # 200 replies that were paid for and re-asked
     holding: bool = False  # this call is the one probe while the mode is unconfirmed
     gate_wait_s: float = 0.0  # time spent waiting for the probe (not counted in latency_s)
@@ -797,6 +798,8 @@ class OpenAICompatTeacher:
             ans.extra["discarded_replies"] = len(call.spent)
         ans.latency_s = time.monotonic() - t0
         ans.extra["retries"] = call.retries
+        if call.reasks:
+            ans.extra["reasked_after_truncation"] = call.reasks
         if call.gate_wait_s:
             ans.extra["probe_wait_s"] = round(call.gate_wait_s, 3)
         return ans
@@ -861,9 +864,9 @@ class OpenAICompatTeacher:
                     else:
                         self.latencies.append(time.monotonic() - ta)
                         text = ans.raw_text
-                        if mode in STRUCTURED_MODES and ans.error_kind == "parse" and text is not None \
-                                and not looks_like_json(text) and (call.holding or not self._confirmed) \
-                                and call.fallbacks < 6:
+                        prose = (mode in STRUCTURED_MODES and text is not None and not looks_like_json(text)
+                                 and ans.error_kind in ("parse", "truncated"))
+                        if prose and (call.holding or not self._confirmed) and call.fallbacks < 6:
                             # prose under a structured mode: the server may have ignored the format -- a second
                             # prose reply (T=0 repeats itself) settles it
                             call.spent.append(ans)
@@ -874,13 +877,13 @@ class OpenAICompatTeacher:
                             else:
                                 call.nonjson_seen = True
                             continue
-                        if text is not None:
+                        if text is not None and not prose:
                             self._confirm(mode, logprobs)
                         if ans.error_kind == "truncated" and not call.no_reason:
                             call.spent.append(ans)
                             call.no_reason = True  # change what caused the cut: no reason, more room
                             call.max_tokens = max(2 * self.max_tokens, 600)
-                            call.retries += 1
+                            call.reasks += 1  # not a retry: nothing about the server's load
                             continue
                         if call.shortened_from is not None and ans.ok:
                             note = (f"input_truncated: the item text was cut from {call.shortened_from} to "
