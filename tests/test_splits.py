@@ -196,11 +196,22 @@ def test_repair_refused_once_a_touched_split_has_labels(tmp_path):
         train_item = s.items("mail", split="train", limit=1)[0]
         s.execute("INSERT INTO labels(item_id, source, label, status, updated_at) VALUES(?,?,?,?,?)",
                   (train_item.id, "teacher", "spam", "agreed", time.time()))
-        with pytest.raises(SplitRepairError, match=r"train \(1 labelled.*--name mail-dedup"):
+        with pytest.raises(SplitRepairError, match=r"train \(1 labelled or served.*--name mail-dedup"):
             repair_duplicates(s, "mail")
         assert {r["id"]: r["split"] for r in s.split_rows("mail")} == before  # nothing moved
     r = _run(ws, "data", "check", "mail", "--repair")
     assert r.exit_code != 0 and "already have labels" in r.output and "--name mail-dedup" in r.output
+    with ws.store() as s:
+        s.execute("DELETE FROM labels")
+        target = check_duplicates(s, "mail").moves[0][2]  # a split the repair moves items into
+        served = s.items("mail", split=target, limit=1)[0]
+        s.execute("INSERT INTO cascade_log(ts, dataset, item_id, source, label, origin) VALUES(?,?,?,?,?,?)",
+                  (time.time(), "mail", served.id, "student", "spam", "predict"))
+        with pytest.raises(SplitRepairError, match=rf"{target} \(1 labelled or served"):
+            repair_duplicates(s, "mail")
+        s.execute("DELETE FROM cascade_log")
+        assert repair_duplicates(s, "mail").repaired  # nothing used any more: the repair goes through
+        assert check_duplicates(s, "mail").cross_split_groups == 0
 
 
 def test_import_reports_duplicates(tmp_path):

@@ -176,8 +176,8 @@ def check_duplicates(store: Store, dataset: str, *, max_examples: int = 5) -> Du
 def repair_duplicates(store: Store, dataset: str) -> DuplicateReport:
     """Move every cross-split duplicate into the most held-out split of its group (:data:`REPAIR_PRECEDENCE`).
 
-    Refused (:class:`SplitRepairError`, nothing changed) when a split it would touch already has labels: the
-    labels, models and calibrations made on those splits would silently change meaning.
+    Refused (:class:`SplitRepairError`, nothing changed) when a split it would touch already has labels (or items the
+    cascade answered): the labels, models and calibrations made on those splits would silently change meaning.
     """
     rep = check_duplicates(store, dataset)
     if not rep.moves:
@@ -185,7 +185,7 @@ def repair_duplicates(store: Store, dataset: str) -> DuplicateReport:
     touched = {a for _, a, _ in rep.moves} | {b for _, _, b in rep.moves}
     labelled = {s: n for s, n in store.labelled_counts_by_split(dataset).items() if s in touched and n}
     if labelled:
-        what = ", ".join(f"{s} ({n:,} labelled items)" for s, n in sorted(labelled.items()))
+        what = ", ".join(f"{s} ({n:,} labelled or served items)" for s, n in sorted(labelled.items()))
         raise SplitRepairError(
             f"{rep.cross_split_groups} duplicate group(s) of {dataset!r} cross splits, but the repair would move items "
             f"of splits that already have labels: {what}; the labels, models and calibrations made on them would "

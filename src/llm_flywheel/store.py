@@ -402,11 +402,11 @@ class Store:
             "SELECT split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split", (dataset,))}
 
     def labelled_counts_by_split(self, dataset: str) -> dict[str | None, int]:
-        """split -> items holding a label row (teacher or human, decided or not) or a review."""
+        """split -> items already used: a label row (teacher or human, decided or not), a review, or a cascade answer."""
         return {r["split"]: int(r["n"]) for r in self.query(
             "SELECT i.split AS split, COUNT(*) AS n FROM items i WHERE i.dataset=? AND ("
-            " EXISTS(SELECT 1 FROM labels l WHERE l.item_id=i.id) OR EXISTS(SELECT 1 FROM reviews r WHERE r.item_id=i.id))"
-            " GROUP BY i.split", (dataset,))}
+            " EXISTS(SELECT 1 FROM labels l WHERE l.item_id=i.id) OR EXISTS(SELECT 1 FROM reviews r WHERE r.item_id=i.id)"
+            " OR i.id IN (SELECT item_id FROM cascade_log WHERE item_id IS NOT NULL)) GROUP BY i.split", (dataset,))}
 
     # -- labels ----------------------------------------------------------------------------------
     def effective_labels(self, dataset: str, *, split: str | Sequence[str] | None = None) -> dict[int, str]:
