@@ -11,16 +11,22 @@ from ..task import Task
 
 # The vocabulary of ``TeacherAnswer.error_kind`` (and ``teacher_answers.error_kind``), shared by the client that
 # classifies a failure and the labeller / cascade / CLI that decide what to do about it.
-#   transient (retried with backoff, then retried next run): http_429, http_5xx, timeout
-#   per-item, final or re-asked once: parse, off_list, refused, truncated, context_exceeded
+#   transient (retried with backoff, then retried next run): http_429, http_5xx, timeout, dropped (a connection
+#     that was made and then lost before an answer)
+#   per-item, final or re-asked once: parse, off_list, refused, truncated (cut off at max_tokens before a complete
+#     label; the client re-asks once with more room and no reason), context_exceeded (the prompt does not fit the
+#     server's context; the client shortens the item text once), http_4xx (another client error: the request, not
+#     the endpoint, is wrong)
+#   an ok answer may carry a note in ``error_detail``: ``recovered_truncated`` (label read from a cut-off reply),
+#     ``input_truncated`` (the item text was shortened to fit the context)
 #   fatal for the whole run (asking again cannot help; stop early with a message that names the fix):
 FATAL_ERROR_KINDS: frozenset[str] = frozenset({
-    "connection",   # connection refused / reset before any byte: nothing listens at the URL
+    "connection",   # connection refused (or connect timeout): nothing listens at the URL
     "dns",          # the host name does not resolve
-    "auth",         # HTTP 401 / 403: missing or wrong API key
+    "auth",         # HTTP 401 / 403: missing or wrong API key (402: the account behind the key cannot pay)
     "not_found",    # HTTP 404: wrong base URL or unknown model
 })
-TRANSIENT_ERROR_KINDS: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout"})
+TRANSIENT_ERROR_KINDS: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "dropped"})
 
 
 def is_fatal(error_kind: str | None) -> bool:
