@@ -390,10 +390,12 @@ _FIXES = {
 
 
 def fatal_message(kind: str, count: int, base_url: str, model: str, detail: str | None) -> str:
+    """The breaker's sentence: what happened, where, the fix (the client's own when its detail names one)."""
     fix = _FIXES.get(kind, "check the teacher's base URL, model and API key")
-    det = f" (last: {detail[:160]})" if detail else ""
-    return (f"stopped after {count} consecutive '{kind}' errors from {base_url} (model {model}){det}; {fix}, "
-            f"then re-run -- stored answers are kept and nothing is asked twice")
+    det = (detail or "")[:240]
+    what = det if det and base_url in det else "; ".join(x for x in (det, fix) if x)
+    return (f"stopped after {count} consecutive '{kind}' errors from {base_url} (model {model}): {what}. "
+            f"Re-run once fixed: stored answers are kept and nothing is asked twice")
 
 
 class _Runner:
@@ -492,8 +494,9 @@ class _Runner:
                     store_answer(self.store, ans, self.run_id)  # stored before anything uses it
                     self.budget.settle(res, ans.cost_usd)  # type: ignore[arg-type]
                     retries = int(ans.extra.get("retries") or 0)
+                    fatal = is_fatal(ans.error_kind) or bool(ans.extra.get("fatal"))
                     await self.ctl.release(ticket, latency_s=ans.latency_s, ok=bool(ans.ok),
-                                           overload=is_overload(ans.error_kind, retries))
+                                           overload=not fatal and is_overload(ans.error_kind, retries))
                     self._count(ans)
                     if self.breaker.record(ans) and not self.stop:
                         self._trip()

@@ -16,7 +16,8 @@ How (throughput hill-climbing with AIMD back-off, evaluated in windows of comple
 * **back off** multiplicatively (x ``backoff``) on overload: timeouts, 429, 5xx, "context exceeded" or retried
   calls (more than a few per window), or p90 latency above half the client timeout; the overloaded level becomes
   a ceiling for the rest of the run;
-* **re-probe** one step up every few steady windows, so a server that speeds up is noticed.
+* **re-probe** one step up after a few steady windows (4, doubling after every probe that found nothing, up to
+  64), so a server that speeds up is noticed without paying for a futile probe all the time.
 
 With ``adaptive=False`` the limit is the cap, fixed (the old behaviour).
 """
@@ -27,6 +28,7 @@ import asyncio
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -86,15 +88,17 @@ class AdaptiveConcurrency:
     after it (``ctl.release(t, count=False)`` when no call was made).  Event-loop local; not thread-safe.
     """
 
-    PROBE_EVERY = 4  # steady windows between probes one step up
+    PROBE_EVERY = 4  # steady windows before the first probe one step up (doubles after each futile probe)
+    PROBE_EVERY_MAX = 64
 
     def __init__(self, cap: int, *, start: int | None = None, adaptive: bool = True, timeout_s: float | None = None,
-                 gain: float = 0.1, backoff: float = 0.5, min_window: int = 12, window_factor: int = 3) -> None:
+                 gain: float = 0.1, backoff: float = 0.5, min_window: int = 12, window_factor: int = 3,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if cap < 1:
             raise ValueError(f"cap must be >= 1, got {cap}")
         if not 0 < backoff < 1:
             raise ValueError(f"backoff must be in (0, 1), got {backoff}")
-        self.cap, self.adaptive, self.timeout_s = cap, adaptive, timeout_s
+        self.cap, self.adaptive, self.timeout_s, self._clock = cap, adaptive, timeout_s, clock
         self.gain, self.backoff = gain, backoff
         self.min_window, self.window_factor = min_window, window_factor
         self.limit = max(1, min(cap, start or cap)) if adaptive else cap
@@ -105,11 +109,12 @@ class AdaptiveConcurrency:
         self.base_limit: int | None = None
         self.base_rate: float | None = None
         self.steady_windows = 0
+        self.probe_every = self.PROBE_EVERY
         self.max_limit = self.limit
         self.decreases = 0
         self.windows = 0  # decisions made (windows ended or back-offs)
         self.history: list[tuple[float, int, str]] = [(0.0, self.limit, "start")]
-        self._t_start = time.monotonic()
+        self._t_start = self._clock()
         self._cond: asyncio.Condition | None = None
         self._reset_window()
 
@@ -120,7 +125,7 @@ class AdaptiveConcurrency:
         return self._cond
 
     def _tick(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self._area += self.inflight * (now - self._last)
         self._last = now
 
@@ -130,7 +135,7 @@ class AdaptiveConcurrency:
             await cond.wait_for(lambda: self.inflight < self.limit)
             self._tick()
             self.inflight += 1
-            return Ticket(self.epoch, time.monotonic())
+            return Ticket(self.epoch, self._clock())
 
     async def release(self, ticket: Ticket, *, latency_s: float | None = None, ok: bool = False,
                       overload: bool = False, count: bool = True) -> None:
@@ -140,13 +145,13 @@ class AdaptiveConcurrency:
             self._tick()
             self.inflight -= 1
             if count and self.adaptive and ticket.epoch == self.epoch:
-                lat = latency_s if latency_s is not None else time.monotonic() - ticket.t0
+                lat = latency_s if latency_s is not None else self._clock() - ticket.t0
                 self._observe(max(lat, 1e-6), ok, overload)
             cond.notify_all()
 
     # -- the search --------------------------------------------------------------------------------------------
     def _reset_window(self) -> None:
-        self._w_start = self._last = time.monotonic()
+        self._w_start = self._last = self._clock()
         self._area = 0.0
         self._n = self._ok = self._signals = 0
         self._lat: list[float] = []
@@ -157,7 +162,8 @@ class AdaptiveConcurrency:
     def _set(self, level: int, why: str) -> None:
         level = max(1, min(self.cap, self.ceiling, level))
         if level != self.limit:
-            self.history.append((round(time.monotonic() - self._t_start, 3), level, why))
+            self.history.append((round(self._clock() - self._t_start, 3), level, why))
+            del self.history[1:-200]  # the start and the last 200 changes
         self.limit = level
         self.max_limit = max(self.max_limit, level)
         self.epoch += 1
@@ -181,6 +187,7 @@ class AdaptiveConcurrency:
         self.ceiling = max(1, self.limit - 1)
         new = max(1, min(int(self.limit * self.backoff), self.limit - 1))
         self.phase, self.base_limit, self.base_rate, self.steady_windows = "steady", new, None, 0
+        self.probe_every = self.PROBE_EVERY
         self._set(new, why)
 
     def _up(self) -> int:
@@ -190,7 +197,7 @@ class AdaptiveConcurrency:
 
     def _end_window(self) -> None:
         self.windows += 1
-        now = time.monotonic()
+        now = self._clock()
         dur = max(now - self._w_start, 1e-9)
         lat = sorted(self._lat)
         mean_lat = sum(lat) / len(lat)
@@ -204,7 +211,10 @@ class AdaptiveConcurrency:
                 self.base_limit, self.base_rate = self.limit, rate
             elif rate > self.base_rate * (1 + self.gain):
                 self.base_limit, self.base_rate = self.limit, rate
+                self.probe_every = self.PROBE_EVERY
             else:  # not faster: the extra requests only queued
+                if self.phase == "probe":
+                    self.probe_every = min(self.PROBE_EVERY_MAX, self.probe_every * 2)
                 was, self.phase, self.steady_windows = self.limit, "steady", 0
                 self._set(self.base_limit, f"{was} no faster than {self.base_limit}")
                 return
@@ -220,7 +230,7 @@ class AdaptiveConcurrency:
         self.base_rate = rate if self.base_rate is None else 0.5 * (self.base_rate + rate)
         self.steady_windows += 1
         nxt = min(self.cap, self.ceiling, self._up())
-        if self.steady_windows >= self.PROBE_EVERY and nxt > self.limit:
+        if self.steady_windows >= self.probe_every and nxt > self.limit:
             self.phase, self.steady_windows = "probe", 0
             self._set(nxt, f"probe {nxt}")
         else:

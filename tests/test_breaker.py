@@ -1,0 +1,81 @@
+"""The labeller's circuit breaker against real endpoints on 127.0.0.1: a closed port, a server answering 401, and a
+server whose failures are not identical in a row."""
+
+from __future__ import annotations
+
+import socket
+
+from fault_server import FaultServer, ok, status
+from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
+
+
+def _ids(ws, n):
+    s = ws.store()
+    try:
+        return [it.id for it in s.items("synth", limit=n)]
+    finally:
+        s.close()
+
+
+def _answers(ws):
+    s = ws.store()
+    try:
+        return s.query("SELECT * FROM teacher_answers")
+    finally:
+        s.close()
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_closed_port_stops_the_run_after_n_identical_connection_errors(synth_ws, synth_task):
+    url = _closed_port_url()
+    ids = _ids(synth_ws, 60)
+    t = OpenAICompatTeacher(url, "m", api_key_env=None, task=synth_task)
+    r = label_items(synth_ws, "synth", ids, t, LabelConfig(concurrency=8, breaker_threshold=3), progress=False)
+    assert r.stopped_reason == "fatal_error" and r.fatal_error_kind == "connection"
+    assert url in r.stopped_message and "re-run" in r.stopped_message.lower()
+    assert 3 <= r.calls_made + r.cancelled_calls <= 3 + 8  # the breaker's N plus at most what was in flight
+    assert r.labelled == 0 and r.unlabelled == 60 and not r.stopped_by_budget
+    assert all(a["error_kind"] == "connection" and not a["ok"] for a in _answers(synth_ws))
+
+
+def test_401_stops_at_the_threshold_even_with_many_workers(synth_ws, synth_task, monkeypatch):
+    monkeypatch.setenv("FW_KEY", "wrong")
+    ids = _ids(synth_ws, 80)
+    with FaultServer(default=status(401, {"error": {"message": "invalid api key"}})) as srv:
+        t = OpenAICompatTeacher(srv.url, "m", api_key_env="FW_KEY", task=synth_task)
+        r = label_items(synth_ws, "synth", ids, t, LabelConfig(concurrency=8, breaker_threshold=4), progress=False)
+    assert r.stopped_reason == "fatal_error" and r.fatal_error_kind in ("auth", "http_401")
+    assert 4 <= len(srv.requests) <= 4 + 8 and r.calls_made == len(srv.requests)
+    assert srv.url in r.stopped_message and "API key" in r.stopped_message
+
+
+def test_breaker_needs_identical_fatal_errors_in_a_row(synth_ws, synth_task, monkeypatch):
+    """401, 401, answer, 401, 401, answer ...: never three in a row, so the run goes on to the end."""
+    monkeypatch.setenv("FW_KEY", "k")
+    ids = _ids(synth_ws, 12)
+    script = [status(401), status(401), ok()] * 8
+    with FaultServer(script=script, default=ok()) as srv:
+        t = OpenAICompatTeacher(srv.url, "m", api_key_env="FW_KEY", task=synth_task, logprobs=False)
+        r = label_items(synth_ws, "synth", ids, t,
+                        LabelConfig(passes=1, tie_break=False, concurrency=1, adaptive=False, breaker_threshold=3),
+                        progress=False)
+    assert r.stopped_reason is None and r.stopped_message is None
+    assert r.calls_made == 12 and r.failed == 8
+
+
+def test_after_the_fix_a_rerun_continues(synth_ws, synth_task):
+    ids = _ids(synth_ws, 20)
+    dead = OpenAICompatTeacher(_closed_port_url(), "m", api_key_env=None, task=synth_task)
+    r1 = label_items(synth_ws, "synth", ids, dead, LabelConfig(passes=1, tie_break=False), progress=False)
+    assert r1.stopped_reason == "fatal_error"
+    with FaultServer(default=ok()) as srv:
+        t = OpenAICompatTeacher(srv.url, "m", api_key_env=None, task=synth_task, logprobs=False)
+        r2 = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=1, tie_break=False), progress=False)
+    assert r2.stopped_reason is None and r2.labelled == 20 and r2.calls_made == 20
