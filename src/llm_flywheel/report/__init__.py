@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..workspace import Workspace
+from . import review_section
 
 ROUND_KEYS = ("round", "teacher_calls", "teacher_cost_usd", "student_accuracy", "cascade_accuracy", "teacher_fraction", "model_version")
 OVERALL_KEYS = ("teacher_accuracy", "gold_ceiling_accuracy", "teacher_source", "cost_per_1k_teacher_only", "cost_per_1k_cascade", "breakeven_items")
@@ -84,11 +85,30 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
         "final_cascade_accuracy_ci": last.get("cascade_accuracy_ci"),
         "final_teacher_fraction": last.get("teacher_fraction"),
         "cost": cost,
+        # figures that could not be computed, each with its reason ("n/a: ..."), and the loud warnings of the run,
+        # each with the flag that fixes it -- the terminal summary and index.html show both
+        "cost_not_available": extra.get("cost_na") or {},
+        "teacher_price_note": extra.get("teacher_price_note"),
+        "warnings": extra.get("warnings") or [],
+        "sizes": extra.get("sizes"),
+        "goal": _goal(extra.get("config") or {}),
         "teacher_quality": extra.get("teacher_quality"),
         "final": extra.get("final"),
         "throughput": extra.get("throughput"),
+        "human_review": review_section.human_review_summary(ws, dataset),  # human labels and what they changed
     }
     return summary
+
+
+def _goal(config: dict[str, Any]) -> str | None:
+    """The cascade goal in words."""
+    ta, mf = config.get("target_accuracy"), config.get("max_teacher_fraction")
+    parts = []
+    if mf is not None:
+        parts.append(f"at most {100 * mf:g} % of items to the teacher")
+    if ta is not None:
+        parts.append(f"accuracy >= {100 * ta:g} % (agreement with teacher labels) on items the student answers")
+    return " and ".join(parts) or None
 
 
 def _json_safe(v: Any) -> Any:

@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from . import review_section
+
 ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
     ("model_version", "model version"),
@@ -19,8 +21,8 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("labels_total", "train labels"),
     ("teacher_calls", "teacher calls"),
     ("teacher_cost_usd", "teacher cost (USD)"),
-    ("student_accuracy", "student acc. (test)"),
-    ("cascade_accuracy", "cascade acc. (test)"),
+    ("student_accuracy", "student acc. (gold test)"),
+    ("cascade_accuracy", "cascade acc. (gold test)"),
     ("teacher_fraction", "teacher fraction (stream)"),
     ("threshold", "threshold"),
     ("audit_disagreement_rate", "audit disagreement"),
@@ -70,6 +72,8 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 .banner{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;border-radius:4px;margin:1em 0}
 .ci{color:#777;font-size:.85em} figure{display:inline-block;margin:.5em} img{max-width:100%}
 .kv td:first-child{font-weight:600} .note{color:#555;font-size:.9em}
+.warn{background:#fde2e1;border:1px solid #d9534f;padding:.7em 1em;border-radius:4px;margin:1em 0}
+.warn li{margin:.3em 0}
 """
 
 
@@ -89,11 +93,18 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         )
     else:
         parts.append(f"<p>Teacher: <code>{e(str(src))}</code></p>")
+    warnings = summary.get("warnings") or []
+    if warnings:
+        parts.append(f"<div class=warn><b>{len(warnings)} warning(s): read these before the numbers.</b><ul>"
+                     + "".join(f"<li>{e(str(w.get('message')))}<br><b>Fix:</b> {e(str(w.get('fix')))}</li>" for w in warnings)
+                     + "</ul></div>")
+    if summary.get("goal"):
+        parts.append(f"<p>Cascade goal: {e(str(summary['goal']))}.</p>")
     overall = [
-        ("teacher_accuracy", "teacher accuracy (single call, gold)"),
+        ("teacher_accuracy", "teacher accuracy (single call, vs gold)"),
         ("gold_ceiling_accuracy", "gold-label ceiling (same student, same items, gold labels)"),
-        ("final_student_accuracy", "final student accuracy (test)"),
-        ("final_cascade_accuracy", "final cascade accuracy (test)"),
+        ("final_student_accuracy", "final student accuracy (on gold test)"),
+        ("final_cascade_accuracy", "final cascade accuracy (on gold test)"),
         ("final_teacher_fraction", "final teacher fraction (stream)"),
         ("cost_per_1k_teacher_only", "cost per 1,000 items, teacher everywhere"),
         ("cost_per_1k_cascade", "cost per 1,000 items, cascade"),
@@ -102,10 +113,14 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         ("breakeven_items", "breakeven (items served until labelling has paid off)"),
     ]
     parts.append("<h2>Summary</h2><table class=kv>")
+    na = summary.get("cost_not_available") or {}
     for k, name in overall:
         v = with_ci(summary, k) if f"{k}_ci" in summary else e(fmt(summary.get(k), k))
         if k == "cost_ratio" and summary.get(k) is not None:
             v = f"{summary[k]:.1f}×"
+        if summary.get(k) is None and (na.get(k) or na.get("cost")) and (k.startswith("cost") or k in (
+                "breakeven_items", "labelling_spend_usd")):
+            v = e(na.get(k) or na["cost"])
         parts.append(f"<tr><td>{e(name)}</td><td>{v}</td></tr>")
     parts.append("</table>")
 
@@ -114,6 +129,9 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
     for r in rounds:
         cells = []
         for k, _ in ROUND_COLUMNS:
+            if k == "threshold" and isinstance(r.get(k), (int, float)) and r[k] > 1:
+                cells.append("above 1: every item to the teacher" + (" (goal infeasible)" if r.get("calib_feasible") is False else ""))
+                continue
             cells.append(with_ci(r, k) if k in ("student_accuracy", "cascade_accuracy") else e(fmt(r.get(k), k)))
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
@@ -136,7 +154,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
     if cost:
         parts.append("<table class=kv>")
         for k, name in (
-            ("teacher_cost_per_call", "measured mean teacher cost per call (USD)"),
+            ("teacher_cost_per_call", "teacher cost per call (USD; " + str(cost.get("teacher_price_note") or "measured mean") + ")"),
             ("student_items_per_s", "measured student throughput, end to end (items/s)"),
             ("cpu_usd_per_hour", "assumed price of the serving machine (USD/hour)"),
             ("teacher_fraction", "teacher fraction used (last round's stream)"),
@@ -146,6 +164,8 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
             v = cost.get(k)
             parts.append(f"<tr><td>{e(name)}</td><td>{e(fmt(v, k) if k != 'student_items_per_s' else f'{v:,.0f}' if v else '–')}</td></tr>")
         parts.append("</table>")
+    elif (summary.get("cost_not_available") or {}).get("cost"):
+        parts.append(f"<p class=warn>Cost: {e(str(summary['cost_not_available']['cost']))}</p>")
     tq = summary.get("teacher_quality") or {}
     parts.append("<h2>Teacher quality</h2>")
     if tq:
@@ -156,6 +176,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         )
     parts.append(_img(images.get("teacher"), "teacher accuracy per class (gold)"))
     parts.append(_img(images.get("teacher_confusion"), "teacher confusion (gold)"))
+    parts.append(review_section.review_html(summary))  # human labels and what they changed
     parts.append(f"<p class=note>Generated {e(str(summary.get('generated_at', '')))} by llm-flywheel; "
                  "the same numbers are in summary.json.</p></body></html>")
     return "\n".join(p for p in parts if p)
