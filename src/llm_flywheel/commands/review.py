@@ -128,3 +128,29 @@ def pull_cmd(ctx: Ctx, dataset: str, url: str | None, project_id: int | None, to
                   f"human label ({res.changed_from_teacher} differ from the teacher); {res.recorded} new annotation(s) "
                   f"recorded, {res.already_pulled} already pulled, {res.older} older one(s) kept in history only, "
                   f"{res.skipped} cancelled/empty", soft_wrap=True)
+
+
+@review.command("effect")
+@click.argument("dataset")
+@click.option("--kind", help="Student kind (default: the task's default).")
+@click.option("--epochs", type=int, help="Training epochs (default: the student's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@pass_ctx
+def effect_cmd(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, seed: int) -> None:
+    """Measure what the human labels changed: the same student trained with and without them, both on gold test."""
+    from ..review import measure_human_label_effect
+
+    ws = ctx.workspace(create=False)
+    try:
+        r = measure_human_label_effect(ws, dataset, kind=kind, epochs=epochs, seed=seed)
+    except (ValueError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+
+    def ci(c: list[float]) -> str:
+        return f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
+
+    console.print(f"{r['n_human']} human label(s) ({r['changed_from_teacher']} differ from the teacher) on {r['n_test']} "
+                  f"gold test items: student {100 * r['accuracy_with']:.1f} % {ci(r['accuracy_with_ci'])} with them, "
+                  f"{100 * r['accuracy_without']:.1f} % {ci(r['accuracy_without_ci'])} without; difference "
+                  f"{100 * r['difference']:+.1f} pt {ci(r['difference_ci'])} (in the report: `flywheel report {dataset}`)",
+                  soft_wrap=True)
