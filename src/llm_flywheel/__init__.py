@@ -1,3 +1,45 @@
-"""llm-flywheel: an LLM teaches, a small student learns, a calibrated cascade serves, feedback turns the wheel."""
+"""llm-flywheel: an LLM teaches, a small student learns, a calibrated cascade serves, feedback turns the wheel.
+
+The public Python API (``import llm_flywheel as fw``; see docs/python-api.md)::
+
+    ws = fw.Workspace("ws")                                   # a workspace folder, the same the CLI uses
+    ds = ws.add_dataset("text", "tickets.csv", task="tickets.toml")
+    report = ds.label(fw.teacher("openrouter:google/gemini-2.5-flash"), budget_usd=5)
+    cascade = ds.train("text-minilm").calibrate(max_teacher_fraction=0.1)
+    fw.DistilledClassifier(teacher=..., labels={...}).fit(texts).predict(texts)
+
+Names are imported on first use, so ``import llm_flywheel`` stays fast (no numpy, torch or scikit-learn).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_API = (
+    "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
+    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport", "Teacher",
+    "TeacherError", "Workspace", "simulated_teacher", "teacher",
+)
+__all__ = ["__version__", *_API]
+
+if TYPE_CHECKING:  # for editors and type checkers
+    from .api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation, FlywheelError, InputError,
+                      LabelReport, Model, NotReadyError, RoundReport, RunReport, Teacher, TeacherError, Workspace,
+                      simulated_teacher, teacher)
+    from .api.estimator import DistilledClassifier
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'llm_flywheel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

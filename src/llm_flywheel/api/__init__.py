@@ -1,0 +1,32 @@
+"""The public Python API: ``import llm_flywheel as fw``.
+
+    ws = fw.Workspace("ws")
+    ds = ws.add_dataset("text", "tickets.csv", task="tickets.toml")
+    rep = ds.label(fw.teacher("openrouter:google/gemini-2.5-flash"), budget_usd=5)     # LabelReport
+    model = ds.train("text-minilm")                                                    # Model
+    cascade = model.calibrate(max_teacher_fraction=0.1, teacher=...)                   # Cascade
+    cascade.predict(["my printer is on fire"])                                         # [Answer, ...]
+
+and, for Python objects without files, ``fw.DistilledClassifier`` (scikit-learn compatible).
+"""
+
+from __future__ import annotations
+
+from .results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelReport,
+                      NotReadyError, RoundReport, RunReport, TeacherError)
+from .simulate import simulated_teacher
+from .workspace import Cascade, Dataset, Model, Teacher, Workspace, teacher
+
+__all__ = [
+    "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
+    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport", "Teacher",
+    "TeacherError", "Workspace", "simulated_teacher", "teacher",
+]
+
+
+def __getattr__(name: str) -> object:
+    if name == "DistilledClassifier":  # imports scikit-learn: only when asked for
+        from .estimator import DistilledClassifier
+
+        return DistilledClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,474 @@
+"""The notebook-facing facade: ``Workspace`` -> ``Dataset`` -> ``Model`` -> ``Cascade``, plus ``teacher()``.
+
+Why a facade over the pipeline functions instead of new logic: the CLI, the HTTP service and this API must give the
+same answers from the same store, so every method here is a call into the pipeline (``add_dataset``,
+``label_items``, ``train_student``, ``calibrate``, ``Cascade.from_store``, ``run_wheel``, ``evaluate``) plus a
+conversion of its result into a typed dataclass and of its exceptions into the API's typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .results import (Answer, Calibration, Evaluation, InputError, LabelReport, NotReadyError, RoundReport,
+                      RunReport, TeacherError, translate_errors)
+
+
+# --- teacher ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Teacher:
+    """Which LLM labels, as a spec string plus client options; the HTTP client is built per use.
+
+    Plain data on purpose: it can be pickled, deep-copied (scikit-learn's ``clone``), logged and compared, and it
+    never holds the API key -- only the *name* of the environment variable that holds it.
+    """
+
+    spec: str
+    api_key_env: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def simulated(self) -> bool:
+        return "simulated" in self.spec.lower()
+
+    def build(self, task: Any, ws: Any = None) -> Any:
+        """The engine's OpenAI-compatible client for ``task`` (an ``llm_flywheel.task.Task``)."""
+        from ..teachers.registry import teacher_from_spec
+
+        with translate_errors():
+            return teacher_from_spec(self.spec, task, api_key_env=self.api_key_env, workspace=ws,
+                                     **dict(self.options))
+
+
+def teacher(spec: str | Teacher, *, api_key_env: str | None = None, timeout: float = 60.0, max_retries: int = 5,
+            rpm: float | None = None, **options: Any) -> Teacher:
+    """A teacher from a spec: ``openrouter:google/gemini-2.5-flash``, ``openai:gpt-4o-mini``, ``ollama:MODEL``,
+    ``http://host:port/v1|MODEL`` (any OpenAI-compatible server).  ``api_key_env`` names the environment variable
+    holding the key (default: the provider's, e.g. ``OPENROUTER_API_KEY``; ``""`` for none).  The spec is checked
+    now, so a typo fails here and not after an hour of data loading."""
+    if isinstance(spec, Teacher):
+        return spec
+    from ..teachers.registry import parse_spec
+
+    if not isinstance(spec, str):
+        raise InputError(f"teacher must be a spec string such as 'openrouter:google/gemini-2.5-flash', not {spec!r}")
+    with translate_errors():
+        parse_spec(spec)
+    opts = {"timeout": timeout, "max_retries": max_retries, **options}
+    if rpm is not None:
+        opts["rpm"] = rpm
+    return Teacher(spec, api_key_env, opts)
+
+
+def as_teacher(t: Teacher | str) -> Teacher:
+    """A ``Teacher`` from a ``Teacher`` or a spec string (the argument every API method accepts)."""
+    return t if isinstance(t, Teacher) else teacher(t)
+
+
+# --- workspace -------------------------------------------------------------------------------------------------------
+class Workspace:
+    """A workspace folder (``flywheel.db`` + blobs + models + reports): the same one the CLI uses (``--workspace``)."""
+
+    def __init__(self, path: str | Path = "flywheel-workspace", *, create: bool = True) -> None:
+        from ..workspace import Workspace as _Ws
+
+        try:
+            self._ws = _Ws.open(path, create=create)
+        except FileNotFoundError as e:
+            raise InputError(str(e)) from e
+        self.path: Path = self._ws.root
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.path)!r})"
+
+    def datasets(self) -> list[str]:
+        with self._ws.store(readonly=True) as s:
+            return s.dataset_names()
+
+    def dataset(self, name: str) -> "Dataset":
+        names = self.datasets()
+        if name not in names:
+            raise InputError(f"no dataset {name!r} in {self.path} (have: {', '.join(names) or 'none'}); "
+                             "add one with ws.add_dataset(...) or ws.add_items(...)")
+        return Dataset(self, name)
+
+    def add_dataset(self, adapter: str, path: str | Path | None = None, *, task: str | Path | None = None,
+                    name: str | None = None, val: float | int = 0.05, calib: float | int = 0.05,
+                    stream: float | int = 0.2, test: float | int = 0.2, seed: int = 0, **options: Any) -> "Dataset":
+        """Import files with an adapter (``text``, ``tabular``, ``image-folder``, ``fashion-mnist``, ``cifar5``) and
+        make its splits, exactly like ``flywheel data add``.  Re-running adds nothing."""
+        from ..data.registry import add_dataset
+
+        with translate_errors():
+            try:
+                rep = add_dataset(self._ws, adapter, path=path, task=task, as_name=name, val=val, calib=calib,
+                                  stream=stream, test=test, seed=seed, progress=False, **options)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return Dataset(self, rep.dataset)
+
+    def add_items(self, name: str, items: Sequence[Any], *, labels: Mapping[str, str] | Sequence[str],
+                  gold: Sequence[str | None] | None = None, instructions: str = "", modality: str | None = None,
+                  val: float | int = 0.1, calib: float | int = 0.2, stream: float | int = 0.0,
+                  test: float | int = 0.0, seed: int = 0) -> "Dataset":
+        """Add in-memory items (texts, rows of numbers, or PIL images / uint8 arrays) as dataset ``name``.
+
+        ``labels``: ``{name: description}`` (descriptions are what the teacher reads) or a list of names.
+        ``gold``: known correct labels, kept for measurement only (the teacher never sees them; the simulated
+        teacher answers from them).  Identical items are stored once.
+        """
+        from ..task import Task
+
+        descriptions = dict(labels) if isinstance(labels, Mapping) else {str(k): str(k).replace("_", " ") for k in labels}
+        modality = modality or infer_modality(items)
+        with translate_errors():
+            try:
+                task = Task(name=name, modality=modality, labels=tuple(descriptions), descriptions=descriptions,
+                            instructions=instructions)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        register_items(self._ws, task, items, gold=gold)
+        make_splits_once(self._ws, name, val=val, calib=calib, stream=stream, test=test, seed=seed)
+        return Dataset(self, name)
+
+
+def infer_modality(items: Sequence[Any]) -> str:
+    """``text`` for strings, ``image`` for PIL images / bytes / 2-3-D arrays, ``tabular`` for rows of numbers."""
+    if isinstance(items, np.ndarray):
+        if items.ndim == 2 and items.dtype.kind in "biuf":
+            return "tabular"
+        if items.ndim in (3, 4):
+            return "image"
+        if items.ndim == 1 and items.dtype.kind in "UO" and all(isinstance(x, str) for x in items):
+            return "text"
+        raise InputError(f"cannot tell what a {items.ndim}-D {items.dtype} array holds; pass a list of texts, a "
+                         "2-D numeric array (tabular) or a list of images")
+    first = next(iter(items), None)
+    if first is None:
+        raise InputError("no items given (got an empty sequence)")
+    if isinstance(first, str):
+        return "text"
+    if isinstance(first, (bytes, bytearray)) or type(first).__module__.startswith("PIL"):
+        return "image"
+    if isinstance(first, np.ndarray) and first.ndim >= 2:
+        return "image"
+    return "tabular"
+
+
+def item_key(modality: str, x: Any) -> tuple[str, Any]:
+    """(stable key, record payload) of one in-memory input: the key names the item in the store, so the same input
+    given twice (in ``fit`` and ``predict``, or across runs) is the same item with the same cached teacher answers."""
+    from ..data.base import encode_png
+
+    if modality == "text":
+        if not isinstance(x, str):
+            raise InputError(f"text items must be str, got {type(x).__name__}")
+        return "t:" + hashlib.sha256(x.encode("utf-8")).hexdigest(), x
+    if modality == "tabular":
+        row = [float(v) for v in np.asarray(x, dtype=float).ravel()]
+        fj = json.dumps([None if math.isnan(v) else v for v in row])
+        return "f:" + hashlib.sha256(fj.encode()).hexdigest(), row
+    data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
+        np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x)
+    return "i:" + hashlib.sha256(data).hexdigest(), data
+
+
+def register_items(ws: Any, task: Any, items: Sequence[Any], *, gold: Sequence[str | None] | None = None) -> list[str]:
+    """Store in-memory inputs as items of ``task.name`` (idempotent); returns their keys (``source_ref``) in order."""
+    from ..data.base import Record, register
+
+    if gold is not None and len(gold) != len(items):
+        raise InputError(f"gold has {len(gold)} entries for {len(items)} items")
+    recs, keys = [], []
+    for i, x in enumerate(items):
+        key, payload = item_key(task.modality, x)
+        keys.append(key)
+        field_name = {"text": "text", "tabular": "features", "image": "image"}[task.modality]
+        recs.append(Record(key, **{field_name: payload}, gold_label=None if gold is None else gold[i]))
+    with translate_errors():
+        rep = register(ws, task, recs, total=len(recs), progress=False)
+    if rep.skipped and rep.skipped == rep.seen:
+        raise InputError(f"none of the {rep.seen} items could be stored: {'; '.join(rep.skipped_examples)}")
+    return keys
+
+
+def make_splits_once(ws: Any, dataset: str, **sizes: Any) -> dict[str, int]:
+    """Split a dataset once; later items join ``train`` (the held-out splits never move)."""
+    from ..splits import SplitSpec, make_splits
+
+    with ws.store() as s:
+        try:
+            return make_splits(s, dataset, SplitSpec(**sizes))
+        except ValueError as e:
+            raise InputError(f"{e}; give more items or smaller val/calib sizes") from e
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------------
+class Dataset:
+    """One dataset of a workspace: label it, train on it, turn the wheel on it."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace, self.name = workspace, name
+        from ..task import Task
+
+        with workspace._ws.store(readonly=True) as s:
+            self.task = Task.from_json(s.dataset_task_json(name))
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {self.task.modality}, labels={list(self.task.labels)})"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.task.labels
+
+    @property
+    def modality(self) -> str:
+        return self.task.modality
+
+    @contextlib.contextmanager
+    def simulated_teacher(self, *, accuracy: float = 0.85, seed: int = 0, latency_ms: float = 0.0,
+                          rate_429: float = 0.0, malformed_rate: float = 0.0) -> Iterator[Teacher]:
+        """A SIMULATED teacher on 127.0.0.1 answering from this dataset's gold labels through an error model
+        (``accuracy`` is a parameter, not a finding): for demos and tests without an API key."""
+        from ..teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+        cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
+                        malformed_rate=malformed_rate)
+        try:
+            ctx = run_simulated_teacher(self.workspace._ws, self.name, cfg)
+            url = ctx.__enter__()
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        try:
+            yield Teacher(f"{url}|{model_id(self.name, cfg)}", api_key_env="", options={"max_retries": 2})
+        finally:
+            ctx.__exit__(None, None, None)
+
+    def splits(self) -> dict[str, int]:
+        """Items per split (train / val / calib / stream / test)."""
+        from ..splits import split_counts
+
+        with self.workspace._ws.store(readonly=True) as s:
+            return {k: v for k, v in split_counts(s, self.name).items() if k}
+
+    def _item_ids(self, split: str | Sequence[str] | None, limit: int | None) -> list[int]:
+        with self.workspace._ws.store(readonly=True) as s:
+            items = s.items(self.name, split=None if split in (None, "all") else split, limit=limit)
+        if not items:
+            raise InputError(f"no items in {self.name!r} split {split!r} (splits: {self.splits()})")
+        return [it.id for it in items]
+
+    def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
+              limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
+              max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True) -> LabelReport:
+        """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
+        answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
+        Default: the train, val and calib splits (the test split stays for measurement)."""
+        from ..labeling import LabelConfig, label_items
+
+        t = as_teacher(teacher)
+        ids = self._item_ids(split, limit)
+        try:
+            cfg = LabelConfig(passes=passes, concurrency=concurrency, budget_usd=budget_usd, max_calls=max_calls,
+                              tie_break=tie_break)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        with translate_errors():
+            res = label_items(self.workspace._ws, self.name, ids, t.build(self.task, self.workspace._ws), cfg,
+                              progress=False)
+        return LabelReport.from_result(self.name, res)
+
+    def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
+              **hparams: Any) -> "Model":
+        """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``;
+        default per modality) on the labelled train split; returns the new model version."""
+        from ..training import train_student
+
+        with translate_errors():
+            try:
+                tm = train_student(self.workspace._ws, self.name, kind=kind, seed=seed, epochs=epochs, soft=soft,
+                                   progress=False, **hparams)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return Model(self, tm.version)
+
+    def model(self, version: str | None = None) -> "Model":
+        """A trained model by version; default: the promoted one, else the newest."""
+        from ..training import latest_version
+
+        with translate_errors(), self.workspace._ws.store(readonly=True) as s:
+            return Model(self, version or latest_version(s, self.name))
+
+    def run(self, teacher: Teacher | str, *, rounds: int = 3, target_accuracy: float | None = None,
+            max_teacher_fraction: float | None = None, **options: Any) -> RunReport:
+        """Turn the wheel ``rounds`` times (select -> label -> train -> calibrate -> promote -> serve the stream ->
+        feedback).  Give a cascade goal: ``target_accuracy`` and/or ``max_teacher_fraction`` (default 0.1).
+        ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...).  A re-run with
+        the same settings resumes the unfinished run."""
+        from ..flywheel import run_wheel
+
+        t = as_teacher(teacher)
+        if target_accuracy is None and max_teacher_fraction is None:
+            max_teacher_fraction = 0.1
+        with translate_errors():
+            try:
+                res = run_wheel(self.workspace._ws, self.name, teacher=t.build(self.task, self.workspace._ws),
+                                rounds=rounds, target_accuracy=target_accuracy,
+                                max_teacher_fraction=max_teacher_fraction, progress=False, **options)
+            except TypeError as e:
+                raise InputError(str(e)) from e
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return RunReport(run_id=res.run_id, dataset=res.dataset,
+                         rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds), raw=dict(res.extra))
+
+
+# --- model -----------------------------------------------------------------------------------------------------------
+class Model:
+    """A trained student version of a dataset."""
+
+    def __init__(self, dataset: Dataset, version: str) -> None:
+        from ..training import model_row
+
+        self.dataset, self.version = dataset, version
+        with translate_errors(), dataset.workspace._ws.store(readonly=True) as s:
+            row = model_row(s, version)
+        self.kind: str = row["kind"]
+        self.metrics: Mapping[str, Any] = json.loads(row.get("metrics_json") or "{}")
+        self._student: Any = None
+
+    def __repr__(self) -> str:
+        return f"Model({self.version!r}, kind={self.kind!r})"
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Accuracy on the validation labels (teacher labels unless trained with gold validation)."""
+        v = self.metrics.get("val_acc")
+        return None if v is None else float(v)
+
+    def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
+        """The student's raw (uncalibrated) probabilities, columns in ``dataset.labels`` order."""
+        from ..training import load_student
+
+        if self._student is None:
+            with translate_errors():
+                self._student = load_student(self.dataset.workspace._ws, self.version)
+        return np.asarray(self._student.predict_proba_raw(list(_raw_inputs(self.dataset.modality, inputs))))
+
+    def evaluate(self, split: str = "test") -> Evaluation:
+        """Score on ``split``'s gold labels (needs a dataset with gold labels), beside the teacher's accuracy."""
+        from ..evaluation import evaluate
+
+        with translate_errors():
+            rep = evaluate(self.dataset.workspace._ws, self.dataset.name, self.version, split=split)
+        return Evaluation.from_report(rep)
+
+    def calibrate(self, *, target_accuracy: float | None = None, max_teacher_fraction: float | None = None,
+                  delta: float = 0.1, teacher: Teacher | str | None = None) -> "Cascade":
+        """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
+        answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
+        cascade (with ``teacher`` answering what the student defers, if given)."""
+        from ..calibration import calibrate
+
+        if target_accuracy is None and max_teacher_fraction is None:
+            max_teacher_fraction = 0.1
+        with translate_errors():
+            try:
+                calibrate(self.dataset.workspace._ws, self.dataset.name, self.version,
+                          target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta)
+            except ValueError as e:
+                raise NotReadyError(str(e)) from e
+        return self.cascade(teacher)
+
+    def cascade(self, teacher: Teacher | str | None = None) -> "Cascade":
+        """The cascade of this model from its latest calibration."""
+        return Cascade(self, teacher)
+
+
+def _raw_inputs(modality: str, inputs: Any) -> list[Any]:
+    if isinstance(inputs, str):
+        raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
+    if modality == "tabular":
+        return [[float(v) for v in row] for row in np.asarray(inputs, dtype=float).reshape(len(inputs), -1)]
+    if modality == "image":
+        return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
+    return list(inputs)
+
+
+class Cascade:
+    """Student answers above the calibrated threshold, the teacher below it."""
+
+    def __init__(self, model: Model, teacher: Teacher | str | None = None) -> None:
+        from ..cascade import Cascade as _Cascade
+
+        self.model = model
+        ds = model.dataset
+        t = None if teacher is None else as_teacher(teacher)
+        self.teacher = t
+        with translate_errors():
+            self._c = _Cascade.from_store(ds.workspace._ws, ds.name, version=model.version,
+                                          teacher=None if t is None else t.build(ds.task, ds.workspace._ws))
+        self.calibration = Calibration.from_report(self._c.calibration)
+
+    def __repr__(self) -> str:
+        return (f"Cascade({self.model.version!r}, threshold={self.threshold:.3f}, "
+                f"teacher={self.teacher.spec if self.teacher else None!r})")
+
+    @property
+    def threshold(self) -> float:
+        return self._c.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self._c.temperature
+
+    def predict(self, inputs: Sequence[Any], *, concurrency: int = 16) -> list[Answer]:
+        """Answer inputs that are not in the store (texts, rows of numbers, images), in order.  Answers are logged
+        to the workspace's cascade log (the wheel's feedback), like the HTTP service's."""
+        from ..data.base import encode_png, sha256
+
+        raw = _raw_inputs(self.model.dataset.modality, inputs)
+
+        def chash(x: Any) -> str | None:
+            if isinstance(x, str):
+                return sha256(x.encode("utf-8"))
+            if isinstance(x, (bytes, bytearray)):
+                return sha256(bytes(x))
+            if isinstance(x, list):
+                return None
+            return sha256(encode_png(x))
+
+        async def go() -> list[Any]:
+            sem = asyncio.Semaphore(max(1, concurrency))
+
+            async def one(x: Any) -> Any:
+                async with sem:
+                    return await self._c.apredict_raw(x, origin="api", content_hash=chash(x))
+            try:
+                return list(await asyncio.gather(*(one(x) for x in raw)))
+            finally:
+                await self._c.aclose()
+
+        with translate_errors():
+            out = _run(go())
+        return [Answer.from_engine(a) for a in out]
+
+    def close(self) -> None:
+        self._c.close()
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine from sync code, also inside Jupyter (whose event loop is already running)."""
+    from ..teachers.openai_compat import run_sync
+
+    return run_sync(coro)

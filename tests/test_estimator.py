@@ -1,0 +1,171 @@
+"""DistilledClassifier on in-memory text, tables and images, taught by the REAL simulated teacher on 127.0.0.1.
+
+The correct classes go to the simulator only (``fw.simulated_teacher(X, y)``), never to the estimator.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import llm_flywheel as fw
+from llm_flywheel.api.estimator import DistilledClassifier
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from _data import shapes, tickets  # noqa: E402
+
+LABELS = {"billing": "invoices and payments", "hardware": "a broken device", "account": "logins and passwords"}
+
+
+def _stats(teacher: fw.Teacher) -> dict:
+    return httpx.get(teacher.spec.split("|")[0] + "/_stats", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def text_data():
+    return tickets(320, seed=3)
+
+
+@pytest.fixture(scope="module")
+def text_teacher(text_data):
+    X, y = text_data
+    with fw.simulated_teacher(X, y, accuracy=0.9) as t:
+        yield t
+
+
+def test_text_fit_predict_learns_from_the_teacher_and_caches_every_answer(text_data, text_teacher, tmp_path):
+    X, y = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", workspace=str(tmp_path / "w"),
+                              max_teacher_fraction=0.2)
+    assert clf.fit(X[:240]) is clf
+    rep = clf.label_report_
+    assert isinstance(rep, fw.LabelReport) and rep.simulated and rep.items == 240
+    assert rep.calls_made >= 240 * 2 and rep.cost_usd > 0
+    assert list(clf.classes_) == sorted(LABELS)
+    assert isinstance(clf.calibration_, fw.Calibration) and 0 < clf.calibration_.threshold
+    proba = clf.predict_proba(X[240:])
+    assert proba.shape == (80, 3) and np.allclose(proba.sum(axis=1), 1)
+    pred = clf.predict(X[240:])
+    assert (pred == clf.classes_[proba.argmax(axis=1)]).all()
+    assert np.mean(pred == np.array(y[240:])) > 0.8  # the simulated teacher is right ~90 % of the time
+
+    answers = clf.predict_answers(X[240:])
+    assert [a.label for a in answers] == list(pred)
+    assert {a.source for a in answers} <= {"student", "teacher"}
+    for a in answers:
+        assert a.label == (a.teacher_label if a.source == "teacher" else a.student_label)
+
+    # the same training set again (new estimator, same workspace): every teacher answer comes from the cache
+    before = _stats(text_teacher)["completions"]
+    again = DistilledClassifier(**clf.get_params()).fit(X[:240])
+    assert again.label_report_.calls_made == 0 and again.label_report_.answers_cached >= 240 * 2
+    assert _stats(text_teacher)["completions"] == before
+    assert (again.predict(X[240:]) == pred).all()
+
+
+def test_the_teacher_is_asked_only_below_the_threshold_and_never_with_defer_off(text_data, text_teacher):
+    X, _ = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1,
+                              max_teacher_fraction=0.5, defer_to_teacher=False).fit(X[:200])
+    before = _stats(text_teacher)["completions"]
+    answers = clf.predict_answers(X[200:])
+    assert _stats(text_teacher)["completions"] == before
+    deferred = [a for a in answers if a.source == "deferred"]
+    assert deferred, "with max_teacher_fraction=0.5 some answers fall below the threshold"
+    assert all(a.label is None and a.student_confidence < clf.calibration_.threshold for a in deferred)
+    assert (clf.predict(X[200:]) == np.array([a.student_label for a in answers])).all()
+
+
+def test_budget_caps_what_fit_spends(text_data, text_teacher):
+    X, _ = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1, budget_usd=0.012,
+                              dataset="budget")
+    clf.fit(X[:200])  # ~0.00009 USD a call: the cap stops labelling after roughly two thirds of the tickets
+    rep = clf.label_report_
+    assert 0 < rep.calls_made < 200 and rep.cost_usd <= 0.012
+    assert rep.stopped_reason and "budget" in rep.stopped_reason
+    with pytest.raises(fw.NotReadyError, match="budget"):
+        DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1, budget_usd=0.0,
+                            dataset="nobudget").fit(X[:200])
+
+
+def test_pickle_carries_the_temporary_workspace(text_data, text_teacher):
+    X, _ = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=list(LABELS), student="text-tfidf", passes=1).fit(X[:150])
+    p1 = clf.predict_proba(X[150:200])
+    clone = pickle.loads(pickle.dumps(clf))
+    assert clone.workspace_ != clf.workspace_ and Path(clone.workspace_, "flywheel.db").exists()
+    old = clf.workspace_
+    del clf
+    import gc
+
+    gc.collect()
+    assert not Path(old).exists(), "a temporary workspace is removed with its estimator"
+    before = _stats(text_teacher)["completions"]
+    assert np.allclose(clone.predict_proba(X[150:200]), p1)
+    assert _stats(text_teacher)["completions"] == before  # the deferred answers were cached inside the pickle
+
+
+def test_tabular_rows_and_integer_classes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(240, 4))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    with fw.simulated_teacher(X, y, accuracy=0.95) as t:
+        clf = DistilledClassifier(teacher=t, labels={0: "low", 1: "high"}, student="tabular-hgb").fit(X[:200])
+        assert clf.classes_.tolist() == [0, 1] and clf.n_features_in_ == 4
+        pred = clf.predict(X[200:])
+        assert pred.dtype.kind == "i" and np.mean(pred == y[200:]) > 0.8
+        with pytest.raises(ValueError, match="4 features"):
+            clf.predict(X[:5, :3])
+
+
+@pytest.mark.slow
+def test_images_as_arrays():
+    images, truth = shapes(200, seed=5)
+    with fw.simulated_teacher(images, truth, accuracy=0.95) as t:
+        clf = DistilledClassifier(teacher=t, labels=["square", "cross", "ring"], student="image-cnn", passes=1,
+                                  student_params={"epochs": 3}).fit(images[:160])
+        assert clf.modality_ == "image"
+        pred = clf.predict(images[160:])
+        assert np.mean(pred == np.array(truth[160:])) > 0.7
+
+
+def test_errors_name_the_fix(text_data, text_teacher):
+    X, y = text_data
+    with pytest.raises(fw.InputError, match="without y"):
+        DistilledClassifier(teacher=text_teacher, labels=LABELS).fit(X, y)
+    with pytest.raises(fw.InputError, match="teacher="):
+        DistilledClassifier(labels=LABELS).fit(X)
+    with pytest.raises(fw.InputError, match="labels="):
+        DistilledClassifier(teacher=text_teacher).fit(X)
+    with pytest.raises(fw.InputError, match="at least 3 samples"):
+        DistilledClassifier(teacher=text_teacher, labels=LABELS).fit(X[:2])
+    with pytest.raises(fw.InputError, match="not one string"):
+        DistilledClassifier(teacher=text_teacher, labels=LABELS).fit("one ticket")
+    with pytest.raises(fw.InputError, match="both become label"):
+        DistilledClassifier(teacher=text_teacher, labels=["Spam", "spam"]).fit(X[:20])
+    with pytest.raises(fw.TeacherError, match="PROVIDER:MODEL"):
+        DistilledClassifier(teacher="nonsense", labels=LABELS).fit(X[:20])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        DistilledClassifier(teacher=text_teacher, labels=LABELS).predict(X[:3])
+
+
+def test_an_unreachable_teacher_fails_fast_with_a_typed_error(text_data, tmp_path):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    X, _ = text_data
+    clf = DistilledClassifier(teacher=fw.teacher(f"http://127.0.0.1:{port}/v1|m", api_key_env="", max_retries=0),
+                              labels=LABELS, student="text-tfidf")
+    with pytest.raises(fw.TeacherError):
+        clf.fit(X[:30])
