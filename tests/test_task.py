@@ -96,3 +96,36 @@ def test_builtin_tasks_load():
 def test_unknown_builtin_lists_the_known_ones():
     with pytest.raises(TaskError, match=r"no built-in task 'mnist'.*fashion-mnist"):
         builtin_task("mnist")
+
+
+def _image_task(tmp_path, augment: str) -> Task:
+    p = tmp_path / "t.toml"
+    p.write_text('name = "digits"\nmodality = "image"\nlabels = ["d0", "d1"]\n' + augment, encoding="utf-8")
+    return load_task(p)
+
+
+def test_augment_declared_in_the_task_overrides_modality_defaults(tmp_path):
+    plain = _image_task(tmp_path, "")
+    assert plain.augmentation()["flip"] is False and plain.augmentation()["rotate"] == 0  # no mirror unless allowed
+    t = _image_task(tmp_path, "[augment]\nflip = false\nrotate = 5\n")
+    assert t.augmentation()["rotate"] == 5 and t.augmentation()["flip"] is False
+    assert Task.from_json(t.to_json()).augmentation() == t.augmentation()  # stored with the dataset
+    assert builtin_task("fashion-mnist").augmentation()["flip"] is True  # clothes may be mirrored
+
+
+@pytest.mark.parametrize("augment,pattern", [
+    ("[augment]\nmirror = true\n", "unknown key"),
+    ("[augment]\nflip = 1\n", "true or false"),
+    ("[augment]\nrotate = 400\n", "0 to 180"),
+    ("[augment]\nshift = \"a\"\n", "number"),
+])
+def test_bad_augment_is_named(tmp_path, augment, pattern):
+    with pytest.raises(TaskError, match=pattern):
+        _image_task(tmp_path, augment)
+
+
+def test_text_tasks_take_no_augment(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text('name = "spam"\nmodality = "text"\nlabels = ["ham", "spam"]\n[augment]\nflip = true\n', encoding="utf-8")
+    with pytest.raises(TaskError, match="image tasks only"):
+        load_task(p)

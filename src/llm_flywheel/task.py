@@ -14,6 +14,14 @@ A task is a small TOML file so that a user can version it beside their data::
     input_per_mtok = 0.30
     output_per_mtok = 2.50
 
+    [augment]                          # optional, image tasks: how training images may be varied
+    flip = true                        # horizontal mirror (default false: wrong for digits, text, handedness)
+    rotate = 5                         # degrees, +-
+
+Augmentation is declared by the task because only the task knows what keeps a label true: a mirrored shirt is
+still a shirt, a mirrored "7" is not a digit.  Defaults are modality-appropriate and conservative
+(:data:`DEFAULT_AUGMENT`: small zoom/shift/brightness, no flips, no rotation).
+
 Label *names* are what the student predicts and what goes in the store; descriptions help the teacher.
 """
 
@@ -28,6 +36,15 @@ from pathlib import Path
 from typing import Any
 
 MODALITIES = ("image", "text", "tabular")
+
+DEFAULT_AUGMENT: dict[str, dict[str, Any]] = {
+    "image": {"flip": False, "vflip": False, "rotate": 0.0, "shift": 0.1, "zoom": 0.1, "color": 0.15},
+}
+"""Training-time augmentation per modality; a task's ``[augment]`` table overrides single keys.
+flip/vflip: random horizontal/vertical mirror; rotate: max degrees either way; shift: max fraction of the side;
+zoom: max crop-in fraction of the side; color: max relative brightness/contrast change.  Text and tabular: none."""
+
+_AUGMENT_LIMITS = {"rotate": (0.0, 180.0), "shift": (0.0, 0.5), "zoom": (0.0, 0.5), "color": (0.0, 1.0)}
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
@@ -44,9 +61,14 @@ class Task:
     instructions: str = ""
     input_per_mtok: float | None = None
     output_per_mtok: float | None = None
+    augment: dict[str, Any] = field(default_factory=dict, hash=False)  # the task's [augment] table as declared
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    def augmentation(self) -> dict[str, Any]:
+        """The augmentation to train with: the modality's defaults, overridden by the task's ``[augment]``."""
+        return {**DEFAULT_AUGMENT.get(self.modality, {}), **self.augment}
 
     @property
     def num_labels(self) -> int:
@@ -68,9 +90,10 @@ class Task:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, origin: str = "task") -> "Task":
-        unknown = set(d) - {"name", "modality", "instructions", "labels", "prices"}
+        unknown = set(d) - {"name", "modality", "instructions", "labels", "prices", "augment"}
         if unknown:
-            raise TaskError(f"{origin}: unknown key(s) {sorted(unknown)}; allowed: name, modality, instructions, labels, prices")
+            raise TaskError(f"{origin}: unknown key(s) {sorted(unknown)}; allowed: name, modality, instructions, labels, "
+                            f"prices, augment")
         for key in ("name", "modality", "labels"):
             if key not in d:
                 raise TaskError(f"{origin}: missing required key {key!r}")
@@ -96,6 +119,7 @@ class Task:
                 instructions=str(d.get("instructions", "")),
                 input_per_mtok=_opt_float(prices.get("input_per_mtok")),
                 output_per_mtok=_opt_float(prices.get("output_per_mtok")),
+                augment=dict(d.get("augment") or {}),
             )
         except TaskError as e:
             raise TaskError(f"{origin}: {e}") from None
@@ -125,6 +149,28 @@ def _validate(t: Task) -> None:
     for lab in t.labels:
         if not _LABEL_RE.match(lab):
             raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. 'sweet_pepper')")
+    _validate_augment(t.modality, t.augment)
+
+
+def _validate_augment(modality: str, aug: Any) -> None:
+    if not isinstance(aug, dict):
+        raise TaskError("[augment] must be a table, e.g. [augment] flip = false, rotate = 5")
+    if not aug:
+        return
+    allowed = DEFAULT_AUGMENT.get(modality)
+    if allowed is None:
+        raise TaskError(f"[augment]: {modality} tasks take no augmentation (image tasks only)")
+    unknown = set(aug) - set(allowed)
+    if unknown:
+        raise TaskError(f"[augment]: unknown key(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    for k, v in aug.items():
+        if isinstance(allowed[k], bool):
+            if not isinstance(v, bool):
+                raise TaskError(f"[augment] {k} = {v!r}: use true or false")
+        else:
+            lo, hi = _AUGMENT_LIMITS[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= float(v) <= hi:
+                raise TaskError(f"[augment] {k} = {v!r}: a number from {lo:g} to {hi:g}")
 
 
 def load_task(path: str | Path) -> Task:

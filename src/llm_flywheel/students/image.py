@@ -160,29 +160,42 @@ def _build_net(arch: str, num_labels: int, channels: int, size: int, mean: Seque
     return net, source
 
 
-def _augment(size: int, flip: bool):
-    """Batch augmentation on float pixel tensors: random zoom-crop (area 0.8-1), shift, flip, brightness/contrast.
+def _augment(size: int, spec: dict[str, Any] | bool):
+    """Batch augmentation on float pixel tensors, as the task declares it (``Task.augmentation()``): random zoom-crop,
+    shift, rotation, horizontal/vertical mirror, brightness/contrast.  ``spec`` True/False is the old flip switch.
 
     Vectorised with one affine grid per batch: cheap enough that augmentation never dominates a CPU epoch.
     """
+    import math
+
     torch = _torch()
     import torch.nn.functional as F
 
+    from ..task import DEFAULT_AUGMENT
+
+    a = {**DEFAULT_AUGMENT["image"], **({"flip": spec} if isinstance(spec, bool) else spec)}
+    zoom, shift, rot, color = float(a["zoom"]), float(a["shift"]), math.radians(float(a["rotate"])), float(a["color"])
+
     def aug(x, g):
         n = x.shape[0]
-        s = 1 - torch.rand(n, generator=g) * 0.1          # zoom in: crop side 0.9..1 (area ~0.8..1)
-        tx = (torch.rand(n, generator=g) * 2 - 1) * 0.1     # shift up to 10 % of the side
-        ty = (torch.rand(n, generator=g) * 2 - 1) * 0.1
-        fx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if flip else torch.ones(n)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0] = s * fx
-        theta[:, 1, 1] = s
+        s = 1 - torch.rand(n, generator=g) * zoom           # zoom in: crop side 1-zoom..1
+        tx = (torch.rand(n, generator=g) * 2 - 1) * shift    # shift up to `shift` of the side
+        ty = (torch.rand(n, generator=g) * 2 - 1) * shift
+        fx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if a["flip"] else torch.ones(n)
+        fy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if a["vflip"] else torch.ones(n)
+        ang = (torch.rand(n, generator=g) * 2 - 1) * rot
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        theta = torch.zeros(n, 2, 3)  # s * R(ang) @ diag(fx, fy), then the shift
+        theta[:, 0, 0] = s * cos * fx
+        theta[:, 0, 1] = -s * sin * fy
+        theta[:, 1, 0] = s * sin * fx
+        theta[:, 1, 1] = s * cos * fy
         theta[:, 0, 2] = tx
         theta[:, 1, 2] = ty
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        c = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * 0.15
-        b = (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * 12.0
+        c = 1 + (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * color
+        b = (torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * 80.0 * color
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return ((x - mean) * c + mean + b).clamp(0, 255)
 
@@ -205,13 +218,21 @@ class ImageStudent:
     def __init__(self, kind: str, labels: Sequence[str], ws: Workspace | None = None, **hparams: Any) -> None:
         if kind not in ARCH_DEFAULTS:
             raise StudentError(f"unknown image student {kind!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
-        unknown = set(hparams) - set(ARCH_DEFAULTS[kind]) - {"label_smoothing", "flip", "channels", "seed", "progress"}
+        unknown = set(hparams) - set(ARCH_DEFAULTS[kind]) - {"label_smoothing", "flip", "augment", "channels", "seed",
+                                                             "progress"}
         if unknown:
             raise StudentError(f"{kind}: unknown hyper-parameter(s) {sorted(unknown)}")
         self.kind = kind
         self.labels = tuple(labels)
         self.ws = ws
-        self.hp: dict[str, Any] = {**ARCH_DEFAULTS[kind], "label_smoothing": 0.05, "flip": True, "seed": 0,
+        from ..task import DEFAULT_AUGMENT
+
+        # augmentation: the task's (passed as ``augment``), else the image defaults (no flips); an explicit
+        # ``flip`` hyper-parameter still overrides the mirror alone
+        augment = {**DEFAULT_AUGMENT["image"], **(hparams.pop("augment", None) or {})}
+        if "flip" in hparams:
+            augment["flip"] = bool(hparams.pop("flip"))
+        self.hp: dict[str, Any] = {**ARCH_DEFAULTS[kind], "label_smoothing": 0.05, "augment": augment, "seed": 0,
                                    "progress": False, **hparams}
         self.size: int | None = self.hp["size"]
         self.channels: int | None = self.hp.get("channels")
@@ -272,7 +293,7 @@ class ImageStudent:
         q = targets_matrix(np.asarray(y_train), len(self.labels), soft_targets, float(self.hp["label_smoothing"]))
         self.history = fit_torch(
             self.net, xt, q, sample_weight, xv, np.asarray(y_val),
-            augment=_augment(self.size, bool(self.hp["flip"])),
+            augment=_augment(self.size, self.hp["augment"]),
             epochs=int(self.hp["epochs"]), batch_size=int(self.hp["batch_size"]), lr=float(self.hp["lr"]),
             weight_decay=float(self.hp["weight_decay"]), patience=int(self.hp["patience"]), seed=int(self.hp["seed"]),
             progress=bool(self.hp["progress"]), desc=f"training {self.kind}",
@@ -331,7 +352,7 @@ class ImageStudent:
         meta = read_meta(path)
         pre = meta["preprocessing"]
         hp = {k: v for k, v in meta.get("hparams", {}).items() if k in ARCH_DEFAULTS[meta["kind"]] or
-              k in ("label_smoothing", "flip", "seed")}
+              k in ("label_smoothing", "flip", "augment", "seed")}
         hp.update(size=pre["size"], channels=pre["channels"])
         s = cls(meta["kind"], meta["labels"], ws, **hp)
         s._make_net(pretrained=False)

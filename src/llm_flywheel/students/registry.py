@@ -67,7 +67,7 @@ def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -
     if STUDENT_KINDS[kind].modality == "image":
         from .image import ImageStudent
 
-        return ImageStudent(kind, task.labels, ws, **hparams)
+        return ImageStudent(kind, task.labels, ws, **({"augment": task.augmentation()} | hparams))  # the task's augmentations
     if kind == "text-minilm":
         from .text import MiniLMStudent
 
