@@ -84,3 +84,23 @@ def test_measure_throughput_runs_all_items():
     assert st.seen == 4 + 20  # warm-up batch + the timed pass
     with pytest.raises(ValueError):
         cost.measure_student_throughput(st, [])
+
+
+def test_free_teacher_is_priced_by_latency_or_shown_as_not_available():
+    """A local server reports no token cost: its calls cost latency x machine price; unknown cost is 'n/a', never 0.0x."""
+    local = {"priced": False, "mean_cost_per_call": 0.0, "ok_calls": 160, "mean_latency_s": 8.5}
+    price, note = cost.teacher_price(local, 0.36)
+    assert price == pytest.approx(8.5 * 0.36 / 3600) and "latency" in note and "0.36" in note
+    paid = {"priced": True, "mean_cost_per_call": 0.0002, "ok_calls": 10, "mean_latency_s": 1.0}
+    assert cost.teacher_price(paid, 0.36)[0] == pytest.approx(0.0002)
+    assert cost.teacher_price({"priced": False, "mean_latency_s": None}, 0.36)[0] is None
+    r = cost.compare(cost.CostInputs(teacher_cost_per_call=price, student_items_per_s=500.0, teacher_fraction=0.1,
+                                     labelling_spend_usd=160 * price, cpu_usd_per_hour=0.36))
+    assert r["cost_ratio"] > 1 and r["breakeven_items"] > 0 and not r["not_available"]
+    free = cost.compare(cost.CostInputs(teacher_cost_per_call=0.0, student_items_per_s=500.0, teacher_fraction=0.1,
+                                        labelling_spend_usd=0.0, cpu_usd_per_hour=0.36))
+    assert free["breakeven_items"] is None and free["not_available"]["breakeven_items"].startswith("n/a")
+    assert free["not_available"]["cost_ratio"].startswith("n/a")
+    never = cost.compare(cost.CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=500.0, teacher_fraction=1.0,
+                                         labelling_spend_usd=1.0, cpu_usd_per_hour=0.36))
+    assert never["breakeven_items"] is None and never["not_available"]["breakeven_items"].startswith("never")

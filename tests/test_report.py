@@ -86,3 +86,22 @@ def test_html_escapes_values(ws, tmp_path):
     page = render_report({"dataset": "<script>x</script>", "rounds": [], "teacher_source": "<b>m</b>"}, tmp_path)
     t = page.read_text()
     assert "<script>x" not in t and "&lt;script&gt;" in t
+
+
+def test_warnings_and_not_available_figures_are_loud(ws, tmp_path):
+    """An infeasible goal or a figure that cannot be computed is shown with its reason and fix, not as '1' or '–'."""
+    _fill(ws, source="http://127.0.0.1:9/v1")
+    s = build_summary(ws, "synth")
+    s["warnings"] = [{"code": "goal_infeasible", "message": "round 2: the cascade goal cannot be met (no threshold passes)",
+                      "fix": "use a teacher budget, e.g. --max-teacher-fraction 0.1"}]
+    s["cost_not_available"] = {"cost": "n/a: the teacher reports no token price and no latency was measured"}
+    s["cost"], s["cost_per_1k_teacher_only"], s["cost_ratio"], s["breakeven_items"] = {}, None, None, None
+    s["rounds"][-1]["threshold"] = 1.000001
+    s["rounds"][-1]["calib_feasible"] = False
+    page = render_report(s, tmp_path / "out").read_text()
+    assert "--max-teacher-fraction 0.1" in page and "1 warning(s)" in page
+    assert "n/a: the teacher reports no token price" in page
+    assert "every item to the teacher (goal infeasible)" in page
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk["warnings"][0]["fix"].startswith("use a teacher budget")
+    assert "gold test" in page  # every accuracy says against what

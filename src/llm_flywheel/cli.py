@@ -67,13 +67,13 @@ def label_exit_code(result: Any) -> int:
 
 
 def progress_enabled(no_progress: bool) -> bool:
-    """Progress bars only on a terminal and without --no-progress; elsewhere the stages print plain lines."""
-    return not no_progress and console.is_terminal
+    """Progress unless --no-progress: the stages draw a bar on a terminal and print plain lines otherwise (logs, CI)."""
+    return not no_progress
 
 
 def no_progress_option(f: Any) -> Any:
     return click.option("--no-progress", is_flag=True,
-                        help="No progress bars (they are off anyway when stderr is not a terminal).")(f)
+                        help="No progress output (otherwise: a bar on a terminal, plain lines in logs and pipes).")(f)
 
 # module name under llm_flywheel.commands -> attribute names of click commands/groups to register
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {

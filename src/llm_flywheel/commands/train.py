@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from ..cli import Ctx, console, pass_ctx
+from ..cli import Ctx, console, no_progress_option, pass_ctx, progress_enabled
 from ..stats import pct
 from ..store import StoreError
 from ..students.base import StudentError
@@ -42,9 +42,11 @@ def _pt(diff: float, ci: list[float]) -> str:
               help="Instead of training: find likely label errors with k-fold out-of-fold probabilities + cleanlab "
                    "and add them to the review queue.")
 @click.option("--folds", type=int, default=5, show_default=True, help="Folds for --label-issues.")
+@no_progress_option
 @pass_ctx
 def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft: bool, no_weights: bool, val_labels: str,
-          size: int | None, lr: float | None, batch_size: int | None, seed: int, label_issues: bool, folds: int) -> None:
+          size: int | None, lr: float | None, batch_size: int | None, seed: int, label_issues: bool, folds: int,
+          no_progress: bool) -> None:
     """Train a student on DATASET's labelled train split; saves weights, meta.json and model.onnx as a new version.
 
     Labels are the teacher's consensus (human corrections outrank it); by default the student learns the teacher's
@@ -59,7 +61,8 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
             if epochs is not None:
                 hp["epochs"] = epochs
             console.print(f"finding label issues in [bold]{dataset}[/] with {folds}-fold out-of-fold probabilities ...")
-            ids = find_label_issues(ws, dataset, kind=kind, folds=folds, queue=True, seed=seed, progress=True, **hp)
+            ids = find_label_issues(ws, dataset, kind=kind, folds=folds, queue=True, seed=seed,
+                                    progress=progress_enabled(no_progress), **hp)
             store = ws.store()
             try:
                 rep = store.latest_report("label_issues", dataset) or {}
@@ -80,15 +83,18 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
         from ..training import train_student
 
         tm = train_student(ws, dataset, kind=kind, soft=not no_soft, weight_by_quality=not no_weights, seed=seed,
-                           epochs=epochs, val_labels=val_labels, progress=True, **hp)
+                           epochs=epochs, val_labels=val_labels, progress=progress_enabled(no_progress), **hp)
     except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     m = tm.metrics
+    # say against what the val number is measured: teacher labels are not the truth
+    val_name = {"gold": "accuracy on gold val labels", "holdout": "agreement with teacher labels (10 % train holdout)"
+                }.get(str(m.get("val_labels")), "agreement with teacher labels on val")
     t = Table(title=f"trained {tm.version}")
     t.add_column("metric")
     t.add_column("value")
     for key, val in (
-        ("kind", tm.student.kind), ("val accuracy", pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
+        ("kind", tm.student.kind), (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
         ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
@@ -109,8 +115,10 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
 @click.option("--runtime", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
               help="Runtime used for predictions.")
 @click.option("--out", "out_dir", type=click.Path(), default=None, help="Folder for evaluation.json and the PNGs.")
+@no_progress_option
 @pass_ctx
-def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: bool, runtime: str, out_dir: str | None) -> None:
+def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: bool, runtime: str, out_dir: str | None,
+             no_progress: bool) -> None:
     """Score a model on a split's gold labels: accuracy with 95% CI, per-class P/R/F1, confusion matrix and
     reliability PNGs, ECE -- beside the teacher's own accuracy and (with --ceiling) the gold-label ceiling."""
     from pathlib import Path
@@ -127,7 +135,7 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
             finally:
                 store.close()
         rep = run_eval(ws, dataset, version, split=split, ceiling=ceiling, runtime=runtime,
-                       out_dir=Path(out_dir) if out_dir else None, progress=True)
+                       out_dir=Path(out_dir) if out_dir else None, progress=progress_enabled(no_progress))
     except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     t = Table(title=f"{version} on {dataset}/{split} (gold labels)")

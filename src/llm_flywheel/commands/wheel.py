@@ -99,7 +99,7 @@ def _wheel_options(f: Any) -> Any:
                           "call costs its measured latency x this (default: --cpu-usd-per-hour)."),
         click.option("--no-gold-ceiling", is_flag=True, help="Skip training the gold-label ceiling at the end."),
         click.option("--no-progress", is_flag=True,
-                     help="No progress bars (off anyway when stderr is not a terminal; plain lines are printed)."),
+                     help="No progress output (otherwise: a bar on a terminal, plain lines in logs and pipes)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -273,7 +273,7 @@ def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> 
                    ".tgz or its folder (default: the `make spam-assassin` cache).")
 @click.option("--limit", type=click.IntRange(1), default=DEMO_IMPORT_LIMIT, help="Import only the first N items per source split.")
 @click.option("--api-key-env", default=None, help="Environment variable holding the --teacher's API key.")
-@click.option("--no-progress", is_flag=True, help="No progress bars (off anyway when stderr is not a terminal).")
+@click.option("--no-progress", is_flag=True, help="No progress output (otherwise: a bar on a terminal, plain lines elsewhere).")
 @pass_ctx
 def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool, fmnist_path: str | None,
          limit: int | None, api_key_env: str | None = None, no_progress: bool = False) -> None:

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -296,7 +297,10 @@ class _Bar:
 
     def __init__(self, enabled: bool, desc: str, total: int) -> None:
         self.p = None
-        if enabled:
+        self.plain: tuple[str, int, float, int] | None = None
+        if enabled and not sys.stderr.isatty():  # logs, CI, pipes: one plain line per epoch instead of a bar
+            self.plain = (desc, total, time.time(), 0)
+        elif enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.p = Progress(
@@ -307,6 +311,12 @@ class _Bar:
             self.t = self.p.add_task(desc, total=total, info="")
 
     def advance(self, rec: dict[str, float]) -> None:
+        if self.plain is not None:
+            desc, total, t0, done = self.plain
+            self.plain = (desc, total, t0, done + 1)
+            val = f", val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else ""
+            print(f"{desc}: epoch {done + 1}/{total}, loss {rec['train_loss']:.3f}{val}, {time.time() - t0:.0f}s",
+                  file=sys.stderr, flush=True)
         if self.p is not None:
             info = f"loss {rec['train_loss']:.3f}" + (f" val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else "")
             self.p.update(self.t, advance=1, info=info)
