@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..cli import Ctx, console, pass_ctx
+from ..cli import Ctx, config_error, console, pass_ctx
 from ..stats import pct, wilson_interval
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
@@ -46,8 +46,8 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
     try:
         t = teacher_from_spec(spec, task, api_key_env=api_key_env, workspace=ws)
         t.check_ready()
-    except TeacherConfigError as e:
-        raise _fail(e) from None
+    except (TeacherConfigError, ValueError) as e:
+        raise config_error(str(e)) from None
     yield t
 
 
@@ -83,8 +83,11 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
     from ..students.base import StudentError
 
     if target_accuracy is None and max_teacher_fraction is None:
-        target_accuracy = 0.95
-        console.print("no goal given: using --target-accuracy 0.95")
+        from ..flywheel import DEFAULT_MAX_TEACHER_FRACTION
+
+        max_teacher_fraction = DEFAULT_MAX_TEACHER_FRACTION
+        console.print(f"no goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
+                      f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
     ws = ctx.workspace(create=False)
     try:
         if version is None:
@@ -100,19 +103,26 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
         return
     ch = rep["choice"]
     t = Table(title=f"calibration of {version}", show_header=False)
-    t.add_row("calib items", f"{rep['n_calib']:,} ({rep['reference_note']})")
+    n_all = rep.get("n_calib_all", rep["n_calib"])
+    t.add_row("calib items", f"{rep['n_calib']:,} with a reference label ({rep['reference_note']}); the teacher budget "
+                             f"counts all {n_all:,}")
     t.add_row("temperature", f"{rep['temperature']:.3f}")
     t.add_row("ECE before → after", f"{rep['ece_before']:.4f} → {rep['ece_after']:.4f}")
     t.add_row("goal", f"{ch['goal']}  target {ch['target']:g}" + (f", delta {ch['delta']:g}" if "accuracy" in ch["goal"] else ""))
     t.add_row("threshold", "defer everything" if ch["threshold"] > 1 else f"{ch['threshold']:.4f}")
     t.add_row("student answers (calib)", pct(ch["coverage"]))
-    t.add_row("accuracy of those (calib)", pct(ch["accuracy_accepted"]))
+    against = "accuracy vs GOLD labels" if rep.get("reference") == "gold" else "agreement with TEACHER labels"
+    t.add_row(f"{against} of those (calib)", pct(ch["accuracy_accepted"]))
     t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
     t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
     t.add_row("feasible", "[green]yes[/]" if ch["feasible"] else "[red]NO[/]")
     t.add_row("note", ch["note"])
     t.add_row("curve", rep["plot"])
     console.print(t)
+    if not ch["feasible"]:
+        console.print("[bold red]WARNING[/] the goal cannot be met: every item the budget allows goes to the teacher "
+                      "and no accuracy is guaranteed -- fix: a teacher budget (--max-teacher-fraction 0.1, always "
+                      "feasible) or a --target-accuracy below the teacher's own accuracy")
     click.echo(rep["plot"])
 
 
