@@ -317,6 +317,10 @@ class Dataset:
         the same settings resumes the unfinished run."""
         from ..flywheel import run_wheel
 
+        try:
+            from ..flywheel import WheelStopped
+        except ImportError:  # pragma: no cover - older engine
+            WheelStopped = ()  # type: ignore[assignment,misc]
         t = as_teacher(teacher)
         if target_accuracy is None and max_teacher_fraction is None:
             max_teacher_fraction = 0.1
@@ -325,9 +329,10 @@ class Dataset:
                 res = run_wheel(self.workspace._ws, self.name, teacher=t.build(self.task, self.workspace._ws),
                                 rounds=rounds, target_accuracy=target_accuracy,
                                 max_teacher_fraction=max_teacher_fraction, progress=False, **options)
-            except TypeError as e:
-                raise InputError(str(e)) from e
-            except ValueError as e:
+            except WheelStopped as e:
+                kind = TeacherError if getattr(e, "kind", "") == "teacher" else NotReadyError
+                raise kind(f"{e} (everything paid for is stored: fix the cause and call run() again to resume)") from e
+            except (TypeError, ValueError) as e:
                 raise InputError(str(e)) from e
         return RunReport(run_id=res.run_id, dataset=res.dataset,
                          rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds), raw=dict(res.extra))

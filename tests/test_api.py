@@ -1,0 +1,137 @@
+"""The public API facade (Workspace -> Dataset -> Model -> Cascade, run) end to end on real files, a real SQLite
+store and the REAL simulated teacher over HTTP on 127.0.0.1; results are typed and errors name the fix."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+import llm_flywheel as fw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from _data import tickets  # noqa: E402
+
+TASK = """name = "tickets"
+modality = "text"
+instructions = "Classify this IT support ticket by topic."
+
+[labels]
+billing = "invoices, payments, refunds"
+hardware = "a broken device"
+account = "logins and passwords"
+"""
+
+
+@pytest.fixture(scope="module")
+def ticket_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    texts, topics = tickets(700, seed=7)
+    with open(d / "tickets.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, topics))
+    (d / "tickets.toml").write_text(TASK)
+    return d
+
+
+def test_import_is_light_and_names_are_public():
+    code = "import sys, llm_flywheel as fw; print(sorted(m for m in ('numpy','sklearn','torch','httpx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+    for name in ("Workspace", "DistilledClassifier", "teacher", "LabelReport", "RunReport", "TeacherError"):
+        assert name in dir(fw) and getattr(fw, name) is not None
+
+
+def test_label_train_evaluate_calibrate_predict(ticket_files, tmp_path):
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml", val=60, calib=150)
+    assert ws.datasets() == ["tickets"] and ds.labels == ("billing", "hardware", "account")
+    assert ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml").name == "tickets"
+    splits = ds.splits()
+    assert splits["val"] == 60 and splits["calib"] == 150 and splits["test"] > 0
+
+    with ds.simulated_teacher(accuracy=0.85) as teacher:
+        assert teacher.simulated
+        rep = ds.label(teacher, passes=2)
+        n = splits["train"] + splits["val"] + splits["calib"]
+        assert isinstance(rep, fw.LabelReport) and rep.items == n and rep.simulated
+        assert rep.calls_made >= 2 * n and rep.labelled + rep.disagreed == n and rep.cost_usd > 0
+        again = ds.label(teacher, passes=2)
+        assert again.calls_made == 0 and again.answers_cached == 2 * n and again.cost_usd == 0
+
+        model = ds.train("text-tfidf")
+        assert model.kind == "text-tfidf" and 0 < model.val_accuracy <= 1
+        assert ds.model().version == model.version
+        ev = model.evaluate()
+        assert isinstance(ev, fw.Evaluation) and ev.n == splits["test"] and ev.ci95[0] <= ev.accuracy <= ev.ci95[1]
+        assert [c.label for c in ev.per_class] == list(ds.labels)
+        assert sum(map(sum, ev.confusion)) == ev.n
+
+        cascade = model.calibrate(max_teacher_fraction=0.2, teacher=teacher)
+        cal = cascade.calibration
+        assert isinstance(cal, fw.Calibration) and cal.goal == "budget" and cal.n_calib > 100
+        assert cascade.threshold == cal.threshold and cal.temperature > 0
+        answers = cascade.predict(["my printer is on fire", "refund the invoice please", "locked out of my login"])
+        assert len(answers) == 3 and all(isinstance(a, fw.Answer) for a in answers)
+        for a in answers:
+            assert a.label in ds.labels and a.source in ("student", "teacher")
+            assert (a.source == "student") == (a.student_confidence >= cascade.threshold)
+        proba = model.predict_proba(["my printer is on fire"])
+        assert proba.shape == (1, 3) and abs(proba.sum() - 1) < 1e-5
+        # without a teacher the cascade says what it would defer instead of guessing
+        alone = model.cascade().predict(["my printer is on fire"] * 2)
+        assert all(a.source in ("student", "deferred") for a in alone)
+
+
+def test_run_the_wheel_returns_typed_rounds(tmp_path):
+    texts, topics = tickets(800, seed=8)
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("t", texts, labels={"billing": "payments", "hardware": "devices", "account": "logins"},
+                      gold=topics, val=60, calib=150, stream=200, test=150)
+    with ds.simulated_teacher() as teacher:
+        run = ds.run(teacher, rounds=2, seed_labels=120, val_labels=60, calib_labels=150, per_round_budget=100,
+                     stream_per_round=100, student_kind="text-tfidf", gold_ceiling=False)
+    assert isinstance(run, fw.RunReport) and [r.round for r in run.rounds] == [1, 2]
+    assert all(isinstance(r, fw.RoundReport) for r in run.rounds)
+    assert run.final.model_version and run.teacher_calls == sum(r.teacher_calls for r in run.rounds)
+    assert run.rounds[0].teacher_calls > 0 and run.teacher_cost_usd > 0
+    for r in run.rounds:
+        assert r.student_accuracy is not None and r.student_accuracy_ci95[0] <= r.student_accuracy
+        assert 0 <= r.stream_teacher_fraction <= 1 and r.threshold is not None
+
+
+def test_errors_are_typed_and_name_the_fix(ticket_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    with pytest.raises(fw.InputError, match="no workspace"):
+        fw.Workspace(tmp_path / "missing", create=False)
+    ws = fw.Workspace(tmp_path / "ws")
+    with pytest.raises(fw.InputError, match="add_dataset"):
+        ws.dataset("nope")
+    with pytest.raises(fw.InputError, match="unknown dataset"):
+        ws.add_dataset("spreadsheet", ticket_files / "tickets.csv")
+    with pytest.raises(fw.TeacherError, match="PROVIDER:MODEL"):
+        fw.teacher("gpt-4o")
+    ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml")
+    with pytest.raises(fw.NotReadyError, match="flywheel label"):
+        ds.train("text-tfidf")
+    with pytest.raises(fw.NotReadyError, match="no trained model"):
+        ds.model()
+    with pytest.raises(fw.TeacherError, match="OPENROUTER_API_KEY"):
+        ds.label(fw.teacher("openrouter:google/gemini-2.5-flash"), limit=1)  # no key set: refused before any call
+
+
+def test_the_simulated_teacher_recognises_in_memory_inputs():
+    """What fw.simulated_teacher is told is what it answers: the same content hash the client sends."""
+    texts, topics = tickets(50, seed=9)
+    with fw.simulated_teacher(texts, topics, accuracy=1.0) as t:
+        base = t.spec.split("|")[0]
+        model = t.spec.split("|")[1]
+        r = httpx.post(f"{base}/chat/completions", json={"model": model, "temperature": 0, "response_format": {
+            "type": "json_object"}, "messages": [{"role": "user", "content": texts[3]}]}, timeout=10)
+        assert topics[3] in r.json()["choices"][0]["message"]["content"]
+        assert httpx.get(f"{base}/_stats", timeout=10).json()["unknown_items"] == 0
