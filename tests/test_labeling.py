@@ -95,6 +95,39 @@ def test_consensus_rules():
     assert consensus(mk(None), labs).status == "disagreed"
 
 
+def test_consensus_takes_the_label_probability_from_logprobs():
+    import math
+    labs = ("a", "b", "c")
+    ans = [{"id": 0, "label": "a", "confidence": 0.95, "label_logprob": math.log(0.6)},
+           {"id": 1, "label": "a", "confidence": 0.95, "label_logprob": math.log(0.8)}]
+    c = consensus(ans, labs)
+    assert c.status == "agreed" and c.confidence_source == "logprob"
+    assert c.quality == pytest.approx(0.7) and c.soft["a"] == pytest.approx(0.7)
+    assert c.soft["b"] == pytest.approx(0.15) and c.soft["c"] == pytest.approx(0.15)
+    v = consensus(ans, labs, use_logprobs=False)
+    assert v.quality == pytest.approx(0.95) and v.confidence_source == "verbalised"
+    mixed = consensus([ans[0], {"id": 2, "label": "a", "confidence": 0.9}], labs)
+    assert mixed.confidence_source == "mixed" and mixed.quality == pytest.approx(0.75)
+    low = consensus([{"id": 3, "label": "b", "label_logprob": math.log(0.05)}], labs)  # floor 1/k: never against itself
+    assert low.soft["b"] == pytest.approx(1 / 3) and low.status == "single"
+
+
+def test_labels_record_where_their_confidence_came_from(synth_ws, synth_task):
+    ids = _ids(synth_ws, 20)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        label_items(synth_ws, "synth", ids, _sim_teacher(url, synth_task), LabelConfig(), progress=False)
+        s = synth_ws.store()
+        src = {json.loads(r["provenance"])["confidence_source"] for r in s.query("SELECT provenance FROM labels")}
+        s.close()
+        assert src == {"logprob"}
+        label_items(synth_ws, "synth", ids, _sim_teacher(url, synth_task, logprobs=False),
+                    LabelConfig(use_logprobs=False), progress=False)
+        s = synth_ws.store()
+        src = {json.loads(r["provenance"])["confidence_source"] for r in s.query("SELECT provenance FROM labels")}
+        s.close()
+    assert src == {"verbalised"}
+
+
 def test_failures_are_retried_next_run_not_counted_as_disagreement(synth_ws, synth_task):
     ids = _ids(synth_ws, 40)
     with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, rate_429=0, malformed_rate=0.3)) as url:
@@ -272,3 +305,18 @@ def test_a_later_single_pass_run_keeps_the_consensus(synth_ws, synth_task):
         after = {r_["item_id"]: (r_["label"], r_["status"]) for r_ in s.query("SELECT * FROM labels")}
         s.close()
     assert r.calls_made == 0 and before == after and "single" not in {v[1] for v in after.values()}
+
+
+def test_progress_is_plain_lines_off_a_terminal_and_silent_when_off(synth_ws, synth_task, capsys):
+    ids = _ids(synth_ws, 40)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        label_items(synth_ws, "synth", ids[:20], _sim_teacher(url, synth_task), LabelConfig(tie_break=False),
+                    progress=True)  # captured streams are not terminals
+        out = capsys.readouterr()
+        label_items(synth_ws, "synth", ids[20:], _sim_teacher(url, synth_task), LabelConfig(tie_break=False),
+                    progress=False)
+        quiet = capsys.readouterr()
+    lines = [ln for ln in out.err.splitlines() if ln.startswith("labelling synth")]
+    assert lines and lines[-1].startswith("labelling synth (SIMULATED teacher): 40/40 calls (100 %)")
+    assert "\r" not in out.err and "\x1b[" not in out.err  # no redrawn bar, no colour codes
+    assert out.out == "" and quiet.out == "" and quiet.err == ""

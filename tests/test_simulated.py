@@ -94,3 +94,30 @@ def test_models_endpoint_and_loopback_only(synth_ws):
     with pytest.raises(ValueError, match="loopback"):
         with serve_app(simulated_app(synth_ws, "synth", QUIET), host="0.0.0.0"):
             pass
+
+
+def _auroc(score, pos):
+    pairs = [(s, p) for s, p in zip(score, pos)]
+    right = [s for s, p in pairs if p]
+    wrong = [s for s, p in pairs if not p]
+    wins = sum((r > w) + 0.5 * (r == w) for r in right[:800] for w in wrong[:800])
+    return wins / (min(len(right), 800) * min(len(wrong), 800))
+
+
+def test_logprobs_are_informative_but_no_copy_of_gold():
+    task = builtin_task("fashion-mnist")
+    em = ErrorModel(task, SimConfig())
+    golds = [task.labels[i % 10] for i in range(6000)]
+    res = [em.answer(h, g, "A") for h, g in zip(_hashes(6000), golds)]
+    p = [r[2] for r in res]
+    right = [r[3] for r in res]
+    p_right = [x for x, ok in zip(p, right) if ok]
+    p_wrong = [x for x, ok in zip(p, right) if not ok]
+    assert sum(p_right) / len(p_right) > sum(p_wrong) / len(p_wrong) + 0.1  # informative
+    assert sum(x > 0.9 for x in p_wrong) > 0.05 * len(p_wrong)  # confidently wrong answers exist
+    assert sum(x < 0.7 for x in p_right) > 0.05 * len(p_right)  # and unsure right ones
+    auc_lp, auc_verbal = _auroc(p, right), _auroc([r[1] for r in res], right)
+    assert 0.7 < auc_lp < 0.95 and auc_verbal < auc_lp  # token probabilities rank better than stated confidence
+    # calibration within a few points, like a real model's logprobs (not a step function of correctness)
+    hi = [ok for x, ok in zip(p, right) if x > 0.95]
+    assert abs(sum(hi) / len(hi) - 0.97) < 0.05

@@ -15,9 +15,15 @@ Error model (deterministic where a real LLM would be):
 * correlated errors: a latent "difficulty" per item plus a per-pass draw keyed on (content hash, temperature,
   system prompt), so identical calls repeat their answer, diverse passes can differ, and hard items err on
   every pass more often than independent passes would;
-* over-confident verbalised confidence (0.80-0.99 even when wrong), ~1 % malformed replies and ~1 % 429s with
+* over-confident verbalised confidence (0.80-0.99 even when wrong, only weakly related to being right: a
+  noisy function of the same margin as the logprobs below), ~1 % malformed replies and ~1 % 429s with
   ``Retry-After`` (random per request, like the real thing), lognormal latency, realistic token usage and a
-  ``usage.cost`` priced like Gemini 2.5 Flash via OpenRouter; token log-probabilities when asked.
+  ``usage.cost`` priced like Gemini 2.5 Flash via OpenRouter;
+* token log-probabilities when asked, behaving like a real model's: the label's probability follows the answer's
+  *margin* -- how far the item's latent score lies from the point where the model would switch to the look-alike
+  -- ``logit p = logprob_sharpness x |margin| + noise``.  Near the boundary a pass is torn (p ~ 0.5, right or
+  wrong); far from it, sure (p > 0.99) -- and sure also when far on the wrong side (confidently wrong items
+  exist).  So p is informative but no copy of gold, and mildly over-confident, as real logprobs are.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ class SimConfig:
     input_per_mtok: float = 0.30  # Gemini 2.5 Flash via OpenRouter, USD per million tokens
     output_per_mtok: float = 2.50
     image_tokens: int = 258
+    logprob_sharpness: float = 2.5  # logit of the label probability per unit of latent margin
+    logprob_noise: float = 0.4  # sd of the per-pass noise on that logit
     model: str | None = None
     class_accuracy: dict[str, float] = field(default_factory=dict)  # overrides per class
 
@@ -133,13 +141,31 @@ class ErrorModel:
         z = math.sqrt(rho) * g_item + math.sqrt(1 - rho) * g_pass
         acc = self.class_acc[gold]
         wrong = acc < 1.0 and (acc <= 0.0 or z > NormalDist().inv_cdf(acc))
+        threshold = NormalDist().inv_cdf(min(max(acc, 1e-6), 1 - 1e-6))
+        # its own stream, so labels and verbalised confidences stay exactly what they were before logprobs had a model
+        margin = abs(threshold - z)
+        p_label = self._label_probability(margin, self._rng("logprob", content_hash, variant))
+        conf = self._verbalised(margin, self._rng("verbalised", content_hash, variant))
+        pass_rng.random()  # the draw that once set the confidence: kept so that labels stay exactly as before
         if not wrong:
-            return gold, round(0.90 + 0.09 * pass_rng.random(), 2), 0.85 + 0.14 * pass_rng.random(), True
+            return gold, conf, p_label, True
         row = self.confusion.get(gold) or {lab: 1.0 for lab in labels if lab != gold}
         choices, weights = zip(*row.items())
         rng = item_rng if pass_rng.random() < 0.7 else pass_rng  # mostly the item's own look-alike
         lab = rng.choices(choices, weights)[0]
-        return lab, round(0.80 + 0.17 * pass_rng.random(), 2), 0.45 + 0.4 * pass_rng.random(), False
+        return lab, conf, p_label, False
+
+    def _verbalised(self, margin: float, rng: random.Random) -> float:
+        """The stated confidence: 0.80-0.99 whatever the answer, only weakly tied to the margin (stated
+        confidences of LLMs rank right above wrong answers far worse than token probabilities do)."""
+        x = 0.6 * margin + 1.0 * rng.gauss(0, 1) + 0.8
+        return round(0.80 + 0.19 / (1.0 + math.exp(-x)), 2)
+
+    def _label_probability(self, margin: float, rng: random.Random) -> float:
+        """The answered label's token probability: a logistic function of the distance to the decision boundary
+        plus per-pass noise (see the module docstring); in [0.3, 0.9999]."""
+        logit = self.cfg.logprob_sharpness * margin + self.cfg.logprob_noise * rng.gauss(0, 1)
+        return min(0.9999, max(0.3, 1.0 / (1.0 + math.exp(-logit))))
 
 
 def variant_key(temperature: Any, system: str) -> str:
