@@ -122,3 +122,14 @@ def test_review_cli_round_trip(labelled_ws, tmp_path):
     bad.write_text("item_id,label_final\n1,square\n")
     res = runner.invoke(main, ["-w", str(labelled_ws.root), "review", "import", str(bad)])
     assert res.exit_code != 0 and "square" in res.output and "nothing was applied" in res.output
+
+
+def test_export_queue_is_ordered_by_review_value_and_limit_keeps_the_best(labelled_ws, tmp_path):
+    from llm_flywheel.review import review_queue
+
+    rows = _read(tmp_path / "q.csv") if export_reviews(labelled_ws, "synth", tmp_path / "q.csv") else []
+    values = [float(r["review_value"]) for r in rows]
+    assert values and values == sorted(values, reverse=True)
+    best = [c.item_id for c in review_queue(labelled_ws, "synth", low_confidence_below=None)][:5]
+    export_reviews(labelled_ws, "synth", tmp_path / "top.csv", limit=5)
+    assert [int(r["item_id"]) for r in _read(tmp_path / "top.csv")] == best

@@ -27,9 +27,11 @@ def test_value_is_high_for_probably_wrong_or_weak_labels_and_low_for_agreed_ones
     assert p_bad > 0.5 and v_bad > 0.5 and v_bad > 10 * v_ok
     # the same agreed label counts less in training when its quality is low: a human label moves it more
     assert review_value(agreed, 0.3, 0, student_agrees)[1] > v_ok
-    # passes that disagreed and left no label: any human answer adds a new training item
-    p_und, v_und = review_value(np.array([0.5, 0.5, 0, 0]), 1.0, None, student_agrees)
-    assert p_und == 1.0 and 0.4 < v_und <= 1.0
+    # passes that disagreed and left no label: a human answer adds a training item, worth more where the student
+    # is unsure than where it already gets the item right
+    p_und, v_sure = review_value(np.array([0.5, 0.5, 0, 0]), 1.0, None, student_agrees)
+    _, v_unsure = review_value(np.array([0.5, 0.5, 0, 0]), 1.0, None, np.array([0.45, 0.45, 0.05, 0.05]))
+    assert p_und == 1.0 and v_unsure > 0.4 > 0.1 > v_sure
     # without a student the teacher's votes alone decide (mixed with the uniform prior)
     assert review_value(np.array([0.5, 0.5, 0, 0]), 0.5, 0, None)[0] == pytest.approx(1 - ((1 - TEACHER_SMOOTH) * 0.5 + TEACHER_SMOOTH / 4))
 

@@ -67,9 +67,13 @@ def export_reviews(ws: Workspace, dataset: str, path: str | Path, *, which: str 
             sql = base + " AND l.status IN ('disagreed','tie_broken') ORDER BY l.status, i.id"
         else:
             sql = base + " AND l.item_id IS NOT NULL ORDER BY i.id"
-        if limit is not None:
+        if limit is not None and which != "queue":
             sql += f" LIMIT {int(limit)}"
         rows = store.query(sql, (dataset,))
+        values: dict[int, float] = {}
+        if which == "queue" and rows:  # most valuable first, like `review push` (see review_queue)
+            values = {c.item_id: c.value for c in review_queue(ws, dataset, low_confidence_below=None)}
+            rows = sorted(rows, key=lambda r: (-values.get(r["id"], -1.0), r["id"]))[:limit]
         passes: dict[int, dict[int, tuple[str | None, float | None]]] = {}
         max_pass = -1
         for r in rows:
@@ -88,7 +92,7 @@ def export_reviews(ws: Workspace, dataset: str, path: str | Path, *, which: str 
     cols = ["item_id", "source_ref", "image_path", "text"]
     for p in range(max_pass + 1):
         cols += [f"pass_{p}_label", f"pass_{p}_confidence"]
-    cols += ["consensus", "status", "quality", "queue_reason", "teacher", "label_final", "note"]
+    cols += ["consensus", "status", "quality", "queue_reason", "review_value", "teacher", "label_final", "note"]
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-review-", suffix=".csv")
@@ -103,7 +107,8 @@ def export_reviews(ws: Workspace, dataset: str, path: str | Path, *, which: str 
                     lab, conf = pa.get(p, (None, None))
                     rec += [lab or "", "" if conf is None else f"{conf:.2f}"]
                 rec += [r["label"] or "", r["status"] or "", "" if r["quality"] is None else f"{r['quality']:.3f}",
-                        r["reason"] or "", _teacher_name(r["prov"]), "", ""]
+                        r["reason"] or "", f"{values[r['id']]:.4f}" if r["id"] in values else "",
+                        _teacher_name(r["prov"]), "", ""]
                 w.writerow(rec)
         os.replace(tmp, out)
     except BaseException:
@@ -231,21 +236,22 @@ def review_value(teacher_soft: np.ndarray, teacher_weight: float, teacher_label:
     """(P(label wrong), expected value) of asking a person about one item.
 
     The item's true class is estimated by combining the teacher's pass votes and the student's probabilities as
-    independent evidence (a product, each mixed with a uniform prior).  The student trains on the target
-    ``w * soft`` (weight = label quality, soft = pass votes; nothing when the passes disagreed); a human label ``c``
-    replaces it with the one-hot ``e_c`` at weight 1.  The value is the expected size of that change,
-    ``E_c[ 1/2 * |e_c - w * soft|_1 ]``: large when the label is probably wrong (the target flips) and when the
-    current target is weak (the item barely counts today), near zero for a confident label everyone agrees with.
+    independent evidence (a product, each mixed with a uniform prior).  How much a human label ``c`` would move the
+    student is the change of the item's loss gradient (w.r.t. the logits): today ``w * (p - soft)`` (weight = label
+    quality, soft = the pass votes; nothing when the passes disagreed and no label was kept), after the review
+    ``p - e_c`` (one-hot, weight 1).  The value is the expected size of that change over ``c``,
+    ``E_c[ 1/2 * |(p - e_c) - w * (p - soft)|_1 ]``: near 1 for a label that is probably wrong and pulls the student
+    the wrong way, near 0 for a label everyone agrees with or a new item the student already gets right.
     """
     k = len(teacher_soft)
     soft = np.asarray(teacher_soft, dtype=np.float64)
     soft = soft / soft.sum() if soft.sum() > 0 else np.full(k, 1.0 / k)
-    post = (1 - TEACHER_SMOOTH) * soft + TEACHER_SMOOTH / k
-    if student_probs is not None:
-        post = post * ((1 - STUDENT_SMOOTH) * np.asarray(student_probs, dtype=np.float64) + STUDENT_SMOOTH / k)
+    p = np.full(k, 1.0 / k) if student_probs is None else np.asarray(student_probs, dtype=np.float64)
+    p = p / p.sum()
+    post = ((1 - TEACHER_SMOOTH) * soft + TEACHER_SMOOTH / k) * ((1 - STUDENT_SMOOTH) * p + STUDENT_SMOOTH / k)
     post = post / post.sum()
-    target = teacher_weight * soft if teacher_label is not None else np.zeros(k)
-    moves = np.array([0.5 * np.abs(np.eye(k)[c] - target).sum() for c in range(k)])
+    now = teacher_weight * (p - soft) if teacher_label is not None else np.zeros(k)
+    moves = np.array([0.5 * np.abs((p - np.eye(k)[c]) - now).sum() for c in range(k)])
     p_wrong = 1.0 - float(post[teacher_label]) if teacher_label is not None else 1.0
     return p_wrong, float(post @ moves)
 
