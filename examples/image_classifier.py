@@ -8,7 +8,6 @@ teacher the true shapes (``y``) go to the simulator only, never to the classifie
 """
 
 # %% data: 360 noisy 16x16 pictures of a square, a cross or a ring
-import contextlib
 import os
 
 import numpy as np
@@ -22,21 +21,24 @@ labels = {"square": "a filled square", "cross": "a plus-shaped cross", "ring": "
 
 # %% teacher: a real vision LLM when FLYWHEEL_TEACHER names one, else the simulated one
 spec = os.environ.get("FLYWHEEL_TEACHER")
-with contextlib.ExitStack() as stack:
-    teacher = fw.teacher(spec) if spec else stack.enter_context(fw.simulated_teacher(images, truth, accuracy=0.9))
+teacher = fw.teacher(spec) if spec else fw.simulated_teacher(images, truth, accuracy=0.9)  # .close() stops it
 
-    # %% label -> train a small CNN -> calibrate (one teacher pass per picture to keep it cheap)
-    clf = fw.DistilledClassifier(teacher=teacher, labels=labels, student="image-cnn", student_params={"epochs": 4},
-                                 instructions="Which shape is drawn in this small grayscale picture?",
-                                 passes=1, budget_usd=0.5, max_teacher_fraction=0.2)
-    clf.fit(train)
-    rep = clf.label_report_
-    print(f"teacher{' (SIMULATED)' if rep.simulated else ''}: {rep.calls_made} calls, ${rep.cost_usd:.4f}; "
-          f"cascade threshold {clf.calibration_.threshold:.3f}")
+# %% label -> train a small CNN -> calibrate (one teacher pass per picture to keep it cheap)
+clf = fw.DistilledClassifier(teacher=teacher, labels=labels, student="image-cnn", student_params={"epochs": 4},
+                             instructions="Which shape is drawn in this small grayscale picture?",
+                             passes=1, budget_usd=0.5, max_teacher_fraction=0.2)
+clf.fit(train)
+rep = clf.label_report_
+print(f"teacher{' (SIMULATED)' if rep.simulated else ''}: {rep.calls_made} calls, ${rep.cost_usd:.4f}; "
+      f"cascade threshold {clf.calibration_.threshold:.3f}")
 
-    # %% predict new pictures
-    answers = clf.predict_answers(new)
-    pred = np.array([a.label for a in answers])
-    print(f"{len(new)} new pictures: {np.mean([a.source != 'student' for a in answers]):.0%} sent to the teacher, "
-          f"accuracy vs the true shapes {np.mean(pred == np.array(truth[280:])):.1%}")
-    print("first five:", [(a.label, a.source) for a in answers[:5]])
+# %% predict new pictures
+answers = clf.predict_answers(new)
+pred = np.array([a.label for a in answers])
+print(f"{len(new)} new pictures: {np.mean([a.source != 'student' for a in answers]):.0%} sent to the teacher, "
+      f"accuracy vs the true shapes {np.mean(pred == np.array(truth[280:])):.1%}")
+print("first five:", [(a.label, a.source) for a in answers[:5]])
+
+# %% done: stop the simulated server (a real teacher needs no closing)
+if not spec:
+    teacher.close()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from .results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelReport,
                       NotReadyError, RoundReport, RunReport, TeacherError)
-from .simulate import simulated_teacher
+from .simulate import SimulatedTeacher, simulated_teacher
 from .workspace import Cascade, Dataset, Model, Teacher, Workspace, teacher
 
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
-    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport", "Teacher",
-    "TeacherError", "Workspace", "simulated_teacher", "teacher",
+    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
+    "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
 ]
 
 

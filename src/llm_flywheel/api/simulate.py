@@ -9,13 +9,14 @@ simulator sees -- never the estimator or the dataset being labelled.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,17 +55,60 @@ def teacher_payload(modality: str, x: Any) -> Any:
     return x
 
 
-@contextmanager
+_RUNNING: dict[str, contextlib.ExitStack] = {}  # spec -> what stops its server (and removes its folder)
+
+
+class SimulatedTeacher(Teacher):
+    """A :class:`Teacher` whose server runs in this process until :meth:`close` (or the end of a ``with`` block,
+    or the interpreter's exit).  Copies and pickles are plain ``Teacher`` specs pointing at the same server."""
+
+    def close(self) -> None:
+        stack = _RUNNING.pop(self.spec, None)
+        if stack is not None:
+            stack.close()
+
+    def __enter__(self) -> "SimulatedTeacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        return (Teacher, (self.spec, self.api_key_env, dict(self.options)))
+
+
+@atexit.register
+def _close_all() -> None:
+    for spec in list(_RUNNING):
+        _RUNNING.pop(spec).close()
+
+
+def start_simulated(ws: Any, dataset: str, config: Any, stack: contextlib.ExitStack) -> SimulatedTeacher:
+    """Start the simulated server for ``dataset`` of ``ws`` under ``stack`` (closed by the returned teacher)."""
+    from ..teachers.simulated import model_id, run_simulated_teacher
+
+    try:
+        url = stack.enter_context(run_simulated_teacher(ws, dataset, config))
+    except BaseException:
+        stack.close()
+        raise
+    t = SimulatedTeacher(f"{url}|{model_id(dataset, config)}", api_key_env="",
+                         options={"max_retries": 2, "timeout": 30.0})
+    _RUNNING[t.spec] = stack
+    return t
+
+
 def simulated_teacher(X: Sequence[Any], y: Sequence[Any], *, labels: Sequence[Any] | Mapping[Any, str] | None = None,
                       accuracy: float = 0.9, seed: int = 0, latency_ms: float = 0.0, rate_429: float = 0.0,
-                      malformed_rate: float = 0.0, model: str = "simulated/oracle-teacher") -> Iterator[Teacher]:
-    """Start the SIMULATED teacher on 127.0.0.1 knowing ``y`` for the inputs ``X``; yields a :class:`Teacher`.
+                      malformed_rate: float = 0.0, model: str = "simulated/oracle-teacher") -> SimulatedTeacher:
+    """Start the SIMULATED teacher on 127.0.0.1 knowing ``y`` for the inputs ``X``; returns its :class:`Teacher`.
 
-    Unknown inputs get a plausible, deterministic wrong-ish guess (like an LLM on data it cannot read).  ``labels``:
-    the full class list when ``y`` does not show every class.  Stops the server on exit.
+    Use it in a ``with`` block or call ``.close()`` (it also stops when Python exits).  Unknown inputs get a
+    plausible, deterministic guess (like an LLM on data it cannot read).  ``labels``: the full class list when
+    ``y`` does not show every class.
     """
     from ..task import Task
-    from ..teachers.simulated import SimConfig, run_simulated_teacher
+    from ..teachers.simulated import SimConfig
     from ..workspace import Workspace as _Ws
 
     if len(X) != len(y):
@@ -78,13 +122,15 @@ def simulated_teacher(X: Sequence[Any], y: Sequence[Any], *, labels: Sequence[An
     task = Task(name="oracle", modality="image" if modality == "image" else "text",
                 labels=tuple(dict.fromkeys(names.values())))
     root = tempfile.mkdtemp(prefix="flywheel-oracle-")
+    stack = contextlib.ExitStack()
+    stack.callback(shutil.rmtree, root, True)
     try:
         ws = _Ws.open(root)
         items = [teacher_payload(modality, x) for x in (X if modality != "tabular" else np.asarray(X, dtype=float))]
         register_items(ws, task, items, gold=[names[v] for v in y_list])
-        cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
-                        malformed_rate=malformed_rate, model=model)
-        with run_simulated_teacher(ws, "oracle", cfg) as url:
-            yield Teacher(f"{url}|{model}", api_key_env="", options={"max_retries": 2, "timeout": 30.0})
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    except BaseException:
+        stack.close()
+        raise
+    cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
+                    malformed_rate=malformed_rate, model=model)
+    return start_simulated(ws, "oracle", cfg, stack)

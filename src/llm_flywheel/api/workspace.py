@@ -13,12 +13,15 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .simulate import SimulatedTeacher
 
 from .results import (Answer, Calibration, Evaluation, InputError, LabelReport, NotReadyError, RoundReport,
                       RunReport, TeacherError, translate_errors)
@@ -235,24 +238,20 @@ class Dataset:
     def modality(self) -> str:
         return self.task.modality
 
-    @contextlib.contextmanager
     def simulated_teacher(self, *, accuracy: float = 0.85, seed: int = 0, latency_ms: float = 0.0,
-                          rate_429: float = 0.0, malformed_rate: float = 0.0) -> Iterator[Teacher]:
+                          rate_429: float = 0.0, malformed_rate: float = 0.0) -> "SimulatedTeacher":
         """A SIMULATED teacher on 127.0.0.1 answering from this dataset's gold labels through an error model
-        (``accuracy`` is a parameter, not a finding): for demos and tests without an API key."""
-        from ..teachers.simulated import SimConfig, model_id, run_simulated_teacher
+        (``accuracy`` is a parameter, not a finding): for demos and tests without an API key.  Use it in a ``with``
+        block or call ``.close()``."""
+        from ..teachers.simulated import SimConfig
+        from .simulate import start_simulated
 
         cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
                         malformed_rate=malformed_rate)
         try:
-            ctx = run_simulated_teacher(self.workspace._ws, self.name, cfg)
-            url = ctx.__enter__()
+            return start_simulated(self.workspace._ws, self.name, cfg, contextlib.ExitStack())
         except ValueError as e:
-            raise InputError(str(e)) from e
-        try:
-            yield Teacher(f"{url}|{model_id(self.name, cfg)}", api_key_env="", options={"max_retries": 2})
-        finally:
-            ctx.__exit__(None, None, None)
+            raise InputError(f"{e}; import the dataset with a label column (gold labels) to simulate a teacher") from e
 
     def splits(self) -> dict[str, int]:
         """Items per split (train / val / calib / stream / test)."""

@@ -1,0 +1,47 @@
+"""Every example in examples/ runs as written, offline, against the simulated teacher (the default)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "FLYWHEEL_TEACHER"}
+    env["FLYWHEEL_EXAMPLE_WORKSPACE"] = str(tmp_path / "ws")
+    env["TMPDIR"] = str(tmp_path)  # temporary workspaces land here, so leftovers would be visible
+    p = subprocess.run([sys.executable, str(EXAMPLES / name)], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 0, f"{name} failed:\n{p.stdout}\n{p.stderr}"
+    return p.stdout
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")) == [
+        "image_classifier.py", "text_classifier.py"]
+
+
+def test_text_example(tmp_path):
+    out = run_example("text_classifier.py", tmp_path)
+    assert "(SIMULATED)" in out
+    acc = float(re.search(r"accuracy vs the true topics ([\d.]+)%", out).group(1))
+    assert acc > 80  # the simulated teacher is right ~90 % of the time; the cascade should not be far below
+    assert "refit on the same tickets: 0 new teacher calls" in out
+    assert (tmp_path / "ws" / "flywheel.db").exists()
+
+
+@pytest.mark.slow
+def test_image_example(tmp_path):
+    out = run_example("image_classifier.py", tmp_path)
+    assert "(SIMULATED)" in out
+    acc = float(re.search(r"accuracy vs the true shapes ([\d.]+)%", out).group(1))
+    assert acc > 70
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("flywheel-")]
+    assert leftovers == [], f"temporary folders left behind: {leftovers}"
