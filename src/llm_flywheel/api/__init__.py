@@ -15,7 +15,8 @@ from __future__ import annotations
 from .results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelReport,
                       NotReadyError, RoundReport, RunReport, TeacherError)
 from .simulate import SimulatedTeacher, simulated_teacher
-from .workspace import Cascade, Dataset, Model, Teacher, Workspace, teacher
+from .inputs import Teacher, teacher
+from .workspace import Cascade, Dataset, Model, Workspace
 
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import shutil
 import tarfile
 import tempfile
@@ -30,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .results import Calibration, InputError, LabelReport, NotReadyError, TeacherError, translate_errors
 from .simulate import label_names
-from .workspace import Teacher, as_teacher, infer_modality, item_key, make_splits_once, register_items
+from .inputs import Teacher, as_teacher, infer_modality, item_key, make_splits_once, register_items
 
 _CASCADES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # estimator -> engine Cascade
 # (kept outside the estimator's __dict__: predicting must not change the estimator, as scikit-learn requires)

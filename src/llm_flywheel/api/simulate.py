@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .results import InputError
-from .workspace import Teacher, infer_modality, register_items
+from .inputs import Teacher, infer_modality, register_items
 
 
 def label_name(value: Any) -> str:
