@@ -182,6 +182,14 @@ def test_run_stops_on_a_dead_teacher_then_resumes_from_labelling(wheel_ws):
         assert len(srv.requests) > asked  # the round re-labelled what the dead teacher never answered
     summary = json.loads((wheel_ws.reports_dir / "summary.json").read_text())
     assert summary["run_status"] == "done" and summary["rounds"][0]["labels_total"] > 0
+    # this teacher reports tokens but the task has no prices: it is priced by its measured latency, never "free"
+    assert "latency" in summary["teacher_price_note"]
+    assert summary["cost_per_1k_teacher_only"] > 0 and summary["labelling_spend_usd"] > 0
+    assert summary["cost_ratio"] is not None or summary["cost_not_available"].get("cost_ratio", "").startswith("n/a")
+    assert summary["goal"].startswith("at most 10 %")
+    # the random-label teacher makes a poor student: a loud warning says so, with a fix
+    codes = {w["code"] for w in summary["warnings"]}
+    assert "small_calib" in codes and all(w["fix"] for w in summary["warnings"])
 
 
 def test_run_without_labels_says_what_to_do(wheel_ws):

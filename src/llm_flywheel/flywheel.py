@@ -823,8 +823,8 @@ def _get(obj: Any, *names: str) -> Any:
 def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds") -> Table:
     """The per-round table printed by `flywheel run` / `flywheel demo`."""
     t = Table(title=title)
-    for col in ("round", "model", "promoted", "labels", "teacher calls", "teacher $", "student acc (test)",
-                "cascade acc (test)", "teacher frac (stream)"):
+    for col in ("round", "model", "promoted", "labels", "teacher calls", "teacher $", "student acc (gold test)",
+                "cascade acc (gold test)", "teacher frac (stream)"):
         t.add_column(col, justify="right")
 
     def acc(d: dict[str, Any], k: str) -> str:

@@ -215,8 +215,9 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
 
     \b
     Example:
-      flywheel run fashion-mnist --rounds 3 --simulated --target-accuracy 0.9
-      flywheel run fashion-mnist --teacher openrouter:google/gemini-2.5-flash --max-teacher-fraction 0.1
+      flywheel run fashion-mnist --rounds 3 --simulated
+      flywheel run fashion-mnist --teacher openrouter:google/gemini-2.5-flash --max-teacher-fraction 0.05
+      flywheel run mydata --teacher 'http://127.0.0.1:8080/v1|my-model' --api-key-env MY_KEY
     """
     from ..flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig, WheelStopped, run_wheel
     from ..report import write_report
