@@ -57,12 +57,18 @@ def test_label_train_evaluate_calibrate_predict(ticket_files, tmp_path):
 
     with ds.simulated_teacher(accuracy=0.85) as teacher:
         assert teacher.simulated
-        rep = ds.label(teacher, passes=2)
         n = splits["train"] + splits["val"] + splits["calib"]
+        plan = ds.plan(teacher, passes=2, budget_usd=10)
+        assert isinstance(plan, fw.LabelPlan) and plan.items == n and plan.calls_needed == 2 * n
+        assert plan.calls_cached == 0 and plan.simulated
+        rep = ds.label(teacher, passes=2)
         assert isinstance(rep, fw.LabelReport) and rep.items == n and rep.simulated
         assert rep.calls_made >= 2 * n and rep.labelled + rep.disagreed == n and rep.cost_usd > 0
         again = ds.label(teacher, passes=2)
         assert again.calls_made == 0 and again.answers_cached == 2 * n and again.cost_usd == 0
+        replan = ds.plan(teacher, passes=2)
+        assert replan.calls_needed == 0 and replan.calls_cached == 2 * n
+        assert replan.est_cost_per_call_usd == pytest.approx(rep.cost_usd / rep.calls_made, rel=0.2)
 
         model = ds.train("text-tfidf")
         assert model.kind == "text-tfidf" and 0 < model.val_accuracy <= 1
@@ -135,3 +141,26 @@ def test_the_simulated_teacher_recognises_in_memory_inputs():
             "type": "json_object"}, "messages": [{"role": "user", "content": texts[3]}]}, timeout=10)
         assert topics[3] in r.json()["choices"][0]["message"]["content"]
         assert httpx.get(f"{base}/_stats", timeout=10).json()["unknown_items"] == 0
+
+
+def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
+    """A row the teacher already labelled is answered from the store, not asked again (same content hash)."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    X = np.round(rng.normal(size=(400, 3)), 3)
+    gold = np.where(X[:, 0] - X[:, 2] > 0, "pos", "neg").tolist()
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("rows", X, labels={"pos": "positive", "neg": "negative"}, gold=gold, val=40, calib=120)
+    assert ds.modality == "tabular"
+    with ds.simulated_teacher(accuracy=0.9) as teacher:
+        ds.label(teacher, passes=1)
+        cascade = ds.train("tabular-hgb").calibrate(max_teacher_fraction=0.5, teacher=teacher)
+        stats = teacher.spec.split("|")[0] + "/_stats"
+        before = httpx.get(stats, timeout=10).json()["completions"]
+        answers = cascade.predict(X[:200])  # all of these were labelled (train/val/calib are the whole set here)
+        assert any(a.source == "teacher" for a in answers)
+        assert np.mean([a.label == g for a, g in zip(answers, gold)]) > 0.8  # the simulator knew these rows
+        assert httpx.get(stats, timeout=10).json()["completions"] == before
+        fresh = cascade.predict(np.round(rng.normal(size=(50, 3)), 3) + 10)  # unseen rows: the teacher is asked
+        assert {a.source for a in fresh} <= {"student", "teacher"}

@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 
 _API = (
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
-    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
+    "FlywheelError", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
     "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
 )
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # for editors and type checkers
     from .api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation, FlywheelError, InputError,
-                      LabelReport, Model, NotReadyError, RoundReport, RunReport, SimulatedTeacher, Teacher,
+                      LabelPlan, LabelReport, Model, NotReadyError, RoundReport, RunReport, SimulatedTeacher, Teacher,
                       TeacherError, Workspace, simulated_teacher, teacher)
     from .api.estimator import DistilledClassifier
 

@@ -12,15 +12,15 @@ and, for Python objects without files, ``fw.DistilledClassifier`` (scikit-learn 
 
 from __future__ import annotations
 
-from .results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelReport,
-                      NotReadyError, RoundReport, RunReport, TeacherError)
-from .simulate import SimulatedTeacher, simulated_teacher
 from .inputs import Teacher, teacher
+from .results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelPlan,
+                      LabelReport, NotReadyError, RoundReport, RunReport, TeacherError)
+from .simulate import SimulatedTeacher, simulated_teacher
 from .workspace import Cascade, Dataset, Model, Workspace
 
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
-    "FlywheelError", "InputError", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
+    "FlywheelError", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
     "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
 ]
 

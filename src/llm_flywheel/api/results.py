@@ -103,6 +103,36 @@ class LabelReport:
 
 
 @dataclass(frozen=True)
+class LabelPlan:
+    """What labelling would cost, before any call (cached answers excluded).  ``est_cost_usd`` is None when no
+    price is known (no recorded calls of this model and no prices in the task)."""
+
+    dataset: str
+    teacher_model: str
+    simulated: bool
+    items: int
+    passes: int
+    calls_cached: int
+    calls_needed: int
+    tie_break_calls_expected: int
+    tie_break_calls_max: int
+    est_cost_per_call_usd: float | None
+    est_cost_usd: float | None
+    est_cost_usd_max: float | None
+    price_source: str
+    fits_budget: bool | None  # None without a budget or a price
+
+    @classmethod
+    def from_plan(cls, p: Mapping[str, Any]) -> "LabelPlan":
+        return cls(dataset=p["dataset"], teacher_model=p["model"], simulated=bool(p["simulated"]), items=p["items"],
+                   passes=p["passes"], calls_cached=p["calls_cached"], calls_needed=p["calls_needed"],
+                   tie_break_calls_expected=p["tie_break_calls_expected"], tie_break_calls_max=p["tie_break_calls_max"],
+                   est_cost_per_call_usd=_f(p.get("est_cost_per_call_usd")), est_cost_usd=_f(p.get("est_cost_usd")),
+                   est_cost_usd_max=_f(p.get("est_cost_usd_max")), price_source=str(p.get("price_source", "")),
+                   fits_budget=p.get("fits_budget"))
+
+
+@dataclass(frozen=True)
 class ClassMetrics:
     label: str
     precision: float

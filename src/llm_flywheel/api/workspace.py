@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .inputs import Teacher, as_teacher, infer_modality, make_splits_once, raw_inputs, register_items
-from .results import (Answer, Calibration, Evaluation, InputError, LabelReport, NotReadyError, RoundReport,
-                      RunReport, TeacherError, translate_errors)
+from .results import (Answer, Calibration, Evaluation, InputError, LabelPlan, LabelReport, NotReadyError,
+                      RoundReport, RunReport, TeacherError, translate_errors)
 
 if TYPE_CHECKING:
     from .simulate import SimulatedTeacher
@@ -122,6 +122,20 @@ class Dataset:
         from ..teachers.simulated import SimConfig
         from .simulate import start_simulated
 
+        if self.modality == "tabular":
+            # the server recognises what the client sends ("Features: [...]"), not the store's hash of the row, so a
+            # table's gold labels are handed over the way in-memory data is
+            from .simulate import simulated_teacher
+
+            with self.workspace._ws.store(readonly=True) as s:
+                known = [it for it in s.items(self.name) if it.gold_label]
+            if not known:
+                raise InputError(f"dataset {self.name!r} has no gold labels; import it with a label column to "
+                                 "simulate a teacher")
+            return simulated_teacher([it.features for it in known], [it.gold_label for it in known],
+                                     labels=self.labels, accuracy=accuracy, seed=seed, latency_ms=latency_ms,
+                                     rate_429=rate_429, malformed_rate=malformed_rate,
+                                     model=f"simulated/{self.name}-teacher")
         cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
                         malformed_rate=malformed_rate)
         try:
@@ -143,24 +157,43 @@ class Dataset:
             raise InputError(f"no items in {self.name!r} split {split!r} (splits: {self.splits()})")
         return [it.id for it in items]
 
+    def _label_args(self, teacher: Teacher | str, split: Any, limit: int | None, **cfg: Any) -> tuple[Any, ...]:
+        from ..labeling import LabelConfig
+
+        t = as_teacher(teacher)
+        ids = self._item_ids(split, limit)
+        try:
+            config = LabelConfig(**cfg)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return ids, t.build(self.task, self.workspace._ws), config
+
+    def plan(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
+             limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
+             max_calls: int | None = None, tie_break: bool = True) -> LabelPlan:
+        """What :meth:`label` with the same arguments would cost, without making a call."""
+        from ..labeling import plan
+
+        ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, budget_usd=budget_usd,
+                                           max_calls=max_calls, tie_break=tie_break)
+        with translate_errors():
+            try:
+                return LabelPlan.from_plan(plan(self.workspace._ws, self.name, ids, built, cfg))
+            except ValueError as e:
+                raise InputError(str(e)) from e
+
     def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
               limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
               max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True) -> LabelReport:
         """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
         answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
         Default: the train, val and calib splits (the test split stays for measurement)."""
-        from ..labeling import LabelConfig, label_items
+        from ..labeling import label_items
 
-        t = as_teacher(teacher)
-        ids = self._item_ids(split, limit)
-        try:
-            cfg = LabelConfig(passes=passes, concurrency=concurrency, budget_usd=budget_usd, max_calls=max_calls,
-                              tie_break=tie_break)
-        except ValueError as e:
-            raise InputError(str(e)) from e
+        ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, concurrency=concurrency,
+                                           budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break)
         with translate_errors():
-            res = label_items(self.workspace._ws, self.name, ids, t.build(self.task, self.workspace._ws), cfg,
-                              progress=False)
+            res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=False)
         return LabelReport.from_result(self.name, res)
 
     def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
@@ -314,8 +347,8 @@ class Cascade:
                 return sha256(x.encode("utf-8"))
             if isinstance(x, (bytes, bytearray)):
                 return sha256(bytes(x))
-            if isinstance(x, list):
-                return None
+            if isinstance(x, list):  # a row of numbers: hashed like the store hashes it, so cached answers match
+                return sha256(json.dumps([None if v != v else v for v in x]).encode())
             return sha256(encode_png(x))
 
         async def go() -> list[Any]:
