@@ -169,3 +169,19 @@ def test_an_unreachable_teacher_fails_fast_with_a_typed_error(text_data, tmp_pat
                               labels=LABELS, student="text-tfidf")
     with pytest.raises(fw.TeacherError):
         clf.fit(X[:30])
+
+
+def test_a_stopped_fit_resumes_without_asking_twice(text_data, text_teacher, tmp_path):
+    """A fit stopped by its call cap keeps what it paid for: the next fit on the same workspace asks only the rest."""
+    X, _ = text_data
+    params = dict(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1, workspace=str(tmp_path / "w"),
+                  dataset="resume")
+    first = DistilledClassifier(**params, max_calls=70)
+    try:
+        first.fit(X[:160])
+        assert first.label_report_.calls_made == 70 and first.label_report_.stopped_reason == "max_calls"
+    except fw.NotReadyError as e:  # too few labels to train and calibrate on: the error says why
+        assert "max_calls" in str(e)
+    second = DistilledClassifier(**params).fit(X[:160])
+    assert second.label_report_.calls_made == 160 - 70 and second.label_report_.answers_cached == 70
+    assert second.label_report_.stopped_reason is None
