@@ -164,3 +164,21 @@ def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
         assert httpx.get(stats, timeout=10).json()["completions"] == before
         fresh = cascade.predict(np.round(rng.normal(size=(50, 3)), 3) + 10)  # unseen rows: the teacher is asked
         assert {a.source for a in fresh} <= {"student", "teacher"}
+
+
+def test_works_inside_a_running_event_loop(tmp_path):
+    """Jupyter runs cells inside an event loop; the API's blocking calls must still work there."""
+    import asyncio
+
+    texts, topics = tickets(200, seed=12)
+
+    async def cell():
+        ws = fw.Workspace(tmp_path / "ws")
+        ds = ws.add_items("t", texts, labels=["billing", "hardware", "account"], gold=topics)
+        with ds.simulated_teacher() as teacher:
+            assert ds.label(teacher, passes=1).labelled > 100
+            cascade = ds.train("text-tfidf").calibrate(teacher=teacher)
+            return cascade.predict(texts[:5])
+
+    answers = asyncio.run(cell())
+    assert len(answers) == 5 and all(a.label in ("billing", "hardware", "account") for a in answers)
