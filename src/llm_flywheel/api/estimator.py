@@ -174,10 +174,6 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit(self, X: Any, teacher: Any, labels: Any) -> "DistilledClassifier":
         """``fit`` with an explicit teacher and class list (tests hand in a simulator per training set here)."""
-        from ..calibration import calibrate
-        from ..labeling import LabelConfig, label_items
-        from ..task import Task
-        from ..training import train_student
         from ..workspace import Workspace as _Ws
 
         modality, items = self._fit_inputs(X)
@@ -188,7 +184,36 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             raise InputError("give labels= with at least 2 classes, e.g. labels={'spam': 'unsolicited advertising', "
                              "'ham': 'a normal email'}")
         t = as_teacher(teacher)
-        n = len(items)
+        keys = [item_key(modality, x)[0] for x in items]
+        classes, names, task = self._task(modality, labels, keys)
+        n_uniq = len(set(keys))
+        val, calib = max(1, round(self.val_size * n_uniq)), max(1, round(self.calib_size * n_uniq))
+        if n_uniq - val - calib < 1:
+            raise InputError(f"only {n_uniq} distinct samples: not enough for train, val ({val}) and calib ({calib}); "
+                             "give more samples")
+        root = self._workspace_root()
+        ws = _Ws.open(root)
+        register_items(ws, task, items)
+        make_splits_once(ws, task.name, val=val, calib=calib, stream=0, test=0, seed=self.seed)
+        by_key = self._items_by_key(ws, task.name)
+        ids = sorted({by_key[k].id for k in keys})
+        version, cal = self._label_train_calibrate(ws, task, ids, t, len(items))
+        self.workspace_ = root
+        self.dataset_ = task.name
+        self.version_ = version
+        self.modality_ = modality
+        self.teacher_ = t
+        self.classes_ = np.asarray(classes) if not isinstance(classes[0], str) else np.asarray(classes, dtype=object)
+        self._names = [names[c] for c in classes]
+        self.calibration_ = Calibration.from_report(cal)
+        _CASCADES.pop(self, None)
+        return self
+
+    def _task(self, modality: str, labels: Any, keys: list[str]) -> tuple[list[Any], dict[Any, str], Any]:
+        """(sorted classes, class -> label name, Task).  The dataset is named after a fingerprint of the inputs and
+        the task, so the same training set is the same dataset (resume, cache) and another one starts afresh."""
+        from ..task import Task
+
         try:
             classes = sorted(labels)
         except TypeError:
@@ -196,40 +221,39 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         names = label_names(classes)
         desc = dict(labels) if isinstance(labels, Mapping) else {}
         descriptions = {names[c]: str(desc.get(c) or str(c).replace("_", " ")) for c in classes}
-        keys = [item_key(modality, x)[0] for x in items]
         fp = hashlib.sha256(repr((sorted(set(keys)), sorted(descriptions.items()), self.instructions, modality,
                                   self.val_size, self.calib_size, self.seed)).encode()).hexdigest()[:12]
-        name = f"{self.dataset}-{fp}"
         with translate_errors():
             try:
-                task = Task(name=name, modality=modality, labels=tuple(descriptions), descriptions=descriptions,
-                            instructions=self.instructions)
-                cfg = LabelConfig(passes=self.passes, concurrency=self.concurrency, budget_usd=self.budget_usd,
-                                  max_calls=self.max_calls)
+                task = Task(name=f"{self.dataset}-{fp}", modality=modality, labels=tuple(descriptions),
+                            descriptions=descriptions, instructions=self.instructions)
             except ValueError as e:
                 raise InputError(str(e)) from e
+        return classes, names, task
 
+    def _workspace_root(self) -> str:
+        """``workspace=`` if given; else this estimator's temporary folder (a refit reuses its cache)."""
         if self.workspace is not None:
-            root = str(Path(self.workspace).resolve())
             self._owns_workspace = False
-        elif getattr(self, "_owns_workspace", False) and getattr(self, "workspace_", None):
-            root = self.workspace_  # a refit reuses the cache of the earlier fits
-        else:
-            root = self._new_tmp()
-        ws = _Ws.open(root)
-        n_uniq = len(set(keys))
-        val, calib = max(1, round(self.val_size * n_uniq)), max(1, round(self.calib_size * n_uniq))
-        if n_uniq - val - calib < 1:
-            raise InputError(f"only {n_uniq} distinct samples: not enough for train, val ({val}) and calib ({calib}); "
-                             "give more samples")
-        register_items(ws, task, items)
-        make_splits_once(ws, name, val=val, calib=calib, stream=0, test=0, seed=self.seed)
-        by_key = self._items_by_key(ws, name)
-        ids = sorted({by_key[k].id for k in keys})
-        built = t.build(task, ws)
+            return str(Path(self.workspace).resolve())
+        if getattr(self, "_owns_workspace", False) and getattr(self, "workspace_", None):
+            return str(self.workspace_)
+        return self._new_tmp()
+
+    def _label_train_calibrate(self, ws: Any, task: Any, ids: list[int], t: Teacher, n: int) -> tuple[str, Any]:
+        """Teacher labels for ``ids`` -> a student on the train part -> the cascade calibrated on the calib part."""
+        from ..calibration import calibrate
+        from ..labeling import LabelConfig, label_items
+        from ..training import train_student
+
+        try:
+            cfg = LabelConfig(passes=self.passes, concurrency=self.concurrency, budget_usd=self.budget_usd,
+                              max_calls=self.max_calls)
+        except ValueError as e:
+            raise InputError(str(e)) from e
         with translate_errors():
-            rep = label_items(ws, name, ids, built, cfg, progress=False)
-        self.label_report_ = LabelReport.from_result(name, rep)
+            rep = label_items(ws, task.name, ids, t.build(task, ws), cfg, progress=False)
+        self.label_report_ = LabelReport.from_result(task.name, rep)
         stopped = f"; labelling stopped early: {rep.stopped_reason}" if rep.stopped_reason else ""
         if rep.stopped_reason and not rep.labelled:
             if rep.stopped_reason == "fatal_error":
@@ -238,7 +262,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             raise NotReadyError(f"the teacher labelled nothing{stopped}; raise budget_usd / max_calls (answers "
                                 "already paid for are cached)")
         with ws.store(readonly=True) as s:
-            train_labels = s.effective_labels(name, split="train")
+            train_labels = s.effective_labels(task.name, split="train")
         idset = set(ids)
         train_labels = {i: lab for i, lab in train_labels.items() if i in idset}
         if not train_labels:
@@ -247,23 +271,14 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
                                 "(answers so far are cached)")
         with translate_errors():
             try:
-                tm = train_student(ws, name, kind=self.student, labels=train_labels, seed=self.seed, progress=False,
-                                   **dict(self.student_params or {}))
-                cal = calibrate(ws, name, tm.version, target_accuracy=self.target_accuracy,
+                tm = train_student(ws, task.name, kind=self.student, labels=train_labels, seed=self.seed,
+                                   progress=False, **dict(self.student_params or {}))
+                cal = calibrate(ws, task.name, tm.version, target_accuracy=self.target_accuracy,
                                 max_teacher_fraction=self.max_teacher_fraction, delta=self.delta)
             except ValueError as e:
                 raise NotReadyError(f"{e} (with {n} samples{stopped}; give more samples, a larger calib_size or "
                                     "a larger budget)") from e
-        self.workspace_ = root
-        self.dataset_ = name
-        self.version_ = tm.version
-        self.modality_ = modality
-        self.teacher_ = t
-        self.classes_ = np.asarray(classes) if not isinstance(classes[0], str) else np.asarray(classes, dtype=object)
-        self._names = [names[c] for c in classes]
-        self.calibration_ = Calibration.from_report(cal)
-        _CASCADES.pop(self, None)
-        return self
+        return tm.version, cal
 
     @staticmethod
     def _items_by_key(ws: Any, name: str) -> dict[str, Any]:
