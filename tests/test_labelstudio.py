@@ -209,10 +209,12 @@ def test_push_annotate_pull_retrain_against_real_label_studio(label_studio, revi
     from llm_flywheel.training import train_student
 
     tm = train_student(ws, "synth", kind="image-cnn", epochs=1, progress=False)
-    in_train = [i for i in done if split[i] == "train"]
-    assert tm.metrics["label_sources"]["human"] == len(in_train) > 0
-    train_ids = json.loads((tm.path / "train_ids.json").read_text())["train"]
-    assert all(train_ids[str(i)] == humans_i for i, humans_i in ((i, gold[i] if i != item else other) for i in in_train))
+    want = {i: gold[i] for i in done if split[i] == "train"} | ({item: other} if split[item] == "train" else {})
+    used = json.loads((tm.path / "train_ids.json").read_text())  # trained on + the 10 % holdout (val has no labels)
+    seen = {int(i): lab for part in ("train", "val") for i, lab in used[part].items() if int(i) in want}
+    assert seen == want and want
+    trained = [int(i) for i in used["train"] if int(i) in want]
+    assert tm.metrics["label_sources"]["human"] == len(trained) > 0
 
     # the token was never written: not in the workspace, not in any output
     for f in ws.root.rglob("*"):
