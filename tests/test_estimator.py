@@ -125,7 +125,7 @@ def test_tabular_rows_and_integer_classes():
 
 
 @pytest.mark.slow
-def test_images_as_arrays():
+def test_images_as_arrays_or_pil():
     images, truth = shapes(200, seed=5)
     with fw.simulated_teacher(images, truth, accuracy=0.95) as t:
         clf = DistilledClassifier(teacher=t, labels=["square", "cross", "ring"], student="image-cnn", passes=1,
@@ -133,6 +133,10 @@ def test_images_as_arrays():
         assert clf.modality_ == "image"
         pred = clf.predict(images[160:])
         assert np.mean(pred == np.array(truth[160:])) > 0.7
+        from PIL import Image
+
+        pil = [Image.fromarray(a) for a in images[160:]]  # the same pictures as PIL images: the same items
+        assert (clf.predict(pil) == pred).all()
 
 
 def test_errors_name_the_fix(text_data, text_teacher):
