@@ -123,6 +123,10 @@ def test_errors_are_typed_and_name_the_fix(ticket_files, tmp_path, monkeypatch):
     with pytest.raises(fw.TeacherError, match="PROVIDER:MODEL"):
         fw.teacher("gpt-4o")
     ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml")
+    with pytest.raises(fw.InputError, match="already exists"):
+        ws.add_items("tickets", ["a text"], labels=["spam", "ham"])
+    with pytest.raises(fw.InputError, match="not among the labels"):
+        ws.add_items("other", ["a", "b", "c"], labels=["spam", "ham"], gold=["spam", "Ham", None])
     with pytest.raises(fw.NotReadyError, match="flywheel label"):
         ds.train("text-tfidf")
     with pytest.raises(fw.NotReadyError, match="no trained model"):

@@ -87,6 +87,14 @@ class Workspace:
                             instructions=instructions)
             except ValueError as e:
                 raise InputError(str(e)) from e
+        bad = sorted({str(g) for g in (gold or []) if g is not None and g not in task.labels})
+        if bad:
+            raise InputError(f"gold labels {bad[:5]} are not among the labels {list(task.labels)}")
+        if name in self.datasets():
+            old = Dataset(self, name).task
+            if (old.labels, old.modality) != (task.labels, task.modality):
+                raise InputError(f"dataset {name!r} already exists with {old.modality} labels {list(old.labels)}; "
+                                 "use the same labels to add items to it, or another name")
         register_items(self._ws, task, items, gold=gold)
         make_splits_once(self._ws, name, val=val, calib=calib, stream=stream, test=test, seed=seed)
         return Dataset(self, name)
