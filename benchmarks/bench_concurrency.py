@@ -18,6 +18,9 @@ concurrency 1, 2, 4, 8, 16, 32 and then in adaptive mode (cap 32, cold start, no
 table of calls/s, failed attempts and mean latency, and whether adaptive is within 10 % of the best fixed level.
 
     nice -n 10 python benchmarks/bench_concurrency.py [--items 400] [--work-ms 100] [--timeout 2]
+
+``--url BASE_URL --model MODEL`` runs the same comparison against a real server instead of the model (e.g. a
+``llama-server`` you started; pick ``--levels`` and ``--items`` to fit its speed, and a realistic ``--timeout``).
 """
 
 from __future__ import annotations
@@ -176,6 +179,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=2.0, help="client timeout per request (s)")
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--cap", type=int, default=32, help="the adaptive mode's cap (--concurrency)")
+    ap.add_argument("--url", help="benchmark this OpenAI-compatible base URL instead of the server model")
+    ap.add_argument("--model", default="cpu-model", help="model name to send with --url")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -200,11 +205,17 @@ def main() -> None:
     s.close()
 
     port = free_port()
-    srv = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--slots", str(args.slots),
-                            "--kv-seqs", str(args.kv_seqs), "--work-ms", str(args.work_ms), "--alpha", str(args.alpha),
-                            "--beta", str(args.beta), "--sigma", str(args.sigma),
-                            "--kv-fail-p", str(args.kv_fail_p)])
-    url = f"http://127.0.0.1:{port}/v1"
+    srv = None if args.url else subprocess.Popen(
+        [sys.executable, __file__, "--serve", "--port", str(port), "--slots", str(args.slots),
+         "--kv-seqs", str(args.kv_seqs), "--work-ms", str(args.work_ms), "--alpha", str(args.alpha),
+         "--beta", str(args.beta), "--sigma", str(args.sigma), "--kv-fail-p", str(args.kv_fail_p)])
+    url = args.url.rstrip("/") if args.url else f"http://127.0.0.1:{port}/v1"
+
+    def server_stats() -> dict[str, int]:
+        if args.url:
+            return {"requests": 0, "ok": 0, "context_exceeded": 0, "cancelled": 0}
+        return httpx.get(f"{url}/_stats").json()
+
     rows = []
     try:
         for _ in range(200):
@@ -212,25 +223,36 @@ def main() -> None:
                 httpx.get(f"{url}/models", timeout=1)
                 break
             except httpx.HTTPError:
-                if srv.poll() is not None:
+                if srv is not None and srv.poll() is not None:
                     raise SystemExit("the benchmark server did not start")
                 time.sleep(0.05)
-        print(f"server model: {args.slots} slots, KV cache for {args.kv_seqs} sequences (beyond: 500 with p "
-          f"{args.kv_fail_p:g}), {args.work_ms:g} ms per "
-              f"request alone, speed 1/(1+{args.alpha}(a-1)+{args.beta}max(0,a-4)^2); client timeout "
-              f"{args.timeout:g}s; {len(ids)} items x 1 pass per mode")
+        if args.url:
+            print(f"real server at {url}, model {args.model}; client timeout {args.timeout:g}s; {len(ids)} items x "
+                  f"1 pass per mode (server-side counts not available: HTTP/500/cancelled columns are 0)")
+        else:
+            print(f"server model: {args.slots} slots, KV cache for {args.kv_seqs} sequences (beyond: 500 with p "
+                  f"{args.kv_fail_p:g}), {args.work_ms:g} ms per request alone, speed 1/(1+{args.alpha}(a-1)+{args.beta}max(0,a-4)^2); "
+                  f"client timeout {args.timeout:g}s; {len(ids)} items x 1 pass per mode")
         modes: list[tuple[str, int, bool]] = [(f"fixed {c}", c, False) for c in map(int, args.levels.split(","))]
         modes.append((f"adaptive (cap {args.cap})", args.cap, True))
         for name, conc, adaptive in modes:
             forget_levels()  # cold start: adaptive is not told what an earlier mode found
-            before = httpx.get(f"{url}/_stats").json()
-            teacher = OpenAICompatTeacher(url, f"cpu-model-{name.replace(' ', '-')}", api_key_env=None, task=task,
-                                          timeout=args.timeout, logprobs=False)
+            before = server_stats()
+            if args.url:  # the cache is keyed by model: a fresh workspace per mode instead
+                ws = Workspace.open(root / name.replace(" ", "-").replace("(", "").replace(")", ""))
+                register(ws, task, [Record(f"t:{i}", text=f"email number {i}: win a prize {i * 7919 % 1000}")
+                                    for i in range(args.items)], progress=False)
+                st = ws.store()
+                ids = [it.id for it in st.items("cc")]
+                st.close()
+            model = args.model if args.url else f"cpu-model-{name.replace(' ', '-')}"
+            teacher = OpenAICompatTeacher(url, model, api_key_env=None, task=task, timeout=args.timeout,
+                                          logprobs=False)
             t0 = time.perf_counter()
             r = label_items(ws, "cc", ids, teacher, LabelConfig(passes=1, tie_break=False, concurrency=conc,
                                                                 adaptive=adaptive), progress=False)
             dt = time.perf_counter() - t0
-            after = httpx.get(f"{url}/_stats").json()
+            after = server_stats()
             d = {k: after[k] - before[k] for k in ("requests", "ok", "context_exceeded", "cancelled")}
             s = ws.store()
             lat = s.query("SELECT AVG(latency_s) AS m FROM teacher_answers WHERE model=? AND ok=1", (teacher.model,))
@@ -246,8 +268,9 @@ def main() -> None:
                   f"{d['requests']:4d}  500s {d['context_exceeded']:3d}  cancelled {d['cancelled']:3d}  "
                   f"latency {x['mean_latency_s']:.2f}s", flush=True)
     finally:
-        srv.terminate()
-        srv.wait(timeout=10)
+        if srv is not None:
+            srv.terminate()
+            srv.wait(timeout=10)
 
     fixed = [r for r in rows if r["mode"].startswith("fixed")]
     best = max(fixed, key=lambda r: r["calls_per_s"])

@@ -13,9 +13,10 @@ How (throughput hill-climbing with AIMD back-off, evaluated in windows of comple
   window of calls that *started* at that level (so a level is never credited with its predecessor's calls);
 * **grow** (doubling until the first loss, then +25 %) only while goodput grows by more than ``gain``; a level
   that is not faster is abandoned for the smaller one -- latency inflation without more throughput is a queue;
-* **back off** multiplicatively (x ``backoff``) on overload: timeouts, 429, 5xx, "context exceeded" or retried
-  calls (more than a few per window), or p90 latency above half the client timeout; the overloaded level becomes
-  a ceiling for the rest of the run;
+* **back off** on overload -- timeouts, 429, 5xx, "context exceeded" or retried calls (more than a few per
+  window), or p90 latency above half the client timeout: to the smallest level whose measured goodput is within
+  5 % of the best measured below the overloaded one, or multiplicatively (x ``backoff``) when nothing below is
+  known or two back-offs come without a window in between; the overloaded level becomes a ceiling for the run;
 * **re-probe** one step up after a few steady windows (4, doubling after every probe that found nothing, up to
   64), so a server that speeds up is noticed without paying for a futile probe all the time.
 
@@ -92,7 +93,7 @@ class AdaptiveConcurrency:
     PROBE_EVERY_MAX = 64
 
     def __init__(self, cap: int, *, start: int | None = None, adaptive: bool = True, timeout_s: float | None = None,
-                 gain: float = 0.1, backoff: float = 0.5, min_window: int = 12, window_factor: int = 3,
+                 gain: float = 0.1, backoff: float = 0.5, min_window: int = 12, window_factor: int = 4,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if cap < 1:
             raise ValueError(f"cap must be >= 1, got {cap}")
@@ -113,6 +114,8 @@ class AdaptiveConcurrency:
         self.max_limit = self.limit
         self.decreases = 0
         self.windows = 0  # decisions made (windows ended or back-offs)
+        self.rates: dict[int, float] = {}  # level -> smoothed goodput measured there (calls/s)
+        self._windows_since_decrease = 1
         self.history: list[tuple[float, int, str]] = [(0.0, self.limit, "start")]
         self._t_start = self._clock()
         self._cond: asyncio.Condition | None = None
@@ -157,6 +160,8 @@ class AdaptiveConcurrency:
         self._lat: list[float] = []
 
     def _window_size(self) -> int:
+        if self.phase == "slow_start":  # doubling below saturation is a big, easily measured gain: decide sooner
+            return max(self.min_window, 2 * self.limit)
         return max(self.min_window, self.window_factor * self.limit)
 
     def _set(self, level: int, why: str) -> None:
@@ -186,6 +191,11 @@ class AdaptiveConcurrency:
         self.windows += 1
         self.ceiling = max(1, self.limit - 1)
         new = max(1, min(int(self.limit * self.backoff), self.limit - 1))
+        known = {lv: r for lv, r in self.rates.items() if lv <= self.ceiling}
+        if known and self._windows_since_decrease > 0:  # back to what was measured good, not blindly halved
+            best = max(known.values())
+            new = min(lv for lv, r in known.items() if r >= best / 1.05)
+        self._windows_since_decrease = 0
         self.phase, self.base_limit, self.base_rate, self.steady_windows = "steady", new, None, 0
         self.probe_every = self.PROBE_EVERY
         self._set(new, why)
@@ -203,13 +213,16 @@ class AdaptiveConcurrency:
         mean_lat = sum(lat) / len(lat)
         p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
         rate = (self._area / dur) * (self._ok / self._n) / mean_lat  # Little's law: goodput at this level
+        self._windows_since_decrease += 1
         if self.timeout_s and p90 > 0.5 * self.timeout_s and self.limit > 1:
             self._decrease(f"p90 latency {p90:.1f}s above half the {self.timeout_s:g}s timeout")
             return
+        old = self.rates.get(self.limit)
+        self.rates[self.limit] = rate if old is None else 0.5 * (old + rate)
         if self.phase in ("slow_start", "probe"):
             if self.base_rate is None or self.base_limit is None:
                 self.base_limit, self.base_rate = self.limit, rate
-            elif rate > self.base_rate * (1 + self.gain):
+            elif rate > self.base_rate * (1 + (self.gain / 2 if self.phase == "slow_start" else self.gain)):
                 self.base_limit, self.base_rate = self.limit, rate
                 self.probe_every = self.PROBE_EVERY
             else:  # not faster: the extra requests only queued
