@@ -166,8 +166,14 @@ def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
         assert any(a.source == "teacher" for a in answers)
         assert np.mean([a.label == g for a, g in zip(answers, gold)]) > 0.8  # the simulator knew these rows
         assert httpx.get(stats, timeout=10).json()["completions"] == before
-        fresh = cascade.predict(np.round(rng.normal(size=(50, 3)), 3) + 10)  # unseen rows: the teacher is asked
+        rows = np.round(rng.normal(size=(60, 3)), 3)
+        fresh = cascade.predict(rows)  # unseen rows: the deferred ones are asked once, stored before use
+        asked = httpx.get(stats, timeout=10).json()["completions"]
         assert {a.source for a in fresh} <= {"student", "teacher"}
+        assert asked - before == sum(a.source == "teacher" for a in fresh) > 0
+        assert [a.label for a in cascade.predict(rows)] == [a.label for a in fresh]
+        assert httpx.get(stats, timeout=10).json()["completions"] == asked  # paid once
+    assert "rows.api" in ws.datasets()  # where the answered inputs are kept
 
 
 def test_works_inside_a_running_event_loop(tmp_path):

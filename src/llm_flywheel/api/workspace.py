@@ -8,7 +8,6 @@ conversion of its result into a typed dataclass and of its exceptions into the A
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
@@ -330,6 +329,7 @@ class Cascade:
             self._c = _Cascade.from_store(ds.workspace._ws, ds.name, version=model.version,
                                           teacher=None if t is None else t.build(ds.task, ds.workspace._ws))
         self.calibration = Calibration.from_report(self._c.calibration)
+        self._api: Any = None  # the same cascade over the companion dataset of API inputs
 
     def __repr__(self) -> str:
         return (f"Cascade({self.model.version!r}, threshold={self.threshold:.3f}, "
@@ -344,42 +344,35 @@ class Cascade:
         return self._c.temperature
 
     def predict(self, inputs: Sequence[Any], *, concurrency: int = 16) -> list[Answer]:
-        """Answer inputs that are not in the store (texts, rows of numbers, images), in order.  Answers are logged
-        to the workspace's cascade log (the wheel's feedback), like the HTTP service's."""
-        from ..data.base import encode_png, sha256
+        """Answer texts, rows of numbers or images, in order.
 
-        raw = raw_inputs(self.model.dataset.modality, inputs)
+        The inputs are kept as items of a companion dataset ``<dataset>.api`` (same task, never split or trained
+        on unless you choose to), so a deferred input goes through the labeller like any item: its teacher answer
+        is stored before it is used and paid once -- an input the teacher already answered, here or in the
+        dataset itself, costs nothing.  Answers are logged to the cascade log (the wheel's feedback)."""
+        from dataclasses import replace
 
-        def chash(x: Any) -> str | None:
-            if isinstance(x, str):
-                return sha256(x.encode("utf-8"))
-            if isinstance(x, (bytes, bytearray)):
-                return sha256(bytes(x))
-            if isinstance(x, list):  # a row of numbers: hashed like the store hashes it, so cached answers match
-                return sha256(json.dumps([None if v != v else v for v in x]).encode())
-            return sha256(encode_png(x))
+        from ..cascade import Cascade as _Cascade
 
-        async def go() -> list[Any]:
-            sem = asyncio.Semaphore(max(1, concurrency))
-
-            async def one(x: Any) -> Any:
-                async with sem:
-                    return await self._c.apredict_raw(x, origin="api", content_hash=chash(x))
-            try:
-                return list(await asyncio.gather(*(one(x) for x in raw)))
-            finally:
-                await self._c.aclose()
-
+        ds = self.model.dataset
+        ws = ds.workspace._ws
+        raw = raw_inputs(ds.modality, inputs)
+        if not raw:
+            return []
+        task = replace(ds.task, name=f"{ds.name}.api")
+        keys = register_items(ws, task, raw)
+        with ws.store(readonly=True) as s:
+            by_key = {it.source_ref: it for it in s.items(task.name)}
+        c = self._c
+        if self._api is None:
+            self._api = _Cascade(ws, task.name, task, c.student, c.version, c.temperature, c.threshold, c.teacher,
+                                 c.calibration)
         with translate_errors():
-            out = _run(go())
+            out = self._api.predict_items([by_key[k] for k in keys], origin="api",
+                                          teacher_concurrency=max(1, concurrency))
         return [Answer.from_engine(a) for a in out]
 
     def close(self) -> None:
         self._c.close()
-
-
-def _run(coro: Any) -> Any:
-    """Run a coroutine from sync code, also inside Jupyter (whose event loop is already running)."""
-    from ..teachers.openai_compat import run_sync
-
-    return run_sync(coro)
+        if self._api is not None:
+            self._api.close()
