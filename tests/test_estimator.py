@@ -189,3 +189,11 @@ def test_a_stopped_fit_resumes_without_asking_twice(text_data, text_teacher, tmp
     second = DistilledClassifier(**params).fit(X[:160])
     assert second.label_report_.calls_made == 160 - 70 and second.label_report_.answers_cached == 70
     assert second.label_report_.stopped_reason is None
+
+
+@pytest.mark.slow
+def test_the_default_text_student_is_minilm(text_data, text_teacher):
+    X, y = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, passes=1).fit(X[:200])
+    assert "text-minilm" in clf.version_
+    assert np.mean(clf.predict(X[200:]) == np.array(y[200:])) > 0.8
