@@ -203,3 +203,40 @@ def test_run_without_labels_says_what_to_do(wheel_ws):
                                         "--concurrency", "8"])
     assert out.exit_code not in (0, 1), out.output
     assert "Traceback" not in out.output and "flywheel label synth" in out.output
+
+
+def test_later_round_resumes_with_the_items_it_had_selected(wheel_ws):
+    """Round 2's teacher dies after selection: the round stops (WheelStopped, run 'stopped'); the re-run labels the
+    very items selected before the stop -- no second selection, no budget spent twice."""
+    from fault_server import FaultServer, status
+
+    from conftest import SYNTH_LABELS
+    from llm_flywheel.flywheel import WheelConfig, WheelStopped, run_wheel
+    from llm_flywheel.task import Task
+    from llm_flywheel.teachers.registry import teacher_from_spec
+
+    ws = wheel_ws
+    with ws.store() as s:
+        task = Task.from_json(s.dataset_task_json("synth"))
+    cfg = WheelConfig(rounds=2, seed_labels=30, val_labels=20, calib_labels=40, per_round_budget=40, passes=2,
+                      stream_per_round=20, test_limit=20, epochs=1, audit_rate=0.0, gold_ceiling=False, concurrency=4)
+    with FaultServer(default=_random_label_answer(list(SYNTH_LABELS))) as srv:
+        teacher = teacher_from_spec(f"{srv.url}|fault-model", task, api_key_env="", max_retries=0)
+
+        def kill_teacher(m):
+            srv.default = status(401, {"error": {"message": "key revoked"}})
+
+        with pytest.raises(WheelStopped) as stop:
+            run_wheel(ws, "synth", teacher=teacher, config=cfg, progress=False, on_round=kill_teacher)
+        assert stop.value.kind == "teacher"
+        with ws.store() as s:
+            run = s.query("SELECT id, status FROM runs WHERE kind='wheel' ORDER BY id DESC LIMIT 1")[0]
+            m2 = json.loads(s.query("SELECT metrics_json FROM rounds WHERE run_id=? AND round=2", (run["id"],))[0][0])
+        assert run["status"] == "stopped" and "labelled" not in m2 and len(m2["selected_ids"]) == 20
+        srv.default = _random_label_answer(list(SYNTH_LABELS), seed=1)
+        res = run_wheel(ws, "synth", teacher=teacher, config=cfg, progress=False)
+    assert res.run_id == run["id"] and res.rounds[1]["selected_ids"] == m2["selected_ids"]
+    with ws.store() as s:  # items the teacher answered (a random teacher's passes may disagree: no consensus)
+        asked = {r[0] for r in s.query("SELECT l.item_id FROM labels l JOIN items i ON i.id=l.item_id "
+                                       "WHERE i.dataset='synth' AND i.split='train' AND l.source='teacher'")}
+    assert set(m2["selected_ids"]) <= asked and len(asked) == 30 + 20

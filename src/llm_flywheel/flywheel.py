@@ -256,8 +256,7 @@ class _Wheel:
         elif need > n["stream"]:
             self._warn("stream_short",
                        f"{cfg.rounds} rounds x --stream-per-round {cfg.stream_per_round} need {need:,} stream items but the "
-                       f"stream split has {n['stream']:,}: round {n['stream'] // max(cfg.stream_per_round, 1) + 1} and later "
-                       f"serve {'fewer or ' if n['stream'] % max(cfg.stream_per_round, 1) else ''}no items",
+                       f"stream split has {n['stream']:,}: " + _short_rounds(n["stream"], cfg.stream_per_round, cfg.rounds),
                        f"--stream-per-round {n['stream'] // cfg.rounds} (or leave it out: it is derived from the dataset)")
         used = cfg.seed_labels + (cfg.rounds - 1) * (cfg.per_round_budget // cfg.passes)
         if used > n["train"]:
@@ -807,6 +806,19 @@ class _Wheel:
         return {"version": version, "labels": labels, "confusion": confusion.tolist(), "reliability": bins, "ece": float(ece),
                 "threshold": last.get("threshold"), "temperature": T, "curve": curve,
                 "student_accuracy": float(correct.mean()), "n": len(items)}
+
+
+def _short_rounds(n_stream: int, per_round: int, rounds: int) -> str:
+    """Which rounds a too-large --stream-per-round starves, in words."""
+    full, rest = divmod(n_stream, per_round)
+    parts = []
+    if rest:
+        parts.append(f"round {full + 1} serves only {rest}")
+        full += 1
+    if full < rounds:
+        parts.append(f"round{'s' if rounds - full > 1 else ''} {full + 1}{f'-{rounds}' if rounds - full > 1 else ''} "
+                     f"serve{'' if rounds - full > 1 else 's'} none (no teacher fraction, no cost figures)")
+    return " and ".join(parts)
 
 
 def _get(obj: Any, *names: str) -> Any:
