@@ -192,3 +192,23 @@ def test_works_inside_a_running_event_loop(tmp_path):
 
     answers = asyncio.run(cell())
     assert len(answers) == 5 and all(a.label in ("billing", "hardware", "account") for a in answers)
+
+
+@pytest.mark.slow
+def test_images_in_memory_through_the_facade(tmp_path):
+    import numpy as np
+
+    from _data import shapes
+
+    images, truth = shapes(300, seed=6)
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("shapes", images, labels={"square": "a filled square", "cross": "a cross", "ring": "a ring"},
+                      gold=truth, val=30, calib=90, test=60)
+    assert ds.modality == "image"
+    with ds.simulated_teacher(accuracy=0.9) as teacher:
+        rep = ds.label(teacher, passes=1)
+        assert rep.calls_made == 240 and rep.labelled == 240
+        model = ds.train("image-cnn", epochs=3)
+        assert model.evaluate().n == 60
+        answers = model.calibrate(max_teacher_fraction=0.3, teacher=teacher).predict(images[:40])
+    assert np.mean([a.label == t for a, t in zip(answers, truth[:40])]) > 0.7
