@@ -184,7 +184,8 @@ def main() -> None:
         srv.wait(timeout=10)
     out = {
         "teacher": "SIMULATED (" + teacher.model + ")",
-        "items": len(ids), "passes": args.passes, "concurrency": args.concurrency,
+        "items": len(ids), "passes": args.passes, "concurrency": args.concurrency, "adaptive": not args.fixed,
+        "concurrency_search": r1.concurrency,
         "latency_ms_median": args.latency_ms,
         "first_run_s": round(dt, 2), "items_per_s": round(len(ids) / dt, 1),
         "calls_first_run": r1.calls_made, "calls_per_s": round(r1.calls_made / dt, 1),
