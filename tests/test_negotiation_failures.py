@@ -205,3 +205,12 @@ def test_bare_url_spec_with_nothing_listening_names_the_fix():
         teacher_from_spec(url, TASK)
     with FaultServer() as srv:
         assert teacher_from_spec(srv.url, TASK).model == "fault-model"
+
+
+def test_a_larger_input_gets_proportionally_longer_to_answer():
+    t = _teacher("http://127.0.0.1:1/v1", timeout=1000.0)
+    t.latencies.extend([20.0] * 10)
+    t.sizes.extend([500] * 10)
+    assert t.current_timeout(size=400) == 80.0  # 4 x p95
+    assert t.current_timeout(size=2000) == pytest.approx(80.0 * 4)  # 4x the typical input: 4x the wait
+    assert t.current_timeout(size=100_000) == 1000.0  # never above the cap

@@ -429,6 +429,7 @@ class OpenAICompatTeacher:
         self.http_requests = 0  # attempts sent (including retries), for observability
         self.retry_waits: deque[float] = deque(maxlen=1000)  # recent backoff delays (s), for observability
         self.latencies: deque[float] = deque(maxlen=256)  # seconds per successful request, for the timeout
+        self.sizes: deque[int] = deque(maxlen=256)  # request body sizes (bytes) of those requests
         self.timeout_floor = TIMEOUT_FLOOR
         self.timeout_first = TIMEOUT_FIRST
         # negotiation state (see the module docstring); guarded by self._lock, probes by self._gate
@@ -641,19 +642,26 @@ class OpenAICompatTeacher:
             return None
         return lat[min(len(lat) - 1, int(math.ceil(0.95 * len(lat))) - 1)]
 
-    def current_timeout(self, boost: int = 0) -> float:
+    def current_timeout(self, boost: int = 0, size: int | None = None) -> float:
         """Seconds to wait for one response.
 
         A fixed 60 s is both too long for a fast API (a hung request holds a worker for a minute) and too short
         for a loaded local CPU server (answers that would arrive at 90 s get cancelled, and the server's work
         is thrown away).  So the wait follows the server: ``max(timeout_floor, 4 x p95)`` of the last 256
         successful requests (``timeout_floor`` = :data:`TIMEOUT_FLOOR`, 30 s), ``timeout_first`` (120 s) before 5
-        are measured, doubled for each timeout this call already had (``boost``), and never above
-        ``self.timeout`` -- the caller's cap (:data:`DEFAULT_TIMEOUT_CAP`, 300 s, when none was given).  Latency
-        under load grows, so the wait grows with it instead of cancelling work the server has half done.
+        are measured; times ``size / median size`` of those requests when this one is larger (a local server's
+        prompt processing grows with the input: a long email must not be cut off at a short one's budget);
+        doubled for each timeout this call already had (``boost``); and never above ``self.timeout`` -- the
+        caller's cap (:data:`DEFAULT_TIMEOUT_CAP`, 300 s, when none was given).  Latency under load grows, so
+        the wait grows with it instead of cancelling work the server has half done.
         """
         p95 = self.latency_p95()
         base = self.timeout_first if p95 is None else max(self.timeout_floor, TIMEOUT_P95_MULTIPLE * p95)
+        if p95 is not None and size and self.sizes:
+            sizes = sorted(self.sizes)
+            median = sizes[len(sizes) // 2]
+            if median > 0 and size > median:
+                base *= size / median
         return min(self.timeout, base * (2 ** boost))
 
     # -- requests ---------------------------------------------------------------------------------------------
@@ -834,7 +842,8 @@ class OpenAICompatTeacher:
                               max_tokens=call.max_tokens)
             self.http_requests += 1
             wait: float | None = None
-            timeout = self.current_timeout(timeouts)
+            size = _body_size(content)
+            timeout = self.current_timeout(timeouts, size)
             ta = time.monotonic()
             try:
                 resp = await client.post(url, json=body, headers=self._headers(),
@@ -863,6 +872,7 @@ class OpenAICompatTeacher:
                         kind, detail = ans.error_kind, ans.error_detail or ""
                     else:
                         self.latencies.append(time.monotonic() - ta)
+                        self.sizes.append(size)
                         text = ans.raw_text
                         prose = (mode in STRUCTURED_MODES and text is not None and not looks_like_json(text)
                                  and ans.error_kind in ("parse", "truncated"))
@@ -1018,6 +1028,15 @@ class OpenAICompatTeacher:
             error_kind=kind, error_detail=detail,
             extra={"raw_label": parsed.raw_label, **extra}, **common,
         )
+
+
+def _body_size(content: Any) -> int:
+    """How big a request's input is, for the timeout: characters of text, bytes of base64 images."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(json.dumps(p)) for p in content)
+    return 0
 
 
 def _int(v: Any) -> int | None:
