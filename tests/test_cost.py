@@ -104,3 +104,21 @@ def test_free_teacher_is_priced_by_latency_or_shown_as_not_available():
     never = cost.compare(cost.CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=500.0, teacher_fraction=1.0,
                                          labelling_spend_usd=1.0, cpu_usd_per_hour=0.36))
     assert never["breakeven_items"] is None and never["not_available"]["breakeven_items"].startswith("never")
+
+
+def test_calibration_curve_prices_a_local_teacher_by_latency(tmp_path):
+    """Answers with cost 0 (a local server): the cascade curve's teacher cost is latency x machine price, not $0."""
+    from llm_flywheel.calibration import teacher_cost_per_item
+    from llm_flywheel.task import Task
+
+    s = Store(tmp_path / "f.db")
+    task = Task(name="d", modality="text", labels=("a", "b"))
+    s.put_dataset("d", task.to_json())
+    s.add_items([{"dataset": "d", "source_ref": f"r{i}", "content_hash": f"h{i}", "modality": "text", "text": "x"} for i in range(2)])
+    for k, it in enumerate(s.items("d")):
+        s.execute(
+            "INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, cost_usd, latency_s, "
+            "created_at) VALUES(?,?,?,?,?,?,?,?,0)", (it.id, f"h{k}", "local", "p", 0, 1, 0.0, 6.0 + 4.0 * k))
+    c, note = teacher_cost_per_item(s, "d", task, 0.72)
+    assert c == pytest.approx(8.0 * 0.72 / 3600) and "latency" in note
+    s.close()

@@ -436,13 +436,22 @@ def plot_cascade_curve(curve: dict[str, Any], choice: ThresholdChoice, path: Pat
 # -- the store-level step ---------------------------------------------------------------------------------------
 
 
-def teacher_cost_per_item(store: Any, dataset: str, task: Any) -> tuple[float, str]:
-    """Mean recorded cost of a final teacher answer for ``dataset``, else an estimate from the task's token prices."""
+def teacher_cost_per_item(store: Any, dataset: str, task: Any, usd_per_hour: float | None = None) -> tuple[float, str]:
+    """Mean recorded cost of a final teacher answer for ``dataset``; for a teacher that reports no token cost (a
+    local server) its measured latency x ``usd_per_hour``; else an estimate from the task's token prices."""
+    from .cost import DEFAULT_CPU_USD_PER_HOUR, teacher_cost_stats, teacher_price
+
     row = store.query(
         "SELECT AVG(a.cost_usd) AS c, COUNT(a.cost_usd) AS n FROM teacher_answers a JOIN items i ON i.id=a.item_id "
         "WHERE i.dataset=? AND a.ok=1 AND a.cost_usd IS NOT NULL", (dataset,))
-    if row and row[0]["n"]:
+    if row and row[0]["n"] and float(row[0]["c"] or 0.0) > 0:
         return float(row[0]["c"]), f"mean of {row[0]['n']} recorded teacher calls"
+    stats = teacher_cost_stats(store, dataset)
+    if stats["calls"] and stats.get("mean_latency_s"):
+        price, note = teacher_price({**stats, "priced": False},
+                                    DEFAULT_CPU_USD_PER_HOUR if usd_per_hour is None else usd_per_hour)
+        if price is not None:
+            return price, note
     pin, pout = getattr(task, "input_per_mtok", None), getattr(task, "output_per_mtok", None)
     if pin is not None and pout is not None:
         tin = 600 if task.modality == "image" else 400
@@ -494,7 +503,7 @@ def calibrate(
             raise ValueError(
                 f"the calib split of {dataset!r} has no usable {'labels' if reference == 'labels' else 'gold labels'}; "
                 f"label it first (e.g. `flywheel label {dataset} --split calib`) or make splits with a calib part")
-        t_cost, t_cost_note = teacher_cost_per_item(store, dataset, task)
+        t_cost, t_cost_note = teacher_cost_per_item(store, dataset, task, cpu)
         teacher_labels = {}
         if reference == "gold":
             teacher_labels = {r["item_id"]: r["label"] for r in store.query(

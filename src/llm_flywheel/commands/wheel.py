@@ -160,7 +160,8 @@ def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
         f"cascade accuracy on gold test (final round): {pct('final_cascade_accuracy')}",
         f"gold-label ceiling on gold test (same student, same items, gold labels): {pct('gold_ceiling_accuracy')}",
         "teacher fraction (stream, final round): "
-        + ("–" if summary.get("final_teacher_fraction") is None else f"{100 * summary['final_teacher_fraction']:.1f} %"),
+        + ("n/a: the last round served no stream items (see the warnings)" if summary.get("final_teacher_fraction") is None
+           else f"{100 * summary['final_teacher_fraction']:.1f} %"),
     ]
     na = summary.get("cost_not_available") or {}
     c1, c2, ratio, be = (summary.get(k) for k in ("cost_per_1k_teacher_only", "cost_per_1k_cascade", "cost_ratio", "breakeven_items"))
