@@ -172,7 +172,7 @@ def test_run_stops_on_a_dead_teacher_then_resumes_from_labelling(wheel_ws):
         spec = ["--teacher", f"{srv.url}|fault-model", "--api-key-env", "SOME_KEY_VAR"]
         out = runner.invoke(main, [*args, *spec], env={"SOME_KEY_VAR": "k-123"})
         assert out.exit_code == ExitCode.TEACHER_FAILED, out.output
-        assert "Traceback" not in out.output and "re-run" in out.output
+        assert "Traceback" not in out.output and "resumes round 1 from labelling" in out.output
         assert srv.requests and srv.requests[0]["headers"].get("Authorization") == "Bearer k-123"
         asked = len(srv.requests)
         srv.default = _random_label_answer(list(SYNTH_LABELS))

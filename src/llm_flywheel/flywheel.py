@@ -343,11 +343,11 @@ class _Wheel:
             self._save_round(m)  # "labelled" stays unset: a re-run resumes this round from labelling
             why = getattr(res, "stopped_message", None) or res.stopped_reason
             kind = "budget" if res.stopped_by_budget else "teacher"
+            fix = ("raise the cap" if kind == "budget" else "fix the teacher (its URL, model name and API key; "
+                   f"`flywheel label {self.dataset} --limit 5 --teacher SPEC` tries it on a few items)")
             raise WheelStopped(
-                f"labelling the {what} items stopped early: {why}.  Nothing paid for is lost: "
-                + ("raise the cap" if kind == "budget" else "check the teacher (its URL, model name and API key; "
-                   f"`flywheel label {self.dataset} --ids ... --teacher SPEC` tries it on a few items)")
-                + " and re-run the same command -- the round resumes from labelling.", kind)
+                f"labelling the {what} items stopped early: {str(why).rstrip('.')}.  Nothing paid for is lost: {fix}, "
+                f"then run the same command again -- it resumes round {m['round']} from labelling.", kind)
         if res.failed and res.unlabelled:
             self._warn("label_incomplete",
                        f"round {m['round']}: {res.unlabelled} of {len(ids)} {what} items got no teacher answer "

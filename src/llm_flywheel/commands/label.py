@@ -131,7 +131,8 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
     code = label_exit_code(res)
     if res.stopped_reason:
         why = getattr(res, "stopped_message", None) or res.stopped_reason
-        console.print(f"[bold red]stopped early[/]: {why}. Re-run to continue; nothing is asked twice.")
+        tail = "" if "re-run" in str(why).lower() else " Re-run to continue; nothing is asked twice."
+        console.print(f"[bold red]stopped early[/]: {str(why).rstrip('.')}.{tail}")
     elif code == ExitCode.INCOMPLETE:
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
