@@ -104,8 +104,10 @@ def user_text(body: dict) -> str:
     return ""
 
 
-LLAMA_CPP_PYTHON_500 = ("1 validation error for CreateChatCompletionRequest\nresponse_format.type\n  Input should be "
-                        "'text' or 'json_object' [type=literal_error, input_value='json_schema', input_type=str]")
+# the exact message llama-cpp-python 0.3.36's server sends (HTTP 500) for response_format type json_schema
+LLAMA_CPP_PYTHON_500 = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema', "
+                        "'ctx': {'expected': \"'text' or 'json_object'\"}}\n")
 
 
 def refuse_modes(refused: dict[str, tuple[int, Any]], then: Action | None = None, *, prose_for: tuple[str, ...] = (),

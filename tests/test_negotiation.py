@@ -89,7 +89,7 @@ def test_refusals_at_concurrency_32_one_path_remembered_and_reused(neg_ws, name)
         # remembered in the store, keyed by (base_url, model)
         with ws.store() as s:
             caps = s.teacher_capability(srv.url, "fault-model")
-        assert caps is not None and caps["response_format"] == final
+        assert caps is not None and caps["response_format"] == final and [d["to"] for d in caps["downgrades"]] == path
         # a second client (a new teacher object, as in the next run) starts from what worked
         n0 = len(srv.requests)
         t2 = _teacher(srv.url, task)
@@ -206,3 +206,15 @@ def test_prose_cut_off_at_max_tokens_also_counts_as_an_ignored_format(neg_ws):
         answers = t.label(items, task, ws=ws, concurrency=CONCURRENCY)
     assert all(a.ok and a.label == "bar" for a in answers)
     assert [d["to"] for d in t.negotiation] == ["json_object_schema"] and _modes(srv).count("json_schema") == 2
+
+
+def test_the_record_keeps_the_downgrades_of_earlier_runs(neg_ws):
+    ws, task = neg_ws
+    items = ws.store().items("synth", limit=3)
+    with FaultServer(default=llama_cpp_python()) as srv:
+        _teacher(srv.url, task).label(items, task, ws=ws)
+        _teacher(srv.url, task).label(items, task, ws=ws)  # starts from memory, confirms, saves again
+    caps = StoreCapabilityCache(ws).get(srv.url, "fault-model")
+    assert caps["response_format"] == "json_object_schema"
+    assert [(d["from"], d["to"]) for d in caps["downgrades"]] == [("json_schema", "json_object_schema")]
+    assert "response_format" in caps["downgrades"][0]["why"]  # the server's own words

@@ -441,7 +441,8 @@ class OpenAICompatTeacher:
         self._gate = threading.Lock()
         self._gate_open = False
         self._probe_failures = 0
-        self.negotiation: list[dict[str, Any]] = []  # every downgrade: {"from", "to", "why"}
+        self.negotiation: list[dict[str, Any]] = []  # every downgrade this object made: {"from", "to", "why"}
+        self._remembered_downgrades: list[dict[str, Any]] = []  # those of earlier runs, kept in the record
         self.capabilities_source = "default"  # "memory" when the run started from a remembered record
 
     # -- identity ------------------------------------------------------------------------------------------
@@ -516,7 +517,8 @@ class OpenAICompatTeacher:
     def capabilities(self) -> dict[str, Any]:
         """What this endpoint is known to accept now (the record kept in the capability memory)."""
         return {"response_format": self.response_format, "logprobs": self.logprobs,
-                "schema_max_length": self.schema_max_length, "downgrades": list(self.negotiation)}
+                "schema_max_length": self.schema_max_length,
+                "downgrades": (self._remembered_downgrades + list(self.negotiation))[-20:]}
 
     def _attach_cache(self, ws: Workspace | None) -> None:
         if self._cache is None and self._cache_arg is None and self._remember:
@@ -543,6 +545,7 @@ class OpenAICompatTeacher:
             self.response_format = caps["response_format"]
             self.logprobs = bool(caps.get("logprobs", self.logprobs)) and self.logprobs
             self.schema_max_length = bool(caps.get("schema_max_length", True))
+            self._remembered_downgrades = [d for d in caps.get("downgrades") or [] if isinstance(d, dict)]
             self.capabilities_source = "memory"
         log.info("%s: starting from remembered response_format=%s", self.display_name, self.response_format)
 
@@ -565,6 +568,7 @@ class OpenAICompatTeacher:
             self._probe_failures = 0
             self._loaded = True
             self.negotiation.clear()
+            self._remembered_downgrades = []
             self.capabilities_source = "default"
         if self._cache is not None:
             try:
