@@ -13,8 +13,9 @@ What it does (all through the product's own code paths):
    teacher-labelled item (a naive audit) -- the decisions are stored as human labels (``Store.apply_human_label``, in a
    copy of the store), and the same student kind is retrained; each arm x N is repeated with ``--repeats`` seeds
    (training seed and random draw);
-4. prints test accuracy per arm (mean over repeats, 95 % t-interval) and the per-seed paired gain of "value" over
-   "random-queue" (same training seed), with its 95 % t-interval.
+4. prints test accuracy per arm (mean over repeats, 95 % t-interval), each arm's paired gain over the same student
+   and seed with no human label ("no review"), and the paired gain of "value" over the random arms (same training
+   seed), with 95 % t-intervals.
 
 Run:  nice -n 10 python benchmarks/bench_review_value.py   (a few minutes on 2 cores)
 """
@@ -146,6 +147,10 @@ def main() -> int:
     results: dict = {"config": vars(a), "labelling": info, "baseline_accuracy": float(base_correct.mean()),
                      "train_labels": len(teacher), "train_label_error_rate": len(wrong_all) / len(teacher),
                      "queue_size": len(qids), "queue_error_rate": float(np.mean(q_wrong)), "arms": {}}
+    # the same student and seeds with no human label at all: what every arm is compared with
+    none = [float(run_arm(ws, scratch, [], gold, a.kind, a.epochs, a.seed + 1 + r, test, hp).mean()) for r in range(a.repeats)]
+    results["no_review"] = {"mean": t_interval(none)[0], "ci": list(t_interval(none)[1:]), "runs": none}
+    log("no review: " + ", ".join(f"{x:.2%}" for x in none))
     for n in [int(x) for x in a.n.split(",") if x]:
         if n > len(qids):
             log(f"N={n} is larger than the queue ({len(qids)}); skipped")
@@ -162,9 +167,12 @@ def main() -> int:
                 accs[arm].append(float(c.mean()))
                 fixed.setdefault(arm, []).append(sum(1 for i in ids if teacher.get(i) != gold[i]))
             log(f"N={n} repeat {r}: " + ", ".join(f"{k} {v[-1]:.2%}" for k, v in accs.items()))
+        for arm, v in accs.items():
+            g = [x - b for x, b in zip(v, none)]
+            results["arms"][n] = results["arms"].get(n, {}) | {f"gain_{arm}_vs_none": {"mean": t_interval(g)[0], "ci": list(t_interval(g)[1:])}}
         gain = [v - q for v, q in zip(accs["value"], accs["random-queue"])]
-        results["arms"][n] = {k: {"mean": t_interval(v)[0], "ci": list(t_interval(v)[1:]), "runs": v,
-                                  "labels_fixed_mean": float(np.mean(fixed[k]))} for k, v in accs.items()}
+        results["arms"][n] |= {k: {"mean": t_interval(v)[0], "ci": list(t_interval(v)[1:]), "runs": v,
+                                   "labels_fixed_mean": float(np.mean(fixed[k]))} for k, v in accs.items()}
         results["arms"][n]["gain_vs_random_queue"] = {"mean": t_interval(gain)[0], "ci": list(t_interval(gain)[1:])}
         if a.random_all:
             gain_all = [v - q for v, q in zip(accs["value"], accs["random-all"])]
@@ -175,11 +183,15 @@ def main() -> int:
           f"({results['train_label_error_rate']:.1%} wrong); test {len(test)} gold items; baseline "
           f"{100 * results['baseline_accuracy']:.2f} %; review queue {len(qids)} items ({100 * np.mean(q_wrong):.1f} % "
           f"without a correct teacher label); {a.repeats} seeds per cell, 95 % t-intervals")
-    print(f"{'N':>5} {'arm':>13} {'test accuracy':>26} {'labels fixed':>13}")
+    nm, (nlo, nhi) = results["no_review"]["mean"], results["no_review"]["ci"]
+    print(f"{'N':>5} {'arm':>13} {'test accuracy':>26} {'labels fixed':>13} {'gain vs no review (paired)':>30}")
+    print(f"{0:>5} {'no review':>13} {100 * nm:>9.2f} % [{100 * nlo:.2f}, {100 * nhi:.2f}] {0:>13.1f}")
     for n, d in results["arms"].items():
         for arm in [k for k in ("value", "random-queue", "random-all") if k in d]:
             m, (lo, hi) = d[arm]["mean"], d[arm]["ci"]
-            print(f"{n:>5} {arm:>13} {100 * m:>9.2f} % [{100 * lo:.2f}, {100 * hi:.2f}] {d[arm]['labels_fixed_mean']:>13.1f}")
+            g = d[f"gain_{arm}_vs_none"]
+            print(f"{n:>5} {arm:>13} {100 * m:>9.2f} % [{100 * lo:.2f}, {100 * hi:.2f}] {d[arm]['labels_fixed_mean']:>13.1f} "
+                  f"{100 * g['mean']:>+12.2f} pt [{100 * g['ci'][0]:+.2f}, {100 * g['ci'][1]:+.2f}]")
         for key, name in (("gain_vs_random_queue", "value - random-queue"), ("gain_vs_random_all", "value - random-all")):
             if key not in d:
                 continue
