@@ -919,7 +919,8 @@ class OpenAICompatTeacher:
                                 share = min(0.5, max(0.05, 0.8 * nums[1] / nums[0]))
                             call.shortened_from = len(content)
                             content = content[: int(len(content) * share)] + " …[truncated]"
-                            call.retries += 1
+                            if not nums:  # llama.cpp's mid-generation "Context size has been exceeded": the KV
+                                call.retries += 1  # cache shared by parallel slots ran full -- a sign of load
                             continue
                         return fail("context_exceeded",
                                     f"HTTP {st}: the prompt does not fit the server's context window"
