@@ -54,7 +54,7 @@ FIXED_CONCURRENCY = 16
 class FixedTimeoutTeacher(OpenAICompatTeacher):
     """The client as it was: every request waits exactly ``timeout`` seconds, whatever the server's latency."""
 
-    def current_timeout(self, boost: int = 0) -> float:  # noqa: ARG002 -- the old client ignored earlier timeouts
+    def current_timeout(self, *args: Any, **kwargs: Any) -> float:  # noqa: ARG002 -- the old client ignored latency
         return self.timeout
 
 

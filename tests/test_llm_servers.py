@@ -236,7 +236,7 @@ def test_label_train_calibrate_predict_through_the_teacher_spec(server, request,
 
 def test_killed_labelling_resumes_without_asking_twice(cpp_server, tmp_path):
     ws = tmp_path / "ws"
-    n = import_dataset(ws, tmp_path, n=16)
+    n = import_dataset(ws, tmp_path, n=20)
     spec = f"{cpp_server}|{MODEL_ALIAS}"
     cmd = [sys.executable, "-m", "llm_flywheel", "-w", str(ws), "label", "mini", "--split", "all", "--teacher", spec,
            "--passes", "1", "--concurrency", "1"]
