@@ -691,14 +691,10 @@ class _Wheel:
                                                   if self.cfg.teacher_usd_per_hour is not None else self.cfg.cpu_usd_per_hour)
         extra["teacher_price_note"] = price_note
         tf, tf_note = last.get("teacher_fraction"), f"the stream of round {last.get('round')}"
-        if tf is None:  # the last round served no stream: the newest measured one, else the test split's
-            for r in reversed(rounds):
-                if r.get("teacher_fraction") is not None:
-                    tf, tf_note = r["teacher_fraction"], f"the stream of round {r.get('round')} (the last round served none)"
-                    break
-            else:
-                if last.get("test_teacher_fraction") is not None:
-                    tf, tf_note = last["test_teacher_fraction"], "the test split (no round served stream items)"
+        if tf is None and last.get("test_teacher_fraction") is not None:
+            # the last round served no stream: its model and threshold measured on test -- never an earlier
+            # round's stream, which a different model or threshold served
+            tf, tf_note = last["test_teacher_fraction"], f"the test split in round {last.get('round')} (it served no stream)"
         if price is None:
             na["cost"] = f"n/a: {price_note}"
         elif tf is None:

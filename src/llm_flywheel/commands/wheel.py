@@ -166,7 +166,8 @@ def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
     na = summary.get("cost_not_available") or {}
     c1, c2, ratio, be = (summary.get(k) for k in ("cost_per_1k_teacher_only", "cost_per_1k_cascade", "cost_ratio", "breakeven_items"))
     if c1 is not None and c2 is not None:
-        r = f"{ratio:.1f}x cheaper" if ratio is not None else na.get("cost_ratio", "ratio n/a")
+        r = (na.get("cost_ratio", "ratio n/a") if ratio is None else f"{ratio:.1f}x cheaper" if ratio >= 1.05 else
+             f"{ratio:.2f}x: no saving" if ratio >= 0.95 else f"{1 / ratio:.1f}x DEARER")
         lines.append(f"cost per 1,000 items: teacher everywhere ${c1:.4f}, cascade ${c2:.4f} ({r})")
         if summary.get("teacher_price_note"):
             lines.append(f"teacher price: {summary['teacher_price_note']}")
