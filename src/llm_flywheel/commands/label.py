@@ -60,16 +60,19 @@ def _money(v: Any) -> str:
 @click.option("--rpm", type=float, help="At most this many requests per minute.")
 @click.option("--budget-usd", type=float, help="Stop before spending more than this (USD).")
 @click.option("--max-calls", type=int, help="Stop before making more than this many calls.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--timeout", type=float, default=None,
+              help="Cap on seconds per request [default: adaptive -- 4 x the p95 of measured latency, at least 30 s, "
+                   "at most 300 s].")
 @click.option("--max-retries", type=int, default=5, show_default=True,
-              help="Retries per call on 429 / 5xx / timeout / connection errors (never on other 4xx).")
+              help="Retries per call on 429 / 5xx / timeouts / dropped connections. Never on other 4xx; a refused "
+                   "connection, an unknown host, 401/403 or 404 stops the run instead (see exit codes).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print calls needed and estimated cost; make no call.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @no_progress_option
 @pass_ctx
 def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
           passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
-          max_calls: int | None, timeout: float, max_retries: int, plan_only: bool, as_json: bool,
+          max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, as_json: bool,
           no_progress: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
     try:
