@@ -163,6 +163,7 @@ def main() -> None:
     ap.add_argument("--corpus", help="SpamAssassin .tgz (default: the `make spam-assassin` cache)")
     ap.add_argument("--workdir", type=Path, help="keep workspaces and server logs here (default: a temp dir)")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its llama-server
     if not a.base_url and not os.access(a.server_bin, os.X_OK):
         sys.exit(f"{a.server_bin} not found: run `make llm-server-cpp` (or pass --base-url / --server-bin)")
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-local-server-"))
