@@ -153,12 +153,27 @@ def test_cost_from_provider_or_task_prices(tiny_ws, synth_task):
     from dataclasses import replace
     priced = replace(synth_task, input_per_mtok=1.0, output_per_mtok=10.0)
     with FaultServer([ok(usage={"prompt_tokens": 1000, "completion_tokens": 100, "cost": 0.123})]) as srv:
-        t = _teacher(srv.url, priced)
+        t = _teacher(srv.url, priced, local=False)  # stands in for a paid remote API
         a1 = _ask(t, tiny_ws, priced)
         a2 = _ask(t, tiny_ws, priced)
     assert a1.cost_usd == pytest.approx(0.123)
     assert a2.cost_usd == pytest.approx((300 * 1.0 + 20 * 10.0) / 1e6)
     assert a2.tokens_in == 300 and a2.tokens_out == 20
+
+
+def test_local_server_is_not_charged_the_tasks_api_prices(tiny_ws, synth_task):
+    """A built-in task carries a paid API's token prices; a server on loopback (llama.cpp, Ollama) is the user's
+    own hardware, so it gets no token cost from the task (the cost model prices it by measured latency), while
+    prices given to the teacher itself still apply."""
+    from dataclasses import replace
+    priced = replace(synth_task, input_per_mtok=1.0, output_per_mtok=10.0)
+    with FaultServer([ok(), ok()]) as srv:
+        local = _teacher(srv.url, priced)
+        assert local.local and local.price_per_mtok(priced) == (None, None)
+        assert _ask(local, tiny_ws, priced).cost_usd is None
+        own = _teacher(srv.url, priced, price_in_per_mtok=2.0, price_out_per_mtok=4.0)
+        assert own.price_per_mtok(priced) == (2.0, 4.0)
+        assert _ask(own, tiny_ws, priced).cost_usd == pytest.approx((300 * 2.0 + 20 * 4.0) / 1e6)
 
 
 def test_api_key_only_in_header_and_redacted(tiny_ws, synth_task, monkeypatch, caplog):

@@ -60,6 +60,7 @@ from ..store import Item
 from ..task import Task
 from ..workspace import Workspace
 from .base import FATAL_ERROR_KINDS, TeacherAnswer
+from .concurrency import is_local_url
 from .parsing import LabelMatcher, label_logprob, looks_like_json, parse_answer, recover_truncated
 
 log = logging.getLogger(__name__)
@@ -392,6 +393,7 @@ class OpenAICompatTeacher:
         workspace: Workspace | None = None,
         rpm: float | None = None,
         capability_cache: CapabilityCache | bool | None = None,
+        local: bool | None = None,
     ) -> None:
         if not re.match(r"^https?://", base_url or ""):
             raise TeacherConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -403,6 +405,8 @@ class OpenAICompatTeacher:
         if timeout is not None and timeout <= 0:
             raise TeacherConfigError(f"timeout must be > 0 seconds, got {timeout}")
         self.base_url = base_url.rstrip("/")
+        # on the user's own hardware (None: judged from the URL): no task token prices, priced by latency
+        self.local = is_local_url(self.base_url) if local is None else bool(local)
         self.model = model
         self.api_key_env = api_key_env
         self.task = task
@@ -498,8 +502,12 @@ class OpenAICompatTeacher:
 
     # -- cost -------------------------------------------------------------------------------------------------
     def price_per_mtok(self, task: Task | None) -> tuple[float | None, float | None]:
-        pin = self.price_in if self.price_in is not None else (task.input_per_mtok if task else None)
-        pout = self.price_out if self.price_out is not None else (task.output_per_mtok if task else None)
+        """USD per million tokens: the teacher's own prices, else the task's ``[prices]`` -- but the task's
+        prices describe a paid API, so a server on the user's own hardware (loopback, private address, ``*.local``)
+        gets none from the task and is priced by its measured latency instead (``cost.teacher_price``)."""
+        use_task = task is not None and not self.local
+        pin = self.price_in if self.price_in is not None else (task.input_per_mtok if use_task else None)
+        pout = self.price_out if self.price_out is not None else (task.output_per_mtok if use_task else None)
         return pin, pout
 
     def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> tuple[int, int, float | None]:
