@@ -32,7 +32,9 @@ setup: $(BIN)/flywheel
 demo: setup
 	$(BIN)/flywheel demo
 
-test: setup
+# The whole suite, real servers included: the local LLM servers, the SpamAssassin corpus, Label Studio and chromium
+# are built/fetched first (cached in $(CACHE) and .venv-ls; cold about 10 min on 2 cores, warm seconds).
+test: setup llm-servers spam-assassin label-studio chromium
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
