@@ -297,7 +297,7 @@ def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool
     console.print(f"workspace: {ws.root}")
     dataset, sizes, split_sizes = ("spam-assassin", DEMO_TEXT, DEMO_TEXT_SPLITS) if text_demo else ("fashion-mnist", DEMO, {})
     try:
-        rep = add_dataset(ws, dataset, path=fmnist_path, limit=limit, **split_sizes)
+        rep = add_dataset(ws, dataset, path=fmnist_path, limit=limit, progress=not no_progress, **split_sizes)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     console.print(rep.summary())
