@@ -1,5 +1,5 @@
-"""The Python documentation runs as written: every ```python block of docs/python-api.md, and of README.md's
-"## Python" section when it has one, executed in order in one namespace (like a notebook), offline."""
+"""The README's Python section runs as written: every ```python block of its "## Python" section, executed in
+order in one namespace (like a notebook), offline, in a folder holding the tickets.csv and tickets.toml it uses."""
 
 from __future__ import annotations
 
@@ -34,11 +34,7 @@ def python_section(readme: str) -> str:
 
 
 def sources() -> list[tuple[str, str]]:
-    out = [("docs/python-api.md", (ROOT / "docs" / "python-api.md").read_text())]
-    section = python_section((ROOT / "README.md").read_text())
-    if python_blocks(section):
-        out.append(("README.md#python", section))
-    return out
+    return [("README.md#python", python_section((ROOT / "README.md").read_text()))]
 
 
 def test_the_extractor_finds_blocks():
@@ -58,8 +54,8 @@ def test_python_blocks_run(name, markdown, tmp_path, monkeypatch):
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(zip(texts, topics))
-    task = toml_block(markdown, "tickets.toml") or toml_block((ROOT / "docs" / "python-api.md").read_text(),
-                                                              "tickets.toml")
+    task = toml_block(markdown, "tickets.toml")
+    assert task, f"{name} has no ```toml block starting with '# tickets.toml'"
     (tmp_path / "tickets.toml").write_text(task)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)  # the blocks must not need (or spend) a real key

@@ -1,6 +1,6 @@
 """llm-flywheel: an LLM teaches, a small student learns, a calibrated cascade serves, feedback turns the wheel.
 
-The public Python API (``import llm_flywheel as fw``; see docs/python-api.md)::
+The public Python API (``import llm_flywheel as fw``; see the README's "Python" section)::
 
     ws = fw.Workspace("ws")                                   # a workspace folder, the same the CLI uses
     ds = ws.add_dataset("text", "tickets.csv", task="tickets.toml")
