@@ -174,6 +174,10 @@ def test_local_server_is_not_charged_the_tasks_api_prices(tiny_ws, synth_task):
         own = _teacher(srv.url, priced, price_in_per_mtok=2.0, price_out_per_mtok=4.0)
         assert own.price_per_mtok(priced) == (2.0, 4.0)
         assert _ask(own, tiny_ws, priced).cost_usd == pytest.approx((300 * 2.0 + 20 * 4.0) / 1e6)
+    # the simulated teacher also listens on loopback, but it stands in for a paid API: it keeps the task's prices
+    sim = OpenAICompatTeacher("http://127.0.0.1:9/v1", "simulated/synth-teacher", task=priced, api_key_env=None,
+                              capability_cache=False)
+    assert not sim.local and sim.price_per_mtok(priced) == (1.0, 10.0)
 
 
 def test_api_key_only_in_header_and_redacted(tiny_ws, synth_task, monkeypatch, caplog):

@@ -405,9 +405,10 @@ class OpenAICompatTeacher:
         if timeout is not None and timeout <= 0:
             raise TeacherConfigError(f"timeout must be > 0 seconds, got {timeout}")
         self.base_url = base_url.rstrip("/")
-        # on the user's own hardware (None: judged from the URL): no task token prices, priced by latency
-        self.local = is_local_url(self.base_url) if local is None else bool(local)
         self.model = model
+        # on the user's own hardware (None: judged from the URL): no task token prices, priced by latency. The
+        # simulated teacher listens on loopback but stands in for a paid API, so it keeps the task's prices.
+        self.local = (is_local_url(self.base_url) and not self.is_simulated) if local is None else bool(local)
         self.api_key_env = api_key_env
         self.task = task
         self._explicit_pv = prompt_version
