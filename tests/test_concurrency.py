@@ -80,6 +80,9 @@ def test_start_level_low_for_local_moderate_for_remote_and_remembered():
     assert start_level("http://127.0.0.1:8080/v1", "m", 3) == 3
     forget_levels()
     assert start_level("http://127.0.0.1:8080/v1", "m", 16) == 2
+    # the teacher's own judgement wins: the simulated teacher listens on loopback but stands in for a remote API
+    assert start_level("http://127.0.0.1:8080/v1", "simulated/x", 16, local=False) == 8
+    assert start_level("https://gpu-box.example/v1", "m", 16, local=True) == 2
 
 
 def test_adaptive_finds_the_plateau_and_matches_the_best_fixed_level():

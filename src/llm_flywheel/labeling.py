@@ -675,7 +675,8 @@ def label_items(
         prog = _progress_ctx(progress and bool(items))
         tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
         ctl = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive,
-                                  start=start_level(teacher.base_url, teacher.model, cfg.concurrency),
+                                  start=start_level(teacher.base_url, teacher.model, cfg.concurrency,
+                                                    local=getattr(teacher, "local", None)),
                                   timeout_s=getattr(teacher, "timeout", None))
         status = "failed"
         try:

@@ -54,12 +54,15 @@ def is_local_url(base_url: str) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
-def start_level(base_url: str, model: str, cap: int) -> int:
-    """Where the search starts: what was learned for this endpoint in this process, else low local / moderate remote."""
+def start_level(base_url: str, model: str, cap: int, *, local: bool | None = None) -> int:
+    """Where the search starts: what was learned for this endpoint in this process, else low local / moderate remote.
+    ``local`` is the teacher's own judgement (``OpenAICompatTeacher.local``: the simulated teacher listens on
+    loopback but stands in for a remote API); ``None`` judges from the URL."""
     learned = _LEARNED.get((base_url, model))
     if learned:
         return max(1, min(cap, learned))
-    return max(1, min(cap, LOCAL_START if is_local_url(base_url) else REMOTE_START))
+    local = is_local_url(base_url) if local is None else local
+    return max(1, min(cap, LOCAL_START if local else REMOTE_START))
 
 
 def remember_level(base_url: str, model: str, level: int) -> None:
