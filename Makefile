@@ -1,5 +1,5 @@
 # One command sets up and runs the demo (`make demo`), one runs the tests (`make test`).
-# Both work on a fresh offline machine that reaches only PyPI and Debian's package archive.
+# Both work on a fresh offline machine that reaches only PyPI, Debian's package archive and npm.
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
