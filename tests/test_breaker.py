@@ -3,9 +3,8 @@ server whose failures are not identical in a row."""
 
 from __future__ import annotations
 
-import socket
 
-from fault_server import FaultServer, ok, status
+from fault_server import FaultServer, free_port, ok, status
 from llm_flywheel.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 
@@ -26,15 +25,8 @@ def _answers(ws):
         s.close()
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as s:  # bound then closed: nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 def test_closed_port_stops_the_run_after_n_identical_connection_errors(synth_ws, synth_task):
-    url = _closed_port_url()
+    url = f"http://127.0.0.1:{free_port()}/v1"
     ids = _ids(synth_ws, 60)
     t = OpenAICompatTeacher(url, "m", api_key_env=None, task=synth_task)
     r = label_items(synth_ws, "synth", ids, t, LabelConfig(concurrency=8, breaker_threshold=3), progress=False)
@@ -72,7 +64,7 @@ def test_breaker_needs_identical_fatal_errors_in_a_row(synth_ws, synth_task, mon
 
 def test_after_the_fix_a_rerun_continues(synth_ws, synth_task):
     ids = _ids(synth_ws, 20)
-    dead = OpenAICompatTeacher(_closed_port_url(), "m", api_key_env=None, task=synth_task)
+    dead = OpenAICompatTeacher(f"http://127.0.0.1:{free_port()}/v1", "m", api_key_env=None, task=synth_task)
     r1 = label_items(synth_ws, "synth", ids, dead, LabelConfig(passes=1, tie_break=False), progress=False)
     assert r1.stopped_reason == "fatal_error"
     with FaultServer(default=ok()) as srv:

@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from fault_server import free_port
 from click.testing import CliRunner
 
 from llm_flywheel.cli import main
@@ -42,12 +42,6 @@ def _label_studio_bin() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
     """(url, personal access token, legacy token) of a fresh Label Studio; stopped at the end of the module."""
@@ -58,7 +52,7 @@ def label_studio(tmp_path_factory):
             pytest.fail(msg)
         pytest.skip(msg)
     data = tmp_path_factory.mktemp("label-studio")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABEL_STUDIO_")}
     env.update(LABEL_STUDIO_BASE_DATA_DIR=str(data), DJANGO_DB="sqlite", LATEST_VERSION_CHECK="false",
                COLLECT_ANALYTICS="false", SENTRY_DSN="", FRONTEND_SENTRY_DSN="")
@@ -247,7 +241,7 @@ def test_push_without_token_or_server_is_a_clear_error(synth_ws, monkeypatch):
     res = runner.invoke(main, ["-w", str(synth_ws.root), "review", "push", "synth", "--label-studio", "http://127.0.0.1:9"])
     assert res.exit_code != 0 and "LABEL_STUDIO_API_KEY" in " ".join(res.output.split())
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "canary-token-123")
-    res = runner.invoke(main, ["-w", str(synth_ws.root), "review", "push", "synth", "--label-studio", f"http://127.0.0.1:{_free_port()}"])
+    res = runner.invoke(main, ["-w", str(synth_ws.root), "review", "push", "synth", "--label-studio", f"http://127.0.0.1:{free_port()}"])
     out = " ".join(res.output.split())
     assert res.exit_code != 0 and "cannot reach Label Studio" in out and "canary-token-123" not in out
     res = runner.invoke(main, ["-w", str(synth_ws.root), "review", "pull", "synth"])

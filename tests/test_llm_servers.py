@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fault_server import free_port
 from click.testing import CliRunner
 
 from llm_flywheel.cli import main
@@ -70,12 +70,6 @@ def llama_server_bin() -> Path:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def served(cmd: list[str], port: int, ready_path: str, log_path: Path, startup_s: float = 300.0) -> Iterator[str]:
     """Start a server process, wait until ``ready_path`` answers 200, yield its /v1 base URL, always stop it."""
@@ -111,7 +105,7 @@ def served(cmd: list[str], port: int, ready_path: str, log_path: Path, startup_s
 def cpp_server(tmp_path_factory) -> Iterator[str]:
     """llama.cpp's C++ server: 2 slots of 2,048 tokens, 2 threads (it runs best at a few concurrent requests)."""
     binary, model = llama_server_bin(), gguf_path()
-    port = _free_port()
+    port = free_port()
     cmd = [str(binary), "-m", str(model), "--alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
            "-c", "4096", "-np", "2", "-t", THREADS]
     with served(cmd, port, "/health", tmp_path_factory.mktemp("cpp") / "llama-server.log") as url:
@@ -124,7 +118,7 @@ def py_server(tmp_path_factory) -> Iterator[str]:
     model = gguf_path()
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("sse_starlette") is None:
         _unavailable("llama-cpp-python[server] is not installed in this venv")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ALIAS,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", THREADS]
     with served(cmd, port, "/v1/models", tmp_path_factory.mktemp("py") / "llama-cpp-python.log") as url:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fault_server import FaultServer, context_exceeded_above, cut_off, ok, slow, status, user_text
+from fault_server import FaultServer, context_exceeded_above, free_port, cut_off, ok, slow, status, user_text
 from llm_flywheel.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
 from llm_flywheel.teachers.openai_compat import (
@@ -29,17 +29,9 @@ def _ask(t: OpenAICompatTeacher, text: str = "Buy cheap pills now!!!", pass_inde
     return run_sync(t.alabel_raw(text, TASK, pass_index=pass_index))
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there any more
-    return port
-
-
 # --- fatal failures: one quick retry, a message that names the URL and the fix -----------------------------------
 def test_connection_refused_is_fatal_fast_and_names_the_url():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     t = _teacher(url)
     ans = _ask(t)
     assert not ans.ok and ans.error_kind == "connection" and is_fatal(ans.error_kind) and ans.extra["fatal"]
@@ -200,7 +192,7 @@ def test_measured_latency_sets_the_request_timeout():
 def test_bare_url_spec_with_nothing_listening_names_the_fix():
     from llm_flywheel.teachers.openai_compat import TeacherConfigError
     from llm_flywheel.teachers.registry import teacher_from_spec
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(TeacherConfigError, match=f"nothing listens at {url}"):
         teacher_from_spec(url, TASK)
     with FaultServer() as srv:
