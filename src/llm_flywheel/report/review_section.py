@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from ..stats import pct
 from ..workspace import Workspace
 
 
@@ -36,10 +37,6 @@ def human_review_summary(ws: Workspace, dataset: str) -> dict[str, Any]:
         "open_queue": open_queue,
         "effect": effect,
     }
-
-
-def _pct(v: Any) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
 
 
 def _pt(v: Any) -> str:
@@ -71,9 +68,9 @@ def review_html(summary: Mapping[str, Any]) -> str:
     if eff:
         parts.append(
             "<table class='kv human-review'>"
-            f"<tr><td>student accuracy on test, with the human labels</td><td>{_pct(eff.get('accuracy_with'))}"
+            f"<tr><td>student accuracy on test, with the human labels</td><td>{pct(eff.get('accuracy_with'))}"
             f"{_ci(eff.get('accuracy_with_ci'))}</td></tr>"
-            f"<tr><td>student accuracy on test, teacher labels only</td><td>{_pct(eff.get('accuracy_without'))}"
+            f"<tr><td>student accuracy on test, teacher labels only</td><td>{pct(eff.get('accuracy_without'))}"
             f"{_ci(eff.get('accuracy_without_ci'))}</td></tr>"
             f"<tr><td>difference (paired, same test items)</td><td>{_pt(eff.get('difference'))}"
             f"{_ci(eff.get('difference_ci'))}</td></tr></table>"
