@@ -303,16 +303,11 @@ def review_queue(ws: Workspace, dataset: str, *, low_confidence_below: float | N
 
 
 def _latest_student(ws: Workspace, dataset: str) -> Any | None:
-    from .students.base import StudentError
-    from .training import latest_version, load_student
+    from .training import load_student
 
-    store = ws.store(readonly=True)
-    try:
-        version = latest_version(store, dataset)
-    except StudentError:
+    version = _student_version(ws, dataset)
+    if version is None:
         return None
-    finally:
-        store.close()
     student = load_student(ws, version)
     student.version = version  # type: ignore[attr-defined]
     return student
