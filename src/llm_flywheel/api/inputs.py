@@ -45,12 +45,13 @@ class Teacher:
                                      **dict(self.options))
 
 
-def teacher(spec: str | Teacher, *, api_key_env: str | None = None, timeout: float = 60.0, max_retries: int = 5,
+def teacher(spec: str | Teacher, *, api_key_env: str | None = None, timeout: float | None = None, max_retries: int = 5,
             rpm: float | None = None, **options: Any) -> Teacher:
     """A teacher from a spec: ``openrouter:google/gemini-2.5-flash``, ``openai:gpt-4o-mini``, ``ollama:MODEL``,
     ``http://host:port/v1|MODEL`` (any OpenAI-compatible server).  ``api_key_env`` names the environment variable
     holding the key (default: the provider's, e.g. ``OPENROUTER_API_KEY``; ``""`` for none).  The spec is checked
-    now, so a typo fails here and not after an hour of data loading."""
+    now, so a typo fails here and not after an hour of data loading.  ``timeout`` caps the wait per request (default:
+    the client's adaptive wait, 4 x the measured p95 latency, 30-300 s)."""
     if isinstance(spec, Teacher):
         return spec
     from ..teachers.registry import parse_spec
