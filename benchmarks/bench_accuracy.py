@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_flywheel.evaluation import evaluate
-from llm_flywheel.training import train_student
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.pipeline.evaluation import evaluate
+from llm_flywheel.pipeline.training import train_student
+from llm_flywheel.store.workspace import Workspace
 
 DATASET = "fashion-mnist"
 
@@ -51,8 +51,8 @@ def prepare(ws: Workspace, limit: int, val: int, calib: int, stream: int) -> Non
 
 
 def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> dict:
-    from llm_flywheel.labeling import LabelConfig, label_items
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 

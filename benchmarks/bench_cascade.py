@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 
 DATASET = "fashion-mnist"
 
@@ -66,7 +66,7 @@ def import_dataset(ws: Workspace, limit: int) -> None:
 
 
 def prepare(ws: Workspace, n_train: int, seed: int, teacher) -> None:
-    from llm_flywheel.labeling import LabelConfig, label_items
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
     with ws.store() as s:
         train = [it.id for it in s.items(DATASET, split="train")]
@@ -79,7 +79,7 @@ def prepare(ws: Workspace, n_train: int, seed: int, teacher) -> None:
 
 
 def train(ws: Workspace, seed: int, epochs: int | None) -> str:
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.training import train_student
 
     version = f"bench-cascade-image-cnn-s{seed}"
     with ws.store() as s:
@@ -94,8 +94,8 @@ def train(ws: Workspace, seed: int, epochs: int | None) -> str:
 
 
 def run_goal(ws: Workspace, version: str, goal: str, teacher, delta: float) -> dict:
-    from llm_flywheel.calibration import calibrate
-    from llm_flywheel.cascade import Cascade
+    from llm_flywheel.pipeline.calibration import calibrate
+    from llm_flywheel.pipeline.cascade import Cascade
 
     kind, _, val = goal.partition(":")
     kw = {"target_accuracy": float(val)} if kind == "acc" else {"max_teacher_fraction": float(val)}
@@ -127,7 +127,7 @@ def run_goal(ws: Workspace, version: str, goal: str, teacher, delta: float) -> d
 def guarantee_check(ws: Workspace, results: list[dict], teacher) -> None:
     """Label every test item like the calib split (2 passes + tie-break) and score each goal's accepted answers
     against those teacher labels -- the quantity the accuracy guarantee is about."""
-    from llm_flywheel.labeling import LabelConfig, label_items
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
     with ws.store() as s:
         ids = [it.id for it in s.items(DATASET, split="test")]
@@ -147,8 +147,8 @@ def serving_speed(ws: Workspace, version: str, n_req: int) -> dict:
 
     import httpx
 
-    from llm_flywheel.cascade import Cascade
-    from llm_flywheel.serve import create_app
+    from llm_flywheel.pipeline.cascade import Cascade
+    from llm_flywheel.interfaces.serve import create_app
     from llm_flywheel.teachers.simulated import serve_app
 
     with ws.store() as s:
@@ -210,7 +210,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results JSON here")
     a = ap.parse_args()
 
-    from llm_flywheel.task import builtin_task
+    from llm_flywheel.core.task import builtin_task
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 

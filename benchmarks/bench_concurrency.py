@@ -183,11 +183,11 @@ def main() -> None:
         return
 
     from llm_flywheel.data import Record, register
-    from llm_flywheel.labeling import LabelConfig, label_items
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.concurrency import forget_levels
     from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
-    from llm_flywheel.workspace import Workspace
+    from llm_flywheel.store.workspace import Workspace
 
     root = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
     ws = Workspace.open(root)

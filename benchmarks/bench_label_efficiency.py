@@ -33,7 +33,7 @@ import numpy as np
 
 from bench_accuracy import log
 from llm_flywheel.data.fashion_mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx
-from llm_flywheel.evaluation import accuracy_ci
+from llm_flywheel.pipeline.evaluation import accuracy_ci
 from llm_flywheel.students.base import fit_torch, predict_torch, set_torch_threads, softmax, targets_matrix
 from llm_flywheel.students.image import _augment, _build_net
 from llm_flywheel.teachers.simulated import ErrorModel, SimConfig
@@ -156,7 +156,7 @@ def main() -> int:
         record("cleanlab: flagged dropped", probs(train(xl[torch.from_numpy(keep)], q0[keep], None, a.seed), xt))
         record("cleanlab: flagged weight 0.2", probs(train(xl, q0, np.where(issues, 0.2, 1.0).astype(np.float32), a.seed), xt))
 
-    from llm_flywheel.evaluation import paired_diff_ci
+    from llm_flywheel.pipeline.evaluation import paired_diff_ci
 
     print(f"\nFashion-MNIST, {len(li) + len(vi)} teacher labels, SIMULATED teacher, test n = {len(yte)}; "
           "95 % Wilson CI; diff vs teacher is paired")

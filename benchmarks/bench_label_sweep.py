@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from bench_accuracy import DATASET, fmt, log, prepare
-from llm_flywheel.evaluation import evaluate
-from llm_flywheel.training import train_student
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.pipeline.evaluation import evaluate
+from llm_flywheel.pipeline.training import train_student
+from llm_flywheel.store.workspace import Workspace
 
 
 def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int]:
     """Label the first ``n_train`` of a seeded permutation of train (+ val, 2 passes) and test (1 pass)."""
-    from llm_flywheel.labeling import LabelConfig, label_items
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 

@@ -32,12 +32,12 @@ import httpx
 import numpy as np
 
 from llm_flywheel.data import Record, register
-from llm_flywheel.labeling import LabelConfig, consensus, final_answers, label_items
-from llm_flywheel.stats import reliability, wilson_interval
-from llm_flywheel.task import builtin_task
+from llm_flywheel.pipeline.labeling import LabelConfig, consensus, final_answers, label_items
+from llm_flywheel.core.stats import reliability, wilson_interval
+from llm_flywheel.core.task import builtin_task
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import model_id, sim_stats
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 
 
 def make_items(ws: Workspace, n: int, seed: int = 0) -> list[int]:

@@ -41,10 +41,10 @@ from bench_labeling import free_port  # the sibling benchmark's (benchmarks/ is 
 
 from llm_flywheel.data.registry import add_dataset
 from llm_flywheel.data.spam_assassin import cache_dir
-from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 from llm_flywheel.teachers.registry import teacher_from_spec
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 FIXED_TIMEOUT_S = 60.0
@@ -113,7 +113,7 @@ def prepare(root: Path, n: int, corpus: str | None) -> tuple[Workspace, list[int
 
 def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: int) -> dict[str, Any]:
     with ws.store() as s:
-        from llm_flywheel.task import Task
+        from llm_flywheel.core.task import Task
 
         task = Task.from_json(s.dataset_task_json("spam-assassin"))
     spec = f"{base_url}|{MODEL_ALIAS}"

@@ -12,12 +12,12 @@ from pathlib import Path
 import llm_flywheel, httpx
 if Path(llm_flywheel.__file__).resolve().parents[2] == Path(__file__).resolve().parents[1]:
     sys.exit("run the pre-change code: PYTHONPATH=/tmp/old/src (a worktree of ccc77c8), see the docstring")
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.registry import add_dataset
-from llm_flywheel.store import Store
-from llm_flywheel.task import load_task
+from llm_flywheel.store.base import Store
+from llm_flywheel.core.task import load_task
 from llm_flywheel.teachers.registry import teacher_from_spec
-from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
 TASK = Path(__file__).resolve().parents[1] / "src/llm_flywheel/tasks/spam-assassin.toml"
 src = sqlite3.connect(sys.argv[1] if len(sys.argv) > 1 else "/tmp/bls160/ws-default/flywheel.db")

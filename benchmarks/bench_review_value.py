@@ -44,12 +44,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import DATASET, log, prepare  # noqa: E402
 
-from llm_flywheel.workspace import Workspace  # noqa: E402
+from llm_flywheel.store.workspace import Workspace  # noqa: E402
 
 
 def label(ws: Workspace, n_train: int, seed: int) -> dict:
-    from llm_flywheel.labeling import LabelConfig, label_items
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -88,7 +88,7 @@ def test_accuracy(ws: Workspace, student, test) -> np.ndarray:
 
 def run_arm(ws: Workspace, scratch: Path, ids: list[int], gold: dict[int, str], kind: str, epochs: int, seed: int,
             test, hp: dict) -> np.ndarray:
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.training import train_student
 
     w2 = copy_ws(ws, scratch)
     with w2.store() as s:
@@ -128,8 +128,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results JSON here")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    from llm_flywheel.review import review_queue
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.review import review_queue
+    from llm_flywheel.pipeline.training import train_student
 
     ws = Workspace.open(a.workspace)
     prepare(ws, a.limit, val=200, calib=100, stream=100)

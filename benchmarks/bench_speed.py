@@ -133,8 +133,8 @@ def main() -> int:
     paths = write_pngs(tmp / "png", a.images)
     folders: list[tuple[str, Path]] = []
     if a.version:
-        from llm_flywheel.training import model_row
-        from llm_flywheel.workspace import Workspace
+        from llm_flywheel.pipeline.training import model_row
+        from llm_flywheel.store.workspace import Workspace
 
         ws = Workspace.open(a.workspace, create=False)
         with ws.store() as store:

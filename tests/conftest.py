@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from llm_flywheel.data import Record, register
-from llm_flywheel.task import Task
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 SYNTH_LABELS = ("bar", "ring", "cross", "dot")
 

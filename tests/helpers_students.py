@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from llm_flywheel.splits import SplitSpec, make_splits
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.pipeline.splits import SplitSpec, make_splits
+from llm_flywheel.store.workspace import Workspace
 
 
 def split_synth(ws: Workspace, dataset: str = "synth", val: int = 60, calib: int = 20, stream: int = 20) -> dict[str, int]:
@@ -25,7 +25,7 @@ def write_teacher_labels(ws: Workspace, dataset: str, *, split: str | tuple[str,
     label (the 'teacher error').  Returns item id -> whether the label was flipped."""
     store = ws.store()
     try:
-        from llm_flywheel.task import Task
+        from llm_flywheel.core.task import Task
 
         task = Task.from_json(store.dataset_task_json(dataset))
         rng = np.random.default_rng(seed)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llm_flywheel.students.image import ImageStudent, _augment  # noqa: E402
-from llm_flywheel.task import Task  # noqa: E402
+from llm_flywheel.core.task import Task  # noqa: E402
 
 STILL = {"shift": 0.0, "zoom": 0.0, "color": 0.0, "rotate": 0.0}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 
 from fault_server import FaultServer, free_port, ok, status
-from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from llm_flywheel.calibration import (
+from llm_flywheel.pipeline.calibration import (
     DEFER_ALL,
     apply_temperature,
     cascade_curve,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import make_synth_dataset
 from helpers_students import split_synth, write_teacher_labels
-from llm_flywheel.task import Task
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 SYNTH_TASK = Task(name="synth", modality="image", labels=("bar", "ring", "cross", "dot"),
                   instructions="Classify the shape.", input_per_mtok=0.3, output_per_mtok=2.5)
@@ -19,8 +19,8 @@ SYNTH_TASK = Task(name="synth", modality="image", labels=("bar", "ring", "cross"
 def trained_calibrated_ws(root: Path, *, epochs: int = 2, flip: float = 0.1) -> tuple[Workspace, str]:
     """Workspace with dataset 'synth' (400 train / 100 test; splits val 60, calib 120, stream 40), teacher labels
     on train/val/calib (10 % flipped), one image-cnn student trained on them, calibrated for 90 % accuracy."""
-    from llm_flywheel.calibration import calibrate
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.calibration import calibrate
+    from llm_flywheel.pipeline.training import train_student
 
     ws = Workspace.open(root)
     make_synth_dataset(ws, SYNTH_TASK)
@@ -44,8 +44,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from llm_flywheel.calibration import DEFER_ALL  # noqa: E402
-from llm_flywheel.cascade import Cascade, CascadeError, summarize  # noqa: E402
+from llm_flywheel.pipeline.calibration import DEFER_ALL  # noqa: E402
+from llm_flywheel.pipeline.cascade import Cascade, CascadeError, summarize  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_calibrate_stores_report_and_plot(cal_ws):
 
 
 def test_calibrate_with_gold_reference_and_budget(cal_ws):
-    from llm_flywheel.calibration import calibrate
+    from llm_flywheel.pipeline.calibration import calibrate
 
     ws, version = cal_ws
     rep = calibrate(ws, "synth", version, max_teacher_fraction=0.2, reference="gold")
@@ -97,7 +97,7 @@ def test_calibrate_with_gold_reference_and_budget(cal_ws):
 
 
 def test_calibrate_errors_are_clear(cal_ws, tmp_path):
-    from llm_flywheel.calibration import calibrate
+    from llm_flywheel.pipeline.calibration import calibrate
     from llm_flywheel.students.base import StudentError
 
     ws, version = cal_ws

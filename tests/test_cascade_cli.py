@@ -13,7 +13,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from test_cascade import trained_calibrated_ws
 
 
@@ -87,7 +87,7 @@ def test_serve_command_runs_a_loopback_server(cal_ws):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", "from llm_flywheel.cli import main; main()", "--workspace", str(ws.root), "serve", "synth",
+    proc = subprocess.Popen([sys.executable, "-c", "from llm_flywheel.interfaces.cli import main; main()", "--workspace", str(ws.root), "serve", "synth",
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

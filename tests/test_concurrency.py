@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fault_server import FaultServer, _send, completion
-from llm_flywheel.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.concurrency import (AdaptiveConcurrency, forget_levels, is_local_url, remember_level,
                                                start_level)
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher

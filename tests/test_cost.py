@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from llm_flywheel import cost
-from llm_flywheel.store import Store
+from llm_flywheel.pipeline import cost
+from llm_flywheel.store.base import Store
 
 
 def test_teacher_only_and_cascade_per_1k():
@@ -108,8 +108,8 @@ def test_free_teacher_is_priced_by_latency_or_shown_as_not_available():
 
 def test_calibration_curve_prices_a_local_teacher_by_latency(tmp_path):
     """Answers with cost 0 (a local server): the cascade curve's teacher cost is latency x machine price, not $0."""
-    from llm_flywheel.calibration import teacher_cost_per_item
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.calibration import teacher_cost_per_item
+    from llm_flywheel.core.task import Task
 
     s = Store(tmp_path / "f.db")
     task = Task(name="d", modality="text", labels=("a", "b"))

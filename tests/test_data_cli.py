@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 
 from test_data_fashion_mnist import write_fashion
 
@@ -45,7 +45,7 @@ def test_info_counts_teacher_and_human_labels(tmp_path):
     write_fashion(tmp_path / "fm", 30, 10)
     ws = str(tmp_path / "ws")
     assert run("-w", ws, "data", "add", "fashion-mnist", str(tmp_path / "fm"), "--no-progress").exit_code == 0
-    from llm_flywheel.workspace import Workspace
+    from llm_flywheel.store.workspace import Workspace
 
     with Workspace.open(ws).store() as s:
         ids = [i.id for i in s.items("fashion-mnist", split="train")][:3]

@@ -11,7 +11,7 @@ from PIL import Image
 from llm_flywheel.data import load_image
 from llm_flywheel.data.image_folder import normalise_label
 from llm_flywheel.data.registry import DatasetError, add_dataset
-from llm_flywheel.task import TaskError
+from llm_flywheel.core.task import TaskError
 
 
 def save(path: Path, seed: int, fmt: str | None = None) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data.registry import DatasetError, add_dataset
 from llm_flywheel.data.spam_assassin import DatasetMissingError, email_text, spam_assassin_source
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llm_flywheel.data.registry import add_dataset
-from llm_flywheel.task import TaskError
+from llm_flywheel.core.task import TaskError
 
 
 def test_jsonl_with_labels_and_malformed_lines(ws, tmp_path):
@@ -29,7 +29,7 @@ def test_jsonl_with_labels_and_malformed_lines(ws, tmp_path):
     assert any("mail.jsonl:13" in e and "not JSON" in e for e in rep.skipped_examples)
     assert any("mail.jsonl:14" in e and "JSON object" in e for e in rep.skipped_examples)
     with ws.store() as s:
-        import llm_flywheel.task as t
+        import llm_flywheel.core.task as t
 
         task = t.Task.from_json(s.dataset_task_json("mail"))
         assert task.labels == ("ham", "spam") and task.modality == "text"

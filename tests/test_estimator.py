@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import llm_flywheel as fw
-from llm_flywheel.api.estimator import DistilledClassifier
+from llm_flywheel.interfaces.api.estimator import DistilledClassifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from _data import shapes, tickets  # noqa: E402

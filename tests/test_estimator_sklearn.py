@@ -18,7 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 import llm_flywheel as fw
-from llm_flywheel.api.estimator import DistilledClassifier
+from llm_flywheel.interfaces.api.estimator import DistilledClassifier
 
 _SERVERS: "weakref.WeakKeyDictionary[DistilledClassifier, contextlib.ExitStack]" = weakref.WeakKeyDictionary()
 

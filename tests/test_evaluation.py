@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from helpers_students import split_synth, write_teacher_labels
-from llm_flywheel.evaluation import accuracy_ci, evaluate, expected_calibration_error, paired_diff_ci
-from llm_flywheel.noise import find_label_issues
-from llm_flywheel.training import train_student
+from llm_flywheel.pipeline.evaluation import accuracy_ci, evaluate, expected_calibration_error, paired_diff_ci
+from llm_flywheel.pipeline.noise import find_label_issues
+from llm_flywheel.pipeline.training import train_student
 
 
 def test_wilson_interval_known_values():

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from llm_flywheel.feedback import collect, entropy_scores, margin_scores, rank, select, vote_entropy
+from llm_flywheel.pipeline.feedback import collect, entropy_scores, margin_scores, rank, select, vote_entropy
 
 
 def test_margin_prefers_close_top_two():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from llm_flywheel.data.base import BATCH
 from llm_flywheel.data.registry import add_dataset
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 
 from test_data_fashion_mnist import write_fashion
 
@@ -26,7 +26,7 @@ TOTAL = N_TRAIN + N_TEST
 
 
 def start_import(ws: Workspace, src: Path) -> subprocess.Popen:
-    code = "import sys; from llm_flywheel.cli import main; sys.exit(main())"
+    code = "import sys; from llm_flywheel.interfaces.cli import main; sys.exit(main())"
     return subprocess.Popen(
         [sys.executable, "-c", code, "-w", str(ws.root), "data", "add", "fashion-mnist", "--path", str(src),
          "--no-progress"],

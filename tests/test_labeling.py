@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fault_server import FaultServer, ok, status
-from llm_flywheel.labeling import LabelConfig, consensus, label_items, plan
+from llm_flywheel.pipeline.labeling import LabelConfig, consensus, label_items, plan
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, pass_variant, system_prompt
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher, sim_stats, variant_key
@@ -208,7 +208,7 @@ def test_off_list_answers_are_final_and_recorded(synth_ws, synth_task):
 
 def test_api_key_never_written_anywhere(synth_ws, synth_task, monkeypatch, tmp_path, caplog):
     import logging
-    from llm_flywheel.review import export_reviews
+    from llm_flywheel.pipeline.review import export_reviews
     key = "sk-FLYWHEEL-canary-7f3a9c1e5b"
     monkeypatch.setenv("CANARY_KEY", key)
     caplog.set_level(logging.DEBUG)
@@ -221,7 +221,7 @@ def test_api_key_never_written_anywhere(synth_ws, synth_task, monkeypatch, tmp_p
         t2 = OpenAICompatTeacher(srv.url, "m2", api_key_env="CANARY_KEY", task=synth_task)
         label_items(synth_ws, "synth", ids, t2, LabelConfig(), progress=False)
         assert srv.requests[0]["headers"]["Authorization"] == f"Bearer {key}"
-    from llm_flywheel.quality import teacher_quality
+    from llm_flywheel.pipeline.quality import teacher_quality
     teacher_quality(synth_ws, "synth")
     export_reviews(synth_ws, "synth", synth_ws.exports_dir / "r.csv", which="all")
     hits = [p for p in synth_ws.root.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]

@@ -21,11 +21,11 @@ import pytest
 from fault_server import free_port
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
-from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.labelstudio import LabelStudio, LabelStudioError, label_config
-from llm_flywheel.splits import SplitSpec, make_splits
-from llm_flywheel.task import Task
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.interfaces.labelstudio import LabelStudio, LabelStudioError, label_config
+from llm_flywheel.pipeline.splits import SplitSpec, make_splits
+from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -93,7 +93,7 @@ def label_studio(tmp_path_factory):
 @pytest.fixture
 def reviewed_ws(synth_ws, synth_task):
     """synth with splits, 160 train items labelled by a noisy simulated teacher (2 passes), and a trained student."""
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.training import train_student
 
     ws = synth_ws
     with ws.store() as s:
@@ -200,7 +200,7 @@ def test_push_annotate_pull_retrain_against_real_label_studio(label_studio, revi
         assert [h["label"] for h in s.review_history(item)] == [gold[item], other]
 
     # a retrain uses the human labels
-    from llm_flywheel.training import train_student
+    from llm_flywheel.pipeline.training import train_student
 
     tm = train_student(ws, "synth", kind="image-cnn", epochs=1, progress=False)
     want = {i: gold[i] for i in done if split[i] == "train"} | ({item: other} if split[item] == "train" else {})

@@ -31,7 +31,7 @@ import pytest
 from fault_server import free_port
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data.spam_assassin import cache_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -206,7 +206,7 @@ def test_label_train_calibrate_predict_through_the_teacher_spec(server, request,
         lps = [r["label_logprob"] for r in rows if r["label_logprob"] is not None]
         assert len(lps) >= n // 2 and all(lp <= 0 for lp in lps)
     else:  # llama-cpp-python refuses json_schema with HTTP 500: negotiated once and remembered for later runs
-        from llm_flywheel.store import Store
+        from llm_flywheel.store.base import Store
 
         with Store(ws / "flywheel.db") as store:
             caps = store.teacher_capability(base_url, MODEL_ALIAS)

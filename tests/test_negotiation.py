@@ -13,10 +13,10 @@ import pytest
 
 from conftest import make_synth_dataset
 from fault_server import FaultServer, LLAMA_CPP_PYTHON_500, llama_cpp_python, ok, refuse_modes, rf_type
-from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.task import Task
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, StoreCapabilityCache
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.store.workspace import Workspace
 
 N_ITEMS = 64
 CONCURRENCY = 32

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from fault_server import FaultServer, context_exceeded_above, free_port, cut_off, ok, slow, status, user_text
-from llm_flywheel.task import Task
+from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
 from llm_flywheel.teachers.openai_compat import (
     QUICK_RETRY_DELAY, REASON_MAX_CHARS, OpenAICompatTeacher, classify_transport_error, response_schema, run_sync,

@@ -9,11 +9,11 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cascade import Cascade, CascadeError, promoted_version
-from llm_flywheel.cli import main
-from llm_flywheel.store import MIGRATIONS, Store, _split_sql
+from llm_flywheel.pipeline.cascade import Cascade, CascadeError, promoted_version
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.store.base import MIGRATIONS, Store, _split_sql
 from llm_flywheel.students.base import StudentError
-from llm_flywheel.training import latest_version, serving_version
+from llm_flywheel.pipeline.training import latest_version, serving_version
 from test_cascade import trained_calibrated_ws
 
 

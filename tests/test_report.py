@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from llm_flywheel.report import OVERALL_KEYS, ROUND_KEYS, ReportError, build_summary, render_report, write_report, wheel_report_key
+from llm_flywheel.interfaces.report import OVERALL_KEYS, ROUND_KEYS, ReportError, build_summary, render_report, write_report, wheel_report_key
 
 LABELS = ["bar", "ring", "cross", "dot"]
 

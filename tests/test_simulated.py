@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from llm_flywheel.task import builtin_task
+from llm_flywheel.core.task import builtin_task
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import ErrorModel, SimConfig, model_id, run_simulated_teacher, sim_stats
 

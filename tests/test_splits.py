@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SYNTH_LABELS, synth_image
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data import Record, register
-from llm_flywheel.splits import (SplitRepairError, SplitSpec, check_duplicates, group_key, make_splits,
+from llm_flywheel.pipeline.splits import (SplitRepairError, SplitSpec, check_duplicates, group_key, make_splits,
                                  normalise_text, repair_duplicates)
-from llm_flywheel.task import Task
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 TEXT_TASK = Task(name="mail", modality="text", labels=("spam", "ham"), instructions="Spam or not.")
 IMG_TASK = Task(name="synth", modality="image", labels=SYNTH_LABELS, instructions="Classify the shape.")

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from llm_flywheel.data import Record, register
-from llm_flywheel.splits import SplitSpec, make_splits, split_counts
-from llm_flywheel.store import SCHEMA_VERSION, SPLITS, Store, StoreError
-from llm_flywheel.workspace import Workspace
+from llm_flywheel.pipeline.splits import SplitSpec, make_splits, split_counts
+from llm_flywheel.store.base import SCHEMA_VERSION, SPLITS, Store, StoreError
+from llm_flywheel.store.workspace import Workspace
 
 from conftest import make_synth_dataset, synth_image
 

@@ -14,7 +14,7 @@ from llm_flywheel.students.base import StudentError, targets_matrix
 from llm_flywheel.students.onnx_runtime import OnnxStudent
 from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
 from llm_flywheel.students.text import expand_soft
-from llm_flywheel.task import Task
+from llm_flywheel.core.task import Task
 
 
 def _xy(ws, task, split):

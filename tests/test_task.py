@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_flywheel.task import Task, TaskError, builtin_task, builtin_task_names, load_task
+from llm_flywheel.core.task import Task, TaskError, builtin_task, builtin_task_names, load_task
 
 GOOD = '''
 name = "fruit"

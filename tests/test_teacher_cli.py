@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher, sim_stats
 
 
@@ -55,7 +55,7 @@ def test_label_exit_codes_say_why_it_stopped(synth_ws, monkeypatch):
     """0 done; 2 bad configuration; 3 stopped on a fatal teacher error; 4 call cap reached; 5 items left unanswered."""
     from fault_server import FaultServer, status
 
-    from llm_flywheel.cli import ExitCode
+    from llm_flywheel.interfaces.cli import ExitCode
 
     runner = CliRunner()
     w = ["-w", str(synth_ws.root)]

@@ -17,8 +17,8 @@ from llm_flywheel.teachers.openai_compat import TeacherConfigError
 def tiny_ws(tmp_path_factory):
     """A workspace with 10 synthetic images (the client tests need only one item)."""
     from conftest import make_synth_dataset
-    from llm_flywheel.task import Task
-    from llm_flywheel.workspace import Workspace
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.store.workspace import Workspace
 
     ws = Workspace.open(tmp_path_factory.mktemp("tiny") / "ws")
     make_synth_dataset(ws, Task(name="synth", modality="image", labels=("bar", "ring", "cross", "dot"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flywheel.task import builtin_task
+from llm_flywheel.core.task import builtin_task
 from llm_flywheel.teachers.parsing import LabelMatcher, label_logprob, parse_answer, parse_confidence
 
 FRUIT = LabelMatcher(("apple", "mushroom", "orange", "pear", "sweet_pepper"))

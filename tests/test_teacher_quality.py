@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llm_flywheel.labeling import LabelConfig, label_items
-from llm_flywheel.quality import expected_calibration_error, teacher_quality, teacher_quality_on_items, wilson_ci
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.pipeline.quality import expected_calibration_error, teacher_quality, teacher_quality_on_items, wilson_ci
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
@@ -20,7 +20,7 @@ def test_ece_and_wilson_by_hand():
 
 
 def test_quality_of_simulated_teacher(synth_ws, synth_task):
-    from llm_flywheel.splits import make_splits
+    from llm_flywheel.pipeline.splits import make_splits
     s = synth_ws.store()
     make_splits(s, "synth")
     ids = [it.id for it in s.items("synth")]

@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from helpers_students import split_synth, write_teacher_labels
-from llm_flywheel.cli import main
+from llm_flywheel.interfaces.cli import main
 from llm_flywheel.students.base import StudentError
 from llm_flywheel.students.onnx_runtime import OnnxStudent
-from llm_flywheel.training import latest_version, load_student, train_student
+from llm_flywheel.pipeline.training import latest_version, load_student, train_student
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import make_synth_dataset
-from llm_flywheel.cli import main
-from llm_flywheel.report import OVERALL_KEYS, ROUND_KEYS, write_report
-from llm_flywheel.splits import SplitSpec, make_splits
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.interfaces.report import OVERALL_KEYS, ROUND_KEYS, write_report
+from llm_flywheel.pipeline.splits import SplitSpec, make_splits
 
 SMALL = dict(rounds=2, seed_labels=24, val_labels=80, calib_labels=160, per_round_budget=400, passes=2, policy="margin",
              stream_per_round=100, student_kind="image-cnn", epochs=12, target_accuracy=0.8, delta=0.1, audit_rate=0.05,
@@ -31,7 +31,7 @@ def wheel_ws(ws, synth_task):
 
 
 def _teacher(ws, url):
-    from llm_flywheel.task import Task
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
     from llm_flywheel.teachers.simulated import model_id
 
@@ -42,7 +42,7 @@ def _teacher(ws, url):
 
 @pytest.mark.slow  # ~3 min on 2 shared cores (two trainings per round plus the gold ceiling)
 def test_small_wheel_end_to_end(wheel_ws):
-    from llm_flywheel.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
     ws = wheel_ws
@@ -92,7 +92,7 @@ def test_small_wheel_end_to_end(wheel_ws):
 
 def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
     """A run killed after round 1 continues: the re-run keeps round 1 and pays nothing twice."""
-    from llm_flywheel.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
     ws = wheel_ws
@@ -112,7 +112,7 @@ def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
 
 
 def test_default_goal_is_a_teacher_budget_and_bad_policy_is_refused():
-    from llm_flywheel.flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig
+    from llm_flywheel.pipeline.flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig
 
     cfg = WheelConfig(target_accuracy=None, max_teacher_fraction=None)
     assert cfg.max_teacher_fraction == DEFAULT_MAX_TEACHER_FRACTION and cfg.target_accuracy is None
@@ -127,7 +127,7 @@ def test_run_command_needs_a_teacher(wheel_ws):
 
 
 def test_auto_sizes_follow_the_dataset():
-    from llm_flywheel.flywheel import auto_sizes
+    from llm_flywheel.pipeline.flywheel import auto_sizes
 
     # the issue's 1,797-image dataset: 1,006 train pool, 288 stream, 2 rounds -- nothing assumes a big dataset
     small = auto_sizes(1006, 288, rounds=2, passes=2)
@@ -162,7 +162,7 @@ def test_run_stops_on_a_dead_teacher_then_resumes_from_labelling(wheel_ws):
     from fault_server import FaultServer, status
 
     from conftest import SYNTH_LABELS
-    from llm_flywheel.cli import ExitCode
+    from llm_flywheel.interfaces.cli import ExitCode
 
     runner = CliRunner()
     args = ["--workspace", str(wheel_ws.root), "run", "synth", "--rounds", "1", "--seed-labels", "30", "--val-labels",
@@ -211,8 +211,8 @@ def test_later_round_resumes_with_the_items_it_had_selected(wheel_ws):
     from fault_server import FaultServer, status
 
     from conftest import SYNTH_LABELS
-    from llm_flywheel.flywheel import WheelConfig, WheelStopped, run_wheel
-    from llm_flywheel.task import Task
+    from llm_flywheel.pipeline.flywheel import WheelConfig, WheelStopped, run_wheel
+    from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
 
     ws = wheel_ws
@@ -245,7 +245,7 @@ def test_later_round_resumes_with_the_items_it_had_selected(wheel_ws):
 def test_cost_uses_the_last_rounds_own_deferral_never_an_earlier_models():
     """The last round served no stream: its cost comes from its own test deferral (here everything deferred: no
     saving), not from round 1's stream, which another model and threshold served."""
-    from llm_flywheel.flywheel import WheelConfig, _Wheel
+    from llm_flywheel.pipeline.flywheel import WheelConfig, _Wheel
 
     w = _Wheel.__new__(_Wheel)
     w.cfg = WheelConfig()

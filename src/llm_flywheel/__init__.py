@@ -25,15 +25,15 @@ _API = (
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # for editors and type checkers
-    from .api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation, FlywheelError, InputError,
+    from llm_flywheel.interfaces.api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation, FlywheelError, InputError,
                       LabelPlan, LabelReport, Model, NotReadyError, RoundReport, RunReport, SimulatedTeacher, Teacher,
                       TeacherError, Workspace, simulated_teacher, teacher)
-    from .api.estimator import DistilledClassifier
+    from llm_flywheel.interfaces.api.estimator import DistilledClassifier
 
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        from . import api
+        from llm_flywheel.interfaces import api
 
         value = getattr(api, name)
         globals()[name] = value

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..splits import group_key
-from ..task import Task
-from ..workspace import Workspace
+from llm_flywheel.pipeline.splits import group_key
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

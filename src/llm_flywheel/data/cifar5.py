@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..task import Task, builtin_task
-from .base import Record
-from .fashion_mnist import DatasetFormatError, DatasetMissingError
+from llm_flywheel.core.task import Task, builtin_task
+from llm_flywheel.data.base import Record
+from llm_flywheel.data.fashion_mnist import DatasetFormatError, DatasetMissingError
 
 log = logging.getLogger(__name__)
 

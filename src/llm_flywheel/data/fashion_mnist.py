@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..task import Task, builtin_task
-from .base import Record
+from llm_flywheel.core.task import Task, builtin_task
+from llm_flywheel.data.base import Record
 
 DEFAULT_PATH = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from ..task import Task, TaskError, load_task
-from .base import Record
+from llm_flywheel.core.task import Task, TaskError, load_task
+from llm_flywheel.data.base import Record
 
 log = logging.getLogger(__name__)
 

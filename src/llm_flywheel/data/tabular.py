@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..task import Task
-from .base import Record
-from .text import _cell_str, label_of, read_rows, resolve_label_column, task_for
+from llm_flywheel.core.task import Task
+from llm_flywheel.data.base import Record
+from llm_flywheel.data.text import _cell_str, label_of, read_rows, resolve_label_column, task_for
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 

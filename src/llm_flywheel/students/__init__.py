@@ -1,5 +1,5 @@
 """Students: small fast models distilled from the teacher's labels."""
 
-from .base import Student
+from llm_flywheel.students.base import Student
 
 __all__ = ["Student"]

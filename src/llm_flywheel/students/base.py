@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..store import Item
+from llm_flywheel.store.base import Item
 
 META_FILE = "meta.json"
 ONNX_FILE = "model.onnx"
@@ -89,7 +89,7 @@ def predict_in_batches(student: "Student", items: Sequence[Item], batch_size: in
 
 def version_info() -> dict[str, str]:
     """Library versions written into every model's meta.json (what produced these weights)."""
-    from .. import __version__
+    from llm_flywheel import __version__
 
     info = {"llm_flywheel": __version__, "python": platform.python_version(), "numpy": np.__version__}
     try:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..store import Item
-from ..workspace import Workspace
-from .base import (
+from llm_flywheel.store.base import Item
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import (
     ONNX_FILE,
     StudentError,
     fit_torch,
@@ -171,7 +171,7 @@ def _augment(size: int, spec: dict[str, Any] | bool):
     torch = _torch()
     import torch.nn.functional as F
 
-    from ..task import DEFAULT_AUGMENT
+    from llm_flywheel.core.task import DEFAULT_AUGMENT
 
     a = {**DEFAULT_AUGMENT["image"], **({"flip": spec} if isinstance(spec, bool) else spec)}
     zoom, shift, rot, color = float(a["zoom"]), float(a["shift"]), math.radians(float(a["rotate"])), float(a["color"])
@@ -225,7 +225,7 @@ class ImageStudent:
         self.kind = kind
         self.labels = tuple(labels)
         self.ws = ws
-        from ..task import DEFAULT_AUGMENT
+        from llm_flywheel.core.task import DEFAULT_AUGMENT
 
         # augmentation: the task's (passed as ``augment``), else the image defaults (no flips); an explicit
         # ``flip`` hyper-parameter still overrides the mirror alone
@@ -244,7 +244,7 @@ class ImageStudent:
     def _images(self, items: Sequence[Item]) -> list[Image.Image]:
         if self.ws is None:
             raise StudentError("this student was loaded without a workspace; use predict_proba_raw on images")
-        from ..data import load_image
+        from llm_flywheel.data import load_image
 
         out = []
         for it in items:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..store import Item
-from ..workspace import Workspace
-from .base import ONNX_FILE, StudentError, read_meta, softmax, torch_threads
+from llm_flywheel.store.base import Item
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import ONNX_FILE, StudentError, read_meta, softmax, torch_threads
 
 
 def make_session(path: Path, threads: int | None = None) -> Any:
@@ -67,13 +67,13 @@ class OnnxStudent:
 
     def _inputs(self, raw: Sequence[Any]) -> np.ndarray:
         if self.modality == "image":
-            from .image import preprocess_images
+            from llm_flywheel.students.image import preprocess_images
 
             pre = self.meta["preprocessing"]
             return preprocess_images(list(raw), int(pre["size"]), int(pre["channels"]))
         if self.modality == "text":
             if self._encoder is None:
-                from .text import OnnxMiniLMEncoder
+                from llm_flywheel.students.text import OnnxMiniLMEncoder
 
                 self._encoder = OnnxMiniLMEncoder(self.ws)
             return self._encoder.encode([str(t) for t in raw], write_cache=False)
@@ -91,7 +91,7 @@ class OnnxStudent:
         if self.modality == "image":
             if self.ws is None:
                 raise StudentError("loaded without a workspace; use predict_proba_raw on images")
-            from ..data import load_image
+            from llm_flywheel.data import load_image
 
             return [load_image(self.ws, it.blob_path) for it in items]
         if self.modality == "text":
@@ -101,7 +101,7 @@ class OnnxStudent:
     def predict_logits(self, items: Sequence[Item], batch: int = 512) -> np.ndarray:
         if self.modality == "text":
             if self._encoder is None:
-                from .text import OnnxMiniLMEncoder
+                from llm_flywheel.students.text import OnnxMiniLMEncoder
 
                 self._encoder = OnnxMiniLMEncoder(self.ws)
             return self.run(self._encoder.encode_items(items)) if items else np.zeros((0, len(self.labels)), np.float32)

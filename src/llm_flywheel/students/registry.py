@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..task import Task
-from ..workspace import Workspace
-from .base import Student, StudentError, read_meta
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import Student, StudentError, read_meta
 
 
 @dataclass(frozen=True)
@@ -65,18 +65,18 @@ def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -
     """A fresh, untrained student of ``kind`` for ``task`` (hyper-parameters override the kind's defaults)."""
     _check_kind(kind, task)
     if STUDENT_KINDS[kind].modality == "image":
-        from .image import ImageStudent
+        from llm_flywheel.students.image import ImageStudent
 
         return ImageStudent(kind, task.labels, ws, **({"augment": task.augmentation()} | hparams))  # the task's augmentations
     if kind == "text-minilm":
-        from .text import MiniLMStudent
+        from llm_flywheel.students.text import MiniLMStudent
 
         return MiniLMStudent(task.labels, ws, **hparams)
     if kind == "text-tfidf":
-        from .text import TfidfStudent
+        from llm_flywheel.students.text import TfidfStudent
 
         return TfidfStudent(task.labels, ws, **hparams)
-    from .tabular import HGBStudent
+    from llm_flywheel.students.tabular import HGBStudent
 
     return HGBStudent(task.labels, ws, **hparams)
 
@@ -84,11 +84,11 @@ def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -
 def student_class(kind: str) -> Any:
     _check_kind(kind)
     if STUDENT_KINDS[kind].modality == "image":
-        from .image import ImageStudent
+        from llm_flywheel.students.image import ImageStudent
 
         return ImageStudent
-    from .tabular import HGBStudent
-    from .text import MiniLMStudent, TfidfStudent
+    from llm_flywheel.students.tabular import HGBStudent
+    from llm_flywheel.students.text import MiniLMStudent, TfidfStudent
 
     return {"text-minilm": MiniLMStudent, "text-tfidf": TfidfStudent, "tabular-hgb": HGBStudent}[kind]
 
@@ -102,7 +102,7 @@ def load_student_dir(path: Path, ws: Workspace | None = None, *, runtime: str = 
     kind = meta.get("kind", "")
     _check_kind(kind)
     if runtime == "onnx" and STUDENT_KINDS[kind].onnx:
-        from .onnx_runtime import OnnxStudent
+        from llm_flywheel.students.onnx_runtime import OnnxStudent
 
         return OnnxStudent(Path(path), ws)
     return student_class(kind).load(Path(path), ws)

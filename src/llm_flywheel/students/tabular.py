@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..store import Item
-from .base import StudentError
-from .text import SklearnStudent
+from llm_flywheel.store.base import Item
+from llm_flywheel.students.base import StudentError
+from llm_flywheel.students.text import SklearnStudent
 
 
 def features_matrix(rows: Sequence[Sequence[float | None]]) -> np.ndarray:

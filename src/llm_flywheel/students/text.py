@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from sklearn.pipeline import Pipeline
 
-from ..store import Item
-from ..workspace import Workspace
-from .base import (
+from llm_flywheel.store.base import Item
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import (
     ONNX_FILE,
     StudentError,
     fit_torch,
@@ -183,7 +183,7 @@ class OnnxMiniLMEncoder(MiniLMEncoder):
             return
         from tokenizers import Tokenizer
 
-        from .onnx_runtime import make_session
+        from llm_flywheel.students.onnx_runtime import make_session
 
         mdir = _model_dir()
         max_len = int(json.loads((mdir / "sentence_bert_config.json").read_text())["max_seq_length"])
@@ -467,7 +467,7 @@ def _threads(n_rows: int) -> Any:
     torch's own OpenMP pool in the same process they were measured ~25x slower (45 s vs 1.7 s on a 2-core box)."""
     from threadpoolctl import threadpool_limits
 
-    from .base import torch_threads
+    from llm_flywheel.students.base import torch_threads
 
     return threadpool_limits(limits=1 if n_rows < 20_000 else torch_threads())
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..store import Item
-from ..task import Task
+from llm_flywheel.store.base import Item
+from llm_flywheel.core.task import Task
 
 # The vocabulary of ``TeacherAnswer.error_kind`` (and ``teacher_answers.error_kind``), shared by the client that
 # classifies a failure and the labeller / cascade / CLI that decide what to do about it.

@@ -56,12 +56,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..store import Item
-from ..task import Task
-from ..workspace import Workspace
-from .base import FATAL_ERROR_KINDS, TeacherAnswer
-from .concurrency import is_local_url
-from .parsing import LabelMatcher, label_logprob, looks_like_json, parse_answer, recover_truncated
+from llm_flywheel.store.base import Item
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
+from llm_flywheel.teachers.concurrency import is_local_url
+from llm_flywheel.teachers.parsing import LabelMatcher, label_logprob, looks_like_json, parse_answer, recover_truncated
 
 log = logging.getLogger(__name__)
 
@@ -754,7 +754,7 @@ class OpenAICompatTeacher:
     async def alabel_raw(self, content: Any, task: Task, *, pass_index: int = 0,
                          client: httpx.AsyncClient | None = None) -> TeacherAnswer:
         """Label an input that is not in the store (served traffic): a PIL image, PNG/JPEG bytes or text."""
-        from ..data.base import encode_png, sha256
+        from llm_flywheel.data.base import encode_png, sha256
 
         self._attach_cache(None)
         if isinstance(content, str):
@@ -767,7 +767,7 @@ class OpenAICompatTeacher:
 
     def label(self, items: Sequence[Item], task: Task, *, pass_index: int = 0,
               ws: Workspace | None = None, concurrency: int = 8) -> list[TeacherAnswer]:
-        """Synchronous convenience wrapper (no cache: use :func:`llm_flywheel.labeling.label_items` for that)."""
+        """Synchronous convenience wrapper (no cache: use :func:`llm_flywheel.pipeline.labeling.label_items` for that)."""
 
         async def go() -> list[TeacherAnswer]:
             sem = asyncio.Semaphore(concurrency)

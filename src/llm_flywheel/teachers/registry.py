@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from ..task import Task
-from .openai_compat import OpenAICompatTeacher, TeacherConfigError, classify_transport_error, fatal_fix
+from llm_flywheel.core.task import Task
+from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, TeacherConfigError, classify_transport_error, fatal_fix
 
 PROVIDERS: dict[str, tuple[str, str | None]] = {
     "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),

@@ -48,8 +48,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..task import Task
-from ..workspace import Workspace
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 # relative difficulty and look-alike confusions for Fashion-MNIST (rows sum to 1)
 FASHION_DIFFICULTY = {

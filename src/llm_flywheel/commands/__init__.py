@@ -1,1 +1,0 @@
-"""One module of click commands per stage of the wheel; registered by ``llm_flywheel.cli``."""

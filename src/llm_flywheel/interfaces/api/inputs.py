@@ -1,0 +1,152 @@
+"""Teacher specs and in-memory inputs: the two things every API entry point accepts from a user.
+
+Why here: the workspace facade and the scikit-learn estimator turn the same Python objects (a spec string, a list
+of texts, rows of numbers, images) into the same store items and teacher clients, so a text given to ``fit`` and to
+``predict`` -- or to two estimators sharing a workspace -- is one item with one set of cached teacher answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llm_flywheel.interfaces.api.results import InputError, translate_errors
+
+
+# --- teacher ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Teacher:
+    """Which LLM labels, as a spec string plus client options; the HTTP client is built per use.
+
+    Plain data on purpose: it can be pickled, deep-copied (scikit-learn's ``clone``), logged and compared, and it
+    never holds the API key -- only the *name* of the environment variable that holds it.
+    """
+
+    spec: str
+    api_key_env: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def simulated(self) -> bool:
+        return "simulated" in self.spec.lower()
+
+    def build(self, task: Any, ws: Any = None) -> Any:
+        """The engine's OpenAI-compatible client for ``task`` (an ``llm_flywheel.core.task.Task``)."""
+        from llm_flywheel.teachers.registry import teacher_from_spec
+
+        with translate_errors():
+            return teacher_from_spec(self.spec, task, api_key_env=self.api_key_env, workspace=ws,
+                                     **dict(self.options))
+
+
+def teacher(spec: str | Teacher, *, api_key_env: str | None = None, timeout: float | None = None, max_retries: int = 5,
+            rpm: float | None = None, **options: Any) -> Teacher:
+    """A teacher from a spec: ``openrouter:google/gemini-2.5-flash``, ``openai:gpt-4o-mini``, ``ollama:MODEL``,
+    ``http://host:port/v1|MODEL`` (any OpenAI-compatible server).  ``api_key_env`` names the environment variable
+    holding the key (default: the provider's, e.g. ``OPENROUTER_API_KEY``; ``""`` for none).  The spec is checked
+    now, so a typo fails here and not after an hour of data loading.  ``timeout`` caps the wait per request (default:
+    the client's adaptive wait, 4 x the measured p95 latency, 30-300 s)."""
+    if isinstance(spec, Teacher):
+        return spec
+    from llm_flywheel.teachers.registry import parse_spec
+
+    if not isinstance(spec, str):
+        raise InputError(f"teacher must be a spec string such as 'openrouter:google/gemini-2.5-flash', not {spec!r}")
+    with translate_errors():
+        parse_spec(spec)
+    opts = {"timeout": timeout, "max_retries": max_retries, **options}
+    if rpm is not None:
+        opts["rpm"] = rpm
+    return Teacher(spec, api_key_env, opts)
+
+
+def as_teacher(t: Teacher | str) -> Teacher:
+    """A ``Teacher`` from a ``Teacher`` or a spec string (the argument every API method accepts)."""
+    return t if isinstance(t, Teacher) else teacher(t)
+
+
+def infer_modality(items: Sequence[Any]) -> str:
+    """``text`` for strings, ``image`` for PIL images / bytes / 2-3-D arrays, ``tabular`` for rows of numbers."""
+    if isinstance(items, np.ndarray):
+        if items.ndim == 2 and items.dtype.kind in "biuf":
+            return "tabular"
+        if items.ndim in (3, 4):
+            return "image"
+        if items.ndim == 1 and items.dtype.kind in "UO" and all(isinstance(x, str) for x in items):
+            return "text"
+        raise InputError(f"cannot tell what a {items.ndim}-D {items.dtype} array holds; pass a list of texts, a "
+                         "2-D numeric array (tabular) or a list of images")
+    first = next(iter(items), None)
+    if first is None:
+        raise InputError("no items given (got an empty sequence)")
+    if isinstance(first, str):
+        return "text"
+    if isinstance(first, (bytes, bytearray)) or type(first).__module__.startswith("PIL"):
+        return "image"
+    if isinstance(first, np.ndarray) and first.ndim >= 2:
+        return "image"
+    return "tabular"
+
+
+def item_key(modality: str, x: Any) -> tuple[str, Any]:
+    """(stable key, record payload) of one in-memory input: the key names the item in the store, so the same input
+    given twice (in ``fit`` and ``predict``, or across runs) is the same item with the same cached teacher answers."""
+    from llm_flywheel.data.base import encode_png
+
+    if modality == "text":
+        if not isinstance(x, str):
+            raise InputError(f"text items must be str, got {type(x).__name__}")
+        return "t:" + hashlib.sha256(x.encode("utf-8")).hexdigest(), x
+    if modality == "tabular":
+        row = [float(v) for v in np.asarray(x, dtype=float).ravel()]
+        fj = json.dumps([None if math.isnan(v) else v for v in row])
+        return "f:" + hashlib.sha256(fj.encode()).hexdigest(), row
+    data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
+        np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x)
+    return "i:" + hashlib.sha256(data).hexdigest(), data
+
+
+def register_items(ws: Any, task: Any, items: Sequence[Any], *, gold: Sequence[str | None] | None = None) -> list[str]:
+    """Store in-memory inputs as items of ``task.name`` (idempotent); returns their keys (``source_ref``) in order."""
+    from llm_flywheel.data.base import Record, register
+
+    if gold is not None and len(gold) != len(items):
+        raise InputError(f"gold has {len(gold)} entries for {len(items)} items")
+    recs, keys = [], []
+    for i, x in enumerate(items):
+        key, payload = item_key(task.modality, x)
+        keys.append(key)
+        field_name = {"text": "text", "tabular": "features", "image": "image"}[task.modality]
+        recs.append(Record(key, **{field_name: payload}, gold_label=None if gold is None else gold[i]))
+    with translate_errors():
+        rep = register(ws, task, recs, total=len(recs), progress=False)
+    if rep.skipped and rep.skipped == rep.seen:
+        raise InputError(f"none of the {rep.seen} items could be stored: {'; '.join(rep.skipped_examples)}")
+    return keys
+
+
+def make_splits_once(ws: Any, dataset: str, **sizes: Any) -> dict[str, int]:
+    """Split a dataset once; later items join ``train`` (the held-out splits never move)."""
+    from llm_flywheel.pipeline.splits import SplitSpec, make_splits
+
+    with ws.store() as s:
+        try:
+            return make_splits(s, dataset, SplitSpec(**sizes))
+        except ValueError as e:
+            raise InputError(f"{e}; give more items or smaller val/calib sizes") from e
+
+
+def raw_inputs(modality: str, inputs: Any) -> list[Any]:
+    if isinstance(inputs, str):
+        raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
+    if modality == "tabular":
+        return [[float(v) for v in row] for row in np.asarray(inputs, dtype=float).reshape(len(inputs), -1)]
+    if modality == "image":
+        return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
+    return list(inputs)

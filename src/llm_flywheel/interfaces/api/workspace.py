@@ -1,0 +1,378 @@
+"""The notebook-facing facade: ``Workspace`` -> ``Dataset`` -> ``Model`` -> ``Cascade``, plus ``teacher()``.
+
+Why a facade over the pipeline functions instead of new logic: the CLI, the HTTP service and this API must give the
+same answers from the same store, so every method here is a call into the pipeline (``add_dataset``,
+``label_items``, ``train_student``, ``calibrate``, ``Cascade.from_store``, ``run_wheel``, ``evaluate``) plus a
+conversion of its result into a typed dataclass and of its exceptions into the API's typed errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, make_splits_once, raw_inputs, register_items
+from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, InputError, LabelPlan, LabelReport, NotReadyError,
+                      RoundReport, RunReport, TeacherError, translate_errors)
+
+if TYPE_CHECKING:
+    from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
+
+
+# --- workspace -------------------------------------------------------------------------------------------------------
+class Workspace:
+    """A workspace folder (``flywheel.db`` + blobs + models + reports): the same one the CLI uses (``--workspace``)."""
+
+    def __init__(self, path: str | Path = "flywheel-workspace", *, create: bool = True) -> None:
+        from llm_flywheel.store.workspace import Workspace as _Ws
+
+        try:
+            self._ws = _Ws.open(path, create=create)
+        except FileNotFoundError as e:
+            raise InputError(str(e)) from e
+        self.path: Path = self._ws.root
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.path)!r})"
+
+    def datasets(self) -> list[str]:
+        with self._ws.store(readonly=True) as s:
+            return s.dataset_names()
+
+    def dataset(self, name: str) -> "Dataset":
+        names = self.datasets()
+        if name not in names:
+            raise InputError(f"no dataset {name!r} in {self.path} (have: {', '.join(names) or 'none'}); "
+                             "add one with ws.add_dataset(...) or ws.add_items(...)")
+        return Dataset(self, name)
+
+    def add_dataset(self, adapter: str, path: str | Path | None = None, *, task: str | Path | None = None,
+                    name: str | None = None, val: float | int = 0.05, calib: float | int = 0.05,
+                    stream: float | int = 0.2, test: float | int = 0.2, seed: int = 0, **options: Any) -> "Dataset":
+        """Import files with an adapter (``text``, ``tabular``, ``image-folder``, ``fashion-mnist``, ``cifar5``) and
+        make its splits, exactly like ``flywheel data add``.  Re-running adds nothing."""
+        from llm_flywheel.data.registry import add_dataset
+
+        with translate_errors():
+            try:
+                rep = add_dataset(self._ws, adapter, path=path, task=task, as_name=name, val=val, calib=calib,
+                                  stream=stream, test=test, seed=seed, progress=False, **options)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return Dataset(self, rep.dataset)
+
+    def add_items(self, name: str, items: Sequence[Any], *, labels: Mapping[str, str] | Sequence[str],
+                  gold: Sequence[str | None] | None = None, instructions: str = "", modality: str | None = None,
+                  val: float | int = 0.1, calib: float | int = 0.2, stream: float | int = 0.0,
+                  test: float | int = 0.0, seed: int = 0) -> "Dataset":
+        """Add in-memory items (texts, rows of numbers, or PIL images / uint8 arrays) as dataset ``name``.
+
+        ``labels``: ``{name: description}`` (descriptions are what the teacher reads) or a list of names.
+        ``gold``: known correct labels, kept for measurement only (the teacher never sees them; the simulated
+        teacher answers from them).  Identical items are stored once.
+        """
+        from llm_flywheel.core.task import Task
+
+        descriptions = dict(labels) if isinstance(labels, Mapping) else {str(k): str(k).replace("_", " ") for k in labels}
+        modality = modality or infer_modality(items)
+        with translate_errors():
+            try:
+                task = Task(name=name, modality=modality, labels=tuple(descriptions), descriptions=descriptions,
+                            instructions=instructions)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        bad = sorted({str(g) for g in (gold or []) if g is not None and g not in task.labels})
+        if bad:
+            raise InputError(f"gold labels {bad[:5]} are not among the labels {list(task.labels)}")
+        if name in self.datasets():
+            old = Dataset(self, name).task
+            if (old.labels, old.modality) != (task.labels, task.modality):
+                raise InputError(f"dataset {name!r} already exists with {old.modality} labels {list(old.labels)}; "
+                                 "use the same labels to add items to it, or another name")
+        register_items(self._ws, task, items, gold=gold)
+        make_splits_once(self._ws, name, val=val, calib=calib, stream=stream, test=test, seed=seed)
+        return Dataset(self, name)
+
+
+# --- dataset ---------------------------------------------------------------------------------------------------------
+class Dataset:
+    """One dataset of a workspace: label it, train on it, turn the wheel on it."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace, self.name = workspace, name
+        from llm_flywheel.core.task import Task
+
+        with workspace._ws.store(readonly=True) as s:
+            self.task = Task.from_json(s.dataset_task_json(name))
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {self.task.modality}, labels={list(self.task.labels)})"
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.task.labels
+
+    @property
+    def modality(self) -> str:
+        return self.task.modality
+
+    def simulated_teacher(self, *, accuracy: float = 0.85, seed: int = 0, latency_ms: float = 0.0,
+                          rate_429: float = 0.0, malformed_rate: float = 0.0) -> "SimulatedTeacher":
+        """A SIMULATED teacher on 127.0.0.1 answering from this dataset's gold labels through an error model
+        (``accuracy`` is a parameter, not a finding): for demos and tests without an API key.  Use it in a ``with``
+        block or call ``.close()``."""
+        from llm_flywheel.teachers.simulated import SimConfig
+        from llm_flywheel.interfaces.api.simulate import start_simulated
+
+        if self.modality == "tabular":
+            # the server recognises what the client sends ("Features: [...]"), not the store's hash of the row, so a
+            # table's gold labels are handed over the way in-memory data is
+            from llm_flywheel.interfaces.api.simulate import simulated_teacher
+
+            with self.workspace._ws.store(readonly=True) as s:
+                known = [it for it in s.items(self.name) if it.gold_label]
+            if not known:
+                raise InputError(f"dataset {self.name!r} has no gold labels; import it with a label column to "
+                                 "simulate a teacher")
+            return simulated_teacher([it.features for it in known], [it.gold_label for it in known],
+                                     labels=self.labels, accuracy=accuracy, seed=seed, latency_ms=latency_ms,
+                                     rate_429=rate_429, malformed_rate=malformed_rate,
+                                     model=f"simulated/{self.name}-teacher")
+        cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
+                        malformed_rate=malformed_rate)
+        try:
+            return start_simulated(self.workspace._ws, self.name, cfg, contextlib.ExitStack())
+        except ValueError as e:
+            raise InputError(f"{e}; import the dataset with a label column (gold labels) to simulate a teacher") from e
+
+    def splits(self) -> dict[str, int]:
+        """Items per split (train / val / calib / stream / test)."""
+        from llm_flywheel.pipeline.splits import split_counts
+
+        with self.workspace._ws.store(readonly=True) as s:
+            return {k: v for k, v in split_counts(s, self.name).items() if k}
+
+    def _item_ids(self, split: str | Sequence[str] | None, limit: int | None) -> list[int]:
+        with self.workspace._ws.store(readonly=True) as s:
+            items = s.items(self.name, split=None if split in (None, "all") else split, limit=limit)
+        if not items:
+            raise InputError(f"no items in {self.name!r} split {split!r} (splits: {self.splits()})")
+        return [it.id for it in items]
+
+    def _label_args(self, teacher: Teacher | str, split: Any, limit: int | None, **cfg: Any) -> tuple[Any, ...]:
+        from llm_flywheel.pipeline.labeling import LabelConfig
+
+        t = as_teacher(teacher)
+        ids = self._item_ids(split, limit)
+        try:
+            config = LabelConfig(**cfg)
+        except ValueError as e:
+            raise InputError(str(e)) from e
+        return ids, t.build(self.task, self.workspace._ws), config
+
+    def plan(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
+             limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
+             max_calls: int | None = None, tie_break: bool = True) -> LabelPlan:
+        """What :meth:`label` with the same arguments would cost, without making a call."""
+        from llm_flywheel.pipeline.labeling import plan
+
+        ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, budget_usd=budget_usd,
+                                           max_calls=max_calls, tie_break=tie_break)
+        with translate_errors():
+            try:
+                return LabelPlan.from_plan(plan(self.workspace._ws, self.name, ids, built, cfg))
+            except ValueError as e:
+                raise InputError(str(e)) from e
+
+    def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
+              limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
+              max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True) -> LabelReport:
+        """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
+        answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
+        Default: the train, val and calib splits (the test split stays for measurement)."""
+        from llm_flywheel.pipeline.labeling import label_items
+
+        ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, concurrency=concurrency,
+                                           budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break)
+        with translate_errors():
+            res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=False)
+        return LabelReport.from_result(self.name, res)
+
+    def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
+              **hparams: Any) -> "Model":
+        """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``;
+        default per modality) on the labelled train split; returns the new model version."""
+        from llm_flywheel.pipeline.training import train_student
+
+        with translate_errors():
+            try:
+                tm = train_student(self.workspace._ws, self.name, kind=kind, seed=seed, epochs=epochs, soft=soft,
+                                   progress=False, **hparams)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return Model(self, tm.version)
+
+    def model(self, version: str | None = None) -> "Model":
+        """A trained model by version; default: the promoted one, else the newest."""
+        from llm_flywheel.pipeline.training import latest_version
+
+        with translate_errors(), self.workspace._ws.store(readonly=True) as s:
+            return Model(self, version or latest_version(s, self.name))
+
+    def run(self, teacher: Teacher | str, *, rounds: int = 3, target_accuracy: float | None = None,
+            max_teacher_fraction: float | None = None, **options: Any) -> RunReport:
+        """Turn the wheel ``rounds`` times (select -> label -> train -> calibrate -> promote -> serve the stream ->
+        feedback).  Give a cascade goal: ``target_accuracy`` and/or ``max_teacher_fraction`` (default 0.1).
+        ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...).  A re-run with
+        the same settings resumes the unfinished run."""
+        from llm_flywheel.pipeline.flywheel import run_wheel
+
+        try:
+            from llm_flywheel.pipeline.flywheel import WheelStopped
+        except ImportError:  # pragma: no cover - older engine
+            WheelStopped = ()  # type: ignore[assignment,misc]
+        t = as_teacher(teacher)
+        if target_accuracy is None and max_teacher_fraction is None:
+            max_teacher_fraction = 0.1
+        with translate_errors():
+            try:
+                res = run_wheel(self.workspace._ws, self.name, teacher=t.build(self.task, self.workspace._ws),
+                                rounds=rounds, target_accuracy=target_accuracy,
+                                max_teacher_fraction=max_teacher_fraction, progress=False, **options)
+            except WheelStopped as e:
+                kind = TeacherError if getattr(e, "kind", "") == "teacher" else NotReadyError
+                raise kind(f"{e} (everything paid for is stored: fix the cause and call run() again to resume)") from e
+            except (TypeError, ValueError) as e:
+                raise InputError(str(e)) from e
+        return RunReport(run_id=res.run_id, dataset=res.dataset,
+                         rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds), raw=dict(res.extra))
+
+
+# --- model -----------------------------------------------------------------------------------------------------------
+class Model:
+    """A trained student version of a dataset."""
+
+    def __init__(self, dataset: Dataset, version: str) -> None:
+        from llm_flywheel.pipeline.training import model_row
+
+        self.dataset, self.version = dataset, version
+        with translate_errors(), dataset.workspace._ws.store(readonly=True) as s:
+            row = model_row(s, version)
+        self.kind: str = row["kind"]
+        self.metrics: Mapping[str, Any] = json.loads(row.get("metrics_json") or "{}")
+        self._student: Any = None
+
+    def __repr__(self) -> str:
+        return f"Model({self.version!r}, kind={self.kind!r})"
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Accuracy on the validation labels (teacher labels unless trained with gold validation)."""
+        v = self.metrics.get("val_acc")
+        return None if v is None else float(v)
+
+    def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
+        """The student's raw (uncalibrated) probabilities, columns in ``dataset.labels`` order."""
+        from llm_flywheel.pipeline.training import load_student
+
+        if self._student is None:
+            with translate_errors():
+                self._student = load_student(self.dataset.workspace._ws, self.version)
+        return np.asarray(self._student.predict_proba_raw(list(raw_inputs(self.dataset.modality, inputs))))
+
+    def evaluate(self, split: str = "test") -> Evaluation:
+        """Score on ``split``'s gold labels (needs a dataset with gold labels), beside the teacher's accuracy."""
+        from llm_flywheel.pipeline.evaluation import evaluate
+
+        with translate_errors():
+            rep = evaluate(self.dataset.workspace._ws, self.dataset.name, self.version, split=split)
+        return Evaluation.from_report(rep)
+
+    def calibrate(self, *, target_accuracy: float | None = None, max_teacher_fraction: float | None = None,
+                  delta: float = 0.1, teacher: Teacher | str | None = None) -> "Cascade":
+        """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
+        answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
+        cascade (with ``teacher`` answering what the student defers, if given)."""
+        from llm_flywheel.pipeline.calibration import calibrate
+
+        if target_accuracy is None and max_teacher_fraction is None:
+            max_teacher_fraction = 0.1
+        with translate_errors():
+            try:
+                calibrate(self.dataset.workspace._ws, self.dataset.name, self.version,
+                          target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta)
+            except ValueError as e:
+                raise NotReadyError(str(e)) from e
+        return self.cascade(teacher)
+
+    def cascade(self, teacher: Teacher | str | None = None) -> "Cascade":
+        """The cascade of this model from its latest calibration."""
+        return Cascade(self, teacher)
+
+
+class Cascade:
+    """Student answers above the calibrated threshold, the teacher below it."""
+
+    def __init__(self, model: Model, teacher: Teacher | str | None = None) -> None:
+        from llm_flywheel.pipeline.cascade import Cascade as _Cascade
+
+        self.model = model
+        ds = model.dataset
+        t = None if teacher is None else as_teacher(teacher)
+        self.teacher = t
+        with translate_errors():
+            self._c = _Cascade.from_store(ds.workspace._ws, ds.name, version=model.version,
+                                          teacher=None if t is None else t.build(ds.task, ds.workspace._ws))
+        self.calibration = Calibration.from_report(self._c.calibration)
+        self._api: Any = None  # the same cascade over the companion dataset of API inputs
+
+    def __repr__(self) -> str:
+        return (f"Cascade({self.model.version!r}, threshold={self.threshold:.3f}, "
+                f"teacher={self.teacher.spec if self.teacher else None!r})")
+
+    @property
+    def threshold(self) -> float:
+        return self._c.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self._c.temperature
+
+    def predict(self, inputs: Sequence[Any], *, concurrency: int = 16) -> list[Answer]:
+        """Answer texts, rows of numbers or images, in order.
+
+        The inputs are kept as items of a companion dataset ``<dataset>.api`` (same task, never split or trained
+        on unless you choose to), so a deferred input goes through the labeller like any item: its teacher answer
+        is stored before it is used and paid once -- an input the teacher already answered, here or in the
+        dataset itself, costs nothing.  Answers are logged to the cascade log (the wheel's feedback)."""
+        from dataclasses import replace
+
+        from llm_flywheel.pipeline.cascade import Cascade as _Cascade
+
+        ds = self.model.dataset
+        ws = ds.workspace._ws
+        raw = raw_inputs(ds.modality, inputs)
+        if not raw:
+            return []
+        task = replace(ds.task, name=f"{ds.name}.api")
+        keys = register_items(ws, task, raw)
+        with ws.store(readonly=True) as s:
+            by_key = {it.source_ref: it for it in s.items(task.name)}
+        c = self._c
+        if self._api is None:
+            self._api = _Cascade(ws, task.name, task, c.student, c.version, c.temperature, c.threshold, c.teacher,
+                                 c.calibration)
+        with translate_errors():
+            out = self._api.predict_items([by_key[k] for k in keys], origin="api",
+                                          teacher_concurrency=max(1, concurrency))
+        return [Answer.from_engine(a) for a in out]
+
+    def close(self) -> None:
+        self._c.close()
+        if self._api is not None:
+            self._api.close()

@@ -1,0 +1,330 @@
+"""`flywheel calibrate`, `flywheel predict`, `flywheel serve`: the calibrated cascade from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
+from llm_flywheel.core.stats import pct, wilson_interval
+
+TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
+                "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
+                "command). Omitted: deferred items are reported as 'deferred' with no label.")
+
+
+def _fail(e: Exception) -> click.ClickException:
+    return click.ClickException(str(e))
+
+
+@contextlib.contextmanager
+def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -> Iterator[Any]:
+    """The teacher a spec names (None without one); 'simulated' runs the simulated teacher for the command."""
+    if not spec:
+        yield None
+        return
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.teachers.openai_compat import TeacherConfigError
+    from llm_flywheel.teachers.registry import teacher_from_spec
+
+    with ws.store() as s:
+        task = Task.from_json(s.dataset_task_json(dataset))
+    if spec == "simulated":
+        from llm_flywheel.teachers.simulated import model_id, run_simulated_teacher
+
+        with run_simulated_teacher(ws, dataset) as url:
+            console.print(f"[yellow]SIMULATED teacher[/] (gold labels through an error model) at {url}")
+            yield teacher_from_spec(f"{url}|{model_id(dataset)}", task, api_key_env="", workspace=ws)
+        return
+    try:
+        t = teacher_from_spec(spec, task, api_key_env=api_key_env, workspace=ws)
+        t.check_ready()
+    except (TeacherConfigError, ValueError) as e:
+        raise config_error(str(e)) from None
+    yield t
+
+
+# -- calibrate --------------------------------------------------------------------------------------------------------
+
+
+@click.command(epilog="\b\nExamples:\n"
+               "  flywheel calibrate fashion-mnist --target-accuracy 0.95 --delta 0.1\n"
+               "  flywheel calibrate fashion-mnist --max-teacher-fraction 0.1\n"
+               "  flywheel calibrate fashion-mnist --target-accuracy 0.9 --max-teacher-fraction 0.2\n\n"
+               "The accuracy goal comes with a finite-sample guarantee: P(accuracy of student-answered items >= "
+               "target) >= 1 - delta, where accuracy is agreement with the calib split's labels (teacher "
+               "consensus, human corrections outranking it; --reference gold uses gold labels instead).")
+@click.argument("dataset")
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
+@click.option("--target-accuracy", type=float, help="Goal: accuracy on the items the student answers (0-1).")
+@click.option("--delta", type=float, default=0.1, show_default=True,
+              help="Allowed probability that the accuracy guarantee fails.")
+@click.option("--max-teacher-fraction", type=float, help="Goal: at most this fraction of items sent to the teacher.")
+@click.option("--reference", type=click.Choice(["labels", "gold"]), default="labels", show_default=True,
+              help="What 'correct' means on the calib split: its teacher/human labels, or gold labels.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored report as JSON on stdout.")
+@pass_ctx
+def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: float | None, delta: float,
+              max_teacher_fraction: float | None, reference: str, as_json: bool) -> None:
+    """Fit the temperature and choose the cascade threshold of a model on DATASET's calib split.
+
+    Prints the choice and writes the accuracy/coverage/cost curve PNG under the workspace's reports/.
+    """
+    from llm_flywheel.pipeline.calibration import calibrate as run_calibrate
+    from llm_flywheel.pipeline.cascade import CascadeError, promoted_version
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    if target_accuracy is None and max_teacher_fraction is None:
+        from llm_flywheel.pipeline.flywheel import DEFAULT_MAX_TEACHER_FRACTION
+
+        max_teacher_fraction = DEFAULT_MAX_TEACHER_FRACTION
+        console.print(f"no goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
+                      f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
+    ws = ctx.workspace(create=False)
+    try:
+        if version is None:
+            with ws.store() as s:
+                version = promoted_version(s, dataset)
+        with console.status(f"calibrating {version} on the calib split"):
+            rep = run_calibrate(ws, dataset, version, target_accuracy=target_accuracy,
+                                max_teacher_fraction=max_teacher_fraction, delta=delta, reference=reference)
+    except (ValueError, StoreError, StudentError, CascadeError) as e:
+        raise _fail(e) from None
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, default=str))
+        return
+    ch = rep["choice"]
+    t = Table(title=f"calibration of {version}", show_header=False)
+    n_all = rep.get("n_calib_all", rep["n_calib"])
+    t.add_row("calib items", f"{rep['n_calib']:,} with a reference label ({rep['reference_note']}); the teacher budget "
+                             f"counts all {n_all:,}")
+    t.add_row("temperature", f"{rep['temperature']:.3f}")
+    t.add_row("ECE before → after", f"{rep['ece_before']:.4f} → {rep['ece_after']:.4f}")
+    t.add_row("goal", f"{ch['goal']}  target {ch['target']:g}" + (f", delta {ch['delta']:g}" if "accuracy" in ch["goal"] else ""))
+    t.add_row("threshold", "defer everything" if ch["threshold"] > 1 else f"{ch['threshold']:.4f}")
+    t.add_row("student answers (calib)", pct(ch["coverage"]))
+    against = "accuracy vs GOLD labels" if rep.get("reference") == "gold" else "agreement with TEACHER labels"
+    t.add_row(f"{against} of those (calib)", pct(ch["accuracy_accepted"]))
+    t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
+    t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
+    t.add_row("feasible", "[green]yes[/]" if ch["feasible"] else "[red]NO[/]")
+    t.add_row("note", ch["note"])
+    t.add_row("curve", rep["plot"])
+    console.print(t)
+    if not ch["feasible"]:
+        console.print("[bold red]WARNING[/] the goal cannot be met: every item the budget allows goes to the teacher "
+                      "and no accuracy is guaranteed -- fix: a teacher budget (--max-teacher-fraction 0.1, always "
+                      "feasible) or a --target-accuracy below the teacher's own accuracy")
+    click.echo(rep["plot"])
+
+
+# -- predict ----------------------------------------------------------------------------------------------------------
+
+
+def _read_input(path: Path, modality: str) -> tuple[Any, str]:
+    from llm_flywheel.data.base import sha256
+
+    data = path.read_bytes()
+    if modality == "image":
+        from PIL import Image
+        import io
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return data, sha256(data)
+    if modality == "text":
+        text = data.decode("utf-8")
+        return text, sha256(text.encode("utf-8"))
+    feats = json.loads(data)
+    if not isinstance(feats, list) or not all(isinstance(x, (int, float)) for x in feats):
+        raise ValueError("a tabular input file must hold a JSON list of numbers")
+    return [float(x) for x in feats], sha256(json.dumps(feats).encode())
+
+
+@click.command(epilog="\b\nExamples:\n"
+               "  flywheel predict fashion-mnist shirt.png boot.jpg --teacher openrouter:google/gemini-2.5-flash\n"
+               "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n\n"
+               "Every answer is logged to the store's cascade_log (unless --no-log); deferred store items answered by "
+               "the teacher are cached and become labels for the next round.")
+@click.argument("dataset")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
+@click.option("--limit", type=int, help="With --split: at most this many items (by id).")
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
+@click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
+@click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
+@click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Teacher calls in flight at once.")
+@click.option("--no-log", is_flag=True, help="Do not log the answers to cascade_log.")
+@click.option("--show", type=int, default=20, show_default=True, help="With --split: print the first N answers.")
+@click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
+@pass_ctx
+def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], split: str | None, limit: int | None,
+            version: str | None, spec: str | None, api_key_env: str | None, threshold: float | None, concurrency: int,
+            no_log: bool, show: int, as_json: bool) -> None:
+    """Answer FILES (or a split of the store) with the calibrated cascade of DATASET.
+
+    Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
+    """
+    from llm_flywheel.pipeline.cascade import Cascade, CascadeError, summarize
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    if bool(files) == bool(split):
+        raise click.UsageError("give input FILES or --split SPLIT (not both)")
+    ws = ctx.workspace(create=False)
+    with _teacher(ws, dataset, spec, api_key_env) as teacher:
+        try:
+            casc = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold)
+        except (StoreError, StudentError, CascadeError, ValueError) as e:
+            raise _fail(e) from None
+        console.print(f"model {casc.version}  threshold {casc.threshold:.4f}  temperature {casc.temperature:.3f}"
+                      + (f"  teacher {teacher.display_name}" if teacher is not None else "  (no teacher)"))
+        if split:
+            _predict_split(ws, dataset, casc, split, limit, concurrency, no_log, show, as_json, summarize)
+            return
+        answers = asyncio.run(_predict_files(casc, files, no_log))
+    t = Table(title="cascade answers")
+    for col in ("file", "label", "source", "confidence", "student", "model version"):
+        t.add_column(col)
+    bad = 0
+    for f, a in zip(files, answers):
+        if isinstance(a, Exception):
+            bad += 1
+            t.add_row(str(f), f"[red]error: {a}[/]", "", "", "", "")
+            if as_json:
+                click.echo(json.dumps({"file": str(f), "error": str(a)}))
+            continue
+        t.add_row(str(f), str(a.label), a.source, f"{a.confidence:.3f}", f"{a.student_label} ({a.student_confidence:.3f})",
+                  a.model_version)
+        if as_json:
+            click.echo(json.dumps({"file": str(f), **a.to_dict()}))
+    console.print(t)
+    if bad:
+        raise click.ClickException(f"{bad} of {len(files)} inputs could not be read")
+
+
+async def _predict_files(casc: Any, files: tuple[Path, ...], no_log: bool) -> list[Any]:
+    sem = asyncio.Semaphore(16)
+
+    async def one(f: Path) -> Any:
+        try:
+            content, h = _read_input(f, casc.task.modality)
+        except Exception as e:  # unreadable input: report it, keep going
+            return ValueError(f"cannot read {casc.task.modality} input ({type(e).__name__}: {e})")
+        async with sem:
+            return await casc.apredict_raw(content, origin="predict", log=not no_log, content_hash=h)
+
+    try:
+        return list(await asyncio.gather(*(one(f) for f in files)))
+    finally:
+        await casc.aclose()
+        casc.close()
+
+
+def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | None, concurrency: int, no_log: bool,
+                   show: int, as_json: bool, summarize: Any) -> None:
+    from llm_flywheel.store.base import SPLITS
+
+    if split not in SPLITS:
+        raise click.BadParameter(f"{split!r}: choose one of {', '.join(SPLITS)}", param_hint="--split")
+    with ws.store() as s:
+        items = s.items(dataset, split=split, limit=limit)
+    if not items:
+        raise click.ClickException(f"split {split!r} of {dataset!r} has no items")
+    answers = []
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as p:
+        task = p.add_task(f"cascade on {split}", total=len(items))
+        for s in range(0, len(items), 1000):
+            chunk = items[s : s + 1000]
+            answers += casc.predict_items(chunk, origin="predict", log=not no_log, teacher_concurrency=concurrency)
+            p.advance(task, len(chunk))
+    casc.close()
+    if as_json:
+        for a in answers:
+            click.echo(json.dumps(a.to_dict()))
+    if show:
+        t = Table(title=f"first {min(show, len(answers))} answers")
+        for col in ("item", "label", "source", "confidence", "student", "gold"):
+            t.add_column(col)
+        for it, a in list(zip(items, answers))[:show]:
+            t.add_row(str(it.id), str(a.label), a.source, f"{a.confidence:.3f}",
+                      f"{a.student_label} ({a.student_confidence:.3f})", str(it.gold_label or "–"))
+        console.print(t)
+    sm = summarize(answers)
+    t = Table(title=f"cascade on {dataset}/{split} ({casc.version})", show_header=False)
+    t.add_row("items", f"{sm['n']:,}")
+    for src, n in sm["by_source"].items():
+        if n:
+            t.add_row(f"answered by {src}", f"{n:,} ({pct(n / sm['n'])})")
+    t.add_row("sent to the teacher", pct(sm["teacher_fraction"]))
+    t.add_row("mean latency per item", f"{sm['mean_latency_ms']:.2f} ms")
+    gold = [it.gold_label for it in items]
+    if all(g is not None for g in gold):
+        for name, preds in (("student accuracy (gold)", [a.student_label for a in answers]),
+                            ("cascade accuracy (gold)", [a.label for a in answers])):
+            k = sum(p == g for p, g in zip(preds, gold))
+            lo, hi = wilson_interval(k, len(gold))
+            t.add_row(name, f"{pct(k / len(gold))}  (95 % CI {pct(lo)} – {pct(hi)})")
+    console.print(t)
+
+
+# -- serve ------------------------------------------------------------------------------------------------------------
+
+
+@click.command(epilog="\b\nExamples:\n"
+               "  flywheel serve fashion-mnist --port 8000 --teacher openrouter:google/gemini-2.5-flash\n"
+               "  curl -F file=@shirt.png http://127.0.0.1:8000/v1/predict\n"
+               "  curl -H 'Content-Type: application/json' -d '{\"image_base64\": \"...\"}' "
+               "http://127.0.0.1:8000/v1/predict\n"
+               "  curl http://127.0.0.1:8000/metrics     # Prometheus\n"
+               "  open http://127.0.0.1:8000/docs        # OpenAPI docs\n")
+@click.argument("dataset")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; loopback by default because there is no authentication.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
+@click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
+@click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
+@click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
+@click.option("--max-bytes", type=int, default=8 * 1024 * 1024, show_default=True,
+              help="Largest request body accepted (larger: HTTP 413).")
+@click.option("--log-sample-rate", type=float, default=1.0, show_default=True,
+              help="Fraction of answered requests logged to the store as feedback for the wheel.")
+@click.option("--max-logged-payload-bytes", type=int, default=256 * 1024, show_default=True,
+              help="Inputs up to this size are kept under exports/served/ with their log row (0: keep none).")
+@pass_ctx
+def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spec: str | None,
+          api_key_env: str | None, threshold: float | None, max_bytes: int, log_sample_rate: float,
+          max_logged_payload_bytes: int) -> None:
+    """Serve DATASET's calibrated cascade over HTTP: POST /v1/predict, GET /healthz, GET /metrics, /docs."""
+    from llm_flywheel.pipeline.cascade import CascadeError
+    from llm_flywheel.interfaces.serve import create_app, is_loopback, serve_forever
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    if not is_loopback(host):
+        console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: the service has no "
+                      "authentication; put it behind your own gateway")
+    ws = ctx.workspace(create=False)
+    with _teacher(ws, dataset, spec, api_key_env) as teacher:
+        try:
+            app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold, max_bytes=max_bytes,
+                             log_sample_rate=log_sample_rate, max_logged_payload_bytes=max_logged_payload_bytes)
+        except (StoreError, StudentError, CascadeError, ValueError) as e:
+            raise _fail(e) from None
+        d = app.state.cascade.describe()
+        console.print(f"serving {dataset} model {d['model_version']} (threshold {d['threshold']:.4f}, "
+                      f"teacher: {d['teacher'] or 'none -> deferred answers have no label'}) on http://{host}:{port}")
+        serve_forever(app, host, port, log_level="warning" if ctx.verbose == 0 else "info")

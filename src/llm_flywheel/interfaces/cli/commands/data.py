@@ -1,0 +1,285 @@
+"""`flywheel data add` and `flywheel data info`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import logging
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, console, pass_ctx
+from llm_flywheel.data.registry import ADAPTERS, add_dataset
+from llm_flywheel.store.base import SPLITS, Store, StoreError
+from llm_flywheel.core.task import Task, TaskError
+
+_ADAPTER_HELP = "\n".join(f"  {k:<13} {v}" for k, v in ADAPTERS.items())
+
+
+@click.group()
+def data() -> None:
+    """Import datasets into the workspace and inspect what is there."""
+
+
+def _size(value: str | None) -> float | int | None:
+    if value is None:
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a fraction (0.05) or a count (500)") from None
+    if f < 0:
+        raise click.BadParameter(f"{value!r} is negative")
+    return f if f < 1 else int(f)
+
+
+@data.command(
+    "add",
+    epilog="\b\nDatasets:\n" + _ADAPTER_HELP + "\n\n\b\nExamples:\n"
+    "  flywheel data add fashion-mnist                     # the real 70,000 from /usr/share/datasets\n"
+    "  flywheel data add fashion-mnist --limit 2000        # first 2,000 train + 2,000 test, for a quick try\n"
+    "  flywheel data add cifar5 --path cifar-100-python.tar.gz\n"
+    "  flywheel data add image-folder ./photos --name fruit\n"
+    "  flywheel data add text reviews.jsonl --label-column sentiment\n"
+    "  flywheel data add tabular iris.csv --label-column species\n\n"
+    "\b\nTabular missing values: empty cells and NA, N/A, NaN, null, None, ? are stored as NaN; a non-numeric\n"
+    "or infinite cell in a feature column skips the row (reported). Without --features, every numeric column\n"
+    "except the label/split columns is a feature.\n\n"
+    "Re-running an import adds nothing new. Unreadable files/rows are counted, the first few named, and skipped.",
+)
+@click.argument("dataset", type=click.Choice(list(ADAPTERS)), metavar="DATASET")
+@click.argument("source", required=False, type=click.Path(), metavar="[PATH]")
+@click.option("--path", "path_opt", type=click.Path(), help="Where the source is (same as PATH). fashion-mnist: folder "
+              "of idx files (default /usr/share/datasets/fashion-mnist); cifar5: cifar-100-python folder or .tar.gz.")
+@click.option("--limit", type=int, help="fashion-mnist/cifar5: import only the first N items of each source split.")
+@click.option("--task", "task_file", type=click.Path(dir_okay=False), help="Task TOML (labels, descriptions, "
+              "instructions). Default: derived from folder names / label column values.")
+@click.option("--name", "as_name", help="Dataset name in the workspace (default: the task's or the folder/file name).")
+@click.option("--text-column", help="text: column holding the text (default 'text').")
+@click.option("--label-column", help="text/tabular: column holding the gold label (default 'label' if present).")
+@click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
+@click.option("--features", help="tabular: comma-separated feature columns (default: every numeric column).")
+@click.option("--val", default="0.05", show_default=True, help="Validation split: fraction of non-test items or a count.")
+@click.option("--calib", default="0.05", show_default=True, help="Calibration split: fraction or count.")
+@click.option("--stream", default="0.2", show_default=True, help="Stream split (unseen traffic for the cascade).")
+@click.option("--test", "test_size", default="0.2", show_default=True,
+              help="Test split, only when the source has no test split of its own.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the split shuffle.")
+@click.option("--resplit", is_flag=True, help="Re-make the splits (refused once the dataset has labels or models).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@pass_ctx
+def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit: int | None, task_file: str | None,
+        as_name: str | None, text_column: str | None, label_column: str | None, split_column: str | None,
+        features: str | None, val: str, calib: str, stream: str, test_size: str, seed: int, resplit: bool,
+        no_progress: bool) -> None:
+    """Import DATASET into the workspace, store each item once (by content hash) and make its splits.
+
+    Splits are made once: train (the pool the teacher labels), val, calib, stream, and test (the source's own
+    test split when it has one). Items added later join train, so held-out splits never change.
+    """
+    if source and path_opt and source != path_opt:
+        raise click.UsageError("give the path once: either PATH or --path")
+    logging.getLogger("llm_flywheel.data.base").setLevel(logging.ERROR)  # we print the report ourselves
+    try:
+        ws = ctx.workspace()
+        report = add_dataset(
+            ws, dataset, path=source or path_opt, limit=limit, task=task_file, as_name=as_name,
+            text_column=text_column, label_column=label_column, split_column=split_column,
+            features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
+            val=_size(val), calib=_size(calib), stream=_size(stream), test=_size(test_size), seed=seed,
+            resplit=resplit, progress=not no_progress,
+        )
+    except (ValueError, FileNotFoundError, TaskError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    console.print(f"[bold green]{report.dataset}[/]: {report.added:,} added, {report.already_present:,} already present"
+                  + (f", [yellow]{report.skipped:,} unreadable skipped[/]" if report.skipped else ""))
+    for ex in report.skipped_examples:
+        console.print(f"  [yellow]skipped[/] {escape(ex)}", highlight=False)
+    if report.splits:
+        console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in report.splits.items()))
+    for note in report.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+
+
+# -- info ---------------------------------------------------------------------------------------------------------
+
+def _split_key(s: str | None) -> tuple[int, str]:
+    return (SPLITS.index(s), s) if s in SPLITS else (len(SPLITS), str(s))
+
+
+def dataset_info(store: Store, dataset: str) -> dict[str, Any]:
+    """Counts for one dataset: by split x source split, gold label x split, labelled status, label sources."""
+    task = Task.from_json(store.dataset_task_json(dataset))
+    q = store.query
+    total = q("SELECT COUNT(*) AS n FROM items WHERE dataset=?", (dataset,))[0]["n"]
+    by_split: dict[str, dict[str, int]] = {}
+    for r in q("SELECT split, source_split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split, source_split",
+               (dataset,)):
+        by_split.setdefault(r["split"] or "unassigned", {})[r["source_split"] or "none"] = r["n"]
+    gold: dict[str, dict[str, int]] = {}
+    for r in q("SELECT gold_label, split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY gold_label, split",
+               (dataset,)):
+        gold.setdefault(r["gold_label"] or "(none)", {})[r["split"] or "unassigned"] = r["n"]
+    labelled: dict[str, dict[str, int]] = {}
+    for r in q(
+        "SELECT i.split AS split, COUNT(*) AS items,"
+        " SUM(t.label IS NOT NULL) AS teacher, SUM(t.item_id IS NOT NULL AND t.label IS NULL) AS teacher_undecided,"
+        " SUM(h.item_id IS NOT NULL) AS human, SUM(COALESCE(h.label, t.label) IS NULL) AS unlabelled"
+        " FROM items i LEFT JOIN labels t ON t.item_id=i.id AND t.source='teacher'"
+        " LEFT JOIN labels h ON h.item_id=i.id AND h.source='human' WHERE i.dataset=? GROUP BY i.split", (dataset,),
+    ):
+        labelled[r["split"] or "unassigned"] = {k: int(r[k] or 0) for k in
+                                                ("items", "teacher", "teacher_undecided", "human", "unlabelled")}
+    sources = [dict(r) for r in q(
+        "SELECT l.source AS source, l.status AS status, COUNT(*) AS n FROM labels l JOIN items i ON i.id=l.item_id"
+        " WHERE i.dataset=? GROUP BY l.source, l.status ORDER BY l.source, l.status", (dataset,))]
+    answers = [dict(r) for r in q(
+        "SELECT a.model AS model, COUNT(*) AS answers, SUM(a.ok) AS ok, SUM(1 - a.ok) AS failed,"
+        " ROUND(COALESCE(SUM(a.cost_usd), 0), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
+        " WHERE i.dataset=? GROUP BY a.model ORDER BY a.model", (dataset,))]
+    from llm_flywheel.pipeline.splits import check_duplicates
+
+    dups = check_duplicates(store, dataset)
+    return {
+        "dataset": dataset, "modality": task.modality, "labels": list(task.labels), "items": total,
+        "duplicates": {k: v for k, v in dups.to_dict().items()
+                       if k in ("groups", "duplicate_items", "cross_split_groups", "cross_split_items", "by_splits")},
+        "by_split": dict(sorted(by_split.items(), key=lambda kv: _split_key(kv[0]))),
+        "by_source_split": {s: sum(v.get(s, 0) for v in by_split.values())
+                            for s in sorted({s for v in by_split.values() for s in v}, key=_split_key)},
+        "gold_labels": gold, "labelled": dict(sorted(labelled.items(), key=lambda kv: _split_key(kv[0]))),
+        "label_sources": sources, "teacher_answers": answers,
+    }
+
+
+def _print_info(out: Console, info: dict[str, Any]) -> None:
+    gold_known = [g for g in info["gold_labels"] if g != "(none)"]
+    src = ", ".join(f"{k} {v:,}" for k, v in info["by_source_split"].items())
+    out.print(f"[bold]{info['dataset']}[/] ({info['modality']}): [bold]{info['items']:,}[/] items ({src}); "
+              f"task has {len(info['labels'])} labels, {len(gold_known)} gold labels present")
+    d = info["duplicates"]
+    line = (f"duplicates: {d['duplicate_items']:,} items repeat another ({d['groups']:,} groups); "
+            f"{d['cross_split_groups']:,} groups cross splits")
+    if d["cross_split_groups"]:
+        where = ", ".join(f"{k} {v:,}" for k, v in d["by_splits"].items())
+        out.print(f"[bold red]{line}[/] ({escape(where)}): a test item may be trained on; run "
+                  f"`flywheel data check {escape(info['dataset'])} --repair`", highlight=False)
+    else:
+        out.print(line, highlight=False)
+    splits = list(info["by_split"])
+    src_splits = list(info["by_source_split"])
+    t = Table(title="items by split x source split")
+    t.add_column("split")
+    for s in src_splits:
+        t.add_column(f"source {s}", justify="right")
+    t.add_column("total", justify="right", style="bold")
+    for s in splits:
+        row = info["by_split"][s]
+        t.add_row(s, *[f"{row.get(x, 0):,}" for x in src_splits], f"{sum(row.values()):,}")
+    out.print(t)
+
+    t = Table(title="gold labels by split")
+    t.add_column("gold label")
+    for s in splits:
+        t.add_column(s, justify="right")
+    t.add_column("total", justify="right", style="bold")
+    order = [lab for lab in info["labels"] if lab in info["gold_labels"]] + \
+        [g for g in info["gold_labels"] if g not in info["labels"]]
+    for g in order:
+        row = info["gold_labels"][g]
+        t.add_row(g, *[f"{row.get(s, 0):,}" for s in splits], f"{sum(row.values()):,}")
+    out.print(t)
+
+    t = Table(title="labelled status by split")
+    for c in ("split", "items", "teacher label", "teacher undecided", "human label", "unlabelled"):
+        t.add_column(c, justify="left" if c == "split" else "right")
+    for s, r in info["labelled"].items():
+        t.add_row(s, *[f"{r[k]:,}" for k in ("items", "teacher", "teacher_undecided", "human", "unlabelled")])
+    out.print(t)
+
+    if info["label_sources"] or info["teacher_answers"]:
+        t = Table(title="labels by source")
+        for c in ("source", "status", "labels"):
+            t.add_column(c, justify="right" if c == "labels" else "left")
+        for r in info["label_sources"]:
+            t.add_row(r["source"], r["status"], f"{r['n']:,}")
+        out.print(t)
+        t = Table(title="teacher answers by model")
+        for c in ("model", "answers", "ok", "failed", "cost USD"):
+            t.add_column(c, justify="left" if c == "model" else "right")
+        for r in info["teacher_answers"]:
+            t.add_row(r["model"], f"{r['answers']:,}", f"{r['ok']:,}", f"{r['failed']:,}", f"{r['cost_usd']:.4f}")
+        out.print(t)
+
+
+@data.command("info")
+@click.argument("dataset", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout instead of tables.")
+@pass_ctx
+def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
+    """Counts for DATASET (default: every dataset): by split x source split, by gold label, by labelled status
+    (teacher / human label present) and by label source."""
+    try:
+        ws = ctx.workspace(create=False)
+    except (FileNotFoundError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    with ws.store(readonly=True) as store:
+        names = [dataset] if dataset else store.dataset_names()
+        try:
+            infos = [dataset_info(store, n) for n in names]
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps({i["dataset"]: i for i in infos}, indent=2))
+        return
+    if not infos:
+        console.print("no datasets yet: run `flywheel data add fashion-mnist` (see `flywheel data add --help`)")
+        return
+    out = Console()
+    for i in infos:
+        _print_info(out, i)
+
+
+# -- check -------------------------------------------------------------------------------------------------------
+
+
+@data.command("check", epilog="\b\nExamples:\n"
+              "  flywheel data check spam-assassin            # report duplicates that cross splits (exit 1 if any)\n"
+              "  flywheel data check spam-assassin --repair   # move them into one split, while nothing is labelled\n\n"
+              "Identical items -- same content hash, or for text the same text after casefolding and collapsing "
+              "whitespace -- must share a split, else a test item can be trained on. Imports keep them together; "
+              "this checks workspaces split before that. A repair moves each group into the most held-out split it "
+              "touches (test, val, calib, stream, train), and is refused once those splits have labels.")
+@click.argument("dataset")
+@click.option("--repair", is_flag=True, help="Move cross-split duplicates into one split (refused once labelled).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@pass_ctx
+def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
+    """Report items of DATASET that repeat another item in a different split; --repair moves them together."""
+    from llm_flywheel.pipeline.splits import SplitRepairError, check_duplicates, repair_duplicates
+
+    try:
+        ws = ctx.workspace(create=False)
+        with ws.store() as store:
+            rep = repair_duplicates(store, dataset) if repair else check_duplicates(store, dataset)
+    except (FileNotFoundError, StoreError, SplitRepairError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        console.print(f"[bold]{dataset}[/]: {rep.duplicate_items:,} items repeat another ({rep.groups:,} groups); "
+                      f"{rep.cross_split_groups:,} groups cross splits ({rep.cross_split_items:,} items to move)",
+                      highlight=False)
+        for k, v in rep.by_splits.items():
+            console.print(f"  {k}: {v:,} groups", highlight=False)
+        for ex in rep.examples:
+            console.print(f"  e.g. items {ex['item_ids']} in {ex['splits']} -> {ex['to']}", highlight=False)
+        if rep.repaired:
+            console.print(f"[green]repaired[/]: moved {len(rep.moves):,} items; every duplicate group now shares one split")
+    if rep.cross_split_groups and not rep.repaired:
+        raise FlywheelExit(f"{rep.cross_split_groups} duplicate group(s) of {dataset} cross splits; run "
+                           f"`flywheel data check {dataset} --repair` before labelling", ExitCode.ERROR)

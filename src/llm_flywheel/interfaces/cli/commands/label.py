@@ -1,0 +1,181 @@
+"""`flywheel label`: k-pass teacher labelling with cache, resume, rate limit and budget."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from llm_flywheel.interfaces.cli import EXIT_CODES_HELP, Ctx, ExitCode, config_error, console, label_exit_code, no_progress_option, pass_ctx, progress_enabled
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items, plan
+from llm_flywheel.store.base import StoreError
+from llm_flywheel.core.task import Task
+from llm_flywheel.teachers.openai_compat import TeacherConfigError
+from llm_flywheel.teachers.registry import parse_spec, teacher_from_spec
+
+DEFAULT_TEACHER = "openrouter:google/gemini-2.5-flash"
+
+
+def _ids(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(x) for x in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give item ids separated by commas, e.g. 1,2,3") from None
+
+
+def _money(v: Any) -> str:
+    return "unknown" if v is None else f"${v:,.4f}"
+
+
+@click.command(
+    epilog="\b\nTeacher specs:\n"
+    "  openrouter:google/gemini-2.5-flash   (key in $OPENROUTER_API_KEY; the default)\n"
+    "  openai:gpt-4o-mini                   (key in $OPENAI_API_KEY)\n"
+    "  gemini:gemini-2.5-flash              (key in $GEMINI_API_KEY)\n"
+    "  ollama:llama3.2-vision | vllm:MODEL | llamacpp:MODEL   (local, no key)\n"
+    "  http://127.0.0.1:8111/v1|simulated/fashion-mnist-teacher   (any OpenAI-compatible URL,\n"
+    "                                       e.g. `flywheel teacher simulate`)\n\n"
+    "\b\nExamples:\n"
+    "  flywheel label fashion-mnist --limit 1500 --plan\n"
+    "  flywheel label fashion-mnist --limit 1500 --budget-usd 0.50 --concurrency 32\n\n"
+    "Every answer is stored before it is used: re-running makes no new calls, a killed run resumes, failed calls "
+    "(network, unparseable) are retried on the next run. Disagreeing passes get a tie-break pass and are queued "
+    "for `flywheel review export`.\n\n" + EXIT_CODES_HELP,
+)
+@click.argument("dataset")
+@click.option("--split", default="train", show_default=True,
+              help="Which split to label (train is the pool the student learns from); 'all' for every item.")
+@click.option("--limit", type=int, help="Label the first N items of the split (by id).")
+@click.option("--ids", help="Label exactly these item ids (comma separated) instead of a split.")
+@click.option("--teacher", "spec", default=DEFAULT_TEACHER, show_default=True, help="Teacher spec (see below).")
+@click.option("--api-key-env", default=None,
+              help="Environment variable holding the API key (default: the provider's, e.g. OPENROUTER_API_KEY).")
+@click.option("--passes", type=int, default=2, show_default=True, help="Diverse passes per item (k).")
+@click.option("--no-tie-break", is_flag=True, help="Do not ask an extra pass where the passes disagree.")
+@click.option("--concurrency", type=int, default=16, show_default=True, help="Calls in flight at once.")
+@click.option("--rpm", type=float, help="At most this many requests per minute.")
+@click.option("--budget-usd", type=float, help="Stop before spending more than this (USD).")
+@click.option("--max-calls", type=int, help="Stop before making more than this many calls.")
+@click.option("--timeout", type=float, default=None,
+              help="Cap on seconds per request [default: adaptive -- 4 x the p95 of measured latency, at least 30 s, "
+                   "at most 300 s].")
+@click.option("--max-retries", type=int, default=5, show_default=True,
+              help="Retries per call on 429 / 5xx / timeouts / dropped connections. Never on other 4xx; a refused "
+                   "connection, an unknown host, 401/403 or 404 stops the run instead (see exit codes).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print calls needed and estimated cost; make no call.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@no_progress_option
+@pass_ctx
+def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
+          passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
+          max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, as_json: bool,
+          no_progress: bool) -> None:
+    """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
+    try:
+        parse_spec(spec)  # a typo in the spec is reported before anything else
+    except TeacherConfigError as e:
+        raise config_error(str(e)) from None
+    ws = ctx.workspace(create=False)
+    item_ids = _ids(ids)
+    store = ws.store()
+    try:
+        try:
+            task = Task.from_json(store.dataset_task_json(dataset))
+        except StoreError as e:
+            raise config_error(str(e)) from None
+        if item_ids is None:
+            items = store.items(dataset, split=None if split == "all" else split, limit=limit)
+            if not items:
+                raise click.ClickException(
+                    f"no items in dataset {dataset!r} split {split!r} (splits are made by `flywheel data add`; "
+                    f"use --split all to ignore them)")
+            item_ids = [it.id for it in items]
+    finally:
+        store.close()
+    try:
+        cfg = LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
+                          max_calls=max_calls, tie_break=not no_tie_break)
+        teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
+    except (ValueError, TeacherConfigError) as e:
+        raise config_error(str(e)) from None
+    if teacher.is_simulated:
+        console.print("[bold yellow]SIMULATED teacher[/]: answers come from gold labels through an error model, "
+                      "not from an LLM.")
+    try:
+        p = plan(ws, dataset, item_ids, teacher, cfg)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    _print_plan(p)
+    if plan_only:
+        if as_json:
+            click.echo(json.dumps(p, indent=2, default=str))
+        return
+    try:
+        res = label_items(ws, dataset, item_ids, teacher, cfg, progress=progress_enabled(no_progress))
+    except TeacherConfigError as e:
+        raise config_error(str(e)) from None
+    t = Table(title=f"labelling {dataset} with {teacher.display_name}")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in [("items", res.items), ("calls made", res.calls_made), ("answers reused from cache", res.answers_cached),
+                 ("tie-break calls", res.tie_break_calls), ("cost", _money(res.cost_usd)),
+                 ("labelled (agreed / tie-broken / single)", f"{res.labelled} ({res.agreed} / {res.tie_broken} / {res.single})"),
+                 ("disagreed (no majority, queued)", res.disagreed), ("queued for review", res.queued_for_review),
+                 ("failed calls (re-asked once; still failing -> next run)", res.failed), ("off-list answers", res.off_list),
+                 ("no answer yet", res.unlabelled), ("elapsed", f"{res.elapsed_s:.1f}s")]:
+        t.add_row(k, str(v))
+    console.print(t)
+    if res.errors:
+        console.print("errors by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(res.errors.items())))
+    code = label_exit_code(res)
+    if res.stopped_reason:
+        why = getattr(res, "stopped_message", None) or res.stopped_reason
+        tail = "" if "re-run" in str(why).lower() else " Re-run to continue; nothing is asked twice."
+        console.print(f"[bold red]stopped early[/]: {str(why).rstrip('.')}.{tail}")
+    elif code == ExitCode.INCOMPLETE:
+        console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
+                      f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
+    _print_quality(ws, dataset, teacher.model)
+    if as_json:
+        click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
+    if code:
+        raise SystemExit(int(code))
+
+
+def _print_quality(ws: Any, dataset: str, model: str) -> None:
+    """Where gold labels exist, measure the teacher right away (stored as a teacher_quality report)."""
+    from llm_flywheel.pipeline.quality import teacher_quality
+
+    try:
+        q = teacher_quality(ws, dataset, model=model)
+    except ValueError:
+        return
+    if not q["n"]:
+        return
+    lo, hi = q["ci95"]
+    sim = " [SIMULATED: a parameter of the error model]" if q["simulated"] else ""
+    console.print(f"teacher vs gold: per-answer accuracy {q['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={q['n']}), "
+                  f"ECE {q['ece']:.3f}{sim}; details: `flywheel teacher quality {dataset}`")
+
+
+def _print_plan(p: dict[str, Any]) -> None:
+    t = Table(title=f"plan: {p['dataset']} with {p['model']}" + (" (SIMULATED)" if p["simulated"] else ""))
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    rows = [("items", p["items"]), ("passes", p["passes"]), ("calls already cached", p["calls_cached"]),
+            ("calls needed", p["calls_needed"]),
+            ("tie-break calls (expected / at most)", f"{p['tie_break_calls_expected']} / {p['tie_break_calls_max']}"),
+            ("estimated cost per call", f"{_money(p['est_cost_per_call_usd'])} ({p['price_source']})"),
+            ("estimated cost (expected / at most)", f"{_money(p['est_cost_usd'])} / {_money(p['est_cost_usd_max'])}"),
+            ("estimated tokens in / out", f"{p['est_tokens_in']:,} / {p['est_tokens_out']:,}")]
+    if p["budget_usd"] is not None:
+        rows.append(("budget", f"${p['budget_usd']:g}" + ("" if p["fits_budget"] in (None, True) else " (will stop early)")))
+    if p["max_calls"] is not None:
+        rows.append(("call cap", p["max_calls"]))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)

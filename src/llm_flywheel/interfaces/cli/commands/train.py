@@ -1,0 +1,175 @@
+"""`flywheel train` and `flywheel evaluate`."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from llm_flywheel.interfaces.cli import Ctx, console, no_progress_option, pass_ctx, progress_enabled
+from llm_flywheel.core.stats import pct
+from llm_flywheel.store.base import StoreError
+from llm_flywheel.students.base import StudentError
+from llm_flywheel.students.registry import STUDENT_KINDS
+
+
+def _ci(d: dict | None) -> str:
+    if not d:
+        return "-"
+    lo, hi = d["ci95"]
+    return f"{100 * d['accuracy']:.1f}%  [{100 * lo:.1f}, {100 * hi:.1f}]  n={d['n']}"
+
+
+def _pt(diff: float, ci: list[float]) -> str:
+    """An accuracy difference in points with its 95 % CI."""
+    return f"{100 * diff:+.1f} pt [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--kind", "-k", type=click.Choice(sorted(STUDENT_KINDS)), default=None,
+              help="Student kind (default: image-cnn for images, text-minilm for text, tabular-hgb for tables).")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping on the val split may stop sooner).")
+@click.option("--no-soft", is_flag=True, help="Train on hard consensus labels instead of the teacher's pass distribution.")
+@click.option("--no-weights", is_flag=True, help="Do not weight items by label quality (pass agreement x confidence).")
+@click.option("--val-labels", type=click.Choice(["auto", "store", "gold", "holdout"]), default="auto", show_default=True,
+              help="Validation labels for early stopping: the val split's labels (auto falls back to a 10% train holdout), "
+                   "or the val split's gold labels (gold; recorded in the metrics).")
+@click.option("--size", type=int, default=None, help="Image students: input resolution in pixels.")
+@click.option("--lr", type=float, default=None, help="Learning rate.")
+@click.option("--batch-size", type=int, default=None, help="Batch size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (training is deterministic per seed).")
+@click.option("--label-issues", is_flag=True,
+              help="Instead of training: find likely label errors with k-fold out-of-fold probabilities + cleanlab "
+                   "and add them to the review queue.")
+@click.option("--folds", type=int, default=5, show_default=True, help="Folds for --label-issues.")
+@no_progress_option
+@pass_ctx
+def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft: bool, no_weights: bool, val_labels: str,
+          size: int | None, lr: float | None, batch_size: int | None, seed: int, label_issues: bool, folds: int,
+          no_progress: bool) -> None:
+    """Train a student on DATASET's labelled train split; saves weights, meta.json and model.onnx as a new version.
+
+    Labels are the teacher's consensus (human corrections outrank it); by default the student learns the teacher's
+    pass distribution (soft targets) weighted by label quality, and the epoch is chosen on the val split only.
+    """
+    ws = ctx.workspace()
+    hp = {k: v for k, v in {"size": size, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    try:
+        if label_issues:
+            from llm_flywheel.pipeline.noise import find_label_issues
+
+            if epochs is not None:
+                hp["epochs"] = epochs
+            console.print(f"finding label issues in [bold]{dataset}[/] with {folds}-fold out-of-fold probabilities ...")
+            ids = find_label_issues(ws, dataset, kind=kind, folds=folds, queue=True, seed=seed,
+                                    progress=progress_enabled(no_progress), **hp)
+            store = ws.store()
+            try:
+                rep = store.latest_report("label_issues", dataset) or {}
+            finally:
+                store.close()
+            t = Table(title=f"label issues in {dataset}")
+            t.add_column("flagged")
+            t.add_column("of")
+            t.add_column("queued")
+            t.add_column("precision vs gold")
+            t.add_column("base error rate")
+            g = rep.get("gold_check") or {}
+            t.add_row(str(len(ids)), str(rep.get("n")), str(rep.get("queued", 0)), pct(g.get("precision")),
+                      pct(g.get("label_error_rate")))
+            console.print(t)
+            console.print(f"method: {rep.get('method')}; review them with `flywheel review`")
+            return
+        from llm_flywheel.pipeline.training import train_student
+
+        tm = train_student(ws, dataset, kind=kind, soft=not no_soft, weight_by_quality=not no_weights, seed=seed,
+                           epochs=epochs, val_labels=val_labels, progress=progress_enabled(no_progress), **hp)
+    except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    m = tm.metrics
+    # say against what the val number is measured: teacher labels are not the truth
+    val_name = {"gold": "accuracy on gold val labels", "holdout": "agreement with teacher labels (10 % train holdout)"
+                }.get(str(m.get("val_labels")), "agreement with teacher labels on val")
+    t = Table(title=f"trained {tm.version}")
+    t.add_column("metric")
+    t.add_column("value")
+    for key, val in (
+        ("kind", tm.student.kind), (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
+        ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
+        ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
+        ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
+        ("pretrained", m.get("pretrained") or "no"), ("ONNX max |diff|", m.get("onnx_max_abs_diff")),
+        ("saved to", str(tm.path)),
+    ):
+        t.add_row(key, str(val))
+    console.print(t)
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--version", "-V", "version", default=None, help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
+@click.option("--split", default="test", show_default=True,
+              type=click.Choice(["test", "val", "calib", "stream", "train"]), help="Split whose gold labels score the model.")
+@click.option("--ceiling", is_flag=True,
+              help="Also train the same student on the same items with GOLD labels and show it beside (the cost of teacher noise).")
+@click.option("--runtime", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+              help="Runtime used for predictions.")
+@click.option("--out", "out_dir", type=click.Path(), default=None, help="Folder for evaluation.json and the PNGs.")
+@no_progress_option
+@pass_ctx
+def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: bool, runtime: str, out_dir: str | None,
+             no_progress: bool) -> None:
+    """Score a model on a split's gold labels: accuracy with 95% CI, per-class P/R/F1, confusion matrix and
+    reliability PNGs, ECE -- beside the teacher's own accuracy and (with --ceiling) the gold-label ceiling."""
+    from pathlib import Path
+
+    from llm_flywheel.pipeline.evaluation import evaluate as run_eval
+    from llm_flywheel.pipeline.training import serving_version
+
+    ws = ctx.workspace()
+    try:
+        if version is None:
+            store = ws.store()
+            try:
+                version = serving_version(store, dataset)
+            finally:
+                store.close()
+        rep = run_eval(ws, dataset, version, split=split, ceiling=ceiling, runtime=runtime,
+                       out_dir=Path(out_dir) if out_dir else None, progress=progress_enabled(no_progress))
+    except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    t = Table(title=f"{version} on {dataset}/{split} (gold labels)")
+    t.add_column("who")
+    t.add_column("accuracy  [95% CI]")
+    t.add_column("note")
+    s = rep["student"]
+    ece = f"ECE {s['ece']:.3f}"
+    if s.get("ece_after_temperature") is not None:
+        ece += f"; after T = {s['temperature']:.2f} (calib): {s['ece_after_temperature']:.3f}"
+    t.add_row(f"student ({rep['kind']}, {runtime})", _ci(s), ece)
+    for name, te, note in (("teacher (consensus)", rep.get("teacher_on_split"), ""),
+                           ("teacher (single call)", rep.get("teacher_single_call_on_split"), "pass 0; ")):
+        if not te:
+            if name == "teacher (consensus)":
+                t.add_row(name, "-", "the teacher labelled no items of this split")
+            continue
+        note += f"coverage {pct(te['coverage'])}"
+        if "student_minus_teacher" in te:
+            note += f"; student - teacher {_pt(te['student_minus_teacher'], te['diff_ci95'])}"
+        t.add_row(name, _ci(te), note)
+    if rep.get("training_label_accuracy"):
+        t.add_row("teacher labels the student learned from", _ci(rep["training_label_accuracy"]), "train split, vs gold")
+    c = rep.get("ceiling")
+    if c:
+        t.add_row("gold-label ceiling", _ci(c), f"student - ceiling {_pt(c['student_minus_ceiling'], c['diff_ci95'])}")
+    console.print(t)
+    pc = Table(title="per class")
+    for col in ("label", "precision", "recall", "F1", "support"):
+        pc.add_column(col)
+    for r in rep["per_class"]:
+        pc.add_row(r["label"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", str(r["support"]))
+    console.print(pc)
+    if rep.get("reliability_after_temperature_png"):
+        console.print(f"reliability after temperature: {rep['reliability_after_temperature_png']}")
+    console.print(f"confusion matrix: {rep['confusion_png']}\nreliability plot: {rep['reliability_png']}\n"
+                  f"report: {rep['json']}")

