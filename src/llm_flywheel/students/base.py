@@ -89,7 +89,7 @@ def predict_in_batches(student: "Student", items: Sequence[Item], batch_size: in
 
 def version_info() -> dict[str, str]:
     """Library versions written into every model's meta.json (what produced these weights)."""
-    from llm_flywheel import __version__
+    from llm_flywheel._version import __version__
 
     info = {"llm_flywheel": __version__, "python": platform.python_version(), "numpy": np.__version__}
     try:

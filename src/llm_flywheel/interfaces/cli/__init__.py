@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from llm_flywheel import __version__
+from llm_flywheel._version import __version__
 from llm_flywheel.store.workspace import Workspace
 
 console = Console(stderr=True)

@@ -1,0 +1,124 @@
+"""The layering is enforced, not just described.
+
+- imports: ``interfaces > pipeline > teachers, students, data > store > core`` and a pure core (the contracts are in
+  pyproject.toml, checked by import-linter);
+- SQL lives only in ``llm_flywheel/store``;
+- no module over 400 lines and no function over 80 lines unless its docstring says why ("Long because ...").
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "llm_flywheel"
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+REASON = "Long because"
+
+# An SQL statement inside a string literal: a keyword followed by the shape of a statement.
+SQL = re.compile(
+    r"\b(SELECT\s+[\w*(]|INSERT\s+(OR\s+\w+\s+)?INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b|CREATE\s+(TABLE|INDEX|TRIGGER)\b"
+    r"|ALTER\s+TABLE\b|PRAGMA\s+\w+)",
+    re.IGNORECASE,
+)
+
+
+def _modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _lint_imports() -> tuple[int, str]:
+    exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("import-linter is not installed: `pip install -e .[test]`")
+    proc = subprocess.run([exe, str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_import_layers_hold():
+    rc, out = _lint_imports()
+    assert rc == 0, out[-4000:]
+
+
+def test_import_linter_sees_a_violation(tmp_path):
+    """The contract test can fail: a core module that imports the store breaks it."""
+    bad = SRC / "core" / "_architecture_probe.py"
+    bad.write_text("from llm_flywheel.store import Store  # deliberately wrong\n")
+    try:
+        rc, out = _lint_imports()
+    finally:
+        bad.unlink()
+    assert rc != 0 and "_architecture_probe" in out
+
+
+def _string_literals(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = getattr(node, "body", [])
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            out.append((node.lineno, node.value))
+    return out
+
+
+def sql_outside_store() -> list[str]:
+    hits = []
+    for path in _modules():
+        if (SRC / "store") in path.parents:
+            continue
+        for line, text in _string_literals(path):
+            if SQL.search(text):
+                hits.append(f"{path.relative_to(ROOT)}:{line}: {text.strip()[:70]!r}")
+    return hits
+
+
+def test_no_sql_outside_the_store():
+    hits = sql_outside_store()
+    assert not hits, "SQL outside llm_flywheel/store (add a named Store method instead):\n" + "\n".join(hits)
+
+
+def test_sql_detector_finds_sql():
+    found = [s for s in ("SELECT id FROM items", "INSERT OR IGNORE INTO x", "UPDATE items SET split=?",
+                         "DELETE FROM cascade_log", "PRAGMA user_version") if SQL.search(s)]
+    missed = [s for s in ("select a model", "update the report", "Selected 3 items") if SQL.search(s)]
+    assert len(found) == 5 and not missed
+
+
+def _has_reason(node: ast.AST) -> bool:
+    doc = ast.get_docstring(node) or ""
+    return REASON.lower() in doc.lower()
+
+
+def oversized() -> list[str]:
+    out = []
+    for path in _modules():
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        n = len(text.splitlines())
+        if n > MAX_MODULE_LINES and not _has_reason(tree):
+            out.append(f"{path.relative_to(ROOT)}: {n} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and not _has_reason(node):
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}() {length} lines")
+    return out
+
+
+def test_modules_and_functions_stay_small():
+    found = oversized()
+    assert not found, (f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function without a "
+                       f"'{REASON} ...' docstring:\n" + "\n".join(found))
