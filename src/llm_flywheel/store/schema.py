@@ -181,6 +181,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (base_url, model)
     );
     """,
+    # v4 -- serving (issue 11): a teacher answer bought for a served input that is not a store item is stored
+    # before it is used, keyed like the teacher_answers cache, so no process pays twice for the same content;
+    # cascade_log.collected_at marks the rows the wheel has read as feedback, so retention never deletes the others
+    """
+    CREATE TABLE served_teacher_answers(
+        content_hash    TEXT NOT NULL,
+        model           TEXT NOT NULL,
+        prompt_version  TEXT NOT NULL,
+        label           TEXT,               -- as answered (may be off-list: final all the same)
+        confidence      REAL,
+        tokens_in       INTEGER,
+        tokens_out      INTEGER,
+        cost_usd        REAL,
+        latency_s       REAL,
+        created_at      REAL NOT NULL,
+        PRIMARY KEY (content_hash, model, prompt_version)
+    );
+    ALTER TABLE cascade_log ADD COLUMN collected_at REAL;
+    """,
 ]
 
 MODEL_ROLES = ("student", "reference")
