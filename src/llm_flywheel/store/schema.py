@@ -200,6 +200,44 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE cascade_log ADD COLUMN collected_at REAL;
     """,
+    # v5 -- Batch API labelling (issue 12.4): every submission is recorded BEFORE it is sent (its own id travels to
+    # the provider as batch metadata) and the (item, pass) each line covers, so a run killed after submitting
+    # finds its batch again instead of paying for the same lines twice
+    """
+    CREATE TABLE teacher_batches(
+        id              INTEGER PRIMARY KEY,
+        submission      TEXT NOT NULL UNIQUE,  -- our id, sent as metadata: finds a batch created just before a kill
+        dataset         TEXT NOT NULL,
+        base_url        TEXT NOT NULL,
+        model           TEXT NOT NULL,
+        prompt_version  TEXT NOT NULL,
+        input_file_id   TEXT,                  -- the uploaded JSONL (NULL until uploaded)
+        batch_id        TEXT,                  -- the provider's batch id (NULL until created)
+        status          TEXT NOT NULL,         -- prepared | uploaded | the provider's status | collected
+        output_file_id  TEXT,
+        error_file_id   TEXT,
+        n_lines         INTEGER NOT NULL,
+        reserved_usd    REAL,                  -- what the budget set aside for it at submit time
+        cost_usd        REAL,                  -- what its collected answers cost (batch price)
+        price_ratio     REAL NOT NULL,         -- batch price / online price used where the provider reports no cost
+        detail          TEXT,                  -- the provider's errors for a failed / expired batch
+        run_id          INTEGER,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        collected_at    REAL                   -- NULL while its answers are still to be fetched
+    );
+    CREATE INDEX teacher_batches_open ON teacher_batches(model, prompt_version, collected_at);
+    CREATE TABLE teacher_batch_lines(
+        batch           INTEGER NOT NULL REFERENCES teacher_batches(id),
+        custom_id       TEXT NOT NULL,
+        item_id         INTEGER NOT NULL REFERENCES items(id),
+        content_hash    TEXT NOT NULL,
+        pass_index      INTEGER NOT NULL,
+        answer_id       INTEGER,               -- the teacher_answers row it produced, once collected
+        PRIMARY KEY (batch, custom_id)
+    );
+    CREATE INDEX teacher_batch_lines_key ON teacher_batch_lines(content_hash, pass_index);
+    """,
 ]
 
 MODEL_ROLES = ("student", "reference")
