@@ -18,6 +18,7 @@ from typing import Any
 
 from llm_flywheel.store.answers import AnswerQueries
 from llm_flywheel.store.items import ItemQueries
+from llm_flywheel.store.ledger import LedgerQueries
 from llm_flywheel.store.models import ModelQueries
 from llm_flywheel.store.records import Item, StoreError
 from llm_flywheel.store.review import ReviewQueries
@@ -37,7 +38,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-class Store(ItemQueries, AnswerQueries, ModelQueries, ReviewQueries):
+class Store(ItemQueries, AnswerQueries, LedgerQueries, ModelQueries, ReviewQueries):
     """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:

@@ -1,0 +1,190 @@
+"""Cost model arithmetic (pure): what 1,000 items cost with the teacher everywhere vs the cascade, when
+distillation pays, and what the wheel spent until its cascade first matched the teacher.
+
+Why measured inputs only: the seed's "10x cheaper" was its own assumed 10 % escalation rate.  Here the teacher's
+cost per call is the mean of the recorded costs, the cascade's teacher fraction is what the stream actually
+deferred, and the student's compute cost comes from its *measured* end-to-end throughput at an assumed,
+configurable price of CPU time.  The only assumption is that price, and every report prints it.  The inputs are
+read from the store by ``pipeline.cost``; this module only does arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_CPU_USD_PER_HOUR = 0.09
+"""Assumed price of the serving machine (about a 2-vCPU on-demand cloud instance).  Configurable everywhere."""
+
+
+@dataclass(frozen=True)
+class CostInputs:
+    """Everything the comparison needs; all but ``cpu_usd_per_hour`` are measured."""
+
+    teacher_cost_per_call: float  # USD, mean over recorded calls
+    student_items_per_s: float  # end-to-end on the serving machine
+    teacher_fraction: float  # share of items the cascade sends to the teacher (steady state)
+    labelling_spend_usd: float = 0.0  # everything paid to the teacher to build the student so far
+    cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR
+    teacher_calls_per_item: int = 1  # passes when serving (the cascade asks once)
+
+
+def student_cost_per_item(items_per_s: float, cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR) -> float:
+    """USD of machine time per item at the measured throughput (the whole machine is billed while it works)."""
+    if items_per_s <= 0 or not math.isfinite(items_per_s):
+        raise ValueError(f"student throughput must be a positive number of items/s, got {items_per_s!r}")
+    if cpu_usd_per_hour < 0:
+        raise ValueError(f"cpu_usd_per_hour must be >= 0, got {cpu_usd_per_hour!r}")
+    return cpu_usd_per_hour / 3600.0 / items_per_s
+
+
+def cost_per_1k_teacher_only(teacher_cost_per_call: float, calls_per_item: int = 1) -> float:
+    """Teacher everywhere: every item costs one (or ``calls_per_item``) teacher call."""
+    if teacher_cost_per_call < 0:
+        raise ValueError(f"teacher cost per call must be >= 0, got {teacher_cost_per_call!r}")
+    return 1000.0 * teacher_cost_per_call * calls_per_item
+
+
+def cost_per_1k_cascade(
+    teacher_cost_per_call: float,
+    teacher_fraction: float,
+    student_items_per_s: float,
+    *,
+    cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR,
+    calls_per_item: int = 1,
+) -> float:
+    """Cascade: the student sees every item; the deferred fraction also pays a teacher call."""
+    if not 0.0 <= teacher_fraction <= 1.0:
+        raise ValueError(f"teacher fraction must be in [0, 1], got {teacher_fraction!r}")
+    per_item = teacher_fraction * teacher_cost_per_call * calls_per_item + student_cost_per_item(
+        student_items_per_s, cpu_usd_per_hour
+    )
+    return 1000.0 * per_item
+
+
+def breakeven_items(labelling_spend_usd: float, saving_per_item_usd: float) -> float | None:
+    """Items to serve before the saving per item has paid back the labelling spend.
+
+    ``None`` when the cascade saves nothing per item (it never pays back); 0 when nothing was spent.
+    """
+    if labelling_spend_usd <= 0:
+        return 0.0
+    if saving_per_item_usd <= 0:
+        return None
+    return labelling_spend_usd / saving_per_item_usd
+
+
+def compare(inputs: CostInputs) -> dict[str, Any]:
+    """The full comparison as a JSON-able dict (the report's cost section)."""
+    teacher_1k = cost_per_1k_teacher_only(inputs.teacher_cost_per_call, inputs.teacher_calls_per_item)
+    cascade_1k = cost_per_1k_cascade(
+        inputs.teacher_cost_per_call,
+        inputs.teacher_fraction,
+        inputs.student_items_per_s,
+        cpu_usd_per_hour=inputs.cpu_usd_per_hour,
+        calls_per_item=inputs.teacher_calls_per_item,
+    )
+    saving = (teacher_1k - cascade_1k) / 1000.0
+    be = breakeven_items(inputs.labelling_spend_usd, saving)
+    na: dict[str, str] = {}  # figures that cannot be computed, and why: shown as "n/a: ...", never as 0.0x / 0 items
+    if teacher_1k <= 0:
+        na["cost_ratio"] = "n/a: the teacher costs nothing per call as measured (no token price, no latency price)"
+        na["breakeven_items"] = na["cost_ratio"]
+        be = None
+    elif cascade_1k <= 0:
+        na["cost_ratio"] = "n/a: the cascade costs nothing per item as measured"
+    elif be is None:
+        na["breakeven_items"] = "never: the cascade saves nothing per item at this teacher fraction"
+    elif inputs.labelling_spend_usd <= 0:
+        na["breakeven_items"] = "n/a: nothing was spent on teacher labels"
+        be = None
+    return {
+        **asdict(inputs),
+        "student_cost_per_1k": 1000.0 * student_cost_per_item(inputs.student_items_per_s, inputs.cpu_usd_per_hour),
+        "cost_per_1k_teacher_only": teacher_1k,
+        "cost_per_1k_cascade": cascade_1k,
+        "cost_ratio": (teacher_1k / cascade_1k) if cascade_1k > 0 else None,
+        "saving_per_item": saving,
+        "breakeven_items": be,
+        "not_available": na,
+    }
+
+
+def teacher_price(stats: dict[str, Any], usd_per_hour: float) -> tuple[float | None, str]:
+    """USD per teacher call and where it comes from.
+
+    A provider that reports tokens is priced by them.  A teacher with no token price (a local server: llama.cpp,
+    vLLM, Ollama) is not free -- it is priced by its measured mean latency x ``usd_per_hour`` for the machine it
+    runs on (an assumption, printed).  ``None`` when neither is known.
+    """
+    if stats.get("priced") and (stats.get("mean_cost_per_call") or 0) > 0:
+        return float(stats["mean_cost_per_call"]), f"mean of {stats.get('ok_calls', 0):,} recorded calls (token prices)"
+    lat = stats.get("mean_latency_s")
+    if lat:
+        return (float(lat) * usd_per_hour / 3600.0,
+                f"no token price: measured mean latency {lat:.2f} s x ${usd_per_hour:g}/h assumed for the teacher's machine")
+    return None, "the teacher reports no token price and no latency was measured: its cost is unknown"
+
+
+@dataclass
+class Spend:
+    """Teacher calls and USD recorded in the ledger between two snapshots (one stage's spend)."""
+
+    calls: int = 0
+    usd: float = 0.0
+
+    def __add__(self, other: "Spend") -> "Spend":
+        return Spend(self.calls + other.calls, self.usd + other.usd)
+
+    def __sub__(self, other: "Spend") -> "Spend":
+        return Spend(self.calls - other.calls, self.usd - other.usd)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"calls": self.calls, "usd": self.usd}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "Spend":
+        d = d or {}
+        return cls(int(d.get("calls") or 0), float(d.get("usd") or 0.0))
+
+
+@dataclass(frozen=True)
+class ParityPoint:
+    """One measurement of the cascade on the way: the teacher spend until then and the accuracy it had."""
+
+    round: int
+    spend_usd: float  # cumulative teacher spend (labelling, stream deferrals, audits) up to this measurement
+    calls: int
+    accuracy: float | None
+    accuracy_ci: Sequence[float] | None = None
+
+
+def spend_to_parity(points: Sequence[ParityPoint], teacher_accuracy: float | None,
+                    teacher_accuracy_ci: Sequence[float] | None = None) -> dict[str, Any]:
+    """The first point where the cascade's accuracy reached the teacher's single-call accuracy, and what it cost.
+
+    ``reached`` is the point-estimate rule (cascade >= teacher); ``significant`` adds that the cascade's interval
+    lies above the teacher's point estimate (its lower end >= the teacher's accuracy).  Both measurements must be
+    against the same reference (gold where it exists).  ``None`` fields with a ``note`` when parity was not reached.
+    """
+    out: dict[str, Any] = {"teacher_accuracy": teacher_accuracy, "teacher_accuracy_ci": teacher_accuracy_ci,
+                           "curve": [asdict(p) for p in points], "round": None, "spend_usd": None, "calls": None,
+                           "cascade_accuracy": None, "cascade_accuracy_ci": None, "significant_round": None}
+    if teacher_accuracy is None:
+        out["note"] = "n/a: the teacher's single-call accuracy was not measured (no gold labels on val/calib)"
+        return out
+    for p in points:
+        if p.accuracy is None:
+            continue
+        if out["round"] is None and p.accuracy >= teacher_accuracy:
+            out.update(round=p.round, spend_usd=p.spend_usd, calls=p.calls, cascade_accuracy=p.accuracy,
+                       cascade_accuracy_ci=list(p.accuracy_ci) if p.accuracy_ci else None)
+        if out["significant_round"] is None and p.accuracy_ci and p.accuracy_ci[0] >= teacher_accuracy:
+            out["significant_round"] = p.round
+    if out["round"] is None:
+        measured = [p for p in points if p.accuracy is not None]
+        out["note"] = ("not reached: the cascade stayed below the teacher's single call in every round"
+                       if measured else "n/a: the cascade was never measured (no gold labels on test)")
+    return out
