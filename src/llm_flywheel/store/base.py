@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.store.answers import AnswerQueries
+from llm_flywheel.store.batches import BatchQueries
 from llm_flywheel.store.items import ItemQueries
 from llm_flywheel.store.ledger import LedgerQueries
 from llm_flywheel.store.models import ModelQueries
@@ -38,7 +39,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-class Store(ItemQueries, AnswerQueries, LedgerQueries, ModelQueries, ReviewQueries):
+class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, ModelQueries, ReviewQueries):
     """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
