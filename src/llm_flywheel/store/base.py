@@ -23,6 +23,7 @@ from llm_flywheel.store.ledger import LedgerQueries
 from llm_flywheel.store.models import ModelQueries
 from llm_flywheel.store.records import Item, StoreError
 from llm_flywheel.store.review import ReviewQueries
+from llm_flywheel.store.serving import ServingQueries
 from llm_flywheel.store.schema import MIGRATIONS, MODEL_ROLES, SCHEMA_VERSION, SPLITS, _split_sql
 
 __all__ = ["MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Store", "StoreError", "connect"]
@@ -39,7 +40,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, ModelQueries, ReviewQueries):
+class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, ModelQueries, ReviewQueries, ServingQueries):
     """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:

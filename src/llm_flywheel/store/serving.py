@@ -1,0 +1,181 @@
+"""Serving: the cascade log, teacher answers bought for served inputs, and retention.
+
+Why here: every SQL statement lives in the store.  The cascade (``pipeline/cascade.py``) and the HTTP service
+(``interfaces/serve``) call these named methods; the wheel reads the same log as feedback (``pipeline/feedback.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+
+_CHUNK = 900  # SQLite's default limit on bound parameters is 999
+
+
+@dataclass(frozen=True)
+class CascadeLogRow:
+    """One answer of the cascade as written to ``cascade_log`` (the wheel's feedback)."""
+
+    ts: float
+    dataset: str | None
+    item_id: int | None
+    content_hash: str | None
+    source: str
+    label: str | None
+    confidence: float
+    student_label: str
+    student_confidence: float
+    teacher_label: str | None
+    model_version: str
+    threshold: float
+    latency_ms: float
+    round: int | None
+    origin: str
+    payload_ref: str | None
+
+
+@dataclass(frozen=True)
+class StoredTeacherAnswer:
+    """A final teacher answer already paid for: ``label`` may be off the task's list (final all the same)."""
+
+    label: str | None
+    confidence: float | None
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What one retention pass removed; ``kept_pending`` rows were old enough but not yet read by the wheel."""
+
+    rows_deleted: int
+    kept_pending: int
+    payload_refs_released: tuple[str, ...]
+
+
+# A row the wheel has not read yet: it belongs to a round (the wheel's own traffic, ``feedback.collect`` reads it
+# by round) and is not marked collected.  Served rows (no item, no round) are not read by the wheel from the log;
+# their saved input is the feedback, kept as long as the row is.
+_PENDING = "item_id IS NOT NULL AND round IS NOT NULL AND collected_at IS NULL"
+
+
+class ServingQueries:
+    """Mixed into :class:`llm_flywheel.store.Store`; uses its ``execute`` / ``query`` / ``transaction``."""
+
+    # -- cascade log ---------------------------------------------------------------------------------------
+    def log_cascade_rows(self, rows: Sequence[CascadeLogRow]) -> None:
+        """Append answers to ``cascade_log`` in one transaction."""
+        if not rows:
+            return
+        with self.transaction() as c:  # type: ignore[attr-defined]
+            c.executemany(
+                "INSERT INTO cascade_log(ts, dataset, item_id, content_hash, source, label, confidence, student_label, "
+                "student_confidence, teacher_label, model_version, threshold, latency_ms, round, origin, payload_ref) "
+                "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [astuple(r) for r in rows])
+
+    def mark_feedback_collected(self, dataset: str, round: int, origin: str = "run") -> int:
+        """Mark the log rows of one round as read by the wheel (``feedback.collect``), so retention may delete
+        them; returns how many rows were marked."""
+        cur = self.execute(  # type: ignore[attr-defined]
+            "UPDATE cascade_log SET collected_at=? WHERE dataset=? AND round=? AND origin=? AND collected_at IS NULL",
+            (time.time(), dataset, round, origin))
+        return int(cur.rowcount)
+
+    def cascade_log_size(self) -> int:
+        return int(self.query("SELECT COUNT(*) AS n FROM cascade_log")[0]["n"])  # type: ignore[attr-defined]
+
+    def prune_cascade_log(self, *, older_than: float | None, max_rows: int | None) -> RetentionResult:
+        """Delete log rows older than the timestamp ``older_than`` and then the oldest beyond ``max_rows`` --
+        never a row the wheel has not collected.  Returns the payload files no remaining row refers to."""
+        deleted = 0
+        with self.transaction() as c:  # type: ignore[attr-defined]
+            cand = "NOT (" + _PENDING + ")"
+            refs = set()
+            if older_than is not None:
+                refs |= {r[0] for r in c.execute(
+                    f"SELECT DISTINCT payload_ref FROM cascade_log WHERE ts < ? AND {cand} AND payload_ref IS NOT NULL",
+                    (older_than,))}
+                deleted += c.execute(f"DELETE FROM cascade_log WHERE ts < ? AND {cand}", (older_than,)).rowcount
+            if max_rows is not None:
+                n = int(c.execute("SELECT COUNT(*) FROM cascade_log").fetchone()[0])
+                excess = n - max_rows
+                if excess > 0:
+                    ids = [r[0] for r in c.execute(f"SELECT id FROM cascade_log WHERE {cand} ORDER BY id LIMIT ?",
+                                                   (excess,))]
+                    for s in range(0, len(ids), _CHUNK):
+                        chunk = ids[s : s + _CHUNK]
+                        marks = ",".join("?" * len(chunk))
+                        refs |= {r[0] for r in c.execute(
+                            f"SELECT DISTINCT payload_ref FROM cascade_log WHERE id IN ({marks}) "
+                            "AND payload_ref IS NOT NULL", chunk)}
+                        deleted += c.execute(f"DELETE FROM cascade_log WHERE id IN ({marks})", chunk).rowcount
+            still = {r[0] for r in c.execute("SELECT DISTINCT payload_ref FROM cascade_log WHERE payload_ref IS NOT NULL")}
+            pending = int(c.execute(f"SELECT COUNT(*) FROM cascade_log WHERE {_PENDING}"
+                                    + (" AND ts < ?" if older_than is not None else ""),
+                                    (older_than,) if older_than is not None else ()).fetchone()[0])
+        return RetentionResult(deleted, pending, tuple(sorted(refs - still)))
+
+    def payload_refs_in_use(self) -> dict[str, bool]:
+        """Every payload file the log refers to -> whether a row the wheel has not collected refers to it."""
+        out: dict[str, bool] = {}
+        for r in self.query(  # type: ignore[attr-defined]
+                f"SELECT payload_ref, MAX({_PENDING}) AS pending FROM cascade_log WHERE payload_ref IS NOT NULL "
+                "GROUP BY payload_ref"):
+            out[str(r["payload_ref"])] = bool(r["pending"])
+        return out
+
+    def release_payload_refs(self, refs: Sequence[str]) -> None:
+        """Forget saved inputs that retention deleted (the rows stay, with no payload)."""
+        with self.transaction() as c:  # type: ignore[attr-defined]
+            for s in range(0, len(refs), _CHUNK):
+                chunk = list(refs[s : s + _CHUNK])
+                c.execute(f"UPDATE cascade_log SET payload_ref=NULL WHERE payload_ref IN ({','.join('?' * len(chunk))})",
+                          chunk)
+
+    # -- teacher answers for the cascade -------------------------------------------------------------------
+    def teacher_labels_for(self, item_ids: Sequence[int], model: str | None) -> dict[int, tuple[str | None, float | None]]:
+        """item id -> (teacher label, quality) for items the teacher ``model`` (None: any) already labelled."""
+        out: dict[int, tuple[str | None, float | None]] = {}
+        ids = list(item_ids)
+        for s in range(0, len(ids), _CHUNK):
+            chunk = ids[s : s + _CHUNK]
+            rows = self.query(  # type: ignore[attr-defined]
+                f"SELECT item_id, label, quality, provenance FROM labels WHERE source='teacher' AND label IS NOT NULL "
+                f"AND item_id IN ({','.join('?' * len(chunk))})", chunk)
+            for r in rows:
+                try:
+                    prov_model = json.loads(r["provenance"] or "{}").get("model")
+                except (json.JSONDecodeError, AttributeError):
+                    prov_model = None
+                if model is None or prov_model in (None, model):
+                    out[int(r["item_id"])] = (r["label"], r["quality"])
+        return out
+
+    def stored_teacher_answer(self, content_hash: str, model: str, prompt_version: str) -> StoredTeacherAnswer | None:
+        """A final answer of this teacher and prompt for this exact content, bought by labelling (any pass) or by
+        any serving process; None when nobody has paid for it yet."""
+        row = self.query(  # type: ignore[attr-defined]
+            "SELECT label, confidence FROM served_teacher_answers WHERE content_hash=? AND model=? AND prompt_version=?",
+            (content_hash, model, prompt_version))
+        if not row:
+            row = self.query(  # type: ignore[attr-defined]
+                "SELECT label, confidence FROM teacher_answers WHERE content_hash=? AND model=? AND prompt_version=? "
+                "AND ok=1 ORDER BY pass_index LIMIT 1", (content_hash, model, prompt_version))
+        if not row:
+            return None
+        return StoredTeacherAnswer(row[0]["label"], row[0]["confidence"])
+
+    def save_served_teacher_answer(self, content_hash: str, model: str, prompt_version: str, *, label: str | None,
+                                   confidence: float | None, tokens_in: int | None, tokens_out: int | None,
+                                   cost_usd: float | None, latency_s: float | None) -> None:
+        """Store a final teacher answer for a served input BEFORE it is used (first writer wins)."""
+        self.execute(  # type: ignore[attr-defined]
+            "INSERT OR IGNORE INTO served_teacher_answers(content_hash, model, prompt_version, label, confidence, "
+            "tokens_in, tokens_out, cost_usd, latency_s, created_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
+            (content_hash, model, prompt_version, label, confidence, tokens_in, tokens_out, cost_usd, latency_s,
+             time.time()))
+
+    def check_writable(self) -> None:
+        """Raise ``sqlite3.OperationalError`` when the store cannot take a write now (for /readyz)."""
+        with self.transaction():  # type: ignore[attr-defined]
+            pass
