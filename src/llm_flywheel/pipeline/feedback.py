@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from llm_flywheel.pipeline.cost import spend_of
 from llm_flywheel.students.base import predict_in_batches
 from llm_flywheel.store.workspace import Workspace
 
@@ -225,16 +225,8 @@ def collect(
     if not 0.0 <= audit_rate <= 1.0:
         raise ValueError(f"audit_rate must be in [0, 1], got {audit_rate}")
     fb = Feedback(dataset=dataset, round=round)
-    store = ws.store()
-    try:
-        rows = store.query(
-            "SELECT item_id, source, label, student_label, teacher_label FROM cascade_log "
-            "WHERE dataset=? AND round=? AND origin=? AND item_id IS NOT NULL ORDER BY id",
-            (dataset, round, origin),
-        )
-        last: dict[int, Any] = {}
-        for r in rows:  # a re-served item counts once, with its latest answer
-            last[int(r["item_id"])] = r
+    with ws.store() as store:
+        last = store.cascade_answers(dataset, round, origin)
         fb.served = len(last)
         accepted = []
         for iid, r in last.items():
@@ -248,17 +240,8 @@ def collect(
         if fb.deferred_ids:
             labelled = store.effective_labels(dataset)
             fb.deferred_labelled = sum(1 for i in fb.deferred_ids if i in labelled)
-        humans = {
-            int(r["item_id"]): r["label"]
-            for r in store.query(
-                "SELECT l.item_id, l.label FROM labels l JOIN items i ON i.id=l.item_id "
-                "WHERE i.dataset=? AND l.source='human' AND l.label IS NOT NULL",
-                (dataset,),
-            )
-        }
+        humans = store.human_labels(dataset)
         fb.human_corrections = sorted(i for i, r in last.items() if i in humans and humans[i] != r["label"])
-    finally:
-        store.close()
 
     if teacher is not None and accepted and audit_rate > 0:
         rng = np.random.default_rng([seed, round])
@@ -273,38 +256,16 @@ def round_half_up(x: float) -> int:
 
 
 def _audit(ws: Workspace, dataset: str, fb: Feedback, teacher: Any, last: dict[int, Any], *, progress: bool) -> None:
-    from llm_flywheel.pipeline.cost import teacher_totals
     from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
-    store = ws.store()
-    try:
-        n0, c0 = teacher_totals(store, dataset)
-    finally:
-        store.close()
-    label_items(ws, dataset, fb.audit_ids, teacher, LabelConfig(passes=1), progress=progress)
-    store = ws.store()
-    try:
-        n1, c1 = teacher_totals(store, dataset)
-        fb.audit_calls, fb.audit_cost_usd = n1 - n0, c1 - c0
-        teacher_labels = {
-            int(r["item_id"]): r["label"]
-            for r in store.query(
-                f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({','.join('?' * len(fb.audit_ids))})",
-                fb.audit_ids,
-            )
-        }
-        now = time.time()
-        with store.transaction() as c:
-            for iid in fb.audit_ids:
-                t = teacher_labels.get(iid)
-                if t is not None and t != last[iid]["student_label"]:
-                    fb.audit_disagreements.append(iid)
-                    c.execute(
-                        "INSERT OR IGNORE INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?)",
-                        (iid, "audit", None, now),
-                    )
-    finally:
-        store.close()
+    with spend_of(ws, dataset) as spent:
+        label_items(ws, dataset, fb.audit_ids, teacher, LabelConfig(passes=1), progress=progress)
+    fb.audit_calls, fb.audit_cost_usd = spent.calls, spent.usd
+    with ws.store() as store:
+        teacher_labels = store.teacher_labels(fb.audit_ids)
+        fb.audit_disagreements = [i for i in fb.audit_ids
+                                  if teacher_labels.get(i) is not None and teacher_labels[i] != last[i]["student_label"]]
+        store.queue_for_review(fb.audit_disagreements, "audit")
     log.info("audit round %s: %d/%d disagreements", fb.round, len(fb.audit_disagreements), len(fb.audit_ids))
 
 

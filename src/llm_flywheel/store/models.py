@@ -76,3 +76,78 @@ class ModelQueries:
             ).fetchone()
         return json.loads(row["json"]) if row else None
 
+
+    # -- wheel runs: resume, per-round metrics, promotion ----------------------------------------------
+    def wheel_runs(self, dataset: str) -> list[dict[str, Any]]:
+        """Wheel runs of ``dataset``, newest first: dicts with id, status and config (parsed ``config_json``)."""
+        out = []
+        for r in self.query("SELECT id, config_json, status FROM runs WHERE kind='wheel' ORDER BY id DESC"):
+            c = json.loads(r["config_json"] or "{}")
+            if c.get("dataset") == dataset:
+                out.append({"id": int(r["id"]), "status": r["status"], "config": c})
+        return out
+
+    def reopen_run(self, run_id: int, config: dict[str, Any]) -> None:
+        """Mark a stopped/failed run running again, with its (possibly grown) config."""
+        self.execute("UPDATE runs SET status='running', config_json=? WHERE id=?", (json.dumps(config, default=str), run_id))
+
+    def run_status(self, run_id: int) -> str | None:
+        row = self.query("SELECT status FROM runs WHERE id=?", (run_id,))
+        return row[0]["status"] if row else None
+
+    def round_metrics(self, run_id: int, round: int) -> tuple[dict[str, Any], bool] | None:
+        """(stored metrics, finished) of one round of a run, or None when the round was never started."""
+        row = self.query("SELECT metrics_json, finished_at FROM rounds WHERE run_id=? AND round=?", (run_id, round))
+        if not row:
+            return None
+        return json.loads(row[0]["metrics_json"] or "{}"), row[0]["finished_at"] is not None
+
+    def start_round(self, run_id: int, dataset: str, round: int) -> None:
+        self.execute("INSERT INTO rounds(run_id, dataset, round, metrics_json, started_at) VALUES(?,?,?,?,?)",
+                     (run_id, dataset, round, json.dumps({"round": round}), time.time()))
+
+    def save_round(self, run_id: int, round: int, metrics: dict[str, Any], *, model_version: str | None,
+                   finished: bool = False) -> None:
+        self.execute(
+            "UPDATE rounds SET metrics_json=?, model_version=?, finished_at=? WHERE run_id=? AND round=?",
+            (json.dumps(metrics, default=float), model_version, time.time() if finished else None, run_id, round))
+
+    def wheel_rounds(self, dataset: str, run_id: int) -> list[dict[str, Any]]:
+        """Rounds of a run in order: dicts with round, model_version, metrics (parsed) and finished (bool)."""
+        return [{"round": r["round"], "model_version": r["model_version"], "metrics": json.loads(r["metrics_json"] or "{}"),
+                 "finished": r["finished_at"] is not None}
+                for r in self.query("SELECT round, model_version, metrics_json, finished_at FROM rounds "
+                                    "WHERE dataset=? AND run_id=? ORDER BY round", (dataset, run_id))]
+
+    def latest_wheel_run_id(self, dataset: str) -> int | None:
+        r = self.query("SELECT MAX(run_id) AS r FROM rounds WHERE dataset=?", (dataset,))[0]["r"]
+        return int(r) if r is not None else None
+
+    def promote(self, dataset: str, version: str) -> None:
+        """Make ``version`` the one promoted model of ``dataset`` (atomically)."""
+        with self.transaction() as c:
+            c.execute("UPDATE models SET promoted=0 WHERE dataset=?", (dataset,))
+            c.execute("UPDATE models SET promoted=1 WHERE version=?", (version,))
+
+    # -- feedback of a served round ------------------------------------------------------------------------
+    def cascade_answers(self, dataset: str, round: int, origin: str) -> dict[int, dict[str, Any]]:
+        """item id -> its latest cascade answer (source, label, student_label, teacher_label) in ``round``."""
+        last: dict[int, dict[str, Any]] = {}
+        for r in self.query("SELECT item_id, source, label, student_label, teacher_label FROM cascade_log "
+                            "WHERE dataset=? AND round=? AND origin=? AND item_id IS NOT NULL ORDER BY id",
+                            (dataset, round, origin)):
+            last[int(r["item_id"])] = dict(r)  # a re-served item counts once, with its latest answer
+        return last
+
+    def queue_for_review(self, item_ids: list[int], reason: str, *, score: float | None = None) -> None:
+        """Put items in the human review queue (an item already queued stays as it is)."""
+        now = time.time()
+        with self.transaction() as c:
+            for iid in item_ids:
+                c.execute("INSERT OR IGNORE INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?)",
+                          (iid, reason, score, now))
+
+
+def wheel_report_key(dataset: str, run_id: int) -> str:
+    """Key of a wheel run's end-of-run report (``reports`` kind 'wheel'): shared by the wheel and the report."""
+    return f"{dataset}:{run_id}"
