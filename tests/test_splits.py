@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from conftest import SYNTH_LABELS, synth_image
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data import Record, register
+from llm_flywheel.core.splits import SplitError, first_of_each_group, plan_splits
 from llm_flywheel.pipeline.splits import (SplitRepairError, SplitSpec, check_duplicates, group_key, make_splits,
-                                 normalise_text, repair_duplicates)
+                                          normalise_text, repair_duplicates)
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -223,3 +224,61 @@ def test_import_reports_duplicates(tmp_path):
     assert any("repeat the content of another item" in n for n in rep.notes)
     again = register(ws, TEXT_TASK, recs + [Record("late:0", text=recs[0].text.upper())], progress=False)
     assert again.added == 1 and again.duplicates == 1  # a copy of an item imported earlier counts too
+
+
+# -- the pure core: core/splits.py ------------------------------------------------------------------------------------
+
+
+def _rows(texts: list[str], source: list[str | None] | None = None) -> list[dict]:
+    return [{"id": i + 1, "source_split": (source or [None] * len(texts))[i], "split": None, "content_hash": f"h{i}",
+             "text": t} for i, t in enumerate(texts)]
+
+
+def test_plan_splits_is_pure_and_keeps_groups_together():
+    texts = [f"mail {i % 37}" if i % 3 else f"Mail  {i % 37}\n" for i in range(300)]  # 37 distinct, each ~8 times
+    plan = dict(plan_splits(_rows(texts), SplitSpec(val=0.1, calib=0.1, stream=0.1, test=0.2, seed=1)))
+    assert sorted(plan) == list(range(1, 301))  # every row gets exactly one split
+    by_text: dict[str, set[str]] = defaultdict(set)
+    for i, t in enumerate(texts):
+        by_text[normalise_text(t)].add(plan[i + 1])
+    assert all(len(v) == 1 for v in by_text.values())
+    assert {s for v in by_text.values() for s in v} == {"train", "val", "calib", "stream", "test"}
+    assert plan == dict(plan_splits(_rows(texts), SplitSpec(val=0.1, calib=0.1, stream=0.1, test=0.2, seed=1)))
+
+
+def test_first_of_each_group_counts_a_repeated_item_once():
+    rows = _rows(["Win a PRIZE", "win a prize ", "meeting at 3", "WIN A PRIZE"])
+    assert [r["id"] for r in first_of_each_group(rows)] == [1, 3]
+
+
+def test_mostly_duplicates_says_why_the_train_pool_is_empty():
+    """40 rows that are only 4 distinct texts: the held-out splits take every group.  The error says so, with the
+    number of distinct items, and names the fix; the fix it names works."""
+    texts = [f"message number {i % 4}" for i in range(40)]
+    with pytest.raises(SplitError) as e:
+        plan_splits(_rows(texts), SplitSpec(), dataset="tiny")
+    msg = str(e.value)
+    assert "empty train pool" in msg and "40 items are only 4 distinct" in msg and "kept together" in msg
+    assert "--stream 0" in msg
+    plan = dict(plan_splits(_rows(texts), SplitSpec(stream=0), dataset="tiny"))
+    assert set(plan.values()) == {"train", "val", "calib", "test"}
+
+
+def test_mostly_duplicates_through_the_cli(tmp_path):
+    csv = tmp_path / "tiny.csv"
+    csv.write_text("text,label\n" + "".join(f"message number {i % 4},{'spam' if i % 2 else 'ham'}\n"
+                                             for i in range(40)))
+    ws = tmp_path / "ws"
+    r = CliRunner().invoke(main, ["-w", str(ws), "data", "add", "text", str(csv), "--no-progress"])
+    assert r.exit_code != 0
+    assert "only 4 distinct" in r.output and "--stream 0" in r.output, r.output
+    r = CliRunner().invoke(main, ["-w", str(ws), "data", "add", "text", str(csv), "--no-progress", "--stream", "0",
+                                  "--resplit"])
+    assert r.exit_code == 0, r.output
+    with Workspace.open(ws).store() as s:
+        counts = s.split_count_summary("tiny")
+        assert counts.get("train") and counts.get("val") and counts.get("calib") and counts.get("test")
+        # the de-duplicated test view counts each distinct text once
+        test = s.items("tiny", split="test")
+        distinct = s.items("tiny", split="test", distinct=True)
+    assert len(test) == 10 and len(distinct) == 1 and distinct[0].id == min(it.id for it in test)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from llm_flywheel.pipeline.splits import group_key
+from llm_flywheel.core.splits import group_key
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -115,7 +115,7 @@ def register(
     try:
         store.put_dataset(task.name, task.to_json())
         existing = store.split_rows(task.name)
-        present = {r["source_ref"] for r in store.query("SELECT source_ref FROM items WHERE dataset=?", (task.name,))}
+        present = store.source_refs(task.name)
         seen_keys = {group_key(r["content_hash"], r["text"]) for r in existing}
         batch: list[dict[str, Any]] = []
         for rec in _progress(records, total, f"importing {task.name}", progress):

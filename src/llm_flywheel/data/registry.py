@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llm_flywheel.pipeline.splits import SplitSpec, make_splits
+from llm_flywheel.core.splits import SplitSpec, plan_splits
 from llm_flywheel.core.task import Task
+from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register
 
@@ -101,58 +102,18 @@ def add_dataset(
     source has no test split.  Splits already made stay fixed (new items join ``train``) unless ``resplit``,
     which is refused once the dataset has labels or models.  Re-running an import adds nothing.
     """
-    if name not in ADAPTERS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(ADAPTERS)}")
-    options = {k: v for k, v in options.items() if v is not None and v != ()}
-    wrong = sorted(set(options) - _OPTIONS[name])
-    if wrong:
-        allowed = ", ".join(sorted(_OPTIONS[name])) or "none"
-        raise DatasetError(f"option(s) {', '.join(wrong)} do not apply to {name} (it takes: {allowed})")
-    if "limit" in options and int(options["limit"]) < 1:
-        raise DatasetError("--limit must be at least 1")
+    options = _check_options(name, options)
     task, records, total, meta = _source(ws, name, options)
     ws.sweep_temp_files()  # leftovers of a killed earlier import; the re-run writes those blobs again
-
     with ws.store() as store:
-        if task.name in store.dataset_names():
-            old = Task.from_json(store.dataset_task_json(task.name))
-            if old.labels != task.labels or old.modality != task.modality:
-                raise DatasetError(
-                    f"dataset {task.name!r} already exists with {old.modality} labels {list(old.labels)}; this import "
-                    f"has {task.modality} labels {list(task.labels)}. Pass --task with the existing labels, or --name "
-                    "to import it as a new dataset."
-                )
-    if resplit:
-        with ws.store() as store:
-            used = store.query(
-                "SELECT (SELECT COUNT(*) FROM labels l JOIN items i ON i.id=l.item_id WHERE i.dataset=?) AS labels,"
-                " (SELECT COUNT(*) FROM models WHERE dataset=?) AS models", (task.name, task.name),
-            )[0]
-        if used["labels"] or used["models"]:
-            raise DatasetError(
-                f"{task.name} already has {used['labels']} labels and {used['models']} models; re-splitting now "
-                "would move labelled/trained-on items into val/calib/test. Use a new workspace or --name instead."
-            )
+        _check_compatible(store, task)
+        if resplit:
+            _check_resplit_allowed(store, task.name)
     report = register(ws, task, records, total=total, progress=progress)
     report.notes += meta.get("notes", [])
     spec = SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed)
     with ws.store() as store:
-        if _count(store, task.name, "1") == 0:
-            report.notes.append("no readable items: nothing to split")
-        elif report.added or resplit or not _has_splits(store, task.name):
-            before_test = _count(store, task.name, "split='test'")
-            report.splits = make_splits(store, task.name, spec, force=resplit)
-            joined = _count(store, task.name, "source_split='test' AND split!='test'")
-            if joined and not resplit and before_test:
-                report.notes.append(
-                    f"{joined:,} items the source marks as test joined the training pool because this dataset's "
-                    "splits were already made (the test split never changes; --resplit re-makes them while "
-                    "nothing is labelled)"
-                )
-        else:
-            from llm_flywheel.pipeline.splits import split_counts
-
-            report.splits = split_counts(store, task.name)
+        _split(store, task.name, spec, report, resplit=resplit)
         store.add_report("dataset_import", task.name, {
             "adapter": name,
             "options": {k: (str(v) if isinstance(v, (Path, Task)) else v) for k, v in options.items()},
@@ -163,10 +124,61 @@ def add_dataset(
     return report
 
 
-def _has_splits(store: Any, dataset: str) -> bool:
-    return _count(store, dataset, "split IS NULL") == 0
+def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that were given (None / empty dropped); a clear error for an unknown adapter or option."""
+    if name not in ADAPTERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(ADAPTERS)}")
+    options = {k: v for k, v in options.items() if v is not None and v != ()}
+    wrong = sorted(set(options) - _OPTIONS[name])
+    if wrong:
+        allowed = ", ".join(sorted(_OPTIONS[name])) or "none"
+        raise DatasetError(f"option(s) {', '.join(wrong)} do not apply to {name} (it takes: {allowed})")
+    if "limit" in options and int(options["limit"]) < 1:
+        raise DatasetError("--limit must be at least 1")
+    return options
 
 
-def _count(store: Any, dataset: str, where: str) -> int:
-    return int(store.query(f"SELECT COUNT(*) AS n FROM items WHERE dataset=? AND {where}", (dataset,))[0]["n"])
+def _check_compatible(store: Store, task: Task) -> None:
+    """An import into an existing dataset must have the same modality and labels."""
+    if task.name not in store.dataset_names():
+        return
+    old = Task.from_json(store.dataset_task_json(task.name))
+    if old.labels != task.labels or old.modality != task.modality:
+        raise DatasetError(
+            f"dataset {task.name!r} already exists with {old.modality} labels {list(old.labels)}; this import "
+            f"has {task.modality} labels {list(task.labels)}. Pass --task with the existing labels, or --name "
+            "to import it as a new dataset."
+        )
 
+
+def _check_resplit_allowed(store: Store, dataset: str) -> None:
+    if dataset not in store.dataset_names():
+        return
+    used = store.dataset_usage(dataset)
+    if used.labels or used.models:
+        raise DatasetError(
+            f"{dataset} already has {used.labels} labels and {used.models} models; re-splitting now "
+            "would move labelled/trained-on items into val/calib/test. Use a new workspace or --name instead."
+        )
+
+
+def _split(store: Store, dataset: str, spec: SplitSpec, report: ImportReport, *, resplit: bool) -> None:
+    """Make the splits when there is something new (or ``resplit``), and say what happened in ``report``.
+
+    The same two steps as :func:`llm_flywheel.pipeline.splits.make_splits` (plan in the core, write in the store):
+    the data layer may not import the pipeline."""
+    counts = store.split_counts(dataset)
+    if not counts:
+        report.notes.append("no readable items: nothing to split")
+        return
+    if report.added or resplit or counts.get(None):
+        before_test = counts.get("test", 0)
+        store.set_splits(plan_splits(store.split_rows(dataset), spec, force=resplit, dataset=dataset))
+        joined = store.source_test_outside_test(dataset)
+        if joined and not resplit and before_test:
+            report.notes.append(
+                f"{joined:,} items the source marks as test joined the training pool because this dataset's "
+                "splits were already made (the test split never changes; --resplit re-makes them while "
+                "nothing is labelled)"
+            )
+    report.splits = store.split_count_summary(dataset)

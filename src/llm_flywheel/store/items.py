@@ -5,9 +5,32 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from llm_flywheel.core.splits import first_of_each_group
 from llm_flywheel.store.records import Item, StoreError
+from llm_flywheel.store.schema import SPLITS
+
+
+@dataclass(frozen=True)
+class DatasetUsage:
+    """What already depends on a dataset's splits (re-splitting is refused once either is non-zero)."""
+
+    labels: int
+    models: int
+
+
+@dataclass
+class DatasetCounts:
+    """The raw counts behind ``flywheel data info`` (keys as the JSON output names them)."""
+
+    items: int = 0
+    by_split: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> source split -> items
+    gold_labels: dict[str, dict[str, int]] = field(default_factory=dict)  # gold label -> split -> items
+    labelled: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> items/teacher/.../unlabelled
+    label_sources: list[dict[str, Any]] = field(default_factory=list)  # {source, status, n}
+    teacher_answers: list[dict[str, Any]] = field(default_factory=list)  # {model, answers, ok, failed, cost_usd}
 
 
 class ItemQueries:
@@ -69,7 +92,11 @@ class ItemQueries:
         split: str | Sequence[str] | None = None,
         ids: Sequence[int] | None = None,
         limit: int | None = None,
+        distinct: bool = False,
     ) -> list[Item]:
+        """Items of ``dataset`` by id.  ``distinct``: only the first item of each duplicate group (same content
+        hash, or for text the same normalised text -- :func:`llm_flywheel.core.splits.group_key`), so that a test
+        set counts an email that appears twice once."""
         sql = "SELECT * FROM items WHERE dataset=?"
         params: list[Any] = [dataset]
         if split is not None:
@@ -83,9 +110,12 @@ class ItemQueries:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             params += ids
         sql += " ORDER BY id"
-        if limit is not None:
+        if limit is not None and not distinct:
             sql += f" LIMIT {int(limit)}"
-        return [Item.from_row(r) for r in self.query(sql, params)]
+        rows = self.query(sql, params)
+        if distinct:  # one item per duplicate group: a measurement must not count a repeated item twice
+            rows = first_of_each_group(rows)[:limit]
+        return [Item.from_row(r) for r in rows]
 
     def item(self, item_id: int) -> Item:
         row = self.conn.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
@@ -106,6 +136,58 @@ class ItemQueries:
         """split (None: unassigned) -> number of items."""
         return {r["split"]: int(r["n"]) for r in self.query(
             "SELECT split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split", (dataset,))}
+
+    def split_count_summary(self, dataset: str) -> dict[str, int]:
+        """split -> items in :data:`SPLITS` order (empty splits left out), plus ``unassigned`` when some have none."""
+        c = self.split_counts(dataset)
+        return {s: c[s] for s in SPLITS if c.get(s)} | ({"unassigned": c[None]} if c.get(None) else {})
+
+    def item_count(self, dataset: str) -> int:
+        return int(self.query("SELECT COUNT(*) AS n FROM items WHERE dataset=?", (dataset,))[0]["n"])
+
+    def source_refs(self, dataset: str) -> set[str]:
+        """Every item's ``source_ref``: what an import already holds (a re-run skips them)."""
+        return {r["source_ref"] for r in self.query("SELECT source_ref FROM items WHERE dataset=?", (dataset,))}
+
+    def source_test_outside_test(self, dataset: str) -> int:
+        """Items the source marks as test that sit in another split (they joined an already-split dataset)."""
+        return int(self.query("SELECT COUNT(*) AS n FROM items WHERE dataset=? AND source_split='test' "
+                              "AND split!='test'", (dataset,))[0]["n"])
+
+    def dataset_usage(self, dataset: str) -> DatasetUsage:
+        r = self.query(
+            "SELECT (SELECT COUNT(*) FROM labels l JOIN items i ON i.id=l.item_id WHERE i.dataset=?) AS labels,"
+            " (SELECT COUNT(*) FROM models WHERE dataset=?) AS models", (dataset, dataset))[0]
+        return DatasetUsage(labels=int(r["labels"]), models=int(r["models"]))
+
+    def dataset_counts(self, dataset: str) -> DatasetCounts:
+        """Counts by split x source split, gold label x split, labelled status by split, label sources and teacher
+        answers per model."""
+        out = DatasetCounts(items=self.item_count(dataset))
+        for r in self.query("SELECT split, source_split, COUNT(*) AS n FROM items WHERE dataset=? "
+                            "GROUP BY split, source_split", (dataset,)):
+            out.by_split.setdefault(r["split"] or "unassigned", {})[r["source_split"] or "none"] = r["n"]
+        for r in self.query("SELECT gold_label, split, COUNT(*) AS n FROM items WHERE dataset=? "
+                            "GROUP BY gold_label, split", (dataset,)):
+            out.gold_labels.setdefault(r["gold_label"] or "(none)", {})[r["split"] or "unassigned"] = r["n"]
+        keys = ("items", "teacher", "teacher_undecided", "human", "unlabelled")
+        for r in self.query(
+            "SELECT i.split AS split, COUNT(*) AS items,"
+            " SUM(t.label IS NOT NULL) AS teacher, SUM(t.item_id IS NOT NULL AND t.label IS NULL) AS teacher_undecided,"
+            " SUM(h.item_id IS NOT NULL) AS human, SUM(COALESCE(h.label, t.label) IS NULL) AS unlabelled"
+            " FROM items i LEFT JOIN labels t ON t.item_id=i.id AND t.source='teacher'"
+            " LEFT JOIN labels h ON h.item_id=i.id AND h.source='human' WHERE i.dataset=? GROUP BY i.split",
+            (dataset,),
+        ):
+            out.labelled[r["split"] or "unassigned"] = {k: int(r[k] or 0) for k in keys}
+        out.label_sources = [dict(r) for r in self.query(
+            "SELECT l.source AS source, l.status AS status, COUNT(*) AS n FROM labels l JOIN items i ON i.id=l.item_id"
+            " WHERE i.dataset=? GROUP BY l.source, l.status ORDER BY l.source, l.status", (dataset,))]
+        out.teacher_answers = [dict(r) for r in self.query(
+            "SELECT a.model AS model, COUNT(*) AS answers, SUM(a.ok) AS ok, SUM(1 - a.ok) AS failed,"
+            " ROUND(COALESCE(SUM(a.cost_usd), 0), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
+            " WHERE i.dataset=? GROUP BY a.model ORDER BY a.model", (dataset,))]
+        return out
 
     def labelled_counts_by_split(self, dataset: str) -> dict[str | None, int]:
         """split -> items already used: a label row (teacher or human, decided or not), a review, or a cascade answer."""
