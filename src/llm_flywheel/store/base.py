@@ -20,6 +20,7 @@ from llm_flywheel.store.answers import AnswerQueries
 from llm_flywheel.store.batches import BatchQueries
 from llm_flywheel.store.items import ItemQueries
 from llm_flywheel.store.ledger import LedgerQueries
+from llm_flywheel.store.measure import MeasureQueries
 from llm_flywheel.store.models import ModelQueries
 from llm_flywheel.store.records import Item, StoreError
 from llm_flywheel.store.review import ReviewQueries
@@ -40,7 +41,7 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, ModelQueries, ReviewQueries, ServingQueries):
+class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQueries, ModelQueries, ReviewQueries, ServingQueries):
     """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
