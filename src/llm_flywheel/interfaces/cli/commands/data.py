@@ -13,9 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, console, pass_ctx
+from llm_flywheel.core.task import TaskError
 from llm_flywheel.data.registry import ADAPTERS, add_dataset
-from llm_flywheel.store.base import SPLITS, Store, StoreError
-from llm_flywheel.core.task import Task, TaskError
+from llm_flywheel.pipeline.dataset_info import dataset_info
+from llm_flywheel.pipeline.splits import SplitRepairError, check_duplicates, repair_duplicates
+from llm_flywheel.store.base import StoreError
 
 _ADAPTER_HELP = "\n".join(f"  {k:<13} {v}" for k, v in ADAPTERS.items())
 
@@ -107,55 +109,6 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
 
 # -- info ---------------------------------------------------------------------------------------------------------
 
-def _split_key(s: str | None) -> tuple[int, str]:
-    return (SPLITS.index(s), s) if s in SPLITS else (len(SPLITS), str(s))
-
-
-def dataset_info(store: Store, dataset: str) -> dict[str, Any]:
-    """Counts for one dataset: by split x source split, gold label x split, labelled status, label sources."""
-    task = Task.from_json(store.dataset_task_json(dataset))
-    q = store.query
-    total = q("SELECT COUNT(*) AS n FROM items WHERE dataset=?", (dataset,))[0]["n"]
-    by_split: dict[str, dict[str, int]] = {}
-    for r in q("SELECT split, source_split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY split, source_split",
-               (dataset,)):
-        by_split.setdefault(r["split"] or "unassigned", {})[r["source_split"] or "none"] = r["n"]
-    gold: dict[str, dict[str, int]] = {}
-    for r in q("SELECT gold_label, split, COUNT(*) AS n FROM items WHERE dataset=? GROUP BY gold_label, split",
-               (dataset,)):
-        gold.setdefault(r["gold_label"] or "(none)", {})[r["split"] or "unassigned"] = r["n"]
-    labelled: dict[str, dict[str, int]] = {}
-    for r in q(
-        "SELECT i.split AS split, COUNT(*) AS items,"
-        " SUM(t.label IS NOT NULL) AS teacher, SUM(t.item_id IS NOT NULL AND t.label IS NULL) AS teacher_undecided,"
-        " SUM(h.item_id IS NOT NULL) AS human, SUM(COALESCE(h.label, t.label) IS NULL) AS unlabelled"
-        " FROM items i LEFT JOIN labels t ON t.item_id=i.id AND t.source='teacher'"
-        " LEFT JOIN labels h ON h.item_id=i.id AND h.source='human' WHERE i.dataset=? GROUP BY i.split", (dataset,),
-    ):
-        labelled[r["split"] or "unassigned"] = {k: int(r[k] or 0) for k in
-                                                ("items", "teacher", "teacher_undecided", "human", "unlabelled")}
-    sources = [dict(r) for r in q(
-        "SELECT l.source AS source, l.status AS status, COUNT(*) AS n FROM labels l JOIN items i ON i.id=l.item_id"
-        " WHERE i.dataset=? GROUP BY l.source, l.status ORDER BY l.source, l.status", (dataset,))]
-    answers = [dict(r) for r in q(
-        "SELECT a.model AS model, COUNT(*) AS answers, SUM(a.ok) AS ok, SUM(1 - a.ok) AS failed,"
-        " ROUND(COALESCE(SUM(a.cost_usd), 0), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
-        " WHERE i.dataset=? GROUP BY a.model ORDER BY a.model", (dataset,))]
-    from llm_flywheel.pipeline.splits import check_duplicates
-
-    dups = check_duplicates(store, dataset)
-    return {
-        "dataset": dataset, "modality": task.modality, "labels": list(task.labels), "items": total,
-        "duplicates": {k: v for k, v in dups.to_dict().items()
-                       if k in ("groups", "duplicate_items", "cross_split_groups", "cross_split_items", "by_splits")},
-        "by_split": dict(sorted(by_split.items(), key=lambda kv: _split_key(kv[0]))),
-        "by_source_split": {s: sum(v.get(s, 0) for v in by_split.values())
-                            for s in sorted({s for v in by_split.values() for s in v}, key=_split_key)},
-        "gold_labels": gold, "labelled": dict(sorted(labelled.items(), key=lambda kv: _split_key(kv[0]))),
-        "label_sources": sources, "teacher_answers": answers,
-    }
-
-
 def _print_info(out: Console, info: dict[str, Any]) -> None:
     gold_known = [g for g in info["gold_labels"] if g != "(none)"]
     src = ", ".join(f"{k} {v:,}" for k, v in info["by_source_split"].items())
@@ -230,7 +183,7 @@ def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
     with ws.store(readonly=True) as store:
         names = [dataset] if dataset else store.dataset_names()
         try:
-            infos = [dataset_info(store, n) for n in names]
+            infos = [dataset_info(store, n).to_dict() for n in names]
         except StoreError as e:
             raise click.ClickException(str(e)) from None
     if as_json:
@@ -260,8 +213,6 @@ def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
 @pass_ctx
 def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
     """Report items of DATASET that repeat another item in a different split; --repair moves them together."""
-    from llm_flywheel.pipeline.splits import SplitRepairError, check_duplicates, repair_duplicates
-
     try:
         ws = ctx.workspace(create=False)
         with ws.store() as store:
