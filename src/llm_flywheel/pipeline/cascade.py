@@ -10,32 +10,38 @@ becomes a free new label for the next round.
 
 Sources: ``teacher_failed`` = the teacher was asked but gave no usable label (the answer falls back to the student's
 guess, flagged); ``deferred`` = below threshold but no teacher configured (label None, the student's guess is in
-``student_label``).
+``student_label``); ``student_fallback`` = below threshold, but the teacher did not answer before the request's
+deadline or its circuit breaker is open (the student's guess, flagged; see :mod:`.cascade_guard`).
+
+A cascade needs no store to answer raw inputs: ``Cascade(student, teacher, threshold)``.  With a workspace
+(:meth:`Cascade.from_store`) a teacher answer bought for a raw input is stored before it is used, so no process
+pays twice for the same content, and answers are logged as feedback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from llm_flywheel.pipeline.calibration import apply_temperature
-from llm_flywheel.store.base import Item, Store
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.calibration import apply_temperature
+from llm_flywheel.pipeline.cascade_guard import ON_DEADLINE, DeadlineExceeded, RawTeacherCalls, TeacherBreaker
+from llm_flywheel.store.base import Item, Store
+from llm_flywheel.store.serving import CascadeLogRow
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.base import Teacher
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("student", "teacher", "teacher_failed", "deferred")
-RAW_CACHE_SIZE = 10_000
-_CHUNK = 900
+SOURCES = ("student", "teacher", "teacher_failed", "deferred", "student_fallback")
 
 
 class CascadeError(RuntimeError):
@@ -71,31 +77,48 @@ def promoted_version(store: Store, dataset: str) -> str:
         raise CascadeError(str(e)) from None
 
 
-class Cascade:
-    """Student + calibrated threshold + (optional) teacher, for one dataset and one model version."""
+def _modality_of(student: Any) -> str:
+    kind = str(getattr(student, "modality", None) or getattr(student, "kind", "") or "")
+    for m in ("image", "text", "tabular"):
+        if kind.startswith(m):
+            return m
+    raise CascadeError(f"cannot tell the modality of student kind {kind!r}; pass task=Task(...)")
 
-    def __init__(self, ws: Workspace, dataset: str, task: Task, student: Any, version: str, temperature: float,
-                 threshold: float, teacher: Any = None, calibration: dict[str, Any] | None = None) -> None:
-        self.ws = ws
-        self.dataset = dataset
-        self.task = task
+
+class Cascade:
+    """Student + calibrated threshold + (optional) teacher, for one dataset and one model version.
+
+    ``Cascade(student, teacher, threshold)`` answers raw inputs with no store (teacher answers are then cached in
+    memory only and nothing is logged); :meth:`from_store` adds the workspace: calibration, stored teacher
+    answers, the cascade log and :meth:`predict_items` over store items.
+    """
+
+    def __init__(self, student: Any, teacher: Teacher | None = None, threshold: float = 0.5, *,
+                 temperature: float = 1.0, task: Task | None = None, version: str = "", dataset: str | None = None,
+                 ws: Workspace | None = None, calibration: dict[str, Any] | None = None,
+                 breaker: TeacherBreaker | None = None) -> None:
         self.student = student
+        self.labels: list[str] = list(student.labels)
+        self.task = task or Task(name=dataset or "cascade", modality=_modality_of(student), labels=tuple(self.labels))
+        self.dataset = dataset or self.task.name
         self.version = version
         self.temperature = float(temperature)
         self.threshold = float(threshold)
         self.teacher = teacher
+        self.ws = ws
         self.calibration = calibration or {}
-        self.labels: list[str] = list(student.labels)
-        if tuple(self.labels) != tuple(task.labels):
-            raise CascadeError(f"model {version} predicts {self.labels}, but task {task.name!r} has {list(task.labels)}")
+        self.breaker = breaker or TeacherBreaker()
+        if tuple(self.labels) != tuple(self.task.labels):
+            raise CascadeError(f"model {version} predicts {self.labels}, but task {self.task.name!r} has "
+                               f"{list(self.task.labels)}")
         self._store: Store | None = None
         self._store_lock = threading.Lock()
-        self._client: Any = None
-        self._raw_cache: dict[str, tuple[str, float]] = {}  # content hash -> teacher (label, confidence), bounded
+        self._raw = RawTeacherCalls(teacher, self.task, self._db if ws is not None else None, self.breaker)
 
     @classmethod
-    def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Any = None,
-                   runtime: str = "onnx", threshold: float | None = None) -> "Cascade":
+    def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Teacher | None = None,
+                   runtime: str = "onnx", threshold: float | None = None,
+                   breaker: TeacherBreaker | None = None) -> "Cascade":
         """Build the cascade of ``version`` (None: the promoted model) from its latest calibration report.
 
         ``threshold`` overrides the calibrated one (an operator's choice; the guarantee then no longer applies).
@@ -116,10 +139,19 @@ class Cascade:
             raise CascadeError(f"model {version} has not been calibrated; run `flywheel calibrate {dataset} "
                                f"--version {version} --target-accuracy 0.95` (or --max-teacher-fraction 0.1)")
         student = load_student(ws, version, runtime=runtime)
-        if teacher is not None and getattr(teacher, "task", "absent") is None:
-            teacher.task = task
         thr = float(cal["threshold"]) if threshold is None else float(threshold)
-        return cls(ws, dataset, task, student, version, float(cal["temperature"]), thr, teacher, cal)
+        return cls(student, teacher, thr, temperature=float(cal["temperature"]), task=task, version=version,
+                   dataset=dataset, ws=ws, calibration=cal, breaker=breaker)
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[Store]:
+        """The cascade's one connection, held under its lock (thread-safe)."""
+        if self.ws is None:
+            raise CascadeError("this cascade has no workspace; build it with Cascade.from_store(ws, dataset)")
+        with self._store_lock:
+            if self._store is None:
+                self._store = self.ws.store()
+            yield self._store
 
     # -- the decision --------------------------------------------------------------------------------------------
     def student_scores(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,20 +191,17 @@ class Cascade:
         dset = set(deferred)
         for i, it in enumerate(items):
             s_lab, s_conf = ("" if unreadable[i] else self.labels[int(idx[i])]), float(conf[i])
-            if i not in dset:
-                a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
-                                  it.content_hash)
-            elif self.teacher is None:
-                a = CascadeAnswer(None, "deferred", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
-                                  it.content_hash)
-            else:
+            a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
+                              it.content_hash)
+            if i in dset and self.teacher is None:
+                a.label, a.source = None, "deferred"
+            elif i in dset:
                 t_lab, t_q = teacher_out.get(it.id, (None, None))
+                a.latency_ms = student_ms + teacher_ms
                 if t_lab is not None:
-                    a = CascadeAnswer(t_lab, "teacher", float(t_q if t_q is not None else 1.0), s_lab, s_conf, t_lab,
-                                      self.version, student_ms + teacher_ms, it.id, it.content_hash)
+                    a.label, a.source, a.confidence, a.teacher_label = t_lab, "teacher", float(t_q if t_q is not None else 1.0), t_lab
                 else:
-                    a = CascadeAnswer(s_lab, "teacher_failed", s_conf, s_lab, s_conf, None, self.version,
-                                      student_ms + teacher_ms, it.id, it.content_hash)
+                    a.source = "teacher_failed"
             answers.append(a)
         if log:
             self.log_answers(answers, origin=origin, round=round)
@@ -203,7 +232,8 @@ class Cascade:
         """item id -> (teacher label, quality), asking the teacher (one pass, cached) only where needed."""
         from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
-        model = getattr(self.teacher, "model", None)
+        assert self.teacher is not None
+        model = self.teacher.model
         have = self._existing_teacher_labels([it.id for it in items], model)
         missing = [it.id for it in items if it.id not in have]
         if missing:
@@ -217,108 +247,65 @@ class Cascade:
         return have
 
     def _existing_teacher_labels(self, ids: list[int], model: str | None) -> dict[int, tuple[str | None, float | None]]:
-        out: dict[int, tuple[str | None, float | None]] = {}
-        store = self.ws.store()
-        try:
-            for s in range(0, len(ids), _CHUNK):
-                chunk = ids[s : s + _CHUNK]
-                rows = store.query(
-                    f"SELECT item_id, label, quality, provenance FROM labels WHERE source='teacher' AND label IS NOT NULL "
-                    f"AND item_id IN ({','.join('?' * len(chunk))})", chunk)
-                for r in rows:
-                    try:
-                        prov_model = json.loads(r["provenance"] or "{}").get("model")
-                    except (json.JSONDecodeError, AttributeError):
-                        prov_model = None
-                    if model is None or prov_model in (None, model):
-                        out[int(r["item_id"])] = (r["label"], r["quality"])
-        finally:
-            store.close()
-        return out
+        with self._db() as store:
+            return store.teacher_labels_for(ids, model)
 
     # -- raw inputs (serving) --------------------------------------------------------------------------------------
+    def student_guess(self, content: Any) -> tuple[str, float]:
+        """The student's calibrated (label, confidence) for one raw input (CPU work: run it off the event loop)."""
+        idx, conf = self.student_scores(self.student.predict_proba_raw([content]))
+        return self.labels[int(idx[0])], float(conf[0])
+
     async def apredict_raw(self, content: Any, *, origin: str = "serve", log: bool = True,
                            content_hash: str | None = None, payload_ref: str | None = None,
-                           round: int | None = None) -> CascadeAnswer:
+                           round: int | None = None, deadline_s: float | None = None,
+                           on_deadline: str = "fallback") -> CascadeAnswer:
         """Answer one input that is not in the store (a PIL image / image bytes, a text, a feature list).
 
         The student runs in a worker thread and the teacher call is awaited on the event loop, so a slow teacher
-        never blocks other requests.
+        never blocks other requests.  ``deadline_s`` bounds the wait for the teacher (see :meth:`adecide`).
         """
         t0 = time.perf_counter()
-        probs = await asyncio.to_thread(self.student.predict_proba_raw, [content])
-        idx, conf = self.student_scores(probs)
-        s_lab, s_conf = self.labels[int(idx[0])], float(conf[0])
-        if self.accepts(s_conf):
-            a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
-        elif self.teacher is None:
-            a = CascadeAnswer(None, "deferred", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
-        else:
-            cached = self._raw_cache.get(content_hash) if content_hash else None
-            if cached is None and content_hash:
-                cached = await asyncio.to_thread(self._stored_teacher_answer, content_hash)
-            if cached is None:  # not paid for yet: ask (awaited, so other requests keep flowing)
-                ans = await self._ask_teacher_raw(content)
-                if ans is not None and ans.ok and ans.label in self.labels:
-                    conf_t = float(ans.confidence) if ans.confidence is not None else 1.0
-                    if content_hash:
-                        self._remember(content_hash, ans.label, conf_t)
-                    cached = (ans.label, conf_t)
-            if cached is not None:
-                a = CascadeAnswer(cached[0], "teacher", cached[1], s_lab, s_conf, cached[0], self.version, 0.0, None,
-                                  content_hash)
-            else:
-                a = CascadeAnswer(s_lab, "teacher_failed", s_conf, s_lab, s_conf, None, self.version, 0.0, None,
-                                  content_hash)
+        s_lab, s_conf = await asyncio.to_thread(self.student_guess, content)
+        left = None if deadline_s is None else deadline_s - (time.perf_counter() - t0)
+        a = await self.adecide(content, s_lab, s_conf, content_hash=content_hash, deadline_s=left,
+                               on_deadline=on_deadline)
         a.latency_ms = (time.perf_counter() - t0) * 1000
-        if log:
+        if log and self.ws is not None:
             await asyncio.to_thread(self.log_answers, [a], origin=origin, round=round, payload_refs=[payload_ref])
         return a
 
-    def _remember(self, content_hash: str, label: str, conf: float) -> None:
-        self._raw_cache[content_hash] = (label, conf)
-        if len(self._raw_cache) > RAW_CACHE_SIZE:
-            self._raw_cache.pop(next(iter(self._raw_cache)))
+    async def adecide(self, content: Any, s_lab: str, s_conf: float, *, content_hash: str | None = None,
+                      deadline_s: float | None = None, on_deadline: str = "fallback") -> CascadeAnswer:
+        """The cascade's answer given the student's guess: the student's, or the teacher's (stored before use).
 
-    def _stored_teacher_answer(self, content_hash: str) -> tuple[str, float] | None:
-        """A final answer of this teacher (any pass, same prompt version) already paid for this exact content."""
-        model = getattr(self.teacher, "model", None)
-        pv_for = getattr(self.teacher, "prompt_version_for", None)
-        if model is None or pv_for is None:
-            return None
-        with self._store_lock:
-            if self._store is None:
-                self._store = self.ws.store()
-            row = self._store.conn.execute(
-                "SELECT label, confidence FROM teacher_answers WHERE content_hash=? AND model=? AND prompt_version=? "
-                "AND ok=1 AND label IS NOT NULL ORDER BY pass_index LIMIT 1",
-                (content_hash, model, pv_for(self.task))).fetchone()
-        if row is None or row["label"] not in self.labels:
-            return None
-        hit = (str(row["label"]), float(row["confidence"]) if row["confidence"] is not None else 1.0)
-        self._remember(content_hash, *hit)
-        return hit
-
-    async def _ask_teacher_raw(self, content: Any) -> Any:
-        teacher = self.teacher
-        if hasattr(teacher, "alabel_raw"):
-            if self._client is None and hasattr(teacher, "make_client"):
-                self._client = teacher.make_client(64)
-            try:
-                payload = content
-                if isinstance(content, list):  # tabular: the teacher reads a text rendering
-                    payload = "Features: " + json.dumps(content)
-                return await teacher.alabel_raw(payload, self.task, client=self._client)
-            except Exception as e:
-                logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
-                return None
-        logger.warning("teacher %r cannot label raw inputs (no alabel_raw)", teacher)
-        return None
+        The teacher is not called while its breaker is open; when it has not answered within ``deadline_s`` the
+        answer is the student's, marked ``student_fallback`` (``on_deadline='error'``: :class:`DeadlineExceeded`).
+        A call cut off by the deadline keeps running in the background, so what it buys is still stored.
+        """
+        if on_deadline not in ON_DEADLINE:
+            raise ValueError(f"on_deadline must be one of {ON_DEADLINE}, got {on_deadline!r}")
+        a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
+        if self.accepts(s_conf):
+            return a
+        if self.teacher is None:
+            a.label, a.source = None, "deferred"
+            return a
+        got = await self._raw.answer(content, content_hash, deadline_s)
+        if got is None:
+            if on_deadline == "error":
+                raise DeadlineExceeded(f"the teacher did not answer within {deadline_s:.3g} s"
+                                       if deadline_s is not None else "the teacher is not being called (breaker open)")
+            a.source = "student_fallback"
+        elif got[0] is not None and got[0] in self.labels:
+            a.label, a.source, a.confidence, a.teacher_label = got[0], "teacher", got[1], got[0]
+        else:
+            a.source = "teacher_failed"
+        return a
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        """Cancel teacher calls still running in the background and close the teacher's connections."""
+        await self._raw.aclose()
 
     # -- logging ---------------------------------------------------------------------------------------------------
     def log_answers(self, answers: Sequence[CascadeAnswer], *, origin: str, round: int | None = None,
@@ -326,17 +313,11 @@ class Cascade:
         """Append answers to ``cascade_log`` in one transaction (thread-safe; one connection per cascade)."""
         now = time.time()
         refs = list(payload_refs) if payload_refs is not None else [None] * len(answers)
-        rows = [(now, self.dataset, a.item_id, a.content_hash, a.source, a.label, a.confidence, a.student_label,
-                 a.student_confidence, a.teacher_label, a.model_version, self.threshold, a.latency_ms, round, origin, ref)
-                for a, ref in zip(answers, refs)]
-        with self._store_lock:
-            if self._store is None:
-                self._store = self.ws.store()
-            with self._store.transaction() as c:
-                c.executemany(
-                    "INSERT INTO cascade_log(ts, dataset, item_id, content_hash, source, label, confidence, student_label, "
-                    "student_confidence, teacher_label, model_version, threshold, latency_ms, round, origin, payload_ref) "
-                    "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        rows = [CascadeLogRow(now, self.dataset, a.item_id, a.content_hash, a.source, a.label, a.confidence,
+                              a.student_label, a.student_confidence, a.teacher_label, a.model_version, self.threshold,
+                              a.latency_ms, round, origin, ref) for a, ref in zip(answers, refs)]
+        with self._db() as store:
+            store.log_cascade_rows(rows)
 
     def close(self) -> None:
         with self._store_lock:
@@ -350,7 +331,7 @@ class Cascade:
         return {"dataset": self.dataset, "model_version": self.version, "temperature": self.temperature,
                 "threshold": self.threshold, "goal": ch.get("goal"), "target": ch.get("target"),
                 "delta": ch.get("delta"), "feasible": ch.get("feasible"),
-                "teacher": getattr(self.teacher, "display_name", None) if self.teacher is not None else None,
+                "teacher": self.teacher.display_name if self.teacher is not None else None,
                 "student_kind": getattr(self.student, "kind", None), "modality": self.task.modality}
 
 

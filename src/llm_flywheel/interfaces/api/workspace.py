@@ -365,8 +365,8 @@ class Cascade:
             by_key = {it.source_ref: it for it in s.items(task.name)}
         c = self._c
         if self._api is None:
-            self._api = _Cascade(ws, task.name, task, c.student, c.version, c.temperature, c.threshold, c.teacher,
-                                 c.calibration)
+            self._api = _Cascade(c.student, c.teacher, c.threshold, temperature=c.temperature, task=task,
+                                 version=c.version, dataset=task.name, ws=ws, calibration=c.calibration)
         with translate_errors():
             out = self._api.predict_items([by_key[k] for k in keys], origin="api",
                                           teacher_concurrency=max(1, concurrency))

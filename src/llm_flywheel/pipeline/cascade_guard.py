@@ -1,0 +1,204 @@
+"""The teacher's side of raw (served) inputs: bought once and stored before use, bounded by a breaker and a deadline.
+
+Why: with the teacher down, each deferred request used to wait through every retry (15-19 s) and a frozen teacher
+held requests without end.  The breaker stops calling a teacher that failed ``failures`` times in a row for
+``cooldown_s`` (then lets one probe through: half-open); the deadline answers with the student's guess, marked
+``student_fallback``, when the teacher has not answered in time -- or raises :class:`DeadlineExceeded` where the
+operator prefers an error (the service's 504).  One content is asked once even when many requests for it arrive
+together, and what a call cut off by the deadline buys is still stored when it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llm_flywheel.core.task import Task
+from llm_flywheel.store.base import Store
+from llm_flywheel.teachers.base import Teacher, TeacherAnswer
+
+logger = logging.getLogger(__name__)
+RAW_CACHE_SIZE = 10_000
+Hit = tuple[str | None, float]  # a final teacher answer: (label as answered, confidence); (None, 0.0): it failed
+
+ON_DEADLINE = ("fallback", "error")
+
+
+class DeadlineExceeded(TimeoutError):
+    """The teacher did not answer a deferred input before the request's deadline (``on_deadline='error'``)."""
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """For /readyz and the metrics: ``closed`` (calling), ``open`` (not calling until ``retry_in_s``),
+    ``half_open`` (one probe call allowed)."""
+
+    state: str
+    consecutive_failures: int
+    retry_in_s: float
+    opened_total: int
+
+
+class TeacherBreaker:
+    """Consecutive-failure circuit breaker (thread-safe; the clock is ``time.monotonic``)."""
+
+    def __init__(self, failures: int = 5, cooldown_s: float = 30.0) -> None:
+        if failures < 1 or cooldown_s <= 0:
+            raise ValueError(f"breaker needs failures >= 1 and cooldown_s > 0, got {failures}, {cooldown_s}")
+        self.failures, self.cooldown_s = failures, cooldown_s
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self._opened_total = 0
+
+    def allow(self) -> bool:
+        """May the teacher be called now?  After the cool-down, exactly one caller gets the probe."""
+        with self._lock:
+            if self._opened_at is None:
+                return True
+            if time.monotonic() - self._opened_at < self.cooldown_s or self._probing:
+                return False
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        with self._lock:
+            self._consecutive, self._opened_at, self._probing = 0, None, False
+
+    def failure(self) -> None:
+        with self._lock:
+            self._consecutive += 1
+            if self._probing or (self._opened_at is None and self._consecutive >= self.failures):
+                self._opened_at = time.monotonic()
+                self._opened_total += 1
+            self._probing = False
+
+    def state(self) -> BreakerState:
+        with self._lock:
+            if self._opened_at is None:
+                return BreakerState("closed", self._consecutive, 0.0, self._opened_total)
+            left = self.cooldown_s - (time.monotonic() - self._opened_at)
+            return BreakerState("open" if left > 0 or self._probing else "half_open", self._consecutive,
+                                max(0.0, left), self._opened_total)
+
+
+class RawTeacherCalls:
+    """Teacher answers for inputs that are not store items, for one task.
+
+    ``db`` (None: no workspace) opens the store; a final answer is saved there before it is used and looked up
+    there first, so a second request with the same content never pays again, in this process or another.
+    """
+
+    def __init__(self, teacher: Teacher | None, task: Task,
+                 db: Callable[[], contextlib.AbstractContextManager[Store]] | None, breaker: TeacherBreaker) -> None:
+        self.teacher, self.task, self.db, self.breaker = teacher, task, db, breaker
+        self._client: Any = None
+        self._cache: dict[str, Hit] = {}  # content hash -> final answer, bounded
+        self._asking: dict[str, asyncio.Future[Hit]] = {}  # content hash -> the one call in flight for it
+        self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
+
+    async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
+        """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
+        there is none in time (deadline, or breaker open)."""
+        if content_hash and content_hash in self._cache:
+            return self._cache[content_hash]
+        if content_hash and self.db is not None:
+            hit = await asyncio.to_thread(self._stored_teacher_answer, content_hash)
+            if hit is not None:
+                return hit
+        task = self._asking.get(content_hash) if content_hash else None
+        if task is None:
+            if not self.breaker.allow():
+                return None
+            task = asyncio.ensure_future(self._buy(content, content_hash))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            if content_hash:
+                self._asking[content_hash] = task
+                task.add_done_callback(lambda _t, h=content_hash: self._asking.pop(h, None))
+        if deadline_s is not None and deadline_s <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout=deadline_s)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _buy(self, content: Any, content_hash: str | None) -> Hit:
+        """Call the teacher once; a final answer is stored (with a workspace) before anyone uses it."""
+        ans = await self._call_teacher(content)
+        if ans is None or not ans.ok:
+            self.breaker.failure()
+            return (None, 0.0)
+        self.breaker.success()
+        hit = (ans.label, float(ans.confidence) if ans.confidence is not None else 1.0)
+        if content_hash and self.db is not None:
+            try:
+                await asyncio.to_thread(self._save_teacher_answer, content_hash, ans)
+            except Exception as e:  # not stored: do not use it either (the next request asks again)
+                logger.warning("could not store a teacher answer: %s: %s", type(e).__name__, e)
+                return (None, 0.0)
+        if content_hash:
+            self._remember(content_hash, hit)
+        return hit
+
+    async def _call_teacher(self, content: Any) -> TeacherAnswer | None:
+        teacher: Any = self.teacher
+        payload = "Features: " + json.dumps(content) if isinstance(content, list) else content  # tabular as text
+        try:
+            if self._client is None:
+                self._client = teacher.make_client(64)
+            return await teacher.alabel_raw(payload, self.task, client=self._client)
+        except Exception as e:
+            logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
+            return None
+
+    @property
+    def in_flight(self) -> int:
+        """Teacher calls running now (some may outlive the request that started them)."""
+        return len(self._running)
+
+    def _remember(self, content_hash: str, hit: Hit) -> None:
+        self._cache[content_hash] = hit
+        if len(self._cache) > RAW_CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))
+
+    def _teacher_key(self) -> tuple[str, str]:
+        assert self.teacher is not None
+        return self.teacher.model, self.teacher.prompt_version_for(self.task)
+
+    def _stored_teacher_answer(self, content_hash: str) -> Hit | None:
+        """A final answer of this teacher (same prompt version) already paid for this exact content, by labelling or
+        by any serving process."""
+        model, pv = self._teacher_key()
+        assert self.db is not None
+        with self.db() as store:
+            row = store.stored_teacher_answer(content_hash, model, pv)
+        if row is None:
+            return None
+        hit = (row.label, float(row.confidence) if row.confidence is not None else 1.0)
+        self._remember(content_hash, hit)
+        return hit
+
+    def _save_teacher_answer(self, content_hash: str, ans: TeacherAnswer) -> None:
+        model, pv = self._teacher_key()
+        assert self.db is not None
+        with self.db() as store:
+            store.save_served_teacher_answer(
+                content_hash, model, pv, label=ans.label, confidence=ans.confidence, tokens_in=ans.tokens_in,
+                tokens_out=ans.tokens_out, cost_usd=ans.cost_usd, latency_s=ans.latency_s)
+
+    async def aclose(self) -> None:
+        """Cancel calls still running in the background and close the teacher's connections."""
+        for t in list(self._running):
+            t.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
