@@ -1,5 +1,7 @@
-"""Teachers: whatever labels items for money -- an LLM behind an OpenAI-compatible endpoint, or the simulated one."""
+"""Teachers: whatever labels items for money -- an LLM behind an OpenAI-compatible endpoint, or the simulated one.
 
-from llm_flywheel.teachers.base import Teacher, TeacherAnswer
+Labelling and the cascade use only :class:`Teacher` and the :class:`TeacherSession` it opens."""
 
-__all__ = ["Teacher", "TeacherAnswer"]
+from llm_flywheel.teachers.base import CallEstimate, ServerInfo, Teacher, TeacherAnswer, TeacherSession
+
+__all__ = ["CallEstimate", "ServerInfo", "Teacher", "TeacherAnswer", "TeacherSession"]

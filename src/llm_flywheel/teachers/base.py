@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from llm_flywheel.store.base import Item
 from llm_flywheel.core.task import Task
+from llm_flywheel.store.workspace import Workspace
 
 # The vocabulary of ``TeacherAnswer.error_kind`` (and ``teacher_answers.error_kind``), shared by the client that
 # classifies a failure and the labeller / cascade / CLI that decide what to do about it.
@@ -63,12 +64,105 @@ class TeacherAnswer:
     extra: dict = field(default_factory=dict)
 
 
+class CallEstimate(NamedTuple):
+    """A rough price of one call before any is made (a tuple, so ``tin, tout, usd = ...`` keeps working)."""
+
+    tokens_in: int
+    tokens_out: int
+    usd: float | None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a model server says about its own limits, when it says (llama.cpp's ``/props``).
+
+    Why: a local server runs ``slots`` requests in parallel and queues the rest; asking for more only grows its
+    queue until requests time out, so the labeller starts its concurrency search there.  ``n_ctx`` is the context
+    *per slot*; the client caps the item text so that a prompt always fits it instead of being refused."""
+
+    slots: int | None = None
+    n_ctx: int | None = None  # tokens of context each slot has
+    source: str = "unknown"  # "llama.cpp /props", or "unknown" when the server does not say
+
+
+@runtime_checkable
+class TeacherSession(Protocol):
+    """One run's open line to a teacher, for one task: what labelling and the cascade call, concurrently.
+
+    Why a session rather than a teacher with mutable ``task`` / ``limiter`` attributes: the same teacher object may
+    serve a labelling run and a cascade at once (different tasks, different ``--rpm``); the session owns what is
+    per run -- the task, the workspace (capability memory, image files), the rate limiter and the HTTP
+    connections -- and closing it releases them.  Safe to call from many coroutines of one event loop.
+    Use as ``async with teacher.session(task, ws=ws, rpm=60) as s: ans = await s.alabel(item)``.
+    """
+
+    task: Task
+
+    async def alabel(self, item: Item, *, pass_index: int = 0) -> TeacherAnswer:
+        """Ask for one stored item's label (pass ``pass_index`` of the diverse passes).  Never raises for provider
+        trouble: a failure comes back as an answer with ``ok=False`` and an ``error_kind``."""
+        ...
+
+    async def alabel_raw(self, content: Any, *, pass_index: int = 0) -> TeacherAnswer:
+        """Ask for an input that is not in the store (served traffic): text, PNG/JPEG bytes or a PIL image."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the session's connections (idempotent)."""
+        ...
+
+    async def __aenter__(self) -> TeacherSession: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
 @runtime_checkable
 class Teacher(Protocol):
-    """Labels items for a task.  ``model`` and ``prompt_version`` key the answer cache."""
+    """Labels items for a task: the one plug-in interface for every labeller the wheel can pay.
+
+    ``model`` and :meth:`prompt_version_for` key the answer cache (a changed prompt is a new version, so old answers
+    are never reused for it).  Labelling and the cascade are written against this protocol only; the OpenAI-compatible
+    client (and the simulated teacher, reached through it) implements it, and so can any future provider.
+    """
 
     model: str
-    prompt_version: str
+    base_url: str  # where the answers come from: printed, stored in run records and fatal-error messages
+    local: bool  # on the user's own hardware: start concurrency low, no token prices
+    timeout: float  # the cap (s) on one request's wait; the concurrency controller reads latency against it
+
+    @property
+    def is_simulated(self) -> bool:
+        """True for the simulated teacher: every printout and report must say so."""
+        ...
+
+    @property
+    def display_name(self) -> str:
+        """``model @ base_url`` plus a SIMULATED tag where it applies, for printouts."""
+        ...
+
+    def prompt_version_for(self, task: Task) -> str:
+        """The cache key of the prompt this teacher would send for ``task``."""
+        ...
+
+    def check_ready(self) -> None:
+        """Raise ``TeacherConfigError`` (naming the fix) before any call when the teacher cannot work, e.g. a
+        missing API key.  Does no network I/O."""
+        ...
+
+    def server_info(self) -> ServerInfo:
+        """The server's own limits (parallel slots, context per slot) when it publishes them; asked once and
+        remembered.  Never raises: ``ServerInfo()`` when unknown."""
+        ...
+
+    def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> CallEstimate:
+        """Rough tokens and USD for one call, before any is made (the budget's first guess)."""
+        ...
+
+    def session(self, task: Task, *, ws: Workspace | None = None, rpm: float | None = None) -> TeacherSession:
+        """Open a session for ``task``: ``ws`` is where capabilities are remembered and image files are read,
+        ``rpm`` caps request starts per minute for this session (retries count)."""
+        ...
 
     def label(self, items: Sequence[Item], task: Task, *, pass_index: int = 0) -> list[TeacherAnswer]:
+        """Synchronous convenience: every item once, no answer cache (the labeller adds caching and budgets)."""
         ...

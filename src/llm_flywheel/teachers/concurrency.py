@@ -263,3 +263,28 @@ class AdaptiveConcurrency:
         if self.phase == "probe" and self.base_limit:
             return self.base_limit
         return self.limit
+
+
+class RateLimiter:
+    """At most ``rpm`` request starts per minute, evenly spaced (retries count too).  Event-loop local."""
+
+    def __init__(self, rpm: float | None) -> None:
+        if rpm is not None and rpm <= 0:
+            raise ValueError(f"rpm must be > 0, got {rpm}")
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self._next = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:  # a lock is bound to one event loop
+            self._lock, self._loop = asyncio.Lock(), loop
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)

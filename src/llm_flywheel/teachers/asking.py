@@ -1,0 +1,251 @@
+"""One item through every attempt it takes: the retry loop of the OpenAI-compatible teacher.
+
+Why a loop of small steps: each attempt ends in exactly one of three ways -- a final answer (stored by the caller,
+even a failed one), a re-send *now* because something about the request changed (a downgraded format, a shortened
+text, a re-ask without reason after a cut-off reply), or a retry after a backoff because the server may recover
+(429, 5xx, timeout, dropped connection).  Keeping those three outcomes explicit is what makes "retry only what
+can succeed" checkable.  Mixed into :class:`~llm_flywheel.teachers.openai_compat.OpenAICompatTeacher`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from llm_flywheel.core.task import Task
+from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
+from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_context_exceeded,
+                                          redact, refused_response_format, retry_after)
+from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
+from llm_flywheel.teachers.parsing import looks_like_json
+from llm_flywheel.teachers.response import read_response
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0  # s: a TCP connect that takes longer means nothing answers at the URL
+QUICK_RETRY_DELAY = 0.5  # s: the one retry a fatal (connection / DNS) failure gets
+RESEND = object()  # an attempt's outcome: send again at once (the request changed; not a retry)
+
+
+@dataclass
+class Retry:
+    """An attempt's outcome: the server may recover -- back off and try again (``wait``: its Retry-After)."""
+
+    kind: str
+    detail: str
+    wait: float | None = None
+
+
+@dataclass
+class Call:
+    """The state of one item's call across its attempts."""
+
+    item_id: int
+    content_hash: str
+    task: Task
+    content: Any
+    pass_index: int
+    limiter: Any  # the session's RateLimiter
+    t0: float = field(default_factory=time.monotonic)
+    attempt: int = 0  # transient retries so far
+    retries: int = 0
+    timeouts: int = 0
+    fallbacks: int = 0  # re-sends after a refused format / logprobs
+    fatal_retried: bool = False
+    shortened_from: int | None = None  # original text length when the item text was cut to fit the context
+    no_reason: bool = False  # the re-ask after a truncated reply
+    max_tokens: int | None = None
+    nonjson_seen: bool = False  # a structured-mode probe got prose once already
+    reasks: int = 0  # re-asks after a reply cut off at max_tokens
+    spent: list[TeacherAnswer] = field(default_factory=list)  # 200 replies that were paid for and re-asked
+    holding: bool = False  # this call is the one probe while the mode is unconfirmed
+    gate_wait_s: float = 0.0  # time spent waiting for the probe (not counted in latency_s)
+    notes: list[str] = field(default_factory=list)  # error_detail notes for an ok answer (input_truncated)
+
+
+class Asking:
+    """The attempt loop; the teacher provides ``_body``, ``_headers``, ``_answer``, the negotiation and timeouts."""
+
+    async def _ask_with(self: Any, client: httpx.AsyncClient, call: Call) -> TeacherAnswer:
+        """Attempts until one ends in an answer: re-sends at once, retries after a backoff, gives up after
+        ``max_retries`` retries (the last failure is the answer)."""
+        while True:
+            if not call.holding:
+                tg = time.monotonic()
+                call.holding = await self._enter_gate()
+                waited = time.monotonic() - tg
+                if waited > 0.001:  # time queued behind the capability probe is not the server's latency
+                    call.t0 += waited
+                    call.gate_wait_s += waited
+            out = await self._attempt(client, call)
+            if out is RESEND:
+                continue
+            if isinstance(out, TeacherAnswer):
+                return out
+            if call.attempt >= self.max_retries:
+                return self._fail(call, out.kind, f"{out.detail} (gave up after {call.attempt + 1} attempts)")
+            delay = self._backoff(call.attempt)
+            if out.wait is not None:
+                delay = min(max(out.wait, 0.0), self.max_retry_after) + random.uniform(0, 0.05)
+            log.debug("retrying %s after %s (%.2fs)", call.content_hash[:8], out.kind, delay)
+            call.attempt += 1
+            call.retries += 1
+            self.retry_waits.append(delay)
+            await asyncio.sleep(delay)
+
+    async def _attempt(self: Any, client: httpx.AsyncClient, call: Call) -> Any:
+        """Send once; a final :class:`TeacherAnswer`, :data:`RESEND` or a :class:`Retry`."""
+        with self._lock:
+            mode, logprobs = self.response_format, self.logprobs
+        await call.limiter.wait()
+        body = self._body(call.task, call.content, call.pass_index, mode=mode, logprobs=logprobs,
+                          no_reason=call.no_reason, max_tokens=call.max_tokens)
+        self.http_requests += 1
+        size = body_size(call.content)
+        timeout = self.current_timeout(call.timeouts, size)
+        ta = time.monotonic()
+        try:
+            resp = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers(),
+                                     timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            return await self._on_connect_error(call, e)
+        except httpx.TimeoutException as e:
+            call.timeouts += 1
+            return Retry("timeout", f"{type(e).__name__}: no answer within {timeout:g}s")
+        except httpx.TransportError as e:
+            return Retry("dropped", f"{type(e).__name__}: {redact(str(e), self._api_key())[:200]}")
+        if resp.status_code == 200:
+            return self._on_ok(call, resp, mode, logprobs, size, time.monotonic() - ta)
+        if resp.status_code == 429:
+            return Retry("http_429", "429 Too Many Requests", retry_after(resp))
+        return self._on_error_status(call, resp.status_code, redact(resp.text, self._api_key()), mode, logprobs)
+
+    async def _on_connect_error(self: Any, call: Call, e: Exception) -> Any:
+        """Nothing answered: one quick second try (a server still starting up), then a fatal answer."""
+        kind = classify_transport_error(e)
+        if not call.fatal_retried:
+            call.fatal_retried = True
+            call.retries += 1
+            self.retry_waits.append(QUICK_RETRY_DELAY)
+            await asyncio.sleep(QUICK_RETRY_DELAY)
+            return RESEND
+        return self._fail(call, kind, f"{fatal_fix(kind, self.base_url)} ({type(e).__name__}: "
+                                      f"{redact(str(e), self._api_key())[:120]})")
+
+    def _on_ok(self: Any, call: Call, resp: httpx.Response, mode: str, logprobs: bool, size: int,
+               latency: float) -> Any:
+        """A 200: the answer, or a re-ask when the format was ignored (prose) or the reply was cut off."""
+        max_tokens = call.max_tokens or self.max_tokens
+        fields = read_response(resp, self._matcher(call.task), prices=self.price_per_mtok(call.task),
+                               secret=self._api_key(), mode=mode, max_tokens=max_tokens)
+        if fields.get("error_kind") == "http_5xx":  # a provider error inside a 200
+            return Retry("http_5xx", fields.get("error_detail") or "")
+        ans = self._answer(call.item_id, call.content_hash, call.task, call.pass_index, **fields)
+        self.latencies.append(latency)
+        self.sizes.append(size)
+        text = ans.raw_text
+        prose = (mode in STRUCTURED_MODES and text is not None and not looks_like_json(text)
+                 and ans.error_kind in ("parse", "truncated"))
+        if prose and (call.holding or not self._confirmed) and call.fallbacks < 6:
+            # prose under a structured mode: the server may have ignored the format -- a second prose reply
+            # (T=0 repeats itself) settles it
+            call.spent.append(ans)
+            call.fallbacks += 1
+            if call.nonjson_seen:
+                call.nonjson_seen = False
+                self._downgrade(mode, "the reply was not JSON twice: response_format ignored")
+            else:
+                call.nonjson_seen = True
+            return RESEND
+        if text is not None and not prose:
+            self._confirm(mode, logprobs)
+        if ans.error_kind == "truncated" and not call.no_reason:
+            call.spent.append(ans)
+            call.no_reason = True  # change what caused the cut: no reason, more room
+            call.max_tokens = max(2 * self.max_tokens, 600)
+            call.reasks += 1  # not a retry: nothing about the server's load
+            return RESEND
+        if ans.ok:
+            for note in call.notes:
+                ans.error_detail = f"{ans.error_detail}; {note}" if ans.error_detail else note
+            if call.shortened_from is not None:
+                ans.extra["input_truncated"] = True
+        return self._final(ans, call)
+
+    def _on_error_status(self: Any, call: Call, st: int, text: str, mode: str, logprobs: bool) -> Any:
+        """An HTTP error: shorten on "context exceeded", step down on a refused format or logprobs, retry a 5xx,
+        and end the item on any other client error (fatal ones name the fix)."""
+        low = text.lower()
+        if st >= 400 and is_context_exceeded(text):
+            return self._on_context_exceeded(call, st, text)
+        if call.fallbacks < 6 and refused_response_format(st, text) and "logprob" not in low:
+            call.fallbacks += 1
+            if mode == "json_schema" and "maxlength" in low and self.schema_max_length:
+                self._drop_flag("schema_max_length", f"HTTP {st}: {text[:150]}")
+                return RESEND
+            if mode != "none":
+                self._downgrade(mode, f"HTTP {st}: {text[:150]}")  # no-op if another call already did
+                return RESEND
+        if st in (400, 422) and call.fallbacks < 6 and logprobs and "logprob" in low:
+            call.fallbacks += 1
+            self._drop_flag("logprobs", f"HTTP {st}: {text[:150]}")
+            return RESEND
+        if st >= 500:
+            return Retry("http_5xx", f"HTTP {st}: {text[:200]}")
+        fkind = "auth" if st in (401, 402, 403) else "not_found" if st == 404 else "http_4xx"
+        if fkind == "http_4xx":
+            return self._fail(call, fkind, f"HTTP {st}: {text[:300]}", extra={"status": st})
+        fix = fatal_fix(fkind, self.base_url, st, self.api_key_env, self.model)
+        return self._fail(call, fkind, f"{fix} (HTTP {st}: {text[:200]})", extra={"status": st})
+
+    def _on_context_exceeded(self: Any, call: Call, st: int, text: str) -> Any:
+        """Not transient: cut the item text once to what the server says fits (half when it does not say)."""
+        content = call.content
+        if isinstance(content, str) and call.shortened_from is None and len(content) > 50:
+            nums = context_numbers(text)
+            share = 0.5
+            if nums and nums[0] > 0:
+                share = min(0.5, max(0.05, 0.8 * nums[1] / nums[0]))
+            call.shortened_from = len(content)
+            call.content = content[: int(len(content) * share)] + " …[truncated]"
+            call.notes.append(f"input_truncated: the item text was cut from {len(content)} to "
+                              f"{len(call.content)} characters to fit the server's context")
+            if not nums:  # llama.cpp's mid-generation "Context size has been exceeded": the KV cache shared by
+                call.retries += 1  # parallel slots ran full -- a sign of load
+            return RESEND
+        cut = f" even with the item text cut to {len(content)} characters" if call.shortened_from else ""
+        return self._fail(call, "context_exceeded",
+                          f"HTTP {st}: the prompt does not fit the server's context window{cut} — give the server "
+                          f"a larger context (llama.cpp: -c, and fewer parallel slots -np, which share it) or send "
+                          f"fewer requests at once: {text[:200]}", extra={"status": st})
+
+    def _fail(self: Any, call: Call, kind: str, detail: str, **kw: Any) -> TeacherAnswer:
+        extra = {"fatal": kind in FATAL_ERROR_KINDS, **kw.pop("extra", {})}
+        ans = self._answer(call.item_id, call.content_hash, call.task, call.pass_index, ok=False, error_kind=kind,
+                           error_detail=detail, extra=extra, **kw)
+        return self._final(ans, call)
+
+    def _final(self: Any, ans: TeacherAnswer, call: Call) -> TeacherAnswer:
+        """Add what the discarded (paid) replies of this call cost, and the call's totals, to its answer."""
+        if call.spent:
+            for k in ("tokens_in", "tokens_out", "cost_usd"):
+                vals = [getattr(a, k) for a in call.spent if getattr(a, k) is not None]
+                if vals:
+                    setattr(ans, k, (getattr(ans, k) or 0) + sum(vals))
+            ans.extra["discarded_replies"] = len(call.spent)
+        ans.latency_s = time.monotonic() - call.t0
+        ans.extra["retries"] = call.retries
+        if call.reasks:
+            ans.extra["reasked_after_truncation"] = call.reasks
+        if call.gate_wait_s:
+            ans.extra["probe_wait_s"] = round(call.gate_wait_s, 3)
+        return ans
+
+    def _backoff(self: Any, attempt: int) -> float:
+        return min(self.backoff_max, self.backoff_base * (2 ** attempt)) * random.uniform(0.5, 1.5)

@@ -1,0 +1,136 @@
+"""How a teacher call fails, in words the labeller can act on.
+
+Why: "retry", "shorten the prompt", "negotiate a simpler format" and "stop the run and name the fix" are different
+answers to different failures, and the OpenAI-compatible servers word each one differently.  This module turns an
+HTTP status, a body or a transport exception into one ``error_kind`` of :mod:`llm_flywheel.teachers.base`'s
+vocabulary, and writes the sentence a user needs.  Provider text is redacted before anything records it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+RETRYABLE_KINDS = frozenset({"http_429", "http_5xx", "timeout", "dropped"})
+FATAL_STATUSES = frozenset({401, 402, 403, 404})  # every later call would fail the same way
+
+
+_SECRET_RE = re.compile(r"(sk-[A-Za-z0-9_\-]{6,}|AIza[0-9A-Za-z_\-]{10,}|Bearer\s+\S+)")
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove the key (and anything shaped like a key) from a provider message before it is recorded."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _SECRET_RE.sub("***", text)
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    v = resp.headers.get("retry-after")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class TeacherConfigError(RuntimeError):
+    """A teacher that cannot be used as configured (missing API key, bad URL...)."""
+
+
+# --- failure classification -----------------------------------------------------------------------------------------
+_DNS_MARKERS = ("name or service not known", "nodename nor servname", "getaddrinfo failed",
+                "temporary failure in name resolution", "no address associated", "name does not resolve",
+                "failed to resolve", "no such host")
+_CONTEXT_RE = re.compile(r"context size has been exceeded|exceeds? the available context|larger than the max context"
+                         r"|exceed_context_size|maximum context length|context_length_exceeded"
+                         r"|exceed(?:s|ed)? context window|context window exceeded|too many tokens in the prompt", re.I)
+_FORMAT_WORDS_4XX = ("response_format", "json_schema", "json_object", "schema", "structured", "grammar")
+_FORMAT_WORDS_5XX = ("response_format", "json_schema", "json_object", "grammar")
+
+
+def classify_transport_error(exc: BaseException) -> str:
+    """``dns`` / ``connection`` (fatal: nothing answers at the URL) or ``dropped`` (a connection that was made and
+    then lost: transient) for an httpx transport error that carries no HTTP status."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        chain: list[BaseException] = []
+        e: BaseException | None = exc
+        while e is not None and len(chain) < 8:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        if any(isinstance(x, socket.gaierror) for x in chain):
+            return "dns"
+        text = " ".join(str(x).lower() for x in chain)
+        if any(m in text for m in _DNS_MARKERS):
+            return "dns"
+        return "connection"
+    return "dropped"
+
+
+def is_context_exceeded(text: str) -> bool:
+    """A prompt that does not fit the server's context window (llama.cpp's C++ server, llama-cpp-python, vLLM,
+    OpenAI each word it differently; asking again the same way cannot help)."""
+    return bool(_CONTEXT_RE.search(text or ""))
+
+
+def refused_response_format(status: int, text: str) -> bool:
+    """True when an error response says the server cannot do the requested ``response_format``.  400/422 name it
+    loosely ("schema", "structured"); a 5xx must name it outright (llama-cpp-python answers HTTP 500 to
+    ``json_schema``) so that an ordinary server error is not mistaken for a refusal."""
+    low = (text or "").lower()
+    if status in (400, 422):
+        return any(w in low for w in _FORMAT_WORDS_4XX)
+    if status >= 500:
+        return any(w in low for w in _FORMAT_WORDS_5XX)
+    return False
+
+
+def context_numbers(text: str) -> tuple[int, int] | None:
+    """(prompt tokens, tokens that fit for the prompt) from a context-exceeded message, when it says."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("n_prompt_tokens"), int) and isinstance(err.get("n_ctx"), int):
+        return err["n_prompt_tokens"], err["n_ctx"]  # llama.cpp's C++ server
+    m = re.search(r"maximum context length is (\d+) tokens.*?\((\d+) in the messages, (\d+) in the completion\)",
+                  text, re.S)
+    if m:  # llama-cpp-python / OpenAI: the completion's max_tokens counts against the window too
+        return int(m.group(2)), int(m.group(1)) - int(m.group(3))
+    m = re.search(r"request \((\d+) tokens\) exceeds the available context size \((\d+)", text)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def fatal_fix(kind: str, base_url: str, status: int | None = None, api_key_env: str | None = None,
+              model: str | None = None) -> str:
+    """One sentence that names the URL and what to do, for each fatal error kind."""
+    if kind == "connection":
+        return f"nothing listens at {base_url} — start the server or fix --teacher"
+    if kind == "dns":
+        host = urlsplit(base_url).hostname or base_url
+        return f"the host {host!r} of {base_url} does not resolve — check the URL in --teacher (or your DNS/network)"
+    if kind == "auth":
+        if status == 402:
+            return f"{base_url} wants payment (HTTP 402) — add credits to the account behind the API key"
+        if api_key_env and os.environ.get(api_key_env):
+            return (f"{base_url} refused the API key in ${api_key_env} (HTTP {status}) — export a valid key there "
+                    f"or pick another variable with --api-key-env")
+        return (f"{base_url} wants an API key (HTTP {status}) — export it and name the variable with --api-key-env")
+    if kind == "not_found":
+        return (f"{base_url}/chat/completions or model {model!r} does not exist (HTTP 404) — check the base URL "
+                f"(it usually ends in /v1) and the model name ({base_url}/models lists them)")
+    return ""

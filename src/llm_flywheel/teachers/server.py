@@ -1,0 +1,48 @@
+"""What a local model server says about itself: llama.cpp's ``GET /props``.
+
+Why: llama.cpp's ``llama-server`` runs ``total_slots`` requests in parallel (``-np``) and splits its context
+``-c`` between them (``default_generation_settings.n_ctx`` is one slot's share).  Requests beyond the slots only
+queue, and a prompt longer than a slot's context is refused.  Knowing both up front lets the labeller start its
+concurrency search at the slot count and lets the client cap an item's text to what fits, instead of learning
+either from timeouts and HTTP 500s.  Other servers (vLLM, Ollama, remote APIs) do not answer ``/props``; then
+nothing is known and nothing changes.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from llm_flywheel.teachers.base import ServerInfo
+
+PROPS_TIMEOUT = 3.0  # s: a local server answers /props in milliseconds; a slow answer means "does not say"
+
+
+def server_root(base_url: str) -> str:
+    """``http://host:port/v1`` -> ``http://host:port`` (llama.cpp serves /props beside /v1)."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def parse_props(data: object) -> ServerInfo:
+    """The slots and per-slot context from a ``/props`` body (``ServerInfo()`` when it has neither)."""
+    if not isinstance(data, dict):
+        return ServerInfo()
+    slots = data.get("total_slots")
+    gen = data.get("default_generation_settings")
+    n_ctx = gen.get("n_ctx") if isinstance(gen, dict) else None
+    slots = slots if isinstance(slots, int) and slots > 0 else None
+    n_ctx = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+    if slots is None and n_ctx is None:
+        return ServerInfo()
+    return ServerInfo(slots=slots, n_ctx=n_ctx, source="llama.cpp /props")
+
+
+def read_server_info(base_url: str, headers: dict[str, str] | None = None) -> ServerInfo:
+    """Ask the server once; any failure (no such route, not JSON, nothing listening) means "unknown"."""
+    try:
+        r = httpx.get(f"{server_root(base_url)}/props", headers=headers, timeout=PROPS_TIMEOUT)
+        if r.status_code != 200:
+            return ServerInfo()
+        return parse_props(r.json())
+    except (httpx.HTTPError, ValueError):
+        return ServerInfo()
