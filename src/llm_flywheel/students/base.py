@@ -133,6 +133,21 @@ def torch_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+def make_session(path: Path, threads: int | None = None) -> Any:
+    """An ORT CPU session with intra-op threads set (default: :func:`torch_threads`) and full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch_threads()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise StudentError(f"cannot open ONNX model {path}: {type(e).__name__}: {e}") from None
+
+
 def set_torch_threads() -> None:
     import torch
 
@@ -191,7 +206,6 @@ def fit_torch(
     Returns a history dict; the model is left holding the selected weights, in eval mode.
     """
     import torch
-    import torch.nn.functional as F
 
     set_torch_threads()
     g = torch.Generator().manual_seed(seed)
@@ -201,9 +215,44 @@ def fit_torch(
         raise StudentError("no training items")
     q = torch.from_numpy(np.asarray(q_train, dtype=np.float32))
     w = torch.from_numpy(np.asarray(w_train if w_train is not None else np.ones(n), dtype=np.float32))
+    opt, sched = _cosine_adamw(model, lr, weight_decay, epochs, max(1, math.ceil(n / batch_size)))
+    keeper = _BestEpoch(np.asarray(y_val, dtype=int), patience)
+    history: list[dict[str, float]] = []
+    t0 = time.time()
+    bar = _Bar(progress, desc, epochs)
+    try:
+        for epoch in range(epochs):
+            rec: dict[str, float] = {"epoch": epoch + 1, "train_loss": _train_epoch(
+                model, x_train, q, w, augment, batch_size, g, opt, sched)}
+            if len(keeper.y_val):
+                rec.update(keeper.score(model, predict_torch(model, x_val, eval_batch), epoch + 1))
+            history.append(rec)
+            bar.advance(rec)
+            if keeper.exhausted():
+                break
+    finally:
+        bar.close()
+    best_epoch = keeper.restore(model) or len(history)
+    model.eval()
+    best = keeper.best
+    return {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_acc": best[0] if best else None,
+        "best_val_loss": -best[1] if best else None,
+        "history": history,
+        "train_seconds": round(time.time() - t0, 2),
+        "n_train": int(n),
+        "n_val": int(len(keeper.y_val)),
+    }
+
+
+def _cosine_adamw(model: Any, lr: float, weight_decay: float, epochs: int, steps_per_epoch: int) -> tuple[Any, Any]:
+    """AdamW over the trainable parameters with a one-epoch linear warm-up (at most 10 % of the run), then cosine."""
+    import torch
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, epochs * steps_per_epoch)
     warmup = min(steps_per_epoch, total // 10)
 
@@ -213,69 +262,66 @@ def fit_torch(
         t = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * t))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    y_val_t = np.asarray(y_val, dtype=int)
-    history: list[dict[str, float]] = []
-    best: tuple[float, float] | None = None
-    best_state: dict[str, Any] | None = None
-    best_epoch = -1
-    since_best = 0
-    t0 = time.time()
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
-    bar = _Bar(progress, desc, epochs)
-    try:
-        for epoch in range(epochs):
-            model.train()
-            perm = torch.randperm(n, generator=g)
-            tot_loss, seen = 0.0, 0
-            for s in range(0, n, batch_size):
-                idx = perm[s : s + batch_size]
-                if len(idx) < 2 and n >= 2:
-                    continue  # BatchNorm cannot train on a batch of one
-                xb = x_train[idx]
-                xb = augment(xb, g) if augment is not None else xb
-                logits = model(xb)
-                per = -(q[idx] * F.log_softmax(logits, dim=1)).sum(dim=1)
-                wb = w[idx]
-                loss = (per * wb).sum() / wb.sum().clamp_min(1e-8)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                tot_loss += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            rec: dict[str, float] = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1)}
-            if len(y_val_t):
-                logits_v = predict_torch(model, x_val, eval_batch)
-                pv = softmax(logits_v)
-                rec["val_acc"] = float((pv.argmax(1) == y_val_t).mean())
-                rec["val_loss"] = float(-np.log(np.clip(pv[np.arange(len(y_val_t)), y_val_t], 1e-12, None)).mean())
-                key = (rec["val_acc"], -rec["val_loss"])
-                if best is None or key > best:
-                    best, best_state, best_epoch, since_best = key, copy.deepcopy(model.state_dict()), epoch + 1, 0
-                else:
-                    since_best += 1
-            history.append(rec)
-            bar.advance(rec)
-            if len(y_val_t) and since_best >= patience:
-                break
-    finally:
-        bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = len(history)
-    model.eval()
-    return {
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "best_val_acc": best[0] if best else None,
-        "best_val_loss": -best[1] if best else None,
-        "history": history,
-        "train_seconds": round(time.time() - t0, 2),
-        "n_train": int(n),
-        "n_val": int(len(y_val_t)),
-    }
+
+def _train_epoch(model: Any, x: Any, q: Any, w: Any, augment: Callable[[Any, Any], Any] | None, batch_size: int,
+                 g: Any, opt: Any, sched: Any) -> float:
+    """One pass over the shuffled training set: quality-weighted cross-entropy against the target distributions.
+    Returns the mean training loss."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train()
+    n = len(q)
+    perm = torch.randperm(n, generator=g)
+    tot_loss, seen = 0.0, 0
+    for s in range(0, n, batch_size):
+        idx = perm[s : s + batch_size]
+        if len(idx) < 2 and n >= 2:
+            continue  # BatchNorm cannot train on a batch of one
+        xb = augment(x[idx], g) if augment is not None else x[idx]
+        per = -(q[idx] * F.log_softmax(model(xb), dim=1)).sum(dim=1)
+        wb = w[idx]
+        loss = (per * wb).sum() / wb.sum().clamp_min(1e-8)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        tot_loss += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return tot_loss / max(seen, 1)
+
+
+class _BestEpoch:
+    """Early stopping on the validation split: keeps the weights of the epoch with the best (accuracy, -loss)."""
+
+    def __init__(self, y_val: np.ndarray, patience: int) -> None:
+        self.y_val, self.patience = y_val, patience
+        self.best: tuple[float, float] | None = None
+        self.state: dict[str, Any] | None = None
+        self.epoch, self.since = -1, 0
+
+    def score(self, model: Any, logits: np.ndarray, epoch: int) -> dict[str, float]:
+        pv, y = softmax(logits), self.y_val
+        rec = {"val_acc": float((pv.argmax(1) == y).mean()),
+               "val_loss": float(-np.log(np.clip(pv[np.arange(len(y)), y], 1e-12, None)).mean())}
+        key = (rec["val_acc"], -rec["val_loss"])
+        if self.best is None or key > self.best:
+            self.best, self.state, self.epoch, self.since = key, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            self.since += 1
+        return rec
+
+    def exhausted(self) -> bool:
+        return bool(len(self.y_val)) and self.since >= self.patience
+
+    def restore(self, model: Any) -> int | None:
+        """Load the best epoch's weights into ``model``; its 1-based epoch, or None without validation."""
+        if self.state is None:
+            return None
+        model.load_state_dict(self.state)
+        return self.epoch
 
 
 def predict_torch(model: Any, x: Any, batch: int = 256) -> np.ndarray:

@@ -23,22 +23,8 @@ import numpy as np
 
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.students.base import ONNX_FILE, StudentError, read_meta, softmax, torch_threads
-
-
-def make_session(path: Path, threads: int | None = None) -> Any:
-    """An ORT CPU session with intra-op threads set (default: :func:`torch_threads`) and full graph optimisation."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or torch_threads()
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise StudentError(f"cannot open ONNX model {path}: {type(e).__name__}: {e}") from None
+from llm_flywheel.students.base import ONNX_FILE, StudentError, make_session, read_meta, softmax  # noqa: F401 - make_session re-exported
+from llm_flywheel.students.minilm import OnnxMiniLMEncoder
 
 
 class OnnxStudent:
@@ -73,8 +59,6 @@ class OnnxStudent:
             return preprocess_images(list(raw), int(pre["size"]), int(pre["channels"]))
         if self.modality == "text":
             if self._encoder is None:
-                from llm_flywheel.students.text import OnnxMiniLMEncoder
-
                 self._encoder = OnnxMiniLMEncoder(self.ws)
             return self._encoder.encode([str(t) for t in raw], write_cache=False)
         raise StudentError(f"no ONNX input pipeline for modality {self.modality!r}")
@@ -101,8 +85,6 @@ class OnnxStudent:
     def predict_logits(self, items: Sequence[Item], batch: int = 512) -> np.ndarray:
         if self.modality == "text":
             if self._encoder is None:
-                from llm_flywheel.students.text import OnnxMiniLMEncoder
-
                 self._encoder = OnnxMiniLMEncoder(self.ws)
             return self.run(self._encoder.encode_items(items)) if items else np.zeros((0, len(self.labels)), np.float32)
         outs = [self.predict_logits_raw(self._raw_of(items[s : s + batch])) for s in range(0, len(items), batch)]

@@ -2,7 +2,7 @@
 
 Why: gradient boosting is the strong default on tables, handles missing values (NaN) natively and needs no scaling;
 scikit-learn's implementation adds no dependency.  Soft targets are honoured by expanding each item into one row per
-label the teacher gave mass to (see :func:`~llm_flywheel.students.text.expand_soft`).  No ONNX export (skl2onnx is
+label the teacher gave mass to (see :func:`~llm_flywheel.students.sklearn_student.expand_soft`).  No ONNX export (skl2onnx is
 not a dependency): it is served with scikit-learn, which is already fast for trees.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from llm_flywheel.store.base import Item
 from llm_flywheel.students.base import StudentError
-from llm_flywheel.students.text import SklearnStudent
+from llm_flywheel.students.sklearn_student import SklearnStudent
 
 
 def features_matrix(rows: Sequence[Sequence[float | None]]) -> np.ndarray:
