@@ -25,6 +25,7 @@ from llm_flywheel.store.models import ModelQueries
 from llm_flywheel.store.records import Item, StoreError
 from llm_flywheel.store.review import ReviewQueries
 from llm_flywheel.store.serving import ServingQueries
+from llm_flywheel.store.training import TrainingQueries
 from llm_flywheel.store.schema import MIGRATIONS, MODEL_ROLES, SCHEMA_VERSION, SPLITS, _split_sql
 
 __all__ = ["MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Store", "StoreError", "connect"]
@@ -41,7 +42,8 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return conn
 
 
-class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQueries, ModelQueries, ReviewQueries, ServingQueries):
+class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQueries, ModelQueries, ReviewQueries, ServingQueries,
+            TrainingQueries):
     """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
