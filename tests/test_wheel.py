@@ -245,20 +245,17 @@ def test_later_round_resumes_with_the_items_it_had_selected(wheel_ws):
 def test_cost_uses_the_last_rounds_own_deferral_never_an_earlier_models():
     """The last round served no stream: its cost comes from its own test deferral (here everything deferred: no
     saving), not from round 1's stream, which another model and threshold served."""
-    from llm_flywheel.pipeline.flywheel import WheelConfig, _Wheel
+    from llm_flywheel.pipeline.flywheel import WheelConfig, cost_section
 
-    w = _Wheel.__new__(_Wheel)
-    w.cfg = WheelConfig()
+    cfg = WheelConfig()
     rounds = [{"round": 1, "teacher_fraction": 0.07, "teacher_calls": 100, "teacher_cost_usd": 0.02},
               {"round": 2, "teacher_fraction": None, "test_teacher_fraction": 1.0, "teacher_calls": 50,
                "teacher_cost_usd": 0.01}]
-    extra = {"throughput": {"items_per_s": 2000.0}}
     stats = {"priced": True, "mean_cost_per_call": 0.0002, "ok_calls": 150, "mean_latency_s": 0.3}
-    w._cost(rounds, rounds[-1], extra, stats)
+    extra = cost_section(cfg, rounds, {"items_per_s": 2000.0}, stats)
     cost = extra["cost"]
     assert cost["teacher_fraction"] == 1.0 and "round 2" in cost["teacher_fraction_source"]
     assert cost["cost_ratio"] < 1 and cost["breakeven_items"] is None
     assert extra["cost_na"]["breakeven_items"].startswith("never")
-    none = {"throughput": {"items_per_s": 2000.0}}
-    w._cost([{"round": 1, "teacher_fraction": None}], {"round": 1, "teacher_fraction": None}, none, stats)
+    none = cost_section(cfg, [{"round": 1, "teacher_fraction": None}], {"items_per_s": 2000.0}, stats)
     assert "cost" not in none and none["cost_na"]["cost"].startswith("n/a")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.store.models import wheel_report_key
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.interfaces.report import review_section
 
@@ -24,17 +25,9 @@ class ReportError(RuntimeError):
     """Nothing to report (no wheel run for this dataset yet)."""
 
 
-def wheel_report_key(dataset: str, run_id: int) -> str:
-    return f"{dataset}:{run_id}"
-
-
 def latest_run_id(ws: Workspace, dataset: str) -> int | None:
-    store = ws.store(readonly=True)
-    try:
-        r = store.query("SELECT MAX(run_id) AS r FROM rounds WHERE dataset=?", (dataset,))[0]["r"]
-    finally:
-        store.close()
-    return int(r) if r is not None else None
+    with ws.store(readonly=True) as store:
+        return store.latest_wheel_run_id(dataset)
 
 
 def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> dict[str, Any]:
@@ -42,20 +35,14 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
     run_id = run_id if run_id is not None else latest_run_id(ws, dataset)
     if run_id is None:
         raise ReportError(f"no wheel run for dataset {dataset!r} in {ws.root}; run `flywheel run {dataset}` first")
-    store = ws.store(readonly=True)
-    try:
-        rows = store.query(
-            "SELECT round, model_version, metrics_json, finished_at FROM rounds WHERE dataset=? AND run_id=? ORDER BY round",
-            (dataset, run_id),
-        )
+    with ws.store(readonly=True) as store:
+        rows = store.wheel_rounds(dataset, run_id)
         extra = store.latest_report("wheel", wheel_report_key(dataset, run_id)) or {}
-        run = store.query("SELECT status, config_json FROM runs WHERE id=?", (run_id,))
-    finally:
-        store.close()
+        status = store.run_status(run_id)
     rounds = []
     for r in rows:
-        m = json.loads(r["metrics_json"] or "{}")
-        if r["finished_at"] is None:
+        m = r["metrics"]
+        if not r["finished"]:
             continue  # an unfinished round (killed run) has no final numbers yet
         m.setdefault("round", r["round"])
         m.setdefault("model_version", r["model_version"])
@@ -65,7 +52,7 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
     summary: dict[str, Any] = {
         "dataset": dataset,
         "run_id": run_id,
-        "run_status": run[0]["status"] if run else None,
+        "run_status": status,
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rounds": rounds,
         "teacher_accuracy": (extra.get("teacher_quality") or {}).get("accuracy"),
@@ -162,4 +149,5 @@ def write_report(ws: Workspace, dataset: str, *, run_id: int | None = None, out_
     return render_report(summary, out_dir or ws.reports_dir)
 
 
-__all__ = ["OVERALL_KEYS", "ROUND_KEYS", "ReportError", "build_summary", "render_report", "write_report"]
+__all__ = ["OVERALL_KEYS", "ROUND_KEYS", "ReportError", "build_summary", "render_report", "wheel_report_key",
+           "write_report"]

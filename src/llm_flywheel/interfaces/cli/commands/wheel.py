@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
+
+from llm_flywheel.core.stats import pct
 
 from llm_flywheel.interfaces.cli import EXIT_CODES_HELP, Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx, progress_enabled
 
@@ -139,9 +142,27 @@ def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_e
         yield teacher_from_spec(f"{base_url}|{model_id(dataset, sim)}", task, api_key_env="")
 
 
-def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
-    from llm_flywheel.pipeline.flywheel import round_table
+def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds") -> Table:
+    """The per-round table printed by `flywheel run` / `flywheel demo`."""
+    t = Table(title=title)
+    for col in ("round", "model", "promoted", "labels", "teacher calls", "teacher $", "student acc (gold test)",
+                "cascade acc (gold test)", "teacher frac (stream)"):
+        t.add_column(col, justify="right")
 
+    def acc(d: dict[str, Any], k: str) -> str:
+        v, ci = d.get(k), d.get(f"{k}_ci")
+        if v is None:
+            return "–"
+        return f"{100 * v:.1f} % [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * v:.1f} %"
+
+    for d in rounds:
+        t.add_row(str(d.get("round")), str(d.get("model_version") or "–"), "yes" if d.get("promoted") else "no",
+                  f"{d.get('labels_total', 0):,}", f"{d.get('teacher_calls', 0):,}", f"{d.get('teacher_cost_usd') or 0:.4f}",
+                  acc(d, "student_accuracy"), acc(d, "cascade_accuracy"), pct(d.get("teacher_fraction")))
+    return t
+
+
+def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
     summary = json.loads((page.parent / "summary.json").read_text())
     console.print(round_table(summary["rounds"], title=f"{dataset}: the wheel, round by round"))
     src = summary.get("teacher_source")

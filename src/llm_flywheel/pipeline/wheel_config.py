@@ -1,0 +1,174 @@
+"""The wheel's settings: :class:`WheelConfig`, the sizing rule for sizes left out, and the checks that warn where a
+given size does not fit the dataset.
+
+Why apart from the loop: sizing is pure arithmetic on split counts, testable without a store or a teacher, and the
+settings are what a resumed run must match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from llm_flywheel.core.cost import DEFAULT_CPU_USD_PER_HOUR
+from llm_flywheel.pipeline.feedback import POLICIES
+
+DEFAULT_MAX_TEACHER_FRACTION = 0.1
+"""The default cascade goal: at most 10 % of items go to the teacher.  A budget is always feasible; an accuracy
+target measured against teacher labels is not (it cannot exceed the teacher's own accuracy)."""
+
+AUTO_SHARE_CAP = 500  # items: the most the sizing rule labels in one share (seed set, one round's selection)
+AUTO_STREAM_CAP = 1000  # items: the most the sizing rule serves from the stream per round
+SMALL_CALIB = 200  # fewer calibration items than this: the threshold rests on little evidence (a warning)
+
+
+def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[str, int]:
+    """The sizes the wheel uses when they are not given -- derived from the dataset, never assumed big.
+
+    The rule: the train pool is cut into ``rounds + 1`` equal shares; round 1 labels one share at random (at most
+    500 items) and every later round selects one share (at most 500 items, ``x passes`` teacher calls), so the
+    pool is never used up before the last round and one share stays unlabelled for selection to choose from.  The
+    stream split is divided evenly over the rounds (at most 1,000 items per round), so every round serves new
+    traffic and the last round's teacher fraction -- what the cost model uses -- is always measured.
+    """
+    share = min(AUTO_SHARE_CAP, max(1, n_train // (rounds + 1)))
+    return {"seed_labels": share, "per_round_budget": share * passes,
+            "stream_per_round": min(AUTO_STREAM_CAP, n_stream // max(rounds, 1))}
+
+
+class WheelStopped(RuntimeError):
+    """The wheel stopped on a known condition; ``kind``: 'teacher' (a fatal teacher error), 'budget' (a cap was
+    reached) or 'no_labels' (nothing to train on).  Everything paid for is stored: fix the cause and re-run -- the
+    round resumes from the stage that stopped."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class WheelConfig:
+    """Knobs of one wheel run.  Sizes are item counts; ``None`` for val/calib/test means the whole split, and for
+    ``seed_labels``, ``per_round_budget`` and ``stream_per_round`` the sizing rule of :func:`auto_sizes`."""
+
+    rounds: int = 3
+    seed_labels: int | None = None  # random items of the train pool labelled in round 1 (None: auto_sizes)
+    val_labels: int | None = 500  # at most this many validation items labelled (promotion + early stopping)
+    calib_labels: int | None = 1000  # at most this many calibration items labelled (temperature + threshold)
+    per_round_budget: int | None = None  # teacher calls on actively selected items per round >= 2 (None: auto_sizes)
+    passes: int = 2  # teacher passes per labelled training item (consensus)
+    policy: str = "margin"  # margin | entropy | qbc | random
+    committee: int = 3  # model versions in the query-by-committee
+    candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)
+    stream_per_round: int | None = None  # unseen stream items served through the cascade per round (None: auto_sizes)
+    test_limit: int | None = None  # test items measured (None = all)
+    student_kind: str | None = None
+    epochs: int | None = None
+    student_hparams: dict[str, Any] = field(default_factory=dict)  # passed to the student (e.g. {"width": 16})
+    target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
+    max_teacher_fraction: float | None = None  # ... and/or a teacher budget
+    delta: float = 0.1
+    audit_rate: float = 0.03
+    concurrency: int = 16
+    seed: int = 0
+    cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR
+    teacher_usd_per_hour: float | None = None  # price of the teacher's machine when it reports no token price
+    gold_ceiling: bool = True  # train the same student on the same items with gold labels at the end
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.passes < 1:
+            raise ValueError("passes must be >= 1")
+        for name in ("seed_labels", "per_round_budget", "stream_per_round"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.target_accuracy is None and self.max_teacher_fraction is None:
+            object.__setattr__(self, "max_teacher_fraction", DEFAULT_MAX_TEACHER_FRACTION)
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings that must match for a re-run to continue an unfinished run (rounds may grow)."""
+        d = asdict(self)
+        d.pop("rounds")
+        return d
+
+
+def warning(code: str, message: str, fix: str) -> dict[str, str]:
+    """A loud warning as stored with the run (terminal summary, report and summary.json show it with its fix)."""
+    return {"code": code, "message": message, "fix": fix}
+
+
+@dataclass
+class Sizing:
+    """The sizes a run uses (the config with the rule's values filled in) and the warnings they raise."""
+
+    config: WheelConfig
+    sizes: dict[str, Any]
+    warnings: list[dict[str, str]]
+
+
+def plan_sizes(cfg: WheelConfig, n: dict[str, int], n_val: int, n_calib: int) -> Sizing:
+    """Fill the sizes left to the rule (:func:`auto_sizes`) and warn where a given size does not fit the data.
+
+    ``n``: items per split; ``n_val`` / ``n_calib``: how many of them will be labelled."""
+    auto = auto_sizes(n["train"], n["stream"], cfg.rounds, cfg.passes)
+    given = {k: getattr(cfg, k) for k in auto}
+    cfg = replace(cfg, **{k: v for k, v in auto.items() if given[k] is None})
+    sizes = {"splits": n, "auto": sorted(k for k in auto if given[k] is None), "seed_labels": cfg.seed_labels,
+             "per_round_budget": cfg.per_round_budget, "stream_per_round": cfg.stream_per_round,
+             "val_labels": n_val, "calib_labels": n_calib}
+    return Sizing(cfg, sizes, _size_warnings(cfg, n))
+
+
+def _size_warnings(cfg: WheelConfig, n: dict[str, int]) -> list[dict[str, str]]:
+    out = []
+    if n["calib"] < SMALL_CALIB:
+        out.append(warning("small_calib",
+                           f"the calib split has only {n['calib']} items: the threshold rests on little evidence (the "
+                           f"teacher budget is met conservatively; an accuracy goal is rarely provable)",
+                           f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib "
+                           f"{SMALL_CALIB * 2}`)"))
+    for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
+        asked = getattr(cfg, k)
+        # the defaults (500 / 1,000) are caps that small splits are expected to fall under; a given size is not
+        if asked is not None and asked > n[split] and asked != WheelConfig.__dataclass_fields__[k].default:
+            flag = f"--{k.replace('_', '-')}"
+            out.append(warning(f"capped_{split}", f"{flag} {asked} asked for more items than the {split} split has "
+                               f"({n[split]}); using all {n[split]}",
+                               f"{flag} {n[split]}, or a larger {split} split (`flywheel data add ... --{split} N`)"))
+    need = cfg.rounds * cfg.stream_per_round
+    if n["stream"] == 0:
+        out.append(warning("no_stream", "the stream split is empty: the cascade serves no traffic, so no teacher "
+                           "fraction is measured on new items (cost figures fall back to the test split)",
+                           "give the dataset a stream split (`flywheel data add ... --stream 0.2`)"))
+    elif need > n["stream"]:
+        out.append(warning("stream_short",
+                           f"{cfg.rounds} rounds x --stream-per-round {cfg.stream_per_round} need {need:,} stream items "
+                           f"but the stream split has {n['stream']:,}: "
+                           + _short_rounds(n["stream"], cfg.stream_per_round, cfg.rounds),
+                           f"--stream-per-round {n['stream'] // cfg.rounds} (or leave it out: it is derived from the "
+                           "dataset)"))
+    used = cfg.seed_labels + (cfg.rounds - 1) * (cfg.per_round_budget // cfg.passes)
+    if used > n["train"]:
+        out.append(warning("pool_short",
+                           f"--seed-labels {cfg.seed_labels} + {cfg.rounds - 1} rounds x "
+                           f"{cfg.per_round_budget // cfg.passes} selected items need {used:,} train items but the "
+                           f"pool has {n['train']:,}: later rounds have nothing left to select",
+                           "leave --seed-labels / --per-round-budget out (they are derived from the dataset) or "
+                           "give smaller values"))
+    return out
+
+
+def _short_rounds(n_stream: int, per_round: int, rounds: int) -> str:
+    """Which rounds a too-large --stream-per-round starves, in words."""
+    full, rest = divmod(n_stream, per_round)
+    parts = []
+    if rest:
+        parts.append(f"round {full + 1} serves only {rest}")
+        full += 1
+    if full < rounds:
+        parts.append(f"round{'s' if rounds - full > 1 else ''} {full + 1}{f'-{rounds}' if rounds - full > 1 else ''} "
+                     f"serve{'' if rounds - full > 1 else 's'} none (no teacher fraction, no cost figures)")
+    return " and ".join(parts)

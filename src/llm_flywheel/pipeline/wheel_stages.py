@@ -1,0 +1,298 @@
+"""The stages of one round that build the model: select -> label -> train -> calibrate -> promote.
+
+Each stage is a function of a :class:`WheelContext` (what the run knows) and explicit inputs, returning a typed
+result (:mod:`llm_flywheel.pipeline.wheel_results`); the round loop (``pipeline.flywheel``) only sequences them,
+accounts their teacher spend and stores the round after each.  Only held-out splits make choices: training uses the
+train pool (plus stream items the teacher answered), promotion the *validation* split's teacher labels, the threshold
+the *calibration* split; the *test* split (gold) is only measured (``pipeline.wheel_measure``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from llm_flywheel.core.cost import Spend
+from llm_flywheel.core.stats import pct
+from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline import feedback
+from llm_flywheel.pipeline.cost import spend_of
+from llm_flywheel.pipeline.wheel_config import WheelConfig, WheelStopped, warning
+from llm_flywheel.pipeline.wheel_results import (CalibResult, LabelResult, PromotionResult, RoundReport,
+                                                  TrainResult)
+from llm_flywheel.store.base import Item
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import StudentError, predict_in_batches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WheelContext:
+    """What every stage of a run needs: the workspace, the dataset, the settings, the teacher and the fixed item
+    orders drawn once per run (seeded), plus what earlier rounds left (trained versions, stream served)."""
+
+    ws: Workspace
+    dataset: str
+    cfg: WheelConfig
+    teacher: Any
+    task: Task
+    con: Console
+    progress: bool = False
+    train_order: list[int] = field(default_factory=list)
+    seed_ids: list[int] = field(default_factory=list)
+    val_ids: list[int] = field(default_factory=list)
+    calib_ids: list[int] = field(default_factory=list)
+    test_ids: list[int] = field(default_factory=list)
+    stream_order: list[int] = field(default_factory=list)
+    run_id: int = 0
+    trained: list[str] = field(default_factory=list)  # versions trained in this run, newest last (the QBC committee)
+    served_stream: list[int] = field(default_factory=list)
+
+    def items(self, ids: Sequence[int]) -> list[Item]:
+        """Items by id, in the order given (missing ids dropped)."""
+        with self.ws.store() as store:
+            by_id = {it.id: it for it in store.items(self.dataset, ids=list(ids))}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def labels(self, split: str | Sequence[str]) -> dict[int, str]:
+        with self.ws.store() as store:
+            return store.effective_labels(self.dataset, split=split)
+
+    def serving_version(self) -> str | None:
+        """The promoted student (never a gold-trained reference model)."""
+        with self.ws.store() as store:
+            return store.serving_version(self.dataset, promoted_only=True)
+
+    def save(self, rep: RoundReport, *, finished: bool = False) -> None:
+        """Store the round as it stands: a re-run resumes from the stage after the last one stored."""
+        with self.ws.store() as store:
+            store.save_round(self.run_id, rep.round, rep.to_metrics(), model_version=rep.serving_version,
+                             finished=finished)
+
+    def warn(self, w: dict[str, str], into: list[dict[str, str]]) -> None:
+        """A loud warning: printed now, stored with the round or run (terminal summary, report, summary.json)."""
+        if w not in into:
+            into.append(w)
+        self.con.print(f"[bold yellow]WARNING[/] {w['message']} -- fix: {w['fix']}")
+        log.info("warning: %s -- fix: %s", w["message"], w["fix"])
+
+    @contextmanager
+    def accounted(self, rep: RoundReport, stage: str) -> Iterator[Spend]:
+        """Attribute what the block pays the teacher to ``stage`` of ``rep`` (also when it raises)."""
+        spent = Spend()
+        try:
+            with spend_of(self.ws, self.dataset) as spent:
+                yield spent
+        finally:
+            rep.add_spend(stage, spent)
+
+
+# -- 1. select + label ----------------------------------------------------------------------------------------
+
+
+def select_items(ctx: WheelContext, r: int) -> list[int]:
+    """Round ``r >= 2``: the ``per_round_budget / passes`` unlabelled pool items the current models are least sure
+    about (``cfg.policy``), from a seeded random sample of at most ``candidate_pool`` candidates."""
+    from llm_flywheel.pipeline.training import load_student
+
+    cfg = ctx.cfg
+    with ctx.ws.store() as store:
+        asked = store.teacher_asked_ids(ctx.dataset)
+    cands = [i for i in ctx.train_order if i not in asked]
+    if cfg.candidate_pool is not None and len(cands) > cfg.candidate_pool:
+        rng = np.random.default_rng([cfg.seed, r])
+        cands = [cands[i] for i in sorted(rng.choice(len(cands), cfg.candidate_pool, replace=False))]
+    committee = [load_student(ctx.ws, v) for v in reversed(ctx.trained[-cfg.committee:])]
+    serving = ctx.serving_version()
+    if serving and serving in ctx.trained:  # the serving model leads the committee (margin uses it)
+        committee.sort(key=lambda s, sv=serving: 0 if getattr(s, "version", None) == sv else 1)
+    chosen = feedback.select(ctx.ws, ctx.dataset, cands, policy=cfg.policy, budget=cfg.per_round_budget // cfg.passes,
+                             students=committee, seed=cfg.seed + r)
+    ctx.con.print(f"  selected {len(chosen):,} of {len(cands):,} unlabelled pool items by [bold]{cfg.policy}[/]")
+    return [int(i) for i in chosen]
+
+
+def select_and_label(ctx: WheelContext, rep: RoundReport) -> LabelResult:
+    """Round 1 labels the bootstrap (random seed set + val + calib); later rounds select, store the selection (a
+    resume labels the very same items), then label.  Spend goes to ``rep.spend['label']``."""
+    r = rep.round
+    if r == 1:
+        ctx.con.print(f"bootstrap: {len(ctx.seed_ids):,} random train items, {len(ctx.val_ids):,} val, "
+                      f"{len(ctx.calib_ids):,} calib")
+        rep.pending_selected = len(ctx.seed_ids)
+        label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
+        return LabelResult(selected=len(ctx.seed_ids))
+    if rep.pending_selection is not None:  # resumed after labelling stopped: the same items, not new ones
+        chosen = rep.pending_selection
+        ctx.con.print(f"  resuming: labelling the {len(chosen):,} items selected before the stop")
+    else:
+        chosen = select_items(ctx, r)
+        rep.pending_selection, rep.pending_selected = chosen, len(chosen)
+        ctx.save(rep)
+    label_stage(ctx, rep, chosen, "selected")
+    return LabelResult(selected=len(chosen), selected_ids=list(chosen))
+
+
+def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: str) -> Any:
+    """Ask the teacher ``cfg.passes`` times about ``ids``; a stop (fatal teacher error, budget) is stored and raised
+    as :class:`WheelStopped` so the same command resumes this round from labelling."""
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+
+    if not ids:
+        return None
+    cfg = ctx.cfg
+    ctx.con.print(f"  labelling {len(ids):,} {what} items x {cfg.passes} pass(es) with [bold]{ctx.teacher.model}[/]")
+    with ctx.accounted(rep, "label"):
+        res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher,
+                          LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency), progress=ctx.progress)
+    for k, v in (res.errors or {}).items():
+        rep.label_errors[k] = rep.label_errors.get(k, 0) + v
+    if res.stopped_reason:
+        ctx.save(rep)  # the label stage stays unfinished: a re-run resumes this round from labelling
+        why = getattr(res, "stopped_message", None) or res.stopped_reason
+        kind = "budget" if res.stopped_by_budget else "teacher"
+        fix = ("raise the cap" if kind == "budget" else "fix the teacher (its URL, model name and API key; "
+               f"`flywheel label {ctx.dataset} --limit 5 --teacher SPEC` tries it on a few items)")
+        raise WheelStopped(
+            f"labelling the {what} items stopped early: {str(why).rstrip('.')}.  Nothing paid for is lost: {fix}, "
+            f"then run the same command again -- it resumes round {rep.round} from labelling.", kind)
+    if res.failed and res.unlabelled:
+        ctx.warn(warning("label_incomplete",
+                         f"round {rep.round}: {res.unlabelled} of {len(ids)} {what} items got no teacher answer "
+                         f"(errors: {', '.join(f'{k} {v}' for k, v in sorted(res.errors.items()))}); the round goes "
+                         f"on with the labels it has",
+                         "re-run the same command to retry them (answers already stored cost nothing)"), rep.warnings)
+    return res
+
+
+# -- 2. train -------------------------------------------------------------------------------------------------
+
+
+def training_labels(ctx: WheelContext) -> dict[int, str]:
+    """The train pool's labels plus those of stream items already served (deferred answers, audits)."""
+    labels = ctx.labels("train")
+    served = set(ctx.served_stream)
+    return labels | {i: lab for i, lab in ctx.labels("stream").items() if i in served}
+
+
+def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors: dict[str, int] | None = None
+                ) -> TrainResult:
+    """Train round ``r``'s model version on ``labels``; nothing to train on is a :class:`WheelStopped`."""
+    from llm_flywheel.pipeline.training import train_student
+
+    cfg = ctx.cfg
+    ctx.con.print(f"  training on {len(labels):,} labels ({len(ctx.served_stream):,} stream items served so far)")
+    if not labels:
+        errs = label_errors or {}
+        raise WheelStopped(
+            "no labelled train items: no train item got a usable teacher label"
+            + (f" (errors: {', '.join(f'{k} {v}' for k, v in sorted(errs.items()))})" if errs else "")
+            + f".  Check the teacher (URL, model name, API key; `flywheel label {ctx.dataset} --limit 5 "
+            f"--teacher SPEC` shows what it answers), or label the pool with `flywheel label {ctx.dataset}`, "
+            f"then re-run the same command: it resumes this round.", "no_labels")
+    try:
+        tm = train_student(ctx.ws, ctx.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
+                           epochs=cfg.epochs, round=r, progress=ctx.progress, **cfg.student_hparams)
+    except StudentError as e:
+        raise WheelStopped(f"training round {r} failed: {e}.  Fix it and re-run the same command: it resumes "
+                           f"this round (teacher answers are kept).", "no_labels") from e
+    return TrainResult(trained_version=tm.version, student_kind=getattr(tm.student, "kind", cfg.student_kind),
+                       labels_total=len(labels))
+
+
+# -- 3. calibrate ---------------------------------------------------------------------------------------------
+
+
+def _get(obj: Any, *names: str) -> Any:
+    """A field of the calibration result, whether it is a dict (today) or a typed object."""
+    for n in names:
+        if isinstance(obj, dict) and n in obj:
+            return obj[n]
+        if hasattr(obj, n):
+            return getattr(obj, n)
+        if isinstance(obj, dict) and isinstance(obj.get("choice"), dict) and n in obj["choice"]:
+            return obj["choice"][n]
+    return None
+
+
+def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
+    """Temperature and threshold of ``version`` on the calib split for the run's cascade goal."""
+    from llm_flywheel.pipeline.calibration import calibrate
+
+    cfg = ctx.cfg
+    try:
+        cal = calibrate(ctx.ws, ctx.dataset, version, target_accuracy=cfg.target_accuracy,
+                        max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta)
+    except ValueError as e:  # e.g. no calib item has a teacher label
+        raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
+    return CalibResult(threshold=_get(cal, "threshold"), temperature=_get(cal, "temperature", "T"),
+                       calib_feasible=_get(cal, "feasible"), calib_note=_get(cal, "note"),
+                       student_agreement_calib=_get(cal, "student_accuracy_calib"),
+                       calib_teacher_fraction=_get(cal, "teacher_fraction"))
+
+
+def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None:
+    if calib.calib_feasible is not False:
+        return None
+    return warning("goal_infeasible", f"round {r}: the cascade goal cannot be met ({calib.calib_note})",
+                   "use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a "
+                   "--target-accuracy below the teacher's own accuracy")
+
+
+# -- 4. promote -----------------------------------------------------------------------------------------------
+
+
+def agreement(student: Any, items: Sequence[Item], labelled: dict[int, str]) -> float | None:
+    """Share of ``items`` on which ``student`` predicts ``labelled``'s label (None without items)."""
+    if not items:
+        return None
+    probs = predict_in_batches(student, list(items))
+    pred = np.asarray(student.labels)[probs.argmax(1)]
+    return float(np.mean(pred == np.asarray([labelled[it.id] for it in items])))
+
+
+def should_promote(new: float | None, current: float | None, *, has_current: bool) -> bool:
+    """The new version serves when there is no other, when the serving one cannot be measured, or when it agrees
+    with the validation labels strictly more often."""
+    return not has_current or current is None or (new or 0.0) > current
+
+
+def promote_stage(ctx: WheelContext, version: str) -> PromotionResult:
+    """Compare ``version`` with the serving model on the validation split's teacher labels; promote the better."""
+    from llm_flywheel.pipeline.training import load_student
+
+    val_set = set(ctx.val_ids)
+    val_labels = {i: lab for i, lab in ctx.labels("val").items() if i in val_set}
+    items = ctx.items(sorted(val_labels))
+    new = agreement(load_student(ctx.ws, version), items, val_labels)
+    current = ctx.serving_version()
+    other = bool(current and current != version and (ctx.ws.models_dir / current).exists())
+    cur = agreement(load_student(ctx.ws, current), items, val_labels) if other else None
+    promote = should_promote(new, cur, has_current=other)
+    if promote:
+        with ctx.ws.store() as store:
+            store.promote(ctx.dataset, version)
+    ctx.con.print(f"  agreement with teacher labels on val: new {pct(new)} vs serving {pct(cur)} -> "
+                  f"{'[green]promoted[/]' if promote else '[yellow]kept ' + str(current) + '[/]'}")
+    return PromotionResult(val_accuracy_new=new, val_accuracy_current=cur, promoted=bool(promote),
+                           model_version=version if promote else current)
+
+
+class PhaseTimer:
+    """Seconds per phase of a round, added to what a stopped attempt already spent."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds, self.tick = seconds, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self.tick, 3)
+        self.tick = now
