@@ -8,11 +8,10 @@ one autocommitted update, so the next run finds the batch it already paid for in
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_CHUNK = 900
 _BATCH_FIELDS = ("input_file_id", "batch_id", "status", "output_file_id", "error_file_id", "cost_usd", "detail")
 
 
@@ -84,11 +83,6 @@ class BatchQueries:
         self.execute(f"UPDATE teacher_batches SET {cols}, updated_at=? WHERE id=?",
                      [*fields.values(), time.time(), batch])
 
-    def mark_batch_collected(self, batch: int, cost_usd: float) -> None:
-        now = time.time()
-        self.execute("UPDATE teacher_batches SET collected_at=?, updated_at=?, cost_usd=? WHERE id=?",
-                     (now, now, cost_usd, batch))
-
     def batch_record(self, batch: int) -> BatchRecord:
         rows = self.query("SELECT * FROM teacher_batches WHERE id=?", (batch,))
         if not rows:
@@ -114,11 +108,15 @@ class BatchQueries:
                           "WHERE batch=? ORDER BY rowid", (batch,))
         return [BatchLine(**dict(r)) for r in rows]
 
-    def set_batch_line_answers(self, batch: int, answers: Iterable[tuple[str, int]]) -> None:
-        """(custom_id, teacher_answers.id) for the lines whose answer was stored."""
-        with self.transaction() as c:
-            c.executemany("UPDATE teacher_batch_lines SET answer_id=? WHERE batch=? AND custom_id=?",
-                          [(aid, batch, cid) for cid, aid in answers])
+    def collect_batch(self, batch: int, answers: Sequence[tuple[str, int]], cost_usd: float) -> None:
+        """Mark a submission collected: (custom_id, teacher_answers.id) of its stored answers and their cost.
+        Opens no transaction: call it inside ``Store.transaction()`` together with the answers' inserts, so a kill
+        during collection leaves the batch uncollected and its answers unwritten -- never half of each."""
+        now = time.time()
+        self.conn.executemany("UPDATE teacher_batch_lines SET answer_id=? WHERE batch=? AND custom_id=?",
+                              [(aid, batch, cid) for cid, aid in answers])
+        self.execute("UPDATE teacher_batches SET status='collected', collected_at=?, updated_at=?, cost_usd=? "
+                     "WHERE id=?", (now, now, cost_usd, batch))
 
     def pending_batch_keys(self, model: str, prompt_version: str) -> set[tuple[str, int]]:
         """(content_hash, pass_index) covered by a submission not collected yet: never submit those again."""
@@ -127,15 +125,16 @@ class BatchQueries:
             "WHERE b.collected_at IS NULL AND b.model=? AND b.prompt_version=?", (model, prompt_version))
         return {(r["content_hash"], r["pass_index"]) for r in rows}
 
-    def answer_costs(self, answer_ids: Sequence[int]) -> dict[int, float | None]:
-        """teacher_answers.id -> cost_usd (for the batch ledger)."""
-        out: dict[int, float | None] = {}
-        ids = list(answer_ids)
-        for i in range(0, len(ids), _CHUNK):
-            chunk = ids[i: i + _CHUNK]
-            rows = self.query(f"SELECT id, cost_usd FROM teacher_answers WHERE id IN ({','.join('?' * len(chunk))})",
-                              chunk)
-            out.update({int(r["id"]): r["cost_usd"] for r in rows})
+    def batch_cost_means(self, model: str) -> dict[str, float | None]:
+        """Mean recorded cost per answer of ``model`` online and through batches (keys ``online``, ``batch``;
+        None where none is recorded): the plan prices each mode from its own answers."""
+        rows = self.query(
+            "SELECT (l.answer_id IS NOT NULL) AS batched, AVG(a.cost_usd) AS c, COUNT(a.cost_usd) AS n "
+            "FROM teacher_answers a LEFT JOIN teacher_batch_lines l ON l.answer_id=a.id "
+            "WHERE a.model=? AND a.cost_usd IS NOT NULL GROUP BY batched", (model,))
+        out: dict[str, float | None] = {"online": None, "batch": None}
+        for r in rows:
+            out["batch" if r["batched"] else "online"] = float(r["c"]) if r["n"] else None
         return out
 
     def batch_cost_totals(self, model: str | None = None) -> dict[str, float | int]:
