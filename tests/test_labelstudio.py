@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
-from llm_flywheel.interfaces.labelstudio import LabelStudio, LabelStudioError, label_config
+from llm_flywheel.pipeline.labelstudio import LabelStudio, LabelStudioError, label_config
 from llm_flywheel.pipeline.splits import SplitSpec, make_splits
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.registry import teacher_from_spec

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+REVIEW_EXPORT_SETS = ("queue", "disagreements", "all")
 
 
 class ReviewQueries:
@@ -82,3 +83,67 @@ class ReviewQueries:
         return [dict(r) for r in self.query(
             "SELECT id, label, reviewer, note, created_at FROM reviews WHERE item_id=? ORDER BY created_at, id", (item_id,))]
 
+
+    # -- the review CSV ------------------------------------------------------------------------------------
+    def review_export_rows(self, dataset: str, which: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows of the review CSV: ``queue`` (unresolved queue entries, highest score first), ``disagreements``
+        (teacher passes disagreed, tie-broken or not) or ``all`` (every teacher-labelled item).  Keys: id,
+        source_ref, h (content hash), blob, text, label, quality, status, prov (provenance JSON), reason, score.
+        ``limit`` applies to ``disagreements`` and ``all`` (the queue is cut after ordering by value)."""
+        if which not in REVIEW_EXPORT_SETS:
+            raise ValueError(f"which must be one of {REVIEW_EXPORT_SETS}, got {which!r}")
+        sql = ("SELECT i.id AS id, i.source_ref AS source_ref, i.content_hash AS h, i.blob_path AS blob, "
+               "i.text AS text, l.label AS label, l.quality AS quality, l.status AS status, l.provenance AS prov, "
+               "q.reason AS reason, q.score AS score FROM items i "
+               "LEFT JOIN labels l ON l.item_id=i.id AND l.source='teacher' "
+               "LEFT JOIN review_queue q ON q.item_id=i.id WHERE i.dataset=?")
+        if which == "queue":
+            sql += " AND q.item_id IS NOT NULL AND q.resolved_at IS NULL ORDER BY q.score DESC, i.id"
+        elif which == "disagreements":
+            sql += " AND l.status IN ('disagreed','tie_broken') ORDER BY l.status, i.id"
+        else:
+            sql += " AND l.item_id IS NOT NULL ORDER BY i.id"
+        if limit is not None and which != "queue":
+            sql += f" LIMIT {int(limit)}"
+        return [dict(r) for r in self.query(sql, (dataset,))]
+
+    def teacher_passes(self, content_hash: str, model: str, prompt_version: str) -> dict[int, tuple[str | None, float | None]]:
+        """pass index -> (label, or ``<error kind>`` for a failed parse; confidence) of a teacher's stored answers."""
+        rows = self.query(
+            "SELECT pass_index, label, confidence, error_kind FROM teacher_answers WHERE ok=1 AND content_hash=? "
+            "AND model=? AND prompt_version=? ORDER BY pass_index", (content_hash, model, prompt_version))
+        return {int(a["pass_index"]): (a["label"] or (f"<{a['error_kind']}>" if a["error_kind"] else None),
+                                       a["confidence"]) for a in rows}
+
+    def item_datasets(self, item_ids: Sequence[int]) -> dict[int, str]:
+        """item id -> dataset, for the ids that exist (an unknown id is simply absent)."""
+        out: dict[int, str] = {}
+        ids = list(item_ids)
+        for s in range(0, len(ids), 900):
+            chunk = ids[s : s + 900]
+            out |= {int(r["id"]): r["dataset"] for r in self.query(
+                f"SELECT id, dataset FROM items WHERE id IN ({','.join('?' * len(chunk))})", chunk)}
+        return out
+
+    def record_reviews(self, decisions: Sequence[tuple[int, str, str | None]], *, reviewer: str | None,
+                       file: str) -> int:
+        """Apply (item id, label, note) decisions from one review file as human labels, all in one transaction
+        (the whole file or nothing); each is kept in the review history and resolves the item's queue entry.
+        Returns how many differ from the teacher's label."""
+        now = time.time()
+        changed = 0
+        with self.transaction() as c:
+            for item_id, label, note in decisions:
+                cur = c.execute("INSERT INTO reviews(item_id, label, reviewer, note, created_at) VALUES(?,?,?,?,?)",
+                                (item_id, label, reviewer, note, now))
+                teacher = c.execute("SELECT label FROM labels WHERE item_id=? AND source='teacher'", (item_id,)).fetchone()
+                changed += teacher is None or teacher["label"] != label
+                prov = {"reviewer": reviewer, "review_id": cur.lastrowid, "file": file}
+                c.execute(
+                    "INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
+                    "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(item_id, source) DO UPDATE SET label=excluded.label, "
+                    "quality=excluded.quality, soft_json=excluded.soft_json, status=excluded.status, "
+                    "provenance=excluded.provenance, updated_at=excluded.updated_at",
+                    (item_id, "human", label, 1.0, json.dumps({label: 1.0}), "human", json.dumps(prov), now))
+                c.execute("UPDATE review_queue SET resolved_at=? WHERE item_id=? AND resolved_at IS NULL", (now, item_id))
+        return changed

@@ -13,14 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_flywheel.core.stats import pct
+from llm_flywheel.pipeline.review_effect import EFFECT_REPORT
 from llm_flywheel.store.workspace import Workspace
 
 
 def human_review_summary(ws: Workspace, dataset: str) -> dict[str, Any]:
     """summary.json's ``human_review``: counts of human labels (by split, how many differ from the teacher), the open
     review queue, and the latest with/without measurement (None until ``flywheel review effect`` ran)."""
-    from llm_flywheel.pipeline.review import EFFECT_REPORT
-
     store = ws.store(readonly=True)
     try:
         humans = store.human_labels(dataset)

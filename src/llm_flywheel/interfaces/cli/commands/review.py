@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
-from llm_flywheel.interfaces.labelstudio import TOKEN_ENV, LabelStudioError
-from llm_flywheel.pipeline.review import (LOW_CONFIDENCE_BELOW, ReviewImportError, export_reviews, import_reviews, pull_from_label_studio,
-                      push_to_label_studio, review_queue)
+from llm_flywheel.pipeline.labelstudio import TOKEN_ENV, LabelStudioError
+from llm_flywheel.pipeline.review import (LOW_CONFIDENCE_BELOW, ReviewImportError, export_reviews, import_reviews,
+                                          measure_human_label_effect, pull_from_label_studio, push_to_label_studio,
+                                          review_queue)
 from llm_flywheel.store.base import StoreError
 
 
@@ -138,8 +139,6 @@ def pull_cmd(ctx: Ctx, dataset: str, url: str | None, project_id: int | None, to
 @pass_ctx
 def effect_cmd(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, seed: int) -> None:
     """Measure what the human labels changed: the same student trained with and without them, both on gold test."""
-    from llm_flywheel.pipeline.review import measure_human_label_effect
-
     ws = ctx.workspace(create=False)
     try:
         r = measure_human_label_effect(ws, dataset, kind=kind, epochs=epochs, seed=seed)

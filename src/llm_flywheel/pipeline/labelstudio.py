@@ -1,5 +1,10 @@
 """A thin Label Studio client over its documented REST API: projects, task import with predictions, JSON export.
 
+Why in ``pipeline`` (it used to sit in ``interfaces``): it is not an interface a user drives but a component the
+review stage (:mod:`llm_flywheel.pipeline.review_labelstudio`) talks to, like a teacher's HTTP client; the pipeline
+may not import ``interfaces``, and it is the review stage's only user, so it lives beside it rather than in a
+component package of its own.
+
 Why httpx and not ``label-studio-sdk``: the round trip needs five endpoints, and the SDK pins its own pydantic/httpx
 ranges; a small client we test against a real server is cheaper to keep working.
 
