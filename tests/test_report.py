@@ -105,3 +105,19 @@ def test_warnings_and_not_available_figures_are_loud(ws, tmp_path):
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["warnings"][0]["fix"].startswith("use a teacher budget")
     assert "gold test" in page  # every accuracy says against what
+
+
+def test_spend_to_parity_leads_the_report(ws, tmp_path):
+    """Rounds stored before per-stage spend existed: parity is computed from them (round 2's cascade 85 % first
+    reaches the teacher's 83 %); the spend is round 1's whole spend plus round 2's (here: all of it, labelling)."""
+    _fill(ws)
+    s = build_summary(ws, "synth")
+    assert s["parity_round"] == 2
+    assert s["spend_to_parity_calls"] == 100 + 200 and s["spend_to_parity_usd"] == pytest.approx(0.06)
+    par = s["spend_to_parity"]
+    assert par["teacher_accuracy"] == 0.83 and par["cascade_accuracy"] == 0.85 and "gold" in par["reference"]
+    assert par["significant_round"] is None  # round 2's interval [0.80, 0.89] still holds 0.83
+    assert [p["round"] for p in par["curve"]] == [1, 2]
+    text = render_report(s, tmp_path / "out").read_text()
+    assert text.index("Spend to parity") < text.index("<h2>Summary</h2>")
+    assert "$0.06</b> and <b>300</b> teacher calls" in text and 'alt="cascade accuracy vs cumulative teacher spend"' in text

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.pipeline.wheel_finish import parity
 from llm_flywheel.store.models import wheel_report_key
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.interfaces.report import review_section
@@ -49,11 +50,18 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
         rounds.append({k: m.get(k) for k in ROUND_KEYS} | {k: v for k, v in m.items() if k not in ROUND_KEYS})
     cost = extra.get("cost") or {}
     last = rounds[-1] if rounds else {}
+    tq = extra.get("teacher_quality") or {}
+    # the headline: what the teacher was paid until the cascade first matched its single call (older runs: computed)
+    par = extra.get("parity") or (parity(rounds, tq.get("accuracy"), tq.get("accuracy_ci")) if rounds else {})
     summary: dict[str, Any] = {
         "dataset": dataset,
         "run_id": run_id,
         "run_status": status,
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "spend_to_parity_usd": par.get("spend_usd"),
+        "spend_to_parity_calls": par.get("calls"),
+        "parity_round": par.get("round"),
+        "spend_to_parity": par,
         "rounds": rounds,
         "teacher_accuracy": (extra.get("teacher_quality") or {}).get("accuracy"),
         "teacher_accuracy_ci": (extra.get("teacher_quality") or {}).get("accuracy_ci"),
@@ -118,6 +126,10 @@ def render_report(summary: dict[str, Any], out_dir: Path) -> Path:
     rounds = summary.get("rounds") or []
     if rounds:
         images["rounds"] = plots.rounds_plot(rounds, summary.get("teacher_accuracy"))
+    par = summary.get("spend_to_parity") or {}
+    if any(p.get("accuracy") is not None for p in par.get("curve") or []):
+        images["parity"] = plots.parity_plot(par["curve"], par.get("teacher_accuracy"), par.get("teacher_accuracy_ci"),
+                                             par.get("round"))
     final = summary.get("final") or {}
     labels = final.get("labels")
     if final.get("curve"):

@@ -73,48 +73,99 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 .ci{color:#777;font-size:.85em} figure{display:inline-block;margin:.5em} img{max-width:100%}
 .kv td:first-child{font-weight:600} .note{color:#555;font-size:.9em}
 .warn{background:#fde2e1;border:1px solid #d9534f;padding:.7em 1em;border-radius:4px;margin:1em 0}
-.warn li{margin:.3em 0}
+.warn li{margin:.3em 0} .headline{font-size:1.15em}
 """
 
 
 def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
-    """The report page.  ``images``: name -> PNG bytes (rounds, cascade_curve, confusion, reliability, cost, teacher)."""
-    e = html.escape
-    ds = e(str(summary.get("dataset", "")))
-    src = summary.get("teacher_source")
+    """The report page.  ``images``: name -> PNG bytes (parity, rounds, cascade_curve, confusion, reliability, cost,
+    teacher, teacher_confusion)."""
+    ds = html.escape(str(summary.get("dataset", "")))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>llm-flywheel report – {ds}</title>",
              f"<style>{CSS}</style></head><body>", f"<h1>llm-flywheel report – {ds}</h1>"]
-    if src == "simulated":
-        parts.append(
-            "<div class=banner><b>Simulated teacher.</b> The teacher in this run is the built-in simulator: it answers "
+    for section in (_teacher_banner(summary), _warnings(summary), _parity(summary, images), _overall(summary),
+                    _rounds(summary, images), _cascade(images), _cost(summary, images), _teacher(summary, images),
+                    review_section.review_html(summary)):  # the last: human labels and what they changed
+        parts.append(section)
+    parts.append(f"<p class=note>Generated {html.escape(str(summary.get('generated_at', '')))} by llm-flywheel; "
+                 "the same numbers are in summary.json.</p></body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def _teacher_banner(summary: Mapping[str, Any]) -> str:
+    e = html.escape
+    src = summary.get("teacher_source")
+    if src != "simulated":
+        return f"<p>Teacher: <code>{e(str(src))}</code></p>"
+    return ("<div class=banner><b>Simulated teacher.</b> The teacher in this run is the built-in simulator: it answers "
             "from the dataset's gold labels through an explicit error model (confusions between look-alike classes, "
             "over-confident confidence, malformed answers, 429s, priced tokens). Accuracies and costs show how the wheel "
-            f"behaves, not how a particular LLM would label this data. Model id: <code>{e(str(summary.get('teacher_model', '')))}</code>.</div>"
-        )
-    else:
-        parts.append(f"<p>Teacher: <code>{e(str(src))}</code></p>")
+            f"behaves, not how a particular LLM would label this data. Model id: "
+            f"<code>{e(str(summary.get('teacher_model', '')))}</code>.</div>")
+
+
+def _warnings(summary: Mapping[str, Any]) -> str:
+    e = html.escape
     warnings = summary.get("warnings") or []
+    out = ""
     if warnings:
-        parts.append(f"<div class=warn><b>{len(warnings)} warning(s): read these before the numbers.</b><ul>"
-                     + "".join(f"<li>{e(str(w.get('message')))}<br><b>Fix:</b> {e(str(w.get('fix')))}</li>" for w in warnings)
-                     + "</ul></div>")
+        out = (f"<div class=warn><b>{len(warnings)} warning(s): read these before the numbers.</b><ul>"
+               + "".join(f"<li>{e(str(w.get('message')))}<br><b>Fix:</b> {e(str(w.get('fix')))}</li>" for w in warnings)
+               + "</ul></div>")
     if summary.get("goal"):
-        parts.append(f"<p>Cascade goal: {e(str(summary['goal']))}.</p>")
-    overall = [
-        ("teacher_accuracy", "teacher accuracy (single call, vs gold)"),
-        ("gold_ceiling_accuracy", "gold-label ceiling (same student, same items, gold labels)"),
-        ("final_student_accuracy", "final student accuracy (on gold test)"),
-        ("final_cascade_accuracy", "final cascade accuracy (on gold test)"),
-        ("final_teacher_fraction", "final teacher fraction (stream)"),
-        ("cost_per_1k_teacher_only", "cost per 1,000 items, teacher everywhere"),
-        ("cost_per_1k_cascade", "cost per 1,000 items, cascade"),
-        ("cost_ratio", "cost ratio (teacher / cascade)"),
-        ("labelling_spend_usd", "teacher spend of the whole run (USD)"),
-        ("breakeven_items", "breakeven (items served until labelling has paid off)"),
-    ]
-    parts.append("<h2>Summary</h2><table class=kv>")
+        out += f"<p>Cascade goal: {e(str(summary['goal']))}.</p>"
+    return out
+
+
+def _parity(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
+    """The headline: teacher spend until the cascade first matched the teacher's single call."""
+    e = html.escape
+    par = summary.get("spend_to_parity") or {}
+    if not par:
+        return ""
+    out = ["<h2>Spend to parity</h2>"]
+    if par.get("round") is not None:
+        ci = par.get("cascade_accuracy_ci")
+        tci = par.get("teacher_accuracy_ci")
+        out.append(
+            f"<p class=headline><b>${par['spend_usd']:,.2f}</b> and <b>{par['calls']:,}</b> teacher calls until the "
+            f"cascade first matched the teacher's single call (round {par['round']}): cascade "
+            f"{100 * par['cascade_accuracy']:.1f} %" + (f" <span class=ci>[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>"
+                                                        if ci else "")
+            + f" vs teacher {100 * par['teacher_accuracy']:.1f} %"
+            + (f" <span class=ci>[{100 * tci[0]:.1f}, {100 * tci[1]:.1f}]</span>" if tci else "") + ".</p>")
+        sig = par.get("significant_round")
+        out.append("<p class=note>" + (f"From round {sig} the cascade's whole 95 % interval lies above the teacher's "
+                                       "accuracy." if sig else "The cascade's interval still overlaps the teacher's "
+                                       "accuracy.") + "</p>")
+    else:
+        out.append(f"<p>{e(str(par.get('note') or 'not reached'))}</p>")
+    out.append(f"<p class=note>Measured against {e(str(par.get('reference') or 'gold labels'))}. Spend counts every "
+               "teacher call the wheel paid before the measurement (bootstrap, selected items, earlier rounds' stream "
+               "deferrals and audits), never the calls made only to measure on test; nothing is chosen on test.</p>")
+    out.append(_img(images.get("parity"), "cascade accuracy vs cumulative teacher spend"))
+    return "".join(out)
+
+
+OVERALL_ROWS = (
+    ("teacher_accuracy", "teacher accuracy (single call, vs gold)"),
+    ("gold_ceiling_accuracy", "gold-label ceiling (same student, same items, gold labels)"),
+    ("final_student_accuracy", "final student accuracy (on gold test)"),
+    ("final_cascade_accuracy", "final cascade accuracy (on gold test)"),
+    ("final_teacher_fraction", "final teacher fraction (stream)"),
+    ("cost_per_1k_teacher_only", "cost per 1,000 items, teacher everywhere"),
+    ("cost_per_1k_cascade", "cost per 1,000 items, cascade"),
+    ("cost_ratio", "cost ratio (teacher / cascade)"),
+    ("labelling_spend_usd", "teacher spend of the whole run (USD)"),
+    ("breakeven_items", "breakeven (items served until labelling has paid off)"),
+)
+
+
+def _overall(summary: Mapping[str, Any]) -> str:
+    e = html.escape
+    parts = ["<h2>Summary</h2><table class=kv>"]
     na = summary.get("cost_not_available") or {}
-    for k, name in overall:
+    for k, name in OVERALL_ROWS:
         v = with_ci(summary, k) if f"{k}_ci" in summary else e(fmt(summary.get(k), k))
         if k == "cost_ratio" and summary.get(k) is not None:
             v = f"{summary[k]:.1f}×"
@@ -123,10 +174,13 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
             v = e(na.get(k) or na["cost"])
         parts.append(f"<tr><td>{e(name)}</td><td>{v}</td></tr>")
     parts.append("</table>")
+    return "".join(parts)
 
-    rounds = summary.get("rounds", [])
-    parts.append("<h2>Rounds</h2><table><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in ROUND_COLUMNS) + "</tr>")
-    for r in rounds:
+
+def _rounds(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
+    e = html.escape
+    parts = ["<h2>Rounds</h2><table><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in ROUND_COLUMNS) + "</tr>"]
+    for r in summary.get("rounds", []):
         cells = []
         for k, _ in ROUND_COLUMNS:
             if k == "threshold" and isinstance(r.get(k), (int, float)) and r[k] > 1:
@@ -140,17 +194,23 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         "never used for a choice. Thresholds are chosen on the calibration split, promotion on the validation split "
         "(teacher labels), the teacher fraction is measured on that round's slice of the unseen stream. Teacher calls "
         "and cost per round include bootstrap labelling of the seed, validation and calibration sets in round 1, "
-        "selected items, deferrals of the stream and audits; calls made only to measure the cascade on test are listed "
-        "separately in summary.json (<code>eval_teacher_calls</code>).</p>"
-    )
+        "selected items, deferrals of the stream and audits (per stage in summary.json, <code>spend</code>); calls "
+        "made only to measure the cascade on test are listed separately (<code>eval_teacher_calls</code>).</p>")
     parts.append(_img(images.get("rounds"), "accuracy and teacher fraction per round"))
-    parts.append("<h2>Cascade</h2>")
-    parts.append(_img(images.get("cascade_curve"), "final model: accuracy / teacher fraction vs threshold (test, gold)"))
-    parts.append(_img(images.get("confusion"), "final student: confusion matrix on test"))
-    parts.append(_img(images.get("reliability"), "final student: reliability after temperature scaling (test)"))
+    return "".join(parts)
+
+
+def _cascade(images: Mapping[str, bytes | None]) -> str:
+    return "".join(["<h2>Cascade</h2>",
+                    _img(images.get("cascade_curve"), "final model: accuracy / teacher fraction vs threshold (test, gold)"),
+                    _img(images.get("confusion"), "final student: confusion matrix on test"),
+                    _img(images.get("reliability"), "final student: reliability after temperature scaling (test)")])
+
+
+def _cost(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
+    e = html.escape
     cost = summary.get("cost") or {}
-    parts.append("<h2>Cost</h2>")
-    parts.append(_img(images.get("cost"), "cost per 1,000 items"))
+    parts = ["<h2>Cost</h2>", _img(images.get("cost"), "cost per 1,000 items")]
     if cost:
         parts.append("<table class=kv>")
         for k, name in (
@@ -166,8 +226,13 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         parts.append("</table>")
     elif (summary.get("cost_not_available") or {}).get("cost"):
         parts.append(f"<p class=warn>Cost: {e(str(summary['cost_not_available']['cost']))}</p>")
+    return "".join(parts)
+
+
+def _teacher(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
+    e = html.escape
     tq = summary.get("teacher_quality") or {}
-    parts.append("<h2>Teacher quality</h2>")
+    parts = ["<h2>Teacher quality</h2>"]
     if tq:
         parts.append(
             f"<p>On {tq.get('n', 0):,} randomly drawn validation/calibration items with gold labels: single-call accuracy "
@@ -176,7 +241,4 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
         )
     parts.append(_img(images.get("teacher"), "teacher accuracy per class (gold)"))
     parts.append(_img(images.get("teacher_confusion"), "teacher confusion (gold)"))
-    parts.append(review_section.review_html(summary))  # human labels and what they changed
-    parts.append(f"<p class=note>Generated {e(str(summary.get('generated_at', '')))} by llm-flywheel; "
-                 "the same numbers are in summary.json.</p></body></html>")
-    return "\n".join(p for p in parts if p)
+    return "".join(parts)

@@ -155,3 +155,32 @@ def per_class_plot(labels: Sequence[str], values: Sequence[float | None], title:
     ax.set_ylabel("accuracy vs gold")
     ax.set_title(title, fontsize=9)
     return _png(fig)
+
+
+def parity_plot(curve: Sequence[dict[str, Any]], teacher_accuracy: float | None,
+                teacher_ci: Sequence[float] | None, parity_round: int | None) -> bytes:
+    """Cascade accuracy on gold test (95 % CI bars) against the cumulative teacher spend when it was measured, with
+    the teacher's single-call accuracy (and its interval) as the bar to reach."""
+    pts = [p for p in curve if p.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if pts:
+        x = [p["spend_usd"] for p in pts]
+        y = [p["accuracy"] for p in pts]
+        ax.errorbar(x, y, yerr=_err(y, [p.get("accuracy_ci") for p in pts]), marker="s", capsize=4, label="cascade")
+        for p in pts:
+            ax.annotate(f"r{p['round']}", (p["spend_usd"], p["accuracy"]), textcoords="offset points", xytext=(6, -10),
+                        fontsize=7)
+        hit = [p for p in pts if p["round"] == parity_round]
+        if hit:
+            ax.scatter([hit[0]["spend_usd"]], [hit[0]["accuracy"]], s=160, facecolors="none", edgecolors="tab:green",
+                       linewidths=2, label=f"parity: ${hit[0]['spend_usd']:.2f}", zorder=5)
+    if teacher_accuracy is not None:
+        ax.axhline(teacher_accuracy, color="grey", ls="--", label="teacher (single call)")
+        if teacher_ci:
+            ax.axhspan(teacher_ci[0], teacher_ci[1], color="grey", alpha=0.15)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("cumulative teacher spend (USD)")
+    ax.set_ylabel("accuracy on test (gold)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Spend to parity: cascade accuracy vs teacher spend", fontsize=9)
+    return _png(fig)
