@@ -4,6 +4,7 @@ consensus, failures vs disagreements, plan, and API-key hygiene."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,12 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fault_server import FaultServer, ok, status
+
 from llm_flywheel.pipeline.labeling import LabelConfig, consensus, label_items, plan
-from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, pass_variant, system_prompt
+from llm_flywheel.teachers.openai_compat import (
+    OpenAICompatTeacher,
+    pass_variant,
+    system_prompt,
+)
 from llm_flywheel.teachers.registry import teacher_from_spec
-from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher, sim_stats, variant_key
+from llm_flywheel.teachers.simulated import (
+    SimConfig,
+    model_id,
+    run_simulated_teacher,
+    sim_stats,
+    variant_key,
+)
 
 QUIET = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)
 
@@ -208,6 +219,7 @@ def test_off_list_answers_are_final_and_recorded(synth_ws, synth_task):
 
 def test_api_key_never_written_anywhere(synth_ws, synth_task, monkeypatch, tmp_path, caplog):
     import logging
+
     from llm_flywheel.pipeline.review import export_reviews
     key = "sk-FLYWHEEL-canary-7f3a9c1e5b"
     monkeypatch.setenv("CANARY_KEY", key)
@@ -320,3 +332,54 @@ def test_progress_is_plain_lines_off_a_terminal_and_silent_when_off(synth_ws, sy
     assert lines and lines[-1].startswith("labelling synth (SIMULATED teacher): 40/40 calls (100 %)")
     assert "\r" not in out.err and "\x1b[" not in out.err  # no redrawn bar, no colour codes
     assert out.out == "" and quiet.out == "" and quiet.err == ""
+
+
+def _pass_keys(task):
+    return {p: variant_key(pass_variant(p)["temperature"], system_prompt(task, p)) for p in (0, 1, 2)}
+
+
+def test_adaptive_passes_ask_later_passes_only_where_the_first_is_unsure(synth_ws, synth_task):
+    ids = _ids(synth_ws)
+    cfg = LabelConfig(passes=2, concurrency=8, calibration_items=150)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        t = _sim_teacher(url, synth_task)
+        r = label_items(synth_ws, "synth", ids, t, cfg, progress=False)
+        n1 = sim_stats(url)["requests"]
+        r2 = label_items(synth_ws, "synth", ids, t, cfg, progress=False)
+        n2 = sim_stats(url)["requests"]
+    a = r.adaptive_passes
+    assert a is not None and a.calibration_items == 150 and a.evidence == 150 and a.certainty == "logprob"
+    assert a.cutoff is not None and a.agreement_low >= cfg.agreement_target  # learnt, and its bound met the target
+    assert a.skipped_items > 0 and a.calibration_items + a.skipped_items + a.extra_pass_items == len(ids)
+    assert r.calls_made == n1 < 2 * len(ids) and r.failed == 0
+    assert r2.calls_made == 0 and n2 == n1  # the re-run recomputes the same cutoff from the stored answers
+    s = synth_ws.store()
+    answers = s.query("SELECT content_hash, pass_index, label_logprob FROM teacher_answers WHERE ok=1")
+    labels = s.query("SELECT status, quality, provenance FROM labels WHERE source='teacher'")
+    s.close()
+    by_hash: dict[str, dict[int, float]] = {}
+    for row in answers:
+        by_hash.setdefault(row["content_hash"], {})[row["pass_index"]] = row["label_logprob"]
+    single = [h for h, got in by_hash.items() if set(got) == {0}]
+    assert len(single) == a.skipped_items and len(labels) == len(ids)
+    assert all(math.exp(by_hash[h][0]) >= a.cutoff - 1e-9 for h in single)  # only the sure ones skipped
+    unsure = [h for h, got in by_hash.items() if 1 in got and math.exp(got[0]) < a.cutoff]
+    assert len(unsure) >= a.extra_pass_items
+    cut = [json.loads(x["provenance"]).get("adaptive_cutoff") for x in labels if x["status"] == "single"]
+    assert len(cut) == a.skipped_items and set(cut) == {a.cutoff}
+
+
+def test_adaptive_run_stopped_midway_resumes_without_paying_twice(synth_ws, synth_task):
+    ids = _ids(synth_ws)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        t = _sim_teacher(url, synth_task)
+        r1 = label_items(synth_ws, "synth", ids, t, LabelConfig(calibration_items=150, max_calls=200),
+                         progress=False)
+        r2 = label_items(synth_ws, "synth", ids, t, LabelConfig(calibration_items=150), progress=False)
+        per_key = sim_stats(url)["per_key"]
+        fixed = label_items(synth_ws, "synth", ids, t, LabelConfig(adaptive_passes=False), progress=False)
+    assert r1.stopped_reason == "max_calls" and r1.calls_made == 200 and r1.adaptive_passes is None
+    assert r2.adaptive_passes is not None and r2.adaptive_passes.skipped_items > 0
+    assert max(per_key.values()) == 1  # no (item, pass) asked twice across the stop and the resume
+    # forcing fixed k afterwards buys exactly the skipped second passes (and the tie-breaks they call for)
+    assert fixed.calls_made - fixed.tie_break_calls == r2.adaptive_passes.skipped_items

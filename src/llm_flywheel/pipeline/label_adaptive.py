@@ -1,0 +1,116 @@
+"""Adaptive passes: buy a second (and tie-break) pass only where the first one is unsure.
+
+Why: with k = 2 every item costs two calls plus tie-breaks, yet most first answers are already what the
+multi-pass consensus would say.  The run goes in two phases:
+
+1. **Calibration and first passes.**  A calibration sample (``calibration_items`` items, drawn by a hash of their
+   content so a resumed run draws the same ones) gets all ``k`` passes and its tie-breaks; every other item gets
+   pass 0 only.
+2. **The cutoff, from data.**  On the calibration sample, the first pass's certainty (the label's token
+   probability where the server returned log-probabilities, else the verbalised confidence) is compared with the
+   consensus.  The cutoff is the smallest certainty whose would-be-skipped items agreed with the consensus at a
+   rate whose 95 % lower bound is >= ``agreement_target``
+   (:func:`llm_flywheel.core.consensus.choose_cutoff`); items below it get the remaining passes.  No cutoff meets
+   the target -> every item gets all passes, as fixed k would.
+
+Nothing is decided from memory: the sample, the cutoff and the items above it are recomputed from the stored
+answers on every run, so a killed run resumes without paying twice and a re-run makes no call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llm_flywheel.core.consensus import (
+    CutoffChoice,
+    answer_probability,
+    choose_cutoff,
+    consensus,
+)
+from llm_flywheel.store.base import Item
+
+
+@dataclass
+class AdaptiveSummary:
+    """What the adaptive-pass decision was, for the run result and its report.
+
+    ``calibration_items``: items asked every pass to learn the cutoff; ``evidence``: those of them with all main
+    passes answered; ``cutoff``/``agreement*``: see :class:`~llm_flywheel.core.consensus.CutoffChoice`
+    (None: no cutoff met the target, every item got all passes); ``certainty``: what the first pass's certainty
+    was read from (``logprob``, ``verbalised``, ``mixed`` or ``default``); ``skipped_items``: items answered by
+    their first pass alone; ``extra_pass_items``: items outside the sample asked the later passes.
+    """
+
+    calibration_items: int = 0
+    evidence: int = 0
+    target: float = 0.0
+    cutoff: float | None = None
+    agreement: float | None = None
+    agreement_low: float | None = None
+    agreement_high: float | None = None
+    certainty: str = ""
+    skipped_items: int = 0
+    extra_pass_items: int = 0
+
+
+def first_pass(answers: Sequence[Mapping[str, Any]], labels: Sequence[str],
+               use_logprobs: bool) -> tuple[str | None, float, str] | None:
+    """(label, certainty, where the certainty came from) of pass 0, or None when pass 0 has no final answer."""
+    for a in answers:
+        if a.get("pass_index") == 0:
+            p, src = answer_probability(a, len(labels), use_logprobs)
+            lab = a.get("label")
+            return (lab if lab in labels else None), p, src
+    return None
+
+
+def learn_cutoff(answers: Mapping[str, Sequence[Mapping[str, Any]]], sample: set[str], labels: Sequence[str],
+                 passes: int, target: float, use_logprobs: bool) -> tuple[CutoffChoice, str]:
+    """The cutoff from the calibration items whose ``passes`` main passes are all answered."""
+    ps: list[float] = []
+    agrees: list[bool] = []
+    sources: set[str] = set()
+    for h in sample:
+        ans = answers.get(h, [])
+        got = {a["pass_index"] for a in ans}
+        first = first_pass(ans, labels, use_logprobs)
+        if first is None or first[0] is None or any(p not in got for p in range(passes)):
+            continue  # incomplete, or an off-list first answer (never skipped anyway)
+        con = consensus(ans, labels, use_logprobs=use_logprobs)
+        ps.append(first[1])
+        agrees.append(con is not None and con.label == first[0])
+        sources.add(first[2])
+    src = sources.pop() if len(sources) == 1 else ("mixed" if sources else "")
+    return choose_cutoff(ps, agrees, target), src
+
+
+def split_by_certainty(items: Sequence[Item], answers: Mapping[str, Sequence[Mapping[str, Any]]],
+                       sample: set[str], labels: Sequence[str], cutoff: float | None,
+                       use_logprobs: bool) -> tuple[list[Item], set[str]]:
+    """(items outside the sample that need the later passes, content hashes answered by pass 0 alone).
+
+    An item whose first pass is missing (failed this run) is in neither: the next run asks it again."""
+    more: list[Item] = []
+    skipped: set[str] = set()
+    for it in items:
+        h = it.content_hash
+        if h in sample:
+            continue
+        first = first_pass(answers.get(h, []), labels, use_logprobs)
+        if first is None:
+            continue
+        if cutoff is not None and first[0] is not None and first[1] >= cutoff:
+            skipped.add(h)
+        else:
+            more.append(it)
+    return more, skipped
+
+
+def summarise(choice: CutoffChoice, source: str, sample: set[str], more: Sequence[Item],
+              skipped: set[str]) -> AdaptiveSummary:
+    return AdaptiveSummary(
+        calibration_items=len(sample), evidence=choice.evidence, target=choice.target, cutoff=choice.cutoff,
+        agreement=choice.agreement, agreement_low=choice.agreement_low, agreement_high=choice.agreement_high,
+        certainty=source, skipped_items=len(skipped), extra_pass_items=len({it.content_hash for it in more}))
