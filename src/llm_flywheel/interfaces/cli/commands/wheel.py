@@ -162,6 +162,18 @@ def round_table(rounds: Sequence[dict[str, Any]], title: str = "flywheel rounds"
     return t
 
 
+def _parity_line(par: dict[str, Any]) -> str:
+    """The headline: teacher spend until the cascade first matched the teacher's single call (both vs gold)."""
+    if par.get("round") is None:
+        return f"spend to parity: {par.get('note') or 'n/a'}"
+    ci, tci = par.get("cascade_accuracy_ci"), par.get("teacher_accuracy_ci")
+    return (f"[bold]spend to parity: ${par['spend_usd']:.2f}, {par['calls']:,} teacher calls[/] (round {par['round']}: "
+            f"cascade {100 * par['cascade_accuracy']:.1f} %"
+            + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+            + f" >= teacher single call {100 * par['teacher_accuracy']:.1f} %"
+            + (f" [{100 * tci[0]:.1f}, {100 * tci[1]:.1f}]" if tci else "") + ", gold test)")
+
+
 def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
     summary = json.loads((page.parent / "summary.json").read_text())
     console.print(round_table(summary["rounds"], title=f"{dataset}: the wheel, round by round"))
@@ -174,6 +186,7 @@ def _print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
         return f"{100 * v:.1f} % (95 % CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else f"{100 * v:.1f} %"
 
     lines = [
+        _parity_line(summary.get("spend_to_parity") or {}),
         f"teacher: {src}" + (" (SIMULATED: answers from gold labels through an error model)" if src == "simulated" else ""),
         f"cascade goal: {summary.get('goal') or '–'}",
         f"teacher accuracy (single call vs gold, random val+calib items): {pct('teacher_accuracy')}",
