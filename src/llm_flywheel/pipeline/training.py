@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.store.base import MODEL_ROLES, Item, Store
+from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
+from llm_flywheel.students.onnx_runtime import OnnxStudent
 from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
@@ -43,30 +45,12 @@ def task_of(store: Store, dataset: str) -> Task:
     return Task.from_json(store.dataset_task_json(dataset))
 
 
-def label_details(store: Store, item_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """item id -> {source, label, quality, soft} of its effective label (human outranks teacher)."""
-    out: dict[int, dict[str, Any]] = {}
-    for s in range(0, len(item_ids), 900):
-        chunk = item_ids[s : s + 900]
-        rows = store.query(
-            f"SELECT item_id, source, label, quality, soft_json FROM labels WHERE item_id IN ({','.join('?' * len(chunk))})",
-            chunk,
-        )
-        for r in rows:
-            if r["label"] is None:
-                continue
-            prev = out.get(r["item_id"])
-            if prev is not None and prev["source"] == "human":
-                continue
-            try:
-                soft = json.loads(r["soft_json"]) if r["soft_json"] else None
-            except (json.JSONDecodeError, TypeError):
-                soft = None  # a corrupt soft target falls back to the hard label
-            out[r["item_id"]] = {"source": r["source"], "label": r["label"], "quality": r["quality"], "soft": soft}
-    return out
+def label_details(store: Store, item_ids: list[int]) -> dict[int, LabelDetail]:
+    """item id -> :class:`LabelDetail` of its effective label (human outranks teacher); see ``Store.label_details``."""
+    return store.label_details(item_ids)
 
 
-def soft_and_weights(task: Task, ids: list[int], labels: dict[int, str], details: dict[int, dict[str, Any]]
+def soft_and_weights(task: Task, ids: list[int], labels: dict[int, str], details: dict[int, LabelDetail]
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Soft targets (teacher pass distribution; one-hot for human labels) and weights (label quality).
 
@@ -81,19 +65,19 @@ def soft_and_weights(task: Task, ids: list[int], labels: dict[int, str], details
         lab = labels[iid]
         d = details.get(iid)
         q[i, task.index(lab)] = 1.0
-        if d is None or d["label"] != lab:
+        if d is None or d.label != lab:
             counts["other"] += 1
             continue
-        counts[d["source"] if d["source"] in ("teacher", "human") else "other"] += 1
-        if d["source"] == "human":
+        counts[d.source if d.source in ("teacher", "human") else "other"] += 1
+        if d.source == "human":
             continue
-        if isinstance(d["soft"], dict):
-            vec = np.array([float(d["soft"].get(name, 0.0) or 0.0) for name in task.labels], np.float32)
+        if d.soft is not None:
+            vec = np.array([float(d.soft.get(name, 0.0) or 0.0) for name in task.labels], np.float32)
             if np.isfinite(vec).all() and vec.sum() > 0:
                 q[i] = vec / vec.sum()
                 counts["soft_rows"] += 1
-        if d["quality"] is not None and np.isfinite(d["quality"]):
-            w[i] = float(np.clip(d["quality"], QUALITY_FLOOR, 1.0))
+        if d.quality is not None and np.isfinite(d.quality):
+            w[i] = float(np.clip(d.quality, QUALITY_FLOOR, 1.0))
     return q, w, counts
 
 
@@ -138,112 +122,124 @@ def train_student(
         kind = kind or default_student_kind(task)
         if kind not in STUDENT_KINDS:
             raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
-        if labels is None:
-            labels = store.effective_labels(dataset, split="train")
-        labels = {int(i): lab for i, lab in labels.items() if lab is not None}
-        bad = sorted({lab for lab in labels.values() if lab not in task.labels})
-        if bad:
-            raise StudentError(f"labels {bad} are not labels of task {task.name!r} ({', '.join(task.labels)})")
-        if not labels:
-            raise StudentError(f"dataset {dataset!r} has no labelled train items; run `flywheel label {dataset}` first")
-        train_items = store.items(dataset, ids=sorted(labels))
-        leaked = [it.id for it in train_items if it.split == "test"]
-        if leaked:
-            raise StudentError(f"{len(leaked)} of the training items are in the test split (e.g. {leaked[:3]}): "
-                               "the test split is for final numbers only")
-
-        # validation labels
-        val_source = val_labels
-        val_items: list[Item] = []
-        y_val_labels: list[str] = []
-        if val_labels in ("auto", "store"):
-            vl = store.effective_labels(dataset, split="val")
-            if vl:
-                val_items = store.items(dataset, ids=sorted(vl))
-                y_val_labels = [vl[it.id] for it in val_items]
-                val_source = "store"
-            elif val_labels == "store":
-                raise StudentError(f"the val split of {dataset!r} has no labels; label it or use val_labels='holdout'")
-            else:
-                val_source = "holdout"
-        elif val_labels == "gold":
-            val_items = [it for it in store.items(dataset, split="val") if it.gold_label]
-            y_val_labels = [it.gold_label for it in val_items]  # type: ignore[misc]
-            if not val_items:
-                raise StudentError(f"the val split of {dataset!r} has no gold labels")
-        if val_source == "holdout":
-            rng = np.random.default_rng(seed)
-            perm = rng.permutation(len(train_items))
-            n_hold = max(1, len(train_items) // 10) if len(train_items) >= 10 else 0
-            hold = set(perm[:n_hold].tolist())
-            val_items = [it for i, it in enumerate(train_items) if i in hold]
-            train_items = [it for i, it in enumerate(train_items) if i not in hold]
-            y_val_labels = [labels[it.id] for it in val_items]
-
-        ids = [it.id for it in train_items]
-        details = label_details(store, ids)
-        q, w, counts = soft_and_weights(task, ids, labels, details)
+        labels = _train_labels(store, dataset, task, labels)
+        train_items = _train_items(store, dataset, labels)
+        split = _validation_split(store, dataset, train_items, labels, val_labels, seed)
+        ids = [it.id for it in split.train]
+        q, w, counts = soft_and_weights(task, ids, labels, store.label_details(ids))
         y = np.array([task.index(labels[i]) for i in ids], int)
-        y_val = np.array([task.index(lab) for lab in y_val_labels], int)
+        y_val = np.array([task.index(lab) for lab in split.val_labels], int)
 
         if epochs is not None:
             hparams["epochs"] = epochs
         student = build_student(kind, task, ws, seed=seed, progress=progress, **hparams)
-        config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality, "seed": seed,
-                  "round": round, "val_labels": val_source, "hparams": hparams}
+        config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality,
+                  "seed": seed, "round": round, "val_labels": split.source, "hparams": hparams}
         run_id = store.start_run("train", config)
         try:
-            history = student.fit(train_items, y, val_items, y_val, soft_targets=q if soft else None,
+            history = student.fit(split.train, y, split.val, y_val, soft_targets=q if soft else None,
                                   sample_weight=w if weight_by_quality else None)
         except BaseException:
             store.finish_run(run_id, "failed")
             raise
-
-        version = version or new_version(dataset, kind)
-        path = ws.models_dir / version
-        student.save(path)
-        onnx_diff = None
-        if export_onnx and STUDENT_KINDS[kind].onnx:
-            student.export_onnx(path / ONNX_FILE)
-            onnx_diff = _onnx_check(ws, path, student, val_items[:32] or train_items[:32])
         metrics: dict[str, Any] = {
-            "val_acc": history.get("best_val_acc"),
-            "val_labels": val_source,
-            "role": role,
-            "n_train": len(train_items),
-            "n_val": len(val_items),
-            "label_sources": counts,
-            "soft": soft,
-            "weight_by_quality": weight_by_quality,
-            "seed": seed,
-            "epochs_run": history.get("epochs_run"),
-            "best_epoch": history.get("best_epoch"),
-            "train_seconds": history.get("train_seconds"),
-            "pretrained": history.get("pretrained"),
-            "onnx_max_abs_diff": onnx_diff,
+            "val_acc": history.get("best_val_acc"), "val_labels": split.source, "role": role,
+            "n_train": len(split.train), "n_val": len(split.val), "label_sources": counts, "soft": soft,
+            "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
+            "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),
+            "pretrained": history.get("pretrained"), "onnx_max_abs_diff": None,
             "history": history.get("history") or history.get("trials"),
         }
-        (path / "train_ids.json").write_text(json.dumps({
-            "train": {str(i): labels[i] for i in ids},
-            "val": {str(it.id): lab for it, lab in zip(val_items, y_val_labels)},
-            "val_labels": val_source,
-        }))
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-        meta = json.loads((path / "meta.json").read_text())
-        store.add_model(version=version, dataset=dataset, kind=kind, path=str(path.relative_to(ws.root)),
-                        metrics=metrics, meta=meta, round=round, role=role)
+        version = version or new_version(dataset, kind)
+        path = _save(ws, store, student, version, dataset, kind, split, labels, metrics, round=round, role=role,
+                     export_onnx=export_onnx)
         store.finish_run(run_id, "done")
         return TrainedModel(version=version, path=path, student=student, metrics=metrics)
     finally:
         store.close()
 
 
+@dataclass
+class ValidationSplit:
+    """The items a student trains on and the ones it selects its epoch on, with where the val labels came from."""
+
+    train: list[Item]
+    val: list[Item]
+    val_labels: list[str]
+    source: str  # "store" | "gold" | "holdout"
+
+
+def _train_labels(store: Store, dataset: str, task: Task, labels: dict[int, str] | None) -> dict[int, str]:
+    """The labels to learn (default: the train split's effective labels), checked against the task."""
+    if labels is None:
+        labels = store.effective_labels(dataset, split="train")
+    labels = {int(i): lab for i, lab in labels.items() if lab is not None}
+    bad = sorted({lab for lab in labels.values() if lab not in task.labels})
+    if bad:
+        raise StudentError(f"labels {bad} are not labels of task {task.name!r} ({', '.join(task.labels)})")
+    if not labels:
+        raise StudentError(f"dataset {dataset!r} has no labelled train items; run `flywheel label {dataset}` first")
+    return labels
+
+
+def _train_items(store: Store, dataset: str, labels: dict[int, str]) -> list[Item]:
+    """The labelled items; a test item among them is refused (the test split is for final numbers only)."""
+    items = store.items(dataset, ids=sorted(labels))
+    leaked = [it.id for it in items if it.split == "test"]
+    if leaked:
+        raise StudentError(f"{len(leaked)} of the training items are in the test split (e.g. {leaked[:3]}): "
+                           "the test split is for final numbers only")
+    return items
+
+
+def _validation_split(store: Store, dataset: str, train_items: list[Item], labels: dict[int, str], val_labels: str,
+                      seed: int) -> ValidationSplit:
+    """Where the epoch/model choice is made: see ``val_labels`` in :func:`train_student`."""
+    if val_labels in ("auto", "store"):
+        vl = store.effective_labels(dataset, split="val")
+        if vl:
+            val_items = store.items(dataset, ids=sorted(vl))
+            return ValidationSplit(train_items, val_items, [vl[it.id] for it in val_items], "store")
+        if val_labels == "store":
+            raise StudentError(f"the val split of {dataset!r} has no labels; label it or use val_labels='holdout'")
+    elif val_labels == "gold":
+        val_items = [it for it in store.items(dataset, split="val") if it.gold_label]
+        if not val_items:
+            raise StudentError(f"the val split of {dataset!r} has no gold labels")
+        return ValidationSplit(train_items, val_items, [it.gold_label for it in val_items], "gold")  # type: ignore[misc]
+    perm = np.random.default_rng(seed).permutation(len(train_items))
+    n_hold = max(1, len(train_items) // 10) if len(train_items) >= 10 else 0
+    hold = set(perm[:n_hold].tolist())
+    val_items = [it for i, it in enumerate(train_items) if i in hold]
+    return ValidationSplit([it for i, it in enumerate(train_items) if i not in hold], val_items,
+                           [labels[it.id] for it in val_items], "holdout")
+
+
+def _save(ws: Workspace, store: Store, student: Student, version: str, dataset: str, kind: str,
+          split: ValidationSplit, labels: dict[int, str], metrics: dict[str, Any], *, round: int | None, role: str,
+          export_onnx: bool) -> Path:
+    """Write the model folder (weights, ONNX checked against torch, train_ids.json, metrics.json) and its row."""
+    path = ws.models_dir / version
+    student.save(path)
+    if export_onnx and STUDENT_KINDS[kind].onnx:
+        student.export_onnx(path / ONNX_FILE)
+        metrics["onnx_max_abs_diff"] = _onnx_check(ws, path, student, split.val[:32] or split.train[:32])
+    (path / "train_ids.json").write_text(json.dumps({
+        "train": {str(it.id): labels[it.id] for it in split.train},
+        "val": {str(it.id): lab for it, lab in zip(split.val, split.val_labels)},
+        "val_labels": split.source,
+    }))
+    (path / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    meta = json.loads((path / "meta.json").read_text())
+    store.add_model(version=version, dataset=dataset, kind=kind, path=str(path.relative_to(ws.root)),
+                    metrics=metrics, meta=meta, round=round, role=role)
+    return path
+
+
 def _onnx_check(ws: Workspace, path: Path, student: Student, items: list[Item]) -> float | None:
     """Largest |p_torch - p_onnx| on a few items: the export is checked every time, not assumed."""
     if not items:
         return None
-    from llm_flywheel.students.onnx_runtime import OnnxStudent
-
     a = student.predict_proba(items)
     b = OnnxStudent(path, ws).predict_proba(items)
     return float(np.abs(a - b).max())
