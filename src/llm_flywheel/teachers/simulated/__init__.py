@@ -89,6 +89,14 @@ def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) 
     chat = ChatSim(task, gold, cfg, mid)
     app = FastAPI(title=f"SIMULATED teacher for {dataset}", docs_url=None, redoc_url=None)
 
+    if cfg.api_key is not None:
+        @app.middleware("http")
+        async def auth(request: Request, call_next: Any) -> Any:
+            wrong = request.headers.get("authorization") != f"Bearer {cfg.api_key}"
+            if wrong and not request.url.path.endswith("/_stats"):  # the test's own counters need no key
+                return _json({"error": {"message": "Incorrect API key provided (simulated)", "code": 401}}, 401)
+            return await call_next(request)
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": mid, "object": "model", "owned_by": "llm-flywheel-simulated"}]}

@@ -62,6 +62,7 @@ class SimConfig:
     batch_line_failure_rate: float = 0.0
     expire_batches: tuple[int, ...] = ()
     fail_batches: tuple[int, ...] = ()
+    api_key: str | None = None  # when set, every request must carry "Authorization: Bearer <api_key>" (else 401)
 
     def __post_init__(self) -> None:
         for name in ("accuracy", "pass_correlation", "malformed_rate", "rate_429", "batch_price_ratio",

@@ -1,4 +1,5 @@
-"""`flywheel label`: k-pass teacher labelling with cache, resume, rate limit and budget."""
+"""`flywheel label`: k-pass teacher labelling with cache, resume, rate limit and budget -- online, or through the
+provider's Batch API at the batch price (``--batch``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,25 @@ from typing import Any
 import click
 from rich.table import Table
 
-from llm_flywheel.interfaces.cli import EXIT_CODES_HELP, Ctx, ExitCode, config_error, console, label_exit_code, no_progress_option, pass_ctx, progress_enabled
-from llm_flywheel.pipeline.labeling import LabelConfig, label_items, plan
-from llm_flywheel.store.base import StoreError
 from llm_flywheel.core.task import Task
+from llm_flywheel.interfaces.cli import (
+    EXIT_CODES_HELP,
+    Ctx,
+    ExitCode,
+    config_error,
+    console,
+    label_exit_code,
+    no_progress_option,
+    pass_ctx,
+    progress_enabled,
+)
+from llm_flywheel.pipeline.batch_labeling import (
+    BatchConfig,
+    label_items_batch,
+    plan_both,
+)
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.store.base import StoreError
 from llm_flywheel.teachers.openai_compat import TeacherConfigError
 from llm_flywheel.teachers.registry import parse_spec, teacher_from_spec
 
@@ -41,10 +57,14 @@ def _money(v: Any) -> str:
     "                                       e.g. `flywheel teacher simulate`)\n\n"
     "\b\nExamples:\n"
     "  flywheel label fashion-mnist --limit 1500 --plan\n"
-    "  flywheel label fashion-mnist --limit 1500 --budget-usd 0.50 --concurrency 32\n\n"
+    "  flywheel label fashion-mnist --limit 1500 --budget-usd 0.50 --concurrency 32\n"
+    "  flywheel label fashion-mnist --limit 1500 --batch --budget-usd 0.25   (Batch API, about half price)\n\n"
     "Every answer is stored before it is used: re-running makes no new calls, a killed run resumes, failed calls "
     "(network, unparseable) are retried on the next run. Disagreeing passes get a tie-break pass and are queued "
-    "for `flywheel review export`.\n\n" + EXIT_CODES_HELP,
+    "for `flywheel review export`.\n\n"
+    "--batch submits through the provider's Batch API (/v1/files + /v1/batches; OpenAI-style): answers can take up "
+    "to 24 h and cost --batch-price-ratio of the online price. A killed run resumes polling its batches and never "
+    "submits the same lines twice; failed lines go into a follow-up batch.\n\n" + EXIT_CODES_HELP,
 )
 @click.argument("dataset")
 @click.option("--split", default="train", show_default=True,
@@ -66,13 +86,23 @@ def _money(v: Any) -> str:
 @click.option("--max-retries", type=int, default=5, show_default=True,
               help="Retries per call on 429 / 5xx / timeouts / dropped connections. Never on other 4xx; a refused "
                    "connection, an unknown host, 401/403 or 404 stops the run instead (see exit codes).")
-@click.option("--plan", "plan_only", is_flag=True, help="Print calls needed and estimated cost; make no call.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print calls needed and the estimated cost online and through the Batch API; make no call.")
+@click.option("--batch", "use_batch", is_flag=True,
+              help="Submit through the provider's Batch API (cheaper, slower; fixed passes, no adaptive passes).")
+@click.option("--batch-price-ratio", type=float, default=0.5, show_default=True,
+              help="Batch price / online price, used where the provider reports no cost per answer.")
+@click.option("--batch-poll-s", type=float, default=30.0, show_default=True, help="Seconds between batch polls.")
+@click.option("--batch-wait-s", type=float, default=None,
+              help="Stop waiting after this many seconds (the batch keeps running; re-run to collect it) "
+                   "[default: wait until it ends].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @no_progress_option
 @pass_ctx
 def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
           passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
-          max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, as_json: bool,
+          max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool,
+          batch_price_ratio: float, batch_poll_s: float, batch_wait_s: float | None, as_json: bool,
           no_progress: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
     try:
@@ -99,6 +129,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
     try:
         cfg = LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
                           max_calls=max_calls, tie_break=not no_tie_break)
+        bcfg = BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s)
         teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
     except (ValueError, TeacherConfigError) as e:
         raise config_error(str(e)) from None
@@ -106,27 +137,46 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         console.print("[bold yellow]SIMULATED teacher[/]: answers come from gold labels through an error model, "
                       "not from an LLM.")
     try:
-        p = plan(ws, dataset, item_ids, teacher, cfg)
+        p = plan_both(ws, dataset, item_ids, teacher, cfg, bcfg)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    _print_plan(p)
+    _print_plan(p, use_batch)
     if plan_only:
         if as_json:
             click.echo(json.dumps(p, indent=2, default=str))
         return
     try:
-        res = label_items(ws, dataset, item_ids, teacher, cfg, progress=progress_enabled(no_progress))
+        if use_batch:
+            res = label_items_batch(ws, dataset, item_ids, teacher, cfg, bcfg, progress=progress_enabled(no_progress))
+        else:
+            res = label_items(ws, dataset, item_ids, teacher, cfg, progress=progress_enabled(no_progress))
     except TeacherConfigError as e:
         raise config_error(str(e)) from None
-    t = Table(title=f"labelling {dataset} with {teacher.display_name}")
+    code = _print_result(res, teacher.display_name, dataset)
+    _print_quality(ws, dataset, teacher.model)
+    if as_json:
+        click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
+    if code:
+        raise SystemExit(int(code))
+
+
+def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
+    """The run's table and why it stopped; its exit code."""
+    t = Table(title=f"labelling {dataset} with {teacher_name}" + (" via the Batch API" if _is_batch(res) else ""))
     t.add_column("what")
     t.add_column("value", justify="right")
-    for k, v in [("items", res.items), ("calls made", res.calls_made), ("answers reused from cache", res.answers_cached),
-                 ("tie-break calls", res.tie_break_calls), ("cost", _money(res.cost_usd)),
-                 ("labelled (agreed / tie-broken / single)", f"{res.labelled} ({res.agreed} / {res.tie_broken} / {res.single})"),
-                 ("disagreed (no majority, queued)", res.disagreed), ("queued for review", res.queued_for_review),
-                 ("failed calls (re-asked once; still failing -> next run)", res.failed), ("off-list answers", res.off_list),
-                 ("no answer yet", res.unlabelled), ("elapsed", f"{res.elapsed_s:.1f}s")]:
+    rows = [("items", res.items), ("calls made", res.calls_made), ("answers reused from cache", res.answers_cached),
+            ("tie-break calls", res.tie_break_calls), ("cost", _money(res.cost_usd)),
+            ("labelled (agreed / tie-broken / single)", f"{res.labelled} ({res.agreed} / {res.tie_broken} / {res.single})"),
+            ("disagreed (no majority, queued)", res.disagreed), ("queued for review", res.queued_for_review),
+            ("failed calls (re-asked once; still failing -> next run)", res.failed), ("off-list answers", res.off_list),
+            ("no answer yet", res.unlabelled), ("elapsed", f"{res.elapsed_s:.1f}s")]
+    if _is_batch(res):
+        rows[4] = ("cost (batch price)", f"{_money(res.cost_usd)} ({res.price_ratio:g} x online)")
+        counts = f"{res.batches_submitted} / {res.batches_resumed} / {res.batches_pending}"
+        rows += [("batches submitted / resumed / still running", counts),
+                 ("batch requests submitted", res.lines_submitted)]
+    for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
     if res.errors:
@@ -136,14 +186,18 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         why = getattr(res, "stopped_message", None) or res.stopped_reason
         tail = "" if "re-run" in str(why).lower() else " Re-run to continue; nothing is asked twice."
         console.print(f"[bold red]stopped early[/]: {str(why).rstrip('.')}.{tail}")
+    elif _is_batch(res) and res.batches_pending:
+        code = ExitCode.INCOMPLETE
+        console.print(f"[bold yellow]still running[/]: {res.batches_pending} batch(es) are not finished; re-run the "
+                      f"same command to collect them (their requests are not submitted again).")
     elif code == ExitCode.INCOMPLETE:
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
-    _print_quality(ws, dataset, teacher.model)
-    if as_json:
-        click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
-    if code:
-        raise SystemExit(int(code))
+    return int(code)
+
+
+def _is_batch(res: Any) -> bool:
+    return hasattr(res, "batches_submitted")
 
 
 def _print_quality(ws: Any, dataset: str, model: str) -> None:
@@ -162,15 +216,19 @@ def _print_quality(ws: Any, dataset: str, model: str) -> None:
                   f"ECE {q['ece']:.3f}{sim}; details: `flywheel teacher quality {dataset}`")
 
 
-def _print_plan(p: dict[str, Any]) -> None:
+def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:
     t = Table(title=f"plan: {p['dataset']} with {p['model']}" + (" (SIMULATED)" if p["simulated"] else ""))
     t.add_column("what")
     t.add_column("value", justify="right")
     rows = [("items", p["items"]), ("passes", p["passes"]), ("calls already cached", p["calls_cached"]),
             ("calls needed", p["calls_needed"]),
             ("tie-break calls (expected / at most)", f"{p['tie_break_calls_expected']} / {p['tie_break_calls_max']}"),
-            ("estimated cost per call", f"{_money(p['est_cost_per_call_usd'])} ({p['price_source']})"),
-            ("estimated cost (expected / at most)", f"{_money(p['est_cost_usd'])} / {_money(p['est_cost_usd_max'])}"),
+            ("estimated cost per call online / batch", (f"{_money(p['est_cost_per_call_usd'])} / "
+             f"{_money(p['est_cost_per_call_batch_usd'])} ({p['price_source']}; batch {p['price_ratio']:g} x online)")),
+            ("estimated cost online (expected / at most)" + ("" if use_batch else "  <- this run"),
+             f"{_money(p['est_cost_usd'])} / {_money(p['est_cost_usd_max'])}"),
+            ("estimated cost via --batch (expected / at most)" + ("  <- this run" if use_batch else ""),
+             f"{_money(p['est_cost_batch_usd'])} / {_money(p['est_cost_batch_usd_max'])}"),
             ("estimated tokens in / out", f"{p['est_tokens_in']:,} / {p['est_tokens_out']:,}")]
     if p["budget_usd"] is not None:
         rows.append(("budget", f"${p['budget_usd']:g}" + ("" if p["fits_budget"] in (None, True) else " (will stop early)")))

@@ -1,0 +1,387 @@
+"""Labelling through the provider's Batch API: the same answers as online labelling, at the batch price.
+
+Why: a pool labelled once for training does not need its answers within seconds, and providers sell the same call
+at about half price when it may take up to 24 hours.  Everything the online path guarantees holds here too:
+
+* **Cache first, stored before use.**  Only (item, pass) keys without a final answer are submitted; every answer
+  line is read by the online client's own reader and stored in ``teacher_answers`` like an online answer (so the
+  cache, consensus, review queue, budget and ``plan`` see no difference), priced at the batch rate.
+* **Nothing paid twice after a kill.**  A submission and the (item, pass) of each of its lines are recorded in the
+  store *before* anything is sent; its own id travels as batch metadata, so a batch created just before a kill
+  is found again.  The next run resumes polling the open batches and never submits their lines again.  An
+  answer file is collected in one transaction.
+* **Partial failures.**  Lines the provider failed (error file), lines an expired batch never reached and replies
+  that do not parse are stored as failures and asked again in a follow-up batch (``BatchConfig.retry_rounds``
+  within the run, then on the next run); a batch that fails validation is resubmitted the same way.
+* **Budget.**  Each submission reserves its lines' estimated batch cost (x ``LabelConfig.cost_safety``); a
+  submission is cut to what fits the dollar and call caps that remain.
+* **Tie-breaks** are a follow-up batch for the items whose passes disagree.
+
+Fixed ``passes`` only: adaptive passes would need a batch round per decision (a later change).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_flywheel.core.consensus import needs_tie_break
+from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, final_answers,
+                                            plan, store_answer)
+from llm_flywheel.pipeline.labeling import _write_labels as _online_write_labels  # private: see write_labels
+from llm_flywheel.store.base import Item, Store
+from llm_flywheel.store.batches import BatchLine, BatchRecord
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.batch import (BatchAPIError, BatchClient, BatchStatus, answer_from_line, parse_result_file,
+                                         request_line)
+from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
+
+Job = tuple[Item, int]
+SUBMISSION_KEY = "flywheel_submission"
+
+
+@dataclass
+class BatchConfig:
+    """How to use the Batch API.
+
+    ``price_ratio``: the batch price as a share of the online one, applied to token prices where the provider
+    reports no cost (OpenAI, Groq, Mistral and Together all bill batches at 50 %).  ``poll_s``: seconds between
+    status polls.  ``wait_s``: stop polling after this long (``None``: until the batch ends) -- the batch keeps
+    running and the next run collects it.  ``max_lines``: lines per batch (OpenAI's cap is 50,000).
+    ``retry_rounds``: follow-up batches within this run for lines that failed."""
+
+    price_ratio: float = 0.5
+    poll_s: float = 30.0
+    wait_s: float | None = None
+    max_lines: int = 50_000
+    completion_window: str = "24h"
+    retry_rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.price_ratio <= 1.0:
+            raise ValueError(f"price_ratio must be in (0, 1], got {self.price_ratio}")
+        if self.poll_s < 0 or (self.wait_s is not None and self.wait_s < 0):
+            raise ValueError("poll_s and wait_s must be >= 0")
+        if self.max_lines < 1 or self.retry_rounds < 0:
+            raise ValueError("max_lines must be >= 1 and retry_rounds >= 0")
+
+
+@dataclass
+class BatchRunResult(LabelRunResult):
+    """A :class:`LabelRunResult` (``calls_made`` = answer lines stored this run, ``cost_usd`` their batch price)
+    plus what happened to the batches.  ``batches_pending``: still running when the run stopped waiting; the next
+    run collects them without submitting their lines again."""
+
+    price_ratio: float = 0.5
+    batches_submitted: int = 0
+    batches_resumed: int = 0
+    batches_pending: int = 0
+    lines_submitted: int = 0
+    lines_failed: int = 0
+    batch_ids: list[str] = field(default_factory=list)
+
+
+class _Run:
+    """One batch labelling run over a store: resume, submit, poll, collect."""
+
+    def __init__(self, ws: Workspace, store: Store, task: Task, items: Sequence[Item], teacher: OpenAICompatTeacher,
+                 cfg: LabelConfig, bcfg: BatchConfig, result: BatchRunResult, say: Callable[[str], None]) -> None:
+        self.ws, self.store, self.task, self.items, self.teacher = ws, store, task, items, teacher
+        self.cfg, self.bcfg, self.result, self.say = cfg, bcfg, result, say
+        self.pv = teacher.prompt_version_for(task)
+        self.client = BatchClient(teacher.base_url, api_key_env=teacher.api_key_env,
+                                  max_retries=teacher.max_retries, backoff_base=teacher.backoff_base)
+        self.reserved = 0.0  # set aside for batches submitted and not yet collected this run
+        self.pending_lines = 0  # lines of those batches
+        self.max_seen = 0.0
+
+    # -- what to ask --------------------------------------------------------------------------------------------
+    def todo(self) -> list[Job]:
+        """(item, pass) without a final answer and not in an open batch: main passes, then due tie-breaks."""
+        hashes = [it.content_hash for it in self.items]
+        done = cached_keys(self.store, self.teacher.model, self.pv, hashes)
+        done |= self.store.pending_batch_keys(self.teacher.model, self.pv)
+        jobs: list[Job] = []
+        seen: set[tuple[str, int]] = set()
+        for it in self.items:
+            for p in range(self.cfg.passes):
+                if (it.content_hash, p) not in done and (it.content_hash, p) not in seen:
+                    seen.add((it.content_hash, p))
+                    jobs.append((it, p))
+        if self.cfg.tie_break and self.cfg.passes >= 2:
+            known = final_answers(self.store, self.teacher.model, self.pv, hashes, max_pass=self.cfg.passes)
+            k = self.cfg.passes
+            for it in self.items:
+                got = {a["pass_index"]: a["label"] for a in known.get(it.content_hash, [])}
+                key = (it.content_hash, k)
+                if key in done or key in seen or any(p not in got for p in range(k)):
+                    continue
+                if needs_tie_break([got[p] for p in range(k)]):
+                    seen.add(key)
+                    jobs.append((it, k))
+        return jobs
+
+    def per_line(self) -> float | None:
+        """Estimated batch cost of one line: the task's prices x ratio, or the mean batch line seen so far."""
+        est = self.teacher.estimate_call(self.task)[2]
+        seen = self.store.batch_cost_means(self.teacher.model).get("batch")
+        cands = [c for c in (None if est is None else est * self.bcfg.price_ratio, seen,
+                             self.max_seen or None) if c is not None]
+        return max(cands) if cands else None
+
+    def fit(self, jobs: list[Job]) -> list[Job]:
+        """The jobs the remaining dollar and call caps allow.  When a cap cuts the list, the result says which
+        (``stopped_reason``) and this run submits nothing after them: the rest waits for the next run."""
+        r, cfg = self.result, self.cfg
+        n = min(len(jobs), self.bcfg.max_lines)
+        if cfg.max_calls is not None:
+            allowed = max(0, cfg.max_calls - r.calls_made - self.pending_lines)
+            if allowed < n:
+                n, r.stopped_reason = allowed, "max_calls"
+        if cfg.budget_usd is not None and n:
+            per = self.per_line()
+            if per is None:  # nothing known about prices yet: a small probe batch first, priced when it returns
+                n = min(n, 10)
+            elif per > 0:
+                left = cfg.budget_usd - r.cost_usd - self.reserved
+                allowed = max(0, int(left // (per * cfg.cost_safety)))
+                if allowed < n:
+                    n, r.stopped_reason = allowed, "budget"
+        r.stopped_by_budget = r.stopped_reason in ("budget", "max_calls")
+        return jobs[:n]
+
+    # -- submit -------------------------------------------------------------------------------------------------
+    def submit(self, jobs: list[Job]) -> BatchRecord:
+        """Record the submission and its lines, then upload and create (each step recorded as it happens)."""
+        sub = uuid.uuid4().hex
+        lines = [BatchLine(f"{it.id}:{p}", it.id, it.content_hash, p) for it, p in jobs]
+        per = self.per_line()
+        reserve = None if per is None else per * self.cfg.cost_safety * len(lines)
+        rid = self.store.add_batch_submission(
+            submission=sub, dataset=self.items[0].dataset, base_url=self.teacher.base_url, model=self.teacher.model,
+            prompt_version=self.pv, lines=lines, price_ratio=self.bcfg.price_ratio, reserved_usd=reserve,
+            run_id=self.result.run_id)
+        self.reserved += reserve or 0.0
+        self.pending_lines += len(lines)
+        self.result.lines_submitted += len(lines)
+        self.result.tie_break_calls += sum(1 for _, p in jobs if p >= self.cfg.passes)
+        return self.send(self.store.batch_record(rid), jobs)
+
+    def send(self, rec: BatchRecord, jobs: Sequence[Job] | None = None) -> BatchRecord:
+        """Bring a recorded submission to "created": upload its JSONL unless uploaded, create the batch unless a
+        batch carrying its submission id already exists (created just before a kill)."""
+        if rec.batch_id:
+            return rec
+        if rec.input_file_id:
+            found = self.client.find(SUBMISSION_KEY, rec.submission)
+            if found is not None:
+                self.store.update_batch(rec.id, batch_id=found.id, status=found.status)
+                return self.store.batch_record(rec.id)
+        else:
+            if jobs is None:
+                by_id = {it.id: it for it in self.items}
+                jobs = [(by_id[ln.item_id], ln.pass_index) for ln in self.store.batch_lines(rec.id)
+                        if ln.item_id in by_id]
+            data = b"".join(json.dumps(request_line(self.teacher, self.task, it, p, self.ws, f"{it.id}:{p}"),
+                                       separators=(",", ":")).encode() + b"\n" for it, p in jobs)
+            fid = self.client.upload(data, f"{rec.submission}.jsonl")
+            self.store.update_batch(rec.id, input_file_id=fid, status="uploaded")
+            rec = self.store.batch_record(rec.id)
+        st = self.client.create(rec.input_file_id or "", {SUBMISSION_KEY: rec.submission, "dataset": rec.dataset},
+                                self.bcfg.completion_window)
+        self.store.update_batch(rec.id, batch_id=st.id, status=st.status)
+        self.result.batches_submitted += 1
+        self.result.batch_ids.append(st.id)
+        self.say(f"batch {st.id}: submitted {rec.n_lines} requests ({st.status})")
+        return self.store.batch_record(rec.id)
+
+    # -- wait and collect ---------------------------------------------------------------------------------------
+    def wait(self, rec: BatchRecord) -> BatchStatus | None:
+        """Poll until the batch ends (its status recorded each time), or None when ``wait_s`` ran out."""
+        t0 = time.monotonic()
+        last, last_t = "", 0.0
+        while True:
+            st = self.client.get(rec.batch_id or "")
+            self.store.update_batch(rec.id, status=st.status, output_file_id=st.output_file_id,
+                                    error_file_id=st.error_file_id, detail="; ".join(st.errors)[:1000] or None)
+            el = time.monotonic() - t0
+            line = f"batch {st.id}: {st.status}, {st.completed}/{st.total} done, {st.failed} failed"
+            if line != last or el - last_t >= 60:
+                self.say(f"{line}, {el:.0f}s")
+                last, last_t = line, el
+            if st.terminal:
+                return st
+            if self.bcfg.wait_s is not None and el >= self.bcfg.wait_s:
+                return None
+            time.sleep(self.bcfg.poll_s)
+
+    def collect(self, rec: BatchRecord, st: BatchStatus) -> None:
+        """Read the output and error files, store every line's answer (failures too) in one transaction."""
+        results = {}
+        for fid in (st.error_file_id, st.output_file_id):  # an answer in the output wins
+            if fid:
+                results.update(parse_result_file(self.client.content(fid)))
+        lines = self.store.batch_lines(rec.id)
+        why = f"batch {st.status}: {'; '.join(st.errors)}"[:300] if st.status != "completed" else None
+        answers = []
+        for ln in lines:
+            ans = answer_from_line(self.teacher, self.task, ln.item_id, ln.content_hash, ln.pass_index,
+                                   results.get(ln.custom_id), price_ratio=rec.price_ratio)
+            if why and ln.custom_id not in results:
+                ans.error_detail = why
+            answers.append((ln, ans))
+        cost = sum(a.cost_usd or 0.0 for _, a in answers)
+        with self.store.transaction():
+            pairs = [(ln.custom_id, aid) for ln, a in answers
+                     if (aid := store_answer(self.store, a, self.result.run_id)) is not None]
+            self.store.collect_batch(rec.id, pairs, cost)
+        self._count([a for _, a in answers], rec)
+
+    def _count(self, answers: list, rec: BatchRecord) -> None:
+        r = self.result
+        for a in answers:
+            r.calls_made += 1
+            r.cost_usd += a.cost_usd or 0.0
+            self.max_seen = max(self.max_seen, a.cost_usd or 0.0)
+            if not a.ok:
+                r.failed += 1
+                r.lines_failed += 1
+            if a.error_kind:
+                r.errors[a.error_kind] = r.errors.get(a.error_kind, 0) + 1
+                r.off_list += a.error_kind == "off_list"
+        if rec.run_id == r.run_id:
+            self.reserved -= rec.reserved_usd or 0.0
+            self.pending_lines -= rec.n_lines
+        self.say(f"batch {rec.batch_id}: collected {len(answers)} answers "
+                 f"({sum(1 for a in answers if not a.ok)} failed, to be asked again), "
+                 f"${sum(a.cost_usd or 0.0 for a in answers):.4f}")
+
+    def drive(self, rec: BatchRecord) -> bool:
+        """Send (if needed), wait and collect one submission; False when it is still running."""
+        rec = self.send(rec)
+        st = self.wait(rec)
+        if st is None:
+            self.result.batches_pending += 1
+            return False
+        self.collect(rec, st)
+        return True
+
+
+def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
+                      config: LabelConfig | None = None, batch: BatchConfig | None = None, *,
+                      progress: bool = True) -> BatchRunResult:
+    """Label ``item_ids`` through the Batch API: collect the batches earlier runs left open, submit what is still
+    missing (within the caps), poll with a progress line per change, collect, follow up on failures and
+    tie-breaks, then write the consensus labels exactly as online labelling does.  Provider trouble never raises:
+    the result says why the run stopped.  Raises ``TeacherConfigError`` before any call when the key is missing."""
+    cfg, bcfg = config or LabelConfig(), batch or BatchConfig()
+    t0 = time.monotonic()
+    store = ws.store()
+    try:
+        task, items = _load(store, dataset, item_ids)
+        teacher.check_ready()
+        pv = teacher.prompt_version_for(task)
+        result = BatchRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
+                                simulated=teacher.is_simulated, items=len(items), price_ratio=bcfg.price_ratio)
+        hashes = {it.content_hash for it in items}
+        cached = cached_keys(store, teacher.model, pv, list(hashes))
+        result.answers_cached = sum(1 for h in hashes for p in range(cfg.passes) if (h, p) in cached)
+        result.run_id = store.start_run("label_batch", {"dataset": dataset, "model": teacher.model,
+                                                        "base_url": teacher.base_url, "prompt_version": pv,
+                                                        "items": len(items), "passes": cfg.passes,
+                                                        "price_ratio": bcfg.price_ratio})
+        tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
+        say = (lambda s: print(f"labelling {dataset}{tag}: {s}", file=sys.stderr, flush=True)) if progress else (
+            lambda s: None)
+        run = _Run(ws, store, task, items, teacher, cfg, bcfg, result, say)
+        status = "failed"
+        try:
+            _rounds(run, store, teacher, pv)
+            status = "stopped" if result.stopped_reason or result.batches_pending else "done"
+        finally:
+            run.client.close()
+            if items:
+                write_labels(store, task, teacher, pv, items, cfg, result)
+            result.elapsed_s = time.monotonic() - t0
+            store.finish_run(result.run_id, status)
+            store.add_report("label_run", str(result.run_id),
+                             {**result.to_dict(), "note": SIMULATED_NOTE if teacher.is_simulated else None})
+        return result
+    finally:
+        store.close()
+
+
+def plan_both(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
+              config: LabelConfig | None = None, batch: BatchConfig | None = None) -> dict[str, Any]:
+    """The online plan (:func:`llm_flywheel.pipeline.labeling.plan`) with the batch price beside it.
+
+    Each mode is priced from its own recorded answers where there are some (a store holding half-price batch
+    answers must not make the online estimate look cheap): online per call = the mean online answer, else the mean
+    batch answer / ratio, else the task's prices; batch per call = the mean batch answer, else online x ratio.
+    Adds ``est_cost_per_call_batch_usd``, ``est_cost_batch_usd``, ``est_cost_batch_usd_max``, ``price_ratio``."""
+    bcfg = batch or BatchConfig()
+    p = plan(ws, dataset, item_ids, teacher, config)
+    with ws.store(readonly=True) as store:
+        means = store.batch_cost_means(teacher.model)
+    online, batched = means["online"], means["batch"]
+    if online is None and batched is not None:
+        online = batched / bcfg.price_ratio
+    if online is not None and means["batch"] is not None:
+        p["est_cost_per_call_usd"], p["price_source"] = online, "observed"
+    online = online if online is not None else p["est_cost_per_call_usd"]
+    per_batch = batched if batched is not None else (None if online is None else online * bcfg.price_ratio)
+    calls = p["calls_needed"] + p["tie_break_calls_expected"]
+    calls_max = p["calls_needed"] + p["tie_break_calls_max"]
+    for key, per in (("", online), ("_batch", per_batch)):
+        p[f"est_cost{key}_usd"] = None if per is None else per * calls
+        p[f"est_cost{key}_usd_max"] = None if per is None else per * calls_max
+    p["est_cost_per_call_batch_usd"] = per_batch
+    p["price_ratio"] = bcfg.price_ratio
+    return p
+
+
+def _load(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
+    task = Task.from_json(store.dataset_task_json(dataset))
+    items = store.items(dataset, ids=list(item_ids)) if item_ids else []
+    if len(items) != len(set(item_ids)):
+        missing = sorted(set(item_ids) - {it.id for it in items})
+        raise ValueError(f"{len(missing)} item id(s) are not in dataset {dataset!r}: {missing[:10]}")
+    return task, items
+
+
+def write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
+                 cfg: LabelConfig, result: LabelRunResult) -> None:
+    """Consensus labels + review queue from every stored final answer -- the online path's own step.
+
+    Thin wrapper: ``pipeline.labeling._write_labels`` is private; batch answers must become labels exactly the
+    way online ones do, so it is called, not copied."""
+    _online_write_labels(store, task, teacher, pv, items, cfg, result)
+
+
+def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> None:
+    """Resume the open batches, then submit rounds: the main passes, follow-ups for failed lines, tie-breaks."""
+    r = run.result
+    try:
+        for rec in store.open_batches(teacher.model, pv, teacher.base_url):
+            r.batches_resumed += 1
+            run.say(f"resuming batch {rec.batch_id or '(not yet created)'} of an earlier run ({rec.n_lines} requests)")
+            if not run.drive(rec):
+                return
+        for _ in range(2 + run.bcfg.retry_rounds):
+            jobs = run.todo()
+            if not jobs:
+                return
+            jobs = run.fit(jobs)
+            if not jobs or not run.drive(run.submit(jobs)) or r.stopped_reason:
+                return
+    except BatchAPIError as e:
+        r.stopped_reason = "fatal_error"
+        r.fatal_error_kind = "batch_api" if not e.fatal else ("auth" if e.status in (401, 402, 403) else
+                                                             "not_found" if e.status == 404 else "connection")
+        r.stopped_message = f"the Batch API at {teacher.base_url} failed: {e}"
