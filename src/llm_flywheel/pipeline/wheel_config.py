@@ -57,6 +57,7 @@ class WheelConfig:
     calib_labels: int | None = 1000  # at most this many calibration items labelled (temperature + threshold)
     per_round_budget: int | None = None  # teacher calls on actively selected items per round >= 2 (None: auto_sizes)
     passes: int = 2  # teacher passes per labelled training item (consensus)
+    adaptive_passes: bool = True  # later passes only where the first is unsure (False: every item asked `passes` times)
     policy: str = "margin"  # margin | entropy | qbc | random
     committee: int = 3  # model versions in the query-by-committee
     candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)

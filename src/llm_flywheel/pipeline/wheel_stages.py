@@ -152,7 +152,8 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
     ctx.con.print(f"  labelling {len(ids):,} {what} items x {cfg.passes} pass(es) with [bold]{ctx.teacher.model}[/]")
     with ctx.accounted(rep, "label"):
         res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher,
-                          LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency), progress=ctx.progress)
+                          LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency,
+                                      adaptive_passes=cfg.adaptive_passes), progress=ctx.progress)
     for k, v in (res.errors or {}).items():
         rep.label_errors[k] = rep.label_errors.get(k, 0) + v
     if res.stopped_reason:

@@ -38,6 +38,9 @@ DEMO = dict(
     concurrency=32,
     seed=0,
 )
+# The demo's settings before issue 12 (every item asked twice, 1,000 val + 2,000 calib items labelled in round 1,
+# 2,000 selected items per later round): `flywheel demo --previous-settings` runs them for a side-by-side comparison.
+DEMO_PREVIOUS = DEMO | dict(adaptive_passes=False)
 DEMO_IMPORT_LIMIT = None  # all 60,000 + 10,000 (the import takes well under a minute)
 
 # `flywheel demo --text`: SpamAssassin (6,046 emails, 31 % spam) with the frozen-MiniLM student.  Sizes chosen so
@@ -311,9 +314,13 @@ def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> 
 @click.option("--limit", type=click.IntRange(1), default=DEMO_IMPORT_LIMIT, help="Import only the first N items per source split.")
 @click.option("--api-key-env", default=None, help="Environment variable holding the --teacher's API key.")
 @click.option("--no-progress", is_flag=True, help="No progress output (otherwise: a bar on a terminal, plain lines elsewhere).")
+@click.option("--previous-settings", is_flag=True,
+              help="The image demo's settings before the leaner wheel (fixed 2 passes, 1,000 val + 2,000 calib items "
+                   "labelled, 2,000 selected items per round), to compare side by side in another workspace.")
 @pass_ctx
 def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool, fmnist_path: str | None,
-         limit: int | None, api_key_env: str | None = None, no_progress: bool = False) -> None:
+         limit: int | None, api_key_env: str | None = None, no_progress: bool = False,
+         previous_settings: bool = False) -> None:
     """The whole wheel on Fashion-MNIST (or, with --text, SpamAssassin), simulated teacher (or --teacher), in minutes
     on 2 CPU cores.
 
@@ -329,7 +336,8 @@ def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool
     t0 = time.perf_counter()
     ws = ctx.workspace()
     console.print(f"workspace: {ws.root}")
-    dataset, sizes, split_sizes = ("spam-assassin", DEMO_TEXT, DEMO_TEXT_SPLITS) if text_demo else ("fashion-mnist", DEMO, {})
+    dataset, sizes, split_sizes = (("spam-assassin", DEMO_TEXT, DEMO_TEXT_SPLITS) if text_demo else
+                                   ("fashion-mnist", DEMO_PREVIOUS if previous_settings else DEMO, {}))
     try:
         rep = add_dataset(ws, dataset, path=fmnist_path, limit=limit, progress=not no_progress, **split_sizes)
     except (ValueError, FileNotFoundError) as e:
