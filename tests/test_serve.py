@@ -3,8 +3,10 @@ health, docs, feedback logging, and a slow teacher that must not block the stude
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures as cf
+import contextlib
 import io
 import time
 
@@ -36,12 +38,49 @@ def images(cal_ws):
     return sorted(pairs, key=lambda p: -p[1])
 
 
+@contextlib.contextmanager
+def running(app, *, grace_s: int = 10):
+    """The app on a real uvicorn server on 127.0.0.1 with its lifespan (startup, bounded shutdown), like
+    `flywheel serve`; yields the base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=grace_s))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert t.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=60)
+        sock.close()
+
+
+def flush(app):
+    """Wait until the answers given so far are in cascade_log (the service writes them in batches)."""
+    app.state.serve.feedback.flush()
+
+
 @pytest.fixture(scope="module")
-def server(cal_ws):
+def served(cal_ws):
     ws, _ = cal_ws
     app = create_app(ws, "synth", max_bytes=64 * 1024, max_logged_payload_bytes=10_000, seed=0)
-    with serve_app(app) as url:
-        yield url
+    with running(app) as url:
+        yield url, app
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 def _rows(ws, sql, params=()):
@@ -49,8 +88,9 @@ def _rows(ws, sql, params=()):
         return s.query(sql, params)
 
 
-def test_valid_image_in_every_form(server, images, cal_ws):
+def test_valid_image_in_every_form(served, images, cal_ws):
     ws, version = cal_ws
+    server, app = served
     png = images[0][0]
     n0 = len(_rows(ws, "SELECT id FROM cascade_log WHERE origin='serve'"))
     answers = [
@@ -68,6 +108,7 @@ def test_valid_image_in_every_form(server, images, cal_ws):
         assert d["threshold"] > 0 and d["latency_ms"] > 0
     assert len({r.json()["student_label"] for r in answers}) == 1  # the same bytes, the same answer
     # every answer logged as feedback, the small payload kept under exports/served/
+    flush(app)
     rows = _rows(ws, "SELECT * FROM cascade_log WHERE origin='serve' ORDER BY id")[n0:]
     assert len(rows) == 4 and all(r["model_version"] == version for r in rows)
     assert rows[0]["payload_ref"].startswith("exports/served/")
@@ -159,12 +200,12 @@ def test_sampling_and_payload_bound(cal_ws, images):
     ws, _ = cal_ws
     app = create_app(ws, "synth", log_sample_rate=0.0)
     n0 = len(_rows(ws, "SELECT id FROM cascade_log"))
-    with serve_app(app) as url:
+    with running(app) as url:
         for png, _ in images[:3]:
             assert httpx.post(f"{url}/v1/predict", content=png, headers={"Content-Type": "image/png"}).status_code == 200
     assert len(_rows(ws, "SELECT id FROM cascade_log")) == n0  # sampled out
     app = create_app(ws, "synth", max_logged_payload_bytes=0)
-    with serve_app(app) as url:
+    with running(app) as url:
         httpx.post(f"{url}/v1/predict", content=images[5][0], headers={"Content-Type": "image/png"})
     row = _rows(ws, "SELECT * FROM cascade_log ORDER BY id DESC LIMIT 1")[0]
     assert row["origin"] == "serve" and row["payload_ref"] is None  # logged, payload over the bound not kept
@@ -192,8 +233,8 @@ def test_slow_teacher_does_not_block_student_answers(cal_ws, images):
     assert hi > lo
     cfg = SimConfig(latency_ms=1500, latency_sigma=0.0, rate_429=0.0, malformed_rate=0.0)
     with run_simulated_teacher(ws, "synth", cfg) as turl:
-        app = create_app(ws, "synth", teacher=sim_teacher(ws, turl), threshold=(hi + lo) / 2)
-        with serve_app(app) as url, cf.ThreadPoolExecutor(2) as pool:
+        app = create_app(ws, "synth", teacher=sim_teacher(ws, turl), threshold=(hi + lo) / 2, deadline_s=60)
+        with running(app) as url, cf.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(httpx.post, f"{url}/v1/predict", content=slow_png,
                                headers={"Content-Type": "image/png"}, timeout=30)
             deadline = time.monotonic() + 20  # wait until the teacher has the deferred request
@@ -222,7 +263,7 @@ def test_slow_teacher_does_not_block_student_answers(cal_ws, images):
 def test_no_teacher_defers_with_null_label(cal_ws, images):
     ws, _ = cal_ws
     app = create_app(ws, "synth", threshold=DEFER_ALL)
-    with serve_app(app) as url:
+    with running(app) as url:
         d = httpx.post(f"{url}/v1/predict", content=images[0][0], headers={"Content-Type": "image/png"}).json()
     assert d["source"] == "deferred" and d["label"] is None and d["student_label"]
 
@@ -257,7 +298,7 @@ def test_text_model_served_over_http_without_torch_in_the_answer_path(tmp_path):
     cache = ws.root / "cache" / "embeddings"
     n_cached = len(list(cache.rglob("*.npy")))
     app = create_app(ws, "news", seed=0)
-    with serve_app(app) as url:
+    with running(app) as url:
         a = httpx.post(f"{url}/v1/predict", json={"text": "the coach said the team will win the league"})
         b = httpx.post(f"{url}/v1/predict", content="flour sugar and an oven for the bread".encode(),
                        headers={"Content-Type": "text/plain"})

@@ -153,6 +153,10 @@ class Cascade:
                 self._store = self.ws.store()
             yield self._store
 
+    @property
+    def teacher_calls_in_flight(self) -> int:
+        return self._raw.in_flight
+
     # -- the decision --------------------------------------------------------------------------------------------
     def student_scores(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated (predicted index, confidence) for raw student probabilities."""

@@ -1,0 +1,231 @@
+"""The request body as one input of the task's modality, or an :class:`HTTPProblem` that says what to send.
+
+Why exactly these shapes: what is accepted here is what the OpenAPI schema (``openapi.py``) promises for the
+modality -- an image model takes an image (multipart ``file``, JSON ``image_base64`` or raw image bytes), a text
+model a text (JSON ``text``, ``text/plain`` or multipart ``text``), a tabular model JSON ``features``.  Everything
+else is a 4xx naming the fix; nothing here may raise anything but :class:`HTTPProblem` (a deeply nested JSON body
+used to escape as a ``RecursionError`` and a 500).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
+ACCEPTED: dict[str, tuple[str, ...]] = {
+    "image": ("multipart/form-data", "application/json", *IMAGE_TYPES),
+    "text": ("application/json", "text/plain", "multipart/form-data"),
+    "tabular": ("application/json",),
+}
+HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|gif|bmp|webp bytes)",
+        "text": 'JSON {"text": ...}, text/plain, or a multipart "text" field',
+        "tabular": 'JSON {"features": [...]}'}
+
+
+class HTTPProblem(Exception):
+    """A request we refuse, with the status code and a message that says what to send instead."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+class ImageJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_base64: str = Field(description="an image (PNG/JPEG/GIF/BMP/WebP) as base64, or a data: URL")
+
+
+class TextJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, description="the text to classify")
+
+
+class TabularJSON(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: list[float] = Field(min_length=1, description="the feature values, in the dataset's column order")
+
+
+JSON_MODELS: dict[str, type[BaseModel]] = {"image": ImageJSON, "text": TextJSON, "tabular": TabularJSON}
+
+
+@dataclass
+class RawInput:
+    """One input: ``content`` is what the student reads (bytes, then a decoded image; a str; a list of floats),
+    ``raw`` the bytes that are hashed and kept as feedback."""
+
+    kind: str
+    content: Any
+    raw: bytes
+    ext: str
+
+    def __post_init__(self) -> None:
+        self.hash = hashlib.sha256(self.raw).hexdigest()
+
+
+def content_type(request: Request, body: bytes) -> str:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype == "" and body.lstrip()[:1] in (b"{", b"["):
+        return "application/json"
+    return ctype
+
+
+def check_content_type(ctype: str, modality: str) -> None:
+    if ctype not in ACCEPTED[modality]:
+        raise HTTPProblem(415, f"unsupported Content-Type {ctype or '(none)'!r} for this {modality} model; "
+                               f"send {', '.join(ACCEPTED[modality])}: {HINT[modality]}")
+
+
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 once it passes ``max_bytes`` (before it is all in memory)."""
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise HTTPProblem(400, "Content-Length is not a number") from None
+        if n > max_bytes:
+            raise HTTPProblem(413, f"request body is {n:,} bytes; the limit is {max_bytes:,} bytes")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise HTTPProblem(413, f"request body exceeds the limit of {max_bytes:,} bytes")
+    return bytes(buf)
+
+
+def extract(body: bytes, ctype: str, modality: str, max_bytes: int) -> RawInput:
+    """A non-multipart body as an input (CPU work: JSON, base64; runs in the worker pool)."""
+    if ctype == "application/json":
+        return _parse_json(body, modality, max_bytes)
+    if ctype == "text/plain":
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPProblem(400, "text/plain body is not valid UTF-8") from None
+        return _text(text)
+    return RawInput("image", body, body, _image_ext(body))
+
+
+def _text(text: str) -> RawInput:
+    if not text.strip():
+        raise HTTPProblem(422, "text is empty")
+    return RawInput("text", text, text.encode("utf-8", "surrogatepass"), ".txt")
+
+
+def _parse_json(body: bytes, modality: str, max_bytes: int) -> RawInput:
+    try:
+        obj = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HTTPProblem(400, f"body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise HTTPProblem(400, "JSON body is nested too deeply; send a flat object") from None
+    if not isinstance(obj, dict):
+        raise HTTPProblem(422, f"JSON body must be an object; this {modality} model takes {HINT[modality]}")
+    try:
+        req = JSON_MODELS[modality].model_validate(obj)
+    except ValidationError as e:
+        detail = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ())) or 'body'}: {er.get('msg')}"
+                           for er in e.errors())
+        raise HTTPProblem(422, f"invalid request: {detail} (this {modality} model takes {HINT[modality]})") from None
+    if isinstance(req, ImageJSON):
+        data = _b64(req.image_base64, max_bytes)
+        return RawInput("image", data, data, _image_ext(data))
+    if isinstance(req, TextJSON):
+        return _text(req.text)
+    assert isinstance(req, TabularJSON)
+    feats = [float(x) for x in req.features]
+    return RawInput("tabular", feats, json.dumps(feats).encode(), ".json")
+
+
+def _b64(s: str, max_bytes: int) -> bytes:
+    if s.startswith("data:"):
+        head, sep, s = s.partition(",")
+        if not sep or ";base64" not in head:
+            raise HTTPProblem(400, "image_base64 data: URL must be of the form data:image/png;base64,...")
+    if len(s) * 3 // 4 > max_bytes:
+        raise HTTPProblem(413, f"decoded image would exceed the limit of {max_bytes:,} bytes")
+    try:
+        return base64.b64decode("".join(s.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPProblem(400, "image_base64 is not valid base64") from None
+
+
+def _image_ext(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    return ".img"
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from the image header alone (no decoding); 400 when there is no readable header."""
+    from PIL import Image
+
+    if not data:
+        raise HTTPProblem(400, "the image is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
+        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
+                               "send a PNG, JPEG, GIF, BMP or WebP file") from None
+    return int(w) * int(h)
+
+
+def decode_image(data: bytes, max_pixels: int) -> Any:
+    """The decoded image (first frame), or 413 for a pixel bomb / 400 for bytes that do not decode."""
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > max_pixels:
+            raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
+        im.load()
+        return im
+    except HTTPProblem:
+        raise
+    except Exception as e:
+        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
+                               "send a PNG, JPEG, GIF, BMP or WebP file") from None
+
+
+async def parse_multipart(request: Request, body: bytes, modality: str) -> RawInput:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form()
+    except Exception as e:
+        raise HTTPProblem(400, f"cannot parse the multipart form ({type(e).__name__})") from None
+    try:
+        if modality == "image":
+            for key in ("file", "image"):
+                f = form.get(key)
+                if f is not None and not isinstance(f, str):
+                    data = await f.read()
+                    return RawInput("image", data, data, _image_ext(data))
+        else:
+            v = form.get("text")
+            if isinstance(v, str):
+                return _text(v)
+    finally:
+        await form.close()
+    field = "'file' field (an image)" if modality == "image" else "'text' field"
+    raise HTTPProblem(422, f"multipart form needs a {field} for this {modality} model")
