@@ -68,6 +68,7 @@ class WheelConfig:
     student_hparams: dict[str, Any] = field(default_factory=dict)  # passed to the student (e.g. {"width": 16})
     target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
     max_teacher_fraction: float | None = None  # ... and/or a teacher budget
+    teacher_parity: bool = False  # ... and/or cascade accuracy no lower than the teacher's single call (guaranteed)
     delta: float = 0.1
     audit_rate: float = 0.03
     concurrency: int = 16
@@ -86,7 +87,9 @@ class WheelConfig:
         for name in ("seed_labels", "per_round_budget", "stream_per_round"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.target_accuracy is None and self.max_teacher_fraction is None:
+        if self.teacher_parity and self.target_accuracy is not None:
+            raise ValueError("give either --target-accuracy or --teacher-parity, not both")
+        if self.target_accuracy is None and self.max_teacher_fraction is None and not self.teacher_parity:
             object.__setattr__(self, "max_teacher_fraction", DEFAULT_MAX_TEACHER_FRACTION)
 
     def resume_key(self) -> dict[str, Any]:

@@ -230,8 +230,9 @@ def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
 
     cfg = ctx.cfg
     try:
+        parity = {"teacher_parity": True} if cfg.teacher_parity else {}  # only passed when asked for
         cal = calibrate(ctx.ws, ctx.dataset, version, target_accuracy=cfg.target_accuracy,
-                        max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta)
+                        max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta, **parity)
     except ValueError as e:  # e.g. no calib item has a teacher label
         raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
     return CalibResult(threshold=_get(cal, "threshold"), temperature=_get(cal, "temperature", "T"),

@@ -103,6 +103,9 @@ def _goal(config: dict[str, Any]) -> str | None:
         parts.append(f"at most {100 * mf:g} % of items to the teacher")
     if ta is not None:
         parts.append(f"accuracy >= {100 * ta:g} % (agreement with teacher labels) on items the student answers")
+    if config.get("teacher_parity"):
+        parts.append("cascade accuracy no lower than the teacher's single call (on calib, with probability "
+                     f">= {100 * (1 - (config.get('delta') or 0.1)):g} %)")
     return " and ".join(parts) or None
 
 

@@ -93,6 +93,10 @@ def _wheel_options(f: Any) -> Any:
         click.option("--max-teacher-fraction", type=click.FloatRange(0, 1), default=None,
                      help="Cascade goal: at most this fraction of items sent to the teacher (always feasible; the "
                           "default goal is 0.1 when no goal is given)."),
+        click.option("--teacher-parity", is_flag=True,
+                     help="Cascade goal: accuracy no lower than the teacher's single call, with probability >= "
+                          "1 - delta (checked on the calib items); add --max-teacher-fraction to cap the teacher's "
+                          "share too. Lets a student better than its teacher answer almost everything."),
         click.option("--delta", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Risk level of the accuracy guarantee."),
         click.option("--audit-rate", type=click.FloatRange(0, 1), default=0.03, show_default=True,
                      help="Share of student-accepted stream items re-asked to the teacher to measure disagreement."),
@@ -262,7 +266,7 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
     from llm_flywheel.interfaces.report import write_report
     from llm_flywheel.store.base import StoreError
 
-    if kw["target_accuracy"] is None and kw["max_teacher_fraction"] is None:
+    if kw["target_accuracy"] is None and kw["max_teacher_fraction"] is None and not kw["teacher_parity"]:
         kw["max_teacher_fraction"] = DEFAULT_MAX_TEACHER_FRACTION
         console.print(f"no cascade goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
                       f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
