@@ -83,7 +83,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "label": ("label",),
     "review": ("review",),
     "train": ("train", "evaluate"),
-    "cascade": ("calibrate", "predict", "serve"),
+    "cascade": ("calibrate", "predict"),
+    "serve": ("serve",),
     "wheel": ("run", "report", "demo"),
 }
 

@@ -1,4 +1,4 @@
-"""`flywheel calibrate`, `flywheel predict`, `flywheel serve`: the calibrated cascade from the command line."""
+"""`flywheel calibrate`, `flywheel predict`: the calibrated cascade from the command line (`flywheel serve`: commands/serve.py)."""
 
 from __future__ import annotations
 
@@ -278,53 +278,3 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
             lo, hi = wilson_interval(k, len(gold))
             t.add_row(name, f"{pct(k / len(gold))}  (95 % CI {pct(lo)} – {pct(hi)})")
     console.print(t)
-
-
-# -- serve ------------------------------------------------------------------------------------------------------------
-
-
-@click.command(epilog="\b\nExamples:\n"
-               "  flywheel serve fashion-mnist --port 8000 --teacher openrouter:google/gemini-2.5-flash\n"
-               "  curl -F file=@shirt.png http://127.0.0.1:8000/v1/predict\n"
-               "  curl -H 'Content-Type: application/json' -d '{\"image_base64\": \"...\"}' "
-               "http://127.0.0.1:8000/v1/predict\n"
-               "  curl http://127.0.0.1:8000/metrics     # Prometheus\n"
-               "  open http://127.0.0.1:8000/docs        # OpenAPI docs\n")
-@click.argument("dataset")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; loopback by default because there is no authentication.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
-@click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
-@click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
-@click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
-@click.option("--max-bytes", type=int, default=8 * 1024 * 1024, show_default=True,
-              help="Largest request body accepted (larger: HTTP 413).")
-@click.option("--log-sample-rate", type=float, default=1.0, show_default=True,
-              help="Fraction of answered requests logged to the store as feedback for the wheel.")
-@click.option("--max-logged-payload-bytes", type=int, default=256 * 1024, show_default=True,
-              help="Inputs up to this size are kept under exports/served/ with their log row (0: keep none).")
-@pass_ctx
-def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spec: str | None,
-          api_key_env: str | None, threshold: float | None, max_bytes: int, log_sample_rate: float,
-          max_logged_payload_bytes: int) -> None:
-    """Serve DATASET's calibrated cascade over HTTP: POST /v1/predict, GET /healthz, GET /metrics, /docs."""
-    from llm_flywheel.pipeline.cascade import CascadeError
-    from llm_flywheel.interfaces.serve import create_app, is_loopback, serve_forever
-    from llm_flywheel.store.base import StoreError
-    from llm_flywheel.students.base import StudentError
-
-    if not is_loopback(host):
-        console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: the service has no "
-                      "authentication; put it behind your own gateway")
-    ws = ctx.workspace(create=False)
-    with _teacher(ws, dataset, spec, api_key_env) as teacher:
-        try:
-            app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold, max_bytes=max_bytes,
-                             log_sample_rate=log_sample_rate, max_logged_payload_bytes=max_logged_payload_bytes)
-        except (StoreError, StudentError, CascadeError, ValueError) as e:
-            raise _fail(e) from None
-        d = app.state.cascade.describe()
-        console.print(f"serving {dataset} model {d['model_version']} (threshold {d['threshold']:.4f}, "
-                      f"teacher: {d['teacher'] or 'none -> deferred answers have no label'}) on http://{host}:{port}")
-        serve_forever(app, host, port, log_level="warning" if ctx.verbose == 0 else "info")
