@@ -340,7 +340,7 @@ def _pass_keys(task):
 
 def test_adaptive_passes_ask_later_passes_only_where_the_first_is_unsure(synth_ws, synth_task):
     ids = _ids(synth_ws)
-    cfg = LabelConfig(passes=2, concurrency=8, calibration_items=150)
+    cfg = LabelConfig(passes=2, concurrency=32, calibration_items=150)  # 32 > the start level: workers wait
     with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
         t = _sim_teacher(url, synth_task)
         r = label_items(synth_ws, "synth", ids, t, cfg, progress=False)

@@ -145,8 +145,8 @@ def label_items(
                              prog, ctl)
         status, skipped = "failed", set()
         try:
-            skipped = _run_phases(runner, items, pv, f"labelling {dataset}"
-                                  + (" (SIMULATED teacher)" if teacher.is_simulated else ""))
+            skipped = run_sync(_run_phases(runner, items, pv, f"labelling {dataset}"
+                                           + (" (SIMULATED teacher)" if teacher.is_simulated else "")))
             status = "stopped" if runner.stop else "done"
         finally:
             if prog is not None:
@@ -170,9 +170,10 @@ def _budget(store: Store, teacher: OpenAICompatTeacher, task: Task, cfg: LabelCo
     return Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
 
 
-def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
+async def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
     """Fixed k: every missing pass.  Adaptive: calibration sample + pass 0, then later passes where unsure.
-    Returns the content hashes the adaptive cutoff answered with pass 0 alone."""
+    Returns the content hashes the adaptive cutoff answered with pass 0 alone.  One event loop for all phases:
+    the concurrency controller's locks belong to the loop they were first used in."""
     cfg, store, model = runner.cfg, runner.store, runner.teacher.model
     hashes = [it.content_hash for it in items]
     cached = store.final_answer_keys(model, pv, hashes)
@@ -182,13 +183,13 @@ def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) 
         runner.known[h] = {a["pass_index"]: a["label"] for a in answers}
     due = runner.tie_breaks_due(items)  # resumed runs: passes all cached but the tie-break still missing
     if not cfg.adaptive_k:
-        run_sync(runner.run(make_jobs(items, main, cached) + due, desc))
+        await runner.run(make_jobs(items, main, cached) + due, desc)
         return set()
     sample = calibration_sample(hashes, cfg.calibration_items)
     in_sample = [it for it in items if it.content_hash in sample]
     first = make_jobs(in_sample, main, cached)
     first += make_jobs(items, [0], cached | {(it.content_hash, p) for it, p in first})
-    run_sync(runner.run(first + due, desc))
+    await runner.run(first + due, desc)
     if runner.stop:
         return set()
     labels = runner.task.labels
@@ -200,7 +201,7 @@ def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) 
     cut = "none (every item asked every pass)" if choice.cutoff is None else f"{choice.cutoff:.4f}"
     log.info("adaptive passes: cutoff %s from %d calibration items; %d items need more passes, %d answered by pass 0",
              cut, choice.evidence, len(more), len(skipped))
-    run_sync(runner.run(make_jobs(more, main[1:], store.final_answer_keys(model, pv, hashes)), desc + ", later passes"))
+    await runner.run(make_jobs(more, main[1:], store.final_answer_keys(model, pv, hashes)), desc + ", later passes")
     return skipped
 
 

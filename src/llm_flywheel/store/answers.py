@@ -167,3 +167,9 @@ class AnswerQueries:
         """status -> number of teacher labels (agreed, tie_broken, disagreed, single) across the workspace."""
         rows = self.query("SELECT status, COUNT(*) AS n FROM labels WHERE source='teacher' GROUP BY status")
         return {r["status"]: int(r["n"]) for r in rows}
+
+    def answer_attempts(self, model: str) -> dict[str, int]:
+        """content_hash -> every stored call of ``model`` on it, failed ones included (what was paid for)."""
+        rows = self.query("SELECT content_hash, COUNT(*) AS n FROM teacher_answers WHERE model=? "
+                          "GROUP BY content_hash", (model,))
+        return {r["content_hash"]: int(r["n"]) for r in rows}

@@ -1,0 +1,195 @@
+"""Adaptive passes against fixed k = 2, side by side in one run, against the SIMULATED teacher.
+
+The same Fashion-MNIST images (real pictures and gold labels from /usr/share/datasets/fashion-mnist) are labelled
+in separate workspaces by
+
+* ``fixed k=2``: every item asked twice, a tie-break where the two disagree (``adaptive_passes=False``);
+* ``adaptive (logprob)``: the default -- a calibration sample asked every pass, the cutoff learnt from it, later
+  passes only where pass 0's label probability is below the cutoff;
+* ``adaptive (verbalised)``: the same with ``use_logprobs=False`` -- the fallback for servers without logprobs.
+
+Each arm talks to its own simulated teacher (same error model and seed, over HTTP on 127.0.0.1), so every arm sees
+exactly the answers the others would have seen for the same (item, pass): the comparison is paired item by item.
+Printed per arm: calls per item (failed calls included, 95 % bootstrap interval), consensus-label accuracy
+against gold (an item without a resolved label counts as wrong; Wilson 95 %), and against fixed k=2 the paired
+difference in accuracy (normal approximation on per-item differences) and the share of calls saved (paired
+bootstrap over items).  Target (issue 12): >= 35 % fewer calls than fixed k=2 at an accuracy no more than 0.5 point
+lower.  ``--seeds 0 1 2`` repeats the whole comparison with other simulator seeds (other answers, other samples).
+
+    python benchmarks/bench_adaptive_passes.py [--items 4000] [--seeds 0] [--calibration-items 300]
+
+Results come from the SIMULATED teacher (its error model is a parameter, not an LLM finding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llm_flywheel.core.stats import accuracy_ci, paired_diff_ci
+from llm_flywheel.core.task import Task
+from llm_flywheel.data import register
+from llm_flywheel.data.fashion_mnist import fashion_mnist_source
+from llm_flywheel.pipeline.labeling import LabelConfig, LabelRunResult, label_items
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+DATASET = "fashion-mnist"
+ARMS = {
+    "fixed k=2": {"adaptive_passes": False},
+    "adaptive (logprob)": {},
+    "adaptive (verbalised)": {"use_logprobs": False},
+}
+
+
+@dataclass
+class Arm:
+    name: str
+    result: LabelRunResult
+    calls: np.ndarray  # per item, in the shared item order
+    correct: np.ndarray
+    seconds: float
+
+
+def _workspace(root: Path, n_items: int) -> tuple[Workspace, list[int]]:
+    ws = Workspace.open(root)
+    task, recs, total = fashion_mnist_source(limit=n_items // 2)
+    register(ws, task, recs, total=total, progress=False)
+    s = ws.store()
+    try:
+        return ws, [it.id for it in s.items(DATASET)]
+    finally:
+        s.close()
+
+
+def _per_item(ws: Workspace, model: str, pv: str) -> tuple[np.ndarray, np.ndarray]:
+    """Calls (every stored attempt, failed ones too) and consensus right/wrong per item, in source order."""
+    s = ws.store()
+    try:
+        items = sorted(s.items(DATASET), key=lambda it: it.source_ref)
+        answers = s.final_answers(model, pv, [it.content_hash for it in items])
+        attempts = s.answer_attempts(model)
+        labels = s.teacher_labels([it.id for it in items])
+    finally:
+        s.close()
+    assert answers, "no answers stored"
+    calls = np.array([attempts.get(it.content_hash, 0) for it in items], float)
+    correct = np.array([labels.get(it.id) == it.gold_label for it in items], bool)
+    return calls, correct
+
+
+def run_arm(name: str, root: Path, n_items: int, seed: int, args: argparse.Namespace) -> Arm:
+    ws, ids = _workspace(root, n_items)
+    sim = SimConfig(latency_ms=args.latency_ms, seed=seed)
+    cfg = LabelConfig(passes=2, concurrency=args.concurrency, calibration_items=args.calibration_items,
+                      agreement_target=args.agreement_target, **ARMS[name])
+    with run_simulated_teacher(ws, DATASET, sim) as url:
+        s = ws.store()
+        task_json = s.dataset_task_json(DATASET)
+        s.close()
+        teacher = teacher_from_spec(f"{url}|{model_id(DATASET)}", Task.from_json(task_json))
+        t0 = time.perf_counter()
+        r = label_items(ws, DATASET, ids, teacher, cfg, progress=False)
+        dt = time.perf_counter() - t0
+    calls, correct = _per_item(ws, teacher.model, r.prompt_version)
+    return Arm(name, r, calls, correct, dt)
+
+
+def _boot(fn, n: int, reps: int, rng: np.random.Generator) -> tuple[float, float]:
+    vals = np.array([fn(rng.integers(0, n, n)) for _ in range(reps)])
+    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def compare(arms: list[Arm], seed: int) -> dict[str, dict[str, object]]:
+    base = arms[0]
+    n = len(base.calls)
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, object]] = {}
+    for a in arms:
+        assert len(a.calls) == n
+        acc = accuracy_ci(a.correct)
+        row: dict[str, object] = {
+            "calls": int(a.calls.sum()), "calls_per_item": float(a.calls.mean()),
+            "calls_per_item_ci": _boot(lambda i, c=a.calls: c[i].mean(), n, 1000, rng),
+            "accuracy": acc[0], "accuracy_ci": acc[1:], "resolved": int(a.result.labelled),
+            "seconds": round(a.seconds, 1),
+        }
+        if a is not base:
+            row["accuracy_diff_vs_fixed"] = paired_diff_ci(a.correct, base.correct)
+            row["calls_saved"] = 1 - a.calls.sum() / base.calls.sum()
+            row["calls_saved_ci"] = _boot(lambda i, c=a.calls: 1 - c[i].sum() / base.calls[i].sum(), n, 1000, rng)
+        ap = a.result.adaptive_passes
+        if ap is not None:
+            row["cutoff"] = ap.cutoff
+            row["agreement"] = (ap.agreement, ap.agreement_low, ap.agreement_high)
+            row["calibration_items"] = ap.calibration_items
+            row["skipped_items"] = ap.skipped_items
+            row["certainty"] = ap.certainty
+        out[a.name] = row
+    return out
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def print_table(seed: int, res: dict[str, dict[str, object]]) -> None:
+    print(f"\nseed {seed} (SIMULATED teacher)")
+    print("| arm | calls/item [95 %] | calls saved vs fixed [95 %] | consensus accuracy [95 %] | "
+          "accuracy minus fixed, paired [95 %] | cutoff (agreement [95 %]) | skipped items |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in res.items():
+        cp = r["calls_per_item_ci"]
+        saved = f"{100 * r['calls_saved']:.1f} % [{100 * r['calls_saved_ci'][0]:.1f}, " \
+                f"{100 * r['calls_saved_ci'][1]:.1f}]" if "calls_saved" in r else "-"
+        acc = f"{100 * r['accuracy']:.2f} % [{100 * r['accuracy_ci'][0]:.2f}, {100 * r['accuracy_ci'][1]:.2f}]"
+        d = r.get("accuracy_diff_vs_fixed")
+        diff = f"{100 * d[0]:+.2f} pt [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]" if d else "-"
+        cut = "-" if "cutoff" not in r else ("none" if r["cutoff"] is None else
+                                            f"{r['cutoff']:.4f} ({_fmt(r['agreement'])})")
+        print(f"| {name} | {r['calls_per_item']:.3f} [{cp[0]:.3f}, {cp[1]:.3f}] | {saved} | {acc} | {diff} | {cut} | "
+              f"{r.get('skipped_items', '-')} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=4000, help="half from the train split, half from test")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--calibration-items", type=int, default=LabelConfig.calibration_items)
+    ap.add_argument("--agreement-target", type=float, default=LabelConfig.agreement_target)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--no-verbalised", action="store_true", help="skip the verbalised-confidence arm")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    names = [n for n in ARMS if not (args.no_verbalised and "verbalised" in n)]
+    all_res = {}
+    with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
+        for seed in args.seeds:
+            arms = [run_arm(n, Path(tmp) / f"s{seed}-{i}", args.items, seed, args) for i, n in enumerate(names)]
+            res = compare(arms, seed)
+            all_res[seed] = res
+            print_table(seed, res)
+    if len(args.seeds) > 1:
+        print("\nover seeds: calls saved / accuracy difference (point estimates)")
+        for n in names[1:]:
+            saved = [all_res[s][n]["calls_saved"] for s in args.seeds]
+            diffs = [all_res[s][n]["accuracy_diff_vs_fixed"][0] for s in args.seeds]
+            print(f"  {n}: saved {', '.join(f'{100 * x:.1f} %' for x in saved)}; "
+                  f"accuracy {', '.join(f'{100 * x:+.2f} pt' for x in diffs)}")
+    print("\ntarget: >= 35 % fewer calls than fixed k=2, accuracy no more than 0.5 point lower")
+    if args.json:
+        Path(args.json).write_text(json.dumps(all_res, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
