@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.task import Task
-from llm_flywheel.pipeline.review_effect import EFFECT_REPORT, measure_human_label_effect
+from llm_flywheel.pipeline.review_effect import EFFECT_REPORT, HumanLabelEffect, measure_human_label_effect
 from llm_flywheel.pipeline.review_labelstudio import (PROJECT_REPORT, PullResult, PushResult, project_title,
                                                       pull_from_label_studio, push_to_label_studio)
 from llm_flywheel.pipeline.review_queue import (LOW_CONFIDENCE_BELOW, STUDENT_SMOOTH, TEACHER_SMOOTH,
@@ -32,9 +32,9 @@ from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.parsing import LabelMatcher
 
 __all__ = ["EFFECT_REPORT", "LOW_CONFIDENCE_BELOW", "PROJECT_REPORT", "STUDENT_SMOOTH", "TEACHER_SMOOTH", "WHICH",
-           "PullResult", "PushResult", "ReviewCandidate", "ReviewImportError", "ReviewImportResult", "export_reviews",
-           "import_reviews", "measure_human_label_effect", "project_title", "pull_from_label_studio",
-           "push_to_label_studio", "review_queue", "review_value"]
+           "HumanLabelEffect", "PullResult", "PushResult", "ReviewCandidate", "ReviewImportError",
+           "ReviewImportResult", "export_reviews", "import_reviews", "measure_human_label_effect", "project_title",
+           "pull_from_label_studio", "push_to_label_studio", "review_queue", "review_value"]
 
 
 @dataclass

@@ -145,11 +145,11 @@ def effect_cmd(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, see
     except (ValueError, StoreError) as e:
         raise click.ClickException(str(e)) from None
 
-    def ci(c: list[float]) -> str:
+    def ci(c: tuple[float, float]) -> str:
         return f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
 
-    console.print(f"{r['n_human']} human label(s) ({r['changed_from_teacher']} differ from the teacher) on {r['n_test']} "
-                  f"gold test items: student {100 * r['accuracy_with']:.1f} % {ci(r['accuracy_with_ci'])} with them, "
-                  f"{100 * r['accuracy_without']:.1f} % {ci(r['accuracy_without_ci'])} without; difference "
-                  f"{100 * r['difference']:+.1f} pt {ci(r['difference_ci'])} (in the report: `flywheel report {dataset}`)",
+    console.print(f"{r.n_human} human label(s) ({r.changed_from_teacher} differ from the teacher) on {r.n_test} "
+                  f"gold test items: student {100 * r.accuracy_with:.1f} % {ci(r.accuracy_with_ci)} with them, "
+                  f"{100 * r.accuracy_without:.1f} % {ci(r.accuracy_without_ci)} without; difference "
+                  f"{100 * r.difference:+.1f} pt {ci(r.difference_ci)} (in the report: `flywheel report {dataset}`)",
                   soft_wrap=True)
