@@ -18,11 +18,8 @@ from click.testing import CliRunner
 from conftest import make_synth_dataset
 
 from llm_flywheel.interfaces.cli import main
-from llm_flywheel.pipeline.batch_labeling import (
-    BatchConfig,
-    label_items_batch,
-    plan_both,
-)
+from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+from llm_flywheel.pipeline.batch_plan import plan_both
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.registry import teacher_from_spec
@@ -234,3 +231,18 @@ def test_api_key_sent_only_in_the_header_and_never_written(synth_ws, synth_task,
         hits = [p for p in synth_ws.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert hits == [] and secret not in caplog.text and secret not in out.out + out.err
         assert secret not in (bad.stopped_message or "")
+
+
+def test_a_round_larger_than_one_batch_goes_out_as_several(synth_ws, synth_task):
+    ids = _ids(synth_ws, 20)
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(**QUIET, batch_latency_s=0.2)) as url:
+        t = _teacher(url, synth_task)
+        by_lines = label_items_batch(synth_ws, "synth", ids[:10], t, LabelConfig(passes=1),
+                                     BatchConfig(poll_s=0.05, max_lines=4), progress=False)
+        by_bytes = label_items_batch(synth_ws, "synth", ids[10:], t, LabelConfig(passes=1),
+                                     BatchConfig(poll_s=0.05, max_bytes=5000), progress=False)
+        stats = sim_stats(url)
+    assert by_lines.batches_submitted == 3 and by_lines.calls_made == 10
+    assert by_bytes.batches_submitted >= 2 and by_bytes.calls_made == 10
+    assert stats["batches_created"] == by_lines.batches_submitted + by_bytes.batches_submitted
+    assert max(stats["per_key"].values()) == 1 and len(stats["per_key"]) == 20

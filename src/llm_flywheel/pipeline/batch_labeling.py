@@ -28,12 +28,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from llm_flywheel.core.consensus import needs_tie_break
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, final_answers,
-                                            plan, store_answer)
+                                            store_answer)
 from llm_flywheel.pipeline.labeling import _write_labels as _online_write_labels  # private: see write_labels
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
@@ -53,13 +52,15 @@ class BatchConfig:
     ``price_ratio``: the batch price as a share of the online one, applied to token prices where the provider
     reports no cost (OpenAI, Groq, Mistral and Together all bill batches at 50 %).  ``poll_s``: seconds between
     status polls.  ``wait_s``: stop polling after this long (``None``: until the batch ends) -- the batch keeps
-    running and the next run collects it.  ``max_lines``: lines per batch (OpenAI's cap is 50,000).
+    running and the next run collects it.  ``max_lines`` / ``max_bytes``: the size of one batch (OpenAI's caps
+    are 50,000 lines and 200 MB).
     ``retry_rounds``: follow-up batches within this run for lines that failed."""
 
     price_ratio: float = 0.5
     poll_s: float = 30.0
     wait_s: float | None = None
     max_lines: int = 50_000
+    max_bytes: int = 190_000_000
     completion_window: str = "24h"
     retry_rounds: int = 1
 
@@ -106,7 +107,7 @@ class _Run:
         """(item, pass) without a final answer and not in an open batch: main passes, then due tie-breaks."""
         hashes = [it.content_hash for it in self.items]
         done = cached_keys(self.store, self.teacher.model, self.pv, hashes)
-        done |= self.store.pending_batch_keys(self.teacher.model, self.pv)
+        done |= self.store.pending_batch_keys(self.teacher.model, self.pv, self.teacher.base_url)
         jobs: list[Job] = []
         seen: set[tuple[str, int]] = set()
         for it in self.items:
@@ -139,7 +140,7 @@ class _Run:
         """The jobs the remaining dollar and call caps allow.  When a cap cuts the list, the result says which
         (``stopped_reason``) and this run submits nothing after them: the rest waits for the next run."""
         r, cfg = self.result, self.cfg
-        n = min(len(jobs), self.bcfg.max_lines)
+        n = len(jobs)
         if cfg.max_calls is not None:
             allowed = max(0, cfg.max_calls - r.calls_made - self.pending_lines)
             if allowed < n:
@@ -157,23 +158,34 @@ class _Run:
         return jobs[:n]
 
     # -- submit -------------------------------------------------------------------------------------------------
-    def submit(self, jobs: list[Job]) -> BatchRecord:
-        """Record the submission and its lines, then upload and create (each step recorded as it happens)."""
-        sub = uuid.uuid4().hex
-        lines = [BatchLine(f"{it.id}:{p}", it.id, it.content_hash, p) for it, p in jobs]
+    def submit(self, jobs: list[Job]) -> tuple[BatchRecord, list[Job]]:
+        """Record one submission and its lines, then upload and create it (each step recorded as it happens).
+        A batch holds at most ``max_lines`` lines and ``max_bytes`` of JSONL; returns it and the jobs left over."""
+        jobs, rest = jobs[: self.bcfg.max_lines], jobs[self.bcfg.max_lines:]
+        data = self.jsonl(jobs)
+        if len(data) > self.bcfg.max_bytes:
+            lines, keep, size = data.splitlines(keepends=True), 0, 0
+            while keep < len(lines) and (size + len(lines[keep]) <= self.bcfg.max_bytes or not keep):
+                size, keep = size + len(lines[keep]), keep + 1
+            jobs, rest, data = jobs[:keep], jobs[keep:] + rest, b"".join(lines[:keep])
+        lines_ = [BatchLine(f"{it.id}:{p}", it.id, it.content_hash, p) for it, p in jobs]
         per = self.per_line()
-        reserve = None if per is None else per * self.cfg.cost_safety * len(lines)
+        reserve = None if per is None else per * self.cfg.cost_safety * len(lines_)
         rid = self.store.add_batch_submission(
-            submission=sub, dataset=self.items[0].dataset, base_url=self.teacher.base_url, model=self.teacher.model,
-            prompt_version=self.pv, lines=lines, price_ratio=self.bcfg.price_ratio, reserved_usd=reserve,
-            run_id=self.result.run_id)
+            submission=uuid.uuid4().hex, dataset=self.items[0].dataset, base_url=self.teacher.base_url,
+            model=self.teacher.model, prompt_version=self.pv, lines=lines_, price_ratio=self.bcfg.price_ratio,
+            reserved_usd=reserve, run_id=self.result.run_id)
         self.reserved += reserve or 0.0
-        self.pending_lines += len(lines)
-        self.result.lines_submitted += len(lines)
+        self.pending_lines += len(lines_)
+        self.result.lines_submitted += len(lines_)
         self.result.tie_break_calls += sum(1 for _, p in jobs if p >= self.cfg.passes)
-        return self.send(self.store.batch_record(rid), jobs)
+        return self.send(self.store.batch_record(rid), data), rest
 
-    def send(self, rec: BatchRecord, jobs: Sequence[Job] | None = None) -> BatchRecord:
+    def jsonl(self, jobs: Sequence[Job]) -> bytes:
+        return b"".join(json.dumps(request_line(self.teacher, self.task, it, p, self.ws, f"{it.id}:{p}"),
+                                   separators=(",", ":")).encode() + b"\n" for it, p in jobs)
+
+    def send(self, rec: BatchRecord, data: bytes | None = None) -> BatchRecord:
         """Bring a recorded submission to "created": upload its JSONL unless uploaded, create the batch unless a
         batch carrying its submission id already exists (created just before a kill)."""
         if rec.batch_id:
@@ -184,12 +196,10 @@ class _Run:
                 self.store.update_batch(rec.id, batch_id=found.id, status=found.status)
                 return self.store.batch_record(rec.id)
         else:
-            if jobs is None:
-                by_id = {it.id: it for it in self.items}
-                jobs = [(by_id[ln.item_id], ln.pass_index) for ln in self.store.batch_lines(rec.id)
-                        if ln.item_id in by_id]
-            data = b"".join(json.dumps(request_line(self.teacher, self.task, it, p, self.ws, f"{it.id}:{p}"),
-                                       separators=(",", ":")).encode() + b"\n" for it, p in jobs)
+            if data is None:  # recorded, then killed before the upload: rebuild the same lines
+                lines = self.store.batch_lines(rec.id)
+                by_id = {it.id: it for it in self.store.items(rec.dataset, ids=[ln.item_id for ln in lines])}
+                data = self.jsonl([(by_id[ln.item_id], ln.pass_index) for ln in lines])
             fid = self.client.upload(data, f"{rec.submission}.jsonl")
             self.store.update_batch(rec.id, input_file_id=fid, status="uploaded")
             rec = self.store.batch_record(rec.id)
@@ -265,7 +275,12 @@ class _Run:
     def drive(self, rec: BatchRecord) -> bool:
         """Send (if needed), wait and collect one submission; False when it is still running."""
         rec = self.send(rec)
-        st = self.wait(rec)
+        try:
+            st = self.wait(rec)
+        except BatchAPIError as e:
+            if e.status != 404:
+                raise
+            st = BatchStatus(rec.batch_id or "", "lost", errors=[f"the provider no longer knows this batch: {e}"])
         if st is None:
             self.result.batches_pending += 1
             return False
@@ -317,35 +332,6 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         store.close()
 
 
-def plan_both(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
-              config: LabelConfig | None = None, batch: BatchConfig | None = None) -> dict[str, Any]:
-    """The online plan (:func:`llm_flywheel.pipeline.labeling.plan`) with the batch price beside it.
-
-    Each mode is priced from its own recorded answers where there are some (a store holding half-price batch
-    answers must not make the online estimate look cheap): online per call = the mean online answer, else the mean
-    batch answer / ratio, else the task's prices; batch per call = the mean batch answer, else online x ratio.
-    Adds ``est_cost_per_call_batch_usd``, ``est_cost_batch_usd``, ``est_cost_batch_usd_max``, ``price_ratio``."""
-    bcfg = batch or BatchConfig()
-    p = plan(ws, dataset, item_ids, teacher, config)
-    with ws.store(readonly=True) as store:
-        means = store.batch_cost_means(teacher.model)
-    online, batched = means["online"], means["batch"]
-    if online is None and batched is not None:
-        online = batched / bcfg.price_ratio
-    if online is not None and means["batch"] is not None:
-        p["est_cost_per_call_usd"], p["price_source"] = online, "observed"
-    online = online if online is not None else p["est_cost_per_call_usd"]
-    per_batch = batched if batched is not None else (None if online is None else online * bcfg.price_ratio)
-    calls = p["calls_needed"] + p["tie_break_calls_expected"]
-    calls_max = p["calls_needed"] + p["tie_break_calls_max"]
-    for key, per in (("", online), ("_batch", per_batch)):
-        p[f"est_cost{key}_usd"] = None if per is None else per * calls
-        p[f"est_cost{key}_usd_max"] = None if per is None else per * calls_max
-    p["est_cost_per_call_batch_usd"] = per_batch
-    p["price_ratio"] = bcfg.price_ratio
-    return p
-
-
 def _load(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
     task = Task.from_json(store.dataset_task_json(dataset))
     items = store.items(dataset, ids=list(item_ids)) if item_ids else []
@@ -374,11 +360,13 @@ def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> N
             if not run.drive(rec):
                 return
         for _ in range(2 + run.bcfg.retry_rounds):
-            jobs = run.todo()
-            if not jobs:
-                return
-            jobs = run.fit(jobs)
-            if not jobs or not run.drive(run.submit(jobs)) or r.stopped_reason:
+            jobs = run.fit(run.todo())
+            recs = []
+            while jobs:  # a round may need several batches (line and size caps); all run at once
+                rec, jobs = run.submit(jobs)
+                recs.append(rec)
+            finished = [run.drive(rec) for rec in recs]
+            if not recs or not all(finished) or r.stopped_reason:
                 return
     except BatchAPIError as e:
         r.stopped_reason = "fatal_error"

@@ -118,11 +118,13 @@ class BatchQueries:
         self.execute("UPDATE teacher_batches SET status='collected', collected_at=?, updated_at=?, cost_usd=? "
                      "WHERE id=?", (now, now, cost_usd, batch))
 
-    def pending_batch_keys(self, model: str, prompt_version: str) -> set[tuple[str, int]]:
-        """(content_hash, pass_index) covered by a submission not collected yet: never submit those again."""
+    def pending_batch_keys(self, model: str, prompt_version: str, base_url: str) -> set[tuple[str, int]]:
+        """(content_hash, pass_index) covered by a submission to ``base_url`` not collected yet: never submit those
+        again (the same filter as :meth:`open_batches`, so every pending key belongs to a batch that is resumed)."""
         rows = self.query(
             "SELECT l.content_hash, l.pass_index FROM teacher_batch_lines l JOIN teacher_batches b ON b.id=l.batch "
-            "WHERE b.collected_at IS NULL AND b.model=? AND b.prompt_version=?", (model, prompt_version))
+            "WHERE b.collected_at IS NULL AND b.model=? AND b.prompt_version=? AND b.base_url=?",
+            (model, prompt_version, base_url))
         return {(r["content_hash"], r["pass_index"]) for r in rows}
 
     def batch_cost_means(self, model: str) -> dict[str, float | None]:

@@ -21,11 +21,8 @@ from llm_flywheel.interfaces.cli import (
     pass_ctx,
     progress_enabled,
 )
-from llm_flywheel.pipeline.batch_labeling import (
-    BatchConfig,
-    label_items_batch,
-    plan_both,
-)
+from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+from llm_flywheel.pipeline.batch_plan import plan_both
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.teachers.openai_compat import TeacherConfigError
