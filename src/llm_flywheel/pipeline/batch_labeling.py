@@ -223,7 +223,7 @@ class _Run:
             el = time.monotonic() - t0
             line = f"batch {st.id}: {st.status}, {st.completed}/{st.total} done, {st.failed} failed"
             if line != last or el - last_t >= 60:
-                self.say(f"{line}, {el:.0f}s")
+                self.say(f"{line}, {el:.1f}s")
                 last, last_t = line, el
             if st.terminal:
                 return st
@@ -268,9 +268,9 @@ class _Run:
         if rec.run_id == r.run_id:
             self.reserved -= rec.reserved_usd or 0.0
             self.pending_lines -= rec.n_lines
-        self.say(f"batch {rec.batch_id}: collected {len(answers)} answers "
-                 f"({sum(1 for a in answers if not a.ok)} failed, to be asked again), "
-                 f"${sum(a.cost_usd or 0.0 for a in answers):.4f}")
+        bad = sum(1 for a in answers if not a.ok)
+        self.say(f"batch {rec.batch_id}: collected {len(answers)} answers, ${sum(a.cost_usd or 0.0 for a in answers):.4f}"
+                 + (f"; {bad} failed (asked again in a follow-up batch or the next run)" if bad else ""))
 
     def drive(self, rec: BatchRecord) -> bool:
         """Send (if needed), wait and collect one submission; False when it is still running."""

@@ -40,8 +40,8 @@ def _ids(value: str | None) -> list[int] | None:
         raise click.BadParameter(f"{value!r}: give item ids separated by commas, e.g. 1,2,3") from None
 
 
-def _money(v: Any) -> str:
-    return "unknown" if v is None else f"${v:,.4f}"
+def _money(v: Any, digits: int = 4) -> str:
+    return "unknown" if v is None else f"${v:,.{digits}f}"
 
 
 @click.command(
@@ -220,8 +220,8 @@ def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:
     rows = [("items", p["items"]), ("passes", p["passes"]), ("calls already cached", p["calls_cached"]),
             ("calls needed", p["calls_needed"]),
             ("tie-break calls (expected / at most)", f"{p['tie_break_calls_expected']} / {p['tie_break_calls_max']}"),
-            ("estimated cost per call online / batch", (f"{_money(p['est_cost_per_call_usd'])} / "
-             f"{_money(p['est_cost_per_call_batch_usd'])} ({p['price_source']}; batch {p['price_ratio']:g} x online)")),
+            ("estimated cost per call online / batch", (f"{_money(p['est_cost_per_call_usd'], 7)} / "
+             f"{_money(p['est_cost_per_call_batch_usd'], 7)} ({p['price_source']}; batch {p['price_ratio']:g} x online)")),
             ("estimated cost online (expected / at most)" + ("" if use_batch else "  <- this run"),
              f"{_money(p['est_cost_usd'])} / {_money(p['est_cost_usd_max'])}"),
             ("estimated cost via --batch (expected / at most)" + ("  <- this run" if use_batch else ""),
