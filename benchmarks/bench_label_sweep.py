@@ -14,7 +14,12 @@ Fashion-MNIST with the **SIMULATED** teacher (~85 % single call), through the pr
 The crossover -- the smallest count where the paired CI lies above zero -- is what a user budgeting an LLM
 teacher wants to know.  Teacher answers and models are cached in the workspace, so re-running is cheap.
 
+``--recipe NAME:key=value,...`` (repeatable) trains the same student with other hyper-parameters on the same labels
+beside today's defaults, in the same run: each recipe's row has its own paired difference against the teacher and
+against the default recipe (same test items).  The gold-label ceiling is trained for the default recipe only.
+
 Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
+      python benchmarks/bench_label_sweep.py --counts 1500,2500,3000 --recipe steps:min_steps=4000
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from bench_accuracy import DATASET, fmt, log, prepare
-from llm_flywheel.pipeline.evaluation import evaluate
-from llm_flywheel.pipeline.training import train_student
+from llm_flywheel.pipeline.evaluation import evaluate, paired_diff_ci
+from llm_flywheel.pipeline.training import load_student, train_student
 from llm_flywheel.store.workspace import Workspace
 
 
@@ -57,6 +62,32 @@ def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int
         r2 = label_items(ws, DATASET, test_ids, teacher, LabelConfig(passes=1, concurrency=16), progress=False)
     log(f"labelled: calls {r1.calls_made + r2.calls_made}, cached {r1.answers_cached + r2.answers_cached}")
     return order
+
+
+def parse_recipe(spec: str) -> tuple[str, dict]:
+    """``NAME:key=value,key=value`` -> (NAME, hyper-parameters); values are JSON (numbers, true/false) or strings."""
+    name, _, body = spec.partition(":")
+    hp = {}
+    for kv in filter(None, body.split(",")):
+        k, _, v = kv.partition("=")
+        try:
+            hp[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            hp[k.strip()] = v.strip()
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise SystemExit(f"--recipe {spec!r}: expected NAME:key=value,... with a plain NAME")
+    return name, hp
+
+
+def correct_on_test(ws: Workspace, version: str) -> np.ndarray:
+    """Per-item correctness of ``version`` on the test split (ONNX Runtime), in item-id order: for paired diffs."""
+    from llm_flywheel.core.task import Task
+
+    with ws.store() as store:
+        items = [it for it in store.items(DATASET, split="test") if it.gold_label]
+        task = Task.from_json(store.dataset_task_json(DATASET))
+    y = np.array([task.index(it.gold_label) for it in items])
+    return load_student(ws, version).predict_proba(items).argmax(1) == y
 
 
 def plot(rows: list[dict], path: Path, student: str) -> None:
@@ -101,7 +132,14 @@ def main() -> int:
     ap.add_argument("--latency-ms", type=float, default=5.0, help="simulated teacher latency (does not affect labels)")
     ap.add_argument("--out", default=None, help="write the results JSON here")
     ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
+    ap.add_argument("--only", default=None, help="run only these recipes (comma-separated names; 'default' included)")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the gold-label ceiling (one training less per count)")
+    ap.add_argument("--recipe", action="append", default=[],
+                    help="NAME:key=value,... student hyper-parameters trained beside the defaults (repeatable)")
     a = ap.parse_args()
+    recipes = [("default", {})] + [parse_recipe(r) for r in a.recipe]
+    if a.only:
+        recipes = [r for r in recipes if r[0] in a.only.split(",")]
     counts = sorted(int(c) for c in a.counts.split(","))
     if counts[0] <= a.val:
         print(f"every count must exceed --val ({a.val})", file=sys.stderr)
@@ -114,42 +152,58 @@ def main() -> int:
     rows = []
     for n in counts:
         chosen = {i: effective[i] for i in order[: n - a.val] if effective.get(i) is not None}
-        version = f"sweep-{a.student}-{n}-s{a.seed}"
-        with ws.store() as store:
-            exists = store.query("SELECT 1 FROM models WHERE version=?", (version,))
-        if not exists:
-            log(f"training {a.student} on {len(chosen)} train labels (+ {a.val} val)")
-            tm = train_student(ws, DATASET, kind=a.student, labels=chosen, seed=a.seed, epochs=a.epochs,
-                               progress=False, version=version)
-            log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s")
-        log(f"evaluating {version} on test (+ gold-label ceiling)")
-        rep = evaluate(ws, DATASET, version, ceiling=True)
-        rows.append({"labels": n, "train_labels": len(chosen), "student": rep["student"], "ceiling": rep["ceiling"],
-                     "teacher_single_call": rep["teacher_single_call_on_split"],
-                     "training_label_accuracy": rep.get("training_label_accuracy"), "version": version})
+        base_correct = None
+        for rname, hp in recipes:
+            version = f"sweep-{a.student}-{n}-s{a.seed}" + ("" if rname == "default" else f"-{rname}")
+            with ws.store() as store:
+                exists = store.model(version) is not None
+            if not exists:
+                log(f"training {a.student} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
+                tm = train_student(ws, DATASET, kind=a.student, labels=chosen, seed=a.seed, epochs=a.epochs,
+                                   progress=False, version=version, **hp)
+                log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s")
+            ceiling = rname == "default" and not a.no_ceiling
+            log(f"evaluating {version} on test" + (" (+ gold-label ceiling)" if ceiling else ""))
+            rep = evaluate(ws, DATASET, version, ceiling=ceiling)
+            correct = correct_on_test(ws, version)
+            vs_default = None
+            if rname == "default":
+                base_correct = correct
+            elif base_correct is not None:
+                d, lo, hi = paired_diff_ci(correct, base_correct)
+                vs_default = {"diff": d, "diff_ci95": [lo, hi]}
+            rows.append({"labels": n, "recipe": rname, "hparams": hp, "train_labels": len(chosen),
+                         "student": rep["student"], "ceiling": rep.get("ceiling"),
+                         "teacher_single_call": rep["teacher_single_call_on_split"], "vs_default": vs_default,
+                         "training_label_accuracy": rep.get("training_label_accuracy"), "version": version})
     print()
     print(f"Fashion-MNIST, {a.student}, SIMULATED teacher; test n = {rows[0]['student']['n']}; labels = train + "
           f"{a.val} val (2 passes + tie-break each); 95 % Wilson CIs; differences paired on the same test items")
-    print("| labels | student | gold-label ceiling | teacher single call | student - teacher | "
-          "teacher labels learned (train, vs gold) |")
-    print("|---|---|---|---|---|---|")
-    crossover = None
+    print("| labels | recipe | student | gold-label ceiling | teacher single call | student - teacher | "
+          "recipe - default | teacher labels learned (train, vs gold) |")
+    print("|---|---|---|---|---|---|---|---|")
+    crossover: dict[str, int | None] = {name: None for name, _ in recipes}
     for r in rows:
         t = r["teacher_single_call"] or {}
-        diff = "-"
+        diff = vs = "-"
         if "student_minus_teacher" in t:
             lo, hi = t["diff_ci95"]
             diff = f"{100 * t['student_minus_teacher']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            if lo > 0 and crossover is None:
-                crossover = r["labels"]
-        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {fmt(r['student'])} | {fmt(r['ceiling'])} | {fmt(t)} | {diff} | "
-              f"{fmt(r['training_label_accuracy'])} |")
-    print(f"smallest count where the student beats the teacher's single call (paired 95 % CI above 0): "
-          f"{f'{crossover:,}' if crossover else 'none of ' + a.counts}")
+            if lo > 0 and crossover[r["recipe"]] is None:
+                crossover[r["recipe"]] = r["labels"]
+        if r["vs_default"]:
+            lo, hi = r["vs_default"]["diff_ci95"]
+            vs = f"{100 * r['vs_default']['diff']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {r['recipe']} | {fmt(r['student'])} | "
+              f"{fmt(r['ceiling'])} | {fmt(t)} | {diff} | {vs} | {fmt(r['training_label_accuracy'])} |")
+    for name, hp in recipes:
+        c = crossover[name]
+        print(f"[{name}{' ' + json.dumps(hp) if hp else ''}] smallest count where the student beats the teacher's "
+              f"single call (paired 95 % CI above 0): {f'{c:,}' if c else 'none of ' + a.counts}")
     if a.out:
         Path(a.out).write_text(json.dumps({"rows": rows, "crossover": crossover}, indent=2, default=float))
     if a.plot:
-        plot(rows, Path(a.plot), a.student)
+        plot([r for r in rows if r["recipe"] == "default"], Path(a.plot), a.student)
         print(f"plot: {a.plot}")
     return 0
 

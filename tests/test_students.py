@@ -87,6 +87,31 @@ def test_image_cnn_learns_and_is_deterministic(synth_ws, synth_task):
     assert h["best_epoch"] <= h["epochs_run"]
 
 
+def test_min_steps_stretches_training_of_a_small_set_only(synth_ws, synth_task):
+    """min_steps raises the epoch budget (and patience) of a small training set; without it the epochs hold."""
+    train, y = _xy(synth_ws, synth_task, "train")
+    runs = {}
+    for min_steps in (0, 24):
+        s = build_student("image-cnn", synth_task, synth_ws, epochs=2, patience=50, seed=1, width=8, batch_size=32,
+                          min_steps=min_steps)
+        runs[min_steps] = s.fit(train[:64], y[:64], train[64:96], y[64:96])  # 2 steps an epoch
+    assert runs[0]["epochs_run"] == 2
+    assert runs[24]["epochs_run"] == 12  # 24 steps / 2 per epoch; patience stretched with it, so no early stop
+
+
+def test_mixup_trains_deterministically_and_changes_the_model(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    test, _ = _xy(synth_ws, synth_task, "test")
+    probs = {}
+    for name, mix in (("a", 0.4), ("b", 0.4), ("off", 0.0)):
+        s = build_student("image-cnn", synth_task, synth_ws, epochs=2, seed=3, width=8, batch_size=32, mixup=mix)
+        s.fit(train[:96], y[:96], train[96:128], y[96:128])
+        probs[name] = s.predict_proba(test[:32])
+        _check_distribution(probs[name], 32, synth_task.num_labels)
+    np.testing.assert_allclose(probs["a"], probs["b"], atol=1e-5)  # same seed -> same mixes -> same model
+    assert np.abs(probs["a"] - probs["off"]).max() > 1e-3
+
+
 def test_image_student_native_grayscale_geometry(synth_ws, synth_task):
     train, y = _xy(synth_ws, synth_task, "train")
     s = build_student("image-cnn", synth_task, synth_ws, epochs=1)

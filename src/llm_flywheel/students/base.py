@@ -197,12 +197,14 @@ def fit_torch(
     progress: bool,
     desc: str,
     eval_batch: int = 256,
+    mixup: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``model`` (a torch module mapping a float batch to logits) on in-memory tensors.
 
     ``q_train`` are target distributions (see :func:`targets_matrix`); ``w_train`` per-item weights (label quality).
     The epoch with the best **validation** accuracy is kept (ties: lower val loss); training stops after
     ``patience`` epochs without improvement.  With no validation items the last epoch is kept.
+    ``mixup`` > 0 trains on convex mixes of pairs of items and of their targets (Beta(mixup, mixup) weights).
     Returns a history dict; the model is left holding the selected weights, in eval mode.
     """
     import torch
@@ -223,7 +225,7 @@ def fit_torch(
     try:
         for epoch in range(epochs):
             rec: dict[str, float] = {"epoch": epoch + 1, "train_loss": _train_epoch(
-                model, x_train, q, w, augment, batch_size, g, opt, sched)}
+                model, x_train, q, w, augment, batch_size, g, opt, sched, mixup)}
             if len(keeper.y_val):
                 rec.update(keeper.score(model, predict_torch(model, x_val, eval_batch), epoch + 1))
             history.append(rec)
@@ -266,9 +268,9 @@ def _cosine_adamw(model: Any, lr: float, weight_decay: float, epochs: int, steps
 
 
 def _train_epoch(model: Any, x: Any, q: Any, w: Any, augment: Callable[[Any, Any], Any] | None, batch_size: int,
-                 g: Any, opt: Any, sched: Any) -> float:
-    """One pass over the shuffled training set: quality-weighted cross-entropy against the target distributions.
-    Returns the mean training loss."""
+                 g: Any, opt: Any, sched: Any, mixup: float = 0.0) -> float:
+    """One pass over the shuffled training set: quality-weighted cross-entropy against the target distributions
+    (mixed pairwise when ``mixup`` > 0).  Returns the mean training loss."""
     import torch
     import torch.nn.functional as F
 
@@ -281,8 +283,13 @@ def _train_epoch(model: Any, x: Any, q: Any, w: Any, augment: Callable[[Any, Any
         if len(idx) < 2 and n >= 2:
             continue  # BatchNorm cannot train on a batch of one
         xb = augment(x[idx], g) if augment is not None else x[idx]
-        per = -(q[idx] * F.log_softmax(model(xb), dim=1)).sum(dim=1)
-        wb = w[idx]
+        qb, wb = q[idx], w[idx]
+        if mixup > 0:
+            lam = float(torch.distributions.Beta(mixup, mixup).sample())
+            lam = max(lam, 1 - lam)  # the first item dominates: its weight and augmentation stay meaningful
+            p = torch.randperm(len(idx), generator=g)
+            xb, qb, wb = lam * xb + (1 - lam) * xb[p], lam * qb + (1 - lam) * qb[p], lam * wb + (1 - lam) * wb[p]
+        per = -(qb * F.log_softmax(model(xb), dim=1)).sum(dim=1)
         loss = (per * wb).sum() / wb.sum().clamp_min(1e-8)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -63,22 +63,8 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
             console.print(f"finding label issues in [bold]{dataset}[/] with {folds}-fold out-of-fold probabilities ...")
             ids = find_label_issues(ws, dataset, kind=kind, folds=folds, queue=True, seed=seed,
                                     progress=progress_enabled(no_progress), **hp)
-            store = ws.store()
-            try:
-                rep = store.latest_report("label_issues", dataset) or {}
-            finally:
-                store.close()
-            t = Table(title=f"label issues in {dataset}")
-            t.add_column("flagged")
-            t.add_column("of")
-            t.add_column("queued")
-            t.add_column("precision vs gold")
-            t.add_column("base error rate")
-            g = rep.get("gold_check") or {}
-            t.add_row(str(len(ids)), str(rep.get("n")), str(rep.get("queued", 0)), pct(g.get("precision")),
-                      pct(g.get("label_error_rate")))
-            console.print(t)
-            console.print(f"method: {rep.get('method')}; review them with `flywheel review`")
+            with ws.store() as store:
+                _print_label_issues(dataset, ids, store.latest_report("label_issues", dataset) or {})
             return
         from llm_flywheel.pipeline.training import train_student
 
@@ -86,6 +72,21 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
                            epochs=epochs, val_labels=val_labels, progress=progress_enabled(no_progress), **hp)
     except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
+    _print_trained(tm)
+
+
+def _print_label_issues(dataset: str, ids: list[int], rep: dict) -> None:
+    t = Table(title=f"label issues in {dataset}")
+    for col in ("flagged", "of", "queued", "precision vs gold", "base error rate"):
+        t.add_column(col)
+    g = rep.get("gold_check") or {}
+    t.add_row(str(len(ids)), str(rep.get("n")), str(rep.get("queued", 0)), pct(g.get("precision")),
+              pct(g.get("label_error_rate")))
+    console.print(t)
+    console.print(f"method: {rep.get('method')}; review them with `flywheel review`")
+
+
+def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported lazily: torch is slow to import)
     m = tm.metrics
     # say against what the val number is measured: teacher labels are not the truth
     val_name = {"gold": "accuracy on gold val labels", "holdout": "agreement with teacher labels (10 % train holdout)"
