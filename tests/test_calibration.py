@@ -176,12 +176,12 @@ def test_cascade_curve_and_plot(tmp_path):
     c, ok = _draw(500, rng)
     teacher_ok = rng.random(500) < 0.9
     curve = cascade_curve(c, ok, teacher_ok, teacher_cost_per_item=0.001, student_cost_per_item=1e-7)
-    tf = np.asarray(curve["teacher_fraction"])
+    tf = np.asarray(curve.teacher_fraction)
     assert tf[0] == 0.0 and tf[-1] == 1.0 and (np.diff(tf) >= 0).all()
-    assert curve["cascade_accuracy"][0] == pytest.approx(ok.mean())
-    assert curve["cascade_accuracy"][-1] == pytest.approx(teacher_ok.mean())
-    assert curve["cost_per_1k"][-1] == pytest.approx(1000 * (0.001 + 1e-7))
-    assert curve["cost_per_1k"][0] == pytest.approx(1000 * 1e-7)
+    assert curve.cascade_accuracy[0] == pytest.approx(ok.mean())
+    assert curve.cascade_accuracy[-1] == pytest.approx(teacher_ok.mean())
+    assert curve.cost_per_1k[-1] == pytest.approx(1000 * (0.001 + 1e-7))
+    assert curve.cost_per_1k[0] == pytest.approx(1000 * 1e-7)
     ch = choose_threshold(c, ok, target_accuracy=0.85)
     png = plot_cascade_curve(curve, ch, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -234,3 +234,111 @@ def test_budget_uses_every_calib_item_when_hard_items_lack_a_label():
     assert over_all / trials <= delta + slack, over_all
     assert over_labelled / trials > 3 * delta  # the filtered rule breaks the guarantee
     assert 0.08 < float(np.mean(fracs)) < cap  # the budget is used, not wasted
+
+
+# -- teacher parity -------------------------------------------------------------------------------------------------
+# A simulated world with what the pipeline really does: the teacher answers every calib item twice (pass 1 copies
+# pass 0 with probability rho, else an independent draw: diverse passes, rho = 0 by default), a tie-break pass where they disagree, no consensus when all
+# three differ -- those items are dropped from the reference (calibrate() does the same) but still count for the
+# budget; the temperature is fitted on the calib draw against the consensus, then the threshold is chosen.
+K = 5
+
+
+def _world(n: int, rng: np.random.Generator, student_slope: float, rho: float = 0.0) -> dict[str, np.ndarray]:
+    """Items of difficulty h: teacher single call right w.p. 0.95 - 0.15 h (it errs on easy items too), student
+    w.p. 0.999 - slope h."""
+    h = rng.random(n)
+    gold = rng.integers(0, K, n)
+
+    def answer(p_right: np.ndarray) -> np.ndarray:
+        wrong = (gold + rng.integers(1, K, n)) % K
+        return np.where(rng.random(n) < p_right, gold, wrong)
+
+    pt = 0.95 - 0.15 * h
+    a0 = answer(pt)
+    a1 = np.where(rng.random(n) < rho, a0, answer(pt))
+    a2 = answer(pt)
+    cons = np.where(a0 == a1, a0, np.where((a2 == a0) | (a2 == a1), a2, -1))  # -1: no consensus
+    pred = answer(0.999 - student_slope * h)
+    z = rng.normal(0, 1, (n, K))
+    z[np.arange(n), pred] += 4 * (1 - h) + rng.normal(0, 1, n)
+    logp = 1.5 * z - np.log(np.exp(1.5 * z).sum(1, keepdims=True))  # over-confident by 1.5
+    return {"logp": logp, "pred": pred, "a0": a0, "cons": cons}
+
+
+def _conf(logp: np.ndarray, T: float) -> np.ndarray:
+    return apply_temperature(np.exp(logp), T).max(axis=1)
+
+
+def _parity_gap(pop: dict[str, np.ndarray], T: float, t: float) -> float:
+    """Population cascade minus teacher single-call accuracy vs consensus (no-consensus items score 0 for both)."""
+    acc = _conf(pop["logp"], T) >= t
+    ok = pop["cons"] >= 0
+    s = (pop["pred"] == pop["cons"]) & ok
+    te = (pop["a0"] == pop["cons"]) & ok
+    return float(np.mean(acc * (s.astype(int) - te.astype(int))))
+
+
+def _calibrate_parity(w: dict[str, np.ndarray], delta: float, cap: float | None = None):
+    keep = w["cons"] >= 0
+    probs = np.exp(w["logp"])
+    T = fit_temperature(probs[keep], w["cons"][keep])
+    conf = _conf(w["logp"], T)
+    s = w["pred"][keep] == w["cons"][keep]
+    te = w["a0"][keep] == w["cons"][keep]
+    ch = choose_threshold(conf[keep], s, parity=True, teacher_correct=te, delta=delta, budget_conf=conf,
+                          max_teacher_fraction=cap)
+    return T, ch, conf[keep], s, te
+
+
+@pytest.mark.parametrize("slope,n_calib", [(0.3, 1000), (0.1, 400), (0.05, 1000)])
+def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib):
+    """slope 0.3: better than the teacher on easy items, worse on hard ones, worse overall (the naive rule stops at
+    the crossing and misses parity); 0.1 and 0.05: better than its teacher against the consensus (94 % and 96 %
+    vs 90 %), so it should answer a large share -- most items with 1,000 calib items."""
+    rng = np.random.default_rng(12)
+    pop = _world(100_000, rng, slope)
+    trials, delta = 200, 0.1
+    violations = naive_violations = 0
+    coverage = []
+    for _ in range(trials):
+        w = _world(n_calib, rng, slope)
+        T, ch, conf, s, te = _calibrate_parity(w, delta)
+        assert ch.goal == "parity" and ch.feasible and ch.n_calib == n_calib
+        assert ch.target == pytest.approx(te.mean()) and ch.teacher_accuracy == pytest.approx(te.mean())
+        violations += _parity_gap(pop, T, ch.threshold) < 0
+        coverage.append(ch.coverage)
+        # the naive rule (lowest threshold whose calib cascade accuracy reaches the teacher's) for contrast
+        order = np.argsort(-conf)
+        gap = np.cumsum((s.astype(int) - te.astype(int))[order])
+        good = np.nonzero(gap >= 0)[0]
+        if len(good):
+            naive_violations += _parity_gap(pop, T, conf[order][good.max()]) < 0
+    slack = 3 * math.sqrt(delta * (1 - delta) / trials)
+    print(f"parity slope={slope} n={n_calib}: violations {violations}/{trials}, naive {naive_violations}/{trials}, "
+          f"mean coverage {np.mean(coverage):.3f}")
+    assert violations / trials <= delta + slack, violations
+    if slope == 0.3:
+        assert naive_violations / trials > 2 * delta  # without the test, parity is missed often
+    elif n_calib == 1000:
+        assert np.mean(coverage) > 0.9  # a student better than its teacher answers almost everything
+    else:
+        assert np.mean(coverage) > 0.2
+
+
+def test_parity_unit_cases():
+    conf = np.linspace(1.0, 0.5, 400)
+    s = np.ones(400, bool)
+    te = np.ones(400, bool)
+    te[::10] = False  # the teacher alone is wrong on 40 items, the student never: accept everything
+    ch = choose_threshold(conf, s, parity=True, teacher_correct=te, delta=0.1)
+    assert ch.feasible and ch.threshold == 0.5 and ch.coverage == 1.0
+    assert ch.cascade_accuracy == 1.0 and ch.teacher_accuracy == pytest.approx(0.9)
+    ch = choose_threshold(conf, s, parity=True, teacher_correct=np.ones(400, bool), delta=0.1)
+    assert ch.threshold == DEFER_ALL and ch.coverage == 0.0 and "trivially" in ch.note  # no evidence: teacher
+    ch = choose_threshold(conf, s, parity=True, teacher_correct=te, delta=0.1, max_teacher_fraction=0.2)
+    assert ch.goal == "parity+budget" and ch.feasible and ch.threshold == 0.5
+    with pytest.raises(ValueError, match="teacher_correct"):
+        choose_threshold(conf, s, parity=True, delta=0.1)
+    with pytest.raises(ValueError, match="not both"):
+        choose_threshold(conf, s, parity=True, teacher_correct=te, target_accuracy=0.9)

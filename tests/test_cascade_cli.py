@@ -47,6 +47,12 @@ def test_calibrate_prints_choice_and_png(cal_ws):
     assert rep["version"] == version and rep["choice"]["goal"] == "accuracy" and rep["choice"]["delta"] == 0.1
     r = _run(ws, "calibrate", "synth", "--target-accuracy", "1.5")
     assert r.exit_code != 0 and "target_accuracy" in r.output
+    # this workspace's calib labels were written without teacher calls: no single call to compare with
+    r = _run(ws, "calibrate", "synth", "--goal", "teacher-parity")
+    assert r.exit_code != 0 and "pass 0" in r.output and "flywheel label" in r.output
+    r = _run(ws, "calibrate", "synth", "--goal", "teacher-parity", "--target-accuracy", "0.9")
+    assert r.exit_code != 0 and "not both" in r.output
+    _run(ws, "calibrate", "synth", "--target-accuracy", "0.9", "--delta", "0.1")  # leave the accuracy goal latest
     r = _run(ws, "calibrate", "nosuch")
     assert r.exit_code != 0 and "no trained model" in r.output
 

@@ -1,4 +1,4 @@
-"""The few statistics every stage reports, in one place so that every number is computed the same way.
+"""The metrics every stage reports, in one place so that every number is computed the same way.
 
 Why Wilson: accuracy intervals must stay sensible at small n and near 0 % / 100 % (a normal interval does not).
 Why one binning: teacher quality, student evaluation, calibration and the report all show ECE and reliability
@@ -12,6 +12,11 @@ import math
 import numpy as np
 
 Z95 = 1.959963984540054
+
+ECE_BINS = 15
+"""The one bin count behind every ECE and reliability diagram (teacher quality, evaluation, calibration, report)."""
+
+_EPS = 1e-12
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -34,7 +39,7 @@ def confusion(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return cm
 
 
-def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[float, list[dict[str, float]]]:
+def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
     """Top-label ECE over equal-width confidence bins (lo, hi] (0 falls in the first), and the per-bin table
     (lo, hi, n, confidence, accuracy) behind a reliability diagram; empty bins are left out."""
     if bins < 1:
@@ -53,6 +58,55 @@ def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> tuple[
         ece += float(sel.mean()) * abs(acc - avg)
         table.append({"lo": b / bins, "hi": (b + 1) / bins, "n": int(sel.sum()), "confidence": avg, "accuracy": acc})
     return float(ece), table
+
+
+def top_label_reliability(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
+    """:func:`reliability` of a probability matrix's top label against label indices ``y``."""
+    p = np.asarray(probs, dtype=np.float64)
+    return reliability(p.max(axis=1), p.argmax(axis=1) == np.asarray(y), bins)
+
+
+def ece(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error of a probability matrix (0.0 for no items)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(np.asarray(y)):
+        raise ValueError(f"probs must be an (n, k) matrix matching y's length, got shape {p.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("probs contains NaN or infinite values")
+    if len(p) == 0:
+        return 0.0
+    return top_label_reliability(probs, y, bins)[0]
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of label indices ``y`` (probabilities clipped at 1e-12)."""
+    p = np.asarray(probs, dtype=np.float64)
+    yy = np.asarray(y, dtype=int)
+    return float(-np.log(np.clip(p[np.arange(len(yy)), yy], _EPS, None)).mean())
+
+
+def accuracy_ci(correct: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy and its Wilson 95 % interval (acc, lo, hi); NaNs for no items."""
+    c = np.asarray(correct, dtype=bool)
+    if c.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = wilson_interval(int(c.sum()), int(c.size))
+    return float(c.mean()), lo, hi
+
+
+def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
+    """Accuracy difference a - b on the *same* items with a 95 % CI (paired, normal approximation).
+
+    Paired because both were scored on the same items: much tighter than comparing two independent intervals.
+    """
+    a = np.asarray(correct_a, float)
+    b = np.asarray(correct_b, float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError("paired_diff_ci needs two equally long, non-empty arrays")
+    d = a - b
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
+    return m, m - Z95 * se, m + Z95 * se
 
 
 def pct(v: float | None) -> str:

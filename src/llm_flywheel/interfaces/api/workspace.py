@@ -237,7 +237,7 @@ class Dataset:
         except ImportError:  # pragma: no cover - older engine
             WheelStopped = ()  # type: ignore[assignment,misc]
         t = as_teacher(teacher)
-        if target_accuracy is None and max_teacher_fraction is None:
+        if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:
             max_teacher_fraction = 0.1
         with translate_errors():
             try:
@@ -294,18 +294,20 @@ class Model:
         return Evaluation.from_report(rep)
 
     def calibrate(self, *, target_accuracy: float | None = None, max_teacher_fraction: float | None = None,
-                  delta: float = 0.1, teacher: Teacher | str | None = None) -> "Cascade":
+                  delta: float = 0.1, teacher: Teacher | str | None = None, teacher_parity: bool = False) -> "Cascade":
         """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
         answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
-        cascade (with ``teacher`` answering what the student defers, if given)."""
+        cascade (with ``teacher`` answering what the student defers, if given).  ``teacher_parity=True``: the goal
+        "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta."""
         from llm_flywheel.pipeline.calibration import calibrate
 
-        if target_accuracy is None and max_teacher_fraction is None:
+        if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:
             max_teacher_fraction = 0.1
         with translate_errors():
             try:
                 calibrate(self.dataset.workspace._ws, self.dataset.name, self.version,
-                          target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta)
+                          target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta,
+                          teacher_parity=teacher_parity)
             except ValueError as e:
                 raise NotReadyError(str(e)) from e
         return self.cascade(teacher)

@@ -57,12 +57,16 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
 @click.command(epilog="\b\nExamples:\n"
                "  flywheel calibrate fashion-mnist --target-accuracy 0.95 --delta 0.1\n"
                "  flywheel calibrate fashion-mnist --max-teacher-fraction 0.1\n"
-               "  flywheel calibrate fashion-mnist --target-accuracy 0.9 --max-teacher-fraction 0.2\n\n"
+               "  flywheel calibrate fashion-mnist --target-accuracy 0.9 --max-teacher-fraction 0.2\n"
+               "  flywheel calibrate fashion-mnist --goal teacher-parity --delta 0.1\n\n"
                "The accuracy goal comes with a finite-sample guarantee: P(accuracy of student-answered items >= "
                "target) >= 1 - delta, where accuracy is agreement with the calib split's labels (teacher "
                "consensus, human corrections outranking it; --reference gold uses gold labels instead).")
 @click.argument("dataset")
 @click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
+@click.option("--goal", type=click.Choice(["teacher-parity"]), default=None,
+              help="teacher-parity: cascade accuracy no lower than the teacher's single call (pass 0), guaranteed "
+                   "at 1 - delta against the reference labels; a student better than its teacher answers most items.")
 @click.option("--target-accuracy", type=float, help="Goal: accuracy on the items the student answers (0-1).")
 @click.option("--delta", type=float, default=0.1, show_default=True,
               help="Allowed probability that the accuracy guarantee fails.")
@@ -71,8 +75,8 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
               help="What 'correct' means on the calib split: its teacher/human labels, or gold labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored report as JSON on stdout.")
 @pass_ctx
-def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: float | None, delta: float,
-              max_teacher_fraction: float | None, reference: str, as_json: bool) -> None:
+def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, target_accuracy: float | None,
+              delta: float, max_teacher_fraction: float | None, reference: str, as_json: bool) -> None:
     """Fit the temperature and choose the cascade threshold of a model on DATASET's calib split.
 
     Prints the choice and writes the accuracy/coverage/cost curve PNG under the workspace's reports/.
@@ -82,7 +86,10 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
     from llm_flywheel.store.base import StoreError
     from llm_flywheel.students.base import StudentError
 
-    if target_accuracy is None and max_teacher_fraction is None:
+    parity = goal == "teacher-parity"
+    if parity and target_accuracy is not None:
+        raise click.UsageError("give --goal teacher-parity or --target-accuracy, not both")
+    if target_accuracy is None and max_teacher_fraction is None and not parity:
         from llm_flywheel.pipeline.flywheel import DEFAULT_MAX_TEACHER_FRACTION
 
         max_teacher_fraction = DEFAULT_MAX_TEACHER_FRACTION
@@ -94,8 +101,8 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
             with ws.store() as s:
                 version = promoted_version(s, dataset)
         with console.status(f"calibrating {version} on the calib split"):
-            rep = run_calibrate(ws, dataset, version, target_accuracy=target_accuracy,
-                                max_teacher_fraction=max_teacher_fraction, delta=delta, reference=reference)
+            rep = run_calibrate(ws, dataset, version, target_accuracy=target_accuracy, teacher_parity=parity,
+                                max_teacher_fraction=max_teacher_fraction, delta=delta, reference=reference).to_dict()
     except (ValueError, StoreError, StudentError, CascadeError) as e:
         raise _fail(e) from None
     if as_json:
@@ -108,13 +115,17 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, target_accuracy: floa
                              f"counts all {n_all:,}")
     t.add_row("temperature", f"{rep['temperature']:.3f}")
     t.add_row("ECE before → after", f"{rep['ece_before']:.4f} → {rep['ece_after']:.4f}")
-    t.add_row("goal", f"{ch['goal']}  target {ch['target']:g}" + (f", delta {ch['delta']:g}" if "accuracy" in ch["goal"] else ""))
+    quality_goal = ch["goal"].startswith(("accuracy", "parity"))
+    target = "teacher single-call accuracy" if ch["goal"].startswith("parity") else "target"
+    t.add_row("goal", f"{ch['goal']}  {target} {ch['target']:.4g}" + (f", delta {ch['delta']:g}" if quality_goal else ""))
     t.add_row("threshold", "defer everything" if ch["threshold"] > 1 else f"{ch['threshold']:.4f}")
     t.add_row("student answers (calib)", pct(ch["coverage"]))
     against = "accuracy vs GOLD labels" if rep.get("reference") == "gold" else "agreement with TEACHER labels"
     t.add_row(f"{against} of those (calib)", pct(ch["accuracy_accepted"]))
     t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
     t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
+    if ch.get("cascade_accuracy") is not None:
+        t.add_row("cascade vs teacher single call (calib)", f"{pct(ch['cascade_accuracy'])} vs {pct(ch['teacher_accuracy'])}")
     t.add_row("feasible", "[green]yes[/]" if ch["feasible"] else "[red]NO[/]")
     t.add_row("note", ch["note"])
     t.add_row("curve", rep["plot"])
