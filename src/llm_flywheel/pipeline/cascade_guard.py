@@ -104,6 +104,7 @@ class RawTeacherCalls:
         self._cache: dict[str, Hit] = {}  # content hash -> final answer, bounded
         self._asking: dict[str, asyncio.Future[Hit]] = {}  # content hash -> the one call in flight for it
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
+        self._late: set[asyncio.Future[Hit]] = set()  # calls already counted as failures for missing a deadline
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
@@ -129,13 +130,18 @@ class RawTeacherCalls:
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=deadline_s)
         except asyncio.TimeoutError:
+            if task not in self._late and not task.done():  # a teacher too slow for the deadline counts as failing
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+                self.breaker.failure()
             return None
 
     async def _buy(self, content: Any, content_hash: str | None) -> Hit:
         """Call the teacher once; a final answer is stored (with a workspace) before anyone uses it."""
         ans = await self._call_teacher(content)
         if ans is None or not ans.ok:
-            self.breaker.failure()
+            if asyncio.current_task() not in self._late:  # already counted when it missed the deadline
+                self.breaker.failure()
             return (None, 0.0)
         self.breaker.success()
         hit = (ans.label, float(ans.confidence) if ans.confidence is not None else 1.0)

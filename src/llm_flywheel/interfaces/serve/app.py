@@ -112,8 +112,10 @@ class ServeState:
         try:
             ans: CascadeAnswer = await self.cascade.adecide(inp.content, *guess, content_hash=inp.hash,
                                                             deadline_s=left, on_deadline=self.cfg.on_deadline)
-        except DeadlineExceeded as e:
-            raise HTTPProblem(504, f"{e}; the student's guess was {guess[0]!r} at confidence {guess[1]:.3f}") from None
+        except DeadlineExceeded:
+            raise HTTPProblem(504, f"the teacher did not answer within the {self.cfg.deadline_s:g} s deadline (or its "
+                                   f"breaker is open); the student's guess was {guess[0]!r} at confidence "
+                                   f"{guess[1]:.3f}") from None
         seconds = time.perf_counter() - t0
         ans.latency_ms = seconds * 1000
         self.metrics.answered(ans.source, seconds)
