@@ -35,6 +35,9 @@ def test_train_student_writes_versioned_model(labelled_ws):
     assert m["val_labels"] == "holdout"  # the val split has no labels yet -> 10 % of the train labels, recorded
     assert m["n_train"] + m["n_val"] == 300 and m["label_sources"]["soft_rows"] == m["n_train"]
     assert m["onnx_max_abs_diff"] < 1e-4
+    r = tm.report  # the typed view of the same record
+    assert (r.val_labels, r.n_train, r.n_val, r.epochs_run) == ("holdout", m["n_train"], m["n_val"], m["epochs_run"])
+    assert r.onnx_max_abs_diff == m["onnx_max_abs_diff"] and r.best_epoch <= r.epochs_run <= 3
     store = ws.store()
     try:
         row = store.query("SELECT * FROM models WHERE version=?", (tm.version,))[0]

@@ -33,12 +33,41 @@ VAL_LABEL_SOURCES = ("auto", "store", "gold", "holdout")
 QUALITY_FLOOR = 0.2  # an item the teacher was unsure about still counts a little
 
 
+@dataclass(frozen=True)
+class TrainReport:
+    """The typed summary of one training run (the full record, history included, is ``TrainedModel.metrics``,
+    also stored with the model row and in ``metrics.json``)."""
+
+    val_acc: float | None  # on the val labels named by val_labels (teacher labels are not the truth)
+    val_labels: str  # "store" | "gold" | "holdout"
+    n_train: int
+    n_val: int
+    epochs_run: int | None
+    best_epoch: int | None
+    train_seconds: float | None
+    pretrained: str | None
+    onnx_max_abs_diff: float | None
+
+    @classmethod
+    def from_metrics(cls, m: dict[str, Any]) -> "TrainReport":
+        return cls(val_acc=m.get("val_acc"), val_labels=str(m.get("val_labels")), n_train=int(m.get("n_train") or 0),
+                   n_val=int(m.get("n_val") or 0), epochs_run=m.get("epochs_run"), best_epoch=m.get("best_epoch"),
+                   train_seconds=m.get("train_seconds"), pretrained=m.get("pretrained"),
+                   onnx_max_abs_diff=m.get("onnx_max_abs_diff"))
+
+
 @dataclass
 class TrainedModel:
+    """A trained, saved and recorded model version."""
+
     version: str
     path: Path
     student: Student
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report(self) -> TrainReport:
+        return TrainReport.from_metrics(self.metrics)
 
 
 def task_of(store: Store, dataset: str) -> Task:
