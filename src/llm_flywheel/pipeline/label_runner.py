@@ -22,9 +22,8 @@ from llm_flywheel.pipeline.label_budget import (
 from llm_flywheel.pipeline.label_progress import Progress
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.base import TeacherAnswer, is_fatal
+from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession, is_fatal
 from llm_flywheel.teachers.concurrency import AdaptiveConcurrency, is_overload
-from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 
 if TYPE_CHECKING:
     from llm_flywheel.pipeline.labeling import LabelConfig, LabelRunResult
@@ -51,10 +50,11 @@ class LabelRunner:
 
     BREAKER_GRACE_S = 2.0  # in-flight calls get this long to finish after the breaker trips, then are abandoned
 
-    def __init__(self, ws: Workspace, store: Store, task: Task, teacher: OpenAICompatTeacher, cfg: LabelConfig,
+    def __init__(self, ws: Workspace, store: Store, task: Task, teacher: Teacher, cfg: LabelConfig,
                  budget: Budget, result: LabelRunResult, run_id: int, progress: Progress | None,
                  ctl: AdaptiveConcurrency) -> None:
         self.ws, self.store, self.task, self.teacher, self.cfg = ws, store, task, teacher, cfg
+        self.session: TeacherSession | None = None  # opened by :meth:`open` for the whole run
         self.budget, self.result, self.run_id, self.progress, self.ctl = budget, result, run_id, progress, ctl
         self.stop = False
         self.known: dict[str, dict[int, str | None]] = {}  # content hash -> pass -> label of final answers
@@ -82,33 +82,37 @@ class LabelRunner:
                 jobs.append((it, self.cfg.passes))
         return jobs
 
+    def open(self) -> TeacherSession:
+        """The run's one session (task, workspace, rate limit, connections); use as ``async with runner.open():``."""
+        self.session = self.teacher.session(self.task, ws=self.ws, rpm=self.cfg.rpm)
+        return self.session
+
     async def run(self, jobs: list[Job], desc: str) -> None:
         if not jobs or self.stop:
             return
+        if self.session is None:
+            raise RuntimeError("LabelRunner.run needs an open session: async with runner.open(): ...")
         queue: deque[tuple[Item, int, int]] = deque((it, p, 0) for it, p in jobs)
         if self.progress is not None:
             self.progress.start(desc, len(jobs))
         await asyncio.gather(*(self._worker(queue) for _ in range(min(self.cfg.concurrency, len(jobs)))))
 
     async def _worker(self, queue: deque[tuple[Item, int, int]]) -> None:
-        # one single-connection client per worker: httpcore's shared pool scans every connection on each
-        # request (quadratic in the concurrency), which halved throughput at concurrency 32
-        async with self.teacher.make_client(1) as client:
-            while queue and not self.stop:
-                ticket = await self.ctl.acquire()
-                res = self._reserve() if queue and not self.stop else None
-                if res is None or res == WAIT:
-                    await self.ctl.release(ticket, count=False)
-                    if res is None:
-                        return
-                    await asyncio.sleep(0.005)
-                    continue
-                item, p, tries = queue.popleft()
-                ans = await self._call(item, p, client, ticket, res)
-                if ans is None:
+        while queue and not self.stop:
+            ticket = await self.ctl.acquire()
+            res = self._reserve() if queue and not self.stop else None
+            if res is None or res == WAIT:
+                await self.ctl.release(ticket, count=False)
+                if res is None:
                     return
-                await self._settle(ans, res, ticket)
-                self._after(queue, ans, item, p, tries)
+                await asyncio.sleep(0.005)
+                continue
+            item, p, tries = queue.popleft()
+            ans = await self._call(item, p, ticket, res)
+            if ans is None:
+                return
+            await self._settle(ans, res, ticket)
+            self._after(queue, ans, item, p, tries)
 
     def _reserve(self) -> float | str | None:
         res = self.budget.reserve()
@@ -116,9 +120,10 @@ class LabelRunner:
             self._stop_for_budget()
         return res
 
-    async def _call(self, item: Item, p: int, client: Any, ticket: Any, res: float | str) -> TeacherAnswer | None:
+    async def _call(self, item: Item, p: int, ticket: Any, res: float | str) -> TeacherAnswer | None:
         """One call; None when it was abandoned after the breaker tripped."""
-        call = asyncio.ensure_future(self.teacher.alabel_one(item, self.task, self.ws, pass_index=p, client=client))
+        assert self.session is not None
+        call = asyncio.ensure_future(self.session.alabel(item, pass_index=p))
         self.calls.add(call)
         try:
             return await call

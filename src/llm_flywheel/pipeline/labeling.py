@@ -50,17 +50,13 @@ from llm_flywheel.pipeline.label_types import STOP_REASONS, LabelConfig, LabelRu
 from llm_flywheel.store.answers import TeacherLabelRow
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.base import TeacherAnswer
+from llm_flywheel.teachers.base import Teacher, TeacherAnswer
 from llm_flywheel.teachers.concurrency import (
     AdaptiveConcurrency,
     remember_level,
     start_level,
 )
-from llm_flywheel.teachers.openai_compat import (
-    OpenAICompatTeacher,
-    RateLimiter,
-    run_sync,
-)
+from llm_flywheel.teachers.session import run_sync
 
 __all__ = [
     "DEFAULT_CONFIDENCE", "STOP_REASONS", "WAIT", "Budget", "CircuitBreaker", "Consensus", "LabelConfig",
@@ -105,7 +101,7 @@ def label_items(
     ws: Workspace,
     dataset: str,
     item_ids: Sequence[int],
-    teacher: OpenAICompatTeacher,
+    teacher: Teacher,
     config: LabelConfig | None = None,
     *,
     progress: bool | str | Progress = True,
@@ -125,13 +121,9 @@ def label_items(
     try:
         task, items = _load(store, dataset, item_ids)
         teacher.check_ready()
-        if teacher.task is None:
-            teacher.task = task
         pv = teacher.prompt_version_for(task)
         result = LabelRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
                                 simulated=teacher.is_simulated, items=len(items))
-        if cfg.rpm:
-            teacher.limiter = RateLimiter(cfg.rpm)
         run_id = store.start_run("label", {"dataset": dataset, "model": teacher.model, "base_url": teacher.base_url,
                                            "prompt_version": pv, "items": len(items), "simulated": teacher.is_simulated,
                                            **asdict(cfg)})
@@ -139,8 +131,8 @@ def label_items(
         prog = progress_for(progress if items else False)
         ctl = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive,
                                   start=start_level(teacher.base_url, teacher.model, cfg.concurrency,
-                                                    local=getattr(teacher, "local", None)),
-                                  timeout_s=getattr(teacher, "timeout", None))
+                                                    local=teacher.local),
+                                  timeout_s=teacher.timeout)
         runner = LabelRunner(ws, store, task, teacher, cfg, _budget(store, teacher, task, cfg), result, run_id,
                              prog, ctl)
         status, skipped = "failed", set()
@@ -164,13 +156,18 @@ def label_items(
         store.close()
 
 
-def _budget(store: Store, teacher: OpenAICompatTeacher, task: Task, cfg: LabelConfig) -> Budget:
+def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Budget:
     _, _, est = teacher.estimate_call(task)
     observed = store.answer_cost_stats(teacher.model).mean_cost_usd
     return Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
 
 
 async def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
+    async with runner.open():
+        return await _phases(runner, items, pv, desc)
+
+
+async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
     """Fixed k: every missing pass.  Adaptive: calibration sample + pass 0, then later passes where unsure.
     Returns the content hashes the adaptive cutoff answered with pass 0 alone.  One event loop for all phases:
     the concurrency controller's locks belong to the loop they were first used in."""
@@ -215,7 +212,7 @@ def _label_row(con: Consensus, item: Item, prov: Mapping[str, Any], cfg: LabelCo
                             "confidence_source": con.confidence_source}, review)
 
 
-def _write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
+def _write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Sequence[Item],
                   cfg: LabelConfig, result: LabelRunResult, skipped: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     # every final pass of this teacher counts, also those of earlier runs with more passes: a later 1-pass run
     # (the cascade's) must not downgrade a 2-pass consensus to a single vote
@@ -243,7 +240,7 @@ def _write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: st
     result.labelled = counts["agreed"] + counts["tie_broken"] + counts["single"]
 
 
-def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
+def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
          config: LabelConfig | None = None) -> dict[str, Any]:
     """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
 
