@@ -64,7 +64,7 @@ def row_key(r: SplitRow) -> str:
 def size_of(size: float | int, n: int) -> int:
     """A split size (fraction < 1, or a count) as a number of items out of ``n``."""
     if isinstance(size, float) and size < 1:
-        return int(round(size * n))
+        return round(size * n)
     return min(int(size), n)
 
 
@@ -81,7 +81,7 @@ def first_of_each_group(rows: Sequence[SplitRow]) -> list[SplitRow]:
     return [g[0] for g in group_rows(rows)]
 
 
-def plan_splits(rows: Sequence[SplitRow], spec: SplitSpec = SplitSpec(), *, force: bool = False,
+def plan_splits(rows: Sequence[SplitRow], spec: SplitSpec | None = None, *, force: bool = False,
                 dataset: str = "dataset") -> list[tuple[int, str]]:
     """(item id, split) for every row that needs one (all rows when nothing is split yet, or with ``force``).
 
@@ -98,7 +98,7 @@ def plan_splits(rows: Sequence[SplitRow], spec: SplitSpec = SplitSpec(), *, forc
             target = next((s for s in REPAIR_PRECEDENCE if s in present), "train")
             out += [(r["id"], target) for r in g if not r["split"]]
         return out
-    return _fresh_plan(groups, spec, dataset)
+    return _fresh_plan(groups, spec or SplitSpec(), dataset)
 
 
 def _fresh_plan(groups: list[list[SplitRow]], spec: SplitSpec, dataset: str) -> list[tuple[int, str]]:

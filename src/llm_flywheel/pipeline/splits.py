@@ -25,7 +25,7 @@ class SplitRepairError(ValueError):
     """A repair that would move labelled items; the message names the fix."""
 
 
-def make_splits(store: Store, dataset: str, spec: SplitSpec = SplitSpec(), *, force: bool = False) -> dict[str, int]:
+def make_splits(store: Store, dataset: str, spec: SplitSpec | None = None, *, force: bool = False) -> dict[str, int]:
     """Assign every item of ``dataset`` a split (items already split keep theirs unless ``force``); returns counts
     per split.  See :func:`llm_flywheel.core.splits.plan_splits` for the rules (and the :class:`SplitError` raised
     when duplicates kept together would leave no training pool)."""
