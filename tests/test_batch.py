@@ -59,9 +59,10 @@ def test_full_run_same_answers_as_online_at_the_batch_price(synth_ws, synth_task
     cfg = SimConfig(**QUIET, batch_latency_s=0.3)
     with run_simulated_teacher(synth_ws, "synth", cfg) as url:
         t = _teacher(url, synth_task)
-        r = label_items_batch(synth_ws, "synth", ids, t, LabelConfig(passes=2), FAST, progress=False)
+        fixed = LabelConfig(passes=2, adaptive_passes=False)
+        r = label_items_batch(synth_ws, "synth", ids, t, fixed, FAST, progress=False)
         stats = sim_stats(url)
-        again = label_items_batch(synth_ws, "synth", ids, t, LabelConfig(passes=2), FAST, progress=False)
+        again = label_items_batch(synth_ws, "synth", ids, t, fixed, FAST, progress=False)
         online_again = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=2, adaptive_passes=False),
                                    progress=False)
         assert sim_stats(url)["requests"] == stats["requests"]  # the cache holds across both modes
@@ -100,7 +101,8 @@ def test_partial_failures_expired_and_failed_batches_are_asked_again_never_twice
     with run_simulated_teacher(synth_ws, "synth", cfg) as url:
         t = _teacher(url, synth_task)
         for _ in range(6):
-            runs.append(label_items_batch(synth_ws, "synth", ids, t, LabelConfig(passes=2, tie_break=False),
+            runs.append(label_items_batch(synth_ws, "synth", ids, t,
+                                          LabelConfig(passes=2, tie_break=False, adaptive_passes=False),
                                           BatchConfig(poll_s=0.05, retry_rounds=1), progress=False))
             if runs[-1].failed == 0 and runs[-1].unlabelled == 0:
                 break
@@ -246,3 +248,22 @@ def test_a_round_larger_than_one_batch_goes_out_as_several(synth_ws, synth_task)
     assert by_bytes.batches_submitted >= 2 and by_bytes.calls_made == 10
     assert stats["batches_created"] == by_lines.batches_submitted + by_bytes.batches_submitted
     assert max(stats["per_key"].values()) == 1 and len(stats["per_key"]) == 20
+
+
+def test_adaptive_passes_decided_between_batches_like_online(synth_ws, synth_task, tmp_path):
+    """The first batch asks the calibration sample every pass and the rest pass 0; the next asks later passes only
+    below the learnt cutoff -- the same keys, the same cutoff as online adaptive labelling of the same items."""
+    cfg = SimConfig(**QUIET, batch_latency_s=0.2)
+    lc = LabelConfig(passes=2, calibration_items=80, agreement_target=0.8)
+    ids = _ids(synth_ws, 300)
+    with run_simulated_teacher(synth_ws, "synth", cfg) as url:
+        r = label_items_batch(synth_ws, "synth", ids, _teacher(url, synth_task), lc, FAST, progress=False)
+    ws2 = Workspace.open(tmp_path / "online")
+    make_synth_dataset(ws2, synth_task)
+    with run_simulated_teacher(ws2, "synth", cfg) as url:
+        o = label_items(ws2, "synth", _ids(ws2, 300), _teacher(url, synth_task), lc, progress=False)
+    keys = lambda ws: {(a["content_hash"], a["pass_index"]) for a in _answers(ws) if a["ok"]}  # noqa: E731
+    assert r.adaptive_passes is not None and r.adaptive_passes.cutoff is not None
+    assert r.adaptive_passes.cutoff == o.adaptive_passes.cutoff and r.adaptive_passes.skipped_items > 0
+    assert keys(synth_ws) == keys(ws2) and r.calls_made == o.calls_made < 2 * 300
+    assert r.batches_submitted >= 2 and r.labelled + r.disagreed == 300

@@ -17,7 +17,10 @@ at about half price when it may take up to 24 hours.  Everything the online path
   submission is cut to what fits the dollar and call caps that remain.
 * **Tie-breaks** are a follow-up batch for the items whose passes disagree.
 
-Fixed ``passes`` only: adaptive passes would need a batch round per decision (a later change).
+* **Adaptive passes** (``LabelConfig.adaptive_passes``, the default for k >= 2) are decided between batches:
+  the first batch asks the calibration sample every pass and everyone else pass 0; once the sample's tie-breaks are
+  back, the next asks the later passes only where pass 0 is below the cutoff learnt from the sample
+  (:mod:`llm_flywheel.pipeline.batch_jobs`).  Fewer calls, one or two more batch round trips than fixed k.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from llm_flywheel.core.consensus import needs_tie_break
 from llm_flywheel.core.task import Task
-from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, final_answers,
-                                            store_answer)
+from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
+from llm_flywheel.pipeline.labeling import SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, store_answer
 from llm_flywheel.pipeline.labeling import _write_labels as _online_write_labels  # private: see write_labels
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
@@ -41,7 +43,6 @@ from llm_flywheel.teachers.batch import (BatchAPIError, BatchClient, BatchStatus
                                          request_line)
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 
-Job = tuple[Item, int]
 SUBMISSION_KEY = "flywheel_submission"
 
 
@@ -100,33 +101,16 @@ class _Run:
                                   max_retries=teacher.max_retries, backoff_base=teacher.backoff_base)
         self.reserved = 0.0  # set aside for batches submitted and not yet collected this run
         self.pending_lines = 0  # lines of those batches
+        self.skipped: set[str] = set()  # adaptive passes: content hashes answered by pass 0 alone
         self.max_seen = 0.0
 
     # -- what to ask --------------------------------------------------------------------------------------------
     def todo(self) -> list[Job]:
-        """(item, pass) without a final answer and not in an open batch: main passes, then due tie-breaks."""
-        hashes = [it.content_hash for it in self.items]
-        done = cached_keys(self.store, self.teacher.model, self.pv, hashes)
-        done |= self.store.pending_batch_keys(self.teacher.model, self.pv, self.teacher.base_url)
-        jobs: list[Job] = []
-        seen: set[tuple[str, int]] = set()
-        for it in self.items:
-            for p in range(self.cfg.passes):
-                if (it.content_hash, p) not in done and (it.content_hash, p) not in seen:
-                    seen.add((it.content_hash, p))
-                    jobs.append((it, p))
-        if self.cfg.tie_break and self.cfg.passes >= 2:
-            known = final_answers(self.store, self.teacher.model, self.pv, hashes, max_pass=self.cfg.passes)
-            k = self.cfg.passes
-            for it in self.items:
-                got = {a["pass_index"]: a["label"] for a in known.get(it.content_hash, [])}
-                key = (it.content_hash, k)
-                if key in done or key in seen or any(p not in got for p in range(k)):
-                    continue
-                if needs_tie_break([got[p] for p in range(k)]):
-                    seen.add(key)
-                    jobs.append((it, k))
-        return jobs
+        """What the next batch asks (see :mod:`llm_flywheel.pipeline.batch_jobs`); keeps the adaptive decision."""
+        nxt = round_jobs(self.store, self.items, self.task.labels, self.teacher.model, self.pv,
+                         self.teacher.base_url, self.cfg)
+        self.skipped, self.result.adaptive_passes = nxt.skipped, nxt.summary
+        return nxt.jobs
 
     def per_line(self) -> float | None:
         """Estimated batch cost of one line: the task's prices x ratio, or the mean batch line seen so far."""
@@ -322,7 +306,9 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         finally:
             run.client.close()
             if items:
-                write_labels(store, task, teacher, pv, items, cfg, result)
+                if cfg.adaptive_k:  # the decision on the final answers (what the last round would ask next)
+                    run.todo()
+                write_labels(store, task, teacher, pv, items, cfg, result, run.skipped)
             result.elapsed_s = time.monotonic() - t0
             store.finish_run(result.run_id, status)
             store.add_report("label_run", str(result.run_id),
@@ -342,12 +328,12 @@ def _load(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, li
 
 
 def write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
-                 cfg: LabelConfig, result: LabelRunResult) -> None:
+                 cfg: LabelConfig, result: LabelRunResult, skipped: set[str]) -> None:
     """Consensus labels + review queue from every stored final answer -- the online path's own step.
 
     Thin wrapper: ``pipeline.labeling._write_labels`` is private; batch answers must become labels exactly the
     way online ones do, so it is called, not copied."""
-    _online_write_labels(store, task, teacher, pv, items, cfg, result)
+    _online_write_labels(store, task, teacher, pv, items, cfg, result, skipped)
 
 
 def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> None:
@@ -359,7 +345,7 @@ def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> N
             run.say(f"resuming batch {rec.batch_id or '(not yet created)'} of an earlier run ({rec.n_lines} requests)")
             if not run.drive(rec):
                 return
-        for _ in range(2 + run.bcfg.retry_rounds):
+        for _ in range(2 + run.bcfg.retry_rounds + 2 * run.cfg.adaptive_k):  # adaptive: settle, then decide
             jobs = run.fit(run.todo())
             recs = []
             while jobs:  # a round may need several batches (line and size caps); all run at once
