@@ -1,13 +1,13 @@
 """Online vs Batch API labelling of the same items, side by side, against the SIMULATED teacher.
 
 Labels N generated 28x28 images (Fashion-MNIST's task and error model, ``bench_labeling.make_items``) with k=2
-fixed passes + tie-breaks twice, each into its own fresh workspace holding the identical items: once online
+passes (fixed, or ``--adaptive``) + tie-breaks twice, each into its own fresh workspace holding the identical items: once online
 (``label_items``, concurrency 32, ``--latency-ms`` median per call) and once through the Batch API
 (``label_items_batch``: /v1/files + /v1/batches, ``--batch-latency-s`` from create to completed, polled every
 ``--poll-s``).  Prints, per mode: teacher calls (answer lines), failed calls, HTTP requests the client sent, USD,
 USD per answer, wall time, and how many (item, pass) answers are identical across the two modes.
 
-    python benchmarks/bench_batch.py [--items 1000] [--latency-ms 100] [--batch-latency-s 20] [--poll-s 1]
+    python benchmarks/bench_batch.py [--items 1000] [--latency-ms 100] [--batch-latency-s 20] [--poll-s 1] [--adaptive]
 
 The batch cost ratio is the provider's batch price ratio by construction (the simulated provider bills batch
 lines at ``batch_price_ratio`` of the online price, 0.5 by default, as OpenAI does); what the benchmark checks is
@@ -52,7 +52,7 @@ def run_mode(mode: str, root: Path, args: argparse.Namespace, sim: SimConfig) ->
     ids = make_items(ws, args.items)
     with ws.store() as s:
         task = Task.from_json(s.dataset_task_json("bench"))
-    cfg = LabelConfig(passes=2, concurrency=32, adaptive_passes=False)
+    cfg = LabelConfig(passes=2, concurrency=32, adaptive_passes=args.adaptive)
     with run_simulated_teacher(ws, "bench", sim) as url:
         t = teacher_from_spec(f"{url}|{model_id('bench')}", task, backoff_base=0.05)
         t0 = time.monotonic()
@@ -73,13 +73,16 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--batch-latency-s", type=float, default=20.0)
     ap.add_argument("--poll-s", type=float, default=1.0)
+    ap.add_argument("--adaptive", action="store_true",
+                    help="adaptive passes in both modes (later passes only where pass 0 is unsure)")
     args = ap.parse_args()
     sim = SimConfig(latency_ms=args.latency_ms, batch_latency_s=args.batch_latency_s)
     with tempfile.TemporaryDirectory() as tmp:
         res = {m: run_mode(m, Path(tmp), args, sim) for m in ("online", "batch")}
         a_on, a_b = (_answers(res[m]["ws"], res[m]["pv"]) for m in ("online", "batch"))
     same = sum(1 for k in a_on.keys() & a_b.keys() if a_on[k] == a_b[k])
-    print(f"SIMULATED teacher, {args.items} items, k=2 fixed passes + tie-breaks; online median latency "
+    kind = "adaptive" if args.adaptive else "fixed"
+    print(f"SIMULATED teacher, {args.items} items, k=2 {kind} passes + tie-breaks; online median latency "
           f"{args.latency_ms:g} ms at concurrency 32; batch latency {args.batch_latency_s:g} s, polled every "
           f"{args.poll_s:g} s; batch price ratio {sim.batch_price_ratio:g}")
     print(f"{'mode':8} {'calls':>7} {'failed':>7} {'requests':>9} {'batches':>8} {'labelled':>9} {'cost USD':>10} "

@@ -86,7 +86,7 @@ def _money(v: Any, digits: int = 4) -> str:
 @click.option("--plan", "plan_only", is_flag=True,
               help="Print calls needed and the estimated cost online and through the Batch API; make no call.")
 @click.option("--batch", "use_batch", is_flag=True,
-              help="Submit through the provider's Batch API (cheaper, slower; fixed passes, no adaptive passes).")
+              help="Submit through the provider's Batch API (cheaper, slower: each round of passes is a batch).")
 @click.option("--batch-price-ratio", type=float, default=0.5, show_default=True,
               help="Batch price / online price, used where the provider reports no cost per answer.")
 @click.option("--batch-poll-s", type=float, default=30.0, show_default=True, help="Seconds between batch polls.")
