@@ -11,6 +11,7 @@ import pytest
 from helpers_students import split_synth, write_teacher_labels
 from llm_flywheel.pipeline.evaluation import accuracy_ci, evaluate, expected_calibration_error, paired_diff_ci
 from llm_flywheel.pipeline.noise import find_label_issues
+from llm_flywheel.interfaces.report.evaluation_plots import draw_evaluation
 from llm_flywheel.pipeline.training import train_student
 
 
@@ -38,14 +39,14 @@ def test_paired_difference_and_ece():
     assert ece == pytest.approx(0.4)
 
 
-def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
+def test_evaluate_teacher_and_ceiling_then_pngs_drawn_by_the_interface(synth_ws, tmp_path):
     ws = synth_ws
     split_synth(ws)
     write_teacher_labels(ws, "synth", flip=0.25, seed=0)
     write_teacher_labels(ws, "synth", split="test", flip=0.25, seed=1)  # the teacher also answered the test items
     tm = train_student(ws, "synth", kind="image-cnn", width=16, epochs=3, progress=False)
     expected_single = _write_single_call_answers(ws)
-    rep = evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev", ceiling=True)
+    rep = draw_evaluation(evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev", ceiling=True))
     s = rep["student"]
     assert s["n"] == 100 and s["ci95"][0] <= s["accuracy"] <= s["ci95"][1]
     assert 0 <= s["ece"] <= 1
@@ -78,7 +79,7 @@ def test_evaluate_writes_pngs_teacher_and_ceiling(synth_ws, tmp_path):
     # a second evaluation reuses the cached ceiling model; once calibrated, ECE is also shown after the temperature
     with ws.store() as store:
         store.add_report("calibration", tm.version, {"temperature": 3.0})
-    rep2 = evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev2", ceiling=True)
+    rep2 = draw_evaluation(evaluate(ws, "synth", tm.version, out_dir=tmp_path / "ev2", ceiling=True))
     assert rep2["ceiling"]["accuracy"] == c["accuracy"]
     s2 = rep2["student"]
     assert s2["temperature"] == 3.0 and s2["ece_after_temperature"] != pytest.approx(s2["ece"])

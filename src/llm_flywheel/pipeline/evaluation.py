@@ -10,49 +10,25 @@ evaluation never feeds a choice (the test split is read only in this module and 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llm_flywheel.interfaces.report import plots
-from llm_flywheel.core.stats import Z95, confusion, reliability, wilson_interval
+from llm_flywheel.core.calibration import apply_temperature
+from llm_flywheel.core.stats import ECE_BINS, accuracy_ci, confusion, nll, paired_diff_ci, top_label_reliability
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.students.base import StudentError, read_meta
 from llm_flywheel.pipeline.training import load_student, model_row, task_of, train_student
 from llm_flywheel.store.workspace import Workspace
 
-ECE_BINS = 15
-
-
-def accuracy_ci(correct: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy and its Wilson 95 % interval (acc, lo, hi); well-behaved at 0 %, 100 % and small n."""
-    c = np.asarray(correct, dtype=bool)
-    if c.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    lo, hi = wilson_interval(int(c.sum()), int(c.size))
-    return float(c.mean()), lo, hi
-
-
-def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy difference a - b on the *same* items with a 95 % CI (paired, normal approximation).
-
-    Paired because both were scored on the same items: much tighter than comparing two independent intervals.
-    """
-    a = np.asarray(correct_a, float)
-    b = np.asarray(correct_b, float)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError("paired_diff_ci needs two equally long, non-empty arrays")
-    d = a - b
-    m = float(d.mean())
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
-    return m, m - Z95 * se, m + Z95 * se
+__all__ = ["ECE_BINS", "accuracy_ci", "evaluate", "expected_calibration_error", "paired_diff_ci", "per_class",
+           "teacher_accuracy", "teacher_single_call_accuracy"]
 
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
     """Top-label ECE with equal-width confidence bins, and the per-bin table behind the reliability plot."""
-    return reliability(probs.max(axis=1), probs.argmax(axis=1) == y, bins)
+    return top_label_reliability(probs, y, bins)
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -61,20 +37,6 @@ def per_class(y: np.ndarray, pred: np.ndarray, labels: tuple[str, ...]) -> list[
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(len(labels))), zero_division=0)
     return [{"label": lab, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, lab in enumerate(labels)]
-
-
-def plot_confusion(cm: np.ndarray, labels: tuple[str, ...], path: Path, title: str) -> Path:
-    return _write_png(plots.confusion_plot(cm, labels, title), path)
-
-
-def plot_reliability(table: list[dict[str, float]], ece: float, path: Path, title: str) -> Path:
-    return _write_png(plots.reliability_plot(table, ece, title), path)
-
-
-def _write_png(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
 
 
 def _ci_dict(correct: np.ndarray) -> dict[str, Any]:
@@ -90,14 +52,7 @@ def teacher_accuracy(store: Store, items: list[Item], student_correct: np.ndarra
     gold = {it.id: it.gold_label for it in items if it.gold_label}
     if not gold:
         return None
-    ids = list(gold)
-    got: dict[int, str | None] = {}
-    for s in range(0, len(ids), 900):
-        chunk = ids[s : s + 900]
-        for r in store.query(
-            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({','.join('?' * len(chunk))})", chunk
-        ):
-            got[r["item_id"]] = r["label"]
+    got = store.teacher_labels(list(gold))
     with_label = [i for i, lab in got.items() if lab is not None]
     if not with_label:
         return None
@@ -129,15 +84,7 @@ def teacher_single_call_accuracy(store: Store, items: list[Item],
     gold = {it.content_hash: it.gold_label for it in items if it.gold_label}
     if not gold:
         return None
-    hashes = list(gold)
-    by_model: dict[str, dict[str, str | None]] = {}
-    for s in range(0, len(hashes), 900):
-        chunk = hashes[s : s + 900]
-        for r in store.query(
-            "SELECT content_hash, model, label FROM teacher_answers WHERE ok=1 AND pass_index=0 "
-            f"AND content_hash IN ({','.join('?' * len(chunk))})", chunk
-        ):
-            by_model.setdefault(r["model"], {})[r["content_hash"]] = r["label"]
+    by_model = store.first_answers_by_hash(list(gold))
     if not by_model:
         return None
     model, answers = max(by_model.items(), key=lambda kv: len(kv[1]))
@@ -194,25 +141,21 @@ def evaluate(
             "role": row.get("role", "student"),
             "split": split,
             "runtime": runtime,
-            "student": {**_ci_dict(correct), "ece": ece, "nll": float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())},
+            "student": {**_ci_dict(correct), "ece": ece, "nll": nll(probs, y)},
             "per_class": per_class(y, pred, task.labels),
             "confusion": cm.tolist(),
             "labels": list(task.labels),
             "reliability": table,
-            "confusion_png": str(plot_confusion(cm, task.labels, out / "confusion.png", title)),
-            "reliability_png": str(plot_reliability(table, ece, out / "reliability.png", title)),
+            "out_dir": str(out),
+            "title": title,
         }
         cal = store.latest_report("calibration", version)
         if cal and cal.get("temperature"):
             # what the cascade actually thresholds: probabilities after the temperature fitted on calib
-            from llm_flywheel.pipeline.calibration import apply_temperature
-
             T = float(cal["temperature"])
             ece_t, table_t = expected_calibration_error(apply_temperature(probs, T), y)
             report["student"].update(temperature=T, ece_after_temperature=ece_t)
             report["reliability_after_temperature"] = table_t
-            report["reliability_after_temperature_png"] = str(plot_reliability(
-                table_t, ece_t, out / "reliability_after_temperature.png", f"{title}, T = {T:.2f} (fitted on calib)"))
         report["teacher_on_split"] = teacher_accuracy(store, items, correct)
         report["teacher_single_call_on_split"] = teacher_single_call_accuracy(store, items, correct)
         model_dir = ws.abspath(row["path"])

@@ -108,17 +108,9 @@ def find_label_issues(
     try:
         if queue and flagged:
             # a human already decided these: never queue them again; an item already queued keeps its entry
-            human = {r["item_id"] for r in store.query(
-                "SELECT l.item_id FROM labels l JOIN items i ON i.id=l.item_id WHERE i.dataset=? AND l.source='human'",
-                (dataset,))}
-            now = time.time()
-            with store.transaction() as c:
-                before = c.total_changes
-                c.executemany(
-                    "INSERT OR IGNORE INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?)",
-                    [(i, "label_issue", scores[i], now) for i in flagged if i not in human],
-                )
-                report["queued"] = c.total_changes - before
+            human = store.human_labels(dataset)
+            report["queued"] = store.queue_scored_for_review(
+                {i: scores[i] for i in flagged if i not in human}, "label_issue")
         store.add_report("label_issues", dataset, report)
     finally:
         store.close()

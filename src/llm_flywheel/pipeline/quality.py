@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_flywheel.core.stats import confusion, reliability, wilson_interval
+from llm_flywheel.core.stats import ECE_BINS, confusion, reliability, wilson_interval
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -21,16 +21,9 @@ from llm_flywheel.store.workspace import Workspace
 wilson_ci = wilson_interval  # the teacher's numbers use the same interval as the student's
 
 
-def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> tuple[float, list[dict[str, float]]]:
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS) -> tuple[float, list[dict[str, float]]]:
     """ECE of the teacher's verbalised confidence; returns (ece, per-bin table for a reliability diagram)."""
     return reliability(np.asarray(confidences, dtype=float), np.asarray(correct, dtype=bool), bins)
-
-
-def _split_clause(split: str | Sequence[str] | None) -> tuple[str, list[Any]]:
-    if split is None:
-        return "", []
-    splits = [split] if isinstance(split, str) else list(split)
-    return f" AND i.split IN ({','.join('?' * len(splits))})", splits
 
 
 def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
@@ -46,26 +39,12 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
     try:
         task = Task.from_json(store.dataset_task_json(dataset))
         if model is None:
-            row = store.query(
-                "SELECT a.model AS model, COUNT(*) AS n FROM teacher_answers a JOIN items i ON i.id=a.item_id "
-                "WHERE i.dataset=? AND a.ok=1 GROUP BY a.model ORDER BY n DESC LIMIT 1", (dataset,))
-            if not row:
+            model = store.busiest_teacher_model(dataset)
+            if model is None:
                 raise ValueError(f"no teacher answers for dataset {dataset!r}; run `flywheel label` first")
-            model = row[0]["model"]
-        sc, sp = _split_clause(split)
-        # answers keyed by content hash so duplicates of an item are measured against its gold
-        answers = store.query(
-            "SELECT a.pass_index AS pass_index, a.label AS label, a.confidence AS confidence, i.gold_label AS gold "
-            "FROM teacher_answers a JOIN items i ON i.content_hash=a.content_hash AND i.dataset=? "
-            f"WHERE a.ok=1 AND a.model=? AND i.gold_label IS NOT NULL{sc} GROUP BY a.id, i.id", [dataset, model, *sp])
-        cons = store.query(
-            "SELECT l.label AS label, l.quality AS quality, l.status AS status, l.provenance AS prov, "
-            "i.gold_label AS gold FROM labels l JOIN items i ON i.id=l.item_id "
-            f"WHERE l.source='teacher' AND i.dataset=? AND i.gold_label IS NOT NULL{sc}", [dataset, *sp])
-        cons = [r for r in cons if _prov_model(r["prov"]) == model]
-        failures = store.query(
-            "SELECT a.error_kind AS k, COUNT(*) AS n FROM teacher_answers a JOIN items i ON i.id=a.item_id "
-            f"WHERE a.ok=0 AND a.model=? AND i.dataset=?{sc} GROUP BY a.error_kind", [model, dataset, *sp])
+        answers = store.teacher_answers_with_gold(dataset, model, split)
+        cons = [r for r in store.teacher_consensus_with_gold(dataset, split) if _prov_model(r["prov"]) == model]
+        failures = store.teacher_failure_counts(dataset, model, split)
     finally:
         store.close()
 
@@ -120,7 +99,7 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
             "accuracy": kc / len(labelled) if labelled else None,
             "ci95": wilson_ci(kc, len(labelled)) if labelled else None, "by_status": by_status,
         },
-        "failures": {r["k"]: r["n"] for r in failures},
+        "failures": failures,
     }
     if store_report and n:
         s = ws.store()
@@ -144,15 +123,9 @@ def teacher_quality_on_items(ws: Workspace, dataset: str, item_ids: Sequence[int
         ids = list(item_ids)
         if not ids:
             return {}
-        q = ",".join("?" * len(ids))
-        gold = {int(r["id"]): r["gold_label"] for r in store.query(
-            f"SELECT id, gold_label FROM items WHERE id IN ({q}) AND gold_label IS NOT NULL", ids)}
-        answers: dict[int, dict[int, str | None]] = {}
-        for r in store.query(f"SELECT item_id, pass_index, label FROM teacher_answers WHERE ok=1 AND model=? AND item_id IN ({q})",
-                             [model, *ids]):
-            answers.setdefault(int(r["item_id"]), {})[int(r["pass_index"])] = r["label"]
-        consensus = {int(r["item_id"]): r["label"] for r in store.query(
-            f"SELECT item_id, label FROM labels WHERE source='teacher' AND item_id IN ({q})", ids)}
+        gold = store.gold_labels(ids)
+        answers = store.teacher_answers_by_pass(ids, model)
+        consensus = store.teacher_labels(ids)
     finally:
         store.close()
     first = [(answers[i][0], gold[i]) for i in gold if i in answers and 0 in answers[i]]

@@ -83,6 +83,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "label": ("label",),
     "review": ("review",),
     "train": ("train", "evaluate"),
+    "evaluate": ("evaluate",),
     "cascade": ("calibrate", "predict"),
     "serve": ("serve",),
     "wheel": ("run", "report", "demo"),
