@@ -82,7 +82,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher",),
     "label": ("label",),
     "review": ("review",),
-    "train": ("train", "evaluate"),
+    "train": ("train",),
     "evaluate": ("evaluate",),
     "cascade": ("calibrate", "predict"),
     "serve": ("serve",),
