@@ -74,15 +74,6 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         rows = [a for a in all_answers if a["pass_index"] == p]
         kp = sum(1 for a in rows if a["label"] == a["gold"])
         per_pass[str(p)] = {"n": len(rows), "accuracy": kp / len(rows), "ci95": wilson_ci(kp, len(rows))}
-    labelled = [r for r in cons if r["label"] is not None]
-    kc = sum(1 for r in labelled if r["label"] == r["gold"])
-    by_status: dict[str, dict[str, Any]] = {}
-    for r in cons:
-        s = by_status.setdefault(r["status"], {"n": 0, "correct": 0})
-        s["n"] += 1
-        s["correct"] += int(r["label"] == r["gold"])
-    for s in by_status.values():
-        s["accuracy"] = s["correct"] / s["n"] if s["n"] else None
     simulated = model.startswith("simulated/")
     report = {
         "dataset": dataset, "model": model, "split": split, "simulated": simulated,
@@ -94,11 +85,7 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         "ece": ece if n else None, "mean_confidence": (sum(c for c, _ in conf_pairs) / len(conf_pairs)) if conf_pairs else None,
         "reliability": bins, "per_pass": per_pass, "per_class": per_class, "confusion": confusion,
         "labels": labels,
-        "consensus": {
-            "n_items": len(cons), "n_labelled": len(labelled), "coverage": len(labelled) / len(cons) if cons else None,
-            "accuracy": kc / len(labelled) if labelled else None,
-            "ci95": wilson_ci(kc, len(labelled)) if labelled else None, "by_status": by_status,
-        },
+        "consensus": _consensus_summary(cons),
         "failures": failures,
     }
     if store_report and n:
@@ -108,6 +95,24 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         finally:
             s.close()
     return report
+
+
+def _consensus_summary(cons: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The consensus labels against gold: coverage, accuracy (+95 % CI) and accuracy per consensus status."""
+    labelled = [r for r in cons if r["label"] is not None]
+    kc = sum(1 for r in labelled if r["label"] == r["gold"])
+    by_status: dict[str, dict[str, Any]] = {}
+    for r in cons:
+        s = by_status.setdefault(r["status"], {"n": 0, "correct": 0})
+        s["n"] += 1
+        s["correct"] += int(r["label"] == r["gold"])
+    for s in by_status.values():
+        s["accuracy"] = s["correct"] / s["n"] if s["n"] else None
+    return {
+        "n_items": len(cons), "n_labelled": len(labelled), "coverage": len(labelled) / len(cons) if cons else None,
+        "accuracy": kc / len(labelled) if labelled else None,
+        "ci95": wilson_ci(kc, len(labelled)) if labelled else None, "by_status": by_status,
+    }
 
 
 def teacher_quality_on_items(ws: Workspace, dataset: str, item_ids: Sequence[int], model: str,
