@@ -15,8 +15,8 @@ from conftest import SYNTH_LABELS, synth_image
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data import Record, register
 from llm_flywheel.core.splits import SplitError, first_of_each_group, plan_splits
-from llm_flywheel.pipeline.splits import (SplitRepairError, SplitSpec, check_duplicates, group_key, make_splits,
-                                          normalise_text, repair_duplicates)
+from llm_flywheel.pipeline.splits import (SplitRepairError, SplitSpec, check_duplicates, explain_empty_train_pool,
+                                          group_key, make_splits, normalise_text, repair_duplicates)
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -282,3 +282,13 @@ def test_mostly_duplicates_through_the_cli(tmp_path):
         test = s.items("tiny", split="test")
         distinct = s.items("tiny", split="test", distinct=True)
     assert len(test) == 10 and len(distinct) == 1 and distinct[0].id == min(it.id for it in test)
+
+
+def test_an_already_split_dataset_without_train_pool_is_explained(tmp_path):
+    """A workspace whose train split is empty (split by hand or before grouping): the wheel's error text says why."""
+    ws = Workspace.open(tmp_path / "ws")
+    register(ws, TEXT_TASK, [Record(f"r{i}", text=f"message number {i % 3}") for i in range(12)], progress=False)
+    with ws.store() as s:
+        s.set_splits([(r["id"], ("val", "calib", "test")[i % 3]) for i, r in enumerate(s.split_rows("mail"))])
+        msg = explain_empty_train_pool(s, "mail")
+    assert "has an empty train pool" in msg and "12 items are only 3 distinct" in msg and "--stream 0" in msg

@@ -128,13 +128,14 @@ def _fresh_plan(groups: list[list[SplitRow]], spec: SplitSpec, dataset: str) -> 
             taken_by[s] += len(rest[pos])
             pos += 1
     if n and pos >= len(rest):
-        raise SplitError(_no_pool_message(dataset, groups, taken_by))
+        raise SplitError(no_pool_message(dataset, groups, taken_by))
     out += [(r["id"], "train") for g in rest[pos:] for r in g]
     out += [(r["id"], "test") for g in test_groups for r in g]
     return out
 
 
-def _no_pool_message(dataset: str, groups: list[list[SplitRow]], taken_by: dict[str, int]) -> str:
+def no_pool_message(dataset: str, groups: list[list[SplitRow]], taken_by: dict[str, int]) -> str:
+    """Why a dataset has (or would have) no training pool, and what to do: ``taken_by`` is split -> items."""
     n_items = sum(len(g) for g in groups)
     held = [s for s, k in taken_by.items() if k]
     took = ", ".join(f"{s} {taken_by[s]:,}" for s in held)

@@ -14,11 +14,12 @@ Workspaces split before grouping existed are checked (and, while nothing is labe
 from __future__ import annotations
 
 from llm_flywheel.core.splits import (REPAIR_PRECEDENCE, DuplicateReport, SplitError, SplitSpec, find_duplicates,
-                                      group_key, normalise_text, plan_splits)
+                                      group_key, group_rows, no_pool_message, normalise_text, plan_splits)
 from llm_flywheel.store.base import Store
 
 __all__ = ["REPAIR_PRECEDENCE", "DuplicateReport", "SplitError", "SplitRepairError", "SplitSpec", "check_duplicates",
-           "group_key", "make_splits", "normalise_text", "repair_duplicates", "split_counts"]
+           "explain_empty_train_pool", "group_key", "make_splits", "normalise_text", "repair_duplicates",
+           "split_counts"]
 
 
 class SplitRepairError(ValueError):
@@ -34,6 +35,14 @@ def make_splits(store: Store, dataset: str, spec: SplitSpec | None = None, *, fo
         raise ValueError(f"dataset {dataset!r} has no items; run `flywheel data add` first")
     store.set_splits(plan_splits(rows, spec, force=force, dataset=dataset))
     return split_counts(store, dataset)
+
+
+def explain_empty_train_pool(store: Store, dataset: str) -> str:
+    """The error for a dataset split (before duplicate-aware splitting, or by hand) with nothing in ``train``: how
+    many distinct items it has, where they went, and the fix."""
+    rows = store.split_rows(dataset)
+    taken = {s: n for s, n in store.split_count_summary(dataset).items() if s != "train"}
+    return no_pool_message(dataset, group_rows(rows), taken).replace("would have", "has")
 
 
 def split_counts(store: Store, dataset: str) -> dict[str, int]:
