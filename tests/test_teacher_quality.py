@@ -27,7 +27,7 @@ def test_quality_of_simulated_teacher(synth_ws, synth_task):
     s.close()
     with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)) as url:
         label_items(synth_ws, "synth", ids, teacher_from_spec(f"{url}|{model_id('synth')}", synth_task),
-                    LabelConfig(passes=2), progress=False)
+                    LabelConfig(passes=2, adaptive_passes=False), progress=False)  # every item asked twice
     q = teacher_quality(synth_ws, "synth")
     assert q["model"] == "simulated/synth-teacher" and q["simulated"] and "SIMULATED" in q["note"]
     assert q["passes_in_headline"] == [0, 1] and q["n"] == 1000
