@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm_flywheel.interfaces.serve.config import ServeConfig
 from llm_flywheel.interfaces.serve.feedback_log import FeedbackLog
 from llm_flywheel.interfaces.serve.inputs import (HTTPProblem, RawInput, check_content_type, content_type, decode_image,
-                                                  extract, image_pixels, parse_multipart, read_limited)
+                                                  extract, open_image, parse_multipart, read_limited)
 from llm_flywheel.interfaces.serve.metrics import BREAKER_STATES, Metrics
 from llm_flywheel.interfaces.serve.openapi import RESPONSES, request_body
 from llm_flywheel.interfaces.serve.pool import Overloaded, WorkerPool
@@ -91,18 +91,16 @@ class ServeState:
         if inp is None:
             inp = extract(body, ctype, self.modality, self.cfg.max_bytes)
         if inp.kind == "image":
-            px = image_pixels(inp.raw)
-            if px > self.cfg.max_image_pixels:
-                raise HTTPProblem(413, f"image has {px:,} pixels; the limit is {self.cfg.max_image_pixels:,} pixels")
-            if px > self.cfg.heavy_pixels and not heavy:
+            im = open_image(inp.raw, self.cfg.max_image_pixels)
+            if im.size[0] * im.size[1] > self.cfg.heavy_pixels and not heavy:
                 return inp, None
-            inp.content = decode_image(inp.raw, self.cfg.max_image_pixels)
+            inp.content = decode_image(im)
         try:
             return inp, self.cascade.student_guess(inp.content)
         except Exception as e:  # e.g. a feature vector of the wrong length for a tabular student
             raise HTTPProblem(422, f"the model cannot use this input ({type(e).__name__}: {e})") from None
 
-    async def answer(self, request: Request, t0: float) -> PredictResponse:
+    async def answer(self, request: Request, t0: float) -> JSONResponse:
         body, ctype, inp = await self.read_input(request)
         inp, guess = await self.pool.run(self.prepare, body, ctype, inp, False)
         if guess is None:
@@ -121,11 +119,12 @@ class ServeState:
         self.metrics.answered(ans.source, seconds)
         if self.sampled():
             self.feedback.put(ans, inp)
-        return PredictResponse(label=ans.label, source=ans.source, confidence=ans.confidence,
-                               student_label=ans.student_label, student_confidence=ans.student_confidence,
-                               teacher_label=ans.teacher_label, model_version=ans.model_version,
-                               threshold=self.cascade.threshold, latency_ms=round(ans.latency_ms, 3),
-                               request_id=inp.hash[:16])
+        # a plain JSONResponse (the fields of PredictResponse): FastAPI would validate a model a second time
+        return JSONResponse({"label": ans.label, "source": ans.source, "confidence": ans.confidence,
+                             "student_label": ans.student_label, "student_confidence": ans.student_confidence,
+                             "teacher_label": ans.teacher_label, "model_version": ans.model_version,
+                             "threshold": self.cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
+                             "request_id": inp.hash[:16]})
 
     # -- readiness and lifecycle -----------------------------------------------------------------------------
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -295,7 +294,7 @@ def _routes(app: FastAPI, st: ServeState) -> None:
 
     @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one input with the cascade",
               openapi_extra=request_body(st.modality), responses=RESPONSES)
-    async def predict(request: Request) -> PredictResponse:
+    async def predict(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         with st.metrics.lock:
             st.metrics.inflight += 1

@@ -167,34 +167,29 @@ def _image_ext(data: bytes) -> str:
     return ".img"
 
 
-def image_pixels(data: bytes) -> int:
-    """Width x height from the image header alone (no decoding); 400 when there is no readable header."""
+def open_image(data: bytes, max_pixels: int) -> Any:
+    """The image with only its header read (no decoding yet): 400 for bytes that are no image, 413 for more than
+    ``max_pixels`` pixels -- a pixel bomb is refused before any of it is decoded."""
     from PIL import Image
 
     if not data:
         raise HTTPProblem(400, "the image is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
+        im = Image.open(io.BytesIO(data))
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
         raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
                                "send a PNG, JPEG, GIF, BMP or WebP file") from None
-    return int(w) * int(h)
+    w, h = im.size
+    if w * h > max_pixels:
+        raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
+    return im
 
 
-def decode_image(data: bytes, max_pixels: int) -> Any:
-    """The decoded image (first frame), or 413 for a pixel bomb / 400 for bytes that do not decode."""
-    from PIL import Image
-
+def decode_image(im: Any) -> Any:
+    """Decode an opened image (first frame); 400 for bytes that do not decode."""
     try:
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        if w * h > max_pixels:
-            raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
         im.load()
         return im
-    except HTTPProblem:
-        raise
     except Exception as e:
         raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
                                "send a PNG, JPEG, GIF, BMP or WebP file") from None

@@ -1,0 +1,386 @@
+"""Serving benchmark: `flywheel serve` under a bounded closed-loop load on loopback, bad inputs, and a dead teacher.
+
+What it does (loopback only; every phase stops by itself):
+
+1. model: imports ``--limit`` Fashion-MNIST images per source split (Debian ``dataset-fashion-mnist``), trains a
+   small ``image-cnn`` on the train split's GOLD labels (a reference model, served by naming its version: the
+   serving path is the same, and this bench measures the service, not the model's accuracy) and calibrates it
+   (reference = gold).  Cached in ``--workspace``; training is timed.
+2. load: starts ``flywheel serve`` as its own process (no teacher: deferred answers come back without a label, so
+   the numbers are the service's, not a teacher's) and drives it with a lean keep-alive HTTP/1.1 client (asyncio
+   streams, one connection per client) at concurrency 1 / 8 / 32: requests/s, p50 / p95 / p99, status counts.
+   Inputs cycle through the test images (distinct PNGs: each one is logged and kept as feedback).
+3. memory: the server's RSS before and after ``--rss-requests`` requests at concurrency 8.
+4. bad inputs: a fixed set (deep JSON, pixel bombs under and over the pixel limit, garbage, truncated PNG,
+   oversize, wrong content types, wrong JSON) -> the 2xx/4xx/5xx counts; and /healthz + small-request latency
+   while four under-the-limit pixel bombs are being decoded.
+5. teacher down: the service with a teacher whose port refuses connections, and one that accepts and never
+   answers (frozen), ``--deadline`` s: p99 of the deferred requests vs deadline + 100 ms.
+
+    python benchmarks/bench_serve.py [--limit 3000] [--epochs 3] [--requests 3000] [--rss-requests 20000]
+
+Targets (issue 11, 2 cores): >= 500 req/s at concurrency 8 with p99 <= 50 ms, zero 5xx, RSS growth <= 50 MB over
+20,000 requests; teacher down: p99 of deferred <= deadline + 100 ms.  The load average is printed with the numbers:
+on a shared machine they are a floor, not a ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATASET = "fashion-mnist"
+VERSION = "bench-serve-image-cnn"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- the model -------------------------------------------------------------------------------------------------------
+
+
+def prepare_model(root: Path, limit: int, epochs: int) -> tuple[float | None, list[bytes]]:
+    """(training seconds, or None when cached; PNG bytes of the test images)."""
+    from llm_flywheel.data.registry import add_dataset
+    from llm_flywheel.pipeline.calibration import calibrate
+    from llm_flywheel.pipeline.training import train_student
+    from llm_flywheel.store.workspace import Workspace
+
+    ws = Workspace.open(root)
+    with ws.store() as s:
+        have = DATASET in s.dataset_names()
+    if not have:
+        log(f"importing Fashion-MNIST (first {limit} of each source split)")
+        add_dataset(ws, DATASET, limit=limit, val=200, calib=500, stream=100, progress=False)
+    secs = None
+    with ws.store() as s:
+        cached = s.model(VERSION) is not None
+        train = s.items(DATASET, split="train")
+        test = s.items(DATASET, split="test")
+    if not cached:
+        t0 = time.perf_counter()
+        train_student(ws, DATASET, kind="image-cnn", labels={it.id: it.gold_label for it in train}, epochs=epochs,
+                      progress=False, version=VERSION, role="reference", val_labels="gold")
+        secs = time.perf_counter() - t0
+        calibrate(ws, DATASET, VERSION, max_teacher_fraction=0.1, reference="gold")
+        log(f"trained {VERSION} on {len(train)} gold labels in {secs:.1f} s (load {loadavg()})")
+    return secs, [(ws.root / it.blob_path).read_bytes() for it in test]
+
+
+# -- the server ------------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``flywheel serve`` in its own process on loopback."""
+
+    def __init__(self, root: Path, *extra: str) -> None:
+        self.port = free_port()
+        exe = Path(sys.executable).with_name("flywheel")
+        cmd = [str(exe), "-w", str(root), "serve", DATASET, "--version", VERSION, "--port", str(self.port), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"flywheel serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("flywheel serve did not start in 120 s") from None
+                time.sleep(0.1)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> float:
+        """SIGTERM; returns the seconds it took to exit (bounded shutdown)."""
+        t0 = time.perf_counter()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return time.perf_counter() - t0
+
+
+# -- a lean keep-alive client -------------------------------------------------------------------------------------
+
+
+def request_bytes(path: str, body: bytes, ctype: str | None, method: str = "POST") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+    if ctype:
+        head += f"Content-Type: {ctype}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> tuple[int, bytes]:
+    writer.write(raw)
+    await writer.drain()
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("server closed the connection")
+    status = int(status_line.split()[1])
+    length, close = 0, False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        if k.lower() == "content-length":
+            length = int(v)
+        elif k.lower() == "connection" and "close" in v.lower():
+            close = True
+    body = await reader.readexactly(length) if length else b""
+    if close:
+        raise ConnectionResetError("connection: close")
+    return status, body
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    n: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+
+    def q(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000 if xs else float("nan")
+
+    def line(self) -> str:
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        return (f"c={self.concurrency:>2}  {self.n / self.seconds:7.1f} req/s  p50 {self.q(0.50):6.1f} ms  "
+                f"p95 {self.q(0.95):6.1f} ms  p99 {self.q(0.99):6.1f} ms  ({self.n} requests; {codes})")
+
+
+async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype: str, parse: bool) -> LoadResult:
+    res = LoadResult(concurrency, n, 0.0)
+    counter = iter(range(n))
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in counter:
+                raw = request_bytes("/v1/predict", bodies[i % len(bodies)], ctype)
+                t0 = time.perf_counter()
+                try:
+                    status, body = await _one(reader, writer, raw)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    status, body = 0, b""
+                res.latencies.append(time.perf_counter() - t0)
+                res.statuses[status] = res.statuses.get(status, 0) + 1
+                if parse and status == 200:
+                    src = json.loads(body)["source"]
+                    res.sources[src] = res.sources.get(src, 0) + 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def load(port: int, bodies: list[bytes], n: int, concurrency: int, *, ctype: str = "image/png",
+         parse: bool = False) -> LoadResult:
+    return asyncio.run(_load(port, bodies, n, concurrency, ctype, parse))
+
+
+# -- bad inputs ------------------------------------------------------------------------------------------------------
+
+
+def png_of(mode: str, side: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bad_inputs(good: bytes) -> list[tuple[str, bytes, str | None]]:
+    deep = b'{"image_base64": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    return [
+        ("deep JSON (1,000 levels)", deep, "application/json"),
+        ("deep JSON (100,000 levels)", b"[" * 100_000 + b"]" * 100_000, "application/json"),
+        ("pixel bomb over the limit (8000x8000, 1-bit)", png_of("1", 8000), "image/png"),
+        ("garbage bytes", os.urandom(2000), "image/png"),
+        ("truncated PNG", good[:60], "image/png"),
+        ("oversize body (9 MB)", b"\0" * (9 * 1024 * 1024), "image/png"),
+        ("text/plain to an image model", b"a shirt", "text/plain"),
+        ("application/xml", b"<xml/>", "application/xml"),
+        ("no Content-Type, not JSON", b"hello", None),
+        ('JSON {"text": ...} to an image model', b'{"text": "a shirt"}', "application/json"),
+        ("JSON with bad base64", b'{"image_base64": "%%%"}', "application/json"),
+        ("JSON array", b"[1, 2]", "application/json"),
+        ("empty body", b"", "image/png"),
+        ("multipart without a file field", b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
+         "multipart/form-data; boundary=b"),
+    ]
+
+
+def send(port: int, body: bytes, ctype: str | None, path: str = "/v1/predict", method: str = "POST"
+         ) -> tuple[int, float]:
+    async def go() -> tuple[int, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        t0 = time.perf_counter()
+        try:
+            status, _ = await _one(reader, writer, request_bytes(path, body, ctype, method))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            status = 0
+        finally:
+            writer.close()
+        return status, time.perf_counter() - t0
+    return asyncio.run(go())
+
+
+def bad_input_phase(port: int, good: bytes) -> None:
+    print("\nbad inputs (status per input; every one should be a 4xx):")
+    counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0}
+    for name, body, ctype in bad_inputs(good):
+        status, secs = send(port, body, ctype)
+        key = f"{status // 100}xx" if status // 100 in (2, 4, 5) else "other"
+        counts[key] += 1
+        print(f"  {status}  {secs * 1000:8.1f} ms  {name}")
+    print(f"  totals: {counts}")
+    bomb = png_of("RGBA", 6300)  # 39.7 M pixels: under the 40 M limit, ~0.2 MB, hundreds of MB decoded
+    print(f"\nfour {len(bomb):,}-byte 6300x6300 RGBA PNGs (under the pixel limit) in flight; meanwhile:")
+    results: list[tuple[int, float]] = []
+    threads = [threading.Thread(target=lambda: results.append(send(port, bomb, "image/png"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    health = [send(port, b"", None, "/healthz", "GET") for _ in range(20)]
+    small = [send(port, good, "image/png") for _ in range(20)]
+    for t in threads:
+        t.join()
+    hl = sorted(s for _, s in health)
+    sl = sorted(s for _, s in small)
+    print(f"  /healthz: {sum(c == 200 for c, _ in health)}/20 ok, max {hl[-1] * 1000:.1f} ms; small predict: "
+          f"{sum(c == 200 for c, _ in small)}/20 ok, max {sl[-1] * 1000:.1f} ms")
+    print(f"  the four bombs: statuses {sorted(c for c, _ in results)}, "
+          f"{', '.join(f'{s:.2f}' for _, s in sorted(results, key=lambda r: r[1]))} s")
+
+
+# -- teacher down ----------------------------------------------------------------------------------------------------
+
+
+class FrozenTeacher:
+    """Accepts connections on loopback and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(512)
+        self.conns: list[socket.socket] = []
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def teacher_down_phase(root: Path, bodies: list[bytes], n: int, deadline: float) -> None:
+    print(f"\nteacher down, every request deferred (threshold 1.01), deadline {deadline:g} s, concurrency 8, {n} "
+          "requests:")
+    frozen = FrozenTeacher()
+    for name, url in (("refusing connections", f"http://127.0.0.1:{free_port()}/v1"),
+                      ("frozen (accepts, never answers)", f"http://127.0.0.1:{frozen.port}/v1")):
+        srv = Server(root, "--teacher", f"{url}|down-model", "--api-key-env", "", "--threshold", "1.01",
+                     "--deadline", str(deadline), "--log-sample-rate", "0")
+        try:
+            r = load(srv.port, bodies, n, 8, parse=True)
+            stop_s = srv.stop()
+        except BaseException:
+            srv.stop()
+            raise
+        ok = r.q(0.99) <= deadline * 1000 + 100
+        print(f"  {name}: {r.line()}\n    sources {r.sources}; p99 {r.q(0.99):.0f} ms vs deadline + 100 ms = "
+              f"{deadline * 1000 + 100:.0f} ms -> {'MET' if ok else 'MISSED'}; SIGTERM to exit {stop_s:.2f} s")
+    frozen.close()
+
+
+# -- main ------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workspace", type=Path, default=Path("/tmp/bench-serve-ws"))
+    ap.add_argument("--limit", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=3000, help="requests per concurrency level")
+    ap.add_argument("--rss-requests", type=int, default=20_000)
+    ap.add_argument("--deadline", type=float, default=1.0)
+    ap.add_argument("--down-requests", type=int, default=400)
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args()
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {loadavg()} (1/5/15 min)")
+    train_s, pngs = prepare_model(a.workspace, a.limit, a.epochs)
+    print(f"model: {VERSION} (image-cnn, ONNX Runtime), " + (f"trained in {train_s:.1f} s" if train_s else "cached")
+          + f"; {len(pngs)} distinct test PNGs of ~{statistics.mean(len(p) for p in pngs):.0f} bytes")
+    srv = Server(a.workspace, "--workers", str(a.workers))
+    try:
+        load(srv.port, pngs, 300, 8)  # warm-up
+        print(f"\nload: closed loop, keep-alive, one process (--workers {a.workers}), load average {loadavg()}")
+        for c in (1, 8, 32):
+            r = load(srv.port, pngs, a.requests, c, parse=True)
+            print(f"  {r.line()}  sources {r.sources}")
+        rss0 = srv.rss_mb()
+        r = load(srv.port, pngs, a.rss_requests, 8)
+        rss1 = srv.rss_mb()
+        print(f"\nmemory: RSS {rss0:.1f} MB -> {rss1:.1f} MB over {a.rss_requests:,} requests "
+              f"(+{rss1 - rss0:.1f} MB); that run: {r.line()}")
+        bad_input_phase(srv.port, pngs[0])
+        print(f"  load average {loadavg()}")
+    finally:
+        stop_s = srv.stop()
+    print(f"  SIGTERM to exit: {stop_s:.2f} s")
+    teacher_down_phase(a.workspace, pngs, a.down_requests, a.deadline)
+    print(f"\nload average at the end {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
