@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
-from llm_flywheel.core.stats import pct, wilson_interval
+from llm_flywheel.core.stats import accuracy_ci, pct
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
@@ -285,7 +285,6 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
     if all(g is not None for g in gold):
         for name, preds in (("student accuracy (gold)", [a.student_label for a in answers]),
                             ("cascade accuracy (gold)", [a.label for a in answers])):
-            k = sum(p == g for p, g in zip(preds, gold))
-            lo, hi = wilson_interval(k, len(gold))
-            t.add_row(name, f"{pct(k / len(gold))}  (95 % CI {pct(lo)} – {pct(hi)})")
+            acc, lo, hi = accuracy_ci([p == g for p, g in zip(preds, gold)])
+            t.add_row(name, f"{pct(acc)}  (95 % CI {pct(lo)} – {pct(hi)})")
     console.print(t)
