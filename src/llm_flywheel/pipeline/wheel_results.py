@@ -63,6 +63,9 @@ class CalibResult(StageResult):
     calib_note: str | None = None
     student_agreement_calib: float | None = None
     calib_teacher_fraction: float | None = None
+    calib_goal: str | None = None  # e.g. "budget", "parity+budget"
+    calib_teacher_accuracy: float | None = None  # parity: the teacher's single call on calib (vs the reference)
+    calib_cascade_accuracy: float | None = None  # parity: the cascade's on calib at the chosen threshold
 
 
 @dataclass

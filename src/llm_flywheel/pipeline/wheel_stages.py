@@ -212,33 +212,22 @@ def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors:
 # -- 3. calibrate ---------------------------------------------------------------------------------------------
 
 
-def _get(obj: Any, *names: str) -> Any:
-    """A field of the calibration result, whether it is a dict (today) or a typed object."""
-    for n in names:
-        if isinstance(obj, dict) and n in obj:
-            return obj[n]
-        if hasattr(obj, n):
-            return getattr(obj, n)
-        if isinstance(obj, dict) and isinstance(obj.get("choice"), dict) and n in obj["choice"]:
-            return obj["choice"][n]
-    return None
-
-
 def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
     """Temperature and threshold of ``version`` on the calib split for the run's cascade goal."""
     from llm_flywheel.pipeline.calibration import calibrate
 
     cfg = ctx.cfg
     try:
-        parity = {"teacher_parity": True} if cfg.teacher_parity else {}  # only passed when asked for
         cal = calibrate(ctx.ws, ctx.dataset, version, target_accuracy=cfg.target_accuracy,
-                        max_teacher_fraction=cfg.max_teacher_fraction, delta=cfg.delta, **parity)
+                        max_teacher_fraction=cfg.max_teacher_fraction, teacher_parity=cfg.teacher_parity,
+                        delta=cfg.delta)
     except ValueError as e:  # e.g. no calib item has a teacher label
         raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
-    return CalibResult(threshold=_get(cal, "threshold"), temperature=_get(cal, "temperature", "T"),
-                       calib_feasible=_get(cal, "feasible"), calib_note=_get(cal, "note"),
-                       student_agreement_calib=_get(cal, "student_accuracy_calib"),
-                       calib_teacher_fraction=_get(cal, "teacher_fraction"))
+    choice = cal.choice
+    return CalibResult(threshold=cal.threshold, temperature=cal.temperature, calib_feasible=cal.feasible,
+                       calib_note=choice.note, student_agreement_calib=cal.student_accuracy_calib,
+                       calib_teacher_fraction=choice.teacher_fraction, calib_goal=choice.goal,
+                       calib_teacher_accuracy=choice.teacher_accuracy, calib_cascade_accuracy=choice.cascade_accuracy)
 
 
 def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None:
