@@ -16,6 +16,12 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register
+from llm_flywheel.data.cifar5 import cifar5_source
+from llm_flywheel.data.fashion_mnist import fashion_mnist_source
+from llm_flywheel.data.image_folder import image_folder_source
+from llm_flywheel.data.spam_assassin import spam_assassin_source
+from llm_flywheel.data.tabular import tabular_source
+from llm_flywheel.data.text import text_source
 
 ADAPTERS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)",
@@ -44,35 +50,23 @@ class DatasetError(ValueError):
 def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator[Record], int, dict[str, Any]]:
     meta: dict[str, Any] = {}
     if name == "fashion-mnist":
-        from llm_flywheel.data.fashion_mnist import fashion_mnist_source
-
         task, recs, total = fashion_mnist_source(o.get("path"), limit=o.get("limit"))
     elif name == "cifar5":
-        from llm_flywheel.data.cifar5 import cifar5_source
-
         task, recs, total = cifar5_source(o.get("path"), download_root=ws.root / "downloads", limit=o.get("limit"))
     elif name == "spam-assassin":
-        from llm_flywheel.data.spam_assassin import spam_assassin_source
-
         task, recs, total = spam_assassin_source(o.get("path"), limit=o.get("limit"))
     else:
         if not o.get("path"):
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
         common = {"task": o.get("task"), "name": o.get("as_name")}
         if name == "image-folder":
-            from llm_flywheel.data.image_folder import image_folder_source
-
             task, recs, total = image_folder_source(o["path"], **common)
         elif name == "text":
-            from llm_flywheel.data.text import text_source
-
             task, recs, total = text_source(
                 o["path"], text_column=o.get("text_column") or "text", label_column=o.get("label_column"),
                 split_column=o.get("split_column"), **common,
             )
         else:
-            from llm_flywheel.data.tabular import tabular_source
-
             task, recs, total, feats, notes = tabular_source(
                 o["path"], features=o.get("features"), label_column=o.get("label_column"),
                 split_column=o.get("split_column"), **common,

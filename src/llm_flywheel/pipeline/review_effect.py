@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from llm_flywheel.pipeline.evaluation import accuracy_ci, paired_diff_ci
+from llm_flywheel.pipeline.training import train_student
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import predict_in_batches
 
 EFFECT_REPORT = "human_review_effect"
 
@@ -53,10 +56,6 @@ def measure_human_label_effect(ws: Workspace, dataset: str, *, kind: str | None 
     human labels changed.  Items only a human labelled (the teacher's passes disagreed) are left out of the "without"
     run, as the wheel would have left them out.  The result is stored (report ``human_review_effect``) for the report.
     """
-    from llm_flywheel.pipeline.evaluation import accuracy_ci, paired_diff_ci
-    from llm_flywheel.students.base import predict_in_batches
-    from llm_flywheel.pipeline.training import train_student
-
     with ws.store(readonly=True) as store:
         with_h = store.effective_labels(dataset, split=list(splits))
         humans = {i: lab for i, lab in store.human_labels(dataset).items() if i in with_h}

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.training import QUALITY_FLOOR, latest_version, load_student
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import StudentError, predict_in_batches
 
 
 class ReviewImportError(ValueError):
@@ -98,8 +100,6 @@ def review_queue(ws: Workspace, dataset: str, *, low_confidence_below: float | N
     ``student``: a model with ``predict_proba``; by default the dataset's latest promoted model, if any (its
     probabilities on items it trained on are optimistic, so it mostly breaks ties between equally weak labels).
     """
-    from llm_flywheel.pipeline.training import QUALITY_FLOOR
-
     store = ws.store(readonly=True)
     try:
         task = Task.from_json(store.dataset_task_json(dataset))
@@ -113,8 +113,6 @@ def review_queue(ws: Workspace, dataset: str, *, low_confidence_below: float | N
         student = _latest_student(ws, dataset)
     probs = None
     if student is not None:
-        from llm_flywheel.students.base import predict_in_batches
-
         p = predict_in_batches(student, [items[r["id"]] for r in rows])
         order = [list(student.labels).index(lab) for lab in task.labels]
         probs = p[:, order]
@@ -136,8 +134,6 @@ def review_queue(ws: Workspace, dataset: str, *, low_confidence_below: float | N
 
 
 def _latest_student(ws: Workspace, dataset: str) -> Any | None:
-    from llm_flywheel.pipeline.training import load_student
-
     version = student_version(ws, dataset)
     if version is None:
         return None
@@ -148,9 +144,6 @@ def _latest_student(ws: Workspace, dataset: str) -> Any | None:
 
 def student_version(ws: Workspace, dataset: str) -> str | None:
     """The dataset's current model version, None before the first training."""
-    from llm_flywheel.students.base import StudentError
-    from llm_flywheel.pipeline.training import latest_version
-
     store = ws.store(readonly=True)
     try:
         return latest_version(store, dataset)
