@@ -171,7 +171,12 @@ def cut_off(content: str, **kw: Any) -> Action:
 
 
 class FaultServer:
-    def __init__(self, script: list[Action] | None = None, default: Action | None = None) -> None:
+    def __init__(self, script: list[Action] | None = None, default: Action | None = None, *,
+                 props: dict | None = None) -> None:
+        """``props``: what ``GET /props`` answers (llama.cpp's server describes its slots and context there);
+        ``None``: 404, like servers that have no such route.  GET paths are recorded in ``gets``."""
+        self.props = props
+        self.gets: list[str] = []
         self.script: deque[Action] = deque(script or [])
         self.default = default or ok()
         self.requests: list[dict[str, Any]] = []
@@ -197,6 +202,11 @@ class FaultServer:
                 action(self, body)
 
             def do_GET(self) -> None:
+                with outer.lock:
+                    outer.gets.append(self.path)
+                if self.path == "/props":
+                    _send(self, *((200, outer.props) if outer.props is not None else (404, {"error": "not found"})))
+                    return
                 _send(self, 200, {"object": "list", "data": [{"id": "fault-model"}]})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -125,7 +125,7 @@ def test_label_recovered_from_a_cut_off_reply():
 
 def test_cut_inside_the_label_is_re_asked_with_more_room_and_no_reason():
     with FaultServer([cut_off('{"label": "sp')], default=ok('{"label": "ham", "confidence": 0.7}')) as srv:
-        t = _teacher(srv.url, max_tokens=300)
+        t = _teacher(srv.url, max_tokens=300, reason=True)  # a loopback server is asked for no reason by default
         ans = _ask(t)
     assert ans.ok and ans.label == "ham" and len(srv.requests) == 2
     first, second = srv.requests[0]["body"], srv.requests[1]["body"]
@@ -160,7 +160,7 @@ def test_max_length_refused_keeps_json_schema_without_it():
         else:
             ok('{"label": "spam", "confidence": 0.6, "reason": "r"}')(h, body)
     with FaultServer(default=act) as srv:
-        t = _teacher(srv.url)
+        t = _teacher(srv.url, reason=True)
         assert _ask(t).ok and _ask(t).ok
     assert t.response_format == "json_schema" and not t.schema_max_length and len(srv.requests) == 3
 

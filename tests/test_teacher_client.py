@@ -223,7 +223,13 @@ def test_prompt_version_changes_with_the_prompt(synth_task):
     a = OpenAICompatTeacher("http://127.0.0.1:1/v1", "m", task=synth_task, api_key_env=None)
     b = OpenAICompatTeacher("http://127.0.0.1:1/v1", "m", task=replace(synth_task, instructions="Other words."), api_key_env=None)
     assert a.prompt_version != b.prompt_version
-    assert a.prompt_version == OpenAICompatTeacher("http://x/v1", "m2", task=synth_task).prompt_version
+    assert a.prompt_version == OpenAICompatTeacher("http://10.0.0.9/v1", "m2", task=synth_task).prompt_version
+    # a local server is asked for the label only (no reason): another prompt, so another cache key; a remote API
+    # and a local teacher told to ask for reasons share theirs
+    remote = OpenAICompatTeacher("http://x/v1", "m2", task=synth_task)
+    assert remote.reason and not a.reason and remote.prompt_version != a.prompt_version
+    assert remote.prompt_version == OpenAICompatTeacher("http://127.0.0.1:1/v1", "m", task=synth_task, reason=True,
+                                                        api_key_env=None).prompt_version
 
 
 def test_alabel_raw_for_inputs_outside_the_store(synth_task):

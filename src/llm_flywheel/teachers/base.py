@@ -146,7 +146,8 @@ class Teacher(Protocol):
 
     def check_ready(self) -> None:
         """Raise ``TeacherConfigError`` (naming the fix) before any call when the teacher cannot work, e.g. a
-        missing API key.  Does no network I/O."""
+        missing API key.  A local server may be asked for its limits here (:meth:`server_info`), so a run can
+        start at its slot count."""
         ...
 
     def server_info(self) -> ServerInfo:

@@ -8,7 +8,8 @@ that gives the most answers per second and stays there, always within the user's
 How (throughput hill-climbing with AIMD back-off, evaluated in windows of completed calls):
 
 * **start** low for a local server (loopback / private address: 2) and moderately for a remote API (8);
-  a level learned earlier in this process for the same endpoint and model is the start when there is one;
+  at the server's own parallel slot count when it publishes one (llama.cpp's ``/props``: more only queue, fewer
+  leave slots idle); a level learned earlier in this process for the same endpoint and model wins over both;
 * **measure** each level by Little's law: goodput = mean requests in flight x success share / mean latency, over a
   window of calls that *started* at that level (so a level is never credited with its predecessor's calls);
 * **grow** (doubling until the first loss, then +25 %) only while goodput grows by more than ``gain``; a level
@@ -40,6 +41,8 @@ OVERLOAD_KINDS = frozenset({"http_429", "http_5xx", "timeout", "context_exceeded
 # level learned per (base_url, model) in this process: the cascade labels small batches many times, and each
 # batch should not re-learn what the previous one found
 _LEARNED: dict[tuple[str, str], int] = {}
+# parallel slots a server said it has (teacher.server_info()), per base_url
+_SLOTS: dict[str, int] = {}
 
 
 def is_local_url(base_url: str) -> bool:
@@ -54,13 +57,17 @@ def is_local_url(base_url: str) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
-def start_level(base_url: str, model: str, cap: int, *, local: bool | None = None) -> int:
-    """Where the search starts: what was learned for this endpoint in this process, else low local / moderate remote.
-    ``local`` is the teacher's own judgement (``OpenAICompatTeacher.local``: the simulated teacher listens on
-    loopback but stands in for a remote API); ``None`` judges from the URL."""
+def start_level(base_url: str, model: str, cap: int, *, local: bool | None = None, slots: int | None = None) -> int:
+    """Where the search starts: what was learned for this endpoint in this process, else the server's slot count
+    (``slots``, or what :func:`note_server_slots` recorded), else low local / moderate remote.  ``local`` is the
+    teacher's own judgement (``OpenAICompatTeacher.local``: the simulated teacher listens on loopback but stands in
+    for a remote API); ``None`` judges from the URL."""
     learned = _LEARNED.get((base_url, model))
     if learned:
         return max(1, min(cap, learned))
+    slots = slots or _SLOTS.get(base_url)
+    if slots:
+        return max(1, min(cap, slots))
     local = is_local_url(base_url) if local is None else local
     return max(1, min(cap, LOCAL_START if local else REMOTE_START))
 
@@ -69,9 +76,16 @@ def remember_level(base_url: str, model: str, level: int) -> None:
     _LEARNED[(base_url, model)] = max(1, int(level))
 
 
+def note_server_slots(base_url: str, slots: int | None) -> None:
+    """Record how many requests a server runs in parallel (from its own ``/props``), for :func:`start_level`."""
+    if slots:
+        _SLOTS[base_url] = int(slots)
+
+
 def forget_levels() -> None:
-    """Forget every learned level (tests and benchmarks that compare cold starts)."""
+    """Forget every learned level and slot count (tests and benchmarks that compare cold starts)."""
     _LEARNED.clear()
+    _SLOTS.clear()
 
 
 def is_overload(error_kind: str | None, retries: int = 0) -> bool:

@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import re
+import threading
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,11 +44,12 @@ from typing import Any
 import httpx
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.data.base import encode_png, sha256
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.asking import CONNECT_TIMEOUT, QUICK_RETRY_DELAY, Asking, Call
 from llm_flywheel.teachers.base import CallEstimate, ServerInfo, TeacherAnswer
-from llm_flywheel.teachers.concurrency import RateLimiter, is_local_url
+from llm_flywheel.teachers.concurrency import RateLimiter, is_local_url, note_server_slots
 from llm_flywheel.teachers.errors import (FATAL_STATUSES, RETRYABLE_KINDS, TeacherConfigError, classify_transport_error,
                                           fatal_fix, is_context_exceeded, redact, refused_response_format)
 from llm_flywheel.teachers.negotiation import PROBE_GIVE_UP, CapabilityCache, Negotiation, StoreCapabilityCache
@@ -59,6 +60,7 @@ from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REA
                                            response_format, response_schema, system_prompt)
 from llm_flywheel.teachers.server import read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
+from llm_flywheel.teachers.timeouts import DEFAULT_TIMEOUT_CAP, TIMEOUT_FIRST, TIMEOUT_FLOOR, Timeouts
 
 __all__ = [  # the names callers imported from here before the split keep working
     "CONNECT_TIMEOUT", "FATAL_STATUSES", "NO_REASON_NOTE", "PROBE_GIVE_UP", "QUICK_RETRY_DELAY", "REASON_MAX_CHARS",
@@ -73,13 +75,11 @@ log = logging.getLogger(__name__)
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_API_KEY_ENV = "OPENROUTER_API_KEY"
-DEFAULT_TIMEOUT_CAP = 300.0  # s: the longest any one request may take when the caller gives no timeout
-TIMEOUT_FLOOR = 30.0  # s: the adaptive timeout never goes below this (nor above the cap)
-TIMEOUT_P95_MULTIPLE = 4.0
-TIMEOUT_FIRST = 120.0  # s: before any latency is measured
+CHARS_PER_TOKEN = 3  # conservative (English prose is ~4; mail headers, URLs and code are denser)
+CONTEXT_MARGIN_TOKENS = 64  # the chat template's own tokens and estimation error
 
 
-class OpenAICompatTeacher(Negotiation, Asking):
+class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
     """Implements the Teacher protocol against an OpenAI-compatible chat-completions endpoint.
 
     ``response_format``: ``"auto"`` (default) negotiates from ``json_schema`` down, starting from what the
@@ -113,6 +113,7 @@ class OpenAICompatTeacher(Negotiation, Asking):
         rpm: float | None = None,
         capability_cache: CapabilityCache | bool | None = None,
         local: bool | None = None,
+        reason: bool | None = None,
     ) -> None:
         if not re.match(r"^https?://", base_url or ""):
             raise TeacherConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -128,6 +129,9 @@ class OpenAICompatTeacher(Negotiation, Asking):
         # on the user's own hardware (None: judged from the URL): no task token prices, priced by latency. The
         # simulated teacher listens on loopback but stands in for a paid API, so it keeps the task's prices.
         self.local = (is_local_url(self.base_url) and not self.is_simulated) if local is None else bool(local)
+        # ask for a short reason with each label (None: yes for a remote API, no on the user's own hardware, where
+        # decoding those tokens is most of a call's time; see prompts.LABEL_ONLY_WORDINGS)
+        self.reason = (not self.local) if reason is None else bool(reason)
         self.api_key_env = api_key_env
         self.task = task
         self._explicit_pv = prompt_version
@@ -152,20 +156,21 @@ class OpenAICompatTeacher(Negotiation, Asking):
         self.timeout_floor = TIMEOUT_FLOOR
         self.timeout_first = TIMEOUT_FIRST
         self._server_info: ServerInfo | None = None
+        self._info_lock = threading.Lock()
 
     # -- identity ------------------------------------------------------------------------------------------
     @property
     def prompt_version(self) -> str:
         if self.task is not None:
             return self.prompt_version_for(self.task)
-        return self._explicit_pv or compute_prompt_version(None)
+        return self._explicit_pv or compute_prompt_version(None, reason=self.reason)
 
     def prompt_version_for(self, task: Task) -> str:
         if self._explicit_pv:
             return self._explicit_pv
         hit = self._pv_cache.get(id(task))
         if hit is None or hit[0] is not task:  # keyed by identity; the task object is kept alive with it
-            hit = self._pv_cache[id(task)] = (task, compute_prompt_version(task))
+            hit = self._pv_cache[id(task)] = (task, compute_prompt_version(task, reason=self.reason))
         return hit[1]
 
     @property
@@ -188,12 +193,15 @@ class OpenAICompatTeacher(Negotiation, Asking):
         return os.environ.get(self.api_key_env) or None
 
     def check_ready(self) -> None:
-        """Raise a clear error before any call when a required API key is missing."""
+        """Raise a clear error before any call when a required API key is missing.  A local server is also asked
+        for its limits here (one GET to ``/props``, milliseconds), so the run starts at its slot count."""
         if self.api_key_env and not self._api_key():
             raise TeacherConfigError(
                 f"environment variable {self.api_key_env} is not set; export your API key there "
                 f"(or choose another variable with --api-key-env)"
             )
+        if self.local:
+            self.server_info()
 
     def _headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json"}
@@ -217,42 +225,12 @@ class OpenAICompatTeacher(Negotiation, Asking):
     def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> CallEstimate:
         """Rough (tokens_in, tokens_out, usd) for one call before any is made: ~4 chars/token for text and a
         Gemini-style 258 tokens per small image."""
-        prompt_chars = len(system_prompt(task, 1)) + 40
+        prompt_chars = len(system_prompt(task, 1, reason=self.reason)) + 40
         tin = prompt_chars // 4 + ((258 + 8) if (modality or task.modality) == "image" else text_len // 4 + 8)
         tout = 40
         pin, pout = self.price_per_mtok(task)
         usd = None if pin is None or pout is None else (tin * pin + tout * pout) / 1e6
         return CallEstimate(tin, tout, usd)
-
-    # -- timeouts ---------------------------------------------------------------------------------------------
-    def latency_p95(self) -> float | None:
-        """95th percentile of recent successful request latencies (s), or None before 5 are measured."""
-        lat = sorted(self.latencies)
-        if len(lat) < 5:
-            return None
-        return lat[min(len(lat) - 1, int(math.ceil(0.95 * len(lat))) - 1)]
-
-    def current_timeout(self, boost: int = 0, size: int | None = None) -> float:
-        """Seconds to wait for one response.
-
-        A fixed 60 s is both too long for a fast API (a hung request holds a worker for a minute) and too short
-        for a loaded local CPU server (answers that would arrive at 90 s get cancelled, and the server's work
-        is thrown away).  So the wait follows the server: ``max(timeout_floor, 4 x p95)`` of the last 256
-        successful requests (``timeout_floor`` = :data:`TIMEOUT_FLOOR`, 30 s), ``timeout_first`` (120 s) before 5
-        are measured; times ``size / median size`` of those requests when this one is larger (a local server's
-        prompt processing grows with the input: a long email must not be cut off at a short one's budget);
-        doubled for each timeout this call already had (``boost``); and never above ``self.timeout`` -- the
-        caller's cap (:data:`DEFAULT_TIMEOUT_CAP`, 300 s, when none was given).  Latency under load grows, so
-        the wait grows with it instead of cancelling work the server has half done.
-        """
-        p95 = self.latency_p95()
-        base = self.timeout_first if p95 is None else max(self.timeout_floor, TIMEOUT_P95_MULTIPLE * p95)
-        if p95 is not None and size and self.sizes:
-            sizes = sorted(self.sizes)
-            median = sizes[len(sizes) // 2]
-            if median > 0 and size > median:
-                base *= size / median
-        return min(self.timeout, base * (2 ** boost))
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _matcher(self, task: Task) -> LabelMatcher:
@@ -267,7 +245,7 @@ class OpenAICompatTeacher(Negotiation, Asking):
         v = pass_variant(pass_index)
         mode = self.response_format if mode is None else mode
         logprobs = self.logprobs if logprobs is None else logprobs
-        system = system_prompt(task, pass_index) + (NO_REASON_NOTE if no_reason else "")
+        system = system_prompt(task, pass_index, reason=self.reason) + (NO_REASON_NOTE if no_reason else "")
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -277,13 +255,16 @@ class OpenAICompatTeacher(Negotiation, Asking):
             "temperature": v["temperature"],
             "max_tokens": max_tokens or self.max_tokens,
         }
-        fmt = response_format(mode, response_schema(task, reason=not no_reason, max_length=self.schema_max_length))
+        schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length)
+        fmt = response_format(mode, schema)
         if fmt is not None:
             body["response_format"] = fmt
         if logprobs:
             body["logprobs"] = True
         if "openrouter.ai" in self.base_url:
             body["usage"] = {"include": True}  # OpenRouter returns the billed cost
+        if self._server_info is not None and self._server_info.source == "llama.cpp /props":
+            body["cache_prompt"] = True  # reuse the slot's KV cache for the static prefix (the system message)
         body.update(self.extra_body)
         return body
 
@@ -311,10 +292,28 @@ class OpenAICompatTeacher(Negotiation, Asking):
     def server_info(self) -> ServerInfo:
         """llama.cpp's ``/props`` (slots, context per slot) for a local server, asked once; ``ServerInfo()`` for a
         remote API (whose limits are its rate limits) or a server that does not say."""
-        if self._server_info is None:
-            info = read_server_info(self.base_url, self._headers()) if self.local else ServerInfo()
-            self._server_info = info
-        return self._server_info
+        with self._info_lock:
+            if self._server_info is None:
+                info = read_server_info(self.base_url, self._headers()) if self.local else ServerInfo()
+                note_server_slots(self.base_url, info.slots)
+                self._server_info = info
+            return self._server_info
+
+    def fit_context(self, task: Task, content: Any) -> tuple[Any, str | None]:
+        """Cut an item's text to what fits one slot of a server that said its context size (``n_ctx``), so a long
+        email is answered from its first part instead of refused; ``(content, note)`` with the note recorded on
+        the answer as ``input_truncated``.  Budget: the slot's context less the instructions, the reply's
+        ``max_tokens`` and a margin, at a conservative 3 characters per token."""
+        info = self._server_info
+        if info is None or not info.n_ctx or not isinstance(content, str):
+            return content, None
+        system_tokens = len(system_prompt(task, 1, reason=self.reason)) // 3 + 1
+        budget = (info.n_ctx - system_tokens - self.max_tokens - CONTEXT_MARGIN_TOKENS) * CHARS_PER_TOKEN
+        if budget <= 0 or len(content) <= budget:
+            return content, None
+        cut = content[:budget] + " …[truncated]"
+        return cut, (f"input_truncated: the item text was cut from {len(content)} to {len(cut)} characters to fit "
+                     f"the server's context ({info.n_ctx} tokens per slot)")
 
     def label(self, items: Sequence[Item], task: Task, *, pass_index: int = 0,
               ws: Workspace | None = None, concurrency: int = 8) -> list[TeacherAnswer]:
@@ -352,12 +351,17 @@ class OpenAICompatTeacher(Negotiation, Asking):
         except (OSError, TeacherConfigError) as e:
             return self._answer(item.id, item.content_hash, task, pass_index, ok=False, error_kind="refused",
                                 error_detail=f"cannot read item: {type(e).__name__}: {e}")
-        return await self._ask(Call(item.id, item.content_hash, task, content, pass_index, limiter), client)
+        if self.local and self._server_info is None:
+            await asyncio.to_thread(self.server_info)
+        content, note = self.fit_context(task, content)
+        call = Call(item.id, item.content_hash, task, content, pass_index, limiter)
+        if note:
+            call.notes.append(note)
+            call.shortened_from = len(item.text or "")
+        return await self._ask(call, client)
 
     async def _label_raw(self, content: Any, task: Task, pass_index: int, client: httpx.AsyncClient | None,
                          limiter: RateLimiter) -> TeacherAnswer:
-        from llm_flywheel.data.base import encode_png, sha256  # data imports teachers' siblings; only needed here
-
         self._attach_cache(None)
         if isinstance(content, str):
             h, payload = sha256(content.encode("utf-8")), content
