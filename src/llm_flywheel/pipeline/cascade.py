@@ -113,7 +113,7 @@ class Cascade:
                                f"{list(self.task.labels)}")
         self._store: Store | None = None
         self._store_lock = threading.Lock()
-        self._raw = RawTeacherCalls(teacher, self.task, self._db if ws is not None else None, self.breaker)
+        self._raw = RawTeacherCalls(teacher, self.task, ws, self._db if ws is not None else None, self.breaker)
 
     @classmethod
     def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Teacher | None = None,

@@ -22,7 +22,8 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.base import Store
-from llm_flywheel.teachers.base import Teacher, TeacherAnswer
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession
 
 logger = logging.getLogger(__name__)
 RAW_CACHE_SIZE = 10_000
@@ -97,10 +98,11 @@ class RawTeacherCalls:
     there first, so a second request with the same content never pays again, in this process or another.
     """
 
-    def __init__(self, teacher: Teacher | None, task: Task,
+    def __init__(self, teacher: Teacher | None, task: Task, ws: Workspace | None,
                  db: Callable[[], contextlib.AbstractContextManager[Store]] | None, breaker: TeacherBreaker) -> None:
-        self.teacher, self.task, self.db, self.breaker = teacher, task, db, breaker
-        self._client: Any = None
+        self.teacher, self.task, self.ws, self.db, self.breaker = teacher, task, ws, db, breaker
+        self._session: TeacherSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._cache: dict[str, Hit] = {}  # content hash -> final answer, bounded
         self._asking: dict[str, asyncio.Future[Hit]] = {}  # content hash -> the one call in flight for it
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
@@ -155,14 +157,19 @@ class RawTeacherCalls:
             self._remember(content_hash, hit)
         return hit
 
+    def _open_session(self) -> TeacherSession:
+        """The teacher session of the running event loop (its connections belong to that loop)."""
+        assert self.teacher is not None
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session_loop is not loop:
+            self._session, self._session_loop = self.teacher.session(self.task, ws=self.ws), loop
+        return self._session
+
     async def _call_teacher(self, content: Any) -> TeacherAnswer | None:
-        teacher: Any = self.teacher
         payload = "Features: " + json.dumps(content) if isinstance(content, list) else content  # tabular as text
         try:
-            if self._client is None:
-                self._client = teacher.make_client(64)
-            return await teacher.alabel_raw(payload, self.task, client=self._client)
-        except Exception as e:
+            return await self._open_session().alabel_raw(payload)
+        except Exception as e:  # the session never raises for provider trouble; anything else is a failure too
             logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
             return None
 
@@ -205,6 +212,6 @@ class RawTeacherCalls:
         """Cancel calls still running in the background and close the teacher's connections."""
         for t in list(self._running):
             t.cancel()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None and self._session_loop is asyncio.get_running_loop():
+            await self._session.aclose()
+        self._session = self._session_loop = None
