@@ -151,21 +151,27 @@ class BatchClient:
     def create(self, input_file_id: str, metadata: dict[str, str], completion_window: str = "24h") -> BatchStatus:
         resp = self._request("POST", "/batches", json={"input_file_id": input_file_id, "endpoint": ENDPOINT,
                                                        "completion_window": completion_window, "metadata": metadata})
-        return BatchStatus.from_json(resp.json())
+        return self._status(resp.json())
+
+    def _status(self, d: dict[str, Any]) -> BatchStatus:
+        """The status, with the provider's error texts redacted (they are recorded in the store)."""
+        st = BatchStatus.from_json(d)
+        st.errors = [redact(e, self._key()) for e in st.errors]
+        return st
 
     def get(self, batch_id: str) -> BatchStatus:
-        return BatchStatus.from_json(self._request("GET", f"/batches/{batch_id}").json())
+        return self._status(self._request("GET", f"/batches/{batch_id}").json())
 
     def find(self, key: str, value: str) -> BatchStatus | None:
         """The most recent batch whose metadata has ``key == value`` (a batch created just before a kill)."""
         data = self._request("GET", "/batches", params={"limit": 100}).json().get("data") or []
         for d in data:
             if isinstance(d, dict) and (d.get("metadata") or {}).get(key) == value:
-                return BatchStatus.from_json(d)
+                return self._status(d)
         return None
 
     def cancel(self, batch_id: str) -> BatchStatus:
-        return BatchStatus.from_json(self._request("POST", f"/batches/{batch_id}/cancel").json())
+        return self._status(self._request("POST", f"/batches/{batch_id}/cancel").json())
 
     def content(self, file_id: str) -> bytes:
         return self._request("GET", f"/files/{file_id}/content").content
