@@ -259,3 +259,29 @@ def test_cost_uses_the_last_rounds_own_deferral_never_an_earlier_models():
     assert extra["cost_na"]["breakeven_items"].startswith("never")
     none = cost_section(cfg, [{"round": 1, "teacher_fraction": None}], {"items_per_s": 2000.0}, stats)
     assert "cost" not in none and none["cost_na"]["cost"].startswith("n/a")
+
+
+def test_wheel_labels_through_the_batch_api_at_the_batch_price(wheel_ws):
+    """--batch: labelling goes through /v1/files + /v1/batches (the simulated teacher bills 50 %), the stream stays
+    online; the cost comparison prices 'teacher everywhere' at the online rate (live traffic is answered online)."""
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
+
+    ws = wheel_ws
+    cfg = WheelConfig(rounds=1, seed_labels=40, val_labels=30, calib_labels=60, passes=2, stream_per_round=100,
+                      test_limit=40, epochs=1, student_hparams={"width": 8}, audit_rate=0.05, gold_ceiling=False,
+                      batch=True, batch_poll_s=0.2, teacher_parity=True, max_teacher_fraction=0.5)
+    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, rate_429=0.0, batch_latency_s=0.3)) as url:
+        res = run_wheel(ws, "synth", teacher=_teacher(ws, url), config=cfg, progress=False)
+    r1 = res.rounds[0]
+    label, online = r1["spend"]["label"], r1["spend"].get("audit", {"calls": 0})
+    assert label["calls"] > 0 and r1["labels_total"] > 0 and r1["calib_goal"].startswith("parity")
+    with ws.store() as s:
+        batch_lines = s.query("SELECT COUNT(*) AS n FROM teacher_batch_lines WHERE answer_id IS NOT NULL")[0]["n"]
+        everywhere = s.teacher_cost_stats("synth", online_only=True)
+        blended = s.teacher_cost_stats("synth")
+    assert batch_lines >= label["calls"] - 5  # labelling went through batches (a few online re-asks at most)
+    if online["calls"] and everywhere["priced"]:
+        assert label["usd"] / label["calls"] < 0.75 * everywhere["mean_cost_per_call"]
+        assert everywhere["mean_cost_per_call"] > blended["mean_cost_per_call"]
+        assert "online" in res.extra["teacher_price_note"]

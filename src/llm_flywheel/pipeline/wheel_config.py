@@ -58,6 +58,8 @@ class WheelConfig:
     per_round_budget: int | None = None  # teacher calls on actively selected items per round >= 2 (None: auto_sizes)
     passes: int = 2  # teacher passes per labelled training item (consensus)
     adaptive_passes: bool = True  # later passes only where the first is unsure (False: every item asked `passes` times)
+    batch: bool = False  # label through the provider's Batch API at its batch price (stream deferrals stay online)
+    batch_poll_s: float = 30.0  # seconds between batch status polls
     policy: str = "margin"  # margin | entropy | qbc | random
     committee: int = 3  # model versions in the query-by-committee
     candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)

@@ -52,6 +52,11 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
         extra["throughput"] = measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
     with ctx.ws.store() as store:
         extra["teacher_cost"] = store.teacher_cost_stats(ctx.dataset, model=ctx.teacher.model)
+        if ctx.cfg.batch:  # live traffic is answered online: price "teacher everywhere" at the online rate
+            online = store.teacher_cost_stats(ctx.dataset, model=ctx.teacher.model, online_only=True)
+            if online["priced"]:
+                extra["teacher_cost_all"], extra["teacher_cost"] = extra["teacher_cost"], online
+                online["note"] = "online calls only (batch-priced labelling excluded: live traffic is answered online)"
     extra["sizes"] = sizes
     extra |= cost_section(ctx.cfg, rounds, extra.get("throughput"), extra["teacher_cost"])
     tq = extra["teacher_quality"] or {}
@@ -135,6 +140,8 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
     cost = costmod.compare(costmod.CostInputs(
         teacher_cost_per_call=price, student_items_per_s=throughput["items_per_s"], teacher_fraction=tf,
         labelling_spend_usd=spend, cpu_usd_per_hour=cfg.cpu_usd_per_hour))
+    if tstats.get("note"):
+        price_note = out["teacher_price_note"] = f"{price_note}; {tstats['note']}"
     cost["teacher_price_note"] = price_note
     cost["teacher_fraction_source"] = tf_note
     out["cost"] = cost

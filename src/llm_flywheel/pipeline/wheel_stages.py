@@ -149,11 +149,17 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
     if not ids:
         return None
     cfg = ctx.cfg
-    ctx.con.print(f"  labelling {len(ids):,} {what} items x {cfg.passes} pass(es) with [bold]{ctx.teacher.model}[/]")
+    ctx.con.print(f"  labelling {len(ids):,} {what} items x {cfg.passes} pass(es){' (adaptive)' if cfg.adaptive_passes else ''}"
+                  f"{' through the Batch API' if cfg.batch else ''} with [bold]{ctx.teacher.model}[/]")
+    lcfg = LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency, adaptive_passes=cfg.adaptive_passes)
     with ctx.accounted(rep, "label"):
-        res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher,
-                          LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency,
-                                      adaptive_passes=cfg.adaptive_passes), progress=ctx.progress)
+        if cfg.batch:  # the provider's batch price; slower (a batch may take hours), the stream stays online
+            from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+
+            res = label_items_batch(ctx.ws, ctx.dataset, list(ids), ctx.teacher, lcfg,
+                                    BatchConfig(poll_s=cfg.batch_poll_s), progress=ctx.progress)
+        else:
+            res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher, lcfg, progress=ctx.progress)
     for k, v in (res.errors or {}).items():
         rep.label_errors[k] = rep.label_errors.get(k, 0) + v
     if res.stopped_reason:

@@ -22,8 +22,11 @@ class LedgerQueries:
         )[0]
         return int(r["n"]), float(r["c"])
 
-    def teacher_cost_stats(self, dataset: str, *, model: str | None = None) -> dict[str, Any]:
+    def teacher_cost_stats(self, dataset: str, *, model: str | None = None, online_only: bool = False
+                           ) -> dict[str, Any]:
         """Mean recorded cost per *successful* teacher call for ``dataset`` (failed calls are counted, not averaged).
+        ``online_only``: leave out answers collected from a Batch API job (priced at the batch rate) -- the price
+        of answering live traffic.
 
         Keys: calls, ok_calls, priced (any call has a cost), mean_cost_per_call (0 when none is priced),
         total_cost_usd, mean_tokens_in, mean_tokens_out, mean_latency_s (None when unknown).
@@ -38,6 +41,8 @@ class LedgerQueries:
         if model is not None:
             sql += " AND a.model=?"
             params.append(model)
+        if online_only:
+            sql += " AND NOT EXISTS (SELECT 1 FROM teacher_batch_lines b WHERE b.answer_id=a.id)"
         r = self.query(sql, params)[0]
         n_priced = int(r["n_priced"] or 0)
         return {
