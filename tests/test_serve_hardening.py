@@ -178,7 +178,7 @@ def test_a_bought_answer_is_stored_before_use_and_never_bought_again(cal_ws, png
 
 
 def test_cascade_without_a_store(cal_ws, pngs):
-    ws, version = cal_ws
+    ws, _ = cal_ws
     student = Cascade.from_store(ws, "synth").student
     casc = Cascade(student, None, threshold=DEFER_ALL)
     a = asyncio.run(casc.apredict_raw(pngs[0]))

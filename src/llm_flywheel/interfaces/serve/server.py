@@ -18,5 +18,5 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *, lo
     import uvicorn
 
     st = getattr(app.state, "serve", None)
-    grace = int(round(st.cfg.shutdown_grace_s)) if st is not None else 10
+    grace = round(st.cfg.shutdown_grace_s) if st is not None else 10
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=grace)
