@@ -6,7 +6,9 @@ in separate workspaces by
 * ``fixed k=2``: every item asked twice, a tie-break where the two disagree (``adaptive_passes=False``);
 * ``adaptive (logprob)``: the default -- a calibration sample asked every pass, the cutoff learnt from it, later
   passes only where pass 0's label probability is below the cutoff;
-* ``adaptive (verbalised)``: the same with ``use_logprobs=False`` -- the fallback for servers without logprobs.
+* ``adaptive (verbalised)``: the same with ``use_logprobs=False`` -- the fallback for servers without logprobs;
+* ``adaptive (logprob), target t``: the default with another ``agreement_target`` (``--targets 0.93 0.9``): the
+  trade between calls and accuracy the target sets.
 
 Each arm talks to its own simulated teacher (same error model and seed, over HTTP on 127.0.0.1), so every arm sees
 exactly the answers the others would have seen for the same (item, pass): the comparison is paired item by item.
@@ -16,7 +18,8 @@ difference in accuracy (normal approximation on per-item differences) and the sh
 bootstrap over items).  Target (issue 12): >= 35 % fewer calls than fixed k=2 at an accuracy no more than 0.5 point
 lower.  ``--seeds 0 1 2`` repeats the whole comparison with other simulator seeds (other answers, other samples).
 
-    python benchmarks/bench_adaptive_passes.py [--items 4000] [--seeds 0] [--calibration-items 300]
+    python benchmarks/bench_adaptive_passes.py [--items 4000] [--seeds 0] [--calibration-items 300] \
+        [--targets 0.93 0.9]
 
 Results come from the SIMULATED teacher (its error model is a parameter, not an LLM finding).
 """
@@ -42,11 +45,17 @@ from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
 DATASET = "fashion-mnist"
-ARMS = {
-    "fixed k=2": {"adaptive_passes": False},
-    "adaptive (logprob)": {},
-    "adaptive (verbalised)": {"use_logprobs": False},
-}
+FIXED, LOGPROB, VERBALISED = "fixed k=2", "adaptive (logprob)", "adaptive (verbalised)"
+
+
+def arms(targets: list[float], verbalised: bool) -> dict[str, dict[str, object]]:
+    """Arm name -> LabelConfig overrides; the first adaptive arm uses the first target (the default)."""
+    out: dict[str, dict[str, object]] = {FIXED: {"adaptive_passes": False}}
+    for i, t in enumerate(targets):
+        out[LOGPROB if i == 0 else f"{LOGPROB}, target {t:g}"] = {"agreement_target": t}
+    if verbalised:
+        out[VERBALISED] = {"use_logprobs": False, "agreement_target": targets[0]}
+    return out
 
 
 @dataclass
@@ -85,11 +94,12 @@ def _per_item(ws: Workspace, model: str, pv: str) -> tuple[np.ndarray, np.ndarra
     return calls, correct
 
 
-def run_arm(name: str, root: Path, n_items: int, seed: int, args: argparse.Namespace) -> Arm:
+def run_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, seed: int,
+            args: argparse.Namespace) -> Arm:
     ws, ids = _workspace(root, n_items)
     sim = SimConfig(latency_ms=args.latency_ms, seed=seed)
-    cfg = LabelConfig(passes=2, concurrency=args.concurrency, calibration_items=args.calibration_items,
-                      agreement_target=args.agreement_target, **ARMS[name])
+    cfg = LabelConfig(**{"passes": 2, "concurrency": args.concurrency, "calibration_items": args.calibration_items,
+                         **overrides})
     with run_simulated_teacher(ws, DATASET, sim) as url:
         s = ws.store()
         task_json = s.dataset_task_json(DATASET)
@@ -165,18 +175,21 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=4000, help="half from the train split, half from test")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--calibration-items", type=int, default=LabelConfig.calibration_items)
-    ap.add_argument("--agreement-target", type=float, default=LabelConfig.agreement_target)
+    ap.add_argument("--targets", type=float, nargs="+", default=[LabelConfig.agreement_target],
+                    help="agreement targets of the adaptive arms (the first also for the verbalised arm)")
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-verbalised", action="store_true", help="skip the verbalised-confidence arm")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    names = [n for n in ARMS if not (args.no_verbalised and "verbalised" in n)]
+    spec = arms(args.targets, not args.no_verbalised)
+    names = list(spec)
     all_res = {}
     with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
         for seed in args.seeds:
-            arms = [run_arm(n, Path(tmp) / f"s{seed}-{i}", args.items, seed, args) for i, n in enumerate(names)]
-            res = compare(arms, seed)
+            done = [run_arm(n, spec[n], Path(tmp) / f"s{seed}-{i}", args.items, seed, args)
+                    for i, n in enumerate(names)]
+            res = compare(done, seed)
             all_res[seed] = res
             print_table(seed, res)
     if len(args.seeds) > 1:

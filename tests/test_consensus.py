@@ -102,3 +102,31 @@ def test_no_cutoff_when_the_evidence_is_too_thin_or_too_disagreeing():
     assert choose_cutoff([], [], 0.9).cutoff is None
     with pytest.raises(ValueError):
         choose_cutoff([0.5], [True], 1.0)
+
+
+def test_adaptive_split_reads_logprobs_else_verbalised_and_never_skips_the_sample():
+    from llm_flywheel.pipeline.label_adaptive import learn_cutoff, split_by_certainty
+    from llm_flywheel.store.records import Item
+
+    rng = random.Random(2)
+    answers, items = {}, []
+    for i in range(400):
+        h = f"{i:064x}"
+        sure = rng.random() < 0.6
+        p0 = 0.97 if sure else 0.55
+        second = "a" if sure or rng.random() < 0.5 else "b"
+        lp = None if i % 2 else math.log(p0)  # half the answers carry no logprob: verbalised there
+        answers[h] = [{"id": 2 * i, "pass_index": 0, "label": "a", "confidence": p0, "label_logprob": lp},
+                      {"id": 2 * i + 1, "pass_index": 1, "label": second, "confidence": 0.9, "label_logprob": None}]
+        items.append(Item(i, "d", str(i), h, "text", None, "x", None, None, None, None))
+    sample = calibration_sample(list(answers), 200)
+    choice, source = learn_cutoff(answers, sample, LABELS, 2, 0.9, use_logprobs=True)
+    assert source == "mixed" and choice.cutoff == pytest.approx(0.97) and choice.evidence == 200
+    more, skipped = split_by_certainty(items, answers, sample, LABELS, choice.cutoff, use_logprobs=True)
+    assert not (skipped & sample) and not ({it.content_hash for it in more} & sample)
+    assert len(more) + len(skipped) == 200 and skipped == {h for h in answers if h not in sample
+                                                          and answers[h][0]["confidence"] == 0.97}
+    _, src = learn_cutoff(answers, sample, LABELS, 2, 0.9, use_logprobs=False)
+    assert src == "verbalised"
+    none_more, none_skipped = split_by_certainty(items, answers, sample, LABELS, None, use_logprobs=True)
+    assert none_skipped == set() and len(none_more) == 200  # no cutoff: every item gets every pass
