@@ -121,3 +121,62 @@ def test_logprobs_are_informative_but_no_copy_of_gold():
     # calibration within a few points, like a real model's logprobs (not a step function of correctness)
     hi = [ok for x, ok in zip(p, right) if x > 0.95]
     assert abs(sum(hi) / len(hi) - 0.97) < 0.05
+
+
+def test_batch_api_lifecycle_over_http(synth_ws, synth_task):
+    """/v1/files + /v1/batches: validating -> in_progress -> completed with output and error files keyed by
+    custom_id; an invalid line fails validation; an expired batch answers half its lines."""
+    import dataclasses
+    import json
+    import time
+
+    import httpx
+
+    from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
+
+    items = synth_ws.store().items("synth", limit=12)
+    t = OpenAICompatTeacher("http://127.0.0.1:1/v1", model_id("synth"), api_key_env=None, task=synth_task)
+    lines = [{"custom_id": f"c{it.id}", "method": "POST", "url": "/v1/chat/completions",
+              "body": t._body(synth_task, t._content_for_item(it, synth_ws), 0)} for it in items]
+    jsonl = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    cfg = dataclasses.replace(QUIET, batch_latency_s=0.5, batch_line_failure_rate=0.25, expire_batches=(3,))
+    with run_simulated_teacher(synth_ws, "synth", cfg) as url, httpx.Client(base_url=url, timeout=10) as c:
+        def submit(data: bytes) -> str:
+            fid = c.post("/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", data)}).json()["id"]
+            return c.post("/batches", json={"input_file_id": fid, "endpoint": "/v1/chat/completions",
+                                            "completion_window": "24h", "metadata": {"k": "v"}}).json()["id"]
+
+        def follow(bid: str) -> tuple[list[str], dict]:
+            seen, deadline = [], time.monotonic() + 20
+            while time.monotonic() < deadline:
+                b = c.get(f"/batches/{bid}").json()
+                if not seen or seen[-1] != b["status"]:
+                    seen.append(b["status"])
+                if b["status"] in ("completed", "failed", "expired", "cancelled"):
+                    return seen, b
+                time.sleep(0.02)
+            raise AssertionError(f"batch {bid} never ended: {seen}")
+
+        seen, b = follow(submit(jsonl))
+        assert seen[0] == "validating" and "in_progress" in seen and seen[-1] == "completed"
+        assert b["request_counts"]["total"] == 12 and b["metadata"] == {"k": "v"}
+        out = [json.loads(x) for x in c.get(f"/files/{b['output_file_id']}/content").text.splitlines()]
+        err = [json.loads(x) for x in c.get(f"/files/{b['error_file_id']}/content").text.splitlines()] \
+            if b["error_file_id"] else []
+        assert {x["custom_id"] for x in out} | {x["custom_id"] for x in err} == {x["custom_id"] for x in lines}
+        assert len(out) == b["request_counts"]["completed"] and len(err) == b["request_counts"]["failed"]
+        assert all(x["response"]["status_code"] == 200 and x["response"]["body"]["choices"] for x in out)
+        assert all(x["response"]["status_code"] == 500 for x in err)
+        online = c.post("/chat/completions", json=lines[0]["body"]).json()
+        batched = next(x for x in out + err if x["custom_id"] == lines[0]["custom_id"])["response"]["body"]
+        if "usage" in batched:  # same answer, batch price
+            assert batched["choices"][0]["message"] == online["choices"][0]["message"]
+            assert batched["usage"]["cost"] == pytest.approx(online["usage"]["cost"] * cfg.batch_price_ratio)
+
+        seen, b = follow(submit(b"not json\n" + jsonl))
+        assert seen[-1] == "failed" and b["errors"]["data"][0]["code"] == "invalid_json_line"
+        seen, b = follow(submit(jsonl))  # the third batch: expires with half its lines done
+        assert seen[-1] == "expired"
+        err = [json.loads(x) for x in c.get(f"/files/{b['error_file_id']}/content").text.splitlines()]
+        assert sum(1 for x in err if (x.get("error") or {}).get("code") == "batch_expired") == 6
+        assert [x["id"] for x in c.get("/batches").json()["data"]][0] == b["id"]  # newest first
