@@ -267,3 +267,19 @@ def test_adaptive_passes_decided_between_batches_like_online(synth_ws, synth_tas
     assert r.adaptive_passes.cutoff == o.adaptive_passes.cutoff and r.adaptive_passes.skipped_items > 0
     assert keys(synth_ws) == keys(ws2) and r.calls_made == o.calls_made < 2 * 300
     assert r.batches_submitted >= 2 and r.labelled + r.disagreed == 300
+
+
+def test_cli_batch_that_is_still_running_exits_5_and_the_rerun_collects_it(synth_ws):
+    w = ["-w", str(synth_ws.root)]
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(**QUIET, batch_latency_s=0.5)) as url:
+        args = [*w, "label", "synth", "--split", "all", "--limit", "20", "--teacher", f"{url}|{model_id('synth')}",
+                "--passes", "1", "--batch", "--batch-poll-s", "0.05", "--no-progress"]
+        first = CliRunner().invoke(main, [*args, "--batch-wait-s", "0"])
+        second = CliRunner().invoke(main, [*args, "--json"])
+        stats = sim_stats(url)
+    assert first.exit_code == 5, first.output
+    assert "still running" in first.output and "re-run" in first.output
+    assert second.exit_code == 0, second.output
+    js = json.loads(second.output[second.output.rindex('{\n  "calls_made"'):])
+    assert js["batches_resumed"] == 1 and js["batches_submitted"] == 0 and js["calls_made"] == 20
+    assert stats["batches_created"] == 1
