@@ -237,7 +237,7 @@ class Dataset:
         except ImportError:  # pragma: no cover - older engine
             WheelStopped = ()  # type: ignore[assignment,misc]
         t = as_teacher(teacher)
-        if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:
+        if target_accuracy is None and max_teacher_fraction is None:
             max_teacher_fraction = 0.1
         with translate_errors():
             try:
