@@ -262,7 +262,9 @@ def test_adaptive_passes_decided_between_batches_like_online(synth_ws, synth_tas
     make_synth_dataset(ws2, synth_task)
     with run_simulated_teacher(ws2, "synth", cfg) as url:
         o = label_items(ws2, "synth", _ids(ws2, 300), _teacher(url, synth_task), lc, progress=False)
-    keys = lambda ws: {(a["content_hash"], a["pass_index"]) for a in _answers(ws) if a["ok"]}  # noqa: E731
+    def keys(ws):
+        return {(a["content_hash"], a["pass_index"]) for a in _answers(ws) if a["ok"]}
+
     assert r.adaptive_passes is not None and r.adaptive_passes.cutoff is not None
     assert r.adaptive_passes.cutoff == o.adaptive_passes.cutoff and r.adaptive_passes.skipped_items > 0
     assert keys(synth_ws) == keys(ws2) and r.calls_made == o.calls_made < 2 * 300
