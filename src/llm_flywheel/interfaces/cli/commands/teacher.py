@@ -10,6 +10,7 @@ from rich.table import Table
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.core.task import Task
+from llm_flywheel.teachers.base import TeacherAnswer
 from llm_flywheel.teachers.openai_compat import TeacherConfigError, run_sync
 from llm_flywheel.teachers.registry import teacher_from_spec
 
@@ -124,6 +125,13 @@ def check(ctx: Ctx, spec: str, dataset: str, item_id: int | None, api_key_env: s
         t.check_ready()
     except (ValueError, TeacherConfigError) as e:
         raise click.ClickException(str(e)) from None
-    ans = run_sync(t.alabel_one(items[0], task, ws))
+    async def one() -> TeacherAnswer:
+        async with t.session(task, ws=ws) as s:
+            return await s.alabel(items[0])
+
+    ans = run_sync(one())
     console.print(f"teacher {t.display_name}")
+    info = t.server_info()
+    if info.slots or info.n_ctx:
+        console.print(f"server: {info.slots} parallel slots, {info.n_ctx} tokens of context each ({info.source})")
     console.print({k: v for k, v in ans.__dict__.items() if k not in ("logprobs",)})
