@@ -342,3 +342,42 @@ def test_parity_unit_cases():
         choose_threshold(conf, s, parity=True, delta=0.1)
     with pytest.raises(ValueError, match="not both"):
         choose_threshold(conf, s, parity=True, teacher_correct=te, target_accuracy=0.9)
+
+
+def test_calibrate_teacher_parity_end_to_end(tmp_path):
+    """Through the store: the simulated teacher answers the calib split over HTTP (two passes), then
+    calibrate(teacher_parity=True) compares the student with pass 0 on the same items; the CLI shows the goal."""
+    import json
+
+    from click.testing import CliRunner
+    from test_cascade import sim_teacher, trained_calibrated_ws
+
+    from llm_flywheel.interfaces.cli import main
+    from llm_flywheel.pipeline.calibration import calibrate, calibration_report
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
+
+    ws, version = trained_calibrated_ws(tmp_path / "ws")
+    with ws.store() as s:
+        calib = s.items("synth", split="calib")
+    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)) as url:
+        label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url),
+                    LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    res = calibrate(ws, "synth", version, teacher_parity=True, delta=0.1)
+    with ws.store() as s:
+        ref = s.effective_labels("synth", split="calib")
+        model, first = max(s.first_answers_by_hash([it.content_hash for it in calib]).items(), key=lambda kv: len(kv[1]))
+    scored = [it for it in calib if ref.get(it.id) is not None and it.content_hash in first]
+    expected = np.mean([first[it.content_hash] == ref[it.id] for it in scored])
+    assert res.goal == "parity" and res.feasible and 0.0 <= res.choice.coverage <= 1.0
+    assert res.teacher_single_call["model"] == model and res.teacher_single_call["n"] == len(scored)
+    assert res.choice.target == pytest.approx(expected) and res.choice.teacher_accuracy == pytest.approx(expected)
+    if res.choice.coverage == 0.0:
+        assert res.choice.cascade_accuracy == pytest.approx(expected)  # all deferred: the cascade is the teacher
+    stored = calibration_report(ws, version)
+    assert stored["choice"]["goal"] == "parity" and stored["temperature"] == res.temperature and "T" not in stored
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity",
+                                  "--max-teacher-fraction", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["choice"]["goal"] == "parity+budget" and rep["teacher_single_call"]["n"] == len(scored)
