@@ -29,9 +29,9 @@ K = 5
 
 
 def world(n: int, rng: np.random.Generator, slope: float, h: np.ndarray | None = None,
-          teacher: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """n items; the student is right w.p. 0.999 - slope h.  ``h``/``teacher`` given: a second student on the same
-    items (the same teacher answers and consensus)."""
+          teacher: dict[str, np.ndarray] | None = None, rho: float = 0.0) -> dict[str, np.ndarray]:
+    """n items; the student is right w.p. 0.999 - slope h; pass 1 copies pass 0 w.p. ``rho`` (correlated passes).
+    ``h``/``teacher`` given: a second student on the same items (the same teacher answers and consensus)."""
     h = rng.random(n) if h is None else h
     gold = rng.integers(0, K, n) if teacher is None else teacher["gold"]
 
@@ -41,7 +41,8 @@ def world(n: int, rng: np.random.Generator, slope: float, h: np.ndarray | None =
 
     if teacher is None:
         pt = 0.95 - 0.15 * h
-        a0, a1, a2 = answer(pt), answer(pt), answer(pt)
+        a0, a2 = answer(pt), answer(pt)
+        a1 = np.where(rng.random(n) < rho, a0, answer(pt))
         cons = np.where(a0 == a1, a0, np.where((a2 == a0) | (a2 == a1), a2, -1))
         teacher = {"gold": gold, "a0": a0, "cons": cons}
     pred = answer(0.999 - slope * h)
@@ -146,6 +147,29 @@ def shared_set(n_shared: int, n_val: int, n_calib: int, draws: int, delta: float
         print(f"{name:>22} {items:>15} {np.mean(cov):>9.3f} {fails[name] / draws:>7.3f}")
 
 
+def reference_effect(draws: int, delta: float, rng: np.random.Generator, n: int = 1000) -> None:
+    """Parity against the consensus favours the teacher when its passes share errors (pass 0 is one of the votes):
+    coverage by pass correlation, against the consensus and against gold (``--reference gold``)."""
+    print(f"\nparity reference vs correlated passes (student slope 0.05, n_calib {n}, delta {delta}):")
+    print(f"{'rho':>5} {'reference':>10} {'student':>8} {'teacher':>8} {'coverage':>9} {'fails':>7}")
+    for rho in (0.0, 0.3, 0.6):
+        base = world(200_000, rng, 0.05, rho=rho)
+        for ref in ("consensus", "gold"):
+            pop = dict(base, cons=base["gold"]) if ref == "gold" else base
+            ok = pop["cons"] >= 0
+            cov, fails = [], 0
+            for _ in range(draws):
+                w = world(n, rng, 0.05, rho=rho)
+                if ref == "gold":
+                    w = dict(w, cons=w["gold"])
+                T, ch = calibrate(w, "parity", delta)
+                holds, c = truth(pop, T, ch.threshold, "parity")
+                fails += not holds
+                cov.append(c)
+            print(f"{rho:>5} {ref:>10} {np.mean(pop['pred'][ok] == pop['cons'][ok]):>8.3f} "
+                  f"{np.mean(pop['a0'][ok] == pop['cons'][ok]):>8.3f} {np.mean(cov):>9.3f} {fails / draws:>7.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draws", type=int, default=200)
@@ -162,6 +186,7 @@ def main() -> None:
     size_sweep(sizes, ["parity"], 0.1, args.draws, args.delta, rng)
     shared_set(1000, 1000, 1000, args.draws, args.delta, rng)
     shared_set(1500, 1000, 2000, args.draws, args.delta, rng)
+    reference_effect(max(20, args.draws // 4), args.delta, rng)
     print(f"\n{time.time() - t0:.0f} s")
 
 
