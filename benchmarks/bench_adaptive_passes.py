@@ -35,16 +35,19 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_flywheel.core.consensus import choose_cutoff
 from llm_flywheel.core.stats import accuracy_ci, paired_diff_ci
 from llm_flywheel.core.task import Task
 from llm_flywheel.data import register
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
+from llm_flywheel.pipeline.label_adaptive import first_pass
 from llm_flywheel.pipeline.labeling import LabelConfig, LabelRunResult, label_items
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
 
 DATASET = "fashion-mnist"
+LABELS: list[str] = []  # the task's labels, set once the dataset is registered
 FIXED, LOGPROB, VERBALISED = "fixed k=2", "adaptive (logprob)", "adaptive (verbalised)"
 
 
@@ -65,11 +68,15 @@ class Arm:
     calls: np.ndarray  # per item, in the shared item order
     correct: np.ndarray
     seconds: float
+    first_p: np.ndarray  # pass 0's certainty (label probability from logprobs, else verbalised); NaN: no pass 0
+    first_agrees: np.ndarray  # pass 0's label is this arm's consensus label
+    first_correct: np.ndarray  # pass 0's label is gold
 
 
 def _workspace(root: Path, n_items: int) -> tuple[Workspace, list[int]]:
     ws = Workspace.open(root)
     task, recs, total = fashion_mnist_source(limit=n_items // 2)
+    LABELS[:] = task.labels
     register(ws, task, recs, total=total, progress=False)
     s = ws.store()
     try:
@@ -78,8 +85,9 @@ def _workspace(root: Path, n_items: int) -> tuple[Workspace, list[int]]:
         s.close()
 
 
-def _per_item(ws: Workspace, model: str, pv: str) -> tuple[np.ndarray, np.ndarray]:
-    """Calls (every stored attempt, failed ones too) and consensus right/wrong per item, in source order."""
+def _per_item(ws: Workspace, model: str, pv: str) -> tuple[np.ndarray, ...]:
+    """Calls (every stored attempt, failed ones too), consensus right/wrong, and pass 0's certainty, agreement with
+    the consensus and right/wrong, per item in source order."""
     s = ws.store()
     try:
         items = sorted(s.items(DATASET), key=lambda it: it.source_ref)
@@ -91,7 +99,12 @@ def _per_item(ws: Workspace, model: str, pv: str) -> tuple[np.ndarray, np.ndarra
     assert answers, "no answers stored"
     calls = np.array([attempts.get(it.content_hash, 0) for it in items], float)
     correct = np.array([labels.get(it.id) == it.gold_label for it in items], bool)
-    return calls, correct
+    firsts = [first_pass(answers.get(it.content_hash, []), LABELS, True) for it in items]
+    p0 = np.array([np.nan if f is None or f[0] is None else f[1] for f in firsts])
+    agrees = np.array([f is not None and f[0] is not None and f[0] == labels.get(it.id)
+                       for f, it in zip(firsts, items)], bool)
+    right0 = np.array([f is not None and f[0] == it.gold_label for f, it in zip(firsts, items)], bool)
+    return calls, correct, p0, agrees, right0
 
 
 def run_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, seed: int,
@@ -108,8 +121,8 @@ def run_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, s
         t0 = time.perf_counter()
         r = label_items(ws, DATASET, ids, teacher, cfg, progress=False)
         dt = time.perf_counter() - t0
-    calls, correct = _per_item(ws, teacher.model, r.prompt_version)
-    return Arm(name, r, calls, correct, dt)
+    calls, correct, *first = _per_item(ws, teacher.model, r.prompt_version)
+    return Arm(name, r, calls, correct, dt, *first)
 
 
 def _boot(fn, n: int, reps: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -143,6 +156,33 @@ def compare(arms: list[Arm], seed: int) -> dict[str, dict[str, object]]:
             row["skipped_items"] = ap.skipped_items
             row["certainty"] = ap.certainty
         out[a.name] = row
+    return out
+
+
+def replay(fixed: Arm, targets: list[float], n_cal: int, draws: int, seed: int) -> dict[float, dict[str, float]]:
+    """What the adaptive rule would have done with ``draws`` other random calibration samples, replayed on the
+    fixed arm's stored answers (every item there has all passes): a skipped item costs one call and keeps pass 0's
+    label, any other item costs what it cost the fixed arm and keeps its consensus.  Shows how much the outcome
+    depends on which items the calibration sample happened to hold -- a replay, not a live run."""
+    rng = np.random.default_rng(seed)
+    ok = ~np.isnan(fixed.first_p)
+    n = len(fixed.calls)
+    out: dict[float, dict[str, float]] = {}
+    for t in targets:
+        saved, diff = [], []
+        for _ in range(draws):
+            cal = np.zeros(n, bool)
+            cal[rng.choice(np.flatnonzero(ok), size=min(n_cal, int(ok.sum())), replace=False)] = True
+            ch = choose_cutoff(list(fixed.first_p[cal]), list(fixed.first_agrees[cal]), t)
+            skip = ok & ~cal & (fixed.first_p >= (np.inf if ch.cutoff is None else ch.cutoff))
+            calls = np.where(skip, 1.0, fixed.calls)
+            right = np.where(skip, fixed.first_correct, fixed.correct)
+            saved.append(1 - calls.sum() / fixed.calls.sum())
+            diff.append(right.mean() - fixed.correct.mean())
+        sv, df = np.array(saved), np.array(diff)
+        out[t] = {"saved_mean": float(sv.mean()), "saved_p5": float(np.percentile(sv, 5)),
+                  "diff_mean": float(df.mean()), "diff_p5": float(np.percentile(df, 5)),
+                  "p_meets_target": float(np.mean((sv >= 0.35) & (df >= -0.005)))}
     return out
 
 
@@ -180,6 +220,7 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-verbalised", action="store_true", help="skip the verbalised-confidence arm")
+    ap.add_argument("--draws", type=int, default=200, help="calibration samples replayed on the fixed arm (0: none)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     spec = arms(args.targets, not args.no_verbalised)
@@ -192,6 +233,15 @@ def main() -> None:
             res = compare(done, seed)
             all_res[seed] = res
             print_table(seed, res)
+            if args.draws:
+                rep = replay(done[0], args.targets, args.calibration_items, args.draws, seed)
+                res["replay"] = {str(t): v for t, v in rep.items()}
+                print(f"replay of {args.draws} other calibration samples on the fixed arm's answers "
+                      "(mean / 5th percentile; share of draws meeting both targets):")
+                for t, v in rep.items():
+                    print(f"  target {t:g}: calls saved {100 * v['saved_mean']:.1f} % / {100 * v['saved_p5']:.1f} %, "
+                          f"accuracy {100 * v['diff_mean']:+.2f} / {100 * v['diff_p5']:+.2f} pt; "
+                          f"meets >= 35 % and >= -0.5 pt in {100 * v['p_meets_target']:.0f} %")
     if len(args.seeds) > 1:
         print("\nover seeds: calls saved / accuracy difference (point estimates)")
         for n in names[1:]:
