@@ -96,11 +96,16 @@ def free_port() -> int:
 class Server:
     """``flywheel serve`` in its own process on loopback."""
 
+    extra_path: str | None = None  # prepended to the server's PYTHONPATH (e.g. where httptools/uvloop live)
+
     def __init__(self, root: Path, *extra: str) -> None:
         self.port = free_port()
         exe = Path(sys.executable).with_name("flywheel")
         cmd = [str(exe), "-w", str(root), "serve", DATASET, "--version", VERSION, "--port", str(self.port), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = dict(os.environ)
+        if self.extra_path:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.extra_path, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while True:
@@ -173,6 +178,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     sources: dict[str, int] = field(default_factory=dict)
+    server_ms: list[float] = field(default_factory=list)  # the latency_ms the service reports in each answer
 
     def q(self, p: float) -> float:
         xs = sorted(self.latencies)
@@ -203,8 +209,9 @@ async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype:
                 res.latencies.append(time.perf_counter() - t0)
                 res.statuses[status] = res.statuses.get(status, 0) + 1
                 if parse and status == 200:
-                    src = json.loads(body)["source"]
-                    res.sources[src] = res.sources.get(src, 0) + 1
+                    d = json.loads(body)
+                    res.sources[d["source"]] = res.sources.get(d["source"], 0) + 1
+                    res.server_ms.append(float(d["latency_ms"]))
         finally:
             writer.close()
 
@@ -337,12 +344,31 @@ def teacher_down_phase(root: Path, bodies: list[bytes], n: int, deadline: float)
             srv.stop()
             raise
         ok = r.q(0.99) <= deadline * 1000 + 100
+        srv_ms = sorted(r.server_ms)
+        srv_p99 = srv_ms[min(len(srv_ms) - 1, int(0.99 * len(srv_ms)))] if srv_ms else float("nan")
+        slow = sum(x > deadline for x in r.latencies)
         print(f"  {name}: {r.line()}\n    sources {r.sources}; p99 {r.q(0.99):.0f} ms vs deadline + 100 ms = "
-              f"{deadline * 1000 + 100:.0f} ms -> {'MET' if ok else 'MISSED'}; SIGTERM to exit {stop_s:.2f} s")
+              f"{deadline * 1000 + 100:.0f} ms -> {'MET' if ok else 'MISSED'} ({slow} requests over the deadline; "
+              f"p99 inside the service, from its answers' latency_ms: {srv_p99:.0f} ms); SIGTERM to exit {stop_s:.2f} s")
     frozen.close()
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
+
+
+def load_phase(a: argparse.Namespace, pngs: list[bytes], stack: str, srv: Server | None = None) -> None:
+    own = srv is None
+    srv = srv or Server(a.workspace, "--workers", str(a.workers))
+    try:
+        load(srv.port, pngs, 300, 8)  # warm-up
+        print(f"\nload: closed loop, keep-alive, one process (--workers {a.workers}), HTTP stack {stack}, "
+              f"load average {loadavg()}")
+        for c in (1, 8, 32):
+            r = load(srv.port, pngs, a.requests, c, parse=True)
+            print(f"  {r.line()}  sources {r.sources}")
+    finally:
+        if own:
+            srv.stop()
 
 
 def main() -> None:
@@ -355,19 +381,30 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=1.0)
     ap.add_argument("--down-requests", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--extra-path", help="prepend to the server's PYTHONPATH, e.g. a folder with httptools and uvloop "
+                                         "(what uvicorn[standard] installs; uvicorn uses them when importable)")
+    ap.add_argument("--only-load", action="store_true", help="only the load phase (to compare HTTP stacks)")
+    ap.add_argument("--only-down", action="store_true", help="only the teacher-down phase")
     a = ap.parse_args()
+    Server.extra_path = None
 
     print(f"machine: {os.cpu_count()} CPUs, load average {loadavg()} (1/5/15 min)")
     train_s, pngs = prepare_model(a.workspace, a.limit, a.epochs)
     print(f"model: {VERSION} (image-cnn, ONNX Runtime), " + (f"trained in {train_s:.1f} s" if train_s else "cached")
           + f"; {len(pngs)} distinct test PNGs of ~{statistics.mean(len(p) for p in pngs):.0f} bytes")
+    if a.only_down:
+        teacher_down_phase(a.workspace, pngs, a.down_requests, a.deadline)
+        return
+    if a.extra_path:  # side by side in this run: uvicorn's pure-Python defaults, then the faster stack
+        Server.extra_path = None
+        load_phase(a, pngs, "h11 + asyncio (uvicorn's pure-Python defaults)")
+        Server.extra_path = a.extra_path
     srv = Server(a.workspace, "--workers", str(a.workers))
     try:
-        load(srv.port, pngs, 300, 8)  # warm-up
-        print(f"\nload: closed loop, keep-alive, one process (--workers {a.workers}), load average {loadavg()}")
-        for c in (1, 8, 32):
-            r = load(srv.port, pngs, a.requests, c, parse=True)
-            print(f"  {r.line()}  sources {r.sources}")
+        stack = "httptools + uvloop (from --extra-path)" if a.extra_path else "h11 + asyncio (uvicorn's pure-Python defaults)"
+        load_phase(a, pngs, stack, srv)
+        if a.only_load:
+            return
         rss0 = srv.rss_mb()
         r = load(srv.port, pngs, a.rss_requests, 8)
         rss1 = srv.rss_mb()

@@ -110,7 +110,9 @@ class RawTeacherCalls:
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
-        there is none in time (deadline, or breaker open)."""
+        there is none in time (deadline, or breaker open).  The deadline counts from this call: the store lookup
+        and starting the call spend it too."""
+        end = None if deadline_s is None else time.monotonic() + deadline_s
         if content_hash and content_hash in self._cache:
             return self._cache[content_hash]
         if content_hash and self.db is not None:
@@ -127,10 +129,11 @@ class RawTeacherCalls:
             if content_hash:
                 self._asking[content_hash] = task
                 task.add_done_callback(lambda _t, h=content_hash: self._asking.pop(h, None))
-        if deadline_s is not None and deadline_s <= 0:
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
             return None
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout=deadline_s)
+            return await asyncio.wait_for(asyncio.shield(task), timeout=left)
         except asyncio.TimeoutError:
             if task not in self._late and not task.done():  # a teacher too slow for the deadline counts as failing
                 self._late.add(task)
