@@ -123,10 +123,10 @@ def shared_set(n_shared: int, n_val: int, n_calib: int, draws: int, delta: float
     base = world(200_000, rng, slopes[0], h=h)
     pops[slopes[0]] = base
     pops[slopes[1]] = world(200_000, rng, slopes[1], h=h, teacher=base)
-    rows = {"shared, naive delta": [], f"shared, delta/2": [], "separate val + calib": []}
+    rows = {"shared, naive delta": [], "shared, delta/2": [], "separate val + calib": []}
     fails = dict.fromkeys(rows, 0)
     for _ in range(draws):
-        for name in rows:
+        for name, cov in rows.items():
             n = n_shared if name.startswith("shared") else n_val
             ws = [world(n, rng, slopes[0])]
             ws.append(world(n, rng, slopes[1], h=ws[0]["h"], teacher=ws[0]))
@@ -139,7 +139,7 @@ def shared_set(n_shared: int, n_val: int, n_calib: int, draws: int, delta: float
             T, ch = calibrate(w, "parity", delta / 2 if "/2" in name else delta)
             holds, c = truth(pops[slopes[pick]], T, ch.threshold, "parity")
             fails[name] += not holds
-            rows[name].append(c)
+            cov.append(c)
     print(f"\none held-out set for promotion AND calibration (parity goal, delta {delta}):")
     print(f"{'design':>22} {'items labelled':>15} {'coverage':>9} {'fails':>7}")
     for name, cov in rows.items():

@@ -8,8 +8,20 @@ import numpy as np
 import pytest
 
 from llm_flywheel.core.calibration import DEFER_ALL, cascade_curve
-from llm_flywheel.core.stats import ECE_BINS, accuracy_ci, ece, nll, paired_diff_ci, reliability, top_label_reliability
-from llm_flywheel.core.thresholds import PARITY_STARTS, parity_threshold, sign_test_p_value
+from llm_flywheel.core.stats import (
+    ECE_BINS,
+    accuracy_ci,
+    ece,
+    nll,
+    paired_diff_ci,
+    reliability,
+    top_label_reliability,
+)
+from llm_flywheel.core.thresholds import (
+    PARITY_STARTS,
+    parity_threshold,
+    sign_test_p_value,
+)
 
 
 def test_one_ece_definition_everywhere():

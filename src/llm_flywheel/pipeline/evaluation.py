@@ -16,11 +16,23 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.core.calibration import apply_temperature
-from llm_flywheel.core.stats import ECE_BINS, accuracy_ci, confusion, nll, paired_diff_ci, top_label_reliability
+from llm_flywheel.core.stats import (
+    ECE_BINS,
+    accuracy_ci,
+    confusion,
+    nll,
+    paired_diff_ci,
+    top_label_reliability,
+)
+from llm_flywheel.pipeline.training import (
+    load_student,
+    model_row,
+    task_of,
+    train_student,
+)
 from llm_flywheel.store.base import Item, Store
-from llm_flywheel.students.base import StudentError, read_meta
-from llm_flywheel.pipeline.training import load_student, model_row, task_of, train_student
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import StudentError, read_meta
 
 __all__ = ["ECE_BINS", "accuracy_ci", "evaluate", "expected_calibration_error", "paired_diff_ci", "per_class",
            "teacher_accuracy", "teacher_single_call_accuracy"]

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from llm_flywheel.students.base import StudentError
-from llm_flywheel.students.registry import build_student, default_student_kind
 from llm_flywheel.pipeline.training import task_of
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.students.base import StudentError
+from llm_flywheel.students.registry import build_student, default_student_kind
 
 # cheap settings for the k fold models: they only need to rank items, not to be deployed
 FAST_HPARAMS: dict[str, dict[str, Any]] = {

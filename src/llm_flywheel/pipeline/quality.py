@@ -17,7 +17,6 @@ from llm_flywheel.core.stats import ECE_BINS, confusion, reliability, wilson_int
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
-
 wilson_ci = wilson_interval  # the teacher's numbers use the same interval as the student's
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
 from llm_flywheel.core.stats import accuracy_ci, pct
+from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
@@ -145,8 +145,9 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 
     data = path.read_bytes()
     if modality == "image":
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -252,7 +253,13 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
     if not items:
         raise click.ClickException(f"split {split!r} of {dataset!r} has no items")
     answers = []
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as p:

@@ -6,7 +6,13 @@ import click
 from rich.table import Table
 
 from llm_flywheel.core.stats import pct
-from llm_flywheel.interfaces.cli import Ctx, console, no_progress_option, pass_ctx, progress_enabled
+from llm_flywheel.interfaces.cli import (
+    Ctx,
+    console,
+    no_progress_option,
+    pass_ctx,
+    progress_enabled,
+)
 from llm_flywheel.interfaces.report.evaluation_plots import draw_evaluation
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.students.base import StudentError
