@@ -238,3 +238,17 @@ def test_retention_keeps_feedback_the_wheel_has_not_collected(tmp_path):
     assert (ws.root / refs[1]).exists() and not (ws.root / refs[3]).exists() and rep.payloads_deleted == 1
     with ws.store() as s:
         assert s.query("SELECT payload_ref FROM cascade_log WHERE item_id IS NULL")[0]["payload_ref"] is None
+
+
+def test_cli_serve_refuses_a_bad_limit_before_listening(cal_ws):
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+
+    ws, _ = cal_ws
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "serve", "synth", "--deadline", "0"])
+    assert r.exit_code == 1 and "deadline_s must be > 0" in r.output
+    r = CliRunner().invoke(main, ["serve", "--help"])
+    assert r.exit_code == 0
+    for w in ("--deadline", "--on-deadline", "--breaker-failures", "--queue", "--retention-days", "/readyz"):
+        assert w in r.output, w
