@@ -16,6 +16,15 @@ retries, parse failures and those among them that ran to ``max_tokens`` (truncat
     python benchmarks/bench_local_server.py --n 160                # builds nothing: run `make llm-server-cpp` first
     python benchmarks/bench_local_server.py --n 40 --modes default --base-url http://127.0.0.1:8080/v1
 
+``--before-src DIR`` (ccc77c8's ``src``: ``git archive ccc77c8 src | tar -x -C /tmp/old``) compares the current
+defaults with the pre-change client instead, side by side in one run: a balanced sample of ``--n`` emails (half
+spam, half ham) in ``--rounds`` chunks; each chunk is labelled by both clients, each against its own fresh
+llama-server with the same flags, in alternating order (before first in even rounds), with the load average
+recorded around every run -- the machine this runs on is shared.  Per run it also sums the server's own
+prompt-processing and decoding time (its log) and scores the labels against gold.
+
+    python benchmarks/bench_local_server.py --before-src /tmp/old/src --n 160 --rounds 4
+
 SmolLM2-135M is a protocol partner, not a teacher (~52 % on spam/ham): the numbers measure the client against a
 real CPU-bound server, not label quality.
 """
@@ -24,6 +33,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import json
+import random
 import importlib.util
 import os
 import re
@@ -39,6 +51,8 @@ from typing import Any
 import httpx
 from bench_labeling import free_port  # the sibling benchmark's (benchmarks/ is on sys.path)
 
+from llm_flywheel.core.stats import wilson_interval
+from llm_flywheel.core.task import Task
 from llm_flywheel.data.registry import add_dataset
 from llm_flywheel.data.spam_assassin import cache_dir
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
@@ -95,12 +109,18 @@ def llama_server(binary: Path, log: Path, ctx: int, slots: int, threads: int) ->
             proc.wait()
 
 
-def server_log_counts(log: Path | None) -> dict[str, int | None]:
+def server_log_counts(log: Path | None) -> dict[str, Any]:
+    """Cancelled tasks, "context exceeded" errors and the server's own time: prompt processing (prefill) and
+    decoding, in slot-seconds and tokens, summed over every request it finished."""
     if log is None or not log.exists():
         return {"cancelled": None, "ctx_exceeded": None}
     text = log.read_text(errors="replace")
+    pre = [(float(ms), int(n)) for ms, n in re.findall(r"prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens", text)]
+    dec = [(float(ms), int(n)) for ms, n in re.findall(r"\|\s+eval time =\s+([\d.]+) ms /\s+(\d+) tokens", text)]
     return {"cancelled": len(re.findall(r"cancel task", text)),
-            "ctx_exceeded": len(re.findall(r"Context size has been exceeded", text))}
+            "ctx_exceeded": len(re.findall(r"Context size has been exceeded", text)),
+            "prefill_s": sum(ms for ms, _ in pre) / 1e3, "prefill_tokens": sum(n for _, n in pre),
+            "decode_s": sum(ms for ms, _ in dec) / 1e3, "decode_tokens": sum(n for _, n in dec)}
 
 
 def prepare(root: Path, n: int, corpus: str | None) -> tuple[Workspace, list[int]]:
@@ -111,11 +131,10 @@ def prepare(root: Path, n: int, corpus: str | None) -> tuple[Workspace, list[int
     return ws, ids
 
 
-def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: int) -> dict[str, Any]:
+def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: int,
+             dataset: str = "spam-assassin") -> dict[str, Any]:
     with ws.store() as s:
-        from llm_flywheel.core.task import Task
-
-        task = Task.from_json(s.dataset_task_json("spam-assassin"))
+        task = Task.from_json(s.dataset_task_json(dataset))
     spec = f"{base_url}|{MODEL_ALIAS}"
     if mode == "fixed":
         cfg = LabelConfig(passes=passes, concurrency=FIXED_CONCURRENCY, adaptive=False)
@@ -125,10 +144,12 @@ def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: in
         cfg = LabelConfig(passes=passes)
         teacher = teacher_from_spec(spec, task, api_key_env="")
     t0 = time.monotonic()
-    res = label_items(ws, "spam-assassin", ids, teacher, cfg, progress="plain")
+    res = label_items(ws, dataset, ids, teacher, cfg, progress="plain")
     elapsed = time.monotonic() - t0
-    with ws.store() as s:
+    with ws.store() as s:  # a benchmark reads the store's tables directly: the store's own methods serve the product
         rows = s.query("SELECT ok, error_kind, tokens_out FROM teacher_answers")
+        pairs = s.query("SELECT a.label, i.gold_label FROM teacher_answers a JOIN items i ON i.id=a.item_id "
+                        "WHERE a.ok=1 AND a.pass_index=0 AND a.label IS NOT NULL")
     parse = [r for r in rows if r["error_kind"] in ("parse", "truncated")]
     return {
         "mode": mode, "items": len(ids), "calls": res.calls_made, "elapsed_s": elapsed,
@@ -139,7 +160,103 @@ def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: in
         "truncated": sum(1 for r in parse if r["error_kind"] == "truncated" or (r["tokens_out"] or 0) >= teacher.max_tokens),
         "recovered_ok": sum(1 for r in rows if r["ok"]),
         "concurrency": res.concurrency, "stopped": res.stopped_reason,
+        "correct": sum(1 for p in pairs if p["label"] == p["gold_label"]), "answered": len(pairs),
     }
+
+
+TASK_TOML = Path(__file__).resolve().parents[1] / "src/llm_flywheel/tasks/spam-assassin.toml"
+
+
+def balanced_sample(work: Path, n: int, corpus: str | None, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` training emails, half spam and half ham (seeded), as (text, gold label): a sample of only one class
+    (the corpus lists ham first) cannot show whether a faster client labels worse."""
+    ws, _ = prepare(work / "corpus", 0, corpus)
+    with ws.store() as s:
+        items = s.items("spam-assassin", split="train")
+    rng = random.Random(seed)
+    by = {lab: [it for it in items if it.gold_label == lab] for lab in ("spam", "ham")}
+    picked = [it for lab in by for it in rng.sample(by[lab], n // 2)]
+    rng.shuffle(picked)
+    return [(it.text or "", it.gold_label or "") for it in picked]
+
+
+def run_before(before_src: Path, emails: Path, out: Path) -> dict[str, Any]:
+    """bench_local_server_before.py under the pre-change code, in its own process."""
+    env = {**os.environ, "PYTHONPATH": str(before_src)}
+    p = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_local_server_before.py")), str(emails),
+                        str(out)], env=env, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"the pre-change client failed:\n{p.stderr[-2000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r.update(server_log_counts(Path(r["server_log"])))
+    return r
+
+
+def run_now(emails: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
+    ws = Workspace.open(out / "ws")
+    add_dataset(ws, "text", path=str(emails), task=str(TASK_TOML), as_name="emails", progress=False,
+                val=0, calib=0, stream=0, test=0)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("emails")]
+    log = out / "server.log"
+    with llama_server(a.server_bin, log, a.ctx, a.slots, a.threads) as url:
+        r = run_mode("default", ws, ids, url, 1, dataset="emails")
+    r.update(server_log_counts(log))
+    return r
+
+
+def paired(a: argparse.Namespace, work: Path) -> None:
+    """Before and now on the same emails, round by round in alternating order; one table, one verdict."""
+    sample = balanced_sample(work, a.n, a.corpus)
+    chunks = [sample[i::a.rounds] for i in range(a.rounds)]
+    runs: list[dict[str, Any]] = []
+    for r, chunk in enumerate(chunks):
+        emails = work / f"round{r}.csv"
+        with open(emails, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(chunk)
+        for mode in (("before", "now") if r % 2 == 0 else ("now", "before")):
+            load0, t0 = os.getloadavg()[0], time.monotonic()
+            res = (run_before(a.before_src, emails, work / f"before-{r}") if mode == "before"
+                   else run_now(emails, work / f"now-{r}", a))
+            res.update(round=r, client=mode, load_start=load0, load_end=os.getloadavg()[0],
+                       wall_s=time.monotonic() - t0)
+            runs.append(res)
+            print(json.dumps({k: v for k, v in res.items() if k not in ("concurrency", "errors")}), flush=True)
+    print_paired(runs, a)
+
+
+def print_paired(runs: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    cols = ("round", "client", "items", "calls", "elapsed_s", "calls_per_s", "load_start", "load_end", "prefill_s",
+            "prefill_tokens", "decode_s", "decode_tokens", "cancelled", "ctx_exceeded", "truncated", "labelled",
+            "correct")
+    print("\n" + " | ".join(cols))
+    for r in runs:
+        print(" | ".join(f"{r.get(c):.2f}" if isinstance(r.get(c), float) else str(r.get(c)) for c in cols))
+    tot: dict[str, dict[str, float]] = {}
+    for r in runs:
+        t = tot.setdefault(r["client"], {})
+        for k in ("calls", "items", "elapsed_s", "prefill_s", "decode_s", "prefill_tokens", "decode_tokens",
+                  "correct", "answered", "cancelled", "ctx_exceeded", "truncated", "labelled"):
+            t[k] = t.get(k, 0) + (r.get(k) or 0)
+    print()
+    for client, t in tot.items():
+        lo, hi = wilson_interval(int(t["correct"]), int(t["items"]))
+        print(f"{client:6s}: {t['calls']:.0f} calls for {t['items']:.0f} emails in {t['elapsed_s']:.0f} s = "
+              f"{t['calls'] / t['elapsed_s']:.3f} calls/s, {t['items'] / t['elapsed_s']:.3f} emails/s; server time per "
+              f"call: prefill {t['prefill_s'] / max(t['calls'], 1):.2f} s ({t['prefill_tokens'] / max(t['calls'], 1):.0f} "
+              f"tokens), decode {t['decode_s'] / max(t['calls'], 1):.2f} s ({t['decode_tokens'] / max(t['calls'], 1):.1f} "
+              f"tokens); accuracy vs gold {t['correct'] / t['items']:.1%} [{lo:.1%}, {hi:.1%}] of all emails "
+              f"({t['labelled']:.0f} labelled); cancelled {t['cancelled']:.0f}, context exceeded "
+              f"{t['ctx_exceeded']:.0f}, truncation failures {t['truncated']:.0f}")
+    if {"before", "now"} <= tot.keys():
+        b, n = tot["before"], tot["now"]
+        print(f"speed-up now / before: {(n['items'] / n['elapsed_s']) / (b['items'] / b['elapsed_s']):.2f}x emails "
+              f"labelled per second, {(n['calls'] / n['elapsed_s']) / (b['calls'] / b['elapsed_s']):.2f}x calls/s "
+              f"(llama-server -c {a.ctx} -np {a.slots} -t {a.threads}, SmolLM2-135M-Instruct Q4_1, {a.rounds} "
+              f"interleaved rounds, load average {min(r['load_start'] for r in runs):.1f}-"
+              f"{max(r['load_end'] for r in runs):.1f} on {os.cpu_count()} CPUs)")
 
 
 def main() -> None:
@@ -156,12 +273,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus", help="SpamAssassin .tgz (default: the `make spam-assassin` cache)")
     ap.add_argument("--workdir", type=Path, help="keep workspaces and server logs here (default: a temp dir)")
+    ap.add_argument("--before-src", type=Path, help="ccc77c8's src: compare with the pre-change client instead "
+                                                    "(balanced sample, interleaved rounds; see the docstring)")
+    ap.add_argument("--rounds", type=int, default=4, help="with --before-src: chunks labelled by both, alternating")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its llama-server
     if not a.base_url and not os.access(a.server_bin, os.X_OK):
         sys.exit(f"{a.server_bin} not found: run `make llm-server-cpp` (or pass --base-url / --server-bin)")
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-local-server-"))
     work.mkdir(parents=True, exist_ok=True)
+    if a.before_src:
+        paired(a, work)
+        print(f"workspaces and server logs: {work}")
+        return
     results = []
     for mode in [m.strip() for m in a.modes.split(",") if m.strip()]:
         if mode not in ("fixed", "default"):

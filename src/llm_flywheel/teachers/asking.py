@@ -174,7 +174,7 @@ class Asking:
         if ans.ok:
             for note in call.notes:
                 ans.error_detail = f"{ans.error_detail}; {note}" if ans.error_detail else note
-            if call.shortened_from is not None:
+            if any(n.startswith("input_truncated") for n in call.notes):
                 ans.extra["input_truncated"] = True
         return self._final(ans, call)
 

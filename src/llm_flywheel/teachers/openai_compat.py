@@ -355,9 +355,8 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
             await asyncio.to_thread(self.server_info)
         content, note = self.fit_context(task, content)
         call = Call(item.id, item.content_hash, task, content, pass_index, limiter)
-        if note:
+        if note:  # the server may still refuse the estimate: then it is cut once more, to what it says fits
             call.notes.append(note)
-            call.shortened_from = len(item.text or "")
         return await self._ask(call, client)
 
     async def _label_raw(self, content: Any, task: Task, pass_index: int, client: httpx.AsyncClient | None,
