@@ -202,7 +202,9 @@ def test_openapi_says_exactly_what_each_modality_takes(cal_ws, pngs):
         assert ready.status_code == 200 and ready.json()["store_writable"] and ready.json()["model_loaded"]
 
 
-def test_retention_keeps_feedback_the_wheel_has_not_collected(tmp_path):
+def test_retention_ages_out_served_traffic_and_keeps_the_wheels_feedback(tmp_path):
+    import os
+
     from llm_flywheel.store.workspace import Workspace
 
     ws = Workspace.open(tmp_path / "ws")
@@ -217,27 +219,30 @@ def test_retention_keeps_feedback_the_wheel_has_not_collected(tmp_path):
     for r in refs:
         (ws.root / r).parent.mkdir(parents=True, exist_ok=True)
         (ws.root / r).write_bytes(b"x" * 1000)
-    import os
-
-    for r in refs:
         os.utime(ws.root / r, (old, old))
     with ws.store() as s:
-        s.log_cascade_rows([row(old, None, None, refs[0]),   # old served row: deletable
+        s.log_cascade_rows([row(old, None, None, refs[0]),   # old served request: goes
                             row(old, 7, 1, refs[1]),          # old wheel row of round 1, not collected: kept
-                            row(old, 8, 2, refs[2]),          # old wheel row of round 2, collected below: deletable
-                            row(now, None, None, refs[3])])   # new served row: kept
+                            row(old, 8, 2, refs[2]),          # old wheel row of round 2, collected: kept all the same
+                            row(now, None, None, refs[3])])   # new served request: kept
         assert s.mark_feedback_collected("d", 2, "run") == 1
     rep = apply_retention(ws, max_age_days=1)
-    assert rep.rows_deleted == 2 and rep.rows_kept_pending == 1 and rep.payloads_deleted == 2
+    assert rep.rows_deleted == 1 and rep.rows_kept_pending == 2 and rep.payloads_deleted == 1
     with ws.store() as s:
         left = s.query("SELECT item_id, payload_ref FROM cascade_log ORDER BY id")
-    assert [(r["item_id"], r["payload_ref"]) for r in left] == [(7, refs[1]), (None, refs[3])]
-    assert [(ws.root / r).exists() for r in refs] == [False, True, False, True]
-    # by bytes: the input of the uncollected row is kept even over the limit; the other one goes (its row stays)
+    assert [(r["item_id"], r["payload_ref"]) for r in left] == [(7, refs[1]), (8, refs[2]), (None, refs[3])]
+    assert [(ws.root / r).exists() for r in refs] == [False, True, True, True]
+    # by bytes: the wheel rows' inputs stay even over the limit; the served one goes (its row stays, without it)
     rep = apply_retention(ws, max_payload_bytes=500)
-    assert (ws.root / refs[1]).exists() and not (ws.root / refs[3]).exists() and rep.payloads_deleted == 1
+    assert rep.payloads_deleted == 1 and [(ws.root / r).exists() for r in refs[1:]] == [True, True, False]
     with ws.store() as s:
         assert s.query("SELECT payload_ref FROM cascade_log WHERE item_id IS NULL")[0]["payload_ref"] is None
+    # by rows: only served rows count as deletable
+    with ws.store() as s:
+        s.log_cascade_rows([row(now, None, None, None) for _ in range(5)])
+    rep = apply_retention(ws, max_rows=4)
+    with ws.store() as s:
+        assert s.cascade_log_size() == 4 and len(s.query("SELECT id FROM cascade_log WHERE item_id IS NOT NULL")) == 2
 
 
 def test_cli_serve_refuses_a_bad_limit_before_listening(cal_ws):

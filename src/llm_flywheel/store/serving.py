@@ -46,17 +46,20 @@ class StoredTeacherAnswer:
 
 @dataclass(frozen=True)
 class RetentionResult:
-    """What one retention pass removed; ``kept_pending`` rows were old enough but not yet read by the wheel."""
+    """What one retention pass removed; ``kept_pending`` rows were old enough but belong to store items (kept)."""
 
     rows_deleted: int
     kept_pending: int
     payload_refs_released: tuple[str, ...]
 
 
-# A row the wheel has not read yet: it belongs to a round (the wheel's own traffic, ``feedback.collect`` reads it
-# by round) and is not marked collected.  Served rows (no item, no round) are not read by the wheel from the log;
-# their saved input is the feedback, kept as long as the row is.
-_PENDING = "item_id IS NOT NULL AND round IS NOT NULL AND collected_at IS NULL"
+# Rows retention never deletes: those of store items.  ``feedback.collect`` reads them by round as the wheel's
+# feedback, and the split guard (``ItemQueries``: served items are never re-split) and review (``ReviewQueries``)
+# read them too; they grow with the dataset, not with traffic.  ``collected_at`` (set by
+# :meth:`ServingQueries.mark_feedback_collected`) records what the wheel has read, for the day a reader no longer
+# needs the rest.  Rows of requests from outside the store (``item_id`` NULL: ``flywheel serve`` traffic) are what
+# retention ages out; their saved input goes with the last row that refers to it.
+_PENDING = "item_id IS NOT NULL"
 
 
 class ServingQueries:
@@ -85,8 +88,8 @@ class ServingQueries:
         return int(self.query("SELECT COUNT(*) AS n FROM cascade_log")[0]["n"])  # type: ignore[attr-defined]
 
     def prune_cascade_log(self, *, older_than: float | None, max_rows: int | None) -> RetentionResult:
-        """Delete log rows older than the timestamp ``older_than`` and then the oldest beyond ``max_rows`` --
-        never a row the wheel has not collected.  Returns the payload files no remaining row refers to."""
+        """Delete served-traffic log rows older than the timestamp ``older_than``, then the oldest beyond ``max_rows``
+        -- never a row of a store item (see ``_PENDING``).  Returns the payload files no remaining row refers to."""
         deleted = 0
         with self.transaction() as c:  # type: ignore[attr-defined]
             cand = "NOT (" + _PENDING + ")"
@@ -116,7 +119,7 @@ class ServingQueries:
         return RetentionResult(deleted, pending, tuple(sorted(refs - still)))
 
     def payload_refs_in_use(self) -> dict[str, bool]:
-        """Every payload file the log refers to -> whether a row the wheel has not collected refers to it."""
+        """Every payload file the log refers to -> whether a row retention keeps (a store item's) refers to it."""
         out: dict[str, bool] = {}
         for r in self.query(  # type: ignore[attr-defined]
                 f"SELECT payload_ref, MAX({_PENDING}) AS pending FROM cascade_log WHERE payload_ref IS NOT NULL "

@@ -13,7 +13,7 @@ Why these choices:
   a cool-down.  A teacher answer is stored before it is used, so the same content is never paid for twice.
 - **Feedback**: answered requests are logged to ``cascade_log`` in batches (sampled by ``log_sample_rate``); inputs up
   to ``max_logged_payload_bytes`` are kept under ``exports/served/``; retention (off unless configured) deletes by
-  age, rows and bytes, never feedback the wheel has not collected.
+  age, rows and bytes the served traffic only, never the rows of store items (the wheel's feedback).
 - ``/healthz`` is liveness, ``/readyz`` readiness (model loaded, store writable, not draining; the teacher's breaker
   state is reported but does not fail readiness: every replica shares the teacher, and the fallback still answers).
 """

@@ -19,8 +19,8 @@ class ServeConfig:
     failed ``breaker_failures`` times in a row for ``breaker_cooldown_s``.  Decoding and inference run on
     ``workers`` threads with at most ``queue`` requests waiting (more: 503 with Retry-After); images over
     ``heavy_pixels`` decode on their own single thread so a pixel bomb only ever waits behind other large images.
-    Retention (off unless set) deletes log rows and saved inputs by age / count / bytes, never feedback the wheel
-    has not collected.
+    Retention (off unless set) deletes served-traffic log rows and saved inputs by age / count / bytes, never the
+    rows of store items (the wheel's feedback).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES

@@ -1,8 +1,8 @@
 """Retention for the cascade log and the saved inputs under ``exports/served/``, by age, row count and bytes.
 
-Why it is careful: the log is the wheel's feedback.  A row the wheel has not collected yet (a round's row without
-``collected_at``; see :meth:`llm_flywheel.store.serving.ServingQueries.prune_cascade_log`) is never deleted, nor is
-the saved input such a row points to; everything else goes oldest first.
+Why it is careful: the log is the wheel's feedback.  Rows of store items -- what ``feedback.collect`` reads by
+round, and what the split guard and review read -- are never deleted, nor is a saved input such a row points to
+(see :meth:`llm_flywheel.store.serving.ServingQueries.prune_cascade_log`); served traffic goes oldest first.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def apply_retention(ws: Workspace, *, max_age_days: float | None = None, max_row
                 if total <= max_payload_bytes:
                     break
                 if in_use.get(rel) or (rel not in in_use and mtime >= now - 60.0):
-                    continue  # a row the wheel has not collected needs it, or its row is not written yet
+                    continue  # a kept row needs it, or its row is not written yet
                 freed.append(rel)
                 total -= size
             store.release_payload_refs(freed)

@@ -48,10 +48,11 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
 @click.option("--shutdown-grace", "shutdown_grace_s", type=float, default=10.0, show_default=True,
               help="Seconds in-flight requests get to finish on SIGTERM.")
 @click.option("--retention-days", "retention_max_age_days", type=float, default=None,
-              help="Delete cascade_log rows and saved inputs older than this (never feedback the wheel has not "
-                   "collected). Default: keep everything.")
+              help="Delete served-traffic cascade_log rows and saved inputs older than this many days (never the "
+                   "rows of store items: the wheel's feedback). Default: keep everything.")
 @click.option("--retention-rows", "retention_max_rows", type=int, default=None,
-              help="Keep at most this many cascade_log rows (oldest deleted first, uncollected feedback kept).")
+              help="Keep at most this many cascade_log rows (oldest served-traffic rows deleted first; rows of store "
+                   "items always kept).")
 @click.option("--retention-bytes", "retention_max_payload_bytes", type=int, default=None,
               help="Keep at most this many bytes of saved inputs under exports/served/ (oldest deleted first).")
 @pass_ctx
