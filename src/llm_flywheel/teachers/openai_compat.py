@@ -8,8 +8,8 @@ implements :class:`~llm_flywheel.teachers.base.Teacher`; the parts live beside i
 * :mod:`~llm_flywheel.teachers.negotiation` -- which structured-output mode the endpoint accepts, found once;
 * :mod:`~llm_flywheel.teachers.errors` -- failure classification and the messages that name the fix;
 * :mod:`~llm_flywheel.teachers.response` -- a reply read into answer fields;
-* :mod:`~llm_flywheel.teachers.asking` -- one item through all its attempts (retries, re-asks, shortening);
-* :mod:`~llm_flywheel.teachers.session` -- the per-run session labelling and the cascade use.
+* :mod:`~llm_flywheel.teachers.asking` -- one item through all its attempts; :mod:`~llm_flywheel.teachers.session`
+  -- the per-run session labelling and the cascade use; :mod:`~llm_flywheel.teachers.server` -- llama.cpp's /props.
 
 Why these choices:
 
@@ -56,9 +56,9 @@ from llm_flywheel.teachers.negotiation import PROBE_GIVE_UP, CapabilityCache, Ne
 from llm_flywheel.teachers.parsing import LabelMatcher
 from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REASON_MAX_WORDS, RESPONSE_FORMAT_MODES,
                                            STRUCTURED_MODES, TEMPERATURES, TEMPLATE_VERSION, WORDINGS,
-                                           compute_prompt_version, image_content, label_order, pass_variant,
-                                           response_format, response_schema, system_prompt)
-from llm_flywheel.teachers.server import read_server_info
+                                           compute_prompt_version, image_content, label_only_grammar, label_order,
+                                           pass_variant, response_format, response_schema, system_prompt)
+from llm_flywheel.teachers.server import fit_text, read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
 from llm_flywheel.teachers.timeouts import DEFAULT_TIMEOUT_CAP, TIMEOUT_FIRST, TIMEOUT_FLOOR, Timeouts
 
@@ -75,8 +75,6 @@ log = logging.getLogger(__name__)
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_API_KEY_ENV = "OPENROUTER_API_KEY"
-CHARS_PER_TOKEN = 3  # conservative (English prose is ~4; mail headers, URLs and code are denser)
-CONTEXT_MARGIN_TOKENS = 64  # the chat template's own tokens and estimation error
 
 
 class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
@@ -257,13 +255,15 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         }
         schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length)
         fmt = response_format(mode, schema)
-        if fmt is not None:
+        if mode == "json_schema" and not self.reason and self._is_llama_cpp():
+            body["grammar"] = label_only_grammar(task)  # compact JSON, 2 decimals: fewer tokens to decode
+        elif fmt is not None:
             body["response_format"] = fmt
         if logprobs:
             body["logprobs"] = True
         if "openrouter.ai" in self.base_url:
             body["usage"] = {"include": True}  # OpenRouter returns the billed cost
-        if self._server_info is not None and self._server_info.source == "llama.cpp /props":
+        if self._is_llama_cpp():
             body["cache_prompt"] = True  # reuse the slot's KV cache for the static prefix (the system message)
         body.update(self.extra_body)
         return body
@@ -299,22 +299,15 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
                 self._server_info = info
             return self._server_info
 
+    def _is_llama_cpp(self) -> bool:
+        return self._server_info is not None and self._server_info.source == "llama.cpp /props"
+
     def fit_context(self, task: Task, content: Any) -> tuple[Any, str | None]:
-        """Cut an item's text to what fits one slot of a server that said its context size (``n_ctx``), so a long
-        email is answered from its first part instead of refused; ``(content, note)`` with the note recorded on
-        the answer as ``input_truncated``.  Budget: the slot's context less the instructions, the reply's
-        ``max_tokens`` and a margin, at a conservative 3 characters per token."""
+        """Cut an item's text to fit one slot of a server that said its context size (:func:`server.fit_text`)."""
         info = self._server_info
         if info is None or not info.n_ctx or not isinstance(content, str):
             return content, None
-        system_tokens = len(system_prompt(task, 1, reason=self.reason)) // 3 + 1
-        budget = (info.n_ctx - system_tokens - self.max_tokens - CONTEXT_MARGIN_TOKENS) * CHARS_PER_TOKEN
-        if budget <= 0 or len(content) <= budget:
-            return content, None
-        cut = content[:budget] + " …[truncated]"
-        return cut, (f"input_truncated: the item text was cut from {len(content)} to {len(cut)} characters to fit "
-                     f"the server's context ({info.n_ctx} tokens per slot)")
-
+        return fit_text(content, info.n_ctx, len(system_prompt(task, 1, reason=self.reason)), self.max_tokens)
     def label(self, items: Sequence[Item], task: Task, *, pass_index: int = 0,
               ws: Workspace | None = None, concurrency: int = 8) -> list[TeacherAnswer]:
         """Synchronous convenience wrapper (no cache: use :func:`llm_flywheel.pipeline.labeling.label_items` for that)."""

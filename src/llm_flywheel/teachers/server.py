@@ -15,6 +15,8 @@ import httpx
 from llm_flywheel.teachers.base import ServerInfo
 
 PROPS_TIMEOUT = 3.0  # s: a local server answers /props in milliseconds; a slow answer means "does not say"
+CHARS_PER_TOKEN = 3  # conservative (English prose is ~4; mail headers, URLs and code are denser)
+CONTEXT_MARGIN_TOKENS = 64  # the chat template's own tokens and estimation error
 
 
 def server_root(base_url: str) -> str:
@@ -46,3 +48,16 @@ def read_server_info(base_url: str, headers: dict[str, str] | None = None) -> Se
         return parse_props(r.json())
     except (httpx.HTTPError, ValueError):
         return ServerInfo()
+
+
+def fit_text(text: str, n_ctx: int, system_chars: int, max_tokens: int) -> tuple[str, str | None]:
+    """Cut ``text`` to what fits a slot of ``n_ctx`` tokens beside the instructions and the reply, so a long email
+    is answered from its first part instead of refused; ``(text, note)``, the note recorded on the answer as
+    ``input_truncated``.  Budget: the context less the instructions, ``max_tokens`` and a margin, at a
+    conservative :data:`CHARS_PER_TOKEN` characters per token."""
+    budget = (n_ctx - system_chars // CHARS_PER_TOKEN - 1 - max_tokens - CONTEXT_MARGIN_TOKENS) * CHARS_PER_TOKEN
+    if budget <= 0 or len(text) <= budget:
+        return text, None
+    cut = text[:budget] + " …[truncated]"
+    return cut, (f"input_truncated: the item text was cut from {len(text)} to {len(cut)} characters to fit the "
+                 f"server's context ({n_ctx} tokens per slot)")
