@@ -257,3 +257,25 @@ def test_cli_serve_refuses_a_bad_limit_before_listening(cal_ws):
     assert r.exit_code == 0
     for w in ("--deadline", "--on-deadline", "--breaker-failures", "--queue", "--retention-days", "/readyz"):
         assert w in r.output, w
+
+
+def test_readyz_is_503_while_the_store_cannot_take_a_write_and_healthz_stays_ok(cal_ws):
+    import sqlite3
+
+    ws, _ = cal_ws
+    app = create_app(ws, "synth", log_sample_rate=0.0)
+    with running(app) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        other = sqlite3.connect(str(ws.db_path), isolation_level=None, timeout=30)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=30)
+            assert r.status_code == 503 and r.json()["store_writable"] is False and r.json()["store_error"]
+            assert httpx.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/readyz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "never ready again after the lock was released"
+            time.sleep(0.1)
