@@ -14,8 +14,8 @@ Fashion-MNIST with the **SIMULATED** teacher (~85 % single call), through the pr
 The crossover -- the smallest count where the paired CI lies above zero -- is what a user budgeting an LLM
 teacher wants to know.  Teacher answers and models are cached in the workspace, so re-running is cheap.
 
-``--recipe NAME:key=value,...`` (repeatable) trains the same student with other hyper-parameters on the same labels
-beside today's defaults, in the same run: each recipe's row has its own paired difference against the teacher and
+``--recipe NAME:key=value,...`` (repeatable) trains the same student with other hyper-parameters (or, with
+``kind=...``, another student kind) on the same labels beside today's defaults, in the same run: each recipe's row has its own paired difference against the teacher and
 against the default recipe (same test items).  The gold-label ceiling is trained for the default recipe only.
 
 Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
@@ -158,9 +158,11 @@ def main() -> int:
             with ws.store() as store:
                 exists = store.model(version) is not None
             if not exists:
-                log(f"training {a.student} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
-                tm = train_student(ws, DATASET, kind=a.student, labels=chosen, seed=a.seed, epochs=a.epochs,
-                                   progress=False, version=version, **hp)
+                kw = dict(hp)
+                kind = kw.pop("kind", a.student)  # a recipe may name another student kind
+                log(f"training {kind} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
+                tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=a.seed, epochs=a.epochs,
+                                   progress=False, version=version, **kw)
                 log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s")
             ceiling = rname == "default" and not a.no_ceiling
             log(f"evaluating {version} on test" + (" (+ gold-label ceiling)" if ceiling else ""))

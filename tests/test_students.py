@@ -99,6 +99,14 @@ def test_min_steps_stretches_training_of_a_small_set_only(synth_ws, synth_task):
     assert runs[24]["epochs_run"] == 12  # 24 steps / 2 per epoch; patience stretched with it, so no early stop
 
 
+def test_refit_trains_again_on_train_plus_val_for_the_chosen_epochs(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    s = build_student("image-cnn", synth_task, synth_ws, epochs=3, seed=2, width=8, batch_size=32, refit=True)
+    h = s.fit(train[:96], y[:96], train[96:128], y[96:128])
+    assert h["refit"]["n_train"] == 128 and h["refit"]["epochs"] == h["best_epoch"]
+    _check_distribution(s.predict_proba(train[:8]), 8, synth_task.num_labels)
+
+
 def test_mixup_trains_deterministically_and_changes_the_model(synth_ws, synth_task):
     train, y = _xy(synth_ws, synth_task, "train")
     test, _ = _xy(synth_ws, synth_task, "test")

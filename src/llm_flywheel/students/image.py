@@ -164,11 +164,11 @@ def _build_net(arch: str, num_labels: int, channels: int, size: int, mean: Seque
 # defaults per architecture: resolution None = the data's native size
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "image-cnn": dict(size=None, width=32, epochs=30, batch_size=64, lr=3e-3, weight_decay=5e-4, patience=8, pretrained=False,
-                      min_steps=0, mixup=0.0),
+                      min_steps=0, mixup=0.0, refit=False),
     "efficientnet-lite0": dict(size=64, epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-2, patience=5, pretrained=True,
-                               min_steps=0, mixup=0.0),
+                               min_steps=0, mixup=0.0, refit=False),
     "mobilenet-v3-small": dict(size=64, epochs=15, batch_size=64, lr=1e-3, weight_decay=1e-2, patience=5, pretrained=True,
-                               min_steps=0, mixup=0.0),
+                               min_steps=0, mixup=0.0, refit=False),
 }
 
 
@@ -254,16 +254,33 @@ class ImageStudent:
         self._make_net(bool(self.hp["pretrained"]))
         q = targets_matrix(np.asarray(y_train), len(self.labels), soft_targets, float(self.hp["label_smoothing"]))
         epochs, patience = self._schedule(len(train))
-        self.history = fit_torch(
-            self.net, xt, q, sample_weight, xv, np.asarray(y_val),
-            augment=_augment(self.size, self.hp["augment"]),
-            epochs=epochs, batch_size=int(self.hp["batch_size"]), lr=float(self.hp["lr"]),
-            weight_decay=float(self.hp["weight_decay"]), patience=patience, seed=int(self.hp["seed"]),
-            progress=bool(self.hp["progress"]), desc=f"training {self.kind}", mixup=float(self.hp.get("mixup") or 0.0),
-        )
+        fit = dict(augment=_augment(self.size, self.hp["augment"]), batch_size=int(self.hp["batch_size"]),
+                   lr=float(self.hp["lr"]), weight_decay=float(self.hp["weight_decay"]), seed=int(self.hp["seed"]),
+                   progress=bool(self.hp["progress"]), desc=f"training {self.kind}",
+                   mixup=float(self.hp.get("mixup") or 0.0))
+        self.history = fit_torch(self.net, xt, q, sample_weight, xv, np.asarray(y_val), epochs=epochs,
+                                 patience=patience, **fit)
+        if self.hp.get("refit") and len(val):
+            self._refit(xt, q, sample_weight, xv, np.asarray(y_val), fit)
         self.history["load_seconds"] = round(load_s, 2)
         self.history["pretrained"] = self.pretrained_source
         return self.history
+
+    def _refit(self, xt: Any, q: np.ndarray, w: np.ndarray | None, xv: Any, y_val: np.ndarray,
+               fit: dict[str, Any]) -> None:
+        """``refit``: train a fresh network on train + val for the epoch count val chose.  Why: with few labels the
+        val items are a fifth of what was bought; once they have picked the epoch, they are worth more as training
+        data.  The val score in the history stays the first run's (the refit model has no held-out score)."""
+        torch = _torch()
+        qv = targets_matrix(y_val, len(self.labels), None, float(self.hp["label_smoothing"]))
+        wv = np.ones(len(y_val), np.float32)
+        w_all = np.concatenate([np.ones(len(q), np.float32) if w is None else np.asarray(w, np.float32), wv])
+        self._make_net(bool(self.hp["pretrained"]))
+        best = int(self.history["best_epoch"])
+        ref = fit_torch(self.net, torch.cat([xt, xv]), np.concatenate([q, qv]), w_all, xv[:0], y_val[:0],
+                        epochs=max(1, best), patience=best + 1, **fit)
+        self.history["refit"] = {"epochs": ref["epochs_run"], "n_train": ref["n_train"],
+                                 "train_seconds": ref["train_seconds"]}
 
     def _schedule(self, n_train: int) -> tuple[int, int]:
         """(epochs, patience): ``min_steps`` > 0 stretches both for small training sets, which otherwise get few
