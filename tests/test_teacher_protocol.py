@@ -130,3 +130,18 @@ def test_a_llama_cpp_server_gets_a_compact_label_grammar_that_answers_parse():
     assert local_body["grammar"] == grammar and "response_format" not in local_body  # llama.cpp: not both
     assert "grammar" not in remote_body and remote_body["response_format"]["type"] == "json_schema"
     assert ans.ok and ans.label == "spam" and ans.confidence == 0.95
+
+
+def test_a_llama_cpp_server_is_not_probed_one_request_at_a_time():
+    """Without /props the first request probes the format while the others wait; llama.cpp said what it is."""
+    with FaultServer(default=slow(0.3, ok('{"label": "ham", "confidence": 0.8}')), props=LLAMA_PROPS) as srv:
+        t = _teacher(srv.url)
+        t.check_ready()
+
+        async def go():
+            async with t.session(TASK) as s:
+                return await asyncio.gather(*(s.alabel(_item(i, f"mail {i}")) for i in range(4)))
+
+        answers = run_sync(go())
+    assert all(a.ok for a in answers)
+    assert not any(a.extra.get("probe_wait_s") for a in answers)  # nobody queued behind a probe

@@ -156,6 +156,14 @@ class Negotiation:
             except Exception as e:
                 log.warning("could not forget teacher capabilities (%s)", type(e).__name__)
 
+    def _trust_format(self) -> None:
+        """Send concurrently from the first request: the server said what it is (llama.cpp's ``/props``), and
+        llama.cpp takes ``json_schema`` and ``grammar``.  Queueing every request behind one probe would idle all
+        but one of its slots for a whole call -- on a CPU server, a minute.  A refusal still downgrades (once)."""
+        with self._lock:
+            if not self._confirmed:
+                self._gate_open = True
+
     def _passable(self) -> bool:
         return self._confirmed or self._gate_open
 

@@ -297,6 +297,8 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
                 info = read_server_info(self.base_url, self._headers()) if self.local else ServerInfo()
                 note_server_slots(self.base_url, info.slots)
                 self._server_info = info
+                if info.source == "llama.cpp /props":
+                    self._trust_format()
             return self._server_info
 
     def _is_llama_cpp(self) -> bool:
