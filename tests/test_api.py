@@ -61,12 +61,12 @@ def test_label_train_evaluate_calibrate_predict(ticket_files, tmp_path):
         plan = ds.plan(teacher, passes=2, budget_usd=10)
         assert isinstance(plan, fw.LabelPlan) and plan.items == n and plan.calls_needed == 2 * n
         assert plan.calls_cached == 0 and plan.simulated
-        rep = ds.label(teacher, passes=2)
+        rep = ds.label(teacher, passes=2, adaptive=False)
         assert isinstance(rep, fw.LabelReport) and rep.items == n and rep.simulated
         assert rep.calls_made >= 2 * n and rep.labelled + rep.disagreed == n and rep.cost_usd > 0
-        again = ds.label(teacher, passes=2)
+        again = ds.label(teacher, passes=2, adaptive=False)
         assert again.calls_made == 0 and again.answers_cached == 2 * n and again.cost_usd == 0
-        replan = ds.plan(teacher, passes=2)
+        replan = ds.plan(teacher, passes=2, adaptive=False)
         assert replan.calls_needed == 0 and replan.calls_cached == 2 * n
         assert replan.est_cost_per_call_usd == pytest.approx(rep.cost_usd / rep.calls_made, rel=0.2)
 

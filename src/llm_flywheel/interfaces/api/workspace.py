@@ -177,12 +177,13 @@ class Dataset:
 
     def plan(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
              limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
-             max_calls: int | None = None, tie_break: bool = True) -> LabelPlan:
-        """What :meth:`label` with the same arguments would cost, without making a call."""
+             max_calls: int | None = None, tie_break: bool = True, adaptive: bool = True) -> LabelPlan:
+        """What :meth:`label` with the same arguments would cost, without making a call (with ``adaptive``,
+        ``calls_needed`` is the fixed-k upper bound)."""
         from llm_flywheel.pipeline.labeling import plan
 
         ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, budget_usd=budget_usd,
-                                           max_calls=max_calls, tie_break=tie_break)
+                                           max_calls=max_calls, tie_break=tie_break, adaptive_passes=adaptive)
         with translate_errors():
             try:
                 return LabelPlan.from_plan(plan(self.workspace._ws, self.name, ids, built, cfg))
@@ -191,14 +192,18 @@ class Dataset:
 
     def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
               limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
-              max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True) -> LabelReport:
+              max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True,
+              adaptive: bool = True) -> LabelReport:
         """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
         answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
-        Default: the train, val and calib splits (the test split stays for measurement)."""
+        Default: the train, val and calib splits (the test split stays for measurement).  ``adaptive`` (for
+        ``passes >= 2``): every pass for a calibration sample, then later passes only where the first answer is
+        less certain than a cutoff learnt from that sample; ``adaptive=False`` asks every item ``passes`` times."""
         from llm_flywheel.pipeline.labeling import label_items
 
         ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, concurrency=concurrency,
-                                           budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break)
+                                           budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break,
+                                           adaptive_passes=adaptive)
         with translate_errors():
             res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=False)
         return LabelReport.from_result(self.name, res)
