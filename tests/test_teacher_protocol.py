@@ -116,22 +116,6 @@ def test_a_local_server_is_asked_for_the_label_only_a_remote_api_for_a_reason_to
     assert json.loads(a.raw_text)["label"] == "ham"
 
 
-def test_a_llama_cpp_server_gets_a_compact_label_grammar_that_answers_parse():
-    from llm_flywheel.teachers.prompts import label_only_grammar
-
-    grammar = label_only_grammar(TASK)
-    assert '"spam"' in grammar and '"ham"' in grammar and "reason" not in grammar
-    with FaultServer(default=ok('{"label": "spam", "confidence": 0.95}'), props=LLAMA_PROPS) as srv:
-        t = _teacher(srv.url)
-        ans = run_sync(t.session(TASK).alabel(_item(1, "cheap pills")))
-        remote = _teacher(srv.url, local=False)
-        run_sync(remote.session(TASK).alabel(_item(2, "cheap pills")))
-    local_body, remote_body = (r["body"] for r in srv.requests)
-    assert local_body["grammar"] == grammar and "response_format" not in local_body  # llama.cpp: not both
-    assert "grammar" not in remote_body and remote_body["response_format"]["type"] == "json_schema"
-    assert ans.ok and ans.label == "spam" and ans.confidence == 0.95
-
-
 def test_a_llama_cpp_server_is_not_probed_one_request_at_a_time():
     """Without /props the first request probes the format while the others wait; llama.cpp said what it is."""
     with FaultServer(default=slow(0.3, ok('{"label": "ham", "confidence": 0.8}')), props=LLAMA_PROPS) as srv:

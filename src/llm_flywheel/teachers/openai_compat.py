@@ -56,7 +56,7 @@ from llm_flywheel.teachers.negotiation import PROBE_GIVE_UP, CapabilityCache, Ne
 from llm_flywheel.teachers.parsing import LabelMatcher
 from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REASON_MAX_WORDS, RESPONSE_FORMAT_MODES,
                                            STRUCTURED_MODES, TEMPERATURES, TEMPLATE_VERSION, WORDINGS,
-                                           compute_prompt_version, image_content, label_only_grammar, label_order,
+                                           compute_prompt_version, image_content, label_order,
                                            pass_variant, response_format, response_schema, system_prompt)
 from llm_flywheel.teachers.server import fit_text, read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
@@ -255,9 +255,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         }
         schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length)
         fmt = response_format(mode, schema)
-        if mode == "json_schema" and not self.reason and self._is_llama_cpp():
-            body["grammar"] = label_only_grammar(task)  # compact JSON, 2 decimals: fewer tokens to decode
-        elif fmt is not None:
+        if fmt is not None:  # not a compact GBNF grammar for llama.cpp: see prompts.LABEL_ONLY_WORDINGS
             body["response_format"] = fmt
         if logprobs:
             body["logprobs"] = True

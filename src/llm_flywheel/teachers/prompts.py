@@ -49,6 +49,9 @@ TEMPERATURES: tuple[float, ...] = (0.0, 0.7, 1.0)
 # The label-only wordings: the same three, asking for no reason.  For a server on the user's own CPU, decoding is
 # most of a call's time (SmolLM2-135M on llama.cpp: ~75 % of slot time for ~40 output tokens) and a reason is ~25
 # of those tokens that nothing downstream reads; the label and its confidence are what the wheel needs.
+# Measured and rejected: a compact GBNF grammar for llama.cpp (no newlines, two decimals) cut the reply from 25-41
+# tokens to 18 but made each token ~7x slower: llama.cpp samples first and applies a grammar to the whole vocabulary
+# only when the sampled token is rejected, and a layout the model does not choose itself is rejected at most steps.
 LABEL_ONLY_WORDINGS: tuple[str, ...] = (
     "{instructions}\n\nChoose exactly one label from this list:\n{label_list}\n\n"
     "Answer with JSON only, no other text: "
@@ -138,25 +141,6 @@ def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     if mode == "json_object":
         return {"type": "json_object"}
     return None
-
-
-def _gbnf_literal(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def label_only_grammar(task: Task) -> str:
-    """A GBNF grammar (llama.cpp's ``grammar`` field) for the label-only answer in compact JSON:
-    ``{"label": "<a label>", "confidence": 0.95}``.
-
-    Why not the JSON schema: llama.cpp's schema grammar lets the model put newlines and indentation between keys
-    and write confidences like ``0.9999999999999999``; SmolLM2-135M does both, so a label-only answer cost 25-41
-    tokens where 16 carry it all, and on a CPU server every output token is a full decoding step.  This grammar
-    fixes the layout and allows at most two decimals (0.95), so every token is the label or the number."""
-    labels = " | ".join(_gbnf_literal(json.dumps(lab)[1:-1]) for lab in task.labels)
-    head, mid = _gbnf_literal('{"label": "'), _gbnf_literal('", "confidence": ')
-    return (f"root ::= {head} label {mid} conf " + _gbnf_literal("}") + "\n"
-            f"label ::= {labels}\n"
-            'conf ::= "0" ("." [0-9] [0-9]?)? | "1" (".0")?\n')
 
 
 def image_content(data: bytes, mime: str = "image/png") -> list[dict[str, Any]]:
