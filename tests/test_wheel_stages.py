@@ -157,3 +157,13 @@ def test_train_stage_without_labels_stops_with_the_fix(ws, synth_task):
     with pytest.raises(WheelStopped, match="flywheel label synth") as e:
         train_stage(ctx, 1, {}, {"http_401": 3})
     assert e.value.kind == "no_labels" and "http_401 3" in str(e.value)
+
+
+def test_a_resumed_run_may_change_rounds_and_the_gold_ceiling_but_not_what_a_round_does():
+    from llm_flywheel.pipeline.wheel_config import without_unbinding
+
+    base = WheelConfig(rounds=3, gold_ceiling=True)
+    assert base.resume_key() == WheelConfig(rounds=2, gold_ceiling=False, batch_poll_s=1.0).resume_key()
+    assert base.resume_key() != WheelConfig(rounds=3, calib_labels=500).resume_key()
+    stored_by_an_older_version = {**base.resume_key(), "gold_ceiling": True}
+    assert without_unbinding(stored_by_an_older_version) == base.resume_key()

@@ -27,7 +27,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.splits import make_splits
 from llm_flywheel.pipeline.wheel_config import (  # noqa: F401  (re-exported: the names callers import from here)
     AUTO_SHARE_CAP, AUTO_STREAM_CAP, DEFAULT_MAX_TEACHER_FRACTION, SMALL_CALIB, WheelConfig, WheelStopped,
-    auto_sizes, plan_sizes)
+    auto_sizes, plan_sizes, without_unbinding)
 from llm_flywheel.pipeline.wheel_finish import cost_section, finish, teacher_source  # noqa: F401
 from llm_flywheel.pipeline.wheel_measure import collect_stage, evaluate_stage, serve_stage
 from llm_flywheel.pipeline.wheel_results import EvalResult, RoundReport
@@ -135,7 +135,8 @@ def open_run(ctx: WheelContext) -> int:
         if runs:  # only the newest run of this dataset can be resumed
             r = runs[0]
             c = r["config"]
-            if r["status"] != "done" and c.get("resume_key") == key and c.get("teacher") == ctx.teacher.model:
+            stored = without_unbinding(c.get("resume_key") or {})
+            if r["status"] != "done" and stored == key and c.get("teacher") == ctx.teacher.model:
                 store.reopen_run(r["id"], c | {"rounds": ctx.cfg.rounds})
                 ctx.con.print(f"[yellow]resuming wheel run {r['id']}[/] (teacher answers are cached; finished rounds "
                               "are kept)")

@@ -95,10 +95,18 @@ class WheelConfig:
             object.__setattr__(self, "max_teacher_fraction", DEFAULT_MAX_TEACHER_FRACTION)
 
     def resume_key(self) -> dict[str, Any]:
-        """The settings that must match for a re-run to continue an unfinished run (rounds may grow)."""
-        d = asdict(self)
-        d.pop("rounds")
-        return d
+        """The settings that must match for a re-run to continue an unfinished run: all but those that change no
+        round (:data:`NOT_BINDING`: rounds may grow or shrink, the end-of-run gold ceiling may be added or skipped,
+        polling may be faster)."""
+        return without_unbinding(asdict(self))
+
+
+NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s")
+
+
+def without_unbinding(key: dict[str, Any]) -> dict[str, Any]:
+    """A resume key without the settings a resumed run may change (stored keys of older runs included)."""
+    return {k: v for k, v in key.items() if k not in NOT_BINDING}
 
 
 def warning(code: str, message: str, fix: str) -> dict[str, str]:

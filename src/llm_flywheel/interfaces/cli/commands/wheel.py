@@ -336,13 +336,14 @@ def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> 
 @click.option("--limit", type=click.IntRange(1), default=DEMO_IMPORT_LIMIT, help="Import only the first N items per source split.")
 @click.option("--api-key-env", default=None, help="Environment variable holding the --teacher's API key.")
 @click.option("--no-progress", is_flag=True, help="No progress output (otherwise: a bar on a terminal, plain lines elsewhere).")
+@click.option("--no-gold-ceiling", is_flag=True, help="Skip training the gold-label ceiling at the end.")
 @click.option("--previous-settings", is_flag=True,
               help="The image demo's settings before the leaner wheel (fixed 2 passes, 1,000 val + 2,000 calib items "
                    "labelled, 2,000 selected items per round), to compare side by side in another workspace.")
 @pass_ctx
 def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool, fmnist_path: str | None,
          limit: int | None, api_key_env: str | None = None, no_progress: bool = False,
-         previous_settings: bool = False) -> None:
+         previous_settings: bool = False, no_gold_ceiling: bool = False) -> None:
     """The whole wheel on Fashion-MNIST (or, with --text, SpamAssassin), simulated teacher (or --teacher), in minutes
     on 2 CPU cores.
 
@@ -367,7 +368,7 @@ def demo(ctx: Ctx, teacher_spec: str | None, rounds: int | None, text_demo: bool
     console.print(rep.summary())
     if teacher_spec:  # a real provider's batch can take hours: the demo labels online with it
         sizes = sizes | {"batch": False}
-    cfg = WheelConfig(**(sizes | {"rounds": rounds or sizes["rounds"]}))
+    cfg = WheelConfig(**(sizes | {"rounds": rounds or sizes["rounds"], "gold_ceiling": not no_gold_ceiling}))
     from llm_flywheel.pipeline.flywheel import WheelStopped
 
     try:
