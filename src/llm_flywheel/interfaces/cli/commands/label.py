@@ -73,6 +73,9 @@ def _money(v: Any, digits: int = 4) -> str:
               help="Environment variable holding the API key (default: the provider's, e.g. OPENROUTER_API_KEY).")
 @click.option("--passes", type=int, default=2, show_default=True, help="Diverse passes per item (k).")
 @click.option("--no-tie-break", is_flag=True, help="Do not ask an extra pass where the passes disagree.")
+@click.option("--fixed-passes", is_flag=True,
+              help="Ask every item all k passes (default for k>=2: every pass for a calibration sample, then later "
+                   "passes only where the first answer is less certain than a cutoff learnt from it).")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="Calls in flight at once.")
 @click.option("--rpm", type=float, help="At most this many requests per minute.")
 @click.option("--budget-usd", type=float, help="Stop before spending more than this (USD).")
@@ -97,7 +100,7 @@ def _money(v: Any, digits: int = 4) -> str:
 @no_progress_option
 @pass_ctx
 def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
-          passes: int, no_tie_break: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
+          passes: int, no_tie_break: bool, fixed_passes: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
           max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool,
           batch_price_ratio: float, batch_poll_s: float, batch_wait_s: float | None, as_json: bool,
           no_progress: bool) -> None:
@@ -125,7 +128,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         store.close()
     try:
         cfg = LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
-                          max_calls=max_calls, tie_break=not no_tie_break)
+                          max_calls=max_calls, tie_break=not no_tie_break, adaptive_passes=not fixed_passes)
         bcfg = BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s)
         teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
     except (ValueError, TeacherConfigError) as e:

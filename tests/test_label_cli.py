@@ -1,0 +1,40 @@
+"""`flywheel label` chooses between adaptive passes (default for k >= 2) and fixed k (--fixed-passes)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+
+QUIET = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)
+
+
+def _label(runner, w, spec, *extra):
+    res = runner.invoke(main, [*w, "label", "synth", "--split", "all", "--teacher", spec, "--json", *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])
+
+
+def _label_twice(ws, *extra):
+    runner, w = CliRunner(), ["-w", str(ws.root)]
+    with run_simulated_teacher(ws, "synth", QUIET) as url:
+        spec = f"{url}|{model_id('synth')}"
+        first = _label(runner, w, spec, *extra)
+        again = _label(runner, w, spec, *extra)
+    return first, again
+
+
+def test_fixed_passes_asks_every_item_k_times(synth_ws):
+    n = len(synth_ws.store().items("synth"))
+    first, again = _label_twice(synth_ws, "--fixed-passes")
+    assert first["calls_made"] >= 2 * n and again["calls_made"] == 0
+
+
+def test_adaptive_passes_are_the_default_and_ask_fewer(synth_ws):
+    """500 items: above the 300-item calibration sample, so items the first pass is sure of get no second pass."""
+    n = len(synth_ws.store().items("synth"))
+    first, again = _label_twice(synth_ws)
+    assert n < first["calls_made"] < 2 * n and again["calls_made"] == 0
