@@ -26,7 +26,7 @@ from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession, i
 from llm_flywheel.teachers.concurrency import AdaptiveConcurrency, is_overload
 
 if TYPE_CHECKING:
-    from llm_flywheel.pipeline.labeling import LabelConfig, LabelRunResult
+    from llm_flywheel.pipeline.label_types import LabelConfig, LabelRunResult
 
 Job = tuple[Item, int]
 
