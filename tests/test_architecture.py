@@ -121,3 +121,49 @@ def test_modules_and_functions_stay_small():
     found = oversized()
     assert not found, (f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function without a "
                        f"'{REASON} ...' docstring:\n" + "\n".join(found))
+
+
+def import_cycles() -> list[list[str]]:
+    """Strongly connected groups of modules in the import graph (type-only imports included): a cycle means two
+    modules cannot be understood -- or imported -- one without the other."""
+    import grimp  # import-linter's graph builder
+
+    graph = grimp.build_graph("llm_flywheel")
+    mods = sorted(m for m in graph.modules if m.startswith("llm_flywheel."))
+    adj = {m: sorted(x for x in graph.find_modules_directly_imported_by(m) if x.startswith("llm_flywheel.")) for m in mods}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in adj.get(v, []):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for m in mods:
+        if m not in index:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycles():
+    cycles = import_cycles()
+    assert not cycles, "import cycles (move the shared part into a module both import):\n" + "\n".join(map(str, cycles))
