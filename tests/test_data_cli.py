@@ -103,3 +103,19 @@ def test_newer_or_corrupt_database_is_a_clear_error(tmp_path):
     (bad / "flywheel.db").write_bytes(b"garbage" * 1000)
     r = run("-w", str(bad), "data", "info")
     assert r.exit_code == 1 and "not a usable SQLite database" in r.output
+
+
+def test_held_out_sizes_too_large_exit_2_and_name_the_fix(tmp_path):
+    """`--calib 300` on a 40-row CSV: exit 2 (a bad option value) with a message naming the option and a size that
+    fits; the rows are stored, and the same command with a smaller --calib makes the splits without re-importing."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("text,label\n" + "".join(f"ticket number {i},{'a' if i % 2 else 'b'}\n" for i in range(40)))
+    ws = str(tmp_path / "ws")
+    r = CliRunner().invoke(main, ["-w", ws, "data", "add", "text", str(csv), "--no-progress", "--calib", "300"])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and "no training pool" in r.output and "--calib" in r.output, r.output
+    r = run("-w", ws, "data", "add", "text", str(csv), "--no-progress", "--calib", "0.1")
+    assert r.exit_code == 0, r.output
+    assert "0 added, 40 already present" in r.output and "train" in r.output, r.output
+    info = json.loads(run("-w", ws, "data", "info", "t", "--json").output)
+    assert "unassigned" not in json.dumps(info)

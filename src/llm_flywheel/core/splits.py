@@ -118,7 +118,7 @@ def _fresh_plan(groups: list[list[SplitRow]], spec: SplitSpec, dataset: str) -> 
     n = sum(len(g) for g in rest)
     counts = {s: size_of(getattr(spec, s), n) for s in ("val", "calib", "stream")}
     if n and sum(counts.values()) >= n:  # n == 0: every item is (a copy of) a source test item
-        raise SplitError(f"split sizes {counts} leave no training pool out of {n} items")
+        raise SplitError(too_large_message(dataset, counts, n))
     out: list[tuple[int, str]] = []
     pos = 0
     for s in ("val", "calib", "stream"):
@@ -132,6 +132,18 @@ def _fresh_plan(groups: list[list[SplitRow]], spec: SplitSpec, dataset: str) -> 
     out += [(r["id"], "train") for g in rest[pos:] for r in g]
     out += [(r["id"], "test") for g in test_groups for r in g]
     return out
+
+
+def too_large_message(dataset: str, counts: dict[str, int], n: int) -> str:
+    """The held-out sizes asked for add up to every non-test item: say which, and what to ask for instead."""
+    asked = ", ".join(f"{s} {k:,}" for s, k in counts.items() if k)
+    largest = max(counts, key=lambda s: counts[s])
+    return (
+        f"dataset {dataset!r}: the held-out splits asked for ({asked} items) leave no training pool out of the {n:,} "
+        f"items left after the test split. Fix: ask for less, e.g. `--{largest} {max(1, n // 10)}` or a fraction "
+        f"such as `--{largest} 0.1` ({largest}= in Python), and run the same `flywheel data add` again (the items are already stored; "
+        f"nothing is imported twice)."
+    )
 
 
 def no_pool_message(dataset: str, groups: list[list[SplitRow]], taken_by: dict[str, int]) -> str:

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, console, pass_ctx
+from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx
+from llm_flywheel.core.splits import SplitError
 from llm_flywheel.core.task import TaskError
 from llm_flywheel.data.registry import ADAPTERS, add_dataset
 from llm_flywheel.pipeline.dataset_info import dataset_info
@@ -95,6 +96,8 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
             val=_size(val), calib=_size(calib), stream=_size(stream), test=_size(test_size), seed=seed,
             resplit=resplit, progress=not no_progress,
         )
+    except SplitError as e:  # split sizes that cannot be made: a bad option value, exit 2 like click's own
+        raise config_error(str(e)) from None
     except (ValueError, FileNotFoundError, TaskError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     console.print(f"[bold green]{report.dataset}[/]: {report.added:,} added, {report.already_present:,} already present"
