@@ -38,3 +38,20 @@ def test_adaptive_passes_are_the_default_and_ask_fewer(synth_ws):
     n = len(synth_ws.store().items("synth"))
     first, again = _label_twice(synth_ws)
     assert n < first["calls_made"] < 2 * n and again["calls_made"] == 0
+
+
+def test_simulated_teacher_by_flag_or_spec_like_run_and_predict(synth_ws):
+    """`flywheel label --simulated` and `--teacher simulated` start the simulated teacher for the command (as
+    `flywheel run --simulated` and `flywheel predict --teacher simulated` do) instead of 'cannot read teacher spec';
+    both name the same model, so the second run reuses the first's answers."""
+    runner, w = CliRunner(), ["-w", str(synth_ws.root)]
+    res = runner.invoke(main, [*w, "label", "synth", "--split", "all", "--limit", "20", "--simulated", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "SIMULATED" in res.output
+    first = json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])
+    res = runner.invoke(main, [*w, "label", "synth", "--split", "all", "--limit", "20", "--teacher", "simulated", "--json",
+                               "--no-progress"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])
+    assert first["calls_made"] >= 20 and again["calls_made"] == 0 and again["answers_cached"] > 0
+    assert model_id("synth") in res.output

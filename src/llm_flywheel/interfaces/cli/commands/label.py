@@ -3,7 +3,9 @@ provider's Batch API at the batch price (``--batch``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -51,7 +53,9 @@ def _money(v: Any, digits: int = 4) -> str:
     "  gemini:gemini-2.5-flash              (key in $GEMINI_API_KEY)\n"
     "  ollama:llama3.2-vision | vllm:MODEL | llamacpp:MODEL   (local, no key)\n"
     "  http://127.0.0.1:8111/v1|simulated/fashion-mnist-teacher   (any OpenAI-compatible URL,\n"
-    "                                       e.g. `flywheel teacher simulate`)\n\n"
+    "                                       e.g. `flywheel teacher simulate`)\n"
+    "  simulated                            (or --simulated: the SIMULATED teacher on 127.0.0.1 for this\n"
+    "                                       command, answering from the gold labels through an error model)\n\n"
     "\b\nExamples:\n"
     "  flywheel label fashion-mnist --limit 1500 --plan\n"
     "  flywheel label fashion-mnist --limit 1500 --budget-usd 0.50 --concurrency 32\n"
@@ -69,6 +73,8 @@ def _money(v: Any, digits: int = 4) -> str:
 @click.option("--limit", type=int, help="Label the first N items of the split (by id).")
 @click.option("--ids", help="Label exactly these item ids (comma separated) instead of a split.")
 @click.option("--teacher", "spec", default=DEFAULT_TEACHER, show_default=True, help="Teacher spec (see below).")
+@click.option("--simulated", is_flag=True,
+              help="Start the simulated teacher (loopback) for this dataset and use it (same as --teacher simulated).")
 @click.option("--api-key-env", default=None,
               help="Environment variable holding the API key (default: the provider's, e.g. OPENROUTER_API_KEY).")
 @click.option("--passes", type=int, default=2, show_default=True, help="Diverse passes per item (k).")
@@ -99,14 +105,17 @@ def _money(v: Any, digits: int = 4) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @no_progress_option
 @pass_ctx
-def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, api_key_env: str | None,
-          passes: int, no_tie_break: bool, fixed_passes: bool, concurrency: int, rpm: float | None, budget_usd: float | None,
+def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None, spec: str, simulated: bool,
+          api_key_env: str | None, passes: int, no_tie_break: bool, fixed_passes: bool, concurrency: int,
+          rpm: float | None, budget_usd: float | None,
           max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool,
           batch_price_ratio: float, batch_poll_s: float, batch_wait_s: float | None, as_json: bool,
           no_progress: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
+    simulated = simulated or spec == "simulated"
     try:
-        parse_spec(spec)  # a typo in the spec is reported before anything else
+        if not simulated:
+            parse_spec(spec)  # a typo in the spec is reported before anything else
     except TeacherConfigError as e:
         raise config_error(str(e)) from None
     ws = ctx.workspace(create=False)
@@ -126,10 +135,32 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
             item_ids = [it.id for it in items]
     finally:
         store.close()
+    with _simulated_spec(ws, dataset, spec, simulated) as teacher_spec:
+        _label(ws, dataset, item_ids, task, teacher_spec, api_key_env, timeout, max_retries, plan_only, use_batch, as_json,
+               no_progress, LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
+                                        max_calls=max_calls, tie_break=not no_tie_break,
+                                        adaptive_passes=not fixed_passes),
+               BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s))
+
+
+@contextlib.contextmanager
+def _simulated_spec(ws: Any, dataset: str, spec: str, simulated: bool) -> Iterator[str]:
+    """``spec`` as given, or (--simulated / --teacher simulated) the spec of the simulated teacher started on
+    127.0.0.1 for this command and stopped after it, like `flywheel run --simulated` and `predict --teacher simulated`."""
+    if not simulated:
+        yield spec
+        return
+    from llm_flywheel.teachers.simulated import model_id, run_simulated_teacher
+
+    with run_simulated_teacher(ws, dataset) as url:
+        yield f"{url}|{model_id(dataset)}"
+
+
+def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, api_key_env: str | None,
+           timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool, as_json: bool,
+           no_progress: bool, cfg: LabelConfig, bcfg: BatchConfig) -> None:
+    """Plan, then label (online or through the Batch API), print, exit with the documented code."""
     try:
-        cfg = LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
-                          max_calls=max_calls, tie_break=not no_tie_break, adaptive_passes=not fixed_passes)
-        bcfg = BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s)
         teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
     except (ValueError, TeacherConfigError) as e:
         raise config_error(str(e)) from None
