@@ -207,7 +207,7 @@ def run_now(emails: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
 
 def paired(a: argparse.Namespace, work: Path) -> None:
     """Before and now on the same emails, round by round in alternating order; one table, one verdict."""
-    sample = balanced_sample(work, a.n, a.corpus)
+    sample = balanced_sample(work, a.n, a.corpus, a.seed)
     chunks = [sample[i::a.rounds] for i in range(a.rounds)]
     runs: list[dict[str, Any]] = []
     for r, chunk in enumerate(chunks):
@@ -276,6 +276,7 @@ def main() -> None:
     ap.add_argument("--before-src", type=Path, help="ccc77c8's src: compare with the pre-change client instead "
                                                     "(balanced sample, interleaved rounds; see the docstring)")
     ap.add_argument("--rounds", type=int, default=4, help="with --before-src: chunks labelled by both, alternating")
+    ap.add_argument("--seed", type=int, default=0, help="with --before-src: which balanced sample")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its llama-server
     if not a.base_url and not os.access(a.server_bin, os.X_OK):
