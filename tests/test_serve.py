@@ -310,3 +310,19 @@ def test_text_model_served_over_http_without_torch_in_the_answer_path(tmp_path):
     assert isinstance(Cascade.from_store(ws, "news").student, OnnxStudent)
     assert (ws.root / "cache" / "onnx" / "all-MiniLM-L6-v2.onnx").exists()
     assert len(list(cache.rglob("*.npy"))) == n_cached
+
+
+def test_request_id_is_unique_and_input_hash_finds_the_log_row(served, images, cal_ws):
+    """The same image posted twice: two request ids (it named the input before, so two requests shared one), one
+    input_hash, and that hash is the start of the logged row's content_hash."""
+    ws, _ = cal_ws
+    server, app = served
+    png = images[1][0]
+    a, b = (httpx.post(f"{server}/v1/predict", content=png, headers={"Content-Type": "image/png"}).json()
+            for _ in range(2))
+    assert a["request_id"] != b["request_id"]
+    assert a["input_hash"] == b["input_hash"] and len(a["input_hash"]) == 16
+    flush(app)
+    rows = _rows(ws, "SELECT content_hash FROM cascade_log WHERE origin='serve' AND content_hash LIKE ?",
+                 (a["input_hash"] + "%",))
+    assert len(rows) >= 2

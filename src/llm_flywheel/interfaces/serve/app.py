@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ class PredictResponse(BaseModel):
     model_version: str
     threshold: float
     latency_ms: float
-    request_id: str
+    request_id: str = Field(description="unique per request (quote it when reporting a problem)")
+    input_hash: str = Field(description="the first 16 hex digits of the input's content hash: the same input gives "
+                                        "the same hash; its cascade_log row's content_hash starts with it")
 
 
 @dataclass
@@ -124,7 +127,7 @@ class ServeState:
                              "student_label": ans.student_label, "student_confidence": ans.student_confidence,
                              "teacher_label": ans.teacher_label, "model_version": ans.model_version,
                              "threshold": self.cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
-                             "request_id": inp.hash[:16]})
+                             "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16]})
 
     # -- readiness and lifecycle -----------------------------------------------------------------------------
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
