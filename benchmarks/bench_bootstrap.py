@@ -97,7 +97,7 @@ def run(d: dict, sizes: list[int], draws: int, delta: float, budget: float, call
             out.append({"n_calib_labels": n, "goal": g, "bootstrap_calls": round(n * calls_per_item),
                         "teacher_fraction_mean": a[:, 0].mean(), "teacher_fraction_p10_p90": np.percentile(a[:, 0], [10, 90]).tolist(),
                         "cascade_accuracy_mean": a[:, 1].mean(), "cascade_accuracy_p10_p90": np.percentile(a[:, 1], [10, 90]).tolist(),
-                        "budget_broken": float(np.mean(a[:, 0] > budget)),
+                        "budget_broken": float(np.mean(a[:, 0] > budget)) if "budget" in g else None,
                         "below_teacher": float(np.mean(a[:, 1] < d["p_teacher"])), "estimated_share": a[:, 2].mean(),
                         "draws": len(a)})
     return out
@@ -131,7 +131,8 @@ def main() -> None:
         print(f"{r['n_calib_labels']:>8,} {r['goal']:>14} {r['bootstrap_calls']:>10,} "
               f"{100 * r['teacher_fraction_mean']:>6.1f} % ({100 * tf[0]:4.1f}-{100 * tf[1]:4.1f}) "
               f"{100 * r['cascade_accuracy_mean']:>9.2f} % ({100 * ca[0]:5.2f}-{100 * ca[1]:5.2f}) "
-              f"{100 * r['budget_broken']:>11.0f} % {100 * r['below_teacher']:>7.0f} % {100 * r['estimated_share']:>4.1f}%")
+              + (f"{100 * r['budget_broken']:>11.0f} %" if r["budget_broken"] is not None else f"{'–':>13}")
+              + f" {100 * r['below_teacher']:>7.0f} % {100 * r['estimated_share']:>4.1f}%")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if a.json:
         with open(a.json, "w") as f:
