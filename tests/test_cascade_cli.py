@@ -113,3 +113,39 @@ def test_serve_command_runs_a_loopback_server(cal_ws):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_predict_text_given_on_the_command_line(tmp_path):
+    """A text dataset answers `--text` strings (repeatable, beside FILES) instead of "File 'my text' does not
+    exist"; an image dataset refuses --text with exit 2 naming FILES."""
+    topics = {"billing": "invoice refund payment charged bill", "hardware": "printer laptop screen keyboard broken",
+              "account": "password login locked two-factor username"}
+    rows = [f"{' '.join(w.split()[i % 5:] + w.split()[:i % 5])} ticket {i},{lab}"
+            for i in range(150) for lab, w in [list(topics.items())[i % 3]]]
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    w = ["--workspace", str(tmp_path / "ws")]
+
+    def run(*args):
+        r = CliRunner().invoke(main, [*w, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    run("data", "add", "text", str(tmp_path / "t.csv"), "--no-progress")
+    run("label", "t", "--split", "all", "--simulated", "--no-progress")
+    run("train", "t", "--kind", "text-tfidf", "--no-progress")
+    run("calibrate", "t", "--max-teacher-fraction", "0.5")
+    (tmp_path / "one.txt").write_text("my laptop screen is broken")
+    r = run("predict", "t", str(tmp_path / "one.txt"), "--text", "refund the invoice I was charged twice",
+            "--text", "password locked", "--json")
+    answers = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert [a.get("file") or a.get("text") for a in answers] == [
+        str(tmp_path / "one.txt"), "refund the invoice I was charged twice", "password locked"]
+    assert [a["student_label"] for a in answers] == ["hardware", "billing", "account"]
+    r = CliRunner().invoke(main, [*w, "predict", "t"])
+    assert r.exit_code == 2 and "--text" in r.output
+
+
+def test_predict_text_on_an_image_dataset_is_a_usage_error(cal_ws):
+    ws, _ = cal_ws
+    r = _run(ws, "predict", "synth", "--text", "a bar")
+    assert r.exit_code == 2 and "give FILES" in r.output

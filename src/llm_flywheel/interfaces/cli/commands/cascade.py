@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.core.stats import accuracy_ci, pct
@@ -163,11 +164,14 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 
 @click.command(epilog="\b\nExamples:\n"
                "  flywheel predict fashion-mnist shirt.png boot.jpg --teacher openrouter:google/gemini-2.5-flash\n"
-               "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n\n"
+               "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n"
+               "  flywheel predict tickets --text 'my printer is on fire' --text 'refund please'\n\n"
                "Every answer is logged to the store's cascade_log (unless --no-log); deferred store items answered by "
                "the teacher are cached and become labels for the next round.")
 @click.argument("dataset")
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text", "texts", multiple=True,
+              help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
 @click.option("--limit", type=int, help="With --split: at most this many items (by id).")
 @click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
@@ -179,7 +183,8 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 @click.option("--show", type=int, default=20, show_default=True, help="With --split: print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
-def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], split: str | None, limit: int | None,
+def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, ...], split: str | None,
+            limit: int | None,
             version: str | None, spec: str | None, api_key_env: str | None, threshold: float | None, concurrency: int,
             no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES (or a split of the store) with the calibrated cascade of DATASET.
@@ -190,8 +195,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], split: str | None, 
     from llm_flywheel.store.base import StoreError
     from llm_flywheel.students.base import StudentError
 
-    if bool(files) == bool(split):
-        raise click.UsageError("give input FILES or --split SPLIT (not both)")
+    if bool(files or texts) == bool(split):
+        raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
     ws = ctx.workspace(create=False)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
@@ -203,40 +208,51 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], split: str | None, 
         if split:
             _predict_split(ws, dataset, casc, split, limit, concurrency, no_log, show, as_json, summarize)
             return
-        answers = asyncio.run(_predict_files(casc, files, no_log))
+        if texts and casc.task.modality != "text":
+            raise click.UsageError(f"--text is for text datasets; {dataset} is {casc.task.modality}: give FILES")
+        inputs: list[Path | str] = [*files, *texts]
+        answers = asyncio.run(_predict_files(casc, inputs, no_log))
     t = Table(title="cascade answers")
-    for col in ("file", "label", "source", "confidence", "student", "model version"):
+    for col in ("input", "label", "source", "confidence", "student", "model version"):
         t.add_column(col)
     bad = 0
-    for f, a in zip(files, answers):
+    for f, a in zip(inputs, answers):
         if isinstance(a, Exception):
             bad += 1
-            t.add_row(str(f), f"[red]error: {a}[/]", "", "", "", "")
+            t.add_row(escape(str(f)), f"[red]error: {a}[/]", "", "", "", "")
             if as_json:
-                click.echo(json.dumps({"file": str(f), "error": str(a)}))
+                click.echo(json.dumps({_key(f): str(f), "error": str(a)}))
             continue
-        t.add_row(str(f), str(a.label), a.source, f"{a.confidence:.3f}", f"{a.student_label} ({a.student_confidence:.3f})",
+        t.add_row(escape(str(f)), str(a.label), a.source, f"{a.confidence:.3f}", f"{a.student_label} ({a.student_confidence:.3f})",
                   a.model_version)
         if as_json:
-            click.echo(json.dumps({"file": str(f), **a.to_dict()}))
+            click.echo(json.dumps({_key(f): str(f), **a.to_dict()}))
     console.print(t)
     if bad:
-        raise click.ClickException(f"{bad} of {len(files)} inputs could not be read")
+        raise click.ClickException(f"{bad} of {len(inputs)} inputs could not be read")
 
 
-async def _predict_files(casc: Any, files: tuple[Path, ...], no_log: bool) -> list[Any]:
+def _key(f: Path | str) -> str:
+    """JSON key naming an input: 'file' for a path, 'text' for a --text."""
+    return "text" if isinstance(f, str) else "file"
+
+
+async def _predict_files(casc: Any, inputs: list[Path | str], no_log: bool) -> list[Any]:
+    """Answer files (Path) and --text texts (str) through the cascade, 16 at a time."""
+    from llm_flywheel.data.base import sha256
+
     sem = asyncio.Semaphore(16)
 
-    async def one(f: Path) -> Any:
+    async def one(f: Path | str) -> Any:
         try:
-            content, h = _read_input(f, casc.task.modality)
+            content, h = (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else _read_input(f, casc.task.modality)
         except Exception as e:  # unreadable input: report it, keep going
             return ValueError(f"cannot read {casc.task.modality} input ({type(e).__name__}: {e})")
         async with sem:
             return await casc.apredict_raw(content, origin="predict", log=not no_log, content_hash=h)
 
     try:
-        return list(await asyncio.gather(*(one(f) for f in files)))
+        return list(await asyncio.gather(*(one(f) for f in inputs)))
     finally:
         await casc.aclose()
         casc.close()
