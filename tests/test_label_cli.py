@@ -55,3 +55,34 @@ def test_simulated_teacher_by_flag_or_spec_like_run_and_predict(synth_ws):
     again = json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])
     assert first["calls_made"] >= 20 and again["calls_made"] == 0 and again["answers_cached"] > 0
     assert model_id("synth") in res.output
+
+
+def test_ctrl_c_says_the_answers_are_kept_and_the_rerun_resumes(synth_ws):
+    """SIGINT in the middle of `flywheel label` (a real process, one call in flight at a time): a message saying
+    what is kept and how to resume instead of click's bare "Aborted!"; the re-run's plan counts the stored answers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    boot = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited ignored\n"
+            "from llm_flywheel.interfaces.cli import main; main()")
+    cmd = [sys.executable, "-c", boot, "-w", str(synth_ws.root),
+           "label", "synth", "--split", "all", "--simulated", "--concurrency", "1", "--no-progress"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env={**os.environ, "COLUMNS": "200"})
+    lines = []
+    for line in p.stdout:  # the plan is printed before the first call
+        lines.append(line)
+        if "calls needed" in line:
+            break
+    time.sleep(3)  # some answers arrive (the simulator answers in ~0.2 s), far fewer than the ~600 calls asked
+    p.send_signal(signal.SIGINT)
+    out = "".join(lines) + p.communicate(timeout=60)[0]
+    assert p.returncode == 1, out
+    assert "interrupted" in out and "run the same command again" in out and "Aborted!" not in out, out
+    r = CliRunner().invoke(main, ["-w", str(synth_ws.root), "label", "synth", "--split", "all", "--simulated",
+                                  "--plan", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.rindex('{\n  "dataset"'):])["calls_cached"] > 0

@@ -16,6 +16,7 @@ from llm_flywheel.interfaces.cli import (
     EXIT_CODES_HELP,
     Ctx,
     ExitCode,
+    FlywheelExit,
     config_error,
     console,
     label_exit_code,
@@ -183,6 +184,10 @@ def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, ap
             res = label_items(ws, dataset, item_ids, teacher, cfg, progress=progress_enabled(no_progress))
     except TeacherConfigError as e:
         raise config_error(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C: click would print a bare "Aborted!"
+        how = "its batches are polled, not submitted again" if use_batch else "nothing is asked twice"
+        raise FlywheelExit(f"interrupted: every teacher answer received so far is stored; run the same command again "
+                           f"to resume ({how}).", ExitCode.ERROR) from None
     code = _print_result(res, teacher.display_name, dataset)
     _print_quality(ws, dataset, teacher.model)
     if as_json:
