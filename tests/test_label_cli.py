@@ -86,3 +86,17 @@ def test_ctrl_c_says_the_answers_are_kept_and_the_rerun_resumes(synth_ws):
                                   "--plan", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output[r.output.rindex('{\n  "dataset"'):])["calls_cached"] > 0
+
+
+def test_a_teacher_answering_only_off_list_labels_is_a_failure_naming_the_fix(synth_ws, synth_task):
+    """Every answer names a label the task does not have (a real HTTP server on 127.0.0.1): exit 1 and a warning
+    naming the task's labels and `flywheel teacher check`, where it used to exit 0 with 'disagreed 5'."""
+    from fault_server import FaultServer, ok
+
+    with FaultServer(default=ok('{"label": "Payments", "confidence": 0.9}')) as srv:
+        res = CliRunner().invoke(main, ["-w", str(synth_ws.root), "label", "synth", "--split", "all", "--limit", "5",
+                                        "--teacher", f"{srv.url}|offlist", "--max-retries", "0", "--no-progress"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert "outside the task's list" in out and "flywheel teacher check" in out, res.output
+    assert ", ".join(synth_task.labels) in out, res.output

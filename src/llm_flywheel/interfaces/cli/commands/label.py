@@ -189,6 +189,7 @@ def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, ap
         raise FlywheelExit(f"interrupted: every teacher answer received so far is stored; run the same command again "
                            f"to resume ({how}).", ExitCode.ERROR) from None
     code = _print_result(res, teacher.display_name, dataset)
+    code = _warn_off_list(res, task, spec, dataset, code)
     _print_quality(ws, dataset, teacher.model)
     if as_json:
         click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
@@ -230,6 +231,19 @@ def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
     return int(code)
+
+
+def _warn_off_list(res: Any, task: Task, spec: str, dataset: str, code: int) -> int:
+    """Answers naming labels outside the task's list usually mean the task's label names or instructions do not
+    fit the teacher: say so with the fix.  Nothing labelled and only off-list answers is a failure (exit 1), not 0."""
+    if not res.off_list or 2 * res.off_list < res.calls_made:
+        return code
+    console.print(
+        f"[bold yellow]warning[/]: {res.off_list} of {res.calls_made} answers named a label outside the task's list "
+        f"({', '.join(task.labels)}). Fix: give the labels names and descriptions the teacher will use (the task "
+        f"TOML's [labels]) or another model; `flywheel teacher check '{spec}' --dataset {dataset}` shows one raw answer.",
+        highlight=False)
+    return ExitCode.ERROR if code == ExitCode.OK and res.labelled == 0 else code
 
 
 def _is_batch(res: Any) -> bool:
