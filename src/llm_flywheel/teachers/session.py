@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -19,14 +19,27 @@ from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import TeacherAnswer
 from llm_flywheel.teachers.concurrency import RateLimiter
 
-if TYPE_CHECKING:
-    from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
+
+
+class _AskingTeacher(Protocol):
+    """What a session needs from its teacher (an ``OpenAICompatTeacher``); a protocol, so this module and
+    ``openai_compat`` (which creates sessions) do not import each other."""
+
+    limiter: RateLimiter
+
+    def make_client(self, max_connections: int) -> httpx.AsyncClient: ...
+
+    async def _label_item(self, item: Item, task: Task, ws: Workspace | None, pass_index: int,
+                          client: httpx.AsyncClient, limiter: RateLimiter) -> TeacherAnswer: ...
+
+    async def _label_raw(self, content: Any, task: Task, pass_index: int, client: httpx.AsyncClient,
+                         limiter: RateLimiter) -> TeacherAnswer: ...
 
 
 class OpenAICompatSession:
     """One run's calls to one teacher for one task; see :meth:`OpenAICompatTeacher.session`."""
 
-    def __init__(self, teacher: OpenAICompatTeacher, task: Task, *, ws: Workspace | None = None,
+    def __init__(self, teacher: _AskingTeacher, task: Task, *, ws: Workspace | None = None,
                  rpm: float | None = None) -> None:
         self.teacher = teacher
         self.task = task
