@@ -96,3 +96,20 @@ def test_task_file_labels_filter_unknown_values(ws, tmp_path):
     p.write_text("text,label\nwin money,spam\nlunch?,ham\nwhat is this,newsletter\nno label,\n")
     rep = add_dataset(ws, "text", path=p, task=task, progress=False)
     assert rep.added == 3 and rep.skipped == 1 and "newsletter" in rep.skipped_examples[0]
+
+
+@pytest.mark.parametrize("name,content", [("t.csv", "text,label\n"), ("t.jsonl", ""), ("t.tsv", "text\tlabel\n")])
+def test_a_file_without_rows_is_an_error_not_an_empty_dataset(ws, tmp_path, name, content):
+    """A header-only or empty file used to register an empty dataset and exit 0 ("0 added")."""
+    (tmp_path / name).write_text(content)
+    (tmp_path / "t.toml").write_text('name = "t"\nmodality = "text"\n[labels]\na = "x"\nb = "y"\n')
+    with pytest.raises(ValueError, match="no rows to import"):
+        add_dataset(ws, "text", path=tmp_path / name, task=tmp_path / "t.toml", progress=False)
+    with ws.store() as s:
+        assert "t" not in s.dataset_names()
+
+
+def test_a_label_column_with_no_values_says_so(ws, tmp_path):
+    (tmp_path / "t.csv").write_text("text,label\nhello,\nworld,\n")
+    with pytest.raises(TaskError, match="no label values"):
+        add_dataset(ws, "text", path=tmp_path / "t.csv", progress=False)

@@ -35,16 +35,22 @@ class Row:
 
 
 def read_rows(path: str | Path) -> tuple[list[str], list[Row]]:
-    """(columns, rows) from a .csv/.tsv, .jsonl/.ndjson or .json (a list of objects) file."""
+    """(columns, rows) from a .csv/.tsv, .jsonl/.ndjson or .json (a list of objects) file.  A file without a
+    single row is an error: importing it would register an empty dataset and exit 0."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist or is not a file")
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        return _read_json(p)
-    if suffix in (".csv", ".tsv", ".txt"):
-        return _read_csv(p, delimiter="\t" if suffix == ".tsv" else ",")
-    raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .ndjson or .json")
+        columns, rows = _read_json(p)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        columns, rows = _read_csv(p, delimiter="\t" if suffix == ".tsv" else ",")
+    else:
+        raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .ndjson or .json")
+    if not rows:
+        raise ValueError(f"{p}: no rows to import ({'only a header: ' + ', '.join(columns) if columns else 'empty'}); "
+                         f"check the path")
+    return columns, rows
 
 
 def _read_csv(p: Path, delimiter: str) -> tuple[list[str], list[Row]]:
@@ -135,7 +141,7 @@ def task_for(
         labels = sorted(labels_seen)
         if len(labels) < 2:
             raise TaskError(
-                f"{path}: {'no label column' if not labels else 'only one label value ' + repr(labels[0])}; "
+                f"{path}: {'no label values' if not labels else 'only one label value ' + repr(labels[0])}; "
                 "pass --task FILE.toml naming the labels (unlabelled rows are labelled by the teacher)"
             )
         t = Task(name=dataset_name(name or path.stem), modality=modality, labels=tuple(labels),
