@@ -167,3 +167,23 @@ def import_cycles() -> list[list[str]]:
 def test_no_import_cycles():
     cycles = import_cycles()
     assert not cycles, "import cycles (move the shared part into a module both import):\n" + "\n".join(map(str, cycles))
+
+
+def test_size_and_cycle_checks_see_planted_violations():
+    """The size and cycle checks can fail: a 401-line module with a 90-line function, and two modules that import
+    each other, are reported (and removed again)."""
+    big = SRC / "core" / "_probe_big.py"
+    a, b = SRC / "core" / "_probe_a.py", SRC / "core" / "_probe_b.py"
+    body = "\n".join(f"    x{i} = {i}" for i in range(88))
+    big.write_text('"""probe"""\n\n\ndef long_function():\n' + body + "\n" + "\n" * (401 - 92) + "Y = 1\n")
+    a.write_text("from llm_flywheel.core import _probe_b  # noqa\n")
+    b.write_text("from llm_flywheel.core import _probe_a  # noqa\n")
+    try:
+        found = oversized()
+        cycles = import_cycles()
+    finally:
+        for f in (big, a, b):
+            f.unlink()
+    assert any(f.startswith("src/llm_flywheel/core/_probe_big.py:4: long_function()") for f in found), found
+    assert any(f.startswith("src/llm_flywheel/core/_probe_big.py: ") for f in found), found
+    assert ["llm_flywheel.core._probe_a", "llm_flywheel.core._probe_b"] in cycles
