@@ -15,6 +15,7 @@ from rich.table import Table
 
 from llm_flywheel.core.stats import accuracy_ci, pct
 from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
+from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
@@ -96,7 +97,8 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
         max_teacher_fraction = DEFAULT_MAX_TEACHER_FRACTION
         console.print(f"no goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
                       f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
-    ws = ctx.workspace(create=False)
+    ws = open_workspace(ctx)
+    require_dataset(ws, dataset)
     try:
         if version is None:
             with ws.store() as s:
@@ -197,7 +199,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
 
     if bool(files or texts) == bool(split):
         raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
-    ws = ctx.workspace(create=False)
+    ws = open_workspace(ctx)
+    require_dataset(ws, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             casc = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold)

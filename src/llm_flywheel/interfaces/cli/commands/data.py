@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx
+from llm_flywheel.interfaces.cli.commands import require_dataset
 from llm_flywheel.core.splits import SplitError
 from llm_flywheel.core.task import TaskError
 from llm_flywheel.data.registry import ADAPTERS, add_dataset
@@ -218,6 +219,7 @@ def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
     """Report items of DATASET that repeat another item in a different split; --repair moves them together."""
     try:
         ws = ctx.workspace(create=False)
+        require_dataset(ws, dataset)
         with ws.store() as store:
             rep = repair_duplicates(store, dataset) if repair else check_duplicates(store, dataset)
     except (FileNotFoundError, StoreError, SplitRepairError) as e:

@@ -24,6 +24,7 @@ from llm_flywheel.interfaces.cli import (
     pass_ctx,
     progress_enabled,
 )
+from llm_flywheel.interfaces.cli.commands import open_workspace
 from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
 from llm_flywheel.pipeline.batch_plan import plan_both
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
@@ -119,7 +120,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
             parse_spec(spec)  # a typo in the spec is reported before anything else
     except TeacherConfigError as e:
         raise config_error(str(e)) from None
-    ws = ctx.workspace(create=False)
+    ws = open_workspace(ctx)
     item_ids = _ids(ids)
     store = ws.store()
     try:

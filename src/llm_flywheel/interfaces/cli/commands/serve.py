@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
+from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
 from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
 
 
@@ -67,7 +68,8 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
     if not is_loopback(host):
         console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: the service has no "
                       "authentication; put it behind your own gateway")
-    ws = ctx.workspace(create=False)
+    ws = open_workspace(ctx)
+    require_dataset(ws, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold,

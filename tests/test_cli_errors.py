@@ -1,0 +1,43 @@
+"""What a newcomer meets first: a wrong --workspace or a mistyped dataset name is one ``Error:`` line naming the fix
+and the exit status `flywheel --help` documents (2 for an unknown dataset), for every command that takes one."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from llm_flywheel.interfaces.cli import main
+
+COMMANDS = [
+    ["predict", "nosuch", "--text", "hi"],
+    ["calibrate", "nosuch"],
+    ["evaluate", "nosuch"],
+    ["serve", "nosuch", "--port", "1"],
+    ["review", "queue", "nosuch"],
+    ["review", "export", "nosuch"],
+    ["review", "effect", "nosuch"],
+    ["data", "check", "nosuch"],
+    ["label", "nosuch", "--plan"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(a[:2]) for a in COMMANDS])
+def test_unknown_dataset_is_exit_2_naming_data_add(tmp_path, args):
+    """evaluate/calibrate said "has no trained model to serve; run `flywheel train nosuch`" (exit 1), the others
+    exit 1 where `flywheel --help` promises 2 for an unknown dataset."""
+    ws = str(tmp_path / "ws")
+    assert CliRunner().invoke(main, ["-w", ws, "init"]).exit_code == 0
+    r = CliRunner().invoke(main, ["-w", ws, *args], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert "'nosuch' is not in this workspace" in r.output and "flywheel data add" in r.output, r.output
+
+
+@pytest.mark.parametrize("args", [*COMMANDS, ["review", "import", "x.csv"]],
+                         ids=[" ".join(a[:2]) for a in [*COMMANDS, ["review", "import"]]])
+def test_no_workspace_is_an_error_line_not_a_traceback(tmp_path, args):
+    """These commands raised FileNotFoundError with a traceback when the folder held no workspace."""
+    missing = tmp_path / "nowhere"
+    r = CliRunner().invoke(main, ["-w", str(missing), *args], catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    assert "no workspace at" in r.output and "--workspace" in r.output and "Traceback" not in r.output, r.output
+    assert not missing.exists()
