@@ -46,7 +46,7 @@ def test_calibrate_prints_choice_and_png(cal_ws):
     rep = json.loads(r.stdout)
     assert rep["version"] == version and rep["choice"]["goal"] == "accuracy" and rep["choice"]["delta"] == 0.1
     r = _run(ws, "calibrate", "synth", "--target-accuracy", "1.5")
-    assert r.exit_code != 0 and "target_accuracy" in r.output
+    assert r.exit_code == 2 and "--target-accuracy" in r.output and "0<x<1" in r.output
     # this workspace's calib labels were written without teacher calls: no single call to compare with
     r = _run(ws, "calibrate", "synth", "--goal", "teacher-parity")
     assert r.exit_code != 0 and "pass 0" in r.output and "flywheel label" in r.output
@@ -54,7 +54,7 @@ def test_calibrate_prints_choice_and_png(cal_ws):
     assert r.exit_code != 0 and "not both" in r.output
     _run(ws, "calibrate", "synth", "--target-accuracy", "0.9", "--delta", "0.1")  # leave the accuracy goal latest
     r = _run(ws, "calibrate", "nosuch")
-    assert r.exit_code != 0 and "no trained model" in r.output
+    assert r.exit_code == 2 and "not in this workspace" in r.output and "flywheel data add" in r.output
 
 
 def test_predict_files_and_split(cal_ws, tmp_path):

@@ -41,3 +41,15 @@ def test_no_workspace_is_an_error_line_not_a_traceback(tmp_path, args):
     assert r.exit_code == 1, r.output
     assert "no workspace at" in r.output and "--workspace" in r.output and "Traceback" not in r.output, r.output
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("option,value", [("--target-accuracy", "1.5"), ("--target-accuracy", "0"), ("--delta", "0"),
+                                          ("--delta", "1"), ("--max-teacher-fraction", "2"),
+                                          ("--max-teacher-fraction", "-0.1")])
+def test_calibrate_goal_out_of_range_is_a_usage_error(tmp_path, option, value):
+    """`flywheel calibrate --target-accuracy 1.5` exited 1 from deep inside the calibration; a bad option value is 2
+    and names the option and its range, before any work."""
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "calibrate", "any", option, value],
+                           catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert option in r.output and "range" in r.output, r.output

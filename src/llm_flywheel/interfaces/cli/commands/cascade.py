@@ -69,10 +69,12 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
 @click.option("--goal", type=click.Choice(["teacher-parity"]), default=None,
               help="teacher-parity: cascade accuracy no lower than the teacher's single call (pass 0), guaranteed "
                    "at 1 - delta against the reference labels; a student better than its teacher answers most items.")
-@click.option("--target-accuracy", type=float, help="Goal: accuracy on the items the student answers (0-1).")
-@click.option("--delta", type=float, default=0.1, show_default=True,
+@click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Goal: accuracy on the items the student answers (0-1).")
+@click.option("--delta", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
               help="Allowed probability that the accuracy guarantee fails.")
-@click.option("--max-teacher-fraction", type=float, help="Goal: at most this fraction of items sent to the teacher.")
+@click.option("--max-teacher-fraction", type=click.FloatRange(0, 1),
+              help="Goal: at most this fraction of items sent to the teacher.")
 @click.option("--reference", type=click.Choice(["labels", "gold"]), default="labels", show_default=True,
               help="What 'correct' means on the calib split: its teacher/human labels, or gold labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored report as JSON on stdout.")
