@@ -53,3 +53,21 @@ def test_calibrate_goal_out_of_range_is_a_usage_error(tmp_path, option, value):
                            catch_exceptions=False)
     assert r.exit_code == 2, r.output
     assert option in r.output and "range" in r.output, r.output
+
+
+def test_serve_on_a_port_in_use_or_out_of_range_is_exit_2(tmp_path):
+    """A port already taken: exit 2 naming --port before any model is loaded (uvicorn printed its own error after
+    "serving ... on" and exited 3, the teacher-error status); --port 99999 was an OverflowError traceback."""
+    import socket
+
+    ws = str(tmp_path / "ws")
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(30)))
+    assert CliRunner().invoke(main, ["-w", ws, "data", "add", "text", str(tmp_path / "t.csv"),
+                                     "--no-progress"]).exit_code == 0
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = CliRunner().invoke(main, ["-w", ws, "serve", "t", "--port", str(port)], catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output and "serving" not in r.output
+    r = CliRunner().invoke(main, ["-w", ws, "serve", "t", "--port", "99999"], catch_exceptions=False)
+    assert r.exit_code == 2 and "--port" in r.output, r.output

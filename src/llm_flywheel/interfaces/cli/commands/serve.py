@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
-from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
+from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
 from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
 from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
 
@@ -20,7 +22,7 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
 @click.argument("dataset")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; loopback by default because there is no authentication.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
@@ -70,6 +72,7 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
                       "authentication; put it behind your own gateway")
     ws = open_workspace(ctx)
     require_dataset(ws, dataset)
+    _check_address(host, port)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold,
@@ -80,3 +83,17 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
         console.print(f"serving {dataset} model {d['model_version']} (threshold {d['threshold']:.4f}, "
                       f"teacher: {d['teacher'] or 'none -> deferred answers have no label'}) on http://{host}:{port}")
         serve_forever(app, host, port, log_level="warning" if ctx.verbose == 0 else "info")
+
+
+def _check_address(host: str, port: int) -> None:
+    """Bind and release HOST:PORT before loading anything: a port in use or an address this machine does not have
+    is exit 2 naming the option, where uvicorn printed its own error after "serving ... on" and exited 3 (which
+    `flywheel --help` documents as a teacher error)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):  # SO_REUSEADDR, as uvicorn binds
+            pass
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise config_error(f"cannot listen on {host}:{port} ({why}); pick another --port, stop what is listening "
+                           f"there, or give a --host this machine has (default 127.0.0.1)") from None
