@@ -71,3 +71,19 @@ def test_serve_on_a_port_in_use_or_out_of_range_is_exit_2(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output and "serving" not in r.output
     r = CliRunner().invoke(main, ["-w", ws, "serve", "t", "--port", "99999"], catch_exceptions=False)
     assert r.exit_code == 2 and "--port" in r.output, r.output
+
+
+@pytest.mark.parametrize("option,value", [("--passes", "0"), ("--concurrency", "0"), ("--limit", "-3"),
+                                          ("--budget-usd", "-1"), ("--max-retries", "-1"), ("--rpm", "0"),
+                                          ("--batch-wait-s", "-5")])
+def test_label_bad_numbers_are_usage_errors_not_tracebacks(tmp_path, option, value):
+    """--passes 0 / --concurrency 0 / --budget-usd -1 were ValueError tracebacks, --limit -3 labelled the whole split
+    (SQL LIMIT -3 is no limit); each is now exit 2 naming the value, before any call."""
+    ws = str(tmp_path / "ws")
+    (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"item {i},{'ab'[i % 2]}\n" for i in range(30)))
+    assert CliRunner().invoke(main, ["-w", ws, "data", "add", "text", str(tmp_path / "t.csv"),
+                                     "--no-progress"]).exit_code == 0
+    r = CliRunner().invoke(main, ["-w", ws, "label", "t", "--simulated", "--no-progress", option, value],
+                           catch_exceptions=False)
+    assert r.exit_code == 2, r.output
+    assert value.lstrip("-") in r.output and "calls made" not in r.output, r.output

@@ -72,36 +72,36 @@ def _money(v: Any, digits: int = 4) -> str:
 @click.argument("dataset")
 @click.option("--split", default="train", show_default=True,
               help="Which split to label (train is the pool the student learns from); 'all' for every item.")
-@click.option("--limit", type=int, help="Label the first N items of the split (by id).")
+@click.option("--limit", type=click.IntRange(min=1), help="Label the first N items of the split (by id).")
 @click.option("--ids", help="Label exactly these item ids (comma separated) instead of a split.")
 @click.option("--teacher", "spec", default=DEFAULT_TEACHER, show_default=True, help="Teacher spec (see below).")
 @click.option("--simulated", is_flag=True,
               help="Start the simulated teacher (loopback) for this dataset and use it (same as --teacher simulated).")
 @click.option("--api-key-env", default=None,
               help="Environment variable holding the API key (default: the provider's, e.g. OPENROUTER_API_KEY).")
-@click.option("--passes", type=int, default=2, show_default=True, help="Diverse passes per item (k).")
+@click.option("--passes", type=click.IntRange(min=1), default=2, show_default=True, help="Diverse passes per item (k).")
 @click.option("--no-tie-break", is_flag=True, help="Do not ask an extra pass where the passes disagree.")
 @click.option("--fixed-passes", is_flag=True,
               help="Ask every item all k passes (default for k>=2: every pass for a calibration sample, then later "
                    "passes only where the first answer is less certain than a cutoff learnt from it).")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Calls in flight at once.")
-@click.option("--rpm", type=float, help="At most this many requests per minute.")
-@click.option("--budget-usd", type=float, help="Stop before spending more than this (USD).")
-@click.option("--max-calls", type=int, help="Stop before making more than this many calls.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Calls in flight at once.")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="At most this many requests per minute.")
+@click.option("--budget-usd", type=click.FloatRange(min=0), help="Stop before spending more than this (USD).")
+@click.option("--max-calls", type=click.IntRange(min=0), help="Stop before making more than this many calls.")
 @click.option("--timeout", type=float, default=None,
               help="Cap on seconds per request [default: adaptive -- 4 x the p95 of measured latency, at least 30 s, "
                    "at most 300 s].")
-@click.option("--max-retries", type=int, default=5, show_default=True,
+@click.option("--max-retries", type=click.IntRange(min=0), default=5, show_default=True,
               help="Retries per call on 429 / 5xx / timeouts / dropped connections. Never on other 4xx; a refused "
                    "connection, an unknown host, 401/403 or 404 stops the run instead (see exit codes).")
 @click.option("--plan", "plan_only", is_flag=True,
               help="Print calls needed and the estimated cost online and through the Batch API; make no call.")
 @click.option("--batch", "use_batch", is_flag=True,
               help="Submit through the provider's Batch API (cheaper, slower: each round of passes is a batch).")
-@click.option("--batch-price-ratio", type=float, default=0.5, show_default=True,
+@click.option("--batch-price-ratio", type=click.FloatRange(min=0, min_open=True), default=0.5, show_default=True,
               help="Batch price / online price, used where the provider reports no cost per answer.")
-@click.option("--batch-poll-s", type=float, default=30.0, show_default=True, help="Seconds between batch polls.")
-@click.option("--batch-wait-s", type=float, default=None,
+@click.option("--batch-poll-s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True, help="Seconds between batch polls.")
+@click.option("--batch-wait-s", type=click.FloatRange(min=0), default=None,
               help="Stop waiting after this many seconds (the batch keeps running; re-run to collect it) "
                    "[default: wait until it ends].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -137,12 +137,15 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
             item_ids = [it.id for it in items]
     finally:
         store.close()
+    try:  # the configs check their values too (a message, exit 2, not a traceback)
+        cfg = LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
+                          max_calls=max_calls, tie_break=not no_tie_break, adaptive_passes=not fixed_passes)
+        bcfg = BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s)
+    except ValueError as e:
+        raise config_error(str(e)) from None
     with _simulated_spec(ws, dataset, spec, simulated) as teacher_spec:
-        _label(ws, dataset, item_ids, task, teacher_spec, api_key_env, timeout, max_retries, plan_only, use_batch, as_json,
-               no_progress, LabelConfig(passes=passes, concurrency=concurrency, rpm=rpm, budget_usd=budget_usd,
-                                        max_calls=max_calls, tie_break=not no_tie_break,
-                                        adaptive_passes=not fixed_passes),
-               BatchConfig(price_ratio=batch_price_ratio, poll_s=batch_poll_s, wait_s=batch_wait_s))
+        _label(ws, dataset, item_ids, task, teacher_spec, api_key_env, timeout, max_retries, plan_only, use_batch,
+               as_json, no_progress, cfg, bcfg)
 
 
 @contextlib.contextmanager
