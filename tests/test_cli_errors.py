@@ -87,3 +87,12 @@ def test_label_bad_numbers_are_usage_errors_not_tracebacks(tmp_path, option, val
                            catch_exceptions=False)
     assert r.exit_code == 2, r.output
     assert value.lstrip("-") in r.output and "calls made" not in r.output, r.output
+
+
+@pytest.mark.parametrize("option,value", [("--limit", "-3"), ("--limit", "0"), ("--concurrency", "0"),
+                                          ("--show", "-1")])
+def test_predict_bad_numbers_are_usage_errors(tmp_path, option, value):
+    """`flywheel predict --split stream --limit -3` answered the whole split (SQL LIMIT -3 is no limit)."""
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "predict", "any", "--split", "stream", option, value],
+                           catch_exceptions=False)
+    assert r.exit_code == 2 and option in r.output and "range" in r.output, r.output

@@ -177,14 +177,14 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
-@click.option("--limit", type=int, help="With --split: at most this many items (by id).")
+@click.option("--limit", type=click.IntRange(min=1), help="With --split: at most this many items (by id).")
 @click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="Teacher calls in flight at once.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Teacher calls in flight at once.")
 @click.option("--no-log", is_flag=True, help="Do not log the answers to cascade_log.")
-@click.option("--show", type=int, default=20, show_default=True, help="With --split: print the first N answers.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="With --split: print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, ...], split: str | None,
