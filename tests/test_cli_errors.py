@@ -96,3 +96,12 @@ def test_predict_bad_numbers_are_usage_errors(tmp_path, option, value):
     r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "predict", "any", "--split", "stream", option, value],
                            catch_exceptions=False)
     assert r.exit_code == 2 and option in r.output and "range" in r.output, r.output
+
+
+@pytest.mark.parametrize("args", [["review", "export", "any", "--limit", "-3"], ["review", "queue", "any", "--limit", "0"],
+                                  ["review", "push", "any", "--limit", "-1"],
+                                  ["data", "add", "fashion-mnist", "--limit", "-5"]])
+def test_review_and_data_limits_are_positive(tmp_path, args):
+    """`review export --limit -3` wrote the whole queue and `review queue --limit 0` showed it all."""
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), *args], catch_exceptions=False)
+    assert r.exit_code == 2 and "--limit" in r.output and "range" in r.output, r.output

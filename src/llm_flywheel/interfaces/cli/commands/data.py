@@ -59,7 +59,7 @@ def _size(value: str | None) -> float | int | None:
 @click.argument("source", required=False, type=click.Path(), metavar="[PATH]")
 @click.option("--path", "path_opt", type=click.Path(), help="Where the source is (same as PATH). fashion-mnist: folder "
               "of idx files (default /usr/share/datasets/fashion-mnist); cifar5: cifar-100-python folder or .tar.gz.")
-@click.option("--limit", type=int, help="fashion-mnist/cifar5: import only the first N items of each source split.")
+@click.option("--limit", type=click.IntRange(min=1), help="fashion-mnist/cifar5: import only the first N items of each source split.")
 @click.option("--task", "task_file", type=click.Path(dir_okay=False), help="Task TOML (labels, descriptions, "
               "instructions). Default: derived from folder names / label column values.")
 @click.option("--name", "as_name", help="Dataset name in the workspace (default: the task's or the folder/file name).")

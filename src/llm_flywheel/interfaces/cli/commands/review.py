@@ -26,7 +26,7 @@ def review() -> None:
 @click.option("--all-disagreements", "which", flag_value="disagreements",
               help="Every item whose teacher passes disagreed, tie-broken or not.")
 @click.option("--all", "which", flag_value="all", help="Every teacher-labelled item (an audit).")
-@click.option("--limit", type=int, help="At most N rows.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N rows.")
 @click.option("-o", "--output", default="reviews.csv", show_default=True, type=click.Path(dir_okay=False),
               help="CSV file to write.")
 @pass_ctx
@@ -68,7 +68,7 @@ def _token(env: str) -> str:
 
 @review.command("queue")
 @click.argument("dataset")
-@click.option("--limit", type=int, default=20, show_default=True, help="Show the N most valuable items.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show the N most valuable items.")
 @pass_ctx
 def queue_cmd(ctx: Ctx, dataset: str, limit: int) -> None:
     """The review queue, most valuable first: P(label wrong) and how much a human label would move the student."""
@@ -93,7 +93,7 @@ def queue_cmd(ctx: Ctx, dataset: str, limit: int) -> None:
                 "run `flywheel review pull DATASET`.")
 @click.argument("dataset")
 @click.option("--label-studio", "url", required=True, metavar="URL", help="Label Studio base URL, e.g. http://localhost:8080.")
-@click.option("--limit", type=int, help="Upload at most N items (the most valuable).")
+@click.option("--limit", type=click.IntRange(min=1), help="Upload at most N items (the most valuable).")
 @click.option("--project", "project_id", type=int, help="Use this Label Studio project id (default: find or create "
               "'llm-flywheel review: DATASET').")
 @click.option("--low-confidence-below", type=float, default=LOW_CONFIDENCE_BELOW, show_default=True,
