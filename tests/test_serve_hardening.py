@@ -252,7 +252,7 @@ def test_cli_serve_refuses_a_bad_limit_before_listening(cal_ws):
 
     ws, _ = cal_ws
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "serve", "synth", "--deadline", "0"])
-    assert r.exit_code == 1 and "deadline_s must be > 0" in r.output
+    assert r.exit_code == 2 and "--deadline must be > 0" in r.output, r.output  # a bad option value, named as typed
     r = CliRunner().invoke(main, ["serve", "--help"])
     assert r.exit_code == 0
     for w in ("--deadline", "--on-deadline", "--breaker-failures", "--queue", "--retention-days", "/readyz"):

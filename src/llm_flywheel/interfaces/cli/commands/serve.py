@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import click
@@ -72,11 +73,17 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
                       "authentication; put it behind your own gateway")
     ws = open_workspace(ctx)
     require_dataset(ws, dataset)
+    try:
+        config = ServeConfig(**limits)  # type: ignore[arg-type]
+    except ValueError as e:  # a bad option value: exit 2, the message naming the option rather than the field
+        msg = str(e)
+        for param in click.get_current_context().command.params:
+            msg = re.sub(rf"\b{param.name}\b", param.opts[0], msg) if param.opts else msg
+        raise config_error(msg) from None
     _check_address(host, port)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
-            app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold,
-                             config=ServeConfig(**limits))  # type: ignore[arg-type]
+            app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold, config=config)
         except (StoreError, StudentError, CascadeError, ValueError) as e:
             raise click.ClickException(str(e)) from None
         d = app.state.cascade.describe()
