@@ -100,3 +100,30 @@ def test_a_teacher_answering_only_off_list_labels_is_a_failure_naming_the_fix(sy
     assert res.exit_code == 1, res.output
     assert "outside the task's list" in out and "flywheel teacher check" in out, res.output
     assert ", ".join(synth_task.labels) in out, res.output
+
+
+def test_a_server_answering_only_5xx_stops_the_run_naming_the_fix(synth_ws):
+    """Every request answered HTTP 500 (a real server on 127.0.0.1): the run stops after a few answers with exit 3
+    and says what to check, where it used to retry item after item for minutes and end with 'incomplete'."""
+    from fault_server import FaultServer, status
+
+    with FaultServer(default=status(500)) as srv:
+        res = CliRunner().invoke(main, ["-w", str(synth_ws.root), "label", "synth", "--split", "all", "--limit", "40",
+                                        "--passes", "1", "--teacher", f"{srv.url}|broken", "--max-retries", "0",
+                                        "--concurrency", "1", "--no-progress", "--json"])
+        asked = len(srv.requests)
+    out = " ".join(res.output.split())
+    assert res.exit_code == 3, res.output
+    assert "'http_5xx'" in out and "check its log" in out, res.output
+    assert asked < 40
+
+
+def test_a_5xx_after_answers_is_never_a_reason_to_stop(synth_ws):
+    """The same 500s after the server has answered once: retried next run (exit 5), never stopped (exit 3)."""
+    from fault_server import FaultServer, ok, status
+
+    with FaultServer(script=[ok()], default=status(500)) as srv:
+        res = CliRunner().invoke(main, ["-w", str(synth_ws.root), "label", "synth", "--split", "all", "--limit", "12",
+                                        "--passes", "1", "--teacher", f"{srv.url}|flaky", "--max-retries", "0",
+                                        "--concurrency", "1", "--no-progress"])
+    assert res.exit_code == 5, res.output

@@ -71,17 +71,26 @@ class CircuitBreaker:
     "connection refused" mean nothing listens at the URL, and every further call would fail the same way.
     """
 
+    # answers (each one after all its retries) failing with HTTP 5xx in a row, before the server has answered
+    # anything: a server that is broken, not busy -- without this a run against it retried for many minutes
+    PERSISTENT_5XX = 8
+
     def __init__(self, threshold: int) -> None:
         self.threshold = threshold
         self.kind: str | None = None
         self.count = 0
         self.detail: str | None = None
+        self.answered = False  # any ok answer yet: a 5xx after one is a hiccup, never a reason to stop
 
     def record(self, ans: TeacherAnswer) -> bool:
         """Feed one answer; True when the breaker trips with it."""
+        self.answered = self.answered or ans.ok
         kind = ans.error_kind
+        limit = self.threshold
         if kind == "http_4xx" and ans.extra.get("fatal"):  # older client vocabulary: 401/403/404 with a flag
             kind = f"http_{ans.extra.get('status', '4xx')}"
+        elif kind == "http_5xx" and not self.answered:
+            limit = max(self.threshold, self.PERSISTENT_5XX)
         elif not is_fatal(kind):
             self.kind, self.count = None, 0
             return False
@@ -89,7 +98,7 @@ class CircuitBreaker:
             self.kind, self.count = kind, 0
         self.count += 1
         self.detail = ans.error_detail
-        return self.count >= self.threshold
+        return self.count >= limit
 
 
 _FIXES = {
@@ -101,6 +110,8 @@ _FIXES = {
     "http_402": "the account has no credit left",
     "http_403": "check the API key and the account's access to this model",
     "http_404": "check the base URL path (usually ending in /v1) and the model name",
+    "http_5xx": "the server answered every request with an HTTP 5xx error and none with an answer: check its log "
+                "(model loaded? out of memory? the model name?)",
 }
 
 
