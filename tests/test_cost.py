@@ -122,3 +122,22 @@ def test_calibration_curve_prices_a_local_teacher_by_latency(tmp_path):
     c, note = teacher_cost_per_item(s, "d", task, 0.72)
     assert c == pytest.approx(8.0 * 0.72 / 3600) and "latency" in note
     s.close()
+
+
+def test_nothing_deferred_on_a_small_sample_gives_a_bound_not_a_ratio():
+    """0 of 24 stream items deferred: the point ratio would be the teacher's price over the student's CPU alone
+    (tens of thousands x); the comparison reports the bound the 24 items support instead."""
+    from llm_flywheel.core.cost import CostInputs, compare, fraction_upper_bound
+
+    c = compare(CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=2000.0, teacher_fraction=0.0,
+                           labelling_spend_usd=1.0, fraction_items=24))
+    assert c["cost_ratio"] is None and c["breakeven_items"] is None
+    upper = fraction_upper_bound(24)
+    assert 0.11 < upper < 0.125  # 1 - 0.05**(1/24)
+    bound = 0.2 / (1000 * (upper * 0.0002) + c["student_cost_per_1k"])
+    assert f"at least {bound:.1f}x cheaper" in c["not_available"]["cost_ratio"]
+    assert "at most" in c["not_available"]["breakeven_items"]
+    # deferring some items keeps the measured ratio
+    d = compare(CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=2000.0, teacher_fraction=0.125,
+                           labelling_spend_usd=1.0, fraction_items=24))
+    assert d["cost_ratio"] is not None and "cost_ratio" not in d["not_available"]

@@ -29,6 +29,12 @@ class CostInputs:
     labelling_spend_usd: float = 0.0  # everything paid to the teacher to build the student so far
     cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR
     teacher_calls_per_item: int = 1  # passes when serving (the cascade asks once)
+    fraction_items: int | None = None  # items the teacher fraction was measured on (None: unknown)
+
+
+def fraction_upper_bound(n: int) -> float:
+    """95 % upper bound on a fraction observed as 0 of ``n`` (exact binomial: 1 - 0.05**(1/n), about 3/n)."""
+    return 1.0 - 0.05 ** (1.0 / n) if n > 0 else 1.0
 
 
 def student_cost_per_item(items_per_s: float, cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR) -> float:
@@ -95,6 +101,20 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         be = None
     elif cascade_1k <= 0:
         na["cost_ratio"] = "n/a: the cascade costs nothing per item as measured"
+    elif inputs.fraction_items is not None and round(inputs.teacher_fraction * inputs.fraction_items) == 0:
+        # 0 of n deferred: the point ratio is the teacher's price over the student's CPU alone (e.g. "86466x"),
+        # which says more about n than about the cascade.  Report what the data support: a bound.
+        upper = fraction_upper_bound(inputs.fraction_items)
+        cascade_hi = cost_per_1k_cascade(inputs.teacher_cost_per_call, upper, inputs.student_items_per_s,
+                                         cpu_usd_per_hour=inputs.cpu_usd_per_hour,
+                                         calls_per_item=inputs.teacher_calls_per_item)
+        na["cost_ratio"] = (f"n/a: none of the {inputs.fraction_items} items measured went to the teacher; with the "
+                            f"teacher fraction at its 95 % upper bound ({100 * upper:.1f} %) the cascade is at least "
+                            f"{teacher_1k / cascade_hi:.1f}x cheaper")
+        be = breakeven_items(inputs.labelling_spend_usd, (teacher_1k - cascade_hi) / 1000.0)
+        if be is not None:
+            na["breakeven_items"] = f"at most {be:,.0f} items (at the teacher fraction's 95 % upper bound)"
+        be = None
     elif be is None:
         na["breakeven_items"] = "never: the cascade saves nothing per item at this teacher fraction"
     elif inputs.labelling_spend_usd <= 0:
@@ -105,7 +125,7 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         "student_cost_per_1k": 1000.0 * student_cost_per_item(inputs.student_items_per_s, inputs.cpu_usd_per_hour),
         "cost_per_1k_teacher_only": teacher_1k,
         "cost_per_1k_cascade": cascade_1k,
-        "cost_ratio": (teacher_1k / cascade_1k) if cascade_1k > 0 else None,
+        "cost_ratio": (teacher_1k / cascade_1k) if cascade_1k > 0 and "cost_ratio" not in na else None,
         "saving_per_item": saving,
         "breakeven_items": be,
         "not_available": na,

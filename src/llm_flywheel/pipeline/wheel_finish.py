@@ -123,8 +123,10 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
                                               else cfg.cpu_usd_per_hour)
     out["teacher_price_note"] = price_note
     tf, tf_note = last.get("teacher_fraction"), f"the stream of round {last.get('round')}"
+    tf_n = last.get("stream_served")
     if tf is None and last.get("test_teacher_fraction") is not None:
         tf, tf_note = last["test_teacher_fraction"], f"the test split in round {last.get('round')} (it served no stream)"
+        tf_n = None  # the test split's size is not stored with the round
     if price is None:
         na["cost"] = f"n/a: {price_note}"
     elif tf is None:
@@ -139,7 +141,7 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
         spend = calls * price
     cost = costmod.compare(costmod.CostInputs(
         teacher_cost_per_call=price, student_items_per_s=throughput["items_per_s"], teacher_fraction=tf,
-        labelling_spend_usd=spend, cpu_usd_per_hour=cfg.cpu_usd_per_hour))
+        labelling_spend_usd=spend, cpu_usd_per_hour=cfg.cpu_usd_per_hour, fraction_items=tf_n))
     if tstats.get("note"):
         price_note = out["teacher_price_note"] = f"{price_note}; {tstats['note']}"
     cost["teacher_price_note"] = price_note

@@ -143,7 +143,8 @@ def render_report(summary: dict[str, Any], out_dir: Path) -> Path:
         images["reliability"] = plots.reliability_plot(final["reliability"], final.get("ece"), "student on test")
     cost = summary.get("cost") or {}
     if cost.get("cost_per_1k_teacher_only") is not None and cost.get("cost_per_1k_cascade") is not None:
-        images["cost"] = plots.cost_plot(cost["cost_per_1k_teacher_only"], cost["cost_per_1k_cascade"], cost.get("student_cost_per_1k"))
+        images["cost"] = plots.cost_plot(cost["cost_per_1k_teacher_only"], cost["cost_per_1k_cascade"], cost.get("student_cost_per_1k"),
+                                         cost.get("cost_ratio"))
     tq = summary.get("teacher_quality") or {}
     if tq.get("per_class") and tq.get("labels"):
         images["teacher"] = plots.per_class_plot(tq["labels"], [tq["per_class"].get(lab) for lab in tq["labels"]], "teacher accuracy per class")

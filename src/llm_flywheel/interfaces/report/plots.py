@@ -131,7 +131,8 @@ def cascade_curve_plot(curve: dict[str, Sequence[float]], threshold: float | Non
     return _png(fig)
 
 
-def cost_plot(cost_teacher_1k: float, cost_cascade_1k: float, student_1k: float | None = None) -> bytes:
+def cost_plot(cost_teacher_1k: float, cost_cascade_1k: float, student_1k: float | None = None,
+              ratio: float | None = None) -> bytes:
     """Cost per 1,000 items: teacher everywhere vs the cascade (student compute shown inside the cascade bar)."""
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     ax.bar(["teacher everywhere", "cascade"], [cost_teacher_1k, cost_cascade_1k], color=["tab:grey", "tab:green"])
@@ -141,8 +142,9 @@ def cost_plot(cost_teacher_1k: float, cost_cascade_1k: float, student_1k: float 
     for i, v in enumerate([cost_teacher_1k, cost_cascade_1k]):
         ax.text(i, v, f"${v:.4f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("USD per 1,000 items")
-    ratio = cost_teacher_1k / cost_cascade_1k if cost_cascade_1k > 0 else float("inf")
-    ax.set_title(f"Cost per 1,000 items ({ratio:.1f}x cheaper)", fontsize=9)
+    # ``ratio`` None: the comparison says why there is no ratio (e.g. nothing was deferred on a small stream)
+    ax.set_title("Cost per 1,000 items" + (f" ({ratio:.1f}x cheaper)" if ratio else " (ratio n/a, see the text)"),
+                 fontsize=9)
     return _png(fig)
 
 
