@@ -18,6 +18,10 @@ COMMANDS = [
     ["review", "effect", "nosuch"],
     ["data", "check", "nosuch"],
     ["label", "nosuch", "--plan"],
+    ["report", "nosuch"],
+    ["teacher", "quality", "nosuch"],
+    ["run", "nosuch", "--simulated"],
+    ["run", "nosuch", "--teacher", "simulated"],
 ]
 
 
