@@ -19,6 +19,7 @@ COMMANDS = [
     ["data", "check", "nosuch"],
     ["label", "nosuch", "--plan"],
     ["report", "nosuch"],
+    ["train", "nosuch"],
     ["teacher", "quality", "nosuch"],
     ["run", "nosuch", "--simulated"],
     ["run", "nosuch", "--teacher", "simulated"],
