@@ -36,6 +36,11 @@ def test_plan_sizes_fills_the_rule_and_warns_where_sizes_do_not_fit():
     codes = {w["code"] for w in s.warnings}
     assert codes == {"small_calib", "capped_calib", "stream_short"}, s.warnings
     assert all(w["fix"] for w in s.warnings)
+    fix = next(w["fix"] for w in s.warnings if w["code"] == "small_calib")
+    assert "--calib 400 --resplit" in fix  # 1,500 items can give 400
+    tiny = plan_sizes(WheelConfig(rounds=2), {"train": 180, "val": 30, "calib": 31, "test": 40, "stream": 30}, 30, 31)
+    tiny_fix = next(w["fix"] for w in tiny.warnings if w["code"] == "small_calib")
+    assert "--calib 0.25" in tiny_fix and "400" not in tiny_fix  # a 311-item dataset cannot give 400
     ok = plan_sizes(WheelConfig(rounds=2), {"train": 5000, "val": 500, "calib": 1000, "test": 500, "stream": 2000},
                     500, 1000)
     assert ok.warnings == [] and ok.config.stream_per_round == 1000

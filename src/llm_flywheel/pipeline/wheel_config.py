@@ -136,14 +136,22 @@ def plan_sizes(cfg: WheelConfig, n: dict[str, int], n_val: int, n_calib: int) ->
     return Sizing(cfg, sizes, _size_warnings(cfg, n))
 
 
+def _larger_calib_fix(total: int) -> str:
+    """Advice that fits the dataset: a count only when the dataset can give it and keep a train pool (a 311-item
+    dataset was told `--calib 400`, which `data add` refuses)."""
+    fits = SMALL_CALIB * 2 <= 0.3 * total  # leaves the other splits most of the data
+    size = f"{SMALL_CALIB * 2}" if fits else "0.25"
+    return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`)"
+            + ("" if fits else f"; with {total} items, more data helps most"))
+
+
 def _size_warnings(cfg: WheelConfig, n: dict[str, int]) -> list[dict[str, str]]:
     out = []
     if n["calib"] < SMALL_CALIB:
         out.append(warning("small_calib",
                            f"the calib split has only {n['calib']} items: the threshold rests on little evidence (the "
                            f"teacher budget is met conservatively; an accuracy goal is rarely provable)",
-                           f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib "
-                           f"{SMALL_CALIB * 2}`)"))
+                           _larger_calib_fix(sum(n.values()))))
     for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
         asked = getattr(cfg, k)
         # the defaults (500 / 1,000) are caps that small splits are expected to fall under; a given size is not
