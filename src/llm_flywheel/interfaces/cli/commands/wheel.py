@@ -136,7 +136,8 @@ def _wheel_options(f: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_env: str | None = None) -> Iterator[Any]:
+def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_env: str | None = None,
+             **client: Any) -> Iterator[Any]:
     """Yield a teacher object: from the spec, or the simulated teacher started on 127.0.0.1 for the run."""
     from llm_flywheel.store.base import StoreError
     from llm_flywheel.core.task import Task
@@ -152,7 +153,7 @@ def _teacher(ws: Any, dataset: str, spec: str | None, simulated: bool, api_key_e
         store.close()
     if spec:
         try:
-            t = teacher_from_spec(spec, task, api_key_env=api_key_env)
+            t = teacher_from_spec(spec, task, api_key_env=api_key_env, **client)
             t.check_ready()  # a missing API key is reported before any work
         except (ValueError, TeacherConfigError) as e:
             raise config_error(str(e)) from None
@@ -264,9 +265,13 @@ def _stopped_exit(e: Exception) -> FlywheelExit:
 @click.command(epilog=RUN_EPILOG)
 @click.argument("dataset")
 @_wheel_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Cap on seconds per teacher request [default: adaptive, 4 x p95 of measured latency, 30-300 s].")
+@click.option("--max-retries", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Retries per teacher call on 429 / 5xx / timeouts / dropped connections.")
 @pass_ctx
 def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_gold_ceiling: bool,
-        api_key_env: str | None, no_progress: bool, **kw: Any) -> None:
+        api_key_env: str | None, no_progress: bool, timeout: float | None, max_retries: int, **kw: Any) -> None:
     """Turn the wheel: select -> label -> train -> calibrate -> promote -> serve the stream -> collect, N rounds.
 
     Round 1 labels a random seed set plus the validation and calibration items; each later round spends
@@ -298,7 +303,8 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     try:
-        with _teacher(ws, dataset, teacher_spec, simulated, api_key_env) as teacher:
+        with _teacher(ws, dataset, teacher_spec, simulated, api_key_env, timeout=timeout,
+                      max_retries=max_retries) as teacher:
             run_wheel(ws, dataset, teacher=teacher, config=cfg, progress=progress_enabled(no_progress), console=console)
     except WheelStopped as e:
         raise _stopped_exit(e) from None
