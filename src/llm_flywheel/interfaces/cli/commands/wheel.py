@@ -40,7 +40,9 @@ DEMO = dict(
     student_kind="image-cnn",
     epochs=20,
     target_accuracy=None,
-    teacher_parity=True,
+    # budget goal only: parity against the calib split's *consensus* labels is unprovable here (pass 0 is one of the
+    # votes, so the reference favours the teacher; measured in benchmarks/bench_parity.py) -- see the README
+    teacher_parity=False,
     max_teacher_fraction=0.1,
     delta=0.1,
     audit_rate=0.03,
@@ -53,7 +55,7 @@ DEMO = dict(
 # The demo's settings before issue 12 (every item asked twice online, 1,000 val + 2,000 calib items labelled in
 # round 1, 2,000 selected items per later round, at most 10 % to the teacher): `flywheel demo --previous-settings`.
 DEMO_PREVIOUS = DEMO | dict(val_labels=1000, calib_labels=2000, per_round_budget=4000, adaptive_passes=False,
-                            teacher_parity=False, batch=False)
+                            batch=False)
 
 # `flywheel demo --text`: SpamAssassin (6,046 emails, 31 % spam) with the frozen-MiniLM student.  Sizes chosen so
 # 3 rounds, embeddings of every email included, finish inside 15 minutes on 2 CPU cores; 1,209 test emails.
