@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
-from llm_flywheel.pipeline.labeling import SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, store_answer
-from llm_flywheel.pipeline.labeling import _write_labels as _online_write_labels  # private: see write_labels
+from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, load_items,
+                                            store_answer, write_labels)
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
 from llm_flywheel.store.workspace import Workspace
@@ -283,7 +283,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
     t0 = time.monotonic()
     store = ws.store()
     try:
-        task, items = _load(store, dataset, item_ids)
+        task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
         pv = teacher.prompt_version_for(task)
         result = BatchRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
@@ -316,24 +316,6 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         return result
     finally:
         store.close()
-
-
-def _load(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
-    task = Task.from_json(store.dataset_task_json(dataset))
-    items = store.items(dataset, ids=list(item_ids)) if item_ids else []
-    if len(items) != len(set(item_ids)):
-        missing = sorted(set(item_ids) - {it.id for it in items})
-        raise ValueError(f"{len(missing)} item id(s) are not in dataset {dataset!r}: {missing[:10]}")
-    return task, items
-
-
-def write_labels(store: Store, task: Task, teacher: OpenAICompatTeacher, pv: str, items: Sequence[Item],
-                 cfg: LabelConfig, result: LabelRunResult, skipped: set[str]) -> None:
-    """Consensus labels + review queue from every stored final answer -- the online path's own step.
-
-    Thin wrapper: ``pipeline.labeling._write_labels`` is private; batch answers must become labels exactly the
-    way online ones do, so it is called, not copied."""
-    _online_write_labels(store, task, teacher, pv, items, cfg, result, skipped)
 
 
 def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> None:

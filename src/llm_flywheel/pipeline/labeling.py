@@ -88,7 +88,8 @@ def final_answers(store: Store, model: str, prompt_version: str, hashes: Sequenc
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
-def _load(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
+def load_items(store: Store, dataset: str, item_ids: Sequence[int]) -> tuple[Task, list[Item]]:
+    """The task and the items to label; an id that is not in the dataset is an error, not a silent skip."""
     task = Task.from_json(store.dataset_task_json(dataset))
     items = store.items(dataset, ids=list(item_ids)) if item_ids else []
     if item_ids and len(items) != len(set(item_ids)):
@@ -119,7 +120,7 @@ def label_items(
     t_start = time.monotonic()
     store = ws.store()
     try:
-        task, items = _load(store, dataset, item_ids)
+        task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
         pv = teacher.prompt_version_for(task)
         result = LabelRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
@@ -146,7 +147,7 @@ def label_items(
             result.concurrency = ctl.summary()
             if cfg.adaptive and ctl.windows:  # learned something: the next run on this endpoint starts there
                 remember_level(teacher.base_url, teacher.model, ctl.settled)
-            _write_labels(store, task, teacher, pv, items, cfg, result, skipped)
+            write_labels(store, task, teacher, pv, items, cfg, result, skipped)
             result.elapsed_s = time.monotonic() - t_start
             store.finish_run(run_id, status)
             store.add_report("label_run", str(run_id), {**result.to_dict(),
@@ -212,8 +213,10 @@ def _label_row(con: Consensus, item: Item, prov: Mapping[str, Any], cfg: LabelCo
                             "confidence_source": con.confidence_source}, review)
 
 
-def _write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Sequence[Item],
-                  cfg: LabelConfig, result: LabelRunResult, skipped: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+def write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Sequence[Item],
+                 cfg: LabelConfig, result: LabelRunResult, skipped: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Consensus labels + review queue from every stored final answer; online and batch labelling both end here,
+    so a batch answer becomes a label exactly the way an online one does."""
     # every final pass of this teacher counts, also those of earlier runs with more passes: a later 1-pass run
     # (the cascade's) must not downgrade a 2-pass consensus to a single vote
     answers = store.final_answers(teacher.model, pv, [it.content_hash for it in items])
@@ -252,7 +255,7 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
     cfg = config or LabelConfig()
     store = ws.store(readonly=True)
     try:
-        task, items = _load(store, dataset, item_ids)
+        task, items = load_items(store, dataset, item_ids)
         pv = teacher.prompt_version_for(task)
         hashes = [it.content_hash for it in items]
         uniq = len(set(hashes))
