@@ -27,3 +27,10 @@ def open_workspace(ctx: Any) -> Any:
         return ctx.workspace(create=False)
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
+
+
+def open_dataset(ctx: Any, dataset: str) -> Any:
+    """The existing workspace, checked to hold DATASET: what every command that takes a dataset starts with."""
+    ws = open_workspace(ctx)
+    require_dataset(ws, dataset)
+    return ws

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from llm_flywheel.core.stats import accuracy_ci, pct
 from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 
 TEACHER_HELP = ("Teacher for deferred items: a spec such as openrouter:google/gemini-2.5-flash, ollama:MODEL, "
                 "'http://HOST:PORT/v1|MODEL', or 'simulated' (starts the SIMULATED teacher on 127.0.0.1 for this "
@@ -99,8 +99,7 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
         max_teacher_fraction = DEFAULT_MAX_TEACHER_FRACTION
         console.print(f"no goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
                       f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         if version is None:
             with ws.store() as s:
@@ -201,8 +200,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
 
     if bool(files or texts) == bool(split):
         raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             casc = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold)

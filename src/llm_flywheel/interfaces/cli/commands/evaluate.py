@@ -13,7 +13,7 @@ from llm_flywheel.interfaces.cli import (
     pass_ctx,
     progress_enabled,
 )
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 from llm_flywheel.interfaces.report.evaluation_plots import draw_evaluation
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.students.base import StudentError
@@ -52,8 +52,7 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     from llm_flywheel.pipeline.evaluation import evaluate as run_eval
     from llm_flywheel.pipeline.training import serving_version
 
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         if version is None:
             store = ws.store()

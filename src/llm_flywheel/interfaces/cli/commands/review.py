@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset, open_workspace
 from llm_flywheel.pipeline.labelstudio import TOKEN_ENV, LabelStudioError
 from llm_flywheel.pipeline.review import (LOW_CONFIDENCE_BELOW, ReviewImportError, export_reviews, import_reviews,
                                           measure_human_label_effect, pull_from_label_studio, push_to_label_studio,
@@ -32,8 +32,7 @@ def review() -> None:
 @pass_ctx
 def export_cmd(ctx: Ctx, dataset: str, which: str, limit: int | None, output: str) -> None:
     """Write a review CSV: item, image path or text, each teacher pass, consensus, quality, empty label_final."""
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         n = export_reviews(ws, dataset, output, which=which, limit=limit)
     except (ValueError, StoreError) as e:
@@ -74,8 +73,7 @@ def queue_cmd(ctx: Ctx, dataset: str, limit: int) -> None:
     """The review queue, most valuable first: P(label wrong) and how much a human label would move the student."""
     from rich.table import Table
 
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         q = review_queue(ws, dataset)
     except (ValueError, StoreError) as e:
@@ -103,8 +101,7 @@ def queue_cmd(ctx: Ctx, dataset: str, limit: int) -> None:
 def push_cmd(ctx: Ctx, dataset: str, url: str, limit: int | None, project_id: int | None, low_confidence_below: float,
              token_env: str) -> None:
     """Upload the review queue to Label Studio, with the teacher's and the student's answers as pre-labels."""
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         res = push_to_label_studio(ws, dataset, url, _token(token_env), limit=limit, project_id=project_id,
                                    low_confidence_below=low_confidence_below)
@@ -124,8 +121,7 @@ def push_cmd(ctx: Ctx, dataset: str, url: str, limit: int | None, project_id: in
 @pass_ctx
 def pull_cmd(ctx: Ctx, dataset: str, url: str | None, project_id: int | None, token_env: str) -> None:
     """Store completed Label Studio annotations as human labels (idempotent; the newest annotation of an item wins)."""
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         res = pull_from_label_studio(ws, dataset, _token(token_env), url=url, project_id=project_id)
     except (ValueError, StoreError, LabelStudioError) as e:
@@ -144,8 +140,7 @@ def pull_cmd(ctx: Ctx, dataset: str, url: str | None, project_id: int | None, to
 @pass_ctx
 def effect_cmd(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, seed: int) -> None:
     """Measure what the human labels changed: the same student trained with and without them, both on gold test."""
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         r = measure_human_label_effect(ws, dataset, kind=kind, epochs=epochs, seed=seed)
     except (ValueError, StoreError) as e:

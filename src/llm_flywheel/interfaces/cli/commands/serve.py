@@ -8,7 +8,7 @@ import socket
 import click
 
 from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
 
 
@@ -71,8 +71,7 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
     if not is_loopback(host):
         console.print(f"[bold yellow]warning:[/] listening on {host}, not loopback: the service has no "
                       "authentication; put it behind your own gateway")
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         config = ServeConfig(**limits)  # type: ignore[arg-type]
     except ValueError as e:  # a bad option value: exit 2, the message naming the option rather than the field

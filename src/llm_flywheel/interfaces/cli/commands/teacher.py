@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import TeacherAnswer
@@ -70,8 +70,7 @@ def quality(ctx: Ctx, dataset: str, model: str | None, split: str | None, as_jso
     """Teacher accuracy (95% CI), per-class accuracy and ECE of its confidence, against gold labels; stored as a report."""
     from llm_flywheel.pipeline.quality import teacher_quality
 
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         q = teacher_quality(ws, dataset, model=model, split=split)
     except (ValueError, StoreError) as e:

@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, console, no_progress_option, pass_ctx, progress_enabled
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 from llm_flywheel.core.stats import pct
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.students.base import StudentError
@@ -41,8 +41,7 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
     Labels are the teacher's consensus (human corrections outrank it); by default the student learns the teacher's
     pass distribution (soft targets) weighted by label quality, and the epoch is chosen on the val split only.
     """
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     hp = {k: v for k, v in {"size": size, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     try:
         if label_issues:

@@ -15,7 +15,7 @@ from rich.table import Table
 from llm_flywheel.core.stats import pct
 
 from llm_flywheel.interfaces.cli import EXIT_CODES_HELP, Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx, progress_enabled
-from llm_flywheel.interfaces.cli.commands import open_workspace, require_dataset
+from llm_flywheel.interfaces.cli.commands import open_dataset
 
 # The demo's settings (issue 12: a cheaper wheel).  All choices are made on val/calib; test is only measured.
 # - a leaner bootstrap: 500 val + 1,000 calib items labelled (was 1,000 + 2,000); the budget part of the goal still
@@ -296,8 +296,7 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
         kw["max_teacher_fraction"] = DEFAULT_MAX_TEACHER_FRACTION
         console.print(f"no cascade goal given: at most {DEFAULT_MAX_TEACHER_FRACTION:.0%} of items go to the teacher "
                       f"(--max-teacher-fraction {DEFAULT_MAX_TEACHER_FRACTION:g}; always feasible)")
-    ws = open_workspace(ctx)  # `run` needs a dataset, so a missing workspace is a wrong --workspace
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)  # `run` needs a dataset, so a missing workspace is a wrong --workspace
     if teacher_spec == "simulated":  # the spelling `label` / `predict` / `serve` accept
         teacher_spec, simulated = None, True
     try:
@@ -326,8 +325,7 @@ def report(ctx: Ctx, dataset: str, run_id: int | None, out_dir: Path | None) -> 
     """Write reports/index.html (self-contained, plots embedded) and reports/summary.json for a wheel run."""
     from llm_flywheel.interfaces.report import ReportError, write_report
 
-    ws = open_workspace(ctx)
-    require_dataset(ws, dataset)
+    ws = open_dataset(ctx, dataset)
     try:
         page = write_report(ws, dataset, run_id=run_id, out_dir=out_dir)
     except ReportError as e:
