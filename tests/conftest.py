@@ -1,6 +1,15 @@
-"""Shared fixtures: real workspaces on disk with small generated datasets (no network, no hub)."""
+"""Shared fixtures: real workspaces on disk with small generated datasets (no network, no hub).
+
+The whole suite runs on either store: SQLite by default, PostgreSQL with ``FLYWHEEL_TEST_STORE=postgresql`` (a
+real server started here for the session, one schema per workspace through ``FLYWHEEL_STORE``; tests about the
+SQLite file itself are marked ``sqlite_only`` and skipped there).  ``pg_url`` gives any test its own fresh schema.
+"""
 
 from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -28,6 +37,54 @@ def synth_image(label_idx: int, rng: np.random.Generator, size: int = 28) -> np.
     else:
         img[r < 4] += 200
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+TEST_STORE = os.environ.get("FLYWHEEL_TEST_STORE", "sqlite")
+_PG: list = []
+
+
+def _pg_server():
+    """One PostgreSQL server per test session, started on first use and stopped at exit."""
+    if not _PG:
+        import atexit
+
+        from pg_server import LocalPostgres
+
+        pg = LocalPostgres().start()
+        atexit.register(pg.stop)
+        _PG.append(pg)
+    return _PG[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TEST_STORE not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"FLYWHEEL_TEST_STORE={TEST_STORE!r}: use sqlite or postgresql")
+    if TEST_STORE == "postgresql":
+        os.environ["FLYWHEEL_STORE"] = _pg_server().url + "?schema={workspace}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"store backend: {TEST_STORE}" + (f" ({_PG[0].url})" if _PG else "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if TEST_STORE != "sqlite":
+        skip = pytest.mark.skip(reason="about the SQLite file itself (FLYWHEEL_TEST_STORE=postgresql)")
+        for item in items:
+            if "sqlite_only" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL to a fresh, empty schema on a real PostgreSQL server (started for the session); dropped after."""
+    pg = _pg_server()
+    schema = "t_" + uuid.uuid4().hex[:16]
+    yield f"{pg.url}?schema={schema}"
+    import psycopg
+
+    with psycopg.connect(pg.url, autocommit=True) as c:
+        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from llm_flywheel.pipeline.cascade import Cascade, CascadeError, promoted_version
+from llm_flywheel.store import DB_ERRORS
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.store.base import MIGRATIONS, Store, _split_sql
 from llm_flywheel.students.base import StudentError
@@ -97,9 +98,9 @@ def test_serving_model_definition(tmp_path):
         assert s.serving_version("d", promoted_only=True) == "a"
         assert latest_version(s, "d", promoted_first=False) == "b"
         # a reference model can never be promoted, whatever code tries
-        with pytest.raises(sqlite3.DatabaseError, match="reference model"):
+        with pytest.raises(DB_ERRORS, match="reference.model"):
             s.execute("UPDATE models SET promoted=1 WHERE version='b-gold-ceiling'")
-        with pytest.raises(sqlite3.DatabaseError, match="reference model"):
+        with pytest.raises(DB_ERRORS, match="reference.model"):
             s.execute("INSERT INTO models(version, dataset, kind, path, promoted, role, created_at) "
                       "VALUES('x', 'd', 'k', 'p', 1, 'reference', 0)")
         with pytest.raises(ValueError, match="role"):

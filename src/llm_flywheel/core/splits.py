@@ -8,7 +8,7 @@ group with a member in the source's test split goes to test whole.
 Why here and not in the pipeline: the import (``data``), the splitting stage (``pipeline.splits``) and the store's
 de-duplicated test view all need the same grouping rule, and they sit in different layers; the core is the one
 they may all import.  A "row" is anything indexable by ``id``, ``source_split``, ``split``, ``content_hash`` and
-``text`` (a ``sqlite3.Row`` from ``Store.split_rows`` or a dict).
+``text`` (a row from ``Store.split_rows`` or a dict).
 """
 
 from __future__ import annotations

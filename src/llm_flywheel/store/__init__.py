@@ -2,6 +2,18 @@
 
 Everything outside this package reads and writes through named, typed methods of :class:`Store`."""
 
-from llm_flywheel.store.base import MIGRATIONS, MODEL_ROLES, SCHEMA_VERSION, SPLITS, Item, Store, StoreError, connect
+from llm_flywheel.store.base import (
+    DB_ERRORS,
+    MIGRATIONS,
+    MODEL_ROLES,
+    SCHEMA_VERSION,
+    SPLITS,
+    Item,
+    Row,
+    Store,
+    StoreError,
+    connect,
+)
 
-__all__ = ["MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Store", "StoreError", "connect"]
+__all__ = ["DB_ERRORS", "MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Row", "Store", "StoreError",
+           "connect"]

@@ -77,9 +77,10 @@ class AnswerQueries:
         """Write one answer (a ``teachers.base.TeacherAnswer``), autocommitted; its row id, or None when a final
         answer for the same key was already stored (first wins)."""
         cur = self.execute(
-            "INSERT OR IGNORE INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, "
+            "INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, "
             "label, confidence, label_logprob, logprobs_json, reason, raw_text, tokens_in, tokens_out, cost_usd, "
-            "latency_s, error_kind, error_detail, run_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "latency_s, error_kind, error_detail, run_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT DO NOTHING RETURNING id",
             (
                 ans.item_id, ans.content_hash, ans.model, ans.prompt_version, ans.pass_index, int(bool(ans.ok)),
                 ans.label, ans.confidence, ans.label_logprob,
@@ -88,7 +89,8 @@ class AnswerQueries:
                 ans.error_detail, run_id, time.time(),
             ),
         )
-        return cur.lastrowid if cur.rowcount else None
+        row = cur.fetchone()
+        return int(row[0]) if row is not None else None
 
     def final_answer_keys(self, model: str, prompt_version: str, hashes: Sequence[str]) -> set[tuple[str, int]]:
         """(content_hash, pass_index) pairs that already have a final (``ok=1``) answer."""
@@ -156,8 +158,9 @@ class AnswerQueries:
                 if r.review_score is not None:
                     cur = c.execute(
                         "INSERT INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?) "
-                        "ON CONFLICT(item_id) DO UPDATE SET score=MAX(COALESCE(score,0), excluded.score) "
-                        "WHERE resolved_at IS NULL",
+                        "ON CONFLICT(item_id) DO UPDATE SET score=CASE WHEN COALESCE(review_queue.score, 0) > excluded.score "
+                        "THEN COALESCE(review_queue.score, 0) ELSE excluded.score END "
+                        "WHERE review_queue.resolved_at IS NULL",
                         (r.item_id, "disagreement", r.review_score, at),
                     )
                     queued += cur.rowcount

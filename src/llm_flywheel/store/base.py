@@ -1,11 +1,14 @@
-"""The SQLite store at the centre of the wheel.
+"""The store at the centre of the wheel: SQLite by default, PostgreSQL when several machines share it.
 
-Why SQLite in WAL mode: one file that survives ``kill -9`` (every write is a transaction), lets the
-service read while a labelling run writes, and needs no server.  Every expensive result (a teacher
-answer) is written here *before* it is used, so any run can be killed and resumed without paying twice.
+Why SQLite in WAL mode by default: one file that survives ``kill -9`` (every write is a transaction), lets the
+service read while a labelling run writes, and needs no server.  Why PostgreSQL as well: replicas on several
+machines (``flywheel serve --replicas``, ``predict --engine ray``) log feedback and share one teacher cache.
+Every expensive result (a teacher answer) is written here *before* it is used, so any run can be killed and
+resumed without paying twice.
 
-The schema is versioned with ``PRAGMA user_version`` and migrated forward by :data:`MIGRATIONS`; to change
-it, append a migration, never edit an old one.
+The schema is versioned by Alembic (store/migrations/, baseline = the Core tables in :mod:`.tables`); SQLite
+files made before Alembic are brought to v5 by the legacy :data:`MIGRATIONS` and then stamped.  To change the
+schema, add an Alembic revision; never edit an old one.
 """
 
 from __future__ import annotations
@@ -16,63 +19,81 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.store import engine as _engine
 from llm_flywheel.store.answers import AnswerQueries
 from llm_flywheel.store.batches import BatchQueries
+from llm_flywheel.store.engine import Connection, Row, redact
 from llm_flywheel.store.items import ItemQueries
 from llm_flywheel.store.ledger import LedgerQueries
 from llm_flywheel.store.measure import MeasureQueries
 from llm_flywheel.store.models import ModelQueries
-from llm_flywheel.store.records import Item, StoreError
+from llm_flywheel.store.records import DB_ERRORS, Item, StoreError
 from llm_flywheel.store.review import ReviewQueries
 from llm_flywheel.store.serving import ServingQueries
 from llm_flywheel.store.training import TrainingQueries
 from llm_flywheel.store.schema import MIGRATIONS, MODEL_ROLES, SCHEMA_VERSION, SPLITS, _split_sql
 
-__all__ = ["MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Store", "StoreError", "connect"]
+__all__ = ["DB_ERRORS", "MIGRATIONS", "MODEL_ROLES", "SCHEMA_VERSION", "SPLITS", "Item", "Row", "Store", "StoreError",
+           "connect"]
 
 
 def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
-    """Open a connection with the settings every part of the project relies on."""
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills, fast
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-    return conn
+    """Open a SQLite connection with the settings every part of the project relies on."""
+    return _engine._sqlite_connect(Path(path), timeout)
 
 
 class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQueries, ModelQueries, ReviewQueries, ServingQueries,
             TrainingQueries):
-    """Typed access to ``flywheel.db``.  One instance per thread/process; SQLite does the locking."""
+    """Typed access to the store.  One instance per thread/process; the database does the locking."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
-        self.path = Path(path)
+    def __init__(self, where: str | Path, *, readonly: bool = False) -> None:
+        """``where``: a SQLite file path, ``sqlite:///path`` or ``postgresql://user@host/db[?schema=name]``."""
+        self.url = _engine.resolve_url(where)
+        self.dialect = _engine.dialect_of(self.url)
+        self.path: Path | None = _engine.sqlite_path(self.url) if self.dialect == "sqlite" else None
+        self.where = str(self.path) if self.path is not None else redact(self.url)
         try:
-            self.conn = connect(self.path)
+            self.conn: Connection = _engine.open_connection(self.url)
+            if self.dialect == "sqlite":
+                self.conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:  # "file is not a database", a corrupt header, ...
-            raise StoreError(f"{self.path} is not a usable SQLite database ({e}); move it aside or use another workspace") from None
-        if not readonly:
-            self.migrate()
-        else:
-            self._check_version()
+            raise StoreError(f"{self.where} is not a usable SQLite database ({e}); move it aside or use another workspace") from None
+        try:
+            if not readonly:
+                self.migrate()
+            else:
+                self._check_version()
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _check_version(self) -> int:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema v{version}, newer than this llm-flywheel (v{SCHEMA_VERSION}); upgrade the package"
-            )
+        """The legacy SQLite version (0 for a new file; PostgreSQL has none) after refusing a newer store."""
+        version = 0
+        if self.dialect == "sqlite":
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            newest = _engine.LEGACY_SQLITE_VERSION + len(_engine.KNOWN_REVISIONS) - 1
+            if version > newest:
+                raise StoreError(
+                    f"{self.where} has schema v{version}, newer than this llm-flywheel (v{newest}); upgrade the package")
+        _engine.check_revision(_engine.current_revision(self.conn), self.where)
         return version
 
     def migrate(self) -> None:
+        """Legacy SQLite migrations up to v5 (files made before Alembic), then Alembic to the head revision."""
         version = self._check_version()
-        for target in range(version, SCHEMA_VERSION):
-            with self.transaction() as c:
-                for stmt in _split_sql(MIGRATIONS[target]):
-                    c.execute(stmt)
-                c.execute(f"PRAGMA user_version={target + 1}")
+        revision = _engine.current_revision(self.conn)
+        if revision == _engine.HEAD_REVISION:
+            return
+        if self.dialect == "sqlite" and revision is None and 0 < version:
+            for target in range(version, SCHEMA_VERSION):
+                with self.transaction() as c:
+                    for stmt in _split_sql(MIGRATIONS[target]):
+                        c.execute(stmt)
+                    c.execute(f"PRAGMA user_version={target + 1}")
+            _engine.run_alembic(self.url, stamp_only=True)
+        _engine.run_alembic(self.url)
 
     def close(self) -> None:
         self.conn.close()
@@ -84,24 +105,21 @@ class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQuer
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``: all or nothing, and the write lock is taken up front."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+    def transaction(self) -> Iterator[Connection]:
+        """All or nothing, and the write lock is taken up front (``BEGIN IMMEDIATE`` / an advisory lock)."""
+        with self.conn.transaction() as c:
+            yield c
 
-    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         return self.conn.execute(sql, params)
 
-    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        """Rows indexable by position and by column name (``sqlite3.Row`` or :class:`Row`)."""
         return self.conn.execute(sql, params).fetchall()
 
     def integrity_ok(self) -> bool:
-        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-
-
+        """SQLite: ``PRAGMA integrity_check``.  PostgreSQL keeps its own pages consistent (WAL, checksums); there a
+        store is sound when it answers and is at a known revision."""
+        if self.dialect == "sqlite":
+            return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return _engine.current_revision(self.conn) in _engine.KNOWN_REVISIONS

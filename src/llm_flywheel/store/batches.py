@@ -63,10 +63,10 @@ class BatchQueries:
         with self.transaction() as c:
             cur = c.execute(
                 "INSERT INTO teacher_batches(submission, dataset, base_url, model, prompt_version, status, n_lines, "
-                "reserved_usd, price_ratio, run_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "reserved_usd, price_ratio, run_id, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (submission, dataset, base_url, model, prompt_version, "prepared", len(lines), reserved_usd,
                  price_ratio, run_id, now, now))
-            bid = int(cur.lastrowid)
+            bid = int(cur.fetchone()[0])
             c.executemany(
                 "INSERT INTO teacher_batch_lines(batch, custom_id, item_id, content_hash, pass_index) VALUES (?,?,?,?,?)",
                 [(bid, ln.custom_id, ln.item_id, ln.content_hash, ln.pass_index) for ln in lines])

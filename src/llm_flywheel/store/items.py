@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,12 +62,11 @@ class ItemQueries:
         """
         now = time.time()
         with self.transaction() as c:
-            before = c.total_changes
-            c.executemany(
-                "INSERT OR IGNORE INTO items(dataset, source_ref, content_hash, modality, blob_path, text, "
+            cur = c.executemany(
+                "INSERT INTO items(dataset, source_ref, content_hash, modality, blob_path, text, "
                 "features_json, source_split, split, gold_label, created_at) VALUES "
                 "(:dataset, :source_ref, :content_hash, :modality, :blob_path, :text, :features_json, "
-                ":source_split, :split, :gold_label, :created_at)",
+                ":source_split, :split, :gold_label, :created_at) ON CONFLICT DO NOTHING",
                 [
                     {
                         "blob_path": None,
@@ -83,7 +81,7 @@ class ItemQueries:
                     for r in rows
                 ],
             )
-            return c.total_changes - before
+            return int(cur.rowcount)
 
     def items(
         self,
@@ -127,7 +125,7 @@ class ItemQueries:
         with self.transaction() as c:
             c.executemany("UPDATE items SET split=? WHERE id=?", [(s, i) for i, s in assignments])
 
-    def split_rows(self, dataset: str) -> list[sqlite3.Row]:
+    def split_rows(self, dataset: str) -> list[Any]:
         """id, source_split, split, content_hash, text of every item (by id): what splitting and its checks need."""
         return self.query("SELECT id, source_split, split, content_hash, text FROM items WHERE dataset=? ORDER BY id",
                           (dataset,))
@@ -185,7 +183,7 @@ class ItemQueries:
             " WHERE i.dataset=? GROUP BY l.source, l.status ORDER BY l.source, l.status", (dataset,))]
         out.teacher_answers = [dict(r) for r in self.query(
             "SELECT a.model AS model, COUNT(*) AS answers, SUM(a.ok) AS ok, SUM(1 - a.ok) AS failed,"
-            " ROUND(COALESCE(SUM(a.cost_usd), 0), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
+            " ROUND(CAST(COALESCE(SUM(a.cost_usd), 0) AS NUMERIC), 6) AS cost_usd FROM teacher_answers a JOIN items i ON i.id=a.item_id"
             " WHERE i.dataset=? GROUP BY a.model ORDER BY a.model", (dataset,))]
         return out
 

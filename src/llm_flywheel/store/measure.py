@@ -98,7 +98,6 @@ class MeasureQueries:
         """Queue items with a per-item score (an item already queued keeps its entry); returns how many were new."""
         now = time.time()
         with self.transaction() as c:  # type: ignore[attr-defined]
-            before = c.total_changes
-            c.executemany("INSERT OR IGNORE INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?)",
-                          [(i, reason, s, now) for i, s in scores.items()])
-            return int(c.total_changes - before)
+            cur = c.executemany("INSERT INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?) "
+                                "ON CONFLICT DO NOTHING", [(i, reason, s, now) for i, s in scores.items()])
+            return int(cur.rowcount)

@@ -15,10 +15,10 @@ class ModelQueries:
     # -- runs, rounds, models, reports --------------------------------------------------------------
     def start_run(self, kind: str, config: dict[str, Any]) -> int:
         cur = self.execute(
-            "INSERT INTO runs(kind, config_json, status, started_at) VALUES(?,?,?,?)",
+            "INSERT INTO runs(kind, config_json, status, started_at) VALUES(?,?,?,?) RETURNING id",
             (kind, json.dumps(config, default=str), "running", time.time()),
         )
-        return int(cur.lastrowid)
+        return int(cur.fetchone()[0])
 
     def finish_run(self, run_id: int, status: str = "done") -> None:
         self.execute("UPDATE runs SET status=?, finished_at=? WHERE id=?", (status, time.time(), run_id))
@@ -144,7 +144,7 @@ class ModelQueries:
         now = time.time()
         with self.transaction() as c:
             for iid in item_ids:
-                c.execute("INSERT OR IGNORE INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?)",
+                c.execute("INSERT INTO review_queue(item_id, reason, score, created_at) VALUES(?,?,?,?) ON CONFLICT DO NOTHING",
                           (iid, reason, score, now))
 
 

@@ -5,6 +5,22 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+DB_ERRORS = _db_errors()
+"""The database errors a store may raise (a constraint refused, a lock timed out), whichever engine it runs on."""
 
 
 class StoreError(RuntimeError):
@@ -26,7 +42,7 @@ class Item:
     gold_label: str | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Item":
+    def from_row(cls, row: Any) -> "Item":
         return cls(
             id=row["id"],
             dataset=row["dataset"],

@@ -134,11 +134,12 @@ class ReviewQueries:
         changed = 0
         with self.transaction() as c:
             for item_id, label, note in decisions:
-                cur = c.execute("INSERT INTO reviews(item_id, label, reviewer, note, created_at) VALUES(?,?,?,?,?)",
+                cur = c.execute("INSERT INTO reviews(item_id, label, reviewer, note, created_at) VALUES(?,?,?,?,?) RETURNING id",
                                 (item_id, label, reviewer, note, now))
+                review_id = int(cur.fetchone()[0])
                 teacher = c.execute("SELECT label FROM labels WHERE item_id=? AND source='teacher'", (item_id,)).fetchone()
                 changed += teacher is None or teacher["label"] != label
-                prov = {"reviewer": reviewer, "review_id": cur.lastrowid, "file": file}
+                prov = {"reviewer": reviewer, "review_id": review_id, "file": file}
                 c.execute(
                     "INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
                     "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(item_id, source) DO UPDATE SET label=excluded.label, "
