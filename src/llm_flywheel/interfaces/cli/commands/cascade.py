@@ -144,35 +144,19 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
 # -- predict ----------------------------------------------------------------------------------------------------------
 
 
-def _read_input(path: Path, modality: str) -> tuple[Any, str]:
-    from llm_flywheel.data.base import sha256
-
-    data = path.read_bytes()
-    if modality == "image":
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-        return data, sha256(data)
-    if modality == "text":
-        text = data.decode("utf-8")
-        return text, sha256(text.encode("utf-8"))
-    feats = json.loads(data)
-    if not isinstance(feats, list) or not all(isinstance(x, (int, float)) for x in feats):
-        raise ValueError("a tabular input file must hold a JSON list of numbers")
-    return [float(x) for x in feats], sha256(json.dumps(feats).encode())
-
-
 @click.command(epilog="\b\nExamples:\n"
                "  flywheel predict fashion-mnist shirt.png boot.jpg --teacher openrouter:google/gemini-2.5-flash\n"
                "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n"
+               "  flywheel predict fashion-mnist --split stream --engine ray --parquet stream.parquet\n"
+               "  flywheel predict fashion-mnist photos/ --engine ray --ray-address ray://head:10001\n"
                "  flywheel predict tickets --text 'my printer is on fire' --text 'refund please'\n\n"
                "Every answer is logged to the store's cascade_log (unless --no-log); deferred store items answered by "
-               "the teacher are cached and become labels for the next round.")
+               "the teacher are cached and become labels for the next round.  --engine ray (needs "
+               "pip install 'llm-flywheel[ray]') answers on a Ray cluster's workers: RAY_ADDRESS / --ray-address, "
+               "else a local cluster on 127.0.0.1 for the run; workers open the workspace's store themselves and "
+               "read the teacher's key from their own environment.")
 @click.argument("dataset")
-@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
@@ -181,27 +165,48 @@ def _read_input(path: Path, modality: str) -> tuple[Any, str]:
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Teacher calls in flight at once.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Teacher calls in flight at once (per worker with --engine ray).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data over a cluster's workers (a split or FILES/folders).")
+@click.option("--ray-address", default=None, help="--engine ray: the cluster to use (default: env RAY_ADDRESS, else a local one).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="--engine ray: worker actors (each loads the student once).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="--engine ray: items per batch.")
+@click.option("--parquet", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
+              help="--engine ray: also write every answer to this Parquet file (written when the run completes).")
 @click.option("--no-log", is_flag=True, help="Do not log the answers to cascade_log.")
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="With --split: print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, ...], split: str | None,
-            limit: int | None,
-            version: str | None, spec: str | None, api_key_env: str | None, threshold: float | None, concurrency: int,
-            no_log: bool, show: int, as_json: bool) -> None:
-    """Answer FILES (or a split of the store) with the calibrated cascade of DATASET.
+            limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
+            threshold: float | None, concurrency: int, engine: str, ray_address: str | None, workers: int,
+            batch_size: int, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
+    """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
-    from llm_flywheel.pipeline.cascade import Cascade, CascadeError, summarize
-    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.pipeline.cascade import Cascade, CascadeError
+    from llm_flywheel.pipeline.predict_files import expand_inputs
+    from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
 
     if bool(files or texts) == bool(split):
         raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
+    if split and split not in SPLITS:
+        raise click.BadParameter(f"{split!r}: choose one of {', '.join(SPLITS)}", param_hint="--split")
+    if engine == "local" and (parquet or ray_address):
+        raise click.UsageError("--parquet and --ray-address go with --engine ray")
+    if engine == "ray" and texts:
+        raise click.UsageError("--engine ray answers a split or FILES; put the texts in files (one per file)")
+    inputs: list[Path | str] = [*expand_inputs(files), *texts]
+    if (files or texts) and not inputs:
+        raise click.UsageError("the folders given hold no files")
     ws = open_dataset(ctx, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
+        if engine == "ray":
+            _predict_ray(ws, dataset, split, limit, [p for p in inputs if isinstance(p, Path)], version, threshold,
+                         teacher, concurrency, ray_address, workers, batch_size, parquet, no_log, show, as_json)
+            return
         try:
             casc = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold)
         except (StoreError, StudentError, CascadeError, ValueError) as e:
@@ -209,12 +214,24 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
         console.print(f"model {casc.version}  threshold {casc.threshold:.4f}  temperature {casc.temperature:.3f}"
                       + (f"  teacher {teacher.display_name}" if teacher is not None else "  (no teacher)"))
         if split:
-            _predict_split(ws, dataset, casc, split, limit, concurrency, no_log, show, as_json, summarize)
+            _predict_split(ws, dataset, casc, split, limit, concurrency, no_log, show, as_json)
             return
         if texts and casc.task.modality != "text":
             raise click.UsageError(f"--text is for text datasets; {dataset} is {casc.task.modality}: give FILES")
-        inputs: list[Path | str] = [*files, *texts]
-        answers = asyncio.run(_predict_files(casc, inputs, no_log))
+        answers = asyncio.run(_predict_inputs(casc, inputs, no_log))
+    _print_file_answers(inputs, answers, as_json)
+
+
+async def _predict_inputs(casc: Any, inputs: list[Path | str], no_log: bool) -> list[Any]:
+    from llm_flywheel.pipeline.predict_files import answer_inputs
+
+    try:
+        return await answer_inputs(casc, inputs, log=not no_log, concurrency=16)
+    finally:
+        casc.close()
+
+
+def _print_file_answers(inputs: list[Path | str], answers: list[Any], as_json: bool) -> None:
     t = Table(title="cascade answers")
     for col in ("input", "label", "source", "confidence", "student", "model version"):
         t.add_column(col)
@@ -240,46 +257,15 @@ def _key(f: Path | str) -> str:
     return "text" if isinstance(f, str) else "file"
 
 
-async def _predict_files(casc: Any, inputs: list[Path | str], no_log: bool) -> list[Any]:
-    """Answer files (Path) and --text texts (str) through the cascade, 16 at a time."""
-    from llm_flywheel.data.base import sha256
-
-    sem = asyncio.Semaphore(16)
-
-    async def one(f: Path | str) -> Any:
-        try:
-            content, h = (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else _read_input(f, casc.task.modality)
-        except Exception as e:  # unreadable input: report it, keep going
-            return ValueError(f"cannot read {casc.task.modality} input ({type(e).__name__}: {e})")
-        async with sem:
-            return await casc.apredict_raw(content, origin="predict", log=not no_log, content_hash=h)
-
-    try:
-        return list(await asyncio.gather(*(one(f) for f in inputs)))
-    finally:
-        await casc.aclose()
-        casc.close()
-
-
 def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | None, concurrency: int, no_log: bool,
-                   show: int, as_json: bool, summarize: Any) -> None:
-    from llm_flywheel.store.base import SPLITS
+                   show: int, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if split not in SPLITS:
-        raise click.BadParameter(f"{split!r}: choose one of {', '.join(SPLITS)}", param_hint="--split")
     with ws.store() as s:
         items = s.items(dataset, split=split, limit=limit)
     if not items:
         raise click.ClickException(f"split {split!r} of {dataset!r} has no items")
     answers = []
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as p:
         task = p.add_task(f"cascade on {split}", total=len(items))
@@ -291,6 +277,15 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
     if as_json:
         for a in answers:
             click.echo(json.dumps(a.to_dict()))
+    _print_split(dataset, split, casc.version, items, answers, show)
+
+
+def _print_split(dataset: str, split: str, version: str, items: list[Any], answers: list[Any], show: int,
+                 extra: list[tuple[str, str]] | None = None) -> None:
+    """The first ``show`` answers and the summary (by source, and accuracy where every item has a gold label);
+    ``answers`` are CascadeAnswer (local) or PredictRow (ray) -- the same fields."""
+    from llm_flywheel.pipeline.cascade import summarize
+
     if show:
         t = Table(title=f"first {min(show, len(answers))} answers")
         for col in ("item", "label", "source", "confidence", "student", "gold"):
@@ -300,13 +295,15 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
                       f"{a.student_label} ({a.student_confidence:.3f})", str(it.gold_label or "–"))
         console.print(t)
     sm = summarize(answers)
-    t = Table(title=f"cascade on {dataset}/{split} ({casc.version})", show_header=False)
+    t = Table(title=f"cascade on {dataset}/{split} ({version})", show_header=False)
     t.add_row("items", f"{sm['n']:,}")
     for src, n in sm["by_source"].items():
         if n:
             t.add_row(f"answered by {src}", f"{n:,} ({pct(n / sm['n'])})")
     t.add_row("sent to the teacher", pct(sm["teacher_fraction"]))
     t.add_row("mean latency per item", f"{sm['mean_latency_ms']:.2f} ms")
+    for k, v in extra or []:
+        t.add_row(k, v)
     gold = [it.gold_label for it in items]
     if all(g is not None for g in gold):
         for name, preds in (("student accuracy (gold)", [a.student_label for a in answers]),
@@ -314,3 +311,55 @@ def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | No
             acc, lo, hi = accuracy_ci([p == g for p, g in zip(preds, gold)])
             t.add_row(name, f"{pct(acc)}  (95 % CI {pct(lo)} – {pct(hi)})")
     console.print(t)
+
+
+def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, files: list[Path],
+                 version: str | None, threshold: float | None, teacher: Any, concurrency: int,
+                 ray_address: str | None, workers: int, batch_size: int, parquet: Path | None, no_log: bool,
+                 show: int, as_json: bool) -> None:
+    """--engine ray: run, print progress lines, then the answers and the summary."""
+    from dataclasses import asdict
+
+    from llm_flywheel.pipeline.cascade import CascadeError
+    from llm_flywheel.pipeline.predict_ray import RayPredictConfig, TeacherRef, predict_with_ray
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    cfg = RayPredictConfig(address=ray_address, workers=workers, batch_size=batch_size,
+                           teacher_concurrency=concurrency, log=not no_log, parquet=parquet)
+    last = [0.0]
+
+    def progress(p: Any) -> None:  # a line every 2 s and at the end, readable in a log file too
+        if p.done < p.total and p.elapsed_s - last[0] < 2.0:
+            return
+        last[0] = p.elapsed_s
+        click.echo(f"predict (ray): {p.done:,}/{p.total:,} items  {p.done / max(p.elapsed_s, 1e-9):.1f} items/s  "
+                      f"student {p.by_source['student']:,}  teacher {p.done - p.by_source['student'] - p.errors:,}  "
+                      f"errors {p.errors}  workers {len(p.worker_pids)}", err=True)
+
+    console.print(f"predict (ray): {workers} workers, batches of {batch_size}"
+                  + (f", teacher {teacher.display_name}" if teacher is not None else " (no teacher)"))
+    try:
+        res = predict_with_ray(ws, dataset, split=split, limit=limit, files=None if split else files,
+                               version=version, threshold=threshold,
+                               teacher=TeacherRef.of(teacher) if teacher is not None else None, config=cfg,
+                               progress=progress, keep_answers=True)
+    except (StoreError, StudentError, CascadeError, ValueError) as e:
+        raise _fail(e) from None
+    answers = res.answers or []
+    if as_json:
+        for a in answers:
+            click.echo(json.dumps(asdict(a)))
+    extra = [("engine", f"ray, {res.cluster}, {res.workers} workers ({len(res.worker_pids)} processes answered)"),
+             ("throughput", f"{res.items_per_s:.1f} items/s ({res.elapsed_s:.1f} s)"),
+             ("teacher calls paid", f"{res.teacher_calls:,} (${res.teacher_usd:.4f})")]
+    if res.parquet:
+        extra.append(("parquet", res.parquet))
+    console.print(f"model {res.version}  threshold {res.threshold:.4f}")
+    if split:
+        with ws.store() as s:
+            by_id = {it.id: it for it in s.items(dataset, split=split, limit=limit)}
+        _print_split(dataset, split, res.version, [by_id[a.item_id] for a in answers], answers, show, extra)
+        return
+    _print_file_answers([Path(a.path or "") for a in answers],
+                        [ValueError(a.error) if a.error is not None else a for a in answers], False)
