@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +39,9 @@ from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
 from llm_flywheel.store.workspace import Workspace
 
 logger = logging.getLogger(__name__)
+# which process answered (host:pid): every predict answer carries it as a header and /healthz, /readyz in the body,
+# so an operator (and the replica tests) can tell Ray Serve replicas -- or processes behind any load balancer -- apart
+REPLICA_HEADER = "X-Flywheel-Replica"
 
 
 class PredictResponse(BaseModel):
@@ -70,6 +75,7 @@ class ServeState:
     ready: bool = False
     draining: bool = False
     retention_task: asyncio.Task[None] | None = None
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
     def modality(self) -> str:
@@ -127,7 +133,8 @@ class ServeState:
                              "student_label": ans.student_label, "student_confidence": ans.student_confidence,
                              "teacher_label": ans.teacher_label, "model_version": ans.model_version,
                              "threshold": self.cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
-                             "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16]})
+                             "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16]},
+                            headers={REPLICA_HEADER: self.replica})
 
     # -- readiness and lifecycle -----------------------------------------------------------------------------
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -138,7 +145,8 @@ class ServeState:
             store_ok, store_err = False, f"{type(e).__name__}: {e}"
         b = self.cascade.breaker.state()
         ok = self.ready and store_ok and not self.draining
-        body = {"status": "ready" if ok else "not_ready", "model_loaded": self.ready, "draining": self.draining,
+        body = {"status": "ready" if ok else "not_ready", "replica": self.replica, "model_loaded": self.ready,
+                "draining": self.draining,
                 "store_writable": store_ok, "store_error": store_err,
                 "teacher": None if self.cascade.teacher is None else {
                     "breaker": b.state, "consecutive_failures": b.consecutive_failures,
@@ -180,12 +188,13 @@ class ServeState:
 
 
 def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teacher_spec: str | None = None,
-               teacher: Any = None, threshold: float | None = None, config: ServeConfig | None = None,
-               **overrides: Any) -> FastAPI:
+               api_key_env: str | None = None, teacher: Any = None, threshold: float | None = None,
+               config: ServeConfig | None = None, **overrides: Any) -> FastAPI:
     """Build the service for ``dataset``'s promoted (or given) calibrated model.
 
     ``teacher_spec`` (e.g. ``openrouter:google/gemini-2.5-flash``) or a ready ``teacher`` answers deferred requests;
-    with neither, deferred requests come back with ``source="deferred"`` and ``label=null``.  ``threshold``
+    with neither, deferred requests come back with ``source="deferred"`` and ``label=null``; ``api_key_env`` names the
+    key's variable for ``teacher_spec`` (None: the provider's default, "": no key).  ``threshold``
     overrides the calibrated threshold (the guarantee then no longer applies).  ``config`` (or keyword overrides of
     its fields, e.g. ``deadline_s=2``) sets the limits; a bad value raises ``ValueError`` here, at startup.
     """
@@ -200,7 +209,7 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
 
         with ws.store() as s:
             task = Task.from_json(s.dataset_task_json(dataset))
-        teacher = teacher_from_spec(teacher_spec, task, workspace=ws)
+        teacher = teacher_from_spec(teacher_spec, task, api_key_env=api_key_env, workspace=ws)
     if teacher is not None:
         teacher.check_ready()  # a missing API key is a startup error, not a failure on every request
     cascade = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold,
@@ -284,7 +293,8 @@ def _handlers(app: FastAPI, st: ServeState) -> None:
 def _routes(app: FastAPI, st: ServeState) -> None:
     @app.get("/healthz", summary="Liveness: the process answers (never waits on the pools, store or teacher)")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **st.cascade.describe(), "uptime_s": round(time.time() - st.metrics.started, 3)}
+        return {"status": "ok", **st.cascade.describe(), "replica": st.replica,
+                "uptime_s": round(time.time() - st.metrics.started, 3)}
 
     @app.get("/readyz", summary="Readiness: model loaded, store writable, not draining; teacher breaker state")
     async def readyz() -> JSONResponse:

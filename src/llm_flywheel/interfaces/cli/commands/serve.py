@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
 import socket
+import threading
+from typing import Any
 
 import click
 
@@ -19,7 +22,9 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
                "http://127.0.0.1:8000/v1/predict\n"
                "  curl http://127.0.0.1:8000/readyz      # readiness (model, store, teacher breaker)\n"
                "  curl http://127.0.0.1:8000/metrics     # Prometheus\n"
-               "  open http://127.0.0.1:8000/docs        # OpenAPI docs\n")
+               "  open http://127.0.0.1:8000/docs        # OpenAPI docs\n"
+               "  flywheel serve fashion-mnist --replicas 2                    # 2 Ray Serve replicas, one port\n"
+               "  flywheel serve fashion-mnist --replicas 2 --min-replicas 1 --max-replicas 8   # autoscaling\n")
 @click.argument("dataset")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; loopback by default because there is no authentication.")
@@ -59,9 +64,21 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
                    "items always kept).")
 @click.option("--retention-bytes", "retention_max_payload_bytes", type=int, default=None,
               help="Keep at most this many bytes of saved inputs under exports/served/ (oldest deleted first).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="Run N replicas of the service on Ray Serve behind one HTTP port (needs the [ray] extra); each "
+                   "opens the workspace's store itself and they share its cache of teacher answers. Default: one "
+                   "process, no Ray.")
+@click.option("--min-replicas", type=click.IntRange(min=1), default=None,
+              help="With --replicas: autoscale, never below this many replicas.")
+@click.option("--max-replicas", type=click.IntRange(min=1), default=None,
+              help="With --replicas: autoscale, never above this many replicas.")
+@click.option("--ray-address", default=None,
+              help="With --replicas: join this Ray cluster (auto, HOST:PORT, ray://...) instead of starting a local "
+                   "one on 127.0.0.1. Its nodes must reach the workspace's store and hold the teacher's API key.")
 @pass_ctx
 def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spec: str | None,
-          api_key_env: str | None, threshold: float | None, **limits: object) -> None:
+          api_key_env: str | None, threshold: float | None, replicas: int | None, min_replicas: int | None,
+          max_replicas: int | None, ray_address: str | None, **limits: object) -> None:
     """Serve DATASET's calibrated cascade over HTTP: POST /v1/predict, GET /healthz, /readyz, /metrics, /docs."""
     from llm_flywheel.interfaces.serve import ServeConfig, create_app, is_loopback, serve_forever
     from llm_flywheel.pipeline.cascade import CascadeError
@@ -79,7 +96,12 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
         for param in click.get_current_context().command.params:
             msg = re.sub(rf"\b{param.name}\b", param.opts[0], msg) if param.opts else msg
         raise config_error(msg) from None
+    scaling = _scaling(replicas, min_replicas, max_replicas)
     _check_address(host, port)
+    if scaling is not None:
+        _serve_replicas(ws, dataset, host, port, scaling, ray_address,
+                        dict(version=version, spec=spec, api_key_env=api_key_env, threshold=threshold), config)
+        return
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold, config=config)
@@ -89,6 +111,64 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
         console.print(f"serving {dataset} model {d['model_version']} (threshold {d['threshold']:.4f}, "
                       f"teacher: {d['teacher'] or 'none -> deferred answers have no label'}) on http://{host}:{port}")
         serve_forever(app, host, port, log_level="warning" if ctx.verbose == 0 else "info")
+
+
+def _scaling(replicas: int | None, min_replicas: int | None, max_replicas: int | None) -> Any:
+    """None (one process) or the replicas' Scaling; bounds without --replicas, or out of order, are exit 2."""
+    if replicas is None:
+        if min_replicas is not None or max_replicas is not None:
+            raise config_error("--min-replicas/--max-replicas need --replicas N (the replicas to start with)")
+        return None
+    from llm_flywheel.interfaces.serve.replicas import Scaling
+
+    try:
+        return Scaling(replicas, min_replicas, max_replicas)
+    except ValueError as e:
+        raise config_error(str(e).replace("min_replicas", "--min-replicas").replace("max_replicas", "--max-replicas")
+                           .replace(" replicas ", " --replicas ")) from None
+
+
+def _serve_replicas(ws: Any, dataset: str, host: str, port: int, scaling: Any, ray_address: str | None,
+                    opts: dict[str, Any], config: Any) -> None:
+    """--replicas: the same app on Ray Serve until SIGINT/SIGTERM, then serve.shutdown() and ray.shutdown()."""
+    from llm_flywheel.interfaces.serve.replicas import RayServeDeployment, RayUnavailable, ReplicaSpec
+    from llm_flywheel.pipeline.cascade import Cascade, CascadeError
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    try:
+        Cascade.from_store(ws, dataset, version=opts["version"], threshold=opts["threshold"]).close()
+    except (StoreError, StudentError, CascadeError, ValueError) as e:  # before starting Ray: no model, bad version
+        raise click.ClickException(str(e)) from None
+    with _teacher(ws, dataset, opts["spec"], opts["api_key_env"]) as teacher:
+        tspec, key_env = opts["spec"], opts["api_key_env"]
+        if tspec == "simulated":  # the simulated teacher runs in this process: replicas call it by URL
+            tspec, key_env = f"{teacher.base_url}|{teacher.model}", ""
+        spec = ReplicaSpec(str(ws.root), dataset, opts["version"], tspec, key_env, opts["threshold"], config)
+        try:
+            dep = RayServeDeployment(spec, scaling, host=host, port=port, ray_address=ray_address)
+        except RayUnavailable as e:
+            raise config_error(str(e)) from None
+        stop = threading.Event()
+        previous: dict[int, Any] = {}
+        try:
+            try:
+                url = dep.start()
+            except (RuntimeError, TimeoutError) as e:
+                raise click.ClickException(str(e)) from None
+            # after ray.init: Ray's core installs its own SIGTERM handler (which exits at once, leaving the
+            # replicas to Ray's fate-sharing); ours drains them through serve.shutdown() instead
+            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+            lo, hi = scaling.bounds
+            console.print(f"serving {dataset} on {url} with {dep.replicas_running()} Ray Serve replicas"
+                          + (f" (autoscaling {lo}-{hi})" if scaling.autoscaling else "") + "; Ctrl-C to stop")
+            while not stop.wait(0.5):
+                pass
+            console.print("stopping the replicas ...")
+        finally:
+            dep.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _check_address(host: str, port: int) -> None:
