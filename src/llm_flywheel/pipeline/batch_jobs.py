@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from llm_flywheel.core.consensus import calibration_sample, needs_tie_break
+from llm_flywheel.core.consensus import needs_tie_break
 from llm_flywheel.pipeline import label_adaptive as adaptive
 from llm_flywheel.pipeline.label_adaptive import AdaptiveSummary
 from llm_flywheel.pipeline.labeling import LabelConfig, cached_keys, final_answers
@@ -48,16 +48,15 @@ def round_jobs(store: Store, items: Sequence[Item], labels: Sequence[str], model
     out = RoundJobs([])
     wanted = {(h, p) for h in hashes for p in main}
     if cfg.adaptive_k:
-        sample = calibration_sample(hashes, cfg.calibration_items)
+        reused = (adaptive.reusable_evidence(store, items, model, pv, cfg.passes, labels) if cfg.reuse_evidence
+                  else {})
+        sample = adaptive.plan_sample(hashes, reused, cfg.calibration_items)
         wanted = {(it.content_hash, p) for it in items for p in (main if it.content_hash in sample else (0,))}
         unsettled = {it.content_hash for it, _ in ties} | {h for h, p in pending if p == cfg.passes}
         if not unsettled & sample:
-            choice, source = adaptive.learn_cutoff(known, sample, labels, cfg.passes, cfg.agreement_target,
-                                                   cfg.use_logprobs)
-            more, out.skipped = adaptive.split_by_certainty(items, known, sample, labels, choice.cutoff,
-                                                            cfg.use_logprobs)
+            out.summary, more, out.skipped = adaptive.decide(items, known, reused, sample, labels, cfg.passes,
+                                                             cfg.agreement_target, cfg.use_logprobs)
             wanted |= {(it.content_hash, p) for it in more for p in main[1:]}
-            out.summary = adaptive.summarise(choice, source, sample, more, out.skipped)
     seen: set[tuple[str, int]] = set()
     for it in items:
         for p in main:

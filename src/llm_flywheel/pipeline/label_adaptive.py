@@ -3,18 +3,28 @@
 Why: with k = 2 every item costs two calls plus tie-breaks, yet most first answers are already what the
 multi-pass consensus would say.  The run goes in two phases:
 
-1. **Calibration and first passes.**  A calibration sample (``calibration_items`` items, drawn by a hash of their
-   content so a resumed run draws the same ones) gets all ``k`` passes and its tie-breaks; every other item gets
-   pass 0 only.
-2. **The cutoff, from data.**  On the calibration sample, the first pass's certainty (the label's token
-   probability where the server returned log-probabilities, else the verbalised confidence) is compared with the
-   consensus.  The cutoff is the smallest certainty whose would-be-skipped items agreed with the consensus at a
-   rate whose 95 % lower bound is >= ``agreement_target``
-   (:func:`llm_flywheel.core.consensus.choose_cutoff`); items below it get the remaining passes.  No cutoff meets
-   the target -> every item gets all passes, as fixed k would.
+1. **Evidence and first passes.**  Evidence is items whose main passes were all answered by this teacher and
+   prompt.  Items of the same dataset that earlier runs asked every pass (their calibration samples, the items
+   below their cutoffs, fixed-k runs) are *reused* as evidence (``reuse_evidence``, the default): already paid
+   for, so a run buys a calibration sample (drawn by a hash of the content, so a resumed run draws the same) only
+   for the shortfall up to ``calibration_items`` -- the first run of a dataset buys it, later runs usually buy
+   none.  Every other item gets pass 0 only.
+2. **The cutoff, from data.**  On the evidence, the first pass's certainty (the label's token probability where
+   the server returned log-probabilities, else the verbalised confidence) is compared with the consensus.  The
+   cutoff is the smallest certainty whose would-be-skipped items agreed with the consensus at a rate whose 95 %
+   lower bound is >= ``agreement_target`` (:func:`llm_flywheel.core.consensus.choose_cutoff`); items below it get
+   the remaining passes.  No cutoff meets the target -> every item gets all passes, as fixed k would.
 
-Nothing is decided from memory: the sample, the cutoff and the items above it are recomputed from the stored
-answers on every run, so a killed run resumes without paying twice and a re-run makes no call.
+Why reused evidence keeps the bound honest: whether an earlier run asked an item every pass depended only on the
+hash draw and on its first pass's certainty, never on what the later passes said.  Items below an earlier cutoff
+are over-represented at the low end of any candidate skip region, where agreement is lowest, so pooling them makes
+the estimate more cautious, not less.  The caveat: evidence from other items of the dataset describes this run's
+items only as far as they come from the same population (active selection picks harder items; their certainty
+still orders them, which is what the cutoff uses).
+
+Nothing is decided from memory: the evidence, the sample, the cutoff and the items above it are recomputed from
+the stored answers on every run (reused evidence is the dataset's items *outside* this run, which this run does
+not change), so a killed run resumes without paying twice and a re-run makes no call.
 """
 
 from __future__ import annotations
@@ -26,24 +36,30 @@ from typing import Any
 from llm_flywheel.core.consensus import (
     CutoffChoice,
     answer_probability,
+    calibration_sample,
     choose_cutoff,
     consensus,
 )
-from llm_flywheel.store.base import Item
+from llm_flywheel.store.base import Item, Store
+
+Answers = Mapping[str, Sequence[Mapping[str, Any]]]
 
 
 @dataclass
 class AdaptiveSummary:
     """What the adaptive-pass decision was, for the run result and its report.
 
-    ``calibration_items``: items asked every pass to learn the cutoff; ``evidence``: those of them with all main
-    passes answered; ``cutoff``/``agreement*``: see :class:`~llm_flywheel.core.consensus.CutoffChoice`
+    ``calibration_items``: items of this run asked every pass to learn the cutoff (the sample bought here);
+    ``reused_evidence``: items of earlier runs (same dataset, teacher and prompt) with every main pass answered,
+    used as evidence without a new call; ``evidence``: the sample's and the reused items with all main passes
+    answered and an on-list first answer; ``cutoff``/``agreement*``: see :class:`~llm_flywheel.core.consensus.CutoffChoice`
     (None: no cutoff met the target, every item got all passes); ``certainty``: what the first pass's certainty
     was read from (``logprob``, ``verbalised``, ``mixed`` or ``default``); ``skipped_items``: items answered by
     their first pass alone; ``extra_pass_items``: items outside the sample asked the later passes.
     """
 
     calibration_items: int = 0
+    reused_evidence: int = 0
     evidence: int = 0
     target: float = 0.0
     cutoff: float | None = None
@@ -64,6 +80,28 @@ def first_pass(answers: Sequence[Mapping[str, Any]], labels: Sequence[str],
             lab = a.get("label")
             return (lab if lab in labels else None), p, src
     return None
+
+
+def complete(answers: Sequence[Mapping[str, Any]], labels: Sequence[str], passes: int) -> bool:
+    """Every main pass answered and an on-list first answer: usable as evidence for the cutoff."""
+    got = {a.get("pass_index"): a.get("label") for a in answers}
+    return all(p in got for p in range(passes)) and got.get(0) in labels
+
+
+def reusable_evidence(store: Store, items: Sequence[Item], model: str, prompt_version: str, passes: int,
+                      labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Stored answers of this teacher and prompt on the *other* items of the run's dataset(s) whose main passes
+    were all answered: evidence already paid for.  The run's own items are left out so that the decision does not
+    move while the run buys their passes (a resumed run decides exactly as the first attempt did)."""
+    own = {it.content_hash for it in items}
+    others = sorted({o.content_hash for d in sorted({it.dataset for it in items}) for o in store.items(d)} - own)
+    answers = store.final_answers(model, prompt_version, others, max_pass=passes) if others else {}
+    return {h: a for h, a in answers.items() if complete(a, labels, passes)}
+
+
+def plan_sample(content_hashes: Sequence[str], reused: Answers, size: int) -> set[str]:
+    """The run's calibration sample: only the shortfall of reused evidence up to ``size`` is bought."""
+    return calibration_sample(content_hashes, max(0, size - len(reused)))
 
 
 def learn_cutoff(answers: Mapping[str, Sequence[Mapping[str, Any]]], sample: set[str], labels: Sequence[str],
@@ -108,9 +146,19 @@ def split_by_certainty(items: Sequence[Item], answers: Mapping[str, Sequence[Map
     return more, skipped
 
 
+def decide(items: Sequence[Item], answers: Answers, reused: Answers, sample: set[str], labels: Sequence[str],
+           passes: int, target: float, use_logprobs: bool) -> tuple[AdaptiveSummary, list[Item], set[str]]:
+    """(the decision, items that need the later passes, hashes answered by pass 0 alone) from the run's answers
+    and the reused evidence."""
+    choice, source = learn_cutoff({**reused, **answers}, sample | set(reused), labels, passes, target,
+                                  use_logprobs)
+    more, skipped = split_by_certainty(items, answers, sample, labels, choice.cutoff, use_logprobs)
+    return summarise(choice, source, sample, more, skipped, len(reused)), more, skipped
+
+
 def summarise(choice: CutoffChoice, source: str, sample: set[str], more: Sequence[Item],
-              skipped: set[str]) -> AdaptiveSummary:
+              skipped: set[str], reused: int = 0) -> AdaptiveSummary:
     return AdaptiveSummary(
-        calibration_items=len(sample), evidence=choice.evidence, target=choice.target, cutoff=choice.cutoff,
+        calibration_items=len(sample), reused_evidence=reused, evidence=choice.evidence, target=choice.target, cutoff=choice.cutoff,
         agreement=choice.agreement, agreement_low=choice.agreement_low, agreement_high=choice.agreement_high,
         certainty=source, skipped_items=len(skipped), extra_pass_items=len({it.content_hash for it in more}))

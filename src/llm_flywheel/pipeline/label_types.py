@@ -28,10 +28,12 @@ class LabelConfig:
     one at a time until the first reported cost is seen.
 
     ``adaptive_passes`` (the default for ``passes >= 2``): later passes only where the first is unsure, with the
-    cutoff learnt from a calibration sample of ``calibration_items`` items asked every pass: the smallest
-    first-pass certainty whose skipped items agreed with the consensus at a rate whose 95 % lower bound is
-    >= ``agreement_target`` (see :mod:`llm_flywheel.pipeline.label_adaptive`).  ``adaptive_passes=False`` asks
-    every item ``passes`` times.
+    cutoff learnt from ``calibration_items`` items asked every pass: the smallest first-pass certainty whose
+    skipped items agreed with the consensus at a rate whose 95 % lower bound is >= ``agreement_target`` (see
+    :mod:`llm_flywheel.pipeline.label_adaptive`).  ``reuse_evidence`` (default): items of the dataset that earlier
+    runs of this teacher and prompt asked every pass count toward those ``calibration_items``, so only the
+    shortfall is bought (``False``: a fresh sample every run, the behaviour before).  ``adaptive_passes=False``
+    asks every item ``passes`` times.
     """
 
     passes: int = 2
@@ -49,6 +51,7 @@ class LabelConfig:
     adaptive_passes: bool = True
     agreement_target: float = 0.93
     calibration_items: int = 300
+    reuse_evidence: bool = True
 
     def __post_init__(self) -> None:
         if self.passes < 1:

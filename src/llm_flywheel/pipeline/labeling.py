@@ -33,7 +33,6 @@ from llm_flywheel.core.consensus import (
     DEFAULT_CONFIDENCE,
     Consensus,
     answer_probability,
-    calibration_sample,
     consensus,
 )
 from llm_flywheel.core.task import Task
@@ -183,22 +182,23 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
     if not cfg.adaptive_k:
         await runner.run(make_jobs(items, main, cached) + due, desc)
         return set()
-    sample = calibration_sample(hashes, cfg.calibration_items)
+    labels = runner.task.labels
+    reused = (adaptive.reusable_evidence(store, items, model, pv, cfg.passes, labels) if cfg.reuse_evidence
+              else {})
+    sample = adaptive.plan_sample(hashes, reused, cfg.calibration_items)
     in_sample = [it for it in items if it.content_hash in sample]
     first = make_jobs(in_sample, main, cached)
     first += make_jobs(items, [0], cached | {(it.content_hash, p) for it, p in first})
     await runner.run(first + due, desc)
     if runner.stop:
         return set()
-    labels = runner.task.labels
     answers = store.final_answers(model, pv, hashes, max_pass=cfg.passes)
-    choice, source = adaptive.learn_cutoff(answers, sample, labels, cfg.passes, cfg.agreement_target,
-                                           cfg.use_logprobs)
-    more, skipped = adaptive.split_by_certainty(items, answers, sample, labels, choice.cutoff, cfg.use_logprobs)
-    runner.result.adaptive_passes = adaptive.summarise(choice, source, sample, more, skipped)
-    cut = "none (every item asked every pass)" if choice.cutoff is None else f"{choice.cutoff:.4f}"
-    log.info("adaptive passes: cutoff %s from %d calibration items; %d items need more passes, %d answered by pass 0",
-             cut, choice.evidence, len(more), len(skipped))
+    summary, more, skipped = adaptive.decide(items, answers, reused, sample, labels, cfg.passes,
+                                             cfg.agreement_target, cfg.use_logprobs)
+    runner.result.adaptive_passes = summary
+    cut = "none (every item asked every pass)" if summary.cutoff is None else f"{summary.cutoff:.4f}"
+    log.info("adaptive passes: cutoff %s from %d evidence items (%d reused); %d items need more passes, %d answered "
+             "by pass 0", cut, summary.evidence, summary.reused_evidence, len(more), len(skipped))
     await runner.run(make_jobs(more, main[1:], store.final_answer_keys(model, pv, hashes)), desc + ", later passes")
     return skipped
 

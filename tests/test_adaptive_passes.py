@@ -1,0 +1,108 @@
+"""Adaptive passes across runs: evidence reused (never bought twice) and a cutoff that comes from the evidence.
+
+Real parts: the simulated teacher over HTTP on 127.0.0.1, a real SQLite workspace, ``label_items`` as the CLI
+calls it."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import make_synth_dataset
+
+from llm_flywheel.core.consensus import choose_cutoff
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher, sim_stats
+
+QUIET = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)
+
+
+def _ids(ws):
+    s = ws.store()
+    try:
+        return [it.id for it in s.items("synth")]
+    finally:
+        s.close()
+
+
+def _complete_items(ws, ids):
+    """Items among ``ids`` whose first and second pass are both stored."""
+    s = ws.store()
+    try:
+        hashes = {it.content_hash for it in s.items("synth", ids=ids)}
+        rows = s.query("SELECT content_hash, pass_index FROM teacher_answers WHERE ok=1")
+    finally:
+        s.close()
+    got: dict[str, set[int]] = {}
+    for r in rows:
+        got.setdefault(r["content_hash"], set()).add(r["pass_index"])
+    return {h for h in hashes if {0, 1} <= got.get(h, set())}
+
+
+def _two_runs(ws, task, reuse: bool):
+    ids = _ids(ws)
+    first, second = ids[: len(ids) // 2], ids[len(ids) // 2:]
+    cfg = LabelConfig(passes=2, concurrency=8, calibration_items=150, reuse_evidence=reuse)
+    with run_simulated_teacher(ws, "synth", QUIET) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", task, backoff_base=0.01)
+        r1 = label_items(ws, "synth", first, t, cfg, progress=False)
+        r2 = label_items(ws, "synth", second, t, cfg, progress=False)
+        again = label_items(ws, "synth", second, t, cfg, progress=False)
+        per_key = sim_stats(url)["per_key"]
+    return first, second, r1, r2, again, per_key
+
+
+def test_a_second_run_reuses_the_first_runs_evidence_and_buys_no_new_sample(synth_ws, synth_task, tmp_path):
+    first, second, r1, r2, again, per_key = _two_runs(synth_ws, synth_task, reuse=True)
+    a1, a2 = r1.adaptive_passes, r2.adaptive_passes
+    assert a1 is not None and a2 is not None
+    assert a1.calibration_items == 150 and a1.reused_evidence == 0  # nothing to reuse in a fresh workspace
+    # run 2 buys no sample: every item of run 1 with both passes (its sample and its unsure items) is evidence
+    assert a2.calibration_items == 0 and a2.reused_evidence == len(_complete_items(synth_ws, first)) > 150
+    assert a2.evidence == a2.reused_evidence and a2.cutoff is not None and a2.agreement_low >= 0.93
+    # so run 2 pays one first pass per item plus the later passes of its unsure items, nothing for evidence
+    assert r2.calls_made == len(second) + a2.extra_pass_items + r2.tie_break_calls
+    assert a2.skipped_items + a2.extra_pass_items == len(second)
+    assert max(per_key.values()) == 1  # no (item, pass) asked twice over both runs and the re-run
+    assert again.calls_made == 0 and again.adaptive_passes.cutoff == a2.cutoff  # the same decision, recomputed
+
+    # the same two runs without reuse (the behaviour before): run 2 buys a fresh 150-item sample again
+    ws_b = Workspace.open(tmp_path / "fresh")
+    make_synth_dataset(ws_b, synth_task)
+    _, _, b1, b2, _, _ = _two_runs(ws_b, synth_task, reuse=False)
+    assert b1.calls_made == r1.calls_made  # identical first runs
+    assert b2.adaptive_passes.calibration_items == 150 and b2.adaptive_passes.reused_evidence == 0
+    assert r2.calls_made < b2.calls_made
+
+
+def test_uninformative_certainties_get_no_cutoff_informative_ones_do(synth_ws, synth_task):
+    """The cutoff comes from the evidence: a teacher whose label probabilities do not track its errors earns no
+    cutoff (every item asked every pass), one whose probabilities do earns one.  A constant cutoff would skip
+    items in both."""
+    ids = _ids(synth_ws)
+    cfg = LabelConfig(passes=2, concurrency=8, calibration_items=200)
+    runs = {}
+    for name, sharp, noise in (("flat", 0.0, 1.0), ("sharp", 2.5, 0.4)):
+        sim = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, logprob_sharpness=sharp, logprob_noise=noise,
+                        model=f"simulated/{name}")
+        with run_simulated_teacher(synth_ws, "synth", sim) as url:
+            t = teacher_from_spec(f"{url}|simulated/{name}", synth_task, backoff_base=0.01)
+            runs[name] = label_items(synth_ws, "synth", ids, t, cfg, progress=False)
+    flat, sharp = runs["flat"].adaptive_passes, runs["sharp"].adaptive_passes
+    assert flat.evidence == sharp.evidence == 200 and flat.certainty == sharp.certainty == "logprob"
+    assert flat.cutoff is None and flat.skipped_items == 0
+    assert runs["flat"].calls_made == 2 * len(ids) + runs["flat"].tie_break_calls  # as fixed k would
+    assert sharp.cutoff is not None and sharp.skipped_items > 0 and sharp.agreement_low >= cfg.agreement_target
+
+
+def test_choose_cutoff_follows_the_evidence_not_a_constant():
+    rng = random.Random(0)
+    p = [rng.random() for _ in range(600)]
+    agree_if_sure = [x > 0.4 or rng.random() < 0.5 for x in p]  # disagreements only below 0.4
+    agree_if_very_sure = [x > 0.8 or rng.random() < 0.5 for x in p]  # ... only below 0.8
+    low = choose_cutoff(p, agree_if_sure, 0.93)
+    high = choose_cutoff(p, agree_if_very_sure, 0.93)
+    assert low.cutoff in p and high.cutoff in p  # always an observed certainty
+    assert low.cutoff < high.cutoff and low.skipped > high.skipped
+    assert choose_cutoff(p, [False] * len(p), 0.93).cutoff is None
