@@ -8,7 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # range (torch<2.14) is already satisfied and pip never pulls a multi-GB CUDA wheel.
 TORCH   ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean llm-servers llm-server-cpp llm-server-py spam-assassin demo-text
+.PHONY: setup demo test test-fast test-postgres postgres bench clean llm-servers llm-server-cpp llm-server-py spam-assassin demo-text
 
 # Downloads and builds that outlive a clone (CI runs in a fresh clone on the same machine): ~/.cache/llm-flywheel
 CACHE   ?= $(or $(LLM_FLYWHEEL_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llm-flywheel)
@@ -33,9 +33,21 @@ demo: setup
 	$(BIN)/flywheel demo
 
 # The whole suite, real servers included: the local LLM servers, the SpamAssassin corpus, Label Studio and chromium
-# are built/fetched first (cached in $(CACHE) and .venv-ls; cold about 10 min on 2 cores, warm seconds).
-test: setup llm-servers spam-assassin label-studio chromium
+# are built/fetched first (cached in $(CACHE) and .venv-ls; cold about 10 min on 2 cores, warm seconds).  It runs
+# twice: on SQLite (the default store) and on a real PostgreSQL the tests start themselves (tests/pg_server.py).
+test: setup llm-servers spam-assassin label-studio chromium postgres
 	$(BIN)/python -m pytest -q
+	FLYWHEEL_TEST_STORE=postgresql $(BIN)/python -m pytest -q
+
+# Only the PostgreSQL pass (every test whose store is a workspace's runs on a fresh schema of a local server).
+test-postgres: setup postgres
+	FLYWHEEL_TEST_STORE=postgresql $(BIN)/python -m pytest -q
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl); the tests start their own server from them, on loopback.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq postgresql) ; \
+	  else echo "PostgreSQL missing: run 'sudo apt-get install postgresql'"; exit 1; fi; }
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -207,6 +207,6 @@ def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool)
 
 def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:
     """Open a stored image (already validated at import)."""
-    im = Image.open(ws.abspath(blob_path))
+    im = Image.open(io.BytesIO(ws.read_blob(blob_path)))
     im.load()
     return im.convert(mode) if mode and im.mode != mode else im

@@ -81,7 +81,7 @@ def _header(max_pass: int) -> list[str]:
 
 def _csv_row(ws: Workspace, r: dict[str, Any], pa: dict[int, tuple[str | None, float | None]], max_pass: int,
              values: dict[int, float]) -> list[Any]:
-    rec: list[Any] = [r["id"], r["source_ref"], str(ws.abspath(r["blob"])) if r["blob"] else "", r["text"] or ""]
+    rec: list[Any] = [r["id"], r["source_ref"], str(ws.blobs.local_path(r["blob"]) or r["blob"]) if r["blob"] else "", r["text"] or ""]
     for p in range(max_pass + 1):
         lab, conf = pa.get(p, (None, None))
         rec += [lab or "", "" if conf is None else f"{conf:.2f}"]

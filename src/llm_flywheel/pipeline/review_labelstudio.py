@@ -55,9 +55,8 @@ def project_title(dataset: str) -> str:
 
 def _data_url(ws: Workspace, blob: str) -> str:
     """Images travel inside the task as ``data:`` URLs: Label Studio needs no access to this machine's disk."""
-    path = ws.abspath(blob)
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    mime = mimetypes.guess_type(blob)[0] or "image/png"
+    return f"data:{mime};base64,{base64.b64encode(ws.read_blob(blob)).decode('ascii')}"
 
 
 def _ls_task(ws: Workspace, dataset: str, task: Task, c: ReviewCandidate, student_version: str | None) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class BatchQueries:
 
     def batch_lines(self, batch: int) -> list[BatchLine]:
         rows = self.query("SELECT custom_id, item_id, content_hash, pass_index, answer_id FROM teacher_batch_lines "
-                          "WHERE batch=? ORDER BY rowid", (batch,))
+                          "WHERE batch=? ORDER BY item_id, pass_index, custom_id", (batch,))
         return [BatchLine(**dict(r)) for r in rows]
 
     def collect_batch(self, batch: int, answers: Sequence[tuple[str, int]], cost_usd: float) -> None:

@@ -154,10 +154,13 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|::|\?|:[A-Za-z_]\w*|%")
 def to_pyformat(sql: str) -> str:
     """SQLite's ``?`` and ``:name`` placeholders as psycopg's ``%s`` / ``%(name)s`` (literal ``%`` doubled).
 
-    Quoted strings and ``::`` casts are left alone, so a ``'?'`` or ``':x'`` inside a literal stays a literal.
+    Quoted strings and ``::`` casts keep their ``?`` and ``:x``, so those stay literals; a ``%`` is doubled
+    everywhere, literals included, because psycopg reads ``%`` in the whole query.
     """
     def sub(m: re.Match[str]) -> str:
         t = m.group(0)
+        if t[0] in "'\"":
+            return t.replace("%", "%%")
         if t == "?":
             return "%s"
         if t == "%":
@@ -266,8 +269,7 @@ def _make_engine(url: str) -> Any:
     connect_args: dict[str, Any] = {"connect_timeout": 10}
     if schema:
         connect_args["options"] = f"-c search_path={schema}"
-    eng = create_engine(base, connect_args=connect_args, pool_pre_ping=True, pool_size=4, max_overflow=16,
-                        isolation_level="AUTOCOMMIT")
+    eng = create_engine(base, connect_args=connect_args, pool_pre_ping=True, pool_size=4, max_overflow=16)
 
     @event.listens_for(eng, "connect")
     def _connect(dbapi_conn: Any, _rec: Any) -> None:
@@ -280,7 +282,6 @@ def _configure_pg(conn: Any) -> None:
     """Numbers come back as Python floats (``AVG``/``SUM`` of integers are ``numeric`` on PostgreSQL)."""
     from psycopg.types.numeric import FloatLoader
 
-    conn.autocommit = True
     conn.adapters.register_loader("numeric", FloatLoader)
 
 
@@ -297,6 +298,9 @@ def open_connection(url: str) -> Connection:
     except Exception as e:  # OperationalError: refused, auth, unknown database
         raise StoreError(f"cannot connect to the PostgreSQL store {redact(url)}: {_first_line(e)} "
                          "(is the server running? user and database right? password in PGPASSWORD or ~/.pgpass)") from None
+    # Autocommit, like the SQLite connection: a statement outside Connection.transaction() is its own transaction.
+    # Set on every checkout because a migration (run_alembic) hands the pooled connection back in READ COMMITTED.
+    raw.driver_connection.autocommit = True
     raw.driver_connection.row_factory = _row_factory
     if schema:
         try:
@@ -346,14 +350,17 @@ def run_alembic(url: str, *, stamp_only: bool = False) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     eng = engine_for(url)
-    with eng.begin() as conn:
-        if dialect_of(url) == "postgresql":
-            key = _lock_key(getattr(eng, "_flywheel_schema", None))
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
-        cfg.attributes["connection"] = conn
-        if stamp_only:
-            command.stamp(cfg, BASELINE_REVISION)
-        else:
-            command.upgrade(cfg, "head")
-        if dialect_of(url) == "sqlite":
-            conn.exec_driver_sql(f"PRAGMA user_version={LEGACY_SQLITE_VERSION + len(KNOWN_REVISIONS) - 1}")
+    pg = dialect_of(url) == "postgresql"
+    with eng.connect() as conn:
+        if pg:  # a real transaction (the store's own connections autocommit), so the advisory lock lasts until COMMIT
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        with conn.begin():
+            if pg:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_lock_key(getattr(eng, '_flywheel_schema', None))})")
+            cfg.attributes["connection"] = conn
+            if stamp_only:
+                command.stamp(cfg, BASELINE_REVISION)
+            else:
+                command.upgrade(cfg, "head")
+            if not pg:
+                conn.exec_driver_sql(f"PRAGMA user_version={LEGACY_SQLITE_VERSION + len(KNOWN_REVISIONS) - 1}")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from llm_flywheel.store.base import Store
+from llm_flywheel.store.blobs import BlobStore, blob_store_for
 from llm_flywheel.store.engine import SQLITE_FILE, redact, resolve_url, without_password
 from llm_flywheel.store.records import StoreError
 
@@ -81,52 +81,38 @@ class Workspace:
     def abspath(self, rel: str) -> Path:
         return self.root / rel
 
-    def put_blob(self, data: bytes, content_hash: str, suffix: str) -> str:
-        """Store bytes once under their hash; returns the workspace-relative path.
+    @cached_property
+    def blobs(self) -> BlobStore:
+        """Where image bytes live (the folder today; an object store later, see :mod:`llm_flywheel.store.blobs`)."""
+        return blob_store_for(self.root, _recorded_config(self.root).get("blobs"))
 
-        Written to a temporary file and renamed into place, so a kill never leaves a half-written blob.
-        """
-        rel = f"blobs/{content_hash[:2]}/{content_hash}{suffix}"
-        dest = self.root / rel
-        if dest.exists():
-            return rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return rel
+    def put_blob(self, data: bytes, content_hash: str, suffix: str) -> str:
+        """Store bytes once under their hash; returns the key recorded in ``items.blob_path``."""
+        return self.blobs.put(data, content_hash, suffix)
+
+    def read_blob(self, key: str) -> bytes:
+        return self.blobs.get(key)
 
     def sweep_temp_files(self, older_than_s: float = 3600.0) -> int:
-        """Delete ``.tmp-*`` files a killed blob write left behind; returns how many.
+        """Delete what killed blob writes left behind (older than ``older_than_s``); returns how many."""
+        return self.blobs.sweep_temp_files(older_than_s)
 
-        Only files older than ``older_than_s`` go, so a write in progress in another process is never touched.
-        """
-        cutoff = time.time() - older_than_s
-        n = 0
-        for tmp in (self.root / "blobs").glob("*/.tmp-*"):
-            try:
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
-                    n += 1
-            except FileNotFoundError:  # removed by another sweeper meanwhile
-                continue
-        return n
+def _recorded_config(root: Path) -> dict:
+    cfg = root / CONFIG_FILE
+    if not cfg.exists():
+        return {}
+    try:
+        data = json.loads(cfg.read_text())
+        if not isinstance(data, dict):
+            raise ValueError
+    except ValueError:
+        raise StoreError(f"{cfg} is not a workspace config (expected {{\"store\": URL}}); fix or remove it") from None
+    return data
 
 
 def _recorded_store(root: Path) -> str | None:
-    cfg = root / CONFIG_FILE
-    if not cfg.exists():
-        return None
-    try:
-        url = json.loads(cfg.read_text())["store"]
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{cfg} is not a workspace config (expected {{\"store\": URL}}); fix or remove it") from None
-    return str(url)
+    url = _recorded_config(root).get("store")
+    return str(url) if url else None
 
 
 def _choose_store(root: Path, recorded: str | None, exists: bool, asked: str | None) -> str:
@@ -149,4 +135,4 @@ def _record_store(root: Path, url: str) -> None:
         import warnings
         warnings.warn("the store URL's password is not recorded in the workspace: later commands need it in "
                       "PGPASSWORD or ~/.pgpass", stacklevel=3)
-    (root / CONFIG_FILE).write_text(json.dumps({"store": safe}, indent=2) + "\n")
+    (root / CONFIG_FILE).write_text(json.dumps({**_recorded_config(root), "store": safe}, indent=2) + "\n")

@@ -275,9 +275,8 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
             root = (ws or self.workspace)
             if root is None:
                 raise TeacherConfigError("a workspace is needed to read images (pass ws= or workspace=)")
-            path = root.abspath(item.blob_path)
-            mime = "image/jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
-            return image_content(Path(path).read_bytes(), mime)  # the exact stored bytes
+            mime = "image/jpeg" if Path(item.blob_path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
+            return image_content(root.read_blob(item.blob_path), mime)  # the exact stored bytes
         if item.modality == "text":
             return item.text or ""
         return "Features: " + json.dumps(item.features)

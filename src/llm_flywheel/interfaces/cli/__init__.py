@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from llm_flywheel._version import __version__
+from llm_flywheel.store.records import StoreError
 from llm_flywheel.store.workspace import Workspace
 
 console = Console(stderr=True)
@@ -93,12 +94,16 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 class Ctx:
     """What every command gets: the workspace location (opened lazily so `--help` never touches disk)."""
 
-    def __init__(self, workspace: str | None, verbose: int) -> None:
+    def __init__(self, workspace: str | None, verbose: int, store: str | None = None) -> None:
         self.workspace_path = workspace
         self.verbose = verbose
+        self.store = store
 
     def workspace(self, *, create: bool = True) -> Workspace:
-        return Workspace.open(self.workspace_path, create=create)
+        try:
+            return Workspace.open(self.workspace_path, create=create, store=self.store)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -112,14 +117,21 @@ pass_ctx = click.make_pass_decorator(Ctx)
     default=None,
     help="Workspace folder (default ./flywheel-workspace, or $FLYWHEEL_WORKSPACE).",
 )
+@click.option(
+    "--store",
+    default=None,
+    help="Where a NEW workspace keeps its database: postgresql://user@host/db[?schema=name] to share it between "
+    "machines (password from PGPASSWORD or ~/.pgpass, never recorded), default <workspace>/flywheel.db or "
+    "$FLYWHEEL_STORE.  An existing workspace always uses the store it was made with.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="flywheel")
 @click.pass_context
-def main(ctx: click.Context, workspace: str | None, verbose: int) -> None:
+def main(ctx: click.Context, workspace: str | None, store: str | None, verbose: int) -> None:
     """llm-flywheel: an LLM teacher labels, a small student learns, a calibrated cascade serves, feedback turns the wheel."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx.obj = Ctx(workspace, verbose)
+    ctx.obj = Ctx(workspace, verbose, store)
 
 
 def _register() -> None:
