@@ -5,7 +5,9 @@ held requests without end.  The breaker stops calling a teacher that failed ``fa
 ``cooldown_s`` (then lets one probe through: half-open); the deadline answers with the student's guess, marked
 ``student_fallback``, when the teacher has not answered in time -- or raises :class:`DeadlineExceeded` where the
 operator prefers an error (the service's 504).  One content is asked once even when many requests for it arrive
-together, and what a call cut off by the deadline buys is still stored when it arrives.
+together -- in this process by sharing the call, across processes (Ray Serve replicas) by a claim in the store: the
+claim's owner pays, the others wait for its stored answer -- and what a call cut off by the deadline buys is still
+stored when it arrives.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,9 @@ RAW_CACHE_SIZE = 10_000
 Hit = tuple[str | None, float]  # a final teacher answer: (label as answered, confidence); (None, 0.0): it failed
 
 ON_DEADLINE = ("fallback", "error")
+CLAIM_STALE_S = 30.0  # a claim not refreshed for this long belongs to a process that died: taken over
+CLAIM_REFRESH_S = 10.0  # the owner refreshes its claim this often while its call runs
+CLAIM_WAIT_S = 120.0  # a process waiting on another's claim gives up after this (its requests' deadlines are shorter)
 
 
 class DeadlineExceeded(TimeoutError):
@@ -107,6 +113,7 @@ class RawTeacherCalls:
         self._asking: dict[str, asyncio.Future[Hit]] = {}  # content hash -> the one call in flight for it
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
         self._late: set[asyncio.Future[Hit]] = set()  # calls already counted as failures for missing a deadline
+        self.owner = f"{uuid.uuid4().hex[:12]}"  # this instance's name on its claims in the store
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
@@ -142,7 +149,24 @@ class RawTeacherCalls:
             return None
 
     async def _buy(self, content: Any, content_hash: str | None) -> Hit:
-        """Call the teacher once; a final answer is stored (with a workspace) before anyone uses it."""
+        """Call the teacher once; a final answer is stored (with a workspace) before anyone uses it.  With a store,
+        only the holder of the content's claim calls; another process's answer is read instead of bought."""
+        if not (content_hash and self.db is not None):
+            return await self._call_and_keep(content, None)
+        waited = await self._claim_or_wait(content_hash)
+        if waited is not None:
+            return waited
+        beat = asyncio.ensure_future(self._keep_claim(content_hash))
+        try:
+            return await self._call_and_keep(content, content_hash)
+        finally:
+            beat.cancel()
+            try:  # after the answer is stored: a waiter that then claims finds the answer first
+                await asyncio.to_thread(self._claim_op, "release_teacher_claim", content_hash)
+            except Exception as e:  # it goes stale and is taken over
+                logger.warning("could not release a teacher claim: %s: %s", type(e).__name__, e)
+
+    async def _call_and_keep(self, content: Any, content_hash: str | None) -> Hit:
         ans = await self._call_teacher(content)
         if ans is None or not ans.ok:
             if asyncio.current_task() not in self._late:  # already counted when it missed the deadline
@@ -159,6 +183,42 @@ class RawTeacherCalls:
         if content_hash:
             self._remember(content_hash, hit)
         return hit
+
+    async def _claim_or_wait(self, content_hash: str) -> Hit | None:
+        """None once this instance holds the content's claim (it pays); else the answer another process stored,
+        or ``(None, 0.0)`` after :data:`CLAIM_WAIT_S` without one."""
+        end, delay = time.monotonic() + CLAIM_WAIT_S, 0.02
+        while True:
+            mine = await asyncio.to_thread(self._claim_op, "claim_teacher_purchase", content_hash)
+            # claimed or not, the answer may be in already (stored by the owner before it released its claim)
+            hit = await asyncio.to_thread(self._stored_teacher_answer, content_hash)
+            if hit is not None:
+                if mine:
+                    await asyncio.to_thread(self._claim_op, "release_teacher_claim", content_hash)
+                return hit
+            if mine:
+                return None
+            if time.monotonic() > end:
+                logger.warning("gave up waiting %.0f s for another process's teacher answer", CLAIM_WAIT_S)
+                return (None, 0.0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    async def _keep_claim(self, content_hash: str) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_S)
+            try:
+                await asyncio.to_thread(self._claim_op, "refresh_teacher_claim", content_hash)
+            except Exception as e:  # a store hiccup: the next beat tries again
+                logger.warning("could not refresh a teacher claim: %s: %s", type(e).__name__, e)
+
+    def _claim_op(self, op: str, content_hash: str) -> bool:
+        model, pv = self._teacher_key()
+        assert self.db is not None
+        with self.db() as store:
+            if op == "claim_teacher_purchase":
+                return store.claim_teacher_purchase(content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S)
+            return bool(getattr(store, op)(content_hash, model, pv, self.owner))
 
     def _open_session(self) -> TeacherSession:
         """The teacher session of the running event loop (its connections belong to that loop)."""

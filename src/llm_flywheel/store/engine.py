@@ -28,9 +28,9 @@ from llm_flywheel.store.records import StoreError
 
 SQLITE_FILE = "flywheel.db"
 BASELINE_REVISION = "v5_baseline"
-HEAD_REVISION = "v5_baseline"
+HEAD_REVISION = "v6_served_teacher_claims"
 """The newest Alembic revision this package knows; ``tests/test_store_backends.py`` checks it is the scripts' head."""
-KNOWN_REVISIONS = ("v5_baseline",)
+KNOWN_REVISIONS = ("v5_baseline", "v6_served_teacher_claims")
 LEGACY_SQLITE_VERSION = 5
 """``PRAGMA user_version`` of the last SQLite-only migration; SQLite files also carry it (and later revisions add to
 it) so an older llm-flywheel refuses a newer file instead of misreading it."""

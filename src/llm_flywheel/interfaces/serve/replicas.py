@@ -7,9 +7,9 @@ Why it is built this way:
 - **Each replica opens the workspace itself**, by its root path; the store it names (the workspace's SQLite file
   today, the URL recorded in the workspace or ``FLYWHEEL_STORE``) is shared by every replica, and so is the
   content-hash cache of teacher answers: a claim in the store makes one replica pay for new content while another
-  waits for the stored answer.  ``FLYWHEEL_*`` variables travel to the replicas in Ray's ``runtime_env``; an API
-  key never does (Ray records a runtime_env): a local cluster started here inherits this process's environment,
-  the nodes of another cluster need the key in theirs.
+  waits for the stored answer.  ``FLYWHEEL_*`` variables travel to the replicas in Ray's ``runtime_env``; a secret
+  never does (an API key, a store URL with a password: Ray records a runtime_env): a local cluster started here
+  inherits this process's environment, the nodes of another cluster need them in theirs.
 - **Ray is imported lazily**: without it, ``--replicas`` fails with the ``pip install`` that fixes it, and the
   single-process path never imports it.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from llm_flywheel.interfaces.serve.config import ServeConfig
 
 RAY_MISSING = "Ray Serve is not installed; `flywheel serve --replicas` needs it: pip install 'llm-flywheel[ray]'"
 APP_NAME = "flywheel"
+_PASSWORD_IN_URL = re.compile(r"://[^/@:]*:[^/@]*@")
 
 
 class RayUnavailable(RuntimeError):
@@ -94,7 +96,8 @@ class Scaling:
 
     def deployment_options(self, cfg: ServeConfig) -> dict[str, Any]:
         opts: dict[str, Any] = {
-            "ray_actor_options": {"num_cpus": self.cpus_per_replica},
+            "ray_actor_options": {"num_cpus": self.cpus_per_replica,
+                                  "runtime_env": {"env_vars": forwarded_env()}},
             "max_ongoing_requests": cfg.workers + cfg.queue,
             "max_queued_requests": max(1, cfg.queue),
             "graceful_shutdown_timeout_s": max(1.0, cfg.shutdown_grace_s),
@@ -121,9 +124,11 @@ def build_replica_app(spec: ReplicaSpec) -> Any:
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables every replica gets through Ray's runtime_env: the project's own (``FLYWHEEL_*``: the store
-    URL, the workspace), never an API key."""
+    URL, the workspace), never a secret -- no ``*KEY*`` variable, no URL with a password in it (Ray records a
+    runtime_env; a local cluster's replicas inherit this process's environment anyway)."""
     env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if k.startswith("FLYWHEEL_") and "KEY" not in k.upper()}
+    return {k: v for k, v in env.items()
+            if k.startswith("FLYWHEEL_") and "KEY" not in k.upper() and not _PASSWORD_IN_URL.search(v)}
 
 
 def _deployment(serve: Any, spec: ReplicaSpec, scaling: Scaling) -> Any:
@@ -166,8 +171,9 @@ def _sigint_ignored_by_children() -> Iterator[None]:
 class RayServeDeployment:
     """Start (or join) a Ray cluster, run the replicas behind Ray Serve's HTTP proxy on ``host:port``, stop them.
 
-    ``ray_address`` None starts a local cluster on 127.0.0.1 for this process (stopped again by :meth:`stop`);
-    an address (``auto``, ``ray://...``, ``HOST:PORT``) joins a running one and leaves it running.
+    ``ray_address`` None starts a local cluster for this process (stopped again by :meth:`stop`); an address
+    (``auto``, ``ray://...``, ``HOST:PORT``) joins a running one and leaves it running, as does a process that
+    is already connected (``ray.init`` called before).
     """
 
     def __init__(self, spec: ReplicaSpec, scaling: Scaling, *, host: str = "127.0.0.1", port: int = 8000,
@@ -175,7 +181,8 @@ class RayServeDeployment:
         self.spec, self.scaling, self.host, self.port = spec, scaling, host, port
         self.ray_address, self.num_cpus = ray_address, num_cpus
         self.ray, self.serve = import_ray()
-        self._started_ray = False
+        self._started_ray = False  # we started the local cluster: stop it all
+        self._connected = False  # we called ray.init: disconnect at stop
 
     @property
     def url(self) -> str:
@@ -185,18 +192,20 @@ class RayServeDeployment:
     def start(self, timeout_s: float = 300.0) -> str:
         """Deploy and wait until every replica is running; returns the base URL.  A replica that cannot build
         its app (no model, a bad teacher spec) fails here with Ray's message, after everything is stopped."""
-        runtime_env = {"env_vars": forwarded_env()}
-        if self.ray_address is None:
+        if self.ray.is_initialized():  # this process already runs or joined a cluster (a test's): use it as is
+            pass
+        elif self.ray_address is None:
             _, hi = self.scaling.bounds
             cpus = self.num_cpus or max(os.cpu_count() or 1, int(hi * self.scaling.cpus_per_replica + 0.999))
             # (Ray's own services bind to the node's address whatever is asked: it resolves 127.0.0.1 to it; the
             # service's HTTP port is the proxy's, on ``host``)
             with _sigint_ignored_by_children():
-                self.ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env,
+                self.ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                               configure_logging=False, log_to_driver=False)
-            self._started_ray = True
+            self._started_ray = self._connected = True
         else:
-            self.ray.init(address=self.ray_address, runtime_env=runtime_env, configure_logging=False)
+            self.ray.init(address=self.ray_address, configure_logging=False)
+            self._connected = True
         try:
             self.serve.start(http_options={"host": self.host, "port": self.port}, proxy_location="HeadOnly")
             try:
@@ -251,6 +260,6 @@ class RayServeDeployment:
                 else:  # a cluster we joined: remove our application only
                     self.serve.delete(APP_NAME)
         finally:
-            if self.ray.is_initialized():
+            if self._connected and self.ray.is_initialized():
                 self.ray.shutdown()
-            self._started_ray = False
+            self._started_ray = self._connected = False
