@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from test_cascade import trained_calibrated_ws
 
 from llm_flywheel.interfaces.cli import main
-from test_cascade import trained_calibrated_ws
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,32 @@ def test_predict_text_on_an_image_dataset_is_a_usage_error(cal_ws):
     ws, _ = cal_ws
     r = _run(ws, "predict", "synth", "--text", "a bar")
     assert r.exit_code == 2 and "give FILES" in r.output
+
+
+def test_predict_engine_ray_without_ray_names_the_extra(cal_ws, monkeypatch):
+    """Without the [ray] extra, --engine ray is exit 2 naming `pip install 'llm-flywheel[ray]'` (no traceback, no
+    teacher started); the local engine does not need Ray."""
+    ws, _ = cal_ws
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError, as when it is missing
+    r = _run(ws, "predict", "synth", "--split", "stream", "--engine", "ray", "--teacher", "simulated")
+    assert r.exit_code == 2 and "pip install 'llm-flywheel[ray]'" in r.output and "SIMULATED" not in r.output
+    r = _run(ws, "predict", "synth", "--split", "stream", "--limit", "3", "--show", "0")
+    assert r.exit_code == 0, r.output
+
+
+def test_predict_answers_a_folder(cal_ws, tmp_path):
+    """A folder given as FILES stands for the files under it (hidden ones skipped); an empty one is exit 2."""
+    ws, _ = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test", limit=3)
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / ".hidden").write_bytes(b"x")
+    for k, it in enumerate(items):
+        (tmp_path / "in" / ("sub" if k else "") / f"{it.id}.png").write_bytes((ws.root / it.blob_path).read_bytes())
+    r = _run(ws, "predict", "synth", str(tmp_path / "in"), "--json", "--no-log")
+    assert r.exit_code == 0, r.output
+    got = [json.loads(x)["file"] for x in r.stdout.splitlines() if x.startswith("{")]
+    assert sorted(os.path.basename(f) for f in got) == sorted(f"{it.id}.png" for it in items)
+    (tmp_path / "empty").mkdir()
+    r = _run(ws, "predict", "synth", str(tmp_path / "empty"))
+    assert r.exit_code == 2 and "no files" in r.output

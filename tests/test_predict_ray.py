@@ -16,16 +16,24 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from test_cascade import sim_teacher, trained_calibrated_ws
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
-from llm_flywheel.pipeline.cascade import Cascade  # noqa: E402
-from llm_flywheel.pipeline.predict_files import answer_inputs  # noqa: E402
-from llm_flywheel.pipeline.predict_ray import RayPredictConfig, TeacherRef, predict_with_ray  # noqa: E402
-from llm_flywheel.teachers.simulated import SimConfig, serve_app, sim_stats, simulated_app  # noqa: E402
+from llm_flywheel.pipeline.cascade import Cascade
+from llm_flywheel.pipeline.predict_files import answer_inputs
+from llm_flywheel.pipeline.predict_ray import (
+    RayPredictConfig,
+    TeacherRef,
+    predict_with_ray,
+)
+from llm_flywheel.teachers.simulated import (
+    SimConfig,
+    serve_app,
+    sim_stats,
+    simulated_app,
+)
 
 QUIET = SimConfig(latency_ms=0, rate_429=0.0, malformed_rate=0.0)
 
@@ -150,7 +158,7 @@ class Gate:
                 self.dropped += 1
                 return
             msgs.append(m)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         queue = list(msgs)
 

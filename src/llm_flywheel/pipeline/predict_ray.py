@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.task import Task
-from llm_flywheel.pipeline.cascade import SOURCES, Cascade, CascadeAnswer, CascadeError
-from llm_flywheel.store.serving import CascadeLogRow
+from llm_flywheel.pipeline.cascade import Cascade, CascadeError
+from llm_flywheel.pipeline.predict_sink import (
+    PredictProgress,
+    PredictRow,
+    Sink,
+    answer_row,
+)
 from llm_flywheel.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -45,11 +50,15 @@ def import_ray() -> Any:
     """``ray`` with Ray Data, or :class:`RayUnavailable` naming the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError as e:
         raise RayUnavailable(f"--engine ray needs Ray Data, which is not installed ({e}); install it with "
                              f"{RAY_EXTRA}") from None
     return ray
+
+
+class RayPredictError(CascadeError):
+    """The Ray run stopped (a worker kept dying, a batch kept failing); the message says what was kept."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ class TeacherRef:
     api_key_env: str | None = None
 
     @classmethod
-    def of(cls, teacher: Any) -> "TeacherRef":
+    def of(cls, teacher: Any) -> TeacherRef:
         return cls(f"{teacher.base_url}|{teacher.model}", teacher.api_key_env or "")
 
     def build(self, task: Task, ws: Workspace) -> Any:
@@ -95,36 +104,6 @@ class RayPredictConfig:
             raise ValueError("cpus_per_worker must be > 0 and max_restarts >= 0")
 
 
-@dataclass(frozen=True)
-class PredictRow:
-    """One answer as the workers return it and the Parquet file holds it (``error``: an unreadable file)."""
-
-    index: int
-    item_id: int | None
-    path: str | None
-    content_hash: str | None
-    label: str | None
-    source: str
-    confidence: float
-    student_label: str
-    student_confidence: float
-    teacher_label: str | None
-    model_version: str
-    latency_ms: float
-    error: str | None
-    worker_pid: int
-
-
-@dataclass(frozen=True)
-class PredictProgress:
-    done: int
-    total: int
-    elapsed_s: float
-    by_source: dict[str, int]
-    errors: int
-    worker_pids: tuple[int, ...]
-
-
 @dataclass
 class RayPredictResult:
     """``teacher_calls``/``teacher_usd``: paid during the run for store items (the ledger's difference; a file's
@@ -148,15 +127,6 @@ class RayPredictResult:
     worker_pids: tuple[int, ...]
     parquet: str | None
     answers: list[PredictRow] | None = None
-
-
-def _row(index: int, a: CascadeAnswer | None, pid: int, *, item_id: int | None = None, path: str | None = None,
-         error: str | None = None, version: str = "") -> PredictRow:
-    if a is None:
-        return PredictRow(index, item_id, path, None, None, "", 0.0, "", 0.0, None, version, 0.0, error, pid)
-    return PredictRow(index, a.item_id if item_id is None else item_id, path, a.content_hash, a.label, a.source,
-                      float(a.confidence), a.student_label, float(a.student_confidence), a.teacher_label,
-                      a.model_version, float(a.latency_ms), None, pid)
 
 
 class CascadeWorker:
@@ -188,7 +158,7 @@ class CascadeWorker:
         found = [by_id[i] for i in ids if i in by_id]
         answers = {a.item_id: a for a in self.casc.predict_items(found, log=False,
                                                                   teacher_concurrency=self.concurrency)}
-        return [_row(k, answers.get(i), self.pid, item_id=i, version=self.casc.version,
+        return [answer_row(k, answers.get(i), self.pid, item_id=i, version=self.casc.version,
                      error=None if i in answers else f"item {i} is not in {self.dataset!r}") for k, i in zip(idx, ids)]
 
     def _files(self, idx: list[int], paths: list[str]) -> list[PredictRow]:
@@ -197,8 +167,8 @@ class CascadeWorker:
         from llm_flywheel.pipeline.predict_files import answer_inputs
 
         got = asyncio.run(answer_inputs(self.casc, [Path(p) for p in paths], log=False, concurrency=self.concurrency))
-        return [_row(k, None, self.pid, path=p, error=str(a), version=self.casc.version) if isinstance(a, Exception)
-                else _row(k, a, self.pid, path=p) for k, p, a in zip(idx, paths, got)]
+        return [answer_row(k, None, self.pid, path=p, error=str(a), version=self.casc.version) if isinstance(a, Exception)
+                else answer_row(k, a, self.pid, path=p) for k, p, a in zip(idx, paths, got)]
 
 
 @contextlib.contextmanager
@@ -252,7 +222,7 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
                            else "nothing to answer: no input files")
     with ws.store() as s:
         calls0, usd0 = s.teacher_totals(dataset)
-    sink = _Sink(ws, dataset, thr, len(inputs), cfg, keep_answers)
+    sink = Sink(ws, dataset, thr, len(inputs), cfg, keep_answers)
     t0 = time.perf_counter()
     complete = False
     try:
@@ -275,7 +245,7 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
 
 
 def _run(ray: Any, ws: Workspace, dataset: str, inputs: list[dict[str, Any]], version: str, thr: float,
-         teacher: TeacherRef | None, cfg: RayPredictConfig, sink: "_Sink",
+         teacher: TeacherRef | None, cfg: RayPredictConfig, sink: Sink,
          progress: Callable[[PredictProgress], None] | None, t0: float) -> str:
     """Stream the inputs through the worker pool; each finished batch goes to ``sink`` as it arrives."""
     with ray_cluster(cfg) as where, _quiet_ray_data(ray):
@@ -292,10 +262,18 @@ def _run(ray: Any, ws: Workspace, dataset: str, inputs: list[dict[str, Any]], ve
                 runtime_env={"env_vars": env} if env else None,
                 # Ray's default restarts a dead worker (and retries its batch) forever: bound both
                 max_restarts=cfg.max_restarts, max_task_retries=cfg.max_restarts)
-        for df in out.iter_batches(batch_size=None, batch_format="pandas"):
-            sink.add(df)
-            if progress is not None:
-                progress(sink.progress(time.perf_counter() - t0))
+        try:
+            for df in out.iter_batches(batch_size=None, batch_format="pandas"):
+                sink.add(df)
+                if progress is not None:
+                    progress(sink.progress(time.perf_counter() - t0))
+        except (CascadeError, OSError):
+            raise
+        except Exception as e:  # Ray's own errors (a worker that kept dying, a task error): say what is kept
+            raise RayPredictError(
+                f"the Ray run failed after {sink.answered + sink.errors} of {sink.n} answers "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the teacher answers bought so "
+                "far are stored, so a re-run pays nothing for them") from e
     return where
 
 
@@ -312,87 +290,3 @@ def _quiet_ray_data(ray: Any) -> Iterator[None]:
     finally:
         ctx.enable_progress_bars = bars
         lg.setLevel(level)
-
-
-class _Sink:
-    """The driver's side: each answer written once (cascade log, Parquet), counted for progress."""
-
-    def __init__(self, ws: Workspace, dataset: str, threshold: float, n: int, cfg: RayPredictConfig,
-                 keep: bool) -> None:
-        self.ws, self.dataset, self.threshold, self.n, self.cfg = ws, dataset, threshold, n, cfg
-        self.seen = bytearray(n)
-        self.answered = self.errors = 0
-        self.by_source = {s: 0 for s in SOURCES}
-        self.pids: set[int] = set()
-        self.kept: list[PredictRow] | None = [] if keep else None
-        self._writer: Any = None
-        self._tmp = cfg.parquet.with_name(cfg.parquet.name + ".partial") if cfg.parquet else None
-        self._store = ws.store() if cfg.log else None
-
-    def add(self, df: Any) -> None:
-        rows = [_typed(rec) for rec in df.to_dict("records")]
-        fresh = []
-        for r in rows:
-            k = int(r.index)
-            if self.seen[k]:  # an answer Ray delivered twice is written once
-                continue
-            self.seen[k] = 1
-            fresh.append(r)
-            self.pids.add(int(r.worker_pid))
-            if r.error is not None:
-                self.errors += 1
-            else:
-                self.answered += 1
-                self.by_source[r.source] += 1
-        if not fresh:
-            return
-        if self._store is not None:
-            now = time.time()
-            self._store.log_cascade_rows([
-                CascadeLogRow(now, self.dataset, r.item_id, r.content_hash, r.source, r.label, r.confidence,
-                              r.student_label, r.student_confidence, r.teacher_label, r.model_version,
-                              self.threshold, r.latency_ms, None, "predict", None) for r in fresh if r.error is None])
-        if self._tmp is not None:
-            self._write_parquet(fresh)
-        if self.kept is not None:
-            self.kept += fresh
-
-    def _write_parquet(self, rows: list[PredictRow]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pylist([asdict(r) for r in rows], schema=_arrow_schema(pa))
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(str(self._tmp), table.schema)
-        self._writer.write_table(table)
-
-    def progress(self, elapsed: float) -> PredictProgress:
-        return PredictProgress(self.answered + self.errors, self.n, elapsed, dict(self.by_source), self.errors,
-                               tuple(sorted(self.pids)))
-
-    def close(self, complete: bool) -> None:
-        """Close the store and the Parquet file; the file appears under its name only for a complete run."""
-        if self._store is not None:
-            self._store.close()
-        if self._writer is not None:
-            self._writer.close()
-            assert self._tmp is not None and self.cfg.parquet is not None
-            if complete:
-                os.replace(self._tmp, self.cfg.parquet)
-            else:
-                self._tmp.unlink(missing_ok=True)
-
-
-_CASTS = {f.name: (int if str(f.type).startswith("int") else float if f.type == "float" else str) for f in fields(PredictRow)}
-
-
-def _typed(rec: dict[str, Any]) -> PredictRow:
-    """A row back from pandas (ints with a None became floats, None may be NaN) as plain Python values."""
-    return PredictRow(**{k: None if v is None or (isinstance(v, float) and math.isnan(v)) else _CASTS[k](v)
-                         for k, v in rec.items()})
-
-
-def _arrow_schema(pa: Any) -> Any:
-    types = {"int": pa.int64(), "int | None": pa.int64(), "float": pa.float64(), "str": pa.string(),
-             "str | None": pa.string()}
-    return pa.schema([(f.name, types[str(f.type)]) for f in fields(PredictRow)])

@@ -198,6 +198,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
         raise click.UsageError("--parquet and --ray-address go with --engine ray")
     if engine == "ray" and texts:
         raise click.UsageError("--engine ray answers a split or FILES; put the texts in files (one per file)")
+    if engine == "ray":
+        _require_ray()
     inputs: list[Path | str] = [*expand_inputs(files), *texts]
     if (files or texts) and not inputs:
         raise click.UsageError("the folders given hold no files")
@@ -259,7 +261,13 @@ def _key(f: Path | str) -> str:
 
 def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | None, concurrency: int, no_log: bool,
                    show: int, as_json: bool) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     with ws.store() as s:
         items = s.items(dataset, split=split, limit=limit)
@@ -313,6 +321,16 @@ def _print_split(dataset: str, split: str, version: str, items: list[Any], answe
     console.print(t)
 
 
+def _require_ray() -> None:
+    """Before anything starts: without the [ray] extra, exit 2 naming the install command."""
+    from llm_flywheel.pipeline.predict_ray import RayUnavailable, import_ray
+
+    try:
+        import_ray()
+    except RayUnavailable as e:
+        raise config_error(str(e)) from None
+
+
 def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, files: list[Path],
                  version: str | None, threshold: float | None, teacher: Any, concurrency: int,
                  ray_address: str | None, workers: int, batch_size: int, parquet: Path | None, no_log: bool,
@@ -321,7 +339,11 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
     from dataclasses import asdict
 
     from llm_flywheel.pipeline.cascade import CascadeError
-    from llm_flywheel.pipeline.predict_ray import RayPredictConfig, TeacherRef, predict_with_ray
+    from llm_flywheel.pipeline.predict_ray import (
+        RayPredictConfig,
+        TeacherRef,
+        predict_with_ray,
+    )
     from llm_flywheel.store.base import StoreError
     from llm_flywheel.students.base import StudentError
 
