@@ -177,6 +177,59 @@ def test_a_bought_answer_is_stored_before_use_and_never_bought_again(cal_ws, png
         second.close()
 
 
+def test_two_cascades_asked_for_the_same_new_content_at_once_buy_it_once(cal_ws, pngs):
+    """Two cascades (as two replicas would build them) both miss the stored answer; the claim in the store makes one
+    of them pay and the other read the answer it stored."""
+    ws, _ = cal_ws
+    cfg = SimConfig(latency_ms=300, latency_sigma=0.0, rate_429=0.0, malformed_rate=0.0)
+    with run_simulated_teacher(ws, "synth", cfg) as turl:
+        a, b = (Cascade.from_store(ws, "synth", teacher=sim_teacher(ws, turl), threshold=DEFER_ALL) for _ in range(2))
+
+        async def both(h):
+            return await asyncio.gather(*(c.apredict_raw(pngs[8], content_hash=h, log=False, deadline_s=30)
+                                          for c in (a, b)))
+
+        x, y = asyncio.run(both("same-content-8"))
+        assert x.source == y.source == "teacher" and x.label == y.label
+        assert httpx.get(f"{turl}/_stats").json()["requests"] == 1
+        with ws.store() as s:  # the claim is gone once the answer is stored
+            assert s.query("SELECT COUNT(*) AS n FROM served_teacher_claims")[0]["n"] == 0
+        a.close()
+        b.close()
+
+
+def test_teacher_claims_one_owner_at_a_time_on_sqlite_and_postgres(tmp_path, pg_url):
+    from llm_flywheel.store.base import Store
+
+    key = ("h1", "m", "p1")
+    for where in (tmp_path / "claims.db", pg_url):
+        with Store(where) as one, Store(where) as two:
+            assert one.claim_teacher_purchase(*key, "one", stale_after_s=30)
+            assert one.claim_teacher_purchase(*key, "one", stale_after_s=30)  # already its own
+            assert not two.claim_teacher_purchase(*key, "two", stale_after_s=30)
+            assert one.refresh_teacher_claim(*key, "one") and not two.refresh_teacher_claim(*key, "two")
+            time.sleep(0.05)
+            assert two.claim_teacher_purchase(*key, "two", stale_after_s=0.01)  # stale: taken over
+            assert not one.refresh_teacher_claim(*key, "one")
+            one.release_teacher_claim(*key, "one")  # not its claim any more: nothing happens
+            assert not one.claim_teacher_purchase(*key, "one", stale_after_s=30)
+            two.release_teacher_claim(*key, "two")
+            assert one.claim_teacher_purchase(*key, "one", stale_after_s=30)
+            # first answer wins; the served-answer cache reads it back
+            for label in ("dot", "bar"):
+                one.save_served_teacher_answer("h1", "m", "p1", label=label, confidence=0.9, tokens_in=1,
+                                               tokens_out=1, cost_usd=0.0, latency_s=0.1)
+            assert two.stored_teacher_answer("h1", "m", "p1").label == "dot"
+            two.check_writable()
+
+        def race(i: int) -> bool:  # eight processes' worth of connections claim new content at once
+            with Store(where) as s:
+                return s.claim_teacher_purchase("h2", "m", "p1", f"racer-{i}", stale_after_s=30)
+
+        with cf.ThreadPoolExecutor(8) as ex:
+            assert sum(ex.map(race, range(8))) == 1, where
+
+
 def test_cascade_without_a_store(cal_ws, pngs):
     ws, _ = cal_ws
     student = Cascade.from_store(ws, "synth").student
