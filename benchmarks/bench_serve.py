@@ -14,10 +14,14 @@ What it does (loopback only; every phase stops by itself):
 4. bad inputs: a fixed set (deep JSON, pixel bombs under and over the pixel limit, garbage, truncated PNG,
    oversize, wrong content types, wrong JSON) -> the 2xx/4xx/5xx counts; and /healthz + small-request latency
    while four under-the-limit pixel bombs are being decoded.
-5. teacher down: the service with a teacher whose port refuses connections, and one that accepts and never
+5. replicas: the same load, memory and bad-input phases against ``flywheel serve --replicas 2`` (Ray Serve on a
+   local cluster the server starts; its HTTP proxy on loopback), side by side with the single process in this run
+   (``--ray-replicas 0`` skips it).  RSS is the replica processes' (and, apart, everything Ray runs).
+6. teacher down: the service with a teacher whose port refuses connections, and one that accepts and never
    answers (frozen), ``--deadline`` s: p99 of the deferred requests vs deadline + 100 ms.
 
     python benchmarks/bench_serve.py [--limit 3000] [--epochs 3] [--requests 3000] [--rss-requests 20000]
+                                     [--ray-replicas 2]
 
 Targets (issue 11, 2 cores): >= 500 req/s at concurrency 8 with p99 <= 50 ms, zero 5xx, RSS growth <= 50 MB over
 20,000 requests; teacher down: p99 of deferred <= deadline + 100 ms.  The load average is printed with the numbers:
@@ -98,32 +102,50 @@ class Server:
 
     extra_path: str | None = None  # prepended to the server's PYTHONPATH (e.g. where httptools/uvloop live)
 
-    def __init__(self, root: Path, *extra: str) -> None:
+    def __init__(self, root: Path, *extra: str, start_timeout_s: float = 120.0) -> None:
+        import tempfile
+
         self.port = free_port()
         exe = Path(sys.executable).with_name("flywheel")
         cmd = [str(exe), "-w", str(root), "serve", DATASET, "--version", VERSION, "--port", str(self.port), *extra]
         env = dict(os.environ)
         if self.extra_path:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (self.extra_path, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        self.err = tempfile.TemporaryFile()  # a file, not a pipe: Ray's log lines would fill a pipe and block
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while True:
+        deadline = time.monotonic() + start_timeout_s
+        while True:  # ready = /readyz answers 200 (behind Ray's proxy the port opens before the replicas run)
             if self.proc.poll() is not None:
-                raise RuntimeError(f"flywheel serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+                self.err.seek(0)
+                raise RuntimeError(f"flywheel serve exited: {self.err.read().decode()[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                if send(self.port, b"", None, "/readyz", "GET")[0] == 200:
                     break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("flywheel serve did not start in 120 s") from None
-                time.sleep(0.1)
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"flywheel serve was not ready in {start_timeout_s:g} s")
+            time.sleep(0.2)
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_mb(self.proc.pid)
+
+    def replica_pids(self, tries: int = 40) -> list[int]:
+        """The pids that answer predictions (the X-Flywheel-Replica header's host:pid), seen over ``tries`` requests."""
+        body = self.bodies[0] if self.bodies else png_of("L", 28)
+        pids = set()
+        for _ in range(tries):
+            pids.add(int(send_headers(self.port, body, "image/png")["x-flywheel-replica"].rsplit(":", 1)[1]))
+        return sorted(pids)
+
+    bodies: list[bytes] = []
+
+    def tree_rss_mb(self) -> float:
+        """Every process under the server (for --replicas: the local Ray cluster's GCS, raylet, proxy, controller,
+        replicas, agents)."""
+        return sum(rss_mb(p) for p in process_tree(self.proc.pid))
 
     def stop(self) -> float:
         """SIGTERM; returns the seconds it took to exit (bounded shutdown)."""
@@ -135,6 +157,33 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         return time.perf_counter() - t0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
 
 
 # -- a lean keep-alive client -------------------------------------------------------------------------------------
@@ -273,6 +322,20 @@ def send(port: int, body: bytes, ctype: str | None, path: str = "/v1/predict", m
     return asyncio.run(go())
 
 
+def send_headers(port: int, body: bytes, ctype: str | None) -> dict[str, str]:
+    """One POST /v1/predict; the answer's headers (lower-case names)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request_bytes("/v1/predict", body, ctype).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head)}
+
+
 def bad_input_phase(port: int, good: bytes) -> None:
     print("\nbad inputs (status per input; every one should be a 4xx):")
     counts = {"2xx": 0, "4xx": 0, "5xx": 0, "other": 0}
@@ -356,12 +419,13 @@ def teacher_down_phase(root: Path, bodies: list[bytes], n: int, deadline: float)
 # -- main ------------------------------------------------------------------------------------------------------------
 
 
-def load_phase(a: argparse.Namespace, pngs: list[bytes], stack: str, srv: Server | None = None) -> None:
+def load_phase(a: argparse.Namespace, pngs: list[bytes], stack: str, srv: Server | None = None,
+               what: str | None = None) -> None:
     own = srv is None
     srv = srv or Server(a.workspace, "--workers", str(a.workers))
     try:
         load(srv.port, pngs, 300, 8)  # warm-up
-        print(f"\nload: closed loop, keep-alive, one process (--workers {a.workers}), HTTP stack {stack}, "
+        print(f"\nload: closed loop, keep-alive, {what or f'one process (--workers {a.workers})'}, HTTP stack {stack}, "
               f"load average {loadavg()}")
         for c in (1, 8, 32):
             r = load(srv.port, pngs, a.requests, c, parse=True)
@@ -369,6 +433,38 @@ def load_phase(a: argparse.Namespace, pngs: list[bytes], stack: str, srv: Server
     finally:
         if own:
             srv.stop()
+
+
+def memory_and_bad_inputs(a: argparse.Namespace, srv: Server, pngs: list[bytes], replicas: bool) -> None:
+    pids = srv.replica_pids() if replicas else [srv.proc.pid]
+    rss0, tree0 = sum(rss_mb(p) for p in pids), srv.tree_rss_mb()
+    r = load(srv.port, pngs, a.rss_requests, 8)
+    rss1, tree1 = sum(rss_mb(p) for p in pids), srv.tree_rss_mb()
+    what = f"the {len(pids)} replica processes together" if replicas else "the process"
+    print(f"\nmemory: RSS of {what} {rss0:.1f} MB -> {rss1:.1f} MB over {a.rss_requests:,} requests "
+          f"(+{rss1 - rss0:.1f} MB)" + (f"; everything under the server (Ray's GCS, raylet, proxy, controller, "
+                                        f"agents, replicas) {tree0:.0f} -> {tree1:.0f} MB" if replicas else "")
+          + f"; that run: {r.line()}")
+    bad_input_phase(srv.port, pngs[0])
+    print(f"  load average {loadavg()}")
+
+
+def replicas_phase(a: argparse.Namespace, pngs: list[bytes]) -> None:
+    print(f"\n=== {a.ray_replicas} Ray Serve replicas: flywheel serve --replicas {a.ray_replicas} --workers "
+          f"{a.workers} (a local Ray cluster started by the server; Ray's HTTP proxy on 127.0.0.1) ===")
+    t0 = time.perf_counter()
+    srv = Server(a.workspace, "--workers", str(a.workers), "--replicas", str(a.ray_replicas), start_timeout_s=300)
+    srv.bodies = pngs
+    try:
+        pids = srv.replica_pids()
+        print(f"started in {time.perf_counter() - t0:.1f} s (to /readyz 200); answering pids {pids}")
+        load_phase(a, pngs, "Ray Serve's proxy (uvicorn) -> replica", srv,
+                   what=f"{a.ray_replicas} replicas (--workers {a.workers} each)")
+        if not a.only_load:
+            memory_and_bad_inputs(a, srv, pngs, replicas=True)
+    finally:
+        stop_s = srv.stop()
+    print(f"  SIGTERM to exit (serve.shutdown + ray.shutdown): {stop_s:.2f} s")
 
 
 def main() -> None:
@@ -381,9 +477,10 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=1.0)
     ap.add_argument("--down-requests", type=int, default=400)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ray-replicas", type=int, default=2, help="Ray Serve replicas in the replicas phase (0: skip)")
     ap.add_argument("--extra-path", help="prepend to the server's PYTHONPATH, e.g. a folder with httptools and uvloop "
                                          "(what uvicorn[standard] installs; uvicorn uses them when importable)")
-    ap.add_argument("--only-load", action="store_true", help="only the load phase (to compare HTTP stacks)")
+    ap.add_argument("--only-load", action="store_true", help="only the load phases (to compare HTTP stacks)")
     ap.add_argument("--only-down", action="store_true", help="only the teacher-down phase")
     a = ap.parse_args()
     Server.extra_path = None
@@ -399,22 +496,20 @@ def main() -> None:
         Server.extra_path = None
         load_phase(a, pngs, "h11 + asyncio (uvicorn's pure-Python defaults)")
         Server.extra_path = a.extra_path
+    print("\n=== one process: flywheel serve ===")
     srv = Server(a.workspace, "--workers", str(a.workers))
     try:
         stack = "httptools + uvloop (from --extra-path)" if a.extra_path else "h11 + asyncio (uvicorn's pure-Python defaults)"
         load_phase(a, pngs, stack, srv)
-        if a.only_load:
-            return
-        rss0 = srv.rss_mb()
-        r = load(srv.port, pngs, a.rss_requests, 8)
-        rss1 = srv.rss_mb()
-        print(f"\nmemory: RSS {rss0:.1f} MB -> {rss1:.1f} MB over {a.rss_requests:,} requests "
-              f"(+{rss1 - rss0:.1f} MB); that run: {r.line()}")
-        bad_input_phase(srv.port, pngs[0])
-        print(f"  load average {loadavg()}")
+        if not a.only_load:
+            memory_and_bad_inputs(a, srv, pngs, replicas=False)
     finally:
         stop_s = srv.stop()
     print(f"  SIGTERM to exit: {stop_s:.2f} s")
+    if a.ray_replicas > 0:
+        replicas_phase(a, pngs)
+    if a.only_load:
+        return
     teacher_down_phase(a.workspace, pngs, a.down_requests, a.deadline)
     print(f"\nload average at the end {loadavg()}")
 
