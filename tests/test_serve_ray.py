@@ -81,6 +81,8 @@ def test_replica_bounds_need_replicas_and_must_be_ordered(cal_ws):
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "serve", "synth", "--replicas", "2",
                                   "--min-replicas", "3", "--max-replicas", "4"])
     assert r.exit_code == 2 and "--min-replicas" in r.output
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "serve", "synth", "--ray-address", "auto"])
+    assert r.exit_code == 2 and "--replicas" in r.output
 
 
 def test_replicas_without_ray_name_the_extra(cal_ws, monkeypatch):
@@ -92,6 +94,81 @@ def test_replicas_without_ray_name_the_extra(cal_ws, monkeypatch):
                                   "--port", str(_free_port())])
     assert r.exit_code == 2, r.output
     assert "pip install 'llm-flywheel[ray]'" in r.output
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and every process under it (a local Ray cluster's daemons and workers are its descendants)."""
+    from pathlib import Path
+
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit():
+                children.setdefault(int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]), []).append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_serves_replicas_and_sigterm_stops_ray(cal_ws, tmp_path):
+    """`flywheel serve --replicas 2` as an operator runs it: answers from two processes on the given port, then
+    SIGTERM drains the replicas, stops the local cluster it started (no process of it left) and exits 0."""
+    import signal
+    import subprocess
+
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    ws, _ = cal_ws
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "flywheel")
+    log = (tmp_path / "serve.log").open("w+")  # a file, not a pipe nobody reads while it runs
+    proc = subprocess.Popen([exe, "-w", str(ws.root), "serve", "synth", "--replicas", "2", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    url, tree = f"http://127.0.0.1:{port}", set()
+    try:
+        end = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end, "the replicas were not ready in 180 s"
+            time.sleep(0.3)
+        png = _pngs(ws, 1)[0]
+        seen = {_post(url, png).headers["x-flywheel-replica"] for _ in range(30)}
+        assert len(seen) == 2, seen
+        tree = _tree(proc.pid) - {proc.pid}
+        assert tree, "no Ray process under the server"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        out = (tmp_path / "serve.log").read_text()
+        assert proc.returncode == 0, out
+        assert "stopping the replicas" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    end = time.monotonic() + 30
+    while {p for p in tree if os.path.exists(f"/proc/{p}")} and time.monotonic() < end:
+        time.sleep(0.5)
+    left = [p for p in tree if os.path.exists(f"/proc/{p}") and "zombie" not in _state(p)]
+    assert not left, f"processes of the server's Ray cluster still running: {left}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("State:")).lower()
+    except (OSError, StopIteration):
+        return "zombie"
 
 
 @pytest.mark.slow

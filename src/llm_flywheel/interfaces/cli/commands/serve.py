@@ -97,6 +97,8 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
             msg = re.sub(rf"\b{param.name}\b", param.opts[0], msg) if param.opts else msg
         raise config_error(msg) from None
     scaling = _scaling(replicas, min_replicas, max_replicas)
+    if scaling is None and ray_address is not None:
+        raise config_error("--ray-address needs --replicas N (one process does not use Ray)")
     _check_address(host, port)
     if scaling is not None:
         _serve_replicas(ws, dataset, host, port, scaling, ray_address,
