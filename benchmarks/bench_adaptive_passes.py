@@ -4,22 +4,27 @@ The same Fashion-MNIST images (real pictures and gold labels from /usr/share/dat
 in separate workspaces by
 
 * ``fixed k=2``: every item asked twice, a tie-break where the two disagree (``adaptive_passes=False``);
-* ``adaptive (logprob)``: the default -- a calibration sample asked every pass, the cutoff learnt from it, later
+* ``adaptive, sample per run``: the behaviour before evidence was reused (``reuse_evidence=False``) -- every
+  labelling run buys its own calibration sample, asked every pass, learns the cutoff from it, and asks the later
   passes only where pass 0's label probability is below the cutoff;
-* ``adaptive (verbalised)``: the same with ``use_logprobs=False`` -- the fallback for servers without logprobs;
-* ``adaptive (logprob), target t``: the default with another ``agreement_target`` (``--targets 0.93 0.9``): the
-  trade between calls and accuracy the target sets.
+* ``adaptive, reused evidence``: the default -- the same rule, but items that earlier runs of the same teacher and
+  prompt asked every pass (their samples and their unsure items) count as evidence, so only the shortfall up to
+  ``--calibration-items`` is bought;
+* ``adaptive (verbalised)``: the default with ``use_logprobs=False`` -- the fallback for servers without logprobs;
+* ``..., target t``: the default with another ``agreement_target`` (``--targets 0.93 0.9``).
 
+``--rounds R`` labels the items in R successive runs of equal size in the same workspace (random order), as the
+wheel does round after round; with ``--rounds 1`` the two adaptive arms are the same thing (nothing to reuse).
 Each arm talks to its own simulated teacher (same error model and seed, over HTTP on 127.0.0.1), so every arm sees
 exactly the answers the others would have seen for the same (item, pass): the comparison is paired item by item.
 Printed per arm: calls per item (failed calls included, 95 % bootstrap interval), consensus-label accuracy
 against gold (an item without a resolved label counts as wrong; Wilson 95 %), and against fixed k=2 the paired
 difference in accuracy (normal approximation on per-item differences) and the share of calls saved (paired
-bootstrap over items).  Target (issue 12): >= 35 % fewer calls than fixed k=2 at an accuracy no more than 0.5 point
-lower.  ``--seeds 0 1 2`` repeats the whole comparison with other simulator seeds (other answers, other samples).
+bootstrap over items); then the calls of each run.  Target (issue 12): >= 35 % fewer calls than fixed k=2 at an
+accuracy no more than 0.5 point lower.  ``--seeds 0 1 2`` repeats the whole comparison with other simulator seeds.
 
-    python benchmarks/bench_adaptive_passes.py [--items 4000] [--seeds 0] [--calibration-items 300] \
-        [--targets 0.93 0.9]
+    python benchmarks/bench_adaptive_passes.py [--items 4000] [--rounds 4] [--seeds 0] \
+        [--calibration-items 300] [--targets 0.93 0.9]
 
 Results come from the SIMULATED teacher (its error model is a parameter, not an LLM finding).
 """
@@ -48,14 +53,16 @@ from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_t
 
 DATASET = "fashion-mnist"
 LABELS: list[str] = []  # the task's labels, set once the dataset is registered
-FIXED, LOGPROB, VERBALISED = "fixed k=2", "adaptive (logprob)", "adaptive (verbalised)"
+FIXED, PER_RUN, REUSED = "fixed k=2", "adaptive, sample per run", "adaptive, reused evidence"
+VERBALISED = "adaptive (verbalised), reused evidence"
 
 
 def arms(targets: list[float], verbalised: bool) -> dict[str, dict[str, object]]:
-    """Arm name -> LabelConfig overrides; the first adaptive arm uses the first target (the default)."""
+    """Arm name -> LabelConfig overrides; the first target is the one of the main arms."""
     out: dict[str, dict[str, object]] = {FIXED: {"adaptive_passes": False}}
+    out[PER_RUN] = {"agreement_target": targets[0], "reuse_evidence": False}
     for i, t in enumerate(targets):
-        out[LOGPROB if i == 0 else f"{LOGPROB}, target {t:g}"] = {"agreement_target": t}
+        out[REUSED if i == 0 else f"{REUSED}, target {t:g}"] = {"agreement_target": t}
     if verbalised:
         out[VERBALISED] = {"use_logprobs": False, "agreement_target": targets[0]}
     return out
@@ -64,7 +71,8 @@ def arms(targets: list[float], verbalised: bool) -> dict[str, dict[str, object]]
 @dataclass
 class Arm:
     name: str
-    result: LabelRunResult
+    result: LabelRunResult  # the last run's (its adaptive decision is the one after every reuse)
+    run_calls: list[int]  # calls made by each run
     calls: np.ndarray  # per item, in the shared item order
     correct: np.ndarray
     seconds: float
@@ -113,16 +121,18 @@ def run_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, s
     sim = SimConfig(latency_ms=args.latency_ms, seed=seed)
     cfg = LabelConfig(**{"passes": 2, "concurrency": args.concurrency, "calibration_items": args.calibration_items,
                          **overrides})
+    order = np.random.default_rng(seed).permutation(len(ids))  # the same runs for every arm
     with run_simulated_teacher(ws, DATASET, sim) as url:
         s = ws.store()
         task_json = s.dataset_task_json(DATASET)
         s.close()
         teacher = teacher_from_spec(f"{url}|{model_id(DATASET)}", Task.from_json(task_json))
         t0 = time.perf_counter()
-        r = label_items(ws, DATASET, ids, teacher, cfg, progress=False)
+        runs = [label_items(ws, DATASET, [ids[i] for i in part], teacher, cfg, progress=False)
+                for part in np.array_split(order, args.rounds)]
         dt = time.perf_counter() - t0
-    calls, correct, *first = _per_item(ws, teacher.model, r.prompt_version)
-    return Arm(name, r, calls, correct, dt, *first)
+    calls, correct, *first = _per_item(ws, teacher.model, runs[-1].prompt_version)
+    return Arm(name, runs[-1], [r.calls_made for r in runs], calls, correct, dt, *first)
 
 
 def _boot(fn, n: int, reps: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -141,8 +151,7 @@ def compare(arms: list[Arm], seed: int) -> dict[str, dict[str, object]]:
         row: dict[str, object] = {
             "calls": int(a.calls.sum()), "calls_per_item": float(a.calls.mean()),
             "calls_per_item_ci": _boot(lambda i, c=a.calls: c[i].mean(), n, 1000, rng),
-            "accuracy": acc[0], "accuracy_ci": acc[1:], "resolved": int(a.result.labelled),
-            "seconds": round(a.seconds, 1),
+            "accuracy": acc[0], "accuracy_ci": acc[1:], "run_calls": a.run_calls, "seconds": round(a.seconds, 1),
         }
         if a is not base:
             row["accuracy_diff_vs_fixed"] = paired_diff_ci(a.correct, base.correct)
@@ -152,7 +161,8 @@ def compare(arms: list[Arm], seed: int) -> dict[str, dict[str, object]]:
         if ap is not None:
             row["cutoff"] = ap.cutoff
             row["agreement"] = (ap.agreement, ap.agreement_low, ap.agreement_high)
-            row["calibration_items"] = ap.calibration_items
+            row["calibration_items"] = ap.calibration_items  # of the last run
+            row["reused_evidence"] = ap.reused_evidence
             row["skipped_items"] = ap.skipped_items
             row["certainty"] = ap.certainty
         out[a.name] = row
@@ -186,6 +196,21 @@ def replay(fixed: Arm, targets: list[float], n_cal: int, draws: int, seed: int) 
     return out
 
 
+def _versus(done: list[Arm], seed: int, res: dict[str, dict[str, object]]) -> None:
+    """Reused evidence against the per-run sample, paired item by item: what the reuse itself changed."""
+    by = {a.name: a for a in done}
+    if PER_RUN not in by or REUSED not in by:
+        return
+    old, new = by[PER_RUN], by[REUSED]
+    n = len(old.calls)
+    lo, hi = _boot(lambda i: 1 - new.calls[i].sum() / old.calls[i].sum(), n, 1000, np.random.default_rng(seed))
+    saved = 1 - new.calls.sum() / old.calls.sum()
+    d = paired_diff_ci(new.correct, old.correct)
+    res[REUSED]["vs_per_run"] = {"calls_saved": saved, "calls_saved_ci": (lo, hi), "accuracy_diff": d}
+    print(f"{REUSED} vs {PER_RUN}: {100 * saved:.1f} % fewer calls [{100 * lo:.1f}, {100 * hi:.1f}], accuracy "
+          f"{100 * d[0]:+.2f} pt [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]")
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, tuple):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
@@ -195,7 +220,8 @@ def _fmt(v: object) -> str:
 def print_table(seed: int, res: dict[str, dict[str, object]]) -> None:
     print(f"\nseed {seed} (SIMULATED teacher)")
     print("| arm | calls/item [95 %] | calls saved vs fixed [95 %] | consensus accuracy [95 %] | "
-          "accuracy minus fixed, paired [95 %] | cutoff (agreement [95 %]) | skipped items |")
+          "accuracy minus fixed, paired [95 %] | last run: cutoff (agreement [95 %]), evidence bought + reused | "
+          "calls per run |")
     print("|---|---|---|---|---|---|---|")
     for name, r in res.items():
         cp = r["calls_per_item_ci"]
@@ -206,13 +232,16 @@ def print_table(seed: int, res: dict[str, dict[str, object]]) -> None:
         diff = f"{100 * d[0]:+.2f} pt [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]" if d else "-"
         cut = "-" if "cutoff" not in r else ("none" if r["cutoff"] is None else
                                             f"{r['cutoff']:.4f} ({_fmt(r['agreement'])})")
-        print(f"| {name} | {r['calls_per_item']:.3f} [{cp[0]:.3f}, {cp[1]:.3f}] | {saved} | {acc} | {diff} | {cut} | "
-              f"{r.get('skipped_items', '-')} |")
+        ev = f", {r['calibration_items']} + {r['reused_evidence']}" if "cutoff" in r else ""
+        runs = " / ".join(f"{c:,}" for c in r["run_calls"])
+        print(f"| {name} | {r['calls_per_item']:.3f} [{cp[0]:.3f}, {cp[1]:.3f}] | {saved} | {acc} | {diff} | {cut}{ev} | "
+              f"{runs} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=4000, help="half from the train split, half from test")
+    ap.add_argument("--rounds", type=int, default=1, help="label the items in this many successive runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--calibration-items", type=int, default=LabelConfig.calibration_items)
     ap.add_argument("--targets", type=float, nargs="+", default=[LabelConfig.agreement_target],
@@ -233,7 +262,8 @@ def main() -> None:
             res = compare(done, seed)
             all_res[seed] = res
             print_table(seed, res)
-            if args.draws:
+            _versus(done, seed, res)
+            if args.draws and args.rounds == 1:  # the replay re-draws one sample; several runs have several
                 rep = replay(done[0], args.targets, args.calibration_items, args.draws, seed)
                 res["replay"] = {str(t): v for t, v in rep.items()}
                 print(f"replay of {args.draws} other calibration samples on the fixed arm's answers "
