@@ -242,3 +242,18 @@ def test_cli_engine_ray_prints_progress_and_writes_parquet(cal_ws, cluster, tmp_
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream",
                                   "--parquet", str(out)])
     assert r.exit_code == 2 and "--engine ray" in r.output
+
+
+def test_a_cluster_address_nothing_answers_at_fails_fast(cal_ws, tmp_path):
+    """A wrong --ray-address is exit 1 naming the address within seconds (ray.init alone retries for minutes)."""
+    import socket
+
+    from llm_flywheel.interfaces.cli import main
+
+    ws, _ = cal_ws
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", "--engine",
+                                  "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert r.exit_code == 1 and f"127.0.0.1:{port}" in r.output and "ray start --head" in r.output

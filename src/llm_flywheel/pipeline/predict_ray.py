@@ -176,21 +176,44 @@ def ray_cluster(config: RayPredictConfig) -> Iterator[str]:
     """Connect to ``config.address`` / ``RAY_ADDRESS``, or start a local cluster on 127.0.0.1 (no dashboard) for
     the run; disconnects (and stops what it started) afterwards.  Yields a description of the cluster."""
     ray = import_ray()
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     if ray.is_initialized():  # the caller's cluster (a test, a notebook): use it, leave it running
         yield "the connected Ray cluster"
         return
-    address = config.address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        where = f"Ray cluster at {address}"
-    else:
-        ray.init(address="local", num_cpus=config.local_cpus, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
-        where = "a local Ray cluster on 127.0.0.1 (started for this run)"
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+            where = f"Ray cluster at {address}"
+        else:
+            ray.init(address="local", num_cpus=config.local_cpus, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+            where = "a local Ray cluster on 127.0.0.1 (started for this run)"
+    except Exception as e:  # a cluster that is not there, or a local one that did not come up
+        ray.shutdown()  # stops what a failed local start left running
+        target = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+        raise RayPredictError(f"could not connect to {target} ({type(e).__name__}: {e}); check --ray-address / "
+                              "RAY_ADDRESS, or run with --engine local") from None
     try:
         yield where
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A cluster address nothing answers at fails in seconds with its name (``ray.init`` retries for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise RayPredictError(f"nothing answers at the Ray cluster address {address} ({e}); start the cluster "
+                              "(`ray start --head`) or fix --ray-address / RAY_ADDRESS") from None
 
 
 def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, limit: int | None = None,
