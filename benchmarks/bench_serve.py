@@ -16,7 +16,8 @@ What it does (loopback only; every phase stops by itself):
    while four under-the-limit pixel bombs are being decoded.
 5. replicas: the same load, memory and bad-input phases against ``flywheel serve --replicas 2`` (Ray Serve on a
    local cluster the server starts; its HTTP proxy on loopback), side by side with the single process in this run
-   (``--ray-replicas 0`` skips it).  RSS is the replica processes' (and, apart, everything Ray runs).
+   (``--ray-replicas 0`` skips it).  RSS is the replica processes' (and, apart, everything Ray runs).  Then Ray
+   Serve's own floor: an empty FastAPI app on as many replicas, the same client.
 6. teacher down: the service with a teacher whose port refuses connections, and one that accepts and never
    answers (frozen), ``--deadline`` s: p99 of the deferred requests vs deadline + 100 ms.
 
@@ -429,7 +430,7 @@ def load_phase(a: argparse.Namespace, pngs: list[bytes], stack: str, srv: Server
               f"load average {loadavg()}")
         for c in (1, 8, 32):
             r = load(srv.port, pngs, a.requests, c, parse=True)
-            print(f"  {r.line()}  sources {r.sources}")
+            print(f"  {r.line()}  sources {r.sources}; inside the service p50 {_p50(r.server_ms):.2f} ms")
     finally:
         if own:
             srv.stop()
@@ -465,6 +466,48 @@ def replicas_phase(a: argparse.Namespace, pngs: list[bytes]) -> None:
     finally:
         stop_s = srv.stop()
     print(f"  SIGTERM to exit (serve.shutdown + ray.shutdown): {stop_s:.2f} s")
+
+
+def _p50(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2] if xs else float("nan")
+
+
+def ray_floor_phase(a: argparse.Namespace, pngs: list[bytes]) -> None:
+    """Ray Serve's own cost on this machine: a FastAPI app that only reads the body (no model, no store) on the same
+    number of replicas, same client and inputs -- what is left of the replicas' numbers above is the service's."""
+    import ray
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    def build() -> FastAPI:
+        app = FastAPI()
+
+        async def predict(request):  # type: ignore[no-untyped-def]  # reads the body: pulled from the proxy
+            t0 = time.perf_counter()
+            n = len(await request.body())
+            return JSONResponse({"source": f"{n} bytes", "latency_ms": (time.perf_counter() - t0) * 1000})
+
+        app.add_route("/v1/predict", predict, methods=["POST"])  # plain Starlette: no annotation to resolve
+
+        return app
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        dep = serve.deployment(num_replicas=a.ray_replicas, ray_actor_options={"num_cpus": 0.5},
+                               max_ongoing_requests=66)(serve.ingress(build)())
+        serve.run(dep.bind(), name="floor", route_prefix="/")
+        load(port, pngs, 300, 8)  # warm-up
+        print(f"\nRay Serve's own floor: a FastAPI app that only reads the body, {a.ray_replicas} replicas, same "
+              f"client and PNGs, load average {loadavg()}")
+        for c in (1, 8, 32):
+            r = load(port, pngs, a.requests, c, parse=True)
+            print(f"  {r.line()}  reading the body in the replica: p50 {_p50(r.server_ms):.2f} ms")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def main() -> None:
@@ -508,6 +551,7 @@ def main() -> None:
     print(f"  SIGTERM to exit: {stop_s:.2f} s")
     if a.ray_replicas > 0:
         replicas_phase(a, pngs)
+        ray_floor_phase(a, pngs)
     if a.only_load:
         return
     teacher_down_phase(a.workspace, pngs, a.down_requests, a.deadline)
