@@ -169,30 +169,47 @@ def compare(arms: list[Arm], seed: int) -> dict[str, dict[str, object]]:
     return out
 
 
-def replay(fixed: Arm, targets: list[float], n_cal: int, draws: int, seed: int) -> dict[float, dict[str, float]]:
-    """What the adaptive rule would have done with ``draws`` other random calibration samples, replayed on the
-    fixed arm's stored answers (every item there has all passes): a skipped item costs one call and keeps pass 0's
-    label, any other item costs what it cost the fixed arm and keeps its consensus.  Shows how much the outcome
-    depends on which items the calibration sample happened to hold -- a replay, not a live run."""
+def _replay_once(fixed: Arm, ok: np.ndarray, parts: list[np.ndarray], n_cal: int, t: float, reuse: bool,
+                 rng: np.random.Generator) -> tuple[float, float]:
+    """One replayed sequence of runs: (calls saved, accuracy difference) against the fixed arm."""
+    n = len(fixed.calls)
+    full = np.zeros(n, bool)  # items asked every pass so far (reused evidence)
+    skip = np.zeros(n, bool)
+    for part in parts:
+        cand = part[ok[part]]
+        need = max(0, n_cal - int(full.sum())) if reuse else n_cal
+        cal = rng.choice(cand, size=min(need, len(cand)), replace=False)
+        full[cal] = True
+        ev = full if reuse else np.isin(np.arange(n), cal)
+        ch = choose_cutoff(list(fixed.first_p[ev]), list(fixed.first_agrees[ev]), t)
+        rest = np.setdiff1d(cand, cal)
+        sure = rest[fixed.first_p[rest] >= (np.inf if ch.cutoff is None else ch.cutoff)]
+        skip[sure] = True
+        full[np.setdiff1d(rest, sure)] = True
+    calls = np.where(skip, 1.0, fixed.calls)
+    right = np.where(skip, fixed.first_correct, fixed.correct)
+    return 1 - calls.sum() / fixed.calls.sum(), right.mean() - fixed.correct.mean()
+
+
+def replay(fixed: Arm, targets: list[float], n_cal: int, draws: int, seed: int,
+           rounds: int) -> dict[str, dict[str, float]]:
+    """What the adaptive rule would have done with ``draws`` other random calibration samples (and, for several
+    runs, other splits of the items into runs), replayed on the fixed arm's stored answers (every item there has
+    all passes): a skipped item costs one call and keeps pass 0's label, any other item costs what it cost the
+    fixed arm and keeps its consensus.  Shows how much the outcome depends on which items the samples happened to
+    hold -- a replay, not a live run.  Per target: a sample per run, and (several runs) reused evidence."""
     rng = np.random.default_rng(seed)
     ok = ~np.isnan(fixed.first_p)
-    n = len(fixed.calls)
-    out: dict[float, dict[str, float]] = {}
+    out: dict[str, dict[str, float]] = {}
     for t in targets:
-        saved, diff = [], []
-        for _ in range(draws):
-            cal = np.zeros(n, bool)
-            cal[rng.choice(np.flatnonzero(ok), size=min(n_cal, int(ok.sum())), replace=False)] = True
-            ch = choose_cutoff(list(fixed.first_p[cal]), list(fixed.first_agrees[cal]), t)
-            skip = ok & ~cal & (fixed.first_p >= (np.inf if ch.cutoff is None else ch.cutoff))
-            calls = np.where(skip, 1.0, fixed.calls)
-            right = np.where(skip, fixed.first_correct, fixed.correct)
-            saved.append(1 - calls.sum() / fixed.calls.sum())
-            diff.append(right.mean() - fixed.correct.mean())
-        sv, df = np.array(saved), np.array(diff)
-        out[t] = {"saved_mean": float(sv.mean()), "saved_p5": float(np.percentile(sv, 5)),
-                  "diff_mean": float(df.mean()), "diff_p5": float(np.percentile(df, 5)),
-                  "p_meets_target": float(np.mean((sv >= 0.35) & (df >= -0.005)))}
+        for reuse in ([False, True] if rounds > 1 else [False]):
+            runs = [_replay_once(fixed, ok, np.array_split(rng.permutation(len(fixed.calls)), rounds), n_cal, t,
+                                 reuse, rng) for _ in range(draws)]
+            sv, df = np.array([r[0] for r in runs]), np.array([r[1] for r in runs])
+            key = f"target {t:g}" + ("" if rounds == 1 else (", reused evidence" if reuse else ", sample per run"))
+            out[key] = {"saved_mean": float(sv.mean()), "saved_p5": float(np.percentile(sv, 5)),
+                        "diff_mean": float(df.mean()), "diff_p5": float(np.percentile(df, 5)),
+                        "p_meets_target": float(np.mean((sv >= 0.35) & (df >= -0.005)))}
     return out
 
 
@@ -263,13 +280,13 @@ def main() -> None:
             all_res[seed] = res
             print_table(seed, res)
             _versus(done, seed, res)
-            if args.draws and args.rounds == 1:  # the replay re-draws one sample; several runs have several
-                rep = replay(done[0], args.targets, args.calibration_items, args.draws, seed)
-                res["replay"] = {str(t): v for t, v in rep.items()}
-                print(f"replay of {args.draws} other calibration samples on the fixed arm's answers "
-                      "(mean / 5th percentile; share of draws meeting both targets):")
-                for t, v in rep.items():
-                    print(f"  target {t:g}: calls saved {100 * v['saved_mean']:.1f} % / {100 * v['saved_p5']:.1f} %, "
+            if args.draws:
+                rep = replay(done[0], args.targets, args.calibration_items, args.draws, seed, args.rounds)
+                res["replay"] = rep
+                print(f"replay of {args.draws} other calibration samples{' and splits into runs' * (args.rounds > 1)} "
+                      "on the fixed arm's answers (mean / 5th percentile; share of draws meeting both targets):")
+                for k, v in rep.items():
+                    print(f"  {k}: calls saved {100 * v['saved_mean']:.1f} % / {100 * v['saved_p5']:.1f} %, "
                           f"accuracy {100 * v['diff_mean']:+.2f} / {100 * v['diff_p5']:+.2f} pt; "
                           f"meets >= 35 % and >= -0.5 pt in {100 * v['p_meets_target']:.0f} %")
     if len(args.seeds) > 1:
