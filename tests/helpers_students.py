@@ -41,8 +41,10 @@ def write_teacher_labels(ws: Workspace, dataset: str, *, split: str | tuple[str,
             rows.append((it.id, "teacher", lab, 0.5 if f else 1.0, sj, "agreed", "{}", time.time()))
         with store.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
-                "VALUES(?,?,?,?,?,?,?,?)", rows)
+                "INSERT INTO labels(item_id, source, label, quality, soft_json, status, provenance, updated_at) "
+                "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(item_id, source) DO UPDATE SET label=excluded.label, "
+                "quality=excluded.quality, soft_json=excluded.soft_json, status=excluded.status, "
+                "provenance=excluded.provenance, updated_at=excluded.updated_at", rows)
         return flipped
     finally:
         store.close()

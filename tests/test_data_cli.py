@@ -87,6 +87,7 @@ def test_help_is_useful(args):
             assert word in r.output
 
 
+@pytest.mark.sqlite_only
 def test_newer_or_corrupt_database_is_a_clear_error(tmp_path):
     import sqlite3
 

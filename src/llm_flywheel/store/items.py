@@ -171,8 +171,10 @@ class ItemQueries:
         keys = ("items", "teacher", "teacher_undecided", "human", "unlabelled")
         for r in self.query(
             "SELECT i.split AS split, COUNT(*) AS items,"
-            " SUM(t.label IS NOT NULL) AS teacher, SUM(t.item_id IS NOT NULL AND t.label IS NULL) AS teacher_undecided,"
-            " SUM(h.item_id IS NOT NULL) AS human, SUM(COALESCE(h.label, t.label) IS NULL) AS unlabelled"
+            " SUM(CASE WHEN t.label IS NOT NULL THEN 1 ELSE 0 END) AS teacher,"
+            " SUM(CASE WHEN t.item_id IS NOT NULL AND t.label IS NULL THEN 1 ELSE 0 END) AS teacher_undecided,"
+            " SUM(CASE WHEN h.item_id IS NOT NULL THEN 1 ELSE 0 END) AS human,"
+            " SUM(CASE WHEN COALESCE(h.label, t.label) IS NULL THEN 1 ELSE 0 END) AS unlabelled"
             " FROM items i LEFT JOIN labels t ON t.item_id=i.id AND t.source='teacher'"
             " LEFT JOIN labels h ON h.item_id=i.id AND h.source='human' WHERE i.dataset=? GROUP BY i.split",
             (dataset,),

@@ -192,7 +192,10 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             raise InputError(f"only {n_uniq} distinct samples: not enough for train, val ({val}) and calib ({calib}); "
                              "give more samples")
         root = self._workspace_root()
-        ws = _Ws.open(root)
+        # A temporary workspace is self-contained (SQLite inside the folder) so pickling the estimator carries it
+        # whole; a workspace the user named keeps whatever store it was made with.
+        own = getattr(self, "_owns_workspace", False)
+        ws = _Ws.open(root, store=str(Path(root) / "flywheel.db") if own else None)
         register_items(ws, task, items)
         make_splits_once(ws, task.name, val=val, calib=calib, stream=0, test=0, seed=self.seed)
         by_key = self._items_by_key(ws, task.name)

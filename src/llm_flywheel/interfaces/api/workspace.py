@@ -26,14 +26,19 @@ if TYPE_CHECKING:
 
 # --- workspace -------------------------------------------------------------------------------------------------------
 class Workspace:
-    """A workspace folder (``flywheel.db`` + blobs + models + reports): the same one the CLI uses (``--workspace``)."""
+    """A workspace folder (blobs + models + reports) and its store: the same one the CLI uses (``--workspace``).
 
-    def __init__(self, path: str | Path = "flywheel-workspace", *, create: bool = True) -> None:
+    ``store``: for a new workspace, where its database lives -- ``postgresql://user@host/db`` to share it between
+    machines (default ``<path>/flywheel.db``, or ``$FLYWHEEL_STORE``); an existing workspace keeps its own.
+    """
+
+    def __init__(self, path: str | Path = "flywheel-workspace", *, create: bool = True, store: str | None = None) -> None:
+        from llm_flywheel.store.records import StoreError
         from llm_flywheel.store.workspace import Workspace as _Ws
 
         try:
-            self._ws = _Ws.open(path, create=create)
-        except FileNotFoundError as e:
+            self._ws = _Ws.open(path, create=create, store=store)
+        except (FileNotFoundError, StoreError) as e:
             raise InputError(str(e)) from e
         self.path: Path = self._ws.root
 
