@@ -118,11 +118,16 @@ def test_ray_over_a_folder_of_files_equals_the_local_engine(cal_ws, cluster, tmp
         (tmp_path / "in" / ("sub" if k % 2 else "") / f"{it.id}.png").write_bytes((ws.root / it.blob_path).read_bytes())
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     files = sorted(p for p in (tmp_path / "in").rglob("*") if p.is_file())
-    res = predict_with_ray(ws, "synth", files=files, config=RayPredictConfig(workers=2, batch_size=2, log=False),
-                           keep_answers=True)
-    casc = Cascade.from_store(ws, "synth")
-    local = asyncio.run(answer_inputs(casc, files, log=False))
-    casc.close()
+    with serve_app(simulated_app(ws, "synth", QUIET)) as root:
+        url = f"{root}/v1"
+        res = predict_with_ray(ws, "synth", files=files, threshold=0.9999, teacher=TeacherRef.of(sim_teacher(ws, url)),
+                               config=RayPredictConfig(workers=2, batch_size=2, log=False), keep_answers=True)
+        paid = sim_stats(url)["requests"]
+        casc = Cascade.from_store(ws, "synth", teacher=sim_teacher(ws, url), threshold=0.9999)
+        local = asyncio.run(answer_inputs(casc, files, log=False))
+        casc.close()
+        assert sim_stats(url)["requests"] == paid  # bought once, by the Ray workers, stored by content hash
+    assert paid == 5 and res.by_source["teacher"] == 5  # every readable file deferred and answered once
     assert res.n == 6 and res.answered == 5 and res.errors == 1
     got = {Path(a.path).name: a for a in res.answers}
     for f, a in zip(files, local):
@@ -130,8 +135,8 @@ def test_ray_over_a_folder_of_files_equals_the_local_engine(cal_ws, cluster, tmp
         if isinstance(a, Exception):
             assert r.error is not None and "cannot read image input" in r.error
         else:
-            assert (r.label, r.source, r.student_label, r.content_hash) == (a.label, a.source, a.student_label,
-                                                                          a.content_hash)
+            assert (r.label, r.source, r.student_label, r.teacher_label, r.content_hash) == \
+                (a.label, a.source, a.student_label, a.teacher_label, a.content_hash)
 
 
 class Gate:
