@@ -262,3 +262,21 @@ def test_a_cluster_address_nothing_answers_at_fails_fast(cal_ws, tmp_path):
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", "--engine",
                                   "ray", "--ray-address", f"127.0.0.1:{port}"])
     assert r.exit_code == 1 and f"127.0.0.1:{port}" in r.output and "ray start --head" in r.output
+
+
+def test_items_of_one_content_share_a_batch():
+    """Copies of one content go to one worker's batch (one labelling call asks a content once), whatever their
+    position; every item is in exactly one batch and batches stay near the asked size."""
+    from llm_flywheel.pipeline.predict_ray import _chunks
+
+    keyed = [(f"h{i % 7 if i % 3 == 0 else i}", 100 + i) for i in range(60)]
+    chunks = _chunks(keyed, 8, "item_ids")
+    where = {}
+    for c, ch in enumerate(chunks):
+        assert len(ch["indexes"]) == len(ch["item_ids"]) and len(ch["indexes"]) < 8 + 10
+        for k, ref in zip(ch["indexes"], ch["item_ids"]):
+            assert keyed[k][1] == ref
+            where.setdefault(keyed[k][0], set()).add(c)
+    assert sorted(k for ch in chunks for k in ch["indexes"]) == list(range(60))
+    assert all(len(cs) == 1 for cs in where.values())
+    assert len(chunks) >= 60 // (8 + 10)

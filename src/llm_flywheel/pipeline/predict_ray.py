@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 import warnings
@@ -145,11 +144,11 @@ class CascadeWorker:
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
 
-        idx = [int(i) for i in batch["index"]]
-        if "item_id" in batch:
-            rows = self._items(idx, [int(i) for i in batch["item_id"]])
+        idx = [int(i) for chunk in batch["indexes"] for i in chunk]
+        if "item_ids" in batch:
+            rows = self._items(idx, [int(i) for chunk in batch["item_ids"] for i in chunk])
         else:
-            rows = self._files(idx, [str(p) for p in batch["path"]])
+            rows = self._files(idx, [str(p) for chunk in batch["paths"] for p in chunk])
         return pd.DataFrame([asdict(r) for r in rows], columns=[f.name for f in fields(PredictRow)])
 
     def _items(self, idx: list[int], ids: list[int]) -> list[PredictRow]:
@@ -201,6 +200,24 @@ def ray_cluster(config: RayPredictConfig) -> Iterator[str]:
         ray.shutdown()
 
 
+def _chunks(keyed: list[tuple[str, Any]], size: int, column: str) -> list[dict[str, list[Any]]]:
+    """The inputs as chunks of about ``size`` (one chunk = one batch of one worker), items of the same content
+    always in the same chunk: one labelling call asks a content once, so two workers never buy it twice."""
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for k, (key, ref) in enumerate(keyed):
+        groups.setdefault(key, []).append((k, ref))
+    chunks: list[dict[str, list[Any]]] = []
+    cur: list[tuple[int, Any]] = []
+    for members in groups.values():
+        cur += members
+        if len(cur) >= size:
+            chunks.append({"indexes": [k for k, _ in cur], column: [r for _, r in cur]})
+            cur = []
+    if cur:
+        chunks.append({"indexes": [k for k, _ in cur], column: [r for _, r in cur]})
+    return chunks
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A cluster address nothing answers at fails in seconds with its name (``ray.init`` retries for minutes)."""
     import socket
@@ -236,33 +253,34 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
     probe.close()
     if split is not None:
         with ws.store() as s:
-            ids = [it.id for it in s.items(dataset, split=split, limit=limit)]
-        inputs: list[dict[str, Any]] = [{"index": k, "item_id": i} for k, i in enumerate(ids)]
+            keyed = [(it.content_hash, it.id) for it in s.items(dataset, split=split, limit=limit)]
     else:
-        inputs = [{"index": k, "path": str(Path(p).resolve())} for k, p in enumerate(files or [])]
+        keyed = [(str(k), str(Path(p).resolve())) for k, p in enumerate(files or [])]
+    inputs = _chunks(keyed, cfg.batch_size, "item_ids" if split is not None else "paths")
+    n = len(keyed)
     if not inputs:
         raise CascadeError(f"nothing to answer: split {split!r} of {dataset!r} has no items" if split is not None
                            else "nothing to answer: no input files")
     with ws.store() as s:
         calls0, usd0 = s.teacher_totals(dataset)
-    sink = Sink(ws, dataset, thr, len(inputs), cfg, keep_answers)
+    sink = Sink(ws, dataset, thr, n, cfg, keep_answers)
     t0 = time.perf_counter()
     complete = False
     try:
         where = _run(ray, ws, dataset, inputs, version, thr, teacher, cfg, sink, progress, t0)
-        complete = sink.answered + sink.errors == len(inputs)
+        complete = sink.answered + sink.errors == n
     finally:
         sink.close(complete)
     elapsed = time.perf_counter() - t0
     if not complete:
-        raise CascadeError(f"Ray returned {sink.answered + sink.errors} of {len(inputs)} answers; the rest are "
+        raise CascadeError(f"Ray returned {sink.answered + sink.errors} of {n} answers; the rest are "
                            "missing (see the Ray logs)")
     with ws.store() as s:
         calls1, usd1 = s.teacher_totals(dataset)
     n_ok = sink.answered
     return RayPredictResult(
-        dataset, version, thr, where, cfg.workers, len(inputs), n_ok, sink.errors, dict(sink.by_source),
-        (n_ok - sink.by_source["student"]) / n_ok if n_ok else None, elapsed, len(inputs) / elapsed if elapsed else 0.0,
+        dataset, version, thr, where, cfg.workers, n, n_ok, sink.errors, dict(sink.by_source),
+        (n_ok - sink.by_source["student"]) / n_ok if n_ok else None, elapsed, n / elapsed if elapsed else 0.0,
         calls1 - calls0, usd1 - usd0, tuple(sorted(sink.pids)), str(cfg.parquet) if cfg.parquet else None,
         sink.kept)
 
@@ -272,12 +290,12 @@ def _run(ray: Any, ws: Workspace, dataset: str, inputs: list[dict[str, Any]], ve
          progress: Callable[[PredictProgress], None] | None, t0: float) -> str:
     """Stream the inputs through the worker pool; each finished batch goes to ``sink`` as it arrives."""
     with ray_cluster(cfg) as where, _quiet_ray_data(ray):
-        ds = ray.data.from_items(inputs, override_num_blocks=math.ceil(len(inputs) / cfg.batch_size))
+        ds = ray.data.from_items(inputs, override_num_blocks=len(inputs))  # one chunk per block and per batch
         env = {k: os.environ[k] for k in ENV_TO_WORKERS if os.environ.get(k)}
         with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args with no named replacement yet
             warnings.simplefilter("ignore", DeprecationWarning)
             out = ds.map_batches(
-                CascadeWorker, batch_size=cfg.batch_size, batch_format="pandas",
+                CascadeWorker, batch_size=1, batch_format="pandas",
                 compute=ray.data.ActorPoolStrategy(size=cfg.workers), num_cpus=cfg.cpus_per_worker,
                 fn_constructor_kwargs={"root": str(ws.root), "dataset": dataset, "version": version,
                                        "threshold": thr, "teacher": teacher,
