@@ -313,21 +313,31 @@ def test_cli_serve_refuses_a_bad_limit_before_listening(cal_ws):
 
 
 def test_readyz_is_503_while_the_store_cannot_take_a_write_and_healthz_stays_ok(cal_ws):
-    import sqlite3
+    """Another connection holds the store's write lock (SQLite's BEGIN IMMEDIATE, PostgreSQL's advisory lock: the
+    store's own transaction on either engine) -> /readyz 503 naming why, /healthz still ok, ready again after."""
+    import threading
 
     ws, _ = cal_ws
     app = create_app(ws, "synth", log_sample_rate=0.0)
     with running(app) as url:
         assert httpx.get(f"{url}/readyz").status_code == 200
-        other = sqlite3.connect(str(ws.db_path), isolation_level=None, timeout=30)
-        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        holding, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with ws.store() as other, other.transaction():
+                holding.set()
+                release.wait(60)
+
+        t = threading.Thread(target=hold, daemon=True)
+        t.start()
+        assert holding.wait(30)
         try:
             r = httpx.get(f"{url}/readyz", timeout=30)
             assert r.status_code == 503 and r.json()["store_writable"] is False and r.json()["store_error"]
             assert httpx.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
         finally:
-            other.execute("ROLLBACK")
-            other.close()
+            release.set()
+            t.join(30)
         deadline = time.monotonic() + 60
         while httpx.get(f"{url}/readyz", timeout=30).status_code != 200:
             assert time.monotonic() < deadline, "never ready again after the lock was released"
