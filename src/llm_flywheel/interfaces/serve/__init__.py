@@ -14,6 +14,9 @@ Why these choices:
 - **Feedback**: answered requests are logged to ``cascade_log`` in batches (sampled by ``log_sample_rate``); inputs up
   to ``max_logged_payload_bytes`` are kept under ``exports/served/``; retention (off unless configured) deletes by
   age, rows and bytes the served traffic only, never the rows of store items (the wheel's feedback).
+- **Replicas** (``replicas.py``, the optional ``[ray]`` extra): the same app on Ray Serve replicas behind Ray's HTTP
+  proxy, each opening the workspace itself; they share the store's cache of teacher answers, and a claim in the
+  store makes one of them pay for new content while the others wait for its stored answer.
 - ``/healthz`` is liveness, ``/readyz`` readiness (model loaded, store writable, not draining; the teacher's breaker
   state is reported but does not fail readiness: every replica shares the teacher, and the fallback still answers).
 """

@@ -74,7 +74,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
               help="With --replicas: autoscale, never above this many replicas.")
 @click.option("--ray-address", default=None,
               help="With --replicas: join this Ray cluster (auto, HOST:PORT, ray://...) instead of starting a local "
-                   "one on 127.0.0.1. Its nodes must reach the workspace's store and hold the teacher's API key.")
+                   "one. Its nodes need the workspace folder at the same path (shared storage), a store they all "
+                   "reach (PostgreSQL) and the teacher's API key in their environment.")
 @pass_ctx
 def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spec: str | None,
           api_key_env: str | None, threshold: float | None, replicas: int | None, min_replicas: int | None,
