@@ -85,6 +85,29 @@ def test_replica_bounds_need_replicas_and_must_be_ordered(cal_ws):
     assert r.exit_code == 2 and "--replicas" in r.output
 
 
+def test_scaling_becomes_ray_serve_options():
+    """Fixed replicas -> num_replicas; bounds -> autoscaling_config starting at --replicas; a replica admits what one
+    process admits (workers + queue) and Ray's proxy queues at most `queue` more; no secret in the runtime env."""
+    from llm_flywheel.interfaces.serve import ServeConfig
+    from llm_flywheel.interfaces.serve.replicas import Scaling, forwarded_env
+
+    cfg = ServeConfig(workers=3, queue=10)
+    fixed = Scaling(2).deployment_options(cfg)
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == 13 and fixed["max_queued_requests"] == 10
+    auto = Scaling(2, 1, 4).deployment_options(cfg)
+    assert "num_replicas" not in auto
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "initial_replicas": 2, "max_replicas": 4,
+                                          "target_ongoing_requests": 12}
+    assert Scaling(3, max_replicas=5).bounds == (1, 5) and Scaling(3, min_replicas=2).bounds == (2, 3)
+    for bad in ((0,), (2, 3, 4), (5, 1, 4)):
+        with pytest.raises(ValueError):
+            Scaling(*bad)
+    env = {"FLYWHEEL_STORE": "postgresql://fw@db/fw", "FLYWHEEL_X": "postgresql://fw:secret@db/fw",
+           "FLYWHEEL_API_KEY": "k", "OPENROUTER_API_KEY": "k", "PATH": "/bin"}
+    assert forwarded_env(env) == {"FLYWHEEL_STORE": "postgresql://fw@db/fw"}
+
+
 def test_replicas_without_ray_name_the_extra(cal_ws, monkeypatch):
     ws, _ = cal_ws
     for mod in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
