@@ -183,7 +183,7 @@ def test_a_worker_killed_mid_run_loses_and_repays_nothing(cal_ws, cluster):
     ws, _ = cal_ws
     with ws.store() as s:
         items = s.items("synth", split="test")
-    gate = Gate(simulated_app(ws, "synth", SimConfig(latency_ms=30, rate_429=0.0, malformed_rate=0.0)))
+    gate = Gate(simulated_app(ws, "synth", SimConfig(latency_ms=100, rate_429=0.0, malformed_rate=0.0)))
     with serve_app(gate) as root:
         url = f"{root}/v1"
         seen: list = []
@@ -244,9 +244,12 @@ def test_cli_engine_ray_prints_progress_and_writes_parquet(cal_ws, cluster, tmp_
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert len(rows) == 40 and {x["source"] for x in rows} <= {"student", "deferred"}
     assert "predict (ray): 40/40 items" in r.output and "items/s" in r.output and out.exists()
-    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream",
-                                  "--parquet", str(out)])
-    assert r.exit_code == 2 and "--engine ray" in r.output
+    for opt in (["--parquet", str(out)], ["--workers", "3"]):  # Ray's options without --engine ray
+        r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", *opt])
+        assert r.exit_code == 2 and "--engine ray" in r.output
+    with ws.store() as s:
+        runs = s.query("SELECT status, config_json FROM runs WHERE kind='predict' ORDER BY id")
+    assert runs[-1]["status"] == "done" and json.loads(runs[-1]["config_json"])["engine"] == "ray"
 
 
 def test_a_cluster_address_nothing_answers_at_fails_fast(cal_ws, tmp_path):

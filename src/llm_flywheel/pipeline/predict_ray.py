@@ -107,8 +107,9 @@ class RayPredictConfig:
 class RayPredictResult:
     """``teacher_calls``/``teacher_usd``: paid during the run for store items (the ledger's difference; a file's
     answers are in the served-answer cache).  ``worker_pids``: every worker process that answered (more than
-    ``workers`` when one was restarted)."""
+    ``workers`` when one was restarted).  ``run_id``: this run's ``runs`` row (kind ``predict``)."""
 
+    run_id: int
     dataset: str
     version: str
     threshold: float
@@ -263,6 +264,10 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
                            else "nothing to answer: no input files")
     with ws.store() as s:
         calls0, usd0 = s.teacher_totals(dataset)
+        run_id = s.start_run("predict", {"engine": "ray", "dataset": dataset, "split": split, "items": n,
+                                         "version": version, "threshold": thr, "workers": cfg.workers,
+                                         "batch_size": cfg.batch_size, "parquet": cfg.parquet,
+                                         "teacher": teacher.spec if teacher is not None else None})
     sink = Sink(ws, dataset, thr, n, cfg, keep_answers)
     t0 = time.perf_counter()
     complete = False
@@ -271,6 +276,8 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
         complete = sink.answered + sink.errors == n
     finally:
         sink.close(complete)
+        with ws.store() as s:
+            s.finish_run(run_id, "done" if complete else "failed")
     elapsed = time.perf_counter() - t0
     if not complete:
         raise CascadeError(f"Ray returned {sink.answered + sink.errors} of {n} answers; the rest are "
@@ -279,7 +286,7 @@ def predict_with_ray(ws: Workspace, dataset: str, *, split: str | None = None, l
         calls1, usd1 = s.teacher_totals(dataset)
     n_ok = sink.answered
     return RayPredictResult(
-        dataset, version, thr, where, cfg.workers, n, n_ok, sink.errors, dict(sink.by_source),
+        run_id, dataset, version, thr, where, cfg.workers, n, n_ok, sink.errors, dict(sink.by_source),
         (n_ok - sink.by_source["student"]) / n_ok if n_ok else None, elapsed, n / elapsed if elapsed else 0.0,
         calls1 - calls0, usd1 - usd0, tuple(sorted(sink.pids)), str(cfg.parquet) if cfg.parquet else None,
         sink.kept)

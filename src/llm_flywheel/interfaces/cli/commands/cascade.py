@@ -169,8 +169,8 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: Ray Data over a cluster's workers (a split or FILES/folders).")
 @click.option("--ray-address", default=None, help="--engine ray: the cluster to use (default: env RAY_ADDRESS, else a local one).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="--engine ray: worker actors (each loads the student once).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True, help="--engine ray: items per batch.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="--engine ray: worker actors, each loads the student once (default 2).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="--engine ray: items per batch (default 1000).")
 @click.option("--parquet", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
               help="--engine ray: also write every answer to this Parquet file (written when the run completes).")
 @click.option("--no-log", is_flag=True, help="Do not log the answers to cascade_log.")
@@ -179,8 +179,8 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, ...], split: str | None,
             limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
-            threshold: float | None, concurrency: int, engine: str, ray_address: str | None, workers: int,
-            batch_size: int, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
+            threshold: float | None, concurrency: int, engine: str, ray_address: str | None, workers: int | None,
+            batch_size: int | None, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
@@ -194,8 +194,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
         raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
     if split and split not in SPLITS:
         raise click.BadParameter(f"{split!r}: choose one of {', '.join(SPLITS)}", param_hint="--split")
-    if engine == "local" and (parquet or ray_address):
-        raise click.UsageError("--parquet and --ray-address go with --engine ray")
+    if engine == "local" and (parquet or ray_address or workers or batch_size):
+        raise click.UsageError("--parquet, --ray-address, --workers and --batch-size go with --engine ray")
     if engine == "ray" and texts:
         raise click.UsageError("--engine ray answers a split or FILES; put the texts in files (one per file)")
     if engine == "ray":
@@ -333,8 +333,8 @@ def _require_ray() -> None:
 
 def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, files: list[Path],
                  version: str | None, threshold: float | None, teacher: Any, concurrency: int,
-                 ray_address: str | None, workers: int, batch_size: int, parquet: Path | None, no_log: bool,
-                 show: int, as_json: bool) -> None:
+                 ray_address: str | None, workers: int | None, batch_size: int | None, parquet: Path | None,
+                 no_log: bool, show: int, as_json: bool) -> None:
     """--engine ray: run, print progress lines, then the answers and the summary."""
     from dataclasses import asdict
 
@@ -347,7 +347,7 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
     from llm_flywheel.store.base import StoreError
     from llm_flywheel.students.base import StudentError
 
-    cfg = RayPredictConfig(address=ray_address, workers=workers, batch_size=batch_size,
+    cfg = RayPredictConfig(address=ray_address, workers=workers or 2, batch_size=batch_size or 1000,
                            teacher_concurrency=concurrency, log=not no_log, parquet=parquet)
     last = [0.0]
 
@@ -359,7 +359,7 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
                       f"student {p.by_source['student']:,}  teacher {p.done - p.by_source['student'] - p.errors:,}  "
                       f"errors {p.errors}  workers {len(p.worker_pids)}", err=True)
 
-    console.print(f"predict (ray): {workers} workers, batches of {batch_size}"
+    console.print(f"predict (ray): {cfg.workers} workers, batches of {cfg.batch_size}"
                   + (f", teacher {teacher.display_name}" if teacher is not None else " (no teacher)"))
     try:
         res = predict_with_ray(ws, dataset, split=split, limit=limit, files=None if split else files,
@@ -372,7 +372,8 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
     if as_json:
         for a in answers:
             click.echo(json.dumps(asdict(a)))
-    extra = [("engine", f"ray, {res.cluster}, {res.workers} workers ({len(res.worker_pids)} processes answered)"),
+    extra = [("engine", f"ray, {res.cluster}, {res.workers} workers ({len(res.worker_pids)} processes answered); "
+                        f"run {res.run_id}"),
              ("throughput", f"{res.items_per_s:.1f} items/s ({res.elapsed_s:.1f} s)"),
              ("teacher calls paid", f"{res.teacher_calls:,} (${res.teacher_usd:.4f})")]
     if res.parquet:
