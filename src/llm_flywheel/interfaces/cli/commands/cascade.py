@@ -356,7 +356,7 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
             return
         last[0] = p.elapsed_s
         click.echo(f"predict (ray): {p.done:,}/{p.total:,} items  {p.done / max(p.elapsed_s, 1e-9):.1f} items/s  "
-                      f"student {p.by_source['student']:,}  teacher {p.done - p.by_source['student'] - p.errors:,}  "
+                      f"student {p.by_source['student']:,}  teacher/deferred {p.done - p.by_source['student'] - p.errors:,}  "
                       f"errors {p.errors}  workers {len(p.worker_pids)}", err=True)
 
     console.print(f"predict (ray): {cfg.workers} workers, batches of {cfg.batch_size}"
@@ -374,8 +374,9 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
             click.echo(json.dumps(asdict(a)))
     extra = [("engine", f"ray, {res.cluster}, {res.workers} workers ({len(res.worker_pids)} processes answered); "
                         f"run {res.run_id}"),
-             ("throughput", f"{res.items_per_s:.1f} items/s ({res.elapsed_s:.1f} s)"),
-             ("teacher calls paid", f"{res.teacher_calls:,} (${res.teacher_usd:.4f})")]
+             ("throughput", f"{res.items_per_s:.1f} items/s ({res.elapsed_s:.1f} s)")]
+    if split:  # a file's teacher answer is bought through the served-answer cache, not the labelling ledger
+        extra.append(("teacher calls paid", f"{res.teacher_calls:,} (${res.teacher_usd:.4f})"))
     if res.parquet:
         extra.append(("parquet", res.parquet))
     console.print(f"model {res.version}  threshold {res.threshold:.4f}")
@@ -384,5 +385,7 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
             by_id = {it.id: it for it in s.items(dataset, split=split, limit=limit)}
         _print_split(dataset, split, res.version, [by_id[a.item_id] for a in answers], answers, show, extra)
         return
+    for k, v in extra:
+        console.print(f"{k}: {v}", highlight=False)
     _print_file_answers([Path(a.path or "") for a in answers],
                         [ValueError(a.error) if a.error is not None else a for a in answers], False)
