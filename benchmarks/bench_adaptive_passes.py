@@ -283,8 +283,9 @@ def main() -> None:
             if args.draws:
                 rep = replay(done[0], args.targets, args.calibration_items, args.draws, seed, args.rounds)
                 res["replay"] = rep
-                print(f"replay of {args.draws} other calibration samples{' and splits into runs' * (args.rounds > 1)} "
-                      "on the fixed arm's answers (mean / 5th percentile; share of draws meeting both targets):")
+                runs = " and splits into runs" * (args.rounds > 1)
+                print(f"replay of {args.draws} other calibration samples{runs} on the fixed arm's answers "
+                      " (mean / 5th percentile; share of draws meeting both targets):")
                 for k, v in rep.items():
                     print(f"  {k}: calls saved {100 * v['saved_mean']:.1f} % / {100 * v['saved_p5']:.1f} %, "
                           f"accuracy {100 * v['diff_mean']:+.2f} / {100 * v['diff_p5']:+.2f} pt; "

@@ -52,7 +52,8 @@ class AdaptiveSummary:
     ``calibration_items``: items of this run asked every pass to learn the cutoff (the sample bought here);
     ``reused_evidence``: items of earlier runs (same dataset, teacher and prompt) with every main pass answered,
     used as evidence without a new call; ``evidence``: the sample's and the reused items with all main passes
-    answered and an on-list first answer; ``cutoff``/``agreement*``: see :class:`~llm_flywheel.core.consensus.CutoffChoice`
+    answered and an on-list first answer; ``cutoff``/``agreement*``: see
+    :class:`~llm_flywheel.core.consensus.CutoffChoice`
     (None: no cutoff met the target, every item got all passes); ``certainty``: what the first pass's certainty
     was read from (``logprob``, ``verbalised``, ``mixed`` or ``default``); ``skipped_items``: items answered by
     their first pass alone; ``extra_pass_items``: items outside the sample asked the later passes.
@@ -159,6 +160,7 @@ def decide(items: Sequence[Item], answers: Answers, reused: Answers, sample: set
 def summarise(choice: CutoffChoice, source: str, sample: set[str], more: Sequence[Item],
               skipped: set[str], reused: int = 0) -> AdaptiveSummary:
     return AdaptiveSummary(
-        calibration_items=len(sample), reused_evidence=reused, evidence=choice.evidence, target=choice.target, cutoff=choice.cutoff,
+        calibration_items=len(sample), reused_evidence=reused, evidence=choice.evidence, target=choice.target,
+        cutoff=choice.cutoff,
         agreement=choice.agreement, agreement_low=choice.agreement_low, agreement_high=choice.agreement_high,
         certainty=source, skipped_items=len(skipped), extra_pass_items=len({it.content_hash for it in more}))
