@@ -283,3 +283,18 @@ def test_items_of_one_content_share_a_batch():
     assert sorted(k for ch in chunks for k in ch["indexes"]) == list(range(60))
     assert all(len(cs) == 1 for cs in where.values())
     assert len(chunks) >= 60 // (8 + 10)
+
+
+def test_a_worker_that_cannot_start_fails_the_run_with_its_reason(cal_ws, cluster, tmp_path):
+    """The worker's own error is the message (not Ray's actor boilerplate), the run is recorded as failed and no
+    Parquet file (nor a partial one) is left behind."""
+    from llm_flywheel.pipeline.predict_ray import RayPredictError
+
+    ws, _ = cal_ws
+    out = tmp_path / "never.parquet"
+    with pytest.raises(RayPredictError, match="cannot read teacher spec 'no-such-spec'"):
+        predict_with_ray(ws, "synth", split="stream", teacher=TeacherRef("no-such-spec"),
+                         config=RayPredictConfig(workers=1, batch_size=20, parquet=out))
+    assert not list(tmp_path.iterdir())
+    with ws.store() as s:
+        assert s.query("SELECT status FROM runs WHERE kind='predict' ORDER BY id DESC LIMIT 1")[0]["status"] == "failed"

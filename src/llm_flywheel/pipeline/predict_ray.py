@@ -1,9 +1,10 @@
 """Batch prediction with Ray Data: the cascade over a split (or a folder of files) on a cluster's workers.
 
-Why this shape: the student is CPU work that splits cleanly by item, so ``ray.data.from_items`` of item ids (or
-file paths) is cut into batches and ``map_batches`` hands them to a bounded pool of actors, each of which loads
-the student ONCE and answers its batches with :meth:`Cascade.predict_items` -- exactly the local engine's code,
-so the same threshold, the same teacher cache and the same labelling config decide every item.
+Why this shape: the student is CPU work that splits cleanly by item, so the driver cuts the item ids (or file
+paths) into chunks -- every copy of one content in the same chunk, so two workers never buy it twice -- and
+``ray.data.from_items`` of the chunks goes through ``map_batches`` to a bounded pool of actors, each of which loads
+the student ONCE and answers its chunks with :meth:`Cascade.predict_items` -- exactly the local engine's code, so
+the same threshold, the same teacher cache and the same labelling config decide every item.
 
 What makes a killed worker cost nothing: a teacher answer is stored (by content hash) before it is used, so a
 batch Ray re-executes on a restarted actor finds its answers cached and pays nothing again; and the workers do not
@@ -219,6 +220,14 @@ def _chunks(keyed: list[tuple[str, Any]], size: int, column: str) -> list[dict[s
     return chunks
 
 
+def _reason(e: BaseException) -> str:
+    """The line of a Ray error that says why: its last one (Ray puts the worker's own exception there)."""
+    import re
+
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """A cluster address nothing answers at fails in seconds with its name (``ray.init`` retries for minutes)."""
     import socket
@@ -319,9 +328,8 @@ def _run(ray: Any, ws: Workspace, dataset: str, inputs: list[dict[str, Any]], ve
             raise
         except Exception as e:  # Ray's own errors (a worker that kept dying, a task error): say what is kept
             raise RayPredictError(
-                f"the Ray run failed after {sink.answered + sink.errors} of {sink.n} answers "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the teacher answers bought so "
-                "far are stored, so a re-run pays nothing for them") from e
+                f"the Ray run failed after {sink.answered + sink.errors} of {sink.n} answers ({_reason(e)}); the "
+                "teacher answers bought so far are stored, so a re-run pays nothing for them") from e
     return where
 
 
