@@ -298,3 +298,12 @@ def test_a_worker_that_cannot_start_fails_the_run_with_its_reason(cal_ws, cluste
     assert not list(tmp_path.iterdir())
     with ws.store() as s:
         assert s.query("SELECT status FROM runs WHERE kind='predict' ORDER BY id DESC LIMIT 1")[0]["status"] == "failed"
+
+
+def test_workers_are_told_where_the_store_is_but_not_its_password(monkeypatch):
+    from llm_flywheel.pipeline.predict_ray import worker_env
+
+    monkeypatch.setenv("FLYWHEEL_STORE", "postgresql://fw:s3cret@db.internal:5432/flywheel?schema={workspace}")
+    assert worker_env() == {"FLYWHEEL_STORE": "postgresql://fw@db.internal:5432/flywheel?schema={workspace}"}
+    monkeypatch.delenv("FLYWHEEL_STORE")
+    assert worker_env() == {}
