@@ -244,6 +244,15 @@ def test_cli_engine_ray_prints_progress_and_writes_parquet(cal_ws, cluster, tmp_
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert len(rows) == 40 and {x["source"] for x in rows} <= {"student", "deferred"}
     assert "predict (ray): 40/40 items" in r.output and "items/s" in r.output and out.exists()
+    # with --parquet and no --json the answers stay in the file (a big run is not held in memory): counts printed
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", "--engine",
+                                  "ray", "--parquet", str(out), "--no-log"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    import pyarrow.parquet as pq
+
+    n_deferred = sum(x["source"] == "deferred" for x in rows)
+    assert pq.read_table(out).num_rows == 40 and "items: 40" in r.output
+    assert (f"answered by deferred: {n_deferred}" in r.output) == (n_deferred > 0)
     for opt in (["--parquet", str(out)], ["--workers", "3"]):  # Ray's options without --engine ray
         r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", *opt])
         assert r.exit_code == 2 and "--engine ray" in r.output

@@ -365,7 +365,7 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
         res = predict_with_ray(ws, dataset, split=split, limit=limit, files=None if split else files,
                                version=version, threshold=threshold,
                                teacher=TeacherRef.of(teacher) if teacher is not None else None, config=cfg,
-                               progress=progress, keep_answers=True)
+                               progress=progress, keep_answers=as_json or not parquet)
     except (StoreError, StudentError, CascadeError, ValueError) as e:
         raise _fail(e) from None
     answers = res.answers or []
@@ -380,12 +380,18 @@ def _predict_ray(ws: Any, dataset: str, split: str | None, limit: int | None, fi
     if res.parquet:
         extra.append(("parquet", res.parquet))
     console.print(f"model {res.version}  threshold {res.threshold:.4f}")
+    if res.answers is None:  # a big run: the answers are in the Parquet file, not held in memory here
+        extra = [("items", f"{res.n:,}"), *((f"answered by {k}", f"{v:,}") for k, v in res.by_source.items() if v),
+                 ("errors", f"{res.errors:,}"), *extra]
+        for k, v in extra:
+            click.echo(f"{k}: {v}", err=True)
+        return
     if split:
         with ws.store() as s:
             by_id = {it.id: it for it in s.items(dataset, split=split, limit=limit)}
         _print_split(dataset, split, res.version, [by_id[a.item_id] for a in answers], answers, show, extra)
         return
     for k, v in extra:
-        console.print(f"{k}: {v}", highlight=False)
+        click.echo(f"{k}: {v}", err=True)
     _print_file_answers([Path(a.path or "") for a in answers],
                         [ValueError(a.error) if a.error is not None else a for a in answers], False)
