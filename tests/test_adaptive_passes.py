@@ -49,7 +49,10 @@ def _two_runs(ws, task, reuse: bool):
         r1 = label_items(ws, "synth", first, t, cfg, progress=False)
         r2 = label_items(ws, "synth", second, t, cfg, progress=False)
         again = label_items(ws, "synth", second, t, cfg, progress=False)
+        first_again = label_items(ws, "synth", first, t, cfg, progress=False)  # now with run 2's answers stored
         per_key = sim_stats(url)["per_key"]
+    assert first_again.calls_made == 0  # evidence stored after a run began never changes that run's decision
+    assert first_again.adaptive_passes.cutoff == r1.adaptive_passes.cutoff
     return first, second, r1, r2, again, per_key
 
 

@@ -23,8 +23,9 @@ items only as far as they come from the same population (active selection picks 
 still orders them, which is what the cutoff uses).
 
 Nothing is decided from memory: the evidence, the sample, the cutoff and the items above it are recomputed from
-the stored answers on every run (reused evidence is the dataset's items *outside* this run, which this run does
-not change), so a killed run resumes without paying twice and a re-run makes no call.
+the stored answers on every run (reused evidence is answers on the dataset's *other* items stored before this run
+first asked anything, which neither this run nor a later one changes), so a killed run resumes without paying
+twice and a re-run makes no call.
 """
 
 from __future__ import annotations
@@ -92,12 +93,22 @@ def complete(answers: Sequence[Mapping[str, Any]], labels: Sequence[str], passes
 def reusable_evidence(store: Store, items: Sequence[Item], model: str, prompt_version: str, passes: int,
                       labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """Stored answers of this teacher and prompt on the *other* items of the run's dataset(s) whose main passes
-    were all answered: evidence already paid for.  The run's own items are left out so that the decision does not
-    move while the run buys their passes (a resumed run decides exactly as the first attempt did)."""
-    own = {it.content_hash for it in items}
-    others = sorted({o.content_hash for d in sorted({it.dataset for it in items}) for o in store.items(d)} - own)
+    were all answered: evidence already paid for.
+
+    Only answers stored before the run's items got their first answer count, so the evidence is what it was when
+    the run first decided: a resumed run, or a re-run after later runs stored more, decides exactly as the first
+    attempt did and pays nothing more (answer ids grow with time)."""
+    own = sorted({it.content_hash for it in items})
+    own_ids = [int(a["id"]) for ans in store.final_answers(model, prompt_version, own).values() for a in ans]
+    before = min(own_ids) if own_ids else None
+    others = sorted({o.content_hash for d in sorted({it.dataset for it in items}) for o in store.items(d)} - set(own))
     answers = store.final_answers(model, prompt_version, others, max_pass=passes) if others else {}
-    return {h: a for h, a in answers.items() if complete(a, labels, passes)}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for h, ans in answers.items():
+        kept = [a for a in ans if before is None or int(a["id"]) < before]
+        if complete(kept, labels, passes):
+            out[h] = kept
+    return out
 
 
 def plan_sample(content_hashes: Sequence[str], reused: Answers, size: int) -> set[str]:
