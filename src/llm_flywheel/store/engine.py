@@ -2,7 +2,7 @@
 
 Why hand-written portable SQL on a DBAPI connection instead of SQLAlchemy expressions: the queries were already
 written and tested, the serving path logs a row per request (no per-statement compile there), and the SQL the
-store may use is small (see the rules in ``docs/store.md``).  SQLAlchemy supplies what is hard to get right --
+store may use is small (the rules: docs/store.md).  SQLAlchemy supplies what is hard to get right --
 URLs, pooling, per-dialect DDL from the Core tables -- and Alembic the migrations.
 
 One writer at a time, on both engines: SQLite's ``BEGIN IMMEDIATE`` takes the database's write lock;
@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -224,8 +225,11 @@ def _pg_params(params: Sequence[Any] | dict[str, Any]) -> Any:
 
 
 # -- engines ---------------------------------------------------------------------------------------
-_ENGINES: dict[tuple[int, str], Any] = {}
+_ENGINES: OrderedDict[tuple[int, str], Any] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
+_MAX_ENGINES = 8
+"""Engines (and their pooled connections) kept per process; a process touching more stores -- a test session makes
+hundreds of workspaces -- disposes the least recently used, so idle connections never pile up on the server."""
 
 
 def _sqlite_connect(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
@@ -245,6 +249,11 @@ def engine_for(url: str) -> Any:
         eng = _ENGINES.get(key)
         if eng is None:
             eng = _ENGINES[key] = _make_engine(url)
+            while len(_ENGINES) > _MAX_ENGINES:
+                _, old = _ENGINES.popitem(last=False)
+                old.dispose(close=True)  # idle connections closed; checked-out ones close when their Store does
+        else:
+            _ENGINES.move_to_end(key)
         return eng
 
 
