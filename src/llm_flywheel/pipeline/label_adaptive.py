@@ -101,8 +101,9 @@ def reusable_evidence(store: Store, items: Sequence[Item], model: str, prompt_ve
     own = sorted({it.content_hash for it in items})
     own_ids = [int(a["id"]) for ans in store.final_answers(model, prompt_version, own).values() for a in ans]
     before = min(own_ids) if own_ids else None
-    others = sorted({o.content_hash for d in sorted({it.dataset for it in items}) for o in store.items(d)} - set(own))
-    answers = store.final_answers(model, prompt_version, others, max_pass=passes) if others else {}
+    mine = set(own)
+    answers = {h: a for h, a in store.dataset_final_answers(sorted({it.dataset for it in items}), model,
+                                                             prompt_version, passes).items() if h not in mine}
     out: dict[str, list[dict[str, Any]]] = {}
     for h, ans in answers.items():
         kept = [a for a in ans if before is None or int(a["id"]) < before]
