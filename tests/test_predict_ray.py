@@ -155,28 +155,42 @@ class Gate:
         msgs = [await receive()]
         while msgs[-1]["type"] == "http.request" and msgs[-1].get("more_body"):
             msgs.append(await receive())
-        while not self.open.is_set():
+        while True:
+            with self.lock:  # passing the gate and counting as in flight is one step
+                if self.open.is_set():
+                    self.in_flight += 1
+                    break
             await asyncio.sleep(0.01)
         try:
-            m = await asyncio.wait_for(receive(), 0.05)
-            if m["type"] == "http.disconnect":
-                self.dropped += 1
-                return
-            msgs.append(m)
-        except TimeoutError:
-            pass
-        queue = list(msgs)
+            try:
+                m = await asyncio.wait_for(receive(), 0.05)
+                if m["type"] == "http.disconnect":
+                    self.dropped += 1
+                    return
+                msgs.append(m)
+            except TimeoutError:
+                pass
+            queue = list(msgs)
 
-        async def replay():
-            return queue.pop(0) if queue else await receive()
+            async def replay():
+                return queue.pop(0) if queue else await receive()
 
-        with self.lock:
-            self.in_flight += 1
-        try:
             await self.app(scope, replay, send)
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def hold(self) -> None:
+        """Hold new requests and wait until none is in flight (each one's answer had time to be stored)."""
+        with self.lock:
+            self.open.clear()
+        for _ in range(2):  # again after a pause: an answer just sent must reach its caller and be stored
+            while True:
+                with self.lock:
+                    if not self.in_flight:
+                        break
+                time.sleep(0.01)
+            time.sleep(0.5)
 
 
 def test_a_worker_killed_mid_run_loses_and_repays_nothing(cal_ws, cluster):
@@ -205,10 +219,7 @@ def test_a_worker_killed_mid_run_loses_and_repays_nothing(cal_ws, cluster):
             assert time.monotonic() < deadline, "no batch finished"
             time.sleep(0.05)
         assert t.is_alive(), box
-        gate.open.clear()  # hold new teacher calls; let those in flight finish and be stored
-        while gate.in_flight:
-            time.sleep(0.01)
-        time.sleep(0.5)
+        gate.hold()  # hold new teacher calls; those in flight finish and are stored
         victim = seen[-1].worker_pids[0]
         os.kill(victim, signal.SIGKILL)
         time.sleep(1.0)
