@@ -19,7 +19,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from click.testing import CliRunner
 
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data.spam_assassin import cache_dir
+from llm_flywheel.store.workspace import Workspace
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -158,13 +158,10 @@ def last_json(output: str) -> dict:
     return json.loads(output[start:])
 
 
-def answers(ws: Path) -> list[sqlite3.Row]:
-    con = sqlite3.connect(ws / "flywheel.db")
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute("SELECT * FROM teacher_answers").fetchall()
-    finally:
-        con.close()
+def answers(ws: Path) -> list:
+    """Every stored teacher answer, through the store (SQLite or PostgreSQL, whichever the suite runs on)."""
+    with Workspace.open(ws, create=False).store(readonly=True) as s:
+        return s.query("SELECT * FROM teacher_answers")
 
 
 def import_dataset(ws: Path, tmp_path: Path, n: int = 24) -> int:
@@ -206,9 +203,7 @@ def test_label_train_calibrate_predict_through_the_teacher_spec(server, request,
         lps = [r["label_logprob"] for r in rows if r["label_logprob"] is not None]
         assert len(lps) >= n // 2 and all(lp <= 0 for lp in lps)
     else:  # llama-cpp-python refuses json_schema with HTTP 500: negotiated once and remembered for later runs
-        from llm_flywheel.store.base import Store
-
-        with Store(ws / "flywheel.db") as store:
+        with Workspace.open(ws, create=False).store() as store:
             caps = store.teacher_capability(base_url, MODEL_ALIAS)
         assert caps, "the negotiated response format is remembered per endpoint and model"
         assert "json_schema" != caps.get("response_format"), caps
@@ -237,7 +232,7 @@ def test_killed_labelling_resumes_without_asking_twice(cpp_server, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while len(answers(ws)) < 3 if (ws / "flywheel.db").exists() else True:
+        while len(answers(ws)) < 3:
             assert proc.poll() is None, "labelling finished before it could be interrupted"
             assert time.monotonic() < deadline, "no answer stored in 10 minutes"
             time.sleep(0.2)
