@@ -37,7 +37,9 @@ def _free_port() -> int:
 class LocalPostgres:
     """``with LocalPostgres() as pg: pg.url`` -- a server on 127.0.0.1 with a ``flywheel`` database, removed after."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: keep PostgreSQL's default fsync/synchronous_commit (benchmarks); tests turn them off."""
+        self.durable = durable
         self.bin = pg_bin()
         if self.bin is None:
             raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql (or set FLYWHEEL_PG_BIN)")
@@ -60,8 +62,9 @@ class LocalPostgres:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8",
                   "--no-sync")
         # Durability off: a test server that dies loses nothing anyone needs, and fsync would dominate the suite.
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=300")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"),
                   "-w", "-t", "60", "start")
         import psycopg

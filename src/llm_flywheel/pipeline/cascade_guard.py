@@ -158,13 +158,17 @@ class RawTeacherCalls:
             return waited
         beat = asyncio.ensure_future(self._keep_claim(content_hash))
         try:
-            return await self._call_and_keep(content, content_hash)
-        finally:
+            hit = await self._call_and_keep(content, content_hash)
+        except BaseException:
+            # Cancelled (shutdown, the service stopping) or failed: release now, in this thread -- while the loop
+            # closes no new thread starts, and a claim left behind makes every other process wait until it is stale
             beat.cancel()
-            try:  # after the answer is stored: a waiter that then claims finds the answer first
-                await asyncio.to_thread(self._claim_op, "release_teacher_claim", content_hash)
-            except Exception as e:  # it goes stale and is taken over
-                logger.warning("could not release a teacher claim: %s: %s", type(e).__name__, e)
+            self._release_claim(content_hash)
+            raise
+        beat.cancel()
+        # after the answer is stored: a waiter that then claims finds the answer first
+        await asyncio.to_thread(self._release_claim, content_hash)
+        return hit
 
     async def _call_and_keep(self, content: Any, content_hash: str | None) -> Hit:
         ans = await self._call_teacher(content)
@@ -211,6 +215,12 @@ class RawTeacherCalls:
                 await asyncio.to_thread(self._claim_op, "refresh_teacher_claim", content_hash)
             except Exception as e:  # a store hiccup: the next beat tries again
                 logger.warning("could not refresh a teacher claim: %s: %s", type(e).__name__, e)
+
+    def _release_claim(self, content_hash: str) -> None:
+        try:
+            self._claim_op("release_teacher_claim", content_hash)
+        except Exception as e:  # it goes stale and is taken over
+            logger.warning("could not release a teacher claim: %s: %s", type(e).__name__, e)
 
     def _claim_op(self, op: str, content_hash: str) -> bool:
         model, pv = self._teacher_key()

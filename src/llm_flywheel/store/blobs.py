@@ -4,7 +4,7 @@ Why an interface: the database already moves to a server when several machines s
 able to follow.  Today they live in the workspace folder (:class:`FileBlobStore`, content addressed, written by
 rename so a kill never leaves half a file).  An object store is the next implementation: the same four methods over
 S3/GCS/MinIO (``put`` = PUT of ``blobs/<h[:2]>/<h><suffix>``, ``get`` = GET, ``local_path`` = None), chosen by a
-``"blobs": "s3://bucket/prefix"`` entry in the workspace's ``workspace.json`` -- see docs/scale.md.  Keys stay the
+``"blobs": "s3://bucket/prefix"`` entry in the workspace's ``workspace.json`` -- see docs/store.md.  Keys stay the
 workspace-relative paths already stored in ``items.blob_path``, so moving blobs never rewrites the database.
 """
 
@@ -93,4 +93,4 @@ def blob_store_for(root: Path, spec: str | None) -> BlobStore:
     if spec in (None, "", "file"):
         return FileBlobStore(root)
     raise StoreError(f"blob store {spec!r} is not available in this version (only the workspace folder); "
-                     "see docs/scale.md for the object-store plan")
+                     "see docs/store.md for the object-store plan")
