@@ -321,9 +321,10 @@ def test_a_worker_that_cannot_start_fails_the_run_with_its_reason(cal_ws, cluste
 
 
 def test_workers_are_told_where_the_store_is_but_not_its_password(monkeypatch):
-    from llm_flywheel.pipeline.predict_ray import worker_env
+    from llm_flywheel.pipeline.ray_env import env_for_ray
 
-    monkeypatch.setenv("FLYWHEEL_STORE", "postgresql://fw:s3cret@db.internal:5432/flywheel?schema={workspace}")
-    assert worker_env() == {"FLYWHEEL_STORE": "postgresql://fw@db.internal:5432/flywheel?schema={workspace}"}
-    monkeypatch.delenv("FLYWHEEL_STORE")
-    assert worker_env() == {}
+    env = {"FLYWHEEL_STORE": "postgresql://fw:s3cret@db.internal:5432/flywheel?schema={workspace}",
+           "OPENROUTER_API_KEY": "k", "PGPASSWORD": "s3cret", "PATH": "/bin"}
+    assert env_for_ray(env) == {"FLYWHEEL_STORE": "postgresql://fw@db.internal:5432/flywheel?schema={workspace}"}
+    del env["FLYWHEEL_STORE"]
+    assert env_for_ray(env) == {}

@@ -89,7 +89,8 @@ def test_scaling_becomes_ray_serve_options():
     """Fixed replicas -> num_replicas; bounds -> autoscaling_config starting at --replicas; a replica admits what one
     process admits (workers + queue) and Ray's proxy queues at most `queue` more; no secret in the runtime env."""
     from llm_flywheel.interfaces.serve import ServeConfig
-    from llm_flywheel.interfaces.serve.replicas import Scaling, forwarded_env
+    from llm_flywheel.interfaces.serve.replicas import Scaling
+    from llm_flywheel.pipeline.ray_env import env_for_ray
 
     cfg = ServeConfig(workers=3, queue=10)
     fixed = Scaling(2).deployment_options(cfg)
@@ -105,7 +106,7 @@ def test_scaling_becomes_ray_serve_options():
             Scaling(*bad)
     env = {"FLYWHEEL_STORE": "postgresql://fw@db/fw", "FLYWHEEL_X": "postgresql://fw:secret@db/fw",
            "FLYWHEEL_API_KEY": "k", "OPENROUTER_API_KEY": "k", "PATH": "/bin"}
-    assert forwarded_env(env) == {"FLYWHEEL_STORE": "postgresql://fw@db/fw"}
+    assert env_for_ray(env) == {"FLYWHEEL_STORE": "postgresql://fw@db/fw", "FLYWHEEL_X": "postgresql://fw@db/fw"}
 
 
 def test_replicas_without_ray_name_the_extra(cal_ws, monkeypatch):

@@ -35,12 +35,11 @@ from llm_flywheel.pipeline.predict_sink import (
     Sink,
     answer_row,
 )
-from llm_flywheel.store.engine import without_password
+from llm_flywheel.pipeline.ray_env import env_for_ray
 from llm_flywheel.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
 RAY_EXTRA = "pip install 'llm-flywheel[ray]'"
-ENV_TO_WORKERS = ("FLYWHEEL_STORE",)  # where the store is: workers open it themselves
 
 
 class RayUnavailable(CascadeError):
@@ -221,13 +220,6 @@ def _chunks(keyed: list[tuple[str, Any]], size: int, column: str) -> list[dict[s
     return chunks
 
 
-def worker_env() -> dict[str, str]:
-    """What the workers' runtime_env carries: where the store is, never its password (Ray keeps a runtime_env in
-    the cluster's metadata).  Workers read PGPASSWORD / ~/.pgpass and the teacher's key from their own
-    environment."""
-    return {k: without_password(os.environ[k]) for k in ENV_TO_WORKERS if os.environ.get(k)}
-
-
 def _reason(e: BaseException) -> str:
     """The line of a Ray error that says why: its last one (Ray puts the worker's own exception there)."""
     import re
@@ -315,7 +307,7 @@ def _run(ray: Any, ws: Workspace, dataset: str, inputs: list[dict[str, Any]], ve
     """Stream the inputs through the worker pool; each finished batch goes to ``sink`` as it arrives."""
     with ray_cluster(cfg) as where, _quiet_ray_data(ray):
         ds = ray.data.from_items(inputs, override_num_blocks=len(inputs))  # one chunk per block and per batch
-        env = worker_env()
+        env = env_for_ray()
         with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args with no named replacement yet
             warnings.simplefilter("ignore", DeprecationWarning)
             out = ds.map_batches(

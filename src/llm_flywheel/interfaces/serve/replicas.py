@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import threading
 import time
@@ -27,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_flywheel.interfaces.serve.config import ServeConfig
+from llm_flywheel.pipeline.ray_env import env_for_ray
 
 RAY_MISSING = "Ray Serve is not installed; `flywheel serve --replicas` needs it: pip install 'llm-flywheel[ray]'"
 APP_NAME = "flywheel"
-_PASSWORD_IN_URL = re.compile(r"://[^/@:]*:[^/@]*@")
 
 
 class RayUnavailable(RuntimeError):
@@ -97,7 +96,7 @@ class Scaling:
     def deployment_options(self, cfg: ServeConfig) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica,
-                                  "runtime_env": {"env_vars": forwarded_env()}},
+                                  "runtime_env": {"env_vars": env_for_ray()}},
             "max_ongoing_requests": cfg.workers + cfg.queue,
             "max_queued_requests": max(1, cfg.queue),
             "graceful_shutdown_timeout_s": max(1.0, cfg.shutdown_grace_s),
@@ -120,15 +119,6 @@ def build_replica_app(spec: ReplicaSpec) -> Any:
     ws = Workspace.open(spec.root, create=False)
     return create_app(ws, spec.dataset, version=spec.version, teacher_spec=spec.teacher_spec,
                       api_key_env=spec.api_key_env, threshold=spec.threshold, config=spec.config)
-
-
-def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables every replica gets through Ray's runtime_env: the project's own (``FLYWHEEL_*``: the store
-    URL, the workspace), never a secret -- no ``*KEY*`` variable, no URL with a password in it (Ray records a
-    runtime_env; a local cluster's replicas inherit this process's environment anyway)."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items()
-            if k.startswith("FLYWHEEL_") and "KEY" not in k.upper() and not _PASSWORD_IN_URL.search(v)}
 
 
 def _deployment(serve: Any, spec: ReplicaSpec, scaling: Scaling) -> Any:
