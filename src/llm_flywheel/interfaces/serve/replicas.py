@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,9 +179,13 @@ class RayServeDeployment:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def start(self, timeout_s: float = 300.0) -> str:
+    def start(self, timeout_s: float = 300.0, *, on_connected: Callable[[], None] | None = None) -> str:
         """Deploy and wait until every replica is running; returns the base URL.  A replica that cannot build
-        its app (no model, a bad teacher spec) fails here with Ray's message, after everything is stopped."""
+        its app (no model, a bad teacher spec) fails here with Ray's message, after everything is stopped.
+
+        ``on_connected`` runs right after ``ray.init``, before anything is deployed: the place to install signal
+        handlers, because ``ray.init`` installs Ray's own SIGTERM handler (it aborts the process) and a SIGTERM
+        that arrives while the replicas come up must still drain them."""
         if self.ray.is_initialized():  # this process already runs or joined a cluster (a test's): use it as is
             pass
         elif self.ray_address is None:
@@ -197,6 +201,8 @@ class RayServeDeployment:
             self.ray.init(address=self.ray_address, configure_logging=False)
             self._connected = True
         try:
+            if on_connected is not None:
+                on_connected()
             self.serve.start(http_options={"host": self.host, "port": self.port}, proxy_location="HeadOnly")
             try:
                 self.serve.run(_deployment(self.serve, self.spec, self.scaling), name=APP_NAME, route_prefix="/",

@@ -154,14 +154,19 @@ def _serve_replicas(ws: Any, dataset: str, host: str, port: int, scaling: Any, r
             raise config_error(str(e)) from None
         stop = threading.Event()
         previous: dict[int, Any] = {}
+
+        def drain_on_signals() -> None:
+            # after ray.init, before the replicas come up: Ray's core installs its own SIGTERM handler (it aborts
+            # the process, leaving the replicas to Ray's fate-sharing); ours drains them through serve.shutdown()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.signal(sig, lambda *_: stop.set())
+                previous.setdefault(sig, old)
+
         try:
             try:
-                url = dep.start()
+                url = dep.start(on_connected=drain_on_signals)
             except (RuntimeError, TimeoutError) as e:
                 raise click.ClickException(str(e)) from None
-            # after ray.init: Ray's core installs its own SIGTERM handler (which exits at once, leaving the
-            # replicas to Ray's fate-sharing); ours drains them through serve.shutdown() instead
-            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
             lo, hi = scaling.bounds
             console.print(f"serving {dataset} on {url} with {dep.replicas_running()} Ray Serve replicas"
                           + (f" (autoscaling {lo}-{hi})" if scaling.autoscaling else "") + "; Ctrl-C to stop")
@@ -171,7 +176,8 @@ def _serve_replicas(ws: Any, dataset: str, host: str, port: int, scaling: Any, r
         finally:
             dep.stop()
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: a handler installed outside Python (Ray's), nothing to restore
+                    signal.signal(sig, handler)
 
 
 def _check_address(host: str, port: int) -> None:
