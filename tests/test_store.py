@@ -11,11 +11,9 @@ import pytest
 from llm_flywheel.data import Record, register
 from llm_flywheel.pipeline.splits import SplitSpec, make_splits, split_counts
 from llm_flywheel.store.base import SPLITS, Store, StoreError
-from llm_flywheel.store.engine import KNOWN_REVISIONS, LEGACY_SQLITE_VERSION
-
 # SQLite files carry PRAGMA user_version: the legacy v1..v5, then one more per Alembic revision after the baseline,
 # so an older llm-flywheel refuses a file a newer one migrated
-SCHEMA_VERSION = LEGACY_SQLITE_VERSION + len(KNOWN_REVISIONS) - 1
+from llm_flywheel.store.engine import SQLITE_USER_VERSION as SCHEMA_VERSION
 from llm_flywheel.store.workspace import Workspace
 
 from conftest import make_synth_dataset, synth_image

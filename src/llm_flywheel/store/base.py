@@ -68,22 +68,22 @@ class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQuer
             raise
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def _check_version(self) -> int:
-        """The legacy SQLite version (0 for a new file; PostgreSQL has none) after refusing a newer store."""
+    def _check_version(self) -> tuple[int, str | None]:
+        """(the legacy SQLite version -- 0 for a new file, PostgreSQL has none -- and the Alembic revision), after
+        refusing a store newer than this package."""
         version = 0
         if self.dialect == "sqlite":
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            newest = _engine.LEGACY_SQLITE_VERSION + len(_engine.KNOWN_REVISIONS) - 1
-            if version > newest:
-                raise StoreError(
-                    f"{self.where} has schema v{version}, newer than this llm-flywheel (v{newest}); upgrade the package")
-        _engine.check_revision(_engine.current_revision(self.conn), self.where)
-        return version
+            if version > _engine.SQLITE_USER_VERSION:
+                raise StoreError(f"{self.where} has schema v{version}, newer than this llm-flywheel "
+                                 f"(v{_engine.SQLITE_USER_VERSION}); upgrade the package")
+        revision = _engine.current_revision(self.conn)
+        _engine.check_revision(revision, self.where)
+        return version, revision
 
     def migrate(self) -> None:
         """Legacy SQLite migrations up to v5 (files made before Alembic), then Alembic to the head revision."""
-        version = self._check_version()
-        revision = _engine.current_revision(self.conn)
+        version, revision = self._check_version()
         if revision == _engine.HEAD_REVISION:
             return
         if self.dialect == "sqlite" and revision is None and 0 < version:

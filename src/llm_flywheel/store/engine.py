@@ -29,12 +29,15 @@ from llm_flywheel.store.records import StoreError
 
 SQLITE_FILE = "flywheel.db"
 BASELINE_REVISION = "v5_baseline"
-HEAD_REVISION = "v6_served_teacher_claims"
-"""The newest Alembic revision this package knows; ``tests/test_store_backends.py`` checks it is the scripts' head."""
 KNOWN_REVISIONS = ("v5_baseline", "v6_served_teacher_claims")
+"""Every Alembic revision this package knows, oldest first; ``tests/test_store_backends.py`` checks them against
+the scripts' graph."""
+HEAD_REVISION = KNOWN_REVISIONS[-1]
 LEGACY_SQLITE_VERSION = 5
 """``PRAGMA user_version`` of the last SQLite-only migration; SQLite files also carry it (and later revisions add to
 it) so an older llm-flywheel refuses a newer file instead of misreading it."""
+SQLITE_USER_VERSION = LEGACY_SQLITE_VERSION + len(KNOWN_REVISIONS) - 1
+"""``PRAGMA user_version`` of a SQLite file at :data:`HEAD_REVISION`: one more per revision after the baseline."""
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -372,4 +375,4 @@ def run_alembic(url: str, *, stamp_only: bool = False) -> None:
             else:
                 command.upgrade(cfg, "head")
             if not pg:
-                conn.exec_driver_sql(f"PRAGMA user_version={LEGACY_SQLITE_VERSION + len(KNOWN_REVISIONS) - 1}")
+                conn.exec_driver_sql(f"PRAGMA user_version={SQLITE_USER_VERSION}")
