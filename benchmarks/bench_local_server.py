@@ -24,6 +24,11 @@ recorded around every run -- the machine this runs on is shared.  Per run it als
 prompt-processing and decoding time (its log) and scores the labels against gold.
 
     python benchmarks/bench_local_server.py --before-src /tmp/old/src --n 160 --rounds 4
+    python benchmarks/bench_local_server.py --before-src /tmp/old/src --n 160 --rounds 4 --server-defaults --passes 2
+
+``--server-defaults`` starts llama-server with none of ``-c -np -t`` (its own defaults: 4 slots sharing one
+8,192-token KV cache, what a user who starts it plainly gets); ``--passes 2`` is both clients' default labelling
+(2 passes + tie-breaks; the speed-up is then emails per second, as the call counts differ).
 
 SmolLM2-135M is a protocol partner, not a teacher (~52 % on spam/ham): the numbers measure the client against a
 real CPU-bound server, not label quality.
@@ -39,6 +44,7 @@ import random
 import importlib.util
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -81,10 +87,10 @@ def gguf() -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, log: Path, ctx: int, slots: int, threads: int) -> Iterator[str]:
+def llama_server(binary: Path, log: Path, flags: list[str]) -> Iterator[str]:
     port = free_port()
     cmd = [str(binary), "-m", str(gguf()), "--alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
-           "-c", str(ctx), "-np", str(slots), "-t", str(threads)]
+           *flags]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -180,11 +186,21 @@ def balanced_sample(work: Path, n: int, corpus: str | None, seed: int = 0) -> li
     return [(it.text or "", it.gold_label or "") for it in picked]
 
 
-def run_before(before_src: Path, emails: Path, out: Path) -> dict[str, Any]:
+def server_flags(a: argparse.Namespace) -> list[str]:
+    """llama-server's flags beyond model and address: none with ``--server-defaults`` (its own defaults: 4 slots
+    sharing one 8,192-token KV cache, as a user who starts it plainly gets), else ``-c -np -t``."""
+    return [] if a.server_defaults else ["-c", str(a.ctx), "-np", str(a.slots), "-t", str(a.threads)]
+
+
+def flags_text(a: argparse.Namespace) -> str:
+    return "llama-server with its default flags" if a.server_defaults else " ".join(["llama-server", *server_flags(a)])
+
+
+def run_before(before_src: Path, emails: Path, out: Path, flags: list[str], passes: int) -> dict[str, Any]:
     """bench_local_server_before.py under the pre-change code, in its own process."""
     env = {**os.environ, "PYTHONPATH": str(before_src)}
     p = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_local_server_before.py")), str(emails),
-                        str(out)], env=env, capture_output=True, text=True)
+                        str(out), shlex.join(flags), str(passes)], env=env, capture_output=True, text=True)
     if p.returncode:
         sys.exit(f"the pre-change client failed:\n{p.stderr[-2000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -199,8 +215,8 @@ def run_now(emails: Path, out: Path, a: argparse.Namespace) -> dict[str, Any]:
     with ws.store() as s:
         ids = [it.id for it in s.items("emails")]
     log = out / "server.log"
-    with llama_server(a.server_bin, log, a.ctx, a.slots, a.threads) as url:
-        r = run_mode("default", ws, ids, url, 1, dataset="emails")
+    with llama_server(a.server_bin, log, server_flags(a)) as url:
+        r = run_mode("default", ws, ids, url, a.passes, dataset="emails")
     r.update(server_log_counts(log))
     return r
 
@@ -218,7 +234,7 @@ def paired(a: argparse.Namespace, work: Path) -> None:
             w.writerows(chunk)
         for mode in (("before", "now") if r % 2 == 0 else ("now", "before")):
             load0, t0 = os.getloadavg()[0], time.monotonic()
-            res = (run_before(a.before_src, emails, work / f"before-{r}") if mode == "before"
+            res = (run_before(a.before_src, emails, work / f"before-{r}", server_flags(a), a.passes) if mode == "before"
                    else run_now(emails, work / f"now-{r}", a))
             res.update(round=r, client=mode, load_start=load0, load_end=os.getloadavg()[0],
                        wall_s=time.monotonic() - t0)
@@ -254,7 +270,7 @@ def print_paired(runs: list[dict[str, Any]], a: argparse.Namespace) -> None:
         b, n = tot["before"], tot["now"]
         print(f"speed-up now / before: {(n['items'] / n['elapsed_s']) / (b['items'] / b['elapsed_s']):.2f}x emails "
               f"labelled per second, {(n['calls'] / n['elapsed_s']) / (b['calls'] / b['elapsed_s']):.2f}x calls/s "
-              f"(llama-server -c {a.ctx} -np {a.slots} -t {a.threads}, SmolLM2-135M-Instruct Q4_1, {a.rounds} "
+              f"({flags_text(a)}, SmolLM2-135M-Instruct Q4_1, {a.rounds} "
               f"interleaved rounds, load average {min(r['load_start'] for r in runs):.1f}-"
               f"{max(r['load_end'] for r in runs):.1f} on {os.cpu_count()} CPUs)")
 
@@ -271,6 +287,8 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--slots", type=int, default=4, help="llama-server -np")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--server-defaults", action="store_true",
+                    help="start llama-server with none of -c/-np/-t: its own defaults, as the issue's user ran it")
     ap.add_argument("--corpus", help="SpamAssassin .tgz (default: the `make spam-assassin` cache)")
     ap.add_argument("--workdir", type=Path, help="keep workspaces and server logs here (default: a temp dir)")
     ap.add_argument("--before-src", type=Path, help="ccc77c8's src: compare with the pre-change client instead "
@@ -297,7 +315,7 @@ def main() -> None:
         if a.base_url:
             r = run_mode(mode, ws, ids, a.base_url, a.passes)
         else:
-            with llama_server(a.server_bin, log, a.ctx, a.slots, a.threads) as url:
+            with llama_server(a.server_bin, log, server_flags(a)) as url:
                 r = run_mode(mode, ws, ids, url, a.passes)
         r.update(server_log_counts(log))
         results.append(r)
@@ -314,7 +332,7 @@ def main() -> None:
               f"stopped: {r['stopped']}")
     if len(results) == 2 and results[0]["calls_per_s"]:
         print(f"speed-up default / fixed: {results[1]['calls_per_s'] / results[0]['calls_per_s']:.2f}x "
-              f"(server: llama-server -c {a.ctx} -np {a.slots} -t {a.threads}; SmolLM2-135M-Instruct Q4_1)")
+              f"(server: {flags_text(a)}; SmolLM2-135M-Instruct Q4_1)")
     print(f"workspaces and server logs: {work}")
 
 

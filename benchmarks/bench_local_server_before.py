@@ -3,12 +3,15 @@ its defaults (concurrency 16, fixed 60 s timeout, unbounded reason) against a fr
 as ``bench_local_server.py`` -- the "before" column of the README's local-server row.  Prints one JSON line.
 
     mkdir -p /tmp/old && git archive ccc77c8 src | tar -x -C /tmp/old
-    PYTHONPATH=/tmp/old/src python benchmarks/bench_local_server_before.py EMAILS.csv WORKDIR
+    PYTHONPATH=/tmp/old/src python benchmarks/bench_local_server_before.py EMAILS.csv WORKDIR ["SERVER FLAGS" [PASSES]]
+
+SERVER FLAGS: llama-server's flags beyond the model and address (default ``-c 8192 -np 4 -t 2``; ``""`` for the
+server's own defaults).  PASSES: teacher passes per email (default 1; the product's default is 2).
 
 EMAILS: a CSV with ``text,label`` (``bench_local_server.py --before-src`` writes one per round and runs this
 script on it, interleaved with the current client), or a ``flywheel.db`` whose answered emails are taken.
 Needs `make llm-server-cpp` (the llama-server binary and the SmolLM2 GGUF)."""
-import csv, importlib.util, json, re, signal, socket, sqlite3, subprocess, sys, time
+import csv, importlib.util, json, re, shlex, signal, socket, sqlite3, subprocess, sys, time
 from pathlib import Path
 
 import httpx
@@ -42,6 +45,8 @@ def emails(src: Path, work: Path) -> Path:
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark still stops its llama-server
     src, work = Path(sys.argv[1]), Path(sys.argv[2])
+    flags = shlex.split(sys.argv[3]) if len(sys.argv) > 3 else ["-c", "8192", "-np", "4", "-t", "2"]
+    passes = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     work.mkdir(parents=True, exist_ok=True)
     path = emails(src, work)
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
@@ -49,7 +54,7 @@ def main() -> None:
     log_path = work / "server.log"
     with open(log_path, "wb") as log:
         srv = subprocess.Popen([str(SERVER), "-m", str(gguf), "--alias", "smollm2-135m-instruct", "--host", "127.0.0.1",
-                                "--port", str(port), "-c", "8192", "-np", "4", "-t", "2"], stdout=log, stderr=subprocess.STDOUT)
+                                "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(240):
             try:
@@ -66,7 +71,7 @@ def main() -> None:
         task = load_task(TASK)
         teacher = teacher_from_spec(f"http://127.0.0.1:{port}/v1|smollm2-135m-instruct", task)
         t0 = time.perf_counter()
-        res = label_items(ws, "emails", ids, teacher, LabelConfig(passes=1), progress=False)
+        res = label_items(ws, "emails", ids, teacher, LabelConfig(passes=passes), progress=False)
         el = time.perf_counter() - t0
         d = res.to_dict()
         st = ws.store()
