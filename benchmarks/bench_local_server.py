@@ -161,6 +161,7 @@ def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: in
         "mode": mode, "items": len(ids), "calls": res.calls_made, "elapsed_s": elapsed,
         "calls_per_s": res.calls_made / elapsed if elapsed else 0.0,
         "http_attempts": teacher.http_requests, "retries": max(0, teacher.http_requests - res.calls_made),
+        "waited_past_timeout": getattr(teacher, "progress_waits", None),
         "failed": res.failed, "errors": dict(res.errors), "labelled": res.labelled, "unlabelled": res.unlabelled,
         "parse_failures": len(parse),
         "truncated": sum(1 for r in parse if r["error_kind"] == "truncated" or (r["tokens_out"] or 0) >= teacher.max_tokens),
@@ -323,6 +324,7 @@ def main() -> None:
 
     cols = [("mode", "{}"), ("items", "{}"), ("calls", "{}"), ("elapsed_s", "{:.0f}"), ("calls_per_s", "{:.3f}"),
             ("cancelled", "{}"), ("ctx_exceeded", "{}"), ("http_attempts", "{}"), ("retries", "{}"),
+            ("waited_past_timeout", "{}"),
             ("parse_failures", "{}"), ("truncated", "{}"), ("failed", "{}"), ("labelled", "{}")]
     print("\n" + " | ".join(c for c, _ in cols))
     for r in results:

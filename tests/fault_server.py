@@ -172,10 +172,12 @@ def cut_off(content: str, **kw: Any) -> Action:
 
 class FaultServer:
     def __init__(self, script: list[Action] | None = None, default: Action | None = None, *,
-                 props: dict | None = None) -> None:
+                 props: dict | None = None, slots: Callable[[], list] | None = None) -> None:
         """``props``: what ``GET /props`` answers (llama.cpp's server describes its slots and context there);
-        ``None``: 404, like servers that have no such route.  GET paths are recorded in ``gets``."""
+        ``None``: 404, like servers that have no such route.  ``slots``: called for each ``GET /slots`` (llama.cpp's
+        work in progress), ``None``: 404.  GET paths are recorded in ``gets``."""
         self.props = props
+        self.slots = slots
         self.gets: list[str] = []
         self.script: deque[Action] = deque(script or [])
         self.default = default or ok()
@@ -206,6 +208,9 @@ class FaultServer:
                     outer.gets.append(self.path)
                 if self.path == "/props":
                     _send(self, *((200, outer.props) if outer.props is not None else (404, {"error": "not found"})))
+                    return
+                if self.path == "/slots":
+                    _send(self, *((200, outer.slots()) if outer.slots is not None else (404, {"error": "not found"})))
                     return
                 _send(self, 200, {"object": "list", "data": [{"id": "fault-model"}]})
 

@@ -129,3 +129,58 @@ def test_a_llama_cpp_server_is_not_probed_one_request_at_a_time():
         answers = run_sync(go())
     assert all(a.ok for a in answers)
     assert not any(a.extra.get("probe_wait_s") for a in answers)  # nobody queued behind a probe
+
+
+def _busy_slot(tokens: int) -> list[dict]:
+    """llama.cpp's ``/slots`` with one busy slot that has decoded ``tokens`` so far (fields as the real server)."""
+    return [{"id": 0, "id_task": 7, "n_ctx": 700, "is_processing": True, "n_prompt_tokens": 300,
+             "n_prompt_tokens_processed": 300, "next_token": [{"has_next_token": True, "n_decoded": tokens}]}]
+
+
+@pytest.fixture
+def quick_progress_checks(monkeypatch):
+    import llm_flywheel.teachers.asking as asking
+
+    monkeypatch.setattr(asking, "PROGRESS_CHECK_S", 0.2)
+
+
+def test_a_llama_cpp_server_still_working_past_the_timeout_is_not_hung_up_on(quick_progress_checks):
+    """A busy CPU server slows to seconds a token: while /slots shows the work advancing the client keeps waiting
+    (up to its cap) instead of cancelling work half done and sending it again."""
+    t0 = __import__("time").monotonic()
+    advancing = lambda: _busy_slot(int(10 * (__import__("time").monotonic() - t0)))  # noqa: E731
+    with FaultServer(script=[slow(1.5, ok('{"label": "spam", "confidence": 0.9}'))], props=LLAMA_PROPS,
+                     slots=advancing) as srv:
+        t = _teacher(srv.url, task=TASK, timeout=20)
+        t.timeout_first = 0.4  # the latency-based timeout before any latency is measured
+        t.check_ready()
+        ans = run_sync(t.session(TASK).alabel(_item(1, "cheap pills")))
+    assert ans.ok and ans.label == "spam" and ans.extra["retries"] == 0
+    assert len(srv.requests) == 1 and t.progress_waits == 1  # one request, waited for past its 0.4 s
+    assert ans.latency_s >= 1.5 and srv.gets.count("/slots") >= 2
+
+
+@pytest.mark.parametrize("slots", [lambda: _busy_slot(5), lambda: [], None],
+                         ids=["no-progress", "no-slot-busy", "no-slots-route"])
+def test_a_server_that_shows_no_progress_is_timed_out_as_before(quick_progress_checks, slots):
+    with FaultServer(script=[slow(3.0)], default=ok('{"label": "ham", "confidence": 0.8}'), props=LLAMA_PROPS,
+                     slots=slots) as srv:
+        t = _teacher(srv.url, task=TASK, timeout=20)
+        t.timeout_first = 0.4
+        t.check_ready()
+        ans = run_sync(t.session(TASK).alabel(_item(1, "lunch?")))
+    assert ans.ok and ans.label == "ham"  # the retry answered
+    assert ans.extra["retries"] == 1 and len(srv.requests) == 2 and t.progress_waits == (1 if slots and slots() else 0)
+    assert ans.latency_s < 2.5  # hung up on well before the slow reply's 3 s
+
+
+def test_the_cap_still_bounds_a_server_that_keeps_working(quick_progress_checks):
+    t0 = __import__("time").monotonic()
+    advancing = lambda: _busy_slot(int(10 * (__import__("time").monotonic() - t0)))  # noqa: E731
+    with FaultServer(script=[slow(4.0)], default=ok('{"label": "ham", "confidence": 0.8}'), props=LLAMA_PROPS,
+                     slots=advancing) as srv:
+        t = _teacher(srv.url, task=TASK, timeout=1.2)  # the caller's cap
+        t.timeout_first = 0.4
+        t.check_ready()
+        ans = run_sync(t.session(TASK).alabel(_item(1, "lunch?")))
+    assert ans.ok and ans.extra["retries"] == 1 and len(srv.requests) == 2

@@ -10,6 +10,7 @@ can succeed" checkable.  Mixed into :class:`~llm_flywheel.teachers.openai_compat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -25,11 +26,13 @@ from llm_flywheel.teachers.errors import (classify_transport_error, context_numb
 from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
 from llm_flywheel.teachers.parsing import looks_like_json
 from llm_flywheel.teachers.response import read_response
+from llm_flywheel.teachers.server import slots_fingerprint
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # s: a TCP connect that takes longer means nothing answers at the URL
 QUICK_RETRY_DELAY = 0.5  # s: the one retry a fatal (connection / DNS) failure gets
+PROGRESS_CHECK_S = 5.0  # s between two looks at a llama.cpp server's /slots once a request is past its timeout
 RESEND = object()  # an attempt's outcome: send again at once (the request changed; not a retry)
 
 
@@ -109,10 +112,13 @@ class Asking:
         self.http_requests += 1
         size = body_size(call.content)
         timeout = self.current_timeout(call.timeouts, size)
+        watch = self._is_llama_cpp() and self.timeout > timeout  # the server shows its work: wait while it advances
+        limit = self.timeout if watch else timeout
         ta = time.monotonic()
         try:
-            resp = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers(),
-                                     timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
+            post = client.post(f"{self.base_url}/chat/completions", json=body, headers=self._headers(),
+                               timeout=httpx.Timeout(limit, connect=min(limit, CONNECT_TIMEOUT)))
+            resp = await (self._post_watching(post, timeout, limit) if watch else post)
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             return await self._on_connect_error(call, e)
         except httpx.TimeoutException as e:
@@ -125,6 +131,35 @@ class Asking:
         if resp.status_code == 429:
             return Retry("http_429", "429 Too Many Requests", retry_after(resp))
         return self._on_error_status(call, resp.status_code, redact(resp.text, self._api_key()), mode, logprobs)
+
+    async def _post_watching(self: Any, post: Any, patience: float, limit: float) -> httpx.Response:
+        """The response of ``post``, waiting past ``patience`` (the latency-based timeout) for as long as the
+        server's ``/slots`` shows its work advancing between two looks :data:`PROGRESS_CHECK_S` apart, and never
+        past ``limit`` (the caller's cap).  Why: a local CPU server on a busy machine can slow to seconds per token;
+        hanging up then throws away its half-done work and queues the same request again -- the cancelled tasks
+        a loaded llama-server logs.  A server that shows no progress, or does not say, is timed out as before."""
+        task = asyncio.ensure_future(post)
+        t0, last = time.monotonic(), None
+        try:
+            while True:
+                wait = patience if last is None else PROGRESS_CHECK_S
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(wait, limit - (time.monotonic() - t0))))
+                if done:
+                    return task.result()
+                now = await slots_fingerprint(self.base_url, self._headers())
+                if time.monotonic() - t0 >= limit or not now or now == last:
+                    why = "the server showed no progress" if time.monotonic() - t0 < limit else f"cap {limit:g}s"
+                    raise httpx.ReadTimeout(f"no answer within {time.monotonic() - t0:.0f}s ({why})")
+                if last is None:
+                    self.progress_waits += 1
+                    log.debug("past the %.0fs timeout, the server is still working: waiting (up to %.0fs)",
+                              patience, limit)
+                last = now
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await task
 
     async def _on_connect_error(self: Any, call: Call, e: Exception) -> Any:
         """Nothing answered: one quick second try (a server still starting up), then a fatal answer."""

@@ -148,6 +148,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         self._pv_cache: dict[int, tuple[Task, str]] = {}
         self._ssl: Any = None
         self.http_requests = 0  # attempts sent (including retries), for observability
+        self.progress_waits = 0  # requests a llama.cpp server was still working on at their timeout: kept waiting
         self.retry_waits: deque[float] = deque(maxlen=1000)  # recent backoff delays (s), for observability
         self.latencies: deque[float] = deque(maxlen=256)  # seconds per successful request, for the timeout
         self.sizes: deque[int] = deque(maxlen=256)  # request body sizes (bytes) of those requests

@@ -6,6 +6,11 @@ queue, and a prompt longer than a slot's context is refused.  Knowing both up fr
 concurrency search at the slot count and lets the client cap an item's text to what fits, instead of learning
 either from timeouts and HTTP 500s.  Other servers (vLLM, Ollama, remote APIs) do not answer ``/props``; then
 nothing is known and nothing changes.
+
+``GET /slots`` shows the work in progress (prompt tokens processed, tokens decoded per busy slot).  A CPU server
+on a busy machine can slow to seconds per token; the client then keeps waiting while that work advances instead
+of hanging up on it at its latency-based timeout (a cancelled request throws the server's half-done work away and
+queues it again).
 """
 
 from __future__ import annotations
@@ -61,3 +66,34 @@ def fit_text(text: str, n_ctx: int, system_chars: int, max_tokens: int) -> tuple
     cut = text[:budget] + " …[truncated]"
     return cut, (f"input_truncated: the item text was cut from {len(text)} to {len(cut)} characters to fit the "
                  f"server's context ({n_ctx} tokens per slot)")
+
+
+SlotsFingerprint = tuple[tuple[int, int, int, int], ...]
+
+
+def parse_slots(data: object) -> SlotsFingerprint | None:
+    """What llama.cpp's ``GET /slots`` says each busy slot has done so far: (slot, task, prompt tokens processed,
+    tokens decoded); ``()`` when no slot is busy, None when the body is not a slot list.  Two fingerprints that
+    differ mean the server advanced between the two looks."""
+    if not isinstance(data, list):
+        return None
+    out = []
+    for s in data:
+        if not isinstance(s, dict) or not s.get("is_processing"):
+            continue
+        nt = s.get("next_token")
+        first = nt[0] if isinstance(nt, list) and nt and isinstance(nt[0], dict) else nt if isinstance(nt, dict) else {}
+        out.append(tuple(int(v) if isinstance(v, (int, float)) else -1 for v in
+                         (s.get("id"), s.get("id_task"), s.get("n_prompt_tokens_processed"), first.get("n_decoded"))))
+    return tuple(out)
+
+
+async def slots_fingerprint(base_url: str, headers: dict[str, str] | None = None) -> SlotsFingerprint | None:
+    """:func:`parse_slots` of the server's ``/slots`` now; None when it does not answer it (``--no-slots``, another
+    server).  Its own short-lived connection: the labeller's pool may be full of the very requests being watched."""
+    try:
+        async with httpx.AsyncClient(timeout=PROPS_TIMEOUT) as c:
+            r = await c.get(f"{server_root(base_url)}/slots", headers=headers)
+        return parse_slots(r.json()) if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
