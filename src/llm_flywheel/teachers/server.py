@@ -22,6 +22,8 @@ from llm_flywheel.teachers.base import ServerInfo
 PROPS_TIMEOUT = 3.0  # s: a local server answers /props in milliseconds; a slow answer means "does not say"
 CHARS_PER_TOKEN = 3  # conservative (English prose is ~4; mail headers, URLs and code are denser)
 CONTEXT_MARGIN_TOKENS = 64  # the chat template's own tokens and estimation error
+SLOTS_TIMEOUT = 10.0  # s: llama.cpp answers /slots from its main loop, after the batch step in progress (seconds
+# on a busy CPU); a slower answer counts as "does not say"
 
 
 def server_root(base_url: str) -> str:
@@ -92,7 +94,7 @@ async def slots_fingerprint(base_url: str, headers: dict[str, str] | None = None
     """:func:`parse_slots` of the server's ``/slots`` now; None when it does not answer it (``--no-slots``, another
     server).  Its own short-lived connection: the labeller's pool may be full of the very requests being watched."""
     try:
-        async with httpx.AsyncClient(timeout=PROPS_TIMEOUT) as c:
+        async with httpx.AsyncClient(timeout=SLOTS_TIMEOUT) as c:
             r = await c.get(f"{server_root(base_url)}/slots", headers=headers)
         return parse_slots(r.json()) if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
