@@ -161,7 +161,7 @@ def run_mode(mode: str, ws: Workspace, ids: list[int], base_url: str, passes: in
         "mode": mode, "items": len(ids), "calls": res.calls_made, "elapsed_s": elapsed,
         "calls_per_s": res.calls_made / elapsed if elapsed else 0.0,
         "http_attempts": teacher.http_requests, "retries": max(0, teacher.http_requests - res.calls_made),
-        "waited_past_timeout": getattr(teacher, "progress_waits", None),
+        "waited_past_timeout": teacher.progress_waits,
         "failed": res.failed, "errors": dict(res.errors), "labelled": res.labelled, "unlabelled": res.unlabelled,
         "parse_failures": len(parse),
         "truncated": sum(1 for r in parse if r["error_kind"] == "truncated" or (r["tokens_out"] or 0) >= teacher.max_tokens),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -147,8 +148,8 @@ def quick_progress_checks(monkeypatch):
 def test_a_llama_cpp_server_still_working_past_the_timeout_is_not_hung_up_on(quick_progress_checks):
     """A busy CPU server slows to seconds a token: while /slots shows the work advancing the client keeps waiting
     (up to its cap) instead of cancelling work half done and sending it again."""
-    t0 = __import__("time").monotonic()
-    advancing = lambda: _busy_slot(int(10 * (__import__("time").monotonic() - t0)))  # noqa: E731
+    t0 = time.monotonic()
+    advancing = lambda: _busy_slot(int(10 * (time.monotonic() - t0)))  # noqa: E731
     with FaultServer(script=[slow(1.5, ok('{"label": "spam", "confidence": 0.9}'))], props=LLAMA_PROPS,
                      slots=advancing) as srv:
         t = _teacher(srv.url, task=TASK, timeout=20)
@@ -175,8 +176,8 @@ def test_a_server_that_shows_no_progress_is_timed_out_as_before(quick_progress_c
 
 
 def test_the_cap_still_bounds_a_server_that_keeps_working(quick_progress_checks):
-    t0 = __import__("time").monotonic()
-    advancing = lambda: _busy_slot(int(10 * (__import__("time").monotonic() - t0)))  # noqa: E731
+    t0 = time.monotonic()
+    advancing = lambda: _busy_slot(int(10 * (time.monotonic() - t0)))  # noqa: E731
     with FaultServer(script=[slow(4.0)], default=ok('{"label": "ham", "confidence": 0.8}'), props=LLAMA_PROPS,
                      slots=advancing) as srv:
         t = _teacher(srv.url, task=TASK, timeout=1.2)  # the caller's cap

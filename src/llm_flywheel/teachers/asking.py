@@ -123,7 +123,8 @@ class Asking:
             return await self._on_connect_error(call, e)
         except httpx.TimeoutException as e:
             call.timeouts += 1
-            return Retry("timeout", f"{type(e).__name__}: no answer within {timeout:g}s")
+            waited = f"{time.monotonic() - ta:.1f}s ({e})" if watch else f"{timeout:g}s"  # watched: how long, why
+            return Retry("timeout", f"{type(e).__name__}: no answer within {waited}")
         except httpx.TransportError as e:
             return Retry("dropped", f"{type(e).__name__}: {redact(str(e), self._api_key())[:200]}")
         if resp.status_code == 200:
@@ -146,10 +147,12 @@ class Asking:
                 done, _ = await asyncio.wait({task}, timeout=max(0.0, min(wait, limit - (time.monotonic() - t0))))
                 if done:
                     return task.result()
-                now = await slots_fingerprint(self.base_url, self._headers())
+                now = await slots_fingerprint(self.base_url, self._headers(), self.ssl_context())
                 if time.monotonic() - t0 >= limit or not now or now == last:
-                    why = "the server showed no progress" if time.monotonic() - t0 < limit else f"cap {limit:g}s"
-                    raise httpx.ReadTimeout(f"no answer within {time.monotonic() - t0:.0f}s ({why})")
+                    raise httpx.ReadTimeout(f"the {limit:g}s cap" if time.monotonic() - t0 >= limit else
+                                            f"past the {patience:g}s timeout, the server "
+                                            + ("does not show its work (/slots)" if now is None else
+                                               "showed no progress"))
                 if last is None:
                     self.progress_waits += 1
                     log.debug("past the %.0fs timeout, the server is still working: waiting (up to %.0fs)",

@@ -365,10 +365,14 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
 
     def make_client(self, concurrency: int = 16) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=max(concurrency, 1), max_keepalive_connections=max(concurrency, 1))
-        if self._ssl is None:  # loading the CA bundle costs ~40 ms: once per teacher, not once per client
-            self._ssl = httpx.create_ssl_context()
         return httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
-                                 limits=limits, verify=self._ssl)
+                                 limits=limits, verify=self.ssl_context())
+
+    def ssl_context(self) -> Any:
+        """The teacher's one SSL context: loading the CA bundle costs ~20-40 ms, once per teacher, not per client."""
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()
+        return self._ssl
 
     def _answer(self, item_id: int, content_hash: str, task: Task, pass_index: int, **kw: Any) -> TeacherAnswer:
         return TeacherAnswer(item_id=item_id, content_hash=content_hash, model=self.model,

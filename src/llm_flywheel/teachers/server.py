@@ -15,6 +15,8 @@ queues it again).
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from llm_flywheel.teachers.base import ServerInfo
@@ -90,11 +92,13 @@ def parse_slots(data: object) -> SlotsFingerprint | None:
     return tuple(out)
 
 
-async def slots_fingerprint(base_url: str, headers: dict[str, str] | None = None) -> SlotsFingerprint | None:
+async def slots_fingerprint(base_url: str, headers: dict[str, str] | None = None,
+                            verify: Any = True) -> SlotsFingerprint | None:
     """:func:`parse_slots` of the server's ``/slots`` now; None when it does not answer it (``--no-slots``, another
-    server).  Its own short-lived connection: the labeller's pool may be full of the very requests being watched."""
+    server).  Its own short-lived connection: the labeller's pool may be full of the very requests being watched
+    (``verify``: the caller's SSL context, so each look does not load the CA bundle again)."""
     try:
-        async with httpx.AsyncClient(timeout=SLOTS_TIMEOUT) as c:
+        async with httpx.AsyncClient(timeout=SLOTS_TIMEOUT, verify=verify) as c:
             r = await c.get(f"{server_root(base_url)}/slots", headers=headers)
         return parse_slots(r.json()) if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
