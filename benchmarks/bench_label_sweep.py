@@ -134,6 +134,8 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
     ap.add_argument("--only", default=None, help="run only these recipes (comma-separated names; 'default' included)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the gold-label ceiling (one training less per count)")
+    ap.add_argument("--tag", default="", help="appended to every model version: retrains instead of reusing the models "
+                    "an earlier run left in the workspace (the teacher's answers stay cached)")
     ap.add_argument("--recipe", action="append", default=[],
                     help="NAME:key=value,... student hyper-parameters trained beside the defaults (repeatable)")
     a = ap.parse_args()
@@ -154,7 +156,8 @@ def main() -> int:
         chosen = {i: effective[i] for i in order[: n - a.val] if effective.get(i) is not None}
         base_correct = None
         for rname, hp in recipes:
-            version = f"sweep-{a.student}-{n}-s{a.seed}" + ("" if rname == "default" else f"-{rname}")
+            version = (f"sweep-{a.student}-{n}-s{a.seed}" + ("" if rname == "default" else f"-{rname}")
+                       + (f"-{a.tag}" if a.tag else ""))
             with ws.store() as store:
                 exists = store.model(version) is not None
             if not exists:
@@ -163,7 +166,11 @@ def main() -> int:
                 log(f"training {kind} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
                 tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=a.seed, epochs=a.epochs,
                                    progress=False, version=version, **kw)
-                log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s")
+                tta = tm.metrics.get("tta") or {}
+                log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s; mirror averaging "
+                    f"{'on' if tta.get('used') else 'off'} ({tta.get('why', 'n/a')}"
+                    + (f": val {tta['val_acc_single']:.4f} single, {tta['val_acc_mirror_avg']:.4f} averaged)"
+                       if "val_acc_single" in tta else ")"))
             ceiling = rname == "default" and not a.no_ceiling
             log(f"evaluating {version} on test" + (" (+ gold-label ceiling)" if ceiling else ""))
             rep = evaluate(ws, DATASET, version, ceiling=ceiling)

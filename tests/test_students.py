@@ -120,6 +120,51 @@ def test_mixup_trains_deterministically_and_changes_the_model(synth_ws, synth_ta
     assert np.abs(probs["a"] - probs["off"]).max() > 1e-3
 
 
+def test_mirror_averaging_is_the_mean_over_both_mirrors_and_survives_save_load_and_onnx(synth_ws, synth_task, tmp_path):
+    """tta=True: logits are the mean of the network's logits on the image and on its mirror -- in torch, after a
+    reload and under ONNX Runtime (what the cascade serves)."""
+    from llm_flywheel.students.image import preprocess_images, predict_torch
+    import torch
+
+    train, y = _xy(synth_ws, synth_task, "train")
+    test, _ = _xy(synth_ws, synth_task, "test")
+    s = build_student("image-cnn", synth_task, synth_ws, epochs=2, seed=1, width=8, batch_size=32,
+                      augment={"flip": True}, tta=True)
+    h = s.fit(train[:96], y[:96], train[96:128], y[96:128])
+    assert h["tta"]["used"] is True and h["tta"]["why"] == "asked for"
+    x = torch.from_numpy(preprocess_images(s._images(test[:12]), s.size, s.channels))
+    expect = (predict_torch(s.net, x) + predict_torch(s.net, torch.flip(x, dims=[3]))) / 2
+    np.testing.assert_allclose(s.predict_logits(test[:12]), expect, atol=1e-5)
+    assert np.abs(predict_torch(s.net, x) - expect).max() > 1e-4  # the mirror really changes the scores
+
+    s.save(tmp_path / "m")
+    again = load_student_dir(tmp_path / "m", synth_ws, runtime="torch")
+    np.testing.assert_allclose(again.predict_logits(test[:12]), expect, atol=1e-5)
+    s.export_onnx(tmp_path / "m" / "model.onnx")
+    ort = load_student_dir(tmp_path / "m", synth_ws, runtime="onnx")
+    np.testing.assert_allclose(ort.predict_proba(test[:12]), s.predict_proba(test[:12]), atol=1e-4)
+
+
+def test_mirror_averaging_auto_is_decided_on_val_and_only_where_the_task_allows_mirrors(synth_ws, synth_task):
+    train, y = _xy(synth_ws, synth_task, "train")
+    args = dict(epochs=2, seed=1, width=8, batch_size=32)
+    s = build_student("image-cnn", synth_task, synth_ws, augment={"flip": True}, **args)
+    t = s.fit(train[:96], y[:96], train[96:128], y[96:128])["tta"]
+    assert set(t) == {"used", "val_acc_single", "val_acc_mirror_avg", "why"}
+    assert t["used"] is (t["val_acc_mirror_avg"] > t["val_acc_single"]) is s.hp["tta"]
+    assert s.meta()["hparams"]["tta"] is t["used"]  # saved resolved, so a reload serves what val chose
+
+    plain = build_student("image-cnn", synth_task, synth_ws, **args)  # the synth task declares no mirrors
+    t = plain.fit(train[:96], y[:96], train[96:128], y[96:128])["tta"]
+    assert t == {"used": False, "why": "the task does not declare mirrors label-preserving"}
+    no_val = build_student("image-cnn", synth_task, synth_ws, augment={"flip": True}, **args)
+    assert no_val.fit(train[:96], y[:96], [], np.zeros(0, int))["tta"]["used"] is False
+    with pytest.raises(StudentError, match="flip = true"):
+        build_student("image-cnn", synth_task, synth_ws, tta=True)
+    with pytest.raises(StudentError, match="tta must be"):
+        build_student("image-cnn", synth_task, synth_ws, tta="sometimes")
+
+
 def test_image_student_native_grayscale_geometry(synth_ws, synth_task):
     train, y = _xy(synth_ws, synth_task, "train")
     s = build_student("image-cnn", synth_task, synth_ws, epochs=1)

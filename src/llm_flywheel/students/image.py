@@ -10,6 +10,10 @@ Why these three:
 - ``mobilenet-v3-small`` is the seed's student; it needs the optional ``torchvision`` extra.  ImageNet weights are
   used when they can be downloaded, else it trains from scratch -- :attr:`pretrained` records which.
 
+**Mirror averaging** (``tta``, default ``"auto"``, :func:`~llm_flywheel.students.augment.decide_mirror`): logits
+averaged over the image and its mirror where the task allows mirrors and val prefers it; part of the saved and
+exported network, so ONNX Runtime, the cascade and calibration all see the same scores.
+
 Preprocessing is part of the exported network: the network takes float pixels 0..255 in NCHW and normalises
 inside, so the PyTorch path and the ONNX Runtime path share :func:`preprocess_images` and cannot drift apart.
 """
@@ -27,7 +31,7 @@ from PIL import Image
 
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.students.augment import _augment  # noqa: F401 - re-exported (tests, benchmarks)
+from llm_flywheel.students.augment import _augment, decide_mirror, mirror_average
 from llm_flywheel.students.base import (
     ONNX_FILE,
     StudentError,
@@ -181,7 +185,7 @@ class ImageStudent:
         if kind not in ARCH_DEFAULTS:
             raise StudentError(f"unknown image student {kind!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
         unknown = set(hparams) - set(ARCH_DEFAULTS[kind]) - {"label_smoothing", "flip", "augment", "channels", "seed",
-                                                             "progress"}
+                                                             "progress", "tta"}
         if unknown:
             raise StudentError(f"{kind}: unknown hyper-parameter(s) {sorted(unknown)}")
         self.kind = kind
@@ -195,7 +199,12 @@ class ImageStudent:
         if "flip" in hparams:
             augment["flip"] = bool(hparams.pop("flip"))
         self.hp: dict[str, Any] = {**ARCH_DEFAULTS[kind], "label_smoothing": 0.05, "augment": augment, "seed": 0,
-                                   "progress": False, **hparams}
+                                   "progress": False, "tta": "auto", **hparams}
+        if self.hp["tta"] not in ("auto", True, False):
+            raise StudentError(f"{kind}: tta must be 'auto', true or false, not {self.hp['tta']!r}")
+        if self.hp["tta"] is True and not augment.get("flip"):
+            raise StudentError(f"{kind}: tta=true averages over mirrored images, which needs the task to declare them "
+                               "label-preserving ([augment] flip = true)")
         self.size: int | None = self.hp["size"]
         self.channels: int | None = self.hp.get("channels")
         self.pretrained_source: str | None = None
@@ -260,11 +269,17 @@ class ImageStudent:
                    mixup=float(self.hp.get("mixup") or 0.0))
         self.history = fit_torch(self.net, xt, q, sample_weight, xv, np.asarray(y_val), epochs=epochs,
                                  patience=patience, **fit)
+        self.hp["tta"], self.history["tta"] = decide_mirror(self.net, xv, np.asarray(y_val), self.hp["tta"],
+                                                            bool(self.hp["augment"].get("flip")))  # saved resolved
         if self.hp.get("refit") and len(val):
             self._refit(xt, q, sample_weight, xv, np.asarray(y_val), fit)
         self.history["load_seconds"] = round(load_s, 2)
         self.history["pretrained"] = self.pretrained_source
         return self.history
+
+    def _serving_net(self) -> Any:
+        """The network predictions come from: mirror-averaged when ``tta`` resolved to True."""
+        return mirror_average(self.net) if self.hp.get("tta") is True else self.net
 
     def _refit(self, xt: Any, q: np.ndarray, w: np.ndarray | None, xv: Any, y_val: np.ndarray,
                fit: dict[str, Any]) -> None:
@@ -302,7 +317,7 @@ class ImageStudent:
         torch = _torch()
         set_torch_threads()
         x = preprocess_images(list(inputs), self.size, self.channels)
-        return predict_torch(self.net, torch.from_numpy(x)) if len(x) else np.zeros((0, len(self.labels)), np.float32)
+        return predict_torch(self._serving_net(), torch.from_numpy(x)) if len(x) else np.zeros((0, len(self.labels)), np.float32)
 
     def predict_proba_raw(self, inputs: Sequence[Any]) -> np.ndarray:
         return softmax(self.predict_logits_raw(inputs)) if len(inputs) else np.zeros((0, len(self.labels)), np.float32)
@@ -343,7 +358,7 @@ class ImageStudent:
         meta = read_meta(path)
         pre = meta["preprocessing"]
         hp = {k: v for k, v in meta.get("hparams", {}).items() if k in ARCH_DEFAULTS[meta["kind"]] or
-              k in ("label_smoothing", "flip", "augment", "seed")}
+              k in ("label_smoothing", "flip", "augment", "seed", "tta")}
         hp.update(size=pre["size"], channels=pre["channels"])
         s = cls(meta["kind"], meta["labels"], ws, **hp)
         s._make_net(pretrained=False)
@@ -368,12 +383,13 @@ class ImageStudent:
         if path.suffix != ".onnx":
             path = path / ONNX_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.net.eval()
+        net = self._serving_net()
+        net.eval()
         dummy = torch.zeros(2, self.channels, self.size, self.size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                self.net, (dummy,), str(path), dynamo=False, opset_version=17,
+                net, (dummy,), str(path), dynamo=False, opset_version=17,
                 input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
