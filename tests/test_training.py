@@ -70,6 +70,41 @@ def test_val_split_labels_used_and_test_never(labelled_ws):
         train_student(ws, "synth", kind="image-cnn", width=16, labels={i: "bar" for i in list(test_ids)[:5]}, progress=False)
 
 
+def test_self_training_uses_only_unlabelled_train_items_and_keeps_what_val_prefers(synth_ws, monkeypatch):
+    """unlabelled=1: a second student learns the first one's predictions on as many unlabelled *train* items as
+    there are labelled ones (never val/calib/stream/test); the saved model is whichever scores higher on val."""
+    from llm_flywheel.pipeline import self_training
+
+    split_synth(synth_ws)
+    write_teacher_labels(synth_ws, "synth", split="val", seed=1)
+    store = synth_ws.store()
+    try:
+        train = store.items("synth", split="train")
+        others = {it.id for it in store.items("synth") if it.split != "train"}
+    finally:
+        store.close()
+    labels = {it.id: it.gold_label for it in train[:80]}
+    seen: dict[str, list] = {}
+    real = self_training.self_train
+
+    def spy(first, hist, build, items, y, q, w, val, y_val, pool):
+        seen["pool"], seen["q"], seen["w"] = [it.id for it in pool], q, w
+        return real(first, hist, build, items, y, q, w, val, y_val, pool)
+
+    monkeypatch.setattr("llm_flywheel.pipeline.training.self_train", spy)
+    tm = train_student(synth_ws, "synth", kind="image-cnn", labels=labels, width=8, epochs=2, seed=4, progress=False,
+                       unlabelled=1.0, export_onnx=False)
+    st = tm.metrics["self_training"]
+    assert st["pool"] == len(seen["pool"]) == 80 and len(set(seen["pool"])) == 80
+    assert not set(seen["pool"]) & (set(labels) | others)  # unlabelled train items only
+    assert seen["q"].shape == (80, 4) and seen["w"].shape == (80,)
+    assert st["used"] is (st["val_second"] > st["val_first"]) and 0.25 <= st["mean_pool_confidence"] <= 1.0
+    chosen_val = st["val_second"] if st["used"] else st["val_first"]
+    assert tm.metrics["val_acc"] == pytest.approx(chosen_val, abs=1e-4)  # the saved model is the one val kept
+    assert train_student(synth_ws, "synth", kind="image-cnn", labels=labels, width=8, epochs=1, progress=False,
+                         export_onnx=False).metrics["self_training"] is None  # off by default
+
+
 def test_human_label_outranks_teacher_and_sets_hard_target(labelled_ws):
     ws = labelled_ws
     store = ws.store()
@@ -117,3 +152,10 @@ def test_cli_train_and_evaluate(labelled_ws):
     assert "soft targets" in r.output or "--no-soft" in r.output
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "nosuch"])
     assert r.exit_code != 0 and "not in this workspace" in r.output
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--mirror", "on"])
+    assert r.exit_code != 0 and "flip = true" in r.output  # the synth task does not declare mirrors harmless
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--unlabelled", "-1"])
+    assert r.exit_code != 0 and "--unlabelled" in r.output
+    r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--unlabelled", "1"])
+    assert r.exit_code == 0, r.output
+    assert "self-training" in r.output and "every train" in r.output and "mirror averaging" in r.output

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_flywheel.pipeline.self_training import self_train, unlabelled_pool
 from llm_flywheel.store.base import MODEL_ROLES, Item, Store
 from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
@@ -130,6 +131,7 @@ def train_student(
     export_onnx: bool = True,
     version: str | None = None,
     role: str = "student",
+    unlabelled: float = 0.0,
     **hparams: Any,
 ) -> TrainedModel:
     """Train a student on the labelled train split and record it as a new model version.
@@ -140,6 +142,8 @@ def train_student(
     (only when explicitly asked; recorded in the metrics); ``holdout`` = always the train holdout.
     ``role='reference'`` records a model trained on gold labels (a ceiling): never served, promoted or calibrated
     by default, only when asked for by name.
+    ``unlabelled`` > 0: self-training on that many unlabelled train items per labelled one
+    (:mod:`llm_flywheel.pipeline.self_training`); the val split keeps it only where it scores higher.
     """
     if role not in MODEL_ROLES:
         raise ValueError(f"role must be one of {MODEL_ROLES}, not {role!r}")
@@ -158,16 +162,19 @@ def train_student(
         q, w, counts = soft_and_weights(task, ids, labels, store.label_details(ids))
         y = np.array([task.index(labels[i]) for i in ids], int)
         y_val = np.array([task.index(lab) for lab in split.val_labels], int)
-
+        tq, tw = (q if soft else None), (w if weight_by_quality else None)
         if epochs is not None:
             hparams["epochs"] = epochs
         student = build_student(kind, task, ws, seed=seed, progress=progress, **hparams)
         config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality,
-                  "seed": seed, "round": round, "val_labels": split.source, "hparams": hparams}
+                  "seed": seed, "round": round, "val_labels": split.source, "hparams": hparams, "unlabelled": unlabelled}
         run_id = store.start_run("train", config)
         try:
-            history = student.fit(split.train, y, split.val, y_val, soft_targets=q if soft else None,
-                                  sample_weight=w if weight_by_quality else None)
+            history = student.fit(split.train, y, split.val, y_val, soft_targets=tq, sample_weight=tw)
+            student, history, st = (student, history, None) if unlabelled <= 0 else self_train(
+                student, history, lambda: build_student(kind, task, ws, seed=seed, progress=progress, **hparams),
+                split.train, y, tq, tw, split.val, y_val,
+                unlabelled_pool(store, dataset, set(labels), int(unlabelled * len(split.train) + 0.5), seed))
         except BaseException:
             store.finish_run(run_id, "failed")
             raise
@@ -177,6 +184,8 @@ def train_student(
             "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),
             "pretrained": history.get("pretrained"), "onnx_max_abs_diff": None,
+            "tta": history.get("tta"),  # image students: whether val chose mirror averaging, and on what scores
+            "self_training": st.as_dict() if st else None,
             "history": history.get("history") or history.get("trials"),
         }
         version = version or new_version(dataset, kind)

@@ -27,6 +27,13 @@ from llm_flywheel.students.registry import STUDENT_KINDS
 @click.option("--lr", type=float, default=None, help="Learning rate.")
 @click.option("--batch-size", type=int, default=None, help="Batch size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (training is deterministic per seed).")
+@click.option("--mirror", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Image students: average predictions over the image and its mirror. auto: only where the task declares "
+                   "mirrors label-preserving and the val split scores it higher (it doubles inference compute).")
+@click.option("--unlabelled", type=float, default=0.0, show_default=True,
+              help="Self-training: a second student also learns the first one's predictions on this many unlabelled "
+                   "train items per labelled one; kept only if it scores higher on val (about 1 + this many times the "
+                   "training time). 0 = off.")
 @click.option("--label-issues", is_flag=True,
               help="Instead of training: find likely label errors with k-fold out-of-fold probabilities + cleanlab "
                    "and add them to the review queue.")
@@ -34,8 +41,8 @@ from llm_flywheel.students.registry import STUDENT_KINDS
 @no_progress_option
 @pass_ctx
 def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft: bool, no_weights: bool, val_labels: str,
-          size: int | None, lr: float | None, batch_size: int | None, seed: int, label_issues: bool, folds: int,
-          no_progress: bool) -> None:
+          size: int | None, lr: float | None, batch_size: int | None, seed: int, mirror: str, unlabelled: float,
+          label_issues: bool, folds: int, no_progress: bool) -> None:
     """Train a student on DATASET's labelled train split; saves weights, meta.json and model.onnx as a new version.
 
     Labels are the teacher's consensus (human corrections outrank it); by default the student learns the teacher's
@@ -43,6 +50,10 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
     """
     ws = open_dataset(ctx, dataset)
     hp = {k: v for k, v in {"size": size, "lr": lr, "batch_size": batch_size}.items() if v is not None}
+    if mirror != "auto":
+        hp["tta"] = mirror == "on"
+    if unlabelled < 0:
+        raise click.BadParameter("must be >= 0 (unlabelled items per labelled one; 0 = off)", param_hint="--unlabelled")
     try:
         if label_issues:
             from llm_flywheel.pipeline.noise import find_label_issues
@@ -58,7 +69,8 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
         from llm_flywheel.pipeline.training import train_student
 
         tm = train_student(ws, dataset, kind=kind, soft=not no_soft, weight_by_quality=not no_weights, seed=seed,
-                           epochs=epochs, val_labels=val_labels, progress=progress_enabled(no_progress), **hp)
+                           epochs=epochs, val_labels=val_labels, progress=progress_enabled(no_progress),
+                           unlabelled=unlabelled, **hp)
     except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _print_trained(tm)
@@ -88,8 +100,26 @@ def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported la
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
         ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
-        ("pretrained", m.get("pretrained") or "no"), ("ONNX max |diff|", m.get("onnx_max_abs_diff")),
+        ("pretrained", m.get("pretrained") or "no"), ("mirror averaging", _mirror_text(m.get("tta"))),
+        ("self-training", _self_training_text(m.get("self_training"))), ("ONNX max |diff|", m.get("onnx_max_abs_diff")),
         ("saved to", str(tm.path)),
     ):
         t.add_row(key, str(val))
     console.print(t)
+
+
+def _mirror_text(t: dict | None) -> str:
+    if not t:
+        return "n/a"
+    scores = (f"; val {pct(t['val_acc_single'])} single, {pct(t['val_acc_mirror_avg'])} averaged"
+              if "val_acc_single" in t else "")
+    return f"{'on' if t.get('used') else 'off'} ({t.get('why')}{scores})"
+
+
+def _self_training_text(st: dict | None) -> str:
+    if not st:
+        return "off"
+    if not st["pool"]:
+        return "nothing to learn from: every train item is labelled"
+    kept = "kept" if st["used"] else "not kept (val preferred the first student)"
+    return f"{st['pool']:,} unlabelled items; val {pct(st['val_first'])} -> {pct(st['val_second'])}, {kept}"
