@@ -18,8 +18,14 @@ teacher wants to know.  Teacher answers and models are cached in the workspace, 
 ``kind=...``, another student kind) on the same labels beside today's defaults, in the same run: each recipe's row has its own paired difference against the teacher and
 against the default recipe (same test items).  The gold-label ceiling is trained for the default recipe only.
 
+``--seeds 0,1,2`` runs several label sequences and training seeds one after another and then pools them: each
+recipe's students averaged per test item, minus the teacher's single call, paired over the test items (CPU training
+is not bit-reproducible, so one seed's difference under ~0.6 pt is noise).
+
 Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
       python benchmarks/bench_label_sweep.py --counts 1500,2500,3000 --recipe steps:min_steps=4000
+      python benchmarks/bench_label_sweep.py --counts 2500 --no-ceiling --seeds 0,1,2 \
+          --recipe effnet:kind=efficientnet-lite0 --recipe effself:kind=efficientnet-lite0,unlabelled=2
 """
 
 from __future__ import annotations
@@ -120,35 +126,11 @@ def plot(rows: list[dict], path: Path, student: str) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workspace", default=os.environ.get("BENCH_WS", "/tmp/flywheel-bench-sweep"))
-    ap.add_argument("--counts", default="1500,3000,6000,12000", help="student label counts (train + val)")
-    ap.add_argument("--val", type=int, default=500, help="val split size (teacher-labelled; counts toward each total)")
-    ap.add_argument("--limit", type=int, default=20000, help="first N images of each source split")
-    ap.add_argument("--student", default="image-cnn")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--latency-ms", type=float, default=5.0, help="simulated teacher latency (does not affect labels)")
-    ap.add_argument("--out", default=None, help="write the results JSON here")
-    ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
-    ap.add_argument("--only", default=None, help="run only these recipes (comma-separated names; 'default' included)")
-    ap.add_argument("--no-ceiling", action="store_true", help="skip the gold-label ceiling (one training less per count)")
-    ap.add_argument("--tag", default="", help="appended to every model version: retrains instead of reusing the models "
-                    "an earlier run left in the workspace (the teacher's answers stay cached)")
-    ap.add_argument("--recipe", action="append", default=[],
-                    help="NAME:key=value,... student hyper-parameters trained beside the defaults (repeatable)")
-    a = ap.parse_args()
-    recipes = [("default", {})] + [parse_recipe(r) for r in a.recipe]
-    if a.only:
-        recipes = [r for r in recipes if r[0] in a.only.split(",")]
-    counts = sorted(int(c) for c in a.counts.split(","))
-    if counts[0] <= a.val:
-        print(f"every count must exceed --val ({a.val})", file=sys.stderr)
-        return 2
-    ws = Workspace.open(a.workspace)
-    prepare(ws, a.limit, a.val, calib=100, stream=100)
-    order = label(ws, counts[-1] - a.val, a.seed, a.latency_ms)
+def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict]], counts: list[int],
+             seed: int) -> list[dict]:
+    """One label sequence and training seed: label (cached), train every recipe at every count (cached by version),
+    score on all test items."""
+    order = label(ws, counts[-1] - a.val, seed, a.latency_ms)
     with ws.store() as store:
         effective = store.effective_labels(DATASET, split="train")
     rows = []
@@ -156,7 +138,7 @@ def main() -> int:
         chosen = {i: effective[i] for i in order[: n - a.val] if effective.get(i) is not None}
         base_correct = None
         for rname, hp in recipes:
-            version = (f"sweep-{a.student}-{n}-s{a.seed}" + ("" if rname == "default" else f"-{rname}")
+            version = (f"sweep-{a.student}-{n}-s{seed}" + ("" if rname == "default" else f"-{rname}")
                        + (f"-{a.tag}" if a.tag else ""))
             with ws.store() as store:
                 exists = store.model(version) is not None
@@ -164,7 +146,7 @@ def main() -> int:
                 kw = dict(hp)
                 kind = kw.pop("kind", a.student)  # a recipe may name another student kind
                 log(f"training {kind} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
-                tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=a.seed, epochs=a.epochs,
+                tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=seed, epochs=a.epochs,
                                    progress=False, version=version, **kw)
                 tta = tm.metrics.get("tta") or {}
                 log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s; mirror averaging "
@@ -181,11 +163,18 @@ def main() -> int:
             elif base_correct is not None:
                 d, lo, hi = paired_diff_ci(correct, base_correct)
                 vs_default = {"diff": d, "diff_ci95": [lo, hi]}
-            rows.append({"labels": n, "recipe": rname, "hparams": hp, "train_labels": len(chosen),
+            rows.append({"labels": n, "recipe": rname, "hparams": hp, "train_labels": len(chosen), "seed": seed,
+                         "correct": correct,
                          "student": rep["student"], "ceiling": rep.get("ceiling"),
                          "teacher_single_call": rep["teacher_single_call_on_split"], "vs_default": vs_default,
                          "training_label_accuracy": rep.get("training_label_accuracy"), "version": version})
+    return rows
+
+
+def print_seed(a: argparse.Namespace, rows: list[dict], recipes: list[tuple[str, dict]]) -> dict[str, int | None]:
+    """One seed's table and crossover per recipe."""
     print()
+    print(f"seed {rows[0]['seed']}")
     print(f"Fashion-MNIST, {a.student}, SIMULATED teacher; test n = {rows[0]['student']['n']}; labels = train + "
           f"{a.val} val (2 passes + tie-break each); 95 % Wilson CIs; differences paired on the same test items")
     print("| labels | recipe | student | gold-label ceiling | teacher single call | student - teacher | "
@@ -209,8 +198,85 @@ def main() -> int:
         c = crossover[name]
         print(f"[{name}{' ' + json.dumps(hp) if hp else ''}] smallest count where the student beats the teacher's "
               f"single call (paired 95 % CI above 0): {f'{c:,}' if c else 'none of ' + a.counts}")
+    return crossover
+
+
+def teacher_correct_on_test(ws: Workspace) -> np.ndarray:
+    """The teacher's single call (pass 0) right or wrong per test item, in item-id order (unanswered = wrong)."""
+    with ws.store() as store:
+        items = [it for it in store.items(DATASET, split="test") if it.gold_label]
+        by_model = store.first_answers_by_hash([it.content_hash for it in items])
+    answers = max(by_model.values(), key=len) if by_model else {}
+    return np.array([answers.get(it.content_hash) == it.gold_label for it in items])
+
+
+def print_pooled(rows: list[dict], recipes: list[tuple[str, dict]], counts: list[int], teacher: np.ndarray) -> None:
+    """Each recipe's students averaged per test item over the seeds, minus the teacher's single call, paired.
+
+    Two intervals: over the test items alone, and with the seed-to-seed spread (label draw, training randomness)
+    added as the standard error of the seeds' mean difference -- the conservative one to quote."""
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"\npooled over seeds {', '.join(map(str, seeds))}: the recipe's students averaged per test item minus the "
+          "teacher's single call; 95 % CI over the test items, then with the seed spread added")
+    print("| labels | recipe | students (mean) | teacher single call | student - teacher, pooled | with seed spread | "
+          "per seed |")
+    print("|---|---|---|---|---|---|---|")
+    for n in counts:
+        for name, _ in recipes:
+            got = [r for r in rows if r["labels"] == n and r["recipe"] == name]
+            if len(got) < 2:
+                continue
+            mean = np.mean([r["correct"] for r in got], axis=0)
+            d, lo, hi = paired_diff_ci(mean, teacher.astype(float))
+            per = np.array([r["correct"].mean() - teacher.mean() for r in got])
+            se = float(np.hypot((hi - lo) / 2 / 1.959964, per.std(ddof=1) / np.sqrt(len(per))))
+            print(f"| {n:,} | {name} | {100 * mean.mean():.1f} % | {100 * teacher.mean():.1f} % | "
+                  f"{100 * d:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                  f"[{100 * (d - 1.959964 * se):+.1f}, {100 * (d + 1.959964 * se):+.1f}] | "
+                  f"{' / '.join(f'{100 * x:+.1f}' for x in per)} pt |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workspace", default=os.environ.get("BENCH_WS", "/tmp/flywheel-bench-sweep"))
+    ap.add_argument("--counts", default="1500,3000,6000,12000", help="student label counts (train + val)")
+    ap.add_argument("--val", type=int, default=500, help="val split size (teacher-labelled; counts toward each total)")
+    ap.add_argument("--limit", type=int, default=20000, help="first N images of each source split")
+    ap.add_argument("--student", default="image-cnn")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds run one after another, then pooled "
+                    "(each seed: its own label sequence and training seed)")
+    ap.add_argument("--latency-ms", type=float, default=5.0, help="simulated teacher latency (does not affect labels)")
+    ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
+    ap.add_argument("--only", default=None, help="run only these recipes (comma-separated names; 'default' included)")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the gold-label ceiling (one training less per count)")
+    ap.add_argument("--tag", default="", help="appended to every model version: retrains instead of reusing the models "
+                    "an earlier run left in the workspace (the teacher's answers stay cached)")
+    ap.add_argument("--recipe", action="append", default=[],
+                    help="NAME:key=value,... student hyper-parameters trained beside the defaults (repeatable)")
+    a = ap.parse_args()
+    recipes = [("default", {})] + [parse_recipe(r) for r in a.recipe]
+    if a.only:
+        recipes = [r for r in recipes if r[0] in a.only.split(",")]
+    counts = sorted(int(c) for c in a.counts.split(","))
+    if counts[0] <= a.val:
+        print(f"every count must exceed --val ({a.val})", file=sys.stderr)
+        return 2
+    ws = Workspace.open(a.workspace)
+    prepare(ws, a.limit, a.val, calib=100, stream=100)
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else [a.seed]
+    rows, crossover = [], {}
+    for seed in seeds:
+        got = run_seed(a, ws, recipes, counts, seed)
+        crossover[seed] = print_seed(a, got, recipes)
+        rows += got
+    if len(seeds) > 1:
+        print_pooled(rows, recipes, counts, teacher_correct_on_test(ws))
     if a.out:
-        Path(a.out).write_text(json.dumps({"rows": rows, "crossover": crossover}, indent=2, default=float))
+        out = [{k: v for k, v in r.items() if k != "correct"} for r in rows]
+        Path(a.out).write_text(json.dumps({"rows": out, "crossover": crossover}, indent=2, default=float))
     if a.plot:
         plot([r for r in rows if r["recipe"] == "default"], Path(a.plot), a.student)
         print(f"plot: {a.plot}")

@@ -99,6 +99,7 @@ def test_self_training_uses_only_unlabelled_train_items_and_keeps_what_val_prefe
     assert not set(seen["pool"]) & (set(labels) | others)  # unlabelled train items only
     assert seen["q"].shape == (80, 4) and seen["w"].shape == (80,)
     assert st["used"] is (st["val_second"] > st["val_first"]) and 0.25 <= st["mean_pool_confidence"] <= 1.0
+    assert st["extra_seconds"] > 0
     chosen_val = st["val_second"] if st["used"] else st["val_first"]
     assert tm.metrics["val_acc"] == pytest.approx(chosen_val, abs=1e-4)  # the saved model is the one val kept
     assert train_student(synth_ws, "synth", kind="image-cnn", labels=labels, width=8, epochs=1, progress=False,

@@ -14,6 +14,7 @@ labelled set, about three times the first run's epochs' work).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,13 +27,15 @@ from llm_flywheel.students.base import Student
 
 @dataclass
 class SelfTraining:
-    """What self-training did: pool size, the two students' val scores and which one was kept."""
+    """What self-training did: pool size, the two students' val scores, which one was kept, and what it cost (the
+    pool prediction and the second training run, in seconds -- on top of the first run's)."""
 
     pool: int
     val_first: float
     val_second: float
     used: bool
     mean_pool_confidence: float
+    extra_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +69,7 @@ def self_train(first: Student, first_history: dict[str, Any], build: Callable[[]
     v1 = val_score(first, first_history, val, y_val)
     if not pool or not len(val):
         return first, first_history, SelfTraining(len(pool), v1, float("nan"), False, float("nan"))
+    t0 = time.monotonic()
     p = first.predict_proba(pool)
     q = np.eye(p.shape[1], dtype=np.float32)[y] if q is None else q
     w = np.ones(len(y), np.float32) if w is None else w
@@ -75,5 +79,6 @@ def self_train(first: Student, first_history: dict[str, Any], build: Callable[[]
     history = second.fit(list(train) + list(pool), targets.argmax(1), val, y_val, soft_targets=targets,
                          sample_weight=weights)
     v2 = val_score(second, history, val, y_val)
-    info = SelfTraining(len(pool), round(v1, 4), round(v2, 4), v2 > v1, round(float(p.max(1).mean()), 4))
+    info = SelfTraining(len(pool), round(v1, 4), round(v2, 4), v2 > v1, round(float(p.max(1).mean()), 4),
+                        round(time.monotonic() - t0, 1))
     return (second, history, info) if info.used else (first, first_history, info)
