@@ -106,6 +106,21 @@ def test_self_training_uses_only_unlabelled_train_items_and_keeps_what_val_prefe
                          export_onnx=False).metrics["self_training"] is None  # off by default
 
 
+def test_val_acc_is_that_of_the_served_network_mirror_averaged_or_not(labelled_ws):
+    """The model's val score is the network it serves: mirror-averaged where that was chosen (what promotion and the
+    self-training choice compare), else the best epoch's; None without val items."""
+    from llm_flywheel.pipeline.self_training import val_score
+
+    on = {"best_val_acc": 0.5, "tta": {"used": True, "val_acc_single": 0.5, "val_acc_mirror_avg": 0.6}}
+    assert val_score(on) == 0.6
+    assert val_score({**on, "tta": {**on["tta"], "used": False}}) == 0.5
+    assert val_score({"best_val_acc": None, "tta": {"used": False, "why": "no val items to decide on"}}) is None
+    write_teacher_labels(labelled_ws, "synth", split="val", seed=1)
+    tm = train_student(labelled_ws, "synth", kind="image-cnn", width=8, epochs=2, progress=False, export_onnx=False,
+                       augment={"flip": True}, tta=True)
+    assert tm.metrics["tta"]["used"] is True and tm.metrics["val_acc"] == tm.metrics["tta"]["val_acc_mirror_avg"]
+
+
 def test_human_label_outranks_teacher_and_sets_hard_target(labelled_ws):
     ws = labelled_ws
     store = ws.store()

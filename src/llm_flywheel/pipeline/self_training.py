@@ -31,10 +31,10 @@ class SelfTraining:
     pool prediction and the second training run, in seconds -- on top of the first run's)."""
 
     pool: int
-    val_first: float
-    val_second: float
+    val_first: float | None
+    val_second: float | None
     used: bool
-    mean_pool_confidence: float
+    mean_pool_confidence: float | None
     extra_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,15 +50,13 @@ def unlabelled_pool(store: Store, dataset: str, labelled: set[int], n: int, seed
     return store.items(dataset, ids=sorted(ids[i] for i in pick))
 
 
-def val_score(student: Student, history: dict[str, Any], val: Sequence[Item], y_val: np.ndarray) -> float:
-    """The val accuracy the student was selected on (before any refit, which trains on val): the mirror-averaged
-    score where that was chosen, else the best epoch's."""
+def val_score(history: dict[str, Any]) -> float | None:
+    """The val accuracy of the network a student serves, from its training history: the mirror-averaged score where
+    that was chosen, else the best epoch's (before any refit, which trains on val); None without val items."""
     tta = history.get("tta") or {}
     if tta.get("used") and "val_acc_mirror_avg" in tta:
         return float(tta["val_acc_mirror_avg"])
-    if history.get("best_val_acc") is not None:
-        return float(history["best_val_acc"])
-    return float((student.predict_proba(val).argmax(1) == y_val).mean()) if len(val) else float("nan")
+    return None if history.get("best_val_acc") is None else float(history["best_val_acc"])
 
 
 def self_train(first: Student, first_history: dict[str, Any], build: Callable[[], Student], train: Sequence[Item],
@@ -66,9 +64,9 @@ def self_train(first: Student, first_history: dict[str, Any], build: Callable[[]
                pool: Sequence[Item]) -> tuple[Student, dict[str, Any], SelfTraining]:
     """(the student to keep, its history, what happened).  ``y``/``q``/``w``: the labelled items' labels, soft
     targets and weights as the first student learned them (None: one-hot, weight 1)."""
-    v1 = val_score(first, first_history, val, y_val)
-    if not pool or not len(val):
-        return first, first_history, SelfTraining(len(pool), v1, float("nan"), False, float("nan"))
+    v1 = val_score(first_history)
+    if not pool or v1 is None:  # nothing to learn from, or no val to choose with
+        return first, first_history, SelfTraining(len(pool), v1, None, False, None)
     t0 = time.monotonic()
     p = first.predict_proba(pool)
     q = np.eye(p.shape[1], dtype=np.float32)[y] if q is None else q
@@ -78,7 +76,7 @@ def self_train(first: Student, first_history: dict[str, Any], build: Callable[[]
     second = build()
     history = second.fit(list(train) + list(pool), targets.argmax(1), val, y_val, soft_targets=targets,
                          sample_weight=weights)
-    v2 = val_score(second, history, val, y_val)
+    v2 = val_score(history) or 0.0
     info = SelfTraining(len(pool), round(v1, 4), round(v2, 4), v2 > v1, round(float(p.max(1).mean()), 4),
                         round(time.monotonic() - t0, 1))
     return (second, history, info) if info.used else (first, first_history, info)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_flywheel.pipeline.self_training import self_train, unlabelled_pool
+from llm_flywheel.pipeline.self_training import self_train, unlabelled_pool, val_score
 from llm_flywheel.store.base import MODEL_ROLES, Item, Store
 from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
@@ -179,7 +179,7 @@ def train_student(
             store.finish_run(run_id, "failed")
             raise
         metrics: dict[str, Any] = {
-            "val_acc": history.get("best_val_acc"), "val_labels": split.source, "role": role,
+            "val_acc": val_score(history), "val_labels": split.source, "role": role,  # of what it serves
             "n_train": len(split.train), "n_val": len(split.val), "label_sources": counts, "soft": soft,
             "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),

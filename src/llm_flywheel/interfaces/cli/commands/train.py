@@ -121,6 +121,8 @@ def _self_training_text(st: dict | None) -> str:
         return "off"
     if not st["pool"]:
         return "nothing to learn from: every train item is labelled"
+    if st["val_second"] is None:
+        return "skipped: no val items to choose between the two students"
     kept = "kept" if st["used"] else "not kept (val preferred the first student)"
     return (f"{st['pool']:,} unlabelled items; val {pct(st['val_first'])} -> {pct(st['val_second'])}, {kept}; "
             f"+{st.get('extra_seconds', 0):.0f} s")
