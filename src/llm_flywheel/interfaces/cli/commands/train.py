@@ -32,8 +32,8 @@ from llm_flywheel.students.registry import STUDENT_KINDS
                    "mirrors label-preserving and the val split scores it higher (it doubles inference compute).")
 @click.option("--unlabelled", type=float, default=0.0, show_default=True,
               help="Self-training: a second student also learns the first one's predictions on this many unlabelled "
-                   "train items per labelled one; kept only if it scores higher on val (about 1 + this many times the "
-                   "training time). 0 = off.")
+                   "train items per labelled one; kept only if it scores higher on val (at 2: about 4x the training "
+                   "time). 0 = off.")
 @click.option("--label-issues", is_flag=True,
               help="Instead of training: find likely label errors with k-fold out-of-fold probabilities + cleanlab "
                    "and add them to the review queue.")
