@@ -104,6 +104,8 @@ def test_self_training_uses_only_unlabelled_train_items_and_keeps_what_val_prefe
     assert tm.metrics["val_acc"] == pytest.approx(chosen_val, abs=1e-4)  # the saved model is the one val kept
     assert train_student(synth_ws, "synth", kind="image-cnn", labels=labels, width=8, epochs=1, progress=False,
                          export_onnx=False).metrics["self_training"] is None  # off by default
+    with pytest.raises(ValueError, match="unlabelled must be >= 0"):
+        train_student(synth_ws, "synth", kind="image-cnn", labels=labels, unlabelled=-1, progress=False)
 
 
 def test_val_acc_is_that_of_the_served_network_mirror_averaged_or_not(labelled_ws):
@@ -171,7 +173,7 @@ def test_cli_train_and_evaluate(labelled_ws):
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--mirror", "on"])
     assert r.exit_code != 0 and "flip = true" in r.output  # the synth task does not declare mirrors harmless
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--unlabelled", "-1"])
-    assert r.exit_code != 0 and "--unlabelled" in r.output
+    assert r.exit_code != 0 and "unlabelled must be >= 0" in r.output
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--unlabelled", "1"])
     assert r.exit_code == 0, r.output
     assert "self-training" in r.output and "every train" in r.output and "mirror averaging" in r.output

@@ -145,10 +145,7 @@ def train_student(
     ``unlabelled`` > 0: self-training on that many unlabelled train items per labelled one
     (:mod:`llm_flywheel.pipeline.self_training`); the val split keeps it only where it scores higher.
     """
-    if role not in MODEL_ROLES:
-        raise ValueError(f"role must be one of {MODEL_ROLES}, not {role!r}")
-    if val_labels not in VAL_LABEL_SOURCES:
-        raise ValueError(f"val_labels must be one of {VAL_LABEL_SOURCES}, not {val_labels!r}")
+    _check_options(role, val_labels, unlabelled)
     store = ws.store()
     try:
         task = task_of(store, dataset)
@@ -195,6 +192,16 @@ def train_student(
         return TrainedModel(version=version, path=path, student=student, metrics=metrics)
     finally:
         store.close()
+
+
+def _check_options(role: str, val_labels: str, unlabelled: float) -> None:
+    """Refuse bad options before anything is read or trained."""
+    if role not in MODEL_ROLES:
+        raise ValueError(f"role must be one of {MODEL_ROLES}, not {role!r}")
+    if val_labels not in VAL_LABEL_SOURCES:
+        raise ValueError(f"val_labels must be one of {VAL_LABEL_SOURCES}, not {val_labels!r}")
+    if not unlabelled >= 0:  # also NaN
+        raise ValueError(f"unlabelled must be >= 0 (unlabelled items per labelled one; 0 = off), not {unlabelled!r}")
 
 
 @dataclass

@@ -52,8 +52,6 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
     hp = {k: v for k, v in {"size": size, "lr": lr, "batch_size": batch_size}.items() if v is not None}
     if mirror != "auto":
         hp["tta"] = mirror == "on"
-    if unlabelled < 0:
-        raise click.BadParameter("must be >= 0 (unlabelled items per labelled one; 0 = off)", param_hint="--unlabelled")
     try:
         if label_issues:
             from llm_flywheel.pipeline.noise import find_label_issues
