@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import random
 import socket
 import sys
 import time
@@ -28,9 +29,20 @@ def cal_ws(tmp_path_factory):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port *outside* the ranges Ray's own processes take ports from, so the proxy can still bind it after
+    Ray has started: not the kernel's ephemeral range (32768-60999 here, where bind(0) draws from and where Ray's
+    GCS, raylet and agents land), nor Ray's worker ports (10002-19999).  A port drawn with bind(0) was once taken by
+    Ray between the draw and the proxy's bind ("Failed to bind to address")."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 @pytest.fixture(scope="module")
