@@ -14,13 +14,15 @@ llama-cpp-python's ``context_length_exceeded`` 400, and replies cut off at ``max
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from ports import free_port as free_port  # re-exported: tests that start a server import it from here
+
 
 Action = Callable[[BaseHTTPRequestHandler, dict], None]
 
@@ -47,13 +49,6 @@ def completion(content: str | None, *, usage: dict | None = None, logprobs: list
         choice["logprobs"] = {"content": logprobs}
     return {"id": "x", "object": "chat.completion", "model": "fault-model", "choices": [choice],
             "usage": usage or {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}}
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then closed): for a server a test starts, or a dead teacher."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ok(content: str = '{"label": "bar", "confidence": 0.9, "reason": "r"}', **kw: Any) -> Action:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from ports import free_port
 
 USER = "flywheel"
 DATABASE = "flywheel"
@@ -28,12 +29,6 @@ def pg_bin() -> Path | None:
     return roots[-1].parent if roots else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LocalPostgres:
     """``with LocalPostgres() as pg: pg.url`` -- a server on 127.0.0.1 with a ``flywheel`` database, removed after."""
 
@@ -45,7 +40,7 @@ class LocalPostgres:
             raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql (or set FLYWHEEL_PG_BIN)")
         self.dir = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
         self.data = self.dir / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"postgresql://{USER}@127.0.0.1:{self.port}/{DATABASE}"
         self._as: list[str] = []
         if os.geteuid() == 0:

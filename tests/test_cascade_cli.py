@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from ports import free_port
 from test_cascade import trained_calibrated_ws
 
 from llm_flywheel.interfaces.cli import main
@@ -90,9 +90,7 @@ def test_predict_files_and_split(cal_ws, tmp_path):
 
 def test_serve_command_runs_a_loopback_server(cal_ws):
     ws, version = cal_ws
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", "from llm_flywheel.interfaces.cli import main; main()", "--workspace", str(ws.root), "serve", "synth",
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -162,12 +162,9 @@ def test_errors_name_the_fix(text_data, text_teacher):
 
 
 def test_an_unreachable_teacher_fails_fast_with_a_typed_error(text_data, tmp_path):
-    import socket
+    from ports import free_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
+    port = free_port()  # nothing listens there
     X, _ = text_data
     clf = DistilledClassifier(teacher=fw.teacher(f"http://127.0.0.1:{port}/v1|m", api_key_env="", max_retries=0),
                               labels=LABELS, student="text-tfidf")

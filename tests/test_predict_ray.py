@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from ports import free_port
 from test_cascade import sim_teacher, trained_calibrated_ws
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -274,14 +275,11 @@ def test_cli_engine_ray_prints_progress_and_writes_parquet(cal_ws, cluster, tmp_
 
 def test_a_cluster_address_nothing_answers_at_fails_fast(cal_ws, tmp_path):
     """A wrong --ray-address is exit 1 naming the address within seconds (ray.init alone retries for minutes)."""
-    import socket
 
     from llm_flywheel.interfaces.cli import main
 
     ws, _ = cal_ws
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "predict", "synth", "--split", "stream", "--engine",
                                   "ray", "--ray-address", f"127.0.0.1:{port}"])
     assert r.exit_code == 1 and f"127.0.0.1:{port}" in r.output and "ray start --head" in r.output

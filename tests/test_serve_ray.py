@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import random
-import socket
 import sys
 import time
 
@@ -21,6 +19,7 @@ from click.testing import CliRunner
 
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.pipeline.calibration import DEFER_ALL
+from ports import free_port
 from test_cascade import trained_calibrated_ws
 
 @pytest.fixture(scope="module")
@@ -28,21 +27,6 @@ def cal_ws(tmp_path_factory):
     return trained_calibrated_ws(tmp_path_factory.mktemp("serve-ray") / "ws")
 
 
-def _free_port() -> int:
-    """A free port *outside* the ranges Ray's own processes take ports from, so the proxy can still bind it after
-    Ray has started: not the kernel's ephemeral range (32768-60999 here, where bind(0) draws from and where Ray's
-    GCS, raylet and agents land), nor Ray's worker ports (10002-19999).  A port drawn with bind(0) was once taken by
-    Ray between the draw and the proxy's bind ("Failed to bind to address")."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,7 @@ def replicas(cal_ws):
         try:
             spec = ReplicaSpec(str(ws.root), "synth", teacher_spec=f"{turl}|{model_id('synth')}", api_key_env="",
                                threshold=DEFER_ALL, config=ServeConfig(deadline_s=30.0, workers=1))
-            dep = RayServeDeployment(spec, Scaling(2, cpus_per_replica=0.5), port=_free_port())
+            dep = RayServeDeployment(spec, Scaling(2, cpus_per_replica=0.5), port=free_port())
             try:
                 url = dep.start(timeout_s=180)
                 assert dep.replicas_running() == 2
@@ -127,7 +111,7 @@ def test_replicas_without_ray_name_the_extra(cal_ws, monkeypatch):
         monkeypatch.delitem(sys.modules, mod)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as it does where the package is missing
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "serve", "synth", "--replicas", "2",
-                                  "--port", str(_free_port())])
+                                  "--port", str(free_port())])
     assert r.exit_code == 2, r.output
     assert "pip install 'llm-flywheel[ray]'" in r.output
 
@@ -161,7 +145,7 @@ def test_cli_serves_replicas_and_sigterm_stops_ray(cal_ws, tmp_path):
 
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     ws, _ = cal_ws
-    port = _free_port()
+    port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "flywheel")
     log = (tmp_path / "serve.log").open("w+")  # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen([exe, "-w", str(ws.root), "serve", "synth", "--replicas", "2", "--port", str(port)],
