@@ -79,8 +79,8 @@ def add_dataset(
     ws: Workspace,
     name: str,
     *,
-    val: float | int = 0.05,
-    calib: float | int = 0.05,
+    val: float | int | None = None,
+    calib: float | int | None = None,
     stream: float | int = 0.2,
     test: float | int = 0.2,
     seed: int = 0,
@@ -92,7 +92,8 @@ def add_dataset(
 
     ``options``: ``path``, ``limit`` (first N per source split), ``task`` (TOML path or Task), ``as_name``
     (dataset name), ``text_column``, ``label_column``, ``split_column``, ``features`` (list of column names).
-    Split sizes: a float < 1 is a fraction of the non-test items, an int a count; ``test`` applies only when the
+    Split sizes: a float < 1 is a fraction of the non-test items, an int a count, None (val, calib) 5 % raised
+    for a small dataset (:func:`llm_flywheel.core.splits.auto_size`); ``test`` applies only when the
     source has no test split.  Splits already made stay fixed (new items join ``train``) unless ``resplit``,
     which is refused once the dataset has labels or models.  Re-running an import adds nothing.
     """

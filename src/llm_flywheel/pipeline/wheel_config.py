@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from llm_flywheel.core.cost import DEFAULT_CPU_USD_PER_HOUR
+from llm_flywheel.core.splits import AUTO_FLOOR
 from llm_flywheel.pipeline.feedback import POLICIES
 
 DEFAULT_MAX_TEACHER_FRACTION = 0.1
@@ -19,7 +20,7 @@ target measured against teacher labels is not (it cannot exceed the teacher's ow
 
 AUTO_SHARE_CAP = 500  # items: the most the sizing rule labels in one share (seed set, one round's selection)
 AUTO_STREAM_CAP = 1000  # items: the most the sizing rule serves from the stream per round
-SMALL_CALIB = 200  # fewer calibration items than this: the threshold rests on little evidence (a warning)
+SMALL_CALIB = AUTO_FLOOR["calib"]  # fewer calib items than this: the threshold rests on little evidence (a warning)
 
 
 def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[str, int]:

@@ -57,10 +57,12 @@ class Workspace:
         return Dataset(self, name)
 
     def add_dataset(self, adapter: str, path: str | Path | None = None, *, task: str | Path | None = None,
-                    name: str | None = None, val: float | int = 0.05, calib: float | int = 0.05,
+                    name: str | None = None, val: float | int | None = None,
+                    calib: float | int | None = None,
                     stream: float | int = 0.2, test: float | int = 0.2, seed: int = 0, **options: Any) -> "Dataset":
         """Import files with an adapter (``text``, ``tabular``, ``image-folder``, ``fashion-mnist``, ``cifar5``) and
-        make its splits, exactly like ``flywheel data add``.  Re-running adds nothing."""
+        make its splits, exactly like ``flywheel data add`` (val/calib None: 5 %, more for a small dataset).
+        Re-running adds nothing."""
         from llm_flywheel.data.registry import add_dataset
 
         with translate_errors():

@@ -29,13 +29,14 @@ def data() -> None:
     """Import datasets into the workspace and inspect what is there."""
 
 
-def _size(value: str | None) -> float | int | None:
-    if value is None:
+def _size(value: str | None, *, auto: bool = False) -> float | int | None:
+    """A size option: a fraction, a count, or (val/calib only) ``auto`` -> None, the default rule."""
+    if value is None or (auto and value == "auto"):
         return None
     try:
         f = float(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give a fraction (0.05) or a count (500)") from None
+        raise click.BadParameter(f"{value!r}: give a fraction (0.05) or a count (500)" + (" or auto" if auto else "")) from None
     if f < 0:
         raise click.BadParameter(f"{value!r} is negative")
     return f if f < 1 else int(f)
@@ -67,8 +68,10 @@ def _size(value: str | None) -> float | int | None:
 @click.option("--label-column", help="text/tabular: column holding the gold label (default 'label' if present).")
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
 @click.option("--features", help="tabular: comma-separated feature columns (default: every numeric column).")
-@click.option("--val", default="0.05", show_default=True, help="Validation split: fraction of non-test items or a count.")
-@click.option("--calib", default="0.05", show_default=True, help="Calibration split: fraction or count.")
+@click.option("--val", default="auto", show_default=True, help="Validation split: fraction of non-test items or a "
+              "count. auto: 5 %, raised for a small dataset towards 100 items (at most 10 %).")
+@click.option("--calib", default="auto", show_default=True, help="Calibration split: fraction or count. auto: 5 %, "
+              "raised for a small dataset towards 200 items (at most 15 %).")
 @click.option("--stream", default="0.2", show_default=True, help="Stream split (unseen traffic for the cascade).")
 @click.option("--test", "test_size", default="0.2", show_default=True,
               help="Test split, only when the source has no test split of its own.")
@@ -94,7 +97,7 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
             ws, dataset, path=source or path_opt, limit=limit, task=task_file, as_name=as_name,
             text_column=text_column, label_column=label_column, split_column=split_column,
             features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
-            val=_size(val), calib=_size(calib), stream=_size(stream), test=_size(test_size), seed=seed,
+            val=_size(val, auto=True), calib=_size(calib, auto=True), stream=_size(stream), test=_size(test_size), seed=seed,
             resplit=resplit, progress=not no_progress,
         )
     except SplitError as e:  # split sizes that cannot be made: a bad option value, exit 2 like click's own
