@@ -292,3 +292,36 @@ def test_an_already_split_dataset_without_train_pool_is_explained(tmp_path):
         s.set_splits([(r["id"], ("val", "calib", "test")[i % 3]) for i, r in enumerate(s.split_rows("mail"))])
         msg = explain_empty_train_pool(s, "mail")
     assert "has an empty train pool" in msg and "12 items are only 3 distinct" in msg and "--stream 0" in msg
+
+
+@pytest.mark.parametrize("n_items, expected", [
+    (150, {"test": 30, "val": 12, "calib": 18, "stream": 24, "train": 66}),  # 5 % would be 6 and 6
+    (5000, {"test": 1000, "val": 200, "calib": 200, "stream": 800, "train": 2800}),  # 5 % from 4,000 on
+])
+def test_default_val_and_calib_sizes_fit_the_dataset(n_items, expected):
+    """The default (None) is 5 % of the non-test items, raised for a small dataset towards 100 val / 200 calib but
+    never past 10 % / 15 %: a newcomer's 150 emails must not get a 6-item calib split."""
+    texts = [f"mail number {i}" for i in range(n_items)]
+    plan = plan_splits(_rows(texts), SplitSpec(seed=0))
+    counts: dict[str, int] = defaultdict(int)
+    for _, split in plan:
+        counts[split] += 1
+    assert dict(counts) == expected
+
+
+def test_data_add_takes_auto_or_a_size_for_val_and_calib(tmp_path):
+    src = tmp_path / "mails.csv"
+    src.write_text("text,label\n" + "".join(f"mail number {i},{'spam' if i % 3 else 'ham'}\n" for i in range(150)))
+    ws = tmp_path / "ws"
+    r = CliRunner().invoke(main, ["--workspace", str(ws), "data", "add", "text", str(src), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with Workspace.open(ws).store() as s:
+        assert {k: v for k, v in s.split_counts("mails").items()} == {"train": 66, "val": 12, "calib": 18,
+                                                                      "stream": 24, "test": 30}
+    r = CliRunner().invoke(main, ["--workspace", str(ws), "data", "add", "text", str(src), "--name", "m2", "--calib",
+                                  "0.2", "--val", "auto", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with Workspace.open(ws).store() as s:
+        assert s.split_counts("m2")["calib"] == 24 and s.split_counts("m2")["val"] == 12  # 0.2 of 120 non-test
+    r = CliRunner().invoke(main, ["--workspace", str(ws), "data", "add", "text", str(src), "--stream", "auto"])
+    assert r.exit_code == 2 and "'auto': give a fraction (0.05) or a count (500)" in r.output  # only val/calib
