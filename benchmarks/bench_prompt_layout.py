@@ -37,13 +37,19 @@ import time
 from pathlib import Path
 
 import httpx
-from bench_local_server import llama_server  # the sibling benchmark's (benchmarks/ is on sys.path)
+from bench_local_server import llama_server  # benchmarks/ is on sys.path
 
 from llm_flywheel.core.stats import wilson_interval
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.spam_assassin import cache_dir
-from llm_flywheel.teachers.prompts import (LABEL_ONLY_WORDINGS, label_order, pass_variant, response_format,
-                                           response_schema, system_prompt)
+from llm_flywheel.teachers.prompts import (
+    LABEL_ONLY_WORDINGS,
+    label_order,
+    pass_variant,
+    response_format,
+    response_schema,
+    system_prompt,
+)
 
 TASK = Task(name="sentiment", modality="text", labels=("positive", "negative"),
             descriptions={"positive": "the writer liked it", "negative": "the writer disliked it"},

@@ -82,6 +82,8 @@ def size_of(size: float | int | None, n: int, split: str = "") -> int:
     """A split size (fraction < 1, a count, or None for ``split``'s :func:`auto_size`) as a number of items out of
     ``n``."""
     if size is None:
+        if split not in AUTO_FLOOR:
+            raise SplitError(f"the {split or 'split'} size must be given (only val and calib have a default rule)")
         return auto_size(split, n)
     if isinstance(size, float) and size < 1:
         return round(size * n)
