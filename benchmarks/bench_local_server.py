@@ -66,6 +66,9 @@ from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.store.workspace import Workspace
 
+# where `make llm-server-cpp` caches the C++ llama-server it builds from llama-cpp-python's sources
+DEFAULT_SERVER_BIN = cache_dir() / f"llama-server-{os.environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')}" / "llama-server"
+
 MODEL_ALIAS = "smollm2-135m-instruct"
 FIXED_TIMEOUT_S = 60.0
 FIXED_CONCURRENCY = 16
@@ -284,7 +287,7 @@ def main() -> None:
     ap.add_argument("--base-url", help="use this running server instead of starting llama-server per mode "
                                        "(then server-log counts are not available)")
     ap.add_argument("--server-bin", type=Path,
-                    default=cache_dir() / f"llama-server-{os.environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')}" / "llama-server")
+                    default=DEFAULT_SERVER_BIN)
     ap.add_argument("--ctx", type=int, default=8192)
     ap.add_argument("--slots", type=int, default=4, help="llama-server -np")
     ap.add_argument("--threads", type=int, default=2)

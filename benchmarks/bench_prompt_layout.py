@@ -31,17 +31,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import time
 from pathlib import Path
 
 import httpx
-from bench_local_server import llama_server  # benchmarks/ is on sys.path
+from bench_local_server import DEFAULT_SERVER_BIN, llama_server  # benchmarks/ is on sys.path
 
 from llm_flywheel.core.stats import wilson_interval
 from llm_flywheel.core.task import Task
-from llm_flywheel.data.spam_assassin import cache_dir
 from llm_flywheel.teachers.prompts import (
     LABEL_ONLY_WORDINGS,
     label_order,
@@ -131,7 +129,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--server-bin", type=Path,
-                    default=cache_dir() / f"llama-server-{os.environ.get('LLAMA_CPP_PYTHON_VERSION', '0.3.36')}" / "llama-server")
+                    default=DEFAULT_SERVER_BIN)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_prompt_layout"))
     a = ap.parse_args()
     items = reviews(a.n, a.seed)
