@@ -27,8 +27,6 @@ def cal_ws(tmp_path_factory):
     return trained_calibrated_ws(tmp_path_factory.mktemp("serve-ray") / "ws")
 
 
-
-
 @pytest.fixture(scope="module")
 def replicas(cal_ws):
     """2 replicas (DEFER_ALL: every new content is bought from a simulated teacher that takes 300 ms) behind Ray

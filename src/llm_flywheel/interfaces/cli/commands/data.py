@@ -14,7 +14,7 @@ from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx
 from llm_flywheel.interfaces.cli.commands import require_dataset
-from llm_flywheel.core.splits import SplitError
+from llm_flywheel.core.splits import AUTO_CEILING_SHARE, AUTO_FLOOR, AUTO_SHARE, SplitError
 from llm_flywheel.core.task import TaskError
 from llm_flywheel.data.registry import ADAPTERS, add_dataset
 from llm_flywheel.pipeline.dataset_info import dataset_info
@@ -40,6 +40,12 @@ def _size(value: str | None, *, auto: bool = False) -> float | int | None:
     if f < 0:
         raise click.BadParameter(f"{value!r} is negative")
     return f if f < 1 else int(f)
+
+
+def _auto_rule(split: str) -> str:
+    """The default size rule in words, from the constants that implement it (so the help cannot drift)."""
+    return (f"{AUTO_SHARE:.0%}, raised for a small dataset towards {AUTO_FLOOR[split]} items (at most "
+            f"{AUTO_CEILING_SHARE[split]:.0%})")
 
 
 @data.command(
@@ -69,9 +75,9 @@ def _size(value: str | None, *, auto: bool = False) -> float | int | None:
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
 @click.option("--features", help="tabular: comma-separated feature columns (default: every numeric column).")
 @click.option("--val", default="auto", show_default=True, help="Validation split: fraction of non-test items or a "
-              "count. auto: 5 %, raised for a small dataset towards 100 items (at most 10 %).")
-@click.option("--calib", default="auto", show_default=True, help="Calibration split: fraction or count. auto: 5 %, "
-              "raised for a small dataset towards 200 items (at most 15 %).")
+              f"count. auto: {_auto_rule('val')}.")
+@click.option("--calib", default="auto", show_default=True,
+              help=f"Calibration split: fraction or count. auto: {_auto_rule('calib')}.")
 @click.option("--stream", default="0.2", show_default=True, help="Stream split (unseen traffic for the cascade).")
 @click.option("--test", "test_size", default="0.2", show_default=True,
               help="Test split, only when the source has no test split of its own.")
