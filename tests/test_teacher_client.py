@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import asyncio
 import logging
 
@@ -117,6 +119,22 @@ def test_logprobs_give_label_logprob(tiny_ws, synth_task):
     assert ans.label == "cross"
     assert ans.label_logprob == pytest.approx(-0.5)
     assert ans.logprobs and ans.logprobs[0][0] == '{"'
+
+
+def test_label_logprob_is_read_among_the_labels_from_the_alternatives(tiny_ws, synth_task):
+    """A server that reports probabilities before its grammar (llama.cpp) gets asked for alternatives, and the
+    label's probability is its share among the task's labels, not the forced token's raw value."""
+    content = '{"label": "ring", "confidence": 0.7, "reason": "x"}'
+    top = [{"token": t, "logprob": lp} for t, lp in [("The", -1.0), ("ring", -3.0), ("dot", -4.0), ("A", -4.5)]]
+    toks = [{"token": '{"label": "', "logprob": -3.0, "top_logprobs": []},
+            {"token": "ring", "logprob": -3.0, "top_logprobs": top},
+            {"token": '", "confidence": 0.7, "reason": "x"}', "logprob": -0.1, "top_logprobs": []}]
+    with FaultServer(default=ok(content, logprobs=toks)) as srv:
+        ans = _ask(_teacher(srv.url, synth_task), tiny_ws, synth_task)
+    body = srv.requests[0]["body"]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20
+    e = math.exp  # "bar" and "cross" are not listed: each may be just below the list's lowest (-4.5)
+    assert math.exp(ans.label_logprob) == pytest.approx(e(-3.0) / (e(-3.0) + e(-4.0) + 2 * e(-4.5)))
 
 
 @pytest.mark.parametrize("content,label,kind,ok_", [

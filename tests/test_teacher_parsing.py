@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from llm_flywheel.core.task import builtin_task
@@ -48,6 +50,64 @@ def test_parse_variants():
     assert parse_answer('{"confidence": 0.5}', FRUIT).error_kind == "parse"
     assert parse_answer("", FRUIT).error_kind == "parse"
     assert parse_answer("It might be an apple or a pear, hard to say really.", FRUIT).error_kind == "parse"
+
+
+def _tok(text, lp, top=None):
+    return {"token": text, "logprob": lp, "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or [])]}
+
+
+def _reply(label_tokens):
+    """llama.cpp's tokens of ``{"label": "<label>", ...}`` around the given label tokens."""
+    return [_tok('{"', -4.8), _tok("label", -0.1), _tok('":', -0.1), _tok(' "', -0.1), *label_tokens,
+            _tok('",', -0.5), _tok(' "confidence": 1}', -0.2)]
+
+
+def test_label_logprob_is_the_labels_share_among_the_labels():
+    # llama.cpp reports logprobs before the grammar: "positive" at -2.47 while the model would rather write "The";
+    # among the two labels it is e^-2.47 / (e^-2.47 + e^-2.91) = 0.608
+    toks = _reply([_tok("positive", -2.47, [("The", -2.04), ("positive", -2.47), ("negative", -2.91), ("bad", -4.2)])])
+    assert label_logprob(toks, "positive") == pytest.approx(-2.47)  # without the labels: as reported
+    share = label_logprob(toks, "positive", ("positive", "negative"))
+    assert math.exp(share) == pytest.approx(math.exp(-2.47) / (math.exp(-2.47) + math.exp(-2.91)))
+
+
+def test_label_forced_in_pieces_is_read_at_its_first_token():
+    # the grammar forced "negative" as n-ega-t-ive (-47.7 in all); "positive" is not among the alternatives, so it
+    # is given the lowest listed probability (it could be just below the list): a lower bound, never more
+    top = [("The", -1.96), ("Our", -2.35), ("Your", -2.58), ("A", -3.39), ("Welcome", -3.53)]
+    toks = _reply([_tok("n", -6.0, top), _tok("ega", -15.4, [("ice", -0.16)]), _tok("t", -21.5, [("un", -1.5)]),
+                   _tok("ive", -4.8, [('",', -2.0)])])
+    assert label_logprob(toks, "negative") == pytest.approx(-47.7)
+    share = math.exp(label_logprob(toks, "negative", ("positive", "negative")))
+    assert share == pytest.approx(math.exp(-6.0) / (math.exp(-6.0) + math.exp(-3.53)))
+
+
+def test_label_share_follows_a_shared_prefix_token_by_token():
+    labels = ("shirt", "sneaker", "sandal", "coat")
+    # "s" fits three labels, "coat" is weighed against it; then "hirt" against "neaker" (and "andal", not listed)
+    toks = _reply([_tok("s", -0.2, [("s", -0.2), ("coat", -1.8), ("x", -3.0)]),
+                   _tok("hirt", -0.4, [("hirt", -0.4), ("neaker", -1.2), ("z", -2.5)])])
+    e = math.exp
+    first = e(-0.2) / (e(-0.2) + e(-1.8))
+    second = e(-0.4) / (e(-0.4) + e(-1.2) + e(-2.5))  # "sandal" gets the lowest listed, -2.5
+    assert math.exp(label_logprob(toks, "shirt", labels)) == pytest.approx(first * second)
+
+
+def test_label_share_with_the_opening_quote_in_the_label_token():
+    toks = [_tok('{"label":', -0.1), _tok(' "pos', -1.0, [(' "pos', -1.0), (' "neg', -2.0), (' "', -3.0)]),
+            _tok('itive"}', -0.1, [('itive"}', -0.1)])]
+    got = math.exp(label_logprob(toks, "positive", ("positive", "negative")))
+    e = math.exp  # ' "' alone fits both labels, so it counts for both
+    assert got == pytest.approx((e(-1.0) + e(-3.0)) / (e(-1.0) + e(-2.0) + e(-3.0)))
+
+
+def test_label_share_needs_alternatives_and_a_task_label():
+    plain = _reply([{"token": "pear", "logprob": -0.4}])  # a provider without top_logprobs (or an empty list)
+    assert label_logprob(plain, "pear", FRUIT.labels) == pytest.approx(-0.4)
+    listed = _reply([_tok("Pear", -0.4, [("Pear", -0.4), ("apple", -1.0)])])
+    assert label_logprob(listed, "Pear", ("pear", "apple")) == pytest.approx(math.log(e1 := math.exp(-0.4)) -
+                                                                             math.log(e1 + math.exp(-1.0)))
+    assert label_logprob(listed, "Pear", ("kiwi", "apple")) == pytest.approx(-0.4)  # not a task label: as reported
 
 
 def test_label_logprob_missing_or_malformed():

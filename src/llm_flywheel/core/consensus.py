@@ -43,7 +43,8 @@ def _finite(v: Any) -> float | None:
 def answer_probability(answer: Mapping[str, Any], k: int, use_logprobs: bool = True) -> tuple[float, str]:
     """How sure one answer is of its own label, in [1/k, 1], and where that came from.
 
-    The label's token probability ``exp(label_logprob)`` when present (refuel's labelling study found it the better
+    The label's probability ``exp(label_logprob)`` when present -- its share among the labels where the server sent
+    alternatives (:func:`llm_flywheel.teachers.parsing.label_share`) -- (refuel's labelling study found it the better
     signal; verbalised confidences cluster at 0.8-0.99 whether right or wrong), else the verbalised confidence,
     else :data:`DEFAULT_CONFIDENCE`.  The floor 1/k: an answer never argues against its own label (a sampled pass
     can pick a label below 1/k; it still said that label).

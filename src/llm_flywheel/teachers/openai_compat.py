@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 DEFAULT_API_KEY_ENV = "OPENROUTER_API_KEY"
+TOP_LOGPROBS = 20  # alternatives per token: the most OpenAI accepts; enough to see the other labels' first tokens
 
 
 class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
@@ -258,8 +259,8 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         fmt = response_format(mode, schema)
         if fmt is not None:  # not a compact GBNF grammar for llama.cpp: see prompts.LABEL_ONLY_WORDINGS
             body["response_format"] = fmt
-        if logprobs:
-            body["logprobs"] = True
+        if logprobs:  # the alternatives let the label's probability be read among the labels (parsing.label_share)
+            body["logprobs"], body["top_logprobs"] = True, TOP_LOGPROBS
         if "openrouter.ai" in self.base_url:
             body["usage"] = {"include": True}  # OpenRouter returns the billed cost
         if self._is_llama_cpp():

@@ -162,11 +162,17 @@ def parse_answer(text: str | None, matcher: LabelMatcher) -> ParsedAnswer:
     return ParsedAnswer(None, None, None, None, "parse", f"no JSON object in reply ({len(text)} chars)")
 
 
-def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None) -> float | None:
-    """Sum of the log-probabilities of the tokens that spell the label value in the reply.
+def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None,
+                  labels: tuple[str, ...] | list[str] | None = None) -> float | None:
+    """Log of how sure the model was of its label *among the task's labels*, from the reply's token log-probabilities.
 
-    OpenAI-style ``choices[0].logprobs.content`` is a list of ``{token, logprob}``; we find the label's
-    characters in the concatenated text (after ``"label"`` when present) and add up the overlapping tokens.
+    OpenAI-style ``choices[0].logprobs.content`` is a list of ``{token, logprob, top_logprobs}``; we find the label's
+    characters in the concatenated text (after ``"label"`` when present).  Where the label's tokens carry
+    ``top_logprobs`` and ``labels`` are given, the answer is :func:`label_share`: the label's probability
+    renormalised over the labels.  Why: llama.cpp (and vLLM) report the model's probabilities *before* the JSON
+    grammar, so a label the grammar forced carries the mass of every word the model would rather have written --
+    SmolLM2's labels scored -20 to -47 there, i.e. "certainty" 0 whether it was sure or not.  Without alternatives
+    (a provider that returns none) it is the sum of the label tokens' log-probabilities, as reported.
     """
     if not tokens or not raw_label:
         return None
@@ -183,13 +189,100 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None) ->
         return None
     end = pos + len(raw_label)
     total, off, hit = 0.0, 0, False
-    for tok, lp in pieces:
+    span: list[tuple[int, int]] = []  # (token index, its start offset) of the tokens that spell the label
+    for i, (tok, lp) in enumerate(pieces):
         t0, t1 = off, off + len(tok)
         if t1 > pos and t0 < end and math.isfinite(lp):
             total += lp
             hit = True
+            span.append((i, t0))
         off = t1
-    return total if hit else None
+    if not hit:
+        return None
+    if labels:
+        share = label_share(tokens, span, full[pos:end], pos, full, labels)
+        if share is not None:
+            return share
+    return total
+
+
+def _pairs(entries: list[Any]) -> list[tuple[str, float]]:
+    """(text, logprob) of the well-formed, finite entries of a logprobs list."""
+    out = []
+    for t in entries:
+        try:
+            text, lp = str(t.get("token", "")), float(t.get("logprob"))
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if math.isfinite(lp):
+            out.append((text, lp))
+    return out
+
+
+def _alternatives(token: dict[str, Any]) -> tuple[list[tuple[str, float]], float] | None:
+    """(the token itself and its ``top_logprobs`` as (text, logprob), the lowest logprob on the top list); None when
+    the server sent no alternatives."""
+    top = token.get("top_logprobs")
+    listed = _pairs(top) if isinstance(top, list) else []
+    if not listed:
+        return None
+    alts = dict(reversed(listed))  # a text listed twice keeps its first (higher) logprob
+    for text, lp in _pairs([token]):
+        alts.setdefault(text, lp)  # the sampled token, even where the grammar forced one below the list
+    return list(alts.items()), min(lp for _, lp in listed)
+
+
+def _fits(text: str, label: str) -> bool:
+    """``text`` (label characters written so far + a candidate token) could still spell ``label``: it is a prefix
+    of it, or the whole label followed by the closing quote."""
+    return label.startswith(text) or text.startswith(label + '"')
+
+
+def label_share(tokens: list[dict[str, Any]], span: list[tuple[int, int]], written: str, pos: int, full: str,
+                labels: tuple[str, ...] | list[str]) -> float | None:
+    """log P(the written label | the answer is one of ``labels``), read token by token until the label is decided.
+
+    At each of the label's tokens, the alternatives that could still spell the written label are weighed against
+    those that could spell any label still possible (the chain rule over the label's tokens); once no other label
+    fits what is written, the grammar decides the rest and the factor is 1.  A label with no visible alternative
+    is given the smallest probability on the list when the list was cut (it could be just below it) -- so the
+    share is a lower bound, never an overstatement.  None when ``written`` is not a task label or a token in the
+    span has no alternatives.
+    """
+    chosen = written.lower()
+    live = sorted({lab.lower() for lab in labels})
+    if chosen not in live:
+        return None
+    total, done = 0.0, ""
+    for i, t0 in span:
+        live = [lab for lab in live if lab.startswith(done)]
+        if len(live) <= 1:
+            break
+        got = _alternatives(tokens[i])
+        if got is None:
+            return None
+        alts, lowest = got
+        pre = full[t0:pos] if t0 < pos else ""  # the part of this token before the label (an opening quote)
+        mass = {lab: 0.0 for lab in live}
+        num = den = 0.0
+        for text, lp in alts:
+            if not text.lower().startswith(pre.lower()):
+                continue
+            cont = done + text[len(pre):].lower()
+            fits = [lab for lab in live if _fits(cont, lab)]
+            if fits:
+                p = math.exp(min(lp, 0.0))
+                den += p
+                num += p if chosen in fits else 0.0
+                for lab in fits:
+                    mass[lab] += p
+        den += sum(math.exp(lowest) for lab, m in mass.items() if m == 0.0 and lab != chosen)
+        if num <= 0.0 or den <= 0.0:
+            return None
+        total += math.log(min(num / den, 1.0))
+        tok = str(tokens[i].get("token", ""))
+        done += tok[len(pre):].lower()
+    return total
 
 
 _LABEL_FIELD_RE = re.compile(r'"(?:label|class|category|answer|prediction)"\s*:\s*"((?:[^"\\]|\\.)*)"', re.I)

@@ -106,6 +106,6 @@ def _label_fields(text: str, matcher: LabelMatcher, cut: bool, max_tokens: int |
     if lp_tokens:
         trimmed = [[str(t.get("token", "")), to_float(t.get("logprob"))] for t in lp_tokens[:64] if isinstance(t, dict)]
     return {"ok": kind not in ("parse", "truncated"), "label": parsed.label, "confidence": parsed.confidence,
-            "reason": parsed.reason, "label_logprob": label_logprob(lp_tokens, parsed.raw_label),
+            "reason": parsed.reason, "label_logprob": label_logprob(lp_tokens, parsed.raw_label, matcher.labels),
             "logprobs": trimmed, "error_kind": kind, "error_detail": detail,
             "extra": {"raw_label": parsed.raw_label, **extra}}
