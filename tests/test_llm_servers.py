@@ -16,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -202,6 +204,12 @@ def test_label_train_calibrate_predict_through_the_teacher_spec(server, request,
     if server == "cpp":  # the C++ server returns token log-probabilities, and the label's reaches the store
         lps = [r["label_logprob"] for r in rows if r["label_logprob"] is not None]
         assert len(lps) >= n // 2 and all(lp <= 0 for lp in lps)
+        # ... read among the two labels from the alternatives: llama.cpp reports probabilities before its grammar,
+        # and the forced label's raw value (-2 to -55 for SmolLM2) said nothing about how sure the model was
+        print("label probabilities among the labels:", sorted(round(math.exp(lp), 3) for lp in lps))
+        assert statistics.median(math.exp(lp) for lp in lps) >= 0.2, lps
+        with Workspace.open(ws, create=False).store() as store:  # which GGUF gave the cached answers (/props)
+            assert store.teacher_model_file(MODEL_ALIAS)["model_file"] == gguf_path().name
     else:  # llama-cpp-python refuses json_schema with HTTP 500: negotiated once and remembered for later runs
         with Workspace.open(ws, create=False).store() as store:
             caps = store.teacher_capability(base_url, MODEL_ALIAS)

@@ -36,6 +36,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, load_items,
                                             store_answer, write_labels)
+from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
 from llm_flywheel.store.workspace import Workspace
@@ -285,6 +286,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
     try:
         task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
+        check_served_model(store, teacher)  # cached answers must come from the model the server now serves
         pv = teacher.prompt_version_for(task)
         result = BatchRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
                                 simulated=teacher.is_simulated, items=len(items), price_ratio=bcfg.price_ratio)

@@ -46,6 +46,7 @@ from llm_flywheel.pipeline.label_budget import (
 from llm_flywheel.pipeline.label_progress import PlainProgress, Progress, progress_for
 from llm_flywheel.pipeline.label_runner import LabelRunner, make_jobs
 from llm_flywheel.pipeline.label_types import STOP_REASONS, LabelConfig, LabelRunResult
+from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.answers import TeacherLabelRow
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.workspace import Workspace
@@ -121,6 +122,7 @@ def label_items(
     try:
         task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
+        check_served_model(store, teacher)  # cached answers must come from the model the server now serves
         pv = teacher.prompt_version_for(task)
         result = LabelRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
                                 simulated=teacher.is_simulated, items=len(items))

@@ -72,6 +72,21 @@ class AnswerQueries:
         return self.execute(sql, params).rowcount
 
 
+    def teacher_model_file(self, model: str) -> dict[str, Any] | None:
+        """The model file a server said it serves under the teacher model name ``model`` (``model_file``,
+        ``base_url``, ``seen_at``), or None when no server ever said."""
+        rows = self.query("SELECT model_file, base_url, seen_at FROM teacher_model_files WHERE model=?", (model,))
+        return dict(rows[0]) if rows else None
+
+    def set_teacher_model_file(self, model: str, model_file: str, base_url: str) -> None:
+        self.execute("INSERT INTO teacher_model_files(model, model_file, base_url, seen_at) VALUES (?,?,?,?) "
+                     "ON CONFLICT(model) DO UPDATE SET model_file=excluded.model_file, base_url=excluded.base_url, "
+                     "seen_at=excluded.seen_at", (model, model_file, base_url, time.time()))
+
+    def teacher_answer_count(self, model: str) -> int:
+        """Final answers cached under the teacher model name ``model`` (any prompt, any item)."""
+        return int(self.query("SELECT COUNT(*) AS n FROM teacher_answers WHERE ok=1 AND model=?", (model,))[0]["n"])
+
     # -- teacher answers ---------------------------------------------------------------------------
     def add_teacher_answer(self, ans: Any, run_id: int | None = None) -> int | None:
         """Write one answer (a ``teachers.base.TeacherAnswer``), autocommitted; its row id, or None when a final

@@ -83,6 +83,7 @@ class ServerInfo:
     slots: int | None = None
     n_ctx: int | None = None  # tokens of context each slot has
     source: str = "unknown"  # "llama.cpp /props", or "unknown" when the server does not say
+    model_file: str | None = None  # the file name of the model it serves (llama.cpp serves it under any name)
 
 
 @runtime_checkable

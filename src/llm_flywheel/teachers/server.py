@@ -15,6 +15,7 @@ queues it again).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -35,7 +36,8 @@ def server_root(base_url: str) -> str:
 
 
 def parse_props(data: object) -> ServerInfo:
-    """The slots and per-slot context from a ``/props`` body (``ServerInfo()`` when it has neither)."""
+    """The slots, per-slot context and model file name from a ``/props`` body (``ServerInfo()`` when it has none).
+    The file name, not its directory: a model moved to another folder is the same model."""
     if not isinstance(data, dict):
         return ServerInfo()
     slots = data.get("total_slots")
@@ -43,9 +45,13 @@ def parse_props(data: object) -> ServerInfo:
     n_ctx = gen.get("n_ctx") if isinstance(gen, dict) else None
     slots = slots if isinstance(slots, int) and slots > 0 else None
     n_ctx = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+    path = data.get("model_path")
+    model_file = None
+    if isinstance(path, str) and path.strip():
+        model_file = re.split(r"[\\/]", path.strip())[-1] or None
     if slots is None and n_ctx is None:
-        return ServerInfo()
-    return ServerInfo(slots=slots, n_ctx=n_ctx, source="llama.cpp /props")
+        return ServerInfo(model_file=model_file)
+    return ServerInfo(slots=slots, n_ctx=n_ctx, source="llama.cpp /props", model_file=model_file)
 
 
 def read_server_info(base_url: str, headers: dict[str, str] | None = None) -> ServerInfo:

@@ -36,6 +36,7 @@ from llm_flywheel.interfaces.serve.pool import Overloaded, WorkerPool
 from llm_flywheel.interfaces.serve.retention import apply_retention
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
+from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
         teacher = teacher_from_spec(teacher_spec, task, api_key_env=api_key_env, workspace=ws)
     if teacher is not None:
         teacher.check_ready()  # a missing API key is a startup error, not a failure on every request
+        with ws.store() as s:  # as is a local server now serving another model under a name with cached answers
+            check_served_model(s, teacher)
     cascade = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold,
                                  breaker=TeacherBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
     st = ServeState(ws, cascade, cfg, Metrics(cascade.version, dataset), WorkerPool("main", cfg.workers, cfg.queue),

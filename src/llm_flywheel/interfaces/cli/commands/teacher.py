@@ -135,4 +135,6 @@ def check(ctx: Ctx, spec: str, dataset: str, item_id: int | None, api_key_env: s
     info = t.server_info()
     if info.slots or info.n_ctx:
         console.print(f"server: {info.slots} parallel slots, {info.n_ctx} tokens of context each ({info.source})")
+    if info.model_file:
+        console.print(f"serving the model file {info.model_file}")
     console.print({k: v for k, v in ans.__dict__.items() if k not in ("logprobs",)})
