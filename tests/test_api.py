@@ -99,10 +99,15 @@ def test_run_the_wheel_returns_typed_rounds(tmp_path):
     ws = fw.Workspace(tmp_path / "ws")
     ds = ws.add_items("t", texts, labels={"billing": "payments", "hardware": "devices", "account": "logins"},
                       gold=topics, val=60, calib=150, stream=200, test=150)
-    with ds.simulated_teacher() as teacher:
+    with ds.simulated_teacher() as teacher, pytest.warns(fw.FlywheelWarning) as shown:
         run = ds.run(teacher, rounds=2, seed_labels=120, val_labels=60, calib_labels=150, per_round_budget=100,
                      stream_per_round=100, student_kind="text-tfidf", gold_ceiling=False)
     assert isinstance(run, fw.RunReport) and [r.round for r in run.rounds] == [1, 2]
+    # what the CLI prints as WARNING lines reaches a notebook too: 150 calibration items are too few for the guarantee
+    small = [w for w in run.warnings if w.code == "small_calib"]
+    assert small and isinstance(small[0], fw.RunWarning) and "calib" in small[0].fix
+    assert [str(w.message) for w in shown] == [f"{w.message} -- fix: {w.fix}" for w in run.warnings]
+    assert all(w.filename == __file__ for w in shown)  # pointing at the user's run() call
     assert all(isinstance(r, fw.RoundReport) for r in run.rounds)
     assert run.final.model_version and run.teacher_calls == sum(r.teacher_calls for r in run.rounds)
     assert run.rounds[0].teacher_calls > 0 and run.teacher_cost_usd > 0

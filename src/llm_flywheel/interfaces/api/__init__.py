@@ -13,14 +13,16 @@ and, for Python objects without files, ``fw.DistilledClassifier`` (scikit-learn 
 from __future__ import annotations
 
 from llm_flywheel.interfaces.api.inputs import Teacher, teacher
-from llm_flywheel.interfaces.api.results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError, InputError, LabelPlan,
-                      LabelReport, NotReadyError, RoundReport, RunReport, TeacherError)
+from llm_flywheel.interfaces.api.results import (Answer, Calibration, ClassMetrics, Evaluation, FlywheelError,
+                                                 FlywheelWarning, InputError, LabelPlan, LabelReport, NotReadyError,
+                                                 RoundReport, RunReport, RunWarning, TeacherError)
 from llm_flywheel.interfaces.api.simulate import SimulatedTeacher, simulated_teacher
 from llm_flywheel.interfaces.api.workspace import Cascade, Dataset, Model, Workspace
 
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
-    "FlywheelError", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError", "RoundReport", "RunReport",
+    "FlywheelError", "FlywheelWarning", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError",
+    "RoundReport", "RunReport", "RunWarning",
     "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
 ]
 

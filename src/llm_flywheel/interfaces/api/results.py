@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,14 +271,44 @@ class RoundReport:
         )
 
 
+class FlywheelWarning(UserWarning):
+    """What the CLI prints as a WARNING line -- a setting that cannot be met, a result a user must not miss -- with
+    its fix; ``warnings.warn``'d so a notebook shows it (``RunReport.warnings`` keeps them, typed)."""
+
+
+@dataclass(frozen=True)
+class RunWarning:
+    """One warning of a run: a stable ``code`` (e.g. ``small_calib``), what is wrong, and the setting that fixes it
+    (named as the CLI flag; the Python keyword is the same with underscores)."""
+
+    code: str
+    message: str
+    fix: str
+
+
 @dataclass(frozen=True)
 class RunReport:
-    """A wheel run: its rounds in order, and the totals the teacher cost."""
+    """A wheel run: its rounds in order, the totals the teacher cost, and the warnings it raised."""
 
     run_id: int
     dataset: str
     rounds: tuple[RoundReport, ...]
+    warnings: tuple[RunWarning, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_wheel(cls, res: Any) -> "RunReport":
+        """From the engine's ``WheelResult``: its stored round metrics and its final warnings."""
+        warns = tuple(RunWarning(str(w.get("code", "")), str(w.get("message", "")), str(w.get("fix", "")))
+                      for w in res.extra.get("warnings") or [] if isinstance(w, Mapping))
+        return cls(run_id=res.run_id, dataset=res.dataset, rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds),
+                   warnings=warns, raw=dict(res.extra))
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """Each warning as a :class:`FlywheelWarning` (the API prints nothing else: without this a notebook user
+        would never see that, say, the calibration set is too small for the guarantee)."""
+        for w in self.warnings:
+            warnings.warn(f"{w.message} -- fix: {w.fix}", FlywheelWarning, stacklevel=stacklevel + 1)
 
     @property
     def teacher_calls(self) -> int:

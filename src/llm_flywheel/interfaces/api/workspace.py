@@ -18,7 +18,7 @@ import numpy as np
 
 from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, make_splits_once, raw_inputs, register_items
 from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, InputError, LabelPlan, LabelReport, NotReadyError,
-                      RoundReport, RunReport, TeacherError, translate_errors)
+                      RunReport, TeacherError, translate_errors)
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
@@ -263,8 +263,9 @@ class Dataset:
                 raise kind(f"{e} (everything paid for is stored: fix the cause and call run() again to resume)") from e
             except (TypeError, ValueError) as e:
                 raise InputError(str(e)) from e
-        return RunReport(run_id=res.run_id, dataset=res.dataset,
-                         rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds), raw=dict(res.extra))
+        report = RunReport.from_wheel(res)
+        report.warn(stacklevel=2)  # where the user called run()
+        return report
 
 
 # --- model -----------------------------------------------------------------------------------------------------------
