@@ -93,6 +93,15 @@ def test_label_share_follows_a_shared_prefix_token_by_token():
     assert math.exp(label_logprob(toks, "shirt", labels)) == pytest.approx(first * second)
 
 
+def test_label_share_reads_past_a_label_that_is_a_prefix_of_another():
+    labels = ("cat", "catfish", "dog")
+    toks = [_tok('{"label": "', -0.1), _tok("cat", -0.1, [("cat", -0.1), ("dog", -3.0)]),
+            _tok('", "confidence": 1}', -0.5, [('", "confidence": 1}', -0.5), ("fish", -1.0)])]
+    e = math.exp  # "cat" could still become "catfish": the closing quote against "fish" decides
+    expected = e(-0.1) / (e(-0.1) + e(-3.0)) * e(-0.5) / (e(-0.5) + e(-1.0))
+    assert math.exp(label_logprob(toks, "cat", labels)) == pytest.approx(expected)
+
+
 def test_label_share_with_the_opening_quote_in_the_label_token():
     toks = [_tok('{"label":', -0.1), _tok(' "pos', -1.0, [(' "pos', -1.0), (' "neg', -2.0), (' "', -3.0)]),
             _tok('itive"}', -0.1, [('itive"}', -0.1)])]

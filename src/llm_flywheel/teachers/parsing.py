@@ -171,7 +171,7 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None,
     ``top_logprobs`` and ``labels`` are given, the answer is :func:`label_share`: the label's probability
     renormalised over the labels.  Why: llama.cpp (and vLLM) report the model's probabilities *before* the JSON
     grammar, so a label the grammar forced carries the mass of every word the model would rather have written --
-    SmolLM2's labels scored -20 to -47 there, i.e. "certainty" 0 whether it was sure or not.  Without alternatives
+    SmolLM2's labels scored -2 to -55 there, i.e. "certainty" 0 whether it was sure or not.  Without alternatives
     (a provider that returns none) it is the sum of the label tokens' log-probabilities, as reported.
     """
     if not tokens or not raw_label:
@@ -188,19 +188,19 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None,
     if pos < 0:
         return None
     end = pos + len(raw_label)
-    total, off, hit = 0.0, 0, False
+    total, off = 0.0, 0
     span: list[tuple[int, int]] = []  # (token index, its start offset) of the tokens that spell the label
     for i, (tok, lp) in enumerate(pieces):
         t0, t1 = off, off + len(tok)
         if t1 > pos and t0 < end and math.isfinite(lp):
             total += lp
-            hit = True
             span.append((i, t0))
         off = t1
-    if not hit:
+    if not span:
         return None
     if labels:
-        share = label_share(tokens, span, full[pos:end], pos, full, labels)
+        first, t0 = span[0]
+        share = label_share(tokens, first, full[t0:pos] if t0 < pos else "", full[pos:end], labels)
         if share is not None:
             return share
     return total
@@ -238,38 +238,38 @@ def _fits(text: str, label: str) -> bool:
     return label.startswith(text) or text.startswith(label + '"')
 
 
-def label_share(tokens: list[dict[str, Any]], span: list[tuple[int, int]], written: str, pos: int, full: str,
+def label_share(tokens: list[dict[str, Any]], first: int, pre: str, written: str,
                 labels: tuple[str, ...] | list[str]) -> float | None:
     """log P(the written label | the answer is one of ``labels``), read token by token until the label is decided.
 
-    At each of the label's tokens, the alternatives that could still spell the written label are weighed against
-    those that could spell any label still possible (the chain rule over the label's tokens); once no other label
-    fits what is written, the grammar decides the rest and the factor is 1.  A label with no visible alternative
-    is given the smallest probability on the list when the list was cut (it could be just below it) -- so the
-    share is a lower bound, never an overstatement.  None when ``written`` is not a task label or a token in the
-    span has no alternatives.
+    ``first`` is the index of the label's first token and ``pre`` that token's part before the label (an opening
+    quote).  At each token, the alternatives that could still spell the written label are weighed against those
+    that could spell any label still possible (the chain rule over the label's tokens, and the token after it where
+    one label is a prefix of another: "cat" vs "catfish"); once no other label fits what is written, the grammar
+    decides the rest.  A label with no visible alternative is given the lowest probability on the list (it could be
+    just below it), so the share is a lower bound, never an overstatement.  None when ``written`` is not a task
+    label or a token that decides has no alternatives.
     """
     chosen = written.lower()
     live = sorted({lab.lower() for lab in labels})
     if chosen not in live:
         return None
     total, done = 0.0, ""
-    for i, t0 in span:
-        live = [lab for lab in live if lab.startswith(done)]
-        if len(live) <= 1:
+    for i in range(first, len(tokens)):
+        live = [lab for lab in live if _fits(done, lab)]
+        if len(live) <= 1 or chosen not in live:
             break
         got = _alternatives(tokens[i])
         if got is None:
             return None
         alts, lowest = got
-        pre = full[t0:pos] if t0 < pos else ""  # the part of this token before the label (an opening quote)
-        mass = {lab: 0.0 for lab in live}
+        cut = pre if i == first else ""
+        mass = dict.fromkeys(live, 0.0)
         num = den = 0.0
         for text, lp in alts:
-            if not text.lower().startswith(pre.lower()):
+            if not text.lower().startswith(cut.lower()):
                 continue
-            cont = done + text[len(pre):].lower()
-            fits = [lab for lab in live if _fits(cont, lab)]
+            fits = [lab for lab in live if _fits(done + text[len(cut):].lower(), lab)]
             if fits:
                 p = math.exp(min(lp, 0.0))
                 den += p
@@ -280,8 +280,7 @@ def label_share(tokens: list[dict[str, Any]], span: list[tuple[int, int]], writt
         if num <= 0.0 or den <= 0.0:
             return None
         total += math.log(min(num / den, 1.0))
-        tok = str(tokens[i].get("token", ""))
-        done += tok[len(pre):].lower()
+        done += str(tokens[i].get("token", ""))[len(cut):].lower()
     return total
 
 
