@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from fault_server import FaultServer, ok
+from ports import free_port
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record, register
 from llm_flywheel.interfaces.cli import main
@@ -46,10 +47,13 @@ def test_a_swapped_model_file_under_the_same_name_is_refused_before_any_call(ws)
             _run(ws, srv.url)
         res = CliRunner().invoke(main, ["-w", str(ws.root), "label", "mail", "--split", "all",
                                         "--teacher", f"{srv.url}|local", "--passes", "1"])
+        served = CliRunner().invoke(main, ["-w", str(ws.root), "serve", "mail", "--teacher", f"{srv.url}|local",
+                                           "--port", str(free_port())])  # refused before any model is loaded
         asked = len(srv.requests)
         renamed = _run(ws, srv.url, name="smollm2")  # the fix the message names: the new model's own name
     assert asked == 6  # neither refused run made a call
     assert res.exit_code == 2 and "its own name" in res.output, res.output
+    assert served.exit_code == 2 and "its own name" in served.output, served.output
     assert renamed.calls_made == 6
     with ws.store() as s:
         assert s.teacher_model_file("local")["model_file"] == "qwen2.5-0.5b-instruct-q4_k_m.gguf"

@@ -13,6 +13,8 @@ import click
 from llm_flywheel.interfaces.cli import Ctx, config_error, console, pass_ctx
 from llm_flywheel.interfaces.cli.commands import open_dataset
 from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _teacher
+from llm_flywheel.pipeline.served_model import check_served_model
+from llm_flywheel.teachers.errors import TeacherConfigError
 
 
 @click.command(epilog="\b\nExamples:\n"
@@ -108,6 +110,8 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
             app = create_app(ws, dataset, version=version, teacher=teacher, threshold=threshold, config=config)
+        except TeacherConfigError as e:  # e.g. a local server now serving another model under a cached name
+            raise config_error(str(e)) from None
         except (StoreError, StudentError, CascadeError, ValueError) as e:
             raise click.ClickException(str(e)) from None
         d = app.state.cascade.describe()
@@ -144,6 +148,12 @@ def _serve_replicas(ws: Any, dataset: str, host: str, port: int, scaling: Any, r
     except (StoreError, StudentError, CascadeError, ValueError) as e:  # before starting Ray: no model, bad version
         raise click.ClickException(str(e)) from None
     with _teacher(ws, dataset, opts["spec"], opts["api_key_env"]) as teacher:
+        if teacher is not None:  # before Ray starts, as the single process checks in create_app
+            try:
+                with ws.store() as s:
+                    check_served_model(s, teacher)
+            except TeacherConfigError as e:
+                raise config_error(str(e)) from None
         tspec, key_env = opts["spec"], opts["api_key_env"]
         if tspec == "simulated":  # the simulated teacher runs in this process: replicas call it by URL
             tspec, key_env = f"{teacher.base_url}|{teacher.model}", ""
