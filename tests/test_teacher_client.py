@@ -109,6 +109,26 @@ def test_logprobs_refused_then_dropped(tiny_ws, synth_task):
     assert ans.ok and not t.logprobs and len(srv.requests) == 2
 
 
+def test_a_cap_on_the_alternatives_drops_them_and_keeps_logprobs(tiny_ws, synth_task):
+    """A provider that takes logprobs but caps top_logprobs (some allow 5) loses only the alternatives."""
+    toks = [{"token": '{"label": "', "logprob": -0.01}, {"token": "dot", "logprob": -0.3},
+            {"token": '", "confidence": 0.9, "reason": "x"}', "logprob": -0.01}]
+
+    def act(h, body):
+        from fault_server import _send
+        if body.get("top_logprobs", 0) > 5:
+            _send(h, 400, {"error": {"message": "Invalid 'top_logprobs': must be less than or equal to 5"}})
+        else:
+            ok('{"label": "dot", "confidence": 0.9, "reason": "x"}', logprobs=toks)(h, body)
+    with FaultServer(default=act) as srv:
+        t = _teacher(srv.url, synth_task)
+        first, again = _ask(t, tiny_ws, synth_task), _ask(t, tiny_ws, synth_task, pass_index=1)
+    assert [("top_logprobs" in r["body"], r["body"].get("logprobs")) for r in srv.requests] == [
+        (True, True), (False, True), (False, True)]  # refused once, then asked without the alternatives
+    assert t.logprobs and not t.top_logprobs and t.capabilities()["top_logprobs"] is False
+    assert first.ok and first.label_logprob == pytest.approx(-0.3) and again.label_logprob == pytest.approx(-0.3)
+
+
 def test_logprobs_give_label_logprob(tiny_ws, synth_task):
     content = '{"label": "cross", "confidence": 0.7, "reason": "x"}'
     toks = [{"token": t, "logprob": lp} for t, lp in

@@ -231,8 +231,9 @@ class Asking:
                 self._downgrade(mode, f"HTTP {st}: {text[:150]}")  # no-op if another call already did
                 return RESEND
         if st in (400, 422) and call.fallbacks < 6 and logprobs and "logprob" in low:
-            call.fallbacks += 1
-            self._drop_flag("logprobs", f"HTTP {st}: {text[:150]}")
+            call.fallbacks += 1  # the alternatives first (a provider may cap them), then logprobs themselves
+            self._drop_flag("top_logprobs" if "top_logprobs" in low and self.top_logprobs else "logprobs",
+                            f"HTTP {st}: {text[:150]}")
             return RESEND
         if st >= 500:
             return Retry("http_5xx", f"HTTP {st}: {text[:200]}")

@@ -81,6 +81,7 @@ class Negotiation:
         self.response_format = "json_schema" if response_format == "auto" else response_format  # current mode
         self.logprobs = logprobs
         self.schema_max_length = True  # False once a server refuses the maxLength keyword
+        self.top_logprobs = True  # False once a server refuses the alternatives (some cap them at 5) but not logprobs
         self.workspace = workspace
         self._lock = threading.Lock()
         self._cache_arg = cache_arg
@@ -97,7 +98,7 @@ class Negotiation:
     def capabilities(self) -> dict[str, Any]:
         """What this endpoint is known to accept now (the record kept in the capability memory)."""
         return {"response_format": self.response_format, "logprobs": self.logprobs,
-                "schema_max_length": self.schema_max_length,
+                "schema_max_length": self.schema_max_length, "top_logprobs": self.top_logprobs,
                 "downgrades": (self._remembered_downgrades + list(self.negotiation))[-20:]}
 
     def _attach_cache(self, ws: Workspace | None) -> None:
@@ -125,6 +126,7 @@ class Negotiation:
             self.response_format = caps["response_format"]
             self.logprobs = bool(caps.get("logprobs", self.logprobs)) and self.logprobs
             self.schema_max_length = bool(caps.get("schema_max_length", True))
+            self.top_logprobs = bool(caps.get("top_logprobs", True))
             self._remembered_downgrades = [d for d in caps.get("downgrades") or [] if isinstance(d, dict)]
             self.capabilities_source = "memory"
         log.info("%s: starting from remembered response_format=%s", self.display_name, self.response_format)
@@ -214,7 +216,7 @@ class Negotiation:
         return True
 
     def _drop_flag(self, name: str, why: str) -> bool:
-        """Compare-and-set for ``logprobs`` / ``schema_max_length``: turn it off once."""
+        """Compare-and-set for ``logprobs`` / ``top_logprobs`` / ``schema_max_length``: turn it off once."""
         with self._lock:
             if not getattr(self, name):
                 return False

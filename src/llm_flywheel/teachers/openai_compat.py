@@ -259,8 +259,10 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         fmt = response_format(mode, schema)
         if fmt is not None:  # not a compact GBNF grammar for llama.cpp: see prompts.LABEL_ONLY_WORDINGS
             body["response_format"] = fmt
-        if logprobs:  # the alternatives let the label's probability be read among the labels (parsing.label_share)
-            body["logprobs"], body["top_logprobs"] = True, TOP_LOGPROBS
+        if logprobs:
+            body["logprobs"] = True
+            if self.top_logprobs:  # the alternatives let the label's probability be read among the labels
+                body["top_logprobs"] = TOP_LOGPROBS  # (parsing.label_share)
         if "openrouter.ai" in self.base_url:
             body["usage"] = {"include": True}  # OpenRouter returns the billed cost
         if self._is_llama_cpp():
