@@ -14,17 +14,24 @@ recomputed from the stored tokens) and the verbalised confidence.  Per way, with
 
 * pass 0's certainty as a predictor of pass 0 being right: ECE and AUROC (bootstrap over items);
 * the consensus against gold: accuracy (Wilson), ECE and AUROC of its quality;
+* what asking for the alternatives costs: pass-0 requests with and without ``top_logprobs``, side by side in
+  alternating blocks against the same server;
 * adaptive passes replayed on the stored answers (``--draws`` random calibration samples of ``--sample`` items,
   the client's own cutoff rule at its default target): of the items outside the sample, the share answered by
   pass 0 alone, the calls saved against k = 2 + tie-breaks, and the change in their accuracy (mean and 5th
   percentile over draws).
 
     python benchmarks/bench_local_logprobs.py            # needs `make llm-server-cpp`; about 5 minutes on 2 cores
+
+Measured (2 idle cores, 2026-11-26, two runs): pass 0's AUROC 0.609 / 0.602 now, 0.481 / 0.485 before, 0.561 / 0.539
+verbalised; the consensus quality's AUROC 0.863 / 0.902 now, 0.682 / 0.694 before, 0.623 / 0.684 verbalised; the
+alternatives cost x1.002 in calls/s; no adaptive-pass cutoff qualifies for SmolLM2 with any of the three.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import tempfile
 import time
@@ -44,6 +51,7 @@ from llm_flywheel.pipeline.label_adaptive import first_pass, learn_cutoff
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.parsing import label_logprob
+from llm_flywheel.teachers.openai_compat import TOP_LOGPROBS
 from llm_flywheel.teachers.registry import teacher_from_spec
 
 TASK = Task(name="reviews", modality="text", labels=("positive", "negative"),
@@ -162,6 +170,31 @@ def replay(answers: Mapping[str, Sequence[Mapping[str, Any]]], gold: Mapping[str
             "cutoff_found": float(np.mean([s > 0 for s in skip_share]))}
 
 
+async def alternatives_cost(url: str, teacher: Any, recs: list[Record], blocks: int = 8) -> dict[str, float]:
+    """calls/s of pass-0 requests with and without ``top_logprobs``, in alternating blocks on 4 connections."""
+    import httpx
+
+    def body(text: str, top: bool) -> dict[str, Any]:
+        b = teacher._body(TASK, text, 0)
+        return b if top else {k: v for k, v in b.items() if k != "top_logprobs"}
+
+    spent = {True: 0.0, False: 0.0}
+    size = len(recs) // blocks
+    async with httpx.AsyncClient(timeout=600) as c:
+        for blk in range(blocks):
+            for top in ((True, False) if blk % 2 == 0 else (False, True)):
+                queue = [r.text for r in recs[blk * size:(blk + 1) * size]]
+
+                async def worker(top: bool = top, queue: list[str] = queue) -> None:
+                    while queue:
+                        (await c.post(url + "/chat/completions", json=body(queue.pop(), top))).raise_for_status()
+                t0 = time.monotonic()
+                await asyncio.gather(*(worker() for _ in range(4)))
+                spent[top] += time.monotonic() - t0
+    n = size * blocks
+    return {"top": n / spent[True], "none": n / spent[False], "calls": n}
+
+
 def fmt(t: tuple[float, float, float], pct: bool = False) -> str:
     f = 100 if pct else 1
     return f"{t[0] * f:.{1 if pct else 3}f} [{t[1] * f:.{1 if pct else 3}f}, {t[2] * f:.{1 if pct else 3}f}]"
@@ -186,8 +219,11 @@ def main() -> None:
         t0 = time.monotonic()
         res = label_items(ws, TASK.name, ids, teacher, LabelConfig(passes=2, adaptive_passes=False), progress="plain")
         wall = time.monotonic() - t0
+        speed = asyncio.run(alternatives_cost(url, teacher, reviews(240, a.seed + 1)))
     print(f"\n{len(ids)} reviews, {res.calls_made} calls in {wall:.0f} s ({res.calls_made / wall:.2f} calls/s), "
-          f"k = 2 + tie-breaks, llama-server defaults, SmolLM2-135M; workspace {work}\n")
+          f"k = 2 + tie-breaks, llama-server defaults, SmolLM2-135M; workspace {work}")
+    print(f"asking {TOP_LOGPROBS} alternatives a token: {speed['top']:.3f} calls/s, without them {speed['none']:.3f} "
+          f"calls/s ({speed['calls']} pass-0 calls each, 8 alternating blocks): x{speed['top'] / speed['none']:.3f}\n")
     answers, gold = stored_answers(ws)
     target = LabelConfig().agreement_target
     print("| certainty from | pass 0: ECE | pass 0: AUROC | consensus acc. vs gold | consensus ECE | consensus AUROC "
