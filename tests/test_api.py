@@ -116,6 +116,22 @@ def test_run_the_wheel_returns_typed_rounds(tmp_path):
         assert 0 <= r.stream_teacher_fraction <= 1 and r.threshold is not None
 
 
+def test_the_wheel_self_trains_when_asked(tmp_path):
+    """``unlabelled=1`` (``flywheel run --unlabelled 1``): each round's student also learns its own predictions on
+    as many unlabelled train items as it has labels, and the model records what that did."""
+    texts, topics = tickets(500, seed=9)
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("t", texts, labels={"billing": "payments", "hardware": "devices", "account": "logins"},
+                      gold=topics, val=50, calib=100, stream=60, test=60)
+    with ds.simulated_teacher() as teacher, pytest.warns(fw.FlywheelWarning):  # calib 100: too small, said so
+        run = ds.run(teacher, rounds=1, seed_labels=100, val_labels=50, calib_labels=100, stream_per_round=30,
+                     student_kind="text-tfidf", gold_ceiling=False, unlabelled=1)
+    st = ds.model(run.final.trained_version).metrics["self_training"]
+    assert st is not None and st["pool"] == run.final.labels_total and st["val_first"] is not None
+    with pytest.raises(fw.InputError, match="unlabelled must be >= 0"):
+        ds.run(teacher, rounds=1, unlabelled=-1)
+
+
 def test_errors_are_typed_and_name_the_fix(ticket_files, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     with pytest.raises(fw.InputError, match="no workspace"):

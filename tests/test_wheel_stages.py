@@ -172,3 +172,6 @@ def test_a_resumed_run_may_change_rounds_and_the_gold_ceiling_but_not_what_a_rou
     assert base.resume_key() != WheelConfig(rounds=3, calib_labels=500).resume_key()
     stored_by_an_older_version = {**base.resume_key(), "gold_ceiling": True}
     assert without_unbinding(stored_by_an_older_version) == base.resume_key()
+    before_self_training = {k: v for k, v in base.resume_key().items() if k != "unlabelled"}
+    assert without_unbinding(before_self_training) == base.resume_key()  # a setting added later: its default
+    assert without_unbinding(before_self_training) != WheelConfig(rounds=3, unlabelled=2).resume_key()

@@ -68,6 +68,7 @@ class WheelConfig:
     test_limit: int | None = None  # test items measured (None = all)
     student_kind: str | None = None
     epochs: int | None = None
+    unlabelled: float = 0.0  # self-training: unlabelled train items per labelled one (0: off; see train_student)
     student_hparams: dict[str, Any] = field(default_factory=dict)  # passed to the student (e.g. {"width": 16})
     target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
     max_teacher_fraction: float | None = None  # ... and/or a teacher budget
@@ -87,8 +88,8 @@ class WheelConfig:
             raise ValueError(f"policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.passes < 1:
             raise ValueError("passes must be >= 1")
-        for name in ("seed_labels", "per_round_budget", "stream_per_round"):
-            if (getattr(self, name) or 0) < 0:
+        for name in ("seed_labels", "per_round_budget", "stream_per_round", "unlabelled"):
+            if not (getattr(self, name) or 0) >= 0:  # also NaN
                 raise ValueError(f"{name} must be >= 0")
         if self.teacher_parity and self.target_accuracy is not None:
             raise ValueError("give either --target-accuracy or --teacher-parity, not both")
@@ -105,9 +106,14 @@ class WheelConfig:
 NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s")
 
 
+ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0}
+"""Settings newer than runs already stored: absent from a stored key means this value, so an unfinished run of an
+older version still resumes."""
+
+
 def without_unbinding(key: dict[str, Any]) -> dict[str, Any]:
     """A resume key without the settings a resumed run may change (stored keys of older runs included)."""
-    return {k: v for k, v in key.items() if k not in NOT_BINDING}
+    return {k: v for k, v in {**ADDED_LATER, **key}.items() if k not in NOT_BINDING}
 
 
 def warning(code: str, message: str, fix: str) -> dict[str, str]:

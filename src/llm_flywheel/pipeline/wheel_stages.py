@@ -207,7 +207,8 @@ def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors:
             f"then re-run the same command: it resumes this round.", "no_labels")
     try:
         tm = train_student(ctx.ws, ctx.dataset, kind=cfg.student_kind, labels=labels, seed=cfg.seed + r,
-                           epochs=cfg.epochs, round=r, progress=ctx.progress, **cfg.student_hparams)
+                           epochs=cfg.epochs, round=r, progress=ctx.progress, unlabelled=cfg.unlabelled,
+                           **cfg.student_hparams)
     except StudentError as e:
         raise WheelStopped(f"training round {r} failed: {e}.  Fix it and re-run the same command: it resumes "
                            f"this round (teacher answers are kept).", "no_labels") from e

@@ -103,6 +103,9 @@ def _wheel_options(f: Any) -> Any:
         click.option("--test-limit", type=click.IntRange(1), default=None, help="Measure on at most N test items (default all)."),
         click.option("--student-kind", default=None, help="Student kind (default: the task's default, e.g. image-cnn)."),
         click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the student's)."),
+        click.option("--unlabelled", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="Self-training: R unlabelled train items per labelled one, learnt from the first student's "
+                          "predictions; val keeps whichever student scores higher (0: off; 2 costs ~4x the training)."),
         click.option("--target-accuracy", type=click.FloatRange(0, 1), default=None,
                      help="Cascade goal: agreement with TEACHER labels on student-accepted items (finite-sample "
                           "guarantee); infeasible above the teacher's own accuracy."),
