@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 from bench_labeling import _auroc  # benchmarks/ is on sys.path
 from bench_local_server import DEFAULT_SERVER_BIN, MODEL_ALIAS, llama_server
+from bench_prompt_layout import NEGATIVE, POSITIVE
+from bench_prompt_layout import SUBJECTS as LAYOUT_SUBJECTS
 
 from llm_flywheel.core.consensus import answer_probability, consensus
 from llm_flywheel.core.stats import reliability, wilson_interval
@@ -50,21 +52,15 @@ from llm_flywheel.data.base import Record, register
 from llm_flywheel.pipeline.label_adaptive import first_pass, learn_cutoff
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.parsing import label_logprob
 from llm_flywheel.teachers.openai_compat import TOP_LOGPROBS
+from llm_flywheel.teachers.parsing import label_logprob
 from llm_flywheel.teachers.registry import teacher_from_spec
 
 TASK = Task(name="reviews", modality="text", labels=("positive", "negative"),
             descriptions={"positive": "the writer liked it", "negative": "the writer disliked it"},
             instructions="Is this short review positive or negative?")
 OPENERS = ["", "Honestly, ", "Overall, ", "I have to say ", "To be fair, ", "In short, ", "Frankly, ", "Well, "]
-SUBJECTS = ["the movie", "this phone", "the food", "our hotel room", "the service", "this book", "the concert",
-            "my new laptop", "the tour guide", "this coffee"]
-POSITIVE = ["was wonderful and I loved it", "exceeded all my expectations", "made me really happy",
-            "was excellent, highly recommended", "was a delight from start to finish",
-            "was great value and worked perfectly"]
-NEGATIVE = ["was awful and I hated it", "was a complete waste of money", "made me really angry",
-            "was terrible, avoid it", "broke after one day", "was boring and disappointing"]
+SUBJECTS = [s[0].lower() + s[1:] for s in LAYOUT_SUBJECTS]  # "the movie", after an opener
 WAYS = ("share", "raw", "verbalised")  # now, before, no logprobs
 
 
