@@ -223,7 +223,8 @@ def main() -> None:
     answers, gold = stored_answers(ws)
     target = LabelConfig().agreement_target
     print("| certainty from | pass 0: ECE | pass 0: AUROC | consensus acc. vs gold | consensus ECE | consensus AUROC "
-          f"| adaptive replay (target {target}): items on pass 0 alone | calls saved | accuracy change (mean; 5th pct) |")
+          f"| adaptive replay (target {target}): items on pass 0 alone | calls saved "
+          "| accuracy change (mean; 5th pct) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for way in WAYS:
         ans, use = as_way(answers, way)

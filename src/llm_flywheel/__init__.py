@@ -20,14 +20,16 @@ from llm_flywheel._version import __version__
 _API = (
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
     "FlywheelError", "FlywheelWarning", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError",
-    "RoundReport", "RunReport", "RunWarning", "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
+    "RoundReport", "RunReport", "RunWarning", "SimulatedTeacher", "Teacher", "TeacherError", "Workspace",
+    "simulated_teacher", "teacher",
 )
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # for editors and type checkers
-    from llm_flywheel.interfaces.api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation, FlywheelError,
-                      FlywheelWarning, InputError, LabelPlan, LabelReport, Model, NotReadyError, RoundReport, RunReport,
-                      RunWarning, SimulatedTeacher, Teacher, TeacherError, Workspace, simulated_teacher, teacher)
+    from llm_flywheel.interfaces.api import (Answer, Calibration, Cascade, ClassMetrics, Dataset, Evaluation,
+                      FlywheelError, FlywheelWarning, InputError, LabelPlan, LabelReport, Model, NotReadyError,
+                      RoundReport, RunReport, RunWarning, SimulatedTeacher, Teacher, TeacherError, Workspace,
+                      simulated_teacher, teacher)
     from llm_flywheel.interfaces.api.estimator import DistilledClassifier
 
 

@@ -301,8 +301,8 @@ class RunReport:
         """From the engine's ``WheelResult``: its stored round metrics and its final warnings."""
         warns = tuple(RunWarning(str(w.get("code", "")), str(w.get("message", "")), str(w.get("fix", "")))
                       for w in res.extra.get("warnings") or [] if isinstance(w, Mapping))
-        return cls(run_id=res.run_id, dataset=res.dataset, rounds=tuple(RoundReport.from_metrics(m) for m in res.rounds),
-                   warnings=warns, raw=dict(res.extra))
+        rounds = tuple(RoundReport.from_metrics(m) for m in res.rounds)
+        return cls(run_id=res.run_id, dataset=res.dataset, rounds=rounds, warnings=warns, raw=dict(res.extra))
 
     def warn(self, stacklevel: int = 2) -> None:
         """Each warning as a :class:`FlywheelWarning` (the API prints nothing else: without this a notebook user
