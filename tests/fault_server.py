@@ -167,12 +167,15 @@ def cut_off(content: str, **kw: Any) -> Action:
 
 class FaultServer:
     def __init__(self, script: list[Action] | None = None, default: Action | None = None, *,
-                 props: dict | None = None, slots: Callable[[], list] | None = None) -> None:
+                 props: dict | None = None, slots: Callable[[], list] | None = None,
+                 models: list[dict] | None = None) -> None:
         """``props``: what ``GET /props`` answers (llama.cpp's server describes its slots and context there);
-        ``None``: 404, like servers that have no such route.  ``slots``: called for each ``GET /slots`` (llama.cpp's
+        ``None``: 404, like servers that have no such route.  ``models``: the ``GET /v1/models`` list (default one
+        model, ``fault-model``).  ``slots``: called for each ``GET /slots`` (llama.cpp's
         work in progress), ``None``: 404.  GET paths are recorded in ``gets``."""
         self.props = props
         self.slots = slots
+        self.models = models
         self.gets: list[str] = []
         self.script: deque[Action] = deque(script or [])
         self.default = default or ok()
@@ -207,7 +210,7 @@ class FaultServer:
                 if self.path == "/slots":
                     _send(self, *((200, outer.slots()) if outer.slots is not None else (404, {"error": "not found"})))
                     return
-                _send(self, 200, {"object": "list", "data": [{"id": "fault-model"}]})
+                _send(self, 200, {"object": "list", "data": outer.models or [{"id": "fault-model"}]})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -70,6 +70,17 @@ def test_a_new_model_file_under_a_name_without_cached_answers_is_simply_remember
         assert s.teacher_model_file("local")["model_file"] == "a.gguf"
 
 
+def test_llama_cpp_python_without_an_alias_names_its_gguf_in_the_model_list(ws):
+    register(ws, TASK, [Record("m0", text="hello")], progress=False)
+    with FaultServer(default=ok('{"label": "ham", "confidence": 0.8}'), models=[{"id": "/m/a.gguf"}]) as srv:
+        assert _run(ws, srv.url).calls_made == 1
+        srv.models = [{"id": "/m/b.gguf"}]
+        with pytest.raises(TeacherConfigError, match=r"now serves b\.gguf"):
+            _run(ws, srv.url)
+        srv.models = [{"id": "/m/a.gguf"}, {"id": "/m/b.gguf"}]  # a list of several (Ollama, a router): unknown
+        assert _run(ws, srv.url).calls_made == 0
+
+
 def test_servers_that_do_not_say_which_model_they_serve_are_not_checked(ws):
     register(ws, TASK, [Record("m0", text="hello")], progress=False)
     with FaultServer(default=ok('{"label": "ham", "confidence": 0.8}')) as srv:  # no /props (vLLM, Ollama, APIs)

@@ -45,24 +45,40 @@ def parse_props(data: object) -> ServerInfo:
     n_ctx = gen.get("n_ctx") if isinstance(gen, dict) else None
     slots = slots if isinstance(slots, int) and slots > 0 else None
     n_ctx = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
-    path = data.get("model_path")
-    model_file = None
-    if isinstance(path, str) and path.strip():
-        model_file = re.split(r"[\\/]", path.strip())[-1] or None
+    model_file = file_name(data.get("model_path"))
     if slots is None and n_ctx is None:
         return ServerInfo(model_file=model_file)
     return ServerInfo(slots=slots, n_ctx=n_ctx, source="llama.cpp /props", model_file=model_file)
 
 
 def read_server_info(base_url: str, headers: dict[str, str] | None = None) -> ServerInfo:
-    """Ask the server once; any failure (no such route, not JSON, nothing listening) means "unknown"."""
+    """Ask the server once; any failure (no such route, not JSON, nothing listening) means "unknown".  Without
+    ``/props``, the model file comes from ``/v1/models`` where that lists one GGUF (llama-cpp-python started without
+    an alias, which also answers under any name)."""
     try:
         r = httpx.get(f"{server_root(base_url)}/props", headers=headers, timeout=PROPS_TIMEOUT)
-        if r.status_code != 200:
-            return ServerInfo()
-        return parse_props(r.json())
+        if r.status_code == 200:
+            return parse_props(r.json())
+        r = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=PROPS_TIMEOUT)
+        return ServerInfo(model_file=gguf_listed(r.json()) if r.status_code == 200 else None)
     except (httpx.HTTPError, ValueError):
         return ServerInfo()
+
+
+def gguf_listed(data: object) -> str | None:
+    """The file name when a ``/v1/models`` body lists exactly one model and its id is a ``.gguf`` path."""
+    models = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(models, list) or len(models) != 1 or not isinstance(models[0], dict):
+        return None
+    mid = models[0].get("id")
+    return file_name(mid) if isinstance(mid, str) and mid.strip().lower().endswith(".gguf") else None
+
+
+def file_name(path: object) -> str | None:
+    """The last part of a model path, POSIX or Windows (a model moved to another folder is the same model)."""
+    if not isinstance(path, str) or not path.strip():
+        return None
+    return re.split(r"[\\/]", path.strip())[-1] or None
 
 
 def fit_text(text: str, n_ctx: int, system_chars: int, max_tokens: int) -> tuple[str, str | None]:
