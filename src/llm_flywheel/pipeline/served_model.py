@@ -4,9 +4,9 @@ Why: teacher answers are cached by (content, model *name*, prompt, pass), which 
 are its models.  llama.cpp serves whatever GGUF it was started with under any name, so a user who restarts
 ``llama-server`` with another model and keeps the same teacher spec would get the old model's answers back, with no
 call made and nothing said.  Each run asks the server which file it serves (llama.cpp's ``/props``, already read for
-its slots; llama-cpp-python without an alias lists the GGUF in ``/v1/models``);
-the first run under a name records it, and a later one that finds another file stops before any call with the fix:
-a name of its own for the new model, under which it is asked afresh.
+its slots; llama-cpp-python without an alias lists the GGUF in ``/v1/models``); the first run under a name records
+it, and a later one that finds another file stops before any call with the fix: a name of its own for the new
+model, under which it is asked afresh.
 """
 
 from __future__ import annotations
