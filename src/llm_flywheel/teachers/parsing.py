@@ -189,18 +189,18 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None,
         return None
     end = pos + len(raw_label)
     total, off = 0.0, 0
-    span: list[tuple[int, int]] = []  # (token index, its start offset) of the tokens that spell the label
+    first: tuple[int, int] | None = None  # (index, start offset) of the first token that spells the label
     for i, (tok, lp) in enumerate(pieces):
         t0, t1 = off, off + len(tok)
         if t1 > pos and t0 < end and math.isfinite(lp):
             total += lp
-            span.append((i, t0))
+            first = first or (i, t0)
         off = t1
-    if not span:
+    if first is None:
         return None
     if labels:
-        first, t0 = span[0]
-        share = label_share(tokens, first, full[t0:pos] if t0 < pos else "", full[pos:end], labels)
+        i0, t0 = first
+        share = label_share(tokens, i0, full[t0:pos] if t0 < pos else "", full[pos:end], labels)
         if share is not None:
             return share
     return total
