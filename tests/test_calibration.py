@@ -238,9 +238,11 @@ def test_budget_uses_every_calib_item_when_hard_items_lack_a_label():
 
 # -- teacher parity -------------------------------------------------------------------------------------------------
 # A simulated world with what the pipeline really does: the teacher answers every calib item twice (pass 1 copies
-# pass 0 with probability rho, else an independent draw: diverse passes, rho = 0 by default), a tie-break pass where they disagree, no consensus when all
-# three differ -- those items are dropped from the reference (calibrate() does the same) but still count for the
-# budget; the temperature is fitted on the calib draw against the consensus, then the threshold is chosen.
+# pass 0 with probability rho, else an independent draw: diverse passes, rho = 0 by default), a tie-break pass where
+# they disagree, no consensus when all three differ -- those items are dropped from the temperature fit (calibrate()
+# does the same) but still count for the budget; the temperature is fitted on the calib draw against the consensus,
+# then the threshold is chosen with pass 1 as the reference (calibration._parity_subset).  The claim is checked on
+# the population against GOLD: cascade accuracy >= the teacher's single-call accuracy.
 K = 5
 
 
@@ -263,7 +265,7 @@ def _world(n: int, rng: np.random.Generator, student_slope: float, rho: float = 
     z = rng.normal(0, 1, (n, K))
     z[np.arange(n), pred] += 4 * (1 - h) + rng.normal(0, 1, n)
     logp = 1.5 * z - np.log(np.exp(1.5 * z).sum(1, keepdims=True))  # over-confident by 1.5
-    return {"logp": logp, "pred": pred, "a0": a0, "cons": cons}
+    return {"logp": logp, "pred": pred, "a0": a0, "a1": a1, "cons": cons, "gold": gold}
 
 
 def _conf(logp: np.ndarray, T: float) -> np.ndarray:
@@ -271,38 +273,40 @@ def _conf(logp: np.ndarray, T: float) -> np.ndarray:
 
 
 def _parity_gap(pop: dict[str, np.ndarray], T: float, t: float) -> float:
-    """Population cascade minus teacher single-call accuracy vs consensus (no-consensus items score 0 for both)."""
+    """Population cascade minus teacher single-call accuracy against gold (a deferred item is a teacher call)."""
     acc = _conf(pop["logp"], T) >= t
-    ok = pop["cons"] >= 0
-    s = (pop["pred"] == pop["cons"]) & ok
-    te = (pop["a0"] == pop["cons"]) & ok
-    return float(np.mean(acc * (s.astype(int) - te.astype(int))))
+    s = (pop["pred"] == pop["gold"]).astype(int)
+    te = (pop["a0"] == pop["gold"]).astype(int)
+    return float(np.mean(acc * (s - te)))
 
 
-def _calibrate_parity(w: dict[str, np.ndarray], delta: float, cap: float | None = None):
+def _calibrate_parity(w: dict[str, np.ndarray], delta: float, cap: float | None = None, ref: str = "a1"):
     keep = w["cons"] >= 0
     probs = np.exp(w["logp"])
     T = fit_temperature(probs[keep], w["cons"][keep])
     conf = _conf(w["logp"], T)
-    s = w["pred"][keep] == w["cons"][keep]
-    te = w["a0"][keep] == w["cons"][keep]
-    ch = choose_threshold(conf[keep], s, parity=True, teacher_correct=te, delta=delta, budget_conf=conf,
+    s = w["pred"] == w[ref]
+    te = w["a0"] == w[ref]
+    ch = choose_threshold(conf, s, parity=True, teacher_correct=te, delta=delta, budget_conf=conf,
                           max_teacher_fraction=cap)
-    return T, ch, conf[keep], s, te
+    return T, ch, conf, s, te
 
 
-@pytest.mark.parametrize("slope,n_calib", [(0.3, 1000), (0.1, 400), (0.05, 1000)])
-def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib):
+@pytest.mark.parametrize("slope,n_calib,rho", [(0.3, 1000, 0.0), (0.1, 400, 0.0), (0.05, 1000, 0.0),
+                                               (0.3, 1000, 0.3), (0.05, 1000, 0.3)])
+def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib, rho):
     """slope 0.3: better than the teacher on easy items, worse on hard ones, worse overall (the naive rule stops at
-    the crossing and misses parity); 0.1 and 0.05: better than its teacher against the consensus (94 % and 96 %
-    vs 90 %), so it should answer a large share -- most items with 1,000 calib items."""
+    the crossing and misses parity); 0.1 and 0.05: better than its teacher on gold (94 % and 96 % vs 87.5 %), so it
+    should answer a large share -- most items with 1,000 calib items.  rho 0.3: pass 1 copies pass 0 30 % of the time
+    (passes that share their errors): the reference then favours the teacher, so the claim must still hold (it only
+    costs coverage)."""
     rng = np.random.default_rng(12)
     pop = _world(100_000, rng, slope)
     trials, delta = 200, 0.1
     violations = naive_violations = 0
     coverage = []
     for _ in range(trials):
-        w = _world(n_calib, rng, slope)
+        w = _world(n_calib, rng, slope, rho)
         T, ch, conf, s, te = _calibrate_parity(w, delta)
         assert ch.goal == "parity" and ch.feasible and ch.n_calib == n_calib
         assert ch.target == pytest.approx(te.mean()) and ch.teacher_accuracy == pytest.approx(te.mean())
@@ -315,15 +319,29 @@ def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib):
         if len(good):
             naive_violations += _parity_gap(pop, T, conf[order][good.max()]) < 0
     slack = 3 * math.sqrt(delta * (1 - delta) / trials)
-    print(f"parity slope={slope} n={n_calib}: violations {violations}/{trials}, naive {naive_violations}/{trials}, "
-          f"mean coverage {np.mean(coverage):.3f}")
+    print(f"parity slope={slope} n={n_calib} rho={rho}: violations {violations}/{trials}, "
+          f"naive {naive_violations}/{trials}, mean coverage {np.mean(coverage):.3f}")
     assert violations / trials <= delta + slack, violations
-    if slope == 0.3:
+    if slope == 0.3 and rho == 0.0:
         assert naive_violations / trials > 2 * delta  # without the test, parity is missed often
-    elif n_calib == 1000:
+    elif slope < 0.3 and n_calib == 1000 and rho == 0.0:
         assert np.mean(coverage) > 0.9  # a student better than its teacher answers almost everything
-    else:
+    elif slope < 0.3 and rho == 0.0:
         assert np.mean(coverage) > 0.2
+
+
+def test_parity_against_the_consensus_hides_a_better_student():
+    """Why pass 1 is the reference: against the consensus, of which pass 0 is a vote, a student better than its
+    teacher on gold (92.5 % vs 87.5 %) is shown at parity far less often -- the teacher looks better than it is
+    (mean coverage over 40 draws of 1,000 calib items: 0.24 against the consensus, 0.73 against pass 1)."""
+    rng = np.random.default_rng(3)
+    cov_cons, cov_pass1 = [], []
+    for _ in range(40):
+        w = _world(1000, rng, 0.15)
+        w["ref_cons"] = np.where(w["cons"] >= 0, w["cons"], -1)
+        cov_cons.append(_calibrate_parity(w, 0.1, ref="ref_cons")[1].coverage)
+        cov_pass1.append(_calibrate_parity(w, 0.1)[1].coverage)
+    assert np.mean(cov_pass1) > 0.6 and np.mean(cov_cons) < np.mean(cov_pass1) - 0.3, (cov_cons, cov_pass1)
 
 
 def test_parity_unit_cases():
@@ -345,8 +363,10 @@ def test_parity_unit_cases():
 
 
 def test_calibrate_teacher_parity_end_to_end(tmp_path):
-    """Through the store: the simulated teacher answers the calib split over HTTP (two passes), then
-    calibrate(teacher_parity=True) compares the student with pass 0 on the same items; the CLI shows the goal."""
+    """Through the store: the simulated teacher answers the calib split over HTTP.  With pass 0 alone, parity is
+    refused (no independent reference) with the command that fixes it; after that command (two fixed passes, pass 0
+    from the cache) calibrate(teacher_parity=True) compares the student and pass 0 against pass 1 on the same items;
+    the CLI shows the goal."""
     import json
 
     from click.testing import CliRunner
@@ -360,15 +380,27 @@ def test_calibrate_teacher_parity_end_to_end(tmp_path):
     ws, version = trained_calibrated_ws(tmp_path / "ws")
     with ws.store() as s:
         calib = s.items("synth", split="calib")
-    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)) as url:
-        label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url),
-                    LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    sim = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)
+    with run_simulated_teacher(ws, "synth", sim) as url:
+        label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url), LabelConfig(passes=1), progress=False)
+    with pytest.raises(ValueError, match=r"never asked a pass 1.*flywheel label synth --split calib --fixed-passes"):
+        calibrate(ws, "synth", version, teacher_parity=True, delta=0.1)
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity"])
+    assert r.exit_code == 1 and "--fixed-passes" in r.output, r.output
+    with run_simulated_teacher(ws, "synth", sim) as url:
+        first_calls = label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url),
+                                  LabelConfig(passes=2, adaptive_passes=False), progress=False).calls_made
+    assert first_calls < 2 * len(calib)  # pass 0 came from the cache
     res = calibrate(ws, "synth", version, teacher_parity=True, delta=0.1)
     with ws.store() as s:
         ref = s.effective_labels("synth", split="calib")
         model, first = max(s.first_answers_by_hash([it.content_hash for it in calib]).items(), key=lambda kv: len(kv[1]))
-    scored = [it for it in calib if ref.get(it.id) is not None and it.content_hash in first]
-    expected = np.mean([first[it.content_hash] == ref[it.id] for it in scored])
+        second = s.pass_answers_by_hash([it.content_hash for it in calib], 1)[model]
+    scored = [it for it in calib if ref.get(it.id) is not None and it.content_hash in first
+              and second.get(it.content_hash) is not None]
+    assert len(scored) > 0.9 * len(calib)
+    expected = np.mean([first[it.content_hash] == second[it.content_hash] for it in scored])
+    assert "pass 1" in res.teacher_single_call["note"]
     assert res.goal == "parity" and res.feasible and 0.0 <= res.choice.coverage <= 1.0
     assert res.teacher_single_call["model"] == model and res.teacher_single_call["n"] == len(scored)
     assert res.choice.target == pytest.approx(expected) and res.choice.teacher_accuracy == pytest.approx(expected)
@@ -381,3 +413,16 @@ def test_calibrate_teacher_parity_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["choice"]["goal"] == "parity+budget" and rep["teacher_single_call"]["n"] == len(scored)
+
+
+def test_an_unmet_parity_goal_under_a_cap_says_what_helps():
+    """Parity + a cap that parity cannot meet yet: the cap's threshold serves, and the warning's fix is about the
+    student (more rounds, a stronger student, a larger cap) -- not "use a teacher budget", which is already there."""
+    from llm_flywheel.pipeline.wheel_results import CalibResult
+    from llm_flywheel.pipeline.wheel_stages import infeasible_goal_warning
+
+    w = infeasible_goal_warning(3, CalibResult(calib_feasible=False, calib_goal="parity+budget", calib_note="x"))
+    assert w["code"] == "goal_infeasible" and "stronger student" in w["fix"] and "use a teacher budget" not in w["fix"]
+    w = infeasible_goal_warning(3, CalibResult(calib_feasible=False, calib_goal="accuracy+budget", calib_note="x"))
+    assert "--target-accuracy below" in w["fix"]
+    assert infeasible_goal_warning(3, CalibResult(calib_feasible=True, calib_goal="parity+budget")) is None

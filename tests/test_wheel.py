@@ -277,7 +277,11 @@ def test_wheel_labels_through_the_batch_api_at_the_batch_price(wheel_ws):
     label = r1["spend"]["label"]
     online = {k: sum(r1["spend"].get(st, {}).get(k, 0) for st in ("serve", "audit")) for k in ("calls", "usd")}
     assert label["calls"] > 0 and r1["labels_total"] > 0 and r1["calib_goal"].startswith("parity")
-    with ws.store() as s:
+    with ws.store() as s:  # parity's reference: every calib item was asked pass 1 (no adaptive skip there)
+        calib = [it.content_hash for it in s.items("synth", split="calib")]
+        (first,) = s.pass_answers_by_hash(calib, 0).values()
+        (second,) = s.pass_answers_by_hash(calib, 1, asked=True).values()
+        assert len(first) == 60 and set(first) <= set(second)
         batch_lines = s.query("SELECT COUNT(*) AS n FROM teacher_batch_lines WHERE answer_id IS NOT NULL")[0]["n"]
         everywhere = s.teacher_cost_stats("synth", online_only=True)
         blended = s.teacher_cost_stats("synth")

@@ -136,6 +136,8 @@ class _CalibInputs:
     teacher_labels: dict[int, str | None]  # consensus labels (reference='gold': the curve scores the teacher)
     first_answers: dict[str, str | None]  # content hash -> the teacher's pass-0 label (parity goal)
     first_model: str | None
+    second_answers: dict[str, str | None]  # content hash -> the same teacher's pass-1 label (parity's reference)
+    second_asked: set[str]  # content hashes pass 1 was asked about (failed calls included)
     t_cost: float
     t_cost_note: str
 
@@ -163,12 +165,18 @@ def _load_inputs(store: Store, dataset: str, version: str, reference: str, parit
     t_cost, t_cost_note = teacher_cost_per_item(store, dataset, task, cpu)
     teacher_labels = store.teacher_labels([it.id for it in items]) if reference == "gold" else {}
     first: dict[str, str | None] = {}
+    second: dict[str, str | None] = {}
+    asked: set[str] = set()
     first_model = None
     if parity:
-        by_model = store.first_answers_by_hash([it.content_hash for it in items])
+        hashes = [it.content_hash for it in items]
+        by_model = store.first_answers_by_hash(hashes)
         if by_model:
             first_model, first = max(by_model.items(), key=lambda kv: len(kv[1]))
-    return _CalibInputs(task, all_items, items, ref, ref_note, teacher_labels, first, first_model, t_cost, t_cost_note)
+            second = store.pass_answers_by_hash(hashes, 1).get(first_model, {})
+            asked = set(store.pass_answers_by_hash(hashes, 1, asked=True).get(first_model, {}))
+    return _CalibInputs(task, all_items, items, ref, ref_note, teacher_labels, first, first_model, second, asked,
+                        t_cost, t_cost_note)
 
 
 def _student_probs(student: Any, items: list[Item]) -> tuple[np.ndarray, float]:
@@ -178,15 +186,40 @@ def _student_probs(student: Any, items: list[Item]) -> tuple[np.ndarray, float]:
     return probs, (time.perf_counter() - t0) / max(1, len(items))
 
 
-def _parity_subset(inp: _CalibInputs) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Mask of the reference items the teacher answered once (pass 0), their single-call correctness, a summary."""
-    have = np.asarray([it.content_hash in inp.first_answers for it in inp.items])
-    tc = np.asarray([inp.first_answers.get(it.content_hash) == inp.ref[it.id] for it in inp.items])[have]
-    if not have.any():
+def _parity_subset(inp: _CalibInputs, dataset: str, reference: str, predicted: list[str]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(mask of the items compared, the student's and the teacher's single-call correctness on them, a summary).
+
+    Why pass 1 and not the consensus is the reference (``reference='labels'``): pass 0 is one of the consensus's
+    votes, so against the consensus a single teacher call looks better than it is and a student that beats its
+    teacher on gold could not show it (the demo: never).  Pass 1 is an independent call of the same teacher, so the
+    comparison is "who agrees more often with a fresh teacher call".  Items pass 1 was never asked about cannot be
+    dropped: adaptive passes skip exactly the items whose pass 0 was sure, and the rest are the teacher's hard ones.
+    Items whose pass 1 failed or was off the list drop out (a failure says nothing about who is right)."""
+    hs = [it.content_hash for it in inp.items]
+    if not any(h in inp.first_answers for h in hs):
         raise ValueError("the teacher-parity goal needs the teacher's first answer (pass 0) on calib items and there "
                          "is none; label the calib split with the teacher first (`flywheel label DATASET --split calib`)")
-    return have, tc, {"model": inp.first_model, "n": int(have.sum()), "accuracy": float(tc.mean()),
-                      "note": "pass 0 vs the reference labels on the same calib items"}
+    if reference == "gold":
+        have = np.asarray([h in inp.first_answers for h in hs])
+        ref = [inp.ref[it.id] for it in inp.items]
+        note = "pass 0 vs the gold labels on the same calib items"
+    else:
+        missing = sum(1 for h in hs if h in inp.first_answers and h not in inp.second_asked)
+        if missing:
+            raise ValueError(
+                f"the teacher-parity goal compares the student and the teacher's first answer with a second, "
+                f"independent teacher call (pass 1), and {missing:,} of {len(hs):,} calib items were never asked a "
+                f"pass 1 (labelled with one pass, or adaptive passes skipped them: those are the items whose first "
+                f"answer was sure, so they cannot simply be left out); ask them with `flywheel label {dataset} --split calib --fixed-passes` (cached answers are "
+                f"reused; `flywheel run --teacher-parity` does this by itself)")
+        ref = [inp.second_answers.get(h) for h in hs]
+        have = np.asarray([h in inp.first_answers and r in inp.task.labels for h, r in zip(hs, ref)])
+        note = "pass 0 vs pass 1 (an independent call of the same teacher) on the same calib items"
+    s = np.asarray([p == r for p, r in zip(predicted, ref)])[have]
+    tc = np.asarray([inp.first_answers.get(h) == r for h, r in zip(hs, ref)])[have]
+    acc = float(tc.mean()) if len(tc) else 0.0
+    return have, s, tc, {"model": inp.first_model, "n": int(have.sum()), "accuracy": acc, "note": note}
 
 
 def calibrate(
@@ -204,10 +237,11 @@ def calibrate(
     """Fit the temperature and choose the threshold of model ``version`` on the calib split; store and plot them.
 
     ``teacher_parity``: the goal "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta
-    against the reference labels (see :func:`~llm_flywheel.core.thresholds.parity_threshold`); it lets a student that
-    is already better than its teacher answer almost everything.  ``reference='labels'``: the calib split's effective
-    labels (teacher consensus, human outranks) -- what a real user has.  ``reference='gold'``: gold labels, i.e. a
-    human-verified dev set (the report says so).
+    (see :func:`~llm_flywheel.core.thresholds.parity_threshold`); it lets a student that is already better than its
+    teacher answer almost everything.  With ``reference='labels'`` it is judged against the teacher's pass 1 (an
+    independent call: see :func:`_parity_subset`), so every calib item needs a pass 1.  ``reference='labels'``: the
+    calib split's effective labels (teacher consensus, human outranks) -- what a real user has.
+    ``reference='gold'``: gold labels, i.e. a human-verified dev set (the report says so).
     """
     if reference not in ("labels", "gold"):
         raise ValueError(f"reference must be 'labels' or 'gold', not {reference!r}")
@@ -231,10 +265,10 @@ def calibrate(
     if reference == "gold":
         teacher_correct = np.asarray([inp.teacher_labels.get(it.id) == inp.ref[it.id] for it in inp.items])
     if teacher_parity:
-        have, tc, single = _parity_subset(inp)
-        choice = choose_threshold(conf[have], correct[have], parity=True, teacher_correct=tc,
+        have, sc, tc, single = _parity_subset(inp, dataset, reference, [labels[j] for j in cal.argmax(axis=1)])
+        choice = choose_threshold(conf[have], sc, parity=True, teacher_correct=tc,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)
-        conf_c, correct_c, teacher_correct = conf[have], correct[have], tc
+        conf_c, correct_c, teacher_correct = conf[have], sc, tc
     else:
         choice = choose_threshold(conf, correct, target_accuracy=target_accuracy,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)

@@ -128,7 +128,12 @@ def select_and_label(ctx: WheelContext, rep: RoundReport) -> LabelResult:
         ctx.con.print(f"bootstrap: {len(ctx.seed_ids):,} random train items, {len(ctx.val_ids):,} val, "
                       f"{len(ctx.calib_ids):,} calib")
         rep.pending_selected = len(ctx.seed_ids)
-        label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
+        if ctx.cfg.teacher_parity:  # parity's reference is pass 1 on *every* calib item (calibration._parity_subset);
+            # asked first, so the adaptive passes of seed/val reuse these answers as their evidence
+            label_stage(ctx, rep, ctx.calib_ids, "calib", passes=max(2, ctx.cfg.passes), adaptive=False)
+            label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids, "seed/val")
+        else:
+            label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
         return LabelResult(selected=len(ctx.seed_ids))
     if rep.pending_selection is not None:  # resumed after labelling stopped: the same items, not new ones
         chosen = rep.pending_selection
@@ -141,17 +146,21 @@ def select_and_label(ctx: WheelContext, rep: RoundReport) -> LabelResult:
     return LabelResult(selected=len(chosen), selected_ids=list(chosen))
 
 
-def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: str) -> Any:
-    """Ask the teacher ``cfg.passes`` times about ``ids``; a stop (fatal teacher error, budget) is stored and raised
-    as :class:`WheelStopped` so the same command resumes this round from labelling."""
+def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: str, *, passes: int | None = None,
+                adaptive: bool | None = None) -> Any:
+    """Ask the teacher ``passes`` (default ``cfg.passes``) times about ``ids``, adaptively unless ``adaptive`` says
+    otherwise; a stop (fatal teacher error, budget) is stored and raised as :class:`WheelStopped` so the same command
+    resumes this round from labelling."""
     from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
     if not ids:
         return None
     cfg = ctx.cfg
-    ctx.con.print(f"  labelling {len(ids):,} {what} items x {cfg.passes} pass(es){' (adaptive)' if cfg.adaptive_passes else ''}"
+    passes = cfg.passes if passes is None else passes
+    adaptive = cfg.adaptive_passes if adaptive is None else adaptive
+    ctx.con.print(f"  labelling {len(ids):,} {what} items x {passes} pass(es){' (adaptive)' if adaptive else ''}"
                   f"{' through the Batch API' if cfg.batch else ''} with [bold]{ctx.teacher.model}[/]")
-    lcfg = LabelConfig(passes=cfg.passes, concurrency=cfg.concurrency, adaptive_passes=cfg.adaptive_passes)
+    lcfg = LabelConfig(passes=passes, concurrency=cfg.concurrency, adaptive_passes=adaptive)
     with ctx.accounted(rep, "label"):
         if cfg.batch:  # the provider's batch price; slower (a batch may take hours), the stream stays online
             from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
@@ -240,9 +249,14 @@ def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
 def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None:
     if calib.calib_feasible is not False:
         return None
-    return warning("goal_infeasible", f"round {r}: the cascade goal cannot be met ({calib.calib_note})",
-                   "use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a "
-                   "--target-accuracy below the teacher's own accuracy")
+    if (calib.calib_goal or "").startswith("parity"):  # parity + a cap: the cap's threshold serves meanwhile
+        fix = ("nothing to change if the cap is what you want: the student is not yet shown better than its teacher "
+               "on enough calib items; more rounds or labels, or a stronger student (e.g. --student "
+               "efficientnet-lite0), let parity take over; a larger --max-teacher-fraction buys it now")
+    else:
+        fix = ("use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a --target-accuracy "
+               "below the teacher's own accuracy")
+    return warning("goal_infeasible", f"round {r}: the cascade goal cannot be met ({calib.calib_note})", fix)
 
 
 # -- 4. promote -----------------------------------------------------------------------------------------------

@@ -84,14 +84,23 @@ class MeasureQueries:
     def first_answers_by_hash(self, content_hashes: Sequence[str]) -> dict[str, dict[str, str | None]]:
         """model -> {content hash -> label of the successful pass-0 answer}: what *one* teacher call per item says
         (matched by content hash, like the cache; None where the answer was off the label list)."""
+        return self.pass_answers_by_hash(content_hashes, 0)
+
+    def pass_answers_by_hash(self, content_hashes: Sequence[str], pass_index: int, *, asked: bool = False
+                             ) -> dict[str, dict[str, str | None]]:
+        """model -> {content hash -> label of the successful answer of pass ``pass_index``} (None: off the list).
+        ``asked=True``: every item the pass was *asked* about, failed calls included (their label is None)."""
         out: dict[str, dict[str, str | None]] = {}
         hs = list(content_hashes)
+        ok = "" if asked else "ok=1 AND "
         for s in range(0, len(hs), _CHUNK):
             chunk = hs[s : s + _CHUNK]
             for r in self.query(  # type: ignore[attr-defined]
-                    "SELECT content_hash, model, label FROM teacher_answers WHERE ok=1 AND pass_index=0 "
-                    f"AND content_hash IN ({','.join('?' * len(chunk))})", chunk):
-                out.setdefault(r["model"], {})[r["content_hash"]] = r["label"]
+                    f"SELECT content_hash, model, label, ok FROM teacher_answers WHERE {ok}pass_index=? "
+                    f"AND content_hash IN ({','.join('?' * len(chunk))})", [pass_index, *chunk]):
+                got = out.setdefault(r["model"], {})
+                if r["ok"] or r["content_hash"] not in got:
+                    got[r["content_hash"]] = r["label"] if r["ok"] else None
         return out
 
     def queue_scored_for_review(self, scores: dict[int, float], reason: str) -> int:

@@ -313,7 +313,9 @@ class Model:
         """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
         answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
         cascade (with ``teacher`` answering what the student defers, if given).  ``teacher_parity=True``: the goal
-        "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta."""
+        "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta, judged against the
+        teacher's independent pass 1: every calib item needs one (``ds.label(teacher, split="calib",
+        adaptive=False)``)."""
         from llm_flywheel.pipeline.calibration import calibrate
 
         if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:

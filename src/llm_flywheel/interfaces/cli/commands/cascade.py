@@ -68,7 +68,9 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
 @click.option("--version", help="Model version (default: the serving model -- the promoted student, else the newest student; a gold-trained reference model only when named).")
 @click.option("--goal", type=click.Choice(["teacher-parity"]), default=None,
               help="teacher-parity: cascade accuracy no lower than the teacher's single call (pass 0), guaranteed "
-                   "at 1 - delta against the reference labels; a student better than its teacher answers most items.")
+                   "at 1 - delta, judged against the teacher's independent pass 1 (every calib item needs one: "
+                   "`flywheel label DATASET --split calib --fixed-passes`) or gold with --reference gold; a student "
+                   "better than its teacher answers most items.")
 @click.option("--target-accuracy", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Goal: accuracy on the items the student answers (0-1).")
 @click.option("--delta", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
@@ -129,7 +131,8 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
     t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
     t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
     if ch.get("cascade_accuracy") is not None:
-        t.add_row("cascade vs teacher single call (calib)", f"{pct(ch['cascade_accuracy'])} vs {pct(ch['teacher_accuracy'])}")
+        ref = (rep.get("teacher_single_call") or {}).get("note") or "the reference labels"
+        t.add_row("cascade vs teacher single call (calib)", f"{pct(ch['cascade_accuracy'])} vs {pct(ch['teacher_accuracy'])} ({ref})")
     t.add_row("feasible", "[green]yes[/]" if ch["feasible"] else "[red]NO[/]")
     t.add_row("note", ch["note"])
     t.add_row("curve", rep["plot"])

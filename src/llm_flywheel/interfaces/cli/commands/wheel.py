@@ -40,8 +40,9 @@ DEMO = dict(
     student_kind="image-cnn",
     epochs=20,
     target_accuracy=None,
-    # budget goal only: parity against the calib split's *consensus* labels is unprovable here (pass 0 is one of the
-    # votes, so the reference favours the teacher; measured in benchmarks/bench_parity.py) -- see the README
+    # budget goal only: teacher parity (judged against the teacher's independent pass 1) was measured on this demo
+    # and is not provable with 1,000 calib items -- round 3's student is 2.6 points above its teacher on gold, but of
+    # its 486 most confident calib items it alone is right on 26 and the teacher alone on 16 (see the README)
     teacher_parity=False,
     max_teacher_fraction=0.1,
     delta=0.1,
@@ -114,8 +115,9 @@ def _wheel_options(f: Any) -> Any:
                           "default goal is 0.1 when no goal is given)."),
         click.option("--teacher-parity", is_flag=True,
                      help="Cascade goal: accuracy no lower than the teacher's single call, with probability >= "
-                          "1 - delta (checked on the calib items); add --max-teacher-fraction to cap the teacher's "
-                          "share too. Lets a student better than its teacher answer almost everything."),
+                          "1 - delta (checked on the calib items against the teacher's independent pass 1, so calib "
+                          "is asked every pass); add --max-teacher-fraction to cap the teacher's share too. Lets a "
+                          "student better than its teacher answer almost everything."),
         click.option("--delta", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Risk level of the accuracy guarantee."),
         click.option("--audit-rate", type=click.FloatRange(0, 1), default=0.03, show_default=True,
                      help="Share of student-accepted stream items re-asked to the teacher to measure disagreement."),
