@@ -53,6 +53,13 @@ def test_small_wheel_end_to_end(wheel_ws):
     assert r1["teacher_calls"] > 0 and r2["teacher_calls"] > 0 and r1["teacher_cost_usd"] > 0
     assert r1["trained_version"] != r2["trained_version"]
     assert r2["labels_total"] > r1["labels_total"]
+    with ws.store() as s:  # round 1 asked calib first and every pass: the adaptive runs after it reuse it as evidence
+        rows = s.query("SELECT i.split, a.pass_index, a.id FROM teacher_answers a JOIN items i "
+                       "ON i.content_hash = a.content_hash WHERE a.ok = 1")
+    calib_ids = [r["id"] for r in rows if r["split"] == "calib"]
+    calib_pass1 = {r["id"] for r in rows if r["split"] == "calib" and r["pass_index"] == 1}
+    first_other = min(r["id"] for r in rows if r["split"] in ("train", "val"))
+    assert len(calib_pass1) >= 0.95 * 160 and max(calib_ids) < first_other
     # the claim of the issue: round 2 defers less at no lower accuracy
     assert r2["teacher_fraction"] < r1["teacher_fraction"], (r1, r2)
     assert r2["cascade_accuracy"] >= r1["cascade_accuracy"], (r1, r2)

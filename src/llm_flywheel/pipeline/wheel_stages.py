@@ -128,9 +128,12 @@ def select_and_label(ctx: WheelContext, rep: RoundReport) -> LabelResult:
         ctx.con.print(f"bootstrap: {len(ctx.seed_ids):,} random train items, {len(ctx.val_ids):,} val, "
                       f"{len(ctx.calib_ids):,} calib")
         rep.pending_selected = len(ctx.seed_ids)
-        if ctx.cfg.teacher_parity:  # parity's reference is pass 1 on *every* calib item (calibration._parity_subset);
-            # asked first, so the adaptive passes of seed/val reuse these answers as their evidence
-            label_stage(ctx, rep, ctx.calib_ids, "calib", passes=max(2, ctx.cfg.passes), adaptive=False)
+        cfg = ctx.cfg
+        if cfg.teacher_parity or (cfg.adaptive_passes and cfg.passes > 1):
+            # calib is asked every pass, and first: parity's reference is pass 1 on *every* calib item
+            # (calibration._parity_subset), the threshold is fitted on full consensus labels, and these random items
+            # are the evidence every later adaptive run reuses instead of buying a sample of its own
+            label_stage(ctx, rep, ctx.calib_ids, "calib", passes=max(2, cfg.passes), adaptive=False)
             label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids, "seed/val")
         else:
             label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
