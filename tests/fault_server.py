@@ -42,12 +42,12 @@ def _send(h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, s
 
 
 def completion(content: str | None, *, usage: dict | None = None, logprobs: list | None = None,
-               finish_reason: str = "stop") -> dict:
+               finish_reason: str = "stop", model: str = "fault-model") -> dict:
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                               "finish_reason": finish_reason}
     if logprobs is not None:
         choice["logprobs"] = {"content": logprobs}
-    return {"id": "x", "object": "chat.completion", "model": "fault-model", "choices": [choice],
+    return {"id": "x", "object": "chat.completion", "model": model, "choices": [choice],
             "usage": usage or {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}}
 
 

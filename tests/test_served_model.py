@@ -89,3 +89,30 @@ def test_servers_that_do_not_say_which_model_they_serve_are_not_checked(ws):
         assert s.teacher_model_file("local") is None
     assert parse_props({"model_path": "C:\\models\\a.gguf"}).model_file == "a.gguf"
     assert parse_props(json.loads('{"model_path": "  "}')).model_file is None
+
+
+def test_a_provider_alias_that_moves_to_another_snapshot_is_recorded_and_said(ws):
+    """A provider's alias (``gpt-4o``) is served by one dated snapshot, then another: each answer keeps the model
+    its response named, and a run whose answers came from two says so with the fix (a dated name); one model: no
+    warning."""
+    register(ws, TASK, [Record(f"m{i}", text=f"mail number {i}") for i in range(6)], progress=False)
+    old, new = "gpt-4o-2024-08-06", "gpt-4o-2024-11-20"
+    with FaultServer(default=ok('{"label": "ham", "confidence": 0.8}', model=old)) as srv:
+        teacher = teacher_from_spec(f"{srv.url}|gpt-4o", TASK, api_key_env="")
+        with ws.store() as s:
+            ids = [it.id for it in s.items("mail")]
+        first = label_items(ws, "mail", ids[:3], teacher, LabelConfig(passes=1), progress=False)
+        srv.default = ok('{"label": "ham", "confidence": 0.8}', model=new)  # the alias moved
+        both = label_items(ws, "mail", ids, teacher, LabelConfig(passes=1), progress=False)
+        cli = CliRunner().invoke(main, ["-w", str(ws.root), "label", "mail", "--split", "all",
+                                        "--teacher", f"{srv.url}|gpt-4o", "--passes", "1", "--json"])
+    assert first.served_models == {old: 3} and first.warnings == []
+    assert both.calls_made == 3 and both.served_models == {old: 3, new: 3}
+    (w,) = both.warnings
+    assert w["code"] == "mixed_models" and old in w["message"] and new in w["message"]
+    assert f"{srv.url}|<one of them>" in w["fix"]
+    assert cli.exit_code == 0 and "came from 2 models" in cli.output, cli.output
+    with ws.store() as s:
+        rows = s.query("SELECT served_model FROM teacher_answers WHERE ok=1 ORDER BY id")
+    assert [r["served_model"] for r in rows] == [old] * 3 + [new] * 3
+

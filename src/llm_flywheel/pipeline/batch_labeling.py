@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, load_items,
-                                            store_answer, write_labels)
+                                            note_served_models, store_answer, write_labels)
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
@@ -311,6 +311,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
                 if cfg.adaptive_k:  # the decision on the final answers (what the last round would ask next)
                     run.todo()
                 write_labels(store, task, teacher, pv, items, cfg, result, run.skipped)
+                note_served_models(store, teacher, pv, items, result)
             result.elapsed_s = time.monotonic() - t0
             store.finish_run(result.run_id, status)
             store.add_report("label_run", str(result.run_id),

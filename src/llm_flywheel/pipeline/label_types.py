@@ -123,6 +123,8 @@ class LabelRunResult:
     elapsed_s: float = 0.0
     run_id: int | None = None
     adaptive_passes: AdaptiveSummary | None = None
+    served_models: dict[str, int] = field(default_factory=dict)  # model the responses named -> the items' answers
+    warnings: list[dict[str, str]] = field(default_factory=list)  # code, message, fix: e.g. answers from two models
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,7 @@ from llm_flywheel.pipeline.label_budget import (
 from llm_flywheel.pipeline.label_progress import PlainProgress, Progress, progress_for
 from llm_flywheel.pipeline.label_runner import LabelRunner, make_jobs
 from llm_flywheel.pipeline.label_types import STOP_REASONS, LabelConfig, LabelRunResult
-from llm_flywheel.pipeline.served_model import check_served_model
+from llm_flywheel.pipeline.served_model import check_served_model, mixed_models_warning
 from llm_flywheel.store.answers import TeacherLabelRow
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.workspace import Workspace
@@ -149,6 +149,7 @@ def label_items(
             if cfg.adaptive and ctl.windows:  # learned something: the next run on this endpoint starts there
                 remember_level(teacher.base_url, teacher.model, ctl.settled)
             write_labels(store, task, teacher, pv, items, cfg, result, skipped)
+            note_served_models(store, teacher, pv, items, result)
             result.elapsed_s = time.monotonic() - t_start
             store.finish_run(run_id, status)
             store.add_report("label_run", str(run_id), {**result.to_dict(),
@@ -156,6 +157,15 @@ def label_items(
         return result
     finally:
         store.close()
+
+
+def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[Item], result: Any) -> None:
+    """Which models the items' answers say they came from; a warning on the result when more than one."""
+    result.served_models = store.served_model_counts(teacher.model, pv, [it.content_hash for it in items])
+    w = mixed_models_warning(teacher.model, teacher.base_url, result.served_models)
+    if w:
+        result.warnings.append(w)
+        log.warning("%s -- %s", w["message"], w["fix"])
 
 
 def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Budget:

@@ -7,6 +7,10 @@ call made and nothing said.  Each run asks the server which file it serves (llam
 its slots; llama-cpp-python without an alias lists the GGUF in ``/v1/models``); the first run under a name records
 it, and a later one that finds another file stops before any call with the fix: a name of its own for the new
 model, under which it is asked afresh.
+
+A provider's alias moves too (``gpt-4o`` is one dated snapshot, later another); there the answers are the provider's
+and nothing is refused, but each answer records the model its response named (``served_model``) and a run whose
+answers came from more than one says so (:func:`mixed_models_warning`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,19 @@ from llm_flywheel.teachers.base import Teacher
 from llm_flywheel.teachers.errors import TeacherConfigError
 
 log = logging.getLogger(__name__)
+
+
+def mixed_models_warning(model: str, base_url: str, counts: dict[str, int]) -> dict[str, str] | None:
+    """A warning (code, message, fix) when the answers a run used came from more than one model (a provider's alias
+    moved from one snapshot to another, e.g. ``gpt-4o`` -> ``gpt-4o-2024-11-20``); None when they agree."""
+    if len(counts) < 2:
+        return None
+    seen = ", ".join(f"{m} ({n:,})" for m, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"code": "mixed_models",
+            "message": f"the answers under the model name {model!r} came from {len(counts)} models by the "
+                       f"provider's own account ({seen} answers), so these labels mix them",
+            "fix": f"to keep one model, name it in the spec, e.g. --teacher '{base_url}|<one of them>': a dated "
+                   f"snapshot does not move (answers under the new name are asked afresh)"}
 
 
 def check_served_model(store: Store, teacher: Teacher) -> None:

@@ -189,6 +189,8 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
                          f"(errors: {', '.join(f'{k} {v}' for k, v in sorted(res.errors.items()))}); the round goes "
                          f"on with the labels it has",
                          "re-run the same command to retry them (answers already stored cost nothing)"), rep.warnings)
+    for w in getattr(res, "warnings", None) or []:  # e.g. the provider's alias moved to another snapshot
+        ctx.warn(warning(w["code"], f"round {rep.round}: {w['message']}", w["fix"]), rep.warnings)
     return res
 
 

@@ -83,6 +83,19 @@ class AnswerQueries:
                      "ON CONFLICT(model) DO UPDATE SET model_file=excluded.model_file, base_url=excluded.base_url, "
                      "seen_at=excluded.seen_at", (model, model_file, base_url, time.time()))
 
+    def served_model_counts(self, model: str, prompt_version: str, hashes: Sequence[str]) -> dict[str, int]:
+        """served model (what the responses said answered) -> final answers of ``hashes`` under ``model`` and
+        ``prompt_version``; answers stored before the column existed, or from a server that says nothing, are left
+        out."""
+        out: dict[str, int] = {}
+        for chunk in _chunks(hashes):
+            for r in self.query(
+                    "SELECT served_model, COUNT(*) AS n FROM teacher_answers WHERE ok=1 AND model=? AND "
+                    f"prompt_version=? AND served_model IS NOT NULL AND content_hash IN ({','.join('?' * len(chunk))}) "
+                    "GROUP BY served_model", [model, prompt_version, *chunk]):
+                out[r["served_model"]] = out.get(r["served_model"], 0) + int(r["n"])
+        return out
+
     def teacher_answer_count(self, model: str) -> int:
         """Final answers cached under the teacher model name ``model`` (any prompt, any item)."""
         return int(self.query("SELECT COUNT(*) AS n FROM teacher_answers WHERE ok=1 AND model=?", (model,))[0]["n"])
@@ -94,14 +107,14 @@ class AnswerQueries:
         cur = self.execute(
             "INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, "
             "label, confidence, label_logprob, logprobs_json, reason, raw_text, tokens_in, tokens_out, cost_usd, "
-            "latency_s, error_kind, error_detail, run_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT DO NOTHING RETURNING id",
+            "latency_s, error_kind, error_detail, run_id, created_at, served_model) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
             (
                 ans.item_id, ans.content_hash, ans.model, ans.prompt_version, ans.pass_index, int(bool(ans.ok)),
                 ans.label, ans.confidence, ans.label_logprob,
                 json.dumps(ans.logprobs) if ans.logprobs else None, ans.reason,
                 ans.raw_text, ans.tokens_in, ans.tokens_out, ans.cost_usd, ans.latency_s, ans.error_kind,
-                ans.error_detail, run_id, time.time(),
+                ans.error_detail, run_id, time.time(), getattr(ans, "served_model", None),
             ),
         )
         row = cur.fetchone()

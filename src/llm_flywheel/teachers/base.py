@@ -61,6 +61,7 @@ class TeacherAnswer:
     latency_s: float | None = None
     error_kind: str | None = None
     error_detail: str | None = None
+    served_model: str | None = None  # the response's ``model``: which model the provider says answered
     extra: dict = field(default_factory=dict)
 
 

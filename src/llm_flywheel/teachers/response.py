@@ -36,13 +36,16 @@ def _fail(kind: str, detail: str, **kw: Any) -> dict[str, Any]:
 
 
 def _usage(data: dict[str, Any], prices: tuple[float | None, float | None]) -> dict[str, Any]:
-    """Tokens and cost: the provider's billed cost when it says (OpenRouter), else tokens x the teacher's prices."""
+    """Tokens, cost (the provider's billed cost when it says, as OpenRouter does, else tokens x the teacher's
+    prices) and the model the response says answered (``gpt-4o`` is served by a dated snapshot)."""
     usage = data.get("usage") or {}
     tin, tout = to_int(usage.get("prompt_tokens")), to_int(usage.get("completion_tokens"))
     cost = to_float(usage.get("cost"))
     if cost is None and tin is not None and tout is not None and prices[0] is not None and prices[1] is not None:
         cost = (tin * prices[0] + tout * prices[1]) / 1e6
-    return {"tokens_in": tin, "tokens_out": tout, "cost_usd": cost}
+    served = data.get("model")
+    served = served.strip()[:200] if isinstance(served, str) and served.strip() else None
+    return {"tokens_in": tin, "tokens_out": tout, "cost_usd": cost, "served_model": served}
 
 
 def _choice(data: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:

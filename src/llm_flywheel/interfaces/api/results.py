@@ -92,6 +92,8 @@ class LabelReport:
     stopped_reason: str | None  # budget / call cap / fatal teacher error; None when it ran to the end
     errors: Mapping[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    served_models: Mapping[str, int] = field(default_factory=dict)  # the model each answer's response named
+    warnings: tuple[RunWarning, ...] = ()  # e.g. ``mixed_models``: the provider's alias moved mid-dataset
 
     @classmethod
     def from_result(cls, dataset: str, r: Any) -> "LabelReport":
@@ -100,7 +102,13 @@ class LabelReport:
                    labelled=r.labelled, agreed=r.agreed, tie_broken=r.tie_broken, disagreed=r.disagreed,
                    failed=r.failed, off_list=r.off_list, unlabelled=r.unlabelled,
                    queued_for_review=r.queued_for_review, stopped_reason=r.stopped_reason,
-                   errors=dict(r.errors or {}), elapsed_s=float(r.elapsed_s or 0.0))
+                   errors=dict(r.errors or {}), elapsed_s=float(r.elapsed_s or 0.0),
+                   served_models=dict(getattr(r, "served_models", None) or {}),
+                   warnings=run_warnings(getattr(r, "warnings", None)))
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """Each warning as a :class:`FlywheelWarning`, as :meth:`RunReport.warn` does."""
+        warn_each(self.warnings, stacklevel + 1)
 
 
 @dataclass(frozen=True)
@@ -299,16 +307,14 @@ class RunReport:
     @classmethod
     def from_wheel(cls, res: Any) -> "RunReport":
         """From the engine's ``WheelResult``: its stored round metrics and its final warnings."""
-        warns = tuple(RunWarning(str(w.get("code", "")), str(w.get("message", "")), str(w.get("fix", "")))
-                      for w in res.extra.get("warnings") or [] if isinstance(w, Mapping))
         rounds = tuple(RoundReport.from_metrics(m) for m in res.rounds)
-        return cls(run_id=res.run_id, dataset=res.dataset, rounds=rounds, warnings=warns, raw=dict(res.extra))
+        return cls(run_id=res.run_id, dataset=res.dataset, rounds=rounds,
+                   warnings=run_warnings(res.extra.get("warnings")), raw=dict(res.extra))
 
     def warn(self, stacklevel: int = 2) -> None:
         """Each warning as a :class:`FlywheelWarning` (the API prints nothing else: without this a notebook user
         would never see that, say, the calibration set is too small for the guarantee)."""
-        for w in self.warnings:
-            warnings.warn(f"{w.message} -- fix: {w.fix}", FlywheelWarning, stacklevel=stacklevel + 1)
+        warn_each(self.warnings, stacklevel + 1)
 
     @property
     def teacher_calls(self) -> int:
@@ -321,3 +327,14 @@ class RunReport:
     @property
     def final(self) -> RoundReport:
         return self.rounds[-1]
+
+
+def run_warnings(raw: Any) -> tuple[RunWarning, ...]:
+    """Typed warnings from the engine's ``{"code", "message", "fix"}`` dicts."""
+    return tuple(RunWarning(str(w.get("code", "")), str(w.get("message", "")), str(w.get("fix", "")))
+                 for w in raw or [] if isinstance(w, Mapping))
+
+
+def warn_each(warns: tuple[RunWarning, ...], stacklevel: int) -> None:
+    for w in warns:
+        warnings.warn(f"{w.message} -- fix: {w.fix}", FlywheelWarning, stacklevel=stacklevel + 1)

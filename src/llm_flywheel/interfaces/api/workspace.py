@@ -213,7 +213,9 @@ class Dataset:
                                            adaptive_passes=adaptive)
         with translate_errors():
             res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=False)
-        return LabelReport.from_result(self.name, res)
+        report = LabelReport.from_result(self.name, res)
+        report.warn()  # shown where the notebook called label()
+        return report
 
     def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
               **hparams: Any) -> "Model":
