@@ -233,3 +233,21 @@ def test_images_in_memory_through_the_facade(tmp_path):
         assert model.evaluate().n == 60
         answers = model.calibrate(max_teacher_fraction=0.3, teacher=teacher).predict(images[:40])
     assert np.mean([a.label == t for a, t in zip(answers, truth[:40])]) > 0.7
+
+
+def test_label_says_when_the_answers_came_from_two_models(ticket_files, tmp_path):
+    """A provider alias that moved to another snapshot between two label() calls: the report counts the models the
+    responses named and the notebook sees a FlywheelWarning at its own call."""
+    from fault_server import FaultServer, ok
+
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml", val=60, calib=150)
+    with FaultServer(default=ok('{"label": "billing", "confidence": 0.9}', model="alias-2024-08")) as srv:
+        teacher = fw.teacher(f"{srv.url}|alias")
+        first = ds.label(teacher, passes=1, limit=3)
+        srv.default = ok('{"label": "billing", "confidence": 0.9}', model="alias-2024-11")
+        with pytest.warns(fw.FlywheelWarning, match="came from 2 models") as rec:
+            rep = ds.label(teacher, passes=1, limit=6)
+    assert first.served_models == {"alias-2024-08": 3} and first.warnings == ()
+    assert rep.served_models == {"alias-2024-08": 3, "alias-2024-11": 3}
+    assert [w.code for w in rep.warnings] == ["mixed_models"] and rec[0].filename == __file__
