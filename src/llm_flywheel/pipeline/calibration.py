@@ -168,8 +168,8 @@ def _load_inputs(store: Store, dataset: str, version: str, reference: str, parit
     second: dict[str, str | None] = {}
     asked: set[str] = set()
     first_model = None
-    if parity:
-        hashes = [it.content_hash for it in items]
+    if parity:  # every calib item: parity judged against pass 1 needs no consensus label
+        hashes = [it.content_hash for it in all_items]
         by_model = store.first_answers_by_hash(hashes)
         if by_model:
             first_model, first = max(by_model.items(), key=lambda kv: len(kv[1]))
@@ -186,23 +186,23 @@ def _student_probs(student: Any, items: list[Item]) -> tuple[np.ndarray, float]:
     return probs, (time.perf_counter() - t0) / max(1, len(items))
 
 
-def _parity_subset(inp: _CalibInputs, dataset: str, reference: str, predicted: list[str]
+def _parity_subset(inp: _CalibInputs, dataset: str, reference: str, conf_all: np.ndarray, pred_all: list[str]
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(mask of the items compared, the student's and the teacher's single-call correctness on them, a summary).
+    """(confidences, the student's and the teacher's single-call correctness, a summary) of the items compared.
 
     Why pass 1 and not the consensus is the reference (``reference='labels'``): pass 0 is one of the consensus's
     votes, so against the consensus a single teacher call looks better than it is and a student that beats its
     teacher on gold could not show it (the demo: never).  Pass 1 is an independent call of the same teacher, so the
-    comparison is "who agrees more often with a fresh teacher call".  Items pass 1 was never asked about cannot be
-    dropped: adaptive passes skip exactly the items whose pass 0 was sure, and the rest are the teacher's hard ones.
-    Items whose pass 1 failed or was off the list drop out (a failure says nothing about who is right)."""
-    hs = [it.content_hash for it in inp.items]
+    comparison is "who agrees more often with a fresh teacher call", on every calib item (one without a consensus
+    too).  Items pass 1 was never asked about cannot be dropped: adaptive passes skip exactly the items whose pass 0
+    was sure, and the rest are the teacher's hard ones.  Items whose pass 1 failed or was off the list drop out (a
+    failure says nothing about who is right)."""
+    hs = [it.content_hash for it in inp.all_items]
     if not any(h in inp.first_answers for h in hs):
         raise ValueError("the teacher-parity goal needs the teacher's first answer (pass 0) on calib items and there "
                          "is none; label the calib split with the teacher first (`flywheel label DATASET --split calib`)")
     if reference == "gold":
-        have = np.asarray([h in inp.first_answers for h in hs])
-        ref = [inp.ref[it.id] for it in inp.items]
+        ref = [inp.ref.get(it.id) for it in inp.all_items]
         note = "pass 0 vs the gold labels on the same calib items"
     else:
         missing = sum(1 for h in hs if h in inp.first_answers and h not in inp.second_asked)
@@ -211,15 +211,16 @@ def _parity_subset(inp: _CalibInputs, dataset: str, reference: str, predicted: l
                 f"the teacher-parity goal compares the student and the teacher's first answer with a second, "
                 f"independent teacher call (pass 1), and {missing:,} of {len(hs):,} calib items were never asked a "
                 f"pass 1 (labelled with one pass, or adaptive passes skipped them: those are the items whose first "
-                f"answer was sure, so they cannot simply be left out); ask them with `flywheel label {dataset} --split calib --fixed-passes` (cached answers are "
-                f"reused; `flywheel run --teacher-parity` does this by itself)")
+                f"answer was sure, so they cannot simply be left out); ask them with "
+                f"`flywheel label {dataset} --split calib --fixed-passes` (cached answers are reused; "
+                f"`flywheel run --teacher-parity` does this by itself)")
         ref = [inp.second_answers.get(h) for h in hs]
-        have = np.asarray([h in inp.first_answers and r in inp.task.labels for h, r in zip(hs, ref)])
         note = "pass 0 vs pass 1 (an independent call of the same teacher) on the same calib items"
-    s = np.asarray([p == r for p, r in zip(predicted, ref)])[have]
+    have = np.asarray([h in inp.first_answers and r in inp.task.labels for h, r in zip(hs, ref)])
+    s = np.asarray([p == r for p, r in zip(pred_all, ref)])[have]
     tc = np.asarray([inp.first_answers.get(h) == r for h, r in zip(hs, ref)])[have]
     acc = float(tc.mean()) if len(tc) else 0.0
-    return have, s, tc, {"model": inp.first_model, "n": int(have.sum()), "accuracy": acc, "note": note}
+    return conf_all[have], s, tc, {"model": inp.first_model, "n": int(have.sum()), "accuracy": acc, "note": note}
 
 
 def calibrate(
@@ -259,16 +260,17 @@ def calibrate(
     T = fit_temperature(probs, y)
     cal = apply_temperature(probs, T)
     conf, correct = cal.max(axis=1), cal.argmax(axis=1) == y
-    all_conf = apply_temperature(all_probs, T).max(axis=1)
+    all_cal = apply_temperature(all_probs, T)
+    all_conf = all_cal.max(axis=1)
     single = None
     teacher_correct = None
     if reference == "gold":
         teacher_correct = np.asarray([inp.teacher_labels.get(it.id) == inp.ref[it.id] for it in inp.items])
     if teacher_parity:
-        have, sc, tc, single = _parity_subset(inp, dataset, reference, [labels[j] for j in cal.argmax(axis=1)])
-        choice = choose_threshold(conf[have], sc, parity=True, teacher_correct=tc,
+        conf_c, correct_c, teacher_correct, single = _parity_subset(
+            inp, dataset, reference, all_conf, [labels[j] for j in all_cal.argmax(axis=1)])
+        choice = choose_threshold(conf_c, correct_c, parity=True, teacher_correct=teacher_correct,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)
-        conf_c, correct_c, teacher_correct = conf[have], sc, tc
     else:
         choice = choose_threshold(conf, correct, target_accuracy=target_accuracy,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)
