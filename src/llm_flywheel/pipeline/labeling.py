@@ -160,12 +160,13 @@ def label_items(
 
 
 def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[Item], result: Any) -> None:
-    """Which models the items' answers say they came from; a warning on the result when more than one."""
+    """Which models the items' answers say they came from; a warning on the result when more than one (each
+    interface shows the result's warnings, so the log keeps it at info: printed once, not twice)."""
     result.served_models = store.served_model_counts(teacher.model, pv, [it.content_hash for it in items])
     w = mixed_models_warning(teacher.model, teacher.base_url, result.served_models)
     if w:
         result.warnings.append(w)
-        log.warning("%s -- %s", w["message"], w["fix"])
+        log.info("%s -- %s", w["message"], w["fix"])
 
 
 def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Budget:
