@@ -185,3 +185,29 @@ def test_the_cap_still_bounds_a_server_that_keeps_working(quick_progress_checks)
         t.check_ready()
         ans = run_sync(t.session(TASK).alabel(_item(1, "lunch?")))
     assert ans.ok and ans.extra["retries"] == 1 and len(srv.requests) == 2
+
+
+def test_llama_cpp_with_logprobs_is_not_asked_for_a_stated_confidence():
+    """llama.cpp's own server (it answers /props) with logprobs on: the schema ends after the label -- its label
+    probability comes from the logprobs -- under the same prompt and cache key; without logprobs, on another local
+    server, or with ``confidence=True``, the number is asked for as before."""
+    def schema_props(body: dict) -> list[str]:
+        fmt = body["response_format"]
+        return list((fmt.get("json_schema", {}).get("schema") or fmt.get("schema"))["properties"])
+
+    with FaultServer(default=ok('{"label": "spam"}'), props=LLAMA_PROPS) as srv:
+        lean, asked = _teacher(srv.url, task=TASK), _teacher(srv.url, task=TASK, confidence=True)
+        no_lp = _teacher(srv.url, task=TASK, logprobs=False)
+        for i, t in enumerate((lean, asked, no_lp)):
+            t.check_ready()
+            ans = run_sync(t.session(TASK).alabel(_item(i, "win a prize now")))
+            assert ans.ok and ans.label == "spam"
+    with FaultServer(default=ok('{"label": "spam", "confidence": 0.9}')) as plain:  # no /props: vLLM, Ollama, ...
+        other = _teacher(plain.url, task=TASK)
+        other.check_ready()
+        run_sync(other.session(TASK).alabel(_item(9, "win a prize now")))
+    bodies = [r["body"] for r in srv.requests]
+    assert [schema_props(b) for b in bodies] == [["label"], ["label", "confidence"], ["label", "confidence"]]
+    assert schema_props(plain.requests[0]["body"]) == ["label", "confidence"]
+    assert bodies[0]["messages"] == bodies[1]["messages"]  # the same prompt ...
+    assert lean.prompt_version == asked.prompt_version == other.prompt_version  # ... and the same cache key

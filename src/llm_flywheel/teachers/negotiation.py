@@ -75,6 +75,9 @@ class Negotiation:
     display_name: str
     response_format: str
     logprobs: bool
+    local: bool
+    confidence: bool | None
+    _is_llama_cpp: Any
 
     def _init_negotiation(self, response_format: str, logprobs: bool, cache_arg: Any, workspace: Workspace | None) -> None:
         self._remember = response_format == "auto"
@@ -189,6 +192,14 @@ class Negotiation:
                     log.info("%s: %d probes got no answer; sending concurrently with response_format=%s",
                              self.display_name, self._probe_failures, self.response_format)
         self._gate.release()
+
+    def _asks_confidence(self, logprobs: bool) -> bool:
+        """Whether the schema asks for a stated confidence: yes, but not from llama.cpp's own server while logprobs
+        are on -- its label probability is read from them (a better signal), and on a CPU the number was most of
+        what it decoded (``prompts.response_schema``).  ``confidence=`` given to the teacher decides instead."""
+        if self.confidence is not None:
+            return bool(self.confidence)
+        return not (logprobs and self.local and self._is_llama_cpp())
 
     def _confirm(self, mode: str, logprobs: bool) -> None:
         with self._lock:

@@ -113,6 +113,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         capability_cache: CapabilityCache | bool | None = None,
         local: bool | None = None,
         reason: bool | None = None,
+        confidence: bool | None = None,
     ) -> None:
         if not re.match(r"^https?://", base_url or ""):
             raise TeacherConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -131,6 +132,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         # ask for a short reason with each label (None: yes for a remote API, no on the user's own hardware, where
         # decoding those tokens is most of a call's time; see prompts.LABEL_ONLY_WORDINGS)
         self.reason = (not self.local) if reason is None else bool(reason)
+        self.confidence = confidence  # ask for a stated confidence (None: see Negotiation._asks_confidence)
         self.api_key_env = api_key_env
         self.task = task
         self._explicit_pv = prompt_version
@@ -255,7 +257,8 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
             "temperature": v["temperature"],
             "max_tokens": max_tokens or self.max_tokens,
         }
-        schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length)
+        schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length,
+                                 confidence=self._asks_confidence(logprobs))
         fmt = response_format(mode, schema)
         if fmt is not None:  # not a compact GBNF grammar for llama.cpp: see prompts.LABEL_ONLY_WORDINGS
             body["response_format"] = fmt

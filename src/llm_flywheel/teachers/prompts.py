@@ -114,14 +114,19 @@ def compute_prompt_version(task: Task | None, *, reason: bool = True) -> str:
     return "p" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def response_schema(task: Task, *, reason: bool = True, max_length: bool = True) -> dict[str, Any]:
+def response_schema(task: Task, *, reason: bool = True, max_length: bool = True,
+                    confidence: bool = True) -> dict[str, Any]:
     """The ``json_schema`` response format: ``label`` first (a reply cut off later still carries it), ``reason``
     bounded so replies end well before ``max_tokens``; ``reason=False`` for the re-ask after a truncation,
-    ``max_length=False`` for a server that refuses the ``maxLength`` keyword."""
-    props: dict[str, Any] = {
-        "label": {"type": "string", "enum": list(task.labels)},
-        "confidence": {"type": "number"},
-    }
+    ``max_length=False`` for a server that refuses the ``maxLength`` keyword.
+
+    ``confidence=False``: the reply ends after the label.  The prompt is the same (so is the cache key): the label is
+    decoded first, under the same instructions and the same grammar up to its closing quote, so it is the answer it
+    would have been; only the number after it is not written.  For llama.cpp's server, whose label probability is
+    read from its logprobs (a better signal than the stated number), that number was ~18 of ~25 decoded tokens."""
+    props: dict[str, Any] = {"label": {"type": "string", "enum": list(task.labels)}}
+    if confidence:
+        props["confidence"] = {"type": "number"}
     if reason:
         props["reason"] = {"type": "string", **({"maxLength": REASON_MAX_CHARS} if max_length else {})}
     return {
