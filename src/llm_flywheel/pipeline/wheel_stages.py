@@ -256,7 +256,7 @@ def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None
         return None
     if (calib.calib_goal or "").startswith("parity"):  # parity + a cap: the cap's threshold serves meanwhile
         fix = ("nothing to change if the cap is what you want: the student is not yet shown better than its teacher "
-               "on enough calib items; more rounds or labels, or a stronger student (e.g. --student "
+               "on enough calib items; more rounds or labels, or a stronger student (e.g. --student-kind "
                "efficientnet-lite0), let parity take over; a larger --max-teacher-fraction buys it now")
     else:
         fix = ("use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a --target-accuracy "

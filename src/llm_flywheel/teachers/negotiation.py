@@ -195,7 +195,7 @@ class Negotiation:
 
     def _asks_confidence(self, logprobs: bool) -> bool:
         """Whether the schema asks for a stated confidence: yes, but not from llama.cpp's own server while logprobs
-        are on -- its label probability is read from them (a better signal), and on a CPU the number was most of
+        are on -- its label probability is read from them (a better signal), and on a CPU the number was a third of
         what it decoded (``prompts.response_schema``).  ``confidence=`` given to the teacher decides instead."""
         if self.confidence is not None:
             return bool(self.confidence)

@@ -123,7 +123,8 @@ def response_schema(task: Task, *, reason: bool = True, max_length: bool = True,
     ``confidence=False``: the reply ends after the label.  The prompt is the same (so is the cache key): the label is
     decoded first, under the same instructions and the same grammar up to its closing quote, so it is the answer it
     would have been; only the number after it is not written.  For llama.cpp's server, whose label probability is
-    read from its logprobs (a better signal than the stated number), that number was ~18 of ~25 decoded tokens."""
+    read from its logprobs (a better signal than the stated number), that number was 10 of 29 decoded tokens (SmolLM2
+    on SpamAssassin: 1.11x the emails a second)."""
     props: dict[str, Any] = {"label": {"type": "string", "enum": list(task.labels)}}
     if confidence:
         props["confidence"] = {"type": "number"}
