@@ -136,7 +136,7 @@ class _CalibInputs:
     teacher_labels: dict[int, str | None]  # consensus labels (reference='gold': the curve scores the teacher)
     first_answers: dict[str, str | None]  # content hash -> the teacher's pass-0 label (parity goal)
     first_model: str | None
-    second_answers: dict[str, str | None]  # content hash -> the same teacher's pass-1 label (parity's reference)
+    second_answers: dict[str, str | None]  # content hash -> the same teacher's pass-1 label (None: failed)
     second_asked: set[str]  # content hashes pass 1 was asked about (failed calls included)
     t_cost: float
     t_cost_note: str
@@ -173,8 +173,8 @@ def _load_inputs(store: Store, dataset: str, version: str, reference: str, parit
         by_model = store.first_answers_by_hash(hashes)
         if by_model:
             first_model, first = max(by_model.items(), key=lambda kv: len(kv[1]))
-            second = store.pass_answers_by_hash(hashes, 1).get(first_model, {})
-            asked = set(store.pass_answers_by_hash(hashes, 1, asked=True).get(first_model, {}))
+            second = store.pass_answers_by_hash(hashes, 1, asked=True).get(first_model, {})  # failed: None
+            asked = set(second)
     return _CalibInputs(task, all_items, items, ref, ref_note, teacher_labels, first, first_model, second, asked,
                         t_cost, t_cost_note)
 
