@@ -8,7 +8,8 @@ multi-pass consensus would say.  The run goes in two phases:
    below their cutoffs, fixed-k runs) are *reused* as evidence (``reuse_evidence``, the default): already paid
    for, so a run buys a calibration sample (drawn by a hash of the content, so a resumed run draws the same) only
    for the shortfall up to ``calibration_items`` -- the first run of a dataset buys it, later runs usually buy
-   none.  The wheel asks its calib split every pass before anything else, so its first adaptive run buys none.  Every other item gets pass 0 only.
+   none.  The wheel asks its calib split every pass before anything else, so its first adaptive run buys none.
+   Every other item gets pass 0 only.
 2. **The cutoff, from data.**  On the evidence, the first pass's certainty (the label's token probability where
    the server returned log-probabilities, else the verbalised confidence) is compared with the consensus.  The
    cutoff is the smallest certainty whose would-be-skipped items agreed with the consensus at a rate whose 95 %

@@ -7,7 +7,8 @@ Create Date: 2026-11-26
 Why: answers are cached under the model *name* the user asked for, and a provider's alias moves: ``gpt-4o`` is
 served by one dated snapshot, then another.  Labels bought before and after the move are two models' labels under
 one name.  Each answer now keeps the name the response gave, so a run can say when the answers it uses came from
-more than one model (``pipeline/label_runner``), and a label's provenance is on record.  Older answers: NULL.
+more than one model (``pipeline/labeling.note_served_models``), and a label's provenance is on record.  Older
+answers: NULL.
 """
 from alembic import op
 import sqlalchemy as sa
