@@ -327,3 +327,23 @@ def test_loading_minilm_prints_no_progress_bar_of_its_own():
     assert p.returncode == 0, p.stderr
     assert "Loading weights" not in p.stderr and "it/s" not in p.stderr
     assert p.stdout.strip() == "True"  # the user's own setting is restored after the load
+
+
+def test_training_progress_in_a_log_is_a_few_lines_not_one_an_epoch(capsys):
+    """Not a terminal: a 200-epoch budget that stops early prints its first epoch, each tenth and the last one."""
+    import torch
+
+    from llm_flywheel.students.base import fit_torch
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(64, 4)).astype(np.float32))
+    y = (x[:, 0] > 0).numpy().astype(int)
+    model = torch.nn.Linear(4, 2)
+    noise = rng.integers(0, 2, size=16)  # val labels nothing can learn: early stopping ends the run
+    hist = fit_torch(model, x, targets_matrix(y, 2, None, 0.0), None, x[:16], noise, augment=None, epochs=200,
+                     batch_size=32, lr=0.05, weight_decay=0.0, patience=40, seed=0, progress=True, desc="head")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("head: epoch")]
+    ran = len(hist["history"])
+    assert 40 < ran < 200  # stopped early
+    assert len(lines) <= 2 + 10 * ran // 200 + 1
+    assert lines[0].startswith("head: epoch 1/200") and lines[-1].startswith(f"head: epoch {ran}/200")

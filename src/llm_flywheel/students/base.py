@@ -346,14 +346,20 @@ def predict_torch(model: Any, x: Any, batch: int = 256) -> np.ndarray:
 
 
 class _Bar:
-    """A rich progress bar over epochs that shows the latest val accuracy (silent when disabled)."""
+    """A rich progress bar over epochs that shows the latest val accuracy (silent when disabled).
+
+    Not a terminal (logs, CI, pipes): plain lines, at most one per tenth of the epochs or per 10 s, and the last
+    epoch on close -- a 200-epoch head that stops early otherwise fills a log with a line an epoch."""
+
+    PLAIN_EVERY_S = 10.0
 
     def __init__(self, enabled: bool, desc: str, total: int) -> None:
         self.p = None
-        self.plain: tuple[str, int, float, int] | None = None
-        if enabled and not sys.stderr.isatty():  # logs, CI, pipes: one plain line per epoch instead of a bar
-            self.plain = (desc, total, time.time(), 0)
-        elif enabled:
+        self.plain = enabled and not sys.stderr.isatty()
+        self.desc, self.total, self.t0, self.done = desc, total, time.time(), 0
+        self.last_line: str | None = None  # the latest epoch's line, not printed yet
+        self.printed_at = (-1, 0.0)  # (tenth of the epochs, time) of the last printed line
+        if enabled and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.p = Progress(
@@ -364,16 +370,25 @@ class _Bar:
             self.t = self.p.add_task(desc, total=total, info="")
 
     def advance(self, rec: dict[str, float]) -> None:
-        if self.plain is not None:
-            desc, total, t0, done = self.plain
-            self.plain = (desc, total, t0, done + 1)
+        self.done += 1
+        if self.plain:
+            now = time.time()
             val = f", val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else ""
-            print(f"{desc}: epoch {done + 1}/{total}, loss {rec['train_loss']:.3f}{val}, {time.time() - t0:.0f}s",
-                  file=sys.stderr, flush=True)
+            self.last_line = (f"{self.desc}: epoch {self.done}/{self.total}, loss {rec['train_loss']:.3f}{val}, "
+                              f"{now - self.t0:.0f}s")
+            tenth = 10 * self.done // max(1, self.total)
+            if tenth > self.printed_at[0] or now - self.printed_at[1] >= self.PLAIN_EVERY_S:
+                self._print_plain(tenth, now)
         if self.p is not None:
             info = f"loss {rec['train_loss']:.3f}" + (f" val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else "")
             self.p.update(self.t, advance=1, info=info)
 
+    def _print_plain(self, tenth: int, now: float) -> None:
+        print(self.last_line, file=sys.stderr, flush=True)
+        self.last_line, self.printed_at = None, (tenth, now)
+
     def close(self) -> None:
+        if self.plain and self.last_line is not None:  # stopped early between two printed lines
+            self._print_plain(self.printed_at[0], time.time())
         if self.p is not None:
             self.p.stop()
