@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from llm_flywheel.core.cost import ParityPoint, Spend, spend_to_parity
+from llm_flywheel.core.cost import CostInputs, ParityPoint, Spend, compare, spend_to_parity
 from llm_flywheel.pipeline.cost import spend_of
 from llm_flywheel.pipeline.wheel_config import WheelConfig, WheelStopped, plan_sizes
 from llm_flywheel.pipeline.wheel_finish import cascade_curve, final_warnings, parity_points
@@ -154,6 +154,19 @@ def test_final_warnings_name_a_fix_for_a_cascade_below_its_teacher():
     assert [w["code"] for w in out] == ["small_calib", "cascade_below_teacher", "cascade_below_student",
                                         "budget_overshoot"]
     assert all(w["fix"] for w in out)
+
+
+def test_a_cost_figure_left_out_names_what_would_measure_it():
+    """None of 12 stream items deferred: the ratio is only a bound, and the fix is more stream, not a price."""
+    none_deferred = compare(CostInputs(teacher_cost_per_call=0.001, teacher_fraction=0.0, student_items_per_s=500.0,
+                                       labelling_spend_usd=0.05, fraction_items=12))["not_available"]
+    free = compare(CostInputs(teacher_cost_per_call=0.0, teacher_fraction=0.1, student_items_per_s=500.0,
+                              labelling_spend_usd=0.05))["not_available"]
+    last = {"round": 2, "cascade_accuracy": 0.9, "student_accuracy": 0.9, "teacher_fraction": 0.0}
+    out = {w["code"]: w["fix"] for w in final_warnings(WheelConfig(max_teacher_fraction=0.1), [], last,
+                                                       {"cost_na": {**none_deferred, "cost": free["cost_ratio"]}})}
+    assert "--stream-per-round" in out["cost_na_cost_ratio"]
+    assert "--teacher-usd-per-hour" in out["cost_na_cost"]
 
 
 def test_train_stage_without_labels_stops_with_the_fix(ws, synth_task):

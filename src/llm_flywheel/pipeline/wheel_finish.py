@@ -180,10 +180,23 @@ def final_warnings(cfg: WheelConfig, run_warnings: list[dict[str, str]], last: d
                            "teacher budget", "calibrate on more items (a larger calib split) or lower "
                            "--max-teacher-fraction"))
     for k, why in (extra.get("cost_na") or {}).items():
-        new.append(warning(f"cost_na_{k}", f"{k.replace('_', ' ')}: {why}",
-                           "--teacher-usd-per-hour PRICE prices a teacher that reports no token cost"
-                           if "price" in why or "cost" in why else "see the message"))
+        new.append(warning(f"cost_na_{k}", f"{k.replace('_', ' ')}: {why}", _cost_na_fix(why)))
     return out + [w for w in new if w not in out]
+
+
+def _cost_na_fix(why: str) -> str:
+    """What lets the next run compute a figure the cost model had to leave out (the reasons of ``core.cost`` and
+    :func:`cost_section`)."""
+    if "none of the" in why or "upper bound" in why or "no stream items" in why:
+        return ("serve more unseen items per round (a larger --stream-per-round, or a larger stream split) so the "
+                "teacher's share is measured rather than bounded")
+    if "teacher costs nothing" in why or "price" in why:
+        return "--teacher-usd-per-hour PRICE prices a teacher that reports no token cost"
+    if "no gold labels" in why:
+        return "add the dataset with gold labels on its test split (--label-column) so the student is measured"
+    if "saves nothing" in why:
+        return "send less to the teacher (a lower --max-teacher-fraction) once the student is good enough"
+    return "nothing to change: the figure does not apply to this run"
 
 
 def final_plots_data(version: str, student: Any, items: list[Item], last: dict[str, Any], teacher_ok: dict[int, bool],
