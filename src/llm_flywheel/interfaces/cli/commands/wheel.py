@@ -23,8 +23,8 @@ from llm_flywheel.interfaces.cli.commands import open_dataset
 #   calib sets cost the guarantee;
 # - adaptive passes: a second pass only where the first is unsure (cutoff learnt from data);
 # - the Batch API at the provider's batch price for labelling (the simulated teacher bills 50 %), the stream online;
-# - the goal "cascade accuracy >= the teacher's single call" (guaranteed on calib), capped at 10 % to the teacher:
-#   a student better than its teacher answers almost everything.
+# - the goal: at most 10 % to the teacher (teacher parity, which would let a student better than its teacher answer
+#   almost everything, cannot be proved here; see `teacher_parity` below).
 DEMO = dict(
     rounds=3,
     seed_labels=1500,
