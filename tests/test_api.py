@@ -251,3 +251,16 @@ def test_label_says_when_the_answers_came_from_two_models(ticket_files, tmp_path
     assert first.served_models == {"alias-2024-08": 3} and first.warnings == ()
     assert rep.served_models == {"alias-2024-08": 3, "alias-2024-11": 3}
     assert [w.code for w in rep.warnings] == ["mixed_models"] and rec[0].filename == __file__
+
+
+def test_long_calls_report_progress_unless_told_not_to(ticket_files, tmp_path, capfd):
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml", progress=False)
+    with ds.simulated_teacher(accuracy=0.9) as teacher:
+        capfd.readouterr()
+        ds.label(teacher, split="val", passes=1)
+        shown = capfd.readouterr()
+        ds.label(teacher, split="calib", passes=1, progress=False)
+        quiet = capfd.readouterr()
+    assert any(ln.startswith("labelling tickets") and "(100 %)" in ln for ln in shown.err.splitlines()), shown.err
+    assert quiet.err == "" and quiet.out == ""

@@ -194,3 +194,16 @@ def test_the_default_text_student_is_minilm(text_data, text_teacher):
     clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, passes=1).fit(X[:200])
     assert "text-minilm" in clf.version_
     assert np.mean(clf.predict(X[200:]) == np.array(y[200:])) > 0.8
+
+
+def test_fit_shows_its_progress_in_a_notebook_and_is_silent_when_asked(text_data, text_teacher, tmp_path, capfd):
+    """Labelling and training take minutes with a real teacher: ``fit`` reports them as plain lines on stderr (what
+    a notebook shows); ``progress=False`` prints nothing."""
+    X, _ = text_data
+    DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1).fit(X[:150])
+    shown = capfd.readouterr()
+    DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1,
+                        progress=False).fit(X[150:300])
+    quiet = capfd.readouterr()
+    assert any(" calls (100 %)" in ln for ln in shown.err.splitlines()), shown.err[-2000:]
+    assert "calls (" not in quiet.err and quiet.out == ""

@@ -17,7 +17,8 @@ from llm_flywheel.interfaces.api.results import (Answer, Calibration, ClassMetri
                                                  FlywheelWarning, InputError, LabelPlan, LabelReport, NotReadyError,
                                                  RoundReport, RunReport, RunWarning, TeacherError)
 from llm_flywheel.interfaces.api.simulate import SimulatedTeacher, simulated_teacher
-from llm_flywheel.interfaces.api.workspace import Cascade, Dataset, Model, Workspace
+from llm_flywheel.interfaces.api.model import Cascade, Model
+from llm_flywheel.interfaces.api.workspace import Dataset, Workspace
 
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",

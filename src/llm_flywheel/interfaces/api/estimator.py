@@ -67,6 +67,8 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         Folder to keep the store, models and cache in (default: a temporary folder).
     val_size, calib_size : float
         Shares of ``X`` held out for early stopping and for calibrating the cascade.
+    progress : bool
+        Labelling and training progress on stderr during ``fit`` (plain lines in a notebook); False: silent.
     """
 
     def __init__(self, teacher: str | Teacher | None = None, labels: Mapping[Any, str] | Sequence[Any] | None = None,
@@ -74,7 +76,8 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
                  budget_usd: float | None = None, max_calls: int | None = None,
                  target_accuracy: float | None = None, max_teacher_fraction: float | None = 0.1, delta: float = 0.1,
                  defer_to_teacher: bool = True, workspace: str | None = None, dataset: str = "distilled",
-                 val_size: float = 0.1, calib_size: float = 0.2, concurrency: int = 16, seed: int = 0) -> None:
+                 val_size: float = 0.1, calib_size: float = 0.2, concurrency: int = 16, seed: int = 0,
+                 progress: bool = True) -> None:
         self.teacher = teacher
         self.labels = labels
         self.student = student
@@ -93,6 +96,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         self.calib_size = calib_size
         self.concurrency = concurrency
         self.seed = seed
+        self.progress = progress
 
     # -- sklearn plumbing ------------------------------------------------------------------------------------------
     def __sklearn_tags__(self) -> Any:
@@ -255,7 +259,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         except ValueError as e:
             raise InputError(str(e)) from e
         with translate_errors():
-            rep = label_items(ws, task.name, ids, t.build(task, ws), cfg, progress=False)
+            rep = label_items(ws, task.name, ids, t.build(task, ws), cfg, progress=self.progress)
         self.label_report_ = LabelReport.from_result(task.name, rep)
         stopped = f"; labelling stopped early: {rep.stopped_reason}" if rep.stopped_reason else ""
         if rep.stopped_reason and not rep.labelled:
@@ -275,7 +279,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         with translate_errors():
             try:
                 tm = train_student(ws, task.name, kind=self.student, labels=train_labels, seed=self.seed,
-                                   progress=False, **dict(self.student_params or {}))
+                                   progress=self.progress, **dict(self.student_params or {}))
                 cal = calibrate(ws, task.name, tm.version, target_accuracy=self.target_accuracy,
                                 max_teacher_fraction=self.max_teacher_fraction, delta=self.delta)
             except ValueError as e:

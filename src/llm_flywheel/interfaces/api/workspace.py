@@ -9,16 +9,14 @@ conversion of its result into a typed dataclass and of its exceptions into the A
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, make_splits_once, raw_inputs, register_items
-from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, InputError, LabelPlan, LabelReport, NotReadyError,
-                      RunReport, TeacherError, translate_errors)
+from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, make_splits_once, register_items
+from llm_flywheel.interfaces.api.model import Model
+from llm_flywheel.interfaces.api.results import (InputError, LabelPlan, LabelReport, NotReadyError, RunReport,
+                                                 TeacherError, translate_errors)
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
@@ -59,16 +57,18 @@ class Workspace:
     def add_dataset(self, adapter: str, path: str | Path | None = None, *, task: str | Path | None = None,
                     name: str | None = None, val: float | int | None = None,
                     calib: float | int | None = None,
-                    stream: float | int = 0.2, test: float | int = 0.2, seed: int = 0, **options: Any) -> "Dataset":
+                    stream: float | int = 0.2, test: float | int = 0.2, seed: int = 0, progress: bool = True,
+                    **options: Any) -> "Dataset":
         """Import files with an adapter (``text``, ``tabular``, ``image-folder``, ``fashion-mnist``, ``cifar5``) and
         make its splits, exactly like ``flywheel data add`` (val/calib None: 5 %, more for a small dataset).
-        Re-running adds nothing."""
+        Re-running adds nothing.  ``progress``: as on every long call, plain lines on stderr (what a notebook
+        shows), a bar on a terminal; False is silent."""
         from llm_flywheel.data.registry import add_dataset
 
         with translate_errors():
             try:
                 rep = add_dataset(self._ws, adapter, path=path, task=task, as_name=name, val=val, calib=calib,
-                                  stream=stream, test=test, seed=seed, progress=False, **options)
+                                  stream=stream, test=test, seed=seed, progress=progress, **options)
             except ValueError as e:
                 raise InputError(str(e)) from e
         return Dataset(self, rep.dataset)
@@ -200,7 +200,7 @@ class Dataset:
     def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
               limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
               max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True,
-              adaptive: bool = True) -> LabelReport:
+              adaptive: bool = True, progress: bool = True) -> LabelReport:
         """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
         answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
         Default: the train, val and calib splits (the test split stays for measurement).  ``adaptive`` (for
@@ -212,13 +212,13 @@ class Dataset:
                                            budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break,
                                            adaptive_passes=adaptive)
         with translate_errors():
-            res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=False)
+            res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=progress)
         report = LabelReport.from_result(self.name, res)
         report.warn()  # shown where the notebook called label()
         return report
 
     def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
-              **hparams: Any) -> "Model":
+              progress: bool = True, **hparams: Any) -> "Model":
         """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``;
         default per modality) on the labelled train split; returns the new model version.  ``unlabelled=2``:
         self-training on twice as many unlabelled train items (kept only if val prefers it); image students take
@@ -228,7 +228,7 @@ class Dataset:
         with translate_errors():
             try:
                 tm = train_student(self.workspace._ws, self.name, kind=kind, seed=seed, epochs=epochs, soft=soft,
-                                   progress=False, **hparams)
+                                   progress=progress, **hparams)
             except ValueError as e:
                 raise InputError(str(e)) from e
         return Model(self, tm.version)
@@ -241,17 +241,14 @@ class Dataset:
             return Model(self, version or latest_version(s, self.name))
 
     def run(self, teacher: Teacher | str, *, rounds: int = 3, target_accuracy: float | None = None,
-            max_teacher_fraction: float | None = None, **options: Any) -> RunReport:
+            max_teacher_fraction: float | None = None, progress: bool = True, **options: Any) -> RunReport:
         """Turn the wheel ``rounds`` times (select -> label -> train -> calibrate -> promote -> serve the stream ->
         feedback).  Give a cascade goal: ``target_accuracy`` and/or ``max_teacher_fraction`` (default 0.1).
         ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...).  A re-run with
         the same settings resumes the unfinished run."""
         from llm_flywheel.pipeline.flywheel import run_wheel
+        from llm_flywheel.pipeline.wheel_config import WheelStopped
 
-        try:
-            from llm_flywheel.pipeline.flywheel import WheelStopped
-        except ImportError:  # pragma: no cover - older engine
-            WheelStopped = ()  # type: ignore[assignment,misc]
         t = as_teacher(teacher)
         if target_accuracy is None and max_teacher_fraction is None:
             max_teacher_fraction = 0.1
@@ -259,7 +256,7 @@ class Dataset:
             try:
                 res = run_wheel(self.workspace._ws, self.name, teacher=t.build(self.task, self.workspace._ws),
                                 rounds=rounds, target_accuracy=target_accuracy,
-                                max_teacher_fraction=max_teacher_fraction, progress=False, **options)
+                                max_teacher_fraction=max_teacher_fraction, progress=progress, **options)
             except WheelStopped as e:
                 kind = TeacherError if getattr(e, "kind", "") == "teacher" else NotReadyError
                 raise kind(f"{e} (everything paid for is stored: fix the cause and call run() again to resume)") from e
@@ -268,132 +265,3 @@ class Dataset:
         report = RunReport.from_wheel(res)
         report.warn(stacklevel=2)  # where the user called run()
         return report
-
-
-# --- model -----------------------------------------------------------------------------------------------------------
-class Model:
-    """A trained student version of a dataset."""
-
-    def __init__(self, dataset: Dataset, version: str) -> None:
-        from llm_flywheel.pipeline.training import model_row
-
-        self.dataset, self.version = dataset, version
-        with translate_errors(), dataset.workspace._ws.store(readonly=True) as s:
-            row = model_row(s, version)
-        self.kind: str = row["kind"]
-        self.metrics: Mapping[str, Any] = json.loads(row.get("metrics_json") or "{}")
-        self._student: Any = None
-
-    def __repr__(self) -> str:
-        return f"Model({self.version!r}, kind={self.kind!r})"
-
-    @property
-    def val_accuracy(self) -> float | None:
-        """Accuracy on the validation labels (teacher labels unless trained with gold validation)."""
-        v = self.metrics.get("val_acc")
-        return None if v is None else float(v)
-
-    def predict_proba(self, inputs: Sequence[Any]) -> np.ndarray:
-        """The student's raw (uncalibrated) probabilities, columns in ``dataset.labels`` order."""
-        from llm_flywheel.pipeline.training import load_student
-
-        if self._student is None:
-            with translate_errors():
-                self._student = load_student(self.dataset.workspace._ws, self.version)
-        return np.asarray(self._student.predict_proba_raw(list(raw_inputs(self.dataset.modality, inputs))))
-
-    def evaluate(self, split: str = "test") -> Evaluation:
-        """Score on ``split``'s gold labels (needs a dataset with gold labels), beside the teacher's accuracy."""
-        from llm_flywheel.pipeline.evaluation import evaluate
-
-        with translate_errors():
-            rep = evaluate(self.dataset.workspace._ws, self.dataset.name, self.version, split=split)
-        return Evaluation.from_report(rep)
-
-    def calibrate(self, *, target_accuracy: float | None = None, max_teacher_fraction: float | None = None,
-                  delta: float = 0.1, teacher: Teacher | str | None = None, teacher_parity: bool = False) -> "Cascade":
-        """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
-        answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
-        cascade (with ``teacher`` answering what the student defers, if given).  ``teacher_parity=True``: the goal
-        "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta, judged against the
-        teacher's independent pass 1: every calib item needs one (``ds.label(teacher, split="calib",
-        adaptive=False)``)."""
-        from llm_flywheel.pipeline.calibration import calibrate
-
-        if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:
-            max_teacher_fraction = 0.1
-        with translate_errors():
-            try:
-                calibrate(self.dataset.workspace._ws, self.dataset.name, self.version,
-                          target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta,
-                          teacher_parity=teacher_parity)
-            except ValueError as e:
-                raise NotReadyError(str(e)) from e
-        return self.cascade(teacher)
-
-    def cascade(self, teacher: Teacher | str | None = None) -> "Cascade":
-        """The cascade of this model from its latest calibration."""
-        return Cascade(self, teacher)
-
-
-class Cascade:
-    """Student answers above the calibrated threshold, the teacher below it."""
-
-    def __init__(self, model: Model, teacher: Teacher | str | None = None) -> None:
-        from llm_flywheel.pipeline.cascade import Cascade as _Cascade
-
-        self.model = model
-        ds = model.dataset
-        t = None if teacher is None else as_teacher(teacher)
-        self.teacher = t
-        with translate_errors():
-            self._c = _Cascade.from_store(ds.workspace._ws, ds.name, version=model.version,
-                                          teacher=None if t is None else t.build(ds.task, ds.workspace._ws))
-        self.calibration = Calibration.from_report(self._c.calibration)
-        self._api: Any = None  # the same cascade over the companion dataset of API inputs
-
-    def __repr__(self) -> str:
-        return (f"Cascade({self.model.version!r}, threshold={self.threshold:.3f}, "
-                f"teacher={self.teacher.spec if self.teacher else None!r})")
-
-    @property
-    def threshold(self) -> float:
-        return self._c.threshold
-
-    @property
-    def temperature(self) -> float:
-        return self._c.temperature
-
-    def predict(self, inputs: Sequence[Any], *, concurrency: int = 16) -> list[Answer]:
-        """Answer texts, rows of numbers or images, in order.
-
-        The inputs are kept as items of a companion dataset ``<dataset>.api`` (same task, never split or trained
-        on unless you choose to), so a deferred input goes through the labeller like any item: its teacher answer
-        is stored before it is used and paid once -- an input the teacher already answered, here or in the
-        dataset itself, costs nothing.  Answers are logged to the cascade log (the wheel's feedback)."""
-        from dataclasses import replace
-
-        from llm_flywheel.pipeline.cascade import Cascade as _Cascade
-
-        ds = self.model.dataset
-        ws = ds.workspace._ws
-        raw = raw_inputs(ds.modality, inputs)
-        if not raw:
-            return []
-        task = replace(ds.task, name=f"{ds.name}.api")
-        keys = register_items(ws, task, raw)
-        with ws.store(readonly=True) as s:
-            by_key = {it.source_ref: it for it in s.items(task.name)}
-        c = self._c
-        if self._api is None:
-            self._api = _Cascade(c.student, c.teacher, c.threshold, temperature=c.temperature, task=task,
-                                 version=c.version, dataset=task.name, ws=ws, calibration=c.calibration)
-        with translate_errors():
-            out = self._api.predict_items([by_key[k] for k in keys], origin="api",
-                                          teacher_concurrency=max(1, concurrency))
-        return [Answer.from_engine(a) for a in out]
-
-    def close(self) -> None:
-        self._c.close()
-        if self._api is not None:
-            self._api.close()
