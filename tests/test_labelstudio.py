@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fault_server import free_port
+from procs import die_with_parent
 from click.testing import CliRunner
 
 from llm_flywheel.interfaces.cli import main
@@ -61,7 +62,7 @@ def label_studio(tmp_path_factory):
         [exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(port), "--data-dir", str(data),
          "--username", "reviewer@example.com", "--password", "not-a-real-secret-1", "--user-token", LEGACY,
          "--enable-legacy-api-token"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_S

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fault_server import free_port
+from procs import die_with_parent
 from click.testing import CliRunner
 
 from llm_flywheel.interfaces.cli import main
@@ -76,7 +77,8 @@ def llama_server_bin() -> Path:
 def served(cmd: list[str], port: int, ready_path: str, log_path: Path, startup_s: float = 300.0) -> Iterator[str]:
     """Start a server process, wait until ``ready_path`` answers 200, yield its /v1 base URL, always stop it."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + startup_s
         while True:

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.pipeline.calibration import DEFER_ALL
 from ports import free_port
+from procs import die_with_parent
 from test_cascade import trained_calibrated_ws
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_cli_serves_replicas_and_sigterm_stops_ray(cal_ws, tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "flywheel")
     log = (tmp_path / "serve.log").open("w+")  # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen([exe, "-w", str(ws.root), "serve", "synth", "--replicas", "2", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent)
     url, tree = f"http://127.0.0.1:{port}", set()
     try:
         end = time.monotonic() + 180
