@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession
+from llm_flywheel.teachers.prompts import row_content
 
 logger = logging.getLogger(__name__)
 RAW_CACHE_SIZE = 10_000
@@ -239,7 +239,7 @@ class RawTeacherCalls:
         return self._session
 
     async def _call_teacher(self, content: Any) -> TeacherAnswer | None:
-        payload = "Features: " + json.dumps(content) if isinstance(content, list) else content  # tabular as text
+        payload = row_content(content) if isinstance(content, list) else content  # tabular as text
         try:
             return await self._open_session().alabel_raw(payload)
         except Exception as e:  # the session never raises for provider trouble; anything else is a failure too

@@ -31,7 +31,6 @@ Why these choices:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -57,7 +56,8 @@ from llm_flywheel.teachers.parsing import LabelMatcher
 from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REASON_MAX_WORDS, RESPONSE_FORMAT_MODES,
                                            STRUCTURED_MODES, TEMPERATURES, TEMPLATE_VERSION, WORDINGS,
                                            compute_prompt_version, image_content, label_order,
-                                           pass_variant, response_format, response_schema, system_prompt)
+                                           pass_variant, response_format, response_schema, row_content,
+                                           system_prompt)
 from llm_flywheel.teachers.server import fit_text, read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
 from llm_flywheel.teachers.timeouts import DEFAULT_TIMEOUT_CAP, TIMEOUT_FIRST, TIMEOUT_FLOOR, Timeouts
@@ -286,7 +286,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
             return image_content(root.read_blob(item.blob_path), mime)  # the exact stored bytes
         if item.modality == "text":
             return item.text or ""
-        return "Features: " + json.dumps(item.features)
+        return row_content(item.features)
 
     # -- the Teacher protocol ------------------------------------------------------------------------------------
     def session(self, task: Task, *, ws: Workspace | None = None, rpm: float | None = None) -> OpenAICompatSession:

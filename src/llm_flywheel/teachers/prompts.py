@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from llm_flywheel.core.task import Task
@@ -151,6 +152,13 @@ def response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     if mode == "json_object":
         return {"type": "json_object"}
     return None
+
+
+def row_content(features: Sequence[float | None]) -> str:
+    """A row of numbers as the teacher reads it (``None``: a missing value).  One definition, because the client,
+    the cascade's guard, the API's in-memory inputs and the simulated teacher (which recognises an item by a hash
+    of exactly what is sent) must all write the same text for the same row."""
+    return "Features: " + json.dumps(list(features))
 
 
 def image_content(data: bytes, mime: str = "image/png") -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import math
 import re
 import shutil
@@ -23,6 +22,7 @@ import numpy as np
 
 from llm_flywheel.interfaces.api.results import InputError
 from llm_flywheel.interfaces.api.inputs import Teacher, infer_modality, register_items
+from llm_flywheel.teachers.prompts import row_content
 
 
 def label_name(value: Any) -> str:
@@ -51,7 +51,7 @@ def teacher_payload(modality: str, x: Any) -> Any:
     """What the teacher client sends for one input (and so what the simulator hashes to recognise it)."""
     if modality == "tabular":
         row = [float(v) for v in np.asarray(x, dtype=float).ravel()]
-        return "Features: " + json.dumps([None if math.isnan(v) else v for v in row])
+        return row_content([None if math.isnan(v) else v for v in row])
     return x
 
 

@@ -136,20 +136,6 @@ class Dataset:
         from llm_flywheel.teachers.simulated import SimConfig
         from llm_flywheel.interfaces.api.simulate import start_simulated
 
-        if self.modality == "tabular":
-            # the server recognises what the client sends ("Features: [...]"), not the store's hash of the row, so a
-            # table's gold labels are handed over the way in-memory data is
-            from llm_flywheel.interfaces.api.simulate import simulated_teacher
-
-            with self.workspace._ws.store(readonly=True) as s:
-                known = [it for it in s.items(self.name) if it.gold_label]
-            if not known:
-                raise InputError(f"dataset {self.name!r} has no gold labels; import it with a label column to "
-                                 "simulate a teacher")
-            return simulated_teacher([it.features for it in known], [it.gold_label for it in known],
-                                     labels=self.labels, accuracy=accuracy, seed=seed, latency_ms=latency_ms,
-                                     rate_429=rate_429, malformed_rate=malformed_rate,
-                                     model=f"simulated/{self.name}-teacher")
         cfg = SimConfig(accuracy=accuracy, seed=seed, latency_ms=latency_ms, rate_429=rate_429,
                         malformed_rate=malformed_rate)
         try:

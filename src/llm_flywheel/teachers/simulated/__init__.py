@@ -51,7 +51,8 @@ from fastapi.responses import JSONResponse, Response
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.simulated.batches import BatchSim
-from llm_flywheel.teachers.simulated.chat import ChatSim
+from llm_flywheel.teachers.prompts import row_content
+from llm_flywheel.teachers.simulated.chat import ChatSim, text_key
 from llm_flywheel.teachers.simulated.errors import (
     FASHION_CONFUSION,
     FASHION_DIFFICULTY,
@@ -73,7 +74,12 @@ def _json(payload: Any, status: int = 200) -> Response:
 def _load(ws: Workspace, dataset: str) -> tuple[Task, dict[str, str | None]]:
     with ws.store(readonly=True) as store:
         task = Task.from_json(store.dataset_task_json(dataset))
-        gold = store.gold_by_hash(dataset)
+        if task.modality == "tabular":
+            # a row reaches the server as text (prompts.row_content), not as the bytes the store hashed: key its
+            # gold by what is sent, as texts and images are
+            gold = {text_key(row_content(it.features or [])): it.gold_label for it in store.items(dataset)}
+        else:
+            gold = store.gold_by_hash(dataset)
     if not any(gold.values()):
         raise ValueError(f"dataset {dataset!r} has no gold labels; the simulated teacher needs them")
     return task, gold

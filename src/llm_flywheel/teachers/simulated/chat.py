@@ -21,6 +21,11 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.simulated.errors import ErrorModel, SimConfig, variant_key
 
 
+def text_key(text: str) -> str:
+    """How the simulator recognises a text it is sent (a row of numbers arrives as text too)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def _extract_content(messages: Any) -> tuple[str | None, str, str]:
     """(content hash, system prompt, all prompt text) from an OpenAI-style messages list."""
     system, texts, h = "", [], None
@@ -52,7 +57,7 @@ def _extract_content(messages: Any) -> tuple[str | None, str, str]:
                 elif part.get("type") == "text":
                     texts.append(str(part.get("text", "")))
     if h is None and user_text_parts:
-        h = hashlib.sha256(user_text_parts[-1].encode("utf-8")).hexdigest()
+        h = text_key(user_text_parts[-1])
     return h, system, "\n".join(texts)
 
 
