@@ -79,3 +79,30 @@ def test_tabular_errors_are_clear(ws, tmp_path):
 def test_parse_number(cell, expected):
     v = parse_number(cell)
     assert (math.isnan(v) if expected is None else v == expected)
+
+
+def test_the_teacher_is_told_the_feature_names_and_a_reimport_keeps_the_prompt(ws, tmp_path):
+    """An LLM cannot label "[14.2, 1.7]" without knowing what the numbers are: a table's columns reach the prompt.
+    A dataset stored without names keeps its prompt on a re-import, or every cached answer would be asked again."""
+    from dataclasses import replace
+
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.teachers.prompts import compute_prompt_version, system_prompt
+
+    p = tmp_path / "wine.csv"
+    p.write_text("alcohol,malic_acid,colour,label\n14.2,1.7,red,a\n13.1,,white,b\n12.0,2.5,red,a\n")
+    add_dataset(ws, "tabular", path=p, progress=False)
+    with ws.store() as s:
+        task = Task.from_json(s.dataset_task_json("wine"))
+    assert task.features == ("alcohol", "malic_acid")  # the text column is not a feature
+    assert "in this order: alcohol, malic_acid (null: a missing value)" in system_prompt(task, 0)
+    unnamed = replace(task, features=())
+    assert "alcohol" not in system_prompt(unnamed, 1)
+    assert compute_prompt_version(task) != compute_prompt_version(unnamed)
+    assert Task.from_json(unnamed.to_json()) == unnamed and "features" not in unnamed.to_json()
+
+    with ws.store() as s:  # a dataset stored before names were kept
+        s.put_dataset("wine", unnamed.to_json())
+    add_dataset(ws, "tabular", path=p, progress=False)
+    with ws.store() as s:
+        assert Task.from_json(s.dataset_task_json("wine")).features == ()

@@ -124,6 +124,23 @@ def test_tabular_rows_and_integer_classes():
             clf.predict(X[:5, :3])
 
 
+def test_a_dataframe_s_column_names_reach_the_teachers_prompt():
+    pd = pytest.importorskip("pandas")
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.store.workspace import Workspace
+    from llm_flywheel.teachers.prompts import system_prompt
+
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.normal(size=(120, 2)), columns=["income", "debt"])
+    y = (X["income"] > X["debt"]).astype(int).to_numpy()
+    with fw.simulated_teacher(X.to_numpy(), y, accuracy=0.95) as t:
+        clf = DistilledClassifier(teacher=t, labels={0: "decline", 1: "approve"}, student="tabular-hgb",
+                                  passes=1, progress=False).fit(X)
+    with Workspace.open(clf.workspace_).store(readonly=True) as s:
+        task = Task.from_json(s.dataset_task_json(clf.dataset_))
+    assert task.features == ("income", "debt") and "in this order: income, debt" in system_prompt(task, 0)
+
+
 @pytest.mark.slow
 def test_images_as_arrays_or_pil():
     images, truth = shapes(200, seed=5)

@@ -62,6 +62,9 @@ class Task:
     input_per_mtok: float | None = None
     output_per_mtok: float | None = None
     augment: dict[str, Any] = field(default_factory=dict, hash=False)  # the task's [augment] table as declared
+    # A table's feature columns, in the order of every item's values: the teacher is told what the numbers are
+    # (an LLM cannot label "[14.2, 1.7, ...]" without names).  Empty: not known (in-memory rows, older datasets).
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -80,12 +83,17 @@ class Task:
     def to_json(self) -> str:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        if self.features:
+            d["features"] = list(self.features)
+        else:
+            del d["features"]  # a task without names is stored exactly as before they existed
         return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Task":
         d = json.loads(text)
         d["labels"] = tuple(d["labels"])
+        d["features"] = tuple(d.get("features") or ())
         return cls(**d)
 
     @classmethod
@@ -150,6 +158,8 @@ def _validate(t: Task) -> None:
         if not _LABEL_RE.match(lab):
             raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. 'sweet_pepper')")
     _validate_augment(t.modality, t.augment)
+    if t.features and t.modality != "tabular":
+        raise TaskError(f"feature names are for tabular tasks, not {t.modality}")
 
 
 def _validate_augment(modality: str, aug: Any) -> None:

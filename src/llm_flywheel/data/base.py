@@ -11,7 +11,7 @@ import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -113,7 +113,7 @@ def register(
     report = ImportReport(task.name)
     store = ws.store()
     try:
-        store.put_dataset(task.name, task.to_json())
+        store.put_dataset(task.name, _keep_stored_features(store, task).to_json())
         existing = store.split_rows(task.name)
         present = store.source_refs(task.name)
         seen_keys = {group_key(r["content_hash"], r["text"]) for r in existing}
@@ -187,6 +187,14 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
         fj = json.dumps([None if np.isnan(f) else float(f) for f in feats])
         row.update(content_hash=sha256(fj.encode()), features_json=fj)
     return row
+
+
+def _keep_stored_features(store: Any, task: Task) -> Task:
+    """A dataset keeps the feature names it was first stored with (none for a table stored before names were
+    kept): they are part of the teacher's prompt, and a changed prompt would ask every item again."""
+    if task.name not in store.dataset_names():
+        return task
+    return replace(task, features=Task.from_json(store.dataset_task_json(task.name)).features)
 
 
 def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool) -> Iterator[Record]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,4 +121,4 @@ def tabular_source(
                               source_split=split.strip().lower() if split else None))
     t = task_for("tabular", {r.gold_label for r in records if r.gold_label}, task, name, p,
                  "Classify this record from its feature values.")
-    return t, iter(records), len(records), feats, notes
+    return replace(t, features=tuple(feats)), iter(records), len(records), feats, notes

@@ -95,6 +95,9 @@ def system_prompt(task: Task, pass_index: int, *, reason: bool = True) -> str:
     v = pass_variant(pass_index)
     lines = "\n".join(f"- {lab}: {task.descriptions.get(lab, lab.replace('_', ' '))}" for lab in label_order(task, pass_index))
     instr = task.instructions or f"Classify this {task.modality} input."
+    if task.features:
+        instr += ("\n\nEach record is a JSON list of its feature values, in this order: "
+                  + ", ".join(task.features) + " (null: a missing value).")
     wordings = WORDINGS if reason else LABEL_ONLY_WORDINGS
     return wordings[v["wording"]].format(instructions=instr, label_list=lines)
 
@@ -110,6 +113,8 @@ def compute_prompt_version(task: Task | None, *, reason: bool = True) -> str:
         if task is None
         else {"labels": task.labels, "descriptions": task.descriptions, "instructions": task.instructions, "modality": task.modality},
     }
+    if task is not None and task.features:  # only tables with named columns: every other prompt hashes as before
+        payload["task"]["features"] = list(task.features)
     if not reason:
         payload["label_only"] = LABEL_ONLY_WORDINGS
     return "p" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

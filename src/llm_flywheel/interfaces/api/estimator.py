@@ -232,8 +232,10 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
                                   self.val_size, self.calib_size, self.seed)).encode()).hexdigest()[:12]
         with translate_errors():
             try:
+                columns = getattr(self, "feature_names_in_", None) if modality == "tabular" else None
                 task = Task(name=f"{self.dataset}-{fp}", modality=modality, labels=tuple(descriptions),
-                            descriptions=descriptions, instructions=self.instructions)
+                            descriptions=descriptions, instructions=self.instructions,
+                            features=tuple(str(c) for c in columns) if columns is not None else ())
             except ValueError as e:
                 raise InputError(str(e)) from e
         return classes, names, task

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, make_splits_once, register_items
+from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, dataframe_rows, infer_modality, make_splits_once,
+                                                register_items)
 from llm_flywheel.interfaces.api.model import Model
 from llm_flywheel.interfaces.api.results import (InputError, LabelPlan, LabelReport, NotReadyError, RunReport,
                                                  TeacherError, translate_errors)
@@ -77,7 +78,8 @@ class Workspace:
                   gold: Sequence[str | None] | None = None, instructions: str = "", modality: str | None = None,
                   val: float | int = 0.1, calib: float | int = 0.2, stream: float | int = 0.0,
                   test: float | int = 0.0, seed: int = 0) -> "Dataset":
-        """Add in-memory items (texts, rows of numbers, or PIL images / uint8 arrays) as dataset ``name``.
+        """Add in-memory items (texts, rows of numbers -- a DataFrame's column names then reach the teacher's prompt
+        --, or PIL images / uint8 arrays) as dataset ``name``.
 
         ``labels``: ``{name: description}`` (descriptions are what the teacher reads) or a list of names.
         ``gold``: known correct labels, kept for measurement only (the teacher never sees them; the simulated
@@ -87,10 +89,11 @@ class Workspace:
 
         descriptions = dict(labels) if isinstance(labels, Mapping) else {str(k): str(k).replace("_", " ") for k in labels}
         modality = modality or infer_modality(items)
+        items, columns = dataframe_rows(items)
         with translate_errors():
             try:
                 task = Task(name=name, modality=modality, labels=tuple(descriptions), descriptions=descriptions,
-                            instructions=instructions)
+                            instructions=instructions, features=columns if modality == "tabular" else ())
             except ValueError as e:
                 raise InputError(str(e)) from e
         bad = sorted({str(g) for g in (gold or []) if g is not None and g not in task.labels})
