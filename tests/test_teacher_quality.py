@@ -36,6 +36,7 @@ def test_quality_of_simulated_teacher(synth_ws, synth_task):
     assert sum(sum(row.values()) for row in q["confusion"].values()) == q["n"]
     assert q["per_pass"]["2"]["accuracy"] < q["accuracy"]  # tie-breaks are the hard items, kept out of the headline
     assert q["ece"] > 0.05 and q["mean_confidence"] > q["accuracy"]  # the simulator is over-confident
+    assert q["logprob_answers"] == 1000 and q["ece_logprob"] is not None  # it returns logprobs too
     assert q["consensus"]["accuracy"] > q["accuracy"]  # two agreeing passes beat one
     s = synth_ws.store()
     assert s.latest_report("teacher_quality", "synth:simulated/synth-teacher")["n"] == 1000
@@ -52,3 +53,31 @@ def test_quality_of_simulated_teacher(synth_ws, synth_task):
     assert sum(map(sum, on["confusion"])) + on["off_list_or_none"] == on["n"]
     assert on["consensus_accuracy"] == pytest.approx(full["consensus"]["accuracy"]) and on["passes"] == 3
     assert teacher_quality_on_items(synth_ws, "synth", [], "simulated/synth-teacher", synth_task.labels) == {}
+
+
+def test_a_teacher_that_states_no_confidence_is_measured_by_its_label_probability(synth_ws, synth_task):
+    """llama.cpp with logprobs on is asked for no confidence: the ECE of a stated confidence is then not a number
+    (it printed "ECE nan"), and the label probability's ECE is what there is to show."""
+    import math
+    import re
+
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+    from llm_flywheel.teachers.base import TeacherAnswer
+
+    with synth_ws.store() as s:
+        items = s.items("synth", limit=40)
+        for i, it in enumerate(items):
+            right = i % 4 != 0  # 75 % right, each said with probability 0.9
+            label = it.gold_label if right else next(lab for lab in synth_task.labels if lab != it.gold_label)
+            s.add_teacher_answer(TeacherAnswer(it.id, it.content_hash, "local-llama", "p1", 0, True, label=label,
+                                               label_logprob=math.log(0.9)))
+    q = teacher_quality(synth_ws, "synth", store_report=False)
+    assert q["n"] == 40 and q["ece"] is None and q["mean_confidence"] is None
+    assert q["logprob_answers"] == 40 and q["ece_logprob"] == pytest.approx(0.15)
+    out = CliRunner().invoke(main, ["-w", str(synth_ws.root), "teacher", "quality", "synth"])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # rich wraps at the terminal's width
+    assert not re.search(r"\bnan\b", text), text
+    assert "no stated confidence" in text and "ECE 0.150 (label probability from logprobs, 40 answers)" in text

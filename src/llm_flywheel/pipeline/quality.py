@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_flywheel.core.consensus import answer_probability
 from llm_flywheel.core.stats import ECE_BINS, confusion, reliability, wilson_interval
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
@@ -27,7 +28,8 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
 
 def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
                     split: str | Sequence[str] | None = None, *, store_report: bool = True) -> dict[str, Any]:
-    """Accuracy (+95 % CI), per-class confusion and ECE of the teacher's verbalised confidence, vs gold.
+    """Accuracy (+95 % CI), per-class confusion and ECE of the teacher's verbalised confidence (``ece``, None when
+    none was stated) and of the label's probability from logprobs (``ece_logprob``, where returned), vs gold.
 
     Per answer (the passes asked of every item; tie-break passes, asked only on the hardest items, are shown
     per pass but kept out of the headline), per pass index, and for the consensus labels.  Off-list answers
@@ -67,7 +69,12 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         tot = sum(confusion[g].values())
         per_class[g] = {"n": tot, "accuracy": confusion[g][g] / tot if tot else None}
     conf_pairs = [(float(a["confidence"]), a["label"] == a["gold"]) for a in answers if a["confidence"] is not None]
-    ece, bins = expected_calibration_error([c for c, _ in conf_pairs], [ok for _, ok in conf_pairs])
+    ece, bins = (expected_calibration_error([c for c, _ in conf_pairs], [ok for _, ok in conf_pairs]) if conf_pairs
+                 else (None, []))  # llama.cpp with logprobs on is not asked for a stated confidence
+    # the label's probability from the server's logprobs, as the consensus reads it (where it was returned)
+    lp_pairs = [(answer_probability(a, len(labels))[0], a["label"] == a["gold"]) for a in answers
+                if a.get("label_logprob") is not None and a["label"] in labels]
+    ece_lp = expected_calibration_error([c for c, _ in lp_pairs], [ok for _, ok in lp_pairs])[0] if lp_pairs else None
     per_pass: dict[str, Any] = {}
     for p in sorted(per_pass_n):
         rows = [a for a in all_answers if a["pass_index"] == p]
@@ -82,6 +89,7 @@ def teacher_quality(ws: Workspace, dataset: str, model: str | None = None,
         "n": n, "accuracy": k / n if n else None, "ci95": wilson_ci(k, n) if n else None,
         "off_list_rate": sum(1 for a in answers if a["label"] is None) / n if n else None,
         "ece": ece if n else None, "mean_confidence": (sum(c for c, _ in conf_pairs) / len(conf_pairs)) if conf_pairs else None,
+        "ece_logprob": ece_lp, "logprob_answers": len(lp_pairs),
         "reliability": bins, "per_pass": per_pass, "per_class": per_class, "confusion": confusion,
         "labels": labels,
         "consensus": _consensus_summary(cons),

@@ -34,10 +34,11 @@ class MeasureQueries:
     def teacher_answers_with_gold(self, dataset: str, model: str,
                                   split: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Successful answers of ``model`` on items with gold labels, matched by content hash (duplicates of an item
-        are measured against its gold).  Keys: pass_index, label, confidence, gold."""
+        are measured against its gold).  Keys: pass_index, label, confidence, label_logprob, gold."""
         sc, sp = _split_clause(split)
         return [dict(r) for r in self.query(  # type: ignore[attr-defined]
-            "SELECT a.pass_index AS pass_index, a.label AS label, a.confidence AS confidence, i.gold_label AS gold "
+            "SELECT a.pass_index AS pass_index, a.label AS label, a.confidence AS confidence, "
+            "a.label_logprob AS label_logprob, i.gold_label AS gold "
             "FROM teacher_answers a JOIN items i ON i.content_hash=a.content_hash AND i.dataset=? "
             f"WHERE a.ok=1 AND a.model=? AND i.gold_label IS NOT NULL{sc} GROUP BY a.id, i.id", [dataset, model, *sp])]
 

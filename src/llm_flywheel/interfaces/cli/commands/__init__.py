@@ -34,3 +34,13 @@ def open_dataset(ctx: Any, dataset: str) -> Any:
     ws = open_workspace(ctx)
     require_dataset(ws, dataset)
     return ws
+
+
+def calibration_text(q: dict[str, Any]) -> str:
+    """How well the teacher's certainty matches its accuracy, for a ``teacher_quality`` report: the stated
+    confidence's ECE and, where the server returned logprobs, the label probability's (llama.cpp with logprobs on
+    states no confidence at all)."""
+    parts = [f"ECE {q['ece']:.3f} (stated confidence)" if q.get("ece") is not None else "no stated confidence"]
+    if q.get("ece_logprob") is not None:
+        parts.append(f"ECE {q['ece_logprob']:.3f} (label probability from logprobs, {q['logprob_answers']} answers)")
+    return ", ".join(parts)

@@ -24,7 +24,7 @@ from llm_flywheel.interfaces.cli import (
     pass_ctx,
     progress_enabled,
 )
-from llm_flywheel.interfaces.cli.commands import open_workspace
+from llm_flywheel.interfaces.cli.commands import calibration_text, open_workspace
 from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
 from llm_flywheel.pipeline.batch_plan import plan_both
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
@@ -269,7 +269,7 @@ def _print_quality(ws: Any, dataset: str, model: str) -> None:
     lo, hi = q["ci95"]
     sim = " [SIMULATED: a parameter of the error model]" if q["simulated"] else ""
     console.print(f"teacher vs gold: per-answer accuracy {q['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={q['n']}), "
-                  f"ECE {q['ece']:.3f}{sim}; details: `flywheel teacher quality {dataset}`")
+                  f"{calibration_text(q)}{sim}; details: `flywheel teacher quality {dataset}`")
 
 
 def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:

@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
-from llm_flywheel.interfaces.cli.commands import open_dataset
+from llm_flywheel.interfaces.cli.commands import calibration_text, open_dataset
 from llm_flywheel.store.base import StoreError
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import TeacherAnswer
@@ -81,8 +81,9 @@ def quality(ctx: Ctx, dataset: str, model: str | None, split: str | None, as_jso
         console.print(f"[bold yellow]{q['note']}[/]")
     lo, hi = q["ci95"]
     console.print(f"[bold]{q['model']}[/] on {dataset}: per-answer accuracy {q['accuracy']:.1%} "
-                  f"(95% CI {lo:.1%}-{hi:.1%}, n={q['n']}), ECE {q['ece']:.3f}, mean confidence "
-                  f"{q['mean_confidence'] or float('nan'):.2f}, off-list {q['off_list_rate']:.1%}")
+                  f"(95% CI {lo:.1%}-{hi:.1%}, n={q['n']}), {calibration_text(q)}"
+                  + (f", mean stated confidence {q['mean_confidence']:.2f}" if q["mean_confidence"] is not None else "")
+                  + f", off-list {q['off_list_rate']:.1%}")
     c = q["consensus"]
     if c["accuracy"] is not None:
         clo, chi = c["ci95"]
