@@ -127,3 +127,22 @@ def test_a_5xx_after_answers_is_never_a_reason_to_stop(synth_ws):
                                         "--passes", "1", "--teacher", f"{srv.url}|flaky", "--max-retries", "0",
                                         "--concurrency", "1", "--no-progress"])
     assert res.exit_code == 5, res.output
+
+
+def test_the_default_labels_what_train_and_calibrate_need_and_never_test(synth_ws):
+    """`flywheel label` then `flywheel calibrate` works as `ds.label()` then `model.calibrate()` does: train, val
+    and calib by default (calibrate stopped on an unlabelled calib split before); test stays for measurement."""
+    from llm_flywheel.pipeline.splits import make_splits
+
+    with synth_ws.store() as s:
+        make_splits(s, "synth")
+        want = {it.id for it in s.items("synth", split=["train", "val", "calib"])}
+    runner, w = CliRunner(), ["-w", str(synth_ws.root)]
+    res = runner.invoke(main, [*w, "label", "synth", "--simulated", "--no-progress", "--fixed-passes", "--passes", "1"])
+    assert res.exit_code == 0, res.output
+    with synth_ws.store() as s:
+        asked = {r["item_id"] for r in s.query("SELECT DISTINCT item_id FROM teacher_answers")}
+    assert asked == want
+    res = runner.invoke(main, [*w, "label", "synth", "--simulated", "--no-progress", "--split", "calib, val",
+                               "--json"])
+    assert res.exit_code == 0 and json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])["calls_made"] > 0

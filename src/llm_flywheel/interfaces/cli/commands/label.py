@@ -70,8 +70,10 @@ def _money(v: Any, digits: int = 4) -> str:
     "submits the same lines twice; failed lines go into a follow-up batch.\n\n" + EXIT_CODES_HELP,
 )
 @click.argument("dataset")
-@click.option("--split", default="train", show_default=True,
-              help="Which split to label (train is the pool the student learns from); 'all' for every item.")
+@click.option("--split", default="train,val,calib", show_default=True,
+              help="Which split(s) to label, comma separated: train (the pool the student learns from), val "
+                   "(choosing the model), calib (the cascade's threshold); test stays for measurement; 'all' for "
+                   "every item.")
 @click.option("--limit", type=click.IntRange(min=1), help="Label the first N items of the split (by id).")
 @click.option("--ids", help="Label exactly these item ids (comma separated) instead of a split.")
 @click.option("--teacher", "spec", default=DEFAULT_TEACHER, show_default=True, help="Teacher spec (see below).")
@@ -129,7 +131,8 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         except StoreError as e:
             raise config_error(str(e)) from None
         if item_ids is None:
-            items = store.items(dataset, split=None if split == "all" else split, limit=limit)
+            parts = [p.strip() for p in split.split(",") if p.strip()]
+            items = store.items(dataset, split=None if split == "all" else parts, limit=limit)
             if not items:
                 raise click.ClickException(
                     f"no items in dataset {dataset!r} split {split!r} (splits are made by `flywheel data add`; "
