@@ -85,7 +85,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "review": ("review",),
     "train": ("train",),
     "evaluate": ("evaluate",),
-    "cascade": ("calibrate", "predict"),
+    "cascade": ("calibrate",),
+    "predict": ("predict",),
     "serve": ("serve",),
     "wheel": ("run", "report", "demo"),
 }
