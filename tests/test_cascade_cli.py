@@ -142,6 +142,39 @@ def test_predict_text_given_on_the_command_line(tmp_path):
     r = CliRunner().invoke(main, [*w, "predict", "t"])
     assert r.exit_code == 2 and "--text" in r.output
 
+    # a CSV of new tickets is one input per row (it was answered as one text, the whole file, with no error)
+    (tmp_path / "new.csv").write_text("id,body\n1,my laptop screen is broken\n2,refund the invoice please\n3,\n")
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "--json"])
+    assert r.exit_code == 1 and "no 'text' column" in r.output and "--text-column" in r.output
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "--text-column", "body", "--json"])
+    rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert [a["row"] for a in rows] == ["new.csv:2", "new.csv:3", "new.csv:4"]
+    assert [a.get("student_label") for a in rows] == ["hardware", "billing", None]
+    assert "empty or missing 'body'" in rows[2]["error"] and r.exit_code == 1  # the empty row is reported
+
+
+def test_predict_reads_a_table_s_rows_by_the_model_s_column_names(tmp_path):
+    """A tabular dataset answers a CSV of new rows by its feature names, whatever the column order; a missing
+    column is named."""
+    import random
+
+    rng = random.Random(0)
+    rows = [(x, y, "high" if x + y > 1 else "low") for x, y in ((rng.random(), rng.random()) for _ in range(240))]
+    (tmp_path / "t.csv").write_text("x,y,label\n" + "\n".join(f"{x},{y},{lab}" for x, y, lab in rows) + "\n")
+    w = ["--workspace", str(tmp_path / "ws")]
+    for args in (("data", "add", "tabular", str(tmp_path / "t.csv"), "--no-progress"),
+                 ("label", "t", "--simulated", "--no-progress"), ("train", "t", "--no-progress"),
+                 ("calibrate", "t", "--max-teacher-fraction", "0.5")):
+        r = CliRunner().invoke(main, [*w, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    (tmp_path / "new.csv").write_text("note,y,x\nbig,0.95,0.9\nsmall,0.05,0.1\n")  # other order, an extra column
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["student_label"] for x in r.stdout.splitlines() if x.startswith("{")] == ["high", "low"]
+    (tmp_path / "bad.csv").write_text("x\n0.5\n")
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "bad.csv")])
+    assert r.exit_code == 1 and "column(s) y, missing" in r.output
+
 
 def test_predict_text_on_an_image_dataset_is_a_usage_error(cal_ws):
     ws, _ = cal_ws

@@ -10,11 +10,75 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import sha256
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # files that stand for their rows (text and tabular data)
+
+
+@dataclass(frozen=True)
+class RowInput:
+    """One row of a table file given to ``predict``: where it is (``new.csv:3``) and what the student reads, hashed
+    as the store hashes an imported row (the same row answers from the same cached teacher answer)."""
+
+    ref: str
+    content: Any = None  # the text, or the feature values
+    content_hash: str = ""
+    error: str | None = None
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "text") -> list[Path | str | RowInput]:
+    """A table file (.csv/.tsv/.jsonl) given to a text or tabular dataset stands for its rows -- a CSV of new
+    tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column, or the
+    task's feature columns by name (the columns other than ``label`` in file order for a task stored without
+    names).  Other inputs stay as they are; a table that cannot be used raises with what to fix."""
+    out: list[Path | str | RowInput] = []
+    for f in inputs:
+        if isinstance(f, Path) and f.suffix.lower() in TABLE_SUFFIXES and task.modality in ("text", "tabular"):
+            out += _table_rows(f, task, text_column)
+        else:
+            out.append(f)
+    return out
+
+
+def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
+    from llm_flywheel.data.tabular import parse_number
+    from llm_flywheel.data.text import _cell_str, read_rows
+
+    columns, rows = read_rows(path)
+    if task.modality == "text":
+        if text_column not in columns:
+            raise ValueError(f"{path}: no {text_column!r} column (columns: {', '.join(columns)}); name the text "
+                             "column with --text-column")
+        texts = [(r, None if r.values is None else _cell_str(r.values.get(text_column))) for r in rows]
+        return [RowInput(r.ref, error=r.error or f"empty or missing {text_column!r}") if t is None else
+                RowInput(r.ref, t, sha256(t.encode("utf-8"))) for r, t in texts]  # hashed as data add stores it
+    wanted = list(task.features) or [c for c in columns if c != "label"]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: the model reads column(s) {', '.join(missing)}, missing here (columns: "
+                         f"{', '.join(columns)})")
+    out = []
+    for r in rows:
+        try:
+            if r.values is None:
+                raise ValueError(r.error)
+            vals = [parse_number(r.values.get(c)) for c in wanted]
+        except Exception as e:  # a bad cell: that row is reported, the others answered
+            out.append(RowInput(r.ref, error=f"unreadable row ({e})"))
+            continue
+        stored = [None if math.isnan(v) else float(v) for v in vals]  # as data.base stores an imported row
+        out.append(RowInput(r.ref, vals, sha256(json.dumps(stored).encode())))
+    return out
 
 
 def read_input(path: Path, modality: str) -> tuple[Any, str]:
@@ -47,9 +111,10 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-async def answer_inputs(casc: Any, inputs: Sequence[Path | str], *, log: bool, concurrency: int = 16,
+async def answer_inputs(casc: Any, inputs: Sequence[Path | str | RowInput], *, log: bool, concurrency: int = 16,
                         origin: str = "predict") -> list[Any]:
-    """The cascade's answer (or the read error, as a ValueError) for each file (Path) or text (str), in order.
+    """The cascade's answer (or the read error, as a ValueError) for each file (Path), text (str) or table row
+    (:class:`RowInput`), in order.
 
     Teacher answers go through the content-hash cache (stored before use); the teacher session is closed at the
     end because it belongs to this event loop.
@@ -57,9 +122,12 @@ async def answer_inputs(casc: Any, inputs: Sequence[Path | str], *, log: bool, c
     sem = asyncio.Semaphore(max(1, concurrency))
     modality = casc.task.modality
 
-    async def one(f: Path | str) -> Any:
+    async def one(f: Path | str | RowInput) -> Any:
+        if isinstance(f, RowInput) and f.error is not None:
+            return ValueError(f.error)
         try:
-            content, h = (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else read_input(f, modality)
+            content, h = ((f.content, f.content_hash) if isinstance(f, RowInput) else
+                          (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else read_input(f, modality))
         except Exception as e:  # unreadable input: report it, keep going
             return ValueError(f"cannot read {modality} input ({type(e).__name__}: {e})")
         async with sem:

@@ -22,7 +22,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
                "  flywheel predict fashion-mnist --split stream --limit 1000 --teacher simulated\n"
                "  flywheel predict fashion-mnist --split stream --engine ray --parquet stream.parquet\n"
                "  flywheel predict fashion-mnist photos/ --engine ray --ray-address ray://head:10001\n"
-               "  flywheel predict tickets --text 'my printer is on fire' --text 'refund please'\n\n"
+               "  flywheel predict tickets --text 'my printer is on fire' --text 'refund please'\n"
+               "  flywheel predict tickets new-tickets.csv --json      (one answer per row)\n\n"
                "Every answer is logged to the store's cascade_log (unless --no-log); deferred store items answered by "
                "the teacher are cached and become labels for the next round.  --engine ray (needs "
                "pip install 'llm-flywheel[ray]') answers on a Ray cluster's workers: RAY_ADDRESS / --ray-address, "
@@ -30,6 +31,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
                "read the teacher's key from their own environment.")
 @click.argument("dataset")
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--text-column", default="text", show_default=True,
+              help="In .csv/.tsv/.jsonl FILES of a text dataset: the column holding the text (each row is one input).")
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
@@ -50,16 +53,19 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="With --split: print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
-def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, ...], split: str | None,
+def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, texts: tuple[str, ...], split: str | None,
             limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
             threshold: float | None, concurrency: int, engine: str, ray_address: str | None, workers: int | None,
             batch_size: int | None, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
+    A .csv/.tsv/.jsonl file given to a text or tabular dataset stands for its rows (the text column; the feature
+    columns the model was trained on, by name); any other file is one input.
+
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
     from llm_flywheel.pipeline.cascade import Cascade, CascadeError
-    from llm_flywheel.pipeline.predict_files import expand_inputs
+    from llm_flywheel.pipeline.predict_files import TABLE_SUFFIXES, expand_inputs, expand_tables
     from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
 
@@ -73,9 +79,12 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
         raise click.UsageError("--engine ray answers a split or FILES; put the texts in files (one per file)")
     if engine == "ray":
         _require_ray()
-    inputs: list[Path | str] = [*expand_inputs(files), *texts]
+    inputs: list[Any] = [*expand_inputs(files), *texts]
     if (files or texts) and not inputs:
         raise click.UsageError("the folders given hold no files")
+    if engine == "ray" and any(isinstance(p, Path) and p.suffix.lower() in TABLE_SUFFIXES for p in inputs):
+        raise click.UsageError("--engine ray answers one input per file; answer a table's rows with --engine local, "
+                               "or import them (`flywheel data add`) and answer the split")
     ws = open_dataset(ctx, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         if engine == "ray":
@@ -93,11 +102,16 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], texts: tuple[str, .
             return
         if texts and casc.task.modality != "text":
             raise click.UsageError(f"--text is for text datasets; {dataset} is {casc.task.modality}: give FILES")
+        try:
+            inputs = expand_tables(inputs, casc.task, text_column)
+        except (OSError, ValueError) as e:
+            casc.close()
+            raise _fail(e) from None
         answers = asyncio.run(_predict_inputs(casc, inputs, no_log))
     _print_file_answers(inputs, answers, as_json)
 
 
-async def _predict_inputs(casc: Any, inputs: list[Path | str], no_log: bool) -> list[Any]:
+async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool) -> list[Any]:
     from llm_flywheel.pipeline.predict_files import answer_inputs
 
     try:
@@ -106,7 +120,7 @@ async def _predict_inputs(casc: Any, inputs: list[Path | str], no_log: bool) -> 
         casc.close()
 
 
-def _print_file_answers(inputs: list[Path | str], answers: list[Any], as_json: bool) -> None:
+def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool) -> None:
     t = Table(title="cascade answers")
     for col in ("input", "label", "source", "confidence", "student", "model version"):
         t.add_column(col)
@@ -127,9 +141,9 @@ def _print_file_answers(inputs: list[Path | str], answers: list[Any], as_json: b
         raise click.ClickException(f"{bad} of {len(inputs)} inputs could not be read")
 
 
-def _key(f: Path | str) -> str:
-    """JSON key naming an input: 'file' for a path, 'text' for a --text."""
-    return "text" if isinstance(f, str) else "file"
+def _key(f: Any) -> str:
+    """JSON key naming an input: 'file' for a path, 'text' for a --text, 'row' for a table's row (``new.csv:3``)."""
+    return "text" if isinstance(f, str) else "file" if isinstance(f, Path) else "row"
 
 
 def _predict_split(ws: Any, dataset: str, casc: Any, split: str, limit: int | None, concurrency: int, no_log: bool,
