@@ -77,7 +77,7 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
             out.append(RowInput(r.ref, error=f"unreadable row ({e})"))
             continue
         stored = [None if math.isnan(v) else float(v) for v in vals]  # as data.base stores an imported row
-        out.append(RowInput(r.ref, vals, sha256(json.dumps(stored).encode())))
+        out.append(RowInput(r.ref, stored, sha256(json.dumps(stored).encode())))
     return out
 
 
