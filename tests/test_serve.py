@@ -326,3 +326,36 @@ def test_request_id_is_unique_and_input_hash_finds_the_log_row(served, images, c
     rows = _rows(ws, "SELECT content_hash FROM cascade_log WHERE origin='serve' AND content_hash LIKE ?",
                  (a["input_hash"] + "%",))
     assert len(rows) >= 2
+
+
+def test_a_table_model_takes_features_by_position_or_by_column_name(tmp_path):
+    """Tasks know their columns now: a row can be sent by name, in any order (a missing or unknown column is named,
+    a null is a missing value); a list stays in column order.  Both forms are the same input."""
+    import random
+
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+    from llm_flywheel.store.workspace import Workspace
+
+    rng = random.Random(0)
+    lines = [f"{x},{y},{'high' if x + y > 1 else 'low'}" for x, y in ((rng.random(), rng.random()) for _ in range(240))]
+    (tmp_path / "t.csv").write_text("x,y,label\n" + "\n".join(lines) + "\n")
+    w = ["--workspace", str(tmp_path / "ws")]
+    for args in (("data", "add", "tabular", str(tmp_path / "t.csv"), "--no-progress"),
+                 ("label", "t", "--simulated", "--no-progress"), ("train", "t", "--no-progress"),
+                 ("calibrate", "t", "--max-teacher-fraction", "0.5")):
+        r = CliRunner().invoke(main, [*w, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    app = create_app(Workspace.open(tmp_path / "ws"), "t", seed=0)
+    with running(app) as url:
+        by_pos = httpx.post(f"{url}/v1/predict", json={"features": [0.9, 0.95]})
+        by_name = httpx.post(f"{url}/v1/predict", json={"features": {"y": 0.95, "x": 0.9}})
+        low = httpx.post(f"{url}/v1/predict", json={"features": {"x": 0.05, "y": None}})
+        missing = httpx.post(f"{url}/v1/predict", json={"features": {"x": 0.5}})
+        unknown = httpx.post(f"{url}/v1/predict", json={"features": {"x": 0.5, "y": 0.1, "z": 3}})
+    assert by_pos.status_code == by_name.status_code == low.status_code == 200, by_name.text
+    assert by_pos.json()["input_hash"] == by_name.json()["input_hash"]
+    assert by_pos.json()["student_label"] == by_name.json()["student_label"] == "high"
+    assert missing.status_code == 422 and "missing y" in missing.json()["detail"]
+    assert unknown.status_code == 422 and "unknown z" in unknown.json()["detail"]

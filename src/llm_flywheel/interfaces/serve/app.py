@@ -99,7 +99,7 @@ class ServeState:
     def prepare(self, body: bytes, ctype: str, inp: RawInput | None, heavy: bool) -> tuple[RawInput, tuple[str, float] | None]:
         """(input, student guess) -- or (input, None) when it is a large image that belongs on the heavy pool."""
         if inp is None:
-            inp = extract(body, ctype, self.modality, self.cfg.max_bytes)
+            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, self.cascade.task.features)
         if inp.kind == "image":
             im = open_image(inp.raw, self.cfg.max_image_pixels)
             if im.size[0] * im.size[1] > self.cfg.heavy_pixels and not heavy:

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
 }
 HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|gif|bmp|webp bytes)",
         "text": 'JSON {"text": ...}, text/plain, or a multipart "text" field',
-        "tabular": 'JSON {"features": [...]}'}
+        "tabular": 'JSON {"features": [...]} in column order, or {"features": {"column": value, ...}}'}
 
 
 class HTTPProblem(Exception):
@@ -51,7 +52,8 @@ class TextJSON(BaseModel):
 
 class TabularJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    features: list[float] = Field(min_length=1, description="the feature values, in the dataset's column order")
+    features: list[float | None] | dict[str, float | None] = Field(
+        min_length=1, description="the feature values in the dataset's column order, or by column name (null: missing)")
 
 
 JSON_MODELS: dict[str, type[BaseModel]] = {"image": ImageJSON, "text": TextJSON, "tabular": TabularJSON}
@@ -102,10 +104,11 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
     return bytes(buf)
 
 
-def extract(body: bytes, ctype: str, modality: str, max_bytes: int) -> RawInput:
-    """A non-multipart body as an input (CPU work: JSON, base64; runs in the worker pool)."""
+def extract(body: bytes, ctype: str, modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
+    """A non-multipart body as an input (CPU work: JSON, base64; runs in the worker pool).  ``columns``: a tabular
+    model's feature names, for features sent by name."""
     if ctype == "application/json":
-        return _parse_json(body, modality, max_bytes)
+        return _parse_json(body, modality, max_bytes, columns)
     if ctype == "text/plain":
         try:
             text = body.decode("utf-8")
@@ -121,7 +124,7 @@ def _text(text: str) -> RawInput:
     return RawInput("text", text, text.encode("utf-8", "surrogatepass"), ".txt")
 
 
-def _parse_json(body: bytes, modality: str, max_bytes: int) -> RawInput:
+def _parse_json(body: bytes, modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
     try:
         obj = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -142,8 +145,24 @@ def _parse_json(body: bytes, modality: str, max_bytes: int) -> RawInput:
     if isinstance(req, TextJSON):
         return _text(req.text)
     assert isinstance(req, TabularJSON)
-    feats = [float(x) for x in req.features]
+    feats = [None if x is None else float(x) for x in _in_column_order(req.features, columns)]
     return RawInput("tabular", feats, json.dumps(feats).encode(), ".json")
+
+
+def _in_column_order(features: list[float | None] | dict[str, float | None],
+                     columns: Sequence[str]) -> list[float | None]:
+    """Features sent by name, put in the model's column order; a list as it came."""
+    if isinstance(features, list):
+        return features
+    if not columns:
+        raise HTTPProblem(422, "this model was trained without column names: send features as a list in column order")
+    missing, unknown = [c for c in columns if c not in features], sorted(set(features) - set(columns))
+    if missing or unknown:
+        raise HTTPProblem(422, "features by name must name every column the model reads: "
+                               + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                              f"unknown {', '.join(unknown)}" if unknown else "") if part)
+                               + f" (columns: {', '.join(columns)})")
+    return [features[c] for c in columns]
 
 
 def _b64(s: str, max_bytes: int) -> bytes:
