@@ -264,3 +264,22 @@ def test_long_calls_report_progress_unless_told_not_to(ticket_files, tmp_path, c
         quiet = capfd.readouterr()
     assert any(ln.startswith("labelling tickets") and "(100 %)" in ln for ln in shown.err.splitlines()), shown.err
     assert quiet.err == "" and quiet.out == ""
+
+
+def test_calibrating_on_too_few_items_warns_instead_of_silently_never_deferring(tmp_path):
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+
+    texts, topics = tickets(120, seed=3)
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("tiny", texts, labels=["billing", "hardware", "account"], gold=topics, calib=18)
+    with ds.simulated_teacher(accuracy=0.9) as teacher:
+        ds.label(teacher, passes=1, progress=False)
+    model = ds.train("text-tfidf", progress=False)
+    with pytest.warns(fw.FlywheelWarning, match="never asks the teacher") as caught:
+        cascade = model.calibrate(max_teacher_fraction=0.1)
+    assert caught[0].filename == __file__  # raised at the notebook's line
+    assert cascade.calibration.warnings[0].code == "budget_defers_nothing" and "at least 38" in cascade.calibration.warnings[0].fix
+    out = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "calibrate", "tiny", "--max-teacher-fraction", "0.1"])
+    assert out.exit_code == 0 and "WARNING" in out.output and "never asks" in " ".join(out.output.split())

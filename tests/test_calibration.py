@@ -425,3 +425,19 @@ def test_an_unmet_parity_goal_under_a_cap_says_what_helps():
     w = infeasible_goal_warning(3, CalibResult(calib_feasible=False, calib_goal="accuracy+budget", calib_note="x"))
     assert "--target-accuracy below" in w["fix"]
     assert infeasible_goal_warning(3, CalibResult(calib_feasible=True, calib_goal="parity+budget")) is None
+
+
+def test_a_budget_the_calib_split_is_too_small_to_spend_is_said_out_loud():
+    """18 calib confidences cannot show that deferring any of them keeps 10 % at 90 %: the threshold sends nothing,
+    and that is a warning with the calib size that would let it defer, not a silent "feasible"."""
+    from llm_flywheel.core.thresholds import min_calib_to_defer
+    from llm_flywheel.pipeline.calibration import budget_warnings
+
+    need = min_calib_to_defer(0.1, 0.1)
+    for n, warned in ((18, True), (need - 1, True), (need, False), (500, False)):
+        conf = np.linspace(0.4, 0.99, n)
+        choice = choose_threshold(conf, np.ones(n, bool), max_teacher_fraction=0.1, delta=0.1, budget_conf=conf)
+        assert (choice.teacher_fraction == 0) == warned, n
+        out = budget_warnings(choice, 0.1, n)
+        assert bool(out) == warned and (not out or f"at least {need} items" in out[0]["fix"])
+    assert need == 38  # Beta(2, n - 1)'s 90 % quantile first falls within 10 % at n = 38

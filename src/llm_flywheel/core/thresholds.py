@@ -234,6 +234,19 @@ def budget_threshold(conf: np.ndarray, max_teacher_fraction: float, delta: float
     return float(c[np.flatnonzero(ok)[-1]]) if ok.any() else 0.0
 
 
+def min_calib_to_defer(max_teacher_fraction: float, delta: float, limit: int = 100_000) -> int | None:
+    """The fewest calibration confidences with which :func:`budget_threshold` sends any calib item to the teacher
+    (m = 1: Beta(2, n - 1)'s (1 - delta) quantile within the budget); None beyond ``limit``.  Fewer, and a teacher
+    budget is kept by sending (almost) nothing."""
+    from scipy.stats import beta
+
+    if max_teacher_fraction >= 1.0:
+        return 1
+    ns = np.arange(2, limit + 1)
+    ok = np.flatnonzero(beta.ppf(1 - delta, 2, ns - 1) <= max_teacher_fraction)
+    return int(ns[ok[0]]) if ok.size else None
+
+
 def _arrays(conf: np.ndarray, correct: np.ndarray, budget_conf: np.ndarray | None,
             teacher_correct: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     conf = np.asarray(conf, dtype=np.float64).ravel()

@@ -39,6 +39,7 @@ from llm_flywheel.core.thresholds import (  # noqa: F401  (re-exported)
     budget_threshold,
     choose_threshold,
     clopper_pearson_lower,
+    min_calib_to_defer,
     power_start_size,
     sign_test_p_value,
     start_size,
@@ -81,6 +82,7 @@ class CalibrationResult:
     curve: CascadeCurve
     plot: str
     teacher_single_call: dict[str, Any] | None = None  # parity: {model, n, accuracy} on the calib items
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {code, message, fix}: what the user must hear
     created_at: float = field(default_factory=time.time)
 
     @property
@@ -285,10 +287,27 @@ def calibrate(
         n_calib_all=len(inp.all_items), ece_before=ece(probs, y), ece_after=ece(cal, y), nll_before=nll(probs, y),
         nll_after=nll(cal, y), student_accuracy_calib=float(correct.mean()), teacher_cost_per_item=inp.t_cost,
         teacher_cost_note=inp.t_cost_note, student_cost_per_item=s_cost, cpu_usd_per_hour=cpu, curve=curve,
-        plot=str(plot), teacher_single_call=single)
+        plot=str(plot), teacher_single_call=single,
+        warnings=budget_warnings(choice, max_teacher_fraction, len(inp.all_items)))
     with ws.store() as store:
         store.add_report("calibration", version, result.to_dict())
     return result
+
+
+def budget_warnings(choice: ThresholdChoice, max_teacher_fraction: float | None, n: int) -> list[dict[str, str]]:
+    """A teacher budget the calib split is too small to spend: with ``n`` confidences, "at most f to the teacher"
+    holds at 1 - delta only by deferring nothing of the calib split (:func:`min_calib_to_defer`: 38 items for 10 %
+    at delta 0.1), so the cascade (almost) never asks its teacher -- and nobody was told."""
+    if not max_teacher_fraction or choice.teacher_fraction > 0 or not choice.goal.endswith("budget"):
+        return []
+    need = min_calib_to_defer(max_teacher_fraction, choice.delta)
+    return [{"code": "budget_defers_nothing",
+             "message": f"with {n} calib items, at most {100 * max_teacher_fraction:g} % to the teacher holds at "
+                        f"{100 * (1 - choice.delta):g} % only by deferring none of them: the cascade (almost) never "
+                        "asks the teacher",
+             "fix": "a larger calib split" + (f" (at least {need} items to defer any" if need else "")
+                    + (")" if need else "") + " -- `flywheel data add ... --calib 200 --resplit` before labelling -- "
+                    "or a larger --delta"}]
 
 
 def plot_cascade_curve(curve: CascadeCurve, choice: ThresholdChoice, path: Path) -> Path:

@@ -27,7 +27,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from llm_flywheel.interfaces.api.results import Calibration, InputError, LabelReport, NotReadyError, TeacherError, translate_errors
+from llm_flywheel.interfaces.api.results import (Calibration, InputError, LabelReport, NotReadyError, TeacherError,
+                                                 translate_errors, warn_each)
 from llm_flywheel.interfaces.api.simulate import label_names
 from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, infer_modality, item_key, make_splits_once, register_items
 
@@ -213,6 +214,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.asarray(classes) if not isinstance(classes[0], str) else np.asarray(classes, dtype=object)
         self._names = [names[c] for c in classes]
         self.calibration_ = Calibration.from_report(cal)
+        warn_each(self.calibration_.warnings, 3)  # raised where the notebook called fit()
         _CASCADES.pop(self, None)
         return self
 

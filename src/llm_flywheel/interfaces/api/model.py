@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, raw_inputs, register_items
-from llm_flywheel.interfaces.api.results import Answer, Calibration, Evaluation, NotReadyError, translate_errors
+from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, NotReadyError, translate_errors,
+                                                 warn_each)
 
 class Model:
     """A trained student version of a dataset."""
@@ -73,7 +74,9 @@ class Model:
                           teacher_parity=teacher_parity)
             except ValueError as e:
                 raise NotReadyError(str(e)) from e
-        return self.cascade(teacher)
+        cascade = self.cascade(teacher)
+        warn_each(cascade.calibration.warnings, 2)  # raised where the notebook called calibrate()
+        return cascade
 
     def cascade(self, teacher: Teacher | str | None = None) -> "Cascade":
         """The cascade of this model from its latest calibration."""

@@ -206,6 +206,7 @@ class Calibration:
     note: str
     plot_path: str | None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    warnings: tuple["RunWarning", ...] = ()  # e.g. a teacher budget the calib split is too small to spend
 
     @classmethod
     def from_report(cls, rep: Mapping[str, Any]) -> "Calibration":
@@ -218,7 +219,7 @@ class Calibration:
             accuracy_bound=_f(ch.get("accuracy_bound")), delta=_f(ch.get("delta")),
             n_calib=int(rep.get("n_calib", ch.get("n_calib", 0)) or 0), ece_before=_f(rep.get("ece_before")),
             ece_after=_f(rep.get("ece_after")), note=str(ch.get("note", "")), plot_path=rep.get("plot"),
-            raw=dict(rep),
+            raw=dict(rep), warnings=run_warnings(rep.get("warnings")),
         )
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.core.stats import pct
@@ -138,4 +139,6 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
         console.print("[bold red]WARNING[/] the goal cannot be met: every item the budget allows goes to the teacher "
                       "and no accuracy is guaranteed -- fix: a teacher budget (--max-teacher-fraction 0.1, always "
                       "feasible) or a --target-accuracy below the teacher's own accuracy")
+    for w in rep.get("warnings") or []:
+        console.print(f"[bold red]WARNING[/] {escape(w['message'])} -- fix: {escape(w['fix'])}")
     click.echo(rep["plot"])
