@@ -280,6 +280,6 @@ def test_calibrating_on_too_few_items_warns_instead_of_silently_never_deferring(
     with pytest.warns(fw.FlywheelWarning, match="never asks the teacher") as caught:
         cascade = model.calibrate(max_teacher_fraction=0.1)
     assert caught[0].filename == __file__  # raised at the notebook's line
-    assert cascade.calibration.warnings[0].code == "budget_defers_nothing" and "at least 38" in cascade.calibration.warnings[0].fix
+    assert cascade.calibration.warnings[0].code == "budget_defers_nothing" and "--calib 38" in cascade.calibration.warnings[0].fix
     out = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "calibrate", "tiny", "--max-teacher-fraction", "0.1"])
     assert out.exit_code == 0 and "WARNING" in out.output and "never asks" in " ".join(out.output.split())

@@ -439,5 +439,5 @@ def test_a_budget_the_calib_split_is_too_small_to_spend_is_said_out_loud():
         choice = choose_threshold(conf, np.ones(n, bool), max_teacher_fraction=0.1, delta=0.1, budget_conf=conf)
         assert (choice.teacher_fraction == 0) == warned, n
         out = budget_warnings(choice, 0.1, n)
-        assert bool(out) == warned and (not out or f"at least {need} items" in out[0]["fix"])
+        assert bool(out) == warned and (not out or f"--calib {need}" in out[0]["fix"])
     assert need == 38  # Beta(2, n - 1)'s 90 % quantile first falls within 10 % at n = 38

@@ -305,9 +305,9 @@ def budget_warnings(choice: ThresholdChoice, max_teacher_fraction: float | None,
              "message": f"with {n} calib items, at most {100 * max_teacher_fraction:g} % to the teacher holds at "
                         f"{100 * (1 - choice.delta):g} % only by deferring none of them: the cascade (almost) never "
                         "asks the teacher",
-             "fix": "a larger calib split" + (f" (at least {need} items to defer any" if need else "")
-                    + (")" if need else "") + " -- `flywheel data add ... --calib 200 --resplit` before labelling -- "
-                    "or a larger --delta"}]
+             "fix": (f"a calib split of at least {need} items (`flywheel data add ... --calib {need} --resplit` before "
+                     "labelling, or the data imported again under another --name), or a larger --delta"
+                     if need else "a larger --delta or --max-teacher-fraction")}]
 
 
 def plot_cascade_curve(curve: CascadeCurve, choice: ThresholdChoice, path: Path) -> Path:
