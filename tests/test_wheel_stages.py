@@ -41,6 +41,9 @@ def test_plan_sizes_fills_the_rule_and_warns_where_sizes_do_not_fit():
     tiny = plan_sizes(WheelConfig(rounds=2), {"train": 180, "val": 30, "calib": 31, "test": 40, "stream": 30}, 30, 31)
     tiny_fix = next(w["fix"] for w in tiny.warnings if w["code"] == "small_calib")
     assert "--calib 0.25" in tiny_fix and "400" not in tiny_fix  # a 311-item dataset cannot give 400
+    small = plan_sizes(WheelConfig(rounds=2), {"train": 66, "val": 12, "calib": 18, "test": 30, "stream": 24}, 12, 18)
+    small_fix = next(w["fix"] for w in small.warnings if w["code"] == "small_calib")
+    assert "--calib 38 " in small_fix  # a quarter of 120 items (30) still defers nothing at 10 %; 38 is the least
     ok = plan_sizes(WheelConfig(rounds=2), {"train": 5000, "val": 500, "calib": 1000, "test": 500, "stream": 2000},
                     500, 1000)
     assert ok.warnings == [] and ok.config.stream_per_round == 1000

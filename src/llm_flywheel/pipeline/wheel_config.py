@@ -12,6 +12,7 @@ from typing import Any
 
 from llm_flywheel.core.cost import DEFAULT_CPU_USD_PER_HOUR
 from llm_flywheel.core.splits import AUTO_FLOOR
+from llm_flywheel.core.thresholds import min_calib_to_defer
 from llm_flywheel.pipeline.feedback import POLICIES
 
 DEFAULT_MAX_TEACHER_FRACTION = 0.1
@@ -143,11 +144,15 @@ def plan_sizes(cfg: WheelConfig, n: dict[str, int], n_val: int, n_calib: int) ->
     return Sizing(cfg, sizes, _size_warnings(cfg, n))
 
 
-def _larger_calib_fix(total: int) -> str:
+def _larger_calib_fix(n: dict[str, int], cfg: WheelConfig) -> str:
     """Advice that fits the dataset: a count only when the dataset can give it and keep a train pool (a 311-item
-    dataset was told `--calib 400`, which `data add` refuses)."""
+    dataset was told `--calib 400`, which `data add` refuses); for a small one, at least the calib items a teacher
+    budget needs to defer anything (a 150-item dataset was told `--calib 0.25`: 30 items, which defer nothing)."""
+    total = sum(n.values())
     fits = SMALL_CALIB * 2 <= 0.3 * total  # leaves the other splits most of the data
-    size = f"{SMALL_CALIB * 2}" if fits else "0.25"
+    need = min_calib_to_defer(cfg.max_teacher_fraction or DEFAULT_MAX_TEACHER_FRACTION, cfg.delta) or SMALL_CALIB
+    quarter = 0.25 * (total - n.get("test", 0))  # `--calib 0.25` is a share of the items outside test
+    size = f"{SMALL_CALIB * 2}" if fits else "0.25" if quarter >= need else f"{need}"
     return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`)"
             + ("" if fits else f"; with {total} items, more data helps most"))
 
@@ -158,7 +163,7 @@ def _size_warnings(cfg: WheelConfig, n: dict[str, int]) -> list[dict[str, str]]:
         out.append(warning("small_calib",
                            f"the calib split has only {n['calib']} items: the threshold rests on little evidence (the "
                            f"teacher budget is met conservatively; an accuracy goal is rarely provable)",
-                           _larger_calib_fix(sum(n.values()))))
+                           _larger_calib_fix(n, cfg)))
     for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
         asked = getattr(cfg, k)
         # the defaults (500 / 1,000) are caps that small splits are expected to fall under; a given size is not
