@@ -44,6 +44,9 @@ def test_plan_sizes_fills_the_rule_and_warns_where_sizes_do_not_fit():
     small = plan_sizes(WheelConfig(rounds=2), {"train": 66, "val": 12, "calib": 18, "test": 30, "stream": 24}, 12, 18)
     small_fix = next(w["fix"] for w in small.warnings if w["code"] == "small_calib")
     assert "--calib 38 " in small_fix  # a quarter of 120 items (30) still defers nothing at 10 %; 38 is the least
+    small_msg = next(w["message"] for w in small.warnings if w["code"] == "small_calib")
+    big_msg = next(w["message"] for w in s.warnings if w["code"] == "small_calib")  # 100 calib items can defer
+    assert "will not ask the teacher" in small_msg and "met conservatively" in big_msg
     ok = plan_sizes(WheelConfig(rounds=2), {"train": 5000, "val": 500, "calib": 1000, "test": 500, "stream": 2000},
                     500, 1000)
     assert ok.warnings == [] and ok.config.stream_per_round == 1000

@@ -160,9 +160,12 @@ def _larger_calib_fix(n: dict[str, int], cfg: WheelConfig) -> str:
 def _size_warnings(cfg: WheelConfig, n: dict[str, int]) -> list[dict[str, str]]:
     out = []
     if n["calib"] < SMALL_CALIB:
+        need = min_calib_to_defer(cfg.max_teacher_fraction, cfg.delta) if cfg.max_teacher_fraction else None
+        budget = ("too few for the teacher budget to defer anything: the cascade will not ask the teacher"
+                  if need and n["calib"] < need else "the teacher budget is met conservatively")
         out.append(warning("small_calib",
-                           f"the calib split has only {n['calib']} items: the threshold rests on little evidence (the "
-                           f"teacher budget is met conservatively; an accuracy goal is rarely provable)",
+                           f"the calib split has only {n['calib']} items: the threshold rests on little evidence "
+                           f"({budget}; an accuracy goal is rarely provable)",
                            _larger_calib_fix(n, cfg)))
     for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
         asked = getattr(cfg, k)
