@@ -331,23 +331,11 @@ def test_request_id_is_unique_and_input_hash_finds_the_log_row(served, images, c
 def test_a_table_model_takes_features_by_position_or_by_column_name(tmp_path):
     """Tasks know their columns now: a row can be sent by name, in any order (a missing or unknown column is named,
     a null is a missing value); a list stays in column order.  Both forms are the same input."""
-    import random
+    from helpers_tables import calibrated_table
 
-    from click.testing import CliRunner
-
-    from llm_flywheel.interfaces.cli import main
     from llm_flywheel.store.workspace import Workspace
 
-    rng = random.Random(0)
-    lines = [f"{x},{y},{'high' if x + y > 1 else 'low'}" for x, y in ((rng.random(), rng.random()) for _ in range(240))]
-    (tmp_path / "t.csv").write_text("x,y,label\n" + "\n".join(lines) + "\n")
-    w = ["--workspace", str(tmp_path / "ws")]
-    for args in (("data", "add", "tabular", str(tmp_path / "t.csv"), "--no-progress"),
-                 ("label", "t", "--simulated", "--no-progress"), ("train", "t", "--no-progress"),
-                 ("calibrate", "t", "--max-teacher-fraction", "0.5")):
-        r = CliRunner().invoke(main, [*w, *args], catch_exceptions=False)
-        assert r.exit_code == 0, r.output
-    app = create_app(Workspace.open(tmp_path / "ws"), "t", seed=0)
+    app = create_app(Workspace.open(calibrated_table(tmp_path)), "t", seed=0)
     with running(app) as url:
         by_pos = httpx.post(f"{url}/v1/predict", json={"features": [0.9, 0.95]})
         by_name = httpx.post(f"{url}/v1/predict", json={"features": {"y": 0.95, "x": 0.9}})
