@@ -184,9 +184,15 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
         if feats is None or not all(np.isfinite(f) or np.isnan(f) for f in feats):
             report.skip(rec.source_ref, "no features")
             return None
-        fj = json.dumps([None if np.isnan(f) else float(f) for f in feats])
+        fj = row_json(feats)
         row.update(content_hash=sha256(fj.encode()), features_json=fj)
     return row
+
+
+def row_json(features: Iterable[float]) -> str:
+    """A row of numbers as the store keeps it (floats, ``null`` for a missing value); its content hash is the hash
+    of this text, so anything that must find a stored row again (``flywheel predict`` on a table) writes it here."""
+    return json.dumps([None if np.isnan(f) else float(f) for f in features])
 
 
 def _keep_stored_features(store: Any, task: Task) -> Task:

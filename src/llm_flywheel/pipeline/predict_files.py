@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.task import Task
-from llm_flywheel.data.base import sha256
+from llm_flywheel.data.base import row_json, sha256
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # files that stand for their rows (text and tabular data)
 
@@ -36,6 +35,11 @@ class RowInput:
         return self.ref
 
 
+def is_table(f: Any) -> bool:
+    """An input file that stands for its rows (for a text or tabular dataset), not one input."""
+    return isinstance(f, Path) and f.suffix.lower() in TABLE_SUFFIXES
+
+
 def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "text") -> list[Path | str | RowInput]:
     """A table file (.csv/.tsv/.jsonl) given to a text or tabular dataset stands for its rows -- a CSV of new
     tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column, or the
@@ -43,7 +47,7 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "
     names).  Other inputs stay as they are; a table that cannot be used raises with what to fix."""
     out: list[Path | str | RowInput] = []
     for f in inputs:
-        if isinstance(f, Path) and f.suffix.lower() in TABLE_SUFFIXES and task.modality in ("text", "tabular"):
+        if is_table(f) and task.modality in ("text", "tabular"):
             out += _table_rows(f, task, text_column)
         else:
             out.append(f)
@@ -73,11 +77,11 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
             if r.values is None:
                 raise ValueError(r.error)
             vals = [parse_number(r.values.get(c)) for c in wanted]
-        except Exception as e:  # a bad cell: that row is reported, the others answered
+        except ValueError as e:  # a bad cell (parse_number says which): that row is reported, the others answered
             out.append(RowInput(r.ref, error=f"unreadable row ({e})"))
             continue
-        stored = [None if math.isnan(v) else float(v) for v in vals]  # as data.base stores an imported row
-        out.append(RowInput(r.ref, stored, sha256(json.dumps(stored).encode())))
+        stored = row_json(vals)  # as an imported row is stored, so it finds that row's cached teacher answer
+        out.append(RowInput(r.ref, json.loads(stored), sha256(stored.encode())))
     return out
 
 

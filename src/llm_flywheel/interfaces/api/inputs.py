@@ -71,10 +71,15 @@ def as_teacher(t: Teacher | str) -> Teacher:
     return t if isinstance(t, Teacher) else teacher(t)
 
 
+def is_dataframe(items: Any) -> bool:
+    """A pandas DataFrame (duck-typed: pandas stays optional): iterating one gives its column names, not its rows."""
+    return hasattr(items, "iloc") and getattr(items, "ndim", 1) == 2
+
+
 def dataframe_rows(items: Any) -> tuple[Any, tuple[str, ...]]:
-    """(rows, column names) of a pandas DataFrame -- iterating one gives its column names, not its rows -- and
-    ``(items, ())`` for anything else.  The names tell the teacher what each number is."""
-    if hasattr(items, "iloc") and getattr(items, "ndim", 1) == 2:
+    """(rows, column names) of a DataFrame and ``(items, ())`` for anything else.  The names tell the teacher what
+    each number is."""
+    if is_dataframe(items):
         return items.to_numpy(dtype=float), tuple(str(c) for c in items.columns)
     return items, ()
 
@@ -82,7 +87,7 @@ def dataframe_rows(items: Any) -> tuple[Any, tuple[str, ...]]:
 def infer_modality(items: Sequence[Any]) -> str:
     """``text`` for strings, ``image`` for PIL images / bytes / 2-3-D arrays, ``tabular`` for rows of numbers
     (a DataFrame included)."""
-    if hasattr(items, "iloc") and getattr(items, "ndim", 1) == 2:
+    if is_dataframe(items):
         return "tabular"
     if isinstance(items, np.ndarray):
         if items.ndim == 2 and items.dtype.kind in "biuf":

@@ -65,7 +65,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
     from llm_flywheel.pipeline.cascade import Cascade, CascadeError
-    from llm_flywheel.pipeline.predict_files import TABLE_SUFFIXES, expand_inputs, expand_tables
+    from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables, is_table
     from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
 
@@ -82,7 +82,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
     inputs: list[Any] = [*expand_inputs(files), *texts]
     if (files or texts) and not inputs:
         raise click.UsageError("the folders given hold no files")
-    if engine == "ray" and any(isinstance(p, Path) and p.suffix.lower() in TABLE_SUFFIXES for p in inputs):
+    if engine == "ray" and any(is_table(p) for p in inputs):
         raise click.UsageError("--engine ray answers one input per file; answer a table's rows with --engine local, "
                                "or import them (`flywheel data add`) and answer the split")
     ws = open_dataset(ctx, dataset)
