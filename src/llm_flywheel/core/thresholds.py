@@ -242,9 +242,14 @@ def min_calib_to_defer(max_teacher_fraction: float, delta: float, limit: int = 1
 
     if max_teacher_fraction >= 1.0:
         return 1
-    ns = np.arange(2, limit + 1)
-    ok = np.flatnonzero(beta.ppf(1 - delta, 2, ns - 1) <= max_teacher_fraction)
-    return int(ns[ok[0]]) if ok.size else None
+    lo, hi = 2, 1000  # blocks growing tenfold: the usual answer (tens of items) without 100,000 quantiles
+    while lo <= limit:
+        ns = np.arange(lo, min(hi, limit) + 1)
+        ok = np.flatnonzero(beta.ppf(1 - delta, 2, ns - 1) <= max_teacher_fraction)
+        if ok.size:
+            return int(ns[ok[0]])
+        lo, hi = hi + 1, hi * 10
+    return None
 
 
 def _arrays(conf: np.ndarray, correct: np.ndarray, budget_conf: np.ndarray | None,
