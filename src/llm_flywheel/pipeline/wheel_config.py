@@ -144,13 +144,13 @@ def plan_sizes(cfg: WheelConfig, n: dict[str, int], n_val: int, n_calib: int) ->
     return Sizing(cfg, sizes, _size_warnings(cfg, n))
 
 
-def _larger_calib_fix(n: dict[str, int], cfg: WheelConfig) -> str:
+def _larger_calib_fix(n: dict[str, int], need: int) -> str:
     """Advice that fits the dataset: a count only when the dataset can give it and keep a train pool (a 311-item
     dataset was told `--calib 400`, which `data add` refuses); for a small one, at least the calib items a teacher
-    budget needs to defer anything (a 150-item dataset was told `--calib 0.25`: 30 items, which defer nothing)."""
+    budget needs to defer anything (``need``; a 150-item dataset was told `--calib 0.25`: 30 items, which defer
+    nothing)."""
     total = sum(n.values())
     fits = SMALL_CALIB * 2 <= 0.3 * total  # leaves the other splits most of the data
-    need = min_calib_to_defer(cfg.max_teacher_fraction or DEFAULT_MAX_TEACHER_FRACTION, cfg.delta) or SMALL_CALIB
     quarter = 0.25 * (total - n.get("test", 0))  # `--calib 0.25` is a share of the items outside test
     size = f"{SMALL_CALIB * 2}" if fits else "0.25" if quarter >= need else f"{need}"
     return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`)"
@@ -160,13 +160,15 @@ def _larger_calib_fix(n: dict[str, int], cfg: WheelConfig) -> str:
 def _size_warnings(cfg: WheelConfig, n: dict[str, int]) -> list[dict[str, str]]:
     out = []
     if n["calib"] < SMALL_CALIB:
-        need = min_calib_to_defer(cfg.max_teacher_fraction, cfg.delta) if cfg.max_teacher_fraction else None
-        budget = ("too few for the teacher budget to defer anything: the cascade will not ask the teacher"
-                  if need and n["calib"] < need else "the teacher budget is met conservatively")
+        # the calib items a teacher budget needs to defer anything (the default budget's, under an accuracy goal)
+        need = min_calib_to_defer(cfg.max_teacher_fraction or DEFAULT_MAX_TEACHER_FRACTION, cfg.delta)
+        never = bool(cfg.max_teacher_fraction and need and n["calib"] < need)
+        budget = ("too few for the teacher budget to defer anything: the cascade will not ask the teacher" if never
+                  else "the teacher budget is met conservatively")
         out.append(warning("small_calib",
                            f"the calib split has only {n['calib']} items: the threshold rests on little evidence "
                            f"({budget}; an accuracy goal is rarely provable)",
-                           _larger_calib_fix(n, cfg)))
+                           _larger_calib_fix(n, need or SMALL_CALIB)))
     for k, split in (("val_labels", "val"), ("calib_labels", "calib")):
         asked = getattr(cfg, k)
         # the defaults (500 / 1,000) are caps that small splits are expected to fall under; a given size is not
