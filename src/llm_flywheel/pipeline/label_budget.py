@@ -55,6 +55,11 @@ class Budget:
         self.inflight += 1
         return est
 
+    def cancel(self, reservation: float) -> None:
+        """Give a reservation back: its call was not made (another run holds it)."""
+        self.reserved -= reservation
+        self.inflight -= 1
+
     def settle(self, reservation: float, actual: float | None) -> None:
         self.reserved -= reservation
         self.inflight -= 1

@@ -1,7 +1,8 @@
 """The asynchronous call loop of a labelling run: workers, budget reservations, breaker, tie-breaks, re-asks.
 
 Every answer is written to the store *before* anything uses it (one autocommitted row), so a run killed at any
-moment resumes where it stopped and never pays twice.
+moment resumes where it stopped and never pays twice; each call is claimed in the store first, so two runs at once
+never pay twice either (:mod:`~llm_flywheel.pipeline.label_claims`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm_flywheel.core.consensus import needs_tie_break
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.label_claims import CallClaims, Key, owner_id
 from llm_flywheel.pipeline.label_budget import (
     WAIT,
     Budget,
@@ -63,6 +65,8 @@ class LabelRunner:
         self.breaker = CircuitBreaker(cfg.breaker_threshold)
         self.calls: set[asyncio.Future[Any]] = set()
         self.abandoning = False
+        self.claims = CallClaims(store, teacher.model, result.prompt_version, owner_id(run_id))
+        self.parked: dict[Key, tuple[Item, int, int]] = {}  # calls another run is making: wait for their answers
 
     def needs_tie_break(self, h: str) -> bool:
         """All main passes answered, no off-list among them, and no strict majority: ask pass ``k`` once."""
@@ -95,7 +99,11 @@ class LabelRunner:
         queue: deque[tuple[Item, int, int]] = deque((it, p, 0) for it, p in jobs)
         if self.progress is not None:
             self.progress.start(desc, len(jobs))
-        await asyncio.gather(*(self._worker(queue) for _ in range(min(self.cfg.concurrency, len(jobs)))))
+        while True:  # then wait for the calls other runs were making, and make those whose run gave them up
+            await asyncio.gather(*(self._worker(queue) for _ in range(min(self.cfg.concurrency, len(queue)))))
+            if self.stop or not self.parked:
+                return
+            await self._await_parked(queue)
 
     async def _worker(self, queue: deque[tuple[Item, int, int]]) -> None:
         while queue and not self.stop:
@@ -108,11 +116,53 @@ class LabelRunner:
                 await asyncio.sleep(0.005)
                 continue
             item, p, tries = queue.popleft()
-            ans = await self._call(item, p, ticket, res)
-            if ans is None:
-                return
-            await self._settle(ans, res, ticket)
+            if not self._claim(queue, item, p, tries):
+                self.budget.cancel(res)  # type: ignore[arg-type]
+                await self.ctl.release(ticket, count=False)
+                continue
+            try:
+                ans = await self._call(item, p, ticket, res)
+                if ans is None:
+                    return
+                await self._settle(ans, res, ticket)
+            finally:
+                self.claims.release(item.content_hash, p)  # after the answer is stored: a waiter finds it first
             self._after(queue, ans, item, p, tries)
+
+    def _claim(self, queue: deque[tuple[Item, int, int]], item: Item, p: int, tries: int) -> bool:
+        """True when this run holds the call's claim and its answer is still missing; else the call is parked
+        (another run is making it) or its answer, stored meanwhile by another run, is used."""
+        h = item.content_hash
+        if not self.claims.take(h, p):
+            self.parked[(h, p)] = (item, p, tries)
+            return False
+        done = self.claims.answered([(h, p)])
+        if done:
+            self.claims.release(h, p)
+            self._adopt(queue, item, p, done[(h, p)])
+            return False
+        return True
+
+    def _adopt(self, queue: deque[tuple[Item, int, int]], item: Item, p: int, label: str | None) -> None:
+        """Another run stored this call's answer: use it as a cached one (and queue a tie-break it made due)."""
+        self.result.answered_elsewhere += 1
+        self.known.setdefault(item.content_hash, {})[p] = label
+        self._queue_tie_break(queue, item)
+        if self.progress is not None:
+            self.progress.advance(f"${self.result.cost_usd:.4f}, concurrency {self.ctl.limit}")
+
+    async def _await_parked(self, queue: deque[tuple[Item, int, int]]) -> None:
+        """Wait until a parked call's answer is stored (used as cached) or no live run holds it any more (made
+        here), whichever comes first; returns with the latter in ``queue``."""
+        delay = 0.1
+        while self.parked and not queue and not self.stop:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            for key, label in self.claims.answered(self.parked).items():
+                item, p, _ = self.parked.pop(key)
+                self._adopt(queue, item, p, label)
+            for key in self.claims.free(self.parked):
+                queue.append(self.parked.pop(key))
 
     def _reserve(self) -> float | str | None:
         res = self.budget.reserve()
@@ -163,13 +213,16 @@ class LabelRunner:
             return
         if ans.ok:
             self.known.setdefault(item.content_hash, {})[p] = ans.label
-            if self.needs_tie_break(item.content_hash):
-                self.tb_queued.add(item.content_hash)
-                queue.appendleft((item, self.tb_pass, 0))  # type: ignore[arg-type]  # resolve it now
-                if self.progress is not None:
-                    self.progress.grow(1)
+            self._queue_tie_break(queue, item)
         if self.progress is not None:
             self.progress.advance(f"${self.result.cost_usd:.4f}, concurrency {self.ctl.limit}")
+
+    def _queue_tie_break(self, queue: deque[tuple[Item, int, int]], item: Item) -> None:
+        if self.needs_tie_break(item.content_hash):
+            self.tb_queued.add(item.content_hash)
+            queue.appendleft((item, self.tb_pass, 0))  # type: ignore[arg-type]  # resolve it now
+            if self.progress is not None:
+                self.progress.grow(1)
 
     def _stop_for_budget(self) -> None:
         self.result.stopped_by_budget = True

@@ -90,6 +90,8 @@ class LabelRunResult:
     * ``stopped_message``: one human sentence naming the cause, the endpoint URL and the fix;
     * ``stopped_by_budget``: True for ``"budget"`` and ``"max_calls"`` (kept for older callers);
     * ``cancelled_calls``: calls still in flight (in back-off) when the breaker tripped, abandoned unanswered;
+    * ``answered_elsewhere``: calls this run needed that another run (process, machine) was making at the same
+      time: this run waited for those answers instead of paying again (:mod:`~llm_flywheel.pipeline.label_claims`);
     * ``concurrency``: the adaptive controller's summary (cap, final and largest level, back-offs);
     * ``adaptive_passes``: the adaptive-pass decision (cutoff, its evidence, items skipped), None for fixed k.
     A stopped run keeps everything it stored; re-running continues where it stopped and asks nothing twice.
@@ -113,6 +115,7 @@ class LabelRunResult:
     stopped_message: str | None = None
     fatal_error_kind: str | None = None
     cancelled_calls: int = 0
+    answered_elsewhere: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     concurrency: dict[str, Any] = field(default_factory=dict)
     model: str = ""

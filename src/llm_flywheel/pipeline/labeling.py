@@ -22,6 +22,7 @@ The call loop lives in :mod:`~llm_flywheel.pipeline.label_runner`, progress outp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -176,8 +177,13 @@ def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Bud
 
 
 async def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
-    async with runner.open():
-        return await _phases(runner, items, pv, desc)
+    beat = asyncio.ensure_future(runner.claims.keep_fresh())  # this run's claims on calls stay its own
+    try:
+        async with runner.open():
+            return await _phases(runner, items, pv, desc)
+    finally:
+        beat.cancel()
+        runner.claims.release_all()
 
 
 async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:

@@ -22,6 +22,7 @@ from typing import Any
 from llm_flywheel.store import engine as _engine
 from llm_flywheel.store.answers import AnswerQueries
 from llm_flywheel.store.batches import BatchQueries
+from llm_flywheel.store.claims import ClaimQueries
 from llm_flywheel.store.engine import Connection, Row, redact
 from llm_flywheel.store.items import ItemQueries
 from llm_flywheel.store.ledger import LedgerQueries
@@ -42,8 +43,8 @@ def connect(path: str | Path, *, timeout: float = 30.0) -> sqlite3.Connection:
     return _engine._sqlite_connect(Path(path), timeout)
 
 
-class Store(ItemQueries, AnswerQueries, BatchQueries, LedgerQueries, MeasureQueries, ModelQueries, ReviewQueries, ServingQueries,
-            TrainingQueries):
+class Store(ItemQueries, AnswerQueries, BatchQueries, ClaimQueries, LedgerQueries, MeasureQueries, ModelQueries,
+            ReviewQueries, ServingQueries, TrainingQueries):
     """Typed access to the store.  One instance per thread/process; the database does the locking."""
 
     def __init__(self, where: str | Path, *, readonly: bool = False) -> None:

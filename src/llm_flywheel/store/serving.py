@@ -180,38 +180,6 @@ class ServingQueries:
             (content_hash, model, prompt_version, label, confidence, tokens_in, tokens_out, cost_usd, latency_s,
              time.time()))
 
-    # -- who buys new content: one claim per (content, teacher, prompt) across every serving process ------------
-    # Why: two replicas that receive the same new content at the same moment both miss the stored answer; without a
-    # claim both would pay.  The first to insert the claim buys; the others read the stored answer when it lands.
-    # A claim is refreshed while its call runs, so one older than ``stale_after_s`` belongs to a process that died
-    # and is taken over (compare-and-set: only one taker wins).  Plain SQL that SQLite and PostgreSQL both run.
-    def claim_teacher_purchase(self, content_hash: str, model: str, prompt_version: str, owner: str, *,
-                               stale_after_s: float) -> bool:
-        """True when ``owner`` holds the claim now (new, already its own, or taken over from a stale one)."""
-        now = time.time()
-        key = (content_hash, model, prompt_version)
-        with self.transaction() as c:  # type: ignore[attr-defined]
-            c.execute("INSERT INTO served_teacher_claims(content_hash, model, prompt_version, owner, claimed_at) "
-                      "VALUES(?,?,?,?,?) ON CONFLICT(content_hash, model, prompt_version) DO NOTHING",
-                      (*key, owner, now))
-            cur = c.execute("UPDATE served_teacher_claims SET owner=?, claimed_at=? WHERE content_hash=? AND model=? "
-                            "AND prompt_version=? AND (owner=? OR claimed_at < ?)",
-                            (owner, now, *key, owner, now - stale_after_s))
-            return int(cur.rowcount) == 1
-
-    def refresh_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> bool:
-        """Keep a claim fresh while its call runs; False when it is no longer ``owner``'s."""
-        cur = self.execute(  # type: ignore[attr-defined]
-            "UPDATE served_teacher_claims SET claimed_at=? WHERE content_hash=? AND model=? AND prompt_version=? "
-            "AND owner=?", (time.time(), content_hash, model, prompt_version, owner))
-        return int(cur.rowcount) == 1
-
-    def release_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> None:
-        """Drop ``owner``'s claim (after its answer is stored, or after the call failed so another may try)."""
-        self.execute(  # type: ignore[attr-defined]
-            "DELETE FROM served_teacher_claims WHERE content_hash=? AND model=? AND prompt_version=? AND owner=?",
-            (content_hash, model, prompt_version, owner))
-
     def check_writable(self) -> None:
         """Raise when the store cannot take a write now (for /readyz).  A real statement, not an empty transaction
         (which a read-only PostgreSQL accepts): it deletes claims abandoned for a day, which is worth doing anyway."""

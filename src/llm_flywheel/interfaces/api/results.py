@@ -94,6 +94,7 @@ class LabelReport:
     elapsed_s: float = 0.0
     served_models: Mapping[str, int] = field(default_factory=dict)  # the model each answer's response named
     warnings: tuple[RunWarning, ...] = ()  # e.g. ``mixed_models``: the provider's alias moved mid-dataset
+    answered_elsewhere: int = 0  # answers another run (process, machine) bought meanwhile: waited for, not paid
 
     @classmethod
     def from_result(cls, dataset: str, r: Any) -> "LabelReport":
@@ -104,7 +105,8 @@ class LabelReport:
                    queued_for_review=r.queued_for_review, stopped_reason=r.stopped_reason,
                    errors=dict(r.errors or {}), elapsed_s=float(r.elapsed_s or 0.0),
                    served_models=dict(getattr(r, "served_models", None) or {}),
-                   warnings=run_warnings(getattr(r, "warnings", None)))
+                   warnings=run_warnings(getattr(r, "warnings", None)),
+                   answered_elsewhere=int(getattr(r, "answered_elsewhere", 0) or 0))
 
     def warn(self, stacklevel: int = 2) -> None:
         """Each warning as a :class:`FlywheelWarning`, as :meth:`RunReport.warn` does."""

@@ -1,0 +1,114 @@
+"""Two labelling runs over the same items never pay twice for one call.
+
+Why: a run lists the calls it is missing when it starts, and a second run started meanwhile -- `flywheel label`
+twice, the wheel beside a notebook, another machine on the same PostgreSQL store -- lists the same calls; both used
+to pay for every one of them.  Now a run claims each call in the store just before making it (content, teacher,
+prompt, pass: :mod:`llm_flywheel.store.claims`).  A call another live run has claimed is *parked*: this run goes on
+with its other calls, then waits for the parked answers and uses them as if they had been cached.
+
+A run refreshes all its claims every :data:`CLAIM_REFRESH_S` and deletes each once its answer is stored (or its call
+failed, so that another run may try).  A claim whose run died stops being refreshed and is taken over after
+:data:`CLAIM_STALE_S`; one whose process is known to be gone (same machine and boot, no such pid) is taken over at
+once, so ``kill -9`` and an immediate re-run do not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from functools import lru_cache
+
+from llm_flywheel.store.base import Store
+
+log = logging.getLogger(__name__)
+
+CLAIM_STALE_S = 30.0  # a claim not refreshed for this long belongs to a run that died: taken over
+CLAIM_REFRESH_S = 10.0  # a run refreshes all its claims this often
+
+Key = tuple[str, int]  # (content hash, pass index)
+
+
+@lru_cache(maxsize=1)
+def _boot_id() -> str:
+    """This machine's boot (Linux); with the host name it tells whether a claim's pid can be checked here."""
+    try:
+        return open("/proc/sys/kernel/random/boot_id").read().strip()[:8]
+    except OSError:
+        return ""
+
+
+def owner_id(run_id: int | None) -> str:
+    """``host|boot|pid|run``: unique per run, and enough to tell on this machine whether its process is alive."""
+    return f"{socket.gethostname()}|{_boot_id()}|{os.getpid()}|run{run_id}"
+
+
+def known_dead(owner: str) -> bool:
+    """True when ``owner``'s process ran on this machine since its last boot and is gone; False when it may live
+    (another machine, another boot, or a pid that exists -- a reused pid only delays the take-over until stale)."""
+    host, boot, pid, *_ = (owner.split("|") + ["", "", ""])[:4]
+    if not boot or host != socket.gethostname() or boot != _boot_id() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, another user's
+        return False
+    return False
+
+
+class CallClaims:
+    """The claims of one labelling run (``owner``) on calls of one teacher and prompt."""
+
+    def __init__(self, store: Store, model: str, prompt_version: str, owner: str) -> None:
+        self.store, self.model, self.pv, self.owner = store, model, prompt_version, owner
+
+    def take(self, h: str, p: int, *, again: bool = True) -> bool:
+        """Claim the call; True when this run holds it (and so may pay for it)."""
+        if self.store.claim_teacher_call(h, self.model, self.pv, p, self.owner, stale_after_s=CLAIM_STALE_S):
+            return True
+        held = self.store.teacher_call_claims(self.model, self.pv, [h]).get((h, p))
+        if held is None:  # released between the two statements: try once more
+            return again and self.take(h, p, again=False)
+        if not known_dead(held.owner):
+            return False
+        log.info("taking over the claim of %s, whose process is gone", held.owner)
+        return self.store.claim_teacher_call(h, self.model, self.pv, p, self.owner, stale_after_s=CLAIM_STALE_S,
+                                             dead_owners=[held.owner])
+
+    def release(self, h: str, p: int) -> None:
+        self.store.release_teacher_call_claim(h, self.model, self.pv, p, self.owner)
+
+    def answered(self, keys: Iterable[Key]) -> dict[Key, str | None]:
+        """The calls among ``keys`` with a final answer stored (by any run) -> its label."""
+        keys = set(keys)
+        found = self.store.final_answers(self.model, self.pv, sorted({h for h, _ in keys}))
+        return {(h, a["pass_index"]): a["label"] for h, ans in found.items() for a in ans
+                if (h, a["pass_index"]) in keys}
+
+    def free(self, keys: Iterable[Key]) -> set[Key]:
+        """The calls among ``keys`` that no live run holds: unclaimed, stale, or of a process that is gone."""
+        keys = set(keys)
+        held = self.store.teacher_call_claims(self.model, self.pv, sorted({h for h, _ in keys}))
+        now = time.time()
+        return {k for k in keys if k not in held or held[k].owner == self.owner
+                or now - held[k].claimed_at > CLAIM_STALE_S or known_dead(held[k].owner)}
+
+    async def keep_fresh(self) -> None:
+        """Refresh every claim of this run, every :data:`CLAIM_REFRESH_S`, until cancelled."""
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_S)
+            try:
+                self.store.refresh_teacher_call_claims(self.owner)
+            except Exception as e:  # a store hiccup: the next beat tries again (a claim lives CLAIM_STALE_S)
+                log.warning("could not refresh this run's claims: %s: %s", type(e).__name__, e)
+
+    def release_all(self) -> None:
+        try:
+            self.store.release_teacher_call_claims(self.owner)
+        except Exception as e:  # they go stale and are taken over
+            log.warning("could not release this run's claims: %s: %s", type(e).__name__, e)

@@ -1,0 +1,105 @@
+"""Claims: which process is buying one teacher answer right now, so that two processes never pay for the same call.
+
+Why in the store: processes that share a workspace meet nowhere else -- Ray Serve replicas answering the same new
+content (``served_teacher_claims``, per content) and labelling runs over the same items (``teacher_call_claims``,
+per content and pass: `flywheel label` started twice, the wheel beside a notebook, two machines on one PostgreSQL
+store).  The first to insert a key's row buys; the others read the stored answer when it lands.  A claim is
+refreshed while its call runs and deleted after the answer is stored, so one older than ``stale_after_s`` belongs
+to a process that died and is taken over (compare-and-set: only one taker wins), as is one whose owner the caller
+knows to be dead (``dead_owners``).  Plain SQL that SQLite and PostgreSQL both run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_CHUNK = 900  # SQLite's default limit on bound parameters is 999
+
+_SERVED = ("served_teacher_claims", ("content_hash", "model", "prompt_version"))
+_CALLS = ("teacher_call_claims", ("content_hash", "model", "prompt_version", "pass_index"))
+
+
+@dataclass(frozen=True)
+class CallClaim:
+    """Who holds the claim on one labelling call, and when it was last refreshed (``time.time()``)."""
+
+    owner: str
+    claimed_at: float
+
+
+class ClaimQueries:
+    """Mixed into :class:`llm_flywheel.store.Store`; uses its ``execute`` / ``query`` / ``transaction``."""
+
+    def _claim(self, table: tuple[str, tuple[str, ...]], key: tuple[object, ...], owner: str, stale_after_s: float,
+               dead_owners: Sequence[str] = ()) -> bool:
+        name, cols = table
+        where = " AND ".join(f"{c}=?" for c in cols)
+        now = time.time()
+        dead = "".join(" OR owner=?" for _ in dead_owners)
+        with self.transaction() as c:  # type: ignore[attr-defined]
+            c.execute(f"INSERT INTO {name}({', '.join(cols)}, owner, claimed_at) VALUES({', '.join('?' * (len(cols) + 2))}) "
+                      f"ON CONFLICT({', '.join(cols)}) DO NOTHING", (*key, owner, now))
+            cur = c.execute(f"UPDATE {name} SET owner=?, claimed_at=? WHERE {where} AND (owner=? OR claimed_at < ?{dead})",
+                            (owner, now, *key, owner, now - stale_after_s, *dead_owners))
+            return int(cur.rowcount) == 1
+
+    def _release(self, table: tuple[str, tuple[str, ...]], key: tuple[object, ...], owner: str) -> None:
+        name, cols = table
+        self.execute(f"DELETE FROM {name} WHERE {' AND '.join(f'{c}=?' for c in cols)} AND owner=?",  # type: ignore[attr-defined]
+                     (*key, owner))
+
+    # -- serving: one claim per (content, teacher, prompt) across every serving process ------------------------
+    def claim_teacher_purchase(self, content_hash: str, model: str, prompt_version: str, owner: str, *,
+                               stale_after_s: float) -> bool:
+        """True when ``owner`` holds the claim now (new, already its own, or taken over from a stale one)."""
+        return self._claim(_SERVED, (content_hash, model, prompt_version), owner, stale_after_s)
+
+    def refresh_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> bool:
+        """Keep a claim fresh while its call runs; False when it is no longer ``owner``'s."""
+        cur = self.execute(  # type: ignore[attr-defined]
+            "UPDATE served_teacher_claims SET claimed_at=? WHERE content_hash=? AND model=? AND prompt_version=? "
+            "AND owner=?", (time.time(), content_hash, model, prompt_version, owner))
+        return int(cur.rowcount) == 1
+
+    def release_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> None:
+        """Drop ``owner``'s claim (after its answer is stored, or after the call failed so another may try)."""
+        self._release(_SERVED, (content_hash, model, prompt_version), owner)
+
+    # -- labelling: one claim per (content, teacher, prompt, pass) across every labelling run ------------------
+    def claim_teacher_call(self, content_hash: str, model: str, prompt_version: str, pass_index: int, owner: str, *,
+                           stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
+        """True when ``owner`` holds the call's claim now (new, already its own, taken over from a stale one or
+        from one of ``dead_owners``)."""
+        return self._claim(_CALLS, (content_hash, model, prompt_version, pass_index), owner, stale_after_s,
+                           dead_owners)
+
+    def release_teacher_call_claim(self, content_hash: str, model: str, prompt_version: str, pass_index: int,
+                                   owner: str) -> None:
+        """Drop ``owner``'s claim: after the answer is stored, or after the call failed so another run may try."""
+        self._release(_CALLS, (content_hash, model, prompt_version, pass_index), owner)
+
+    def refresh_teacher_call_claims(self, owner: str) -> int:
+        """Keep every claim of ``owner`` fresh in one statement (a run's heartbeat); how many it holds."""
+        cur = self.execute("UPDATE teacher_call_claims SET claimed_at=? WHERE owner=?",  # type: ignore[attr-defined]
+                           (time.time(), owner))
+        return int(cur.rowcount)
+
+    def release_teacher_call_claims(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (the end of its run, however it ended)."""
+        self.execute("DELETE FROM teacher_call_claims WHERE owner=?", (owner,))  # type: ignore[attr-defined]
+
+    def teacher_call_claims(self, model: str, prompt_version: str,
+                            content_hashes: Sequence[str]) -> dict[tuple[str, int], CallClaim]:
+        """(content hash, pass) -> its claim, for the claimed calls among ``content_hashes``."""
+        out: dict[tuple[str, int], CallClaim] = {}
+        uniq = sorted(set(content_hashes))
+        for i in range(0, len(uniq), _CHUNK):
+            part = uniq[i:i + _CHUNK]
+            rows = self.query(  # type: ignore[attr-defined]
+                "SELECT content_hash, pass_index, owner, claimed_at FROM teacher_call_claims WHERE model=? AND "
+                f"prompt_version=? AND content_hash IN ({','.join('?' * len(part))})", (model, prompt_version, *part))
+            for r in rows:
+                out[(r["content_hash"], int(r["pass_index"]))] = CallClaim(r["owner"], float(r["claimed_at"]))
+        return out
