@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 
-from llm_flywheel.pipeline.label_claims import CLAIM_STALE_S, CallClaims, known_dead, owner_id
+from llm_flywheel.pipeline.label_claims import CLAIM_STALE_S, CallClaims
+from llm_flywheel.pipeline.liveness import known_dead, owner_id
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.base import TeacherAnswer
 from llm_flywheel.teachers.registry import teacher_from_spec
@@ -50,7 +51,7 @@ def test_two_label_commands_at_once_pay_for_each_call_once(synth_ws):
 
 def _other_runs_claim(ws, h, model, pv, pass_index=0):
     """A claim by another run that is alive (this process, another run id): it is not taken over."""
-    other = owner_id(987654)
+    other = owner_id("run987654")
     with ws.store() as s:
         assert s.claim_teacher_call(h, model, pv, pass_index, other, stale_after_s=CLAIM_STALE_S)
     return other
@@ -114,7 +115,7 @@ def _dead_pid() -> int:
 def test_claims_of_a_dead_process_are_taken_at_once_and_stale_ones_after_the_timeout(ws):
     """A killed run re-run at once must not wait for its own claims: on this machine a gone pid frees them.  A run
     on another machine cannot be checked, so its claim is taken only once it is stale."""
-    host, me = socket.gethostname(), owner_id(1)
+    host, me = socket.gethostname(), owner_id("run1")
     boot = me.split("|")[1]
     dead = f"{host}|{boot}|{_dead_pid()}|run2"
     elsewhere = f"another-host|{boot}|{os.getpid()}|run3"

@@ -24,6 +24,7 @@ import numpy as np
 from rich.console import Console
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.liveness import LeaseHeld, lease
 from llm_flywheel.pipeline.splits import make_splits
 from llm_flywheel.pipeline.wheel_config import (  # noqa: F401  (re-exported: the names callers import from here)
     AUTO_SHARE_CAP, AUTO_STREAM_CAP, DEFAULT_MAX_TEACHER_FRACTION, SMALL_CALIB, WheelConfig, WheelStopped,
@@ -147,7 +148,21 @@ def open_run(ctx: WheelContext) -> int:
 
 def turn(ctx: WheelContext, warnings: list[dict[str, str]], sizes: dict[str, Any],
          on_round: Callable[[dict[str, Any]], None] | None = None) -> WheelResult:
-    """Run (or resume) the rounds, then the end-of-run measurements; the run's status is stored either way."""
+    """Run (or resume) the rounds, then the end-of-run measurements, holding the dataset's wheel lease: a second
+    wheel on the same dataset (another terminal, a cron job, another machine) stops at once instead of resuming the
+    first one's unfinished run beside it."""
+    try:
+        with lease(ctx.ws, f"wheel:{ctx.dataset}"):
+            return _turn(ctx, warnings, sizes, on_round)
+    except LeaseHeld as e:
+        raise WheelStopped(
+            f"another wheel is turning on dataset {ctx.dataset!r} ({e.holder}); wait for it to finish, or stop it "
+            f"(everything it paid for is kept, and the next `flywheel run {ctx.dataset}` resumes its run)",
+            "busy") from None
+
+
+def _turn(ctx: WheelContext, warnings: list[dict[str, str]], sizes: dict[str, Any],
+          on_round: Callable[[dict[str, Any]], None] | None) -> WheelResult:
     ctx.run_id = open_run(ctx)
     results: list[dict[str, Any]] = []
     reports: list[RoundReport] = []

@@ -9,19 +9,17 @@ with its other calls, then waits for the parked answers and uses them as if they
 A run refreshes all its claims every :data:`CLAIM_REFRESH_S` and deletes each once its answer is stored (or its call
 failed, so that another run may try).  A claim whose run died stops being refreshed and is taken over after
 :data:`CLAIM_STALE_S`; one whose process is known to be gone (same machine and boot, no such pid) is taken over at
-once, so ``kill -9`` and an immediate re-run do not wait.
+once, so ``kill -9`` and an immediate re-run do not wait (:mod:`~llm_flywheel.pipeline.liveness`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterable
-from functools import lru_cache
 
+from llm_flywheel.pipeline.liveness import known_dead
 from llm_flywheel.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -30,35 +28,6 @@ CLAIM_STALE_S = 30.0  # a claim not refreshed for this long belongs to a run tha
 CLAIM_REFRESH_S = 10.0  # a run refreshes all its claims this often
 
 Key = tuple[str, int]  # (content hash, pass index)
-
-
-@lru_cache(maxsize=1)
-def _boot_id() -> str:
-    """This machine's boot (Linux); with the host name it tells whether a claim's pid can be checked here."""
-    try:
-        return open("/proc/sys/kernel/random/boot_id").read().strip()[:8]
-    except OSError:
-        return ""
-
-
-def owner_id(run_id: int | None) -> str:
-    """``host|boot|pid|run``: unique per run, and enough to tell on this machine whether its process is alive."""
-    return f"{socket.gethostname()}|{_boot_id()}|{os.getpid()}|run{run_id}"
-
-
-def known_dead(owner: str) -> bool:
-    """True when ``owner``'s process ran on this machine since its last boot and is gone; False when it may live
-    (another machine, another boot, or a pid that exists -- a reused pid only delays the take-over until stale)."""
-    host, boot, pid, *_ = (owner.split("|") + ["", "", ""])[:4]
-    if not boot or host != socket.gethostname() or boot != _boot_id() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, another user's
-        return False
-    return False
 
 
 class CallClaims:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from llm_flywheel.core.consensus import needs_tie_break
 from llm_flywheel.core.task import Task
-from llm_flywheel.pipeline.label_claims import CallClaims, Key, owner_id
+from llm_flywheel.pipeline.label_claims import CallClaims, Key
+from llm_flywheel.pipeline.liveness import owner_id
 from llm_flywheel.pipeline.label_budget import (
     WAIT,
     Budget,
@@ -65,7 +66,7 @@ class LabelRunner:
         self.breaker = CircuitBreaker(cfg.breaker_threshold)
         self.calls: set[asyncio.Future[Any]] = set()
         self.abandoning = False
-        self.claims = CallClaims(store, teacher.model, result.prompt_version, owner_id(run_id))
+        self.claims = CallClaims(store, teacher.model, result.prompt_version, owner_id(f"run{run_id}"))
         self.parked: dict[Key, tuple[Item, int, int]] = {}  # calls another run is making: wait for their answers
 
     def needs_tie_break(self, h: str) -> bool:

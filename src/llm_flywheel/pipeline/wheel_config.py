@@ -40,7 +40,7 @@ def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[st
 
 class WheelStopped(RuntimeError):
     """The wheel stopped on a known condition; ``kind``: 'teacher' (a fatal teacher error), 'budget' (a cap was
-    reached) or 'no_labels' (nothing to train on).  Everything paid for is stored: fix the cause and re-run -- the
+    reached), 'no_labels' (nothing to train on) or 'busy' (another wheel is turning on the dataset).  Everything paid for is stored: fix the cause and re-run -- the
     round resumes from the stage that stopped."""
 
     def __init__(self, message: str, kind: str) -> None:

@@ -3,7 +3,8 @@
 Why in the store: processes that share a workspace meet nowhere else -- Ray Serve replicas answering the same new
 content (``served_teacher_claims``, per content) and labelling runs over the same items (``teacher_call_claims``,
 per content and pass: `flywheel label` started twice, the wheel beside a notebook, two machines on one PostgreSQL
-store).  The first to insert a key's row buys; the others read the stored answer when it lands.  A claim is
+store), and ``leases``: what only one process may run at a time (the wheel on a dataset).  The first to insert a
+key's row buys (or runs); the others read the stored answer when it lands.  A claim is
 refreshed while its call runs and deleted after the answer is stored, so one older than ``stale_after_s`` belongs
 to a process that died and is taken over (compare-and-set: only one taker wins), as is one whose owner the caller
 knows to be dead (``dead_owners``).  Plain SQL that SQLite and PostgreSQL both run.
@@ -19,11 +20,12 @@ _CHUNK = 900  # SQLite's default limit on bound parameters is 999
 
 _SERVED = ("served_teacher_claims", ("content_hash", "model", "prompt_version"))
 _CALLS = ("teacher_call_claims", ("content_hash", "model", "prompt_version", "pass_index"))
+_LEASES = ("leases", ("name",))
 
 
 @dataclass(frozen=True)
 class CallClaim:
-    """Who holds the claim on one labelling call, and when it was last refreshed (``time.time()``)."""
+    """Who holds a claim (a labelling call, a lease), and when it was last refreshed (``time.time()``)."""
 
     owner: str
     claimed_at: float
@@ -103,3 +105,21 @@ class ClaimQueries:
             for r in rows:
                 out[(r["content_hash"], int(r["pass_index"]))] = CallClaim(r["owner"], float(r["claimed_at"]))
         return out
+
+    # -- leases: one holder per name (the wheel on a dataset) ---------------------------------------------------
+    def claim_lease(self, name: str, owner: str, *, stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
+        """True when ``owner`` holds the lease now (new, already its own, stale, or of one of ``dead_owners``)."""
+        return self._claim(_LEASES, (name,), owner, stale_after_s, dead_owners)
+
+    def refresh_lease(self, name: str, owner: str) -> bool:
+        """The holder's heartbeat; False when the lease is no longer ``owner``'s (it went stale and was taken)."""
+        cur = self.execute("UPDATE leases SET claimed_at=? WHERE name=? AND owner=?",  # type: ignore[attr-defined]
+                           (time.time(), name, owner))
+        return int(cur.rowcount) == 1
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._release(_LEASES, (name,), owner)
+
+    def lease_holder(self, name: str) -> CallClaim | None:
+        rows = self.query("SELECT owner, claimed_at FROM leases WHERE name=?", (name,))  # type: ignore[attr-defined]
+        return CallClaim(rows[0]["owner"], float(rows[0]["claimed_at"])) if rows else None

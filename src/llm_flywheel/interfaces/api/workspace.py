@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, dataframe_rows, infer_modality, make_splits_once,
                                                 register_items)
 from llm_flywheel.interfaces.api.model import Model
-from llm_flywheel.interfaces.api.results import (InputError, LabelPlan, LabelReport, NotReadyError, RunReport,
-                                                 TeacherError, translate_errors)
+from llm_flywheel.interfaces.api.results import (FlywheelError, InputError, LabelPlan, LabelReport, NotReadyError,
+                                                 RunReport, TeacherError, translate_errors)
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
@@ -247,6 +247,8 @@ class Dataset:
                                 rounds=rounds, target_accuracy=target_accuracy,
                                 max_teacher_fraction=max_teacher_fraction, progress=progress, **options)
             except WheelStopped as e:
+                if getattr(e, "kind", "") == "busy":  # nothing of this call's was run, so nothing to resume
+                    raise FlywheelError(str(e)) from e
                 kind = TeacherError if getattr(e, "kind", "") == "teacher" else NotReadyError
                 raise kind(f"{e} (everything paid for is stored: fix the cause and call run() again to resume)") from e
             except (TypeError, ValueError) as e:

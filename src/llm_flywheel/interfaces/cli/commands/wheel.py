@@ -266,7 +266,8 @@ RUN_EPILOG = (
 
 def _stopped_exit(e: Exception) -> FlywheelExit:
     kind = getattr(e, "kind", "")
-    return FlywheelExit(str(e), ExitCode.BUDGET if kind == "budget" else ExitCode.TEACHER_FAILED)
+    code = {"budget": ExitCode.BUDGET, "busy": ExitCode.ERROR}.get(kind, ExitCode.TEACHER_FAILED)
+    return FlywheelExit(str(e), code)
 
 
 @click.command(epilog=RUN_EPILOG)
