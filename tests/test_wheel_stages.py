@@ -165,12 +165,13 @@ def test_final_warnings_name_a_fix_for_a_cascade_below_its_teacher():
 def test_a_cost_figure_left_out_names_what_would_measure_it():
     """None of 12 stream items deferred: the ratio is only a bound, and the fix is more stream, not a price."""
     none_deferred = compare(CostInputs(teacher_cost_per_call=0.001, teacher_fraction=0.0, student_items_per_s=500.0,
-                                       labelling_spend_usd=0.05, fraction_items=12))["not_available"]
+                                       labelling_spend_usd=0.05, fraction_items=12))
     free = compare(CostInputs(teacher_cost_per_call=0.0, teacher_fraction=0.1, student_items_per_s=500.0,
-                              labelling_spend_usd=0.05))["not_available"]
+                              labelling_spend_usd=0.05))
     last = {"round": 2, "cascade_accuracy": 0.9, "student_accuracy": 0.9, "teacher_fraction": 0.0}
-    out = {w["code"]: w["fix"] for w in final_warnings(WheelConfig(max_teacher_fraction=0.1), [], last,
-                                                       {"cost_na": {**none_deferred, "cost": free["cost_ratio"]}})}
+    extra = {"cost_na": {**none_deferred["not_available"], "cost": free["not_available"]["cost_ratio"]},
+             "cost_na_codes": {**none_deferred["not_available_codes"], "cost": free["not_available_codes"]["cost_ratio"]}}
+    out = {w["code"]: w["fix"] for w in final_warnings(WheelConfig(max_teacher_fraction=0.1), [], last, extra)}
     assert "--stream-per-round" in out["cost_na_cost_ratio"]
     assert "--teacher-usd-per-hour" in out["cost_na_cost"]
 

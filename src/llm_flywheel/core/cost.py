@@ -82,6 +82,18 @@ def breakeven_items(labelling_spend_usd: float, saving_per_item_usd: float) -> f
     return labelling_spend_usd / saving_per_item_usd
 
 
+NA_FIXES: dict[str, str] = {
+    # why a cost figure was left out (``compare``'s ``not_available_codes``) -> what would let a run compute it
+    "none_deferred": "serve more unseen items per round (a larger --stream-per-round, or a larger stream split) so "
+                     "the teacher's share is measured rather than bounded",
+    "no_fraction": "serve unseen items each round (--stream-per-round, a stream split) so the teacher's share is "
+                   "measured",
+    "no_price": "--teacher-usd-per-hour PRICE prices a teacher that reports no token cost",
+    "no_throughput": "add the dataset with gold labels on its test split (--label-column) so the student is measured",
+    "saves_nothing": "send less to the teacher (a lower --max-teacher-fraction) once the student is good enough",
+}
+
+
 def compare(inputs: CostInputs) -> dict[str, Any]:
     """The full comparison as a JSON-able dict (the report's cost section)."""
     teacher_1k = cost_per_1k_teacher_only(inputs.teacher_cost_per_call, inputs.teacher_calls_per_item)
@@ -95,12 +107,14 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
     saving = (teacher_1k - cascade_1k) / 1000.0
     be = breakeven_items(inputs.labelling_spend_usd, saving)
     na: dict[str, str] = {}  # figures that cannot be computed, and why: shown as "n/a: ...", never as 0.0x / 0 items
+    code: dict[str, str] = {}  # the same figures -> the reason's code (NA_FIXES: what would compute it)
     if teacher_1k <= 0:
         na["cost_ratio"] = "n/a: the teacher costs nothing per call as measured (no token price, no latency price)"
         na["breakeven_items"] = na["cost_ratio"]
+        code["cost_ratio"] = code["breakeven_items"] = "no_price"
         be = None
     elif cascade_1k <= 0:
-        na["cost_ratio"] = "n/a: the cascade costs nothing per item as measured"
+        na["cost_ratio"], code["cost_ratio"] = "n/a: the cascade costs nothing per item as measured", "free_cascade"
     elif inputs.fraction_items is not None and round(inputs.teacher_fraction * inputs.fraction_items) == 0:
         # 0 of n deferred: the point ratio is the teacher's price over the student's CPU alone (e.g. "86466x"),
         # which says more about n than about the cascade.  Report what the data support: a bound.
@@ -111,13 +125,16 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         na["cost_ratio"] = (f"n/a: none of the {inputs.fraction_items} items measured went to the teacher; with the "
                             f"teacher fraction at its 95 % upper bound ({100 * upper:.1f} %) the cascade is at least "
                             f"{teacher_1k / cascade_hi:.1f}x cheaper (the breakeven shown uses that bound too)")
+        code["cost_ratio"] = "none_deferred"
         be = breakeven_items(inputs.labelling_spend_usd, (teacher_1k - cascade_hi) / 1000.0)  # conservative
         if be is None:
             na["breakeven_items"] = "never, at the teacher fraction's 95 % upper bound"
+            code["breakeven_items"] = "none_deferred"
     elif be is None:
         na["breakeven_items"] = "never: the cascade saves nothing per item at this teacher fraction"
+        code["breakeven_items"] = "saves_nothing"
     elif inputs.labelling_spend_usd <= 0:
-        na["breakeven_items"] = "n/a: nothing was spent on teacher labels"
+        na["breakeven_items"], code["breakeven_items"] = "n/a: nothing was spent on teacher labels", "nothing_spent"
         be = None
     return {
         **asdict(inputs),
@@ -128,6 +145,7 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         "saving_per_item": saving,
         "breakeven_items": be,
         "not_available": na,
+        "not_available_codes": code,
     }
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, Protocol
 
+from llm_flywheel.core.throttle import LineThrottle
+
 
 class Progress(Protocol):
     """What the labeller reports to: ``start`` once per phase, ``grow`` when tie-breaks add calls, ``advance``
@@ -67,14 +69,14 @@ class PlainProgress:
         self.every_s = every_s
         self.done = self.total = 0
         self.desc, self.info = "", ""
-        self._t0 = self._last = 0.0
-        self._last_decile = 0
+        self._t0 = 0.0
+        self._throttle = LineThrottle(every_s)
         self._printed = (-1, -1)
 
     def start(self, desc: str, total: int) -> None:
         self.desc, self.total, self.done = desc, total, 0
-        self._t0 = self._last = time.monotonic()
-        self._last_decile = 0
+        self._t0 = time.monotonic()
+        self._throttle = LineThrottle(self.every_s)
         self._line()
 
     def grow(self, n: int) -> None:
@@ -83,15 +85,12 @@ class PlainProgress:
     def advance(self, info: str) -> None:
         self.done += 1
         self.info = info
-        now = time.monotonic()
-        decile = int(10 * self.done / max(self.total, 1))
-        if now - self._last >= self.every_s or decile > self._last_decile:
+        if self._throttle.due(self.done, self.total, time.monotonic()):
             self._line()
 
     def _line(self) -> None:
         now = time.monotonic()
-        self._last = now
-        self._last_decile = int(10 * self.done / max(self.total, 1))
+        self._throttle.printed(self.done, self.total, now)
         self._printed = (self.done, self.total)
         el = now - self._t0
         rate = self.done / el if el > 0 else 0.0

@@ -118,7 +118,8 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
     model's."""
     last = rounds[-1]
     na: dict[str, str] = {}
-    out: dict[str, Any] = {"cost_na": na}
+    codes: dict[str, str] = {}
+    out: dict[str, Any] = {"cost_na": na, "cost_na_codes": codes}
     price, price_note = costmod.teacher_price(tstats, cfg.teacher_usd_per_hour if cfg.teacher_usd_per_hour is not None
                                               else cfg.cpu_usd_per_hour)
     out["teacher_price_note"] = price_note
@@ -128,11 +129,13 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
         tf, tf_note = last["test_teacher_fraction"], f"the test split in round {last.get('round')} (it served no stream)"
         tf_n = None  # the test split's size is not stored with the round
     if price is None:
-        na["cost"] = f"n/a: {price_note}"
+        na["cost"], codes["cost"] = f"n/a: {price_note}", "no_price"
     elif tf is None:
         na["cost"] = "n/a: no teacher fraction was measured (no stream items were served and test was not measured)"
+        codes["cost"] = "no_fraction"
     elif not throughput:
         na["cost"] = "n/a: the student's throughput was not measured (the test split has no gold labels)"
+        codes["cost"] = "no_throughput"
     if na:
         return out
     calls = int(sum(r.get("teacher_calls") or 0 for r in rounds))
@@ -148,6 +151,7 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
     cost["teacher_fraction_source"] = tf_note
     out["cost"] = cost
     na.update(cost.get("not_available") or {})
+    codes.update(cost.get("not_available_codes") or {})
     return out
 
 
@@ -179,24 +183,11 @@ def final_warnings(cfg: WheelConfig, run_warnings: list[dict[str, str]], last: d
         new.append(warning("budget_overshoot", f"the stream deferred {100 * tf:.1f} % against a {100 * cap:.0f} % "
                            "teacher budget", "calibrate on more items (a larger calib split) or lower "
                            "--max-teacher-fraction"))
-    for k, why in (extra.get("cost_na") or {}).items():
-        new.append(warning(f"cost_na_{k}", f"{k.replace('_', ' ')}: {why}", _cost_na_fix(why)))
+    codes = extra.get("cost_na_codes") or {}
+    for k, why in (extra.get("cost_na") or {}).items():  # each with what would let the next run compute it
+        fix = costmod.NA_FIXES.get(codes.get(k, ""), "nothing to change: the figure does not apply to this run")
+        new.append(warning(f"cost_na_{k}", f"{k.replace('_', ' ')}: {why}", fix))
     return out + [w for w in new if w not in out]
-
-
-def _cost_na_fix(why: str) -> str:
-    """What lets the next run compute a figure the cost model had to leave out (the reasons of ``core.cost`` and
-    :func:`cost_section`)."""
-    if "none of the" in why or "upper bound" in why or "no stream items" in why:
-        return ("serve more unseen items per round (a larger --stream-per-round, or a larger stream split) so the "
-                "teacher's share is measured rather than bounded")
-    if "teacher costs nothing" in why or "price" in why:
-        return "--teacher-usd-per-hour PRICE prices a teacher that reports no token cost"
-    if "no gold labels" in why:
-        return "add the dataset with gold labels on its test split (--label-column) so the student is measured"
-    if "saves nothing" in why:
-        return "send less to the teacher (a lower --max-teacher-fraction) once the student is good enough"
-    return "nothing to change: the figure does not apply to this run"
 
 
 def final_plots_data(version: str, student: Any, items: list[Item], last: dict[str, Any], teacher_ok: dict[int, bool],

@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from llm_flywheel.core.throttle import LineThrottle
 from llm_flywheel.store.base import Item
 
 META_FILE = "meta.json"
@@ -358,7 +359,7 @@ class _Bar:
         self.plain = enabled and not sys.stderr.isatty()
         self.desc, self.total, self.t0, self.done = desc, total, time.time(), 0
         self.last_line: str | None = None  # the latest epoch's line, not printed yet
-        self.printed_at = (-1, 0.0)  # (tenth of the epochs, time) of the last printed line
+        self.throttle = LineThrottle(self.PLAIN_EVERY_S)
         if enabled and not self.plain:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -376,19 +377,19 @@ class _Bar:
             val = f", val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else ""
             self.last_line = (f"{self.desc}: epoch {self.done}/{self.total}, loss {rec['train_loss']:.3f}{val}, "
                               f"{now - self.t0:.0f}s")
-            tenth = 10 * self.done // max(1, self.total)
-            if tenth > self.printed_at[0] or now - self.printed_at[1] >= self.PLAIN_EVERY_S:
-                self._print_plain(tenth, now)
+            if self.throttle.due(self.done, self.total, now):
+                self._print_plain(now)
         if self.p is not None:
             info = f"loss {rec['train_loss']:.3f}" + (f" val_acc {rec['val_acc']:.3f}" if "val_acc" in rec else "")
             self.p.update(self.t, advance=1, info=info)
 
-    def _print_plain(self, tenth: int, now: float) -> None:
+    def _print_plain(self, now: float) -> None:
         print(self.last_line, file=sys.stderr, flush=True)
-        self.last_line, self.printed_at = None, (tenth, now)
+        self.last_line = None
+        self.throttle.printed(self.done, self.total, now)
 
     def close(self) -> None:
         if self.plain and self.last_line is not None:  # stopped early between two printed lines
-            self._print_plain(self.printed_at[0], time.time())
+            self._print_plain(time.time())
         if self.p is not None:
             self.p.stop()
