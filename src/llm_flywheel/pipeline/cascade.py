@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -60,6 +61,7 @@ class CascadeAnswer:
     latency_ms: float
     item_id: int | None = None
     content_hash: str | None = None
+    threshold: float | None = None  # the threshold it was decided by (a service may swap models between answers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +85,34 @@ def _modality_of(student: Any) -> str:
         if kind.startswith(m):
             return m
     raise CascadeError(f"cannot tell the modality of student kind {kind!r}; pass task=Task(...)")
+
+
+class _SharedStore:
+    """One lazily opened store connection and its lock, shared by a cascade and the ones made from it."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self.lock = threading.Lock()
+
+
+def _load_model(ws: Workspace, dataset: str, version: str | None, runtime: str) -> tuple[Task, str, Any, dict[str, Any]]:
+    """(task, version, student, its latest calibration report) of ``version`` (None: the serving model)."""
+    from llm_flywheel.pipeline.training import load_student, model_row
+
+    store = ws.store()
+    try:
+        task = Task.from_json(store.dataset_task_json(dataset))
+        version = version or promoted_version(store, dataset)
+        row = model_row(store, version)
+        if row["dataset"] != dataset:
+            raise CascadeError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+        cal = store.latest_report("calibration", version)
+    finally:
+        store.close()
+    if cal is None:
+        raise CascadeError(f"model {version} has not been calibrated; run `flywheel calibrate {dataset} "
+                           f"--version {version} --target-accuracy 0.95` (or --max-teacher-fraction 0.1)")
+    return task, version, load_student(ws, version, runtime=runtime), cal
 
 
 class Cascade:
@@ -111,9 +141,9 @@ class Cascade:
         if tuple(self.labels) != tuple(self.task.labels):
             raise CascadeError(f"model {version} predicts {self.labels}, but task {self.task.name!r} has "
                                f"{list(self.task.labels)}")
-        self._store: Store | None = None
-        self._store_lock = threading.Lock()
+        self._conn = _SharedStore()  # shared with the cascades :meth:`with_model` makes
         self._raw = RawTeacherCalls(teacher, self.task, ws, self._db if ws is not None else None, self.breaker)
+        self._runtime, self._threshold_override = "onnx", None  # how :meth:`reload` loads the next model
 
     @classmethod
     def from_store(cls, ws: Workspace, dataset: str, *, version: str | None = None, teacher: Teacher | None = None,
@@ -123,35 +153,44 @@ class Cascade:
 
         ``threshold`` overrides the calibrated one (an operator's choice; the guarantee then no longer applies).
         """
-        from llm_flywheel.pipeline.training import load_student, model_row
-
-        store = ws.store()
-        try:
-            task = Task.from_json(store.dataset_task_json(dataset))
-            version = version or promoted_version(store, dataset)
-            row = model_row(store, version)
-            if row["dataset"] != dataset:
-                raise CascadeError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
-            cal = store.latest_report("calibration", version)
-        finally:
-            store.close()
-        if cal is None:
-            raise CascadeError(f"model {version} has not been calibrated; run `flywheel calibrate {dataset} "
-                               f"--version {version} --target-accuracy 0.95` (or --max-teacher-fraction 0.1)")
-        student = load_student(ws, version, runtime=runtime)
+        task, version, student, cal = _load_model(ws, dataset, version, runtime)
         thr = float(cal["threshold"]) if threshold is None else float(threshold)
-        return cls(student, teacher, thr, temperature=float(cal["temperature"]), task=task, version=version,
+        casc = cls(student, teacher, thr, temperature=float(cal["temperature"]), task=task, version=version,
                    dataset=dataset, ws=ws, calibration=cal, breaker=breaker)
+        casc._runtime, casc._threshold_override = runtime, threshold
+        return casc
+
+    def with_model(self, student: Any, *, version: str, temperature: float, threshold: float,
+                   calibration: dict[str, Any]) -> "Cascade":
+        """This cascade with another student and calibration, sharing its teacher side (calls in flight, breaker,
+        cached answers) and store connection: what a service swaps in when a new model is promoted."""
+        if tuple(student.labels) != tuple(self.task.labels):
+            raise CascadeError(f"model {version} predicts {list(student.labels)}, but task {self.task.name!r} has "
+                               f"{list(self.task.labels)}")
+        new = copy.copy(self)
+        new.student, new.labels, new.version = student, list(student.labels), version
+        new.temperature, new.threshold, new.calibration = float(temperature), float(threshold), calibration
+        return new
+
+    def reload(self, version: str | None = None) -> "Cascade":
+        """:meth:`with_model` for ``version`` (None: the dataset's serving model now) as stored: its student and
+        latest calibration (an operator's threshold override stays)."""
+        if self.ws is None:
+            raise CascadeError("this cascade has no workspace; build it with Cascade.from_store(ws, dataset)")
+        _, version, student, cal = _load_model(self.ws, self.dataset, version, self._runtime)
+        thr = float(cal["threshold"]) if self._threshold_override is None else float(self._threshold_override)
+        return self.with_model(student, version=version, temperature=float(cal["temperature"]), threshold=thr,
+                               calibration=cal)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[Store]:
         """The cascade's one connection, held under its lock (thread-safe)."""
         if self.ws is None:
             raise CascadeError("this cascade has no workspace; build it with Cascade.from_store(ws, dataset)")
-        with self._store_lock:
-            if self._store is None:
-                self._store = self.ws.store()
-            yield self._store
+        with self._conn.lock:
+            if self._conn.store is None:
+                self._conn.store = self.ws.store()
+            yield self._conn.store
 
     @property
     def teacher_calls_in_flight(self) -> int:
@@ -196,7 +235,7 @@ class Cascade:
         for i, it in enumerate(items):
             s_lab, s_conf = ("" if unreadable[i] else self.labels[int(idx[i])]), float(conf[i])
             a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, student_ms, it.id,
-                              it.content_hash)
+                              it.content_hash, self.threshold)
             if i in dset and self.teacher is None:
                 a.label, a.source = None, "deferred"
             elif i in dset:
@@ -289,7 +328,8 @@ class Cascade:
         """
         if on_deadline not in ON_DEADLINE:
             raise ValueError(f"on_deadline must be one of {ON_DEADLINE}, got {on_deadline!r}")
-        a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash)
+        a = CascadeAnswer(s_lab, "student", s_conf, s_lab, s_conf, None, self.version, 0.0, None, content_hash,
+                          self.threshold)
         if self.accepts(s_conf):
             return a
         if self.teacher is None:
@@ -318,16 +358,17 @@ class Cascade:
         now = time.time()
         refs = list(payload_refs) if payload_refs is not None else [None] * len(answers)
         rows = [CascadeLogRow(now, self.dataset, a.item_id, a.content_hash, a.source, a.label, a.confidence,
-                              a.student_label, a.student_confidence, a.teacher_label, a.model_version, self.threshold,
+                              a.student_label, a.student_confidence, a.teacher_label, a.model_version,
+                              self.threshold if a.threshold is None else a.threshold,
                               a.latency_ms, round, origin, ref) for a, ref in zip(answers, refs)]
         with self._db() as store:
             store.log_cascade_rows(rows)
 
     def close(self) -> None:
-        with self._store_lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+        with self._conn.lock:
+            if self._conn.store is not None:
+                self._conn.store.close()
+                self._conn.store = None
 
     def describe(self) -> dict[str, Any]:
         """What is serving: for /healthz and the CLI."""

@@ -310,6 +310,25 @@ def serving_version(store: Store, dataset: str) -> str:
     return version
 
 
+def promote_model(ws: Workspace, dataset: str, version: str) -> str | None:
+    """Make ``version`` ``dataset``'s serving model (what calibrate/predict/serve use by default, and what a running
+    `flywheel serve` swaps in); returns the one it replaces.  Only a calibrated student of the dataset: a reference
+    model is trained on gold, and an uncalibrated one has no threshold to serve with."""
+    with ws.store() as store:
+        row = model_row(store, version)
+        if row["dataset"] != dataset:
+            raise StudentError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+        if row.get("role", "student") != "student":
+            raise StudentError(f"model {version!r} is a {row['role']} model (trained on gold labels): it is never "
+                               "served; promote a student trained on teacher labels")
+        if store.latest_report("calibration", version) is None:
+            raise StudentError(f"model {version!r} is not calibrated; run `flywheel calibrate {dataset} --version "
+                               f"{version}` first")
+        before = store.serving_version(dataset, promoted_only=True)
+        store.promote(dataset, version)
+    return before
+
+
 def latest_version(store: Store, dataset: str, *, promoted_first: bool = True) -> str:
     """:func:`serving_version` (``promoted_first=False``: the newest student, promoted or not); never a reference."""
     if promoted_first:

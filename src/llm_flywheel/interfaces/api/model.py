@@ -78,6 +78,14 @@ class Model:
         warn_each(cascade.calibration.warnings, 2)  # raised where the notebook called calibrate()
         return cascade
 
+    def promote(self) -> None:
+        """Make this (calibrated) model the dataset's serving model: the default of every later call, and what a
+        running `flywheel serve` swaps in at its next check."""
+        from llm_flywheel.pipeline.training import promote_model
+
+        with translate_errors():
+            promote_model(self.dataset.workspace._ws, self.dataset.name, self.version)
+
     def cascade(self, teacher: Teacher | str | None = None) -> "Cascade":
         """The cascade of this model from its latest calibration."""
         return Cascade(self, teacher)

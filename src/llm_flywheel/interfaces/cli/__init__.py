@@ -85,7 +85,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "review": ("review",),
     "train": ("train",),
     "evaluate": ("evaluate",),
-    "cascade": ("calibrate",),
+    "cascade": ("calibrate", "promote"),
     "predict": ("predict",),
     "serve": ("serve",),
     "wheel": ("run", "report", "demo"),

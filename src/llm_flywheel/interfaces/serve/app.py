@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm_flywheel.interfaces.serve.config import ServeConfig
 from llm_flywheel.interfaces.serve.feedback_log import FeedbackLog
+from llm_flywheel.interfaces.serve.follow import follow_promoted, warm
 from llm_flywheel.interfaces.serve.inputs import (HTTPProblem, RawInput, check_content_type, content_type, decode_image,
                                                   extract, open_image, parse_multipart, read_limited)
 from llm_flywheel.interfaces.serve.metrics import BREAKER_STATES, Metrics
@@ -76,6 +77,9 @@ class ServeState:
     ready: bool = False
     draining: bool = False
     retention_task: asyncio.Task[None] | None = None
+    follow_task: asyncio.Task[None] | None = None
+    swaps: int = 0  # models swapped in since start (.follow)
+    unloadable: str | None = None  # the promoted version that could not be loaded (warned once)
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
@@ -96,30 +100,32 @@ class ServeState:
         inp = await parse_multipart(request, body, self.modality) if ctype == "multipart/form-data" else None
         return body, ctype, inp
 
-    def prepare(self, body: bytes, ctype: str, inp: RawInput | None, heavy: bool) -> tuple[RawInput, tuple[str, float] | None]:
+    def prepare(self, cascade: Cascade, body: bytes, ctype: str, inp: RawInput | None,
+                heavy: bool) -> tuple[RawInput, tuple[str, float] | None]:
         """(input, student guess) -- or (input, None) when it is a large image that belongs on the heavy pool."""
         if inp is None:
-            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, self.cascade.task.features)
+            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, cascade.task.features)
         if inp.kind == "image":
             im = open_image(inp.raw, self.cfg.max_image_pixels)
             if im.size[0] * im.size[1] > self.cfg.heavy_pixels and not heavy:
                 return inp, None
             inp.content = decode_image(im)
         try:
-            return inp, self.cascade.student_guess(inp.content)
+            return inp, cascade.student_guess(inp.content)
         except Exception as e:  # e.g. a feature vector of the wrong length for a tabular student
             raise HTTPProblem(422, f"the model cannot use this input ({type(e).__name__}: {e})") from None
 
     async def answer(self, request: Request, t0: float) -> JSONResponse:
+        cascade = self.cascade  # this request's model from start to end, whatever .follow swaps in meanwhile
         body, ctype, inp = await self.read_input(request)
-        inp, guess = await self.pool.run(self.prepare, body, ctype, inp, False)
+        inp, guess = await self.pool.run(self.prepare, cascade, body, ctype, inp, False)
         if guess is None:
-            inp, guess = await self.heavy.run(self.prepare, body, ctype, inp, True)
+            inp, guess = await self.heavy.run(self.prepare, cascade, body, ctype, inp, True)
         assert guess is not None
         left = self.cfg.deadline_s - (time.perf_counter() - t0)
         try:
-            ans: CascadeAnswer = await self.cascade.adecide(inp.content, *guess, content_hash=inp.hash,
-                                                            deadline_s=left, on_deadline=self.cfg.on_deadline)
+            ans: CascadeAnswer = await cascade.adecide(inp.content, *guess, content_hash=inp.hash,
+                                                       deadline_s=left, on_deadline=self.cfg.on_deadline)
         except DeadlineExceeded:
             raise HTTPProblem(504, f"the teacher did not answer within the {self.cfg.deadline_s:g} s deadline (or its "
                                    f"breaker is open); the student's guess was {guess[0]!r} at confidence "
@@ -133,7 +139,7 @@ class ServeState:
         return JSONResponse({"label": ans.label, "source": ans.source, "confidence": ans.confidence,
                              "student_label": ans.student_label, "student_confidence": ans.student_confidence,
                              "teacher_label": ans.teacher_label, "model_version": ans.model_version,
-                             "threshold": self.cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
+                             "threshold": cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
                              "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16]},
                             headers={REPLICA_HEADER: self.replica})
 
@@ -176,8 +182,9 @@ class ServeState:
     async def shutdown(self) -> None:
         """Bounded: stop taking work, write the queued feedback, cancel teacher calls still running."""
         self.draining = True
-        if self.retention_task is not None:
-            self.retention_task.cancel()
+        for task in (self.retention_task, self.follow_task):
+            if task is not None:
+                task.cancel()
         await asyncio.to_thread(self.feedback.close, self.cfg.shutdown_grace_s)
         await self.cascade.aclose()
         self.pool.shutdown()
@@ -227,6 +234,8 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if cfg.retention_on:
             st.retention_task = asyncio.create_task(st.retention_loop())
+        if cfg.follow_promoted_s > 0 and version is None:  # a model named at startup stays
+            st.follow_task = asyncio.create_task(follow_promoted(st, cfg.follow_promoted_s))
         yield
         await st.shutdown()
 
@@ -245,13 +254,7 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
 
 def _warm_up(st: ServeState) -> None:
     """Run the student once so the first request does not pay for lazy loading; /readyz says ready after it."""
-    sample: Any = {"text": "warm up", "tabular": None}.get(st.modality)
-    if st.modality == "image":
-        from PIL import Image
-
-        sample = Image.new("RGB", (32, 32))
-    if sample is not None:
-        st.cascade.student_guess(sample)
+    warm(st.cascade)
     st.ready = True
 
 
@@ -266,6 +269,7 @@ def _gauges(st: ServeState) -> None:
                                            lambda: BREAKER_STATES.index(st.cascade.breaker.state().state))
     g["flywheel_teacher_calls_in_flight"] = ("Teacher calls running (some outlive their request's deadline).",
                                              lambda: st.cascade.teacher_calls_in_flight)
+    g["flywheel_model_swaps_total"] = ("Newly promoted models swapped in since start (counter).", lambda: st.swaps)
     g["flywheel_log_dropped_total"] = ("Served answers not logged because the store could not keep up (counter).",
                                        lambda: st.feedback.dropped)
 

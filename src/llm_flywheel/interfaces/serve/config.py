@@ -20,7 +20,8 @@ class ServeConfig:
     ``workers`` threads with at most ``queue`` requests waiting (more: 503 with Retry-After); images over
     ``heavy_pixels`` decode on their own single thread so a pixel bomb only ever waits behind other large images.
     Retention (off unless set) deletes served-traffic log rows and saved inputs by age / count / bytes, never the
-    rows of store items (the wheel's feedback).
+    rows of store items (the wheel's feedback).  Every ``follow_promoted_s`` the service swaps in a newly promoted
+    model (:mod:`.follow`; 0, or a model named at startup, turns that off).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -40,6 +41,7 @@ class ServeConfig:
     retention_max_rows: int | None = None
     retention_max_payload_bytes: int | None = None
     retention_interval_s: float = 600.0
+    follow_promoted_s: float = 30.0  # how often the service checks for a newly promoted model (0: never)
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ class ServeConfig:
                                                self.retention_max_payload_bytes)),
              "retention limits must be > 0 (or unset)"),
             (self.retention_interval_s > 0, "retention_interval_s must be > 0"),
+            (self.follow_promoted_s >= 0, f"follow_promoted_s must be >= 0, got {self.follow_promoted_s}"),
         ]
         for ok, msg in checks:
             if not ok:

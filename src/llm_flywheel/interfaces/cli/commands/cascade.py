@@ -142,3 +142,24 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
     for w in rep.get("warnings") or []:
         console.print(f"[bold red]WARNING[/] {escape(w['message'])} -- fix: {escape(w['fix'])}")
     click.echo(rep["plot"])
+
+
+@click.command()
+@click.argument("dataset")
+@click.argument("version")
+@pass_ctx
+def promote(ctx: Ctx, dataset: str, version: str) -> None:
+    """Make VERSION (a calibrated student) DATASET's serving model: the default of calibrate, predict and serve, and
+    what a running `flywheel serve` swaps in within --follow-promoted seconds.  The wheel promotes on its own."""
+    from llm_flywheel.pipeline.training import promote_model
+    from llm_flywheel.store.base import StoreError
+    from llm_flywheel.students.base import StudentError
+
+    ws = open_dataset(ctx, dataset)
+    try:
+        before = promote_model(ws, dataset, version)
+    except (StoreError, StudentError) as e:
+        raise _fail(e) from None
+    was = f" (was {before})" if before and before != version else ""
+    console.print(f"promoted {version}{was}: the serving model of {dataset}; a running `flywheel serve` swaps it in "
+                  "at its next check")

@@ -66,6 +66,9 @@ from llm_flywheel.teachers.errors import TeacherConfigError
                    "items always kept).")
 @click.option("--retention-bytes", "retention_max_payload_bytes", type=int, default=None,
               help="Keep at most this many bytes of saved inputs under exports/served/ (oldest deleted first).")
+@click.option("--follow-promoted", "follow_promoted_s", type=float, default=30.0, show_default=True,
+              help="Seconds between checks for a newly promoted model (the wheel's), swapped in without a restart "
+                   "(0: never; --version pins a model).")
 @click.option("--replicas", type=click.IntRange(min=1), default=None,
               help="Run N replicas of the service on Ray Serve behind one HTTP port (needs the [ray] extra); each "
                    "opens the workspace's store itself and they share its cache of teacher answers. Default: one "

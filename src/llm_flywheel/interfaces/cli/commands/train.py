@@ -72,6 +72,12 @@ def train(ctx: Ctx, dataset: str, kind: str | None, epochs: int | None, no_soft:
     except (StudentError, StoreError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     _print_trained(tm)
+    with ws.store() as store:
+        promoted = store.serving_version(dataset, promoted_only=True)
+    if promoted and promoted != tm.version:  # calibrate/predict/serve default to the promoted one, not this
+        console.print(f"the serving model of {dataset} is still {promoted} (promoted); to serve this one: "
+                      f"`flywheel calibrate {dataset} --version {tm.version}`, then "
+                      f"`flywheel promote {dataset} {tm.version}`")
 
 
 def _print_label_issues(dataset: str, ids: list[int], rep: dict) -> None:
