@@ -63,47 +63,45 @@ def _later(fn, delay=0.6):
     return t
 
 
-def test_a_call_another_run_is_making_is_waited_for_and_its_answer_used(synth_ws, synth_task):
-    ids = _ids(synth_ws, 3)
-    with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)) as url:
-        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task)
-        pv = t.prompt_version_for(synth_task)
-        with synth_ws.store() as s:
+def _label_while_another_run_holds_one_call(ws, task, n, then):
+    """Label ``n`` items (1 pass) while another live run holds the first item's call; after 0.6 s that run does
+    ``then(store, item, model, prompt_version, owner)``.  Returns (the run's result, calls the teacher got)."""
+    ids = _ids(ws, n)
+    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", task)
+        pv = t.prompt_version_for(task)
+        with ws.store() as s:
             item = s.items("synth", ids=ids[:1])[0]
-        other = _other_runs_claim(synth_ws, item.content_hash, t.model, pv)
+        other = _other_runs_claim(ws, item.content_hash, t.model, pv)
 
-        def the_other_run_answers() -> None:
-            with synth_ws.store() as s:
-                s.add_teacher_answer(TeacherAnswer(item_id=item.id, content_hash=item.content_hash, model=t.model,
-                                                   prompt_version=pv, pass_index=0, ok=True, label=synth_task.labels[1],
-                                                   confidence=0.9))
-                s.release_teacher_call_claim(item.content_hash, t.model, pv, 0, other)
+        def other_run() -> None:
+            with ws.store() as s:
+                then(s, item, t.model, pv, other)
 
-        th = _later(the_other_run_answers)
-        r = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=1), progress=False)
+        th = _later(other_run)
+        r = label_items(ws, "synth", ids, t, LabelConfig(passes=1), progress=False)
         th.join()
-        calls = sim_stats(url)["completions"]
+        return r, sim_stats(url)["completions"]
+
+
+def test_a_call_another_run_is_making_is_waited_for_and_its_answer_used(synth_ws, synth_task):
+    def answers(s, item, model, pv, owner):
+        s.add_teacher_answer(TeacherAnswer(item_id=item.id, content_hash=item.content_hash, model=model,
+                                           prompt_version=pv, pass_index=0, ok=True, label=synth_task.labels[1],
+                                           confidence=0.9))
+        s.release_teacher_call_claim(item.content_hash, model, pv, 0, owner)
+
+    r, calls = _label_while_another_run_holds_one_call(synth_ws, synth_task, 3, answers)
     assert r.calls_made == calls == 2 and r.answered_elsewhere == 1 and r.labelled == 3
 
 
 def test_a_call_whose_run_gave_up_is_made_here(synth_ws, synth_task):
     """The other run's call failed (or it stopped): its claim goes, no answer comes, and this run makes the call."""
-    ids = _ids(synth_ws, 2)
-    with run_simulated_teacher(synth_ws, "synth", SimConfig(latency_ms=0, malformed_rate=0, rate_429=0)) as url:
-        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task)
-        pv = t.prompt_version_for(synth_task)
-        with synth_ws.store() as s:
-            item = s.items("synth", ids=ids[:1])[0]
-        other = _other_runs_claim(synth_ws, item.content_hash, t.model, pv)
+    def gives_up(s, item, model, pv, owner):
+        s.release_teacher_call_claim(item.content_hash, model, pv, 0, owner)
 
-        def the_other_run_gives_up() -> None:
-            with synth_ws.store() as s:
-                s.release_teacher_call_claim(item.content_hash, t.model, pv, 0, other)
-
-        th = _later(the_other_run_gives_up)
-        r = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=1), progress=False)
-        th.join()
-    assert r.calls_made == 2 and r.answered_elsewhere == 0 and r.labelled == 2
+    r, calls = _label_while_another_run_holds_one_call(synth_ws, synth_task, 2, gives_up)
+    assert r.calls_made == calls == 2 and r.answered_elsewhere == 0 and r.labelled == 2
 
 
 def _dead_pid() -> int:
