@@ -342,3 +342,27 @@ def test_readyz_is_503_while_the_store_cannot_take_a_write_and_healthz_stays_ok(
         while httpx.get(f"{url}/readyz", timeout=30).status_code != 200:
             assert time.monotonic() < deadline, "never ready again after the lock was released"
             time.sleep(0.1)
+
+
+def test_a_claim_left_by_a_killed_process_on_this_machine_does_not_hold_up_a_request(cal_ws, pngs):
+    """A replica killed mid-purchase leaves its claim.  On the same machine its pid is gone, so the next request for
+    that content buys the answer at once -- within a 3 s deadline, not after the 30 s a claim takes to go stale."""
+    import subprocess
+    import sys
+
+    from llm_flywheel.pipeline.liveness import owner_id
+
+    ws, _ = cal_ws
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host, boot, _, tag = owner_id("serve-killed").split("|")
+    cfg = SimConfig(latency_ms=0, latency_sigma=0.0, rate_429=0.0, malformed_rate=0.0)
+    with run_simulated_teacher(ws, "synth", cfg) as turl:
+        casc = Cascade.from_store(ws, "synth", teacher=sim_teacher(ws, turl), threshold=DEFER_ALL)
+        model, pv = casc.teacher.model, casc.teacher.prompt_version_for(casc.task)
+        with ws.store() as s:
+            assert s.claim_teacher_purchase("left-behind", model, pv, f"{host}|{boot}|{dead.pid}|{tag}",
+                                            stale_after_s=30)
+        a = asyncio.run(casc.apredict_raw(pngs[9], content_hash="left-behind", log=False, deadline_s=3))
+        assert a.source == "teacher" and httpx.get(f"{turl}/_stats").json()["requests"] == 1
+        casc.close()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.liveness import known_dead, owner_id
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession
@@ -113,7 +114,7 @@ class RawTeacherCalls:
         self._asking: dict[str, asyncio.Future[Hit]] = {}  # content hash -> the one call in flight for it
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
         self._late: set[asyncio.Future[Hit]] = set()  # calls already counted as failures for missing a deadline
-        self.owner = f"{uuid.uuid4().hex[:12]}"  # this instance's name on its claims in the store
+        self.owner = owner_id(f"serve-{uuid.uuid4().hex[:12]}")  # this instance's name on its claims in the store
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
@@ -227,7 +228,11 @@ class RawTeacherCalls:
         assert self.db is not None
         with self.db() as store:
             if op == "claim_teacher_purchase":
-                return store.claim_teacher_purchase(content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S)
+                if store.claim_teacher_purchase(content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S):
+                    return True
+                held = store.teacher_purchase_claim(content_hash, model, pv)  # a replica killed on this machine:
+                return held is not None and known_dead(held.owner) and store.claim_teacher_purchase(  # no 30 s wait
+                    content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S, dead_owners=[held.owner])
             return bool(getattr(store, op)(content_hash, model, pv, self.owner))
 
     def _open_session(self) -> TeacherSession:

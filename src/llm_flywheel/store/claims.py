@@ -54,9 +54,16 @@ class ClaimQueries:
 
     # -- serving: one claim per (content, teacher, prompt) across every serving process ------------------------
     def claim_teacher_purchase(self, content_hash: str, model: str, prompt_version: str, owner: str, *,
-                               stale_after_s: float) -> bool:
-        """True when ``owner`` holds the claim now (new, already its own, or taken over from a stale one)."""
-        return self._claim(_SERVED, (content_hash, model, prompt_version), owner, stale_after_s)
+                               stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
+        """True when ``owner`` holds the claim now (new, already its own, taken over from a stale one or from one
+        of ``dead_owners``)."""
+        return self._claim(_SERVED, (content_hash, model, prompt_version), owner, stale_after_s, dead_owners)
+
+    def teacher_purchase_claim(self, content_hash: str, model: str, prompt_version: str) -> CallClaim | None:
+        """Who holds the claim on buying this content's answer for serving, if anyone."""
+        rows = self.query("SELECT owner, claimed_at FROM served_teacher_claims WHERE content_hash=? AND model=? "  # type: ignore[attr-defined]
+                          "AND prompt_version=?", (content_hash, model, prompt_version))
+        return CallClaim(rows[0]["owner"], float(rows[0]["claimed_at"])) if rows else None
 
     def refresh_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> bool:
         """Keep a claim fresh while its call runs; False when it is no longer ``owner``'s."""

@@ -244,8 +244,7 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
                                f"answers when its calibrated confidence clears the threshold ({cascade.threshold:.4g});"
                                " otherwise the teacher is asked, for at most the request's deadline "
                                f"({cfg.deadline_s:g} s). Each answer says its source, confidence and model version."))
-    app.state.serve = st
-    app.state.cascade = cascade
+    app.state.serve = st  # st.cascade is the model answering now (.follow swaps it)
     app.state.metrics = st.metrics
     _handlers(app, st)
     _routes(app, st)

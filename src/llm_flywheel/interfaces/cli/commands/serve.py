@@ -117,7 +117,7 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
             raise config_error(str(e)) from None
         except (StoreError, StudentError, CascadeError, ValueError) as e:
             raise click.ClickException(str(e)) from None
-        d = app.state.cascade.describe()
+        d = app.state.serve.cascade.describe()
         console.print(f"serving {dataset} model {d['model_version']} (threshold {d['threshold']:.4f}, "
                       f"teacher: {d['teacher'] or 'none -> deferred answers have no label'}) on http://{host}:{port}")
         serve_forever(app, host, port, log_level="warning" if ctx.verbose == 0 else "info")
