@@ -1,5 +1,7 @@
-"""Would the student's agreement with pass 0 let adaptive passes skip more?  An offline estimate for issue 12's
-35 % target, on a finished `flywheel demo` workspace; nothing in the package uses this rule yet.
+"""Does the student's agreement with pass 0 let adaptive passes skip more?  An offline estimate for issue 12's
+35 % target, on a finished `flywheel demo` workspace (the wheel's rule, ``label_adaptive.learn_student_rule``, fits
+the same score on one half of the calib split and picks its cutoff on the other; here thirds keep a third for
+measuring).
 
 Why: adaptive passes skip pass 1 only where pass 0's own label probability clears a cutoff.  From round 2 on the
 wheel also has a student, trained on other items' consensus labels, whose errors are less tied to the teacher's than

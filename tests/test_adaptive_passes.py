@@ -5,6 +5,7 @@ calls it."""
 
 from __future__ import annotations
 
+import math
 import random
 
 from conftest import make_synth_dataset
@@ -109,3 +110,44 @@ def test_choose_cutoff_follows_the_evidence_not_a_constant():
     assert low.cutoff in p and high.cutoff in p  # always an observed certainty
     assert low.cutoff < high.cutoff and low.skipped > high.skipped
     assert choose_cutoff(p, [False] * len(p), 0.93).cutoff is None
+
+
+def _answer(n, p, label, certainty):
+    return {"id": n, "pass_index": p, "label": label, "confidence": certainty, "label_logprob": math.log(certainty)}
+
+
+def test_the_students_agreement_with_pass_0_skips_what_certainty_alone_cannot():
+    """Pass 0's certainty says nothing here (the certainty cutoff finds none), but where the student agrees with
+    pass 0 the second pass almost always does too.  With the student's hints those items are answered by pass 0
+    alone, the others still get the later passes; an item without a hint keeps the certainty rule; evidence
+    without hints (items the student trained on) is not used."""
+    from llm_flywheel.pipeline import label_adaptive as adaptive
+    from llm_flywheel.store.base import Item
+
+    rng = random.Random(0)
+    labels = ["a", "b", "c"]
+    evidence, hints = {}, {}
+    for i in range(600):
+        h, first = f"e{i}", rng.choice(labels)
+        student_agrees = rng.random() < 0.6
+        second = first if rng.random() < (0.99 if student_agrees else 0.5) else rng.choice([x for x in labels if x != first])
+        evidence[h] = [_answer(2 * i, 0, first, rng.uniform(0.4, 0.95)), _answer(2 * i + 1, 1, second, 0.8)]
+        other = next(x for x in labels if x != first)
+        hints[h] = (first if student_agrees else other, rng.uniform(0.5, 1.0))
+    items = [Item(id=1000 + i, dataset="d", source_ref="", content_hash=f"n{i}", modality="text", blob_path=None,
+                  text="x", features=None, source_split=None, split="train", gold_label=None) for i in range(100)]
+    answers = {it.content_hash: [_answer(5000 + it.id, 0, "a", rng.uniform(0.4, 0.95))] for it in items}
+    new_hints = {f"n{i}": ("a" if i % 2 == 0 else "b", 0.9) for i in range(90)}  # n90..n99: no hint
+    args = (items, answers, evidence, set(), labels, 2, 0.93, True)
+
+    plain, more, skipped = adaptive.decide(*args)
+    assert plain.cutoff is None and not skipped and len(more) == 100
+    summary, more, skipped = adaptive.decide(*args, hints={**hints, **new_hints})
+    assert summary.student_cutoff is not None and summary.student_evidence == 600
+    assert summary.student_agreement_low >= 0.93
+    agreeing = {f"n{i}" for i in range(0, 90, 2)}
+    assert agreeing <= skipped  # the student agrees with pass 0: answered by pass 0 alone
+    assert len(skipped - agreeing) <= 5 and not skipped & {f"n{i}" for i in range(90, 100)}  # (no hint: certainty)
+    assert {it.content_hash for it in more} == {f"n{i}" for i in range(100)} - skipped
+    unhinted, _, skipped = adaptive.decide(*args, hints=new_hints)  # hints on no evidence item: no student rule
+    assert unhinted.student_cutoff is None and not skipped

@@ -195,3 +195,25 @@ def test_a_resumed_run_may_change_rounds_and_the_gold_ceiling_but_not_what_a_rou
     before_self_training = {k: v for k, v in base.resume_key().items() if k != "unlabelled"}
     assert without_unbinding(before_self_training) == base.resume_key()  # a setting added later: its default
     assert without_unbinding(before_self_training) != WheelConfig(rounds=3, unlabelled=2).resume_key()
+
+
+def test_student_hints_come_from_the_promoted_model_on_the_items_and_the_calib_split(tmp_path, synth_task):
+    """Round 1 has no promoted model: no hints.  Later, the promoted student's calibrated answer on the run's items
+    and on the calib split (the evidence it never trained on) -- nothing else."""
+    from test_cascade import trained_calibrated_ws
+
+    from llm_flywheel.pipeline.wheel_stages import student_hints
+
+    ws, version = trained_calibrated_ws(tmp_path / "ws", epochs=1)
+    with ws.store() as s:
+        calib = [it.id for it in s.items("synth", split="calib")]
+        train = [it.id for it in s.items("synth", split="train", limit=5)]
+        hashes = {it.id: it.content_hash for it in s.items("synth", ids=calib + train)}
+    ctx = WheelContext(ws=ws, dataset="synth", cfg=WheelConfig(), teacher=None, task=synth_task,
+                       con=Console(quiet=True), calib_ids=calib)
+    assert student_hints(ctx, train) is None  # nothing promoted yet: round 1
+    with ws.store() as s:
+        s.promote("synth", version)
+    hints = student_hints(ctx, train)
+    assert set(hints) == set(hashes.values())
+    assert all(lab in synth_task.labels and 0 < conf <= 1 for lab, conf in hints.values())

@@ -33,7 +33,7 @@ class RoundJobs:
 
 
 def round_jobs(store: Store, items: Sequence[Item], labels: Sequence[str], model: str, pv: str, base_url: str,
-               cfg: LabelConfig) -> RoundJobs:
+               cfg: LabelConfig, hints: adaptive.Hints | None = None) -> RoundJobs:
     """Missing main passes (all of them, or as adaptive passes decide), then due tie-breaks.
 
     The adaptive cutoff is learnt only once the calibration sample is settled -- its tie-breaks answered, as online
@@ -55,7 +55,7 @@ def round_jobs(store: Store, items: Sequence[Item], labels: Sequence[str], model
         unsettled = {it.content_hash for it, _ in ties} | {h for h, p in pending if p == cfg.passes}
         if not unsettled & sample:
             out.summary, more, out.skipped = adaptive.decide(items, known, reused, sample, labels, cfg.passes,
-                                                             cfg.agreement_target, cfg.use_logprobs)
+                                                             cfg.agreement_target, cfg.use_logprobs, hints)
             wanted |= {(it.content_hash, p) for it in more for p in main[1:]}
     seen: set[tuple[str, int]] = set()
     for it in items:

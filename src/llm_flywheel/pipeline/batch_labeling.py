@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
@@ -94,8 +95,10 @@ class _Run:
     """One batch labelling run over a store: resume, submit, poll, collect."""
 
     def __init__(self, ws: Workspace, store: Store, task: Task, items: Sequence[Item], teacher: OpenAICompatTeacher,
-                 cfg: LabelConfig, bcfg: BatchConfig, result: BatchRunResult, say: Callable[[str], None]) -> None:
+                 cfg: LabelConfig, bcfg: BatchConfig, result: BatchRunResult, say: Callable[[str], None],
+                 hints: Any = None) -> None:
         self.ws, self.store, self.task, self.items, self.teacher = ws, store, task, items, teacher
+        self.hints = hints  # a student's (label, confidence) per content hash, for adaptive passes
         self.cfg, self.bcfg, self.result, self.say = cfg, bcfg, result, say
         self.pv = teacher.prompt_version_for(task)
         self.client = BatchClient(teacher.base_url, api_key_env=teacher.api_key_env,
@@ -109,7 +112,7 @@ class _Run:
     def todo(self) -> list[Job]:
         """What the next batch asks (see :mod:`llm_flywheel.pipeline.batch_jobs`); keeps the adaptive decision."""
         nxt = round_jobs(self.store, self.items, self.task.labels, self.teacher.model, self.pv,
-                         self.teacher.base_url, self.cfg)
+                         self.teacher.base_url, self.cfg, self.hints)
         self.skipped, self.result.adaptive_passes = nxt.skipped, nxt.summary
         return nxt.jobs
 
@@ -275,7 +278,7 @@ class _Run:
 
 def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
                       config: LabelConfig | None = None, batch: BatchConfig | None = None, *,
-                      progress: bool = True) -> BatchRunResult:
+                      progress: bool = True, hints: Any = None) -> BatchRunResult:
     """Label ``item_ids`` through the Batch API: collect the batches earlier runs left open, submit what is still
     missing (within the caps), poll with a progress line per change, collect, follow up on failures and
     tie-breaks, then write the consensus labels exactly as online labelling does.  Provider trouble never raises:
@@ -300,7 +303,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
         say = (lambda s: print(f"labelling {dataset}{tag}: {s}", file=sys.stderr, flush=True)) if progress else (
             lambda s: None)
-        run = _Run(ws, store, task, items, teacher, cfg, bcfg, result, say)
+        run = _Run(ws, store, task, items, teacher, cfg, bcfg, result, say, hints)
         status = "failed"
         try:
             _rounds(run, store, teacher, pv)

@@ -107,6 +107,7 @@ def label_items(
     config: LabelConfig | None = None,
     *,
     progress: bool | str | Progress = True,
+    hints: adaptive.Hints | None = None,
 ) -> LabelRunResult:
     """Label ``item_ids`` with ``config.passes`` diverse passes (+ tie-breaks), making only uncached calls.
 
@@ -115,7 +116,8 @@ def label_items(
     Raises ``TeacherConfigError`` before any call when the API key is missing.  Provider trouble never raises:
     the result says why the run stopped (``stopped_reason`` / ``stopped_message``).  ``progress``: ``False``
     silent, ``True`` a bar on a terminal and plain lines otherwise, ``"plain"`` always lines, or any
-    :class:`~llm_flywheel.pipeline.label_progress.Progress`.
+    :class:`~llm_flywheel.pipeline.label_progress.Progress`.  ``hints``: a student's calibrated (label,
+    confidence) per content hash, a second signal for adaptive passes (:mod:`~llm_flywheel.pipeline.label_adaptive`).
     """
     cfg = config or LabelConfig()
     t_start = time.monotonic()
@@ -140,7 +142,7 @@ def label_items(
                              prog, ctl)
         status, skipped = "failed", set()
         try:
-            skipped = run_sync(_run_phases(runner, items, pv, f"labelling {dataset}"
+            skipped = run_sync(_run_phases(runner, items, pv, hints, f"labelling {dataset}"
                                            + (" (SIMULATED teacher)" if teacher.is_simulated else "")))
             status = "stopped" if runner.stop else "done"
         finally:
@@ -176,17 +178,19 @@ def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Bud
     return Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
 
 
-async def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
+async def _run_phases(runner: LabelRunner, items: Sequence[Item], pv: str, hints: adaptive.Hints | None,
+                      desc: str) -> set[str]:
     beat = asyncio.ensure_future(runner.claims.keep_fresh())  # this run's claims on calls stay its own
     try:
         async with runner.open():
-            return await _phases(runner, items, pv, desc)
+            return await _phases(runner, items, pv, desc, hints)
     finally:
         beat.cancel()
         runner.claims.release_all()
 
 
-async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str) -> set[str]:
+async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str,
+                  hints: adaptive.Hints | None = None) -> set[str]:
     """Fixed k: every missing pass.  Adaptive: calibration sample + pass 0, then later passes where unsure.
     Returns the content hashes the adaptive cutoff answered with pass 0 alone.  One event loop for all phases:
     the concurrency controller's locks belong to the loop they were first used in."""
@@ -213,7 +217,7 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
         return set()
     answers = store.final_answers(model, pv, hashes, max_pass=cfg.passes)
     summary, more, skipped = adaptive.decide(items, answers, reused, sample, labels, cfg.passes,
-                                             cfg.agreement_target, cfg.use_logprobs)
+                                             cfg.agreement_target, cfg.use_logprobs, hints)
     runner.result.adaptive_passes = summary
     cut = "none (every item asked every pass)" if summary.cutoff is None else f"{summary.cutoff:.4f}"
     log.info("adaptive passes: cutoff %s from %d evidence items (%d reused); %d items need more passes, %d answered "

@@ -60,6 +60,7 @@ class WheelConfig:
     per_round_budget: int | None = None  # teacher calls on actively selected items per round >= 2 (None: auto_sizes)
     passes: int = 2  # teacher passes per labelled training item (consensus)
     adaptive_passes: bool = True  # later passes only where the first is unsure (False: every item asked `passes` times)
+    student_hints: bool = True  # ... judged also by the promoted student's agreement with pass 0 (label_adaptive)
     batch: bool = False  # label through the provider's Batch API at its batch price (stream deferrals stay online)
     batch_poll_s: float = 30.0  # seconds between batch status polls
     policy: str = "margin"  # margin | entropy | qbc | random
@@ -107,7 +108,7 @@ class WheelConfig:
 NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s")
 
 
-ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0}
+ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0, "student_hints": True}
 """Settings newer than runs already stored: absent from a stored key means this value, so an unfinished run of an
 older version still resumes."""
 

@@ -164,14 +164,15 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
     ctx.con.print(f"  labelling {len(ids):,} {what} items x {passes} pass(es){' (adaptive)' if adaptive else ''}"
                   f"{' through the Batch API' if cfg.batch else ''} with [bold]{ctx.teacher.model}[/]")
     lcfg = LabelConfig(passes=passes, concurrency=cfg.concurrency, adaptive_passes=adaptive)
+    hints = student_hints(ctx, ids) if adaptive and passes >= 2 and cfg.student_hints else None
     with ctx.accounted(rep, "label"):
         if cfg.batch:  # the provider's batch price; slower (a batch may take hours), the stream stays online
             from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
 
             res = label_items_batch(ctx.ws, ctx.dataset, list(ids), ctx.teacher, lcfg,
-                                    BatchConfig(poll_s=cfg.batch_poll_s), progress=ctx.progress)
+                                    BatchConfig(poll_s=cfg.batch_poll_s), progress=ctx.progress, hints=hints)
         else:
-            res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher, lcfg, progress=ctx.progress)
+            res = label_items(ctx.ws, ctx.dataset, list(ids), ctx.teacher, lcfg, progress=ctx.progress, hints=hints)
     for k, v in (res.errors or {}).items():
         rep.label_errors[k] = rep.label_errors.get(k, 0) + v
     if res.stopped_reason:
@@ -192,6 +193,27 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
     for w in getattr(res, "warnings", None) or []:  # e.g. the provider's alias moved to another snapshot
         ctx.warn(warning(w["code"], f"round {rep.round}: {w['message']}", w["fix"]), rep.warnings)
     return res
+
+
+def student_hints(ctx: WheelContext, ids: Sequence[int]) -> dict[str, tuple[str, float]] | None:
+    """The promoted student's calibrated (label, confidence) on ``ids`` and on the calib split -- the only evidence
+    it never trained on -- for adaptive passes; None before any model is promoted (round 1)."""
+    from llm_flywheel.pipeline.cascade import Cascade, CascadeError
+
+    with ctx.ws.store() as s:
+        version = s.serving_version(ctx.dataset, promoted_only=True)
+        items = s.items(ctx.dataset, ids=sorted(set(ids) | set(ctx.calib_ids))) if version else []
+    if version is None:
+        return None
+    try:
+        casc = Cascade.from_store(ctx.ws, ctx.dataset, version=version)
+    except CascadeError:  # not calibrated: no calibrated confidence to give
+        return None
+    try:
+        return {a.content_hash: (a.student_label, a.student_confidence)
+                for a in casc.predict_items(items, log=False) if a.content_hash and a.student_label}
+    finally:
+        casc.close()
 
 
 # -- 2. train -------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from llm_flywheel.interfaces.cli.commands import open_dataset
 # - a leaner bootstrap: 500 val + 1,000 calib items labelled (was 1,000 + 2,000); the budget part of the goal still
 #   counts every calib item's confidence (3,000, no label needed), benchmarks/bench_bootstrap.py shows what smaller
 #   calib sets cost the guarantee;
-# - adaptive passes: a second pass only where the first is unsure (cutoff learnt from data);
+# - adaptive passes: a second pass only where the first is unsure (cutoff learnt from data), judged from round 2 on
+#   also by the promoted student's agreement with pass 0 (`student_hints`);
 # - the Batch API at the provider's batch price for labelling (the simulated teacher bills 50 %), the stream online;
 # - the goal: at most 10 % to the teacher (teacher parity, which would let a student better than its teacher answer
 #   almost everything, cannot be proved here; see `teacher_parity` below).
