@@ -228,11 +228,8 @@ class RawTeacherCalls:
         assert self.db is not None
         with self.db() as store:
             if op == "claim_teacher_purchase":
-                if store.claim_teacher_purchase(content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S):
-                    return True
-                held = store.teacher_purchase_claim(content_hash, model, pv)  # a replica killed on this machine:
-                return held is not None and known_dead(held.owner) and store.claim_teacher_purchase(  # no 30 s wait
-                    content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S, dead_owners=[held.owner])
+                return store.claim_teacher_purchase(content_hash, model, pv, self.owner, stale_after_s=CLAIM_STALE_S,
+                                                    is_dead=known_dead)  # a replica killed here: no 30 s wait
             return bool(getattr(store, op)(content_hash, model, pv, self.owner))
 
     def _open_session(self) -> TeacherSession:

@@ -36,18 +36,10 @@ class CallClaims:
     def __init__(self, store: Store, model: str, prompt_version: str, owner: str) -> None:
         self.store, self.model, self.pv, self.owner = store, model, prompt_version, owner
 
-    def take(self, h: str, p: int, *, again: bool = True) -> bool:
+    def take(self, h: str, p: int) -> bool:
         """Claim the call; True when this run holds it (and so may pay for it)."""
-        if self.store.claim_teacher_call(h, self.model, self.pv, p, self.owner, stale_after_s=CLAIM_STALE_S):
-            return True
-        held = self.store.teacher_call_claims(self.model, self.pv, [h]).get((h, p))
-        if held is None:  # released between the two statements: try once more
-            return again and self.take(h, p, again=False)
-        if not known_dead(held.owner):
-            return False
-        log.info("taking over the claim of %s, whose process is gone", held.owner)
         return self.store.claim_teacher_call(h, self.model, self.pv, p, self.owner, stale_after_s=CLAIM_STALE_S,
-                                             dead_owners=[held.owner])
+                                             is_dead=known_dead)
 
     def release(self, h: str, p: int) -> None:
         self.store.release_teacher_call_claim(h, self.model, self.pv, p, self.owner)

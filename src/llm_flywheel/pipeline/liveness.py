@@ -72,16 +72,9 @@ class LeaseHeld(RuntimeError):
 
 def _take(ws: Workspace, name: str, owner: str, stale_after_s: float) -> None:
     with ws.store() as s:
-        if s.claim_lease(name, owner, stale_after_s=stale_after_s):
-            return
-        held = s.lease_holder(name)
-        if held is None and s.claim_lease(name, owner, stale_after_s=stale_after_s):
-            return  # released between the two statements
-        if held is not None and known_dead(held.owner):
-            log.info("taking over %s from %s, whose process is gone", name, held.owner)
-            if s.claim_lease(name, owner, stale_after_s=stale_after_s, dead_owners=[held.owner]):
-                return
-        raise LeaseHeld(name, describe(held.owner, held.claimed_at) if held else "another process")
+        if not s.claim_lease(name, owner, stale_after_s=stale_after_s, is_dead=known_dead):
+            held = s.lease_holder(name)
+            raise LeaseHeld(name, describe(held.owner, held.claimed_at) if held else "another process")
 
 
 def _beat(ws: Workspace, name: str, owner: str, stop: threading.Event) -> None:

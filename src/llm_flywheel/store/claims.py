@@ -6,14 +6,15 @@ per content and pass: `flywheel label` started twice, the wheel beside a noteboo
 store), and ``leases``: what only one process may run at a time (the wheel on a dataset).  The first to insert a
 key's row buys (or runs); the others read the stored answer when it lands.  A claim is
 refreshed while its call runs and deleted after the answer is stored, so one older than ``stale_after_s`` belongs
-to a process that died and is taken over (compare-and-set: only one taker wins), as is one whose owner the caller
-knows to be dead (``dead_owners``).  Plain SQL that SQLite and PostgreSQL both run.
+to a process that died and is taken over (compare-and-set: only one taker wins), as is one whose owner the caller's
+``is_dead`` says is gone -- in the same transaction, so no claim is released or taken between the look and the
+take.  Plain SQL that SQLite and PostgreSQL both run.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _CHUNK = 900  # SQLite's default limit on bound parameters is 999
@@ -35,16 +36,22 @@ class ClaimQueries:
     """Mixed into :class:`llm_flywheel.store.Store`; uses its ``execute`` / ``query`` / ``transaction``."""
 
     def _claim(self, table: tuple[str, tuple[str, ...]], key: tuple[object, ...], owner: str, stale_after_s: float,
-               dead_owners: Sequence[str] = ()) -> bool:
+               is_dead: Callable[[str], bool] | None = None) -> bool:
         name, cols = table
         where = " AND ".join(f"{c}=?" for c in cols)
         now = time.time()
-        dead = "".join(" OR owner=?" for _ in dead_owners)
         with self.transaction() as c:  # type: ignore[attr-defined]
             c.execute(f"INSERT INTO {name}({', '.join(cols)}, owner, claimed_at) VALUES({', '.join('?' * (len(cols) + 2))}) "
                       f"ON CONFLICT({', '.join(cols)}) DO NOTHING", (*key, owner, now))
-            cur = c.execute(f"UPDATE {name} SET owner=?, claimed_at=? WHERE {where} AND (owner=? OR claimed_at < ?{dead})",
-                            (owner, now, *key, owner, now - stale_after_s, *dead_owners))
+            cur = c.execute(f"UPDATE {name} SET owner=?, claimed_at=? WHERE {where} AND (owner=? OR claimed_at < ?)",
+                            (owner, now, *key, owner, now - stale_after_s))
+            if int(cur.rowcount) == 1 or is_dead is None:
+                return int(cur.rowcount) == 1
+            held = c.execute(f"SELECT owner FROM {name} WHERE {where}", key).fetchone()
+            if held is None or not is_dead(held[0]):
+                return False
+            cur = c.execute(f"UPDATE {name} SET owner=?, claimed_at=? WHERE {where} AND owner=?",
+                            (owner, now, *key, held[0]))
             return int(cur.rowcount) == 1
 
     def _release(self, table: tuple[str, tuple[str, ...]], key: tuple[object, ...], owner: str) -> None:
@@ -54,16 +61,10 @@ class ClaimQueries:
 
     # -- serving: one claim per (content, teacher, prompt) across every serving process ------------------------
     def claim_teacher_purchase(self, content_hash: str, model: str, prompt_version: str, owner: str, *,
-                               stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
-        """True when ``owner`` holds the claim now (new, already its own, taken over from a stale one or from one
-        of ``dead_owners``)."""
-        return self._claim(_SERVED, (content_hash, model, prompt_version), owner, stale_after_s, dead_owners)
-
-    def teacher_purchase_claim(self, content_hash: str, model: str, prompt_version: str) -> CallClaim | None:
-        """Who holds the claim on buying this content's answer for serving, if anyone."""
-        rows = self.query("SELECT owner, claimed_at FROM served_teacher_claims WHERE content_hash=? AND model=? "  # type: ignore[attr-defined]
-                          "AND prompt_version=?", (content_hash, model, prompt_version))
-        return CallClaim(rows[0]["owner"], float(rows[0]["claimed_at"])) if rows else None
+                               stale_after_s: float, is_dead: Callable[[str], bool] | None = None) -> bool:
+        """True when ``owner`` holds the claim now (new, already its own, taken over from a stale one or from an
+        owner ``is_dead`` says is gone)."""
+        return self._claim(_SERVED, (content_hash, model, prompt_version), owner, stale_after_s, is_dead)
 
     def refresh_teacher_claim(self, content_hash: str, model: str, prompt_version: str, owner: str) -> bool:
         """Keep a claim fresh while its call runs; False when it is no longer ``owner``'s."""
@@ -78,11 +79,10 @@ class ClaimQueries:
 
     # -- labelling: one claim per (content, teacher, prompt, pass) across every labelling run ------------------
     def claim_teacher_call(self, content_hash: str, model: str, prompt_version: str, pass_index: int, owner: str, *,
-                           stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
+                           stale_after_s: float, is_dead: Callable[[str], bool] | None = None) -> bool:
         """True when ``owner`` holds the call's claim now (new, already its own, taken over from a stale one or
-        from one of ``dead_owners``)."""
-        return self._claim(_CALLS, (content_hash, model, prompt_version, pass_index), owner, stale_after_s,
-                           dead_owners)
+        from an owner ``is_dead`` says is gone)."""
+        return self._claim(_CALLS, (content_hash, model, prompt_version, pass_index), owner, stale_after_s, is_dead)
 
     def release_teacher_call_claim(self, content_hash: str, model: str, prompt_version: str, pass_index: int,
                                    owner: str) -> None:
@@ -114,9 +114,11 @@ class ClaimQueries:
         return out
 
     # -- leases: one holder per name (the wheel on a dataset) ---------------------------------------------------
-    def claim_lease(self, name: str, owner: str, *, stale_after_s: float, dead_owners: Sequence[str] = ()) -> bool:
-        """True when ``owner`` holds the lease now (new, already its own, stale, or of one of ``dead_owners``)."""
-        return self._claim(_LEASES, (name,), owner, stale_after_s, dead_owners)
+    def claim_lease(self, name: str, owner: str, *, stale_after_s: float,
+                    is_dead: Callable[[str], bool] | None = None) -> bool:
+        """True when ``owner`` holds the lease now (new, already its own, stale, or of an owner ``is_dead`` says is
+        gone)."""
+        return self._claim(_LEASES, (name,), owner, stale_after_s, is_dead)
 
     def refresh_lease(self, name: str, owner: str) -> bool:
         """The holder's heartbeat; False when the lease is no longer ``owner``'s (it went stale and was taken)."""
