@@ -31,10 +31,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
+from llm_flywheel.pipeline.label_adaptive import Hints
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, load_items,
                                             note_served_models, store_answer, write_labels)
 from llm_flywheel.pipeline.served_model import check_served_model
@@ -96,7 +96,7 @@ class _Run:
 
     def __init__(self, ws: Workspace, store: Store, task: Task, items: Sequence[Item], teacher: OpenAICompatTeacher,
                  cfg: LabelConfig, bcfg: BatchConfig, result: BatchRunResult, say: Callable[[str], None],
-                 hints: Any = None) -> None:
+                 hints: Hints | None = None) -> None:
         self.ws, self.store, self.task, self.items, self.teacher = ws, store, task, items, teacher
         self.hints = hints  # a student's (label, confidence) per content hash, for adaptive passes
         self.cfg, self.bcfg, self.result, self.say = cfg, bcfg, result, say
@@ -278,7 +278,7 @@ class _Run:
 
 def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: OpenAICompatTeacher,
                       config: LabelConfig | None = None, batch: BatchConfig | None = None, *,
-                      progress: bool = True, hints: Any = None) -> BatchRunResult:
+                      progress: bool = True, hints: Hints | None = None) -> BatchRunResult:
     """Label ``item_ids`` through the Batch API: collect the batches earlier runs left open, submit what is still
     missing (within the caps), poll with a progress line per change, collect, follow up on failures and
     tie-breaks, then write the consensus labels exactly as online labelling does.  Provider trouble never raises:

@@ -40,8 +40,8 @@ def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[st
 
 class WheelStopped(RuntimeError):
     """The wheel stopped on a known condition; ``kind``: 'teacher' (a fatal teacher error), 'budget' (a cap was
-    reached), 'no_labels' (nothing to train on) or 'busy' (another wheel is turning on the dataset).  Everything paid for is stored: fix the cause and re-run -- the
-    round resumes from the stage that stopped."""
+    reached), 'no_labels' (nothing to train on) or 'busy' (another wheel is turning on the dataset).  Everything
+    paid for is stored: fix the cause and re-run -- the round resumes from the stage that stopped."""
 
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)

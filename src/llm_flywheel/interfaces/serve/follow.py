@@ -36,7 +36,8 @@ def warm(cascade: Cascade) -> None:
 
 
 def check_once(st: Any) -> bool:
-    """(``st``: the app's ``ServeState``.)  Swap in the dataset's serving model when it is not the one answering; True when it did."""
+    """Swap the dataset's serving model into ``st`` (the app's ``ServeState``) when it is not the one answering;
+    True when it did."""
     current = st.cascade
     with st.ws.store() as s:
         latest = promoted_version(s, current.dataset)
