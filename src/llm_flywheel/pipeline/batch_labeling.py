@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
 from llm_flywheel.pipeline.label_adaptive import Hints
+from llm_flywheel.pipeline.label_claims import CallClaims
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, LabelRunResult, cached_keys, load_items,
                                             note_served_models, store_answer, write_labels)
+from llm_flywheel.pipeline.liveness import owner_id
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
@@ -107,6 +109,8 @@ class _Run:
         self.pending_lines = 0  # lines of those batches
         self.skipped: set[str] = set()  # adaptive passes: content hashes answered by pass 0 alone
         self.max_seen = 0.0
+        self.data: bytes | None = None  # the JSONL of the submission being recorded
+        self.claims = CallClaims(store, teacher.model, self.pv, owner_id(f"batch{result.run_id}"), teacher.base_url)
 
     # -- what to ask --------------------------------------------------------------------------------------------
     def todo(self) -> list[Job]:
@@ -146,16 +150,39 @@ class _Run:
         return jobs[:n]
 
     # -- submit -------------------------------------------------------------------------------------------------
-    def submit(self, jobs: list[Job]) -> tuple[BatchRecord, list[Job]]:
+    def submit(self, jobs: list[Job]) -> tuple[BatchRecord | None, list[Job]]:
         """Record one submission and its lines, then upload and create it (each step recorded as it happens).
-        A batch holds at most ``max_lines`` lines and ``max_bytes`` of JSONL; returns it and the jobs left over."""
+        A batch holds at most ``max_lines`` lines and ``max_bytes`` of JSONL; returns it (None when another run
+        took every call of it meanwhile) and the jobs left over."""
         jobs, rest = jobs[: self.bcfg.max_lines], jobs[self.bcfg.max_lines:]
+        try:
+            jobs = self.claimed(jobs)
+            rid = self.record(jobs, rest) if jobs else None
+        finally:
+            self.claims.release_all()  # recorded: an online run now sees the lines (CallClaims.in_batch)
+        return (None if rid is None else self.send(self.store.batch_record(rid), self.data)), rest
+
+    def claimed(self, jobs: list[Job]) -> list[Job]:
+        """The jobs whose calls this run now holds and no other run answered meanwhile: an online run making one of
+        them right now keeps it (this run uses its answer), so no call is bought online and through a batch."""
+        keys = {(it.content_hash, p) for it, p in jobs}
+        mine = self.claims.take_many(keys)
+        mine -= set(self.claims.answered(mine))
+        if len(mine) < len(keys):
+            self.say(f"{len(keys) - len(mine)} request(s) are being made or were just answered by another run; "
+                     f"not submitted (their answers are used)")
+        return [(it, p) for it, p in jobs if (it.content_hash, p) in mine]
+
+    def record(self, jobs: list[Job], rest: list[Job]) -> int:
+        """Store the submission and its lines (within ``max_bytes``: the jobs that do not fit go back to ``rest``);
+        its JSONL is kept in ``self.data`` for :meth:`send`."""
         data = self.jsonl(jobs)
         if len(data) > self.bcfg.max_bytes:
             lines, keep, size = data.splitlines(keepends=True), 0, 0
             while keep < len(lines) and (size + len(lines[keep]) <= self.bcfg.max_bytes or not keep):
                 size, keep = size + len(lines[keep]), keep + 1
-            jobs, rest, data = jobs[:keep], jobs[keep:] + rest, b"".join(lines[:keep])
+            rest[:0] = jobs[keep:]
+            jobs, data = jobs[:keep], b"".join(lines[:keep])
         lines_ = [BatchLine(f"{it.id}:{p}", it.id, it.content_hash, p) for it, p in jobs]
         per = self.per_line()
         reserve = None if per is None else per * self.cfg.cost_safety * len(lines_)
@@ -167,7 +194,8 @@ class _Run:
         self.pending_lines += len(lines_)
         self.result.lines_submitted += len(lines_)
         self.result.tie_break_calls += sum(1 for _, p in jobs if p >= self.cfg.passes)
-        return self.send(self.store.batch_record(rid), data), rest
+        self.data = data
+        return rid
 
     def jsonl(self, jobs: Sequence[Job]) -> bytes:
         return b"".join(json.dumps(request_line(self.teacher, self.task, it, p, self.ws, f"{it.id}:{p}"),
@@ -338,7 +366,7 @@ def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> N
             recs = []
             while jobs:  # a round may need several batches (line and size caps); all run at once
                 rec, jobs = run.submit(jobs)
-                recs.append(rec)
+                recs += [rec] if rec is not None else []
             finished = [run.drive(rec) for rec in recs]
             if not recs or not all(finished) or r.stopped_reason:
                 return

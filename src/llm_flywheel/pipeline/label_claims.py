@@ -6,6 +6,10 @@ to pay for every one of them.  Now a run claims each call in the store just befo
 prompt, pass: :mod:`llm_flywheel.store.claims`).  A call another live run has claimed is *parked*: this run goes on
 with its other calls, then waits for the parked answers and uses them as if they had been cached.
 
+Batch API runs take part too: a batch run holds the claims of a submission's calls while it records the lines, and
+an online run, holding a call's claim, checks that no open batch carries it before paying (:meth:`CallClaims.in_batch`)
+-- so a call is bought online or through a batch, never both.
+
 A run refreshes all its claims every :data:`CLAIM_REFRESH_S` and deletes each once its answer is stored (or its call
 failed, so that another run may try).  A claim whose run died stops being refreshed and is taken over after
 :data:`CLAIM_STALE_S`; one whose process is known to be gone (same machine and boot, no such pid) is taken over at
@@ -33,13 +37,18 @@ Key = tuple[str, int]  # (content hash, pass index)
 class CallClaims:
     """The claims of one labelling run (``owner``) on calls of one teacher and prompt."""
 
-    def __init__(self, store: Store, model: str, prompt_version: str, owner: str) -> None:
-        self.store, self.model, self.pv, self.owner = store, model, prompt_version, owner
+    def __init__(self, store: Store, model: str, prompt_version: str, owner: str, base_url: str = "") -> None:
+        self.store, self.model, self.pv, self.owner, self.base_url = store, model, prompt_version, owner, base_url
 
     def take(self, h: str, p: int) -> bool:
         """Claim the call; True when this run holds it (and so may pay for it)."""
         return self.store.claim_teacher_call(h, self.model, self.pv, p, self.owner, stale_after_s=CLAIM_STALE_S,
                                              is_dead=known_dead)
+
+    def take_many(self, keys: Iterable[Key]) -> set[Key]:
+        """Claim many calls (a batch run while it records a submission's lines); the keys this run holds."""
+        return self.store.claim_teacher_calls(self.model, self.pv, list(keys), self.owner,
+                                              stale_after_s=CLAIM_STALE_S, is_dead=known_dead)
 
     def release(self, h: str, p: int) -> None:
         self.store.release_teacher_call_claim(h, self.model, self.pv, p, self.owner)
@@ -50,6 +59,12 @@ class CallClaims:
         found = self.store.final_answers(self.model, self.pv, sorted({h for h, _ in keys}))
         return {(h, a["pass_index"]): a["label"] for h, ans in found.items() for a in ans
                 if (h, a["pass_index"]) in keys}
+
+    def in_batch(self, h: str, p: int) -> bool:
+        """True when a Batch API submission not collected yet carries the call: an online run must not buy it.
+        Asked while holding the call's claim, which a batch run also takes while it records its lines, so a
+        submission recorded after this check cannot carry the call (:mod:`~llm_flywheel.pipeline.batch_labeling`)."""
+        return self.store.in_open_batch(self.model, self.pv, self.base_url, h, p)
 
     def free(self, keys: Iterable[Key]) -> set[Key]:
         """The calls among ``keys`` that no live run holds: unclaimed, stale, or of a process that is gone."""

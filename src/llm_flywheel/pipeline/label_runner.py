@@ -66,15 +66,17 @@ class LabelRunner:
         self.breaker = CircuitBreaker(cfg.breaker_threshold)
         self.calls: set[asyncio.Future[Any]] = set()
         self.abandoning = False
-        self.claims = CallClaims(store, teacher.model, result.prompt_version, owner_id(f"run{run_id}"))
+        self.claims = CallClaims(store, teacher.model, result.prompt_version, owner_id(f"run{run_id}"),
+                                 teacher.base_url)
         self.parked: dict[Key, tuple[Item, int, int]] = {}  # calls another run is making: wait for their answers
+        self.in_batch: set[Key] = set()  # calls a Batch API submission not collected yet carries: never bought here
 
     def needs_tie_break(self, h: str) -> bool:
         """All main passes answered, no off-list among them, and no strict majority: ask pass ``k`` once."""
         if self.tb_pass is None or h in self.tb_queued:
             return False
         got = self.known.get(h, {})
-        if self.tb_pass in got or any(p not in got for p in range(self.cfg.passes)):
+        if (h, self.tb_pass) in self.in_batch or self.tb_pass in got or any(p not in got for p in range(self.cfg.passes)):
             return False
         return needs_tie_break([got[p] for p in range(self.cfg.passes)])
 
@@ -86,6 +88,12 @@ class LabelRunner:
                 self.tb_queued.add(it.content_hash)
                 jobs.append((it, self.cfg.passes))
         return jobs
+
+    def not_batched(self, jobs: list[Job]) -> list[Job]:
+        """``jobs`` without the calls an open batch carries (:attr:`in_batch`), those counted in the result."""
+        out = [(it, p) for it, p in jobs if (it.content_hash, p) not in self.in_batch]
+        self.result.in_open_batch += len(jobs) - len(out)
+        return out
 
     def open(self) -> TeacherSession:
         """The run's one session (task, workspace, rate limit, connections); use as ``async with runner.open():``."""
@@ -132,7 +140,8 @@ class LabelRunner:
 
     def _claim(self, queue: deque[tuple[Item, int, int]], item: Item, p: int, tries: int) -> bool:
         """True when this run holds the call's claim and its answer is still missing; else the call is parked
-        (another run is making it) or its answer, stored meanwhile by another run, is used."""
+        (another run is making it), its answer, stored meanwhile by another run, is used, or a batch submitted
+        meanwhile carries it (left to the batch)."""
         h = item.content_hash
         if not self.claims.take(h, p):
             self.parked[(h, p)] = (item, p, tries)
@@ -141,6 +150,13 @@ class LabelRunner:
         if done:
             self.claims.release(h, p)
             self._adopt(queue, item, p, done[(h, p)])
+            return False
+        if self.claims.in_batch(h, p):
+            self.claims.release(h, p)
+            self.in_batch.add((h, p))
+            self.result.in_open_batch += 1
+            if self.progress is not None:
+                self.progress.advance(f"${self.result.cost_usd:.4f}, concurrency {self.ctl.limit}")
             return False
         return True
 

@@ -92,6 +92,8 @@ class LabelRunResult:
     * ``cancelled_calls``: calls still in flight (in back-off) when the breaker tripped, abandoned unanswered;
     * ``answered_elsewhere``: calls this run needed that another run (process, machine) was making at the same
       time: this run waited for those answers instead of paying again (:mod:`~llm_flywheel.pipeline.label_claims`);
+    * ``in_open_batch``: calls this run needed that a Batch API submission not collected yet already carries: not
+      bought online (the batch's answers are stored when a batch run collects it);
     * ``concurrency``: the adaptive controller's summary (cap, final and largest level, back-offs);
     * ``adaptive_passes``: the adaptive-pass decision (cutoff, its evidence, items skipped), None for fixed k.
     A stopped run keeps everything it stored; re-running continues where it stopped and asks nothing twice.
@@ -116,6 +118,7 @@ class LabelRunResult:
     fatal_error_kind: str | None = None
     cancelled_calls: int = 0
     answered_elsewhere: int = 0
+    in_open_batch: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     concurrency: dict[str, Any] = field(default_factory=dict)
     model: str = ""

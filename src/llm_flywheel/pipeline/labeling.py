@@ -145,6 +145,8 @@ def label_items(
             skipped = run_sync(_run_phases(runner, items, pv, hints, f"labelling {dataset}"
                                            + (" (SIMULATED teacher)" if teacher.is_simulated else "")))
             status = "stopped" if runner.stop else "done"
+            if result.in_open_batch:
+                result.warnings.append(in_open_batch_warning(dataset, result.in_open_batch))
         finally:
             if prog is not None:
                 prog.stop()
@@ -160,6 +162,17 @@ def label_items(
         return result
     finally:
         store.close()
+
+
+def in_open_batch_warning(dataset: str, n: int) -> dict[str, str]:
+    """The calls an online run left to a Batch API submission not collected yet: said, so that items left without
+    a label (or a later pass) are not a mystery."""
+    return {"code": "in_open_batch",
+            "message": f"{n} call(s) these items need are in a Batch API submission that is not collected yet; "
+                       f"they were not bought online (that would pay twice), so their items have fewer answers "
+                       f"until the batch is collected",
+            "fix": f"`flywheel label {dataset} --batch` collects it (it waits for the provider; `--batch-wait-s 0` "
+                   f"only checks once), then labels with its answers"}
 
 
 def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[Item], result: Any) -> None:
@@ -197,13 +210,15 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
     cfg, store, model = runner.cfg, runner.store, runner.teacher.model
     hashes = [it.content_hash for it in items]
     cached = store.final_answer_keys(model, pv, hashes)
+    mine = set(hashes)
+    runner.in_batch = {k for k in store.pending_batch_keys(model, pv, runner.teacher.base_url) if k[0] in mine}
     main = list(range(cfg.passes))
     runner.result.answers_cached = sum(1 for h in set(hashes) for p in main if (h, p) in cached)
     for h, answers in store.final_answers(model, pv, hashes, max_pass=cfg.passes).items():
         runner.known[h] = {a["pass_index"]: a["label"] for a in answers}
     due = runner.tie_breaks_due(items)  # resumed runs: passes all cached but the tie-break still missing
     if not cfg.adaptive_k:
-        await runner.run(make_jobs(items, main, cached) + due, desc)
+        await runner.run(runner.not_batched(make_jobs(items, main, cached)) + due, desc)
         return set()
     labels = runner.task.labels
     reused = (adaptive.reusable_evidence(store, items, model, pv, cfg.passes, labels) if cfg.reuse_evidence
@@ -212,7 +227,7 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
     in_sample = [it for it in items if it.content_hash in sample]
     first = make_jobs(in_sample, main, cached)
     first += make_jobs(items, [0], cached | {(it.content_hash, p) for it, p in first})
-    await runner.run(first + due, desc)
+    await runner.run(runner.not_batched(first) + due, desc)
     if runner.stop:
         return set()
     answers = store.final_answers(model, pv, hashes, max_pass=cfg.passes)
@@ -222,7 +237,8 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
     cut = "none (every item asked every pass)" if summary.cutoff is None else f"{summary.cutoff:.4f}"
     log.info("adaptive passes: cutoff %s from %d evidence items (%d reused); %d items need more passes, %d answered "
              "by pass 0", cut, summary.evidence, summary.reused_evidence, len(more), len(skipped))
-    await runner.run(make_jobs(more, main[1:], store.final_answer_keys(model, pv, hashes)), desc + ", later passes")
+    await runner.run(runner.not_batched(make_jobs(more, main[1:], store.final_answer_keys(model, pv, hashes))),
+                     desc + ", later passes")
     return skipped
 
 
@@ -270,7 +286,8 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
          config: LabelConfig | None = None) -> dict[str, Any]:
     """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
 
-    The price per call is the mean recorded for this model when there is one ('observed'), else the task's
+    Calls an open Batch API submission carries are not needed (``calls_in_open_batch``: collecting the batch
+    stores them).  The price per call is the mean recorded for this model when there is one ('observed'), else the task's
     price table applied to a token estimate ('task prices').  Tie-breaks are estimated from the disagreement
     rate seen so far (15 % when nothing is known) and bounded by one per item.  With adaptive passes the
     count is an upper bound: items whose first pass clears the learnt cutoff skip the later passes.
@@ -283,8 +300,12 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         hashes = [it.content_hash for it in items]
         uniq = len(set(hashes))
         cached = store.final_answer_keys(teacher.model, pv, hashes)
-        needed = len(make_jobs(items, list(range(cfg.passes)), cached))
-        tb_max = len(make_jobs(items, [cfg.passes], cached)) if cfg.tie_break and cfg.passes >= 2 else 0
+        mine = set(hashes)
+        batched = {k for k in store.pending_batch_keys(teacher.model, pv, teacher.base_url) if k[0] in mine}
+        needed = len(make_jobs(items, list(range(cfg.passes)), cached | batched))
+        in_batch = len(make_jobs(items, list(range(cfg.passes)), cached)) - needed
+        tb_max = (len(make_jobs(items, [cfg.passes], cached | batched)) if cfg.tie_break and cfg.passes >= 2
+                  else 0)
         by = store.teacher_label_status_counts()
         tot = sum(by.values())
         dis_rate = (by.get("disagreed", 0) + by.get("tie_broken", 0)) / tot if tot else 0.15
@@ -307,7 +328,8 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         "dataset": dataset, "model": teacher.model, "base_url": teacher.base_url, "prompt_version": pv,
         "simulated": teacher.is_simulated, "items": len(items), "unique_contents": uniq, "passes": cfg.passes,
         "adaptive_passes": cfg.adaptive_k,
-        "calls_cached": uniq * cfg.passes - needed, "calls_needed": needed,
+        "calls_cached": uniq * cfg.passes - needed - in_batch, "calls_needed": needed,
+        "calls_in_open_batch": in_batch,
         "tie_break_calls_expected": tb_exp, "tie_break_calls_max": tb_max,
         "est_tokens_in": tin * calls_exp, "est_tokens_out": tout * calls_exp,
         "est_cost_per_call_usd": per_call, "price_source": source,

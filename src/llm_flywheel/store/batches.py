@@ -127,6 +127,15 @@ class BatchQueries:
             (model, prompt_version, base_url))
         return {(r["content_hash"], r["pass_index"]) for r in rows}
 
+    def in_open_batch(self, model: str, prompt_version: str, base_url: str, content_hash: str,
+                      pass_index: int) -> bool:
+        """True when a submission to ``base_url`` not collected yet carries this call (the filter of
+        :meth:`pending_batch_keys`, for one key): asked by an online run just before it would pay for the call."""
+        return bool(self.query(
+            "SELECT 1 FROM teacher_batch_lines l JOIN teacher_batches b ON b.id=l.batch WHERE l.content_hash=? "
+            "AND l.pass_index=? AND b.collected_at IS NULL AND b.model=? AND b.prompt_version=? AND b.base_url=? "
+            "LIMIT 1", (content_hash, pass_index, model, prompt_version, base_url)))
+
     def batch_cost_means(self, model: str) -> dict[str, float | None]:
         """Mean recorded cost per answer of ``model`` online and through batches (keys ``online``, ``batch``;
         None where none is recorded): the plan prices each mode from its own answers."""

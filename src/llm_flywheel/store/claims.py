@@ -84,6 +84,23 @@ class ClaimQueries:
         from an owner ``is_dead`` says is gone)."""
         return self._claim(_CALLS, (content_hash, model, prompt_version, pass_index), owner, stale_after_s, is_dead)
 
+    def claim_teacher_calls(self, model: str, prompt_version: str, keys: Sequence[tuple[str, int]], owner: str, *,
+                            stale_after_s: float,
+                            is_dead: Callable[[str], bool] | None = None) -> set[tuple[str, int]]:
+        """Claim many calls at once (a batch run recording a submission of up to 50,000 lines); returns the
+        (content hash, pass) keys ``owner`` holds.  Free keys are inserted in one statement; a key another owner
+        holds is taken over only as :meth:`claim_teacher_call` would (stale, or its owner gone)."""
+        now, uniq = time.time(), sorted(set(keys))
+        with self.transaction() as c:  # type: ignore[attr-defined]
+            c.executemany("INSERT INTO teacher_call_claims(content_hash, model, prompt_version, pass_index, owner, "
+                          "claimed_at) VALUES (?,?,?,?,?,?) ON CONFLICT(content_hash, model, prompt_version, "
+                          "pass_index) DO NOTHING", [(h, model, prompt_version, p, owner, now) for h, p in uniq])
+        held = self.teacher_call_claims(model, prompt_version, [h for h, _ in uniq])
+        mine = {k for k in uniq if k in held and held[k].owner == owner}
+        mine |= {k for k in uniq if k not in mine and self.claim_teacher_call(
+            k[0], model, prompt_version, k[1], owner, stale_after_s=stale_after_s, is_dead=is_dead)}
+        return mine
+
     def release_teacher_call_claim(self, content_hash: str, model: str, prompt_version: str, pass_index: int,
                                    owner: str) -> None:
         """Drop ``owner``'s claim: after the answer is stored, or after the call failed so another run may try."""

@@ -95,6 +95,7 @@ class LabelReport:
     served_models: Mapping[str, int] = field(default_factory=dict)  # the model each answer's response named
     warnings: tuple[RunWarning, ...] = ()  # e.g. ``mixed_models``: the provider's alias moved mid-dataset
     answered_elsewhere: int = 0  # answers another run (process, machine) bought meanwhile: waited for, not paid
+    in_open_batch: int = 0  # calls a Batch API job not collected yet carries: not bought online (see warnings)
 
     @classmethod
     def from_result(cls, dataset: str, r: Any) -> "LabelReport":
@@ -106,7 +107,8 @@ class LabelReport:
                    errors=dict(r.errors or {}), elapsed_s=float(r.elapsed_s or 0.0),
                    served_models=dict(getattr(r, "served_models", None) or {}),
                    warnings=run_warnings(getattr(r, "warnings", None)),
-                   answered_elsewhere=int(getattr(r, "answered_elsewhere", 0) or 0))
+                   answered_elsewhere=int(getattr(r, "answered_elsewhere", 0) or 0),
+                   in_open_batch=int(getattr(r, "in_open_batch", 0) or 0))
 
     def warn(self, stacklevel: int = 2) -> None:
         """Each warning as a :class:`FlywheelWarning`, as :meth:`RunReport.warn` does."""

@@ -64,6 +64,8 @@ def label_exit_code(result: Any) -> int:
         return ExitCode.TEACHER_FAILED
     if getattr(result, "failed", 0) and getattr(result, "unlabelled", 0):
         return ExitCode.INCOMPLETE
+    if getattr(result, "in_open_batch", 0):  # left to a batch not collected yet: work is left, as for --batch
+        return ExitCode.INCOMPLETE
     return ExitCode.OK
 
 

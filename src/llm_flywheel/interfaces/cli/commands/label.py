@@ -224,6 +224,8 @@ def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
                  ("batch requests submitted", res.lines_submitted)]
     if getattr(res, "answered_elsewhere", 0):
         rows.insert(3, ("answers another run bought meanwhile (not paid again)", res.answered_elsewhere))
+    if getattr(res, "in_open_batch", 0):
+        rows.insert(3, ("calls left to an open Batch API job (not bought online)", res.in_open_batch))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
@@ -238,7 +240,7 @@ def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
         code = ExitCode.INCOMPLETE
         console.print(f"[bold yellow]still running[/]: {res.batches_pending} batch(es) are not finished; re-run the "
                       f"same command to collect them (their requests are not submitted again).")
-    elif code == ExitCode.INCOMPLETE:
+    elif code == ExitCode.INCOMPLETE and res.failed and res.unlabelled:  # else: left to a batch (a warning says)
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
     return int(code)
@@ -282,6 +284,8 @@ def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:
     t.add_column("what")
     t.add_column("value", justify="right")
     rows = [("items", p["items"]), ("passes", p["passes"]), ("calls already cached", p["calls_cached"]),
+            *([("calls in an open Batch API job (paid when it is collected)", p["calls_in_open_batch"])]
+              if p.get("calls_in_open_batch") else []),
             ("calls needed", p["calls_needed"]),
             ("tie-break calls (expected / at most)", f"{p['tie_break_calls_expected']} / {p['tie_break_calls_max']}"),
             ("estimated cost per call online / batch", (f"{_money(p['est_cost_per_call_usd'], 7)} / "
