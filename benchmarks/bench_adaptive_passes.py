@@ -11,7 +11,13 @@ in separate workspaces by
   prompt asked every pass (their samples and their unsure items) count as evidence, so only the shortfall up to
   ``--calibration-items`` is bought;
 * ``adaptive (verbalised)``: the default with ``use_logprobs=False`` -- the fallback for servers without logprobs;
-* ``..., target t``: the default with another ``agreement_target`` (``--targets 0.93 0.9``).
+* ``..., target t``: the default with another ``agreement_target`` (``--targets 0.93 0.9``);
+* ``wheel order, no student`` and ``wheel order + student hints`` (``--student``, needs ``--rounds`` >= 2): as the
+  wheel labels -- a calib split of ``--calib`` items (never trained on) asked every pass first, then the runs.  In
+  the second, from run 2 on, a student (``--student-kind``) trained on the consensus labels of the items labelled so
+  far (the calib split excepted) and temperature-calibrated on the calib split gives its (label, confidence) per
+  item, and adaptive passes also skip where it agrees with a sure pass 0 (``label_adaptive.learn_student_rule``,
+  the wheel's ``student_hints``, via ``wheel_stages.model_hints``).  Their calls include the calib split's.
 
 ``--rounds R`` labels the items in R successive runs of equal size in the same workspace (random order), as the
 wheel does round after round; with ``--rounds 1`` the two adaptive arms are the same thing (nothing to reuse).
@@ -35,7 +41,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +52,10 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.data import register
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
 from llm_flywheel.pipeline.label_adaptive import first_pass
+from llm_flywheel.pipeline.calibration import calibrate
 from llm_flywheel.pipeline.labeling import LabelConfig, LabelRunResult, label_items
+from llm_flywheel.pipeline.training import train_student
+from llm_flywheel.pipeline.wheel_stages import model_hints
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.registry import teacher_from_spec
 from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
@@ -55,9 +64,10 @@ DATASET = "fashion-mnist"
 LABELS: list[str] = []  # the task's labels, set once the dataset is registered
 FIXED, PER_RUN, REUSED = "fixed k=2", "adaptive, sample per run", "adaptive, reused evidence"
 VERBALISED = "adaptive (verbalised), reused evidence"
+WHEEL, STUDENT = "wheel order, no student", "wheel order + student hints"
 
 
-def arms(targets: list[float], verbalised: bool) -> dict[str, dict[str, object]]:
+def arms(targets: list[float], verbalised: bool, student: bool = False) -> dict[str, dict[str, object]]:
     """Arm name -> LabelConfig overrides; the first target is the one of the main arms."""
     out: dict[str, dict[str, object]] = {FIXED: {"adaptive_passes": False}}
     out[PER_RUN] = {"agreement_target": targets[0], "reuse_evidence": False}
@@ -65,6 +75,9 @@ def arms(targets: list[float], verbalised: bool) -> dict[str, dict[str, object]]
         out[REUSED if i == 0 else f"{REUSED}, target {t:g}"] = {"agreement_target": t}
     if verbalised:
         out[VERBALISED] = {"use_logprobs": False, "agreement_target": targets[0]}
+    if student:
+        out[WHEEL] = {"agreement_target": targets[0]}
+        out[STUDENT] = {"agreement_target": targets[0]}
     return out
 
 
@@ -133,6 +146,45 @@ def run_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, s
         dt = time.perf_counter() - t0
     calls, correct, *first = _per_item(ws, teacher.model, runs[-1].prompt_version)
     return Arm(name, runs[-1], [r.calls_made for r in runs], calls, correct, dt, *first)
+
+
+def run_wheel_arm(name: str, overrides: dict[str, object], root: Path, n_items: int, seed: int,
+                  args: argparse.Namespace) -> Arm:
+    """The wheel's order: the calib split every pass first, then the runs (with the student's hints from run 2 in
+    the :data:`STUDENT` arm)."""
+    ws, ids = _workspace(root, n_items)
+    calib = {ids[i] for i in np.random.default_rng(seed + 1).choice(len(ids), args.calib, replace=False)}
+    with ws.store() as s:
+        s.set_splits([(i, "calib" if i in calib else "train") for i in ids])
+    cfg = LabelConfig(**{"passes": 2, "concurrency": args.concurrency, "calibration_items": args.calibration_items,
+                         **overrides})
+    order = np.random.default_rng(seed).permutation(len(ids))  # the same runs as every other arm
+    with run_simulated_teacher(ws, DATASET, SimConfig(latency_ms=args.latency_ms, seed=seed)) as url:
+        with ws.store() as s:
+            teacher = teacher_from_spec(f"{url}|{model_id(DATASET)}", Task.from_json(s.dataset_task_json(DATASET)))
+        t0 = time.perf_counter()
+        runs = [label_items(ws, DATASET, sorted(calib), teacher, replace(cfg, adaptive_passes=False),
+                            progress=False)]
+        for r, part in enumerate(np.array_split(order, args.rounds)):
+            part_ids = [ids[i] for i in part if ids[i] not in calib]  # labelled already, as in the wheel
+            hints = _student_hints(ws, calib, part_ids, seed, args) if name == STUDENT and r else None
+            runs.append(label_items(ws, DATASET, part_ids, teacher, cfg, progress=False, hints=hints))
+        dt = time.perf_counter() - t0
+    calls, correct, *first = _per_item(ws, teacher.model, runs[-1].prompt_version)
+    return Arm(name, runs[-1], [r.calls_made for r in runs], calls, correct, dt, *first)
+
+
+def _student_hints(ws: Workspace, calib: set[int], ids: list[int], seed: int,
+                   args: argparse.Namespace) -> dict[str, tuple[str, float]] | None:
+    """Train a student on the consensus labels so far (train split), calibrate it on the calib split, and return
+    its hints on ``ids`` and the calib split, as the wheel's ``student_hints`` does with its promoted model."""
+    with ws.store() as s:
+        labels = s.effective_labels(DATASET, split="train")
+    m = train_student(ws, DATASET, kind=args.student_kind, labels=labels, seed=seed, epochs=args.student_epochs,
+                      val_labels="holdout", progress=False)
+    calibrate(ws, DATASET, m.version, max_teacher_fraction=0.1)  # the wheel's default goal
+    print(f"  student {m.version}: {len(labels):,} labels, val {m.metrics['val_acc']:.3f}", flush=True)
+    return model_hints(ws, DATASET, m.version, sorted(set(ids) | calib))
 
 
 def _boot(fn, n: int, reps: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -214,18 +266,21 @@ def replay(fixed: Arm, targets: list[float], n_cal: int, draws: int, seed: int,
 
 
 def _versus(done: list[Arm], seed: int, res: dict[str, dict[str, object]]) -> None:
-    """Reused evidence against the per-run sample, paired item by item: what the reuse itself changed."""
+    """Paired item by item: reused evidence against the per-run sample (what the reuse itself changed), and the
+    student's hints against the same wheel order without them (what the hints changed)."""
     by = {a.name: a for a in done}
-    if PER_RUN not in by or REUSED not in by:
-        return
-    old, new = by[PER_RUN], by[REUSED]
-    n = len(old.calls)
-    lo, hi = _boot(lambda i: 1 - new.calls[i].sum() / old.calls[i].sum(), n, 1000, np.random.default_rng(seed))
-    saved = 1 - new.calls.sum() / old.calls.sum()
-    d = paired_diff_ci(new.correct, old.correct)
-    res[REUSED]["vs_per_run"] = {"calls_saved": saved, "calls_saved_ci": (lo, hi), "accuracy_diff": d}
-    print(f"{REUSED} vs {PER_RUN}: {100 * saved:.1f} % fewer calls [{100 * lo:.1f}, {100 * hi:.1f}], accuracy "
-          f"{100 * d[0]:+.2f} pt [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]")
+    for new_name, old_name in ((REUSED, PER_RUN), (STUDENT, WHEEL)):
+        if old_name not in by or new_name not in by:
+            continue
+        old, new = by[old_name], by[new_name]
+        n = len(old.calls)
+        lo, hi = _boot(lambda i, o=old, w=new: 1 - w.calls[i].sum() / o.calls[i].sum(), n, 1000,
+                       np.random.default_rng(seed))
+        saved = 1 - new.calls.sum() / old.calls.sum()
+        d = paired_diff_ci(new.correct, old.correct)
+        res[new_name][f"vs {old_name}"] = {"calls_saved": saved, "calls_saved_ci": (lo, hi), "accuracy_diff": d}
+        print(f"{new_name} vs {old_name}: {100 * saved:.1f} % fewer calls [{100 * lo:.1f}, {100 * hi:.1f}], accuracy "
+              f"{100 * d[0]:+.2f} pt [{100 * d[1]:+.2f}, {100 * d[2]:+.2f}]")
 
 
 def _fmt(v: object) -> str:
@@ -267,14 +322,24 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-verbalised", action="store_true", help="skip the verbalised-confidence arm")
     ap.add_argument("--draws", type=int, default=200, help="calibration samples replayed on the fixed arm (0: none)")
+    ap.add_argument("--student", action="store_true", help="add the wheel-order arms (with and without hints)")
+    ap.add_argument("--calib", type=int, default=1000, help="the calib split of the wheel-order arms")
+    ap.add_argument("--student-kind", default="image-cnn")
+    ap.add_argument("--student-epochs", type=int, default=None)
+    ap.add_argument("--only", nargs="+", help="run only these arms (names as printed; the first is the baseline)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    spec = arms(args.targets, not args.no_verbalised)
+    spec = arms(args.targets, not args.no_verbalised, args.student)
+    if args.only:
+        spec = {n: spec[n] for n in args.only}
+    if args.student and args.rounds < 2:
+        ap.error("--student needs --rounds >= 2 (the first run has no student)")
     names = list(spec)
     all_res = {}
     with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
         for seed in args.seeds:
-            done = [run_arm(n, spec[n], Path(tmp) / f"s{seed}-{i}", args.items, seed, args)
+            done = [(run_wheel_arm if n in (WHEEL, STUDENT) else run_arm)(n, spec[n], Path(tmp) / f"s{seed}-{i}",
+                                                                          args.items, seed, args)
                     for i, n in enumerate(names)]
             res = compare(done, seed)
             all_res[seed] = res

@@ -198,15 +198,22 @@ def label_stage(ctx: WheelContext, rep: RoundReport, ids: Sequence[int], what: s
 def student_hints(ctx: WheelContext, ids: Sequence[int]) -> dict[str, tuple[str, float]] | None:
     """The promoted student's calibrated (label, confidence) on ``ids`` and on the calib split -- the only evidence
     it never trained on -- for adaptive passes; None before any model is promoted (round 1)."""
-    from llm_flywheel.pipeline.cascade import Cascade, CascadeError
-
     with ctx.ws.store() as s:
         version = s.serving_version(ctx.dataset, promoted_only=True)
-        items = s.items(ctx.dataset, ids=sorted(set(ids) | set(ctx.calib_ids))) if version else []
     if version is None:
         return None
+    return model_hints(ctx.ws, ctx.dataset, version, sorted(set(ids) | set(ctx.calib_ids)))
+
+
+def model_hints(ws: Workspace, dataset: str, version: str, ids: Sequence[int]) -> dict[str, tuple[str, float]] | None:
+    """Model ``version``'s calibrated (label, confidence) per content hash of ``ids`` (a second signal for adaptive
+    passes: :mod:`~llm_flywheel.pipeline.label_adaptive`); None when it is not calibrated."""
+    from llm_flywheel.pipeline.cascade import Cascade, CascadeError
+
+    with ws.store() as s:
+        items = s.items(dataset, ids=list(ids))
     try:
-        casc = Cascade.from_store(ctx.ws, ctx.dataset, version=version)
+        casc = Cascade.from_store(ws, dataset, version=version)
     except CascadeError:  # not calibrated: no calibrated confidence to give
         return None
     try:
