@@ -283,3 +283,24 @@ def test_calibrating_on_too_few_items_warns_instead_of_silently_never_deferring(
     assert cascade.calibration.warnings[0].code == "budget_defers_nothing" and "--calib 38" in cascade.calibration.warnings[0].fix
     out = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "calibrate", "tiny", "--max-teacher-fraction", "0.1"])
     assert out.exit_code == 0 and "WARNING" in out.output and "never asks" in " ".join(out.output.split())
+
+
+def test_label_through_the_batch_api_from_python(ticket_files, tmp_path):
+    """A notebook could only label online (the CLI and the wheel had --batch): now label(batch=True), with the
+    plan's batch price, a batch left running said so as a warning, and the next call collecting it."""
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_dataset("text", ticket_files / "tickets.csv", task=ticket_files / "tickets.toml", val=60, calib=150)
+    with ds.simulated_teacher() as teacher:
+        first = ds.label(teacher, split="train", limit=40, passes=1, progress=False)  # online: prices observed
+        plan = ds.plan(teacher, split="val", passes=1)
+        assert plan.calls_needed == 60 and plan.est_cost_batch_usd == pytest.approx(0.5 * plan.est_cost_usd)
+        with pytest.warns(fw.FlywheelWarning, match="still running"):
+            waiting = ds.label(teacher, split="val", passes=1, batch=True, batch_wait_s=0, batch_poll_s=0.05,
+                               progress=False)
+        assert waiting.batch and waiting.batches_pending == 1 and waiting.calls_made == 0
+        assert ds.plan(teacher, split="val", passes=1).calls_in_open_batch == 60
+        done = ds.label(teacher, split="val", passes=1, batch=True, batch_poll_s=0.05, progress=False)
+    assert done.batches_pending == 0 and done.calls_made == 60 and done.labelled == 60 and not done.warnings
+    assert done.cost_usd == pytest.approx(0.5 * first.cost_usd / 40 * 60, rel=0.25)  # half price a call
+    with pytest.raises(fw.InputError, match="price_ratio"):
+        ds.label(teacher, split="val", batch=True, batch_price_ratio=2.0, progress=False)

@@ -96,6 +96,8 @@ class LabelReport:
     warnings: tuple[RunWarning, ...] = ()  # e.g. ``mixed_models``: the provider's alias moved mid-dataset
     answered_elsewhere: int = 0  # answers another run (process, machine) bought meanwhile: waited for, not paid
     in_open_batch: int = 0  # calls a Batch API job not collected yet carries: not bought online (see warnings)
+    batch: bool = False  # labelled through the provider's Batch API (``cost_usd`` at its batch price)
+    batches_pending: int = 0  # batches still running when the call stopped waiting: call label() again to collect
 
     @classmethod
     def from_result(cls, dataset: str, r: Any) -> "LabelReport":
@@ -108,7 +110,8 @@ class LabelReport:
                    served_models=dict(getattr(r, "served_models", None) or {}),
                    warnings=run_warnings(getattr(r, "warnings", None)),
                    answered_elsewhere=int(getattr(r, "answered_elsewhere", 0) or 0),
-                   in_open_batch=int(getattr(r, "in_open_batch", 0) or 0))
+                   in_open_batch=int(getattr(r, "in_open_batch", 0) or 0),
+                   batch=hasattr(r, "batches_pending"), batches_pending=int(getattr(r, "batches_pending", 0) or 0))
 
     def warn(self, stacklevel: int = 2) -> None:
         """Each warning as a :class:`FlywheelWarning`, as :meth:`RunReport.warn` does."""
@@ -134,6 +137,9 @@ class LabelPlan:
     est_cost_usd_max: float | None
     price_source: str
     fits_budget: bool | None  # None without a budget or a price
+    calls_in_open_batch: int = 0  # carried by a Batch API job not collected yet: not needed again
+    est_cost_batch_usd: float | None = None  # the same calls through the Batch API (``label(batch=True)``)
+    est_cost_batch_usd_max: float | None = None
 
     @classmethod
     def from_plan(cls, p: Mapping[str, Any]) -> "LabelPlan":
@@ -142,7 +148,9 @@ class LabelPlan:
                    tie_break_calls_expected=p["tie_break_calls_expected"], tie_break_calls_max=p["tie_break_calls_max"],
                    est_cost_per_call_usd=_f(p.get("est_cost_per_call_usd")), est_cost_usd=_f(p.get("est_cost_usd")),
                    est_cost_usd_max=_f(p.get("est_cost_usd_max")), price_source=str(p.get("price_source", "")),
-                   fits_budget=p.get("fits_budget"))
+                   fits_budget=p.get("fits_budget"), calls_in_open_batch=int(p.get("calls_in_open_batch") or 0),
+                   est_cost_batch_usd=_f(p.get("est_cost_batch_usd")),
+                   est_cost_batch_usd_max=_f(p.get("est_cost_batch_usd_max")))
 
 
 @dataclass(frozen=True)

@@ -175,33 +175,51 @@ class Dataset:
              limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
              max_calls: int | None = None, tie_break: bool = True, adaptive: bool = True) -> LabelPlan:
         """What :meth:`label` with the same arguments would cost, without making a call (with ``adaptive``,
-        ``calls_needed`` is the fixed-k upper bound)."""
-        from llm_flywheel.pipeline.labeling import plan
+        ``calls_needed`` is the fixed-k upper bound), online and through the Batch API (``est_cost_batch_usd``)."""
+        from llm_flywheel.pipeline.batch_plan import plan_both
 
         ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, budget_usd=budget_usd,
                                            max_calls=max_calls, tie_break=tie_break, adaptive_passes=adaptive)
         with translate_errors():
             try:
-                return LabelPlan.from_plan(plan(self.workspace._ws, self.name, ids, built, cfg))
+                return LabelPlan.from_plan(plan_both(self.workspace._ws, self.name, ids, built, cfg))
             except ValueError as e:
                 raise InputError(str(e)) from e
 
     def label(self, teacher: Teacher | str, *, split: str | Sequence[str] | None = ("train", "val", "calib"),
               limit: int | None = None, passes: int = 2, budget_usd: float | None = None,
               max_calls: int | None = None, concurrency: int = 16, tie_break: bool = True,
-              adaptive: bool = True, progress: bool = True) -> LabelReport:
+              adaptive: bool = True, batch: bool = False, batch_price_ratio: float = 0.5,
+              batch_wait_s: float | None = None, batch_poll_s: float = 30.0, progress: bool = True) -> LabelReport:
         """Ask the teacher for labels (``passes`` diverse passes + a tie-break where they disagree), caching every
         answer before it is used: re-running costs nothing, a killed run resumes, ``budget_usd`` is never exceeded.
         Default: the train, val and calib splits (the test split stays for measurement).  ``adaptive`` (for
         ``passes >= 2``): every pass for a calibration sample, then later passes only where the first answer is
-        less certain than a cutoff learnt from that sample; ``adaptive=False`` asks every item ``passes`` times."""
+        less certain than a cutoff learnt from that sample; ``adaptive=False`` asks every item ``passes`` times.
+        ``batch=True``: the same requests through the provider's Batch API, billed at about ``batch_price_ratio`` of
+        the online price and answered within 24 h, its status polled every ``batch_poll_s``; ``batch_wait_s`` stops
+        waiting (the batch keeps running:
+        ``report.batches_pending``, and the next call collects it without submitting it again)."""
+        from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
         from llm_flywheel.pipeline.labeling import label_items
 
         ids, built, cfg = self._label_args(teacher, split, limit, passes=passes, concurrency=concurrency,
                                            budget_usd=budget_usd, max_calls=max_calls, tie_break=tie_break,
                                            adaptive_passes=adaptive)
         with translate_errors():
-            res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=progress)
+            if batch:
+                try:
+                    bcfg = BatchConfig(price_ratio=batch_price_ratio, wait_s=batch_wait_s, poll_s=batch_poll_s)
+                except ValueError as e:
+                    raise InputError(str(e)) from e
+                res = label_items_batch(self.workspace._ws, self.name, ids, built, cfg, bcfg, progress=progress)
+                if res.batches_pending:
+                    res.warnings.append({"code": "batches_pending", "message": f"{res.batches_pending} batch(es) "
+                                         f"of {self.name!r} are still running at the provider",
+                                         "fix": "call label(..., batch=True) again to collect them (nothing is "
+                                                "submitted twice)"})
+            else:
+                res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=progress)
         report = LabelReport.from_result(self.name, res)
         report.warn()  # shown where the notebook called label()
         return report
