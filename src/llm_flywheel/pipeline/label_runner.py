@@ -76,7 +76,9 @@ class LabelRunner:
         if self.tb_pass is None or h in self.tb_queued:
             return False
         got = self.known.get(h, {})
-        if (h, self.tb_pass) in self.in_batch or self.tb_pass in got or any(p not in got for p in range(self.cfg.passes)):
+        if (h, self.tb_pass) in self.in_batch or self.tb_pass in got:
+            return False
+        if any(p not in got for p in range(self.cfg.passes)):
             return False
         return needs_tie_break([got[p] for p in range(self.cfg.passes)])
 

@@ -287,8 +287,8 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
     """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
 
     Calls an open Batch API submission carries are not needed (``calls_in_open_batch``: collecting the batch
-    stores them).  The price per call is the mean recorded for this model when there is one ('observed'), else the task's
-    price table applied to a token estimate ('task prices').  Tie-breaks are estimated from the disagreement
+    stores them).  The price per call is the mean recorded for this model when there is one ('observed'), else
+    the task's price table applied to a token estimate ('task prices').  Tie-breaks are estimated from the disagreement
     rate seen so far (15 % when nothing is known) and bounded by one per item.  With adaptive passes the
     count is an upper bound: items whose first pass clears the learnt cutoff skip the later passes.
     """
