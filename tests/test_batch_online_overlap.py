@@ -4,6 +4,8 @@ on 127.0.0.1 (its /v1/batches too), real store (SQLite, and PostgreSQL in the su
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 import uuid
@@ -109,3 +111,30 @@ def test_claiming_many_calls_takes_free_and_dead_ones_only(synth_ws):
         got = s.claim_teacher_calls("m", "pv", [("a", 0), ("b", 0), ("c", 0), ("c", 1)], owner_id("batch2"),
                                     stale_after_s=CLAIM_STALE_S, is_dead=lambda o: o == dead)
     assert got == {("b", 0), ("c", 0), ("c", 1)}
+
+
+def test_cancel_batches_keeps_what_the_batch_answered_and_asks_the_rest_now(synth_ws, synth_task):
+    """A user who needs the labels now: `--cancel-batches` cancels the running batch at the provider, stores the
+    lines it had answered (billed) and asks only the others online."""
+    w = ["-w", str(synth_ws.root)]
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(**QUIET, batch_latency_s=2.0)) as url:
+        t = _teacher(url, synth_task)
+        ids = [it.id for it in _items(synth_ws, 30)]
+        first = label_items_batch(synth_ws, "synth", ids, t, ONE, BatchConfig(poll_s=0.05, wait_s=0), progress=False)
+        assert first.batches_pending == 1
+        time.sleep(1.0)  # about half of its lines answered
+        spec = f"{url}|{model_id('synth')}"
+        out = CliRunner().invoke(main, [*w, "label", "synth", "--split", "all", "--limit", "30", "--teacher", spec,
+                                        "--passes", "1", "--cancel-batches", "--no-progress", "--json"],
+                                 env={"COLUMNS": "200"})
+        stats = sim_stats(url)
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())
+    m = re.search(r"cancelled 1 open batch\(es\): kept (\d+) answer\(s\)", text)
+    assert m, text
+    kept = int(m.group(1))
+    js = json.loads(out.output[out.output.rindex('{\n  "calls_made"'):])
+    assert js["calls_made"] == 30 - kept and js["labelled"] == 30 and js["in_open_batch"] == 0
+    assert max(stats["per_key"].values()) == 1  # no call paid twice
+    with synth_ws.store() as s:
+        assert s.open_batches(t.model, t.prompt_version_for(synth_task)) == []

@@ -93,7 +93,7 @@ class BatchRunResult(LabelRunResult):
     batch_ids: list[str] = field(default_factory=list)
 
 
-class _Run:
+class BatchRun:
     """One batch labelling run over a store: resume, submit, poll, collect."""
 
     def __init__(self, ws: Workspace, store: Store, task: Task, items: Sequence[Item], teacher: OpenAICompatTeacher,
@@ -331,7 +331,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
         say = (lambda s: print(f"labelling {dataset}{tag}: {s}", file=sys.stderr, flush=True)) if progress else (
             lambda s: None)
-        run = _Run(ws, store, task, items, teacher, cfg, bcfg, result, say, hints)
+        run = BatchRun(ws, store, task, items, teacher, cfg, bcfg, result, say, hints)
         status = "failed"
         try:
             _rounds(run, store, teacher, pv)
@@ -352,7 +352,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         store.close()
 
 
-def _rounds(run: _Run, store: Store, teacher: OpenAICompatTeacher, pv: str) -> None:
+def _rounds(run: BatchRun, store: Store, teacher: OpenAICompatTeacher, pv: str) -> None:
     """Resume the open batches, then submit rounds: the main passes, follow-ups for failed lines, tie-breaks."""
     r = run.result
     try:

@@ -98,9 +98,8 @@ class BatchSim:
             if b is None:
                 return 404, {"error": {"message": f"no batch {bid}"}}
             self._advance(b)
-            if b.status in ("validating", "in_progress"):
-                b.status = "cancelled"
-                b.stamps["cancelled_at"] = time.time()
+            if b.status in ("validating", "in_progress", "finalizing"):  # the lines answered so far are returned
+                self._finish(b, "cancelled")
             return 200, self.batch_object(bid)
 
     def get(self, bid: str) -> tuple[int, dict[str, Any]]:
@@ -198,7 +197,11 @@ class BatchSim:
         for req in b.lines:
             res = req.get("_result")
             rid = f"batch_req_{uuid.uuid4().hex[:16]}"
-            if res is None:  # an expired batch never reached it
+            if res is None and status == "cancelled":  # a cancelled batch never reached it
+                err.append({"id": rid, "custom_id": req["custom_id"], "response": None,
+                            "error": {"code": "batch_cancelled", "message": "This request was not executed because "
+                                      "the batch was cancelled."}})
+            elif res is None:  # an expired batch never reached it
                 err.append({"id": rid, "custom_id": req["custom_id"], "response": None,
                             "error": {"code": "batch_expired", "message": "This request could not be executed before "
                                       "the completion window expired."}})
@@ -208,7 +211,7 @@ class BatchSim:
             else:
                 err.append({"id": rid, "custom_id": req["custom_id"], "error": None,
                             "response": {"status_code": res[0], "request_id": rid, "body": res[1]}})
-        if status == "expired":
+        if status in ("expired", "cancelled"):
             b.failed += sum(1 for r in b.lines if r.get("_result") is None)
         for rows, attr in ((out, "output_file_id"), (err, "error_file_id")):
             if rows:

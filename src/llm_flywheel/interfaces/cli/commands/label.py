@@ -106,6 +106,9 @@ def _money(v: Any, digits: int = 4) -> str:
 @click.option("--batch-wait-s", type=click.FloatRange(min=0), default=None,
               help="Stop waiting after this many seconds (the batch keeps running; re-run to collect it) "
                    "[default: wait until it ends].")
+@click.option("--cancel-batches", is_flag=True,
+              help="First cancel this teacher's Batch API jobs still running (what they answered is kept, the rest "
+                   "is asked by this run): for labels now instead of within 24 h.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @no_progress_option
 @pass_ctx
@@ -113,8 +116,8 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
           api_key_env: str | None, passes: int, no_tie_break: bool, fixed_passes: bool, concurrency: int,
           rpm: float | None, budget_usd: float | None,
           max_calls: int | None, timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool,
-          batch_price_ratio: float, batch_poll_s: float, batch_wait_s: float | None, as_json: bool,
-          no_progress: bool) -> None:
+          batch_price_ratio: float, batch_poll_s: float, batch_wait_s: float | None, cancel_batches: bool,
+          as_json: bool, no_progress: bool) -> None:
     """Label DATASET items with an LLM teacher: k diverse passes -> consensus label + quality, cached in the store."""
     simulated = simulated or spec == "simulated"
     try:
@@ -148,7 +151,7 @@ def label(ctx: Ctx, dataset: str, split: str, limit: int | None, ids: str | None
         raise config_error(str(e)) from None
     with _simulated_spec(ws, dataset, spec, simulated) as teacher_spec:
         _label(ws, dataset, item_ids, task, teacher_spec, api_key_env, timeout, max_retries, plan_only, use_batch,
-               as_json, no_progress, cfg, bcfg)
+               as_json, no_progress, cfg, bcfg, cancel_batches)
 
 
 @contextlib.contextmanager
@@ -166,7 +169,7 @@ def _simulated_spec(ws: Any, dataset: str, spec: str, simulated: bool) -> Iterat
 
 def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, api_key_env: str | None,
            timeout: float | None, max_retries: int, plan_only: bool, use_batch: bool, as_json: bool,
-           no_progress: bool, cfg: LabelConfig, bcfg: BatchConfig) -> None:
+           no_progress: bool, cfg: LabelConfig, bcfg: BatchConfig, cancel_batches: bool = False) -> None:
     """Plan, then label (online or through the Batch API), print, exit with the documented code."""
     try:
         teacher = teacher_from_spec(spec, task, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
@@ -175,6 +178,8 @@ def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, ap
     if teacher.is_simulated:
         console.print("[bold yellow]SIMULATED teacher[/]: answers come from gold labels through an error model, "
                       "not from an LLM.")
+    if cancel_batches and not plan_only:
+        _cancel_batches(ws, dataset, teacher, bcfg, no_progress)
     try:
         p = plan_both(ws, dataset, item_ids, teacher, cfg, bcfg)
     except ValueError as e:
@@ -204,6 +209,24 @@ def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, ap
         click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))
     if code:
         raise SystemExit(int(code))
+
+
+def _cancel_batches(ws: Any, dataset: str, teacher: Any, bcfg: BatchConfig, no_progress: bool) -> None:
+    """``--cancel-batches``: cancel and collect this teacher's open batches, say what that kept and left."""
+    from llm_flywheel.pipeline.batch_cancel import cancel_open_batches
+    from llm_flywheel.teachers.batch import BatchAPIError
+
+    try:
+        r = cancel_open_batches(ws, dataset, teacher, poll_s=min(bcfg.poll_s, 5.0),
+                                progress=progress_enabled(no_progress))
+    except BatchAPIError as e:
+        raise FlywheelExit(f"could not cancel the open batches at {teacher.base_url}: {e}; nothing was collected, "
+                           f"re-run to try again", ExitCode.TEACHER_FAILED) from None
+    kept = r.calls_made - r.lines_failed
+    console.print(f"cancelled {r.batches_resumed} open batch(es): kept {kept} answer(s) they had finished "
+                  f"({_money(r.cost_usd)}); {r.lines_failed} request(s) they had not answered are asked again"
+                  + (f"; {r.batches_pending} still cancelling (re-run to collect them)" if r.batches_pending else ""),
+                  highlight=False)
 
 
 def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
