@@ -300,6 +300,12 @@ def test_label_through_the_batch_api_from_python(ticket_files, tmp_path):
         assert waiting.batch and waiting.batches_pending == 1 and waiting.calls_made == 0
         assert ds.plan(teacher, split="val", passes=1).calls_in_open_batch == 60
         done = ds.label(teacher, split="val", passes=1, batch=True, batch_poll_s=0.05, progress=False)
+        with pytest.warns(fw.FlywheelWarning, match="still running"):  # another batch, cancelled from Python
+            ds.label(teacher, split="calib", limit=20, passes=1, batch=True, batch_wait_s=0, progress=False)
+        cancelled = ds.cancel_batches(teacher, progress=False)
+        online = ds.label(teacher, split="calib", limit=20, passes=1, progress=False)
+    assert cancelled.batch and cancelled.batches_pending == 0 and cancelled.calls_made == 20  # answered or not
+    assert online.calls_made == cancelled.failed and online.labelled == 20 and not online.warnings
     assert done.batches_pending == 0 and done.calls_made == 60 and done.labelled == 60 and not done.warnings
     assert done.cost_usd == pytest.approx(0.5 * first.cost_usd / 40 * 60, rel=0.25)  # half price a call
     with pytest.raises(fw.InputError, match="price_ratio"):

@@ -125,7 +125,7 @@ def test_cancel_batches_keeps_what_the_batch_answered_and_asks_the_rest_now(synt
         time.sleep(1.0)  # about half of its lines answered
         spec = f"{url}|{model_id('synth')}"
         out = CliRunner().invoke(main, [*w, "label", "synth", "--split", "all", "--limit", "30", "--teacher", spec,
-                                        "--passes", "1", "--cancel-batches", "--no-progress", "--json"],
+                                        "--passes", "1", "--cancel-batches", "--batch-poll-s", "0.05", "--no-progress", "--json"],
                                  env={"COLUMNS": "200"})
         stats = sim_stats(url)
     assert out.exit_code == 0, out.output
@@ -138,3 +138,19 @@ def test_cancel_batches_keeps_what_the_batch_answered_and_asks_the_rest_now(synt
     assert max(stats["per_key"].values()) == 1  # no call paid twice
     with synth_ws.store() as s:
         assert s.open_batches(t.model, t.prompt_version_for(synth_task)) == []
+
+
+def test_cancelling_a_batch_that_finished_meanwhile_collects_all_of_it(synth_ws, synth_task):
+    """The provider refuses to cancel a batch that has ended (400): its answers are collected, none lost."""
+    from llm_flywheel.pipeline.batch_cancel import cancel_open_batches
+
+    with run_simulated_teacher(synth_ws, "synth", SimConfig(**QUIET, batch_latency_s=0.3)) as url:
+        t = _teacher(url, synth_task)
+        ids = [it.id for it in _items(synth_ws, 12)]
+        assert label_items_batch(synth_ws, "synth", ids, t, ONE, BatchConfig(poll_s=0.05, wait_s=0),
+                                 progress=False).batches_pending == 1
+        time.sleep(0.6)  # it completes at the provider; nobody has collected it
+        r = cancel_open_batches(synth_ws, "synth", t, poll_s=0.05, progress=False)
+        again = label_items(synth_ws, "synth", ids, t, ONE, progress=False)
+    assert r.batches_resumed == 1 and r.calls_made == 12 and r.lines_failed == 0 and r.batches_pending == 0
+    assert again.calls_made == 0 and again.answers_cached == 12

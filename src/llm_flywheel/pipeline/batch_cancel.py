@@ -68,9 +68,14 @@ def _cancel_one(run: BatchRun, rec: BatchRecord) -> None:
     try:
         st = run.client.cancel(bid)
     except BatchAPIError as e:
-        if e.status != 404:
+        if e.status == 404:
+            st = BatchStatus(bid, "lost", errors=[f"the provider no longer knows this batch: {e}"])
+        elif e.status in (400, 409):  # it ended meanwhile (a terminal batch cannot be cancelled): collect it
+            st = run.client.get(bid)
+            if not st.terminal:
+                raise
+        else:
             raise
-        st = BatchStatus(bid, "lost", errors=[f"the provider no longer knows this batch: {e}"])
     r.batches_resumed += 1
     run.say(f"batch {bid}: cancel requested ({st.status})")
     t0 = time.monotonic()

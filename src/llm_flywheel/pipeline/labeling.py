@@ -172,8 +172,8 @@ def in_open_batch_warning(dataset: str, n: int) -> dict[str, str]:
                        f"they were not bought online (that would pay twice), so their items have fewer answers "
                        f"until the batch is collected",
             "fix": f"`flywheel label {dataset} --batch` collects it (it waits for the provider; `--batch-wait-s 0` "
-                   f"only checks once), or `flywheel label {dataset} --cancel-batches` cancels it, keeps what it "
-                   f"answered and asks the rest now"}
+                   f"only checks once), or `flywheel label {dataset} --cancel-batches` (Python: "
+                   f"`Dataset.cancel_batches`) cancels it, keeps what it answered and asks the rest now"}
 
 
 def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[Item], result: Any) -> None:

@@ -224,6 +224,21 @@ class Dataset:
         report.warn()  # shown where the notebook called label()
         return report
 
+    def cancel_batches(self, teacher: Teacher | str, *, wait_s: float = 600.0, progress: bool = True) -> LabelReport:
+        """Cancel this teacher's Batch API jobs still running: the answers they had finished are stored (they are
+        billed), the rest is asked by the next :meth:`label` (online, or ``batch=True`` again).  For labels now
+        instead of within 24 h; ``report.batches_pending``: still cancelling after ``wait_s`` (call again)."""
+        from llm_flywheel.pipeline.batch_cancel import cancel_open_batches
+        from llm_flywheel.teachers.batch import BatchAPIError
+
+        built = as_teacher(teacher).build(self.task, self.workspace._ws)
+        with translate_errors():
+            try:
+                res = cancel_open_batches(self.workspace._ws, self.name, built, wait_s=wait_s, progress=progress)
+            except BatchAPIError as e:
+                raise TeacherError(f"could not cancel the open batches at {built.base_url}: {e}") from e
+        return LabelReport.from_result(self.name, res)
+
     def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
               progress: bool = True, **hparams: Any) -> "Model":
         """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``;

@@ -98,8 +98,12 @@ class BatchSim:
             if b is None:
                 return 404, {"error": {"message": f"no batch {bid}"}}
             self._advance(b)
-            if b.status in ("validating", "in_progress", "finalizing"):  # the lines answered so far are returned
-                self._finish(b, "cancelled")
+            if b.status in ("completed", "failed", "expired", "cancelled"):
+                return 400, {"error": {"message": f"cannot cancel a batch that is {b.status}",
+                                       "type": "invalid_request_error"}}
+            if b.status != "cancelling":  # as OpenAI's: "cancelling", then "cancelled" with the lines answered so far
+                b.status = "cancelling"
+                b.stamps["cancelling_at"] = time.time()
             return 200, self.batch_object(bid)
 
     def get(self, bid: str) -> tuple[int, dict[str, Any]]:
@@ -125,6 +129,10 @@ class BatchSim:
         """Move the batch along the wall clock: validate at 10 % of ``batch_latency_s``, answer lines in order
         through 90 %, then write the output and error files."""
         if b.status in ("completed", "failed", "expired", "cancelled"):
+            return
+        if b.status == "cancelling":  # settles a moment later (OpenAI: up to 10 minutes)
+            if time.time() - b.stamps["cancelling_at"] >= min(0.2, 0.1 * self.cfg.batch_latency_s):
+                self._finish(b, "cancelled")
             return
         span = self.cfg.batch_latency_s
         frac = 1.0 if span <= 0 else (time.time() - b.created_at) / span
