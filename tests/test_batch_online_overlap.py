@@ -48,6 +48,8 @@ def test_online_run_leaves_calls_of_an_open_batch_to_it_and_the_batch_run_collec
         online = CliRunner().invoke(main, [*w, "label", "synth", "--split", "all", "--limit", "30", "--teacher", spec,
                                            "--passes", "1", "--no-progress"], env={"COLUMNS": "200"})
         assert sim_stats(url)["completions"] == 10  # only the 10 items no batch carries were bought online
+        info = CliRunner().invoke(main, [*w, "data", "info", "synth"], env={"COLUMNS": "200"})
+        assert "open Batch API jobs: 1 (20 requests;" in " ".join(info.output.split()), info.output
         collect = label_items_batch(synth_ws, "synth", ids, t, ONE, BatchConfig(poll_s=0.05), progress=False)
         stats = sim_stats(url)
     assert online.exit_code == 5, online.output  # work is left, as for a batch still running
@@ -57,6 +59,8 @@ def test_online_run_leaves_calls_of_an_open_batch_to_it_and_the_batch_run_collec
     assert "Batch API submission that is not collected yet" in out and "flywheel label synth --batch" in out
     assert collect.batches_resumed == 1 and collect.batches_submitted == 0 and collect.calls_made == 20
     assert collect.labelled == 30 and max(stats["per_key"].values()) == 1  # every call paid once
+    after = json.loads(CliRunner().invoke(main, [*w, "data", "info", "synth", "--json"]).output)
+    assert after["synth"]["open_batches"] == []
 
 
 def test_online_run_skips_a_call_a_batch_recorded_after_the_run_listed_its_jobs(synth_ws, synth_task):

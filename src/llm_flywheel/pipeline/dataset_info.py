@@ -32,6 +32,8 @@ class DatasetInfo:
     labelled: dict[str, dict[str, int]]  # split -> items / teacher / teacher_undecided / human / unlabelled
     label_sources: list[dict[str, Any]] = field(default_factory=list)  # {source, status, n}
     teacher_answers: list[dict[str, Any]] = field(default_factory=list)  # {model, answers, ok, failed, cost_usd}
+    # Batch API jobs not collected yet: {batch_id, model, status, requests, submitted_at (unix s)}
+    open_batches: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +45,8 @@ def _split_key(s: str | None) -> tuple[int, str]:
 
 def dataset_info(store: Store, dataset: str) -> DatasetInfo:
     """Counts for one dataset: by split x source split, gold label x split, labelled status, label sources,
-    teacher answers per model, and its duplicate groups."""
+    teacher answers per model, its duplicate groups and its Batch API jobs not collected yet (online runs leave
+    their calls to them)."""
     task = Task.from_json(store.dataset_task_json(dataset))
     c = store.dataset_counts(dataset)
     dups = check_duplicates(store, dataset).to_dict()
@@ -55,4 +58,6 @@ def dataset_info(store: Store, dataset: str) -> DatasetInfo:
                          for s in sorted({s for v in c.by_split.values() for s in v}, key=_split_key)},
         gold_labels=c.gold_labels, labelled=dict(sorted(c.labelled.items(), key=lambda kv: _split_key(kv[0]))),
         label_sources=c.label_sources, teacher_answers=c.teacher_answers,
+        open_batches=[{"batch_id": b.batch_id, "model": b.model, "status": b.status, "requests": b.n_lines,
+                       "submitted_at": b.created_at} for b in store.batches(dataset) if b.collected_at is None],
     )

@@ -180,6 +180,13 @@ def _print_info(out: Console, info: dict[str, Any]) -> None:
         for r in info["teacher_answers"]:
             t.add_row(r["model"], f"{r['answers']:,}", f"{r['ok']:,}", f"{r['failed']:,}", f"{r['cost_usd']:.4f}")
         out.print(t)
+    if info.get("open_batches"):
+        jobs = info["open_batches"]
+        out.print(f"[bold yellow]open Batch API jobs[/]: {len(jobs)} ({sum(b['requests'] for b in jobs):,} requests; "
+                  + ", ".join(f"{b['batch_id'] or 'not yet sent'} {b['status']}" for b in jobs[:3])
+                  + (", ..." if len(jobs) > 3 else "") + f"); online runs leave their calls to them. Collect: "
+                  f"`flywheel label {info['dataset']} --batch`; cancel: `flywheel label {info['dataset']} "
+                  f"--cancel-batches`", highlight=False)
 
 
 @data.command("info")
