@@ -36,8 +36,8 @@ def cancel_open_batches(ws: Workspace, dataset: str, teacher: OpenAICompatTeache
                                                          "base_url": teacher.base_url, "prompt_version": pv})
         say = (lambda s: print(f"cancelling {dataset}'s batches: {s}", file=sys.stderr, flush=True)) if progress \
             else (lambda s: None)
-        run = BatchRun(ws, store, task, [], teacher, LabelConfig(), BatchConfig(poll_s=poll_s, wait_s=wait_s), result,
-                   say)
+        run = BatchRun(ws, store, task, [], teacher, LabelConfig(), BatchConfig(poll_s=poll_s, wait_s=wait_s),
+                       result, say)
         status = "failed"
         try:
             for rec in store.open_batches(teacher.model, pv, teacher.base_url):
