@@ -61,7 +61,7 @@ from llm_flywheel.teachers.session import run_sync
 
 __all__ = [
     "DEFAULT_CONFIDENCE", "STOP_REASONS", "WAIT", "Budget", "CircuitBreaker", "Consensus", "LabelConfig",
-    "LabelRunResult", "PlainProgress", "Progress", "answer_probability", "cached_keys", "consensus",
+    "LabelRunResult", "PlainProgress", "Progress", "answer_probability", "cached_keys", "consensus", "open_batch_keys",
     "fatal_message", "final_answers", "label_items", "plan", "store_answer",
 ]
 
@@ -80,6 +80,14 @@ def store_answer(store: Store, ans: TeacherAnswer, run_id: int | None = None) ->
 def cached_keys(store: Store, model: str, prompt_version: str, hashes: Sequence[str]) -> set[tuple[str, int]]:
     """(content_hash, pass_index) pairs that already have a final answer."""
     return store.final_answer_keys(model, prompt_version, hashes)
+
+
+def open_batch_keys(store: Store, model: str, prompt_version: str, base_url: str,
+                    hashes: Sequence[str]) -> set[tuple[str, int]]:
+    """(content_hash, pass_index) pairs of these contents that a Batch API submission not collected yet carries:
+    not bought online (collecting the batch stores them)."""
+    mine = set(hashes)
+    return {k for k in store.pending_batch_keys(model, prompt_version, base_url) if k[0] in mine}
 
 
 def final_answers(store: Store, model: str, prompt_version: str, hashes: Sequence[str],
@@ -211,8 +219,7 @@ async def _phases(runner: LabelRunner, items: Sequence[Item], pv: str, desc: str
     cfg, store, model = runner.cfg, runner.store, runner.teacher.model
     hashes = [it.content_hash for it in items]
     cached = store.final_answer_keys(model, pv, hashes)
-    mine = set(hashes)
-    runner.in_batch = {k for k in store.pending_batch_keys(model, pv, runner.teacher.base_url) if k[0] in mine}
+    runner.in_batch = open_batch_keys(store, model, pv, runner.teacher.base_url, hashes)
     main = list(range(cfg.passes))
     runner.result.answers_cached = sum(1 for h in set(hashes) for p in main if (h, p) in cached)
     for h, answers in store.final_answers(model, pv, hashes, max_pass=cfg.passes).items():
@@ -301,10 +308,10 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         hashes = [it.content_hash for it in items]
         uniq = len(set(hashes))
         cached = store.final_answer_keys(teacher.model, pv, hashes)
-        mine = set(hashes)
-        batched = {k for k in store.pending_batch_keys(teacher.model, pv, teacher.base_url) if k[0] in mine}
-        needed = len(make_jobs(items, list(range(cfg.passes)), cached | batched))
-        in_batch = len(make_jobs(items, list(range(cfg.passes)), cached)) - needed
+        batched = open_batch_keys(store, teacher.model, pv, teacher.base_url, hashes)
+        missing = make_jobs(items, list(range(cfg.passes)), cached)
+        needed = sum(1 for it, p in missing if (it.content_hash, p) not in batched)
+        in_batch = len(missing) - needed
         tb_max = (len(make_jobs(items, [cfg.passes], cached | batched)) if cfg.tie_break and cfg.passes >= 2
                   else 0)
         by = store.teacher_label_status_counts()
