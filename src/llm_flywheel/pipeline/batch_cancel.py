@@ -9,10 +9,9 @@ attempts, so the next run -- online or a new batch -- asks them again.
 from __future__ import annotations
 
 import sys
-import time
 
 from llm_flywheel.core.task import Task
-from llm_flywheel.pipeline.batch_labeling import SUBMISSION_KEY, BatchConfig, BatchRunResult, BatchRun
+from llm_flywheel.pipeline.batch_labeling import BatchConfig, BatchRun, BatchRunResult
 from llm_flywheel.pipeline.labeling import LabelConfig
 from llm_flywheel.store.batches import BatchRecord
 from llm_flywheel.store.workspace import Workspace
@@ -52,39 +51,20 @@ def cancel_open_batches(ws: Workspace, dataset: str, teacher: OpenAICompatTeache
 
 
 def _cancel_one(run: BatchRun, rec: BatchRecord) -> None:
-    """Cancel one submission at the provider (if it ever got there), wait for it to end, collect it."""
+    """Cancel one submission at the provider (if it ever got there), then wait for it to end and collect it as any
+    batch is (:meth:`BatchRun.drive`: a batch the provider no longer knows is collected as lost)."""
     r = run.result
-    bid = rec.batch_id
-    if bid is None and rec.input_file_id:  # created just before a kill, its id never recorded?
-        found = run.client.find(SUBMISSION_KEY, rec.submission)
-        bid = found.id if found is not None else None
-        if bid is not None:
-            run.store.update_batch(rec.id, batch_id=bid, status=found.status)  # type: ignore[union-attr]
-            rec = run.store.batch_record(rec.id)
-    if bid is None:  # never sent: nothing to cancel or to pay; its lines are asked again
+    rec = run.found(rec)
+    r.batches_resumed += 1
+    if rec.batch_id is None:  # never sent: nothing to cancel or to pay; its lines are asked again
         run.collect(rec, BatchStatus("", "cancelled", errors=["cancelled before it was sent to the provider"]))
-        r.batches_resumed += 1
         return
     try:
-        st = run.client.cancel(bid)
+        run.say(f"batch {rec.batch_id}: cancel requested ({run.client.cancel(rec.batch_id).status})")
     except BatchAPIError as e:
-        if e.status == 404:
-            st = BatchStatus(bid, "lost", errors=[f"the provider no longer knows this batch: {e}"])
-        elif e.status in (400, 409):  # it ended meanwhile (a terminal batch cannot be cancelled): collect it
-            st = run.client.get(bid)
-            if not st.terminal:
+        if e.status in (400, 409):  # it ended meanwhile (a batch that has ended cannot be cancelled)
+            if not run.client.get(rec.batch_id).terminal:
                 raise
-        else:
+        elif e.status != 404:
             raise
-    r.batches_resumed += 1
-    run.say(f"batch {bid}: cancel requested ({st.status})")
-    t0 = time.monotonic()
-    while not st.terminal and st.status != "lost":
-        if time.monotonic() - t0 >= run.bcfg.wait_s:  # type: ignore[operator]
-            r.batches_pending += 1
-            return
-        time.sleep(run.bcfg.poll_s)
-        st = run.client.get(bid)
-    run.store.update_batch(rec.id, status=st.status, output_file_id=st.output_file_id,
-                           error_file_id=st.error_file_id, detail="; ".join(st.errors)[:1000] or None)
-    run.collect(rec, st)
+    run.drive(rec)

@@ -201,17 +201,24 @@ class BatchRun:
         return b"".join(json.dumps(request_line(self.teacher, self.task, it, p, self.ws, f"{it.id}:{p}"),
                                    separators=(",", ":")).encode() + b"\n" for it, p in jobs)
 
+    def found(self, rec: BatchRecord) -> BatchRecord:
+        """``rec`` with the id of the batch created for it just before a kill (uploaded, id never recorded: found at
+        the provider by its submission id), when there is one."""
+        if rec.batch_id or not rec.input_file_id:
+            return rec
+        st = self.client.find(SUBMISSION_KEY, rec.submission)
+        if st is None:
+            return rec
+        self.store.update_batch(rec.id, batch_id=st.id, status=st.status)
+        return self.store.batch_record(rec.id)
+
     def send(self, rec: BatchRecord, data: bytes | None = None) -> BatchRecord:
         """Bring a recorded submission to "created": upload its JSONL unless uploaded, create the batch unless a
         batch carrying its submission id already exists (created just before a kill)."""
+        rec = self.found(rec)
         if rec.batch_id:
             return rec
-        if rec.input_file_id:
-            found = self.client.find(SUBMISSION_KEY, rec.submission)
-            if found is not None:
-                self.store.update_batch(rec.id, batch_id=found.id, status=found.status)
-                return self.store.batch_record(rec.id)
-        else:
+        if not rec.input_file_id:
             if data is None:  # recorded, then killed before the upload: rebuild the same lines
                 lines = self.store.batch_lines(rec.id)
                 by_id = {it.id: it for it in self.store.items(rec.dataset, ids=[ln.item_id for ln in lines])}

@@ -22,6 +22,8 @@ from typing import Any
 from llm_flywheel.teachers.simulated.chat import ChatSim
 from llm_flywheel.teachers.simulated.errors import SimConfig
 
+_ENDED = ("completed", "failed", "expired", "cancelled")  # a batch in one of these never changes again
+
 ENDPOINT = "/v1/chat/completions"
 
 
@@ -98,7 +100,7 @@ class BatchSim:
             if b is None:
                 return 404, {"error": {"message": f"no batch {bid}"}}
             self._advance(b)
-            if b.status in ("completed", "failed", "expired", "cancelled"):
+            if b.status in _ENDED:
                 return 400, {"error": {"message": f"cannot cancel a batch that is {b.status}",
                                        "type": "invalid_request_error"}}
             if b.status != "cancelling":  # as OpenAI's: "cancelling", then "cancelled" with the lines answered so far
@@ -128,7 +130,7 @@ class BatchSim:
     def _advance(self, b: _Batch) -> None:
         """Move the batch along the wall clock: validate at 10 % of ``batch_latency_s``, answer lines in order
         through 90 %, then write the output and error files."""
-        if b.status in ("completed", "failed", "expired", "cancelled"):
+        if b.status in _ENDED:
             return
         if b.status == "cancelling":  # settles a moment later (OpenAI: up to 10 minutes)
             if time.time() - b.stamps["cancelling_at"] >= min(0.2, 0.1 * self.cfg.batch_latency_s):
