@@ -343,6 +343,13 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         try:
             _rounds(run, store, teacher, pv)
             status = "stopped" if result.stopped_reason or result.batches_pending else "done"
+            if result.batches_pending:  # every interface shows the result's warnings
+                result.warnings.append({
+                    "code": "batches_pending",
+                    "message": f"{result.batches_pending} batch(es) of {dataset!r} are still running at the provider",
+                    "fix": f"re-run the same labelling to collect them (`flywheel label {dataset} --batch`, or "
+                           f"label(..., batch=True) again; nothing is submitted twice), or cancel them "
+                           f"(`--cancel-batches`)"})
         finally:
             run.client.close()
             if items:

@@ -213,11 +213,6 @@ class Dataset:
                 except ValueError as e:
                     raise InputError(str(e)) from e
                 res = label_items_batch(self.workspace._ws, self.name, ids, built, cfg, bcfg, progress=progress)
-                if res.batches_pending:
-                    res.warnings.append({"code": "batches_pending", "message": f"{res.batches_pending} batch(es) "
-                                         f"of {self.name!r} are still running at the provider",
-                                         "fix": "call label(..., batch=True) again to collect them (nothing is "
-                                                "submitted twice)"})
             else:
                 res = label_items(self.workspace._ws, self.name, ids, built, cfg, progress=progress)
         report = LabelReport.from_result(self.name, res)

@@ -259,10 +259,8 @@ def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
         why = getattr(res, "stopped_message", None) or res.stopped_reason
         tail = "" if "re-run" in str(why).lower() else " Re-run to continue; nothing is asked twice."
         console.print(f"[bold red]stopped early[/]: {str(why).rstrip('.')}.{tail}")
-    elif _is_batch(res) and res.batches_pending:
+    elif _is_batch(res) and res.batches_pending:  # the result's warning says so and names the fix
         code = ExitCode.INCOMPLETE
-        console.print(f"[bold yellow]still running[/]: {res.batches_pending} batch(es) are not finished; re-run the "
-                      f"same command to collect them (their requests are not submitted again).")
     elif code == ExitCode.INCOMPLETE and res.failed and res.unlabelled:  # else: left to a batch (a warning says)
         console.print(f"[bold yellow]incomplete[/]: {res.unlabelled} item(s) have no teacher answer yet ({res.failed} "
                       f"failed call(s)); re-run the same command to retry them (answers already stored cost nothing).")
