@@ -151,3 +151,30 @@ def test_the_students_agreement_with_pass_0_skips_what_certainty_alone_cannot():
     assert {it.content_hash for it in more} == {f"n{i}" for i in range(100)} - skipped
     unhinted, _, skipped = adaptive.decide(*args, hints=new_hints)  # hints on no evidence item: no student rule
     assert unhinted.student_cutoff is None and not skipped
+
+
+def test_a_run_over_items_an_earlier_run_answered_counts_them_as_evidence(synth_ws, synth_task):
+    """`flywheel label --limit N` then a larger --limit: the second run's own items that the first asked every pass
+    are evidence; before, the second run saw none (its cut-off was the first answer on its own items) and bought a
+    new calibration sample."""
+    ids = _ids(synth_ws)
+    head = ids[: len(ids) // 3]
+    cfg = LabelConfig(passes=2, concurrency=8, calibration_items=150)
+    with run_simulated_teacher(synth_ws, "synth", QUIET) as url:
+        t = teacher_from_spec(f"{url}|{model_id('synth')}", synth_task, backoff_base=0.01)
+        r1 = label_items(synth_ws, "synth", head, t, cfg, progress=False)
+        complete_head = _complete_items(synth_ws, head)
+        r2 = label_items(synth_ws, "synth", ids, t, cfg, progress=False)
+        again = label_items(synth_ws, "synth", ids, t, cfg, progress=False)
+        per_key = sim_stats(url)["per_key"]
+    a1, a2 = r1.adaptive_passes, r2.adaptive_passes
+    assert a1.calibration_items == 150 and len(complete_head) >= 150
+    assert a2.reused_evidence == len(complete_head) and a2.calibration_items == 0  # nothing new to buy for evidence
+    assert a2.evidence == len(complete_head) and a2.cutoff is not None
+    new = len(ids) - len(head)
+    # pass 0 of the new items, the later passes of those below the cutoff, tie-breaks: nothing for a sample
+    assert r2.calls_made == new + a2.extra_pass_items + r2.tie_break_calls
+    assert a2.skipped_items + a2.extra_pass_items == len(ids) - len(complete_head)
+    assert max(per_key.values()) == 1
+    assert again.calls_made == 0 and again.adaptive_passes.cutoff == a2.cutoff
+    assert again.adaptive_passes.reused_evidence == a2.reused_evidence  # the horizon recorded by run 2's first try

@@ -5,10 +5,11 @@ multi-pass consensus would say.  The run goes in two phases:
 
 1. **Evidence and first passes.**  Evidence is items whose main passes were all answered by this teacher and
    prompt.  Items of the same dataset that earlier runs asked every pass (their calibration samples, the items
-   below their cutoffs, fixed-k runs) are *reused* as evidence (``reuse_evidence``, the default): already paid
-   for, so a run buys a calibration sample (drawn by a hash of the content, so a resumed run draws the same) only
-   for the shortfall up to ``calibration_items`` -- the first run of a dataset buys it, later runs usually buy
-   none.  The wheel asks its calib split every pass before anything else, so its first adaptive run buys none.
+   below their cutoffs, fixed-k runs) are *reused* as evidence (``reuse_evidence``, the default) -- the run's own
+   items too, when an earlier run over them got that far: already paid for, so a run buys a calibration sample
+   (drawn by a hash of the content among its items that are not evidence yet, so a resumed run draws the same)
+   only for the shortfall up to ``calibration_items`` -- the first run of a dataset buys it, later runs usually
+   buy none.  The wheel asks its calib split every pass before anything else, so its first adaptive run buys none.
    Every other item gets pass 0 only.
 2. **The cutoff, from data.**  On the evidence, the first pass's certainty (the label's token probability where
    the server returned log-probabilities, else the verbalised confidence) is compared with the consensus.  The
@@ -33,14 +34,15 @@ cutoff, so each skipped set keeps its own bound.  Only evidence the student neve
 wheel gives hints for its calib split and the run's own new items).
 
 Nothing is decided from memory: the evidence, the sample, the cutoff and the items above it are recomputed from
-the stored answers on every run (reused evidence is answers on the dataset's *other* items stored before this run
-first asked anything, which neither this run nor a later one changes), so a killed run resumes without paying
-twice and a re-run makes no call.
+the stored answers on every run (reused evidence is answers stored before this run's first attempt started -- the
+answer id recorded then, per dataset, teacher, prompt, passes and items -- which neither this run nor a later one
+changes), so a killed run resumes without paying twice and a re-run makes no call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -109,29 +111,30 @@ def complete(answers: Sequence[Mapping[str, Any]], labels: Sequence[str], passes
 
 def reusable_evidence(store: Store, items: Sequence[Item], model: str, prompt_version: str, passes: int,
                       labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Stored answers of this teacher and prompt on the *other* items of the run's dataset(s) whose main passes
-    were all answered: evidence already paid for.
+    """Stored answers of this teacher and prompt on the items of the run's dataset(s) -- its own included -- whose
+    main passes were all answered before the run first started: evidence already paid for.
 
-    Only answers stored before the run's items got their first answer count, so the evidence is what it was when
-    the run first decided: a resumed run, or a re-run after later runs stored more, decides exactly as the first
-    attempt did and pays nothing more (answer ids grow with time)."""
+    The cut-off is the run's recorded :meth:`~llm_flywheel.store.answers.AnswersMixin.evidence_horizon` (keyed by
+    the dataset, teacher, prompt, passes and the items), so a resumed run, or a re-run after later runs stored more,
+    decides exactly as the first attempt did and pays nothing more.  A run over items an earlier run answered
+    (``--limit 1000`` after ``--limit 500``) counts that run's complete items as evidence instead of buying a new
+    calibration sample."""
     own = sorted({it.content_hash for it in items})
-    own_ids = [int(a["id"]) for ans in store.final_answers(model, prompt_version, own).values() for a in ans]
-    before = min(own_ids) if own_ids else None
-    mine = set(own)
-    answers = {h: a for h, a in store.dataset_final_answers(sorted({it.dataset for it in items}), model,
-                                                             prompt_version, passes).items() if h not in mine}
+    datasets = sorted({it.dataset for it in items})
+    key = hashlib.sha256(json.dumps([datasets, model, prompt_version, passes, own]).encode()).hexdigest()
+    before = store.evidence_horizon(f"adaptive:{key}")
     out: dict[str, list[dict[str, Any]]] = {}
-    for h, ans in answers.items():
-        kept = [a for a in ans if before is None or int(a["id"]) < before]
+    for h, ans in store.dataset_final_answers(datasets, model, prompt_version, passes).items():
+        kept = [a for a in ans if int(a["id"]) < before]
         if complete(kept, labels, passes):
             out[h] = kept
     return out
 
 
 def plan_sample(content_hashes: Sequence[str], reused: Answers, size: int) -> set[str]:
-    """The run's calibration sample: only the shortfall of reused evidence up to ``size`` is bought."""
-    return calibration_sample(content_hashes, max(0, size - len(reused)))
+    """The run's calibration sample: only the shortfall of reused evidence up to ``size`` is bought, among the
+    run's items that are not evidence already."""
+    return calibration_sample([h for h in content_hashes if h not in reused], max(0, size - len(reused)))
 
 
 def learn_cutoff(answers: Mapping[str, Sequence[Mapping[str, Any]]], sample: set[str], labels: Sequence[str],
@@ -201,18 +204,19 @@ def learn_student_rule(answers: Answers, evidence: set[str], hints: Hints, label
 
 
 def split_by_certainty(items: Sequence[Item], answers: Mapping[str, Sequence[Mapping[str, Any]]],
-                       sample: set[str], labels: Sequence[str], cutoff: float | None,
+                       evidence: set[str], labels: Sequence[str], cutoff: float | None,
                        use_logprobs: bool, rule: StudentRule | None = None,
                        hints: Hints | None = None) -> tuple[list[Item], set[str]]:
-    """(items outside the sample that need the later passes, content hashes answered by pass 0 alone): a hinted
-    item by the student ``rule`` when there is one, every other item by the certainty ``cutoff``.
+    """(items outside the ``evidence`` -- the sample and the reused items, asked every pass already -- that need
+    the later passes, content hashes answered by pass 0 alone): a hinted item by the student ``rule`` when there is
+    one, every other item by the certainty ``cutoff``.
 
     An item whose first pass is missing (failed this run) is in neither: the next run asks it again."""
     more: list[Item] = []
     skipped: set[str] = set()
     for it in items:
         h = it.content_hash
-        if h in sample:
+        if h in evidence:
             continue
         first = first_pass(answers.get(h, []), labels, use_logprobs)
         if first is None:
@@ -233,11 +237,11 @@ def decide(items: Sequence[Item], answers: Answers, reused: Answers, sample: set
            hints: Hints | None = None) -> tuple[AdaptiveSummary, list[Item], set[str]]:
     """(the decision, items that need the later passes, hashes answered by pass 0 alone) from the run's answers
     and the reused evidence (and the student's ``hints``, where given)."""
-    pool = {**reused, **answers}
-    choice, source = learn_cutoff(pool, sample | set(reused), labels, passes, target, use_logprobs)
-    rule = (learn_student_rule(pool, sample | set(reused), hints, labels, passes, target, use_logprobs)
-            if hints else None)
-    more, skipped = split_by_certainty(items, answers, sample, labels, choice.cutoff, use_logprobs, rule, hints)
+    pool = {**answers, **reused}  # a run's own item that is evidence: as it stood when the run first started
+    evidence = sample | set(reused)
+    choice, source = learn_cutoff(pool, evidence, labels, passes, target, use_logprobs)
+    rule = learn_student_rule(pool, evidence, hints, labels, passes, target, use_logprobs) if hints else None
+    more, skipped = split_by_certainty(items, answers, evidence, labels, choice.cutoff, use_logprobs, rule, hints)
     summary = summarise(choice, source, sample, more, skipped, len(reused))
     if rule is not None:
         summary.student_cutoff, summary.student_evidence = rule.cutoff, rule.evidence

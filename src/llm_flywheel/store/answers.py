@@ -163,6 +163,15 @@ class AnswerQueries:
             out.setdefault(r["content_hash"], []).append(dict(r))
         return out
 
+    def evidence_horizon(self, run_key: str) -> int:
+        """The answer id a labelling run (``run_key``: its dataset, teacher, prompt, passes and items) started from:
+        recorded on its first attempt (one past the newest answer then), read back by its resumes and re-runs, so
+        the evidence it decides on never changes.  Insert-or-keep, so two attempts at once agree."""
+        self.execute("INSERT INTO evidence_horizons(run_key, horizon, created_at) "
+                     "SELECT ?, COALESCE(MAX(id), 0) + 1, ? FROM teacher_answers WHERE 1=1 ON CONFLICT DO NOTHING",
+                     (run_key, time.time()))
+        return int(self.query("SELECT horizon FROM evidence_horizons WHERE run_key=?", (run_key,))[0]["horizon"])
+
     def answer_cost_stats(self, model: str) -> AnswerCostStats:
         """Mean cost and tokens of the recorded calls of ``model`` that reported a cost."""
         row = self.query("SELECT AVG(cost_usd) AS c, AVG(tokens_in) AS ti, AVG(tokens_out) AS tout, "
