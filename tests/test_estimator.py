@@ -224,3 +224,18 @@ def test_fit_shows_its_progress_in_a_notebook_and_is_silent_when_asked(text_data
     quiet = capfd.readouterr()
     assert any(" calls (100 %)" in ln for ln in shown.err.splitlines()), shown.err[-2000:]
     assert "calls (" not in quiet.err and quiet.out == ""
+
+
+def test_a_calib_part_too_small_for_the_budget_names_fits_own_fix(text_data, text_teacher):
+    """150 samples leave 30 for calibration, fewer than the 38 with which 'at most 10 % to the teacher' can defer
+    anything: the warning says so in fit()'s terms (samples, calib_size), not as a `flywheel data add` flag."""
+    X, _ = text_data
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf")
+    with pytest.warns(fw.FlywheelWarning, match=r"at least 190 distinct samples, or calib_size=0\.26") as got:
+        clf.fit(X[:150])
+    assert "flywheel data add" not in " ".join(str(w.message) for w in got)
+    (w,) = [w for w in clf.calibration_.warnings if w.code == "budget_defers_nothing"]
+    assert "30 calib items" in w.message
+    clf2 = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", calib_size=0.26)
+    clf2.fit(X[:150])
+    assert not [w for w in clf2.calibration_.warnings if w.code == "budget_defers_nothing"]  # the fix it named works

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import shutil
 import tarfile
 import tempfile
@@ -213,10 +214,26 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         self.teacher_ = t
         self.classes_ = np.asarray(classes) if not isinstance(classes[0], str) else np.asarray(classes, dtype=object)
         self._names = [names[c] for c in classes]
-        self.calibration_ = Calibration.from_report(cal)
+        self.calibration_ = self._fit_fixes(Calibration.from_report(cal), n_uniq)
         warn_each(self.calibration_.warnings, 3)  # raised where the notebook called fit()
         _CASCADES.pop(self, None)
         return self
+
+    def _fit_fixes(self, cal: Calibration, n_uniq: int) -> Calibration:
+        """A calib part too small to spend the teacher budget, fixed in this estimator's own terms: the shared
+        warning names `flywheel data add --calib`, which a notebook that called fit() never ran."""
+        from dataclasses import replace
+
+        from llm_flywheel.core.thresholds import min_calib_to_defer
+
+        need = min_calib_to_defer(self.max_teacher_fraction or 1.0, self.delta)
+        if not need:
+            return cal
+        fix = (f"fit() on at least {math.ceil(need / self.calib_size)} distinct samples, or calib_size="
+               f"{math.ceil(100 * need / n_uniq) / 100:g} (the calib part needs {need} of them), or a larger delta"
+               if need < n_uniq else f"fit() on more samples (the calib part alone needs {need}), or a larger delta")
+        return replace(cal, warnings=tuple(replace(w, fix=fix) if w.code == "budget_defers_nothing" else w
+                                           for w in cal.warnings))
 
     def _task(self, modality: str, labels: Any, keys: list[str]) -> tuple[list[Any], dict[Any, str], Any]:
         """(sorted classes, class -> label name, Task).  The dataset is named after a fingerprint of the inputs and
