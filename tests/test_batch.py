@@ -170,6 +170,39 @@ def test_batch_created_just_before_a_kill_is_found_by_its_submission_id(synth_ws
     assert r.calls_made == 30 and max(stats["per_key"].values()) == 1
 
 
+def test_two_runs_collecting_one_batch_at_once_store_it_once(synth_ws, synth_task, monkeypatch):
+    """A `--batch` run and a `--cancel-batches` (or a second `--batch`) polling the same batch both see it end: the
+    one that stores it wins, the other counts nothing.  Before, failed lines were stored twice and both runs
+    reported the calls and their cost."""
+    from llm_flywheel.pipeline import batch_labeling
+
+    ids = _ids(synth_ws, 40)
+    cfg = SimConfig(**QUIET, batch_latency_s=0.2, batch_line_failure_rate=0.2)
+    with run_simulated_teacher(synth_ws, "synth", cfg) as url:
+        t = _teacher(url, synth_task)
+        lab = LabelConfig(passes=1)
+        left = label_items_batch(synth_ws, "synth", ids, t, lab, BatchConfig(poll_s=0.05, wait_s=0), progress=False)
+        assert left.batches_pending == 1
+        wait, inner, raced = batch_labeling.BatchRun.wait, [], []
+
+        def wait_then_lose_the_race(self, rec):
+            st = wait(self, rec)  # the batch has ended; another run collects it before this one does
+            if st is not None and not raced:
+                raced.append(rec.id)
+                inner.append(label_items_batch(synth_ws, "synth", ids, t, lab, FAST, progress=False))
+            return st
+
+        monkeypatch.setattr(batch_labeling.BatchRun, "wait", wait_then_lose_the_race)
+        outer = label_items_batch(synth_ws, "synth", ids, t, lab, FAST, progress=False)
+    (won,) = inner
+    answers = _answers(synth_ws)
+    assert won.batches_resumed == 1 and won.lines_failed > 0 and won.calls_made == 40 + won.lines_submitted
+    # every submitted line (the first batch's 40 and the winner's follow-up for its failed lines) stored once
+    assert _submitted(synth_ws) == Counter((a["content_hash"], a["pass_index"]) for a in answers)
+    assert {a["run_id"] for a in answers} == {won.run_id}
+    assert outer.batches_resumed == 1 and outer.calls_made == 0 and outer.cost_usd == 0 and outer.failed == 0
+
+
 def test_budget_cap_is_respected_and_the_rest_waits_for_the_next_run(synth_ws, synth_task):
     ids = _ids(synth_ws, 100)
     with run_simulated_teacher(synth_ws, "synth", SimConfig(**QUIET, batch_latency_s=0.2)) as url:

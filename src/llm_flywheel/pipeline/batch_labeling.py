@@ -270,11 +270,22 @@ class BatchRun:
                 ans.error_detail = why
             answers.append((ln, ans))
         cost = sum(a.cost_usd or 0.0 for _, a in answers)
-        with self.store.transaction():
-            pairs = [(ln.custom_id, aid) for ln, a in answers
-                     if (aid := store_answer(self.store, a, self.result.run_id)) is not None]
-            self.store.collect_batch(rec.id, pairs, cost)
+        with self.store.transaction():  # holds the write lock: of two runs collecting one batch, one stores it
+            done = self.store.batch_record(rec.id).collected_at is not None
+            if not done:
+                pairs = [(ln.custom_id, aid) for ln, a in answers
+                         if (aid := store_answer(self.store, a, self.result.run_id)) is not None]
+                self.store.collect_batch(rec.id, pairs, cost)
+        if done:  # a cancel, or a --batch run beside this one, collected it meanwhile: counted there, not here
+            self._release(rec)
+            self.say(f"batch {rec.batch_id}: collected by another run meanwhile (its answers are stored once)")
+            return
         self._count([a for _, a in answers], rec)
+
+    def _release(self, rec: BatchRecord) -> None:
+        if rec.run_id == self.result.run_id:
+            self.reserved -= rec.reserved_usd or 0.0
+            self.pending_lines -= rec.n_lines
 
     def _count(self, answers: list, rec: BatchRecord) -> None:
         r = self.result
@@ -288,9 +299,7 @@ class BatchRun:
             if a.error_kind:
                 r.errors[a.error_kind] = r.errors.get(a.error_kind, 0) + 1
                 r.off_list += a.error_kind == "off_list"
-        if rec.run_id == r.run_id:
-            self.reserved -= rec.reserved_usd or 0.0
-            self.pending_lines -= rec.n_lines
+        self._release(rec)
         bad = sum(1 for a in answers if not a.ok)
         self.say(f"batch {rec.batch_id}: collected {len(answers)} answers, ${sum(a.cost_usd or 0.0 for a in answers):.4f}"
                  + (f"; {bad} failed (asked again in a follow-up batch or the next run)" if bad else ""))
