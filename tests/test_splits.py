@@ -296,11 +296,14 @@ def test_an_already_split_dataset_without_train_pool_is_explained(tmp_path):
 
 @pytest.mark.parametrize("n_items, expected", [
     (150, {"test": 30, "val": 12, "calib": 18, "stream": 24, "train": 66}),  # 5 % would be 6 and 6
+    (250, {"test": 50, "val": 20, "calib": 38, "stream": 40, "train": 102}),  # 15 % (30) could not defer
+    (400, {"test": 80, "val": 32, "calib": 48, "stream": 64, "train": 176}),  # 15 % is enough
     (5000, {"test": 1000, "val": 200, "calib": 200, "stream": 800, "train": 2800}),  # 5 % from 4,000 on
 ])
 def test_default_val_and_calib_sizes_fit_the_dataset(n_items, expected):
     """The default (None) is 5 % of the non-test items, raised for a small dataset towards 100 val / 200 calib but
-    never past 10 % / 15 %: a newcomer's 150 emails must not get a 6-item calib split."""
+    never past 10 % / 15 %: a newcomer's 150 emails must not get a 6-item calib split.  Calib reaches the 38 items
+    the default teacher budget needs to defer anything where that is at most a quarter of the non-test items."""
     texts = [f"mail number {i}" for i in range(n_items)]
     plan = plan_splits(_rows(texts), SplitSpec(seed=0))
     counts: dict[str, int] = defaultdict(int)
@@ -325,3 +328,11 @@ def test_data_add_takes_auto_or_a_size_for_val_and_calib(tmp_path):
         assert s.split_counts("m2")["calib"] == 24 and s.split_counts("m2")["val"] == 12  # 0.2 of 120 non-test
     r = CliRunner().invoke(main, ["--workspace", str(ws), "data", "add", "text", str(src), "--stream", "auto"])
     assert r.exit_code == 2 and "'auto': give a fraction (0.05) or a count (500)" in r.output  # only val/calib
+
+
+def test_the_auto_calib_floor_is_what_the_default_teacher_budget_needs():
+    from llm_flywheel.core.splits import CALIB_TO_DEFER
+    from llm_flywheel.core.thresholds import min_calib_to_defer
+    from llm_flywheel.pipeline.wheel_config import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig
+
+    assert CALIB_TO_DEFER == min_calib_to_defer(DEFAULT_MAX_TEACHER_FRACTION, WheelConfig().delta)

@@ -40,6 +40,12 @@ class SplitError(ValueError):
 AUTO_SHARE = 0.05
 AUTO_FLOOR = {"val": 100, "calib": 200}
 AUTO_CEILING_SHARE = {"val": 0.10, "calib": 0.15}
+CALIB_TO_DEFER = 38
+"""The fewest calib items with which the default cascade goal (at most 10 % to the teacher, delta 0.1) defers
+anything (``thresholds.min_calib_to_defer(0.1, 0.1)``; a test keeps them equal).  Fewer, and the cascade never asks
+its teacher: the auto calib size reaches it wherever that leaves at least 3 of 4 non-test items to the other
+splits (from about 190 items), instead of stopping at 15 %."""
+CALIB_TO_DEFER_MAX_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,13 @@ def row_key(r: SplitRow) -> str:
 
 def auto_size(split: str, n: int) -> int:
     """The default size of ``val`` or ``calib`` out of ``n`` non-test items: 5 %, or more for a small dataset
-    (up to ``AUTO_FLOOR``, at most ``AUTO_CEILING_SHARE`` of the items).  120 items: val 12, calib 18; 1,000:
-    val 100, calib 150; 4,000 and more: 5 %."""
-    return max(round(AUTO_SHARE * n), min(AUTO_FLOOR[split], round(AUTO_CEILING_SHARE[split] * n)))
+    (up to ``AUTO_FLOOR``, at most ``AUTO_CEILING_SHARE`` of the items; calib at least ``CALIB_TO_DEFER`` where
+    that is at most a quarter of them).  120 items: val 12, calib 18; 200: val 20, calib 38; 1,000: val 100,
+    calib 150; 4,000 and more: 5 %."""
+    size = max(round(AUTO_SHARE * n), min(AUTO_FLOOR[split], round(AUTO_CEILING_SHARE[split] * n)))
+    if split == "calib" and size < CALIB_TO_DEFER <= CALIB_TO_DEFER_MAX_SHARE * n:
+        return CALIB_TO_DEFER  # a calib split on which the default teacher budget can defer something
+    return size
 
 
 def size_of(size: float | int | None, n: int, split: str = "") -> int:

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, ExitCode, FlywheelExit, config_error, console, pass_ctx
 from llm_flywheel.interfaces.cli.commands import require_dataset
-from llm_flywheel.core.splits import AUTO_CEILING_SHARE, AUTO_FLOOR, AUTO_SHARE, SplitError
+from llm_flywheel.core.splits import (AUTO_CEILING_SHARE, AUTO_FLOOR, AUTO_SHARE, CALIB_TO_DEFER,
+                                      CALIB_TO_DEFER_MAX_SHARE, SplitError)
 from llm_flywheel.core.task import TaskError
 from llm_flywheel.data.registry import ADAPTERS, add_dataset
 from llm_flywheel.pipeline.dataset_info import dataset_info
@@ -44,8 +45,10 @@ def _size(value: str | None, *, auto: bool = False) -> float | int | None:
 
 def _auto_rule(split: str) -> str:
     """The default size rule in words, from the constants that implement it (so the help cannot drift)."""
+    defer = (f"; calib at least {CALIB_TO_DEFER}, the fewest the default teacher budget can defer on, where that "
+             f"is at most {CALIB_TO_DEFER_MAX_SHARE:.0%}" if split == "calib" else "")
     return (f"{AUTO_SHARE:.0%}, raised for a small dataset towards {AUTO_FLOOR[split]} items (at most "
-            f"{AUTO_CEILING_SHARE[split]:.0%})")
+            f"{AUTO_CEILING_SHARE[split]:.0%}{defer})")
 
 
 @data.command(
