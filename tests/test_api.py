@@ -176,7 +176,8 @@ def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
     X = np.round(rng.normal(size=(400, 3)), 3)
     gold = np.where(X[:, 0] - X[:, 2] > 0, "pos", "neg").tolist()
     ws = fw.Workspace(tmp_path / "ws")
-    ds = ws.add_items("rows", X, labels={"pos": "positive", "neg": "negative"}, gold=gold, val=40, calib=120)
+    ds = ws.add_items("rows", X, labels={"pos": "positive", "neg": "negative"}, gold=gold, val=40, calib=120,
+                      stream=0, test=0)
     assert ds.modality == "tabular"
     with ds.simulated_teacher(accuracy=0.9) as teacher:
         ds.label(teacher, passes=1)
@@ -195,6 +196,17 @@ def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
         assert [a.label for a in cascade.predict(rows)] == [a.label for a in fresh]
         assert httpx.get(stats, timeout=10).json()["completions"] == asked  # paid once
     assert "rows.api" in ws.datasets()  # where the answered inputs are kept
+
+
+def test_in_memory_items_are_split_like_data_add_so_the_wheel_can_measure(tmp_path):
+    """add_items used to make no stream and no test split: ds.run() on it served no traffic and measured nothing,
+    though the notebook had given gold labels."""
+    texts, topics = tickets(260, seed=11)
+    ws = fw.Workspace(tmp_path / "ws")
+    ds = ws.add_items("t", texts, labels=["billing", "hardware", "account"], gold=topics)
+    assert ds.splits() == {"test": 52, "stream": 42, "val": 21, "calib": 38, "train": 107}
+    plain = ws.add_items("u", texts, labels=["billing", "hardware", "account"])  # no gold: nothing to test on
+    assert plain.splits() == {"stream": 52, "val": 26, "calib": 39, "train": 143}
 
 
 def test_works_inside_a_running_event_loop(tmp_path):
@@ -224,7 +236,7 @@ def test_images_in_memory_through_the_facade(tmp_path):
     images, truth = shapes(300, seed=6)
     ws = fw.Workspace(tmp_path / "ws")
     ds = ws.add_items("shapes", images, labels={"square": "a filled square", "cross": "a cross", "ring": "a ring"},
-                      gold=truth, val=30, calib=90, test=60)
+                      gold=truth, val=30, calib=90, test=60, stream=0)
     assert ds.modality == "image"
     with ds.simulated_teacher(accuracy=0.9) as teacher:
         rep = ds.label(teacher, passes=1)

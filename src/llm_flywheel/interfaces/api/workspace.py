@@ -76,14 +76,16 @@ class Workspace:
 
     def add_items(self, name: str, items: Sequence[Any], *, labels: Mapping[str, str] | Sequence[str],
                   gold: Sequence[str | None] | None = None, instructions: str = "", modality: str | None = None,
-                  val: float | int = 0.1, calib: float | int = 0.2, stream: float | int = 0.0,
-                  test: float | int = 0.0, seed: int = 0) -> "Dataset":
+                  val: float | int | None = None, calib: float | int | None = None, stream: float | int = 0.2,
+                  test: float | int | None = None, seed: int = 0) -> "Dataset":
         """Add in-memory items (texts, rows of numbers -- a DataFrame's column names then reach the teacher's prompt
         --, or PIL images / uint8 arrays) as dataset ``name``.
 
         ``labels``: ``{name: description}`` (descriptions are what the teacher reads) or a list of names.
         ``gold``: known correct labels, kept for measurement only (the teacher never sees them; the simulated
-        teacher answers from them).  Identical items are stored once.
+        teacher answers from them).  Identical items are stored once.  Split sizes as :meth:`add_dataset` and
+        ``flywheel data add``: val/calib None is 5 % (more for a small dataset), a stream split for the wheel's
+        served traffic, and ``test`` None is 20 % when ``gold`` is given (what accuracy is measured on), else none.
         """
         from llm_flywheel.core.task import Task
 
@@ -105,6 +107,8 @@ class Workspace:
                 raise InputError(f"dataset {name!r} already exists with {old.modality} labels {list(old.labels)}; "
                                  "use the same labels to add items to it, or another name")
         register_items(self._ws, task, items, gold=gold)
+        if test is None:
+            test = 0.2 if gold is not None and any(g is not None for g in gold) else 0.0
         make_splits_once(self._ws, name, val=val, calib=calib, stream=stream, test=test, seed=seed)
         return Dataset(self, name)
 
