@@ -97,21 +97,15 @@ class _SharedStore:
 
 def _load_model(ws: Workspace, dataset: str, version: str | None, runtime: str) -> tuple[Task, str, Any, dict[str, Any]]:
     """(task, version, student, its latest calibration report) of ``version`` (None: the serving model)."""
-    from llm_flywheel.pipeline.training import load_student, model_row
+    from llm_flywheel.pipeline.training import calibrated_model, load_student
 
     store = ws.store()
     try:
         task = Task.from_json(store.dataset_task_json(dataset))
         version = version or promoted_version(store, dataset)
-        row = model_row(store, version)
-        if row["dataset"] != dataset:
-            raise CascadeError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
-        cal = store.latest_report("calibration", version)
+        _, cal = calibrated_model(store, dataset, version, CascadeError)
     finally:
         store.close()
-    if cal is None:
-        raise CascadeError(f"model {version} has not been calibrated; run `flywheel calibrate {dataset} "
-                           f"--version {version} --target-accuracy 0.95` (or --max-teacher-fraction 0.1)")
     return task, version, load_student(ws, version, runtime=runtime), cal
 
 

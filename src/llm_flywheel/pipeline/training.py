@@ -315,18 +315,28 @@ def promote_model(ws: Workspace, dataset: str, version: str) -> str | None:
     `flywheel serve` swaps in); returns the one it replaces.  Only a calibrated student of the dataset: a reference
     model is trained on gold, and an uncalibrated one has no threshold to serve with."""
     with ws.store() as store:
-        row = model_row(store, version)
-        if row["dataset"] != dataset:
-            raise StudentError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
-        if row.get("role", "student") != "student":
-            raise StudentError(f"model {version!r} is a {row['role']} model (trained on gold labels): it is never "
-                               "served; promote a student trained on teacher labels")
-        if store.latest_report("calibration", version) is None:
-            raise StudentError(f"model {version!r} is not calibrated; run `flywheel calibrate {dataset} --version "
-                               f"{version}` first")
+        calibrated_model(store, dataset, version, StudentError, student_only=True)
         before = store.serving_version(dataset, promoted_only=True)
         store.promote(dataset, version)
     return before
+
+
+def calibrated_model(store: Store, dataset: str, version: str, error: type[Exception],
+                     student_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model row, latest calibration report) of ``dataset``'s model ``version`` -- what serving and promotion both
+    need; ``error`` naming the fix when it is another dataset's, a reference model (``student_only``: promotion) or
+    never calibrated."""
+    row = model_row(store, version)
+    if row["dataset"] != dataset:
+        raise error(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
+    if student_only and row.get("role", "student") != "student":
+        raise error(f"model {version!r} is a {row['role']} model (trained on gold labels): it is never served; "
+                    "promote a student trained on teacher labels")
+    cal = store.latest_report("calibration", version)
+    if cal is None:
+        raise error(f"model {version!r} is not calibrated; run `flywheel calibrate {dataset} --version {version}` "
+                    "(with --max-teacher-fraction 0.1 or --target-accuracy 0.95)")
+    return row, cal
 
 
 def latest_version(store: Store, dataset: str, *, promoted_first: bool = True) -> str:
