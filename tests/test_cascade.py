@@ -40,6 +40,7 @@ def sim_teacher(ws: Workspace, url: str):
 
 # -- tests ----------------------------------------------------------------------------------------------------------
 import json  # noqa: E402
+import logging  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -175,7 +176,7 @@ def test_threshold_extremes_and_no_teacher(cal_ws):
     assert [a.student_label for a in none] == [a.label for a in all_student]
 
 
-def test_unreachable_teacher_flags_answers_not_crash(cal_ws):
+def test_unreachable_teacher_flags_answers_not_crash(cal_ws, caplog):
     from llm_flywheel.teachers.registry import teacher_from_spec
 
     ws, _ = cal_ws
@@ -183,9 +184,34 @@ def test_unreachable_teacher_flags_answers_not_crash(cal_ws):
         items = s.items("synth", split="test", limit=5)
     dead = teacher_from_spec("http://127.0.0.1:9|simulated/nobody", SYNTH_TASK, api_key_env="", workspace=ws,
                              max_retries=0, timeout=2)
-    answers = Cascade.from_store(ws, "synth", teacher=dead, threshold=DEFER_ALL).predict_items(items, log=False)
+    with caplog.at_level(logging.WARNING, logger="llm_flywheel.pipeline.cascade"):
+        answers = Cascade.from_store(ws, "synth", teacher=dead, threshold=DEFER_ALL).predict_items(items, log=False)
     assert {a.source for a in answers} == {"teacher_failed"}
     assert all(a.label == a.student_label for a in answers)  # falls back to the student's guess, flagged
+    assert "teacher for 5 deferred items: stopped after" in caplog.text and "nothing listens" in caplog.text  # why
+
+
+def test_deferred_items_an_open_batch_carries_say_so(cal_ws, sim_url, caplog):
+    """Items whose teacher call a Batch API job is still running are not bought again online: they fall back to
+    the student, flagged, and the log says why and how to collect the batch (before, nothing was said)."""
+    from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+    from llm_flywheel.pipeline.labeling import LabelConfig
+
+    ws, _ = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test")[20:26]
+    t = sim_teacher(ws, sim_url)
+    left = label_items_batch(ws, "synth", [it.id for it in items], t, LabelConfig(passes=1),
+                             BatchConfig(poll_s=0.05, wait_s=0), progress=False)
+    assert left.batches_pending == 1
+    with caplog.at_level(logging.WARNING, logger="llm_flywheel.pipeline.cascade"):
+        answers = Cascade.from_store(ws, "synth", teacher=t, threshold=DEFER_ALL).predict_items(items, log=False)
+    assert {a.source for a in answers} == {"teacher_failed"}
+    assert "Batch API submission that is not collected yet" in caplog.text and "--batch` collects it" in caplog.text
+    label_items_batch(ws, "synth", [it.id for it in items], t, LabelConfig(passes=1), BatchConfig(poll_s=0.05),
+                      progress=False)  # collected: now the teacher's answers
+    again = Cascade.from_store(ws, "synth", teacher=t, threshold=DEFER_ALL).predict_items(items, log=False)
+    assert {a.source for a in again} == {"teacher"}
 
 
 def test_apredict_raw_student_and_teacher_paths(cal_ws, sim_url):

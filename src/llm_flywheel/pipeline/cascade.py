@@ -275,9 +275,12 @@ class Cascade:
         missing = [it.id for it in items if it.id not in have]
         if missing:
             try:
-                label_items(self.ws, self.dataset, missing, self.teacher,
-                            LabelConfig(passes=1, concurrency=max(1, concurrency), queue_disagreements=False),
-                            progress=progress)
+                rep = label_items(self.ws, self.dataset, missing, self.teacher,
+                                  LabelConfig(passes=1, concurrency=max(1, concurrency), queue_disagreements=False),
+                                  progress=progress)
+                for why in ([rep.stopped_message] if rep.stopped_message else []) + [
+                        f"{w['message']} -- fix: {w['fix']}" for w in rep.warnings]:  # else the flags come unexplained
+                    logger.warning("teacher for %d deferred items: %s", len(missing), why)
             except Exception as e:  # a teacher outage must not take the cascade down: those answers are flagged
                 logger.warning("teacher labelling failed for %d deferred items: %s: %s", len(missing), type(e).__name__, e)
             have.update(self._existing_teacher_labels(missing, model))
