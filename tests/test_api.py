@@ -207,6 +207,12 @@ def test_in_memory_items_are_split_like_data_add_so_the_wheel_can_measure(tmp_pa
     assert ds.splits() == {"test": 52, "stream": 42, "val": 21, "calib": 38, "train": 107}
     plain = ws.add_items("u", texts, labels=["billing", "hardware", "account"])  # no gold: nothing to test on
     assert plain.splits() == {"stream": 52, "val": 26, "calib": 39, "train": 143}
+    # the fix a small_calib warning names, from Python: resplit while nothing is labelled, refused after
+    assert ds.resplit(calib=0.25)["calib"] == 52 and ds.splits()["test"] == 52  # gold: a test split again
+    with ds.simulated_teacher() as teacher:
+        ds.label(teacher, passes=1, split="val", progress=False)
+    with pytest.raises(fw.InputError, match="already has 21 labels"):
+        ds.resplit(calib=0.3)
 
 
 def test_works_inside_a_running_event_loop(tmp_path):

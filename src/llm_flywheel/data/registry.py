@@ -103,7 +103,7 @@ def add_dataset(
     with ws.store() as store:
         _check_compatible(store, task)
         if resplit:
-            _check_resplit_allowed(store, task.name)
+            check_resplit_allowed(store, task.name)
     report = register(ws, task, records, total=total, progress=progress)
     report.notes += meta.get("notes", [])
     spec = SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed)
@@ -146,7 +146,8 @@ def _check_compatible(store: Store, task: Task) -> None:
         )
 
 
-def _check_resplit_allowed(store: Store, dataset: str) -> None:
+def check_resplit_allowed(store: Store, dataset: str) -> None:
+    """Refuse to re-make the splits of a dataset with labels or models: they would move into val/calib/test."""
     if dataset not in store.dataset_names():
         return
     used = store.dataset_usage(dataset)

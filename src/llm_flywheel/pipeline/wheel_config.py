@@ -154,7 +154,8 @@ def _larger_calib_fix(n: dict[str, int], need: int) -> str:
     fits = SMALL_CALIB * 2 <= 0.3 * total  # leaves the other splits most of the data
     quarter = 0.25 * (total - n.get("test", 0))  # `--calib 0.25` is a share of the items outside test
     size = f"{SMALL_CALIB * 2}" if fits else "0.25" if quarter >= need else f"{need}"
-    return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`)"
+    return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`; "
+            f"Python: `ds.resplit(calib={size})`)"
             + ("" if fits else f"; with {total} items, more data helps most"))
 
 

@@ -150,6 +150,26 @@ class Dataset:
         except ValueError as e:
             raise InputError(f"{e}; import the dataset with a label column (gold labels) to simulate a teacher") from e
 
+    def resplit(self, *, val: float | int | None = None, calib: float | int | None = None,
+                stream: float | int = 0.2, test: float | int | None = None, seed: int = 0) -> dict[str, int]:
+        """Make the splits again with other sizes (``flywheel data add ... --resplit``), e.g. a larger calib split
+        when a warning asks for one; refused once the dataset has labels or models.  ``test`` None: 20 % when the
+        items have gold labels, else none (as :meth:`Workspace.add_items`); a source's own test split stays test.
+        Returns the new counts."""
+        from llm_flywheel.data.registry import check_resplit_allowed
+        from llm_flywheel.pipeline.splits import SplitSpec, make_splits
+
+        with translate_errors(), self.workspace._ws.store() as s:
+            try:
+                check_resplit_allowed(s, self.name)
+                if test is None:
+                    test = 0.2 if any(it.gold_label is not None for it in s.items(self.name)) else 0.0
+                make_splits(s, self.name, SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed),
+                            force=True)
+            except ValueError as e:
+                raise InputError(str(e)) from e
+        return self.splits()
+
     def splits(self) -> dict[str, int]:
         """Items per split (train / val / calib / stream / test)."""
         from llm_flywheel.pipeline.splits import split_counts
