@@ -1,9 +1,11 @@
-"""The labeller's circuit breaker against real endpoints on 127.0.0.1: a closed port, a server answering 401, and a
-server whose failures are not identical in a row."""
+"""The labeller's circuit breaker against real endpoints on 127.0.0.1: a closed port, a server answering 401, a
+server whose failures are not identical in a row, and a content filter's 403 that must not pass for a bad key."""
 
 from __future__ import annotations
 
+import json
 
+import pytest
 from fault_server import FaultServer, free_port, ok, status
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
@@ -71,3 +73,51 @@ def test_after_the_fix_a_rerun_continues(synth_ws, synth_task):
         t = OpenAICompatTeacher(srv.url, "m", api_key_env=None, task=synth_task, logprobs=False)
         r2 = label_items(synth_ws, "synth", ids, t, LabelConfig(passes=1, tie_break=False), progress=False)
     assert r2.stopped_reason is None and r2.labelled == 20 and r2.calls_made == 20
+
+
+OPENROUTER_FLAGGED = {"error": {
+    "code": 403,
+    "message": 'openai/gpt-4o-mini requires moderation on OpenAI. Your input was flagged for "harassment". '
+               "No credits were charged.",
+    "metadata": {"reasons": ["harassment"], "flagged_input": "...you idiot...", "provider_name": "OpenAI",
+                 "model_slug": "openai/gpt-4o-mini"}}}
+
+
+def test_a_moderation_403_refuses_that_item_and_the_run_goes_on(synth_ws, synth_task, monkeypatch):
+    """OpenRouter answers a flagged input with HTTP 403 (error.metadata.flagged_input).  Several flagged items in a
+    row (spam corpora have them) used to trip the breaker as a bad API key and stop the run; they are refusals of
+    those items, recorded as such, and a real 403 still stops the run."""
+    monkeypatch.setenv("FW_KEY", "k")
+    ids = _ids(synth_ws, 16)
+    with FaultServer(script=[status(403, OPENROUTER_FLAGGED)] * 6, default=ok()) as srv:
+        t = OpenAICompatTeacher(srv.url, "m", api_key_env="FW_KEY", task=synth_task, logprobs=False)
+        r = label_items(synth_ws, "synth", ids[:12], t,
+                        LabelConfig(passes=1, tie_break=False, concurrency=1, adaptive=False, breaker_threshold=3),
+                        progress=False)
+    assert r.stopped_reason is None and r.errors == {"refused": 6}
+    assert r.failed == 6 and r.calls_made == 18 and r.labelled == 12  # 6 refusals in a row, then asked again
+    refused = [a for a in _answers(synth_ws) if a["error_kind"] == "refused"]
+    assert len(refused) == 6 and all("content filter declined this item (HTTP 403)" in a["error_detail"]
+                                     for a in refused)
+    with FaultServer(default=status(403, {"error": {"message": "this key has no access to the model"}})) as srv:
+        t = OpenAICompatTeacher(srv.url, "m", api_key_env="FW_KEY", task=synth_task, logprobs=False)
+        r = label_items(synth_ws, "synth", ids[12:], t, LabelConfig(passes=1, concurrency=1, breaker_threshold=3),
+                        progress=False)
+    assert r.stopped_reason == "fatal_error" and r.fatal_error_kind == "auth"
+
+
+@pytest.mark.parametrize("status_code, body, refusal", [
+    (403, json.dumps(OPENROUTER_FLAGGED), True),
+    (403, '{"error": {"message": "Request blocked: prompt injection patterns detected", "code": 403}}', True),
+    (400, '{"error": {"message": "Your request was rejected as a result of our safety system.", '
+          '"type": "invalid_request_error", "code": "content_policy_violation"}}', True),
+    (400, '{"error": {"code": "content_filter", "message": "The response was filtered due to the prompt triggering '
+          'Azure OpenAI\'s content management policy."}}', True),
+    (403, '{"error": {"message": "Project does not have access to model gpt-4o"}}', False),
+    (401, '{"error": {"message": "Incorrect API key provided: sk-***. flagged"}}', False),  # 401 is always the key
+    (400, '{"error": {"message": "Invalid schema for response_format"}}', False),
+])
+def test_content_refusals_are_told_apart_from_key_and_request_errors(status_code, body, refusal):
+    from llm_flywheel.teachers.errors import is_content_refusal
+
+    assert is_content_refusal(status_code, body) is refusal

@@ -138,6 +138,22 @@ def test_teacher_down_opens_the_breaker_and_answers_student_fallback(cal_ws, png
     assert m['flywheel_requests_total{source="student_fallback"}'] == 3
 
 
+def test_inputs_the_teachers_moderation_declines_do_not_open_the_breaker(cal_ws, pngs):
+    """OpenRouter declines a flagged input with HTTP 403: that input is answered by the student (flagged
+    teacher_failed), and the teacher stays in use for the next ones -- a run of flagged inputs is not an outage."""
+    from test_breaker import OPENROUTER_FLAGGED
+
+    ws, _ = cal_ws
+    with FaultServer(default=status(403, OPENROUTER_FLAGGED)) as fs:
+        app = create_app(ws, "synth", teacher=_fault_teacher(ws, fs.url), threshold=DEFER_ALL, breaker_failures=2,
+                         breaker_cooldown_s=600, deadline_s=20)
+        with running(app) as url:
+            rs = [httpx.post(f"{url}/v1/predict", content=p, headers=PNG, timeout=60).json() for p in pngs[5:9]]
+            ready = httpx.get(f"{url}/readyz").json()
+    assert [r["source"] for r in rs] == ["teacher_failed"] * 4  # each one asked, none cut off by an open breaker
+    assert ready["teacher"]["breaker"] == "closed" and len(fs.requests) >= 4
+
+
 @pytest.mark.parametrize("on_deadline", ["fallback", "error"])
 def test_frozen_teacher_hits_the_deadline(cal_ws, pngs, on_deadline):
     ws, _ = cal_ws

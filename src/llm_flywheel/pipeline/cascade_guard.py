@@ -173,6 +173,9 @@ class RawTeacherCalls:
 
     async def _call_and_keep(self, content: Any, content_hash: str | None) -> Hit:
         ans = await self._call_teacher(content)
+        if ans is not None and ans.error_kind == "refused":  # declined this input: the teacher itself is fine
+            self.breaker.success()
+            return (None, 0.0)
         if ans is None or not ans.ok:
             if asyncio.current_task() not in self._late:  # already counted when it missed the deadline
                 self.breaker.failure()

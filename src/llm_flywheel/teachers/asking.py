@@ -21,8 +21,8 @@ import httpx
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
-from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_context_exceeded,
-                                          redact, refused_response_format, retry_after)
+from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_content_refusal,
+                                          is_context_exceeded, redact, refused_response_format, retry_after)
 from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
 from llm_flywheel.teachers.parsing import looks_like_json
 from llm_flywheel.teachers.response import read_response
@@ -222,6 +222,10 @@ class Asking:
         low = text.lower()
         if st >= 400 and is_context_exceeded(text):
             return self._on_context_exceeded(call, st, text)
+        if is_content_refusal(st, text):  # this item only: the run goes on (a 403 here is not a bad key)
+            return self._fail(call, "refused", f"the provider's content filter declined this item (HTTP {st}) — it "
+                              "stays unlabelled: label it by hand (`flywheel review`) or use a model without "
+                              f"moderation: {text[:200]}", extra={"status": st})
         if call.fallbacks < 6 and refused_response_format(st, text) and "logprob" not in low:
             call.fallbacks += 1
             if mode == "json_schema" and "maxlength" in low and self.schema_max_length:

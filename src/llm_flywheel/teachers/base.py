@@ -14,7 +14,8 @@ from llm_flywheel.store.workspace import Workspace
 # classifies a failure and the labeller / cascade / CLI that decide what to do about it.
 #   transient (retried with backoff, then retried next run): http_429, http_5xx, timeout, dropped (a connection
 #     that was made and then lost before an answer)
-#   per-item, final or re-asked once: parse, off_list, refused, truncated (cut off at max_tokens before a complete
+#   per-item, final or re-asked once: parse, off_list, refused (also a content filter declining the input:
+#     OpenRouter's moderation 403, OpenAI's content_policy_violation), truncated (cut off at max_tokens before a complete
 #     label; the client re-asks once with more room and no reason), context_exceeded (the prompt does not fit the
 #     server's context; the client shortens the item text once), http_4xx (another client error: the request, not
 #     the endpoint, is wrong)
@@ -24,7 +25,8 @@ from llm_flywheel.store.workspace import Workspace
 FATAL_ERROR_KINDS: frozenset[str] = frozenset({
     "connection",   # connection refused (or connect timeout): nothing listens at the URL
     "dns",          # the host name does not resolve
-    "auth",         # HTTP 401 / 403: missing or wrong API key (402: the account behind the key cannot pay)
+    "auth",         # HTTP 401 / 403: missing or wrong API key (402: the account behind the key cannot pay;
+                    # a 403 naming moderation / a content filter is that item's ``refused``)
     "not_found",    # HTTP 404: wrong base URL or unknown model
 })
 TRANSIENT_ERROR_KINDS: frozenset[str] = frozenset({"http_429", "http_5xx", "timeout", "dropped"})

@@ -29,6 +29,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import TeacherAnswer
+from llm_flywheel.teachers.errors import is_content_refusal
 from llm_flywheel.teachers.openai_compat import (
     OpenAICompatTeacher,
     TeacherConfigError,
@@ -232,7 +233,8 @@ def answer_from_line(teacher: OpenAICompatTeacher, task: Task, item_id: int, con
     if result.status_code != 200 or result.body is None:
         code = result.status_code or 0
         kind = ("timeout" if result.error and "expired" in result.error else "http_429" if code == 429
-                else "http_5xx" if code >= 500 or not code else "http_4xx")
+                else "http_5xx" if code >= 500 or not code
+                else "refused" if is_content_refusal(code, result.error or "") else "http_4xx")
         return fail(kind, f"batch line failed: {redact(result.error or f'HTTP {code}', teacher._api_key())[:300]}")
     pin, pout = teacher.price_per_mtok(task)
     prices = (None if pin is None else pin * price_ratio, None if pout is None else pout * price_ratio)

@@ -56,6 +56,8 @@ _DNS_MARKERS = ("name or service not known", "nodename nor servname", "getaddrin
 _CONTEXT_RE = re.compile(r"context size has been exceeded|exceeds? the available context|larger than the max context"
                          r"|exceed_context_size|maximum context length|context_length_exceeded"
                          r"|exceed(?:s|ed)? context window|context window exceeded|too many tokens in the prompt", re.I)
+_MODERATION_RE = re.compile(r"moderation|flagged|content[ _-]?polic|content[ _-]?filter|safety system|guardrail"
+                            r"|request blocked", re.I)
 _FORMAT_WORDS_4XX = ("response_format", "json_schema", "json_object", "schema", "structured", "grammar")
 _FORMAT_WORDS_5XX = ("response_format", "json_schema", "json_object", "grammar")
 
@@ -113,6 +115,14 @@ def context_numbers(text: str) -> tuple[int, int] | None:
     if m:
         return int(m.group(1)), int(m.group(2))
     return None
+
+
+def is_content_refusal(status: int, text: str) -> bool:
+    """A provider's content filter declined *this item*, not the key or the model: OpenRouter's HTTP 403 "Your chosen
+    model requires moderation and your input was flagged" (``error.metadata.flagged_input`` / ``reasons``) or its
+    guardrails' "Request blocked", OpenAI's 400 ``content_policy_violation``, Azure's 400 ``content_filter``.  The
+    next item may pass, so a 403 like this must not stop the run as a bad API key."""
+    return status in (400, 403, 422) and bool(_MODERATION_RE.search(text))
 
 
 def fatal_fix(kind: str, base_url: str, status: int | None = None, api_key_env: str | None = None,
