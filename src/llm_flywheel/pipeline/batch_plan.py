@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from llm_flywheel.pipeline.batch_labeling import BatchConfig
+from llm_flywheel.pipeline.batch_types import BatchConfig
 from llm_flywheel.pipeline.labeling import LabelConfig, plan
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
