@@ -59,6 +59,8 @@ def test_missing_key_is_named(tmp_path, key):
         ('name = "x"\nmodality = "video"\nlabels = ["a", "b"]\n', r"modality 'video'.*image, text, tabular"),
         ('name = "x"\nmodality = "image"\nlabels = ["a", "b", "a"]\n', r"duplicate label.*'a'"),
         ('name = "x"\nmodality = "image"\nlabels = ["Sweet Pepper", "apple"]\n', r"label 'Sweet Pepper'.*sweet_pepper"),
+        ('name = "x"\nmodality = "image"\nlabels = ["Billing issue", "Hardware/Device"]\n',
+         r"label 'Billing issue'.*e\.g\. 'billing_issue'"),  # the fix for this label, not a fixed example
         ('name = "x"\nmodality = "image"\nlabels = ["only"]\n', r"at least 2 labels"),
         ('name = "x"\nmodality = "image"\nlabels = 3\n', r"'labels' must be a table"),
         ('name = "x y"\nmodality = "image"\nlabels = ["a", "b"]\n', r"name 'x y'"),

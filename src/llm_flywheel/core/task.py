@@ -156,7 +156,10 @@ def _validate(t: Task) -> None:
         raise TaskError("labels must be unique")
     for lab in t.labels:
         if not _LABEL_RE.match(lab):
-            raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. 'sweet_pepper')")
+            slug = re.sub(r"[^a-z0-9]+", "_", str(lab).strip().lower()).strip("_")  # what image folders map names to
+            raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. "
+                            f"{slug if _LABEL_RE.match(slug) else 'sweet_pepper'!r}); the description can keep the "
+                            "wording the teacher should read")
     _validate_augment(t.modality, t.augment)
     if t.features and t.modality != "tabular":
         raise TaskError(f"feature names are for tabular tasks, not {t.modality}")
