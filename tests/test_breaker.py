@@ -114,6 +114,7 @@ def test_a_moderation_403_refuses_that_item_and_the_run_goes_on(synth_ws, synth_
     (400, '{"error": {"code": "content_filter", "message": "The response was filtered due to the prompt triggering '
           'Azure OpenAI\'s content management policy."}}', True),
     (403, '{"error": {"message": "Project does not have access to model gpt-4o"}}', False),
+    (403, '{"error": {"message": "This API key has been flagged for abuse and disabled"}}', False),  # the account
     (401, '{"error": {"message": "Incorrect API key provided: sk-***. flagged"}}', False),  # 401 is always the key
     (400, '{"error": {"message": "Invalid schema for response_format"}}', False),
 ])

@@ -56,8 +56,8 @@ _DNS_MARKERS = ("name or service not known", "nodename nor servname", "getaddrin
 _CONTEXT_RE = re.compile(r"context size has been exceeded|exceeds? the available context|larger than the max context"
                          r"|exceed_context_size|maximum context length|context_length_exceeded"
                          r"|exceed(?:s|ed)? context window|context window exceeded|too many tokens in the prompt", re.I)
-_MODERATION_RE = re.compile(r"moderation|flagged|content[ _-]?polic|content[ _-]?filter|safety system|guardrail"
-                            r"|request blocked", re.I)
+_MODERATION_RE = re.compile(r"moderation|input was flagged|flagged_input|content[ _-]?polic|content[ _-]?filter"
+                            r"|safety system|guardrail|request blocked", re.I)  # not "flagged" alone: an account can be
 _FORMAT_WORDS_4XX = ("response_format", "json_schema", "json_object", "schema", "structured", "grammar")
 _FORMAT_WORDS_5XX = ("response_format", "json_schema", "json_object", "grammar")
 
