@@ -48,6 +48,11 @@ _AUGMENT_LIMITS = {"rotate": (0.0, 180.0), "shift": (0.0, 0.5), "zoom": (0.0, 0.
 _LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
+def normalise_label(name: str) -> str:
+    """Folder names / label cells -> the task's label form: ``"Sweet Pepper"`` -> ``sweet_pepper``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+
+
 class TaskError(ValueError):
     """A task file that cannot be used; the message says which field and why."""
 
@@ -156,7 +161,7 @@ def _validate(t: Task) -> None:
         raise TaskError("labels must be unique")
     for lab in t.labels:
         if not _LABEL_RE.match(lab):
-            slug = re.sub(r"[^a-z0-9]+", "_", str(lab).strip().lower()).strip("_")  # what image folders map names to
+            slug = normalise_label(str(lab))  # what image folders and label columns map names to
             raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. "
                             f"{slug if _LABEL_RE.match(slug) else 'sweet_pepper'!r}); the description can keep the "
                             "wording the teacher should read")

@@ -19,19 +19,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from llm_flywheel.core.task import Task, TaskError, load_task
+from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 SOURCE_SPLITS = ("train", "test")
-
-
-def normalise_label(name: str) -> str:
-    """Folder names / label cells -> the task's label form: ``"Sweet Pepper"`` -> ``sweet_pepper``."""
-    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
-    return s
 
 
 def dataset_name(name: str) -> str:

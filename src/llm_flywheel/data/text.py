@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llm_flywheel.core.task import Task, TaskError, load_task
+from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
-from llm_flywheel.data.image_folder import dataset_name, normalise_label
+from llm_flywheel.data.image_folder import dataset_name
 
 DEFAULT_LABEL_COLUMN = "label"
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are legitimate text items

@@ -108,9 +108,17 @@ class Workspace:
                                  "use the same labels to add items to it, or another name")
         register_items(self._ws, task, items, gold=gold)
         if test is None:
-            test = 0.2 if gold is not None and any(g is not None for g in gold) else 0.0
+            test = _auto_test(gold is not None and any(g is not None for g in gold))
         make_splits_once(self._ws, name, val=val, calib=calib, stream=stream, test=test, seed=seed)
         return Dataset(self, name)
+
+
+def _auto_test(has_gold: bool) -> float:
+    """The test share of in-memory items: ``flywheel data add``'s where gold labels give accuracy something to be
+    measured against, none where nothing could be measured on it."""
+    from llm_flywheel.core.splits import SplitSpec
+
+    return SplitSpec().test if has_gold else 0.0
 
 
 # --- dataset ---------------------------------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ class Dataset:
             try:
                 check_resplit_allowed(s, self.name)
                 if test is None:
-                    test = 0.2 if any(it.gold_label is not None for it in s.items(self.name)) else 0.0
+                    test = _auto_test(any(g is not None for g in s.gold_by_hash(self.name).values()))
                 make_splits(s, self.name, SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed),
                             force=True)
             except ValueError as e:
