@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from fault_server import FaultServer, free_port, slow, status
+from fault_server import FaultServer, free_port, slow, status, ok
 from llm_flywheel.interfaces.serve import apply_retention, create_app, parse_prometheus
 from llm_flywheel.pipeline.calibration import DEFER_ALL
 from llm_flywheel.pipeline.cascade import Cascade
@@ -152,6 +152,24 @@ def test_inputs_the_teachers_moderation_declines_do_not_open_the_breaker(cal_ws,
             ready = httpx.get(f"{url}/readyz").json()
     assert [r["source"] for r in rs] == ["teacher_failed"] * 4  # each one asked, none cut off by an open breaker
     assert ready["teacher"]["breaker"] == "closed" and len(fs.requests) >= 4
+
+
+def test_unreadable_teacher_replies_do_not_open_the_breaker_and_say_why(cal_ws, pngs, caplog):
+    """A teacher that answers, but with a reply no label can be read from (a malformed JSON object), is up: each
+    such input falls back to the student, the log says why, and the breaker stays closed for the next inputs."""
+    import logging
+
+    ws, _ = cal_ws
+    with FaultServer(default=ok('{"label": "ring", "confid')) as fs, \
+            caplog.at_level(logging.WARNING, logger="llm_flywheel.pipeline.cascade_guard"):
+        app = create_app(ws, "synth", teacher=_fault_teacher(ws, fs.url), threshold=DEFER_ALL, breaker_failures=2,
+                         breaker_cooldown_s=600, deadline_s=20)
+        with running(app) as url:
+            rs = [httpx.post(f"{url}/v1/predict", content=p, headers=PNG, timeout=60).json() for p in pngs[9:13]]
+            ready = httpx.get(f"{url}/readyz").json()
+    assert [r["source"] for r in rs] == ["teacher_failed"] * 4  # each one asked, none cut off by an open breaker
+    assert ready["teacher"]["breaker"] == "closed"
+    assert "no usable teacher answer for a served input (parse" in caplog.text
 
 
 @pytest.mark.parametrize("on_deadline", ["fallback", "error"])

@@ -20,8 +20,8 @@ from llm_flywheel._version import __version__
 _API = (
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
     "FlywheelError", "FlywheelWarning", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError",
-    "RoundReport", "RunReport", "RunWarning", "SimulatedTeacher", "Teacher", "TeacherError", "Workspace",
-    "simulated_teacher", "teacher",
+    "RoundReport", "RunReport", "RunWarning", "ServedImport", "SimulatedTeacher", "Teacher", "TeacherError",
+    "Workspace", "simulated_teacher", "teacher",
 )
 __all__ = ["__version__", *_API]
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # for editors and type checkers
                       RoundReport, RunReport, RunWarning, SimulatedTeacher, Teacher, TeacherError, Workspace,
                       simulated_teacher, teacher)
     from llm_flywheel.interfaces.api.estimator import DistilledClassifier
+    from llm_flywheel.pipeline.served_import import ServedImport
 
 
 def __getattr__(name: str) -> Any:

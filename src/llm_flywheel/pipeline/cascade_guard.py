@@ -26,7 +26,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.liveness import known_dead, owner_id
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.base import Teacher, TeacherAnswer, TeacherSession
+from llm_flywheel.teachers.base import TRANSIENT_ERROR_KINDS, Teacher, TeacherAnswer, TeacherSession, is_fatal
 from llm_flywheel.teachers.prompts import row_content
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,12 @@ class RawTeacherCalls:
             self.breaker.success()
             return (None, 0.0)
         if ans is None or not ans.ok:
-            if asyncio.current_task() not in self._late:  # already counted when it missed the deadline
+            if ans is not None:  # else _call_teacher logged it
+                logger.warning("no usable teacher answer for a served input (%s: %s); the student's answer stands "
+                               "and the next request for it asks again", ans.error_kind, (ans.error_detail or "")[:200])
+            if ans is not None and not is_fatal(ans.error_kind) and ans.error_kind not in TRANSIENT_ERROR_KINDS:
+                self.breaker.success()  # it answered, just not usably for this input (unparseable, cut off)
+            elif asyncio.current_task() not in self._late:  # already counted when it missed the deadline
                 self.breaker.failure()
             return (None, 0.0)
         self.breaker.success()

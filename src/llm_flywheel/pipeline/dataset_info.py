@@ -8,9 +8,11 @@ or the service may want the same numbers.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.pipeline.served_import import served_not_added
 from llm_flywheel.pipeline.splits import check_duplicates
 from llm_flywheel.store.base import SPLITS, Store
 
@@ -34,6 +36,8 @@ class DatasetInfo:
     teacher_answers: list[dict[str, Any]] = field(default_factory=list)  # {model, answers, ok, failed, cost_usd}
     # Batch API jobs not collected yet: {batch_id, model, status, requests, submitted_at (unix s)}
     open_batches: list[dict[str, Any]] = field(default_factory=list)
+    # inputs `flywheel serve` kept that the dataset does not hold yet (`flywheel data add-served` adds them)
+    served_not_added: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,10 +47,11 @@ def _split_key(s: str | None) -> tuple[int, str]:
     return (SPLITS.index(s), s) if s in SPLITS else (len(SPLITS), str(s))
 
 
-def dataset_info(store: Store, dataset: str) -> DatasetInfo:
+def dataset_info(store: Store, dataset: str, root: Path | None = None) -> DatasetInfo:
     """Counts for one dataset: by split x source split, gold label x split, labelled status, label sources,
     teacher answers per model, its duplicate groups and its Batch API jobs not collected yet (online runs leave
-    their calls to them)."""
+    their calls to them), and the served inputs it does not hold yet (``root``: the workspace folder, where they
+    are kept)."""
     task = Task.from_json(store.dataset_task_json(dataset))
     c = store.dataset_counts(dataset)
     dups = check_duplicates(store, dataset).to_dict()
@@ -60,4 +65,6 @@ def dataset_info(store: Store, dataset: str) -> DatasetInfo:
         label_sources=c.label_sources, teacher_answers=c.teacher_answers,
         open_batches=[{"batch_id": b.batch_id, "model": b.model, "status": b.status, "requests": b.n_lines,
                        "submitted_at": b.created_at} for b in store.batches(dataset) if b.collected_at is None],
+        served_not_added=served_not_added(store, dataset, root),
     )
+

@@ -25,10 +25,11 @@ from rich.console import Console
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.liveness import LeaseHeld, lease
+from llm_flywheel.pipeline.served_import import served_not_added
 from llm_flywheel.pipeline.splits import make_splits
 from llm_flywheel.pipeline.wheel_config import (  # noqa: F401  (re-exported: the names callers import from here)
     AUTO_SHARE_CAP, AUTO_STREAM_CAP, DEFAULT_MAX_TEACHER_FRACTION, SMALL_CALIB, WheelConfig, WheelStopped,
-    auto_sizes, plan_sizes, without_unbinding)
+    auto_sizes, plan_sizes, warning, without_unbinding)
 from llm_flywheel.pipeline.wheel_finish import cost_section, finish, teacher_source  # noqa: F401
 from llm_flywheel.pipeline.wheel_measure import collect_stage, evaluate_stage, serve_stage
 from llm_flywheel.pipeline.wheel_results import EvalResult, RoundReport
@@ -112,6 +113,13 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
                        calib_ids=calib_ids, test_ids=sorted(head(perm["test"], cfg.test_limit)),
                        stream_order=perm["stream"])
     _print_sizes(ctx, sizing.sizes)
+    with ws.store(readonly=True) as store:
+        unserved = served_not_added(store, dataset, ws.root)
+    if unserved:  # production traffic the wheel could train on, already partly paid for
+        sizing.warnings.append(warning(
+            "served_not_added", f"{unserved:,} inputs `flywheel serve` kept for {dataset} are not in the dataset, so "
+            "this run neither trains on them nor reuses the teacher answers serving bought for them",
+            f"`flywheel data add-served {dataset} --teacher SPEC` (Python: ds.add_served(teacher)) before the run"))
     for w in sizing.warnings:
         ctx.warn(w, [])
     return ctx, sizing

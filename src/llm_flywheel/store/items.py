@@ -147,6 +147,17 @@ class ItemQueries:
         """Every item's ``source_ref``: what an import already holds (a re-run skips them)."""
         return {r["source_ref"] for r in self.query("SELECT source_ref FROM items WHERE dataset=?", (dataset,))}
 
+    def items_by_source_ref(self, dataset: str, refs: Sequence[str]) -> dict[str, tuple[int, str, str | None]]:
+        """source_ref -> (item id, content hash, split) for the refs the dataset holds."""
+        out: dict[str, tuple[int, str, str | None]] = {}
+        refs = list(refs)
+        for s in range(0, len(refs), 900):
+            chunk = refs[s : s + 900]
+            for r in self.query(f"SELECT id, source_ref, content_hash, split FROM items WHERE dataset=? "
+                                f"AND source_ref IN ({','.join('?' * len(chunk))})", [dataset, *chunk]):
+                out[r["source_ref"]] = (int(r["id"]), r["content_hash"], r["split"])
+        return out
+
     def source_test_outside_test(self, dataset: str) -> int:
         """Items the source marks as test that sit in another split (they joined an already-split dataset)."""
         return int(self.query("SELECT COUNT(*) AS n FROM items WHERE dataset=? AND source_split='test' "

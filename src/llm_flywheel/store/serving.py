@@ -45,6 +45,30 @@ class StoredTeacherAnswer:
 
 
 @dataclass(frozen=True)
+class ServedInput:
+    """One distinct input ``flywheel serve`` answered for a dataset: where it was kept (None: not kept, or retention
+    deleted it), how often it was asked, and whether the cascade deferred it at least once."""
+
+    content_hash: str
+    payload_ref: str | None
+    requests: int
+    deferred: bool
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    """A teacher answer serving bought, with what it cost: the row labelling adopts as the item's pass 0."""
+
+    content_hash: str
+    label: str | None
+    confidence: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost_usd: float | None
+    latency_s: float | None
+
+
+@dataclass(frozen=True)
 class RetentionResult:
     """What one retention pass removed; ``kept_pending`` rows were old enough but belong to store items (kept)."""
 
@@ -135,6 +159,40 @@ class ServingQueries:
                 chunk = list(refs[s : s + _CHUNK])
                 c.execute(f"UPDATE cascade_log SET payload_ref=NULL WHERE payload_ref IN ({','.join('?' * len(chunk))})",
                           chunk)
+
+    def served_inputs(self, dataset: str) -> list[ServedInput]:
+        """Every distinct input served for ``dataset`` from outside the store (``flywheel serve`` traffic)."""
+        return [ServedInput(str(r["content_hash"]), r["ref"], int(r["n"]), bool(r["deferred"]))
+                for r in self.query(  # type: ignore[attr-defined]
+                    "SELECT content_hash, MAX(payload_ref) AS ref, COUNT(*) AS n, "
+                    "MAX(CASE WHEN source='student' THEN 0 ELSE 1 END) AS deferred FROM cascade_log "
+                    "WHERE dataset=? AND origin='serve' AND item_id IS NULL AND content_hash IS NOT NULL "
+                    "GROUP BY content_hash ORDER BY MIN(id)", (dataset,))]
+
+    def served_answers(self, hashes: Sequence[str], model: str, prompt_version: str) -> dict[str, ServedAnswer]:
+        """content hash -> the answer serving bought from this teacher and prompt, for the hashes that have one."""
+        out: dict[str, ServedAnswer] = {}
+        hs = list(hashes)
+        for s in range(0, len(hs), _CHUNK):
+            chunk = hs[s : s + _CHUNK]
+            for r in self.query(  # type: ignore[attr-defined]
+                    "SELECT content_hash, label, confidence, tokens_in, tokens_out, cost_usd, latency_s "
+                    f"FROM served_teacher_answers WHERE model=? AND prompt_version=? "
+                    f"AND content_hash IN ({','.join('?' * len(chunk))})", [model, prompt_version, *chunk]):
+                out[str(r["content_hash"])] = ServedAnswer(
+                    str(r["content_hash"]), r["label"], r["confidence"], r["tokens_in"], r["tokens_out"],
+                    r["cost_usd"], r["latency_s"])
+        return out
+
+    def served_answer_count(self, hashes: Sequence[str]) -> int:
+        """How many of ``hashes`` have a teacher answer bought by serving, from any teacher."""
+        hs, n = list(hashes), 0
+        for s in range(0, len(hs), _CHUNK):
+            chunk = hs[s : s + _CHUNK]
+            n += int(self.query(  # type: ignore[attr-defined]
+                "SELECT COUNT(DISTINCT content_hash) AS n FROM served_teacher_answers "
+                f"WHERE content_hash IN ({','.join('?' * len(chunk))})", chunk)[0]["n"])
+        return n
 
     # -- teacher answers for the cascade -------------------------------------------------------------------
     def teacher_labels_for(self, item_ids: Sequence[int], model: str | None) -> dict[int, tuple[str | None, float | None]]:

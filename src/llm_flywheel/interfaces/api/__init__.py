@@ -23,7 +23,7 @@ from llm_flywheel.interfaces.api.workspace import Dataset, Workspace
 __all__ = [
     "Answer", "Calibration", "Cascade", "ClassMetrics", "Dataset", "DistilledClassifier", "Evaluation",
     "FlywheelError", "FlywheelWarning", "InputError", "LabelPlan", "LabelReport", "Model", "NotReadyError",
-    "RoundReport", "RunReport", "RunWarning",
+    "RoundReport", "RunReport", "RunWarning", "ServedImport",
     "SimulatedTeacher", "Teacher", "TeacherError", "Workspace", "simulated_teacher", "teacher",
 ]
 
@@ -33,4 +33,8 @@ def __getattr__(name: str) -> object:
         from llm_flywheel.interfaces.api.estimator import DistilledClassifier
 
         return DistilledClassifier
+    if name == "ServedImport":  # Dataset.add_served's result (its module imports the data adapters' base)
+        from llm_flywheel.pipeline.served_import import ServedImport
+
+        return ServedImport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -183,6 +183,10 @@ def _print_info(out: Console, info: dict[str, Any]) -> None:
         for r in info["teacher_answers"]:
             t.add_row(r["model"], f"{r['answers']:,}", f"{r['ok']:,}", f"{r['failed']:,}", f"{r['cost_usd']:.4f}")
         out.print(t)
+    if info.get("served_not_added"):
+        out.print(f"[bold yellow]served inputs not in the dataset yet[/]: {info['served_not_added']:,} kept by "
+                  f"`flywheel serve`; add them (labelled with the answers serving bought): `flywheel data add-served "
+                  f"{escape(info['dataset'])} --teacher SPEC`", highlight=False)
     if info.get("open_batches"):
         jobs = info["open_batches"]
         out.print(f"[bold yellow]open Batch API jobs[/]: {len(jobs)} ({sum(b['requests'] for b in jobs):,} requests; "
@@ -206,7 +210,7 @@ def info(ctx: Ctx, dataset: str | None, as_json: bool) -> None:
     with ws.store(readonly=True) as store:
         names = [dataset] if dataset else store.dataset_names()
         try:
-            infos = [dataset_info(store, n).to_dict() for n in names]
+            infos = [dataset_info(store, n, ws.root).to_dict() for n in names]
         except StoreError as e:
             raise click.ClickException(str(e)) from None
     if as_json:
@@ -258,3 +262,50 @@ def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
     if rep.cross_split_groups and not rep.repaired:
         raise FlywheelExit(f"{rep.cross_split_groups} duplicate group(s) of {dataset} cross splits; run "
                            f"`flywheel data check {dataset} --repair` before labelling", ExitCode.ERROR)
+
+
+# -- add-served ---------------------------------------------------------------------------------------------------
+
+
+@data.command("add-served", epilog="\b\nExamples:\n"
+              "  flywheel data add-served tickets --teacher openrouter:google/gemini-2.5-flash\n"
+              "  flywheel data add-served tickets --teacher simulated    # the teacher `flywheel serve --teacher "
+              "simulated` used\n"
+              "  flywheel data add-served tickets                        # inputs only, unlabelled\n\n"
+              "`flywheel serve` keeps each input up to --max-logged-payload-bytes under exports/served/ and stores "
+              "every teacher answer before using it. This brings both back: the inputs join the train split (the "
+              "pool the wheel's selection draws from; content the dataset already holds is skipped), and the answers "
+              "serving bought from --teacher become the new items' labels, stored as labelling's first pass so no "
+              "later run pays for them again. No teacher call is made. Re-running adds only what is new.")
+@click.argument("dataset")
+@click.option("--teacher", "spec", default=None,
+              help="The teacher `flywheel serve` used (same spec): its answers become labels. Omitted: the inputs "
+                   "join unlabelled.")
+@click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@pass_ctx
+def add_served(ctx: Ctx, dataset: str, spec: str | None, api_key_env: str | None, as_json: bool) -> None:
+    """Add the inputs `flywheel serve` answered for DATASET to its train split, labelled with the answers serving
+    already paid for."""
+    from llm_flywheel.interfaces.cli.commands import open_dataset
+    from llm_flywheel.interfaces.cli.commands.cascade import _teacher
+    from llm_flywheel.pipeline.served_import import import_served
+
+    ws = open_dataset(ctx, dataset)
+    logging.getLogger("llm_flywheel.data.base").setLevel(logging.ERROR)  # the summary says it
+    with _teacher(ws, dataset, spec, api_key_env) as teacher:
+        try:
+            res = import_served(ws, dataset, teacher, progress=not as_json)
+        except (ValueError, StoreError) as e:
+            raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+        return
+    console.print(escape(res.summary()), highlight=False)
+    if res.splits:
+        console.print("splits: " + ", ".join(f"{k} {v:,}" for k, v in res.splits.items()))
+    for note in res.notes:
+        console.print(f"note: {escape(note)}", highlight=False)
+    if not res.served:
+        console.print(f"nothing served for {escape(dataset)} yet: `flywheel serve {escape(dataset)}` logs its traffic "
+                      "here", highlight=False)
