@@ -240,7 +240,8 @@ class LoadResult:
                 f"p95 {self.q(0.95):6.1f} ms  p99 {self.q(0.99):6.1f} ms  ({self.n} requests; {codes})")
 
 
-async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype: str, parse: bool) -> LoadResult:
+async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype: str, parse: bool,
+                path: str = "/v1/predict") -> LoadResult:
     res = LoadResult(concurrency, n, 0.0)
     counter = iter(range(n))
 
@@ -248,7 +249,7 @@ async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for i in counter:
-                raw = request_bytes("/v1/predict", bodies[i % len(bodies)], ctype)
+                raw = request_bytes(path, bodies[i % len(bodies)], ctype)
                 t0 = time.perf_counter()
                 try:
                     status, body = await _one(reader, writer, raw)
@@ -272,8 +273,8 @@ async def _load(port: int, bodies: list[bytes], n: int, concurrency: int, ctype:
 
 
 def load(port: int, bodies: list[bytes], n: int, concurrency: int, *, ctype: str = "image/png",
-         parse: bool = False) -> LoadResult:
-    return asyncio.run(_load(port, bodies, n, concurrency, ctype, parse))
+         parse: bool = False, path: str = "/v1/predict") -> LoadResult:
+    return asyncio.run(_load(port, bodies, n, concurrency, ctype, parse, path))
 
 
 # -- bad inputs ------------------------------------------------------------------------------------------------------

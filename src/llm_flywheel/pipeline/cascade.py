@@ -293,8 +293,12 @@ class Cascade:
     # -- raw inputs (serving) --------------------------------------------------------------------------------------
     def student_guess(self, content: Any) -> tuple[str, float]:
         """The student's calibrated (label, confidence) for one raw input (CPU work: run it off the event loop)."""
-        idx, conf = self.student_scores(self.student.predict_proba_raw([content]))
-        return self.labels[int(idx[0])], float(conf[0])
+        return self.student_guesses([content])[0]
+
+    def student_guesses(self, contents: Sequence[Any]) -> list[tuple[str, float]]:
+        """:meth:`student_guess` for many inputs in one student call (a batch is what ONNX Runtime is fast at)."""
+        idx, conf = self.student_scores(self.student.predict_proba_raw(list(contents)))
+        return [(self.labels[int(i)], float(c)) for i, c in zip(idx, conf)]
 
     async def apredict_raw(self, content: Any, *, origin: str = "serve", log: bool = True,
                            content_hash: str | None = None, payload_ref: str | None = None,

@@ -26,7 +26,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llm_flywheel.interfaces.serve.config import ServeConfig
+from llm_flywheel.interfaces.serve.batch import BatchResponse, answer_batch
+from llm_flywheel.interfaces.serve.batch import request_body as batch_request_body
+from llm_flywheel.interfaces.serve.config import REPLICA_HEADER, ServeConfig
 from llm_flywheel.interfaces.serve.feedback_log import FeedbackLog
 from llm_flywheel.interfaces.serve.follow import follow_promoted, warm
 from llm_flywheel.interfaces.serve.inputs import (HTTPProblem, RawInput, check_content_type, content_type, decode_image,
@@ -41,9 +43,6 @@ from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.workspace import Workspace
 
 logger = logging.getLogger(__name__)
-# which process answered (host:pid): every predict answer carries it as a header and /healthz, /readyz in the body,
-# so an operator (and the replica tests) can tell Ray Serve replicas -- or processes behind any load balancer -- apart
-REPLICA_HEADER = "X-Flywheel-Replica"
 
 
 class PredictResponse(BaseModel):
@@ -314,11 +313,23 @@ def _routes(app: FastAPI, st: ServeState) -> None:
     @app.post("/v1/predict", response_model=PredictResponse, summary="Classify one input with the cascade",
               openapi_extra=request_body(st.modality), responses=RESPONSES)
     async def predict(request: Request) -> JSONResponse:
-        t0 = time.perf_counter()
+        return await _counted(st, st.answer, request)
+
+    @app.post("/v1/predict/batch", response_model=BatchResponse,
+              summary=f"Classify up to {st.cfg.max_batch} inputs in one request (one result each, errors included)",
+              openapi_extra=batch_request_body(st.modality, st.cfg.max_batch), responses=RESPONSES)
+    async def predict_batch(request: Request) -> JSONResponse:
+        resp = await _counted(st, lambda r, t0: answer_batch(st, r, t0), request)
+        resp.headers[REPLICA_HEADER] = st.replica
+        return resp
+
+
+async def _counted(st: ServeState, handler: Any, request: Request) -> JSONResponse:
+    t0 = time.perf_counter()
+    with st.metrics.lock:
+        st.metrics.inflight += 1
+    try:
+        return await handler(request, t0)
+    finally:
         with st.metrics.lock:
-            st.metrics.inflight += 1
-        try:
-            return await st.answer(request, t0)
-        finally:
-            with st.metrics.lock:
-                st.metrics.inflight -= 1
+            st.metrics.inflight -= 1

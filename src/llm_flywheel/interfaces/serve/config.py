@@ -8,6 +8,9 @@ from llm_flywheel.pipeline.cascade_guard import ON_DEADLINE
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_LOGGED_PAYLOAD_BYTES = 256 * 1024
+# which process answered (host:pid): every predict answer carries it as a header and /healthz, /readyz in the body,
+# so an operator (and the replica tests) can tell Ray Serve replicas -- or processes behind any load balancer -- apart
+REPLICA_HEADER = "X-Flywheel-Replica"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class ServeConfig:
     retention_interval_s: float = 600.0
     follow_promoted_s: float = 30.0  # how often the service checks for a newly promoted model (0: never)
     seed: int | None = None
+    max_batch: int = 64  # inputs in one POST /v1/predict/batch
 
     def __post_init__(self) -> None:
         checks = [
@@ -61,6 +65,7 @@ class ServeConfig:
                                                self.retention_max_payload_bytes)),
              "retention limits must be > 0 (or unset)"),
             (self.retention_interval_s > 0, "retention_interval_s must be > 0"),
+            (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
             (self.follow_promoted_s >= 0, f"follow_promoted_s must be >= 0, got {self.follow_promoted_s}"),
         ]
         for ok, msg in checks:

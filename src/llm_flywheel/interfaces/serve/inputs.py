@@ -133,6 +133,11 @@ def _parse_json(body: bytes, modality: str, max_bytes: int, columns: Sequence[st
         raise HTTPProblem(400, "JSON body is nested too deeply; send a flat object") from None
     if not isinstance(obj, dict):
         raise HTTPProblem(422, f"JSON body must be an object; this {modality} model takes {HINT[modality]}")
+    return from_json_object(obj, modality, max_bytes, columns)
+
+
+def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
+    """One input from its JSON object (a request body, or one element of a batch's ``inputs``)."""
     try:
         req = JSON_MODELS[modality].model_validate(obj)
     except ValidationError as e:

@@ -22,6 +22,8 @@ from llm_flywheel.teachers.errors import TeacherConfigError
                "  curl -F file=@shirt.png http://127.0.0.1:8000/v1/predict\n"
                "  curl -H 'Content-Type: application/json' -d '{\"image_base64\": \"...\"}' "
                "http://127.0.0.1:8000/v1/predict\n"
+               "  curl -H 'Content-Type: application/json' -d '{\"inputs\": [{\"image_base64\": \"...\"}, ...]}' "
+               "http://127.0.0.1:8000/v1/predict/batch\n"
                "  curl http://127.0.0.1:8000/readyz      # readiness (model, store, teacher breaker)\n"
                "  curl http://127.0.0.1:8000/metrics     # Prometheus\n"
                "  open http://127.0.0.1:8000/docs        # OpenAPI docs\n"
@@ -43,6 +45,8 @@ from llm_flywheel.teachers.errors import TeacherConfigError
               help="Fraction of answered requests logged to the store as feedback for the wheel.")
 @click.option("--max-logged-payload-bytes", type=int, default=256 * 1024, show_default=True,
               help="Inputs up to this size are kept under exports/served/ with their log row (0: keep none).")
+@click.option("--max-batch", type=int, default=64, show_default=True,
+              help="Most inputs in one POST /v1/predict/batch (its body is bounded by --max-bytes too).")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Threads that decode inputs and run the student.")
 @click.option("--queue", type=int, default=64, show_default=True,
@@ -85,7 +89,8 @@ from llm_flywheel.teachers.errors import TeacherConfigError
 def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spec: str | None,
           api_key_env: str | None, threshold: float | None, replicas: int | None, min_replicas: int | None,
           max_replicas: int | None, ray_address: str | None, **limits: object) -> None:
-    """Serve DATASET's calibrated cascade over HTTP: POST /v1/predict, GET /healthz, /readyz, /metrics, /docs."""
+    """Serve DATASET's calibrated cascade over HTTP: POST /v1/predict (one input) and /v1/predict/batch (many),
+    GET /healthz, /readyz, /metrics, /docs."""
     from llm_flywheel.interfaces.serve import ServeConfig, create_app, is_loopback, serve_forever
     from llm_flywheel.pipeline.cascade import CascadeError
     from llm_flywheel.store.base import StoreError
