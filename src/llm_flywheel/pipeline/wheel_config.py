@@ -155,7 +155,8 @@ def _larger_calib_fix(n: dict[str, int], need: int) -> str:
     quarter = 0.25 * (total - n.get("test", 0))  # `--calib 0.25` is a share of the items outside test
     size = f"{SMALL_CALIB * 2}" if fits else "0.25" if quarter >= need else f"{need}"
     return (f"give the dataset a larger calib split before labelling (`flywheel data add ... --calib {size} --resplit`; "
-            f"Python: `ds.resplit(calib={size})`)"
+            f"Python: `ds.resplit(calib={size})`; once it has labels, import it again under a new `--name` with "
+            f"that --calib: teacher answers are cached by content, so relabelling it is free)"
             + ("" if fits else f"; with {total} items, more data helps most"))
 
 
