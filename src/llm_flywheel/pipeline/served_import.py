@@ -61,7 +61,8 @@ class ServedImport:
         s = (f"{self.dataset}: {self.served:,} distinct inputs served ({self.deferred:,} deferred); "
              f"{self.added:,} added to train, {self.already_present:,} already in the dataset")
         if self.not_kept:
-            s += f", {self.not_kept:,} not kept (larger than --max-logged-payload-bytes, or deleted by retention)"
+            s += (f", {self.not_kept:,} not found (larger than --max-logged-payload-bytes, deleted by retention, or "
+                  f"kept under exports/served/ of another machine's workspace folder: run this where they are)")
         if self.unreadable:
             s += f", {self.unreadable:,} unreadable"
         if self.teacher:
