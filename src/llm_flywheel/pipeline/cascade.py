@@ -291,6 +291,10 @@ class Cascade:
             return store.teacher_labels_for(ids, model)
 
     # -- raw inputs (serving) --------------------------------------------------------------------------------------
+    def set_spend_cap(self, cap: Any) -> None:
+        """Cap what the teacher is paid for raw inputs (:mod:`.serve_budget`); the with_model cascades share it."""
+        self._raw.set_spend_cap(cap)
+
     def student_guess(self, content: Any) -> tuple[str, float]:
         """The student's calibrated (label, confidence) for one raw input (CPU work: run it off the event loop)."""
         return self.student_guesses([content])[0]
@@ -340,7 +344,8 @@ class Cascade:
         if got is None:
             if on_deadline == "error":
                 raise DeadlineExceeded(f"the teacher did not answer within {deadline_s:.3g} s"
-                                       if deadline_s is not None else "the teacher is not being called (breaker open)")
+                                       if deadline_s is not None else
+                                       "the teacher is not being called (breaker open, or spend cap reached)")
             a.source = "student_fallback"
         elif got[0] is not None and got[0] in self.labels:
             a.label, a.source, a.confidence, a.teacher_label = got[0], "teacher", got[1], got[0]

@@ -24,6 +24,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.liveness import known_dead, owner_id
+from llm_flywheel.pipeline.serve_budget import TeacherSpendCap
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import TRANSIENT_ERROR_KINDS, Teacher, TeacherAnswer, TeacherSession, is_fatal
@@ -115,6 +116,15 @@ class RawTeacherCalls:
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
         self._late: set[asyncio.Future[Hit]] = set()  # calls already counted as failures for missing a deadline
         self.owner = owner_id(f"serve-{uuid.uuid4().hex[:12]}")  # this instance's name on its claims in the store
+        self.cap: TeacherSpendCap | None = None  # set_spend_cap
+
+    def set_spend_cap(self, cap: TeacherSpendCap | None) -> None:
+        """Cap what this teacher may be paid in a rolling window (:mod:`.serve_budget`); needs the store."""
+        if cap is not None:
+            if self.db is None or self.teacher is None:
+                raise ValueError("a teacher spend cap needs a workspace and a teacher")
+            cap.bind(self.db, *self._teacher_key())
+        self.cap = cap
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
@@ -129,11 +139,18 @@ class RawTeacherCalls:
                 return hit
         task = self._asking.get(content_hash) if content_hash else None
         if task is None:
+            held = await asyncio.to_thread(self.cap.reserve) if self.cap is not None else 0.0
+            if held is None:  # over the spend cap (checked first: a breaker probe must be followed by its call)
+                return None
             if not self.breaker.allow():
+                if self.cap is not None:
+                    self.cap.release(held)
                 return None
             task = asyncio.ensure_future(self._buy(content, content_hash))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            if self.cap is not None:
+                task.add_done_callback(lambda _t, cap=self.cap, r=held: cap.release(r))
             if content_hash:
                 self._asking[content_hash] = task
                 task.add_done_callback(lambda _t, h=content_hash: self._asking.pop(h, None))

@@ -238,6 +238,15 @@ class ServingQueries:
             (content_hash, model, prompt_version, label, confidence, tokens_in, tokens_out, cost_usd, latency_s,
              time.time()))
 
+    def served_spend_since(self, model: str, prompt_version: str, since: float) -> tuple[int, float, int, float]:
+        """(answers, USD, answers with a cost, the dearest answer's USD) serving bought from this teacher since the
+        timestamp ``since``, by any process on this store."""
+        r = self.query(  # type: ignore[attr-defined]
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cost_usd), 0) AS usd, COUNT(cost_usd) AS priced, "
+            "COALESCE(MAX(cost_usd), 0) AS dearest FROM served_teacher_answers "
+            "WHERE model=? AND prompt_version=? AND created_at >= ?", (model, prompt_version, since))[0]
+        return int(r["n"]), float(r["usd"]), int(r["priced"]), float(r["dearest"])
+
     def check_writable(self) -> None:
         """Raise when the store cannot take a write now (for /readyz).  A real statement, not an empty transaction
         (which a read-only PostgreSQL accepts): it deletes claims abandoned for a day, which is worth doing anyway."""

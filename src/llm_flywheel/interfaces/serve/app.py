@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -80,6 +80,7 @@ class ServeState:
     swaps: int = 0  # models swapped in since start (.follow)
     unloadable: str | None = None  # the promoted version that could not be loaded (warned once)
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    cap: Any = None  # the teacher's spend cap (pipeline.serve_budget.TeacherSpendCap), when one is set
 
     @property
     def modality(self) -> str:
@@ -127,8 +128,8 @@ class ServeState:
                                                        deadline_s=left, on_deadline=self.cfg.on_deadline)
         except DeadlineExceeded:
             raise HTTPProblem(504, f"the teacher did not answer within the {self.cfg.deadline_s:g} s deadline (or its "
-                                   f"breaker is open); the student's guess was {guess[0]!r} at confidence "
-                                   f"{guess[1]:.3f}") from None
+                                   f"breaker is open, or its spend cap reached); the student's guess was {guess[0]!r} "
+                                   f"at confidence {guess[1]:.3f}") from None
         seconds = time.perf_counter() - t0
         ans.latency_ms = seconds * 1000
         self.metrics.answered(ans.source, seconds)
@@ -156,7 +157,8 @@ class ServeState:
                 "store_writable": store_ok, "store_error": store_err,
                 "teacher": None if self.cascade.teacher is None else {
                     "breaker": b.state, "consecutive_failures": b.consecutive_failures,
-                    "retry_in_s": round(b.retry_in_s, 3)},
+                    "retry_in_s": round(b.retry_in_s, 3),
+                    "spend_cap": None if self.cap is None else asdict(self.cap.state())},
                 "queue": {"main": self.pool.admitted, "main_capacity": self.pool.capacity,
                           "heavy": self.heavy.admitted, "heavy_capacity": self.heavy.capacity}}
         return ok, body
@@ -208,6 +210,7 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
     from dataclasses import replace
 
     from llm_flywheel.pipeline.cascade_guard import TeacherBreaker
+    from llm_flywheel.pipeline.serve_budget import TeacherSpendCap
 
     cfg = replace(config or ServeConfig(), **overrides)
     if teacher is None and teacher_spec:
@@ -223,9 +226,16 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
             check_served_model(s, teacher)
     cascade = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold,
                                  breaker=TeacherBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s))
+    cap = None
+    if cfg.spend_capped:
+        if teacher is None:
+            raise ValueError("a teacher budget (teacher_budget_usd / teacher_max_calls) needs a teacher")
+        cap = TeacherSpendCap(cfg.teacher_budget_usd, cfg.teacher_max_calls, cfg.teacher_budget_hours * 3600)
+        cascade.set_spend_cap(cap)
     st = ServeState(ws, cascade, cfg, Metrics(cascade.version, dataset), WorkerPool("main", cfg.workers, cfg.queue),
                     WorkerPool("heavy", 1, cfg.heavy_queue),
                     FeedbackLog(cascade, ws.root, cfg.max_logged_payload_bytes), random.Random(cfg.seed))
+    st.cap = cap
     _warm_up(st)
     _gauges(st)
 
@@ -268,6 +278,11 @@ def _gauges(st: ServeState) -> None:
     g["flywheel_teacher_calls_in_flight"] = ("Teacher calls running (some outlive their request's deadline).",
                                              lambda: st.cascade.teacher_calls_in_flight)
     g["flywheel_model_swaps_total"] = ("Newly promoted models swapped in since start (counter).", lambda: st.swaps)
+    if st.cap is not None:
+        g["flywheel_teacher_spend_usd"] = ("Teacher USD bought by serving in the cap's window, every process on the "
+                                           "store (as last read).", lambda: st.cap.state().spent_usd)
+        g["flywheel_teacher_spend_refused_total"] = ("Teacher calls not made because the spend cap was reached "
+                                                     "(counter).", lambda: st.cap.state().refused_total)
     g["flywheel_log_dropped_total"] = ("Served answers not logged because the store could not keep up (counter).",
                                        lambda: st.feedback.dropped)
 

@@ -145,8 +145,9 @@ async def answer_batch(st: ServeState, request: Request, t0: float) -> JSONRespo
         except DeadlineExceeded:
             st.metrics.rejected(504)
             return {"error": {"status": 504, "detail": f"the teacher did not answer within the {st.cfg.deadline_s:g} s "
-                                                       f"deadline (or its breaker is open); the student's guess was "
-                                                       f"{guess[0]!r} at confidence {guess[1]:.3f}"}}
+                                                       f"deadline (or its breaker is open, or its spend cap reached); "
+                                                       f"the student's guess was {guess[0]!r} at confidence "
+                                                       f"{guess[1]:.3f}"}}
         seconds = time.perf_counter() - t0
         ans.latency_ms = seconds * 1000
         st.metrics.answered(ans.source, seconds)

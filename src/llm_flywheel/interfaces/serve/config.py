@@ -24,7 +24,9 @@ class ServeConfig:
     ``heavy_pixels`` decode on their own single thread so a pixel bomb only ever waits behind other large images.
     Retention (off unless set) deletes served-traffic log rows and saved inputs by age / count / bytes, never the
     rows of store items (the wheel's feedback).  Every ``follow_promoted_s`` the service swaps in a newly promoted
-    model (:mod:`.follow`; 0, or a model named at startup, turns that off).
+    model (:mod:`.follow`; 0, or a model named at startup, turns that off).  ``teacher_budget_usd`` /
+    ``teacher_max_calls`` cap what the teacher is paid / asked in a rolling ``teacher_budget_hours`` window, across
+    every process on the store (:mod:`llm_flywheel.pipeline.serve_budget`).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -47,6 +49,9 @@ class ServeConfig:
     follow_promoted_s: float = 30.0  # how often the service checks for a newly promoted model (0: never)
     seed: int | None = None
     max_batch: int = 64  # inputs in one POST /v1/predict/batch
+    teacher_budget_usd: float | None = None  # what the teacher may be paid per window (None: no cap)
+    teacher_max_calls: int | None = None  # answers the teacher may be asked for per window (None: no cap)
+    teacher_budget_hours: float = 24.0  # the rolling window of both caps
 
     def __post_init__(self) -> None:
         checks = [
@@ -66,6 +71,9 @@ class ServeConfig:
              "retention limits must be > 0 (or unset)"),
             (self.retention_interval_s > 0, "retention_interval_s must be > 0"),
             (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
+            ((self.teacher_budget_usd is None or self.teacher_budget_usd > 0)
+             and (self.teacher_max_calls is None or self.teacher_max_calls >= 1) and self.teacher_budget_hours > 0,
+             "teacher_budget_usd must be > 0, teacher_max_calls >= 1 and teacher_budget_hours > 0"),
             (self.follow_promoted_s >= 0, f"follow_promoted_s must be >= 0, got {self.follow_promoted_s}"),
         ]
         for ok, msg in checks:
@@ -76,3 +84,7 @@ class ServeConfig:
     def retention_on(self) -> bool:
         return any(v is not None for v in (self.retention_max_age_days, self.retention_max_rows,
                                            self.retention_max_payload_bytes))
+
+    @property
+    def spend_capped(self) -> bool:
+        return self.teacher_budget_usd is not None or self.teacher_max_calls is not None

@@ -56,6 +56,14 @@ from llm_flywheel.teachers.errors import TeacherConfigError
                    "marked student_fallback.")
 @click.option("--on-deadline", type=click.Choice(["fallback", "error"]), default="fallback", show_default=True,
               help="At the deadline: the student's answer (fallback) or HTTP 504 (error).")
+@click.option("--teacher-budget-usd", type=float, default=None,
+              help="Most USD the teacher may be paid for served inputs per --teacher-budget-hours, counted over every "
+                   "process on the store; over it, deferred inputs get the student's answer (student_fallback). Needs "
+                   "answers that carry a cost: a local server is capped with --teacher-max-calls. Default: no cap.")
+@click.option("--teacher-max-calls", type=int, default=None,
+              help="Most teacher answers bought per --teacher-budget-hours (any server). Default: no cap.")
+@click.option("--teacher-budget-hours", type=float, default=24.0, show_default=True,
+              help="The rolling window of --teacher-budget-usd and --teacher-max-calls.")
 @click.option("--breaker-failures", type=int, default=5, show_default=True,
               help="Consecutive teacher failures that open the circuit breaker (no calls during the cool-down).")
 @click.option("--breaker-cooldown", "breaker_cooldown_s", type=float, default=30.0, show_default=True,
@@ -107,6 +115,8 @@ def serve(ctx: Ctx, dataset: str, host: str, port: int, version: str | None, spe
         for param in click.get_current_context().command.params:
             msg = re.sub(rf"\b{param.name}\b", param.opts[0], msg) if param.opts else msg
         raise config_error(msg) from None
+    if config.spend_capped and not spec:
+        raise config_error("--teacher-budget-usd / --teacher-max-calls cap a teacher: give --teacher SPEC")
     scaling = _scaling(replicas, min_replicas, max_replicas)
     if scaling is None and ray_address is not None:
         raise config_error("--ray-address needs --replicas N (one process does not use Ray)")
