@@ -200,3 +200,44 @@ def test_the_wheel_warns_about_served_inputs_it_would_not_train_on(served):
     ds.add_served(t)
     _, sizing = setup(ws._ws, "tickets", WheelConfig(rounds=1), Console(quiet=True), False, built, None)
     assert not [w for w in sizing.warnings if w["code"] == "served_not_added"]
+
+
+def test_labelling_content_serving_answered_reuses_that_answer_without_an_import(served):
+    """A stream item posted to the service: labelling it later takes serving's answer as its first pass."""
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.pipeline.served_answers import SERVED_REASON
+
+    ws, ds, t, _, _ = served
+    with ws._ws.store(readonly=True) as s:
+        it = s.items("tickets", split="stream", limit=1)[0]
+    app = create_app(ws._ws, "tickets", teacher_spec=t.spec, api_key_env="", threshold=DEFER_ALL, deadline_s=30)
+    with running(app) as url:
+        assert httpx.post(f"{url}/v1/predict", json={"text": it.text}, timeout=60).json()["source"] == "teacher"
+    calls = _calls(t)
+    rep = label_items(ws._ws, "tickets", [it.id], t.build(ds.task, ws._ws),
+                      LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    assert rep.reused_from_serving == 1 and rep.answers_cached == 1
+    assert rep.calls_made == _calls(t) - calls and 1 <= rep.calls_made <= 2  # pass 1, and a tie-break if they differ
+    with ws._ws.store(readonly=True) as s:
+        first = s.query("SELECT reason FROM teacher_answers WHERE item_id=? AND pass_index=0 AND ok=1", (it.id,))
+    assert first[0]["reason"] == SERVED_REASON
+    again = label_items(ws._ws, "tickets", [it.id], t.build(ds.task, ws._ws),
+                        LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    assert again.reused_from_serving == 0 and again.calls_made == 0
+
+
+def test_batch_api_labelling_reuses_what_serving_bought_too(served):
+    from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+    from llm_flywheel.pipeline.labeling import LabelConfig
+
+    ws, ds, t, _, _ = served
+    with ws._ws.store(readonly=True) as s:
+        items = s.items("tickets", split="stream", limit=3)
+    app = create_app(ws._ws, "tickets", teacher_spec=t.spec, api_key_env="", threshold=DEFER_ALL, deadline_s=30)
+    with running(app) as url:
+        for it in items:
+            assert httpx.post(f"{url}/v1/predict", json={"text": it.text}, timeout=60).json()["source"] == "teacher"
+    rep = label_items_batch(ws._ws, "tickets", [it.id for it in items], t.build(ds.task, ws._ws),
+                            LabelConfig(passes=2, adaptive_passes=False), BatchConfig(poll_s=0.05), progress=False)
+    assert rep.reused_from_serving == 3 and rep.answers_cached == 3
+    assert rep.lines_submitted == 3  # pass 1 only; tie-breaks, if any, go online or in a follow-up

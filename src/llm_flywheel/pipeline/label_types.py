@@ -92,6 +92,8 @@ class LabelRunResult:
     * ``cancelled_calls``: calls still in flight (in back-off) when the breaker tripped, abandoned unanswered;
     * ``answered_elsewhere``: calls this run needed that another run (process, machine) was making at the same
       time: this run waited for those answers instead of paying again (:mod:`~llm_flywheel.pipeline.label_claims`);
+    * ``reused_from_serving``: first passes ``flywheel serve`` had already bought for these items' content, stored
+      as this run's pass 0 (and counted in ``answers_cached``), not bought again;
     * ``in_open_batch``: calls this run needed that a Batch API submission not collected yet already carries: not
       bought online (the batch's answers are stored when a batch run collects it);
     * ``concurrency``: the adaptive controller's summary (cap, final and largest level, back-offs);
@@ -102,6 +104,7 @@ class LabelRunResult:
     calls_made: int = 0
     cost_usd: float = 0.0
     answers_cached: int = 0
+    reused_from_serving: int = 0  # pass-0 answers `flywheel serve` had bought for these items' content
     labelled: int = 0
     agreed: int = 0
     disagreed: int = 0

@@ -24,9 +24,9 @@ from llm_flywheel.core.splits import group_key
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record, register
 from llm_flywheel.pipeline.splits import make_splits, split_counts
-from llm_flywheel.store.serving import ServedAnswer, ServedInput
+from llm_flywheel.pipeline.served_answers import adopt_served_answers
+from llm_flywheel.store.serving import ServedInput
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.base import TeacherAnswer
 
 log = logging.getLogger(__name__)
 
@@ -185,26 +185,21 @@ def _served_items(ws: Workspace, dataset: str, hashes: list[str]) -> dict[str, t
 
 def _adopt(ws: Workspace, dataset: str, task: Task, teacher: Any, served_to_item: dict[str, tuple[int, str, str | None]],
            res: ServedImport, *, progress: bool) -> None:
-    """Store each answer serving bought from ``teacher`` as the item's pass 0 (first writer wins), then label the
-    train items that have no label yet from their cached answers."""
+    """Adopt the answers serving bought from ``teacher`` (:func:`~.served_answers.adopt_served_answers`), then label
+    the train items that have no label yet from their cached answers."""
     from llm_flywheel.pipeline.cost import spend_of
     from llm_flywheel.pipeline.labeling import LabelConfig, label_items
 
     model, pv = teacher.model, teacher.prompt_version_for(task)
     res.teacher = teacher.display_name
+    pairs = [(iid, ih, sh) for sh, (iid, ih, _) in served_to_item.items()]
     with ws.store() as store:
-        answers = store.served_answers(list(served_to_item), model, pv)
-        res.answers_other_teacher = store.served_answer_count(list(served_to_item)) - len(answers)
-        have = store.final_answer_keys(model, pv, [ih for _, ih, _ in served_to_item.values()])
+        res.answers_other_teacher = (store.served_answer_count(list(served_to_item))
+                                     - len(store.served_answers(list(served_to_item), model, pv)))
         run_id = store.start_run("served_import", {"dataset": dataset, "model": model, "prompt_version": pv})
-        for h, a in answers.items():
-            iid, ih, _ = served_to_item[h]
-            if (ih, 0) in have or a.label not in task.labels:
-                continue
-            if store.add_teacher_answer(_as_pass0(iid, ih, model, pv, a), run_id) is not None:
-                res.answers_adopted += 1
-        labelled = set(store.effective_labels(dataset))
+        res.answers_adopted = adopt_served_answers(store, task, pairs, model, pv, run_id)
         store.finish_run(run_id)
+        labelled = set(store.effective_labels(dataset))
         have = store.final_answer_keys(model, pv, [ih for _, ih, _ in served_to_item.values()])
     todo = sorted({iid for iid, ih, split in served_to_item.values()
                    if split == "train" and iid not in labelled and (ih, 0) in have})
@@ -213,10 +208,3 @@ def _adopt(ws: Workspace, dataset: str, task: Task, teacher: Any, served_to_item
             out = label_items(ws, dataset, todo, teacher, LabelConfig(passes=1, queue_disagreements=False),
                               progress=progress)
         res.labelled, res.teacher_calls = out.labelled, spent.calls
-
-
-def _as_pass0(item_id: int, content_hash: str, model: str, pv: str, a: ServedAnswer) -> TeacherAnswer:
-    return TeacherAnswer(item_id=item_id, content_hash=content_hash, model=model, prompt_version=pv, pass_index=0,
-                         ok=True, label=a.label, confidence=a.confidence, tokens_in=a.tokens_in,
-                         tokens_out=a.tokens_out, cost_usd=a.cost_usd, latency_s=a.latency_s,
-                         reason="bought by flywheel serve")

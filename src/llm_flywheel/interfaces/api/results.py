@@ -96,6 +96,7 @@ class LabelReport:
     warnings: tuple[RunWarning, ...] = ()  # e.g. ``mixed_models``: the provider's alias moved mid-dataset
     answered_elsewhere: int = 0  # answers another run (process, machine) bought meanwhile: waited for, not paid
     in_open_batch: int = 0  # calls a Batch API job not collected yet carries: not bought online (see warnings)
+    reused_from_serving: int = 0  # first passes `flywheel serve` had bought for this content: stored, not paid again
     batch: bool = False  # labelled through the provider's Batch API (``cost_usd`` at its batch price)
     batches_pending: int = 0  # batches still running when the call stopped waiting: call label() again to collect
 
@@ -111,6 +112,7 @@ class LabelReport:
                    warnings=run_warnings(getattr(r, "warnings", None)),
                    answered_elsewhere=int(getattr(r, "answered_elsewhere", 0) or 0),
                    in_open_batch=int(getattr(r, "in_open_batch", 0) or 0),
+                   reused_from_serving=int(getattr(r, "reused_from_serving", 0) or 0),
                    batch=hasattr(r, "batches_pending"), batches_pending=int(getattr(r, "batches_pending", 0) or 0))
 
     def warn(self, stacklevel: int = 2) -> None:

@@ -245,6 +245,8 @@ def _print_result(res: Any, teacher_name: str, dataset: str) -> int:
         counts = f"{res.batches_submitted} / {res.batches_resumed} / {res.batches_pending}"
         rows += [("batches submitted / resumed / still running", counts),
                  ("batch requests submitted", res.lines_submitted)]
+    if getattr(res, "reused_from_serving", 0):
+        rows.insert(3, ("of those, first passes `flywheel serve` had bought", res.reused_from_serving))
     if getattr(res, "answered_elsewhere", 0):
         rows.insert(3, ("answers another run bought meanwhile (not paid again)", res.answered_elsewhere))
     if getattr(res, "in_open_batch", 0):
