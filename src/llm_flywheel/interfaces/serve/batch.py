@@ -12,7 +12,6 @@ concurrently, all within the request's one deadline; every answer is logged as f
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from typing import Any
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from llm_flywheel.interfaces.serve.inputs import (HINT, JSON_MODELS, HTTPProblem, RawInput, content_type, decode_image,
-                                                  from_json_object, open_image, read_limited)
+                                                  from_json_object, load_json, open_image, read_limited)
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
 
@@ -66,12 +65,7 @@ def parse_batch(body: bytes, modality: str, max_bytes: int, max_batch: int,
                 columns: Any = ()) -> list[RawInput | HTTPProblem]:
     """The batch's inputs, each parsed as /v1/predict parses a JSON body; a body that is no batch at all is one
     :class:`HTTPProblem` for the whole request."""
-    try:
-        obj = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPProblem(400, f"body is not valid JSON ({e})") from None
-    except RecursionError:
-        raise HTTPProblem(400, "JSON body is nested too deeply") from None
+    obj = load_json(body)
     if not isinstance(obj, dict) or set(obj) != {"inputs"} or not isinstance(obj["inputs"], list):
         raise HTTPProblem(422, 'a batch is a JSON object {"inputs": [...]} whose elements are what /v1/predict '
                                f"takes as JSON: for this {modality} model, {HINT[modality]}")
