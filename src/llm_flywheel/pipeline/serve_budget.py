@@ -61,19 +61,18 @@ class TeacherSpendCap:
     def bind(self, db: Callable[[], AbstractContextManager[Any]], model: str, prompt_version: str) -> None:
         self._db, self._key = db, (model, prompt_version)
 
-    def _read(self) -> tuple[int, float, int]:
+    def _read(self) -> tuple[int, float, int, float]:
         if self._db is None or self._key is None:
-            return self._last
+            return (*self._last, 0.0)
         with self._db() as store:
-            calls, usd, priced, dearest = store.served_spend_since(*self._key, time.time() - self.window_s)
-        self._max_cost = max(self._max_cost, dearest)
-        return calls, usd, priced
+            return store.served_spend_since(*self._key, time.time() - self.window_s)
 
     def reserve(self) -> float | None:
         """A reservation (USD) for one call, or None: the cap is reached (blocking: reads the store)."""
-        calls, usd, priced = self._read()
+        calls, usd, priced, dearest = self._read()
         with self._lock:
             self._last = (calls, usd, priced)
+            self._max_cost = max(self._max_cost, dearest)
             why = self._over(calls, usd, priced)
             if why:
                 self._refused += 1

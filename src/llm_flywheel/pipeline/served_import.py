@@ -82,7 +82,7 @@ def served_not_added(store: Any, dataset: str, root: Path | None) -> int:
     held = {r["content_hash"] for r in rows}
     held |= {ref[len(SOURCE_PREFIX):] for ref in store.source_refs(dataset) if ref.startswith(SOURCE_PREFIX)}
     new = [s for s in kept if s.content_hash not in held]
-    if not new or rows[0]["text"] is None:
+    if not new or not rows or rows[0]["text"] is None:
         return len(new)
     twins = {group_key(r["content_hash"], r["text"]) for r in rows}
     return sum(root is None or _text_key(root, s) not in twins for s in new)
@@ -103,8 +103,9 @@ def import_served(ws: Workspace, dataset: str, teacher: Any | None = None, *, pr
     with ws.store() as store:
         task = Task.from_json(store.dataset_task_json(dataset))
         served = store.served_inputs(dataset)
-        present = {r["content_hash"]: (int(r["id"]), r["split"]) for r in store.split_rows(dataset)}
-        twins = {group_key(r["content_hash"], r["text"]) for r in store.split_rows(dataset)}
+        rows = store.split_rows(dataset)
+    present = {r["content_hash"] for r in rows}
+    twins = {group_key(r["content_hash"], r["text"]) for r in rows}
     res.served, res.deferred = len(served), sum(s.deferred for s in served)
     records = []
     for s in served:
