@@ -438,4 +438,4 @@ def test_a_batch_of_rows_answers_the_good_ones_when_one_has_the_wrong_length(tmp
             {"features": [0.9, 0.95]}, {"features": [0.1, 0.2, 0.3]}, {"features": {"y": 0.95, "x": 0.9}}]})
     res = r.json()["results"]
     assert r.status_code == 200 and res[0]["student_label"] == res[2]["student_label"] == "high"
-    assert res[1]["error"]["status"] == 422 and "cannot use this input" in res[1]["error"]["detail"]
+    assert res[1]["error"]["status"] == 422 and "reads 2 features in the order x, y; got 3" in res[1]["error"]["detail"]

@@ -163,6 +163,9 @@ def _in_column_order(features: list[float | None] | dict[str, float | None],
                      columns: Sequence[str]) -> list[float | None]:
     """Features sent by name, put in the model's column order; a list as it came."""
     if isinstance(features, list):
+        if columns and len(features) != len(columns):
+            raise HTTPProblem(422, f"this model reads {len(columns)} features in the order {', '.join(columns)}; got "
+                                   f"{len(features)} (send null for a missing value, or the features by name)")
         return features
     if not columns:
         raise HTTPProblem(422, "this model was trained without column names: send features as a list in column order")
