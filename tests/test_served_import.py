@@ -106,6 +106,13 @@ def test_labelling_the_imported_items_later_buys_only_the_passes_serving_did_not
     assert 12 <= rep.calls_made <= 12 + 9
 
 
+def test_deferred_only_leaves_the_inputs_the_student_answered(served):
+    ws, ds, t, new, _ = served
+    res = ds.add_served(t, deferred_only=True)
+    assert (res.served, res.added, res.already_present, res.labelled) == (8, 6, 2, 6)
+    assert ds.add_served(t).added == 3  # the student-answered ones, when asked for
+
+
 def test_without_the_teacher_the_items_join_and_the_fix_is_named(served, tmp_path):
     ws, ds, t, new, _ = served
     res = ds.add_served()

@@ -95,14 +95,16 @@ def _text_key(root: Path, s: ServedInput) -> str | None:
         return None
 
 
-def import_served(ws: Workspace, dataset: str, teacher: Any | None = None, *, progress: bool = False) -> ServedImport:
+def import_served(ws: Workspace, dataset: str, teacher: Any | None = None, *, deferred_only: bool = False,
+                  progress: bool = False) -> ServedImport:
     """Import the inputs ``flywheel serve`` kept for ``dataset`` as train items; with ``teacher`` (the one serving
-    used), adopt the answers serving bought and label the new items from them.  Idempotent: a re-run adds and
-    adopts only what is new."""
+    used), adopt the answers serving bought and label the new items from them.  ``deferred_only``: only the inputs
+    the cascade deferred (those the student was unsure of), not the ones it answered.  Idempotent: a re-run adds
+    and adopts only what is new."""
     res = ServedImport(dataset=dataset)
     with ws.store() as store:
         task = Task.from_json(store.dataset_task_json(dataset))
-        served = store.served_inputs(dataset)
+        served = [s for s in store.served_inputs(dataset) if s.deferred or not deferred_only]
         rows = store.split_rows(dataset)
     present = {r["content_hash"] for r in rows}
     twins = {group_key(r["content_hash"], r["text"]) for r in rows}

@@ -179,16 +179,19 @@ class Dataset:
                 raise InputError(str(e)) from e
         return self.splits()
 
-    def add_served(self, teacher: Teacher | str | None = None, *, progress: bool = False) -> "ServedImport":
+    def add_served(self, teacher: Teacher | str | None = None, *, deferred_only: bool = False,
+                   progress: bool = False) -> "ServedImport":
         """Bring what ``flywheel serve`` answered for this dataset back into it: the inputs the service kept join
         the train split, and with ``teacher`` (the one serving used) the answers serving bought become their
-        labels (stored as labelling's first pass, so nothing is bought twice).  Calls no teacher; a re-run adds only
-        what is new.  Returns a :class:`~llm_flywheel.pipeline.served_import.ServedImport`."""
+        labels (stored as labelling's first pass, so nothing is bought twice).  ``deferred_only``: only the inputs
+        the cascade deferred.  Calls no teacher; a re-run adds only what is new.  Returns a
+        :class:`~llm_flywheel.pipeline.served_import.ServedImport`."""
         from llm_flywheel.pipeline.served_import import import_served
 
         built = as_teacher(teacher).build(self.task, self.workspace._ws) if teacher is not None else None
         with translate_errors():
-            return import_served(self.workspace._ws, self.name, built, progress=progress)
+            return import_served(self.workspace._ws, self.name, built, deferred_only=deferred_only,
+                                 progress=progress)
 
     def splits(self) -> dict[str, int]:
         """Items per split (train / val / calib / stream / test)."""
