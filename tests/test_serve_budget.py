@@ -116,3 +116,17 @@ def test_bad_caps_are_refused_before_serving(cal_ws):
         create_app(ws, "synth", teacher_max_calls=5)
     with pytest.raises(ValueError, match="budget_usd or max_calls"):
         TeacherSpendCap()
+
+
+def test_billed_replies_without_a_usable_answer_count_against_the_cap(cal_ws, pngs):
+    """An unparseable reply is paid for but stores nothing: the service counts it itself."""
+    ws, _ = cal_ws
+    with FaultServer(default=ok('{"label": "ring", "confid', usage=PRICED)) as fs:
+        app = _app(ws, fs.url, "cap-unusable", teacher_max_calls=2)
+        with running(app) as url:
+            sources = [_post(url, p) for p in pngs[:4]]
+            ready = httpx.get(f"{url}/readyz").json()["teacher"]["spend_cap"]
+        asked = len(fs.requests)
+    assert sources == ["teacher_failed"] * 2 + ["student_fallback"] * 2
+    assert ready["calls"] == 2 and ready["spent_usd"] == pytest.approx(0.002)
+    assert asked >= 2 and asked <= 4  # the client may re-ask a reply that is not JSON once; never for the capped ones

@@ -194,6 +194,8 @@ class RawTeacherCalls:
             self.breaker.success()
             return (None, 0.0)
         if ans is None or not ans.ok:
+            if ans is not None and self.cap is not None and (ans.tokens_in or ans.cost_usd):  # billed all the same
+                self.cap.note_unstored(ans.cost_usd)
             if ans is not None:  # else _call_teacher logged it
                 logger.warning("no usable teacher answer for a served input (%s: %s); the student's answer stands "
                                "and the next request for it asks again", ans.error_kind, (ans.error_detail or "")[:200])

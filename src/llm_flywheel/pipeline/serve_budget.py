@@ -5,10 +5,12 @@ student that stopped being confident -- becomes an unbounded bill.  Labelling ru
 had nothing.  Every answer serving buys is stored before it is used (``served_teacher_answers``, with its cost), so
 the spend of the window is a query, and every process on the store (Ray Serve replicas, services on several
 machines) sees the same total.  Calls in flight are reserved at an estimated price; what another process has in
-flight at that moment is not seen, so the cap can be passed by at most the calls in flight elsewhere.  Over the
-cap, deferred inputs get the student's answer (``student_fallback``), as with the breaker open; answers already
-bought are still used, free.  A teacher whose answers carry no cost (a local server: priced by time, not tokens)
-cannot be held to a USD cap: after its first answer the cap stops the calls and says so -- use ``max_calls``.
+flight at that moment is not seen, so the cap can be passed by at most the calls in flight elsewhere.  A call that
+is billed but gives no usable answer (an unparseable reply) stores nothing: the process that made it counts it, the
+others do not.  Over the cap, deferred inputs get the student's answer (``student_fallback``), as with the breaker
+open; answers already bought are still used, free.  A teacher whose answers carry no cost (a local server: priced
+by time, not tokens) cannot be held to a USD cap: after its first answer the cap stops the calls and says so -- use
+``max_calls``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class TeacherSpendCap:
         self._last: tuple[int, float, int] = (0, 0.0, 0)  # calls, usd, priced calls (last read)
         self._max_cost = 0.0
         self._warned = False
+        self._unstored: list[tuple[float, float | None]] = []  # (time, USD) of billed calls, no usable answer
         self._db: Callable[[], AbstractContextManager[Any]] | None = None
         self._key: tuple[str, str] | None = None
 
@@ -71,6 +74,10 @@ class TeacherSpendCap:
         """A reservation (USD) for one call, or None: the cap is reached (blocking: reads the store)."""
         calls, usd, priced, dearest = self._read()
         with self._lock:
+            since = time.time() - self.window_s
+            self._unstored = [(t, c) for t, c in self._unstored if t >= since]
+            calls, usd = calls + len(self._unstored), usd + sum(c or 0.0 for _, c in self._unstored)
+            priced += sum(c is not None for _, c in self._unstored)
             self._last = (calls, usd, priced)
             self._max_cost = max(self._max_cost, dearest)
             why = self._over(calls, usd, priced)
@@ -101,6 +108,12 @@ class TeacherSpendCap:
         if usd + self._reserved_usd + self._max_cost * PRICE_MARGIN > self.budget_usd + 1e-12:
             return f"${usd:.4f} spent in the last {self.window_s / 3600:g} h, budget ${self.budget_usd:g}"
         return None
+
+    def note_unstored(self, usd: float | None) -> None:
+        """A call that was billed but gave no usable answer (unparseable, cut off): nothing is stored for it, so
+        this process counts it itself (other processes do not see it)."""
+        with self._lock:
+            self._unstored.append((time.time(), None if usd is None else float(usd)))
 
     def release(self, reservation: float) -> None:
         with self._lock:
