@@ -121,3 +121,41 @@ def test_spend_to_parity_leads_the_report(ws, tmp_path):
     text = render_report(s, tmp_path / "out").read_text()
     assert text.index("Spend to parity") < text.index("<h2>Summary</h2>")
     assert "$0.06</b> and <b>300</b> teacher calls" in text and 'alt="cascade accuracy vs cumulative teacher spend"' in text
+
+
+def test_served_traffic_has_its_section_with_sources_spend_and_what_waits(ws):
+    """Three days of `flywheel serve` answers in the store: the report counts them by source, per day, with the
+    teacher's spend on served inputs and the kept inputs not yet in the dataset."""
+    from llm_flywheel.store.serving import CascadeLogRow
+
+    _fill(ws)
+    day0 = 1_790_000_000 - 1_790_000_000 % 86_400
+    rows, kept = [], ws.root / "exports" / "served"
+    for d, (n_student, n_teacher) in enumerate([(8, 2), (9, 1), (5, 5)]):
+        for i in range(n_student + n_teacher):
+            h = f"{d:02d}{i:062d}"
+            src = "student" if i < n_student else "teacher"
+            ref = None
+            if src == "teacher":
+                ref = f"exports/served/{h[:2]}/{h}.png"
+            rows.append(CascadeLogRow(day0 + d * 86_400 + 60 * i, "synth", None, h, src, "bar", 0.9, "bar", 0.9,
+                                      "bar" if src == "teacher" else None, "v2", 0.8, 3.0, None, "serve", ref))
+    with ws.store() as s:
+        s.log_cascade_rows(rows)
+        for r in rows:
+            if r.source == "teacher":
+                s.save_served_teacher_answer(r.content_hash, "m", "pv", label="bar", confidence=0.9, tokens_in=300,
+                                             tokens_out=20, cost_usd=0.001, latency_s=1.0)
+                (ws.root / r.payload_ref).parent.mkdir(parents=True, exist_ok=True)
+                (ws.root / r.payload_ref).write_bytes(b"x")
+    assert kept.exists()
+    page = write_report(ws, "synth")
+    st = json.loads((ws.reports_dir / "summary.json").read_text())["served_traffic"]
+    assert st["requests"] == 30 and st["by_source"] == {"student": 22, "teacher": 8}
+    assert st["bucket_s"] == 86_400 and [d["requests"] for d in st["series"]] == [10, 10, 10]
+    assert [d["deferred_fraction"] for d in st["series"]] == pytest.approx([0.2, 0.1, 0.5])
+    assert st["teacher_answers"] == 8 and st["teacher_spend_usd"] == pytest.approx(0.008)
+    assert st["waiting_for_add_served"] == 8
+    text = page.read_text()
+    assert "<h2>Served traffic</h2>" in text and "served answers by source" in text
+    assert "flywheel data add-served synth" in text

@@ -169,6 +169,21 @@ class ServingQueries:
                     "WHERE dataset=? AND origin='serve' AND item_id IS NULL AND content_hash IS NOT NULL "
                     "GROUP BY content_hash ORDER BY MIN(id)", (dataset,))]
 
+    def served_traffic(self, dataset: str, bucket_s: int) -> list[tuple[int, str, int]]:
+        """(bucket start as unix seconds, source, answers) of the requests ``flywheel serve`` logged for
+        ``dataset``, in buckets of ``bucket_s`` seconds (sampled as the service logs: ``--log-sample-rate``)."""
+        return [(int(r["b"]) * bucket_s, str(r["source"]), int(r["n"])) for r in self.query(  # type: ignore[attr-defined]
+            "SELECT CAST(ts AS INTEGER) / ? AS b, source, COUNT(*) AS n FROM cascade_log "
+            "WHERE dataset=? AND origin='serve' GROUP BY b, source ORDER BY b", (int(bucket_s), dataset))]
+
+    def served_teacher_spend(self, dataset: str) -> tuple[int, float]:
+        """(answers, USD) the teacher was paid for inputs served for ``dataset`` (any teacher, as far as logged)."""
+        r = self.query(  # type: ignore[attr-defined]
+            "SELECT COUNT(*) AS n, COALESCE(SUM(a.cost_usd), 0) AS usd FROM served_teacher_answers a WHERE "
+            "a.content_hash IN (SELECT content_hash FROM cascade_log WHERE dataset=? AND origin='serve')",
+            (dataset,))[0]
+        return int(r["n"]), float(r["usd"])
+
     def served_answers(self, hashes: Sequence[str], model: str, prompt_version: str) -> dict[str, ServedAnswer]:
         """content hash -> the answer serving bought from this teacher and prompt, for the hashes that have one."""
         out: dict[str, ServedAnswer] = {}

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from llm_flywheel.interfaces.report import review_section
+from llm_flywheel.interfaces.report import review_section, served_section
 
 ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
@@ -85,7 +85,8 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
              f"<style>{CSS}</style></head><body>", f"<h1>llm-flywheel report – {ds}</h1>"]
     for section in (_teacher_banner(summary), _warnings(summary), _parity(summary, images), _overall(summary),
                     _rounds(summary, images), _cascade(images), _cost(summary, images), _teacher(summary, images),
-                    review_section.review_html(summary)):  # the last: human labels and what they changed
+                    review_section.review_html(summary),  # human labels and what they changed
+                    served_section.served_html(summary, _img(images.get("served"), "served answers by source"))):
         parts.append(section)
     parts.append(f"<p class=note>Generated {html.escape(str(summary.get('generated_at', '')))} by llm-flywheel; "
                  "the same numbers are in summary.json.</p></body></html>")

@@ -186,3 +186,32 @@ def parity_plot(curve: Sequence[dict[str, Any]], teacher_accuracy: float | None,
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Spend to parity: cascade accuracy vs teacher spend", fontsize=9)
     return _png(fig)
+
+
+def served_plot(series: Sequence[dict[str, Any]], bucket_s: int, sources: Sequence[str]) -> bytes:
+    """Served answers per day (or hour), stacked by source, with the share the student did not answer alone."""
+    import datetime as dt
+
+    x = np.arange(len(series))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    bottom = np.zeros(len(series))
+    for src in sources:
+        v = np.array([d.get(src, 0) for d in series], dtype=float)
+        if v.any():
+            ax.bar(x, v, bottom=bottom, label=src, width=0.8)
+            bottom += v
+    fmt = "%m-%d" if bucket_s >= 86_400 else "%d %Hh"
+    step = max(1, len(series) // 12)
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels([dt.datetime.fromtimestamp(d["start"], dt.timezone.utc).strftime(fmt) for d in series][::step],
+                       fontsize=7, rotation=45)
+    ax.set_ylabel("answers per day" if bucket_s >= 86_400 else "answers per hour")
+    ax2 = ax.twinx()
+    ax2.plot(x, [d["deferred_fraction"] for d in series], color="black", marker=".", label="not the student alone")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("share not answered by the student alone")
+    ax.set_ylim(0, max(1.0, float(bottom.max())) * 1.3)  # room for the legend above the bars
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7, ncol=3)
+    return _png(fig)
