@@ -25,7 +25,7 @@ def run_example(name: str, tmp_path: Path) -> str:
 
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("_")) == [
-        "image_classifier.py", "text_classifier.py"]
+        "image_classifier.py", "production_loop.py", "text_classifier.py"]
 
 
 def test_text_example(tmp_path):
@@ -45,3 +45,14 @@ def test_image_example(tmp_path):
     assert acc > 70
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("flywheel-")]
     assert leftovers == [], f"temporary folders left behind: {leftovers}"
+
+
+def test_production_loop_example(tmp_path):
+    """Serve (its own process, a call cap), batch traffic, add_served, a second round that trains on it."""
+    out = run_example("production_loop.py", tmp_path)
+    served = re.search(r"served 120 new tickets: .*teacher answers bought by serving: (\d+) \(cap 20\)", out)
+    assert served and 1 <= int(served.group(1)) <= 20, out
+    imp = re.search(r"add_served: (\d+) tickets added to train, (\d+) labelled from serving's answers, (\d+) teacher "
+                    r"calls", out)
+    assert imp and int(imp.group(1)) == 120 and int(imp.group(2)) == int(served.group(1)) and imp.group(3) == "0", out
+    assert re.search(r"round 2: model \S+, labels \d+, cascade accuracy", out), out

@@ -70,16 +70,18 @@ class TeacherSpendCap:
         with self._db() as store:
             return store.served_spend_since(*self._key, time.time() - self.window_s)
 
+    def refresh(self) -> SpendState:
+        """:meth:`state` after reading the store again (blocking); :meth:`state` alone is as of the last call."""
+        calls, usd, priced, dearest = self._read()
+        with self._lock:
+            self._count(calls, usd, priced, dearest)
+        return self.state()
+
     def reserve(self) -> float | None:
         """A reservation (USD) for one call, or None: the cap is reached (blocking: reads the store)."""
         calls, usd, priced, dearest = self._read()
         with self._lock:
-            since = time.time() - self.window_s
-            self._unstored = [(t, c) for t, c in self._unstored if t >= since]
-            calls, usd = calls + len(self._unstored), usd + sum(c or 0.0 for _, c in self._unstored)
-            priced += sum(c is not None for _, c in self._unstored)
-            self._last = (calls, usd, priced)
-            self._max_cost = max(self._max_cost, dearest)
+            calls, usd, priced = self._count(calls, usd, priced, dearest)
             why = self._over(calls, usd, priced)
             if why:
                 self._refused += 1
@@ -93,6 +95,16 @@ class TeacherSpendCap:
             self._in_flight += 1
             self._reserved_usd += est
             return est
+
+    def _count(self, calls: int, usd: float, priced: int, dearest: float) -> tuple[int, float, int]:
+        """The window's totals with this process's billed replies that stored nothing (under the lock)."""
+        since = time.time() - self.window_s
+        self._unstored = [(t, c) for t, c in self._unstored if t >= since]
+        calls, usd = calls + len(self._unstored), usd + sum(c or 0.0 for _, c in self._unstored)
+        priced += sum(c is not None for _, c in self._unstored)
+        self._last = (calls, usd, priced)
+        self._max_cost = max(self._max_cost, dearest)
+        return calls, usd, priced
 
     def _over(self, calls: int, usd: float, priced: int) -> str | None:
         if self.max_calls is not None and calls + self._in_flight >= self.max_calls:

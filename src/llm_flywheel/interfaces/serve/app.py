@@ -151,6 +151,11 @@ class ServeState:
         except Exception as e:
             store_ok, store_err = False, f"{type(e).__name__}: {e}"
         b = self.cascade.breaker.state()
+        spend = None
+        if self.cap is not None and store_ok:  # read again: the cap's own figures are as of its last call
+            spend = asdict(await asyncio.to_thread(self.cap.refresh))
+        elif self.cap is not None:
+            spend = asdict(self.cap.state())
         ok = self.ready and store_ok and not self.draining
         body = {"status": "ready" if ok else "not_ready", "replica": self.replica, "model_loaded": self.ready,
                 "draining": self.draining,
@@ -158,7 +163,7 @@ class ServeState:
                 "teacher": None if self.cascade.teacher is None else {
                     "breaker": b.state, "consecutive_failures": b.consecutive_failures,
                     "retry_in_s": round(b.retry_in_s, 3),
-                    "spend_cap": None if self.cap is None else asdict(self.cap.state())},
+                    "spend_cap": spend},
                 "queue": {"main": self.pool.admitted, "main_capacity": self.pool.capacity,
                           "heavy": self.heavy.admitted, "heavy_capacity": self.heavy.capacity}}
         return ok, body
