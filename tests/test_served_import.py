@@ -221,9 +221,13 @@ def test_labelling_content_serving_answered_reuses_that_answer_without_an_import
     with running(app) as url:
         assert httpx.post(f"{url}/v1/predict", json={"text": it.text}, timeout=60).json()["source"] == "teacher"
     calls = _calls(t)
-    rep = label_items(ws._ws, "tickets", [it.id], t.build(ds.task, ws._ws),
-                      LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    from llm_flywheel.pipeline.cost import spend_of
+
+    with spend_of(ws._ws, "tickets") as spent:
+        rep = label_items(ws._ws, "tickets", [it.id], t.build(ds.task, ws._ws),
+                          LabelConfig(passes=2, adaptive_passes=False), progress=False)
     assert rep.reused_from_serving == 1 and rep.answers_cached == 1
+    assert spent.calls == rep.calls_made  # the ledger counts what this run bought, not what serving had
     assert rep.calls_made == _calls(t) - calls and 1 <= rep.calls_made <= 2  # pass 1, and a tie-break if they differ
     with ws._ws.store(readonly=True) as s:
         first = s.query("SELECT reason FROM teacher_answers WHERE item_id=? AND pass_index=0 AND ok=1", (it.id,))

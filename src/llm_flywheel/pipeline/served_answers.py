@@ -5,6 +5,8 @@ Why a module of its own: labelling (online and Batch API) and the served-traffic
 and the import also runs labelling, so the shared step sits below both.  A served answer is the teacher's reply to
 pass 0's prompt (``TeacherSession.alabel_raw``), stored before it was used, with its cost; it carries no
 log-probabilities, so consensus and adaptive passes read its stated confidence, as for any answer without them.
+It keeps its real cost, marked ``bought_by = "serve"``: the ledger of what labelling paid leaves it out (serving's
+spend is reported apart, in the report's "Served traffic").
 """
 
 from __future__ import annotations
@@ -41,4 +43,5 @@ def adopt_served_answers(store: Any, task: Task, pairs: list[tuple[int, str, str
 def _as_pass0(item_id: int, content_hash: str, model: str, pv: str, a: ServedAnswer) -> TeacherAnswer:
     return TeacherAnswer(item_id=item_id, content_hash=content_hash, model=model, prompt_version=pv, pass_index=0,
                          ok=True, label=a.label, confidence=a.confidence, tokens_in=a.tokens_in,
-                         tokens_out=a.tokens_out, cost_usd=a.cost_usd, latency_s=a.latency_s, reason=SERVED_REASON)
+                         tokens_out=a.tokens_out, cost_usd=a.cost_usd, latency_s=a.latency_s, reason=SERVED_REASON,
+                         bought_by="serve")

@@ -107,14 +107,15 @@ class AnswerQueries:
         cur = self.execute(
             "INSERT INTO teacher_answers(item_id, content_hash, model, prompt_version, pass_index, ok, "
             "label, confidence, label_logprob, logprobs_json, reason, raw_text, tokens_in, tokens_out, cost_usd, "
-            "latency_s, error_kind, error_detail, run_id, created_at, served_model) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
+            "latency_s, error_kind, error_detail, run_id, created_at, served_model, bought_by) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING id",
             (
                 ans.item_id, ans.content_hash, ans.model, ans.prompt_version, ans.pass_index, int(bool(ans.ok)),
                 ans.label, ans.confidence, ans.label_logprob,
                 json.dumps(ans.logprobs) if ans.logprobs else None, ans.reason,
                 ans.raw_text, ans.tokens_in, ans.tokens_out, ans.cost_usd, ans.latency_s, ans.error_kind,
                 ans.error_detail, run_id, time.time(), getattr(ans, "served_model", None),
+                getattr(ans, "bought_by", None),
             ),
         )
         row = cur.fetchone()

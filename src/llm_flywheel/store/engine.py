@@ -30,7 +30,7 @@ from llm_flywheel.store.records import StoreError
 SQLITE_FILE = "flywheel.db"
 BASELINE_REVISION = "v5_baseline"
 KNOWN_REVISIONS = ("v5_baseline", "v6_served_teacher_claims", "v7_teacher_model_files", "v8_answer_served_model",
-                    "v9_claims_and_leases", "v10_evidence_horizons", "v11_served_answers_time")
+                    "v9_claims_and_leases", "v10_evidence_horizons", "v11_serving_spend")
 """Every Alembic revision this package knows, oldest first; ``tests/test_store_backends.py`` checks them against
 the scripts' graph."""
 HEAD_REVISION = KNOWN_REVISIONS[-1]

@@ -14,10 +14,11 @@ class LedgerQueries:
     """Mixed into :class:`llm_flywheel.store.Store`; uses its ``query``."""
 
     def teacher_totals(self, dataset: str) -> tuple[int, float]:
-        """(calls, USD) recorded so far for ``dataset``, failed calls included (they are paid too)."""
+        """(calls, USD) recorded so far for ``dataset``, failed calls included (they are paid too); answers
+        ``flywheel serve`` bought and labelling reused (``bought_by``) are serving's spend, not counted here."""
         r = self.query(
             "SELECT COUNT(*) AS n, COALESCE(SUM(a.cost_usd), 0) AS c FROM teacher_answers a "
-            "JOIN items i ON i.id=a.item_id WHERE i.dataset=?",
+            "JOIN items i ON i.id=a.item_id WHERE i.dataset=? AND a.bought_by IS NULL",
             (dataset,),
         )[0]
         return int(r["n"]), float(r["c"])

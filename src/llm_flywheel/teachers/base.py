@@ -64,6 +64,7 @@ class TeacherAnswer:
     error_kind: str | None = None
     error_detail: str | None = None
     served_model: str | None = None  # the response's ``model``: which model the provider says answered
+    bought_by: str | None = None  # None: this call; "serve": an answer `flywheel serve` bought, reused (not re-paid)
     extra: dict = field(default_factory=dict)
 
 
