@@ -130,3 +130,39 @@ def test_billed_replies_without_a_usable_answer_count_against_the_cap(cal_ws, pn
     assert sources == ["teacher_failed"] * 2 + ["student_fallback"] * 2
     assert ready["calls"] == 2 and ready["spent_usd"] == pytest.approx(0.002)
     assert asked >= 2 and asked <= 4  # the client may re-ask a reply that is not JSON once; never for the capped ones
+
+
+def _counting(delay_s: float):
+    """A fault-server action that answers after ``delay_s`` and records the most requests it held at once."""
+    import threading
+    import time as _time
+
+    from fault_server import _send, completion
+
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def act(h, body):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        _time.sleep(delay_s)
+        with lock:
+            state["now"] -= 1
+        _send(h, 200, completion('{"label": "bar", "confidence": 0.9, "reason": "r"}', usage=PRICED))
+    return act, state
+
+
+@pytest.mark.parametrize("given, expected", [(3, 3), (None, 4)])  # None: the default for a server on this machine
+def test_a_batch_of_deferred_inputs_asks_the_teacher_only_so_many_at_once(cal_ws, pngs, given, expected):
+    import base64
+
+    ws, _ = cal_ws
+    act, state = _counting(0.3)
+    with FaultServer(default=act) as fs:
+        app = _app(ws, fs.url, f"cap-concurrency-{given}", **({"teacher_concurrency": given} if given else {}))
+        with running(app) as url:
+            body = {"inputs": [{"image_base64": base64.b64encode(p).decode()} for p in pngs[:12]]}
+            res = httpx.post(f"{url}/v1/predict/batch", json=body, timeout=120).json()["results"]
+    assert [r["source"] for r in res] == ["teacher"] * 12  # all answered within the deadline, in waves
+    assert state["most"] == expected and len(fs.requests) == 12

@@ -291,9 +291,10 @@ class Cascade:
             return store.teacher_labels_for(ids, model)
 
     # -- raw inputs (serving) --------------------------------------------------------------------------------------
-    def set_spend_cap(self, cap: Any) -> None:
-        """Cap what the teacher is paid for raw inputs (:mod:`.serve_budget`); the with_model cascades share it."""
-        self._raw.set_spend_cap(cap)
+    def limit_teacher(self, *, cap: Any = None, concurrency: int | None = None) -> None:
+        """Cap the teacher's spend and calls at once on raw inputs (see ``RawTeacherCalls.limit``); shared with the
+        cascades :meth:`with_model` makes."""
+        self._raw.limit(cap=cap, concurrency=concurrency)
 
     def student_guess(self, content: Any) -> tuple[str, float]:
         """The student's calibrated (label, confidence) for one raw input (CPU work: run it off the event loop)."""

@@ -116,15 +116,30 @@ class RawTeacherCalls:
         self._running: set[asyncio.Future[Hit]] = set()  # every call in flight (cancelled on close)
         self._late: set[asyncio.Future[Hit]] = set()  # calls already counted as failures for missing a deadline
         self.owner = owner_id(f"serve-{uuid.uuid4().hex[:12]}")  # this instance's name on its claims in the store
-        self.cap: TeacherSpendCap | None = None  # set_spend_cap
+        self.cap: TeacherSpendCap | None = None  # limit()
+        self.concurrency: int | None = None  # teacher calls at once (None: no limit); see limit()
+        self._sem: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
-    def set_spend_cap(self, cap: TeacherSpendCap | None) -> None:
-        """Cap what this teacher may be paid in a rolling window (:mod:`.serve_budget`); needs the store."""
+    def limit(self, *, cap: TeacherSpendCap | None = None, concurrency: int | None = None) -> None:
+        """Cap what this teacher may be paid in a rolling window (:mod:`.serve_budget`; needs the store) and how many
+        calls it gets at once: a batch of deferred inputs, or a burst of them, must not open one call each against a
+        local server with four slots (the rest would queue there past every deadline)."""
         if cap is not None:
             if self.db is None or self.teacher is None:
                 raise ValueError("a teacher spend cap needs a workspace and a teacher")
             cap.bind(self.db, *self._teacher_key())
-        self.cap = cap
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"teacher concurrency must be >= 1, got {concurrency}")
+        self.cap, self.concurrency, self._sem = cap, concurrency, None
+
+    def _semaphore(self) -> asyncio.Semaphore | None:
+        """The running loop's semaphore (one per loop: asyncio primitives belong to the loop they are used in)."""
+        if self.concurrency is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._sem[0] is not loop:
+            self._sem = (loop, asyncio.Semaphore(self.concurrency))
+        return self._sem[1]
 
     async def answer(self, content: Any, content_hash: str | None, deadline_s: float | None) -> Hit | None:
         """(label, confidence) of a final teacher answer -- ``(None, 0)`` when the teacher failed -- or None when
@@ -269,8 +284,12 @@ class RawTeacherCalls:
 
     async def _call_teacher(self, content: Any) -> TeacherAnswer | None:
         payload = row_content(content) if isinstance(content, list) else content  # tabular as text
+        sem = self._semaphore()
         try:
-            return await self._open_session().alabel_raw(payload)
+            if sem is None:
+                return await self._open_session().alabel_raw(payload)
+            async with sem:  # waits count against the request's deadline; the call still runs after it
+                return await self._open_session().alabel_raw(payload)
         except Exception as e:  # the session never raises for provider trouble; anything else is a failure too
             logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
             return None

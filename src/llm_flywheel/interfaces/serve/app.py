@@ -162,7 +162,7 @@ class ServeState:
                 "store_writable": store_ok, "store_error": store_err,
                 "teacher": None if self.cascade.teacher is None else {
                     "breaker": b.state, "consecutive_failures": b.consecutive_failures,
-                    "retry_in_s": round(b.retry_in_s, 3),
+                    "retry_in_s": round(b.retry_in_s, 3), "calls_in_flight": self.cascade.teacher_calls_in_flight,
                     "spend_cap": spend},
                 "queue": {"main": self.pool.admitted, "main_capacity": self.pool.capacity,
                           "heavy": self.heavy.admitted, "heavy_capacity": self.heavy.capacity}}
@@ -236,7 +236,8 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
         if teacher is None:
             raise ValueError("a teacher budget (teacher_budget_usd / teacher_max_calls) needs a teacher")
         cap = TeacherSpendCap(cfg.teacher_budget_usd, cfg.teacher_max_calls, cfg.teacher_budget_hours * 3600)
-        cascade.set_spend_cap(cap)
+    if teacher is not None:
+        cascade.limit_teacher(cap=cap, concurrency=cfg.teacher_calls_at_once(bool(getattr(teacher, "local", False))))
     st = ServeState(ws, cascade, cfg, Metrics(cascade.version, dataset), WorkerPool("main", cfg.workers, cfg.queue),
                     WorkerPool("heavy", 1, cfg.heavy_queue),
                     FeedbackLog(cascade, ws.root, cfg.max_logged_payload_bytes), random.Random(cfg.seed))

@@ -11,6 +11,9 @@ DEFAULT_MAX_LOGGED_PAYLOAD_BYTES = 256 * 1024
 # which process answered (host:pid): every predict answer carries it as a header and /healthz, /readyz in the body,
 # so an operator (and the replica tests) can tell Ray Serve replicas -- or processes behind any load balancer -- apart
 REPLICA_HEADER = "X-Flywheel-Replica"
+# teacher calls one serving process makes at once by default: a CPU llama.cpp server has about 4 slots (issue 15
+# measured 16 at once as 3x slower there, with timeouts); a hosted API takes more
+LOCAL_TEACHER_CONCURRENCY, REMOTE_TEACHER_CONCURRENCY = 4, 16
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,8 @@ class ServeConfig:
     rows of store items (the wheel's feedback).  Every ``follow_promoted_s`` the service swaps in a newly promoted
     model (:mod:`.follow`; 0, or a model named at startup, turns that off).  ``teacher_budget_usd`` /
     ``teacher_max_calls`` cap what the teacher is paid / asked in a rolling ``teacher_budget_hours`` window, across
-    every process on the store (:mod:`llm_flywheel.pipeline.serve_budget`).
+    every process on the store (:mod:`llm_flywheel.pipeline.serve_budget`).  ``teacher_concurrency`` bounds the
+    teacher calls this process makes at once (default 4 for a server on the user's own hardware, 16 otherwise).
     """
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -52,6 +56,7 @@ class ServeConfig:
     teacher_budget_usd: float | None = None  # what the teacher may be paid per window (None: no cap)
     teacher_max_calls: int | None = None  # answers the teacher may be asked for per window (None: no cap)
     teacher_budget_hours: float = 24.0  # the rolling window of both caps
+    teacher_concurrency: int | None = None  # teacher calls at once (None: 4 for a local server, else 16)
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +76,8 @@ class ServeConfig:
              "retention limits must be > 0 (or unset)"),
             (self.retention_interval_s > 0, "retention_interval_s must be > 0"),
             (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
+            (self.teacher_concurrency is None or self.teacher_concurrency >= 1,
+             f"teacher_concurrency must be >= 1, got {self.teacher_concurrency}"),
             ((self.teacher_budget_usd is None or self.teacher_budget_usd > 0)
              and (self.teacher_max_calls is None or self.teacher_max_calls >= 1) and self.teacher_budget_hours > 0,
              "teacher_budget_usd must be > 0, teacher_max_calls >= 1 and teacher_budget_hours > 0"),
@@ -88,3 +95,7 @@ class ServeConfig:
     @property
     def spend_capped(self) -> bool:
         return self.teacher_budget_usd is not None or self.teacher_max_calls is not None
+
+    def teacher_calls_at_once(self, local: bool) -> int:
+        """:attr:`teacher_concurrency`, or its default for a local (``local``) or remote teacher."""
+        return self.teacher_concurrency or (LOCAL_TEACHER_CONCURRENCY if local else REMOTE_TEACHER_CONCURRENCY)

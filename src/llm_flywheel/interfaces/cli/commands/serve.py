@@ -64,6 +64,9 @@ from llm_flywheel.teachers.errors import TeacherConfigError
               help="Most teacher answers bought per --teacher-budget-hours (any server). Default: no cap.")
 @click.option("--teacher-budget-hours", type=float, default=24.0, show_default=True,
               help="The rolling window of --teacher-budget-usd and --teacher-max-calls.")
+@click.option("--teacher-concurrency", type=int, default=None,
+              help="Teacher calls this process makes at once (more wait, within each request's deadline). Default: "
+                   "4 for a server on your own hardware (loopback, private address), 16 otherwise.")
 @click.option("--breaker-failures", type=int, default=5, show_default=True,
               help="Consecutive teacher failures that open the circuit breaker (no calls during the cool-down).")
 @click.option("--breaker-cooldown", "breaker_cooldown_s", type=float, default=30.0, show_default=True,
