@@ -166,3 +166,17 @@ def test_a_batch_of_deferred_inputs_asks_the_teacher_only_so_many_at_once(cal_ws
             res = httpx.post(f"{url}/v1/predict/batch", json=body, timeout=120).json()["results"]
     assert [r["source"] for r in res] == ["teacher"] * 12  # all answered within the deadline, in waves
     assert state["most"] == expected and len(fs.requests) == 12
+
+
+def test_one_content_sent_three_times_at_once_under_a_cap_is_bought_once(cal_ws, pngs):
+    """Reading the cap is a store query: requests for the same content that arrive meanwhile share the one call."""
+    import base64
+
+    ws, _ = cal_ws
+    act, _ = _counting(0.3)
+    with FaultServer(default=act) as fs:
+        app = _app(ws, fs.url, "cap-same-content", teacher_max_calls=10)
+        with running(app) as url:
+            one = {"image_base64": base64.b64encode(pngs[5]).decode()}
+            res = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [one] * 3}, timeout=60).json()["results"]
+    assert [r["source"] for r in res] == ["teacher"] * 3 and len(fs.requests) == 1

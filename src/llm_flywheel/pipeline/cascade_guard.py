@@ -154,21 +154,9 @@ class RawTeacherCalls:
                 return hit
         task = self._asking.get(content_hash) if content_hash else None
         if task is None:
-            held = await asyncio.to_thread(self.cap.reserve) if self.cap is not None else 0.0
-            if held is None:  # over the spend cap (checked first: a breaker probe must be followed by its call)
+            task = await self._start(content, content_hash)
+            if task is None:  # over the spend cap, or the breaker is open
                 return None
-            if not self.breaker.allow():
-                if self.cap is not None:
-                    self.cap.release(held)
-                return None
-            task = asyncio.ensure_future(self._buy(content, content_hash))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-            if self.cap is not None:
-                task.add_done_callback(lambda _t, cap=self.cap, r=held: cap.release(r))
-            if content_hash:
-                self._asking[content_hash] = task
-                task.add_done_callback(lambda _t, h=content_hash: self._asking.pop(h, None))
         left = None if end is None else end - time.monotonic()
         if left is not None and left <= 0:
             return None
@@ -180,6 +168,25 @@ class RawTeacherCalls:
                 task.add_done_callback(self._late.discard)
                 self.breaker.failure()
             return None
+
+    async def _start(self, content: Any, content_hash: str | None) -> asyncio.Future[Hit] | None:
+        """The call for this content: a new one, or the one another request started while the spend cap was read
+        (a second call for the same content would pay twice); None when the cap or the breaker says no."""
+        held = await asyncio.to_thread(self.cap.reserve) if self.cap is not None else 0.0
+        task = self._asking.get(content_hash) if content_hash else None
+        if task is not None or held is None or not self.breaker.allow():  # the cap first: a breaker probe must be
+            if self.cap is not None and held is not None:                  # followed by its call
+                self.cap.release(held)
+            return task
+        task = asyncio.ensure_future(self._buy(content, content_hash))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        if self.cap is not None:
+            task.add_done_callback(lambda _t, cap=self.cap, r=held: cap.release(r))
+        if content_hash:
+            self._asking[content_hash] = task
+            task.add_done_callback(lambda _t, h=content_hash: self._asking.pop(h, None))
+        return task
 
     async def _buy(self, content: Any, content_hash: str | None) -> Hit:
         """Call the teacher once; a final answer is stored (with a workspace) before anyone uses it.  With a store,
