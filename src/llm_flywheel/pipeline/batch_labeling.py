@@ -39,7 +39,7 @@ from llm_flywheel.pipeline.label_claims import CallClaims
 from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, cached_keys, load_items,
                                             note_served_models, store_answer, write_labels)
 from llm_flywheel.pipeline.liveness import owner_id
-from llm_flywheel.pipeline.served_answers import adopt_served_answers
+from llm_flywheel.pipeline.served_answers import adopt_for_items
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.base import Item, Store
 from llm_flywheel.store.batches import BatchLine, BatchRecord
@@ -295,18 +295,15 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
         pv = teacher.prompt_version_for(task)
         result = BatchRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,
                                 simulated=teacher.is_simulated, items=len(items), price_ratio=bcfg.price_ratio)
-        hashes = {it.content_hash for it in items}
-        cached = cached_keys(store, teacher.model, pv, list(hashes))
-        result.answers_cached = sum(1 for h in hashes for p in range(cfg.passes) if (h, p) in cached)
         result.run_id = store.start_run("label_batch", {"dataset": dataset, "model": teacher.model,
                                                         "base_url": teacher.base_url, "prompt_version": pv,
                                                         "items": len(items), "passes": cfg.passes,
                                                         "price_ratio": bcfg.price_ratio})
-        result.reused_from_serving = adopt_served_answers(
-            store, task, [(it.id, it.content_hash, it.content_hash) for it in items], teacher.model, pv, result.run_id)
-        if result.reused_from_serving:
-            cached = cached_keys(store, teacher.model, pv, list(hashes))
-            result.answers_cached = sum(1 for h in hashes for p in range(cfg.passes) if (h, p) in cached)
+        # first passes serving bought are this run's before the cache is read: they count as cached
+        result.reused_from_serving = adopt_for_items(store, task, items, teacher.model, pv, result.run_id)
+        hashes = {it.content_hash for it in items}
+        cached = cached_keys(store, teacher.model, pv, list(hashes))
+        result.answers_cached = sum(1 for h in hashes for p in range(cfg.passes) if (h, p) in cached)
         tag = " (SIMULATED teacher)" if teacher.is_simulated else ""
         say = (lambda s: print(f"labelling {dataset}{tag}: {s}", file=sys.stderr, flush=True)) if progress else (
             lambda s: None)

@@ -47,7 +47,7 @@ from llm_flywheel.pipeline.label_budget import (
 from llm_flywheel.pipeline.label_progress import PlainProgress, Progress, progress_for
 from llm_flywheel.pipeline.label_runner import LabelRunner, make_jobs
 from llm_flywheel.pipeline.label_types import STOP_REASONS, LabelConfig, LabelRunResult
-from llm_flywheel.pipeline.served_answers import adopt_served_answers
+from llm_flywheel.pipeline.served_answers import adopt_for_items
 from llm_flywheel.pipeline.served_model import check_served_model, mixed_models_warning
 from llm_flywheel.store.answers import TeacherLabelRow
 from llm_flywheel.store.base import Item, Store
@@ -142,8 +142,8 @@ def label_items(
                                            "prompt_version": pv, "items": len(items), "simulated": teacher.is_simulated,
                                            **asdict(cfg)})
         result.run_id = run_id
-        result.reused_from_serving = adopt_served_answers(  # before anything is planned: they count as cached
-            store, task, [(it.id, it.content_hash, it.content_hash) for it in items], teacher.model, pv, run_id)
+        # before anything is planned: they count as cached
+        result.reused_from_serving = adopt_for_items(store, task, items, teacher.model, pv, run_id)
         prog = progress_for(progress if items else False)
         ctl = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive,
                                   start=start_level(teacher.base_url, teacher.model, cfg.concurrency,

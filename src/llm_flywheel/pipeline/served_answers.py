@@ -11,9 +11,11 @@ spend is reported apart, in the report's "Served traffic").
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.store.base import Item
 from llm_flywheel.store.serving import ServedAnswer
 from llm_flywheel.teachers.base import TeacherAnswer
 
@@ -38,6 +40,12 @@ def adopt_served_answers(store: Any, task: Task, pairs: list[tuple[int, str, str
             have.add((ih, 0))
             n += 1
     return n
+
+
+def adopt_for_items(store: Any, task: Task, items: Sequence[Item], model: str, pv: str, run_id: int | None) -> int:
+    """:func:`adopt_served_answers` for store items whose content was served as it is (labelling's case)."""
+    return adopt_served_answers(store, task, [(it.id, it.content_hash, it.content_hash) for it in items], model, pv,
+                                run_id)
 
 
 def _as_pass0(item_id: int, content_hash: str, model: str, pv: str, a: ServedAnswer) -> TeacherAnswer:
