@@ -184,7 +184,9 @@ def test_served_images_in_a_format_the_store_reencodes_keep_their_answers(tmp_pa
             flush(app)
         calls = sim_stats(url)["requests"]
         res = import_served(ws, "synth", teacher)
+        again = import_served(ws, "synth", teacher)  # the GIF is held under its PNG hash: found by its source
         assert sim_stats(url)["requests"] == calls
+    assert (again.added, again.already_present, again.answers_adopted) == (0, 2, 0)
     assert res.added == 2 and res.answers_adopted == 2 and res.labelled == 2
     with ws.store() as s:
         rows = s.query("SELECT i.content_hash, i.blob_path, a.pass_index FROM items i JOIN teacher_answers a "

@@ -71,20 +71,25 @@ class ServedImport:
         return s
 
 
-def served_not_added(store: Any, dataset: str, root: Path | None) -> int:
-    """Kept served inputs that :func:`import_served` would add: content the dataset does not hold, neither as it is,
-    as an import of it, nor (text) as the same text up to case and spacing (read from the kept files under the
-    workspace ``root``; None counts such twins as not added)."""
-    kept = [s for s in store.served_inputs(dataset) if s.payload_ref]
-    if not kept:
-        return 0
+def _held(store: Any, dataset: str) -> tuple[set[str], set[str], bool]:
+    """What the dataset already holds of served content: (served hashes it holds as they are or as an import of
+    them, the split-group keys of its items -- a text's twin up to case and spacing --, whether it is text)."""
     rows = store.split_rows(dataset)
     held = {r["content_hash"] for r in rows}
     held |= {ref[len(SOURCE_PREFIX):] for ref in store.source_refs(dataset) if ref.startswith(SOURCE_PREFIX)}
+    return held, {group_key(r["content_hash"], r["text"]) for r in rows}, bool(rows) and rows[0]["text"] is not None
+
+
+def served_not_added(store: Any, dataset: str, root: Path | None) -> int:
+    """Kept served inputs that :func:`import_served` would add: content the dataset does not hold (:func:`_held`),
+    text twins read from the kept files under the workspace ``root`` (None counts them as not added)."""
+    kept = [s for s in store.served_inputs(dataset) if s.payload_ref]
+    if not kept:
+        return 0
+    held, twins, text = _held(store, dataset)
     new = [s for s in kept if s.content_hash not in held]
-    if not new or not rows or rows[0]["text"] is None:
+    if not text:
         return len(new)
-    twins = {group_key(r["content_hash"], r["text"]) for r in rows}
     return sum(root is None or _text_key(root, s) not in twins for s in new)
 
 
@@ -105,13 +110,11 @@ def import_served(ws: Workspace, dataset: str, teacher: Any | None = None, *, de
     with ws.store() as store:
         task = Task.from_json(store.dataset_task_json(dataset))
         served = [s for s in store.served_inputs(dataset) if s.deferred or not deferred_only]
-        rows = store.split_rows(dataset)
-    present = {r["content_hash"] for r in rows}
-    twins = {group_key(r["content_hash"], r["text"]) for r in rows}
+        held, twins, _ = _held(store, dataset)
     res.served, res.deferred = len(served), sum(s.deferred for s in served)
     records = []
     for s in served:
-        if s.content_hash in present:
+        if s.content_hash in held:
             res.already_present += 1
             continue
         rec = _record(ws.root, task, s)
