@@ -30,6 +30,11 @@ def _info(ws) -> dict:
         return dataset_info(s, "tickets", ws._ws.root).to_dict()
 
 
+def _round_metrics(ws, run_id: int) -> list[dict]:
+    with ws._ws.store(readonly=True) as s:
+        return [s.round_metrics(run_id, 1)[0]]
+
+
 def _calls(t) -> int:
     return int(sim_stats(t.spec.split("|")[0])["requests"])
 
@@ -209,6 +214,70 @@ def test_the_wheel_warns_about_served_inputs_it_would_not_train_on(served):
     ds.add_served(t)
     _, sizing = setup(ws._ws, "tickets", WheelConfig(rounds=1), Console(quiet=True), False, built, None)
     assert not [w for w in sizing.warnings if w["code"] == "served_not_added"]
+
+
+def test_a_limit_adds_the_deferred_inputs_first_and_leaves_the_rest_for_later(served):
+    ws, ds, t, new, _ = served
+    res = ds.add_served(t, limit=4)
+    assert (res.added, res.already_present, res.left_for_later) == (4, 2, 5)
+    assert res.labelled == 4  # all four deferred: each with the answer serving bought
+    assert "5 left for a later import" in res.summary()
+    assert _info(ws)["served_not_added"] == 5
+    rest = ds.add_served(t)
+    assert (rest.added, rest.left_for_later, rest.labelled) == (5, 0, 2)
+
+
+def test_the_wheel_imports_served_traffic_first_and_a_resumed_run_keeps_its_pool(served):
+    from rich.console import Console
+
+    from llm_flywheel.pipeline.flywheel import WheelConfig, open_run, setup
+
+    ws, ds, t, new, _ = served
+    built = t.build(ds.task, ws._ws)
+    calls = _calls(t)
+    cfg = WheelConfig(rounds=1, add_served="deferred", add_served_limit=3)
+    ctx, sizing = setup(ws._ws, "tickets", cfg, Console(quiet=True), False, built, None)
+    assert _calls(t) == calls  # adopting serving's answers asks nothing
+    assert (ctx.served_import["added"], ctx.served_import["labelled"], ctx.served_import["left_for_later"]) == (3, 3, 3)
+    with ws._ws.store(readonly=True) as s:
+        imported = {int(r["id"]) for r in s.query("SELECT id FROM items WHERE source_ref LIKE 'served:%'")}
+    assert len(imported) == 3 and imported <= set(ctx.train_order)  # the new run's pool holds them
+    w = [w for w in sizing.warnings if w["code"] == "served_not_added"]
+    assert len(w) == 1 and w[0]["message"].startswith("6 inputs") and "--add-served-limit" in w[0]["fix"]
+    open_run(ctx)  # the run starts (and, say, is killed)
+    again, _ = setup(ws._ws, "tickets", cfg, Console(quiet=True), False, built, None)
+    assert again.served_import is None and again.train_order == ctx.train_order  # resumed: nothing imported
+    with pytest.raises(ValueError, match="add_served"):
+        WheelConfig(add_served="yes")
+
+
+def test_flywheel_run_add_served_turns_the_wheel_on_production_traffic(served):
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+
+    ws, ds, t, new, _ = served
+    calls = _calls(t)
+    r = CliRunner().invoke(main, [
+        "-w", str(ws._ws.root), "run", "tickets", "--teacher", t.spec, "--api-key-env", "", "--rounds", "1",
+        "--student-kind", "text-tfidf", "--seed-labels", "0", "--stream-per-round", "0", "--no-gold-ceiling",
+        "--no-progress", "--add-served", "all"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "9 added to train" in out and "6 teacher answers serving bought reused as pass 0" in out
+    assert "served_not_added" not in out and "not in the dataset" not in out
+    deferred = [hashlib.sha256(x.encode()).hexdigest() for x in new[:6]]
+    with ws._ws.store(readonly=True) as s:
+        run = s.wheel_runs("tickets")[0]
+        pass0 = s.query("SELECT i.content_hash, a.bought_by FROM teacher_answers a JOIN items i ON i.id=a.item_id "
+                        "WHERE i.source_ref LIKE 'served:%' AND a.pass_index=0")
+    assert run["status"] == "done" and _info(ws)["served_not_added"] == 0
+    # the 6 inputs serving deferred have exactly one pass 0 each: the one serving bought, never bought again
+    assert sorted(r["content_hash"] for r in pass0 if r["content_hash"] in deferred) == sorted(deferred)
+    assert all(r["bought_by"] == "serve" for r in pass0 if r["content_hash"] in deferred)
+    ledger = sum(int(m.get("teacher_calls") or 0) + int(m.get("eval_teacher_calls") or 0)
+                 for m in _round_metrics(ws, run["id"]))
+    assert ledger == _calls(t) - calls  # the run's ledger is what the teacher was asked: no reuse counted as a call
 
 
 def test_labelling_content_serving_answered_reuses_that_answer_without_an_import(served):

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.liveness import LeaseHeld, lease
-from llm_flywheel.pipeline.served_import import served_not_added
+from llm_flywheel.pipeline.served_import import ServedImport, import_served, served_not_added
 from llm_flywheel.pipeline.splits import make_splits
 from llm_flywheel.pipeline.wheel_config import (  # noqa: F401  (re-exported: the names callers import from here)
     AUTO_SHARE_CAP, AUTO_STREAM_CAP, DEFAULT_MAX_TEACHER_FRACTION, SMALL_CALIB, WheelConfig, WheelStopped,
@@ -99,6 +99,16 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
         from llm_flywheel.teachers.registry import teacher_from_spec
 
         teacher = teacher_from_spec(teacher_spec, task)
+
+    def sized(ids: dict[str, list[int]]) -> Any:
+        n_val, n_calib = (len(ids[s][:n] if n is not None else ids[s]) for s, n in (("val", cfg.val_labels),
+                                                                                    ("calib", cfg.calib_labels)))
+        return plan_sizes(cfg, {k: len(v) for k, v in ids.items()}, n_val, n_calib)
+
+    imported = add_served_first(ws, dataset, sized(ids).config, teacher, con, progress) if cfg.add_served else None
+    if imported is not None and imported.added:
+        with ws.store(readonly=True) as store:
+            ids["train"] = [it.id for it in store.items(dataset, split="train")]
     rng = np.random.default_rng(cfg.seed)
     perm = {s: [int(i) for i in rng.permutation(v)] if v else [] for s, v in ids.items()}
 
@@ -106,12 +116,12 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
         return order[:n] if n is not None else order
 
     val_ids, calib_ids = head(perm["val"], cfg.val_labels), head(perm["calib"], cfg.calib_labels)
-    sizing = plan_sizes(cfg, {k: len(v) for k, v in ids.items()}, len(val_ids), len(calib_ids))
+    sizing = sized(ids)
     cfg = sizing.config
     ctx = WheelContext(ws=ws, dataset=dataset, cfg=cfg, teacher=teacher, task=task, con=con, progress=progress,
                        train_order=perm["train"], seed_ids=perm["train"][: cfg.seed_labels], val_ids=val_ids,
                        calib_ids=calib_ids, test_ids=sorted(head(perm["test"], cfg.test_limit)),
-                       stream_order=perm["stream"])
+                       stream_order=perm["stream"], served_import=imported.to_dict() if imported else None)
     _print_sizes(ctx, sizing.sizes)
     with ws.store(readonly=True) as store:
         unserved = served_not_added(store, dataset, ws.root)
@@ -119,7 +129,9 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
         sizing.warnings.append(warning(
             "served_not_added", f"{unserved:,} inputs `flywheel serve` kept for {dataset} are not in the dataset, so "
             "this run neither trains on them nor reuses the teacher answers serving bought for them",
-            f"`flywheel data add-served {dataset} --teacher SPEC` (Python: ds.add_served(teacher)) before the run"))
+            f"`flywheel run {dataset} --add-served-limit N` imports more next time" if cfg.add_served else
+            f"`flywheel run {dataset} --add-served all` (or `flywheel data add-served {dataset} --teacher SPEC`; "
+            "Python: ds.run(teacher, add_served='all')) imports them first"))
     for w in sizing.warnings:
         ctx.warn(w, [])
     return ctx, sizing
@@ -135,23 +147,47 @@ def _print_sizes(ctx: WheelContext, sizes: dict[str, Any]) -> None:
         + (f" [dim](from the dataset size: {', '.join(sizes['auto'])})[/]" if sizes["auto"] else ""))
 
 
+def _resumable(store: Any, dataset: str, cfg: WheelConfig, teacher_model: str) -> dict[str, Any] | None:
+    """The newest run of this dataset when it is unfinished with the same settings and teacher, else None."""
+    runs = store.wheel_runs(dataset)
+    if not runs:  # only the newest run of this dataset can be resumed
+        return None
+    r, key = runs[0], json.loads(json.dumps(cfg.resume_key()))
+    stored = without_unbinding(r["config"].get("resume_key") or {})
+    return r if r["status"] != "done" and stored == key and r["config"].get("teacher") == teacher_model else None
+
+
 def open_run(ctx: WheelContext) -> int:
-    """The newest run of this dataset when it is unfinished with the same settings and teacher (resume), else a
-    new run."""
-    key = json.loads(json.dumps(ctx.cfg.resume_key()))
+    """The run :func:`_resumable` finds (resume), else a new run."""
     with ctx.ws.store() as store:
-        runs = store.wheel_runs(ctx.dataset)
-        if runs:  # only the newest run of this dataset can be resumed
-            r = runs[0]
-            c = r["config"]
-            stored = without_unbinding(c.get("resume_key") or {})
-            if r["status"] != "done" and stored == key and c.get("teacher") == ctx.teacher.model:
-                store.reopen_run(r["id"], c | {"rounds": ctx.cfg.rounds})
-                ctx.con.print(f"[yellow]resuming wheel run {r['id']}[/] (teacher answers are cached; finished rounds "
-                              "are kept)")
-                return r["id"]
+        r = _resumable(store, ctx.dataset, ctx.cfg, ctx.teacher.model)
+        if r is not None:
+            store.reopen_run(r["id"], r["config"] | {"rounds": ctx.cfg.rounds})
+            ctx.con.print(f"[yellow]resuming wheel run {r['id']}[/] (teacher answers are cached; finished rounds "
+                          "are kept)")
+            return r["id"]
         return store.start_run("wheel", {"dataset": ctx.dataset, "teacher": ctx.teacher.model,
                                          "rounds": ctx.cfg.rounds, "resume_key": ctx.cfg.resume_key()})
+
+
+def add_served_first(ws: Workspace, dataset: str, cfg: WheelConfig, teacher: Any, con: Console,
+                     progress: bool) -> ServedImport | None:
+    """``add_served`` (``cfg``: sized for the pool as it is): before a new run draws its item orders, bring what ``flywheel serve`` kept into the train
+    split, labelled with the answers serving bought from this run's teacher (no call) -- the nightly job in one
+    command.  A resumed run keeps the pool it started with (its seeded orders are drawn over it), so the import
+    waits for the next run."""
+    with ws.store(readonly=True) as store:
+        resuming = _resumable(store, dataset, cfg, teacher.model)
+    if resuming is not None:
+        con.print(f"[yellow]served traffic not imported:[/] run {resuming['id']} is resumed with the train pool it "
+                  "started with; the next run imports it")
+        return None
+    imp = import_served(ws, dataset, teacher, deferred_only=cfg.add_served == "deferred",
+                        limit=cfg.add_served_limit, progress=progress)
+    con.print(f"served traffic: {imp.summary()}")
+    for n in imp.notes:
+        con.print(f"  [dim]{n}[/]")
+    return imp
 
 
 def turn(ctx: WheelContext, warnings: list[dict[str, str]], sizes: dict[str, Any],

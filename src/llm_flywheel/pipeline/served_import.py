@@ -46,6 +46,7 @@ class ServedImport:
     unreadable: int = 0
     already_present: int = 0
     added: int = 0
+    left_for_later: int = 0
     answers_adopted: int = 0
     labelled: int = 0
     answers_other_teacher: int = 0
@@ -65,6 +66,8 @@ class ServedImport:
                   f"kept under exports/served/ of another machine's workspace folder: run this where they are)")
         if self.unreadable:
             s += f", {self.unreadable:,} unreadable"
+        if self.left_for_later:
+            s += f", {self.left_for_later:,} left for a later import (the limit)"
         if self.teacher:
             s += (f"; {self.answers_adopted:,} teacher answers serving bought reused as pass 0, "
                   f"{self.labelled:,} new items labelled from them, {self.teacher_calls} teacher calls")
@@ -82,12 +85,13 @@ def _held(store: Any, dataset: str) -> tuple[set[str], set[str], bool]:
 
 def served_not_added(store: Any, dataset: str, root: Path | None) -> int:
     """Kept served inputs that :func:`import_served` would add: content the dataset does not hold (:func:`_held`),
-    text twins read from the kept files under the workspace ``root`` (None counts them as not added)."""
+    text twins read from the kept files under the workspace ``root`` (None counts them as not added); a kept file
+    that is gone (retention, another machine's folder) is not counted, as the import could not add it."""
     kept = [s for s in store.served_inputs(dataset) if s.payload_ref]
     if not kept:
         return 0
     held, twins, text = _held(store, dataset)
-    new = [s for s in kept if s.content_hash not in held]
+    new = [s for s in kept if s.content_hash not in held and (root is None or (root / str(s.payload_ref)).is_file())]
     if not text:
         return len(new)
     return sum(root is None or _text_key(root, s) not in twins for s in new)
@@ -101,21 +105,30 @@ def _text_key(root: Path, s: ServedInput) -> str | None:
 
 
 def import_served(ws: Workspace, dataset: str, teacher: Any | None = None, *, deferred_only: bool = False,
-                  progress: bool = False) -> ServedImport:
+                  limit: int | None = None, progress: bool = False) -> ServedImport:
     """Import the inputs ``flywheel serve`` kept for ``dataset`` as train items; with ``teacher`` (the one serving
     used), adopt the answers serving bought and label the new items from them.  ``deferred_only``: only the inputs
-    the cascade deferred (those the student was unsure of), not the ones it answered.  Idempotent: a re-run adds
-    and adopts only what is new."""
+    the cascade deferred (those the student was unsure of), not the ones it answered.  ``limit``: add at most this
+    many new inputs, the deferred ones first (their answers are paid labels), then the most requested -- heavy
+    traffic would otherwise grow the train pool without bound; the rest waits for a later import.  Idempotent: a
+    re-run adds and adopts only what is new."""
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
     res = ServedImport(dataset=dataset)
     with ws.store() as store:
         task = Task.from_json(store.dataset_task_json(dataset))
         served = [s for s in store.served_inputs(dataset) if s.deferred or not deferred_only]
         held, twins, _ = _held(store, dataset)
     res.served, res.deferred = len(served), sum(s.deferred for s in served)
+    if limit is not None:  # stable: first served first among equals
+        served = sorted(served, key=lambda s: (not s.deferred, -s.requests))
     records = []
     for s in served:
         if s.content_hash in held:
             res.already_present += 1
+            continue
+        if limit is not None and len(records) >= limit:
+            res.left_for_later += 1
             continue
         rec = _record(ws.root, task, s)
         if rec is None:

@@ -82,6 +82,8 @@ class WheelConfig:
     cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR
     teacher_usd_per_hour: float | None = None  # price of the teacher's machine when it reports no token price
     gold_ceiling: bool = True  # train the same student on the same items with gold labels at the end
+    add_served: str | None = None  # first import what `flywheel serve` kept: "all" or "deferred" (None: only warn)
+    add_served_limit: int | None = None  # ... at most this many new inputs per run (None: all)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -93,6 +95,10 @@ class WheelConfig:
         for name in ("seed_labels", "per_round_budget", "stream_per_round", "unlabelled"):
             if not (getattr(self, name) or 0) >= 0:  # also NaN
                 raise ValueError(f"{name} must be >= 0")
+        if self.add_served not in (None, "all", "deferred"):
+            raise ValueError(f"add_served {self.add_served!r}: choose 'all', 'deferred' or None")
+        if self.add_served_limit is not None and self.add_served_limit < 0:
+            raise ValueError("add_served_limit must be >= 0")
         if self.teacher_parity and self.target_accuracy is not None:
             raise ValueError("give either --target-accuracy or --teacher-parity, not both")
         if self.target_accuracy is None and self.max_teacher_fraction is None and not self.teacher_parity:
@@ -101,11 +107,11 @@ class WheelConfig:
     def resume_key(self) -> dict[str, Any]:
         """The settings that must match for a re-run to continue an unfinished run: all but those that change no
         round (:data:`NOT_BINDING`: rounds may grow or shrink, the end-of-run gold ceiling may be added or skipped,
-        polling may be faster)."""
+        polling may be faster, served traffic may be imported first)."""
         return without_unbinding(asdict(self))
 
 
-NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s")
+NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s", "add_served", "add_served_limit")
 
 
 ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0, "student_hints": True}

@@ -35,6 +35,8 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
     """Everything measured once at the end of a run; stored as the ``wheel`` report and returned."""
     extra: dict[str, Any] = {"teacher_model": ctx.teacher.model, "teacher_source": teacher_source(ctx.teacher.model),
                              "config": asdict(ctx.cfg)}
+    if ctx.served_import is not None:
+        extra["served_import"] = ctx.served_import
     extra["teacher_quality"] = teacher_quality_on_items(ctx.ws, ctx.dataset, ctx.val_ids + ctx.calib_ids,
                                                         ctx.teacher.model, ctx.task.labels)
     last = rounds[-1]

@@ -55,6 +55,7 @@ class WheelContext:
     run_id: int = 0
     trained: list[str] = field(default_factory=list)  # versions trained in this run, newest last (the QBC committee)
     served_stream: list[int] = field(default_factory=list)
+    served_import: dict[str, Any] | None = None  # what `add_served` imported before the run (ServedImport.to_dict)
 
     def items(self, ids: Sequence[int]) -> list[Item]:
         """Items by id, in the order given (missing ids dropped)."""

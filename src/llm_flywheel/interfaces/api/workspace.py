@@ -180,17 +180,18 @@ class Dataset:
         return self.splits()
 
     def add_served(self, teacher: Teacher | str | None = None, *, deferred_only: bool = False,
-                   progress: bool = False) -> "ServedImport":
+                   limit: int | None = None, progress: bool = False) -> "ServedImport":
         """Bring what ``flywheel serve`` answered for this dataset back into it: the inputs the service kept join
         the train split, and with ``teacher`` (the one serving used) the answers serving bought become their
         labels (stored as labelling's first pass, so nothing is bought twice).  ``deferred_only``: only the inputs
-        the cascade deferred.  Calls no teacher; a re-run adds only what is new.  Returns a
-        :class:`~llm_flywheel.pipeline.served_import.ServedImport`."""
+        the cascade deferred; ``limit``: at most this many new inputs (deferred first, then the most requested).
+        Calls no teacher; a re-run adds only what is new.  ``run(teacher, add_served="all")`` does this first.
+        Returns a :class:`~llm_flywheel.pipeline.served_import.ServedImport`."""
         from llm_flywheel.pipeline.served_import import import_served
 
         built = as_teacher(teacher).build(self.task, self.workspace._ws) if teacher is not None else None
         with translate_errors():
-            return import_served(self.workspace._ws, self.name, built, deferred_only=deferred_only,
+            return import_served(self.workspace._ws, self.name, built, deferred_only=deferred_only, limit=limit,
                                  progress=progress)
 
     def splits(self) -> dict[str, int]:
@@ -308,8 +309,9 @@ class Dataset:
             max_teacher_fraction: float | None = None, progress: bool = True, **options: Any) -> RunReport:
         """Turn the wheel ``rounds`` times (select -> label -> train -> calibrate -> promote -> serve the stream ->
         feedback).  Give a cascade goal: ``target_accuracy`` and/or ``max_teacher_fraction`` (default 0.1).
-        ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...).  A re-run with
-        the same settings resumes the unfinished run."""
+        ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...;
+        ``add_served="all"`` or ``"deferred"`` first imports what ``flywheel serve`` kept, as :meth:`add_served`
+        with this teacher).  A re-run with the same settings resumes the unfinished run."""
         from llm_flywheel.pipeline.flywheel import run_wheel
         from llm_flywheel.pipeline.wheel_config import WheelStopped
 

@@ -90,7 +90,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "cascade": ("calibrate", "promote"),
     "predict": ("predict",),
     "serve": ("serve",),
-    "wheel": ("run", "report", "demo"),
+    "wheel": ("run", "report"),
+    "demo": ("demo",),
 }
 
 

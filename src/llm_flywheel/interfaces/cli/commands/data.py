@@ -284,10 +284,13 @@ def check(ctx: Ctx, dataset: str, repair: bool, as_json: bool) -> None:
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--deferred-only", is_flag=True,
               help="Only the inputs the cascade deferred (the student was unsure), not the ones it answered.")
+@click.option("--limit", type=click.IntRange(0), default=None,
+              help="Add at most N new inputs: the deferred first (their answers are paid labels), then the most "
+                   "requested; the rest waits for a later run.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @pass_ctx
 def add_served(ctx: Ctx, dataset: str, spec: str | None, api_key_env: str | None, deferred_only: bool,
-               as_json: bool) -> None:
+               limit: int | None, as_json: bool) -> None:
     """Add the inputs `flywheel serve` answered for DATASET to its train split, labelled with the answers serving
     already paid for."""
     from llm_flywheel.interfaces.cli.commands import open_dataset
@@ -298,7 +301,8 @@ def add_served(ctx: Ctx, dataset: str, spec: str | None, api_key_env: str | None
     logging.getLogger("llm_flywheel.data.base").setLevel(logging.ERROR)  # the summary says it
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         try:
-            res = import_served(ws, dataset, teacher, deferred_only=deferred_only, progress=not as_json)
+            res = import_served(ws, dataset, teacher, deferred_only=deferred_only, limit=limit,
+                                progress=not as_json)
         except (ValueError, StoreError) as e:
             raise click.ClickException(str(e)) from None
     if as_json:
