@@ -278,6 +278,11 @@ def test_flywheel_run_add_served_turns_the_wheel_on_production_traffic(served):
     ledger = sum(int(m.get("teacher_calls") or 0) + int(m.get("eval_teacher_calls") or 0)
                  for m in _round_metrics(ws, run["id"]))
     assert ledger == _calls(t) - calls  # the run's ledger is what the teacher was asked: no reuse counted as a call
+    import json
+
+    reports = ws._ws.root / "reports"
+    assert json.loads((reports / "summary.json").read_text())["served_import"]["added"] == 9
+    assert "This run began by importing served traffic" in (reports / "index.html").read_text()
 
 
 def test_labelling_content_serving_answered_reuses_that_answer_without_an_import(served):

@@ -92,6 +92,7 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
         "throughput": extra.get("throughput"),
         "human_review": review_section.human_review_summary(ws, dataset),  # human labels and what they changed
         "served_traffic": served_section.served_summary(ws, dataset),  # what `flywheel serve` answered, and its cost
+        "served_import": extra.get("served_import"),  # what `flywheel run --add-served` imported before this run
     }
     return summary
 

@@ -65,8 +65,16 @@ def served_html(summary: Mapping[str, Any], image: str) -> str:
              f"${st['teacher_spend_usd']:.4f} for {st['teacher_answers']:,} served inputs (each bought once, stored "
              "before use).</p>",
              f"<table class='kv served'><tr><th>source</th><th>answers</th><th>share</th></tr>{rows}</table>", image]
+    imp = summary.get("served_import")
+    if imp:
+        parts.append(f"<p>This run began by importing served traffic (<code>--add-served</code>): {imp['added']:,} "
+                     f"input(s) added to train, {imp['labelled']:,} labelled with answers serving had bought "
+                     f"({imp['teacher_calls']} teacher calls), {imp['already_present']:,} already in the dataset"
+                     + (f", {imp['left_for_later']:,} left for a later run by the limit" if imp.get("left_for_later")
+                        else "") + ".</p>")
     if st.get("waiting_for_add_served"):
         parts.append(f"<p class=note>{st['waiting_for_add_served']:,} kept input(s) are not in the dataset yet: "
-                     f"<code>flywheel data add-served {ds} --teacher SPEC</code> adds them to the train split, "
-                     "labelled with the answers serving bought.</p>")
+                     f"<code>flywheel run {ds} --add-served all</code> (or <code>flywheel data add-served {ds} "
+                     "--teacher SPEC</code>) adds them to the train split, labelled with the answers serving "
+                     "bought.</p>")
     return "\n".join(p for p in parts if p)
