@@ -165,6 +165,32 @@ def cut_off(content: str, **kw: Any) -> Action:
     return act
 
 
+def openai_reasoning_model(thought: int = 100, content: str = '{"label": "bar", "confidence": 0.9}') -> Action:
+    """What OpenAI's reasoning models (gpt-5.x, o-series) answer on Chat Completions, bodies as the API sends them:
+    HTTP 400 to ``max_tokens`` (they take ``max_completion_tokens``) and to any temperature but 1, and ``thought``
+    hidden reasoning tokens that count against ``max_completion_tokens`` -- a limit the thinking uses up is an
+    empty reply with ``finish_reason: "length"``."""
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        if "max_tokens" in body:
+            return _send(h, 400, {"error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                           "'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens",
+                "code": "unsupported_parameter"}})
+        t = body.get("temperature")
+        if t is not None and t != 1:
+            return _send(h, 400, {"error": {
+                "message": f"Unsupported value: 'temperature' does not support {t} with this model. Only the default "
+                           "(1) value is supported.", "type": "invalid_request_error", "param": "temperature",
+                "code": "unsupported_value"}})
+        room, answer = int(body.get("max_completion_tokens") or 1_000_000), 20
+        used = min(room, thought + answer)
+        usage = {"prompt_tokens": 300, "completion_tokens": used, "total_tokens": 300 + used,
+                 "completion_tokens_details": {"reasoning_tokens": min(room, thought)}}
+        _send(h, 200, completion(content if room >= thought + answer else "",
+                                 finish_reason="stop" if room >= thought + answer else "length", usage=usage))
+    return act
+
+
 class FaultServer:
     def __init__(self, script: list[Action] | None = None, default: Action | None = None, *,
                  props: dict | None = None, slots: Callable[[], list] | None = None,

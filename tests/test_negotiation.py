@@ -218,3 +218,22 @@ def test_the_record_keeps_the_downgrades_of_earlier_runs(neg_ws):
     assert caps["response_format"] == "json_object_schema"
     assert [(d["from"], d["to"]) for d in caps["downgrades"]] == [("json_schema", "json_object_schema")]
     assert "response_format" in caps["downgrades"][0]["why"]  # the server's own words
+
+
+def test_a_reasoning_model_is_negotiated_once_under_load_and_remembered(neg_ws):
+    """OpenAI's gpt-5.x / o-series refuse max_tokens and a temperature other than 1 with HTTP 400: the client
+    switches once at concurrency 32 (one probe while the others wait), and a second client starts from the record."""
+    from fault_server import openai_reasoning_model
+
+    ws, task = neg_ws
+    items = ws.store().items("synth", limit=40)
+    with FaultServer(default=openai_reasoning_model(thought=50)) as srv:
+        t = _teacher(srv.url, task)
+        assert all(a.ok for a in t.label(items, task, ws=ws, concurrency=CONCURRENCY))
+        refused = [r for r in srv.requests if "max_tokens" in r["body"] or r["body"].get("temperature", 1) != 1]
+        assert len(refused) == 2 and len(srv.requests) == len(items) + 2
+        t2 = _teacher(srv.url, task)
+        n0 = len(srv.requests)
+        assert all(a.ok for a in t2.label(ws.store().items("synth")[40:43], task, ws=ws))  # items not asked yet
+        assert all("max_completion_tokens" in r["body"] and "temperature" not in r["body"] for r in srv.requests[n0:])
+        assert len(srv.requests) > n0

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from fault_server import FaultServer, context_exceeded_above, free_port, cut_off, ok, slow, status, user_text
+from fault_server import (FaultServer, context_exceeded_above, free_port, cut_off, ok, openai_reasoning_model, slow,
+                          status, user_text)
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
 from llm_flywheel.teachers.openai_compat import (
@@ -209,3 +210,72 @@ def test_a_larger_input_gets_proportionally_longer_to_answer():
     assert t.current_timeout(size=400) == 80.0  # 4 x p95
     assert t.current_timeout(size=2000) == pytest.approx(80.0 * 4)  # 4x the typical input: 4x the wait
     assert t.current_timeout(size=100_000) == 1000.0  # never above the cap
+
+
+# --- OpenAI's reasoning models (gpt-5.x, o-series) on Chat Completions --------------------------------------------
+SPAM = '{"label": "spam", "confidence": 0.9}'
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_and_its_default_temperature():
+    """Before: HTTP 400 "Unsupported parameter: 'max_tokens'" failed every item as http_4xx."""
+    with FaultServer(default=openai_reasoning_model(thought=100, content=SPAM)) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+        assert ans.ok and ans.label == "spam"
+        bodies = [r["body"] for r in srv.requests]
+        assert len(bodies) == 3 and "max_tokens" in bodies[0] and "temperature" in bodies[1]
+        assert "max_completion_tokens" in bodies[2] and "temperature" not in bodies[2]
+        caps = t.capabilities()
+        assert caps["legacy_max_tokens"] is False and caps["temperature"] is False
+        assert [d["to"] for d in caps["downgrades"]] == ["legacy_max_tokens=off", "temperature=off"]
+        n = len(srv.requests)
+        assert _ask(t, pass_index=1).ok and len(srv.requests) == n + 1  # later calls and passes: one request each
+
+
+def test_a_reasoning_model_that_thinks_past_max_tokens_gets_room_and_later_calls_start_there(caplog):
+    with FaultServer(default=openai_reasoning_model(thought=500, content=SPAM)) as srv:
+        t = _teacher(srv.url)
+        t.legacy_max_tokens = t.temperature = False  # as negotiated (previous test)
+        with caplog.at_level("WARNING"):
+            ans = _ask(t)
+        assert ans.ok and ans.label == "spam" and ans.extra["reasked_after_truncation"] == 1
+        assert [r["body"]["max_completion_tokens"] for r in srv.requests] == [300, 600]
+        assert t.max_tokens == 600  # it thought all 300, then fit in 600
+        assert "thinks before it answers (300 reasoning tokens" in caplog.text
+        n = len(srv.requests)
+        assert _ask(t).ok and [r["body"]["max_completion_tokens"] for r in srv.requests[n:]] == [600]
+
+
+def test_a_model_that_never_stops_thinking_fails_as_truncated_after_a_bounded_number_of_re_asks():
+    with FaultServer(default=openai_reasoning_model(thought=100_000)) as srv:
+        t = _teacher(srv.url)
+        t.legacy_max_tokens = t.temperature = False
+        ans = _ask(t)
+        assert not ans.ok and ans.error_kind == "truncated"
+        rooms = [r["body"]["max_completion_tokens"] for r in srv.requests]
+        assert rooms == [300, 600, 1200, 2400] and t.max_tokens == 2400  # 3 re-asks, each billed: then it stops
+
+
+def test_batch_lines_refused_for_max_tokens_make_the_follow_up_batch_ask_without_it():
+    from llm_flywheel.teachers.batch import answer_from_line, parse_result_file
+
+    t = _teacher("http://127.0.0.1:9/v1")
+    line = {"custom_id": "1-0", "response": {"status_code": 400, "body": {"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' "
+                   "instead.", "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}}}
+    res = parse_result_file(json.dumps(line).encode())["1-0"]
+    ans = answer_from_line(t, TASK, 1, "h", 0, res, price_ratio=0.5)
+    assert not ans.ok and ans.error_kind == "http_4xx"
+    assert "max_completion_tokens" in t._body(TASK, "x", 0) and "max_tokens" not in t._body(TASK, "x", 0)
+
+
+def test_unsupported_param_reads_the_param_or_the_message():
+    from llm_flywheel.teachers.errors import unsupported_param
+
+    assert unsupported_param(400, json.dumps({"error": {"message": "x", "param": "temperature"}})) == "temperature"
+    assert unsupported_param(400, "Unsupported parameter: 'max_tokens' is not supported with this model.") == \
+        "legacy_max_tokens"
+    assert unsupported_param(400, json.dumps({"error": {"message": "Invalid parameter: 'response_format' of type "
+                                                        "'json_schema' is not supported", "param": "response_format"}})) is None
+    assert unsupported_param(500, "'temperature' is not supported") is None
+    assert unsupported_param(400, "max_tokens must be at most 4096") is None

@@ -22,7 +22,9 @@ import httpx
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
 from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_content_refusal,
-                                          is_context_exceeded, redact, refused_response_format, retry_after)
+                                          is_context_exceeded, redact, refused_response_format, retry_after,
+                                          unsupported_param)
+from llm_flywheel.teachers.negotiation import MAX_REASONING_ROOM
 from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
 from llm_flywheel.teachers.parsing import looks_like_json
 from llm_flywheel.teachers.response import read_response
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0  # s: a TCP connect that takes longer means nothing answers at the URL
 QUICK_RETRY_DELAY = 0.5  # s: the one retry a fatal (connection / DNS) failure gets
 PROGRESS_CHECK_S = 5.0  # s between two looks at a llama.cpp server's /slots once a request is past its timeout
+MAX_REASKS = 3  # re-asks of one call cut off while a reasoning model thought (each is billed)
 RESEND = object()  # an attempt's outcome: send again at once (the request changed; not a retry)
 
 
@@ -188,8 +191,9 @@ class Asking:
         self.latencies.append(latency)
         self.sizes.append(size)
         text = ans.raw_text
-        prose = (mode in STRUCTURED_MODES and text is not None and not looks_like_json(text)
-                 and ans.error_kind in ("parse", "truncated"))
+        thought = int(ans.extra.get("reasoning_tokens") or 0)  # a reasoning model's hidden tokens count too
+        prose = (mode in STRUCTURED_MODES and bool(text and text.strip()) and not looks_like_json(text)
+                 and ans.error_kind in ("parse", "truncated"))  # an empty reply is no sign of an ignored format
         if prose and (call.holding or not self._confirmed) and call.fallbacks < 6:
             # prose under a structured mode: the server may have ignored the format -- a second prose reply
             # (T=0 repeats itself) settles it
@@ -203,10 +207,14 @@ class Asking:
             return RESEND
         if text is not None and not prose:
             self._confirm(mode, logprobs)
-        if ans.error_kind == "truncated" and not call.no_reason:
+        if ans.error_kind == "truncated" and (not call.no_reason or (thought and call.reasks < MAX_REASKS)):
             call.spent.append(ans)
             call.no_reason = True  # change what caused the cut: no reason, more room
-            call.max_tokens = max(2 * self.max_tokens, 600)
+            room = max(2 * self.max_tokens, 600)
+            if thought:  # room for as much thinking again, then the answer; later calls start there
+                room = min(MAX_REASONING_ROOM, max(room, 2 * (call.max_tokens or self.max_tokens)))
+                self._learn_room(room, thought)
+            call.max_tokens = room
             call.reasks += 1  # not a retry: nothing about the server's load
             return RESEND
         if ans.ok:
@@ -226,6 +234,11 @@ class Asking:
             return self._fail(call, "refused", f"the provider's content filter declined this item (HTTP {st}) — it "
                               "stays unlabelled: label it by hand (`flywheel review`) or use a model without "
                               f"moderation: {text[:200]}", extra={"status": st})
+        flag = unsupported_param(st, text)
+        if flag and call.fallbacks < 6:  # OpenAI's reasoning models: max_completion_tokens, default temperature
+            call.fallbacks += 1
+            self._drop_flag(flag, f"HTTP {st}: {text[:150]}")  # no-op if another call already did
+            return RESEND
         if call.fallbacks < 6 and refused_response_format(st, text) and "logprob" not in low:
             call.fallbacks += 1
             if mode == "json_schema" and "maxlength" in low and self.schema_max_length:

@@ -29,7 +29,8 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.base import TeacherAnswer
-from llm_flywheel.teachers.errors import is_content_refusal
+from llm_flywheel.teachers.errors import is_content_refusal, unsupported_param
+from llm_flywheel.teachers.negotiation import MAX_REASONING_ROOM
 from llm_flywheel.teachers.openai_compat import (
     OpenAICompatTeacher,
     TeacherConfigError,
@@ -232,6 +233,9 @@ def answer_from_line(teacher: OpenAICompatTeacher, task: Task, item_id: int, con
         return fail("timeout", "the batch ended without an answer for this line")
     if result.status_code != 200 or result.body is None:
         code = result.status_code or 0
+        flag = unsupported_param(code, result.error or "")
+        if flag:  # the follow-up batch asks without it, as the online client would
+            teacher._drop_flag(flag, f"batch line HTTP {code}: {(result.error or '')[:150]}")
         kind = ("timeout" if result.error and "expired" in result.error else "http_429" if code == 429
                 else "http_5xx" if code >= 500 or not code
                 else "refused" if is_content_refusal(code, result.error or "") else "http_4xx")
@@ -244,5 +248,8 @@ def answer_from_line(teacher: OpenAICompatTeacher, task: Task, item_id: int, con
                            max_tokens=teacher.max_tokens)
     if fields.get("error_kind") == "http_5xx":  # a provider error inside a 200
         return fail("http_5xx", str(fields.get("error_detail") or "provider error"))
+    thought = int((fields.get("extra") or {}).get("reasoning_tokens") or 0)
+    if fields.get("error_kind") == "truncated" and thought:  # the follow-up batch gives it room to think
+        teacher._learn_room(min(MAX_REASONING_ROOM, max(600, 2 * teacher.max_tokens)), thought)
     fields["extra"] = {**(fields.get("extra") or {}), "batch": True}
     return teacher._answer(item_id, content_hash, task, pass_index, **fields)

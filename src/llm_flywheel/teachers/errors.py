@@ -117,6 +117,34 @@ def context_numbers(text: str) -> tuple[int, int] | None:
     return None
 
 
+_UNSUPPORTED_RE = {
+    # OpenAI's reasoning models (o-series, gpt-5.x, also on Azure): "Unsupported parameter: 'max_tokens' is not
+    # supported with this model. Use 'max_completion_tokens' instead."
+    "legacy_max_tokens": re.compile(r"'?max_tokens'?[^.]*(?:not supported|unsupported)|use '?max_completion_tokens",
+                                    re.I),
+    # "Unsupported value: 'temperature' does not support 0 with this model. Only the default (1) value is supported."
+    "temperature": re.compile(r"'?temperature'?[^.]*(?:does not support|not supported|unsupported)", re.I),
+}
+
+
+def unsupported_param(status: int, text: str) -> str | None:
+    """The request flag (``legacy_max_tokens`` or ``temperature``) a 400/422 says this model does not take, else None.
+    Read from the error's ``param`` where the provider names it (OpenAI does), else from its message."""
+    if status not in (400, 422):
+        return None
+    try:
+        err = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    param = err.get("param") if isinstance(err, dict) else None
+    msg = str(err.get("message") or "") if isinstance(err, dict) else text
+    if param == "max_tokens" or (param is None and _UNSUPPORTED_RE["legacy_max_tokens"].search(msg)):
+        return "legacy_max_tokens"
+    if param == "temperature" or (param is None and _UNSUPPORTED_RE["temperature"].search(msg)):
+        return "temperature"
+    return None
+
+
 def is_content_refusal(status: int, text: str) -> bool:
     """A provider's content filter declined *this item*, not the key or the model: OpenRouter's HTTP 403 "Your chosen
     model requires moderation and your input was flagged" (``error.metadata.flagged_input`` / ``reasons``) or its

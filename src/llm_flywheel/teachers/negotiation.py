@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 PROBE_GIVE_UP = 3  # probe calls that end without an answer before the others stop waiting for one
 
 
+MAX_REASONING_ROOM = 16_384  # tokens: the most room a reasoning model is given for thinking plus its answer
+
 class CapabilityCache(Protocol):
     """Where a teacher remembers what an endpoint accepted.  Any object with these three methods will do."""
 
@@ -77,6 +79,7 @@ class Negotiation:
     logprobs: bool
     local: bool
     confidence: bool | None
+    max_tokens: int
     _is_llama_cpp: Any
 
     def _init_negotiation(self, response_format: str, logprobs: bool, cache_arg: Any, workspace: Workspace | None) -> None:
@@ -85,6 +88,8 @@ class Negotiation:
         self.logprobs = logprobs
         self.schema_max_length = True  # False once a server refuses the maxLength keyword
         self.top_logprobs = True  # False once a server refuses the alternatives (some cap them at 5) but not logprobs
+        self.legacy_max_tokens = True  # False: the model wants max_completion_tokens (OpenAI's reasoning models)
+        self.temperature = True  # False: the model takes only its default temperature (passes differ by wording)
         self.workspace = workspace
         self._lock = threading.Lock()
         self._cache_arg = cache_arg
@@ -102,6 +107,7 @@ class Negotiation:
         """What this endpoint is known to accept now (the record kept in the capability memory)."""
         return {"response_format": self.response_format, "logprobs": self.logprobs,
                 "schema_max_length": self.schema_max_length, "top_logprobs": self.top_logprobs,
+                "legacy_max_tokens": self.legacy_max_tokens, "temperature": self.temperature,
                 "downgrades": (self._remembered_downgrades + list(self.negotiation))[-20:]}
 
     def _attach_cache(self, ws: Workspace | None) -> None:
@@ -130,6 +136,8 @@ class Negotiation:
             self.logprobs = bool(caps.get("logprobs", self.logprobs)) and self.logprobs
             self.schema_max_length = bool(caps.get("schema_max_length", True))
             self.top_logprobs = bool(caps.get("top_logprobs", True))
+            self.legacy_max_tokens = bool(caps.get("legacy_max_tokens", True))
+            self.temperature = bool(caps.get("temperature", True))
             self._remembered_downgrades = [d for d in caps.get("downgrades") or [] if isinstance(d, dict)]
             self.capabilities_source = "memory"
         log.info("%s: starting from remembered response_format=%s", self.display_name, self.response_format)
@@ -148,6 +156,7 @@ class Negotiation:
         with self._lock:
             self.response_format = "json_schema"
             self.schema_max_length = True
+            self.legacy_max_tokens = self.temperature = True
             self._confirmed = False
             self._gate_open = False
             self._probe_failures = 0
@@ -227,7 +236,8 @@ class Negotiation:
         return True
 
     def _drop_flag(self, name: str, why: str) -> bool:
-        """Compare-and-set for ``logprobs`` / ``top_logprobs`` / ``schema_max_length``: turn it off once."""
+        """Compare-and-set for ``logprobs`` / ``top_logprobs`` / ``schema_max_length`` / ``legacy_max_tokens`` /
+        ``temperature``: turn it off once."""
         with self._lock:
             if not getattr(self, name):
                 return False
@@ -237,4 +247,19 @@ class Negotiation:
             self._probe_failures = 0
             self.negotiation.append({"from": f"{name}=on", "to": f"{name}=off", "why": why[:200]})
         log.info("%s: server refused %s; asking without it", self.display_name, name)
+        return True
+
+    def _learn_room(self: Any, room: int, thought: int) -> bool:
+        """A reasoning model spent ``thought`` hidden tokens and was cut off at ``max_tokens``: every later call
+        (online and in batches) starts with ``room``, instead of paying for a cut-off reply first each time.
+        Warns once, with what the model thinks per answer.  True when this call raised it."""
+        with self._lock:
+            if room <= self.max_tokens:
+                return False
+            first, self.max_tokens = self.max_tokens, room
+            self.negotiation.append({"from": f"max_tokens={first}", "to": f"max_tokens={room}",
+                                     "why": f"a reasoning model used {thought} reasoning tokens and was cut off"})
+        log.warning("%s thinks before it answers (%d reasoning tokens, billed as output) and was cut off at "
+                    "max_tokens=%d: asking with %d from now on. A lower reasoning effort, where the provider offers "
+                    "one, makes each label cheaper", self.display_name, thought, first, room)
         return True

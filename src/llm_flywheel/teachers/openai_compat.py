@@ -254,9 +254,10 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
                 {"role": "system", "content": system},
                 {"role": "user", "content": user_content},
             ],
-            "temperature": v["temperature"],
-            "max_tokens": max_tokens or self.max_tokens,
         }
+        if self.temperature:  # else the model's default: the passes still differ by wording and label order
+            body["temperature"] = v["temperature"]
+        body["max_tokens" if self.legacy_max_tokens else "max_completion_tokens"] = max_tokens or self.max_tokens
         schema = response_schema(task, reason=self.reason and not no_reason, max_length=self.schema_max_length,
                                  confidence=self._asks_confidence(logprobs))
         fmt = response_format(mode, schema)

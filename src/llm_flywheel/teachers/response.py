@@ -48,6 +48,13 @@ def _usage(data: dict[str, Any], prices: tuple[float | None, float | None]) -> d
     return {"tokens_in": tin, "tokens_out": tout, "cost_usd": cost, "served_model": served}
 
 
+def reasoning_tokens(data: dict[str, Any]) -> int | None:
+    """Hidden tokens a reasoning model spent before its answer (OpenAI: ``usage.completion_tokens_details``); they
+    count against ``max_tokens`` and are billed as output."""
+    details = (data.get("usage") or {}).get("completion_tokens_details")
+    return to_int(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+
+
 def _choice(data: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
     """(choice, message, text) of the first choice; raises on a reply without one."""
     choice = data["choices"][0]
@@ -80,6 +87,10 @@ def read_response(resp: httpx.Response, matcher: LabelMatcher, *, prices: tuple[
     lp = choice.get("logprobs") if isinstance(choice, dict) else None
     lp_tokens = lp["content"] if isinstance(lp, dict) and isinstance(lp.get("content"), list) else None
     extra: dict[str, Any] = {"response_format": mode, "finish_reason": finish}
+    if reasoning_tokens(data):
+        extra["reasoning_tokens"] = reasoning_tokens(data)
+    if text is None and finish == "length":  # all the room went to thinking: a cut-off reply, not a refusal
+        text = ""
     common["raw_text"] = text[:2000] if isinstance(text, str) else None
     if text is None:
         refusal = msg.get("refusal") if isinstance(msg, dict) else None
