@@ -146,3 +146,21 @@ def test_the_default_labels_what_train_and_calibrate_need_and_never_test(synth_w
     res = runner.invoke(main, [*w, "label", "synth", "--simulated", "--no-progress", "--split", "calib, val",
                                "--json"])
     assert res.exit_code == 0 and json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])["calls_made"] > 0
+
+
+def test_extra_request_fields_from_the_environment_reach_every_call_and_bad_ones_are_refused(synth_ws, monkeypatch):
+    """$FLYWHEEL_TEACHER_EXTRA_BODY: a provider's own knob (OpenAI's reasoning_effort) from the command line."""
+    from fault_server import FaultServer, ok
+
+    w = ["-w", str(synth_ws.root), "label", "synth", "--split", "all", "--limit", "3", "--no-progress"]
+    with FaultServer(default=ok('{"label": "bar", "confidence": 0.9}')) as srv:
+        monkeypatch.setenv("FLYWHEEL_TEACHER_EXTRA_BODY", '{"reasoning_effort": "low"}')
+        res = CliRunner().invoke(main, [*w, "--teacher", f"{srv.url}|m"])
+        assert res.exit_code == 0, res.output
+        assert srv.requests and all(r["body"].get("reasoning_effort") == "low" for r in srv.requests)
+        for bad, words in (("low", "is not JSON"), ('{"model": "x"}', "not model or messages")):
+            monkeypatch.setenv("FLYWHEEL_TEACHER_EXTRA_BODY", bad)
+            n = len(srv.requests)
+            res = CliRunner().invoke(main, [*w, "--teacher", f"{srv.url}|m"])
+            assert res.exit_code == 2 and words in " ".join(res.output.split()), res.output
+            assert "FLYWHEEL_TEACHER_EXTRA_BODY" in res.output and len(srv.requests) == n

@@ -14,6 +14,7 @@ teacher produced a label.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -79,8 +80,33 @@ def discover_model(base_url: str, api_key_env: str | None = None, timeout: float
         ) from None
 
 
+EXTRA_BODY_ENV = "FLYWHEEL_TEACHER_EXTRA_BODY"
+
+
+def extra_body_from_env(environ: Any = None) -> dict[str, Any]:
+    """Request fields every teacher call adds, from ``$FLYWHEEL_TEACHER_EXTRA_BODY`` (a JSON object, e.g.
+    ``{"reasoning_effort": "low"}``): a provider's own knobs on the command line, in ``flywheel serve`` and on Ray
+    workers (``FLYWHEEL_*`` travel there) without a flag on every command.  Raises ``TeacherConfigError``."""
+    raw = (os.environ if environ is None else environ).get(EXTRA_BODY_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        extra = json.loads(raw)
+    except ValueError as e:
+        raise TeacherConfigError(f"${EXTRA_BODY_ENV} is not JSON ({e}); give an object such as "
+                                 '\'{"reasoning_effort": "low"}\'') from None
+    if not isinstance(extra, dict) or {"model", "messages"} & set(extra):
+        raise TeacherConfigError(f"${EXTRA_BODY_ENV} must be a JSON object of extra request fields (not model or "
+                                 'messages), such as \'{"reasoning_effort": "low"}\'')
+    return extra
+
+
 def teacher_from_spec(spec: str, task: Task, *, api_key_env: str | None = None, **options: Any) -> OpenAICompatTeacher:
-    """Build the teacher a spec names.  ``api_key_env`` overrides the provider's default variable name."""
+    """Build the teacher a spec names.  ``api_key_env`` overrides the provider's default variable name; request
+    fields in ``$FLYWHEEL_TEACHER_EXTRA_BODY`` are added under any ``extra_body`` given."""
+    env_extra = extra_body_from_env()
+    if env_extra:
+        options["extra_body"] = {**env_extra, **(options.get("extra_body") or {})}
     base, model, key_env = parse_spec(spec)
     if api_key_env is not None:
         key_env = api_key_env or None
