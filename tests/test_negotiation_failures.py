@@ -279,3 +279,18 @@ def test_unsupported_param_reads_the_param_or_the_message():
                                                         "'json_schema' is not supported", "param": "response_format"}})) is None
     assert unsupported_param(500, "'temperature' is not supported") is None
     assert unsupported_param(400, "max_tokens must be at most 4096") is None
+
+
+def test_an_empty_reply_cut_off_at_the_limit_counts_its_tokens_as_thinking_where_the_provider_does_not_itemise():
+    """Gemini-style: a thinking model's reply is empty with finish_reason "length" and no reasoning_tokens field."""
+    def act(h, body):
+        room = body.get("max_tokens") or 300
+        if room < 500:
+            return cut_off("")(h, body)  # completion_tokens = max_tokens, nothing itemised
+        ok(SPAM)(h, body)
+
+    with FaultServer(default=act) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+        assert ans.ok and ans.label == "spam"
+        assert [r["body"]["max_tokens"] for r in srv.requests] == [300, 600] and t.max_tokens == 600

@@ -192,7 +192,7 @@ class Asking:
         self.sizes.append(size)
         text = ans.raw_text
         thought = int(ans.extra.get("reasoning_tokens") or 0)  # a reasoning model's hidden tokens count too
-        prose = (mode in STRUCTURED_MODES and bool(text and text.strip()) and not looks_like_json(text)
+        prose = (mode in STRUCTURED_MODES and bool(text) and not looks_like_json(text)
                  and ans.error_kind in ("parse", "truncated"))  # an empty reply is no sign of an ignored format
         if prose and (call.holding or not self._confirmed) and call.fallbacks < 6:
             # prose under a structured mode: the server may have ignored the format -- a second prose reply

@@ -87,10 +87,13 @@ def read_response(resp: httpx.Response, matcher: LabelMatcher, *, prices: tuple[
     lp = choice.get("logprobs") if isinstance(choice, dict) else None
     lp_tokens = lp["content"] if isinstance(lp, dict) and isinstance(lp.get("content"), list) else None
     extra: dict[str, Any] = {"response_format": mode, "finish_reason": finish}
-    if reasoning_tokens(data):
-        extra["reasoning_tokens"] = reasoning_tokens(data)
-    if text is None and finish == "length":  # all the room went to thinking: a cut-off reply, not a refusal
+    thought = reasoning_tokens(data)
+    if finish == "length" and not text:  # all the room went to thinking: cut off, not a refusal (whitespace to the
+        # limit is a small model's loop inside a JSON grammar: prose, as before)
         text = ""
+        thought = thought or common["tokens_out"]  # hidden tokens a provider bills but does not itemise
+    if thought:
+        extra["reasoning_tokens"] = thought
     common["raw_text"] = text[:2000] if isinstance(text, str) else None
     if text is None:
         refusal = msg.get("refusal") if isinstance(msg, dict) else None
