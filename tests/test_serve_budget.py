@@ -180,3 +180,24 @@ def test_one_content_sent_three_times_at_once_under_a_cap_is_bought_once(cal_ws,
             one = {"image_base64": base64.b64encode(pngs[5]).decode()}
             res = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [one] * 3}, timeout=60).json()["results"]
     assert [r["source"] for r in res] == ["teacher"] * 3 and len(fs.requests) == 1
+
+
+@pytest.mark.parametrize("given, expected", [(2, 2), (None, 4)])  # None: the default for a server on this machine
+def test_predict_files_asks_a_local_teacher_only_so_many_at_once(cal_ws, pngs, tmp_path, given, expected):
+    """`flywheel predict FILES` used 16 calls at once whatever --concurrency said."""
+    from click.testing import CliRunner
+
+    from llm_flywheel.interfaces.cli import main
+
+    ws, _ = cal_ws
+    files = []
+    for i, p in enumerate(pngs[:12]):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(p)
+    act, state = _counting(0.3)
+    with FaultServer(default=act) as fs:
+        r = CliRunner().invoke(main, ["-w", str(ws.root), "predict", "synth", *map(str, files), "--teacher",
+                                      f"{fs.url}|predict-concurrency-{given}", "--api-key-env", "", "--threshold",
+                                      "1.0", "--no-log", "--json", *(["--concurrency", str(given)] if given else [])])
+    assert r.exit_code == 0, r.output
+    assert state["most"] == expected and len(fs.requests) == 12

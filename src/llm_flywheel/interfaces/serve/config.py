@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llm_flywheel.pipeline.cascade_guard import ON_DEADLINE
+from llm_flywheel.teachers.concurrency import fixed_concurrency
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_LOGGED_PAYLOAD_BYTES = 256 * 1024
 # which process answered (host:pid): every predict answer carries it as a header and /healthz, /readyz in the body,
 # so an operator (and the replica tests) can tell Ray Serve replicas -- or processes behind any load balancer -- apart
 REPLICA_HEADER = "X-Flywheel-Replica"
-# teacher calls one serving process makes at once by default: a CPU llama.cpp server has about 4 slots (issue 15
-# measured 16 at once as 3x slower there, with timeouts); a hosted API takes more
-LOCAL_TEACHER_CONCURRENCY, REMOTE_TEACHER_CONCURRENCY = 4, 16
 
 
 @dataclass(frozen=True)
@@ -98,4 +96,4 @@ class ServeConfig:
 
     def teacher_calls_at_once(self, local: bool) -> int:
         """:attr:`teacher_concurrency`, or its default for a local (``local``) or remote teacher."""
-        return self.teacher_concurrency or (LOCAL_TEACHER_CONCURRENCY if local else REMOTE_TEACHER_CONCURRENCY)
+        return fixed_concurrency(local, self.teacher_concurrency)

@@ -41,7 +41,9 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--teacher", "spec", default=None, help=TEACHER_HELP)
 @click.option("--api-key-env", default=None, help="Environment variable holding the teacher's API key.")
 @click.option("--threshold", type=float, help="Override the calibrated threshold (the guarantee no longer applies).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="Teacher calls in flight at once (per worker with --engine ray).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Teacher calls in flight at once, per worker with --engine ray [default: 4 for a server on this "
+                   "machine or network (a CPU llama.cpp server has about 4 slots), 16 for a hosted API].")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: Ray Data over a cluster's workers (a split or FILES/folders).")
 @click.option("--ray-address", default=None, help="--engine ray: the cluster to use (default: env RAY_ADDRESS, else a local one).")
@@ -55,7 +57,7 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, texts: tuple[str, ...], split: str | None,
             limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
-            threshold: float | None, concurrency: int, engine: str, ray_address: str | None, workers: int | None,
+            threshold: float | None, concurrency: int | None, engine: str, ray_address: str | None, workers: int | None,
             batch_size: int | None, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
@@ -68,6 +70,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
     from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables, is_table
     from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
+    from llm_flywheel.teachers.concurrency import fixed_concurrency
 
     if bool(files or texts) == bool(split):
         raise click.UsageError("give input FILES or --split SPLIT (not both); a text dataset also takes --text TEXT")
@@ -87,6 +90,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
                                "or import them (`flywheel data add`) and answer the split")
     ws = open_dataset(ctx, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
+        concurrency = fixed_concurrency(bool(teacher is not None and teacher.local), concurrency)
         if engine == "ray":
             _predict_ray(ws, dataset, split, limit, [p for p in inputs if isinstance(p, Path)], version, threshold,
                          teacher, concurrency, ray_address, workers, batch_size, parquet, no_log, show, as_json)
@@ -107,15 +111,15 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
         except (OSError, ValueError) as e:
             casc.close()
             raise _fail(e) from None
-        answers = asyncio.run(_predict_inputs(casc, inputs, no_log))
+        answers = asyncio.run(_predict_inputs(casc, inputs, no_log, concurrency))
     _print_file_answers(inputs, answers, as_json)
 
 
-async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool) -> list[Any]:
+async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool, concurrency: int) -> list[Any]:
     from llm_flywheel.pipeline.predict_files import answer_inputs
 
     try:
-        return await answer_inputs(casc, inputs, log=not no_log, concurrency=16)
+        return await answer_inputs(casc, inputs, log=not no_log, concurrency=concurrency)
     finally:
         casc.close()
 
