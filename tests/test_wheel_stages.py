@@ -118,11 +118,12 @@ def test_parity_points_count_earlier_rounds_whole_and_this_rounds_labelling_only
     assert (p2.calls, p2.spend_usd) == (160, pytest.approx(1.6))  # eval calls never count
 
 
-def test_promotion_needs_strictly_better_validation_agreement():
+def test_promotion_needs_validation_agreement_no_worse_and_a_tie_goes_to_the_newer_version():
     assert should_promote(0.8, None, has_current=False)
     assert should_promote(0.8, None, has_current=True)  # the serving model cannot be measured
     assert should_promote(0.81, 0.80, has_current=True)
-    assert not should_promote(0.80, 0.80, has_current=True)
+    assert should_promote(0.80, 0.80, has_current=True)  # trained on more labels, measured the same
+    assert not should_promote(0.79, 0.80, has_current=True)
     assert not should_promote(None, 0.5, has_current=True)
 
 

@@ -230,9 +230,10 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
 
     Round 1 labels a random seed set plus the validation and calibration items; each later round spends
     --per-round-budget teacher calls on the items the current student is least sure about (--policy). Each round
-    trains a new model version, promotes it only if it beats the serving one on validation, serves the next unseen
-    slice of the stream split through the calibrated cascade and collects the feedback. Per-round metrics go to the
-    store; the report is written at the end. Killed mid-way, the same command resumes (teacher answers are cached).
+    trains a new model version, promotes it unless it does worse than the serving one on validation (a tie goes to
+    the newer), serves the next unseen slice of the stream split through the calibrated cascade and collects the
+    feedback. Per-round metrics go to the store; the report is written at the end. Killed mid-way, the same command
+    resumes (teacher answers are cached).
 
     \b
     Example:
