@@ -73,6 +73,9 @@ def test_label_train_evaluate_calibrate_predict(ticket_files, tmp_path):
         model = ds.train("text-tfidf")
         assert model.kind == "text-tfidf" and 0 < model.val_accuracy <= 1
         assert ds.model().version == model.version
+        (info,) = ds.models()
+        assert (info.version, info.serving, info.calibrated, info.role) == (model.version, True, False, "student")
+        assert info.val_agreement == model.val_accuracy and info.labels > 0
         ev = model.evaluate()
         assert isinstance(ev, fw.Evaluation) and ev.n == splits["test"] and ev.ci95[0] <= ev.accuracy <= ev.ci95[1]
         assert [c.label for c in ev.per_class] == list(ds.labels)

@@ -74,6 +74,19 @@ def test_evaluate_ceiling_then_calibrate_predict_evaluate_use_the_served_model(c
     r = _run(ws, "evaluate", "synth", "--version", ceiling, "--ceiling")
     assert r.exit_code != 0 and "reference model" in r.output and "--ceiling" in r.output
 
+    # `flywheel models` says which one serves, and that the ceiling is a reference
+    r = _run(ws, "models", "synth", "--json")
+    assert r.exit_code == 0, r.output
+    listed = {m["version"]: m for m in json.loads(r.stdout)}
+    assert list(listed)[0] == ceiling and listed[ceiling]["role"] == "reference" and not listed[ceiling]["serving"]
+    assert listed[student]["serving"] and listed[student]["calibrated"] and listed[student]["on_disk"]
+    assert listed[student]["threshold"] is not None and listed[student]["labels"] > 0
+    r = _run(ws, "models", "synth")
+    out = " ".join(r.output.split())
+    assert f"{student} serving" in out and f"{ceiling} reference (gold labels)" in out
+    r = _run(ws, "models", "nosuch")
+    assert r.exit_code == 2 and "flywheel data add" in r.output
+
 
 def test_serving_model_definition(tmp_path):
     with Store(tmp_path / "f.db") as s:

@@ -51,6 +51,14 @@ class ModelQueries:
         sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
         return [r["version"] for r in self.query(sql, params)]
 
+    def model_rows(self, dataset: str) -> list[dict[str, Any]]:
+        """Every model version of ``dataset``, newest first: version, kind, role, round, promoted, created_at and
+        its training metrics (``metrics``, parsed)."""
+        rows = self.query("SELECT version, kind, role, round, promoted, created_at, metrics_json FROM models "
+                          "WHERE dataset=? ORDER BY id DESC", (dataset,))
+        return [{**{k: r[k] for k in ("version", "kind", "role", "round", "promoted", "created_at")},
+                 "metrics": json.loads(r["metrics_json"] or "{}")} for r in rows]
+
     def serving_version(self, dataset: str, *, promoted_only: bool = False) -> str | None:
         """THE serving model of ``dataset``: the newest promoted student, else (unless ``promoted_only``) the newest
         student.  Reference models (gold-trained) are never returned: they are used only when named."""

@@ -21,6 +21,7 @@ from llm_flywheel.interfaces.api.results import (FlywheelError, InputError, Labe
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
+    from llm_flywheel.pipeline.model_list import ModelInfo
     from llm_flywheel.pipeline.served_import import ServedImport
 
 
@@ -304,6 +305,14 @@ class Dataset:
 
         with translate_errors(), self.workspace._ws.store(readonly=True) as s:
             return Model(self, version or latest_version(s, self.name))
+
+    def models(self) -> list["ModelInfo"]:
+        """The dataset's model versions, newest first: what each was trained on, its latest calibration, and which
+        one serves (``serving``; :class:`~llm_flywheel.pipeline.model_list.ModelInfo`)."""
+        from llm_flywheel.pipeline.model_list import list_models
+
+        with translate_errors():
+            return list_models(self.workspace._ws, self.name)
 
     def run(self, teacher: Teacher | str, *, rounds: int = 3, target_accuracy: float | None = None,
             max_teacher_fraction: float | None = None, progress: bool = True, **options: Any) -> RunReport:

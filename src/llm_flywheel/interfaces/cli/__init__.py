@@ -85,7 +85,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "teacher": ("teacher",),
     "label": ("label",),
     "review": ("review",),
-    "train": ("train",),
+    "train": ("train", "models"),
     "evaluate": ("evaluate",),
     "cascade": ("calibrate", "promote"),
     "predict": ("predict",),

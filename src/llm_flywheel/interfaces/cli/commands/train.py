@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, console, no_progress_option, pass_ctx, progress_enabled
@@ -130,3 +131,39 @@ def _self_training_text(st: dict | None) -> str:
     kept = "kept" if st["used"] else "not kept (val preferred the first student)"
     return (f"{st['pool']:,} unlabelled items; val {pct(st['val_first'])} -> {pct(st['val_second'])}, {kept}; "
             f"+{st.get('extra_seconds', 0):.0f} s")
+
+
+@click.command()
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+@pass_ctx
+def models(ctx: Ctx, dataset: str, as_json: bool) -> None:
+    """DATASET's model versions, newest first: what each was trained on, its calibration, and which one serves
+    (the default of calibrate, predict and serve; `flywheel promote` changes it)."""
+    import json
+
+    from llm_flywheel.pipeline.model_list import list_models
+
+    ws = open_dataset(ctx, dataset)
+    infos = list_models(ws, dataset)
+    if as_json:
+        click.echo(json.dumps([m.to_dict() for m in infos], indent=2))
+        return
+    if not infos:
+        console.print(f"no model of {dataset} yet: `flywheel train {dataset}` (or `flywheel run {dataset}`)")
+        return
+    console.print(f"[bold]{escape(dataset)}[/]: {len(infos)} model version(s), newest first")
+    for m in infos:
+        status = ("  [bold green]serving[/]" if m.serving else "  reference (gold labels)" if m.role == "reference"
+                  else "" if m.on_disk else "  [red]its files are missing[/]")
+        val = "val –" if m.val_agreement is None else (
+            f"val {pct(m.val_agreement)}" + (" (gold)" if m.val_labels == "gold" else ""))
+        cal = (f"threshold {m.threshold:.3f} ({pct(m.teacher_fraction)} to teacher)"
+               if m.calibrated and m.threshold is not None else "not calibrated")
+        labels = f"{m.labels:,} labels" if m.labels is not None else "labels –"
+        where = f"round {m.round}, " if m.round else ""
+        console.print(f"  {m.version}{status}\n    {where}{labels}, {val}, {cal}, {m.size_bytes / 1e3:,.0f} kB",
+                      highlight=False)
+    console.print(f"val: agreement with the val split's teacher labels. Accuracy on gold test: `flywheel evaluate "
+                  f"{escape(dataset)} --version V`; serve another: `flywheel promote {escape(dataset)} V`",
+                  highlight=False)
