@@ -62,15 +62,37 @@ def test_transport_errors_are_classified():
     assert {"connection", "dns", "auth", "not_found"} <= FATAL_ERROR_KINDS
 
 
-@pytest.mark.parametrize("code,kind,words", [
-    (401, "auth", "--api-key-env"), (403, "auth", "--api-key-env"), (404, "not_found", "/models lists them"),
+OUT_OF_QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                           "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}  # OpenAI's 429
+
+
+@pytest.mark.parametrize("code,kind,words,body", [
+    (401, "auth", "--api-key-env", None), (403, "auth", "--api-key-env", None),
+    (404, "not_found", "/models lists them", None), (429, "auth", "out of quota", OUT_OF_QUOTA),
 ])
-def test_auth_and_not_found_are_fatal_without_retry(code, kind, words):
-    with FaultServer(default=status(code)) as srv:
+def test_auth_and_not_found_are_fatal_without_retry(code, kind, words, body):
+    with FaultServer(default=status(code, body)) as srv:
         t = _teacher(srv.url)
         ans = _ask(t)
     assert ans.error_kind == kind and ans.extra["fatal"] and len(srv.requests) == 1
     assert srv.url in ans.error_detail and words in ans.error_detail
+
+
+@pytest.mark.parametrize("headers,body,wait", [
+    ({"Retry-After": "0.3"}, None, 0.3), ({"retry-after-ms": "300"}, None, 0.3),
+    # OpenAI: the limit that ran out says when it resets
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "300ms",
+      "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6m0s"}, None, 0.3),
+    # Google (Gemini's OpenAI-compatible endpoint): RetryInfo in a one-element list
+    ({}, [{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.3s"}]}}], 0.3),
+])
+def test_a_429_waits_as_long_as_the_provider_says(headers, body, wait):
+    with FaultServer(script=[status(429, body, headers)], default=ok('{"label": "spam", "confidence": 0.9}')) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+    assert ans.ok and len(srv.requests) == 2
+    assert wait <= t.retry_waits[0] <= wait + 0.06
 
 
 @pytest.mark.parametrize("fault", [status(503), status(429, headers={"Retry-After": "0.01"}), slow(1.0)])

@@ -22,8 +22,8 @@ import httpx
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
 from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_content_refusal,
-                                          is_context_exceeded, redact, refused_response_format, retry_after,
-                                          unsupported_param)
+                                          is_context_exceeded, is_out_of_credit, redact, refused_response_format,
+                                          retry_after, unsupported_param)
 from llm_flywheel.teachers.negotiation import MAX_REASONING_ROOM
 from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
 from llm_flywheel.teachers.parsing import looks_like_json
@@ -132,7 +132,7 @@ class Asking:
             return Retry("dropped", f"{type(e).__name__}: {redact(str(e), self._api_key())[:200]}")
         if resp.status_code == 200:
             return self._on_ok(call, resp, mode, logprobs, size, time.monotonic() - ta)
-        if resp.status_code == 429:
+        if resp.status_code == 429 and not is_out_of_credit(429, resp.text):
             return Retry("http_429", "429 Too Many Requests", retry_after(resp))
         return self._on_error_status(call, resp.status_code, redact(resp.text, self._api_key()), mode, logprobs)
 
@@ -254,7 +254,7 @@ class Asking:
             return RESEND
         if st >= 500:
             return Retry("http_5xx", f"HTTP {st}: {text[:200]}")
-        fkind = "auth" if st in (401, 402, 403) else "not_found" if st == 404 else "http_4xx"
+        fkind = "auth" if st in (401, 402, 403) or is_out_of_credit(st, text) else "not_found" if st == 404 else "http_4xx"
         if fkind == "http_4xx":
             return self._fail(call, fkind, f"HTTP {st}: {text[:300]}", extra={"status": st})
         fix = fatal_fix(fkind, self.base_url, st, self.api_key_env, self.model)

@@ -33,16 +33,62 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def retry_after(resp: httpx.Response) -> float | None:
+    """Seconds a 429 asks the client to wait: ``Retry-After`` (seconds or a date), ``retry-after-ms``, OpenAI's
+    ``x-ratelimit-reset-requests`` / ``-tokens`` ("1s", "6m0s", "20ms"; the limit that ran out), or Google's
+    ``RetryInfo.retryDelay`` ("37s") in the body; None when none says."""
     v = resp.headers.get("retry-after")
-    if not v:
-        return None
-    try:
-        return max(0.0, float(v))
-    except ValueError:
+    if v:
         try:
-            return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+            return max(0.0, float(v))
+        except ValueError:
+            try:
+                return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    ms = resp.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    resets = {k: _duration(resp.headers.get(f"x-ratelimit-reset-{k}")) for k in ("requests", "tokens")}
+    out = [resets[k] for k in resets if resets[k] is not None and resp.headers.get(f"x-ratelimit-remaining-{k}") == "0"]
+    if out or any(r is not None for r in resets.values()):
+        return max(out) if out else min(r for r in resets.values() if r is not None)
+    return _google_retry_delay(resp.text)
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_FULL = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|h|m|s))+")
+
+
+def _duration(v: str | None) -> float | None:
+    """"6m0s" / "1s" / "20ms" / "1h2m" -> seconds (None when it is not such a duration)."""
+    v = (v or "").strip()
+    if not _DURATION_FULL.fullmatch(v):
+        return None
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in _DURATION_RE.findall(v))
+
+
+def _google_retry_delay(text: str) -> float | None:
+    """Google's ``error.details[].retryDelay`` ("37s"), in a body that may be an object or a one-element list."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    data = data[0] if isinstance(data, list) and data else data
+    err = data.get("error") if isinstance(data, dict) else None
+    for d in (err.get("details") or []) if isinstance(err, dict) else []:
+        if isinstance(d, dict) and isinstance(d.get("retryDelay"), str):
+            return _duration(d["retryDelay"])
+    return None
+
+
+def is_out_of_credit(status: int, text: str) -> bool:
+    """A 429 that no wait will fix: OpenAI's ``insufficient_quota`` ("You exceeded your current quota, please check
+    your plan and billing details").  Retried as a rate limit it failed every item after five backoffs each."""
+    return status == 429 and "insufficient_quota" in text
 
 
 class TeacherConfigError(RuntimeError):
@@ -164,6 +210,9 @@ def fatal_fix(kind: str, base_url: str, status: int | None = None, api_key_env: 
     if kind == "auth":
         if status == 402:
             return f"{base_url} wants payment (HTTP 402) — add credits to the account behind the API key"
+        if status == 429:
+            return (f"{base_url} says the account is out of quota (HTTP 429 insufficient_quota) — add credits or "
+                    "raise the limit in the provider's billing settings; the re-run resumes")
         if api_key_env and os.environ.get(api_key_env):
             return (f"{base_url} refused the API key in ${api_key_env} (HTTP {status}) — export a valid key there "
                     f"or pick another variable with --api-key-env")
