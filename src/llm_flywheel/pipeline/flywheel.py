@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline.liveness import LeaseHeld, lease
@@ -172,10 +173,10 @@ def open_run(ctx: WheelContext) -> int:
 
 def add_served_first(ws: Workspace, dataset: str, cfg: WheelConfig, teacher: Any, con: Console,
                      progress: bool) -> ServedImport | None:
-    """``add_served`` (``cfg``: sized for the pool as it is): before a new run draws its item orders, bring what ``flywheel serve`` kept into the train
-    split, labelled with the answers serving bought from this run's teacher (no call) -- the nightly job in one
-    command.  A resumed run keeps the pool it started with (its seeded orders are drawn over it), so the import
-    waits for the next run."""
+    """``cfg.add_served``: before a new run draws its item orders, bring what ``flywheel serve`` kept into the
+    train split, labelled with the answers serving bought from this run's teacher (no call) -- the nightly job in
+    one command.  ``cfg`` is sized for the pool as it is, to recognise a run to resume: that run keeps the pool it
+    started with (its seeded orders are drawn over it), so the import waits for the next run."""
     with ws.store(readonly=True) as store:
         resuming = _resumable(store, dataset, cfg, teacher.model)
     if resuming is not None:
@@ -184,9 +185,9 @@ def add_served_first(ws: Workspace, dataset: str, cfg: WheelConfig, teacher: Any
         return None
     imp = import_served(ws, dataset, teacher, deferred_only=cfg.add_served == "deferred",
                         limit=cfg.add_served_limit, progress=progress)
-    con.print(f"served traffic: {imp.summary()}")
+    con.print(f"served traffic: {escape(imp.summary())}", highlight=False)
     for n in imp.notes:
-        con.print(f"  [dim]{n}[/]")
+        con.print(f"  [dim]{escape(n)}[/]", highlight=False)
     return imp
 
 
