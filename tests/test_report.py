@@ -159,3 +159,23 @@ def test_served_traffic_has_its_section_with_sources_spend_and_what_waits(ws):
     text = page.read_text()
     assert "<h2>Served traffic</h2>" in text and "served answers by source" in text
     assert "flywheel data add-served synth" in text
+
+
+def test_runs_of_the_dataset_side_by_side_once_there_are_two(ws):
+    """A nightly wheel writes one report a night: the report shows every run, so the trend is visible."""
+    first = _fill(ws)
+    summary = json.loads((write_report(ws, "synth").parent / "summary.json").read_text())
+    assert [r["run_id"] for r in summary["run_history"]] == [first]
+    assert "Runs of this dataset" not in (ws.reports_dir / "index.html").read_text()  # one run: nothing to compare
+    with ws.store() as s:
+        s.finish_run(first, "done")
+    second = _fill(ws)  # still running (killed, say): its finished rounds show
+    page = write_report(ws, "synth")
+    hist = json.loads((ws.reports_dir / "summary.json").read_text())["run_history"]
+    assert [r["run_id"] for r in hist] == [first, second]
+    assert hist[1]["rounds"] == 2 and hist[1]["teacher_calls"] == 300 and hist[1]["cascade_accuracy"] == 0.85
+    assert abs(hist[1]["teacher_cost_usd"] - 0.06) < 1e-9 and hist[1]["model_version"] == "v2"
+    text = page.read_text()
+    assert "Runs of this dataset" in text and "accuracy and spend, run by run" in text
+    assert f"<tr><td>{first}</td>" in text and f"<tr class=current><td>{second} (running)</td>" in text
+    assert "$0.1200 in all" in text

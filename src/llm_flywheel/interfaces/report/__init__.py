@@ -16,7 +16,7 @@ from typing import Any
 from llm_flywheel.pipeline.wheel_finish import parity
 from llm_flywheel.store.models import wheel_report_key
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.interfaces.report import review_section, served_section
+from llm_flywheel.interfaces.report import history_section, review_section, served_section
 
 ROUND_KEYS = ("round", "teacher_calls", "teacher_cost_usd", "student_accuracy", "cascade_accuracy", "teacher_fraction", "model_version")
 OVERALL_KEYS = ("teacher_accuracy", "gold_ceiling_accuracy", "teacher_source", "cost_per_1k_teacher_only", "cost_per_1k_cascade", "breakeven_items")
@@ -93,6 +93,7 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
         "human_review": review_section.human_review_summary(ws, dataset),  # human labels and what they changed
         "served_traffic": served_section.served_summary(ws, dataset),  # what `flywheel serve` answered, and its cost
         "served_import": extra.get("served_import"),  # what `flywheel run --add-served` imported before this run
+        "run_history": history_section.run_history(ws, dataset),  # every run of the dataset, oldest first
     }
     return summary
 
@@ -152,6 +153,8 @@ def render_report(summary: dict[str, Any], out_dir: Path) -> Path:
         images["teacher"] = plots.per_class_plot(tq["labels"], [tq["per_class"].get(lab) for lab in tq["labels"]], "teacher accuracy per class")
     if tq.get("confusion") and tq.get("labels"):
         images["teacher_confusion"] = plots.confusion_plot(tq["confusion"], tq["labels"], "teacher (single call) vs gold")
+    if len(summary.get("run_history") or []) >= 2:
+        images["history"] = plots.history_plot(summary["run_history"])
     st = summary.get("served_traffic") or {}
     if st.get("series"):
         images["served"] = plots.served_plot(st["series"], st["bucket_s"], served_section.SOURCES)

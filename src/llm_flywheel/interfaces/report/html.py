@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from llm_flywheel.interfaces.report import review_section, served_section
+from llm_flywheel.interfaces.report import history_section, review_section, served_section
 
 ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
@@ -72,6 +72,7 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 .banner{background:#fff3cd;border:1px solid #e0c060;padding:.7em 1em;border-radius:4px;margin:1em 0}
 .ci{color:#777;font-size:.85em} figure{display:inline-block;margin:.5em} img{max-width:100%}
 .kv td:first-child{font-weight:600} .note{color:#555;font-size:.9em}
+tr.current td{background:#eef6ee}
 .warn{background:#fde2e1;border:1px solid #d9534f;padding:.7em 1em;border-radius:4px;margin:1em 0}
 .warn li{margin:.3em 0} .headline{font-size:1.15em}
 """
@@ -84,7 +85,9 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>llm-flywheel report – {ds}</title>",
              f"<style>{CSS}</style></head><body>", f"<h1>llm-flywheel report – {ds}</h1>"]
     for section in (_teacher_banner(summary), _warnings(summary), _parity(summary, images), _overall(summary),
-                    _rounds(summary, images), _cascade(images), _cost(summary, images), _teacher(summary, images),
+                    _rounds(summary, images),
+                    history_section.history_html(summary, _img(images.get("history"), "accuracy and spend, run by run")),
+                    _cascade(images), _cost(summary, images), _teacher(summary, images),
                     review_section.review_html(summary),  # human labels and what they changed
                     served_section.served_html(summary, _img(images.get("served"), "served answers by source"))):
         parts.append(section)

@@ -215,3 +215,28 @@ def served_plot(series: Sequence[dict[str, Any]], bucket_s: int, sources: Sequen
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=7, ncol=3)
     return _png(fig)
+
+
+def history_plot(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Run by run: the last round's student and cascade accuracy on gold test (95 % CI bars) and the teacher's
+    cumulative spend."""
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for key, label, off in (("student_accuracy", "student", -0.06), ("cascade_accuracy", "cascade", 0.06)):
+        pts = [(i + off, r[key], r.get(f"{key}_ci")) for i, r in enumerate(rows) if r.get(key) is not None]
+        if pts:
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            err = np.array([[y - ci[0], ci[1] - y] if ci else [0.0, 0.0] for _, y, ci in pts]).T
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{label} (gold test)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"run {r['run_id']}" for r in rows], fontsize=7, rotation=45)
+    ax.set_ylabel("accuracy")
+    ax2 = ax.twinx()
+    ax2.plot(x, np.cumsum([r["teacher_cost_usd"] for r in rows]), color="black", ls="--", marker=".",
+             label="teacher $ (cumulative)")
+    ax2.set_ylabel("teacher USD, cumulative")
+    ax2.set_ylim(bottom=0)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=7)
+    return _png(fig)
