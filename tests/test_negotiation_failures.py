@@ -316,3 +316,34 @@ def test_an_empty_reply_cut_off_at_the_limit_counts_its_tokens_as_thinking_where
         ans = _ask(t)
         assert ans.ok and ans.label == "spam"
         assert [r["body"]["max_tokens"] for r in srv.requests] == [300, 600] and t.max_tokens == 600
+
+
+
+def _no_endpoints(what: str) -> dict:  # OpenRouter's provider routing, as it words it
+    return {"error": {"message": f"No endpoints found that support {what}. To learn more about provider routing, "
+                                 "visit: https://openrouter.ai/docs/guides/routing/provider-selection", "code": 404}}
+
+
+def test_openrouter_no_endpoints_for_a_format_or_logprobs_steps_down_instead_of_stopping():
+    """OpenRouter's 404 "No endpoints found that support ..." was read as a wrong model name and stopped the run."""
+    def act(h, body):
+        rf = (body.get("response_format") or {}).get("type")
+        if rf == "json_schema":
+            return status(404, _no_endpoints("the provided 'response_format' value"))(h, body)
+        if body.get("logprobs"):
+            return status(404, _no_endpoints("the provided 'logprobs' value"))(h, body)
+        ok(SPAM)(h, body)
+
+    with FaultServer(default=act) as srv:
+        t = _teacher(srv.url, logprobs=True)
+        ans = _ask(t)
+        assert ans.ok and ans.label == "spam"
+        assert t.response_format != "json_schema" and not t.logprobs
+
+
+def test_openrouter_no_endpoints_for_images_stops_naming_the_fix():
+    with FaultServer(default=status(404, _no_endpoints("image input"))) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+    assert ans.error_kind == "not_found" and ans.extra["fatal"] and len(srv.requests) == 1
+    assert "choose a vision model" in ans.error_detail and "'fault-model'" in ans.error_detail

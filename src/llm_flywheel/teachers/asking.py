@@ -22,8 +22,8 @@ import httpx
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
 from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_content_refusal,
-                                          is_context_exceeded, is_out_of_credit, redact, refused_response_format,
-                                          retry_after, unsupported_param)
+                                          is_context_exceeded, is_out_of_credit, no_endpoint, redact,
+                                          refused_response_format, retry_after, unsupported_param)
 from llm_flywheel.teachers.negotiation import MAX_REASONING_ROOM
 from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
 from llm_flywheel.teachers.parsing import looks_like_json
@@ -247,13 +247,17 @@ class Asking:
             if mode != "none":
                 self._downgrade(mode, f"HTTP {st}: {text[:150]}")  # no-op if another call already did
                 return RESEND
-        if st in (400, 422) and call.fallbacks < 6 and logprobs and "logprob" in low:
+        if (st in (400, 422) or no_endpoint(st, text)) and call.fallbacks < 6 and logprobs and "logprob" in low:
             call.fallbacks += 1  # the alternatives first (a provider may cap them), then logprobs themselves
             self._drop_flag("top_logprobs" if "top_logprobs" in low and self.top_logprobs else "logprobs",
                             f"HTTP {st}: {text[:150]}")
             return RESEND
         if st >= 500:
             return Retry("http_5xx", f"HTTP {st}: {text[:200]}")
+        if no_endpoint(st, text):  # the model exists; no provider of it takes this request
+            need = "it takes no images: choose a vision model" if "image" in low else "choose a model that does"
+            return self._fail(call, "not_found", f"{self.base_url} has no provider serving {self.model!r} that "
+                              f"supports this request — {need} (HTTP {st}: {text[:200]})", extra={"status": st})
         fkind = "auth" if st in (401, 402, 403) or is_out_of_credit(st, text) else "not_found" if st == 404 else "http_4xx"
         if fkind == "http_4xx":
             return self._fail(call, fkind, f"HTTP {st}: {text[:300]}", extra={"status": st})

@@ -132,12 +132,19 @@ def is_context_exceeded(text: str) -> bool:
     return bool(_CONTEXT_RE.search(text or ""))
 
 
+def no_endpoint(status: int, text: str) -> bool:
+    """OpenRouter's 404 "No endpoints found that support ..." (a parameter, image input, tool use): the model
+    exists, but none of its providers takes this request -- not a wrong model name."""
+    return status == 404 and "no endpoints found that support" in (text or "").lower()
+
+
 def refused_response_format(status: int, text: str) -> bool:
-    """True when an error response says the server cannot do the requested ``response_format``.  400/422 name it
-    loosely ("schema", "structured"); a 5xx must name it outright (llama-cpp-python answers HTTP 500 to
-    ``json_schema``) so that an ordinary server error is not mistaken for a refusal."""
+    """True when an error response says the server cannot do the requested ``response_format``.  400/422 (and
+    OpenRouter's :func:`no_endpoint` 404) name it loosely ("schema", "structured"); a 5xx must name it outright
+    (llama-cpp-python answers HTTP 500 to ``json_schema``) so that an ordinary server error is not mistaken for a
+    refusal."""
     low = (text or "").lower()
-    if status in (400, 422):
+    if status in (400, 422) or no_endpoint(status, text):
         return any(w in low for w in _FORMAT_WORDS_4XX)
     if status >= 500:
         return any(w in low for w in _FORMAT_WORDS_5XX)
