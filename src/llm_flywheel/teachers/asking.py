@@ -258,7 +258,8 @@ class Asking:
             need = "it takes no images: choose a vision model" if "image" in low else "choose a model that does"
             return self._fail(call, "not_found", f"{self.base_url} has no provider serving {self.model!r} that "
                               f"supports this request — {need} (HTTP {st}: {text[:200]})", extra={"status": st})
-        fkind = "auth" if st in (401, 402, 403) or is_out_of_credit(st, text) else "not_found" if st == 404 else "http_4xx"
+        fkind = ("auth" if st in (401, 402, 403) or is_out_of_credit(st, text) else "not_found" if st == 404
+                 else "http_4xx")
         if fkind == "http_4xx":
             return self._fail(call, fkind, f"HTTP {st}: {text[:300]}", extra={"status": st})
         fix = fatal_fix(fkind, self.base_url, st, self.api_key_env, self.model)

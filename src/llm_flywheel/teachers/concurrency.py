@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 LOCAL_START = 2
+REMOTE_START = 8
+OVERLOAD_KINDS = frozenset({"http_429", "http_5xx", "timeout", "context_exceeded"})
 # fixed teacher calls at once where nothing adapts (serving, `flywheel predict`): a CPU llama.cpp server has about 4
 # slots (issue 15 measured 16 at once as 3x slower there, with timeouts); a hosted API takes more
 LOCAL_FIXED, REMOTE_FIXED = 4, 16
@@ -44,9 +46,6 @@ def fixed_concurrency(local: bool, given: int | None = None) -> int:
     """``given``, or the fixed default for a teacher on this machine's network (``local``) or a hosted API."""
     return given or (LOCAL_FIXED if local else REMOTE_FIXED)
 
-
-REMOTE_START = 8
-OVERLOAD_KINDS = frozenset({"http_429", "http_5xx", "timeout", "context_exceeded"})
 
 # level learned per (base_url, model) in this process: the cascade labels small batches many times, and each
 # batch should not re-learn what the previous one found

@@ -30,7 +30,8 @@ def run_history(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
             last = rounds[-1]["metrics"]
             out.append({
                 "run_id": run["id"], "started_at": run["started_at"], "status": run["status"], "rounds": len(rounds),
-                "labels": last.get("labels_total"), "model_version": last.get("model_version") or rounds[-1]["model_version"],
+                "labels": last.get("labels_total"),
+                "model_version": last.get("model_version") or rounds[-1]["model_version"],
                 "teacher_calls": sum(int(r["metrics"].get("teacher_calls") or 0) for r in rounds),
                 "teacher_cost_usd": sum(float(r["metrics"].get("teacher_cost_usd") or 0.0) for r in rounds),
                 "served_added": (extra.get("served_import") or {}).get("added"),
