@@ -141,3 +141,35 @@ def test_migration_backfills_existing_ceilings(tmp_path):
                          "wheel-ceiling": ("reference", 0)}
         assert s.serving_version("d") == "s2"
         assert s.model_versions("d", role="reference") == ["wheel-ceiling", "s1-gold-ceiling"]
+
+
+def test_prune_keeps_what_is_needed_and_removes_only_files(tmp_path):
+    """A nightly wheel kept every version's files for ever: --prune removes what nothing needs."""
+    from llm_flywheel.pipeline.model_list import list_models
+    from llm_flywheel.store.workspace import Workspace
+    from test_cascade import SYNTH_TASK
+
+    ws = Workspace.open(tmp_path / "ws")
+    with ws.store() as s:
+        s.put_dataset("d", SYNTH_TASK.to_json())
+    names = [f"d-v{i}" for i in range(6)] + ["d-ref-old", "d-ref-new"]
+    with ws.store() as s:
+        for v in names:
+            (ws.models_dir / v).mkdir(parents=True)
+            (ws.models_dir / v / "model.onnx").write_bytes(b"x" * 1000)
+            _add(s, v, role="reference" if "ref" in v else "student")
+        s.promote("d", "d-v1")  # an old student serves
+        run = s.start_run("wheel", {"dataset": "d"})  # an unfinished run trained d-v0
+        s.start_round(run, "d", 1)
+        s.save_round(run, 1, {"trained_version": "d-v0"}, model_version=None)
+    r = _run(ws, "models", "d", "--prune", "--keep", "2", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    # newest first: d-ref-new, d-ref-old, d-v5, d-v4, ... -> students kept: v5, v4; serving v1; run's v0; ref-new
+    assert sorted(res["removed"]) == ["d-ref-old", "d-v2", "d-v3"] and res["freed_bytes"] == 3000
+    assert res["kept"]["d-v1"] == "serving" and res["kept"]["d-v0"].startswith("in wheel run")
+    on_disk = {m.version: m.on_disk for m in list_models(ws, "d")}
+    assert [v for v in names if not on_disk[v]] == ["d-v2", "d-v3", "d-ref-old"]
+    assert all((ws.models_dir / v).is_dir() == on_disk[v] for v in names)
+    r = _run(ws, "promote", "d", "d-v2")
+    assert r.exit_code != 0 and "are gone" in r.output and "flywheel models d" in r.output

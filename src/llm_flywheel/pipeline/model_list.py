@@ -1,13 +1,16 @@
-"""What model versions a dataset has, and which one serves: `flywheel models` and ``ds.models()``.
+"""What model versions a dataset has, and which one serves: `flywheel models` and ``ds.models()``; and the files
+of the ones nothing needs any more (``--prune``).
 
 Why: after a few rounds (or nights) of the wheel a dataset holds many versions -- students, gold-trained reference
 models -- and every default (calibrate, predict, serve) uses one of them.  Before, the only way to see which, and
-what each was trained on, was to read the report or the database.
+what each was trained on, was to read the report or the database; and a nightly wheel kept every version's files
+(an EfficientNet-Lite0 student is tens of MB) for ever.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llm_flywheel.store.workspace import Workspace
@@ -63,3 +66,49 @@ def list_models(ws: Workspace, dataset: str) -> list[ModelInfo]:
             threshold=cal.get("threshold"), goal=cal.get("goal"), teacher_fraction=choice.get("teacher_fraction"),
             on_disk=folder.is_dir(), size_bytes=_size(folder)))
     return out
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_models` removed: the versions whose files are gone (their rows, metrics and calibrations
+    stay in the store), the bytes freed, and why each kept version was kept."""
+
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prune_models(ws: Workspace, dataset: str, *, keep: int = 3) -> PruneResult:
+    """Delete the model files of ``dataset``'s versions nothing needs: kept are the serving version, the newest
+    ``keep`` students, the newest reference model, and every version of an unfinished wheel run (its resume and
+    its query-by-committee load them).  Rows, metrics and calibrations stay, so reports and ``flywheel models``
+    still show them."""
+    if keep < 0:
+        raise ValueError("keep must be >= 0")
+    infos = list_models(ws, dataset)
+    kept: dict[str, str] = {}
+    with ws.store(readonly=True) as store:
+        for run in store.wheel_runs(dataset):
+            if run["status"] == "done":
+                continue
+            for r in store.wheel_rounds(dataset, run["id"]):
+                for v in (r["model_version"], r["metrics"].get("trained_version")):
+                    if v:
+                        kept.setdefault(v, f"in wheel run {run['id']} ({run['status']})")
+    for m in infos:
+        if m.serving:
+            kept[m.version] = "serving"
+    for m in [m for m in infos if m.role == "student"][:keep]:
+        kept.setdefault(m.version, f"one of the newest {keep} students")
+    for m in [m for m in infos if m.role == "reference"][:1]:
+        kept.setdefault(m.version, "the newest reference model")
+    res = PruneResult(kept=kept)
+    for m in infos:
+        if m.on_disk and m.version not in kept:
+            shutil.rmtree(ws.models_dir / m.version)
+            res.removed.append(m.version)
+            res.freed_bytes += m.size_bytes
+    return res

@@ -315,6 +315,7 @@ def promote_model(ws: Workspace, dataset: str, version: str) -> str | None:
     `flywheel serve` swaps in); returns the one it replaces.  Only a calibrated student of the dataset: a reference
     model is trained on gold, and an uncalibrated one has no threshold to serve with."""
     with ws.store() as store:
+        model_files(ws, model_row(store, version))  # never make a version without files the default everywhere
         calibrated_model(store, dataset, version, StudentError, student_only=True)
         before = store.serving_version(dataset, promoted_only=True)
         store.promote(dataset, version)
@@ -356,4 +357,14 @@ def load_student(ws: Workspace, version: str, *, runtime: str = "onnx") -> Stude
         row = model_row(store, version)
     finally:
         store.close()
-    return load_student_dir(ws.abspath(row["path"]), ws, runtime=runtime)
+    return load_student_dir(model_files(ws, row), ws, runtime=runtime)
+
+
+def model_files(ws: Workspace, row: dict[str, Any]) -> Path:
+    """The folder of a model row; a :class:`StudentError` naming what to do when its files are gone."""
+    path = ws.abspath(row["path"])
+    if not path.is_dir():
+        raise StudentError(f"the files of model {row['version']} are gone (removed by `flywheel models "
+                           f"{row['dataset']} --prune`, or by hand): use another version (`flywheel models "
+                           f"{row['dataset']}`) or train again")
+    return path

@@ -21,7 +21,7 @@ from llm_flywheel.interfaces.api.results import (FlywheelError, InputError, Labe
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
-    from llm_flywheel.pipeline.model_list import ModelInfo
+    from llm_flywheel.pipeline.model_list import ModelInfo, PruneResult
     from llm_flywheel.pipeline.served_import import ServedImport
 
 
@@ -313,6 +313,14 @@ class Dataset:
 
         with translate_errors():
             return list_models(self.workspace._ws, self.name)
+
+    def prune_models(self, *, keep: int = 3) -> "PruneResult":
+        """Delete the files of the model versions nothing needs (rows, metrics and calibrations stay): kept are the
+        serving one, the newest ``keep`` students, the newest reference and any of an unfinished wheel run."""
+        from llm_flywheel.pipeline.model_list import prune_models
+
+        with translate_errors():
+            return prune_models(self.workspace._ws, self.name, keep=keep)
 
     def run(self, teacher: Teacher | str, *, rounds: int = 3, target_accuracy: float | None = None,
             max_teacher_fraction: float | None = None, progress: bool = True, **options: Any) -> RunReport:

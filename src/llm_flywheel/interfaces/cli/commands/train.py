@@ -135,16 +135,28 @@ def _self_training_text(st: dict | None) -> str:
 
 @click.command()
 @click.argument("dataset")
+@click.option("--prune", is_flag=True,
+              help="Delete the files of the versions nothing needs (their rows, metrics and calibrations stay): kept "
+                   "are the serving one, the newest --keep students, the newest reference, and any of an unfinished "
+                   "wheel run.")
+@click.option("--keep", type=click.IntRange(0), default=3, show_default=True, help="With --prune: students kept.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @pass_ctx
-def models(ctx: Ctx, dataset: str, as_json: bool) -> None:
+def models(ctx: Ctx, dataset: str, prune: bool, keep: int, as_json: bool) -> None:
     """DATASET's model versions, newest first: what each was trained on, its calibration, and which one serves
     (the default of calibrate, predict and serve; `flywheel promote` changes it)."""
     import json
 
-    from llm_flywheel.pipeline.model_list import list_models
+    from llm_flywheel.pipeline.model_list import list_models, prune_models
 
     ws = open_dataset(ctx, dataset)
+    if prune:
+        res = prune_models(ws, dataset, keep=keep)
+        if as_json:
+            click.echo(json.dumps(res.to_dict(), indent=2))
+            return
+        console.print(f"removed the files of {len(res.removed)} version(s), {res.freed_bytes / 1e6:,.1f} MB freed"
+                      + "".join(f"\n  {v}" for v in res.removed), highlight=False)
     infos = list_models(ws, dataset)
     if as_json:
         click.echo(json.dumps([m.to_dict() for m in infos], indent=2))
@@ -155,15 +167,16 @@ def models(ctx: Ctx, dataset: str, as_json: bool) -> None:
     console.print(f"[bold]{escape(dataset)}[/]: {len(infos)} model version(s), newest first")
     for m in infos:
         status = ("  [bold green]serving[/]" if m.serving else "  reference (gold labels)" if m.role == "reference"
-                  else "" if m.on_disk else "  [red]its files are missing[/]")
+                  else "")
+        status += "" if m.on_disk else "  [dim]files removed[/]"
         val = "val –" if m.val_agreement is None else (
             f"val {pct(m.val_agreement)}" + (" (gold)" if m.val_labels == "gold" else ""))
         cal = (f"threshold {m.threshold:.3f} ({pct(m.teacher_fraction)} to teacher)"
                if m.calibrated and m.threshold is not None else "not calibrated")
         labels = f"{m.labels:,} labels" if m.labels is not None else "labels –"
         where = f"round {m.round}, " if m.round else ""
-        console.print(f"  {m.version}{status}\n    {where}{labels}, {val}, {cal}, {m.size_bytes / 1e3:,.0f} kB",
-                      highlight=False)
+        size = f", {m.size_bytes / 1e3:,.0f} kB" if m.on_disk else ""
+        console.print(f"  {m.version}{status}\n    {where}{labels}, {val}, {cal}{size}", highlight=False)
     console.print(f"val: agreement with the val split's teacher labels. Accuracy on gold test: `flywheel evaluate "
                   f"{escape(dataset)} --version V`; serve another: `flywheel promote {escape(dataset)} V`",
                   highlight=False)
