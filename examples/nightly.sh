@@ -27,11 +27,21 @@ grep "agreement with teacher labels on val" night0.log
 for day in 1 2; do
   echo "--- day $day: 80 tickets to flywheel serve (at most 50 teacher calls a day)"
   "$FW" serve tickets --port "$PORT" --teacher simulated --teacher-max-calls 50 > "serve$day.log" 2>&1 &
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/readyz" > /dev/null && break; sleep 0.5; done
-  while read -r line; do
-    curl -s -X POST -H 'Content-Type: text/plain' --data-binary "$line" "http://127.0.0.1:$PORT/v1/predict" \
-      | "$PY" -c "import sys, json; print(json.load(sys.stdin)['source'])"
-  done < "day$day.txt" | sort | uniq -c
+  "$PY" - "$PORT" "day$day.txt" <<'PY'
+import collections, json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(240):  # the service loads its model first: /readyz says when
+    try:
+        urllib.request.urlopen(f"{url}/readyz", timeout=2)
+        break
+    except OSError:
+        time.sleep(0.5)
+sources = collections.Counter()
+for line in open(sys.argv[2]).read().splitlines():
+    req = urllib.request.Request(f"{url}/v1/predict", data=line.encode(), headers={"Content-Type": "text/plain"})
+    sources[json.load(urllib.request.urlopen(req, timeout=60))["source"]] += 1
+print("  answered by:", dict(sources))
+PY
   kill %1; wait || true
   echo "--- night $day: flywheel run --add-served all"
   "$FW" run tickets --teacher simulated --rounds 1 --add-served all --no-progress > "night$day.log" 2>&1

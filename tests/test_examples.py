@@ -56,3 +56,20 @@ def test_production_loop_example(tmp_path):
                     r"calls", out)
     assert imp and int(imp.group(1)) == 120 and int(imp.group(2)) == int(served.group(1)) and imp.group(3) == "0", out
     assert re.search(r"round 2: model \S+, labels \d+, cascade accuracy", out), out
+
+
+@pytest.mark.slow
+def test_nightly_shell_example(tmp_path):
+    """examples/nightly.sh: serve, then `flywheel run --add-served all`, twice; a report with the three runs."""
+    from ports import free_port
+
+    env = {k: v for k, v in os.environ.items() if k != "FLYWHEEL_TEACHER"}
+    env |= {"TMPDIR": str(tmp_path), "PORT": str(free_port()), "PYTHON": sys.executable,
+            "FLYWHEEL": str(Path(sys.executable).parent / "flywheel")}
+    p = subprocess.run(["bash", str(EXAMPLES / "nightly.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    out = " ".join(p.stdout.split())
+    assert p.returncode == 0, f"{p.stdout}\n{p.stderr}"
+    assert out.count("80 added to train") == 2 and out.count("-> promoted") + out.count("-> kept") == 3, out
+    assert re.search(r"answered by: \{.*'student': \d+", out), out
+    assert len(re.findall(r"^\s*\d+\s+\d+\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+ %", p.stdout, re.M)) == 3, p.stdout
