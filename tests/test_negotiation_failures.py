@@ -294,7 +294,10 @@ def test_batch_lines_refused_for_max_tokens_make_the_follow_up_batch_ask_without
 def test_unsupported_param_reads_the_param_or_the_message():
     from llm_flywheel.teachers.errors import unsupported_param
 
-    assert unsupported_param(400, json.dumps({"error": {"message": "x", "param": "temperature"}})) == "temperature"
+    assert unsupported_param(400, json.dumps({"error": {"message": "Unsupported value: 'temperature' does not support "
+                                                        "0.7 with this model.", "param": "temperature"}})) == "temperature"
+    assert unsupported_param(400, json.dumps({"error": {"message": "Invalid 'max_tokens': integer above maximum value.",
+                                                        "param": "max_tokens"}})) is None  # a bad value, not unsupported
     assert unsupported_param(400, "Unsupported parameter: 'max_tokens' is not supported with this model.") == \
         "legacy_max_tokens"
     assert unsupported_param(400, json.dumps({"error": {"message": "Invalid parameter: 'response_format' of type "

@@ -182,7 +182,8 @@ _UNSUPPORTED_RE = {
 
 def unsupported_param(status: int, text: str) -> str | None:
     """The request flag (``legacy_max_tokens`` or ``temperature``) a 400/422 says this model does not take, else None.
-    Read from the error's ``param`` where the provider names it (OpenAI does), else from its message."""
+    The message must say so ("not supported"), and where the provider names the ``param`` (OpenAI does) it must be
+    that one: "Invalid 'max_tokens': integer above maximum value" is a bad value, not an unsupported parameter."""
     if status not in (400, 422):
         return None
     try:
@@ -191,10 +192,9 @@ def unsupported_param(status: int, text: str) -> str | None:
         err = None
     param = err.get("param") if isinstance(err, dict) else None
     msg = str(err.get("message") or "") if isinstance(err, dict) else text
-    if param == "max_tokens" or (param is None and _UNSUPPORTED_RE["legacy_max_tokens"].search(msg)):
-        return "legacy_max_tokens"
-    if param == "temperature" or (param is None and _UNSUPPORTED_RE["temperature"].search(msg)):
-        return "temperature"
+    for flag, name in (("legacy_max_tokens", "max_tokens"), ("temperature", "temperature")):
+        if param in (None, name) and _UNSUPPORTED_RE[flag].search(msg):
+            return flag
     return None
 
 
