@@ -305,3 +305,26 @@ def test_rate_limiter_spaces_request_starts():
     assert nxt - t0 >= 0.4 - 1e-6  # four starts booked 0.1 s apart
     with pytest.raises(ValueError):
         RateLimiter(rpm=0)
+
+
+def test_azure_spec_uses_the_resource_endpoint_and_its_v1_api(monkeypatch):
+    """azure:DEPLOYMENT: Azure OpenAI's v1 API (no api-version), the key as a Bearer token, as the OpenAI client sends
+    it; a missing endpoint names the variable before any call."""
+    monkeypatch.delenv("AZURE_OPENAI_ENDPOINT", raising=False)
+    with pytest.raises(TeacherConfigError, match="AZURE_OPENAI_ENDPOINT"):
+        parse_spec("azure:my-gpt")
+    for endpoint in ("https://res.openai.azure.com", "https://res.openai.azure.com/", "https://res.openai.azure.com/openai/v1/"):
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", endpoint)
+        assert parse_spec("azure:my-gpt") == ("https://res.openai.azure.com/openai/v1", "my-gpt", "AZURE_OPENAI_API_KEY")
+    with FaultServer(default=ok('{"label": "bar", "confidence": 0.9}')) as srv:
+        monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", srv.url[: -len("/v1")])
+        monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-test-key")
+        from llm_flywheel.core.task import Task
+
+        task = Task(name="t", modality="text", labels=("bar", "ring"), instructions="Which shape is named?")
+        t = teacher_from_spec("azure:my-gpt", task)
+        t.check_ready()
+        assert run_sync(t.alabel_raw("a bar", task)).label == "bar"
+    req = srv.requests[0]
+    assert req["path"] == "/openai/v1/chat/completions" and req["body"]["model"] == "my-gpt"
+    assert req["headers"]["Authorization"] == "Bearer azure-test-key"

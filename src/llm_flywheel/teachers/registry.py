@@ -3,6 +3,7 @@
     openrouter:google/gemini-2.5-flash     https://openrouter.ai/api/v1, key in $OPENROUTER_API_KEY
     openai:gpt-4o-mini                     https://api.openai.com/v1, $OPENAI_API_KEY
     gemini:gemini-2.5-flash                Google's OpenAI-compatible endpoint, $GEMINI_API_KEY
+    azure:DEPLOYMENT                       Azure OpenAI's v1 API at $AZURE_OPENAI_ENDPOINT, $AZURE_OPENAI_API_KEY
     ollama:llama3.2-vision                 http://127.0.0.1:11434/v1, no key
     vllm:MODEL / llamacpp:MODEL / lmstudio:MODEL   local servers, no key
     http://host:port/v1|MODEL              any OpenAI-compatible base URL (the simulated teacher too)
@@ -31,7 +32,9 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
     "vllm": ("http://127.0.0.1:8000/v1", None),
     "llamacpp": ("http://127.0.0.1:8080/v1", None),
     "lmstudio": ("http://127.0.0.1:1234/v1", None),
+    "azure": ("", "AZURE_OPENAI_API_KEY"),  # the resource's endpoint from $AZURE_OPENAI_ENDPOINT (see parse_spec)
 }
+AZURE_ENDPOINT_ENV = "AZURE_OPENAI_ENDPOINT"
 LOCAL_BASE_ENV = {"ollama": "OLLAMA_BASE_URL", "vllm": "VLLM_BASE_URL", "llamacpp": "LLAMACPP_BASE_URL"}
 
 
@@ -52,7 +55,22 @@ def parse_spec(spec: str) -> tuple[str, str | None, str | None]:
     base, key_env = PROVIDERS[provider]
     if provider in LOCAL_BASE_ENV and os.environ.get(LOCAL_BASE_ENV[provider]):
         base = os.environ[LOCAL_BASE_ENV[provider]].rstrip("/")
+    if provider == "azure":
+        base = _azure_base(os.environ.get(AZURE_ENDPOINT_ENV, ""))
     return base, model.strip(), key_env
+
+
+def _azure_base(endpoint: str) -> str:
+    """Azure OpenAI's v1 API (no api-version; the OpenAI client's own requests, key as a Bearer token) under the
+    resource's endpoint, e.g. https://NAME.openai.azure.com -> https://NAME.openai.azure.com/openai/v1."""
+    endpoint = endpoint.strip().rstrip("/")
+    if not endpoint.startswith(("https://", "http://")):
+        raise TeacherConfigError(f"azure:DEPLOYMENT needs ${AZURE_ENDPOINT_ENV}, the resource's endpoint (e.g. "
+                                 "https://NAME.openai.azure.com); export it")
+    for tail in ("/openai/v1", "/openai"):
+        if endpoint.endswith(tail):
+            endpoint = endpoint[: -len(tail)]
+    return endpoint + "/openai/v1"
 
 
 def discover_model(base_url: str, api_key_env: str | None = None, timeout: float = 10.0) -> str:

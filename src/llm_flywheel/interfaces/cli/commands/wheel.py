@@ -20,7 +20,7 @@ def _wheel_options(f: Any) -> Any:
     opts = [
         click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, help="Turns of the wheel."),
         click.option("--teacher", "teacher_spec", default=None,
-                     help="Teacher spec: openrouter:MODEL, openai:MODEL, gemini:MODEL, ollama:MODEL, or "
+                     help="Teacher spec: openrouter:MODEL, openai:MODEL, gemini:MODEL, azure:DEPLOYMENT, ollama:MODEL, or "
                           "'http://HOST:PORT/v1|MODEL'. Omit with --simulated to use the built-in simulated teacher."),
         click.option("--simulated", is_flag=True, help="Start the simulated teacher (loopback) for this dataset and use it."),
         click.option("--api-key-env", default=None,
