@@ -78,3 +78,16 @@ def test_label_exit_codes_say_why_it_stopped(synth_ws, monkeypatch):
         assert json.loads(res.output[res.output.rindex('{\n  "calls_made"'):])["exit_code"] == ExitCode.BUDGET
         res = runner.invoke(main, [*base, "--limit", "30", "--teacher", spec, "--no-progress"])
         assert res.exit_code == ExitCode.OK, res.output
+
+
+def test_teacher_check_shows_what_the_endpoint_takes(synth_ws):
+    """`flywheel teacher check` against an OpenAI reasoning model: one answer, and the requests it settled on."""
+    from fault_server import FaultServer, openai_reasoning_model
+
+    with FaultServer(default=openai_reasoning_model(thought=50)) as srv:
+        r = CliRunner().invoke(main, ["-w", str(synth_ws.root), "teacher", "check", f"{srv.url}|gpt-5-mini",
+                                      "--dataset", "synth", "--api-key-env", ""])
+    out = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output
+    assert "'ok': True" in out and "max_completion_tokens 300" in out and "temperature the model default" in out
+    assert "stepped down: legacy_max_tokens=on -> legacy_max_tokens=off" in out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.interfaces.cli import Ctx, console, pass_ctx
@@ -139,3 +140,10 @@ def check(ctx: Ctx, spec: str, dataset: str, item_id: int | None, api_key_env: s
     if info.model_file:
         console.print(f"serving the model file {info.model_file}")
     console.print({k: v for k, v in ans.__dict__.items() if k not in ("logprobs",)})
+    caps = t.capabilities()  # what the endpoint turned out to take: the requests every later call sends
+    console.print(f"requests now: response_format {caps['response_format']}, logprobs "
+                  f"{'on' if caps['logprobs'] else 'off'}, "
+                  f"{'max_tokens' if caps['legacy_max_tokens'] else 'max_completion_tokens'} {t.max_tokens}, "
+                  f"temperature {'per pass' if caps['temperature'] else 'the model default'}", highlight=False)
+    for d in t.negotiation:
+        console.print(f"  stepped down: {d['from']} -> {d['to']} ({escape(d['why'])})", highlight=False)
