@@ -164,3 +164,7 @@ def test_extra_request_fields_from_the_environment_reach_every_call_and_bad_ones
             res = CliRunner().invoke(main, [*w, "--teacher", f"{srv.url}|m"])
             assert res.exit_code == 2 and words in " ".join(res.output.split()), res.output
             assert "FLYWHEEL_TEACHER_EXTRA_BODY" in res.output and len(srv.requests) == n
+    # commands that build the simulated teacher themselves say it too (they raised a traceback)
+    for cmd in (["run", "synth", "--simulated", "--rounds", "1"], ["serve", "synth", "--teacher", "simulated"]):
+        res = CliRunner().invoke(main, ["-w", str(synth_ws.root), *cmd])
+        assert res.exit_code == 2 and "FLYWHEEL_TEACHER_EXTRA_BODY" in res.output, (cmd, res.output)

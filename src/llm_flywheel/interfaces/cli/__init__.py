@@ -113,7 +113,20 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+class _Main(click.Group):
+    """The ``flywheel`` group: a teacher that cannot be used as configured (a missing key, a bad spec, a bad
+    ``$FLYWHEEL_TEACHER_EXTRA_BODY``), wherever a command builds it, is exit 2 with its message, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from llm_flywheel.teachers.errors import TeacherConfigError
+
+        try:
+            return super().invoke(ctx)
+        except TeacherConfigError as e:
+            raise config_error(str(e)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option(
     "--workspace",
     "-w",
