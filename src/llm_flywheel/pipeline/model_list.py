@@ -38,6 +38,7 @@ class ModelInfo:
     teacher_fraction: float | None
     on_disk: bool
     size_bytes: int
+    path: str = ""  # the model's folder, relative to the workspace
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,13 +59,13 @@ def list_models(ws: Workspace, dataset: str) -> list[ModelInfo]:
     for r in rows:
         m, cal = r["metrics"], cals[r["version"]] or {}
         choice = cal.get("choice") or {}
-        folder = ws.models_dir / r["version"]
+        folder = ws.abspath(r["path"])
         out.append(ModelInfo(
             version=r["version"], kind=r["kind"], role=r["role"], round=r["round"], created_at=float(r["created_at"]),
             labels=m.get("n_train"), val_agreement=m.get("val_acc"), val_labels=m.get("val_labels"),
             promoted=bool(r["promoted"]), serving=r["version"] == serving, calibrated=bool(cal),
             threshold=cal.get("threshold"), goal=cal.get("goal"), teacher_fraction=choice.get("teacher_fraction"),
-            on_disk=folder.is_dir(), size_bytes=_size(folder)))
+            on_disk=folder.is_dir(), size_bytes=_size(folder), path=r["path"]))
     return out
 
 
@@ -108,7 +109,7 @@ def prune_models(ws: Workspace, dataset: str, *, keep: int = 3) -> PruneResult:
     res = PruneResult(kept=kept)
     for m in infos:
         if m.on_disk and m.version not in kept:
-            shutil.rmtree(ws.models_dir / m.version)
+            shutil.rmtree(ws.abspath(m.path))
             res.removed.append(m.version)
             res.freed_bytes += m.size_bytes
     return res

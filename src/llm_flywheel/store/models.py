@@ -53,10 +53,10 @@ class ModelQueries:
 
     def model_rows(self, dataset: str) -> list[dict[str, Any]]:
         """Every model version of ``dataset``, newest first: version, kind, role, round, promoted, created_at and
-        its training metrics (``metrics``, parsed)."""
-        rows = self.query("SELECT version, kind, role, round, promoted, created_at, metrics_json FROM models "
+        its training metrics (``metrics``, parsed), and its folder (``path``, relative to the workspace)."""
+        rows = self.query("SELECT version, kind, role, round, promoted, created_at, path, metrics_json FROM models "
                           "WHERE dataset=? ORDER BY id DESC", (dataset,))
-        return [{**{k: r[k] for k in ("version", "kind", "role", "round", "promoted", "created_at")},
+        return [{**{k: r[k] for k in ("version", "kind", "role", "round", "promoted", "created_at", "path")},
                  "metrics": json.loads(r["metrics_json"] or "{}")} for r in rows]
 
     def serving_version(self, dataset: str, *, promoted_only: bool = False) -> str | None:

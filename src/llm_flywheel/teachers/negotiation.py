@@ -252,7 +252,7 @@ class Negotiation:
     def _learn_room(self: Any, room: int, thought: int) -> bool:
         """A reasoning model spent ``thought`` hidden tokens and was cut off at ``max_tokens``: every later call
         (online and in batches) starts with ``room``, instead of paying for a cut-off reply first each time.
-        Warns once, with what the model thinks per answer.  True when this call raised it."""
+        Warns each time it raises the room, with what the model thought.  True when this call raised it."""
         with self._lock:
             if room <= self.max_tokens:
                 return False
