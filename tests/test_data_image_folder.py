@@ -65,10 +65,11 @@ def test_corrupt_files_are_counted_and_skipped(ws, tmp_path):
 
 
 def test_train_test_layout_gives_source_splits(ws, tmp_path):
+    seeds = iter(range(1000))  # distinct images: hash() of a tuple of str changes per process and could collide
     for split, n in (("train", 12), ("test", 4)):
         for c in ("cat", "dog"):
             for i in range(n):
-                save(tmp_path / "pets" / split / c / f"{i}.png", hash((split, c, i)) % 10_000)
+                save(tmp_path / "pets" / split / c / f"{i}.png", next(seeds))
     rep = add_dataset(ws, "image-folder", path=tmp_path / "pets", progress=False)
     assert rep.added == 32 and rep.splits["test"] == 8
     with ws.store() as s:
@@ -132,7 +133,7 @@ def test_normalise_label(raw, norm):
 def test_flat_train_test_folders_are_splits_not_classes(ws, tmp_path):
     for split in ("train", "test"):
         for i in range(3):
-            save(tmp_path / "u" / split / f"{i}.png", hash((split, i)) % 10_000)
+            save(tmp_path / "u" / split / f"{i}.png", 100 * len(split) + i)  # distinct: no per-process hash()
     task = tmp_path / "t.toml"
     task.write_text('name = "u"\nmodality = "image"\nlabels = ["a", "b"]\n')
     rep = add_dataset(ws, "image-folder", path=tmp_path / "u", task=task, progress=False)
