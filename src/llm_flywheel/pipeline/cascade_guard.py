@@ -291,12 +291,9 @@ class RawTeacherCalls:
 
     async def _call_teacher(self, content: Any) -> TeacherAnswer | None:
         payload = row_content(content) if isinstance(content, list) else content  # tabular as text
-        sem = self._semaphore()
         try:
-            if sem is None:
-                return await self._open_session().alabel_raw(payload)
-            async with sem:  # waits count against the request's deadline; the call still runs after it
-                return await self._open_session().alabel_raw(payload)
+            async with self._semaphore() or contextlib.nullcontext():  # a wait counts against the request's
+                return await self._open_session().alabel_raw(payload)  # deadline; the call still runs after it
         except Exception as e:  # the session never raises for provider trouble; anything else is a failure too
             logger.warning("teacher call failed: %s: %s", type(e).__name__, e)
             return None

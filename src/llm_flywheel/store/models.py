@@ -87,15 +87,13 @@ class ModelQueries:
 
     # -- wheel runs: resume, per-round metrics, promotion ----------------------------------------------
     def wheel_runs(self, dataset: str) -> list[dict[str, Any]]:
-        """Wheel runs of ``dataset``, newest first: dicts with id, status, config (parsed ``config_json``),
-        started_at and finished_at."""
+        """Wheel runs of ``dataset``, newest first: dicts with id, status, config (parsed ``config_json``) and
+        started_at."""
         out = []
-        for r in self.query("SELECT id, config_json, status, started_at, finished_at FROM runs WHERE kind='wheel' "
-                            "ORDER BY id DESC"):
+        for r in self.query("SELECT id, config_json, status, started_at FROM runs WHERE kind='wheel' ORDER BY id DESC"):
             c = json.loads(r["config_json"] or "{}")
             if c.get("dataset") == dataset:
-                out.append({"id": int(r["id"]), "status": r["status"], "config": c, "started_at": r["started_at"],
-                            "finished_at": r["finished_at"]})
+                out.append({"id": int(r["id"]), "status": r["status"], "config": c, "started_at": r["started_at"]})
         return out
 
     def reopen_run(self, run_id: int, config: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""`flywheel train` (`flywheel evaluate` lives in commands/evaluate.py)."""
+"""`flywheel train` and `flywheel models` (`flywheel evaluate` lives in commands/evaluate.py)."""
 
 from __future__ import annotations
 
