@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from llm_flywheel.core.stats import pct
 from llm_flywheel.store.models import wheel_report_key
 from llm_flywheel.store.workspace import Workspace
 
@@ -40,12 +41,8 @@ def run_history(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
     return out
 
 
-def _pct(v: Any) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
-
-
 def _ci(v: Any, ci: Any) -> str:
-    return _pct(v) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if v is not None and ci else "")
+    return pct(v) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if v is not None and ci else "")
 
 
 def history_html(summary: Mapping[str, Any], image: str) -> str:
@@ -64,7 +61,7 @@ def history_html(summary: Mapping[str, Any], image: str) -> str:
         f"<td>{r['rounds']}</td><td>{r['labels'] if r['labels'] is not None else '–'}</td>"
         f"<td>{r['served_added'] if r['served_added'] is not None else '–'}</td><td>{r['teacher_calls']:,}</td>"
         f"<td>{r['teacher_cost_usd']:.4f}</td><td>{_ci(r['student_accuracy'], r['student_accuracy_ci'])}</td>"
-        f"<td>{_ci(r['cascade_accuracy'], r['cascade_accuracy_ci'])}</td><td>{_pct(r['teacher_fraction'])}</td>"
+        f"<td>{_ci(r['cascade_accuracy'], r['cascade_accuracy_ci'])}</td><td>{pct(r['teacher_fraction'])}</td>"
         f"<td><code>{e(str(r['model_version'] or '–'))}</code></td></tr>" for r in rows)
     total = sum(r["teacher_cost_usd"] for r in rows)
     return "\n".join(p for p in (
