@@ -119,10 +119,15 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
     val_ids, calib_ids = head(perm["val"], cfg.val_labels), head(perm["calib"], cfg.calib_labels)
     sizing = sized(ids)
     cfg = sizing.config
+    prior = None
+    if cfg.first_round == "auto" and cfg.policy != "random":
+        with ws.store(readonly=True) as store:
+            prior = store.serving_version(dataset, promoted_only=True)
     ctx = WheelContext(ws=ws, dataset=dataset, cfg=cfg, teacher=teacher, task=task, con=con, progress=progress,
                        train_order=perm["train"], seed_ids=perm["train"][: cfg.seed_labels], val_ids=val_ids,
                        calib_ids=calib_ids, test_ids=sorted(head(perm["test"], cfg.test_limit)),
-                       stream_order=perm["stream"], served_import=imported.to_dict() if imported else None)
+                       stream_order=perm["stream"], served_import=imported.to_dict() if imported else None,
+                       prior_student=prior)
     _print_sizes(ctx, sizing.sizes)
     with ws.store(readonly=True) as store:
         unserved = served_not_added(store, dataset, ws.root)
@@ -142,7 +147,9 @@ def _print_sizes(ctx: WheelContext, sizes: dict[str, Any]) -> None:
     cfg, n = ctx.cfg, sizes["splits"]
     ctx.con.print(
         f"sizes (dataset: {n['train']:,} train pool, {n['val']:,} val, {n['calib']:,} calib, {n['stream']:,} stream, "
-        f"{n['test']:,} test): label {cfg.seed_labels:,} random train items in round 1, then "
+        f"{n['test']:,} test): label {cfg.seed_labels:,} random train items in round 1"
+        + (f" (those not labelled yet swapped for the items the serving student {ctx.prior_student} is least sure "
+           f"about, by {cfg.policy})" if ctx.prior_student else "") + ", then "
         f"{cfg.per_round_budget // cfg.passes:,} selected items x {cfg.passes} passes per round; val "
         f"{len(ctx.val_ids):,}, calib {len(ctx.calib_ids):,}; {cfg.stream_per_round:,} stream items per round"
         + (f" [dim](from the dataset size: {', '.join(sizes['auto'])})[/]" if sizes["auto"] else ""))

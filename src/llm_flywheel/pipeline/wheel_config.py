@@ -38,6 +38,13 @@ def auto_sizes(n_train: int, n_stream: int, rounds: int, passes: int) -> dict[st
             "stream_per_round": min(AUTO_STREAM_CAP, n_stream // max(rounds, 1))}
 
 
+FIRST_ROUND = ("auto", "random")
+"""How round 1 picks its ``seed_labels`` train items.  ``random``: a seeded random share (a dataset's first run has
+no student to choose with).  ``auto``: the same, unless the dataset already has a serving student (an earlier run,
+or ``flywheel train`` + ``promote``); then that student chooses by ``policy``, as every later round does -- a re-run
+(the nightly job) buys the items the deployed model is least sure about instead of a random share."""
+
+
 class WheelStopped(RuntimeError):
     """The wheel stopped on a known condition; ``kind``: 'teacher' (a fatal teacher error), 'budget' (a cap was
     reached), 'no_labels' (nothing to train on) or 'busy' (another wheel is turning on the dataset).  Everything
@@ -64,6 +71,7 @@ class WheelConfig:
     batch: bool = False  # label through the provider's Batch API at its batch price (stream deferrals stay online)
     batch_poll_s: float = 30.0  # seconds between batch status polls
     policy: str = "margin"  # margin | entropy | qbc | random
+    first_round: str = "auto"  # auto: round 1 selects by `policy` when the dataset already has a serving student
     committee: int = 3  # model versions in the query-by-committee
     candidate_pool: int | None = 20000  # unlabelled items scored per selection (a random sample of the pool)
     stream_per_round: int | None = None  # unseen stream items served through the cascade per round (None: auto_sizes)
@@ -95,6 +103,8 @@ class WheelConfig:
         for name in ("seed_labels", "per_round_budget", "stream_per_round", "unlabelled"):
             if not (getattr(self, name) or 0) >= 0:  # also NaN
                 raise ValueError(f"{name} must be >= 0")
+        if self.first_round not in FIRST_ROUND:
+            raise ValueError(f"first_round {self.first_round!r}: choose one of {', '.join(FIRST_ROUND)}")
         if self.add_served not in (None, "all", "deferred"):
             raise ValueError(f"add_served {self.add_served!r}: choose 'all', 'deferred' or None")
         if self.add_served_limit is not None and self.add_served_limit < 0:
@@ -111,7 +121,7 @@ class WheelConfig:
         return without_unbinding(asdict(self))
 
 
-NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s", "add_served", "add_served_limit")
+NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s", "add_served", "add_served_limit", "first_round")
 
 
 ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0, "student_hints": True}

@@ -40,7 +40,7 @@ class LabelResult(StageResult):
 
     MARKER: ClassVar[str | None] = "labelled"
     selected: int | None = 0
-    selected_ids: list[int] | None = None  # the actively selected items (None in round 1: random seed set)
+    selected_ids: list[int] | None = None  # the actively selected items (None: round 1's random seed set)
     labelled: bool = True
 
 

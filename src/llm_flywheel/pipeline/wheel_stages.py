@@ -56,6 +56,7 @@ class WheelContext:
     trained: list[str] = field(default_factory=list)  # versions trained in this run, newest last (the QBC committee)
     served_stream: list[int] = field(default_factory=list)
     served_import: dict[str, Any] | None = None  # what `add_served` imported before the run (ServedImport.to_dict)
+    prior_student: str | None = None  # the serving student when the run began: it chooses round 1's items (or None)
 
     def items(self, ids: Sequence[int]) -> list[Item]:
         """Items by id, in the order given (missing ids dropped)."""
@@ -99,9 +100,11 @@ class WheelContext:
 # -- 1. select + label ----------------------------------------------------------------------------------------
 
 
-def select_items(ctx: WheelContext, r: int) -> list[int]:
-    """Round ``r >= 2``: the ``per_round_budget / passes`` unlabelled pool items the current models are least sure
-    about (``cfg.policy``), from a seeded random sample of at most ``candidate_pool`` candidates."""
+def select_items(ctx: WheelContext, r: int, *, budget: int | None = None, committee: list[Any] | None = None
+                 ) -> list[int]:
+    """Round ``r``: the ``budget`` (default ``per_round_budget / passes``) unlabelled pool items the current models
+    are least sure about (``cfg.policy``), from a seeded random sample of at most ``candidate_pool`` candidates.
+    ``committee`` defaults to this run's newest versions, the serving one first."""
     from llm_flywheel.pipeline.training import load_student
 
     cfg = ctx.cfg
@@ -111,34 +114,69 @@ def select_items(ctx: WheelContext, r: int) -> list[int]:
     if cfg.candidate_pool is not None and len(cands) > cfg.candidate_pool:
         rng = np.random.default_rng([cfg.seed, r])
         cands = [cands[i] for i in sorted(rng.choice(len(cands), cfg.candidate_pool, replace=False))]
-    committee = [load_student(ctx.ws, v) for v in reversed(ctx.trained[-cfg.committee:])]
-    serving = ctx.serving_version()
-    if serving and serving in ctx.trained:  # the serving model leads the committee (margin uses it)
-        committee.sort(key=lambda s, sv=serving: 0 if getattr(s, "version", None) == sv else 1)
-    chosen = feedback.select(ctx.ws, ctx.dataset, cands, policy=cfg.policy, budget=cfg.per_round_budget // cfg.passes,
-                             students=committee, seed=cfg.seed + r)
+    if committee is None:
+        committee = [load_student(ctx.ws, v) for v in reversed(ctx.trained[-cfg.committee:])]
+        serving = ctx.serving_version()
+        if serving and serving in ctx.trained:  # the serving model leads the committee (margin uses it)
+            committee.sort(key=lambda s, sv=serving: 0 if getattr(s, "version", None) == sv else 1)
+    budget = cfg.per_round_budget // cfg.passes if budget is None else budget
+    chosen = feedback.select(ctx.ws, ctx.dataset, cands, policy=cfg.policy, budget=budget, students=committee,
+                             seed=cfg.seed + r)
     ctx.con.print(f"  selected {len(chosen):,} of {len(cands):,} unlabelled pool items by [bold]{cfg.policy}[/]")
     return [int(i) for i in chosen]
 
 
+def bootstrap_items(ctx: WheelContext, rep: RoundReport) -> tuple[list[int], bool]:
+    """Round 1's train items and whether a student chose some: the seeded random share of ``seed_labels`` items,
+    unless the dataset already had a serving student when the run began (``ctx.prior_student``, see
+    ``FIRST_ROUND``).  Then the share's items the teacher was already asked about stay (free), and the rest -- the
+    ones this round would pay for -- are swapped for as many items that student is least sure about: the same
+    spend, spent where the deployed model needs it.  Stored before labelling, so a resume labels the same items."""
+    if rep.pending_selection is not None:  # chosen before labelling stopped
+        return rep.pending_selection, ctx.prior_student is not None
+    if ctx.prior_student is None:
+        return ctx.seed_ids, False
+    from llm_flywheel.pipeline.training import load_student
+
+    try:
+        student = load_student(ctx.ws, ctx.prior_student)
+    except StudentError as e:  # e.g. its files were removed by hand: the random share still turns the wheel
+        ctx.warn(warning("first_round_random", f"round 1: the serving student {ctx.prior_student} could not be "
+                         f"loaded ({e}); labelling a random share instead of the items it is least sure about",
+                         f"`flywheel models {ctx.dataset}` shows which versions still have their files; "
+                         f"`flywheel promote {ctx.dataset} VERSION` picks one"), rep.warnings)
+        ctx.prior_student = None
+        return ctx.seed_ids, False
+    with ctx.ws.store() as store:
+        asked = store.teacher_asked_ids(ctx.dataset)
+    kept = [i for i in ctx.seed_ids if i in asked]
+    chosen = kept + select_items(ctx, 1, budget=len(ctx.seed_ids) - len(kept), committee=[student])
+    rep.pending_selection, rep.pending_selected = chosen, len(chosen)
+    ctx.save(rep)
+    return chosen, True
+
+
 def select_and_label(ctx: WheelContext, rep: RoundReport) -> LabelResult:
-    """Round 1 labels the bootstrap (random seed set + val + calib); later rounds select, store the selection (a
+    """Round 1 labels the bootstrap (seed set + val + calib, :func:`bootstrap_items`); later rounds select, store the selection (a
     resume labels the very same items), then label.  Spend goes to ``rep.spend['label']``."""
     r = rep.round
     if r == 1:
-        ctx.con.print(f"bootstrap: {len(ctx.seed_ids):,} random train items, {len(ctx.val_ids):,} val, "
+        seed_ids, chosen_by_student = bootstrap_items(ctx, rep)
+        how = (f"random, those not labelled yet swapped for the serving student's {ctx.cfg.policy} choice"
+               if chosen_by_student else "random")
+        ctx.con.print(f"bootstrap: {len(seed_ids):,} train items ({how}), {len(ctx.val_ids):,} val, "
                       f"{len(ctx.calib_ids):,} calib")
-        rep.pending_selected = len(ctx.seed_ids)
+        rep.pending_selected = len(seed_ids)
         cfg = ctx.cfg
         if cfg.teacher_parity or (cfg.adaptive_passes and cfg.passes > 1):
             # calib is asked every pass, and first: parity's reference is pass 1 on *every* calib item
             # (calibration._parity_subset), the threshold is fitted on full consensus labels, and these random items
             # are the evidence every later adaptive run reuses instead of buying a sample of its own
             label_stage(ctx, rep, ctx.calib_ids, "calib", passes=max(2, cfg.passes), adaptive=False)
-            label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids, "seed/val")
+            label_stage(ctx, rep, seed_ids + ctx.val_ids, "seed/val")
         else:
-            label_stage(ctx, rep, ctx.seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
-        return LabelResult(selected=len(ctx.seed_ids))
+            label_stage(ctx, rep, seed_ids + ctx.val_ids + ctx.calib_ids, "seed/val/calib")
+        return LabelResult(selected=len(seed_ids), selected_ids=list(seed_ids) if chosen_by_student else None)
     if rep.pending_selection is not None:  # resumed after labelling stopped: the same items, not new ones
         chosen = rep.pending_selection
         ctx.con.print(f"  resuming: labelling the {len(chosen):,} items selected before the stop")

@@ -27,7 +27,7 @@ def _wheel_options(f: Any) -> Any:
                      help="Environment variable holding the teacher's API key (default: the provider's, e.g. "
                           "OPENROUTER_API_KEY; needed for a keyed endpoint given as a URL)."),
         click.option("--seed-labels", type=click.IntRange(0), default=None,
-                     help="Random train items labelled in round 1 (default: from the dataset size, see below)."),
+                     help="Train items labelled in round 1 (default: from the dataset size, see below)."),
         click.option("--val-labels", type=click.IntRange(1), default=500, show_default=True,
                      help="At most this many validation items labelled (promotion, early stopping)."),
         click.option("--calib-labels", type=click.IntRange(1), default=1000, show_default=True,
@@ -38,6 +38,9 @@ def _wheel_options(f: Any) -> Any:
         click.option("--passes", type=click.IntRange(1), default=2, show_default=True, help="Teacher passes per training item."),
         click.option("--policy", type=click.Choice(["margin", "entropy", "qbc", "random"]), default="margin", show_default=True,
                      help="Active selection policy (random is the baseline)."),
+        click.option("--first-round", type=click.Choice(["auto", "random"]), default="auto", show_default=True,
+                     help="Round 1's new items: auto = chosen by --policy with the serving student when the dataset "
+                          "has one (a re-run), else random; random = always the seeded random share."),
         click.option("--stream-per-round", type=click.IntRange(0), default=None,
                      help="Unseen stream items served through the cascade per round (default: the stream split / "
                           "rounds, at most 1,000)."),
@@ -228,7 +231,8 @@ def run(ctx: Ctx, dataset: str, teacher_spec: str | None, simulated: bool, no_go
         api_key_env: str | None, no_progress: bool, timeout: float | None, max_retries: int, **kw: Any) -> None:
     """Turn the wheel: select -> label -> train -> calibrate -> promote -> serve the stream -> collect, N rounds.
 
-    Round 1 labels a random seed set plus the validation and calibration items; each later round spends
+    Round 1 labels a random seed set plus the validation and calibration items (on a dataset that already has a
+    serving student, the seed items not labelled yet are those it is least sure about); each later round spends
     --per-round-budget teacher calls on the items the current student is least sure about (--policy). Each round
     trains a new model version, promotes it unless it does worse than the serving one on validation (a tie goes to
     the newer), serves the next unseen slice of the stream split through the calibrated cascade and collects the
