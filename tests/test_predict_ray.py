@@ -325,7 +325,12 @@ def test_workers_are_told_where_the_store_is_but_not_its_password(monkeypatch):
     from llm_flywheel.pipeline.ray_env import env_for_ray
 
     env = {"FLYWHEEL_STORE": "postgresql://fw:s3cret@db.internal:5432/flywheel?schema={workspace}",
-           "OPENROUTER_API_KEY": "k", "PGPASSWORD": "s3cret", "PATH": "/bin"}
+           "OPENROUTER_API_KEY": "k", "PGPASSWORD": "s3cret", "PATH": "/bin", "AZURE_OPENAI_API_KEY": "k"}
     assert env_for_ray(env) == {"FLYWHEEL_STORE": "postgresql://fw@db.internal:5432/flywheel?schema={workspace}"}
     del env["FLYWHEEL_STORE"]
     assert env_for_ray(env) == {}
+    # a Serve replica builds its teacher from the spec: `azure:` / `ollama:` need their endpoints there too
+    env |= {"AZURE_OPENAI_ENDPOINT": "https://my-resource.openai.azure.com",
+            "OLLAMA_BASE_URL": "http://me:pw@gpu-box:11434/v1"}
+    assert env_for_ray(env) == {"AZURE_OPENAI_ENDPOINT": "https://my-resource.openai.azure.com",
+                                "OLLAMA_BASE_URL": "http://me@gpu-box:11434/v1"}
