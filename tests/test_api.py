@@ -198,6 +198,11 @@ def test_tabular_cascade_reuses_paid_answers_for_known_rows(tmp_path):
         assert asked - before == sum(a.source == "teacher" for a in fresh) > 0
         assert [a.label for a in cascade.predict(rows)] == [a.label for a in fresh]
         assert httpx.get(stats, timeout=10).json()["completions"] == asked  # paid once
+        with pytest.raises(fw.InputError, match=r"feature #2: infinite value"):  # imports skip such rows: refused
+            cascade.predict([[0.1, np.inf, 0.3]])
+        with pytest.raises(fw.InputError, match=r"feature #1: infinite value"):
+            ws.add_items("rows", [[-np.inf, 0.0, 0.0]], labels={"pos": "positive", "neg": "negative"})
+        assert cascade.predict([[0.1, np.nan, 0.3]])[0].student_label in ("pos", "neg")  # NaN: a missing value
     assert "rows.api" in ws.datasets()  # where the answered inputs are kept
 
 

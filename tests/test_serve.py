@@ -436,6 +436,18 @@ def test_a_batch_of_rows_answers_the_good_ones_when_one_has_the_wrong_length(tmp
     with running(app) as url:
         r = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [
             {"features": [0.9, 0.95]}, {"features": [0.1, 0.2, 0.3]}, {"features": {"y": 0.95, "x": 0.9}}]})
+        # JSON's NaN / Infinity (Python's json writes them; 1e400 overflows to infinity): NaN is a missing value,
+        # the same input as null; an infinite one is refused, as `data add tabular` skips such a row
+        odd = httpx.post(f"{url}/v1/predict/batch", content=b'{"inputs": [{"features": [NaN, 0.5]}, '
+                         b'{"features": [null, 0.5]}, {"features": {"x": 1e400, "y": 0.5}}, {"features": [0.9, 0.9]}]}',
+                         headers={"Content-Type": "application/json"})
+        one = httpx.post(f"{url}/v1/predict", content=b'{"features": [-Infinity, 0.5]}',
+                         headers={"Content-Type": "application/json"})
     res = r.json()["results"]
     assert r.status_code == 200 and res[0]["student_label"] == res[2]["student_label"] == "high"
     assert res[1]["error"]["status"] == 422 and "reads 2 features in the order x, y; got 3" in res[1]["error"]["detail"]
+    nan, null, inf, fine = odd.json()["results"]
+    assert nan["input_hash"] == null["input_hash"] and nan["student_label"] == null["student_label"]
+    assert inf["error"]["status"] == 422 and "feature 'x': infinite value" in inf["error"]["detail"]
+    assert fine["student_label"] == "high"
+    assert one.status_code == 422 and "feature 'x': infinite value" in one.json()["detail"], one.text

@@ -53,6 +53,22 @@ def parse_number(v: Any) -> float:
     return f
 
 
+def feature_row(values: Any, columns: tuple[str, ...] | list[str] = ()) -> list[float | None]:
+    """One row as a model and the teacher read it, by the import's policy: NaN (or ``None``) is a missing value
+    (``None``, so ``NaN`` and ``null`` are one input with one cache key); an infinite or non-numeric value is a
+    ``ValueError`` naming its column -- the import skips such a row, so a model never saw one and its answer would
+    be a guess."""
+    out: list[float | None] = []
+    for j, v in enumerate(values):
+        try:
+            f = parse_number(v)
+        except _Bad as e:
+            name = f"{columns[j]!r}" if j < len(columns) else f"#{j + 1}"
+            raise ValueError(f"feature {name}: {e}; give a finite number (a missing value is null, or NaN)") from None
+        out.append(None if math.isnan(f) else f)
+    return out
+
+
 def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
     """Every non-missing cell is a number (an infinite one counts: that row is skipped later, not the column)."""
     seen = False

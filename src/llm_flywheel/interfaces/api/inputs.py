@@ -120,12 +120,22 @@ def item_key(modality: str, x: Any) -> tuple[str, Any]:
             raise InputError(f"text items must be str, got {type(x).__name__}")
         return "t:" + hashlib.sha256(x.encode("utf-8")).hexdigest(), x
     if modality == "tabular":
-        row = [float(v) for v in np.asarray(x, dtype=float).ravel()]
-        fj = json.dumps([None if math.isnan(v) else v for v in row])
-        return "f:" + hashlib.sha256(fj.encode()).hexdigest(), row
+        feats = finite_row(x)
+        fj = json.dumps(feats)
+        return "f:" + hashlib.sha256(fj.encode()).hexdigest(), [math.nan if v is None else v for v in feats]
     data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
         np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x)
     return "i:" + hashlib.sha256(data).hexdigest(), data
+
+
+def finite_row(x: Any) -> list[float | None]:
+    """A row of numbers by the import's policy (``data.tabular.feature_row``): NaN is missing, infinity an error."""
+    from llm_flywheel.data.tabular import feature_row
+
+    try:
+        return feature_row(np.asarray(x, dtype=float).ravel())
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def register_items(ws: Any, task: Any, items: Sequence[Any], *, gold: Sequence[str | None] | None = None) -> list[str]:
@@ -162,7 +172,8 @@ def raw_inputs(modality: str, inputs: Any) -> list[Any]:
     if isinstance(inputs, str):
         raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
     if modality == "tabular":
-        return [[float(v) for v in row] for row in np.asarray(inputs, dtype=float).reshape(len(inputs), -1)]
+        rows = np.asarray(inputs, dtype=float).reshape(len(inputs), -1)
+        return [[math.nan if v is None else v for v in finite_row(row)] for row in rows]
     if modality == "image":
         return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
     return list(inputs)

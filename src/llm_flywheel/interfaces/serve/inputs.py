@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
+from llm_flywheel.data.tabular import feature_row
+
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
 ACCEPTED: dict[str, tuple[str, ...]] = {
     "image": ("multipart/form-data", "application/json", *IMAGE_TYPES),
@@ -155,7 +157,10 @@ def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns
     if isinstance(req, TextJSON):
         return _text(req.text)
     assert isinstance(req, TabularJSON)
-    feats = [None if x is None else float(x) for x in _in_column_order(req.features, columns)]
+    try:
+        feats = feature_row(_in_column_order(req.features, columns), tuple(columns))
+    except ValueError as e:
+        raise HTTPProblem(422, str(e)) from None
     return RawInput("tabular", feats, json.dumps(feats).encode(), ".json")
 
 
