@@ -451,3 +451,33 @@ def test_a_batch_of_rows_answers_the_good_ones_when_one_has_the_wrong_length(tmp
     assert inf["error"]["status"] == 422 and "feature 'x': infinite value" in inf["error"]["detail"]
     assert fine["student_label"] == "high"
     assert one.status_code == 422 and "feature 'x': infinite value" in one.json()["detail"], one.text
+
+
+def test_a_batch_whose_student_call_fails_answers_each_input_alone_and_refuses_only_the_one_it_cannot_read(
+        tmp_path, monkeypatch):
+    """The batched student call fails on one input the model cannot read (a failure no parse check foresaw): the
+    batch falls back to one student call per input, answers the rest as /v1/predict would, refuses that one (422)."""
+    from helpers_tables import calibrated_table
+
+    from llm_flywheel.students.sklearn_student import SklearnStudent
+    from llm_flywheel.store.workspace import Workspace
+
+    poison = [0.123, 0.456]
+    real = SklearnStudent.predict_proba_raw
+
+    def picky(self, inputs):
+        if any(list(x) == poison for x in inputs):
+            raise ValueError("cannot read this row")
+        return real(self, inputs)
+
+    monkeypatch.setattr(SklearnStudent, "predict_proba_raw", picky)
+    app = create_app(Workspace.open(calibrated_table(tmp_path)), "t", seed=0)
+    with running(app) as url:
+        good = [{"features": [0.9, 0.95]}, {"features": [0.05, 0.1]}]
+        single = [httpx.post(f"{url}/v1/predict", json=g).json() for g in good]
+        r = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [good[0], {"features": poison}, good[1]]})
+    res = r.json()["results"]
+    assert r.status_code == 200 and [res[0]["student_label"], res[2]["student_label"]] == ["high", "low"]
+    assert [(res[i]["student_confidence"], res[i]["input_hash"]) for i in (0, 2)] == \
+        [(s["student_confidence"], s["input_hash"]) for s in single]
+    assert res[1]["error"]["status"] == 422 and "cannot read this row" in res[1]["error"]["detail"]
