@@ -328,7 +328,8 @@ class Dataset:
         feedback).  Give a cascade goal: ``target_accuracy`` and/or ``max_teacher_fraction`` (default 0.1).
         ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...;
         ``add_served="all"`` or ``"deferred"`` first imports what ``flywheel serve`` kept, as :meth:`add_served`
-        with this teacher).  A re-run with the same settings resumes the unfinished run."""
+        with this teacher; ``first_round="random"`` keeps round 1's random share where a serving student would
+        choose its new items).  A re-run with the same settings resumes the unfinished run."""
         from llm_flywheel.pipeline.flywheel import run_wheel
         from llm_flywheel.pipeline.wheel_config import WheelStopped
 
