@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from llm_flywheel.data.registry import add_dataset
-from llm_flywheel.data.tabular import parse_number
+from llm_flywheel.core.task import Task
+from llm_flywheel.data.registry import DatasetError, add_dataset
+from llm_flywheel.data.tabular import category_value, feature_row, parse_number
 
 
 def _features(ws, dataset):
@@ -31,14 +32,17 @@ def test_auto_features_missing_values_and_bad_cells(ws, tmp_path):
     )
     rep = add_dataset(ws, "tabular", path=p, progress=False)
     assert rep.added == 5 and rep.skipped == 1 and "flowers.csv:6" in rep.skipped_examples[0]
-    assert any("id_name, colour" in n for n in rep.notes)  # the dropped non-numeric columns are named
+    assert any("not used as features" in n and n.endswith(": id_name") for n in rep.notes)  # an identifier
+    assert "categorical column(s): colour (3 values)" in rep.notes  # few distinct texts: a category
     feats = _features(ws, "flowers")
-    assert feats["flowers.csv:2"] == ([5.1, 1.4], "setosa")
-    assert feats["flowers.csv:3"][0] == [7.0, None]  # NaN stored as JSON null
-    assert feats["flowers.csv:4"][0] == [None, 4.7]
+    assert feats["flowers.csv:2"] == ([5.1, 1.4, "red"], "setosa")
+    assert feats["flowers.csv:3"][0] == [7.0, None, "blue"]  # NaN stored as JSON null
+    assert feats["flowers.csv:4"][0] == [None, 4.7, "red"]
     with ws.store() as s:
         meta = s.latest_report("dataset_import", "flowers")
-    assert meta["features"] == ["sepal", "petal"] and meta["adapter"] == "tabular"
+        task = Task.from_json(s.dataset_task_json("flowers"))
+    assert meta["features"] == ["sepal", "petal", "colour"] and meta["adapter"] == "tabular"
+    assert task.features == ("sepal", "petal", "colour") and task.categorical == ("colour",)
 
 
 def test_explicit_features_skip_rows_with_text_in_them(ws, tmp_path):
@@ -47,9 +51,41 @@ def test_explicit_features_skip_rows_with_text_in_them(ws, tmp_path):
     rep = add_dataset(ws, "tabular", path=p, features=["x", "y"], label_column="cls", split_column="split",
                       as_name="tab", progress=False)
     assert rep.added == 3 and rep.skipped == 1
-    assert "column 'y': 'oops' is not a number" in rep.skipped_examples[0]
+    assert "feature 'y': 'oops' is not a number" in rep.skipped_examples[0]
     assert rep.splits["test"] == 2
     assert sorted(v[0] for v in _features(ws, "tab").values()) == [[1.0, 1.0], [1.0, 2.0], [7.0, 8.0]]
+
+
+def test_categorical_columns_keep_their_text_and_a_table_with_other_columns_is_refused(ws, tmp_path):
+    """Text columns with few values are categories (kept as written, the teacher reads them so; a code among them
+    stays text); an identifier is left out.  Rows added later
+    must have the dataset's columns: a table read with other columns would mix rows of two shapes."""
+    p = tmp_path / "churn.csv"
+    zones = ["north", "south", "east", "12", "012"]
+    rows = [f"c{i},{['free', 'basic', 'premium'][i % 3]},{zones[i % 5]},{i},{'churn' if i % 3 else 'stay'}"
+            for i in range(30)]
+    p.write_text("customer,plan,zone,tenure,label\n" + "\n".join(rows) + "\n")
+    rep = add_dataset(ws, "tabular", path=p, progress=False)
+    assert rep.added == 30 and "categorical column(s): plan (3 values), zone (5 values)" in rep.notes, rep.notes
+    assert any(n.endswith(": customer") for n in rep.notes)
+    feats = _features(ws, "churn")
+    assert feats["churn.csv:2"][0] == ["free", "north", 0.0]
+    assert feats["churn.csv:5"][0] == ["free", "12", 3.0] and feats["churn.csv:6"][0] == ["basic", "012", 4.0]
+    q = tmp_path / "more.csv"
+    q.write_text("customer,plan,zone,tenure,label\nc99,free,west,50,stay\nc98,basic,12,1,churn\n")
+    with pytest.raises(DatasetError, match=r"holds rows of the features plan, zone, tenure; this import reads "
+                                           r"tenure.*--features plan,zone,tenure"):
+        add_dataset(ws, "tabular", path=q, as_name="churn", features=["tenure"], progress=False)
+    more = add_dataset(ws, "tabular", path=q, as_name="churn", features=["plan", "zone", "tenure"], progress=False)
+    assert more.added == 2 and _features(ws, "churn")["more.csv:2"][0] == ["free", "west", 50.0]
+
+
+def test_feature_row_policy():
+    assert feature_row([1, None, float("nan"), "x", 12.0, " b "], ("a", "b", "c", "d", "e", "f"), ("d", "e", "f")) \
+        == [1.0, None, None, "x", "12", "b"]
+    assert category_value("NA") is None and category_value(True) == "true" and category_value(2.5) == "2.5"
+    with pytest.raises(ValueError, match="feature 'b': 'oops' is not a number"):
+        feature_row([1, "oops"], ("a", "b"))
 
 
 def test_jsonl_table_and_numeric_labels(ws, tmp_path):
@@ -64,7 +100,7 @@ def test_jsonl_table_and_numeric_labels(ws, tmp_path):
 def test_tabular_errors_are_clear(ws, tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("name,label\nx,a\ny,b\n")
-    with pytest.raises(ValueError, match="no numeric feature columns.*--features"):
+    with pytest.raises(ValueError, match="no numeric or categorical feature columns.*--features"):
         add_dataset(ws, "tabular", path=p, progress=False)
     p2 = tmp_path / "u.csv"
     p2.write_text("x,label\n1,a\n2,b\n")

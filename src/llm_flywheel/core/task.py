@@ -70,6 +70,8 @@ class Task:
     # A table's feature columns, in the order of every item's values: the teacher is told what the numbers are
     # (an LLM cannot label "[14.2, 1.7, ...]" without names).  Empty: not known (in-memory rows, older datasets).
     features: tuple[str, ...] = ()
+    # Those of ``features`` whose values are categories (strings: a plan, a country), not numbers.
+    categorical: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -88,10 +90,11 @@ class Task:
     def to_json(self) -> str:
         d = asdict(self)
         d["labels"] = list(self.labels)
-        if self.features:
-            d["features"] = list(self.features)
-        else:
-            del d["features"]  # a task without names is stored exactly as before they existed
+        for key in ("features", "categorical"):
+            if getattr(self, key):
+                d[key] = list(getattr(self, key))
+            else:
+                del d[key]  # a task without them is stored exactly as before they existed
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -99,6 +102,7 @@ class Task:
         d = json.loads(text)
         d["labels"] = tuple(d["labels"])
         d["features"] = tuple(d.get("features") or ())
+        d["categorical"] = tuple(d.get("categorical") or ())
         return cls(**d)
 
     @classmethod
@@ -168,6 +172,9 @@ def _validate(t: Task) -> None:
     _validate_augment(t.modality, t.augment)
     if t.features and t.modality != "tabular":
         raise TaskError(f"feature names are for tabular tasks, not {t.modality}")
+    if set(t.categorical) - set(t.features):
+        raise TaskError(f"categorical column(s) {sorted(set(t.categorical) - set(t.features))} are not among the "
+                        f"features {list(t.features)}")
 
 
 def _validate_augment(modality: str, aug: Any) -> None:

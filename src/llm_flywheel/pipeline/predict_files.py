@@ -55,7 +55,7 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "
 
 
 def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
-    from llm_flywheel.data.tabular import parse_number
+    from llm_flywheel.data.tabular import feature_row
     from llm_flywheel.data.text import _cell_str, read_rows
 
     columns, rows = read_rows(path)
@@ -76,8 +76,8 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
         try:
             if r.values is None:
                 raise ValueError(r.error)
-            vals = [parse_number(r.values.get(c)) for c in wanted]
-        except ValueError as e:  # a bad cell (parse_number says which): that row is reported, the others answered
+            vals = feature_row([r.values.get(c) for c in wanted], wanted, task.categorical)
+        except ValueError as e:  # a bad cell (feature_row says which): that row is reported, the others answered
             out.append(RowInput(r.ref, error=f"unreadable row ({e})"))
             continue
         stored = row_json(vals)  # as an imported row is stored, so it finds that row's cached teacher answer
@@ -85,8 +85,11 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
     return out
 
 
-def read_input(path: Path, modality: str) -> tuple[Any, str]:
+def read_input(path: Path, task: Task) -> tuple[Any, str]:
     """(content the student reads, content hash) of one input file; raises on a file the modality cannot read."""
+    from llm_flywheel.data.tabular import feature_row
+
+    modality = task.modality
     data = path.read_bytes()
     if modality == "image":
         from PIL import Image
@@ -98,9 +101,10 @@ def read_input(path: Path, modality: str) -> tuple[Any, str]:
         text = data.decode("utf-8")
         return text, sha256(text.encode("utf-8"))
     feats = json.loads(data)
-    if not isinstance(feats, list) or not all(isinstance(x, (int, float)) for x in feats):
-        raise ValueError("a tabular input file must hold a JSON list of numbers")
-    return [float(x) for x in feats], sha256(json.dumps(feats).encode())
+    if not isinstance(feats, list) or not all(x is None or isinstance(x, (int, float, str)) for x in feats):
+        raise ValueError("a tabular input file must hold a JSON list of feature values")
+    row = feature_row(feats, task.features, task.categorical)
+    return row, sha256(row_json(row).encode())
 
 
 def expand_inputs(paths: Iterable[Path]) -> list[Path]:
@@ -131,7 +135,7 @@ async def answer_inputs(casc: Any, inputs: Sequence[Path | str | RowInput], *, l
             return ValueError(f.error)
         try:
             content, h = ((f.content, f.content_hash) if isinstance(f, RowInput) else
-                          (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else read_input(f, modality))
+                          (f, sha256(f.encode("utf-8"))) if isinstance(f, str) else read_input(f, casc.task))
         except Exception as e:  # unreadable input: report it, keep going
             return ValueError(f"cannot read {modality} input ({type(e).__name__}: {e})")
         async with sem:

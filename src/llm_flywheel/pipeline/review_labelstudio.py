@@ -67,7 +67,9 @@ def _ls_task(ws: Workspace, dataset: str, task: Task, c: ReviewCandidate, studen
         content = r["text"] or ""
     else:
         feats = json.loads(r["features_json"] or "[]")
-        content = ", ".join(f"f{i}={v:.4g}" for i, v in enumerate(feats))
+        names = list(task.features) or [f"f{i}" for i in range(len(feats))]
+        content = ", ".join(f"{n}={'missing' if v is None else v if isinstance(v, str) else format(v, '.4g')}"
+                            for n, v in zip(names, feats))
     votes = ", ".join(f"{k} {v:.0%}" for k, v in sorted(c.teacher_votes.items(), key=lambda kv: -kv[1]))
     why = (f"in the queue for: {c.reason}; teacher passes: {votes or 'none'}"
            + (f"; student: {c.student_label} {c.student_probs[c.student_label]:.0%}" if c.student_label else "")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 from llm_flywheel.core.splits import group_key
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record, register
+from llm_flywheel.data.tabular import feature_row, nan_missing
 from llm_flywheel.pipeline.splits import make_splits, split_counts
 from llm_flywheel.pipeline.served_answers import adopt_served_answers
 from llm_flywheel.store.serving import ServedInput
@@ -179,10 +179,10 @@ def _record(root: Path, task: Task, s: ServedInput) -> Record | None:
     if task.modality == "text":
         return Record(ref, text=raw.decode("utf-8", "surrogatepass"))
     try:
-        row = json.loads(raw)
-        return Record(ref, features=[math.nan if v is None else float(v) for v in row])
+        row = feature_row(json.loads(raw), task.features, task.categorical)
+        return Record(ref, features=[nan_missing(v) for v in row])
     except (ValueError, TypeError) as e:
-        return Record(ref, error=f"{s.payload_ref} is not a row of numbers ({e})")
+        return Record(ref, error=f"{s.payload_ref} is not a row of feature values ({e})")
 
 
 def _served_items(ws: Workspace, dataset: str, hashes: list[str]) -> dict[str, tuple[int, str, str | None]]:

@@ -76,12 +76,17 @@ def is_dataframe(items: Any) -> bool:
     return hasattr(items, "iloc") and getattr(items, "ndim", 1) == 2
 
 
-def dataframe_rows(items: Any) -> tuple[Any, tuple[str, ...]]:
-    """(rows, column names) of a DataFrame and ``(items, ())`` for anything else.  The names tell the teacher what
-    each number is."""
-    if is_dataframe(items):
-        return items.to_numpy(dtype=float), tuple(str(c) for c in items.columns)
-    return items, ()
+def dataframe_rows(items: Any) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """(rows, column names, categorical column names) of a DataFrame and ``(items, (), ())`` for anything else.  The
+    names tell the teacher what each value is; a column of text (object, string or category dtype) is categorical:
+    its values stay text, as ``flywheel data add tabular`` keeps them."""
+    if not is_dataframe(items):
+        return items, (), ()
+    columns = tuple(str(c) for c in items.columns)
+    cats = tuple(str(c) for c, dt in zip(items.columns, items.dtypes) if getattr(dt, "kind", "O") not in "biuf")
+    if not cats:
+        return items.to_numpy(dtype=float), columns, ()
+    return [list(r) for r in items.itertuples(index=False, name=None)], columns, cats
 
 
 def infer_modality(items: Sequence[Any]) -> str:
@@ -110,7 +115,7 @@ def infer_modality(items: Sequence[Any]) -> str:
     return "tabular"
 
 
-def item_key(modality: str, x: Any) -> tuple[str, Any]:
+def item_key(modality: str, x: Any, task: Any = None) -> tuple[str, Any]:
     """(stable key, record payload) of one in-memory input: the key names the item in the store, so the same input
     given twice (in ``fit`` and ``predict``, or across runs) is the same item with the same cached teacher answers."""
     from llm_flywheel.data.base import encode_png
@@ -120,7 +125,7 @@ def item_key(modality: str, x: Any) -> tuple[str, Any]:
             raise InputError(f"text items must be str, got {type(x).__name__}")
         return "t:" + hashlib.sha256(x.encode("utf-8")).hexdigest(), x
     if modality == "tabular":
-        feats = finite_row(x)
+        feats = finite_row(x, task)
         fj = json.dumps(feats)
         return "f:" + hashlib.sha256(fj.encode()).hexdigest(), [math.nan if v is None else v for v in feats]
     data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
@@ -128,11 +133,14 @@ def item_key(modality: str, x: Any) -> tuple[str, Any]:
     return "i:" + hashlib.sha256(data).hexdigest(), data
 
 
-def finite_row(x: Any) -> list[float | None]:
-    """A row of numbers by the import's policy (``data.tabular.feature_row``): NaN is missing, infinity an error."""
+def finite_row(x: Any, task: Any = None) -> list[float | str | None]:
+    """A row by the import's policy (``data.tabular.feature_row``): NaN is missing, infinity an error, a ``task``'s
+    categorical column's value its text."""
     from llm_flywheel.data.tabular import feature_row
 
     try:
+        if task is not None and task.categorical:
+            return feature_row(list(x), task.features, task.categorical)
         return feature_row(np.asarray(x, dtype=float).ravel())
     except ValueError as e:
         raise InputError(str(e)) from None
@@ -146,7 +154,7 @@ def register_items(ws: Any, task: Any, items: Sequence[Any], *, gold: Sequence[s
         raise InputError(f"gold has {len(gold)} entries for {len(items)} items")
     recs, keys = [], []
     for i, x in enumerate(items):
-        key, payload = item_key(task.modality, x)
+        key, payload = item_key(task.modality, x, task)
         keys.append(key)
         field_name = {"text": "text", "tabular": "features", "image": "image"}[task.modality]
         recs.append(Record(key, **{field_name: payload}, gold_label=None if gold is None else gold[i]))
@@ -168,12 +176,15 @@ def make_splits_once(ws: Any, dataset: str, **sizes: Any) -> dict[str, int]:
             raise InputError(f"{e}; give more items or smaller val/calib sizes") from e
 
 
-def raw_inputs(modality: str, inputs: Any) -> list[Any]:
+def raw_inputs(task: Any, inputs: Any) -> list[Any]:
+    """What the student reads for each of ``inputs`` (rows of a table: by the import's policy, :func:`finite_row`)."""
+    modality = task.modality
     if isinstance(inputs, str):
         raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
     if modality == "tabular":
-        rows = np.asarray(inputs, dtype=float).reshape(len(inputs), -1)
-        return [[math.nan if v is None else v for v in finite_row(row)] for row in rows]
+        rows = (dataframe_rows(inputs)[0] if task.categorical else
+                np.asarray(dataframe_rows(inputs)[0], dtype=float).reshape(len(inputs), -1))
+        return [[math.nan if v is None else v for v in finite_row(row, task)] for row in rows]
     if modality == "image":
         return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
     return list(inputs)

@@ -45,7 +45,7 @@ class Model:
         if self._student is None:
             with translate_errors():
                 self._student = load_student(self.dataset.workspace._ws, self.version)
-        return np.asarray(self._student.predict_proba_raw(list(raw_inputs(self.dataset.modality, inputs))))
+        return np.asarray(self._student.predict_proba_raw(list(raw_inputs(self.dataset.task, inputs))))
 
     def evaluate(self, split: str = "test") -> Evaluation:
         """Score on ``split``'s gold labels (needs a dataset with gold labels), beside the teacher's accuracy."""
@@ -132,7 +132,7 @@ class Cascade:
 
         ds = self.model.dataset
         ws = ds.workspace._ws
-        raw = raw_inputs(ds.modality, inputs)
+        raw = raw_inputs(ds.task, inputs)
         if not raw:
             return []
         task = replace(ds.task, name=f"{ds.name}.api")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.interfaces.api.results import InputError
-from llm_flywheel.interfaces.api.inputs import Teacher, infer_modality, register_items
+from llm_flywheel.interfaces.api.inputs import Teacher, dataframe_rows, infer_modality, is_dataframe, register_items
 from llm_flywheel.teachers.prompts import row_content
 
 
@@ -50,8 +50,9 @@ def label_names(classes: Sequence[Any]) -> dict[Any, str]:
 def teacher_payload(modality: str, x: Any) -> Any:
     """What the teacher client sends for one input (and so what the simulator hashes to recognise it)."""
     if modality == "tabular":
-        row = [float(v) for v in np.asarray(x, dtype=float).ravel()]
-        return row_content([None if math.isnan(v) else v for v in row])
+        values = x if isinstance(x, list) else np.asarray(x, dtype=float).ravel()  # a list may hold categories
+        row = [v if isinstance(v, str) else None if v is None or math.isnan(float(v)) else float(v) for v in values]
+        return row_content(row)
     return x
 
 
@@ -126,7 +127,8 @@ def simulated_teacher(X: Sequence[Any], y: Sequence[Any], *, labels: Sequence[An
     stack.callback(shutil.rmtree, root, True)
     try:
         ws = _Ws.open(root)
-        items = [teacher_payload(modality, x) for x in (X if modality != "tabular" else np.asarray(X, dtype=float))]
+        rows = X if modality != "tabular" else dataframe_rows(X)[0] if is_dataframe(X) else np.asarray(X, dtype=float)
+        items = [teacher_payload(modality, x) for x in rows]
         register_items(ws, task, items, gold=[names[v] for v in y_list])
     except BaseException:
         stack.close()

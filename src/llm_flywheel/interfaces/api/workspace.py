@@ -93,11 +93,12 @@ class Workspace:
 
         descriptions = dict(labels) if isinstance(labels, Mapping) else {str(k): str(k).replace("_", " ") for k in labels}
         modality = modality or infer_modality(items)
-        items, columns = dataframe_rows(items)
+        items, columns, categorical = dataframe_rows(items)
         with translate_errors():
             try:
                 task = Task(name=name, modality=modality, labels=tuple(descriptions), descriptions=descriptions,
-                            instructions=instructions, features=columns if modality == "tabular" else ())
+                            instructions=instructions, features=columns if modality == "tabular" else (),
+                            categorical=categorical if modality == "tabular" else ())
             except ValueError as e:
                 raise InputError(str(e)) from e
         bad = sorted({str(g) for g in (gold or []) if g is not None and g not in task.labels})
@@ -108,6 +109,9 @@ class Workspace:
             if (old.labels, old.modality) != (task.labels, task.modality):
                 raise InputError(f"dataset {name!r} already exists with {old.modality} labels {list(old.labels)}; "
                                  "use the same labels to add items to it, or another name")
+            if old.features and (old.features, old.categorical) != (task.features, task.categorical):
+                raise InputError(f"dataset {name!r} holds rows of the columns {list(old.features)}; these rows have "
+                                 f"{list(task.features)}: add rows with the same columns, or use another name")
         register_items(self._ws, task, items, gold=gold)
         if test is None:
             test = _auto_test(gold is not None and any(g is not None for g in gold))

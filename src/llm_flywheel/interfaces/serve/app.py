@@ -104,7 +104,8 @@ class ServeState:
                 heavy: bool) -> tuple[RawInput, tuple[str, float] | None]:
         """(input, student guess) -- or (input, None) when it is a large image that belongs on the heavy pool."""
         if inp is None:
-            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, cascade.task.features)
+            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, cascade.task.features,
+                          cascade.task.categorical)
         if inp.kind == "image":
             im = open_image(inp.raw, self.cfg.max_image_pixels)
             if im.size[0] * im.size[1] > self.cfg.heavy_pixels and not heavy:

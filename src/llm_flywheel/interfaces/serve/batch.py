@@ -62,7 +62,7 @@ def request_body(modality: str, max_batch: int) -> dict[str, Any]:
 
 
 def parse_batch(body: bytes, modality: str, max_bytes: int, max_batch: int,
-                columns: Any = ()) -> list[RawInput | HTTPProblem]:
+                columns: Any = (), categorical: Any = ()) -> list[RawInput | HTTPProblem]:
     """The batch's inputs, each parsed as /v1/predict parses a JSON body; a body that is no batch at all is one
     :class:`HTTPProblem` for the whole request."""
     obj = load_json(body)
@@ -77,7 +77,7 @@ def parse_batch(body: bytes, modality: str, max_bytes: int, max_batch: int,
         try:
             if not isinstance(el, dict):
                 raise HTTPProblem(422, f"each input is a JSON object: {HINT[modality]}")
-            out.append(from_json_object(el, modality, max_bytes, columns))
+            out.append(from_json_object(el, modality, max_bytes, columns, categorical))
         except HTTPProblem as p:
             out.append(p)
     return out
@@ -95,10 +95,10 @@ def _decode(st: ServeState, inp: RawInput) -> RawInput:
     return inp
 
 
-def prepare(st: ServeState, cascade: Cascade, body: bytes, columns: Any
-            ) -> list[tuple[RawInput, tuple[str, float]] | HTTPProblem]:
+def prepare(st: ServeState, cascade: Cascade, body: bytes) -> list[tuple[RawInput, tuple[str, float]] | HTTPProblem]:
     """Parse, decode and run the student over every input that decodes, in one student call (worker-pool work)."""
-    items: list[Any] = parse_batch(body, st.modality, st.cfg.max_bytes, st.cfg.max_batch, columns)
+    items: list[Any] = parse_batch(body, st.modality, st.cfg.max_bytes, st.cfg.max_batch, cascade.task.features,
+                                   cascade.task.categorical)
     for i, it in enumerate(items):
         if isinstance(it, RawInput):
             try:
@@ -124,7 +124,7 @@ async def answer_batch(st: ServeState, request: Request, t0: float) -> JSONRespo
     ctype = content_type(request, body)
     if ctype != "application/json":
         raise HTTPProblem(415, f"a batch is JSON (Content-Type application/json), not {ctype or '(none)'!r}")
-    prepared = await st.pool.run(prepare, st, cascade, body, cascade.task.features)
+    prepared = await st.pool.run(prepare, st, cascade, body)
     end = t0 + st.cfg.deadline_s
 
     async def one(p: tuple[RawInput, tuple[str, float]] | HTTPProblem) -> dict[str, Any]:

@@ -54,8 +54,9 @@ class TextJSON(BaseModel):
 
 class TabularJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    features: list[float | None] | dict[str, float | None] = Field(
-        min_length=1, description="the feature values in the dataset's column order, or by column name (null: missing)")
+    features: list[float | str | None] | dict[str, float | str | None] = Field(
+        min_length=1, description="the feature values in the dataset's column order, or by column name (null: "
+                                  "missing; a categorical column's value as text)")
 
 
 JSON_MODELS: dict[str, type[BaseModel]] = {"image": ImageJSON, "text": TextJSON, "tabular": TabularJSON}
@@ -106,11 +107,12 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
     return bytes(buf)
 
 
-def extract(body: bytes, ctype: str, modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
+def extract(body: bytes, ctype: str, modality: str, max_bytes: int, columns: Sequence[str] = (),
+            categorical: Sequence[str] = ()) -> RawInput:
     """A non-multipart body as an input (CPU work: JSON, base64; runs in the worker pool).  ``columns``: a tabular
-    model's feature names, for features sent by name."""
+    model's feature names, for features sent by name; ``categorical``: those whose values are categories."""
     if ctype == "application/json":
-        return _parse_json(body, modality, max_bytes, columns)
+        return _parse_json(body, modality, max_bytes, columns, categorical)
     if ctype == "text/plain":
         try:
             text = body.decode("utf-8")
@@ -136,14 +138,16 @@ def load_json(body: bytes) -> Any:
         raise HTTPProblem(400, "JSON body is nested too deeply; send a flat object") from None
 
 
-def _parse_json(body: bytes, modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
+def _parse_json(body: bytes, modality: str, max_bytes: int, columns: Sequence[str] = (),
+                categorical: Sequence[str] = ()) -> RawInput:
     obj = load_json(body)
     if not isinstance(obj, dict):
         raise HTTPProblem(422, f"JSON body must be an object; this {modality} model takes {HINT[modality]}")
-    return from_json_object(obj, modality, max_bytes, columns)
+    return from_json_object(obj, modality, max_bytes, columns, categorical)
 
 
-def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns: Sequence[str] = ()) -> RawInput:
+def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns: Sequence[str] = (),
+                     categorical: Sequence[str] = ()) -> RawInput:
     """One input from its JSON object (a request body, or one element of a batch's ``inputs``)."""
     try:
         req = JSON_MODELS[modality].model_validate(obj)
@@ -158,14 +162,14 @@ def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns
         return _text(req.text)
     assert isinstance(req, TabularJSON)
     try:
-        feats = feature_row(_in_column_order(req.features, columns), tuple(columns))
+        feats = feature_row(_in_column_order(req.features, columns), tuple(columns), tuple(categorical))
     except ValueError as e:
         raise HTTPProblem(422, str(e)) from None
     return RawInput("tabular", feats, json.dumps(feats).encode(), ".json")
 
 
-def _in_column_order(features: list[float | None] | dict[str, float | None],
-                     columns: Sequence[str]) -> list[float | None]:
+def _in_column_order(features: list[float | str | None] | dict[str, float | str | None],
+                     columns: Sequence[str]) -> list[float | str | None]:
     """Features sent by name, put in the model's column order; a list as it came."""
     if isinstance(features, list):
         if columns and len(features) != len(columns):

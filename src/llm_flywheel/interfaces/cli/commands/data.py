@@ -61,8 +61,11 @@ def _auto_rule(split: str) -> str:
     "  flywheel data add text reviews.jsonl --label-column sentiment\n"
     "  flywheel data add tabular iris.csv --label-column species\n\n"
     "\b\nTabular missing values: empty cells and NA, N/A, NaN, null, None, ? are stored as NaN; a non-numeric\n"
-    "or infinite cell in a feature column skips the row (reported). Without --features, every numeric column\n"
-    "except the label/split columns is a feature.\n\n"
+    "or infinite cell in a numeric feature column skips the row (reported). Without --features, every numeric\n"
+    "column except the label/split columns is a feature, and so is every categorical one: text with at most 50\n"
+    "distinct values, each seen twice on average (a plan, a country; an identifier or free text is left out).\n"
+    "Category values stay text: the teacher reads them as written, the student encodes them. Rows added to an\n"
+    "existing table are read with its columns.\n\n"
     "Re-running an import adds nothing new. Unreadable files/rows are counted, the first few named, and skipped.",
 )
 @click.argument("dataset", type=click.Choice(list(ADAPTERS)), metavar="DATASET")
@@ -76,7 +79,8 @@ def _auto_rule(split: str) -> str:
 @click.option("--text-column", help="text: column holding the text (default 'text').")
 @click.option("--label-column", help="text/tabular: column holding the gold label (default 'label' if present).")
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
-@click.option("--features", help="tabular: comma-separated feature columns (default: every numeric column).")
+@click.option("--features", help="tabular: comma-separated feature columns (default: every numeric and categorical "
+                                 "column; a text column named here is categorical).")
 @click.option("--val", default="auto", show_default=True, help="Validation split: fraction of non-test items or a "
               f"count. auto: {_auto_rule('val')}.")
 @click.option("--calib", default="auto", show_default=True,
