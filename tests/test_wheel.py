@@ -301,13 +301,12 @@ def test_wheel_labels_through_the_batch_api_at_the_batch_price(wheel_ws):
     assert "online" in res.extra["teacher_price_note"]
 
 
-def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resumes_that_choice(wheel_ws):
+def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resumes_that_choice(wheel_ws, tmp_path,
+                                                                                                  synth_task):
     """A second run on a dataset with a serving student: round 1's random share keeps its items already labelled
     (free) and swaps the ones it would buy for as many items that student is least sure about (margin), chosen once
     and stored -- a teacher that dies mid-labelling leaves the choice for the re-run.  ``first_round='random'``
     buys the share's own items instead."""
-    import shutil
-
     import numpy as np
     from fault_server import FaultServer, status
 
@@ -319,9 +318,6 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
     from llm_flywheel.students.base import predict_in_batches
     from llm_flywheel.teachers.registry import teacher_from_spec
 
-    ws = wheel_ws
-    with ws.store() as s:
-        task = Task.from_json(s.dataset_task_json("synth"))
     common = dict(rounds=1, val_labels=20, calib_labels=40, passes=1, stream_per_round=20, test_limit=20, epochs=1,
                   audit_rate=0.0, gold_ceiling=False, concurrency=4)
 
@@ -330,19 +326,23 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
             return {r[0] for r in s.query("SELECT l.item_id FROM labels l JOIN items i ON i.id=l.item_id WHERE "
                                           "i.dataset='synth' AND i.split='train' AND l.source='teacher'")}
 
-    with FaultServer(default=_random_label_answer(list(SYNTH_LABELS))) as srv:
-        teacher = teacher_from_spec(f"{srv.url}|fault-model", task, api_key_env="", max_retries=0)
-        run_wheel(ws, "synth", teacher=teacher, config=WheelConfig(seed_labels=30, **common), progress=False)
-        first = train_asked(ws)
-        with ws.store() as s:
+    def first_run(w, teacher):
+        """Run A (30 random items); returns them and the 30 unlabelled items its student is least sure about."""
+        run_wheel(w, "synth", teacher=teacher, config=WheelConfig(seed_labels=30, **common), progress=False)
+        first = train_asked(w)
+        with w.store() as s:
             serving = s.serving_version("synth", promoted_only=True)
             pool = [it for it in s.items("synth", split="train") if it.id not in first]
         assert len(first) == 30 and serving
-        probs = np.sort(predict_in_batches(load_student(ws, serving), pool), axis=1)
-        margin = probs[:, -1] - probs[:, -2]
-        least_sure = {pool[i].id for i in np.argsort(margin, kind="stable")[:30]}
-        copy = Workspace(shutil.copytree(ws.root, ws.root.parent / "random-copy"))
+        probs = np.sort(predict_in_batches(load_student(w, serving), pool), axis=1)
+        return first, {pool[i].id for i in np.argsort(probs[:, -1] - probs[:, -2], kind="stable")[:30]}
 
+    with wheel_ws.store() as s:
+        task = Task.from_json(s.dataset_task_json("synth"))
+    with FaultServer(default=_random_label_answer(list(SYNTH_LABELS))) as srv:
+        teacher = teacher_from_spec(f"{srv.url}|fault-model", task, api_key_env="", max_retries=0)
+        ws = wheel_ws
+        first, least_sure = first_run(ws, teacher)
         srv.default = status(401, {"error": {"message": "key revoked"}})
         with pytest.raises(WheelStopped):
             run_wheel(ws, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, **common), progress=False)
@@ -355,7 +355,12 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
         assert res.run_id == run["id"] and set(res.rounds[0]["selected_ids"]) == first | least_sure
         assert train_asked(ws) == first | least_sure  # 30 new labels, as the random share's would have been
 
-        run_wheel(copy, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, first_round="random", **common),
+        other = Workspace.open(tmp_path / "random-ws")  # the same dataset, turned with first_round='random'
+        make_synth_dataset(other, synth_task, n_train=800, n_test=200, seed=1)
+        with other.store() as s:
+            make_splits(s, "synth", SplitSpec(val=80, calib=160, stream=200, seed=0))
+        first, least_sure = first_run(other, teacher)
+        run_wheel(other, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, first_round="random", **common),
                   progress=False)
-        random_new = train_asked(copy) - first
+        random_new = train_asked(other) - first
         assert len(random_new) == 30 and random_new != least_sure
