@@ -32,7 +32,8 @@ def test_auto_features_missing_values_and_bad_cells(ws, tmp_path):
     )
     rep = add_dataset(ws, "tabular", path=p, progress=False)
     assert rep.added == 5 and rep.skipped == 1 and "flowers.csv:6" in rep.skipped_examples[0]
-    assert any("not used as features" in n and n.endswith(": id_name") for n in rep.notes)  # an identifier
+    assert any(n.endswith("): id_name (text with 6 distinct values: an identifier or free text?)")
+               for n in rep.notes), rep.notes
     assert "categorical column(s): colour (3 values)" in rep.notes  # few distinct texts: a category
     feats = _features(ws, "flowers")
     assert feats["flowers.csv:2"] == ([5.1, 1.4, "red"], "setosa")
@@ -67,7 +68,7 @@ def test_categorical_columns_keep_their_text_and_a_table_with_other_columns_is_r
     p.write_text("customer,plan,zone,tenure,label\n" + "\n".join(rows) + "\n")
     rep = add_dataset(ws, "tabular", path=p, progress=False)
     assert rep.added == 30 and "categorical column(s): plan (3 values), zone (5 values)" in rep.notes, rep.notes
-    assert any(n.endswith(": customer") for n in rep.notes)
+    assert any(n.endswith("customer (text with 30 distinct values: an identifier or free text?)") for n in rep.notes)
     feats = _features(ws, "churn")
     assert feats["churn.csv:2"][0] == ["free", "north", 0.0]
     assert feats["churn.csv:5"][0] == ["free", "12", 3.0] and feats["churn.csv:6"][0] == ["basic", "012", 4.0]
@@ -78,6 +79,16 @@ def test_categorical_columns_keep_their_text_and_a_table_with_other_columns_is_r
         add_dataset(ws, "tabular", path=q, as_name="churn", features=["tenure"], progress=False)
     more = add_dataset(ws, "tabular", path=q, as_name="churn", features=["plan", "zone", "tenure"], progress=False)
     assert more.added == 2 and _features(ws, "churn")["more.csv:2"][0] == ["free", "west", 50.0]
+
+
+def test_the_notes_say_why_a_column_is_not_a_feature(ws, tmp_path):
+    p = tmp_path / "mix.csv"
+    p.write_text("id,age,empty,plan,size,label\n" + "".join(
+        f"a{i},{'oops' if i == 3 else i},,{'free' if i % 2 else 'basic'},{i * 1.5},{'x' if i % 2 else 'y'}\n"
+        for i in range(8)))
+    rep = add_dataset(ws, "tabular", path=p, progress=False)
+    assert ("column(s) not used as features (name them in --features to use them): id (text with 8 distinct values: "
+            "an identifier or free text?), age (numbers mixed with text), empty (empty)") in rep.notes
 
 
 def test_feature_row_policy():

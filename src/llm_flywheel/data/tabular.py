@@ -118,6 +118,16 @@ def _categories(rows: list[dict[str, Any]], col: str) -> int | None:
     return distinct if distinct <= min(CATEGORY_MAX, present // 2) else None  # each value twice, on average
 
 
+def _why_not(rows: list[dict[str, Any]], col: str) -> str:
+    """Why a column is not a feature by default, for the import notes."""
+    values = {category_value(r.get(col)) for r in rows} - {None}
+    if not values:
+        return "empty"
+    if not _text_column(rows, col):
+        return "numbers mixed with text"
+    return f"text with {len(values):,} distinct values: an identifier or free text?"
+
+
 def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
     """Every non-missing cell is a number (an infinite one counts: that row is skipped later, not the column)."""
     seen = False
@@ -167,9 +177,8 @@ def tabular_source(
         feats = [c for c in candidates if c not in counts or c in cats]
         dropped = [c for c in candidates if c not in feats]
         if dropped:
-            notes.append(f"column(s) not used as features (empty, or text with too many distinct values to be a "
-                         f"category -- an identifier or free text; name them in --features to use them): "
-                         f"{', '.join(dropped)}")
+            notes.append("column(s) not used as features (name them in --features to use them): "
+                         + ", ".join(f"{c} ({_why_not(good, c)})" for c in dropped))
         if not feats:
             raise ValueError(f"{p}: no numeric or categorical feature columns found among {candidates}; pass "
                              "--features a,b,c")
