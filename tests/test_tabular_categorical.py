@@ -143,3 +143,23 @@ def test_the_sklearn_estimator_names_the_text_columns_it_cannot_take():
     clf = fw.DistilledClassifier(teacher="http://127.0.0.1:9/v1|m", labels=["churn", "stay"])
     with pytest.raises(fw.InputError, match="column\\(s\\) plan hold text: encode them first.*ws.add_items"):
         clf.fit(df)
+
+
+def test_a_category_column_empty_in_training_still_reads_text_later_as_missing():
+    """The task says which columns are categories: one missing in every training row is still encoded as one, so a
+    category sent for it later reads as missing instead of failing as text in a number column."""
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.store.base import Item
+    from llm_flywheel.students.registry import build_student
+
+    task = Task(name="t", modality="tabular", labels=("x", "y"), features=("plan", "size", "zone"),
+                categorical=("plan", "zone"))
+    rng = np.random.default_rng(0)
+    train = [Item(id=i, dataset="t", source_ref=str(i), content_hash=str(i), modality="tabular", blob_path=None,
+                  text=None, features=[None, float(rng.random()), "a" if i % 2 else "b"], source_split=None,
+                  split="train", gold_label=None) for i in range(60)]
+    student = build_student("tabular-hgb", task, None)
+    student.fit(train, np.arange(60) % 2, [], np.zeros(0, int))
+    assert student.hp["categorical_columns"] == [0, 2]
+    p = student.predict_proba_raw([["premium", 0.3, "a"], [None, 0.3, "b"]])
+    assert p.argmax(1).tolist() == [1, 0]  # the zone decides; the unseen plan is missing, not an error

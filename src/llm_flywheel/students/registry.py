@@ -78,7 +78,8 @@ def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -
         return TfidfStudent(task.labels, ws, **hparams)
     from llm_flywheel.students.tabular import HGBStudent
 
-    return HGBStudent(task.labels, ws, **hparams)
+    cats = [task.features.index(c) for c in task.categorical]  # the task says which columns hold categories
+    return HGBStudent(task.labels, ws, **({"categorical_columns": cats} if cats else {}) | hparams)
 
 
 def student_class(kind: str) -> Any:

@@ -57,12 +57,13 @@ class HGBStudent(SklearnStudent):
 
     @property
     def categorical(self) -> list[int]:
-        """Indices of the categorical columns, found in the training rows (kept in the saved hyper-parameters)."""
+        """Indices of the categorical columns: the task's, and any holding text in the training rows (kept in the
+        saved hyper-parameters, so a loaded model reads its inputs as it was trained)."""
         return list(self.hp.get("categorical_columns") or [])
 
     def fit(self, train: Sequence[Item], y_train: np.ndarray, val: Sequence[Item], y_val: np.ndarray,
             **kw: Any) -> dict[str, Any]:
-        cats = text_columns([it.features or [] for it in train])
+        cats = sorted(set(self.categorical) | set(text_columns([it.features or [] for it in train])))
         if cats:
             self.hp["categorical_columns"] = cats
         return super().fit(train, y_train, val, y_val, **kw)
