@@ -72,12 +72,20 @@ def category_value(v: Any) -> str | None:
     return None if s.lower() in MISSING else s
 
 
+class FeatureError(ValueError):
+    """A value a model cannot read: ``what`` names its column and says what is wrong; the message adds the fix."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}; give a finite number (a missing value is null, or NaN)")
+        self.what = what
+
+
 def feature_row(values: Any, columns: tuple[str, ...] | list[str] = (),
                 categorical: tuple[str, ...] | list[str] = ()) -> list[float | str | None]:
     """One row as a model and the teacher read it, by the import's policy: NaN (or ``None``) is a missing value
     (``None``, so ``NaN`` and ``null`` are one input with one cache key); a ``categorical`` column's value is its
-    category (:func:`category_value`); an infinite or non-numeric value elsewhere is a ``ValueError`` naming its
-    column -- the import skips such a row, so a model never saw one and its answer would be a guess."""
+    category (:func:`category_value`); an infinite or non-numeric value elsewhere is a :class:`FeatureError` naming
+    its column -- the import skips such a row, so a model never saw one and its answer would be a guess."""
     cats = set(categorical)
     out: list[float | str | None] = []
     for j, v in enumerate(values):
@@ -87,21 +95,23 @@ def feature_row(values: Any, columns: tuple[str, ...] | list[str] = (),
         try:
             f = parse_number(v)
         except _Bad as e:
-            name = f"{columns[j]!r}" if j < len(columns) else f"#{j + 1}"
-            raise ValueError(f"feature {name}: {e}; give a finite number (a missing value is null, or NaN)") from None
+            name = repr(columns[j]) if j < len(columns) else f"#{j + 1}"
+            raise FeatureError(f"feature {name}: {e}") from None
         out.append(None if math.isnan(f) else f)
     return out
 
 
-def _text_column(rows: list[dict[str, Any]], col: str) -> bool:
-    """Most of the column's values are text, not numbers: a category (``"premium"``), not a number column with a
-    stray typo (whose rows are skipped, as before categories existed)."""
-    present = [r.get(col) for r in rows if category_value(r.get(col)) is not None]
-    numbers = sum(1 for v in present if _is_number(v))
-    return bool(present) and numbers < len(present) / 2
+def _present(rows: list[dict[str, Any]], col: str) -> list[Any]:
+    """The column's cells that are not missing."""
+    return [r.get(col) for r in rows if category_value(r.get(col)) is not None]
+
+
+def _distinct(rows: list[dict[str, Any]], col: str) -> set[str]:
+    return {category_value(v) for v in _present(rows, col)}
 
 
 def _is_number(v: Any) -> bool:
+    """A number, or an infinite one (that row is skipped later, not the column)."""
     try:
         parse_number(v)
     except _Bad as e:
@@ -109,37 +119,34 @@ def _is_number(v: Any) -> bool:
     return True
 
 
+def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
+    """Every non-missing cell is a number, and there is one."""
+    present = _present(rows, col)
+    return bool(present) and all(_is_number(v) for v in present)
+
+
+def _text_column(rows: list[dict[str, Any]], col: str) -> bool:
+    """Most of the column's values are text, not numbers: a category (``"premium"``), not a number column with a
+    stray typo (whose rows are skipped, as before categories existed)."""
+    present = _present(rows, col)
+    return bool(present) and sum(1 for v in present if _is_number(v)) < len(present) / 2
+
+
 def _categories(rows: list[dict[str, Any]], col: str) -> int | None:
     """The number of distinct values when ``col`` reads as a categorical feature (few distinct texts), else None."""
     if not _text_column(rows, col):
         return None
-    distinct = len({category_value(r.get(col)) for r in rows} - {None})
-    present = sum(1 for r in rows if category_value(r.get(col)) is not None)
-    return distinct if distinct <= min(CATEGORY_MAX, present // 2) else None  # each value twice, on average
+    distinct = len(_distinct(rows, col))
+    return distinct if distinct <= min(CATEGORY_MAX, len(_present(rows, col)) // 2) else None  # each twice, on average
 
 
 def _why_not(rows: list[dict[str, Any]], col: str) -> str:
     """Why a column is not a feature by default, for the import notes."""
-    values = {category_value(r.get(col)) for r in rows} - {None}
-    if not values:
+    if not _present(rows, col):
         return "empty"
     if not _text_column(rows, col):
         return "numbers mixed with text"
-    return f"text with {len(values):,} distinct values: an identifier or free text?"
-
-
-def _numeric_column(rows: list[dict[str, Any]], col: str) -> bool:
-    """Every non-missing cell is a number (an infinite one counts: that row is skipped later, not the column)."""
-    seen = False
-    for r in rows:
-        try:
-            f = parse_number(r.get(col))
-        except _Bad as e:
-            if not e.infinite:
-                return False
-            f = math.inf
-        seen = seen or not math.isnan(f)
-    return seen
+    return f"text with {len(_distinct(rows, col)):,} distinct values: an identifier or free text?"
 
 
 def tabular_source(
@@ -184,7 +191,7 @@ def tabular_source(
                              "--features a,b,c")
     if cats:
         notes.append("categorical column(s): " + ", ".join(
-            f"{c} ({len({category_value(r.get(c)) for r in good} - {None})} values)" for c in cats))
+            f"{c} ({len(_distinct(good, c))} values)" for c in cats))
     if lab_col:
         notes.append(f"label column: {lab_col!r}")
     records: list[Record] = []
@@ -194,8 +201,8 @@ def tabular_source(
             continue
         try:
             vec = [nan_missing(v) for v in feature_row([r.values.get(c) for c in feats], feats, cats)]
-        except ValueError as e:
-            records.append(Record(r.ref, error=str(e).split(";")[0]))
+        except FeatureError as e:
+            records.append(Record(r.ref, error=e.what))
             continue
         split = _cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, features=vec, gold_label=label_of(r.values, lab_col),
