@@ -9,7 +9,7 @@ import pytest
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.registry import DatasetError, add_dataset
-from llm_flywheel.data.tabular import category_value, feature_row, parse_number
+from llm_flywheel.data.tabular import FeatureError, category_value, feature_row, parse_number
 
 
 def _features(ws, dataset):
@@ -97,6 +97,9 @@ def test_feature_row_policy():
     assert category_value("NA") is None and category_value(True) == "true" and category_value(2.5) == "2.5"
     with pytest.raises(ValueError, match="feature 'b': 'oops' is not a number"):
         feature_row([1, "oops"], ("a", "b"))
+    with pytest.raises(FeatureError) as bad:  # the import reports `what`: the cell whole, ';' included
+        feature_row(["1;2"], ("a",))
+    assert bad.value.what == "feature 'a': '1;2' is not a number"
 
 
 def test_jsonl_table_and_numeric_labels(ws, tmp_path):
