@@ -189,20 +189,27 @@ def _to_row(ws: Workspace, task: Task, rec: Record, report: ImportReport) -> dic
     return row
 
 
+def stored_row(features: Iterable[float | str | None]) -> list[float | str | None]:
+    """A row as the store keeps it: floats, a categorical value as its text, ``None`` for a missing value."""
+    return [f if isinstance(f, str) else None if f is None or np.isnan(f) else float(f) for f in features]
+
+
 def row_json(features: Iterable[float | str | None]) -> str:
-    """A row as the store keeps it (floats, a categorical value as its text, ``null`` for a missing value); its
-    content hash is the hash of this text, so anything that must find a stored row again (``flywheel predict`` on a
-    table) writes it here."""
-    return json.dumps([f if isinstance(f, str) else None if f is None or np.isnan(f) else float(f) for f in features])
+    """:func:`stored_row` as the store's text; its content hash is the hash of this text, so anything that must find
+    a stored row again (``flywheel predict`` on a table, a served input) writes it here."""
+    return json.dumps(stored_row(features))
+
+
+def stored_task(store: Any, dataset: str) -> Task | None:
+    """The task ``dataset`` was stored with, or None for a dataset not in the store (yet)."""
+    return Task.from_json(store.dataset_task_json(dataset)) if dataset in store.dataset_names() else None
 
 
 def _keep_stored_features(store: Any, task: Task) -> Task:
     """A dataset keeps the feature names it was first stored with (none for a table stored before names were
     kept): they are part of the teacher's prompt, and a changed prompt would ask every item again."""
-    if task.name not in store.dataset_names():
-        return task
-    stored = Task.from_json(store.dataset_task_json(task.name))
-    return replace(task, features=stored.features, categorical=stored.categorical)
+    stored = stored_task(store, task.name)
+    return task if stored is None else replace(task, features=stored.features, categorical=stored.categorical)
 
 
 def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool) -> Iterator[Record]:

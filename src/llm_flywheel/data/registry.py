@@ -15,7 +15,7 @@ from llm_flywheel.core.splits import SplitSpec, plan_splits
 from llm_flywheel.core.task import Task, load_task
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.data.base import ImportReport, Record, register
+from llm_flywheel.data.base import ImportReport, Record, register, stored_task
 from llm_flywheel.data.cifar5 import cifar5_source
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
 from llm_flywheel.data.image_folder import dataset_name, image_folder_source
@@ -68,7 +68,8 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
             )
         else:
             features, categorical = o.get("features"), None
-            stored = _stored_task(ws, _table_name(o))
+            with ws.store(readonly=True) as store:
+                stored = stored_task(store, _table_name(o))
             if stored is not None and stored.features and features in (None, list(stored.features)):
                 # rows joining a table are read as it was: its columns, the same ones as categories
                 features, categorical = list(stored.features), list(stored.categorical)
@@ -146,16 +147,11 @@ def _table_name(o: dict[str, Any]) -> str:
     return dataset_name(Path(o["path"]).stem)
 
 
-def _stored_task(ws: Workspace, dataset: str) -> Task | None:
-    with ws.store(readonly=True) as store:
-        return Task.from_json(store.dataset_task_json(dataset)) if dataset in store.dataset_names() else None
-
-
 def _check_compatible(store: Store, task: Task) -> None:
     """An import into an existing dataset must have the same modality and labels."""
-    if task.name not in store.dataset_names():
+    old = stored_task(store, task.name)
+    if old is None:
         return
-    old = Task.from_json(store.dataset_task_json(task.name))
     if old.labels != task.labels or old.modality != task.modality:
         raise DatasetError(
             f"dataset {task.name!r} already exists with {old.modality} labels {list(old.labels)}; this import "

@@ -8,8 +8,6 @@ of texts, rows of numbers, images) into the same store items and teacher clients
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,9 +123,11 @@ def item_key(modality: str, x: Any, task: Any = None) -> tuple[str, Any]:
             raise InputError(f"text items must be str, got {type(x).__name__}")
         return "t:" + hashlib.sha256(x.encode("utf-8")).hexdigest(), x
     if modality == "tabular":
+        from llm_flywheel.data.base import row_json
+        from llm_flywheel.data.tabular import nan_missing
+
         feats = finite_row(x, task)
-        fj = json.dumps(feats)
-        return "f:" + hashlib.sha256(fj.encode()).hexdigest(), [math.nan if v is None else v for v in feats]
+        return "f:" + hashlib.sha256(row_json(feats).encode()).hexdigest(), [nan_missing(v) for v in feats]
     data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
         np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x)
     return "i:" + hashlib.sha256(data).hexdigest(), data
@@ -182,9 +182,12 @@ def raw_inputs(task: Any, inputs: Any) -> list[Any]:
     if isinstance(inputs, str):
         raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
     if modality == "tabular":
-        rows = (dataframe_rows(inputs)[0] if task.categorical else
-                np.asarray(dataframe_rows(inputs)[0], dtype=float).reshape(len(inputs), -1))
-        return [[math.nan if v is None else v for v in finite_row(row, task)] for row in rows]
+        from llm_flywheel.data.tabular import nan_missing
+
+        rows = dataframe_rows(inputs)[0]
+        if not task.categorical:
+            rows = np.asarray(rows, dtype=float).reshape(len(inputs), -1)
+        return [[nan_missing(v) for v in finite_row(row, task)] for row in rows]
     if modality == "image":
         return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
     return list(inputs)

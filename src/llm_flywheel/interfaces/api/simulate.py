@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import math
 import re
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_flywheel.data.base import stored_row
 from llm_flywheel.interfaces.api.results import InputError
 from llm_flywheel.interfaces.api.inputs import Teacher, dataframe_rows, infer_modality, is_dataframe, register_items
 from llm_flywheel.teachers.prompts import row_content
@@ -49,10 +49,8 @@ def label_names(classes: Sequence[Any]) -> dict[Any, str]:
 
 def teacher_payload(modality: str, x: Any) -> Any:
     """What the teacher client sends for one input (and so what the simulator hashes to recognise it)."""
-    if modality == "tabular":
-        values = x if isinstance(x, list) else np.asarray(x, dtype=float).ravel()  # a list may hold categories
-        row = [v if isinstance(v, str) else None if v is None or math.isnan(float(v)) else float(v) for v in values]
-        return row_content(row)
+    if modality == "tabular":  # the client sends a row as the store keeps it; a list may hold categories
+        return row_content(stored_row(x if isinstance(x, list) else np.asarray(x, dtype=float).ravel()))
     return x
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
+from llm_flywheel.data.base import row_json
 from llm_flywheel.data.tabular import feature_row
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
@@ -165,7 +166,7 @@ def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns
         feats = feature_row(_in_column_order(req.features, columns), tuple(columns), tuple(categorical))
     except ValueError as e:
         raise HTTPProblem(422, str(e)) from None
-    return RawInput("tabular", feats, json.dumps(feats).encode(), ".json")
+    return RawInput("tabular", feats, row_json(feats).encode(), ".json")  # hashed as `data add` stores the row
 
 
 def _in_column_order(features: list[float | str | None] | dict[str, float | str | None],
