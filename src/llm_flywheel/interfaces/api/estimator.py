@@ -31,8 +31,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from llm_flywheel.interfaces.api.results import (Calibration, InputError, LabelReport, NotReadyError, TeacherError,
                                                  translate_errors, warn_each)
 from llm_flywheel.interfaces.api.simulate import label_names
-from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, dataframe_rows, infer_modality, item_key,
-                                             make_splits_once, register_items)
+from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, infer_modality, item_key, make_splits_once,
+                                             register_items, text_columns)
 
 _CASCADES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # estimator -> engine Cascade
 # (kept outside the estimator's __dict__: predicting must not change the estimator, as scikit-learn requires)
@@ -151,7 +151,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             except InputError:
                 modality = "tabular"
         if modality == "tabular":
-            text = dataframe_rows(X)[2]
+            text = text_columns(X)  # from the dtypes: no row is read
             if text:  # InputError is a ValueError: scikit-learn's contract for a bad X holds
                 raise InputError(f"DistilledClassifier takes numbers, as scikit-learn estimators do; column(s) "
                                  f"{', '.join(text)} hold text: encode them first (e.g. an OrdinalEncoder in a "

@@ -80,11 +80,17 @@ def dataframe_rows(items: Any) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
     its values stay text, as ``flywheel data add tabular`` keeps them."""
     if not is_dataframe(items):
         return items, (), ()
-    columns = tuple(str(c) for c in items.columns)
-    cats = tuple(str(c) for c, dt in zip(items.columns, items.dtypes) if getattr(dt, "kind", "O") not in "biuf")
+    columns, cats = tuple(str(c) for c in items.columns), text_columns(items)
     if not cats:
         return items.to_numpy(dtype=float), columns, ()
     return [list(r) for r in items.itertuples(index=False, name=None)], columns, cats
+
+
+def text_columns(items: Any) -> tuple[str, ...]:
+    """A DataFrame's columns of text (object, string or category dtype); () for anything else."""
+    if not is_dataframe(items):
+        return ()
+    return tuple(str(c) for c, dt in zip(items.columns, items.dtypes) if getattr(dt, "kind", "O") not in "biuf")
 
 
 def infer_modality(items: Sequence[Any]) -> str:
