@@ -119,15 +119,12 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
     val_ids, calib_ids = head(perm["val"], cfg.val_labels), head(perm["calib"], cfg.calib_labels)
     sizing = sized(ids)
     cfg = sizing.config
-    prior = None
-    if cfg.first_round == "auto" and cfg.policy != "random":
-        with ws.store(readonly=True) as store:
-            prior = store.serving_version(dataset, promoted_only=True)
     ctx = WheelContext(ws=ws, dataset=dataset, cfg=cfg, teacher=teacher, task=task, con=con, progress=progress,
                        train_order=perm["train"], seed_ids=perm["train"][: cfg.seed_labels], val_ids=val_ids,
                        calib_ids=calib_ids, test_ids=sorted(head(perm["test"], cfg.test_limit)),
-                       stream_order=perm["stream"], served_import=imported.to_dict() if imported else None,
-                       prior_student=prior)
+                       stream_order=perm["stream"], served_import=imported.to_dict() if imported else None)
+    if cfg.first_round == "auto" and cfg.policy != "random":  # the student that chooses a re-run's round 1
+        ctx.prior_student = ctx.serving_version()
     _print_sizes(ctx, sizing.sizes)
     with ws.store(readonly=True) as store:
         unserved = served_not_added(store, dataset, ws.root)
