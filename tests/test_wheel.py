@@ -327,7 +327,7 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
                                           "i.dataset='synth' AND i.split='train' AND l.source='teacher'")}
 
     def first_run(w, teacher):
-        """Run A (30 random items); returns them and the 30 unlabelled items its student is least sure about."""
+        """Run A (30 random items); returns them and its student's margin on every unlabelled train item."""
         run_wheel(w, "synth", teacher=teacher, config=WheelConfig(seed_labels=30, **common), progress=False)
         first = train_asked(w)
         with w.store() as s:
@@ -335,31 +335,42 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
             pool = [it for it in s.items("synth", split="train") if it.id not in first]
         assert len(first) == 30 and serving
         probs = np.sort(predict_in_batches(load_student(w, serving), pool), axis=1)
-        return first, {pool[i].id for i in np.argsort(probs[:, -1] - probs[:, -2], kind="stable")[:30]}
+        return first, dict(zip((it.id for it in pool), probs[:, -1] - probs[:, -2]))
+
+    def assert_least_sure(chosen, first, margin):
+        """``chosen`` is ``first`` plus 30 of the least sure items.  Margins that tie within float noise (the wheel
+        predicts in its own batches, and a CPU's kernels may round the last bit differently) may swap places at
+        the boundary, so the check is on margins, not on ids."""
+        new = set(chosen) - first
+        assert first <= set(chosen) and len(new) == 30 and new <= margin.keys()
+        rest = [m for i, m in margin.items() if i not in new]
+        assert max(margin[i] for i in new) <= min(rest) + 1e-4
 
     with wheel_ws.store() as s:
         task = Task.from_json(s.dataset_task_json("synth"))
     with FaultServer(default=_random_label_answer(list(SYNTH_LABELS))) as srv:
         teacher = teacher_from_spec(f"{srv.url}|fault-model", task, api_key_env="", max_retries=0)
         ws = wheel_ws
-        first, least_sure = first_run(ws, teacher)
+        first, margin = first_run(ws, teacher)
         srv.default = status(401, {"error": {"message": "key revoked"}})
         with pytest.raises(WheelStopped):
             run_wheel(ws, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, **common), progress=False)
         with ws.store() as s:
             run = s.wheel_runs("synth")[0]
             m, _ = s.round_metrics(run["id"], 1)
-        assert set(m["selected_ids"]) == first | least_sure  # chosen once, stored before the teacher died
+        chosen = set(m["selected_ids"])
+        assert_least_sure(chosen, first, margin)  # chosen once, stored before the teacher died
         srv.default = _random_label_answer(list(SYNTH_LABELS), seed=1)
         res = run_wheel(ws, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, **common), progress=False)
-        assert res.run_id == run["id"] and set(res.rounds[0]["selected_ids"]) == first | least_sure
-        assert train_asked(ws) == first | least_sure  # 30 new labels, as the random share's would have been
+        assert res.run_id == run["id"] and set(res.rounds[0]["selected_ids"]) == chosen
+        assert train_asked(ws) == chosen  # 30 new labels, as the random share's would have been
 
         other = Workspace.open(tmp_path / "random-ws")  # the same dataset, turned with first_round='random'
         make_synth_dataset(other, synth_task, n_train=800, n_test=200, seed=1)
         with other.store() as s:
             make_splits(s, "synth", SplitSpec(val=80, calib=160, stream=200, seed=0))
-        first, least_sure = first_run(other, teacher)
+        first, margin = first_run(other, teacher)
+        least_sure = set(sorted(margin, key=margin.get)[:30])
         run_wheel(other, "synth", teacher=teacher, config=WheelConfig(seed_labels=60, first_round="random", **common),
                   progress=False)
         random_new = train_asked(other) - first
