@@ -349,6 +349,38 @@ def test_a_table_model_takes_features_by_position_or_by_column_name(tmp_path):
     assert unknown.status_code == 422 and "unknown z" in unknown.json()["detail"]
 
 
+def test_a_turned_photo_is_answered_upright_and_kept_as_the_import_keeps_it(served, cal_ws):
+    """A phone photo (a picture stored sideways, EXIF orientation 6): /v1/predict and a batch answer it as the
+    upright picture -- the same input hash and student answer as sending that picture -- and keep the upright
+    bytes, the ones ``data add-served`` and the import store (``data.images``)."""
+    import hashlib
+
+    from PIL import Image
+
+    from conftest import synth_image
+    from llm_flywheel.data.images import upright_bytes
+
+    ws, _ = cal_ws
+    server, app = served
+    im, buf = Image.fromarray(np.rot90(synth_image(0, np.random.default_rng(7)), 1)), io.BytesIO()
+    exif = im.getexif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    im.save(buf, "JPEG", quality=100, exif=exif.tobytes())
+    turned = buf.getvalue()
+    up = upright_bytes(turned)
+    assert up != turned
+    single = [httpx.post(f"{server}/v1/predict", content=b, headers={"Content-Type": "image/jpeg"}).json()
+              for b in (turned, up)]
+    batch = httpx.post(f"{server}/v1/predict/batch", json={"inputs": [_b64(turned)]}).json()["results"][0]
+    assert single[0]["input_hash"] == single[1]["input_hash"] == batch["input_hash"] == hashlib.sha256(up).hexdigest()[:16]
+    assert single[0]["student_label"] == single[1]["student_label"] == batch["student_label"]
+    assert single[0]["student_confidence"] == pytest.approx(single[1]["student_confidence"], abs=1e-6)
+    flush(app)
+    rows = _rows(ws, "SELECT payload_ref FROM cascade_log WHERE origin='serve' AND content_hash LIKE ?",
+                 (single[0]["input_hash"] + "%",))
+    assert len(rows) == 3 and all((ws.root / r["payload_ref"]).read_bytes() == up for r in rows)
+
+
 # -- POST /v1/predict/batch -------------------------------------------------------------------------------------------
 
 

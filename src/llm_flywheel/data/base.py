@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from llm_flywheel.core.splits import group_key
 from llm_flywheel.core.task import Task
+from llm_flywheel.data.images import upright, upright_bytes
 from llm_flywheel.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,15 @@ def encode_png(image: Image.Image | np.ndarray) -> bytes:
 
 
 def _image_bytes(img: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:
-    """Validate and normalise an image to bytes + suffix.  Raises on anything undecodable."""
+    """Validate and normalise an image to bytes + suffix, upright (``data.images``).  Raises on anything
+    undecodable."""
     if isinstance(img, bytes):
         with Image.open(io.BytesIO(img)) as im:
             im.verify()  # catches truncated/corrupt files without a full decode
         with Image.open(io.BytesIO(img)) as im:
             im.load()
+        img = upright_bytes(img)
+        with Image.open(io.BytesIO(img)) as im:
             fmt = (im.format or "").upper()
         if fmt == "PNG":
             return img, ".png"
@@ -98,7 +102,7 @@ def _image_bytes(img: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:
             return img, ".jpg"
         with Image.open(io.BytesIO(img)) as im:  # anything else is stored as PNG
             return encode_png(im.convert("RGB") if im.mode not in ("L", "RGB") else im), ".png"
-    return encode_png(img), ".png"
+    return encode_png(upright(img) if isinstance(img, Image.Image) else img), ".png"
 
 
 def register(
@@ -229,7 +233,8 @@ def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool)
 
 
 def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:
-    """Open a stored image (already validated at import)."""
+    """Open a stored image (already validated at import), upright even if stored before the import turned it."""
     im = Image.open(io.BytesIO(ws.read_blob(blob_path)))
     im.load()
+    im = upright(im)
     return im.convert(mode) if mode and im.mode != mode else im

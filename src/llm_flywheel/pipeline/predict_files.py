@@ -94,8 +94,11 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
     if modality == "image":
         from PIL import Image
 
+        from llm_flywheel.data.images import upright_bytes
+
         with Image.open(io.BytesIO(data)) as im:
             im.load()
+        data = upright_bytes(data)  # as the import stores it: one picture, one hash (data.images)
         return data, sha256(data)
     if modality == "text":
         text = data.decode("utf-8")

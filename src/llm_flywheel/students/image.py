@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from llm_flywheel.data.images import upright
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.students.augment import _augment, decide_mirror, mirror_average
@@ -53,14 +54,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_pil(x: Any) -> Image.Image:
-    """Accept a PIL image, encoded bytes (PNG/JPEG/...) or an HxW[xC] uint8 array."""
+    """Accept a PIL image, encoded bytes (PNG/JPEG/...) or an HxW[xC] uint8 array; a photo is turned upright by its
+    EXIF orientation (``data.images``), as people and the teacher see it."""
     if isinstance(x, Image.Image):
-        return x
+        return upright(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
         try:
             im = Image.open(io.BytesIO(bytes(x)))
             im.load()
-            return im
+            return upright(im)
         except Exception as e:  # PIL raises many types on corrupt input
             raise StudentError(f"cannot decode image bytes ({type(e).__name__}: {e})") from None
     if isinstance(x, np.ndarray):
@@ -68,7 +70,7 @@ def to_pil(x: Any) -> Image.Image:
     if isinstance(x, (str, Path)):
         im = Image.open(x)
         im.load()
-        return im
+        return upright(im)
     raise StudentError(f"unsupported image input of type {type(x).__name__}")
 
 

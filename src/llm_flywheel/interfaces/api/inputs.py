@@ -134,9 +134,23 @@ def item_key(modality: str, x: Any, task: Any = None) -> tuple[str, Any]:
 
         feats = finite_row(x, task)
         return "f:" + hashlib.sha256(row_json(feats).encode()).hexdigest(), [nan_missing(v) for v in feats]
-    data = bytes(x) if isinstance(x, (bytes, bytearray)) else encode_png(
-        np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x)
+    data = upright_image(x)
+    if not isinstance(data, bytes):
+        data = encode_png(np.asarray(data, dtype=np.uint8) if isinstance(data, np.ndarray) else data)
     return "i:" + hashlib.sha256(data).hexdigest(), data
+
+
+def upright_image(x: Any) -> Any:
+    """An in-memory image as the import stores it (``data.images``): bytes and PIL images turned upright by their
+    EXIF orientation, so ``fit``'s items, ``predict``'s cache keys and what the teacher sees are one picture."""
+    from llm_flywheel.data.images import upright, upright_bytes
+
+    if isinstance(x, (bytes, bytearray)):
+        try:
+            return upright_bytes(bytes(x))
+        except Exception:  # undecodable: the import or the student names it
+            return bytes(x)
+    return upright(x) if type(x).__module__.startswith("PIL") else x
 
 
 def finite_row(x: Any, task: Any = None) -> list[float | str | None]:
@@ -195,5 +209,5 @@ def raw_inputs(task: Any, inputs: Any) -> list[Any]:
             rows = np.asarray(rows, dtype=float).reshape(len(inputs), -1)
         return [[nan_missing(v) for v in finite_row(row, task)] for row in rows]
     if modality == "image":
-        return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else x for x in inputs]
+        return [np.asarray(x, dtype=np.uint8) if isinstance(x, np.ndarray) else upright_image(x) for x in inputs]
     return list(inputs)

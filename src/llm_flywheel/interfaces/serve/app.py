@@ -110,7 +110,7 @@ class ServeState:
             im = open_image(inp.raw, self.cfg.max_image_pixels)
             if im.size[0] * im.size[1] > self.cfg.heavy_pixels and not heavy:
                 return inp, None
-            inp.content = decode_image(im)
+            decode_image(inp, im)
         try:
             return inp, cascade.student_guess(inp.content)
         except Exception as e:  # e.g. a feature vector of the wrong length for a tabular student

@@ -91,7 +91,7 @@ def _decode(st: ServeState, inp: RawInput) -> RawInput:
         if im.size[0] * im.size[1] > st.cfg.heavy_pixels:
             raise HTTPProblem(413, f"image is {im.size[0]}x{im.size[1]} pixels; a batch takes images up to "
                                    f"{st.cfg.heavy_pixels:,} pixels: send larger ones to /v1/predict one at a time")
-        inp.content = decode_image(im)
+        decode_image(inp, im)
     return inp
 
 

@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from llm_flywheel.data.base import row_json
+from llm_flywheel.data.images import orientation, upright_bytes
 from llm_flywheel.data.tabular import feature_row
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
@@ -212,8 +214,6 @@ def _image_ext(data: bytes) -> str:
 def open_image(data: bytes, max_pixels: int) -> Any:
     """The image with only its header read (no decoding yet): 400 for bytes that are no image, 413 for more than
     ``max_pixels`` pixels -- a pixel bomb is refused before any of it is decoded."""
-    from PIL import Image
-
     if not data:
         raise HTTPProblem(400, "the image is empty")
     try:
@@ -227,14 +227,22 @@ def open_image(data: bytes, max_pixels: int) -> Any:
     return im
 
 
-def decode_image(im: Any) -> Any:
-    """Decode an opened image (first frame); 400 for bytes that do not decode."""
+def decode_image(inp: RawInput, im: Any) -> None:
+    """Decode ``inp``'s opened image (first frame) into ``inp.content``, upright by its EXIF orientation
+    (``data.images``); 400 for bytes that do not decode.  A turned photo's raw bytes and hash become the upright
+    picture's, as the import stores it: the teacher sees it upright, and its cached answer and the served log name
+    the item ``data add-served`` will make of it."""
     try:
         im.load()
-        return im
     except Exception as e:
         raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
                                "send a PNG, JPEG, GIF, BMP or WebP file") from None
+    inp.content = im
+    if orientation(im) != 1:  # the student reads the stored picture: the upright bytes decoded (JPEG is lossy)
+        inp.raw = upright_bytes(inp.raw)
+        inp.ext, inp.hash = _image_ext(inp.raw), hashlib.sha256(inp.raw).hexdigest()
+        inp.content = Image.open(io.BytesIO(inp.raw))
+        inp.content.load()
 
 
 async def parse_multipart(request: Request, body: bytes, modality: str) -> RawInput:
