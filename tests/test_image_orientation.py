@@ -90,3 +90,15 @@ def test_the_python_api_keys_a_photo_by_its_upright_picture(tmp_path):
         pil_key, pil_payload = item_key("image", im)
     with Image.open(io.BytesIO(pil_payload)) as im:
         assert im.size == (12, 20) and orientation(im) == 1
+
+
+def test_flywheel_predict_reads_a_file_as_the_import_stores_it(tmp_path):
+    """``flywheel predict photos/``: a turned file is read (and hashed, so its cached answers apply) as the upright
+    picture the import stored."""
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.pipeline.predict_files import read_input
+
+    turned = encode(stored_pixels(), "JPEG", 6)
+    (tmp_path / "phone.jpg").write_bytes(turned)
+    content, digest = read_input(tmp_path / "phone.jpg", Task(name="p", modality="image", labels=("a", "b")))
+    assert content == upright_bytes(turned) and digest == hashlib.sha256(content).hexdigest()
