@@ -98,6 +98,37 @@ def test_the_service_takes_categories_by_name_and_in_order_and_refuses_text_in_a
         assert [it.features for it in s.items("churn") if it.source_ref.startswith("served:")] == [[None, "7", None]]
 
 
+def test_the_service_names_a_category_the_model_never_saw(churn_ws, caplog):
+    """A plan the model never saw ('enterprise') is answered (as a missing value, as before) and named: in the answer,
+    in /metrics by column, and once in the log -- the threshold was calibrated without it.  Known values and nulls
+    name nothing."""
+    import logging
+
+    from test_serve import running
+
+    from llm_flywheel.interfaces.serve import create_app, parse_prometheus
+    from llm_flywheel.store.workspace import Workspace
+
+    _, root = churn_ws
+    app = create_app(Workspace.open(root), "churn", seed=0, log_sample_rate=0.0)
+    with caplog.at_level(logging.WARNING, logger="llm_flywheel.serve"), running(app) as url:
+        new = [httpx.post(f"{url}/v1/predict", json={"features": {"tickets": 2, "plan": "enterprise", "country": c}})
+               for c in ("US", "FR")]
+        known = httpx.post(f"{url}/v1/predict", json={"features": ["free", "US", 9]})
+        batch = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [
+            {"features": ["enterprise", None, 1]}, {"features": ["basic", "DE", 1]}]})
+        metrics = parse_prometheus(httpx.get(f"{url}/metrics").text)
+    assert all(r.status_code == 200 and r.json()["student_label"] in ("churn", "stay") for r in new)
+    assert new[0].json()["unseen_categories"] == {"plan": "enterprise"}
+    assert new[1].json()["unseen_categories"] == {"plan": "enterprise", "country": "FR"}
+    assert known.json()["unseen_categories"] == {}
+    assert [r["unseen_categories"] for r in batch.json()["results"]] == [{"plan": "enterprise"}, {}]
+    assert metrics['flywheel_unseen_categories_total{column="plan"}'] == 3
+    assert metrics['flywheel_unseen_categories_total{column="country"}'] == 1
+    said = [r.getMessage() for r in caplog.records if "never seen" in r.getMessage()]
+    assert len(said) == 2 and "column plan: value 'enterprise'" in said[0] and "country: value 'FR'" in said[1]
+
+
 def test_predict_reads_a_csv_with_categories_and_finds_the_rows_it_labelled(churn_ws):
     from llm_flywheel.store.workspace import Workspace
 

@@ -89,6 +89,18 @@ class HGBStudent(SklearnStudent):
             remainder="passthrough")
         return WeightedPipeline([("encode", encode), ("hgb", hgb)])
 
+    def unseen(self, inputs: Sequence[Sequence[Any]]) -> list[dict[int, str]]:
+        """Per input, its categorical values the model never saw in training ({column index: value}).  The model
+        answers such a value as a missing one, confidently maybe: serving reports it, because the calibration
+        never saw it either (drift a user should hear of, and data the next round should learn)."""
+        cats = self.categorical
+        if not cats or self.model is None or not hasattr(self.model, "named_steps"):
+            return [{} for _ in inputs]
+        known = self.model.named_steps["encode"].named_transformers_["categories"].categories_
+        seen = {j: {v for v in k if isinstance(v, str)} for j, k in zip(cats, known)}
+        return [{j: x[j] for j in cats if j < len(x) and isinstance(x[j], str) and x[j] not in seen[j]}
+                for x in map(list, inputs)]
+
     def _x_items(self, items: Sequence[Item]) -> np.ndarray:
         return features_matrix([it.features or [] for it in items], self.categorical)
 

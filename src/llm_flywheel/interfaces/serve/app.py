@@ -37,6 +37,7 @@ from llm_flywheel.interfaces.serve.metrics import BREAKER_STATES, Metrics
 from llm_flywheel.interfaces.serve.openapi import RESPONSES, request_body
 from llm_flywheel.interfaces.serve.pool import Overloaded, WorkerPool
 from llm_flywheel.interfaces.serve.retention import apply_retention
+from llm_flywheel.interfaces.serve.unseen import UnseenLog, unseen_categories
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
 from llm_flywheel.pipeline.served_model import check_served_model
@@ -58,6 +59,8 @@ class PredictResponse(BaseModel):
     request_id: str = Field(description="unique per request (quote it when reporting a problem)")
     input_hash: str = Field(description="the first 16 hex digits of the input's content hash: the same input gives "
                                         "the same hash; its cascade_log row's content_hash starts with it")
+    unseen_categories: dict[str, str] = Field(description="a table's values the model never saw in training, by "
+                                                          "column (answered as missing values); empty otherwise")
 
 
 @dataclass
@@ -81,10 +84,20 @@ class ServeState:
     unloadable: str | None = None  # the promoted version that could not be loaded (warned once)
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     cap: Any = None  # the teacher's spend cap (pipeline.serve_budget.TeacherSpendCap), when one is set
+    unseen_log: UnseenLog = field(default_factory=UnseenLog)
 
     @property
     def modality(self) -> str:
         return self.cascade.task.modality
+
+    def answered(self, ans: CascadeAnswer, inp: RawInput, seconds: float) -> None:
+        """Count an answer (and any category its model never saw) and queue it as feedback when sampled."""
+        self.metrics.answered(ans.source, seconds)
+        if inp.unseen:
+            self.metrics.unseen(list(inp.unseen))
+            self.unseen_log.add(inp.unseen, ans.model_version)
+        if self.sampled():
+            self.feedback.put(ans, inp)
 
     def sampled(self) -> bool:
         if self.cfg.log_sample_rate >= 1.0:
@@ -112,9 +125,11 @@ class ServeState:
                 return inp, None
             decode_image(inp, im)
         try:
-            return inp, cascade.student_guess(inp.content)
+            guess = cascade.student_guess(inp.content)
         except Exception as e:  # e.g. a feature vector of the wrong length for a tabular student
             raise HTTPProblem(422, f"the model cannot use this input ({type(e).__name__}: {e})") from None
+        inp.unseen = unseen_categories(cascade, [inp.content])[0]
+        return inp, guess
 
     async def answer(self, request: Request, t0: float) -> JSONResponse:
         cascade = self.cascade  # this request's model from start to end, whatever .follow swaps in meanwhile
@@ -133,15 +148,14 @@ class ServeState:
                                    f"at confidence {guess[1]:.3f}") from None
         seconds = time.perf_counter() - t0
         ans.latency_ms = seconds * 1000
-        self.metrics.answered(ans.source, seconds)
-        if self.sampled():
-            self.feedback.put(ans, inp)
+        self.answered(ans, inp, seconds)
         # a plain JSONResponse (the fields of PredictResponse): FastAPI would validate a model a second time
         return JSONResponse({"label": ans.label, "source": ans.source, "confidence": ans.confidence,
                              "student_label": ans.student_label, "student_confidence": ans.student_confidence,
                              "teacher_label": ans.teacher_label, "model_version": ans.model_version,
                              "threshold": cascade.threshold, "latency_ms": round(ans.latency_ms, 3),
-                             "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16]},
+                             "request_id": uuid.uuid4().hex[:16], "input_hash": inp.hash[:16],
+                             "unseen_categories": inp.unseen},
                             headers={REPLICA_HEADER: self.replica})
 
     # -- readiness and lifecycle -----------------------------------------------------------------------------

@@ -22,10 +22,11 @@ from pydantic import BaseModel, Field
 
 from llm_flywheel.interfaces.serve.inputs import (HINT, JSON_MODELS, HTTPProblem, RawInput, content_type, decode_image,
                                                   from_json_object, load_json, open_image, read_limited)
+from llm_flywheel.interfaces.serve.unseen import unseen_categories
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
 
-ServeState = Any  # app.ServeState (which imports this module): its cfg, pool, metrics, feedback, modality, sampled()
+ServeState = Any  # app.ServeState (which imports this module): its cfg, pool, metrics, modality, answered()
 
 
 class ItemError(BaseModel):
@@ -43,6 +44,7 @@ class BatchResult(BaseModel):
     student_confidence: float | None = None
     teacher_label: str | None = None
     input_hash: str | None = None
+    unseen_categories: dict[str, str] | None = None
     error: ItemError | None = None
 
 
@@ -115,6 +117,9 @@ def prepare(st: ServeState, cascade: Cascade, body: bytes) -> list[tuple[RawInpu
                 guesses[i] = cascade.student_guess(items[i].content)
             except Exception as e:
                 items[i] = HTTPProblem(422, f"the model cannot use this input ({type(e).__name__}: {e})")
+    good = [i for i in ok if i in guesses]
+    for i, u in zip(good, unseen_categories(cascade, [items[i].content for i in good])):
+        items[i].unseen = u
     return [(it, guesses[i]) if isinstance(it, RawInput) else it for i, it in enumerate(items)]
 
 
@@ -144,12 +149,10 @@ async def answer_batch(st: ServeState, request: Request, t0: float) -> JSONRespo
                                                        f"{guess[1]:.3f}"}}
         seconds = time.perf_counter() - t0
         ans.latency_ms = seconds * 1000
-        st.metrics.answered(ans.source, seconds)
-        if st.sampled():
-            st.feedback.put(ans, inp)
+        st.answered(ans, inp, seconds)
         return {"label": ans.label, "source": ans.source, "confidence": ans.confidence,
                 "student_label": ans.student_label, "student_confidence": ans.student_confidence,
-                "teacher_label": ans.teacher_label, "input_hash": inp.hash[:16]}
+                "teacher_label": ans.teacher_label, "input_hash": inp.hash[:16], "unseen_categories": inp.unseen}
 
     results = await asyncio.gather(*(one(p) for p in prepared))
     return JSONResponse({"results": results, "model_version": cascade.version, "threshold": cascade.threshold,

@@ -77,6 +77,7 @@ class RawInput:
 
     def __post_init__(self) -> None:
         self.hash = hashlib.sha256(self.raw).hexdigest()
+        self.unseen: dict[str, str] = {}  # a table's categories the model never saw (``serve.unseen``)
 
 
 def content_type(request: Request, body: bytes) -> str:

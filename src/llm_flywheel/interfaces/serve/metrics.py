@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from llm_flywheel.pipeline.cascade import SOURCES
 
@@ -29,6 +29,7 @@ class Metrics:
         self.payloads_kept = 0
         self.retention_deleted_rows = 0
         self.retention_deleted_payloads = 0
+        self.unseen_by_column: dict[str, int] = {}
         self.started = time.time()
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
@@ -40,6 +41,12 @@ class Metrics:
                 if seconds <= le:
                     b[i] += 1
             self.lat_sum[source] = self.lat_sum.get(source, 0.0) + seconds
+
+    def unseen(self, columns: Sequence[str]) -> None:
+        """An input held a category the model never saw, in each of ``columns`` (``serve.unseen``)."""
+        with self.lock:
+            for c in columns:
+                self.unseen_by_column[c] = self.unseen_by_column.get(c, 0) + 1
 
     def rejected(self, status: int) -> None:
         with self.lock:
@@ -75,6 +82,10 @@ class Metrics:
             "# TYPE flywheel_retention_deleted_total counter",
             f'flywheel_retention_deleted_total{{what="rows"}} {self.retention_deleted_rows}',
             f'flywheel_retention_deleted_total{{what="payloads"}} {self.retention_deleted_payloads}',
+            "# HELP flywheel_unseen_categories_total Inputs holding a category the model never saw, by column.",
+            "# TYPE flywheel_unseen_categories_total counter",
+            *(f'flywheel_unseen_categories_total{{column="{_esc(c)}"}} {n}'
+              for c, n in sorted(self.unseen_by_column.items())),
             "# HELP flywheel_model_info The model version being served.",
             "# TYPE flywheel_model_info gauge",
             f'flywheel_model_info{{version="{_esc(self.version)}",dataset="{_esc(self.dataset)}"}} 1',
