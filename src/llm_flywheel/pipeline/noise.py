@@ -78,10 +78,11 @@ def find_label_issues(
         if len(labels) < 2 * task.num_labels:
             raise StudentError(f"only {len(labels)} labelled {split} items in {dataset!r}; too few for {folds}-fold search")
         ids = sorted(labels)
-        gold = {it.id: it.gold_label for it in store.items(dataset, ids=ids)}
+        found = store.items(dataset, ids=ids)
+        gold = {it.id: it.gold_label for it in found}
     finally:
         store.close()
-    kind = kind or default_student_kind(task)
+    kind = kind or default_student_kind(task, [it.text or "" for it in found])
     y = np.array([task.index(labels[i]) for i in ids])
     probs = out_of_fold_proba(ws, dataset, ids, y, kind=kind, folds=folds, seed=seed, progress=progress, **hparams)
     self_conf = probs[np.arange(len(y)), y]

@@ -26,7 +26,7 @@ from llm_flywheel.store.base import MODEL_ROLES, Item, Store
 from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
 from llm_flywheel.students.onnx_runtime import OnnxStudent
-from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
+from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_choice, load_student_dir
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -149,11 +149,13 @@ def train_student(
     store = ws.store()
     try:
         task = task_of(store, dataset)
-        kind = kind or default_student_kind(task)
-        if kind not in STUDENT_KINDS:
+        if kind is not None and kind not in STUDENT_KINDS:
             raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
         labels = _train_labels(store, dataset, task, labels)
         train_items = _train_items(store, dataset, labels)
+        choice = None
+        if kind is None:  # the data may decide (text: its script)
+            kind, choice = default_student_choice(task, [it.text or "" for it in train_items])
         split = _validation_split(store, dataset, train_items, labels, val_labels, seed)
         ids = [it.id for it in split.train]
         q, w, counts = soft_and_weights(task, ids, labels, store.label_details(ids))
@@ -181,6 +183,7 @@ def train_student(
             "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),
             "pretrained": history.get("pretrained"), "onnx_max_abs_diff": None,
+            "student_choice": choice,  # why the default kind was chosen, when the data chose it
             "tta": history.get("tta"),  # image students: whether val chose mirror averaging, and on what scores
             "self_training": st.as_dict() if st else None,
             "history": history.get("history") or history.get("trials"),

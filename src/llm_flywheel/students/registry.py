@@ -7,10 +7,12 @@ Why a registry: the CLI, the training loop, the label-noise tools and the flywhe
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.core.scripts import non_latin_share
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.students.base import Student, StudentError, read_meta
@@ -44,10 +46,25 @@ STUDENT_KINDS: dict[str, StudentKind] = {
 DEFAULTS = {"image": "image-cnn", "text": "text-minilm", "tabular": "tabular-hgb"}
 
 
-def default_student_kind(task: Task) -> str:
-    """The kind a task trains when none is asked for: the fast native-resolution CNN for images (the wheel retrains
-    every round on 2 CPU cores), MiniLM + head for text, gradient boosting for tables."""
-    return DEFAULTS[task.modality]
+NON_LATIN_SHARE = 0.5  # texts mostly in another script than Latin get text-tfidf (core.scripts)
+
+
+def default_student_kind(task: Task, texts: Sequence[str] | None = None) -> str:
+    """The kind a task trains when none is asked for (:func:`default_student_choice`)."""
+    return default_student_choice(task, texts)[0]
+
+
+def default_student_choice(task: Task, texts: Sequence[str] | None = None) -> tuple[str, str | None]:
+    """(kind, why -- when the data decided it).  The fast native-resolution CNN for images (the wheel retrains every
+    round on 2 CPU cores), gradient boosting for tables, MiniLM + head for text -- unless most letters of ``texts``
+    (the training texts) are not Latin: MiniLM's encoder learnt English, and ``text-tfidf`` reads any script."""
+    if task.modality == "text" and texts:
+        share, script = non_latin_share(texts)
+        if share > NON_LATIN_SHARE:
+            return "text-tfidf", (f"{share:.0%} of the letters are not Latin (mostly {script}): text-tfidf reads any "
+                                  "script with character n-grams, text-minilm's encoder learnt English "
+                                  "(--kind text-minilm to use it anyway)")
+    return DEFAULTS[task.modality], None
 
 
 def _check_kind(kind: str, task: Task | None = None) -> StudentKind:

@@ -158,18 +158,47 @@ class MiniLMStudent:
         return path
 
 
+ANALYZERS = ("word", "char", "word+char")
+ANALYZER_DEFAULT = "word+char"
+
+
 class TfidfStudent(SklearnStudent):
-    """TF-IDF (word 1-2 grams) + multinomial logistic regression; C chosen on the validation split."""
+    """TF-IDF + multinomial logistic regression; C chosen on the validation split.
+
+    Why words *and* characters: word n-grams alone split on spaces, so a language written without them (Chinese,
+    Japanese, Thai) became one token per sentence and the student guessed at chance (``bench_text_students.py``);
+    character n-grams (``char_wb`` 1-3) read any script and also catch misspellings and word forms in English.
+    ``analyzer='word'`` is the earlier student (models saved before keep it)."""
 
     kind = "text-tfidf"
     modality = "text"
     grid = [{"C": c} for c in (1.0, 3.0, 10.0, 30.0)]
 
+    def fit(self, *args: Any, **kw: Any) -> dict[str, Any]:
+        self.hp["analyzer"] = self.analyzer  # saved with the model, so its description stays true
+        return super().fit(*args, **kw)
+
+    @property
+    def analyzer(self) -> str:
+        a = str(self.hp.get("analyzer", ANALYZER_DEFAULT))
+        if a not in ANALYZERS:
+            raise StudentError(f"text-tfidf analyzer must be one of {', '.join(ANALYZERS)}, not {a!r}")
+        return a
+
     def _estimator(self, **params: Any) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion
+
+        parts = []
+        if "word" in self.analyzer:
+            parts.append(("words", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True,
+                                                   max_features=200_000)))
+        if "char" in self.analyzer:
+            parts.append(("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True,
+                                                   max_features=200_000)))
         return WeightedPipeline([
-            ("tfidf", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=200_000)),
+            ("tfidf", parts[0][1] if len(parts) == 1 else FeatureUnion(parts)),
             ("lr", LogisticRegression(C=float(params.get("C", 10.0)), max_iter=2000)),
         ])
 
@@ -180,4 +209,6 @@ class TfidfStudent(SklearnStudent):
         return np.asarray([str(t) for t in inputs], dtype=object)
 
     def _preprocessing(self) -> dict[str, Any]:
-        return {"tfidf": "word 1-2 grams, sublinear tf"}
+        what = {"word": "word 1-2 grams", "char": "character 1-3 grams (char_wb)",
+                "word+char": "word 1-2 grams + character 1-3 grams (char_wb)"}
+        return {"tfidf": f"{what[str(self.hp.get('analyzer', 'word'))]}, sublinear tf"}

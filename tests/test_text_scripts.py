@@ -1,0 +1,86 @@
+"""Texts in a script without spaces (Chinese): ``text-tfidf`` reads characters, and a dataset mostly in another
+script than Latin gets it by default, saying why (``core.scripts``, ``students.registry.default_student_choice``)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+from click.testing import CliRunner
+
+from llm_flywheel.core.scripts import non_latin_share
+from llm_flywheel.core.task import Task
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.store.records import Item
+from llm_flywheel.students.registry import build_student, default_student_choice
+
+FILLER = "的了在是我有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
+TOPICS = {"printer": "打印机卡纸", "password": "密码忘记了", "invoice": "发票金额错"}
+
+
+def tickets(n: int, seed: int) -> list[tuple[str, str]]:
+    """Chinese 'tickets': random characters around a topic phrase, no spaces -- a word tokenizer sees one token."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = list(TOPICS)[i % 3]
+        left, right = ("".join(rng.choices(FILLER, k=rng.randint(4, 12))) for _ in range(2))
+        out.append((f"{left}{TOPICS[label]}{right}。", label))
+    return out
+
+
+def as_items(pairs):
+    return [Item(i, "t", str(i), str(i), "text", None, t, None, None, None, lab) for i, (t, lab) in enumerate(pairs)]
+
+
+def test_non_latin_share_names_the_script():
+    assert non_latin_share(["Printer jammed again", "Reset my password"]) == (0.0, None)
+    share, script = non_latin_share([t for t, _ in tickets(20, 0)])
+    assert share == 1.0 and script == "CJK"
+    share, script = non_latin_share(["Привет мир", "hello"])
+    assert 0.6 < share < 0.7 and script == "CYRILLIC"
+    assert non_latin_share(["12345 !!!", ""]) == (0.0, None)
+
+
+def test_text_tfidf_reads_characters_where_words_have_no_spaces():
+    """The earlier word-only student (``analyzer='word'``) sees each unsegmented ticket as one unknown token and
+    guesses; the default (words + characters) reads the topic phrase."""
+    labels = tuple(TOPICS)
+    task = Task(name="t", modality="text", labels=labels)
+    train, val, test = as_items(tickets(150, 1)), as_items(tickets(60, 2)), as_items(tickets(90, 3))
+    y = {id(it): labels.index(it.gold_label) for it in train + val + test}
+
+    def acc(**hp):
+        st = build_student("text-tfidf", task, None, **hp)
+        st.fit(train, np.array([y[id(i)] for i in train]), val, np.array([y[id(i)] for i in val]))
+        assert st.meta()["hparams"]["analyzer"] == hp.get("analyzer", "word+char")
+        return float((st.predict_proba(test).argmax(1) == np.array([y[id(i)] for i in test])).mean())
+
+    assert acc() > 0.95
+    assert acc(analyzer="word") < 0.6
+
+
+def test_a_chinese_dataset_trains_text_tfidf_by_default_and_says_why(tmp_path):
+    rows = tickets(240, 4)
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"{t},{lab}" for t, lab in rows) + "\n",
+                                    encoding="utf-8")
+    ws = str(tmp_path / "ws")
+
+    def cli(*args):
+        r = CliRunner().invoke(main, ["--workspace", ws, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    cli("data", "add", "text", str(tmp_path / "t.csv"), "--name", "zh", "--no-progress")
+    cli("label", "zh", "--simulated", "--no-progress")
+    out = cli("train", "zh", "--no-progress")
+    version = out.split()[1]
+    assert version.startswith("zh-text-tfidf-") and "Latin" in out  # the table shows why (wrapped in its cell)
+    from llm_flywheel.store.workspace import Workspace
+
+    with Workspace.open(tmp_path / "ws").store() as s:
+        metrics = json.loads(s.model(version)["metrics_json"])
+    assert metrics["student_choice"].startswith("100% of the letters are not Latin (mostly CJK): text-tfidf")
+    assert default_student_choice(Task(name="en", modality="text", labels=("a", "b")),
+                                  ["Printer jammed", "Reset my password"]) == ("text-minilm", None)
