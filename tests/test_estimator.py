@@ -206,10 +206,18 @@ def test_a_stopped_fit_resumes_without_asking_twice(text_data, text_teacher, tmp
 
 
 @pytest.mark.slow
-def test_the_default_text_student_is_minilm(text_data, text_teacher):
+def test_the_default_text_student_is_chosen_on_val_from_minilm_and_tfidf(text_data, text_teacher):
+    import json
+
+    from llm_flywheel.store.workspace import Workspace
+
     X, y = text_data
     clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, passes=1).fit(X[:200])
-    assert "text-minilm" in clf.version_
+    with Workspace.open(clf.workspace_).store() as s:
+        row = s.model(clf.version_)
+    choice = json.loads(row["metrics_json"])["student_choice"]
+    assert choice.startswith("chosen on val: text-minilm ") and ", text-tfidf " in choice
+    assert row["kind"] in ("text-minilm", "text-tfidf") and row["kind"] in clf.version_
     assert np.mean(clf.predict(X[200:]) == np.array(y[200:])) > 0.8
 
 

@@ -1,5 +1,6 @@
 """Texts in a script without spaces (Chinese): ``text-tfidf`` reads characters, and a dataset mostly in another
-script than Latin gets it by default, saying why (``core.scripts``, ``students.registry.default_student_choice``)."""
+script than Latin gets it by default, saying why (``core.scripts``, ``students.registry.default_candidates``);
+English texts train both text students and keep the one val prefers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from llm_flywheel.core.scripts import non_latin_share
 from llm_flywheel.core.task import Task
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.store.records import Item
-from llm_flywheel.students.registry import build_student, default_student_choice
+from llm_flywheel.students.registry import build_student, default_candidates
 
 FILLER = "的了在是我有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
 TOPICS = {"printer": "打印机卡纸", "password": "密码忘记了", "invoice": "发票金额错"}
@@ -82,5 +83,31 @@ def test_a_chinese_dataset_trains_text_tfidf_by_default_and_says_why(tmp_path):
     with Workspace.open(tmp_path / "ws").store() as s:
         metrics = json.loads(s.model(version)["metrics_json"])
     assert metrics["student_choice"].startswith("100% of the letters are not Latin (mostly CJK): text-tfidf")
-    assert default_student_choice(Task(name="en", modality="text", labels=("a", "b")),
-                                  ["Printer jammed", "Reset my password"]) == ("text-minilm", None)
+    en = Task(name="en", modality="text", labels=("a", "b"))
+    assert default_candidates(en, ["Printer jammed", "Reset my password"]) == (("text-minilm", "text-tfidf"), None)
+
+
+def test_english_texts_train_both_text_students_and_keep_the_one_val_prefers(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "examples"))
+    from _data import tickets as english_tickets
+
+    from llm_flywheel.pipeline.training import train_student
+    from llm_flywheel.store.workspace import Workspace
+
+    texts, topics = english_tickets(260, seed=3)
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in zip(texts, topics)) + "\n",
+                                    encoding="utf-8")
+    ws = str(tmp_path / "ws")
+    for args in (["data", "add", "text", str(tmp_path / "t.csv"), "--name", "en", "--no-progress"],
+                 ["label", "en", "--simulated", "--no-progress"]):
+        r = CliRunner().invoke(main, ["--workspace", ws, *args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    tm = train_student(Workspace.open(ws), "en", progress=False)
+    choice = tm.metrics["student_choice"]
+    scores = dict(part.rsplit(" ", 1) for part in choice.removeprefix("chosen on val: ").split(", "))
+    assert set(scores) == {"text-minilm", "text-tfidf"}
+    best = max(scores, key=lambda k: (float(scores[k].rstrip("%")), k == "text-minilm"))
+    assert tm.student.kind == best and tm.version.startswith(f"en-{best}-")
+    assert f"{tm.metrics['val_acc']:.1%}" == scores[best]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from llm_flywheel.store.base import MODEL_ROLES, Item, Store
 from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
 from llm_flywheel.students.onnx_runtime import OnnxStudent
-from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_choice, load_student_dir
+from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_candidates, load_student_dir
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
 
@@ -153,9 +154,7 @@ def train_student(
             raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
         labels = _train_labels(store, dataset, task, labels)
         train_items = _train_items(store, dataset, labels)
-        choice = None
-        if kind is None:  # the data may decide (text: its script)
-            kind, choice = default_student_choice(task, [it.text or "" for it in train_items])
+        kinds, why = ((kind,), None) if kind else default_candidates(task, [it.text or "" for it in train_items])
         split = _validation_split(store, dataset, train_items, labels, val_labels, seed)
         ids = [it.id for it in split.train]
         q, w, counts = soft_and_weights(task, ids, labels, store.label_details(ids))
@@ -164,12 +163,14 @@ def train_student(
         tq, tw = (q if soft else None), (w if weight_by_quality else None)
         if epochs is not None:
             hparams["epochs"] = epochs
-        student = build_student(kind, task, ws, seed=seed, progress=progress, **hparams)
-        config = {"dataset": dataset, "kind": kind, "role": role, "soft": soft, "weight_by_quality": weight_by_quality,
-                  "seed": seed, "round": round, "val_labels": split.source, "hparams": hparams, "unlabelled": unlabelled}
+        config = {"dataset": dataset, "kind": "|".join(kinds), "role": role, "soft": soft,
+                  "weight_by_quality": weight_by_quality, "seed": seed, "round": round, "val_labels": split.source,
+                  "hparams": hparams, "unlabelled": unlabelled}
         run_id = store.start_run("train", config)
         try:
-            history = student.fit(split.train, y, split.val, y_val, soft_targets=tq, sample_weight=tw)
+            kind, student, history, choice = _fit_best(
+                kinds, lambda k: build_student(k, task, ws, seed=seed, progress=progress, **hparams),
+                lambda st: st.fit(split.train, y, split.val, y_val, soft_targets=tq, sample_weight=tw), why)
             student, history, st = (student, history, None) if unlabelled <= 0 else self_train(
                 student, history, lambda: build_student(kind, task, ws, seed=seed, progress=progress, **hparams),
                 split.train, y, tq, tw, split.val, y_val,
@@ -195,6 +196,21 @@ def train_student(
         return TrainedModel(version=version, path=path, student=student, metrics=metrics)
     finally:
         store.close()
+
+
+def _fit_best(kinds: Sequence[str], build: Callable[[str], Student], fit: Callable[[Student], dict[str, Any]],
+              why: str | None = None) -> tuple[str, Student, dict[str, Any], str | None]:
+    """Fit each of ``kinds`` on the same labels; keep the highest val score (the first on a tie or without val
+    items).  Returns (kind, student, history, why: ``why`` as given, else the scores when there was a choice)."""
+    fitted = []
+    for k in kinds:
+        student = build(k)
+        history = fit(student)
+        fitted.append((val_score(history), k, student, history))
+    best = max(fitted, key=lambda f: -1.0 if f[0] is None else f[0])  # max keeps the first of equals
+    why = why if why or len(fitted) == 1 else "chosen on val: " + ", ".join(
+        f"{k} {'-' if v is None else f'{v:.1%}'}" for v, k, _, _ in fitted)
+    return best[1], best[2], best[3], why
 
 
 def _check_options(role: str, val_labels: str, unlabelled: float) -> None:

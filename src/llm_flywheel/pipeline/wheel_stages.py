@@ -294,7 +294,7 @@ def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors:
     except StudentError as e:
         raise WheelStopped(f"training round {r} failed: {e}.  Fix it and re-run the same command: it resumes "
                            f"this round (teacher answers are kept).", "no_labels") from e
-    if r == 1 and tm.metrics.get("student_choice"):
+    if tm.metrics.get("student_choice"):
         ctx.con.print(f"  student: {tm.student.kind} -- {tm.metrics['student_choice']}")
     return TrainResult(trained_version=tm.version, student_kind=getattr(tm.student, "kind", cfg.student_kind),
                        labels_total=len(labels))

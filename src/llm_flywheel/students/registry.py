@@ -50,21 +50,28 @@ NON_LATIN_SHARE = 0.5  # texts mostly in another script than Latin get text-tfid
 
 
 def default_student_kind(task: Task, texts: Sequence[str] | None = None) -> str:
-    """The kind a task trains when none is asked for (:func:`default_student_choice`)."""
-    return default_student_choice(task, texts)[0]
+    """The kind a task trains when none is asked for and only one is trained (the first of
+    :func:`default_candidates`)."""
+    return default_candidates(task, texts)[0][0]
 
 
-def default_student_choice(task: Task, texts: Sequence[str] | None = None) -> tuple[str, str | None]:
-    """(kind, why -- when the data decided it).  The fast native-resolution CNN for images (the wheel retrains every
-    round on 2 CPU cores), gradient boosting for tables, MiniLM + head for text -- unless most letters of ``texts``
-    (the training texts) are not Latin: MiniLM's encoder learnt English, and ``text-tfidf`` reads any script."""
-    if task.modality == "text" and texts:
+def default_candidates(task: Task, texts: Sequence[str] | None = None) -> tuple[tuple[str, ...], str | None]:
+    """(kinds to train when none is asked for -- the val split keeps the best --, why when the data narrowed them).
+
+    Images: the fast native-resolution CNN (the wheel retrains every round on 2 CPU cores); tables: gradient
+    boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin and
+    MiniLM's sentence embeddings are the better bet where meaning matters more than words
+    (``bench_text_students.py``).  When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF:
+    MiniLM's encoder learnt English."""
+    if task.modality != "text":
+        return (DEFAULTS[task.modality],), None
+    if texts:
         share, script = non_latin_share(texts)
         if share > NON_LATIN_SHARE:
-            return "text-tfidf", (f"{share:.0%} of the letters are not Latin (mostly {script}): text-tfidf reads any "
-                                  "script with character n-grams, text-minilm's encoder learnt English "
-                                  "(--kind text-minilm to use it anyway)")
-    return DEFAULTS[task.modality], None
+            return ("text-tfidf",), (f"{share:.0%} of the letters are not Latin (mostly {script}): text-tfidf reads "
+                                     "any script with character n-grams, text-minilm's encoder learnt English "
+                                     "(--kind text-minilm to use it anyway)")
+    return ("text-minilm", "text-tfidf"), None
 
 
 def _check_kind(kind: str, task: Task | None = None) -> StudentKind:
