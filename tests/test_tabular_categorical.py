@@ -141,6 +141,11 @@ def test_predict_reads_a_csv_with_categories_and_finds_the_rows_it_labelled(chur
         stored = {it.source_ref: it.content_hash for it in s.items("churn")}
     assert [a["content_hash"] for a in answers] == [stored[f"churn.csv:{k}"] for k in (2, 3, 4)]
     assert all(a["student_label"] in ("churn", "stay") for a in answers)
+    assert "never saw" not in out
+    (tmp / "new.csv").write_text(rows[0] + "\nn1,enterprise,US,3,stay\nn2,enterprise,BR,3,stay\nn3,free,US,1,stay\n")
+    out = " ".join(_cli(root, "predict", "churn", str(tmp / "new.csv")).split())
+    assert ("WARNING 2 input(s) hold categories the model never saw in training, answered as missing values: plan "
+            "'enterprise' x2, country 'BR' x1 -- fix:") in out
 
 
 def test_a_dataframe_with_text_columns_is_a_table_with_categories(tmp_path):

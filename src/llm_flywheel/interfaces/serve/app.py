@@ -37,9 +37,10 @@ from llm_flywheel.interfaces.serve.metrics import BREAKER_STATES, Metrics
 from llm_flywheel.interfaces.serve.openapi import RESPONSES, request_body
 from llm_flywheel.interfaces.serve.pool import Overloaded, WorkerPool
 from llm_flywheel.interfaces.serve.retention import apply_retention
-from llm_flywheel.interfaces.serve.unseen import UnseenLog, unseen_categories
+from llm_flywheel.interfaces.serve.unseen import UnseenLog
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
+from llm_flywheel.pipeline.unseen import unseen_categories
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.workspace import Workspace
 

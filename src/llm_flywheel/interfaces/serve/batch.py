@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 
 from llm_flywheel.interfaces.serve.inputs import (HINT, JSON_MODELS, HTTPProblem, RawInput, content_type, decode_image,
                                                   from_json_object, load_json, open_image, read_limited)
-from llm_flywheel.interfaces.serve.unseen import unseen_categories
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
+from llm_flywheel.pipeline.unseen import unseen_categories
 
 ServeState = Any  # app.ServeState (which imports this module): its cfg, pool, metrics, modality, answered()
 

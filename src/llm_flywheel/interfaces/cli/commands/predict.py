@@ -112,7 +112,24 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
             casc.close()
             raise _fail(e) from None
         answers = asyncio.run(_predict_inputs(casc, inputs, no_log, concurrency))
-    _print_file_answers(inputs, answers, as_json)
+        note = _unseen_note(casc, inputs, answers)
+    if note:
+        note += f" -- fix: add these rows (`flywheel data add tabular`) and `flywheel run {dataset}` to train on them"
+    _print_file_answers(inputs, answers, as_json, note)
+
+
+def _unseen_note(casc: Any, inputs: list[Any], answers: list[Any]) -> str | None:
+    """A table's categories the model never saw, over the inputs it answered (``pipeline.unseen``)."""
+    from llm_flywheel.pipeline.predict_files import RowInput, read_input
+    from llm_flywheel.pipeline.unseen import unseen_categories, unseen_summary
+
+    if not casc.task.categorical:
+        return None
+    contents = []
+    for f, a in zip(inputs, answers):
+        if not isinstance(a, Exception):
+            contents.append(f.content if isinstance(f, RowInput) else read_input(f, casc.task)[0])
+    return unseen_summary(unseen_categories(casc, contents))
 
 
 async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool, concurrency: int) -> list[Any]:
@@ -124,7 +141,7 @@ async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool, concurrenc
         casc.close()
 
 
-def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool) -> None:
+def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool, note: str | None = None) -> None:
     t = Table(title="cascade answers")
     for col in ("input", "label", "source", "confidence", "student", "model version"):
         t.add_column(col)
@@ -141,6 +158,8 @@ def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool) ->
         if as_json:
             click.echo(json.dumps({_key(f): str(f), **a.to_dict()}))
     console.print(t)
+    if note:
+        console.print(f"[bold red]WARNING[/] {escape(note)}")
     if bad:
         raise click.ClickException(f"{bad} of {len(inputs)} inputs could not be read")
 
