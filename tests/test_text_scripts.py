@@ -63,8 +63,12 @@ def test_text_tfidf_reads_characters_where_words_have_no_spaces():
 
 
 def test_a_chinese_dataset_trains_text_tfidf_by_default_and_says_why(tmp_path):
+    """Labelled in Chinese too: the labels are kept as written (they used to have no ASCII letter left and the CSV
+    read as unlabelled), the teacher's answers match them, and the report's plots number them where no font
+    draws them, naming them in the caption."""
+    zh = {"printer": "打印机", "password": "密码", "invoice": "发票"}
     rows = tickets(240, 4)
-    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"{t},{lab}" for t, lab in rows) + "\n",
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"{t},{zh[lab]}" for t, lab in rows) + "\n",
                                     encoding="utf-8")
     ws = str(tmp_path / "ws")
 
@@ -74,15 +78,25 @@ def test_a_chinese_dataset_trains_text_tfidf_by_default_and_says_why(tmp_path):
         return " ".join(r.output.split())
 
     cli("data", "add", "text", str(tmp_path / "t.csv"), "--name", "zh", "--no-progress")
-    cli("label", "zh", "--simulated", "--no-progress")
-    out = cli("train", "zh", "--no-progress")
-    version = out.split()[1]
-    assert version.startswith("zh-text-tfidf-") and "Latin" in out  # the table shows why (wrapped in its cell)
+    out = cli("run", "zh", "--simulated", "--rounds", "1", "--no-progress")
+    assert "student: text-tfidf -- 100% of the letters are not Latin (mostly CJK)" in out
     from llm_flywheel.store.workspace import Workspace
 
     with Workspace.open(tmp_path / "ws").store() as s:
+        version = s.serving_version("zh", promoted_only=True)
         metrics = json.loads(s.model(version)["metrics_json"])
+        task = Task.from_json(s.dataset_task_json("zh"))
+        labels = s.effective_labels("zh")
+    assert version.startswith("zh-text-tfidf-")
     assert metrics["student_choice"].startswith("100% of the letters are not Latin (mostly CJK): text-tfidf")
+    assert set(task.labels) == set(zh.values())
+    assert set(labels.values()) == set(zh.values()) and len(labels) > 100  # the teacher's answers matched them
+    cli("report", "zh")
+    from llm_flywheel.interfaces.report.plots import tick_labels
+
+    page = (tmp_path / "ws" / "reports" / "index.html").read_text(encoding="utf-8")
+    key = tick_labels(task.labels)[1]
+    assert key is None or f"(classes: {key})" in page
     en = Task(name="en", modality="text", labels=("a", "b"))
     assert default_candidates(en, ["Printer jammed", "Reset my password"]) == (("text-minilm", "text-tfidf"), None)
 
@@ -111,3 +125,17 @@ def test_english_texts_train_both_text_students_and_keep_the_one_val_prefers(tmp
     best = max(scores, key=lambda k: (float(scores[k].rstrip("%")), k == "text-minilm"))
     assert tm.student.kind == best and tm.version.startswith(f"en-{best}-")
     assert f"{tm.metrics['val_acc']:.1%}" == scores[best]
+
+
+def test_labels_in_any_script_keep_their_letters():
+    from llm_flywheel.core.task import normalise_label, valid_label
+    from llm_flywheel.interfaces.api.simulate import label_names
+    from llm_flywheel.teachers.parsing import LabelMatcher
+
+    assert normalise_label("Sweet Pepper") == "sweet_pepper" and normalise_label("T-Shirt / Top") == "t_shirt_top"
+    assert normalise_label(" 打印机 ") == "打印机" and normalise_label("हिन्दी") == "हिन्दी"  # marks stay in the word
+    assert normalise_label("Cre\u0300me Bru\u0302le\u0301e") == normalise_label("Crème Brûlée") == "crème_brûlée"
+    assert valid_label("打印机") and valid_label("a_") and not valid_label("_a") and not valid_label("Ψυχή")
+    assert label_names(["垃圾邮件", "正常"]) == {"垃圾邮件": "垃圾邮件", "正常": "正常"}
+    m = LabelMatcher(("打印机", "密码"))
+    assert m.match("打印机") == "打印机" and m.match(" 密码。") == "密码" and m.match("发票") is None

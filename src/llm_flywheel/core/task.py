@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -45,12 +46,25 @@ flip/vflip: random horizontal/vertical mirror; rotate: max degrees either way; s
 zoom: max crop-in fraction of the side; color: max relative brightness/contrast change.  Text and tabular: none."""
 
 _AUGMENT_LIMITS = {"rotate": (0.0, 180.0), "shift": (0.0, 0.5), "zoom": (0.0, 0.5), "color": (0.0, 1.0)}
-_LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+def _word(ch: str) -> bool:
+    """A letter, a combining mark or a digit of any script (Unicode categories L, M, N): what a label is made of.
+    Why not ``[a-z0-9]``: a Chinese, Greek or Hindi label ("打印机", "ψυχή", "हिन्दी") has no ASCII letter and was
+    dropped whole -- a CSV labelled in its own language read as unlabelled."""
+    return unicodedata.category(ch)[0] in "LMN"
 
 
 def normalise_label(name: str) -> str:
-    """Folder names / label cells -> the task's label form: ``"Sweet Pepper"`` -> ``sweet_pepper``."""
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    """Folder names / label cells -> the task's label form: ``"Sweet Pepper"`` -> ``sweet_pepper``, ``"打印机"``
+    -> ``打印机``: lower case (NFC), every run of other characters one ``_``."""
+    text = unicodedata.normalize("NFC", name.strip().lower())  # "é" typed as one character or as e + accent
+    return "_".join("".join(ch if _word(ch) else " " for ch in text).split())
+
+
+def valid_label(lab: str) -> bool:
+    """Letters, marks, digits and ``_``, in lower case, starting with a letter or digit (as :func:`normalise_label`
+    writes them; ``[a-z0-9][a-z0-9_]*`` for ASCII, as before)."""
+    return (bool(lab) and unicodedata.category(lab[0])[0] in "LN" and lab == lab.lower()
+            and all(ch == "_" or _word(ch) for ch in lab))
 
 
 class TaskError(ValueError):
@@ -164,10 +178,10 @@ def _validate(t: Task) -> None:
     if len(set(t.labels)) != len(t.labels):
         raise TaskError("labels must be unique")
     for lab in t.labels:
-        if not _LABEL_RE.match(lab):
+        if not valid_label(lab):
             slug = normalise_label(str(lab))  # what image folders and label columns map names to
             raise TaskError(f"label {lab!r}: use lower-case letters, digits and '_' (e.g. "
-                            f"{slug if _LABEL_RE.match(slug) else 'sweet_pepper'!r}); the description can keep the "
+                            f"{slug if valid_label(slug) else 'sweet_pepper'!r}); the description can keep the "
                             "wording the teacher should read")
     _validate_augment(t.modality, t.augment)
     if t.features and t.modality != "tabular":

@@ -14,13 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from llm_flywheel.core.task import normalise_label
+
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-_NON_WORD = re.compile(r"[^a-z0-9]+")
-
-
 def norm_token(text: str) -> str:
-    """Lower-case, every run of non-alphanumerics becomes ``_`` ("T-Shirt / Top" -> "t_shirt_top")."""
-    return _NON_WORD.sub("_", text.strip().lower()).strip("_")
+    """Lower-case, every run of characters that are not letters or digits (of any script) becomes ``_``
+    ("T-Shirt / Top" -> "t_shirt_top"): the label form of ``core.task.normalise_label``."""
+    return normalise_label(text)
 
 
 def _singular(word: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_flywheel.core.task import normalise_label
 from llm_flywheel.data.base import stored_row
 from llm_flywheel.interfaces.api.results import InputError
 from llm_flywheel.interfaces.api.inputs import Teacher, dataframe_rows, infer_modality, is_dataframe, register_items
@@ -28,8 +28,7 @@ from llm_flywheel.teachers.prompts import row_content
 def label_name(value: Any) -> str:
     """The store's label name for a class value (``"Not Spam"`` -> ``not_spam``, ``1`` -> ``1``, ``-1`` -> ``m1``):
     the same value always maps to the same name, so the teacher, the store and ``classes_`` agree."""
-    s = str(value.item() if isinstance(value, np.generic) else value).strip().lower().replace("-", "m")
-    s = re.sub(r"[^a-z0-9]+", "_", s).strip("_")
+    s = normalise_label(str(value.item() if isinstance(value, np.generic) else value).strip().lower().replace("-", "m"))
     if not s:
         raise InputError(f"class {value!r} has no usable name; use classes made of letters or digits")
     return s

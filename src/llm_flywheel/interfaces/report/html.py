@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from llm_flywheel.interfaces.report import history_section, review_section, served_section
+from llm_flywheel.interfaces.report import history_section, plots, review_section, served_section
 
 ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("round", "round"),
@@ -57,9 +57,13 @@ def with_ci(d: Mapping[str, Any], key: str) -> str:
     return s
 
 
-def _img(png: bytes | None, alt: str) -> str:
+def _img(png: bytes | None, alt: str, labels: Any = None) -> str:
+    """A plot with its caption; ``labels``: the classes on its axes, named in the caption when the plot could only
+    number them (``plots.tick_labels``)."""
     if not png:
         return ""
+    key = plots.tick_labels(labels)[1] if labels else None
+    alt = f"{alt} (classes: {key})" if key else alt
     b64 = base64.b64encode(png).decode("ascii")
     return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
@@ -87,7 +91,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) 
     for section in (_teacher_banner(summary), _warnings(summary), _parity(summary, images), _overall(summary),
                     _rounds(summary, images),
                     history_section.history_html(summary, _img(images.get("history"), "accuracy and spend, run by run")),
-                    _cascade(images), _cost(summary, images), _teacher(summary, images),
+                    _cascade(summary, images), _cost(summary, images), _teacher(summary, images),
                     review_section.review_html(summary),  # human labels and what they changed
                     served_section.served_html(summary, _img(images.get("served"), "served answers by source"))):
         parts.append(section)
@@ -204,10 +208,11 @@ def _rounds(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> s
     return "".join(parts)
 
 
-def _cascade(images: Mapping[str, bytes | None]) -> str:
+def _cascade(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
     return "".join(["<h2>Cascade</h2>",
                     _img(images.get("cascade_curve"), "final model: accuracy / teacher fraction vs threshold (test, gold)"),
-                    _img(images.get("confusion"), "final student: confusion matrix on test"),
+                    _img(images.get("confusion"), "final student: confusion matrix on test",
+                         (summary.get("final") or {}).get("labels")),
                     _img(images.get("reliability"), "final student: reliability after temperature scaling (test)")])
 
 
@@ -243,6 +248,6 @@ def _teacher(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> 
             f"{with_ci(summary, 'teacher_accuracy')}, {tq.get('passes', '?')}-pass consensus accuracy "
             f"{e(fmt(tq.get('consensus_accuracy'), 'accuracy'))}, pass agreement {e(fmt(tq.get('agreement_rate'), 'rate'))}.</p>"
         )
-    parts.append(_img(images.get("teacher"), "teacher accuracy per class (gold)"))
-    parts.append(_img(images.get("teacher_confusion"), "teacher confusion (gold)"))
+    parts.append(_img(images.get("teacher"), "teacher accuracy per class (gold)", tq.get("labels")))
+    parts.append(_img(images.get("teacher_confusion"), "teacher confusion (gold)", tq.get("labels")))
     return "".join(parts)

@@ -6,6 +6,7 @@ Every function takes plain numbers/lists (what the store's JSON reports hold), n
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,35 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers/CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+# fonts that draw Chinese, Japanese and Korean, used as fallbacks when installed (matplotlib's own DejaVu Sans does
+# not have those letters); the report's HTML text is drawn by the browser, which has them
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN")
+
+
+@functools.lru_cache(maxsize=1)
+def _drawable_codepoints() -> frozenset[int]:
+    """Characters the plots can draw: DejaVu Sans plus any installed CJK font, which becomes a fallback."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    installed = {f.name: f.fname for f in font_manager.fontManager.ttflist}
+    fallbacks = [name for name in CJK_FONTS if name in installed]
+    if fallbacks:
+        plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *fallbacks, *plt.rcParams["font.sans-serif"]]
+    paths = [font_manager.findfont("DejaVu Sans"), *(installed[name] for name in fallbacks)]
+    return frozenset(cp for path in paths for cp in FT2Font(path).get_charmap())
+
+
+def tick_labels(labels: Sequence[str]) -> tuple[list[str], str | None]:
+    """(tick labels a plot can draw, the key a caption gives): the class names themselves, or -- when the fonts
+    lack a letter of one (a Chinese label without a CJK font) -- their numbers 1..n and ``"1 = 发票, 2 = 密码"``."""
+    cps = _drawable_codepoints()
+    if all(ord(ch) in cps for lab in labels for ch in str(lab)):
+        return list(labels), None
+    return [str(i + 1) for i in range(len(labels))], ", ".join(f"{i + 1} = {lab}" for i, lab in enumerate(labels))
 
 
 def _png(fig: Any) -> bytes:
@@ -63,14 +93,16 @@ def rounds_plot(rounds: Sequence[dict[str, Any]], teacher_accuracy: float | None
 
 
 def confusion_plot(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> bytes:
-    """Row-normalised confusion matrix with counts."""
+    """Row-normalised confusion matrix with counts (class numbers on the axes where the fonts lack a label's
+    letters: :func:`tick_labels`)."""
     m = np.asarray(matrix, dtype=float)
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(labels)
+    ticks = tick_labels(labels)[0]
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), labels, fontsize=7)
+    ax.set_xticks(range(n), ticks, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), ticks, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("gold")
     for i in range(n):
@@ -152,7 +184,7 @@ def per_class_plot(labels: Sequence[str], values: Sequence[float | None], title:
     """Per-class accuracy bars (teacher quality)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.2))
     ax.bar(range(len(labels)), [0 if v is None else v for v in values], color="tab:purple")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(range(len(labels)), tick_labels(labels)[0], rotation=45, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy vs gold")
     ax.set_title(title, fontsize=9)
