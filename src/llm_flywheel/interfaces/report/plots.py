@@ -99,7 +99,7 @@ def confusion_plot(matrix: Sequence[Sequence[int]], labels: Sequence[str], title
     norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     n = len(labels)
     ticks = tick_labels(labels)[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.55 * n), 0.8 + 0.5 * n))  # wide enough for the title
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), ticks, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), ticks, fontsize=7)
