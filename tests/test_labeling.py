@@ -189,7 +189,9 @@ def test_plan_counts_cached_calls_and_prices_them(synth_ws, synth_task):
         label_items(synth_ws, "synth", ids[:10], t, LabelConfig(tie_break=False), progress=False)
         p1 = plan(synth_ws, "synth", ids, t)
     assert p0["calls_needed"] == 60 and p0["price_source"] == "task prices" and p0["est_cost_usd"] > 0
+    assert "the tokens are a guess" in p0["estimate_note"] and "--max-calls 20" in p0["estimate_note"]
     assert p1["calls_needed"] == 40 and p1["calls_cached"] == 20 and p1["price_source"] == "observed"
+    assert p1["estimate_note"] is None  # priced from the calls it saw
     assert p1["simulated"] is True
 
 

@@ -325,11 +325,15 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
     finally:
         store.close()
     tin, tout, est = teacher.estimate_call(task)
+    note = None
     if stats.n:
         per_call, source = stats.mean_cost_usd, "observed"
         tin, tout = int(stats.mean_tokens_in or tin), int(stats.mean_tokens_out or tout)
     elif est is not None:
         per_call, source = est, "task prices"
+        note = (f"no call of {teacher.model} is recorded yet, so the tokens are a guess: about {tin:,} in and {tout} "
+                "out a call. A reasoning model also bills the reasoning it hides as output, often hundreds of tokens "
+                "a call; label a few first (--max-calls 20) and plan again: the plan then prices the calls it saw")
     else:
         per_call, source = None, "unknown (no prices in the task and no calls recorded)"
     calls_exp = needed + tb_exp
@@ -343,7 +347,7 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         "calls_in_open_batch": in_batch,
         "tie_break_calls_expected": tb_exp, "tie_break_calls_max": tb_max,
         "est_tokens_in": tin * calls_exp, "est_tokens_out": tout * calls_exp,
-        "est_cost_per_call_usd": per_call, "price_source": source,
+        "est_cost_per_call_usd": per_call, "price_source": source, "estimate_note": note,
         "est_cost_usd": cost, "est_cost_usd_max": cost_max,
         "budget_usd": cfg.budget_usd, "max_calls": cfg.max_calls,
         "fits_budget": None if cfg.budget_usd is None or cost_max is None else cost_max <= cfg.budget_usd,

@@ -142,6 +142,7 @@ class LabelPlan:
     calls_in_open_batch: int = 0  # carried by a Batch API job not collected yet: not needed again
     est_cost_batch_usd: float | None = None  # the same calls through the Batch API (``label(batch=True)``)
     est_cost_batch_usd_max: float | None = None
+    estimate_note: str | None = None  # why a price from the task's token prices is only a guess (no call seen yet)
 
     @classmethod
     def from_plan(cls, p: Mapping[str, Any]) -> "LabelPlan":
@@ -152,7 +153,7 @@ class LabelPlan:
                    est_cost_usd_max=_f(p.get("est_cost_usd_max")), price_source=str(p.get("price_source", "")),
                    fits_budget=p.get("fits_budget"), calls_in_open_batch=int(p.get("calls_in_open_batch") or 0),
                    est_cost_batch_usd=_f(p.get("est_cost_batch_usd")),
-                   est_cost_batch_usd_max=_f(p.get("est_cost_batch_usd_max")))
+                   est_cost_batch_usd_max=_f(p.get("est_cost_batch_usd_max")), estimate_note=p.get("estimate_note"))
 
 
 @dataclass(frozen=True)

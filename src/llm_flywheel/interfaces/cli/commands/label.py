@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.core.task import Task
@@ -325,3 +326,5 @@ def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
+    if p.get("estimate_note"):
+        console.print(f"note: {escape(p['estimate_note'])}")
