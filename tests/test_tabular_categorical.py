@@ -169,6 +169,12 @@ def test_a_dataframe_with_text_columns_is_a_table_with_categories(tmp_path):
         assert p[0, ds.labels.index("churn")] > 0.5 > p[1, ds.labels.index("churn")]
         with pytest.raises(fw.InputError, match=r"holds rows of the columns \['plan', 'tickets', 'tenure'\]"):
             ws.add_items("churn", df[["tickets"]], labels=["churn", "stay"])
+        cascade = model.calibrate(max_teacher_fraction=0.3)  # a plan it never saw: answered, named, warned once
+        with pytest.warns(fw.FlywheelWarning, match=r"1 input\(s\) hold categories the model never saw .*"
+                                                     r"plan 'enterprise' x1"):
+            answers = cascade.predict(pd.DataFrame({"plan": ["enterprise", "free"], "tickets": [1, 1],
+                                                    "tenure": [30.0, 30.0]}))
+        assert [a.unseen_categories for a in answers] == [{"plan": "enterprise"}, {}]
 
 
 def test_the_sklearn_estimator_names_the_text_columns_it_cannot_take():

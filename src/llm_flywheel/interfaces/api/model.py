@@ -7,14 +7,17 @@ Why apart from ``workspace``: the dataset-level calls (import, label, train, run
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from llm_flywheel.interfaces.api.inputs import Teacher, as_teacher, raw_inputs, register_items
-from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, NotReadyError, translate_errors,
-                                                 warn_each)
+from llm_flywheel.interfaces.api.results import (Answer, Calibration, Evaluation, FlywheelWarning, NotReadyError,
+                                                 translate_errors, warn_each)
+from llm_flywheel.pipeline.unseen import unseen_categories, unseen_summary
+
 
 class Model:
     """A trained student version of a dataset."""
@@ -146,7 +149,12 @@ class Cascade:
         with translate_errors():
             out = self._api.predict_items([by_key[k] for k in keys], origin="api",
                                           teacher_concurrency=max(1, concurrency))
-        return [Answer.from_engine(a) for a in out]
+        unseen = unseen_categories(self._api, raw)
+        note = unseen_summary(unseen)
+        if note:  # answered as missing values, with a threshold calibrated without them (pipeline.unseen)
+            warnings.warn(FlywheelWarning(note + "; add such rows (ds.add_items) and run the wheel to train on them"),
+                          stacklevel=2)
+        return [Answer.from_engine(a, u) for a, u in zip(out, unseen)]
 
     def close(self) -> None:
         self._c.close()

@@ -252,12 +252,13 @@ class Answer:
     teacher_label: Any
     model_version: str
     latency_ms: float
+    unseen_categories: Mapping[str, str] = field(default_factory=dict)  # a table's values the model never saw
 
     @classmethod
-    def from_engine(cls, a: Any) -> "Answer":
+    def from_engine(cls, a: Any, unseen: Mapping[str, str] | None = None) -> "Answer":
         return cls(label=a.label, source=a.source, confidence=float(a.confidence), student_label=a.student_label,
                    student_confidence=float(a.student_confidence), teacher_label=a.teacher_label,
-                   model_version=a.model_version, latency_ms=float(a.latency_ms))
+                   model_version=a.model_version, latency_ms=float(a.latency_ms), unseen_categories=dict(unseen or {}))
 
 
 @dataclass(frozen=True)
