@@ -133,7 +133,8 @@ def run(name: str, pairs: list[tuple[str, str]], sizes: list[int], seeds: list[i
             c = np.concatenate(correct[kind])
             acc, lo, hi = accuracy_ci(c)
             per_seed = " / ".join(f"{x.mean() * 100:.1f}" for x in correct[kind])
-            line = f"{name:6s} train {n:5d}  {kind:10s} {acc * 100:5.1f} % [{lo * 100:.1f}, {hi * 100:.1f}]  ({per_seed})"
+            line = (f"{name:6s} train {n:5d}  {kind:10s} {acc * 100:5.1f} % [{lo * 100:.1f}, {hi * 100:.1f}]  "
+                    f"({per_seed})")
             if kind != kinds[0]:
                 d, dlo, dhi = paired_diff_ci(c, base)
                 line += f"  vs {kinds[0]}: {d * 100:+.1f} pt [{dlo * 100:+.1f}, {dhi * 100:+.1f}]"

@@ -16,7 +16,8 @@ from llm_flywheel.interfaces.cli import main
 from llm_flywheel.store.records import Item
 from llm_flywheel.students.registry import build_student, default_candidates
 
-FILLER = "的了在是我有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长"
+FILLER = ("的了在是我有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后小么"
+          "心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长")
 TOPICS = {"printer": "打印机卡纸", "password": "密码忘记了", "invoice": "发票金额错"}
 
 

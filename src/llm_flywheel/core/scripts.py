@@ -1,8 +1,8 @@
 """Which writing system texts are in: enough to choose a text student (pure; the standard library's Unicode names).
 
-Why: ``text-minilm``'s encoder (all-MiniLM-L6-v2) learnt English; on Chinese poetry it trails a TF-IDF student that
-reads characters by 11 points (``bench_text_students.py``).  A newcomer with their own non-English texts should get
-the student that can read them without knowing to ask.
+Why: ``text-minilm``'s encoder (all-MiniLM-L6-v2) learnt English; on Chinese poetry it trails a TF-IDF student
+that reads characters by 14-16 points (``bench_text_students.py``).  A newcomer with their own non-English texts
+should get the student that can read them without knowing to ask.
 """
 
 from __future__ import annotations

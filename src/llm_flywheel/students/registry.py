@@ -59,10 +59,10 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None) -> tuple[
     """(kinds to train when none is asked for -- the val split keeps the best --, why when the data narrowed them).
 
     Images: the fast native-resolution CNN (the wheel retrains every round on 2 CPU cores); tables: gradient
-    boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin and
-    MiniLM's sentence embeddings are the better bet where meaning matters more than words
-    (``bench_text_students.py``).  When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF:
-    MiniLM's encoder learnt English."""
+    boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin's
+    words, MiniLM's sentence embeddings on AFINN's word meanings by 15-25 points (``bench_text_students.py``).
+    When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF: MiniLM's encoder learnt
+    English."""
     if task.modality != "text":
         return (DEFAULTS[task.modality],), None
     if texts:
@@ -70,7 +70,7 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None) -> tuple[
         if share > NON_LATIN_SHARE:
             return ("text-tfidf",), (f"{share:.0%} of the letters are not Latin (mostly {script}): text-tfidf reads "
                                      "any script with character n-grams, text-minilm's encoder learnt English "
-                                     "(--kind text-minilm to use it anyway)")
+                                     "(name text-minilm as the student kind to use it anyway)")
     return ("text-minilm", "text-tfidf"), None
 
 

@@ -17,8 +17,8 @@ from llm_flywheel.students.registry import STUDENT_KINDS
 @click.command()
 @click.argument("dataset")
 @click.option("--kind", "-k", type=click.Choice(sorted(STUDENT_KINDS)), default=None,
-              help="Student kind (default: image-cnn for images, text-minilm for text -- text-tfidf when most letters are "
-                   "not Latin -- and tabular-hgb for tables).")
+              help="Student kind (default: image-cnn for images, tabular-hgb for tables; for text text-minilm and "
+                   "text-tfidf, the one val prefers -- text-tfidf alone when most letters are not Latin).")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping on the val split may stop sooner).")
 @click.option("--no-soft", is_flag=True, help="Train on hard consensus labels instead of the teacher's pass distribution.")
 @click.option("--no-weights", is_flag=True, help="Do not weight items by label quality (pass agreement x confidence).")
@@ -102,7 +102,8 @@ def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported la
     t.add_column("metric")
     t.add_column("value")
     for key, val in (
-        ("kind", tm.student.kind + (f" -- {m['student_choice']}" if m.get("student_choice") else "")), (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
+        ("kind", tm.student.kind + (f" -- {m['student_choice']}" if m.get("student_choice") else "")),
+        (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
         ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
