@@ -37,20 +37,24 @@ def upright_bytes(data: bytes) -> bytes:
     """``data`` itself unless its EXIF orientation turns it; then the upright picture encoded once (a JPEG as JPEG at
     quality 95, anything else as PNG) with its colour profile and without the EXIF block.  Deterministic: the same
     file always gives the same bytes, so its content hash (the item's identity and the answer cache's key) is
-    stable.  Call it on bytes already checked to decode (and not to be a pixel bomb): it decodes the whole image."""
+    stable.  Call it on bytes already checked to decode (and not to be a pixel bomb): it decodes the whole image.
+    A picture that will not turn is returned as it is, never refused for that."""
     with Image.open(io.BytesIO(data)) as im:
         if orientation(im) == 1:
             return data
         fmt = (im.format or "").upper()
         icc = im.info.get("icc_profile")
-        im.load()
-        turned = ImageOps.exif_transpose(im)
-    buf = io.BytesIO()
-    extra = {"icc_profile": icc} if icc else {}
-    if fmt == "JPEG" and turned.mode in ("L", "RGB", "CMYK"):
-        turned.save(buf, format="JPEG", quality=95, **extra)
-    else:
-        if turned.mode not in PNG_MODES:
-            turned = turned.convert("RGBA" if "A" in turned.getbands() else "RGB")
-        turned.save(buf, format="PNG", optimize=False, compress_level=6, **extra)
+        try:
+            im.load()
+            turned = ImageOps.exif_transpose(im)
+            buf = io.BytesIO()
+            extra = {"icc_profile": icc} if icc else {}
+            if fmt == "JPEG" and turned.mode in ("L", "RGB", "CMYK"):
+                turned.save(buf, format="JPEG", quality=95, **extra)
+            else:
+                if turned.mode not in PNG_MODES:
+                    turned = turned.convert("RGBA" if "A" in turned.getbands() else "RGB")
+                turned.save(buf, format="PNG", optimize=False, compress_level=6, **extra)
+        except Exception:  # a picture that decodes but will not turn (an odd mode, a bad profile) is kept as sent
+            return data
     return buf.getvalue()

@@ -240,7 +240,7 @@ def decode_image(inp: RawInput, im: Any) -> None:
                                "send a PNG, JPEG, GIF, BMP or WebP file") from None
     inp.content = im
     if orientation(im) != 1:  # the student reads the stored picture: the upright bytes decoded (JPEG is lossy)
-        inp.raw = upright_bytes(inp.raw)
+        inp.raw = upright_bytes(inp.raw)  # as sent when it will not turn
         inp.ext, inp.hash = _image_ext(inp.raw), hashlib.sha256(inp.raw).hexdigest()
         inp.content = Image.open(io.BytesIO(inp.raw))
         inp.content.load()
