@@ -233,8 +233,8 @@ def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool)
 
 
 def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:
-    """Open a stored image (already validated at import), upright even if stored before the import turned it."""
+    """Open a stored image (already validated at import).  One stored before the import turned photos upright is
+    turned where the student decodes it (``students.image.to_pil``)."""
     im = Image.open(io.BytesIO(ws.read_blob(blob_path)))
     im.load()
-    im = upright(im)
     return im.convert(mode) if mode and im.mode != mode else im

@@ -17,10 +17,6 @@ from typing import Any
 from llm_flywheel.core.task import normalise_label
 
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-def norm_token(text: str) -> str:
-    """Lower-case, every run of characters that are not letters or digits (of any script) becomes ``_``
-    ("T-Shirt / Top" -> "t_shirt_top"): the label form of ``core.task.normalise_label``."""
-    return normalise_label(text)
 
 
 def _singular(word: str) -> str:
@@ -34,7 +30,7 @@ def _singular(word: str) -> str:
 
 
 def _singular_key(text: str) -> str:
-    return "_".join(_singular(w) for w in norm_token(text).split("_") if w)
+    return "_".join(_singular(w) for w in normalise_label(text).split("_") if w)
 
 
 class LabelMatcher:
@@ -45,18 +41,18 @@ class LabelMatcher:
         self.labels = tuple(labels)
         self._exact: dict[str, str] = {}
         for lab in self.labels:
-            for key in (norm_token(lab), _singular_key(lab), norm_token(lab).replace("_", "")):
+            for key in (normalise_label(lab), _singular_key(lab), normalise_label(lab).replace("_", "")):
                 self._exact.setdefault(key, lab)
         for lab, desc in (descriptions or {}).items():
             head = desc.split(":", 1)[0]
             if head and len(head) < 40 and ":" in desc:
-                for key in (norm_token(head), _singular_key(head)):
+                for key in (normalise_label(head), _singular_key(head)):
                     self._exact.setdefault(key, lab)
 
     def match(self, text: Any) -> str | None:
         if not isinstance(text, str) or not text.strip():
             return None
-        key = norm_token(text)
+        key = normalise_label(text)
         for k in (key, _singular_key(text), key.replace("_", "")):
             if k in self._exact:
                 return self._exact[k]
