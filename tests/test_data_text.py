@@ -81,9 +81,9 @@ def test_text_errors_are_clear(ws, tmp_path):
     (tmp_path / "one.csv").write_text("text,label\nhi,a\nyo,a\n")
     with pytest.raises(TaskError, match="only one label value 'a'.*--task"):
         add_dataset(ws, "text", path=tmp_path / "one.csv", progress=False)
-    (tmp_path / "x.parquet").write_bytes(b"PAR1")
-    with pytest.raises(ValueError, match="unsupported file type"):
-        add_dataset(ws, "text", path=tmp_path / "x.parquet", progress=False)
+    (tmp_path / "x.docx").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="unsupported file type '.docx'; use .csv, .tsv, .jsonl, .json, .parquet"):
+        add_dataset(ws, "text", path=tmp_path / "x.docx", progress=False)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="empty"):
         add_dataset(ws, "text", path=tmp_path / "empty.csv", progress=False)

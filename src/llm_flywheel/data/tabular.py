@@ -1,4 +1,4 @@
-"""Tabular items from CSV (or JSONL): numeric feature columns and, optionally, a label and a source-split column.
+"""Tabular items from a data file (CSV, JSONL, Parquet, Excel): numeric feature columns and, optionally, a label and a source-split column.
 
 Missing-value policy (documented in ``flywheel data add --help``):
 
@@ -26,9 +26,9 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
-from llm_flywheel.data.text import _cell_str, label_of, read_rows, resolve_label_column, task_for
+from llm_flywheel.data.table_files import MISSING, cell_str, read_table
+from llm_flywheel.data.text import label_of, resolve_label_column, task_for
 
-MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
 CATEGORY_MAX = 50  # distinct values a text column may have to be used as a categorical feature by default
 
 
@@ -159,15 +159,16 @@ def tabular_source(
     task: str | Path | Task | None = None,
     name: str | None = None,
 ) -> tuple[Task, Iterator[Record], int, list[str], list[str]]:
-    """(task, records, count, feature names, notes) for a CSV/JSONL table.  ``categorical``: which of the given
+    """(task, records, count, feature names, notes) for a table file.  ``categorical``: which of the given
     ``features`` are categories, when known (rows joining a stored table are read as it was), else detected."""
     p = Path(path)
-    columns, rows = read_rows(p)
+    table = read_table(p)
+    columns, rows = table.columns, table.rows
     lab_col = resolve_label_column(columns, label_column, p)
     if split_column and split_column not in columns:
         raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
     good = [r.values for r in rows if r.values is not None]
-    notes: list[str] = []
+    notes: list[str] = list(table.notes)
     if features:
         missing = [c for c in features if c not in columns]
         if missing:
@@ -204,7 +205,7 @@ def tabular_source(
         except FeatureError as e:
             records.append(Record(r.ref, error=e.what))
             continue
-        split = _cell_str(r.values.get(split_column)) if split_column else None
+        split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, features=vec, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
     t = task_for("tabular", {r.gold_label for r in records if r.gold_label}, task, name, p,

@@ -17,8 +17,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")  # files that stand for their rows (text and tabular data)
+from llm_flywheel.data.table_files import TABLE_SUFFIXES, cell_str, decode, read_table
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def is_table(f: Any) -> bool:
 
 
 def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "text") -> list[Path | str | RowInput]:
-    """A table file (.csv/.tsv/.jsonl) given to a text or tabular dataset stands for its rows -- a CSV of new
+    """A table file (:data:`TABLE_SUFFIXES`) given to a text or tabular dataset stands for its rows -- a CSV of new
     tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column, or the
     task's feature columns by name (the columns other than ``label`` in file order for a task stored without
     names).  Other inputs stay as they are; a table that cannot be used raises with what to fix."""
@@ -56,14 +55,13 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "
 
 def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
     from llm_flywheel.data.tabular import feature_row
-    from llm_flywheel.data.text import _cell_str, read_rows
-
-    columns, rows = read_rows(path)
+    table = read_table(path)
+    columns, rows = table.columns, table.rows
     if task.modality == "text":
         if text_column not in columns:
             raise ValueError(f"{path}: no {text_column!r} column (columns: {', '.join(columns)}); name the text "
                              "column with --text-column")
-        texts = [(r, None if r.values is None else _cell_str(r.values.get(text_column))) for r in rows]
+        texts = [(r, None if r.values is None else cell_str(r.values.get(text_column))) for r in rows]
         return [RowInput(r.ref, error=r.error or f"empty or missing {text_column!r}") if t is None else
                 RowInput(r.ref, t, sha256(t.encode("utf-8"))) for r, t in texts]  # hashed as data add stores it
     wanted = list(task.features) or [c for c in columns if c != "label"]
@@ -101,7 +99,7 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
         data = upright_bytes(data)  # as the import stores it: one picture, one hash (data.images)
         return data, sha256(data)
     if modality == "text":
-        text = data.decode("utf-8")
+        text = decode(data, path.name)[0]  # UTF-8, else UTF-16 by its mark, else Windows-1252 (data.table_files)
         return text, sha256(text.encode("utf-8"))
     feats = json.loads(data)
     if not isinstance(feats, list) or not all(x is None or isinstance(x, (int, float, str)) for x in feats):

@@ -32,7 +32,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.argument("dataset")
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--text-column", default="text", show_default=True,
-              help="In .csv/.tsv/.jsonl FILES of a text dataset: the column holding the text (each row is one input).")
+              help="In table FILES (.csv/.tsv/.jsonl/.parquet/.xlsx) of a text dataset: the column holding the text "
+                   "(each row is one input).")
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
@@ -61,8 +62,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
             batch_size: int | None, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
-    A .csv/.tsv/.jsonl file given to a text or tabular dataset stands for its rows (the text column; the feature
-    columns the model was trained on, by name); any other file is one input.
+    A table file (.csv/.tsv/.jsonl/.parquet/.xlsx) given to a text or tabular dataset stands for its rows (the text
+    column; the feature columns the model was trained on, by name); any other file is one input.
 
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
