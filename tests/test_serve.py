@@ -382,6 +382,35 @@ def test_a_turned_photo_is_answered_upright_and_kept_as_the_import_keeps_it(serv
     assert len(rows) == 3 and all((ws.root / r["payload_ref"]).read_bytes() == up for r in rows)
 
 
+def test_a_heic_or_webp_is_answered_and_kept_as_the_import_stores_it(served, cal_ws):
+    """An iPhone's HEIC and a browser's WebP: answered, hashed and kept as the import stores them (JPEG, PNG:
+    ``data.images.storable_bytes``), so ``data add-served`` makes the item whose cached teacher answer this is, and a
+    teacher is only ever sent a format it reads."""
+    import hashlib
+
+    from PIL import Image
+
+    from conftest import synth_image
+    from llm_flywheel.data.images import storable_bytes
+
+    ws, _ = cal_ws
+    server, app = served
+    pic = Image.fromarray(synth_image(1, np.random.default_rng(8))).convert("RGB")
+    for fmt, ctype, suffix in (("HEIF", "image/heic", ".jpg"), ("WEBP", "image/webp", ".png")):
+        buf = io.BytesIO()
+        pic.save(buf, fmt, quality=95)
+        stored, ext = storable_bytes(buf.getvalue())
+        assert ext == suffix
+        r = httpx.post(f"{server}/v1/predict", content=buf.getvalue(), headers={"Content-Type": ctype})
+        assert r.status_code == 200, r.text
+        assert r.json()["input_hash"] == hashlib.sha256(stored).hexdigest()[:16]
+        flush(app)
+        rows = _rows(ws, "SELECT payload_ref FROM cascade_log WHERE origin='serve' AND content_hash LIKE ?",
+                     (r.json()["input_hash"] + "%",))
+        assert rows and all((ws.root / row["payload_ref"]).read_bytes() == stored for row in rows)
+        assert all(row["payload_ref"].endswith(suffix) for row in rows)
+
+
 # -- POST /v1/predict/batch -------------------------------------------------------------------------------------------
 
 

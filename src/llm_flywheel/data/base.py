@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from llm_flywheel.core.splits import group_key
 from llm_flywheel.core.task import Task
-from llm_flywheel.data.images import upright, upright_bytes
+from llm_flywheel.data.images import storable_bytes, upright
 from llm_flywheel.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -86,22 +86,14 @@ def encode_png(image: Image.Image | np.ndarray) -> bytes:
 
 
 def _image_bytes(img: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:
-    """Validate and normalise an image to bytes + suffix, upright (``data.images``).  Raises on anything
-    undecodable."""
+    """Validate and normalise an image to bytes + suffix as stored (``data.images.storable_bytes``: upright, PNG
+    or JPEG).  Raises on anything undecodable."""
     if isinstance(img, bytes):
         with Image.open(io.BytesIO(img)) as im:
             im.verify()  # catches truncated/corrupt files without a full decode
         with Image.open(io.BytesIO(img)) as im:
             im.load()
-        img = upright_bytes(img)
-        with Image.open(io.BytesIO(img)) as im:
-            fmt = (im.format or "").upper()
-        if fmt == "PNG":
-            return img, ".png"
-        if fmt == "JPEG":
-            return img, ".jpg"
-        with Image.open(io.BytesIO(img)) as im:  # anything else is stored as PNG
-            return encode_png(im.convert("RGB") if im.mode not in ("L", "RGB") else im), ".png"
+        return storable_bytes(img)
     return encode_png(upright(img) if isinstance(img, Image.Image) else img), ".png"
 
 

@@ -7,14 +7,17 @@ Layouts understood::
     photos/train/1.jpg  photos/test/9.jpg          unlabelled, with the source's split
     photos/1.jpg  photos/2.png                     unlabelled: the teacher will label them (needs --task)
 
-Every file with an image extension is read; a file PIL cannot decode (truncated, zero bytes, a text file named
-.jpg) is counted and skipped by :func:`register`, never a crash.  Hidden files and other extensions are ignored.
+Every file with an image extension is read (phone formats too: HEIC, AVIF; ``data.images``); a file PIL cannot
+decode (truncated, zero bytes, a text file named .jpg) is counted and skipped by :func:`register`, never a crash.
+Hidden files are ignored; files with other extensions (a RAW .dng, a .mov beside the photos) are counted by
+extension in the import notes, so a folder of a format nobody reads is never silently half-imported.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +27,8 @@ from llm_flywheel.data.base import Record
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                              ".heic", ".heif", ".avif"})
 SOURCE_SPLITS = ("train", "test")
 
 
@@ -39,11 +43,23 @@ def _visible(p: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return sorted(p for p in _visible_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _visible_files(root: Path) -> Iterator[Path]:
+    return (p for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def ignored_note(root: Path) -> list[str]:
+    """A note naming the visible files that are not images by extension (``3 .dng, 1 .mov``), if any."""
+    other = Counter(p.suffix.lower() or "(none)" for p in _visible_files(root)
+                    if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    if not other:
+        return []
+    kinds = ", ".join(f"{n:,} {ext}" for ext, n in other.most_common(6))
+    return [f"{sum(other.values()):,} file(s) without an image extension ignored ({kinds}); images are "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}"]
 
 
 def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
@@ -66,8 +82,8 @@ def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
 
 def image_folder_source(
     path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None
-) -> tuple[Task, Iterator[Record], int]:
-    """Task, records and count for an image folder.
+) -> tuple[Task, Iterator[Record], int, list[str]]:
+    """Task, records, count and notes (files ignored) for an image folder.
 
     With ``task`` (a TOML path or Task) the folder labels must be among its labels; without one, the task is
     derived from the folder names (at least two classes).  ``name`` overrides the dataset name.
@@ -76,8 +92,10 @@ def image_folder_source(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
     files = scan(root)
+    notes = ignored_note(root)
     if not files:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
+                         + (f"; {notes[0].split(';')[0]}" if notes else ""))
     raw_labels = sorted({lab for _, _, lab in files if lab is not None})
     norm = {lab: normalise_label(lab) for lab in raw_labels}
     bad = [lab for lab, n in norm.items() if not n]
@@ -128,4 +146,4 @@ def image_folder_source(
                 continue
             yield Record(ref, image=data, source_split=split, gold_label=norm[lab] if lab is not None else None)
 
-    return t, gen(), len(files)
+    return t, gen(), len(files), notes

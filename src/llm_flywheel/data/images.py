@@ -1,10 +1,15 @@
-"""Images the way people see them: a photo's EXIF orientation applied, once, everywhere.
+"""Images the way people see them: a photo's EXIF orientation applied, once, everywhere; any camera's format in.
 
 Why: a phone stores its sensor's pixels and records how it was held in an EXIF tag.  Viewers, browsers and Label
 Studio show the photo upright; PIL, llama.cpp's and Ollama's image loaders do not, so the student and a local teacher
 would learn from a sideways photo that the person reviewing its label sees upright.  The import stores an image
 upright, serving and the Python API turn an input upright before it is hashed, and the student's decoder turns any
 image still carrying the tag (one stored before this rule) -- so a file has one content hash and one picture.
+
+Formats: an iPhone saves HEIC, many Android phones and browsers AVIF or WebP; teacher APIs (OpenAI, Anthropic,
+Gemini) and llama.cpp's image loader read PNG and JPEG.  :func:`storable_bytes` is the one rule every entry point
+(import, serving, ``flywheel predict``, the Python API) applies, so a WebP served today and the same file imported
+tomorrow are one item with one cached answer.
 """
 
 from __future__ import annotations
@@ -13,8 +18,17 @@ import io
 
 from PIL import Image, ImageOps
 
+try:  # HEIC/HEIF, the iPhone camera's format, through libheif (pillow-heif); Pillow reads AVIF itself
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - a dependency; without it a .heic file is reported as undecodable
+    pass
+
 ORIENTATION_TAG = 0x0112
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+KEPT_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}  # stored and sent to the teacher as they are
+PHOTO_FORMATS = {"HEIF", "AVIF"}  # lossy camera formats: stored as JPEG (as PNG a 12-megapixel photo is ~20 MB)
 
 
 def orientation(im: Image.Image) -> int:
@@ -58,3 +72,24 @@ def upright_bytes(data: bytes) -> bytes:
         except Exception:  # a picture that decodes but will not turn (an odd mode, a bad profile) is kept as sent
             return data
     return buf.getvalue()
+
+
+def storable_bytes(data: bytes) -> tuple[bytes, str]:
+    """(bytes, suffix) of an image as it is stored, hashed and sent to a teacher: upright (:func:`upright_bytes`);
+    PNG and JPEG as they are; a HEIC or AVIF photo as a JPEG at quality 95; anything else (WebP, GIF's first frame,
+    BMP, TIFF, PPM) as an RGB or grayscale PNG, as imports always stored them (so their hashes, and the answers
+    cached on them, stay).  Deterministic: one file, one hash.  Call it on bytes already checked to decode."""
+    data = upright_bytes(data)
+    with Image.open(io.BytesIO(data)) as im:
+        fmt = (im.format or "").upper()
+        if fmt in KEPT_FORMATS:
+            return data, KEPT_FORMATS[fmt]
+        im.load()
+        out = im if im.mode in ("L", "RGB") else im.convert("RGB")
+        buf = io.BytesIO()
+        if fmt in PHOTO_FORMATS:
+            icc = im.info.get("icc_profile")
+            out.save(buf, format="JPEG", quality=95, **({"icc_profile": icc} if icc else {}))
+            return buf.getvalue(), ".jpg"
+        out.save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue(), ".png"

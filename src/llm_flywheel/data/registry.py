@@ -60,7 +60,8 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
         common = {"task": o.get("task"), "name": o.get("as_name")}
         if name == "image-folder":
-            task, recs, total = image_folder_source(o["path"], **common)
+            task, recs, total, notes = image_folder_source(o["path"], **common)
+            meta = {"notes": notes}
         elif name == "text":
             task, recs, total, notes = text_source(
                 o["path"], text_column=o.get("text_column") or "text", label_column=o.get("label_column"),

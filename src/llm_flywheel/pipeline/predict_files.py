@@ -92,11 +92,11 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
     if modality == "image":
         from PIL import Image
 
-        from llm_flywheel.data.images import upright_bytes
+        from llm_flywheel.data.images import storable_bytes
 
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-        data = upright_bytes(data)  # as the import stores it: one picture, one hash (data.images)
+        data = storable_bytes(data)[0]  # as the import stores it: one picture, one hash (data.images)
         return data, sha256(data)
     if modality == "text":
         text = decode(data, path.name)[0]  # UTF-8, else UTF-16 by its mark, else Windows-1252 (data.table_files)

@@ -141,13 +141,14 @@ def item_key(modality: str, x: Any, task: Any = None) -> tuple[str, Any]:
 
 
 def upright_image(x: Any) -> Any:
-    """An in-memory image as the import stores it (``data.images``): bytes and PIL images turned upright by their
-    EXIF orientation, so ``fit``'s items, ``predict``'s cache keys and what the teacher sees are one picture."""
-    from llm_flywheel.data.images import upright, upright_bytes
+    """An in-memory image as the import stores it (``data.images``): bytes as stored (upright, PNG or JPEG) and PIL
+    images turned upright by their EXIF orientation, so ``fit``'s items, ``predict``'s cache keys and what the
+    teacher sees are one picture."""
+    from llm_flywheel.data.images import storable_bytes, upright
 
     if isinstance(x, (bytes, bytearray)):
         try:
-            return upright_bytes(bytes(x))
+            return storable_bytes(bytes(x))[0]
         except Exception:  # undecodable: the import or the student names it
             return bytes(x)
     return upright(x) if type(x).__module__.startswith("PIL") else x

@@ -23,16 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 
 from llm_flywheel.data.base import row_json
-from llm_flywheel.data.images import orientation, upright_bytes
+from llm_flywheel.data.images import KEPT_FORMATS, orientation, storable_bytes
 from llm_flywheel.data.tabular import feature_row
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "application/octet-stream")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/heic", "image/heif",
+               "image/avif", "application/octet-stream")
 ACCEPTED: dict[str, tuple[str, ...]] = {
     "image": ("multipart/form-data", "application/json", *IMAGE_TYPES),
     "text": ("application/json", "text/plain", "multipart/form-data"),
     "tabular": ("application/json",),
 }
-HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|gif|bmp|webp bytes)",
+HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|heic|avif|webp|gif|bmp bytes)",
         "text": 'JSON {"text": ...}, text/plain, or a multipart "text" field',
         "tabular": 'JSON {"features": [...]} in column order, or {"features": {"column": value, ...}}'}
 
@@ -204,6 +205,9 @@ def _b64(s: str, max_bytes: int) -> bytes:
         raise HTTPProblem(400, "image_base64 is not valid base64") from None
 
 
+IMAGE_FORMATS = "PNG, JPEG, HEIC, AVIF, WebP, GIF or BMP"
+
+
 def _image_ext(data: bytes) -> str:
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return ".png"
@@ -220,8 +224,8 @@ def open_image(data: bytes, max_pixels: int) -> Any:
     try:
         im = Image.open(io.BytesIO(data))
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
-                               "send a PNG, JPEG, GIF, BMP or WebP file") from None
+        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); send a {IMAGE_FORMATS} file") \
+            from None
     w, h = im.size
     if w * h > max_pixels:
         raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
@@ -229,20 +233,22 @@ def open_image(data: bytes, max_pixels: int) -> Any:
 
 
 def decode_image(inp: RawInput, im: Any) -> None:
-    """Decode ``inp``'s opened image (first frame) into ``inp.content``, upright by its EXIF orientation
-    (``data.images``); 400 for bytes that do not decode.  A turned photo's raw bytes and hash become the upright
-    picture's, as the import stores it: the teacher sees it upright, and its cached answer and the served log name
-    the item ``data add-served`` will make of it."""
+    """Decode ``inp``'s opened image (first frame) into ``inp.content``; 400 for bytes that do not decode.  A photo
+    that needs turning (EXIF orientation) or is not PNG or JPEG (HEIC, AVIF, WebP, ...) becomes what the import
+    stores (``data.images.storable_bytes``), raw bytes and hash included: the teacher gets a picture it reads,
+    upright, and its cached answer and the served log name the item ``data add-served`` will make of it."""
     try:
         im.load()
     except Exception as e:
-        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); "
-                               "send a PNG, JPEG, GIF, BMP or WebP file") from None
+        raise HTTPProblem(400, f"cannot decode the image ({type(e).__name__}); send a {IMAGE_FORMATS} file") from None
     inp.content = im
-    if orientation(im) != 1:  # the student reads the stored picture: the upright bytes decoded (JPEG is lossy)
-        inp.raw = upright_bytes(inp.raw)  # as sent when it will not turn
-        inp.ext, inp.hash = _image_ext(inp.raw), hashlib.sha256(inp.raw).hexdigest()
-        inp.content = Image.open(io.BytesIO(inp.raw))
+    if orientation(im) != 1 or (im.format or "").upper() not in KEPT_FORMATS:
+        try:
+            inp.raw, inp.ext = storable_bytes(inp.raw)
+        except Exception:  # decodes but will not re-encode: kept as sent
+            return
+        inp.hash = hashlib.sha256(inp.raw).hexdigest()
+        inp.content = Image.open(io.BytesIO(inp.raw))  # the student reads the stored picture (JPEG is lossy)
         inp.content.load()
 
 
