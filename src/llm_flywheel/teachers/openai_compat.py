@@ -37,7 +37,6 @@ import re
 import threading
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,6 +50,7 @@ from llm_flywheel.teachers.base import CallEstimate, ServerInfo, TeacherAnswer
 from llm_flywheel.teachers.concurrency import RateLimiter, is_local_url, note_server_slots
 from llm_flywheel.teachers.errors import (FATAL_STATUSES, RETRYABLE_KINDS, TeacherConfigError, classify_transport_error,
                                           fatal_fix, is_context_exceeded, redact, refused_response_format)
+from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
 from llm_flywheel.teachers.negotiation import PROBE_GIVE_UP, CapabilityCache, Negotiation, StoreCapabilityCache
 from llm_flywheel.teachers.parsing import LabelMatcher
 from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REASON_MAX_WORDS, RESPONSE_FORMAT_MODES,
@@ -114,6 +114,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         local: bool | None = None,
         reason: bool | None = None,
         confidence: bool | None = None,
+        image_max_side: int | None = None,
     ) -> None:
         if not re.match(r"^https?://", base_url or ""):
             raise TeacherConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -146,6 +147,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         self.price_in = price_in_per_mtok
         self.price_out = price_out_per_mtok
         self.extra_body = dict(extra_body or {})
+        self.image_max_side = image_max_side_from_env() if image_max_side is None else image_max_side  # 0: as stored
         self.limiter = RateLimiter(rpm)  # the default session's; a session given rpm= has its own
         self._matchers: dict[str, LabelMatcher] = {}
         self._pv_cache: dict[int, tuple[Task, str]] = {}
@@ -274,17 +276,14 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         body.update(self.extra_body)
         return body
 
-    image_content = staticmethod(image_content)
-
     def _content_for_item(self, item: Item, ws: Workspace | None) -> Any:
         if item.modality == "image":
             if not item.blob_path:
                 raise TeacherConfigError(f"item {item.id} has no image file")
-            root = (ws or self.workspace)
-            if root is None:
+            if (ws or self.workspace) is None:
                 raise TeacherConfigError("a workspace is needed to read images (pass ws= or workspace=)")
-            mime = "image/jpeg" if Path(item.blob_path).suffix.lower() in (".jpg", ".jpeg") else "image/png"
-            return image_content(root.read_blob(item.blob_path), mime)  # the exact stored bytes
+            data = (ws or self.workspace).read_blob(item.blob_path)  # type: ignore[union-attr]
+            return image_content(*teacher_image(data, self.image_max_side, item.content_hash))  # scaled if huge
         if item.modality == "text":
             return item.text or ""
         return row_content(item.features)
@@ -346,8 +345,9 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         """With ``ws`` (or ``workspace=``) and the default ``capability_cache``, what the endpoint accepted is
         remembered in that workspace's store."""
         self._attach_cache(ws)
-        try:
-            content = self._content_for_item(item, ws)
+        try:  # an image is read (and maybe scaled) off the event loop, where the other calls wait
+            content = (await asyncio.to_thread(self._content_for_item, item, ws) if item.modality == "image"
+                       else self._content_for_item(item, ws))
         except (OSError, TeacherConfigError) as e:
             return self._answer(item.id, item.content_hash, task, pass_index, ok=False, error_kind="refused",
                                 error_detail=f"cannot read item: {type(e).__name__}: {e}")
@@ -365,9 +365,9 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         if isinstance(content, str):
             h, payload = sha256(content.encode("utf-8")), content
         else:
-            data = content if isinstance(content, (bytes, bytearray)) else encode_png(content)
-            mime = "image/jpeg" if bytes(data[:3]) == b"\xff\xd8\xff" else "image/png"
-            h, payload = sha256(bytes(data)), image_content(bytes(data), mime)
+            data = bytes(content) if isinstance(content, (bytes, bytearray)) else encode_png(content)
+            h = sha256(data)
+            payload = image_content(*await asyncio.to_thread(teacher_image, data, self.image_max_side, h))
         return await self._ask(Call(0, h, task, payload, pass_index, limiter), client)
 
     def make_client(self, concurrency: int = 16) -> httpx.AsyncClient:

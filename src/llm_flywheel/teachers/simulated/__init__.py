@@ -47,11 +47,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.data.base import sha256
 from llm_flywheel.store.workspace import Workspace
-from llm_flywheel.teachers.simulated.batches import BatchSim
+from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
 from llm_flywheel.teachers.prompts import row_content
+from llm_flywheel.teachers.simulated.batches import BatchSim
 from llm_flywheel.teachers.simulated.chat import ChatSim, text_key
 from llm_flywheel.teachers.simulated.errors import (
     FASHION_CONFUSION,
@@ -71,7 +74,8 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _load(ws: Workspace, dataset: str) -> tuple[Task, dict[str, str | None]]:
+def _load(ws: Workspace, dataset: str) -> tuple[Task, dict[str, str | None], dict[str, str]]:
+    aliases: dict[str, str] = {}
     with ws.store(readonly=True) as store:
         task = Task.from_json(store.dataset_task_json(dataset))
         if task.modality == "tabular":
@@ -80,9 +84,32 @@ def _load(ws: Workspace, dataset: str) -> tuple[Task, dict[str, str | None]]:
             gold = {text_key(row_content(it.features or [])): it.gold_label for it in store.items(dataset)}
         else:
             gold = store.gold_by_hash(dataset)
+            if task.modality == "image":
+                aliases = _scaled_aliases(ws, store.items(dataset))
     if not any(gold.values()):
         raise ValueError(f"dataset {dataset!r} has no gold labels; the simulated teacher needs them")
-    return task, gold
+    return task, gold, aliases
+
+
+def _scaled_aliases(ws: Workspace, items: Any) -> dict[str, str]:
+    """sha256 of what a client sends for a stored image larger than its limit (``teachers.images``, the limit of
+    ``$FLYWHEEL_TEACHER_IMAGE_MAX_SIDE`` here) -> the item's content hash: a scaled picture is recognised as its
+    item, with its gold label and the same error-model draws.  Blobs under 4 KB are not opened (Fashion-MNIST's
+    70,000 need no header read): an image that small and over 1,568 pixels a side would be a line, not a photo."""
+    max_side = image_max_side_from_env()
+    out: dict[str, str] = {}
+    for it in items if max_side else ():
+        path = ws.root / it.blob_path if it.blob_path else None
+        try:
+            if path is None or path.stat().st_size < 4096:
+                continue
+            with Image.open(path) as im:
+                if max(im.size) <= max_side:
+                    continue
+            out[sha256(teacher_image(path.read_bytes(), max_side)[0])] = it.content_hash
+        except (OSError, ValueError):  # an unreadable blob is the client's problem to report
+            continue
+    return out
 
 
 def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) -> FastAPI:
@@ -90,9 +117,9 @@ def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) 
     ``/v1/batches``) and ``/v1/_stats`` (requests per item/pass key, used by tests and benchmarks to prove nothing
     is asked twice)."""
     cfg = config or SimConfig()
-    task, gold = _load(ws, dataset)
+    task, gold, aliases = _load(ws, dataset)
     mid = model_id(dataset, cfg)
-    chat = ChatSim(task, gold, cfg, mid)
+    chat = ChatSim(task, gold, cfg, mid, aliases)
     app = FastAPI(title=f"SIMULATED teacher for {dataset}", docs_url=None, redoc_url=None)
 
     if cfg.api_key is not None:

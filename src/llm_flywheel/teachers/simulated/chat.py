@@ -73,8 +73,10 @@ class ChatSim:
     """Answers chat-completions bodies from gold labels through the :class:`ErrorModel`; counts every request
     per (item, pass variant) so tests can prove nothing is asked twice."""
 
-    def __init__(self, task: Task, gold: dict[str, str | None], cfg: SimConfig, model: str) -> None:
+    def __init__(self, task: Task, gold: dict[str, str | None], cfg: SimConfig, model: str,
+                 aliases: dict[str, str] | None = None) -> None:
         self.cfg, self.gold, self.model = cfg, gold, model
+        self.aliases = aliases or {}  # hash of a scaled-down image as sent -> its item's content hash
         self.em = ErrorModel(task, cfg)
         self.noise = random.Random(cfg.seed + 1)
         self.lock = threading.Lock()
@@ -97,6 +99,7 @@ class ChatSim:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error("'messages' is required", 400)
         h, system, prompt_text = _extract_content(body["messages"])
+        h = self.aliases.get(h, h) if h is not None else None
         variant = variant_key(body.get("temperature", 1.0), system)
         with self.lock:
             self.stats["requests"] += 1
