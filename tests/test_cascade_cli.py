@@ -201,3 +201,54 @@ def test_predict_answers_a_folder(cal_ws, tmp_path):
     (tmp_path / "empty").mkdir()
     r = _run(ws, "predict", "synth", str(tmp_path / "empty"))
     assert r.exit_code == 2 and "no files" in r.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet", ".xlsx"])
+def test_predict_output_writes_each_row_back_with_its_answer(tmp_path, suffix):
+    """`predict t new.csv -o scored.csv`: the rows as the file has them (decimal commas and all), the answer
+    columns after them (a `label` column of the input kept, the answer's renamed), an unreadable row with its error;
+    the table on the terminal is cut to --show."""
+    from helpers_tables import calibrated_table
+    from llm_flywheel.data.table_files import read_table
+
+    w = ["--workspace", str(calibrated_table(tmp_path))]
+    (tmp_path / "new.csv").write_text("id;x;y;answered_by\n1;0,9;0,95;me\n2;0,1;0,05;me\n3;0,5\n",
+                                      encoding="utf-8")
+    out = tmp_path / f"scored{suffix}"
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "-o", str(out), "--show", "1"])
+    assert r.exit_code == 1 and "1 of 3 inputs could not be read" in r.output  # the bad row, after writing
+    assert f"wrote 3 answers to {out}" in " ".join(r.output.split()) and "first 1 of 3 answers" in r.output
+    got = read_table(out)
+    assert got.columns == ["id", "x", "y", "answered_by", "predicted_label", "flywheel_answered_by", "confidence",
+                           "student_label", "student_confidence", "teacher_label", "model_version", "error"]
+    rows = [row.values for row in got.rows]
+    assert [str(r_["x"]) for r_ in rows[:2]] == ["0,9", "0,1"]  # as the file has them
+    assert [r_["student_label"] for r_ in rows[:2]] == ["high", "low"]
+    for r_ in rows[:2]:  # no teacher: an unsure row is "deferred", with no label
+        assert (r_["flywheel_answered_by"], r_["predicted_label"] or None) in (("student", r_["student_label"]),
+                                                                                ("deferred", None))
+    assert rows[2]["error"] == "new.csv:4: unreadable row (2 fields, header has 4)" and rows[2]["predicted_label"] in (None, "")
+    assert not list(tmp_path.glob(".scored*"))  # no partial file left behind
+
+
+def test_predict_output_is_checked_before_anything_is_answered(tmp_path):
+    from helpers_tables import calibrated_table
+
+    w = ["--workspace", str(calibrated_table(tmp_path))]
+    (tmp_path / "new.csv").write_text("x,y\n0.9,0.95\n")
+    for out, msg in ((tmp_path / "s.docx", "write .csv, .tsv, .jsonl, .parquet, .xlsx"),
+                     (tmp_path / "missing" / "s.csv", "does not exist")):
+        r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "-o", str(out)])
+        assert r.exit_code == 2 and msg in r.output
+    r = CliRunner().invoke(main, [*w, "predict", "t", "--split", "test", "-o", str(tmp_path / "s.csv")])
+    assert r.exit_code == 2 and "--output goes with FILES or --text" in r.output
+
+
+def test_an_xlsx_output_keeps_a_formula_looking_text_as_text(tmp_path):
+    """A row whose text starts with '=' (hostile or not) is written to Excel as text, never as a formula."""
+    openpyxl = pytest.importorskip("openpyxl")
+    from llm_flywheel.pipeline.predict_output import write_answers
+
+    write_answers(tmp_path / "o.xlsx", ['=HYPERLINK("http://x","click")'], [ValueError("unreadable")])
+    cell = openpyxl.load_workbook(tmp_path / "o.xlsx").active["A2"]
+    assert cell.data_type == "s" and cell.value == '=HYPERLINK("http://x","click")'

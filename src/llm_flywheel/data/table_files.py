@@ -34,12 +34,18 @@ _DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$")  # 3,5  1.
 
 
 class Row:
-    """One parsed row: ``values`` or ``error`` (why it was unreadable), with a stable reference."""
+    """One parsed row: ``values`` or ``error`` (why it was unreadable), with a stable reference; ``written``: the
+    cells as the file has them, where reading changed one (a decimal comma), for writing the row back."""
 
-    __slots__ = ("ref", "values", "error")
+    __slots__ = ("ref", "values", "error", "_written")
 
     def __init__(self, ref: str, values: dict[str, Any] | None, error: str | None = None) -> None:
         self.ref, self.values, self.error = ref, values, error
+        self._written: dict[str, Any] | None = None
+
+    @property
+    def written(self) -> dict[str, Any] | None:
+        return self._written if self._written is not None else self.values
 
 
 @dataclass
@@ -194,6 +200,8 @@ def _decimal_commas(name: str, header: list[str], rows: list[Row]) -> list[str]:
             converted.append(col)
             for r in rows:
                 if r.values is not None and r.values[col].strip().lower() not in MISSING:
+                    if r._written is None:
+                        r._written = dict(r.values)
                     r.values[col] = r.values[col].strip().replace(".", "").replace(",", ".")
     return [f"{name}: decimal commas read as numbers in column(s) {', '.join(converted)} (3,5 = 3.5)"] \
         if converted else []

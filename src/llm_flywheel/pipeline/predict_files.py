@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class RowInput:
     content: Any = None  # the text, or the feature values
     content_hash: str = ""
     error: str | None = None
+    values: dict[str, Any] | None = field(default=None, compare=False, hash=False)  # the row as read (--output)
 
     def __str__(self) -> str:
         return self.ref
@@ -62,8 +63,9 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
             raise ValueError(f"{path}: no {text_column!r} column (columns: {', '.join(columns)}); name the text "
                              "column with --text-column")
         texts = [(r, None if r.values is None else cell_str(r.values.get(text_column))) for r in rows]
-        return [RowInput(r.ref, error=r.error or f"empty or missing {text_column!r}") if t is None else
-                RowInput(r.ref, t, sha256(t.encode("utf-8"))) for r, t in texts]  # hashed as data add stores it
+        return [RowInput(r.ref, error=r.error or f"empty or missing {text_column!r}", values=r.written) if t is None
+                else RowInput(r.ref, t, sha256(t.encode("utf-8")), values=r.written)  # hashed as data add stores it
+                for r, t in texts]
     wanted = list(task.features) or [c for c in columns if c != "label"]
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -76,10 +78,10 @@ def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
                 raise ValueError(r.error)
             vals = feature_row([r.values.get(c) for c in wanted], wanted, task.categorical)
         except ValueError as e:  # a bad cell (feature_row says which): that row is reported, the others answered
-            out.append(RowInput(r.ref, error=f"unreadable row ({e})"))
+            out.append(RowInput(r.ref, error=f"unreadable row ({e})", values=r.written))
             continue
         stored = row_json(vals)  # as an imported row is stored, so it finds that row's cached teacher answer
-        out.append(RowInput(r.ref, json.loads(stored), sha256(stored.encode())))
+        out.append(RowInput(r.ref, json.loads(stored), sha256(stored.encode()), values=r.written))
     return out
 
 
@@ -121,9 +123,9 @@ def expand_inputs(paths: Iterable[Path]) -> list[Path]:
 
 
 async def answer_inputs(casc: Any, inputs: Sequence[Path | str | RowInput], *, log: bool, concurrency: int = 16,
-                        origin: str = "predict") -> list[Any]:
+                        origin: str = "predict", on_answer: Callable[[Any], None] | None = None) -> list[Any]:
     """The cascade's answer (or the read error, as a ValueError) for each file (Path), text (str) or table row
-    (:class:`RowInput`), in order.
+    (:class:`RowInput`), in order; ``on_answer`` is called with each as it comes (progress).
 
     Teacher answers go through the content-hash cache (stored before use); the teacher session is closed at the
     end because it belongs to this event loop.
@@ -142,7 +144,13 @@ async def answer_inputs(casc: Any, inputs: Sequence[Path | str | RowInput], *, l
         async with sem:
             return await casc.apredict_raw(content, origin=origin, log=log, content_hash=h)
 
+    async def reported(f: Path | str | RowInput) -> Any:
+        a = await one(f)
+        if on_answer is not None:
+            on_answer(a)
+        return a
+
     try:
-        return list(await asyncio.gather(*(one(f) for f in inputs)))
+        return list(await asyncio.gather(*(reported(f) for f in inputs)))
     finally:
         await casc.aclose()

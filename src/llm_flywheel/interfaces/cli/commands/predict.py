@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
                "  flywheel predict fashion-mnist --split stream --engine ray --parquet stream.parquet\n"
                "  flywheel predict fashion-mnist photos/ --engine ray --ray-address ray://head:10001\n"
                "  flywheel predict tickets --text 'my printer is on fire' --text 'refund please'\n"
-               "  flywheel predict tickets new-tickets.csv --json      (one answer per row)\n\n"
+               "  flywheel predict tickets new-tickets.csv --json      (one answer per row)\n"
+               "  flywheel predict tickets new-tickets.xlsx -o scored.xlsx   (the rows with their answers)\n\n"
                "Every answer is logged to the store's cascade_log (unless --no-log); deferred store items answered by "
                "the teacher are cached and become labels for the next round.  --engine ray (needs "
                "pip install 'llm-flywheel[ray]') answers on a Ray cluster's workers: RAY_ADDRESS / --ray-address, "
@@ -53,13 +55,18 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--parquet", type=click.Path(dir_okay=False, writable=True, path_type=Path), default=None,
               help="--engine ray: also write every answer to this Parquet file (written when the run completes).")
 @click.option("--no-log", is_flag=True, help="Do not log the answers to cascade_log.")
-@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="With --split: print the first N answers.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write every answer to this file (.csv/.tsv/.jsonl/.parquet/.xlsx, by suffix) beside its input: a "
+                   "table's rows keep their columns and gain predicted_label, answered_by, confidence, student_label, "
+                   "student_confidence, teacher_label, model_version, error. With FILES or --text.")
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, texts: tuple[str, ...], split: str | None,
             limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
             threshold: float | None, concurrency: int | None, engine: str, ray_address: str | None, workers: int | None,
-            batch_size: int | None, parquet: Path | None, no_log: bool, show: int, as_json: bool) -> None:
+            batch_size: int | None, parquet: Path | None, output: Path | None, no_log: bool, show: int,
+            as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
     A table file (.csv/.tsv/.jsonl/.parquet/.xlsx) given to a text or tabular dataset stands for its rows (the text
@@ -83,6 +90,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
         raise click.UsageError("--engine ray answers a split or FILES; put the texts in files (one per file)")
     if engine == "ray":
         _require_ray()
+    if output is not None:
+        _check_output(output, engine, split)
     inputs: list[Any] = [*expand_inputs(files), *texts]
     if (files or texts) and not inputs:
         raise click.UsageError("the folders given hold no files")
@@ -116,7 +125,23 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
         note = _unseen_note(casc, inputs, answers)
     if note:
         note += f" -- fix: add these rows (`flywheel data add tabular`) and `flywheel run {dataset}` to train on them"
-    _print_file_answers(inputs, answers, as_json, note)
+    if output is not None:
+        from llm_flywheel.pipeline.predict_output import write_answers
+
+        console.print(f"wrote {write_answers(output, inputs, answers):,} answers to {escape(str(output))}")
+    _print_file_answers(inputs, answers, as_json, note, show)
+
+
+def _check_output(output: Path, engine: str, split: str | None) -> None:
+    from llm_flywheel.pipeline.predict_output import check_output
+
+    if engine == "ray" or split:
+        raise click.UsageError("--output goes with FILES or --text on the local engine (--engine ray writes "
+                               "--parquet; a split's answers: --json)")
+    try:
+        check_output(output)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _unseen_note(casc: Any, inputs: list[Any], answers: list[Any]) -> str | None:
@@ -134,31 +159,48 @@ def _unseen_note(casc: Any, inputs: list[Any], answers: list[Any]) -> str | None
 
 
 async def _predict_inputs(casc: Any, inputs: list[Any], no_log: bool, concurrency: int) -> list[Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from llm_flywheel.pipeline.predict_files import answer_inputs
 
     try:
-        return await answer_inputs(casc, inputs, log=not no_log, concurrency=concurrency)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=len(inputs) < 50) as p:
+            task = p.add_task("cascade answers", total=len(inputs))
+            return await answer_inputs(casc, inputs, log=not no_log, concurrency=concurrency,
+                                       on_answer=lambda _: p.advance(task))
     finally:
         casc.close()
 
 
-def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool, note: str | None = None) -> None:
-    t = Table(title="cascade answers")
+def _print_file_answers(inputs: list[Any], answers: list[Any], as_json: bool, note: str | None = None,
+                        show: int | None = None) -> None:
+    """Every answer as a JSON line with ``--json``; the first ``show`` in a table (all when None) and, when more
+    were answered, the count by source."""
+    shown = len(answers) if show is None else min(show, len(answers))
+    t = Table(title="cascade answers" if shown == len(answers) else f"first {shown:,} of {len(answers):,} answers")
     for col in ("input", "label", "source", "confidence", "student", "model version"):
         t.add_column(col)
-    bad = 0
-    for f, a in zip(inputs, answers):
+    bad, by_source = 0, Counter()
+    for i, (f, a) in enumerate(zip(inputs, answers)):
         if isinstance(a, Exception):
             bad += 1
-            t.add_row(escape(str(f)), f"[red]error: {a}[/]", "", "", "", "")
+            if i < shown:
+                t.add_row(escape(str(f)), f"[red]error: {a}[/]", "", "", "", "")
             if as_json:
                 click.echo(json.dumps({_key(f): str(f), "error": str(a)}))
             continue
-        t.add_row(escape(str(f)), str(a.label), a.source, f"{a.confidence:.3f}", f"{a.student_label} ({a.student_confidence:.3f})",
-                  a.model_version)
+        by_source[a.source] += 1
+        if i < shown:
+            t.add_row(escape(str(f)), str(a.label), a.source, f"{a.confidence:.3f}",
+                      f"{a.student_label} ({a.student_confidence:.3f})", a.model_version)
         if as_json:
             click.echo(json.dumps({_key(f): str(f), **a.to_dict()}))
-    console.print(t)
+    if shown:
+        console.print(t)
+    if shown < len(answers):
+        console.print("answered by " + ", ".join(f"{k} {v:,}" for k, v in by_source.most_common())
+                      + (f"; {bad:,} unreadable" if bad else ""))
     if note:
         console.print(f"[bold red]WARNING[/] {escape(note)}")
     if bad:

@@ -1,0 +1,141 @@
+"""``flywheel predict ... --output FILE``: every answer written beside its input, in the file format people score.
+
+Why: "score this file" is the job a newcomer brings -- 10,000 rows of new tickets in a CSV -- and wants them back
+with a predicted label per row, not a terminal table.  A table's rows keep their own columns (as read) and gain the
+answer's; a file input is named in ``input``, a text in ``text``.  An answer column whose name the input already
+uses (a ``label`` column of gold labels, say) is written as ``flywheel_<name>``.  The file is written under a
+temporary name and moved into place, so a killed run never leaves half a file where the full one is expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llm_flywheel.data.table_files import FILES_EXTRA
+
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".xlsx")
+ANSWER_COLUMNS = ("predicted_label", "answered_by", "confidence", "student_label", "student_confidence",
+                  "teacher_label", "model_version", "error")
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before anything is answered, an output the writer could not produce."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output {path}: write {', '.join(OUTPUT_SUFFIXES)} (by the file's suffix)")
+    if not path.parent.is_dir():
+        raise ValueError(f"--output {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; give a file name")
+    needs = {".parquet": "pyarrow", ".xlsx": "openpyxl"}.get(path.suffix.lower())
+    if needs:
+        try:
+            __import__(needs)
+        except ImportError:
+            raise ValueError(f"--output {path}: writing {path.suffix} needs {needs}: {FILES_EXTRA}") from None
+
+
+def answer_records(inputs: Sequence[Any], answers: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(columns, one record per input): the input's own columns first, then the answer's (see the module)."""
+    own: dict[str, None] = {}
+    for f in inputs:
+        own.update(dict.fromkeys(_own(f)))
+    names = {c: (f"flywheel_{c}" if c in own else c) for c in ANSWER_COLUMNS}
+    records = []
+    for f, a in zip(inputs, answers):
+        rec = _own(f)
+        if isinstance(a, Exception):
+            rec.update({names[c]: None for c in ANSWER_COLUMNS})
+            row = getattr(f, "ref", None) if getattr(f, "values", None) is None else None
+            rec[names["error"]] = f"{row}: {a}" if row else str(a)  # a row that could not be read: where it is
+        else:
+            rec.update({names["predicted_label"]: a.label, names["answered_by"]: a.source,
+                        names["confidence"]: round(float(a.confidence), 6), names["student_label"]: a.student_label,
+                        names["student_confidence"]: round(float(a.student_confidence), 6),
+                        names["teacher_label"]: a.teacher_label, names["model_version"]: a.model_version,
+                        names["error"]: None})
+        records.append(rec)
+    return [*own, *names.values()], records
+
+
+def _own(f: Any) -> dict[str, Any]:
+    """An input's own columns: a table row's cells (none when the row could not be read), else its text or path."""
+    if hasattr(f, "ref") and hasattr(f, "values"):
+        return dict(f.values or {})
+    return {"text": f} if isinstance(f, str) else {"input": str(f)}
+
+
+def write_answers(path: Path, inputs: Sequence[Any], answers: Sequence[Any]) -> int:
+    """Write one record per input to ``path`` (format by suffix); returns the number written."""
+    columns, records = answer_records(inputs, answers)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        _WRITERS[path.suffix.lower()](Path(tmp), columns, records)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(records)
+
+
+def _cell(v: Any) -> Any:
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _csv(path: Path, columns: list[str], records: list[dict[str, Any]], delimiter: str = ",") -> None:
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(columns)
+        for r in records:
+            w.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+
+
+def _jsonl(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n")
+
+
+def _parquet(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = {c: [r.get(c) for r in records] for c in columns}
+    arrays = {}
+    for c, vals in data.items():
+        try:
+            arrays[c] = pa.array(vals)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types in a column read from JSON: kept as text
+            arrays[c] = pa.array([None if v is None else str(_cell(v)) for v in vals])
+    pq.write_table(pa.table(arrays), path)
+
+
+def _xlsx(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
+    import openpyxl
+    from openpyxl.cell import WriteOnlyCell
+
+    wb = openpyxl.Workbook(write_only=True)
+    sheet = wb.create_sheet("answers")
+
+    def cell(v: Any) -> Any:
+        v = _cell(v)
+        if not (isinstance(v, str) and v.startswith("=")):
+            return v
+        c = WriteOnlyCell(sheet, value=v)
+        c.data_type = "s"  # text that starts with "=" stays text: a ticket is never run as a formula
+        return c
+
+    sheet.append(columns)
+    for r in records:
+        sheet.append([cell(r.get(c)) for c in columns])
+    wb.save(path)
+
+
+_WRITERS = {".csv": _csv, ".tsv": lambda p, c, r: _csv(p, c, r, "\t"), ".jsonl": _jsonl, ".parquet": _parquet,
+            ".xlsx": _xlsx}
