@@ -94,6 +94,19 @@ def accuracy_ci(correct: np.ndarray) -> tuple[float, float, float]:
     return float(c.mean()), lo, hi
 
 
+def class_recall(gold: np.ndarray, correct: np.ndarray, k: int) -> list[dict[str, float | int]]:
+    """Per gold class: items ``n``, ``found`` (answered right), recall and its Wilson 95 % interval.  Why recall:
+    on a rare class ("outage", 2 % of tickets) accuracy overall hides how many of them a model misses."""
+    gold, correct = np.asarray(gold, int), np.asarray(correct, bool)
+    out = []
+    for c in range(k):
+        sel = gold == c
+        n, found = int(sel.sum()), int(correct[sel].sum())
+        lo, hi = wilson_interval(found, n)
+        out.append({"n": n, "found": found, "recall": found / n if n else float("nan"), "lo": lo, "hi": hi})
+    return out
+
+
 def paired_diff_ci(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, float, float]:
     """Accuracy difference a - b on the *same* items with a 95 % CI (paired, normal approximation).
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from llm_flywheel.core import cost as costmod
+from llm_flywheel.core.stats import class_recall, wilson_interval
 from llm_flywheel.core.stats import confusion as confusion_matrix
 from llm_flywheel.core.stats import reliability
 from llm_flywheel.pipeline.cost import measure_student_throughput
@@ -47,8 +48,10 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
 
         student = load_student(ctx.ws, serving)
         teacher_ok = last_eval.teacher_ok if last_eval is not None else {}
+        cascade_ok = last_eval.cascade_ok if last_eval is not None and last_eval.model_version == serving else {}
         extra["final"] = final_plots_data(serving, student, test_items, last, teacher_ok,
-                                          teacher_accuracy=extra["teacher_quality"].get("accuracy"))
+                                          teacher_accuracy=extra["teacher_quality"].get("accuracy"),
+                                          cascade_ok=cascade_ok)
         if ctx.cfg.gold_ceiling:
             extra |= gold_ceiling(ctx, test_items)
         extra["throughput"] = measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
@@ -185,6 +188,8 @@ def final_warnings(cfg: WheelConfig, run_warnings: list[dict[str, str]], last: d
         new.append(warning("budget_overshoot", f"the stream deferred {100 * tf:.1f} % against a {100 * cap:.0f} % "
                            "teacher budget", "calibrate on more items (a larger calib split) or lower "
                            "--max-teacher-fraction"))
+    if extra.get("final"):
+        new += missed_classes(extra["final"], (extra.get("teacher_quality") or {}).get("per_class") or {})
     codes = extra.get("cost_na_codes") or {}
     for k, why in (extra.get("cost_na") or {}).items():  # each with what would let the next run compute it
         fix = costmod.NA_FIXES.get(codes.get(k, ""), "nothing to change: the figure does not apply to this run")
@@ -193,7 +198,8 @@ def final_warnings(cfg: WheelConfig, run_warnings: list[dict[str, str]], last: d
 
 
 def final_plots_data(version: str, student: Any, items: list[Item], last: dict[str, Any], teacher_ok: dict[int, bool],
-                     *, teacher_accuracy: float | None = None) -> dict[str, Any]:
+                     *, teacher_accuracy: float | None = None, cascade_ok: dict[int, bool] | None = None
+                     ) -> dict[str, Any]:
     """Confusion, reliability and the cascade curve of the serving model on test.
 
     The curve is exact up to the chosen threshold (every deferred test item has a teacher answer in
@@ -211,10 +217,50 @@ def final_plots_data(version: str, student: Any, items: list[Item], last: dict[s
     pred, conf = probs.argmax(1), probs.max(1)
     correct = pred == gold
     ece, bins = reliability(conf, correct, 10)
-    curve = cascade_curve(conf, correct, np.asarray([it.id for it in items]), teacher_ok, teacher_accuracy)
+    ids = np.asarray([it.id for it in items])
+    curve = cascade_curve(conf, correct, ids, teacher_ok, teacher_accuracy)
     return {"version": version, "labels": labels, "confusion": confusion_matrix(gold, pred, len(labels)).tolist(),
             "reliability": bins, "ece": float(ece), "threshold": last.get("threshold"), "temperature": T,
-            "curve": curve, "student_accuracy": float(correct.mean()), "n": len(items)}
+            "curve": curve, "student_accuracy": float(correct.mean()), "n": len(items),
+            "per_class": per_class(labels, gold, correct, np.asarray([cascade_ok[int(i)] for i in ids])
+                                   if cascade_ok and all(int(i) in cascade_ok for i in ids) else None)}
+
+
+def per_class(labels: list[str], gold: np.ndarray, student_correct: np.ndarray,
+              cascade_correct: np.ndarray | None) -> list[dict[str, Any]]:
+    """Recall per class on gold test, student and cascade, with Wilson intervals (``core.stats.class_recall``)."""
+    stud = class_recall(gold, student_correct, len(labels))
+    casc = class_recall(gold, cascade_correct, len(labels)) if cascade_correct is not None else None
+    return [{"label": lab, "n": s["n"], "student_recall": s["recall"], "student_recall_ci": [s["lo"], s["hi"]],
+             "cascade_recall": casc[i]["recall"] if casc else None,
+             "cascade_recall_ci": [casc[i]["lo"], casc[i]["hi"]] if casc else None}
+            for i, (lab, s) in enumerate(zip(labels, stud))]
+
+
+def missed_classes(final: dict[str, Any], teacher_per_class: dict[str, Any]) -> list[dict[str, str]]:
+    """A warning for each class the final cascade (else student) finds clearly less often than it answers overall:
+    the class's recall interval lies wholly below the overall accuracy's -- what a rare class looks like."""
+    rows = final.get("per_class") or []
+    who = "cascade" if rows and rows[0].get("cascade_recall") is not None else "student"
+    n_all = sum(r["n"] for r in rows)
+    found_all = sum(round(r[f"{who}_recall"] * r["n"]) for r in rows if r["n"])
+    lo_all = wilson_interval(found_all, n_all)[0] if n_all else 0.0
+    out = []
+    for r in rows:
+        lo, hi = r[f"{who}_recall_ci"]
+        if not r["n"] or hi >= lo_all:
+            continue
+        t = teacher_per_class.get(r["label"])
+        out.append(warning(
+            f"class_missed_{r['label']}",
+            f"class {r['label']!r} ({r['n']:,} of {n_all:,} gold test items): the {who} finds "
+            f"{round(r[f'{who}_recall'] * r['n'])} ({100 * r[f'{who}_recall']:.0f} %, 95 % CI {100 * lo:.0f}-"
+            f"{100 * hi:.0f}) against {100 * found_all / n_all:.1f} % right overall"
+            + (f"; the teacher itself is right on {100 * t:.0f} % of it" if t is not None else ""),
+            "give the wheel more of this class: import more examples if you have them, describe the label so the "
+            "teacher tells it apart (the task's [labels]), and run more --rounds (each labels what the student is "
+            "least sure about)"))
+    return out
 
 
 def cascade_curve(conf: np.ndarray, correct: np.ndarray, ids: np.ndarray, teacher_ok: dict[int, bool],

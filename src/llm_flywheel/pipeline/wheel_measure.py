@@ -59,7 +59,9 @@ def evaluate_stage(ctx: WheelContext, r: int, version: str) -> EvalResult | None
                                                      teacher_concurrency=ctx.cfg.concurrency)
     res = gold_metrics([a.student_label for a in answers], [a.label for a in answers],
                        [a.source != "student" for a in answers], gold)
+    res.model_version = version
     for it, a in zip(items, answers):  # for the final cascade curve: where the teacher's answer on test is known
+        res.cascade_ok[it.id] = a.label == it.gold_label  # and for recall per class
         if a.source == "teacher" and a.teacher_label is not None:
             res.teacher_ok[it.id] = a.teacher_label == it.gold_label
         elif a.source == "teacher_failed":

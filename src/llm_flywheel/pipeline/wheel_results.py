@@ -91,6 +91,8 @@ class EvalResult(StageResult):
     test_accuracy_deferred_student: float | None = None
     test_accuracy_accepted: float | None = None
     teacher_ok: dict[int, bool] = field(default_factory=dict, metadata=NOT_STORED)  # test item -> teacher right
+    cascade_ok: dict[int, bool] = field(default_factory=dict, metadata=NOT_STORED)  # test item -> cascade right
+    model_version: str | None = field(default=None, metadata=NOT_STORED)  # the model it measured
 
     def to_metrics(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_metrics().items() if v is not None}

@@ -211,9 +211,30 @@ def _rounds(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> s
 def _cascade(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
     return "".join(["<h2>Cascade</h2>",
                     _img(images.get("cascade_curve"), "final model: accuracy / teacher fraction vs threshold (test, gold)"),
+                    _per_class((summary.get("final") or {}).get("per_class") or []),
                     _img(images.get("confusion"), "final student: confusion matrix on test",
                          (summary.get("final") or {}).get("labels")),
                     _img(images.get("reliability"), "final student: reliability after temperature scaling (test)")])
+
+
+def _per_class(rows: list[Mapping[str, Any]]) -> str:
+    """Recall per class on gold test: what accuracy overall hides on a rare class."""
+    if not rows:
+        return ""
+
+    def cell(r: Mapping[str, Any], who: str) -> str:
+        v, ci = r.get(f"{who}_recall"), r.get(f"{who}_recall_ci")
+        if v is None or not r.get("n"):
+            return "–"
+        return f"{100 * v:.1f} % [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    e = html.escape
+    parts = ["<table><tr><th>class</th><th>gold test items</th><th>student recall [95 % CI]</th>"
+             "<th>cascade recall [95 % CI]</th></tr>"]
+    parts += [f"<tr><td>{e(str(r['label']))}</td><td>{r['n']:,}</td><td>{cell(r, 'student')}</td>"
+              f"<td>{cell(r, 'cascade')}</td></tr>" for r in rows]
+    parts.append("</table><p>Recall: of a class's gold test items, the share answered with that class.</p>")
+    return "".join(parts)
 
 
 def _cost(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:

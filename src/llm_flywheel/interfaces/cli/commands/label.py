@@ -204,7 +204,7 @@ def _label(ws: Any, dataset: str, item_ids: list[int], task: Task, spec: str, ap
     code = _print_result(res, teacher.display_name, dataset)
     code = _warn_off_list(res, task, spec, dataset, code)
     for w in res.warnings:
-        console.print(f"[bold yellow]warning[/]: {w['message']}; {w['fix']}")
+        console.print(f"[bold yellow]warning[/]: {escape(w['message'])}; {escape(w['fix'])}")
     _print_quality(ws, dataset, teacher.model)
     if as_json:
         click.echo(json.dumps(res.to_dict() | {"exit_code": int(code)}, indent=2, default=str))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.core.stats import pct
@@ -191,7 +192,7 @@ def print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
     for ln in lines:
         console.print("  " + ln)
     for w in summary.get("warnings") or []:
-        console.print(f"  [bold red]WARNING[/] {w.get('message')}\n    [bold]fix:[/] {w.get('fix')}")
+        console.print(f"  [bold red]WARNING[/] {escape(str(w.get('message')))}\n    [bold]fix:[/] {escape(str(w.get('fix')))}")
     console.print(f"report: [bold]{page}[/]  (summary: {page.parent / 'summary.json'})")
     return summary
 
