@@ -16,6 +16,7 @@ from llm_flywheel.data import load_image
 from llm_flywheel.data.base import encode_png
 from llm_flywheel.data.images import storable_bytes, upright_bytes
 from llm_flywheel.data.registry import add_dataset
+from test_image_orientation import encode  # a picture in a format, with an EXIF orientation when asked
 
 FORMATS = {"HEIF": ".heic", "AVIF": ".avif", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "JPEG": ".jpg",
            "PNG": ".png"}
@@ -30,20 +31,9 @@ def picture(seed: int = 0, size: tuple[int, int] = (48, 64)) -> np.ndarray:
     return np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
 
 
-def encode(arr: np.ndarray, fmt: str, turn: int | None = None) -> bytes:
-    im, buf = Image.fromarray(arr), io.BytesIO()
-    kw: dict = {"quality": 92} if fmt in ("JPEG", "HEIF", "AVIF", "WEBP") else {}
-    if turn is not None:
-        exif = im.getexif()
-        exif[0x0112] = turn
-        kw["exif"] = exif.tobytes()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_each_format_is_stored_as_png_or_jpeg_deterministically(fmt):
-    data = encode(picture(), fmt)
+    data = encode(picture(), fmt, None)
     stored, suffix = storable_bytes(data)
     assert suffix == STORED[fmt] and storable_bytes(data) == (stored, suffix)
     with Image.open(io.BytesIO(stored)) as im:
@@ -60,7 +50,7 @@ def test_each_format_is_stored_as_png_or_jpeg_deterministically(fmt):
 def test_a_turned_avif_is_stored_upright_and_a_heic_comes_upright_from_libheif():
     arr = picture(1)
     for fmt in ("AVIF", "HEIF"):
-        stored, _ = storable_bytes(encode(arr, fmt, turn=6))
+        stored, _ = storable_bytes(encode(arr, fmt, 6))
         with Image.open(io.BytesIO(stored)) as im:
             assert im.size == (48, 64), fmt  # 64x48 shown turned a quarter: 48 wide, 64 high
             assert int(im.getexif().get(0x0112, 1)) == 1
@@ -71,7 +61,7 @@ def test_a_folder_of_phone_formats_is_imported_and_other_files_are_counted(ws, t
     for i, label in enumerate(("cat", "dog")):
         (folder / label).mkdir(parents=True)
         for j, fmt in enumerate(FORMATS):
-            (folder / label / f"{j}{FORMATS[fmt]}").write_bytes(encode(picture(10 * i + j), fmt))
+            (folder / label / f"{j}{FORMATS[fmt]}").write_bytes(encode(picture(10 * i + j), fmt, None))
         (folder / label / "IMG_0001.DNG").write_bytes(b"raw sensor data")
         (folder / label / "clip.mov").write_bytes(b"video")
     (folder / "cat" / ".DS_Store").write_bytes(b"hidden")
@@ -103,7 +93,7 @@ def test_predict_and_the_python_api_read_a_heic_as_the_import_stores_it(tmp_path
     from llm_flywheel.interfaces.api.inputs import item_key
     from llm_flywheel.pipeline.predict_files import read_input
 
-    heic = encode(picture(3), "HEIF")
+    heic = encode(picture(3), "HEIF", None)
     (tmp_path / "IMG_0002.HEIC").write_bytes(heic)
     stored = storable_bytes(heic)[0]
     content, digest = read_input(tmp_path / "IMG_0002.HEIC", Task(name="p", modality="image", labels=("a", "b")))
