@@ -172,6 +172,35 @@ def test_image_student_native_grayscale_geometry(synth_ws, synth_task):
     assert s.size == 28 and s.channels == 1  # native resolution, no upscaling, grayscale kept
 
 
+def test_phone_sized_photos_train_at_a_capped_size_one_decoded_image_at_a_time(ws, synth_task, tmp_path):
+    """Photos of 1,600 x 1,200 px: image-cnn used to take the median side as its "native" resolution (a phone's
+    4,032 px: the process was killed for memory at 24 GB with 32 photos).  It now trains at CNN_MAX_SIDE, records
+    the native size, and reads the stored photos lazily (the student never holds them decoded); the ONNX path
+    answers the same."""
+    from conftest import synth_image
+    from llm_flywheel.students.image import CNN_MAX_SIDE
+
+    rng = np.random.default_rng(3)
+    recs = []
+    for i in range(24):
+        y = i % 4
+        small = Image.fromarray(synth_image(y, rng)).convert("RGB").resize((1600, 1200), Image.BILINEAR)
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=90)
+        recs.append(Record(f"p{i}", image=buf.getvalue(), source_split="train", gold_label=synth_task.labels[y]))
+    register(ws, synth_task, recs, progress=False)
+    items, y = _xy(ws, synth_task, "train")
+    s = build_student("image-cnn", synth_task, ws, epochs=2)
+    hist = s.fit(items[:16], y[:16], items[16:], y[16:])
+    assert s.size == CNN_MAX_SIDE == 64 and s.channels == 3 and hist["native_size"] == 1600
+    p = s.predict_proba(items)
+    _check_distribution(p, len(items), 4)
+    s.save(tmp_path / "m")
+    s.export_onnx(tmp_path / "m" / "model.onnx")
+    ort = load_student_dir(tmp_path / "m", ws, runtime="onnx")
+    np.testing.assert_allclose(ort.predict_proba(items), p, atol=1e-4)
+
+
 def test_bad_inputs_give_clear_errors(synth_task, ws):
     with pytest.raises(StudentError, match="unknown student kind"):
         build_student("resnet-9000", synth_task, ws)

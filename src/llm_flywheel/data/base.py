@@ -10,9 +10,9 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -222,6 +222,29 @@ def _progress(it: Iterable[Record], total: int | None, desc: str, enabled: bool)
         for rec in it:
             yield rec
             p.advance(t)
+
+
+class StoredImages(Sequence[bytes]):
+    """The stored bytes of images, read when indexed.  Why not decoded images: a phone photo decodes to 36 MB (12
+    megapixels) and a student batch holds hundreds -- the students decode one at a time and keep only the resized
+    pixels, so memory follows the student's resolution, not the camera's."""
+
+    def __init__(self, ws: Workspace, blob_paths: Sequence[str]) -> None:
+        self.ws, self.blob_paths = ws, list(blob_paths)
+
+    def __len__(self) -> int:
+        return len(self.blob_paths)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self.ws.read_blob(p) for p in self.blob_paths[i]]
+        return self.ws.read_blob(self.blob_paths[i])
 
 
 def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:

@@ -52,6 +52,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # -- preprocessing (shared by training, torch inference and ONNX Runtime inference) --------------------------------
 
+CNN_MAX_SIDE = 64  # image-cnn's "native" resolution at most: a phone photo's 4,032 px would need ~24 GB to train
+
+
+def _header(x: Any) -> tuple[tuple[int, int], str]:
+    """(size, mode) of an image from its header alone (encoded bytes are not decoded)."""
+    if isinstance(x, Image.Image):
+        return x.size, x.mode
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        with Image.open(io.BytesIO(bytes(x))) as im:
+            return im.size, im.mode
+    im = to_pil(x)
+    return im.size, im.mode
+
+
 
 def to_pil(x: Any) -> Image.Image:
     """Accept a PIL image, encoded bytes (PNG/JPEG/...) or an HxW[xC] uint8 array; a photo is turned upright by its
@@ -212,27 +226,30 @@ class ImageStudent:
         self.pretrained_source: str | None = None
         self.net: Any = None
         self.history: dict[str, Any] = {}
+        self.native_size: int | None = None
 
     # -- data --------------------------------------------------------------------------------------------------
-    def _images(self, items: Sequence[Item]) -> list[Image.Image]:
+    def _images(self, items: Sequence[Item]) -> Sequence[bytes]:
+        """The items' stored images, read one at a time as they are preprocessed (``data.StoredImages``)."""
         if self.ws is None:
             raise StudentError("this student was loaded without a workspace; use predict_proba_raw on images")
-        from llm_flywheel.data import load_image
+        from llm_flywheel.data import StoredImages
 
-        out = []
-        for it in items:
-            if not it.blob_path:
-                raise StudentError(f"item {it.id} has no image blob")
-            out.append(load_image(self.ws, it.blob_path))
-        return out
+        missing = [it.id for it in items if not it.blob_path]
+        if missing:
+            raise StudentError(f"item {missing[0]} has no image blob")
+        return StoredImages(self.ws, [str(it.blob_path) for it in items])
 
-    def _decide_geometry(self, images: Sequence[Image.Image]) -> None:
-        """Native size and channel count from the training images (grayscale stays 1 channel where allowed)."""
+    def _decide_geometry(self, images: Sequence[Any]) -> None:
+        """Native size (at most :data:`CNN_MAX_SIDE` for ``image-cnn``) and channel count from the training images'
+        headers (grayscale stays 1 channel where allowed)."""
+        heads = [_header(x) for x in images[:200]]
         if self.size is None:
-            sides = [max(im.size) for im in images[:200]]
-            self.size = int(np.median(sides))
+            native = int(np.median([max(size) for size, _ in heads]))
+            self.size = min(native, CNN_MAX_SIDE)
+            self.native_size = native
         if self.channels is None:
-            gray = all(im.mode in ("L", "1", "I", "I;16", "LA") for im in images[:200])
+            gray = all(mode in ("L", "1", "I", "I;16", "LA") for _, mode in heads)
             self.channels = 1 if gray and self.kind == "image-cnn" else 3
 
     def _mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -276,6 +293,8 @@ class ImageStudent:
         if self.hp.get("refit") and len(val):
             self._refit(xt, q, sample_weight, xv, np.asarray(y_val), fit)
         self.history["load_seconds"] = round(load_s, 2)
+        if self.native_size is not None and self.native_size != self.size:  # a photo's size, capped (CNN_MAX_SIDE)
+            self.history["native_size"] = self.native_size
         self.history["pretrained"] = self.pretrained_source
         return self.history
 
@@ -318,7 +337,7 @@ class ImageStudent:
         self._check_ready()
         torch = _torch()
         set_torch_threads()
-        x = preprocess_images(list(inputs), self.size, self.channels)
+        x = preprocess_images(inputs, self.size, self.channels)
         return predict_torch(self._serving_net(), torch.from_numpy(x)) if len(x) else np.zeros((0, len(self.labels)), np.float32)
 
     def predict_proba_raw(self, inputs: Sequence[Any]) -> np.ndarray:

@@ -56,7 +56,7 @@ class OnnxStudent:
             from llm_flywheel.students.image import preprocess_images
 
             pre = self.meta["preprocessing"]
-            return preprocess_images(list(raw), int(pre["size"]), int(pre["channels"]))
+            return preprocess_images(raw, int(pre["size"]), int(pre["channels"]))
         if self.modality == "text":
             if self._encoder is None:
                 self._encoder = OnnxMiniLMEncoder(self.ws)
@@ -71,13 +71,13 @@ class OnnxStudent:
     def predict_proba_raw(self, inputs: Sequence[Any]) -> np.ndarray:
         return softmax(self.predict_logits_raw(inputs)) if len(inputs) else np.zeros((0, len(self.labels)), np.float32)
 
-    def _raw_of(self, items: Sequence[Item]) -> list[Any]:
+    def _raw_of(self, items: Sequence[Item]) -> Sequence[Any]:
         if self.modality == "image":
             if self.ws is None:
                 raise StudentError("loaded without a workspace; use predict_proba_raw on images")
-            from llm_flywheel.data import load_image
+            from llm_flywheel.data import StoredImages
 
-            return [load_image(self.ws, it.blob_path) for it in items]
+            return StoredImages(self.ws, [str(it.blob_path) for it in items])  # decoded one at a time
         if self.modality == "text":
             return [it.text or "" for it in items]
         raise StudentError(f"no ONNX input pipeline for modality {self.modality!r}")
