@@ -81,6 +81,7 @@ def test_bad_inputs_are_counted_4xx_never_5xx(cal_ws, pngs):
     assert all(400 <= r.status_code < 500 and r.json()["detail"] for r in codes), [(r.status_code, r.text) for r in codes]
     assert codes[0].status_code == 400 and "nested" in codes[0].json()["detail"]
     assert codes[4].status_code == 413 and "pixels" in codes[4].json()["detail"]
+    assert "flywheel serve --max-image-pixels" in codes[4].json()["detail"]  # the 413 names its fix
     assert codes[6].status_code == 415 and codes[7].status_code == 415  # not offered to an image model
     counted = sum(v - before.get(k, 0) for k, v in m.items() if k.startswith("flywheel_request_errors_total"))
     assert counted == len(bad)

@@ -228,7 +228,8 @@ def open_image(data: bytes, max_pixels: int) -> Any:
             from None
     w, h = im.size
     if w * h > max_pixels:
-        raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels")
+        raise HTTPProblem(413, f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels (scale it down, or "
+                               "start the service with a larger `flywheel serve --max-image-pixels`)")
     return im
 
 
