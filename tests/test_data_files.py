@@ -189,3 +189,21 @@ def test_missing_optional_reader_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pyarrow)
     with pytest.raises(ValueError, match=r"reading Parquet needs pyarrow: pip install 'llm-flywheel\[files\]'"):
         read_table(tmp_path / "x.parquet")
+
+
+def test_the_python_api_says_how_it_read_a_file_and_warns_about_skipped_rows(tmp_path, capsys):
+    """A notebook user used to get a Dataset and nothing else: not the guessed delimiter, not the rows lost."""
+    from llm_flywheel import FlywheelWarning, Workspace
+
+    p = tmp_path / "tickets.csv"
+    p.write_text(_csv([("text", "label"), *TICKETS], ";") + "too;many;fields\n", encoding="utf-8")
+    ws = Workspace(tmp_path / "ws")
+    with pytest.warns(FlywheelWarning, match=r"1 unreadable rows or files were skipped \(first: tickets.csv:26: "
+                                             r"3 fields, header has 2\)"):
+        ds = ws.add_dataset("text", p)
+    err = capsys.readouterr().err
+    assert "note: tickets: 24 added, 0 already present" in err and "note: tickets.csv: read as semicolon-separated" in err
+    assert ds.last_import.added == 24 and ds.last_import.skipped == 1
+    with pytest.warns(FlywheelWarning):  # the bad row is still in the file
+        ws.add_dataset("text", p, progress=False)  # otherwise silent: no note printed
+    assert "note:" not in capsys.readouterr().err

@@ -9,6 +9,8 @@ conversion of its result into a typed dataclass and of its exceptions into the A
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, dataframe_rows, infer_modality, make_splits_once,
                                                 register_items)
 from llm_flywheel.interfaces.api.model import Model
-from llm_flywheel.interfaces.api.results import (FlywheelError, InputError, LabelPlan, LabelReport, NotReadyError,
-                                                 RunReport, TeacherError, translate_errors)
+from llm_flywheel.interfaces.api.results import (FlywheelError, FlywheelWarning, InputError, LabelPlan, LabelReport,
+                                                 NotReadyError, RunReport, TeacherError, translate_errors)
 
 if TYPE_CHECKING:
     from llm_flywheel.interfaces.api.simulate import SimulatedTeacher
@@ -65,7 +67,9 @@ class Workspace:
         """Import files with an adapter (``text``, ``tabular``, ``image-folder``, ``fashion-mnist``, ``cifar5``) and
         make its splits, exactly like ``flywheel data add`` (val/calib None: 5 %, more for a small dataset).
         Re-running adds nothing.  ``progress``: as on every long call, plain lines on stderr (what a notebook
-        shows), a bar on a terminal; False is silent."""
+        shows), a bar on a terminal, and then how the file was read (``flywheel data add``'s notes: its
+        delimiter or encoding when guessed, the columns used); False is silent.  Rows or files that could not be
+        read are a :class:`FlywheelWarning`; the whole report is ``ds.last_import``."""
         from llm_flywheel.data.registry import add_dataset
 
         with translate_errors():
@@ -74,7 +78,16 @@ class Workspace:
                                   stream=stream, test=test, seed=seed, progress=progress, **options)
             except ValueError as e:
                 raise InputError(str(e)) from e
-        return Dataset(self, rep.dataset)
+        if progress:
+            for note in [f"{rep.dataset}: {rep.added:,} added, {rep.already_present:,} already present", *rep.notes]:
+                print(f"note: {note}", file=sys.stderr)
+        if rep.skipped:
+            warnings.warn(FlywheelWarning(f"{rep.skipped:,} unreadable rows or files were skipped (first: "
+                                          f"{'; '.join(rep.skipped_examples)}); fix them and add the file again "
+                                          "(rows already imported are not added twice)"), stacklevel=2)
+        ds = Dataset(self, rep.dataset)
+        ds.last_import = rep
+        return ds
 
     def add_items(self, name: str, items: Sequence[Any], *, labels: Mapping[str, str] | Sequence[str],
                   gold: Sequence[str | None] | None = None, instructions: str = "", modality: str | None = None,
@@ -133,6 +146,7 @@ class Dataset:
 
     def __init__(self, workspace: Workspace, name: str) -> None:
         self.workspace, self.name = workspace, name
+        self.last_import: Any = None  # the data.ImportReport of the add_dataset call that returned it
         from llm_flywheel.core.task import Task
 
         with workspace._ws.store(readonly=True) as s:
