@@ -13,7 +13,7 @@ from PIL import Image
 from llm_flywheel.data import load_image
 from llm_flywheel.data.images import orientation, upright_bytes
 from llm_flywheel.data.registry import add_dataset
-from llm_flywheel.students.image import to_pil
+from llm_flywheel.students.image_pixels import to_pil
 
 # what a viewer shows for each EXIF orientation of the stored pixels R (the EXIF 2.3 table)
 SHOWN = {1: lambda r: r, 2: np.fliplr, 3: lambda r: np.rot90(r, 2), 4: np.flipud, 5: lambda r: np.rot90(r, 1)[::-1],

@@ -178,7 +178,7 @@ def test_phone_sized_photos_train_at_a_capped_size_one_decoded_image_at_a_time(w
     the native size, and reads the stored photos lazily (the student never holds them decoded); the ONNX path
     answers the same."""
     from conftest import synth_image
-    from llm_flywheel.students.image import CNN_MAX_SIDE
+    from llm_flywheel.students.image_pixels import CNN_MAX_SIDE
 
     rng = np.random.default_rng(3)
     recs = []

@@ -249,7 +249,7 @@ class StoredImages(Sequence[bytes]):
 
 def load_image(ws: Workspace, blob_path: str, mode: str | None = None) -> Image.Image:
     """Open a stored image (already validated at import).  One stored before the import turned photos upright is
-    turned where the student decodes it (``students.image.to_pil``)."""
+    turned where the student decodes it (``students.image_pixels.to_pil``)."""
     im = Image.open(io.BytesIO(ws.read_blob(blob_path)))
     im.load()
     return im.convert(mode) if mode and im.mode != mode else im

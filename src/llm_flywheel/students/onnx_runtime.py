@@ -53,7 +53,7 @@ class OnnxStudent:
 
     def _inputs(self, raw: Sequence[Any]) -> np.ndarray:
         if self.modality == "image":
-            from llm_flywheel.students.image import preprocess_images
+            from llm_flywheel.students.image_pixels import preprocess_images
 
             pre = self.meta["preprocessing"]
             return preprocess_images(raw, int(pre["size"]), int(pre["channels"]))
