@@ -98,6 +98,8 @@ def test_a_chinese_dataset_trains_text_tfidf_by_default_and_says_why(tmp_path):
     page = (tmp_path / "ws" / "reports" / "index.html").read_text(encoding="utf-8")
     key = tick_labels(task.labels)[1]
     assert key is None or f"(classes: {key})" in page
+    out = cli("evaluate", "zh")  # its own confusion.png says the same, on the terminal
+    assert key is None or f"(classes: {key})" in out
     en = Task(name="en", modality="text", labels=("a", "b"))
     assert default_candidates(en, ["Printer jammed", "Reset my password"]) == (("text-minilm", "text-tfidf"), None)
 

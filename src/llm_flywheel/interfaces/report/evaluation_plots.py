@@ -27,6 +27,7 @@ def draw_evaluation(report: dict[str, Any], out_dir: Path | None = None) -> dict
     labels = tuple(report["labels"])
     report["confusion_png"] = _write(plots.confusion_plot(np.asarray(report["confusion"]), labels, title),
                                      out / "confusion.png")
+    report["confusion_key"] = plots.tick_labels(labels)[1]  # "1 = 发票, ..." when the fonts could only number them
     report["reliability_png"] = _write(plots.reliability_plot(report["reliability"], report["student"]["ece"], title),
                                        out / "reliability.png")
     if report.get("reliability_after_temperature") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from llm_flywheel.core.stats import pct
@@ -98,5 +99,6 @@ def evaluate(ctx: Ctx, dataset: str, version: str | None, split: str, ceiling: b
     console.print(pc)
     if rep.get("reliability_after_temperature_png"):
         console.print(f"reliability after temperature: {rep['reliability_after_temperature_png']}")
-    console.print(f"confusion matrix: {rep['confusion_png']}\nreliability plot: {rep['reliability_png']}\n"
+    key = f" (classes: {rep['confusion_key']})" if rep.get("confusion_key") else ""
+    console.print(f"confusion matrix: {rep['confusion_png']}{escape(key)}\nreliability plot: {rep['reliability_png']}\n"
                   f"report: {rep['json']}")
