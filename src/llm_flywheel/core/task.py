@@ -60,6 +60,21 @@ def normalise_label(name: str) -> str:
     return "_".join("".join(ch if _word(ch) else " " for ch in text).split())
 
 
+_ID_LABEL = re.compile(r"^(?:(?:label|class|cat|category|type|c|l)_?)?\d+$")  # 0, 1, label_1, class_3
+
+
+def unreadable_labels(task: "Task") -> list[str]:
+    """The task's labels when every one is only an id -- ``0``/``1``, ``label_1`` -- and is described by nothing
+    more (the description is the name): a teacher reading them cannot know what they mean and would be paid to
+    guess.  Datasets exported with integer class ids (Hugging Face's ``ClassLabel``) arrive like this.  Empty
+    when any label carries a word."""
+    def bare(lab: str) -> bool:
+        desc = normalise_label(str(task.descriptions.get(lab) or lab))
+        return bool(_ID_LABEL.match(lab)) and (desc == lab or bool(_ID_LABEL.match(desc)))
+
+    return list(task.labels) if task.labels and all(bare(lab) for lab in task.labels) else []
+
+
 def valid_label(lab: str) -> bool:
     """Letters, marks, digits and ``_``, in lower case, starting with a letter or digit (as :func:`normalise_label`
     writes them; ``[a-z0-9][a-z0-9_]*`` for ASCII, as before)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.splits import SplitSpec, plan_splits
-from llm_flywheel.core.task import Task, load_task
+from llm_flywheel.core.task import Task, load_task, unreadable_labels
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register, stored_task
@@ -113,6 +113,13 @@ def add_dataset(
             check_resplit_allowed(store, task.name)
     report = register(ws, task, records, total=total, progress=progress)
     report.notes += meta.get("notes", [])
+    bare = unreadable_labels(task)
+    if bare:  # an LLM teacher would be refused these (teachers.errors.require_readable_labels); images may be digits
+        shown = ", ".join(bare[:6]) + (", ..." if len(bare) > 6 else "")
+        report.notes.append(f"WARNING: the labels are only ids ({shown}) with no description: " + ("describe them in a task file (--task FILE.toml, a [labels] "
+                            "table: 0 = \"negative: ...\") before an LLM teacher labels, which it would refuse to do"
+                            if task.modality != "image" else "if they are not what the pictures show (digits), "
+                            "describe them in a task file (--task FILE.toml) so the teacher knows what they mean"))
     spec = SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed)
     with ws.store() as store:
         _split(store, task.name, spec, report, resplit=resplit)

@@ -46,6 +46,7 @@ from llm_flywheel.store.batches import BatchLine, BatchRecord
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.batch import (BatchAPIError, BatchClient, BatchStatus, answer_from_line, parse_result_file,
                                          request_line)
+from llm_flywheel.teachers.errors import require_readable_labels
 from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher
 
 SUBMISSION_KEY = "flywheel_submission"
@@ -291,6 +292,7 @@ def label_items_batch(ws: Workspace, dataset: str, item_ids: Sequence[int], teac
     try:
         task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
+        require_readable_labels(task, teacher.is_simulated)  # before anything is paid for
         check_served_model(store, teacher)  # cached answers must come from the model the server now serves
         pv = teacher.prompt_version_for(task)
         result = BatchRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,

@@ -58,6 +58,7 @@ from llm_flywheel.teachers.concurrency import (
     remember_level,
     start_level,
 )
+from llm_flywheel.teachers.errors import require_readable_labels
 from llm_flywheel.teachers.session import run_sync
 
 __all__ = [
@@ -134,6 +135,7 @@ def label_items(
     try:
         task, items = load_items(store, dataset, item_ids)
         teacher.check_ready()
+        require_readable_labels(task, teacher.is_simulated)  # before anything is paid for
         check_served_model(store, teacher)  # cached answers must come from the model the server now serves
         pv = teacher.prompt_version_for(task)
         result = LabelRunResult(model=teacher.model, base_url=teacher.base_url, prompt_version=pv,

@@ -14,6 +14,7 @@ import re
 import socket
 import time
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -93,6 +94,23 @@ def is_out_of_credit(status: int, text: str) -> bool:
 
 class TeacherConfigError(RuntimeError):
     """A teacher that cannot be used as configured (missing API key, bad URL...)."""
+
+
+def require_readable_labels(task: Any, simulated: bool) -> None:
+    """Refuse, before any call is paid, to ask a real teacher for labels that are only ids (``0``/``1``,
+    ``label_1``) described by nothing more (``core.task.unreadable_labels``); the simulated teacher answers from
+    gold and needs no meaning.  Images are exempt: a folder of handwritten digits named 0-9 means what it says."""
+    from llm_flywheel.core.task import unreadable_labels
+
+    bare = [] if simulated or task is None or task.modality == "image" else unreadable_labels(task)
+    if bare:
+        shown = ", ".join(bare[:6]) + (", ..." if len(bare) > 6 else "")
+        raise TeacherConfigError(
+            f"the labels of {task.name!r} are only ids ({shown}) with no description: an LLM teacher cannot know "
+            f"what they mean and would be paid to guess. Describe each in a task file and import the file again "
+            f"with it (nothing is bought yet; the items stay): `flywheel data add {task.modality} FILE --name "
+            f"{task.name} --task {task.name}.toml`, the file holding name = \"{task.name}\", modality = "
+            f"\"{task.modality}\" and a [labels] table such as {bare[0]} = \"negative: the customer is unhappy\"")
 
 
 # --- failure classification -----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
 from llm_flywheel.pipeline.unseen import unseen_categories
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.workspace import Workspace
+from llm_flywheel.teachers.errors import require_readable_labels
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
         teacher = teacher_from_spec(teacher_spec, task, api_key_env=api_key_env, workspace=ws)
     if teacher is not None:
         teacher.check_ready()  # a missing API key is a startup error, not a failure on every request
+        require_readable_labels(getattr(teacher, "task", None), teacher.is_simulated)
         with ws.store() as s:  # as is a local server now serving another model under a name with cached answers
             check_served_model(s, teacher)
     cascade = Cascade.from_store(ws, dataset, version=version, teacher=teacher, threshold=threshold,
