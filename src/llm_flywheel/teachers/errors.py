@@ -108,7 +108,7 @@ def require_readable_labels(task: Any, simulated: bool) -> None:
         raise TeacherConfigError(
             f"the labels of {task.name!r} are only ids ({shown}) with no description: an LLM teacher cannot know "
             f"what they mean and would be paid to guess. Describe each in a task file and import the file again "
-            f"with it (nothing is bought yet; the items stay): `flywheel data add {task.modality} FILE --name "
+            f"with it (its items stay): `flywheel data add {task.modality} FILE --name "
             f"{task.name} --task {task.name}.toml`, the file holding name = \"{task.name}\", modality = "
             f"\"{task.modality}\" and a [labels] table such as {bare[0]} = \"negative: the customer is unhappy\" "
             f"(Python: task= in ws.add_dataset, or labels={{\"{bare[0]}\": \"negative: ...\"}} in ws.add_items)")
