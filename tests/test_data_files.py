@@ -105,7 +105,9 @@ def test_parquet_text_and_table(ws, tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     pq.write_table(pa.table({"text": [t for t, _ in TICKETS[:3]] + ["no label yet", None],
-                             "label": [lab for _, lab in TICKETS[:3]] + [None, "billing"]}), tmp_path / "hf.parquet")
+                             "label": [lab for _, lab in TICKETS[:3]] + [None, "billing"],
+                             "image": [{"bytes": b"\x89PNG", "path": f"{i}.png"} for i in range(5)]}),  # as HF exports
+                   tmp_path / "hf.parquet")
     rep = add_dataset(ws, "text", path=tmp_path / "hf.parquet", progress=False)
     assert rep.added == 4 and rep.skipped == 1 and "hf.parquet:4" in rep.skipped_examples[0]
     assert _stored(ws, "hf")["hf.parquet:3"] == ("no label yet", None)

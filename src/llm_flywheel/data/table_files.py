@@ -87,7 +87,7 @@ def cell_str(v: Any) -> str | None:
     """A cell as text; ``None`` when it is missing (empty, null, or a float NaN as pandas writes a gap)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return None
-    s = v if isinstance(v, str) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    s = v if isinstance(v, str) else json.dumps(v, default=str) if isinstance(v, (list, dict)) else str(v)
     return s if s.strip() else None
 
 

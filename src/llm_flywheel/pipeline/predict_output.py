@@ -85,7 +85,7 @@ def write_answers(path: Path, inputs: Sequence[Any], answers: Sequence[Any]) -> 
 
 
 def _cell(v: Any) -> Any:
-    return json.dumps(v) if isinstance(v, (list, dict)) else v
+    return json.dumps(v, default=str) if isinstance(v, (list, dict)) else v
 
 
 def _csv(path: Path, columns: list[str], records: list[dict[str, Any]], delimiter: str = ",") -> None:
@@ -99,7 +99,7 @@ def _csv(path: Path, columns: list[str], records: list[dict[str, Any]], delimite
 def _jsonl(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in records:
-            f.write(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({c: r.get(c) for c in columns}, ensure_ascii=False, default=str) + "\n")
 
 
 def _parquet(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
