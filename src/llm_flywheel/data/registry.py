@@ -116,10 +116,11 @@ def add_dataset(
     bare = unreadable_labels(task)
     if bare:  # an LLM teacher would be refused these (teachers.errors.require_readable_labels); images may be digits
         shown = ", ".join(bare[:6]) + (", ..." if len(bare) > 6 else "")
-        report.notes.append(f"WARNING: the labels are only ids ({shown}) with no description: " + ("describe them in a task file (--task FILE.toml, a [labels] "
-                            "table: 0 = \"negative: ...\") before an LLM teacher labels, which it would refuse to do"
-                            if task.modality != "image" else "if they are not what the pictures show (digits), "
-                            "describe them in a task file (--task FILE.toml) so the teacher knows what they mean"))
+        fix = ("describe them in a task file (--task FILE.toml, a [labels] table: 0 = \"negative: ...\") before an "
+               "LLM teacher labels, which it would refuse to do" if task.modality != "image" else
+               "if they are not what the pictures show (digits), describe them in a task file (--task FILE.toml) so "
+               "the teacher knows what they mean")
+        report.notes.append(f"WARNING: the labels are only ids ({shown}) with no description: {fix}")
     spec = SplitSpec(val=val, calib=calib, stream=stream, test=test, seed=seed)
     with ws.store() as store:
         _split(store, task.name, spec, report, resplit=resplit)

@@ -1,4 +1,5 @@
-"""Tabular items from a data file (CSV, JSONL, Parquet, Excel): numeric feature columns and, optionally, a label and a source-split column.
+"""Tabular items from a data file (CSV, JSONL, Parquet, Excel): numeric and categorical feature columns and,
+optionally, a label and a source-split column.
 
 Missing-value policy (documented in ``flywheel data add --help``):
 

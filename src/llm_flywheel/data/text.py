@@ -2,8 +2,8 @@
 and, optionally, a label column and a source-split column.
 
 Rows that cannot be read (a JSONL line that is not a JSON object, a CSV row with the wrong number of fields, an
-empty text cell) are reported with their line number and skipped; the rest are imported.  Label cells are normalised like folder names (``"Not Spam"`` -> ``not_spam``); an
-empty label cell means "unlabelled".
+empty text cell) are reported with their line number and skipped; the rest are imported.  Label cells are
+normalised like folder names (``"Not Spam"`` -> ``not_spam``); an empty label cell means "unlabelled".
 """
 
 from __future__ import annotations

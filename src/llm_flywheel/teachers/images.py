@@ -51,7 +51,8 @@ def mime_of(data: bytes) -> str:
 def teacher_image(data: bytes, max_side: int | None, key: str | None = None) -> tuple[bytes, str]:
     """(bytes, MIME type) to send for a stored image: itself when its long side is within ``max_side`` (or
     ``max_side`` is 0/None), else scaled down to it (Lanczos; a JPEG as a JPEG at quality 90, anything else as a
-    PNG, unless that PNG is no smaller than the stored one).  Deterministic.  ``key`` (the item's content hash) lets an item's later passes reuse the first's resize."""
+    PNG, unless that PNG is no smaller than the stored one).  Deterministic.  ``key`` (the item's content hash)
+    lets an item's later passes reuse the first's resize."""
     mime = mime_of(data)
     if not max_side:
         return data, mime

@@ -192,7 +192,8 @@ def print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
     for ln in lines:
         console.print("  " + ln)
     for w in summary.get("warnings") or []:
-        console.print(f"  [bold red]WARNING[/] {escape(str(w.get('message')))}\n    [bold]fix:[/] {escape(str(w.get('fix')))}")
+        console.print(f"  [bold red]WARNING[/] {escape(str(w.get('message')))}\n"
+                      f"    [bold]fix:[/] {escape(str(w.get('fix')))}")
     console.print(f"report: [bold]{page}[/]  (summary: {page.parent / 'summary.json'})")
     return summary
 
