@@ -204,7 +204,8 @@ def test_the_python_api_says_how_it_read_a_file_and_warns_about_skipped_rows(tmp
                                              r"3 fields, header has 2\)"):
         ds = ws.add_dataset("text", p)
     err = capsys.readouterr().err
-    assert "note: tickets: 24 added, 0 already present" in err and "note: tickets.csv: read as semicolon-separated" in err
+    assert "note: tickets: 24 added, 0 already present" in err
+    assert "note: tickets.csv: read as semicolon-separated" in err
     assert ds.last_import.added == 24 and ds.last_import.skipped == 1
     with pytest.warns(FlywheelWarning):  # the bad row is still in the file
         ws.add_dataset("text", p, progress=False)  # otherwise silent: no note printed
