@@ -56,6 +56,7 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "
 
 def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
     from llm_flywheel.data.tabular import feature_row
+
     table = read_table(path)
     columns, rows = table.columns, table.rows
     if task.modality == "text":

@@ -32,7 +32,6 @@ def _header(x: Any) -> tuple[tuple[int, int], str]:
     return im.size, im.mode
 
 
-
 def to_pil(x: Any) -> Image.Image:
     """Accept a PIL image, encoded bytes (PNG/JPEG/...) or an HxW[xC] uint8 array; a photo is turned upright by its
     EXIF orientation (``data.images``), as people and the teacher see it."""
