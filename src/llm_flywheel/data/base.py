@@ -91,9 +91,7 @@ def _image_bytes(img: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:
     if isinstance(img, bytes):
         with Image.open(io.BytesIO(img)) as im:
             im.verify()  # catches truncated/corrupt files without a full decode
-        with Image.open(io.BytesIO(img)) as im:
-            im.load()
-        return storable_bytes(img)
+        return storable_bytes(img)  # decodes it in full, once
     return encode_png(upright(img) if isinstance(img, Image.Image) else img), ".png"
 
 

@@ -78,13 +78,14 @@ def storable_bytes(data: bytes) -> tuple[bytes, str]:
     """(bytes, suffix) of an image as it is stored, hashed and sent to a teacher: upright (:func:`upright_bytes`);
     PNG and JPEG as they are; a HEIC or AVIF photo as a JPEG at quality 95; anything else (WebP, GIF's first frame,
     BMP, TIFF, PPM) as an RGB or grayscale PNG, as imports always stored them (so their hashes, and the answers
-    cached on them, stay).  Deterministic: one file, one hash.  Call it on bytes already checked to decode."""
+    cached on them, stay).  Deterministic: one file, one hash.  Its full decode is the check: bytes that do not
+    decode raise here, so a caller need not decode them first (a 12 MP HEIC takes 0.3 s to decode)."""
     data = upright_bytes(data)
     with Image.open(io.BytesIO(data)) as im:
+        im.load()
         fmt = (im.format or "").upper()
         if fmt in KEPT_FORMATS:
             return data, KEPT_FORMATS[fmt]
-        im.load()
         out = im if im.mode in ("L", "RGB") else im.convert("RGB")
         buf = io.BytesIO()
         if fmt in PHOTO_FORMATS:

@@ -8,7 +8,6 @@ engine is never paid for again by the other.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -93,13 +92,9 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
     modality = task.modality
     data = path.read_bytes()
     if modality == "image":
-        from PIL import Image
-
         from llm_flywheel.data.images import storable_bytes
 
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-        data = storable_bytes(data)[0]  # as the import stores it: one picture, one hash (data.images)
+        data = storable_bytes(data)[0]  # decoded (the check) and as the import stores it: one picture, one hash
         return data, sha256(data)
     if modality == "text":
         text = decode(data, path.name)[0]  # UTF-8, else UTF-16 by its mark, else Windows-1252 (data.table_files)

@@ -42,13 +42,12 @@ def check_output(path: Path) -> None:
 
 def answer_records(inputs: Sequence[Any], answers: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """(columns, one record per input): the input's own columns first, then the answer's (see the module)."""
+    records = [_own(f) for f in inputs]
     own: dict[str, None] = {}
-    for f in inputs:
-        own.update(dict.fromkeys(_own(f)))
+    for rec in records:
+        own.update(dict.fromkeys(rec))
     names = {c: (f"flywheel_{c}" if c in own else c) for c in ANSWER_COLUMNS}
-    records = []
-    for f, a in zip(inputs, answers):
-        rec = _own(f)
+    for f, a, rec in zip(inputs, answers, records):
         if isinstance(a, Exception):
             rec.update({names[c]: None for c in ANSWER_COLUMNS})
             row = getattr(f, "ref", None) if getattr(f, "values", None) is None else None
@@ -59,7 +58,6 @@ def answer_records(inputs: Sequence[Any], answers: Sequence[Any]) -> tuple[list[
                         names["student_confidence"]: round(float(a.student_confidence), 6),
                         names["teacher_label"]: a.teacher_label, names["model_version"]: a.model_version,
                         names["error"]: None})
-        records.append(rec)
     return [*own, *names.values()], records
 
 
