@@ -201,8 +201,8 @@ def train_student(
 def fit_best(kinds: Sequence[str], build: Callable[[str], Student], fit: Callable[[Student], dict[str, Any]],
              why: str | None = None) -> tuple[str, Student, dict[str, Any], str | None]:
     """Fit each of ``kinds`` on the same labels (``fit(student)``; val also picks its epoch / C) and keep the one
-    with the highest val score, the first on a tie or without val items.  Returns (kind, student, history, why: ``why`` as
-    given, else the scores when there was a choice).
+    with the highest val score, the first on a tie or without val items.  Returns (kind, student, history, why:
+    ``why`` as given, else the scores when there was a choice).
 
     A val split of a few hundred items is a noisy judge: on SpamAssassin with 200 val emails it preferred MiniLM on
     two seeds of three while TF-IDF was 3.4 points better on test (scoring each kind on the half of val it did not
