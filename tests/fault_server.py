@@ -191,6 +191,23 @@ def openai_reasoning_model(thought: int = 100, content: str = '{"label": "bar", 
     return act
 
 
+def inline_thinker(thought: int = 100, content: str = '{"label": "bar", "confidence": 0.9}',
+                   draft: str = '{"label": "foo"}') -> Action:
+    """A reasoning model served without a reasoning parser (Qwen3 or DeepSeek-R1 through Ollama, vLLM or
+    llama.cpp): ``thought`` tokens of thinking inside ``<think>`` in the reply itself, a draft label among them, then
+    the answer; ``usage`` itemises nothing.  A ``max_tokens`` the thinking uses up cuts the reply off mid-thought."""
+    words = (f"Let me think. A draft answer would be {draft} but let me check. " + "hmm " * thought).split(" ")[:thought]
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        room = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1_000_000)
+        if room < thought + 20:
+            text, used, finish = "<think>" + " ".join(words[:room]), room, "length"
+        else:
+            text, used, finish = "<think>" + " ".join(words) + "</think>\n" + content, thought + 20, "stop"
+        _send(h, 200, completion(text, finish_reason=finish,
+                                 usage={"prompt_tokens": 300, "completion_tokens": used, "total_tokens": 300 + used}))
+    return act
+
+
 class FaultServer:
     def __init__(self, script: list[Action] | None = None, default: Action | None = None, *,
                  props: dict | None = None, slots: Callable[[], list] | None = None,

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from fault_server import (FaultServer, context_exceeded_above, free_port, cut_off, ok, openai_reasoning_model, slow,
-                          status, user_text)
+from fault_server import (FaultServer, context_exceeded_above, free_port, cut_off, inline_thinker, ok,
+                          openai_reasoning_model, slow, status, user_text)
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
 from llm_flywheel.teachers.openai_compat import (
@@ -320,6 +320,27 @@ def test_an_empty_reply_cut_off_at_the_limit_counts_its_tokens_as_thinking_where
         assert ans.ok and ans.label == "spam"
         assert [r["body"]["max_tokens"] for r in srv.requests] == [300, 600] and t.max_tokens == 600
 
+
+
+def test_a_model_that_thinks_in_its_reply_is_read_after_its_thinking_and_given_room_once():
+    """Qwen3 / DeepSeek-R1 through a server without a reasoning parser.  Before: the draft label in the thinking
+    ("ham") was taken as the answer; a reply cut off mid-thought was prose to the format check."""
+    with FaultServer(default=inline_thinker(thought=400, content=SPAM, draft='{"label": "ham"}')) as srv:
+        t = _teacher(srv.url)
+        ans = _ask(t)
+        assert ans.ok and ans.label == "spam" and ans.confidence == 0.9
+        assert [r["body"]["max_tokens"] for r in srv.requests] == [300, 600] and t.max_tokens == 600
+        assert ans.extra["reasked_after_truncation"] == 1 and ans.extra["reasoning_tokens"] > 300
+        assert t.capabilities()["downgrades"] == [] or all("response_format" not in d["from"]
+                                                           for d in t.capabilities()["downgrades"])
+        n = len(srv.requests)
+        assert _ask(t, pass_index=1).label == "spam" and len(srv.requests) == n + 1  # later calls start with room
+
+
+def test_a_reply_cut_off_while_thinking_says_so():
+    with FaultServer(default=inline_thinker(thought=100_000)) as srv:
+        ans = _ask(_teacher(srv.url))
+        assert not ans.ok and ans.error_kind == "truncated" and "while the model was still thinking" in ans.error_detail
 
 
 def _no_endpoints(what: str) -> dict:  # OpenRouter's provider routing, as it words it

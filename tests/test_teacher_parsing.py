@@ -7,7 +7,8 @@ import math
 import pytest
 
 from llm_flywheel.core.task import builtin_task
-from llm_flywheel.teachers.parsing import LabelMatcher, label_logprob, parse_answer, parse_confidence
+from llm_flywheel.teachers.parsing import (LabelMatcher, label_logprob, looks_like_json, parse_answer, parse_confidence,
+                                          recover_truncated, split_reasoning)
 
 FRUIT = LabelMatcher(("apple", "mushroom", "orange", "pear", "sweet_pepper"))
 
@@ -123,3 +124,52 @@ def test_label_logprob_missing_or_malformed():
     assert label_logprob(None, "pear") is None
     assert label_logprob([{"token": "x", "logprob": "bad"}], "pear") is None
     assert label_logprob([{"token": '{"label": "', "logprob": -0.1}, {"token": "pear", "logprob": -0.4}], "pear") == pytest.approx(-0.4)
+
+
+# --- reasoning models that think out loud in the reply (no reasoning parser on the server) -------------------------
+DRAFT = 'The user wants JSON like {"label": "apple"}. But it is green and pear-shaped, so pear.'
+
+
+@pytest.mark.parametrize("reply", [
+    f'<think>{DRAFT}</think>\n{{"label": "pear", "confidence": 0.8}}',  # Qwen3 / DeepSeek-R1 without a parser
+    f'{DRAFT}</think>\n\n{{"label": "pear", "confidence": 0.8}}',  # the template opened <think> in the prompt
+    f'<thinking>{DRAFT}</thinking>```json\n{{"label": "pear", "confidence": 0.8}}\n```',
+    f'<|channel|>analysis<|message|>{DRAFT}<|end|><|start|>assistant<|channel|>final<|message|>'
+    '{"label": "pear", "confidence": 0.8}',  # gpt-oss harmony channels
+])
+def test_a_draft_label_in_the_thinking_is_not_the_answer(reply):
+    """Before: the first JSON object was the draft's -- "apple", a wrong paid label, silently."""
+    got = parse_answer(reply, FRUIT)
+    assert (got.label, got.confidence, got.error_kind) == ("pear", 0.8, None)
+
+
+def test_a_bare_label_after_an_empty_thinking_block():
+    """Qwen3 with thinking switched off still writes an empty block first: before, a parse failure."""
+    assert parse_answer("<think>\n\n</think>\n\nPear", FRUIT).label == "pear"
+
+
+def test_a_reply_that_never_stops_thinking_has_no_answer_and_no_recovered_label():
+    cut = f'<think>{DRAFT} Let me check again: {{"label": "apple", "reas'
+    got = parse_answer(cut, FRUIT)
+    assert got.label is None and got.error_kind == "parse" and "all reasoning" in got.error_detail
+    assert recover_truncated(cut, FRUIT) is None  # the draft's closed label is no answer
+    assert recover_truncated(f'<think>{DRAFT}</think>{{"label": "pear", "reason": "gre', FRUIT).label == "pear"
+    assert parse_answer("<think>x</think>  ", FRUIT).error_detail == "nothing after the model's reasoning"
+
+
+def test_split_reasoning_and_the_format_check():
+    assert split_reasoning('{"label": "pear"}') == ("", '{"label": "pear"}', True)
+    assert split_reasoning("<think>a</think>b") == ("<think>a", "b", True)
+    assert split_reasoning("<think>still going") == ("still going", "", False)
+    assert split_reasoning("a reason that mentions <think> tags") == ("", "a reason that mentions <think> tags", True)
+    assert looks_like_json('<think>a</think>\n{"label": "pear"}')
+    assert not looks_like_json("<think>a</think>\nPear")  # prose after the thinking: the format was ignored
+    assert looks_like_json("<think>cut off while thinking")  # says nothing about the format
+
+
+def test_label_logprob_reads_the_answer_not_the_draft_in_the_thinking():
+    toks = [_tok('<think>draft {"label": "', -0.1), _tok("apple", -5.0), _tok('"}</think>{"label": "', -0.1),
+            _tok("pear", -0.3, [("pear", -0.3), ("apple", -2.0)]), _tok('"}', -0.1)]
+    e = math.exp  # apple listed, the three unlisted labels each given the lowest listed probability
+    assert math.exp(label_logprob(toks, "pear", FRUIT.labels)) == pytest.approx(e(-0.3) / (e(-0.3) + 4 * e(-2.0)))
+    assert label_logprob(toks[:3], "apple", FRUIT.labels) is None  # only the draft: no answer to score

@@ -17,6 +17,26 @@ from typing import Any
 from llm_flywheel.core.task import normalise_label
 
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_THINK_OPEN_RE = re.compile(r"<(?:think|thinking|reasoning|thought)>|<\|channel\|>\s*analysis", re.I)
+_THINK_CLOSE_RE = re.compile(r"</(?:think|thinking|reasoning|thought)>|<\|channel\|>\s*final\s*(?:<\|message\|>)?", re.I)
+
+
+def split_reasoning(text: str) -> tuple[str, str, bool]:
+    """``(reasoning, answer, finished)`` of a reply that may think out loud before it answers.
+
+    Why: reasoning models served without a reasoning parser (DeepSeek-R1 or Qwen3 through Ollama, vLLM or
+    llama.cpp, gpt-oss's harmony channels) put their thinking into ``content`` -- and a draft ``{"label": ...}``
+    inside it would otherwise be read as the answer.  The answer is what follows the last closing tag (templates
+    that open ``<think>`` in the prompt leave only the closing one); a reply that opens a block and never closes
+    it has no answer yet (``finished`` False).
+    """
+    closes = list(_THINK_CLOSE_RE.finditer(text))
+    if closes:
+        return text[:closes[-1].start()], text[closes[-1].end():], True
+    m = _THINK_OPEN_RE.search(text)
+    if m and not text[:m.start()].strip():
+        return text[m.end():], "", False
+    return "", text, True
 
 
 def _singular(word: str) -> str:
@@ -132,7 +152,12 @@ def parse_answer(text: str | None, matcher: LabelMatcher) -> ParsedAnswer:
     """Parse a model's reply.  Never raises."""
     if text is None or not str(text).strip():
         return ParsedAnswer(None, None, None, None, "parse", "empty reply")
-    text = str(text)
+    thinking, text, finished = split_reasoning(str(text))
+    if not finished:
+        return ParsedAnswer(None, None, None, None, "parse",
+                            f"the reply is all reasoning ({len(thinking)} chars) and never reaches an answer")
+    if not text.strip():
+        return ParsedAnswer(None, None, None, None, "parse", "nothing after the model's reasoning")
     objs = _json_objects(text)
     for obj in objs:
         low = {str(k).lower(): v for k, v in obj.items()}
@@ -177,10 +202,11 @@ def label_logprob(tokens: list[dict[str, Any]] | None, raw_label: str | None,
     except (TypeError, ValueError, AttributeError):
         return None
     full = "".join(p for p, _ in pieces)
-    start_from = max(full.find('"label"'), 0)
+    answer_at = len(full) - len(split_reasoning(full)[1])  # past any thinking: its drafts are not the answer
+    start_from = max(full.find('"label"', answer_at), answer_at)
     pos = full.find(raw_label, start_from)
     if pos < 0:
-        pos = full.lower().find(raw_label.lower())
+        pos = full.lower().find(raw_label.lower(), answer_at)
     if pos < 0:
         return None
     end = pos + len(raw_label)
@@ -294,6 +320,7 @@ def recover_truncated(text: str | None, matcher: LabelMatcher) -> ParsedAnswer |
     """
     if not text:
         return None
+    text = split_reasoning(text)[1]  # a draft label inside the thinking is no answer
     found = _LABEL_FIELD_RE.findall(text)
     if not found:
         return None
@@ -312,10 +339,14 @@ def recover_truncated(text: str | None, matcher: LabelMatcher) -> ParsedAnswer |
 
 def looks_like_json(text: str | None) -> bool:
     """True when a reply is (or starts as) a JSON object -- what a server that honours ``response_format``
-    returns.  A reply that is prose means the server ignored the requested format."""
+    returns.  A reply that is prose means the server ignored the requested format; one still thinking when it was
+    cut off says nothing about the format (servers like Ollama apply it to the answer after the thinking)."""
     if not text:
         return False
-    s = text.strip()
+    _, answer, finished = split_reasoning(text)
+    if not finished:
+        return True
+    s = answer.strip()
     m = _FENCE_RE.match(s)
     if m:
         s = m.group(1).strip()

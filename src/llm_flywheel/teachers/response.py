@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from llm_flywheel.teachers.errors import redact
-from llm_flywheel.teachers.parsing import LabelMatcher, label_logprob, parse_answer, recover_truncated
+from llm_flywheel.teachers.parsing import (LabelMatcher, label_logprob, parse_answer, recover_truncated,
+                                          split_reasoning)
 
 
 def to_int(v: Any) -> int | None:
@@ -92,6 +93,11 @@ def read_response(resp: httpx.Response, matcher: LabelMatcher, *, prices: tuple[
         # limit is a small model's loop inside a JSON grammar: prose, as before)
         text = ""
         thought = thought or common["tokens_out"]  # hidden tokens a provider bills but does not itemise
+    if isinstance(text, str) and not thought:
+        inline = split_reasoning(text)[0]
+        if inline.strip():  # thinking written into the reply (no reasoning parser on the server): its share
+            out = common["tokens_out"]
+            thought = max(1, round(out * len(inline) / len(text)) if out else len(inline) // 4)
     if thought:
         extra["reasoning_tokens"] = thought
     common["raw_text"] = text[:2000] if isinstance(text, str) else None
@@ -117,8 +123,8 @@ def _label_fields(text: str, matcher: LabelMatcher, cut: bool, max_tokens: int |
             extra["recovered_truncated"] = True
         else:
             kind = "truncated"
-            detail = (f"the reply was cut off at max_tokens={max_tokens} before a complete label "
-                      f"({len(text)} chars)")
+            where = "before a complete label" if split_reasoning(text)[2] else "while the model was still thinking"
+            detail = f"the reply was cut off at max_tokens={max_tokens} {where} ({len(text)} chars)"
     trimmed = None
     if lp_tokens:
         trimmed = [[str(t.get("token", "")), to_float(t.get("logprob"))] for t in lp_tokens[:64] if isinstance(t, dict)]
