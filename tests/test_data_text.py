@@ -74,7 +74,8 @@ def test_undecodable_bytes_do_not_crash(ws, tmp_path):
 def test_text_errors_are_clear(ws, tmp_path):
     p = tmp_path / "x.csv"
     p.write_text("content,label\nhi,a\nyo,b\n")
-    with pytest.raises(ValueError, match=r"text column 'text' not found; columns: content, label"):
+    with pytest.raises(ValueError, match=r"no 'text' column and no column that reads as free text; columns: "
+                                         r"content, label"):
         add_dataset(ws, "text", path=p, progress=False)
     with pytest.raises(ValueError, match="label column 'lab' not found"):
         add_dataset(ws, "text", path=p, text_column="content", label_column="lab", progress=False)

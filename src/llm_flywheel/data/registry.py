@@ -21,7 +21,7 @@ from llm_flywheel.data.fashion_mnist import fashion_mnist_source
 from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source
 from llm_flywheel.data.tabular import tabular_source
-from llm_flywheel.data.text import text_source
+from llm_flywheel.data.text import DEFAULT_TEXT_COLUMN, text_source
 
 ADAPTERS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)",
@@ -63,11 +63,11 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
             task, recs, total, notes = image_folder_source(o["path"], **common)
             meta = {"notes": notes}
         elif name == "text":
-            task, recs, total, notes = text_source(
-                o["path"], text_column=o.get("text_column") or "text", label_column=o.get("label_column"),
+            task, recs, total, notes, text_cols = text_source(
+                o["path"], text_column=o.get("text_column"), label_column=o.get("label_column"),
                 split_column=o.get("split_column"), **common,
             )
-            meta = {"notes": notes}
+            meta = {"notes": notes, "text_columns": list(text_cols)}
         else:
             features, categorical = o.get("features"), None
             with ws.store(readonly=True) as store:
@@ -108,7 +108,7 @@ def add_dataset(
     task, records, total, meta = _source(ws, name, options)
     ws.sweep_temp_files()  # leftovers of a killed earlier import; the re-run writes those blobs again
     with ws.store() as store:
-        _check_compatible(store, task)
+        _check_compatible(store, task, meta.get("text_columns"))
         if resplit:
             check_resplit_allowed(store, task.name)
     report = register(ws, task, records, total=total, progress=progress)
@@ -157,11 +157,26 @@ def _table_name(o: dict[str, Any]) -> str:
     return dataset_name(Path(o["path"]).stem)
 
 
-def _check_compatible(store: Store, task: Task) -> None:
-    """An import into an existing dataset must have the same modality and labels."""
+def imported_text_columns(store: Store, dataset: str) -> tuple[str, ...]:
+    """The columns a text dataset's items were made of (its last import): what ``flywheel predict`` reads from a
+    new file of the same kind.  Imports older than the record say only what was asked (``text`` by default)."""
+    rep = store.latest_report("dataset_import", dataset) or {}
+    cols = rep.get("text_columns") or (rep.get("options") or {}).get("text_column") or DEFAULT_TEXT_COLUMN
+    return tuple(c.strip() for c in cols.split(",")) if isinstance(cols, str) else tuple(cols)
+
+
+def _check_compatible(store: Store, task: Task, text_columns: list[str] | None = None) -> None:
+    """An import into an existing dataset must have the same modality and labels (and a text dataset's items
+    the same text columns: a ``subject: ...`` item beside body-only ones would be two kinds of input)."""
     old = stored_task(store, task.name)
     if old is None:
         return
+    known = text_columns and old.modality == "text" and store.latest_report("dataset_import", task.name)
+    before = imported_text_columns(store, task.name) if known else None  # rows added in Python: no columns
+    if before and tuple(text_columns or ()) != before:
+        raise DatasetError(
+            f"dataset {task.name!r} holds texts made of the column(s) {', '.join(before)}; this import reads "
+            f"{', '.join(text_columns or ())}. Pass --text-column {','.join(before)}, or import it under a new --name.")
     if old.labels != task.labels or old.modality != task.modality:
         raise DatasetError(
             f"dataset {task.name!r} already exists with {old.modality} labels {list(old.labels)}; this import "

@@ -1,5 +1,9 @@
-"""Text items from a data file (CSV, JSONL, Parquet, Excel: :mod:`llm_flywheel.data.table_files`): a text column
-and, optionally, a label column and a source-split column.
+"""Text items from a data file (CSV, JSONL, Parquet, Excel: :mod:`llm_flywheel.data.table_files`): one or more
+text columns and, optionally, a label column and a source-split column.
+
+Without ``--text-column`` the text is the ``text`` column, else the file's longest free-text column (a note says
+which, and names the others); several columns (``subject,body``) are joined as ``name: value`` lines, so the
+teacher knows which part is which, and :func:`join_text` is the one rule for the import and ``flywheel predict``.
 
 Rows that cannot be read (a JSONL line that is not a JSON object, a CSV row with the wrong number of fields, an
 empty text cell) are reported with their line number and skipped; the rest are imported.  Label cells are
@@ -8,7 +12,8 @@ normalised like folder names (``"Not Spam"`` -> ``not_spam``); an empty label ce
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import statistics
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from llm_flywheel.data.image_folder import dataset_name
 from llm_flywheel.data.table_files import cell_str, read_table
 
 DEFAULT_LABEL_COLUMN = "label"
+DEFAULT_TEXT_COLUMN = "text"
 
 
 def resolve_label_column(columns: list[str], label_column: str | None, path: Path) -> str | None:
@@ -30,11 +36,88 @@ def resolve_label_column(columns: list[str], label_column: str | None, path: Pat
     return DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in columns else None
 
 
+def _filled(rows: list[dict[str, Any]], col: str, n: int = 500) -> list[str]:
+    return [s for s in (cell_str(r.get(col)) for r in rows[:n]) if s is not None]
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s.replace(",", "."))
+    except ValueError:
+        return False
+    return True
+
+
+def free_text_columns(columns: Sequence[str], rows: list[dict[str, Any]], exclude: Sequence[str]) -> list[str]:
+    """Columns that read as free text (most cells filled, not numbers, a median of three words or more), the
+    longest first.  Ids, dates, codes and short categories fall out on the word count."""
+    scored = []
+    for c in columns:
+        cells = _filled(rows, c)
+        if c in exclude or not cells or len(cells) < 0.5 * min(len(rows), 500):
+            continue
+        if sum(_is_number(s) for s in cells) > 0.2 * len(cells):
+            continue
+        if statistics.median(len(s.split()) for s in cells) >= 3:
+            scored.append((statistics.median(len(s) for s in cells), c))
+    return [c for _, c in sorted(scored, key=lambda t: -t[0])]
+
+
+def label_hint(columns: Sequence[str], rows: list[dict[str, Any]], exclude: Sequence[str]) -> str:
+    """`` or --label-column X (N values: a, b, ...)`` for the columns that look like a class (a few short words,
+    each used many times), to end the "no label values" error with; empty when none does."""
+    hints = []
+    for c in columns:
+        cells = _filled(rows, c)
+        if c in exclude or len(cells) < 10 or sum(any(ch.isdigit() for ch in s) for s in cells) > len(cells) / 2:
+            continue  # ids, dates, amounts: classes are words
+        values = {normalise_label(s) for s in cells}
+        if 2 <= len(values) <= min(50, len(cells) // 3) and statistics.median(len(s.split()) for s in cells) <= 3:
+            shown = ", ".join(sorted(values)[:5]) + (", ..." if len(values) > 5 else "")
+            hints.append(f"--label-column {c} ({len(values)} values: {shown})")
+    return f", or name the column that holds them: {'; '.join(hints[:3])}" if hints else ""
+
+
+def resolve_text_columns(columns: Sequence[str], rows: list[dict[str, Any]], text_column: str | Sequence[str] | None,
+                         exclude: Sequence[str], path: Path) -> tuple[tuple[str, ...], list[str]]:
+    """(the text columns, notes): those asked for (``"a,b"`` or a list; each must exist), else ``text``, else the
+    longest free-text column with a note that names the others."""
+    if text_column:
+        cols = tuple(c.strip() for c in (text_column.split(",") if isinstance(text_column, str) else text_column))
+        missing = [c for c in cols if c not in columns]
+        if missing or not all(cols):
+            raise ValueError(f"{path}: text column(s) {', '.join(map(repr, missing or cols))} not found; columns: "
+                             f"{', '.join(columns) or 'none'} (use --text-column, several as a,b)")
+        return cols, []
+    if DEFAULT_TEXT_COLUMN in columns:
+        return (DEFAULT_TEXT_COLUMN,), []
+    found = free_text_columns(columns, rows, exclude)
+    if not found:
+        raise ValueError(f"{path}: no {DEFAULT_TEXT_COLUMN!r} column and no column that reads as free text; columns: "
+                         f"{', '.join(columns) or 'none'} (use --text-column, several as a,b)")
+    together = ",".join(c for c in columns if c in found)
+    others = (f"; other text column(s): {', '.join(found[1:])} -- --text-column {together} joins them"
+              if len(found) > 1 else "")
+    return (found[0],), [f"no {DEFAULT_TEXT_COLUMN!r} column: the text is {found[0]!r}, the longest free-text "
+                         f"column{others}"]
+
+
+def join_text(values: dict[str, Any], columns: Sequence[str]) -> str | None:
+    """An item's text from its row: the one column as it is, or several as ``name: value`` lines (empty cells
+    left out); None when every one is empty.  The import and ``flywheel predict`` both build it here, so a new
+    row finds the stored item (and its cached teacher answer) by the same hash."""
+    if len(columns) == 1:
+        return cell_str(values.get(columns[0]))
+    parts = [f"{c}: {v.strip()}" for c in columns if (v := cell_str(values.get(c))) is not None]
+    return "\n".join(parts) or None
+
+
 def task_for(
     modality: str, labels_seen: set[str], task: str | Path | Task | None, name: str | None, path: Path,
-    instructions: str,
+    instructions: str, hint: str = "",
 ) -> Task:
-    """The given task (checked for modality) or one derived from the label values seen."""
+    """The given task (checked for modality) or one derived from the label values seen; ``hint`` ends the error
+    for a file without labels (:func:`label_hint`)."""
     if task is not None:
         t = task if isinstance(task, Task) else load_task(task)
         if t.modality != modality:
@@ -44,7 +127,7 @@ def task_for(
         if len(labels) < 2:
             raise TaskError(
                 f"{path}: {'no label values' if not labels else 'only one label value ' + repr(labels[0])}; "
-                "pass --task FILE.toml naming the labels (unlabelled rows are labelled by the teacher)"
+                f"pass --task FILE.toml naming the labels (unlabelled rows are labelled by the teacher){hint}"
             )
         t = Task(name=dataset_name(name or path.stem), modality=modality, labels=tuple(labels),
                  descriptions={lab: lab.replace("_", " ") for lab in labels}, instructions=instructions)
@@ -61,34 +144,37 @@ def label_of(values: dict[str, Any], column: str | None) -> str | None:
 def text_source(
     path: str | Path,
     *,
-    text_column: str = "text",
+    text_column: str | Sequence[str] | None = None,
     label_column: str | None = None,
     split_column: str | None = None,
     task: str | Path | Task | None = None,
     name: str | None = None,
-) -> tuple[Task, Iterator[Record], int, list[str]]:
-    """Task, records, count and notes (how the file was read) for a text file."""
+) -> tuple[Task, Iterator[Record], int, list[str], tuple[str, ...]]:
+    """Task, records, count, notes (how the file was read) and the text columns for a text file."""
     p = Path(path)
     table = read_table(p)
     columns, rows = table.columns, table.rows
-    if text_column not in columns:
-        raise ValueError(f"{p}: text column {text_column!r} not found; columns: {', '.join(columns) or 'none'} "
-                         "(use --text-column)")
     if split_column and split_column not in columns:
         raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
     lab_col = resolve_label_column(columns, label_column, p)
+    good = [r.values for r in rows if r.values is not None]
+    text_cols, notes = resolve_text_columns(columns, good, text_column, [c for c in (lab_col, split_column) if c], p)
+    if lab_col in text_cols:
+        raise ValueError(f"{p}: the label column {lab_col!r} cannot also be the text")
+    what = text_cols[0] if len(text_cols) == 1 else "+".join(text_cols)
     records: list[Record] = []
     for r in rows:
         if r.values is None:
             records.append(Record(r.ref, error=r.error))
             continue
-        text = cell_str(r.values.get(text_column))
+        text = join_text(r.values, text_cols)
         if text is None:
-            records.append(Record(r.ref, error=f"empty or missing {text_column!r}"))
+            records.append(Record(r.ref, error=f"empty or missing {what!r}"))
             continue
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, text=text, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
+    hint = "" if lab_col else label_hint(columns, good, [*text_cols, *([split_column] if split_column else [])])
     t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
-                 "Classify this text.")
-    return t, iter(records), len(records), table.notes
+                 "Classify this text.", hint)
+    return t, iter(records), len(records), [*table.notes, *notes], text_cols

@@ -39,31 +39,46 @@ def is_table(f: Any) -> bool:
     return isinstance(f, Path) and f.suffix.lower() in TABLE_SUFFIXES
 
 
-def expand_tables(inputs: Sequence[Path | str], task: Task, text_column: str = "text") -> list[Path | str | RowInput]:
+def table_text_columns(ws: Any, dataset: str, given: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The columns a new table's text is read from: those given (``"a,b"``), else those the dataset was imported
+    from -- a dataset imported with ``--text-column subject,body`` answers a new CSV the same way unasked."""
+    from llm_flywheel.data.registry import imported_text_columns
+
+    if given:
+        return tuple(c.strip() for c in (given.split(",") if isinstance(given, str) else given))
+    with ws.store(readonly=True) as store:
+        return imported_text_columns(store, dataset)
+
+
+def expand_tables(inputs: Sequence[Path | str], task: Task,
+                  text_columns: Sequence[str] = ("text",)) -> list[Path | str | RowInput]:
     """A table file (:data:`TABLE_SUFFIXES`) given to a text or tabular dataset stands for its rows -- a CSV of new
-    tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column, or the
+    tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column(s), or the
     task's feature columns by name (the columns other than ``label`` in file order for a task stored without
     names).  Other inputs stay as they are; a table that cannot be used raises with what to fix."""
     out: list[Path | str | RowInput] = []
     for f in inputs:
         if is_table(f) and task.modality in ("text", "tabular"):
-            out += _table_rows(f, task, text_column)
+            out += _table_rows(f, task, tuple(text_columns))
         else:
             out.append(f)
     return out
 
 
-def _table_rows(path: Path, task: Task, text_column: str) -> list[RowInput]:
+def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...]) -> list[RowInput]:
     from llm_flywheel.data.tabular import feature_row
+    from llm_flywheel.data.text import join_text
 
     table = read_table(path)
     columns, rows = table.columns, table.rows
     if task.modality == "text":
-        if text_column not in columns:
-            raise ValueError(f"{path}: no {text_column!r} column (columns: {', '.join(columns)}); name the text "
-                             "column with --text-column")
-        texts = [(r, None if r.values is None else cell_str(r.values.get(text_column))) for r in rows]
-        return [RowInput(r.ref, error=r.error or f"empty or missing {text_column!r}", values=r.written) if t is None
+        missing = [c for c in text_columns if c not in columns]
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(map(repr, missing))} column (columns: {', '.join(columns)}); "
+                             "name the text column(s) with --text-column (several as a,b)")
+        what = "+".join(text_columns)
+        texts = [(r, None if r.values is None else join_text(r.values, text_columns)) for r in rows]
+        return [RowInput(r.ref, error=r.error or f"empty or missing {what!r}", values=r.written) if t is None
                 else RowInput(r.ref, t, sha256(t.encode("utf-8")), values=r.written)  # hashed as data add stores it
                 for r, t in texts]
     wanted = list(task.features) or [c for c in columns if c != "label"]

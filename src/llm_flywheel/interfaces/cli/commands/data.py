@@ -76,7 +76,8 @@ def _auto_rule(split: str) -> str:
 @click.option("--task", "task_file", type=click.Path(dir_okay=False), help="Task TOML (labels, descriptions, "
               "instructions). Default: derived from folder names / label column values.")
 @click.option("--name", "as_name", help="Dataset name in the workspace (default: the task's or the folder/file name).")
-@click.option("--text-column", help="text: column holding the text (default 'text').")
+@click.option("--text-column", help="text: column holding the text, or several as a,b (joined as 'name: value' lines; "
+                                    "default 'text', else the file's longest free-text column).")
 @click.option("--label-column", help="text/tabular: column holding the gold label (default 'label' if present).")
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
 @click.option("--features", help="tabular: comma-separated feature columns (default: every numeric and categorical "

@@ -33,9 +33,9 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
                "read the teacher's key from their own environment.")
 @click.argument("dataset")
 @click.argument("files", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--text-column", default="text", show_default=True,
-              help="In table FILES (.csv/.tsv/.jsonl/.parquet/.xlsx) of a text dataset: the column holding the text "
-                   "(each row is one input).")
+@click.option("--text-column", default=None,
+              help="In table FILES (.csv/.tsv/.jsonl/.parquet/.xlsx) of a text dataset: the column(s) holding the "
+                   "text, several as a,b (each row is one input) [default: those the dataset was imported from].")
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
@@ -62,7 +62,7 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
-def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, texts: tuple[str, ...], split: str | None,
+def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | None, texts: tuple[str, ...], split: str | None,
             limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
             threshold: float | None, concurrency: int | None, engine: str, ray_address: str | None, workers: int | None,
             batch_size: int | None, parquet: Path | None, output: Path | None, no_log: bool, show: int,
@@ -75,7 +75,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
     from llm_flywheel.pipeline.cascade import Cascade, CascadeError
-    from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables, is_table
+    from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables, is_table, table_text_columns
     from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
     from llm_flywheel.teachers.concurrency import fixed_concurrency
@@ -117,7 +117,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str, t
         if texts and casc.task.modality != "text":
             raise click.UsageError(f"--text is for text datasets; {dataset} is {casc.task.modality}: give FILES")
         try:
-            inputs = expand_tables(inputs, casc.task, text_column)
+            inputs = expand_tables(inputs, casc.task, table_text_columns(ws, dataset, text_column))
         except (OSError, ValueError) as e:
             casc.close()
             raise _fail(e) from None
