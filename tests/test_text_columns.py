@@ -103,3 +103,12 @@ def _task(ws, name):
 
     with ws.store() as s:
         return Task.from_json(s.dataset_task_json(name))
+
+
+def test_a_table_without_a_label_column_names_the_candidates(ws, tmp_path):
+    rows = "\n".join(f"{i % 60},{('basic', 'pro')[i % 2]},{10 + i * 0.37:.2f},{('no', 'yes')[i % 3 == 0]}"
+                     for i in range(60))
+    (tmp_path / "churn.csv").write_text("tenure,plan,monthly,churned\n" + rows + "\n")
+    with pytest.raises(TaskError, match=r"--label-column plan \(2 values: basic, pro\); --label-column churned "
+                                        r"\(2 values: no, yes\)$"):
+        add_dataset(ws, "tabular", path=tmp_path / "churn.csv", progress=False)
