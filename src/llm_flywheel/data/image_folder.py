@@ -6,6 +6,8 @@ Layouts understood::
     photos/train/cat/1.jpg  photos/test/cat/9.jpg  the same, with the source's own train/test split
     photos/train/1.jpg  photos/test/9.jpg          unlabelled, with the source's split
     photos/1.jpg  photos/2.png                     unlabelled: the teacher will label them (needs --task)
+    photos/1.jpg  photos/metadata.csv              labels from a table (or --labels FILE: Kaggle's train.csv;
+                                                   ``data.image_labels``)
 
 Every file with an image extension is read (phone formats too: HEIC, AVIF; ``data.images``); a file PIL cannot
 decode (truncated, zero bytes, a text file named .jpg) is counted and skipped by :func:`register`, never a crash.
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
+from llm_flywheel.data.image_labels import find_metadata, table_labels
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +54,11 @@ def _visible_files(root: Path) -> Iterator[Path]:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def ignored_note(root: Path) -> list[str]:
-    """A note naming the visible files that are not images by extension (``3 .dng, 1 .mov``), if any."""
+def ignored_note(root: Path, used: Path | None = None) -> list[str]:
+    """A note naming the visible files that are not images by extension (``3 .dng, 1 .mov``), if any; ``used``
+    (the labels table) is not one of them."""
     other = Counter(p.suffix.lower() or "(none)" for p in _visible_files(root)
-                    if p.suffix.lower() not in IMAGE_EXTENSIONS)
+                    if p.suffix.lower() not in IMAGE_EXTENSIONS and p != used)
     if not other:
         return []
     kinds = ", ".join(f"{n:,} {ext}" for ext, n in other.most_common(6))
@@ -81,32 +85,47 @@ def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
 
 
 def image_folder_source(
-    path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None
+    path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,
+    labels: str | Path | None = None, label_column: str | None = None, file_column: str | None = None,
 ) -> tuple[Task, Iterator[Record], int, list[str]]:
     """Task, records, count and notes (files ignored) for an image folder.
 
     With ``task`` (a TOML path or Task) the folder labels must be among its labels; without one, the task is
-    derived from the folder names (at least two classes).  ``name`` overrides the dataset name.
+    derived from the folder names (at least two classes).  ``name`` overrides the dataset name.  ``labels``: a
+    table naming each picture's label (default: the folder's ``metadata.csv``/``.jsonl``), read by
+    :func:`llm_flywheel.data.image_labels.table_labels` with ``label_column`` / ``file_column``.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
     files = scan(root)
-    notes = ignored_note(root)
+    table = Path(labels) if labels is not None else find_metadata(root)
+    if labels is not None and not table.is_file():
+        raise FileNotFoundError(f"labels file {table} does not exist")
+    notes = ignored_note(root, table)
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
                          + (f"; {notes[0].split(';')[0]}" if notes else ""))
+    if table is not None:
+        try:
+            files, more = _with_table_labels(files, root, table, label_column, file_column, labels is not None)
+        except ValueError as e:
+            if labels is not None:
+                raise
+            more = [f"{table.name} not used for labels ({str(e).split(': ', 1)[-1]})"]  # captions only, say
+            table = None
+        notes += more
     raw_labels = sorted({lab for _, _, lab in files if lab is not None})
     norm = {lab: normalise_label(lab) for lab in raw_labels}
     bad = [lab for lab, n in norm.items() if not n]
     if bad:
-        raise ValueError(f"class folder name(s) {bad} have no letters or digits; rename them")
+        raise ValueError(f"class name(s) {bad} have no letters or digits; rename them")
     clash: dict[str, list[str]] = {}
     for lab, n in norm.items():
         clash.setdefault(n, []).append(lab)
     clashes = {n: labs for n, labs in clash.items() if len(labs) > 1}
     if clashes:
-        raise ValueError(f"class folders {clashes} normalise to the same label; merge or rename them")
+        raise ValueError(f"classes {clashes} normalise to the same label; merge or rename them")
 
     if task is not None:
         t = task if isinstance(task, Task) else load_task(task)
@@ -116,18 +135,21 @@ def image_folder_source(
         if unknown:
             raise TaskError(
                 f"folder label(s) {unknown} are not in task {t.name!r} (labels: {', '.join(t.labels)}); "
-                "rename the folders or add the labels to the task file"
+                f"{'correct ' + table.name if table is not None else 'rename the folders'} or add the labels to the "
+                "task file"
             )
     else:
-        labels = sorted(set(norm.values()))
-        if len(labels) < 2:
+        classes = sorted(set(norm.values()))
+        if len(classes) < 2:
+            what = ("no class sub-folders" + (f" and no labels in {table.name}" if table is not None else "")
+                    if not classes else f"only one class ({classes[0]!r})")
             raise TaskError(
-                f"{root} has {'no class sub-folders' if not labels else 'only one class folder ' + repr(labels[0])}; "
-                "pass --task FILE.toml naming the labels (an unlabelled folder is labelled by the teacher)"
-            )
+                f"{root} has {what}; pass --task FILE.toml naming the labels (an unlabelled folder is labelled by "
+                "the teacher)" + (", or --labels FILE: a table of file names and labels (Kaggle's train.csv)"
+                                  + _labels_hint(root) if table is None and not classes else ""))
         t = Task(
-            name=dataset_name(name or root.name), modality="image", labels=tuple(labels),
-            descriptions={lab: lab.replace("_", " ") for lab in labels},
+            name=dataset_name(name or root.name), modality="image", labels=tuple(classes),
+            descriptions={lab: lab.replace("_", " ") for lab in classes},
             instructions="Classify the main object in this image.",
         )
     if name:
@@ -147,3 +169,28 @@ def image_folder_source(
             yield Record(ref, image=data, source_split=split, gold_label=norm[lab] if lab is not None else None)
 
     return t, gen(), len(files), notes
+
+
+def _with_table_labels(files: list[tuple[Path, str | None, str | None]], root: Path, table: Path,
+                       label_column: str | None, file_column: str | None, given: bool,
+                       ) -> tuple[list[tuple[Path, str | None, str | None]], list[str]]:
+    """The scanned files with the table's labels (a row's label wins over a class folder's, counted)."""
+    found, notes = table_labels(table, [f for f, _, _ in files], root, label_column=label_column,
+                                file_column=file_column, guess=given)
+    differ = sum(1 for f, _, lab in files if lab is not None and f in found
+                 and normalise_label(found[f]) != normalise_label(lab))
+    if differ:
+        notes.append(f"WARNING: {differ:,} image(s) sit in a class folder that {table.name} contradicts: "
+                     f"{table.name}'s label is used")
+    return [(f, split, found.get(f, lab)) for f, split, lab in files], notes
+
+
+def _labels_hint(root: Path) -> str:
+    """`` -- e.g. --labels data/train.csv`` for a table beside the folder with its name (Kaggle's layout) or
+    inside it, where there is one."""
+    from llm_flywheel.data.table_files import TABLE_SUFFIXES
+
+    near = [root.parent / f"{root.name}{ext}" for ext in sorted(TABLE_SUFFIXES)]
+    near += sorted(p for p in root.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
+    found = next((p for p in near if p.is_file()), None)
+    return f" -- e.g. --labels {found}" if found else ""

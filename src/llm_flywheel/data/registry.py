@@ -37,7 +37,7 @@ _OPTIONS: dict[str, set[str]] = {
     "fashion-mnist": {"path", "limit"},
     "cifar5": {"path", "limit"},
     "spam-assassin": {"path", "limit"},
-    "image-folder": {"path", "task", "as_name"},
+    "image-folder": {"path", "task", "as_name", "labels", "label_column", "file_column"},
     "text": {"path", "task", "as_name", "text_column", "label_column", "split_column"},
     "tabular": {"path", "task", "as_name", "features", "label_column", "split_column"},
 }
@@ -60,7 +60,9 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
         common = {"task": o.get("task"), "name": o.get("as_name")}
         if name == "image-folder":
-            task, recs, total, notes = image_folder_source(o["path"], **common)
+            task, recs, total, notes = image_folder_source(
+                o["path"], labels=o.get("labels"), label_column=o.get("label_column"),
+                file_column=o.get("file_column"), **common)
             meta = {"notes": notes}
         elif name == "text":
             task, recs, total, notes, text_cols = text_source(
@@ -98,7 +100,8 @@ def add_dataset(
     """Import dataset ``name`` (an adapter, see :data:`ADAPTERS`) and make its splits.
 
     ``options``: ``path``, ``limit`` (first N per source split), ``task`` (TOML path or Task), ``as_name``
-    (dataset name), ``text_column``, ``label_column``, ``split_column``, ``features`` (list of column names).
+    (dataset name), ``text_column``, ``label_column``, ``split_column``, ``features`` (list of column names);
+    image-folder: ``labels`` (a table of file names and labels), ``label_column``, ``file_column``.
     Split sizes: a float < 1 is a fraction of the non-test items, an int a count, None (val, calib) 5 % raised
     for a small dataset (:func:`llm_flywheel.core.splits.auto_size`); ``test`` applies only when the
     source has no test split.  Splits already made stay fixed (new items join ``train``) unless ``resplit``,

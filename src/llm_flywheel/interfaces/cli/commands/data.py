@@ -58,6 +58,7 @@ def _auto_rule(split: str) -> str:
     "  flywheel data add fashion-mnist --limit 2000        # first 2,000 train + 2,000 test, for a quick try\n"
     "  flywheel data add cifar5 --path cifar-100-python.tar.gz\n"
     "  flywheel data add image-folder ./photos --name fruit\n"
+    "  flywheel data add image-folder ./train --labels train.csv    # Kaggle: a flat folder and id,label\n"
     "  flywheel data add text reviews.jsonl --label-column sentiment\n"
     "  flywheel data add tabular iris.csv --label-column species\n\n"
     "\b\nTabular missing values: empty cells and NA, N/A, NaN, null, None, ? are stored as NaN; a non-numeric\n"
@@ -78,7 +79,13 @@ def _auto_rule(split: str) -> str:
 @click.option("--name", "as_name", help="Dataset name in the workspace (default: the task's or the folder/file name).")
 @click.option("--text-column", help="text: column holding the text, or several as a,b (joined as 'name: value' lines; "
                                     "default 'text', else the file's longest free-text column).")
-@click.option("--label-column", help="text/tabular: column holding the gold label (default 'label' if present).")
+@click.option("--label-column", help="text/tabular/image-folder: column holding the gold label (default 'label' if "
+                                     "present).")
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, exists=True),
+              help="image-folder: a table (CSV/JSONL/Parquet/Excel) of file names and labels, e.g. Kaggle's train.csv "
+                   "(default: the folder's metadata.csv / metadata.jsonl, Hugging Face's layout).")
+@click.option("--file-column", help="image-folder --labels: column naming each picture (default: file_name, "
+                                    "filename, image, image_id, id, ...).")
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
 @click.option("--features", help="tabular: comma-separated feature columns (default: every numeric and categorical "
                                  "column; a text column named here is categorical).")
@@ -94,8 +101,8 @@ def _auto_rule(split: str) -> str:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @pass_ctx
 def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit: int | None, task_file: str | None,
-        as_name: str | None, text_column: str | None, label_column: str | None, split_column: str | None,
-        features: str | None, val: str, calib: str, stream: str, test_size: str, seed: int, resplit: bool,
+        as_name: str | None, text_column: str | None, label_column: str | None, labels_file: str | None,
+        file_column: str | None, split_column: str | None, features: str | None, val: str, calib: str, stream: str, test_size: str, seed: int, resplit: bool,
         no_progress: bool) -> None:
     """Import DATASET into the workspace, store each item once (by content hash) and make its splits.
 
@@ -109,8 +116,8 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
         ws = ctx.workspace()
         report = add_dataset(
             ws, dataset, path=source or path_opt, limit=limit, task=task_file, as_name=as_name,
-            text_column=text_column, label_column=label_column, split_column=split_column,
-            features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
+            text_column=text_column, label_column=label_column, split_column=split_column, labels=labels_file,
+            file_column=file_column, features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
             val=_size(val, auto=True), calib=_size(calib, auto=True), stream=_size(stream), test=_size(test_size), seed=seed,
             resplit=resplit, progress=not no_progress,
         )
