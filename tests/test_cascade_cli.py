@@ -222,7 +222,7 @@ def test_predict_output_writes_each_row_back_with_its_answer(tmp_path, suffix):
     assert got.columns == ["id", "x", "y", "answered_by", "predicted_label", "flywheel_answered_by", "confidence",
                            "student_label", "student_confidence", "teacher_label", "model_version", "error"]
     rows = [row.values for row in got.rows]
-    assert [str(r_["x"]) for r_ in rows[:2]] == ["0,9", "0,1"]  # as the file has them
+    assert [str(row.written["x"]) for row in got.rows[:2]] == ["0,9", "0,1"]  # as the file has them
     assert [r_["student_label"] for r_ in rows[:2]] == ["high", "low"]
     for r_ in rows[:2]:  # no teacher: an unsure row is "deferred", with no label
         assert (r_["flywheel_answered_by"], r_["predicted_label"] or None) in (("student", r_["student_label"]),
@@ -230,6 +230,26 @@ def test_predict_output_writes_each_row_back_with_its_answer(tmp_path, suffix):
     assert rows[2]["error"] == "new.csv:4: unreadable row (2 fields, header has 4)"
     assert rows[2]["predicted_label"] in (None, "")
     assert not list(tmp_path.glob(".scored*"))  # no partial file left behind
+
+
+def test_a_csv_answer_is_written_the_way_its_input_was(tmp_path):
+    """A European Excel file (";", Windows-1252, decimal commas) comes back ";"-separated, in Windows-1252, with
+    "0,93" confidences -- before, a UTF-8 comma file that opened in one column with its accents broken."""
+    from helpers_tables import calibrated_table
+
+    w = ["--workspace", str(calibrated_table(tmp_path))]
+    (tmp_path / "new.csv").write_bytes("Stadt;x;y\nZürich;0,9;0,95\nGenève;0,1;0,05\n".encode("cp1252"))
+    out = tmp_path / "scored.csv"
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "new.csv"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    lines = out.read_bytes().decode("cp1252").splitlines()
+    assert lines[0].startswith("Stadt;x;y;predicted_label;answered_by;confidence;")
+    cells = lines[1].split(";")
+    assert cells[:3] == ["Zürich", "0,9", "0,95"] and "," in cells[5] and "." not in cells[5]
+    (tmp_path / "plain.csv").write_text("x,y\n0.9,0.95\n", encoding="utf-8")  # a plain file: a plain answer
+    r = CliRunner().invoke(main, [*w, "predict", "t", str(tmp_path / "plain.csv"), "-o", str(out)])
+    first = out.read_text(encoding="utf-8").splitlines()[1].split(",")
+    assert r.exit_code == 0 and first[:2] == ["0.9", "0.95"] and "." in first[4]
 
 
 def test_predict_output_is_checked_before_anything_is_answered(tmp_path):

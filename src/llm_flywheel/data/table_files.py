@@ -55,6 +55,8 @@ class Table:
     columns: list[str]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    # a CSV's delimiter, encoding and decimal_comma (bool): how to write answers back so Excel opens them like it
+    dialect: dict[str, Any] = field(default_factory=dict)
 
 
 def read_table(path: str | Path) -> Table:
@@ -92,15 +94,22 @@ def cell_str(v: Any) -> str | None:
 
 
 def decode(raw: bytes, name: str) -> tuple[str, list[str]]:
-    """Text of a file's bytes and a note when it was not plain UTF-8.  A byte-order mark decides (UTF-8, UTF-16 as
-    Excel's "Unicode text" writes); else UTF-8 when the bytes mostly are (a few bad bytes become U+FFFD and are
-    counted); else Windows-1252, what Excel on Windows writes -- rather than replacing every accented letter."""
+    """Text of a file's bytes and a note when it was not plain UTF-8 (:func:`decode_as`)."""
+    return decode_as(raw, name)[:2]
+
+
+def decode_as(raw: bytes, name: str) -> tuple[str, list[str], str]:
+    """(text, notes, encoding) of a file's bytes.  A byte-order mark decides (UTF-8, UTF-16 as Excel's "Unicode
+    text" writes); else UTF-8 when the bytes mostly are (a few bad bytes become U+FFFD and are counted); else
+    Windows-1252, what Excel on Windows writes -- rather than replacing every accented letter.  ``encoding`` is the
+    codec to write such a file back with (``utf-8-sig`` keeps the mark)."""
+    enc = "utf-8"
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw, enc = raw[len(codecs.BOM_UTF8):], "utf-8-sig"
     elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16", errors="replace"), [f"{name}: read as UTF-16 (its byte-order mark)"]
+        return raw.decode("utf-16", errors="replace"), [f"{name}: read as UTF-16 (its byte-order mark)"], "utf-16"
     try:
-        return raw.decode("utf-8"), []
+        return raw.decode("utf-8"), [], enc
     except UnicodeDecodeError as e:
         first = e.start
     text = raw.decode("utf-8", errors="replace")
@@ -108,10 +117,10 @@ def decode(raw: bytes, name: str) -> tuple[str, list[str]]:
     multibyte = sum(1 for ch in text if ord(ch) > 127) - bad
     if multibyte > 10 * bad:
         return text, [f"{name}: {bad:,} byte(s) are not valid UTF-8 (the first at offset {first:,}); they were "
-                      "replaced by U+FFFD"]
+                      "replaced by U+FFFD"], enc
     return raw.decode("cp1252", errors="replace"), [
         f"{name}: not UTF-8 (byte 0x{raw[first]:02x} at offset {first:,}); read as Windows-1252, as Excel on "
-        "Windows writes. If accented letters look wrong, save the file as UTF-8 CSV"]
+        "Windows writes. If accented letters look wrong, save the file as UTF-8 CSV"], "cp1252"
 
 
 def _sniff_delimiter(text: str) -> str:
@@ -145,7 +154,7 @@ def _records(text: str, delimiter: str, limit: int) -> list[list[str]]:
 
 
 def _read_csv(p: Path, delimiter: str | None) -> Table:
-    text, notes = decode(p.read_bytes(), p.name)
+    text, notes, encoding = decode_as(p.read_bytes(), p.name)
     if delimiter is None:
         delimiter = _sniff_delimiter(text)
         if delimiter != ",":
@@ -174,9 +183,15 @@ def _read_csv(p: Path, delimiter: str | None) -> Table:
             rows.append(Row(ref, None, f"{len(cells)} fields, header has {len(header)}"))
             continue
         rows.append(Row(ref, dict(zip(header, cells))))
-    if delimiter != ",":
-        notes += _decimal_commas(p.name, header, rows)
-    return Table(header, rows, notes)
+    commas = _decimal_commas(p.name, header, rows) if delimiter != "," else []
+    # a ";" file is what a spreadsheet writes where "," is the decimal mark -- unless its numbers say otherwise
+    comma_mark = bool(commas) or (delimiter == ";" and not any(
+        _DOT_DECIMAL.match(v) for r in rows[:_SAMPLE_ROWS] if r.values for v in r.values.values()))
+    return Table(header, rows, notes + commas,
+                 {"delimiter": delimiter, "encoding": encoding, "decimal_comma": comma_mark})
+
+
+_DOT_DECIMAL = re.compile(r"^\s*-?\d+\.\d+\s*$")
 
 
 def _delimiter_name(d: str) -> str:

@@ -29,6 +29,7 @@ class RowInput:
     content_hash: str = ""
     error: str | None = None
     values: dict[str, Any] | None = field(default=None, compare=False, hash=False)  # the row as read (--output)
+    dialect: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)  # its file's CSV
 
     def __str__(self) -> str:
         return self.ref
@@ -76,11 +77,11 @@ def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...]) -> list[R
         if missing:
             raise ValueError(f"{path}: no {', '.join(map(repr, missing))} column (columns: {', '.join(columns)}); "
                              "name the text column(s) with --text-column (several as a,b)")
-        what = "+".join(text_columns)
+        what, d = "+".join(text_columns), table.dialect
         texts = [(r, None if r.values is None else join_text(r.values, text_columns)) for r in rows]
-        return [RowInput(r.ref, error=r.error or f"empty or missing {what!r}", values=r.written) if t is None
-                else RowInput(r.ref, t, sha256(t.encode("utf-8")), values=r.written)  # hashed as data add stores it
-                for r, t in texts]
+        return [RowInput(r.ref, error=r.error or f"empty or missing {what!r}", values=r.written, dialect=d)
+                if t is None else RowInput(r.ref, t, sha256(t.encode("utf-8")), values=r.written, dialect=d)
+                for r, t in texts]  # hashed as data add stores it
     wanted = list(task.features) or [c for c in columns if c != "label"]
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -93,10 +94,11 @@ def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...]) -> list[R
                 raise ValueError(r.error)
             vals = feature_row([r.values.get(c) for c in wanted], wanted, task.categorical)
         except ValueError as e:  # a bad cell (feature_row says which): that row is reported, the others answered
-            out.append(RowInput(r.ref, error=f"unreadable row ({e})", values=r.written))
+            out.append(RowInput(r.ref, error=f"unreadable row ({e})", values=r.written, dialect=table.dialect))
             continue
         stored = row_json(vals)  # as an imported row is stored, so it finds that row's cached teacher answer
-        out.append(RowInput(r.ref, json.loads(stored), sha256(stored.encode()), values=r.written))
+        out.append(RowInput(r.ref, json.loads(stored), sha256(stored.encode()), values=r.written,
+                            dialect=table.dialect))
     return out
 
 

@@ -5,6 +5,10 @@ with a predicted label per row, not a terminal table.  A table's rows keep their
 answer's; a file input is named in ``input``, a text in ``text``.  An answer column whose name the input already
 uses (a ``label`` column of gold labels, say) is written as ``flywheel_<name>``.  The file is written under a
 temporary name and moved into place, so a killed run never leaves half a file where the full one is expected.
+
+A CSV answer to a CSV is written the way that file was: its delimiter (``.csv`` output), encoding and decimal mark
+(``0,93`` where the input's numbers had commas, or it was ``;``-separated: what Excel writes where the comma is the
+decimal mark) -- so it opens in the same spreadsheet as its input did, columns and accents intact.
 """
 
 from __future__ import annotations
@@ -68,13 +72,27 @@ def _own(f: Any) -> dict[str, Any]:
     return {"text": f} if isinstance(f, str) else {"input": str(f)}
 
 
+def input_dialect(inputs: Sequence[Any]) -> dict[str, Any]:
+    """The CSV dialect of the table the inputs came from, when they all came from tables read alike; else {}."""
+    seen = {json.dumps(d, sort_keys=True) for f in inputs if (d := getattr(f, "dialect", None))}
+    whole = all(getattr(f, "dialect", None) for f in inputs)
+    return json.loads(seen.pop()) if len(seen) == 1 and whole else {}
+
+
 def write_answers(path: Path, inputs: Sequence[Any], answers: Sequence[Any]) -> int:
     """Write one record per input to ``path`` (format by suffix); returns the number written."""
     columns, records = answer_records(inputs, answers)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     os.close(fd)
+    suffix = path.suffix.lower()
     try:
-        _WRITERS[path.suffix.lower()](Path(tmp), columns, records)
+        if suffix in (".csv", ".tsv"):
+            like = input_dialect(inputs)
+            delimiter = "\t" if suffix == ".tsv" else like.get("delimiter", ",")
+            _csv(Path(tmp), columns, records, delimiter, like.get("encoding", "utf-8"),
+                 bool(like.get("decimal_comma")))
+        else:
+            _WRITERS[suffix](Path(tmp), columns, records)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,12 +104,18 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, default=str) if isinstance(v, (list, dict)) else v
 
 
-def _csv(path: Path, columns: list[str], records: list[dict[str, Any]], delimiter: str = ",") -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
+def _csv(path: Path, columns: list[str], records: list[dict[str, Any]], delimiter: str = ",",
+         encoding: str = "utf-8", decimal_comma: bool = False) -> None:
+    def cell(v: Any) -> Any:
+        if v is None:
+            return ""
+        return str(v).replace(".", ",") if decimal_comma and isinstance(v, float) else _cell(v)
+
+    with open(path, "w", encoding=encoding, errors="replace", newline="") as f:
         w = csv.writer(f, delimiter=delimiter)
         w.writerow(columns)
         for r in records:
-            w.writerow(["" if r.get(c) is None else _cell(r.get(c)) for c in columns])
+            w.writerow([cell(r.get(c)) for c in columns])
 
 
 def _jsonl(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None:
@@ -135,5 +159,4 @@ def _xlsx(path: Path, columns: list[str], records: list[dict[str, Any]]) -> None
     wb.save(path)
 
 
-_WRITERS = {".csv": _csv, ".tsv": lambda p, c, r: _csv(p, c, r, "\t"), ".jsonl": _jsonl, ".parquet": _parquet,
-            ".xlsx": _xlsx}
+_WRITERS = {".jsonl": _jsonl, ".parquet": _parquet, ".xlsx": _xlsx}
