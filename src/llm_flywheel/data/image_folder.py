@@ -115,6 +115,27 @@ def image_folder_source(
             more = [f"{table.name} not used for labels ({str(e).split(': ', 1)[-1]})"]  # captions only, say
             table = None
         notes += more
+    norm = _normalised_labels(files)
+    t = _folder_task(root, norm, task, name, table)
+
+    def gen() -> Iterator[Record]:
+        for f, split, lab in files:
+            ref = f.relative_to(root).as_posix()
+            try:
+                data = f.read_bytes()
+            except OSError as e:
+                yield Record(ref, error=f"cannot read ({type(e).__name__}: {e.strerror or e})", source_split=split)
+                continue
+            if not data:
+                yield Record(ref, error="empty file (0 bytes)", source_split=split)
+                continue
+            yield Record(ref, image=data, source_split=split, gold_label=norm[lab] if lab is not None else None)
+
+    return t, gen(), len(files), notes
+
+
+def _normalised_labels(files: list[tuple[Path, str | None, str | None]]) -> dict[str, str]:
+    """{label as written: normalised}; a name without letters or two that normalise alike is an error."""
     raw_labels = sorted({lab for _, _, lab in files if lab is not None})
     norm = {lab: normalise_label(lab) for lab in raw_labels}
     bad = [lab for lab, n in norm.items() if not n]
@@ -126,7 +147,12 @@ def image_folder_source(
     clashes = {n: labs for n, labs in clash.items() if len(labs) > 1}
     if clashes:
         raise ValueError(f"classes {clashes} normalise to the same label; merge or rename them")
+    return norm
 
+
+def _folder_task(root: Path, norm: dict[str, str], task: str | Path | Task | None, name: str | None,
+                 table: Path | None) -> Task:
+    """The given task (the labels found must be among its own) or one made of the labels found (two at least)."""
     if task is not None:
         t = task if isinstance(task, Task) else load_task(task)
         if t.modality != "image":
@@ -154,21 +180,7 @@ def image_folder_source(
         )
     if name:
         t = replace(t, name=dataset_name(name))
-
-    def gen() -> Iterator[Record]:
-        for f, split, lab in files:
-            ref = f.relative_to(root).as_posix()
-            try:
-                data = f.read_bytes()
-            except OSError as e:
-                yield Record(ref, error=f"cannot read ({type(e).__name__}: {e.strerror or e})", source_split=split)
-                continue
-            if not data:
-                yield Record(ref, error="empty file (0 bytes)", source_split=split)
-                continue
-            yield Record(ref, image=data, source_split=split, gold_label=norm[lab] if lab is not None else None)
-
-    return t, gen(), len(files), notes
+    return t
 
 
 def _with_table_labels(files: list[tuple[Path, str | None, str | None]], root: Path, table: Path,
