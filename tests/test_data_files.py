@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llm_flywheel.core.task import Task
+from llm_flywheel.core.task import Task, TaskError
 from llm_flywheel.data.registry import add_dataset
 from llm_flywheel.data.table_files import read_table
 from llm_flywheel.pipeline.predict_files import RowInput, expand_tables
@@ -134,10 +134,38 @@ def test_excel_first_sheet_blank_rows_and_a_note_naming_the_other_sheets(ws, tmp
     wb.save(tmp_path / "book.xlsx")
     rep = add_dataset(ws, "text", path=tmp_path / "book.xlsx", progress=False)
     assert rep.added == 4 and rep.skipped == 0
-    assert "book.xlsx: read its first sheet 'Labelled' (of 2: Labelled, Notes); save the sheet you want first" \
+    assert "book.xlsx: read its first sheet 'Labelled' (of 2: Labelled, Notes); --sheet NAME reads another" \
         in rep.notes
     stored = _stored(ws, "book")
     assert stored["book.xlsx:2"] == (TICKETS[0][0], "hardware") and stored["book.xlsx:6"] == ("42", "billing")
+
+
+def test_excel_sheet_by_name_and_a_cover_sheet_named_in_the_error(ws, tmp_path):
+    """A workbook whose first sheet is a cover page: the error names the other sheets and --sheet reads one."""
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.Workbook()
+    wb.active.title = "Read me"
+    wb.active.append(["Exported 2026-11-27 by the help desk"])
+    data = wb.create_sheet("Tickets")
+    data.append(["text", "label"])
+    for t, lab in TICKETS:
+        data.append([t, lab])
+    wb.save(tmp_path / "desk.xlsx")
+    with pytest.raises(ValueError, match=r"-- read its first sheet 'Read me' \(of 2: Read me, Tickets\); --sheet "
+                                         "NAME reads another"):
+        add_dataset(ws, "text", path=tmp_path / "desk.xlsx", progress=False)
+    for line in ("Please do not edit the ticket sheet", "Contact the help desk team for questions"):
+        wb["Read me"].append([line])
+    wb.save(tmp_path / "desk.xlsx")
+    with pytest.raises(TaskError, match=r"no label values.* -- read its first sheet 'Read me'"):
+        add_dataset(ws, "text", path=tmp_path / "desk.xlsx", progress=False)
+    with pytest.raises(ValueError, match=r"no sheet 'tickets'; its sheets: Read me, Tickets"):
+        add_dataset(ws, "text", path=tmp_path / "desk.xlsx", sheet="tickets", progress=False)
+    rep = add_dataset(ws, "text", path=tmp_path / "desk.xlsx", sheet="Tickets", progress=False)
+    assert rep.added == len(TICKETS) and not any("sheet" in n for n in rep.notes)
+    with pytest.raises(ValueError, match=r"--sheet is for Excel workbooks \(.xlsx\); a .csv file has no sheets"):
+        (tmp_path / "t.csv").write_text("text,label\na,b\n")
+        add_dataset(ws, "text", path=tmp_path / "t.csv", sheet="x", progress=False)
 
 
 @pytest.mark.parametrize("name,content,message", [

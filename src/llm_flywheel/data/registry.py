@@ -38,8 +38,8 @@ _OPTIONS: dict[str, set[str]] = {
     "cifar5": {"path", "limit"},
     "spam-assassin": {"path", "limit"},
     "image-folder": {"path", "task", "as_name", "labels", "label_column", "file_column"},
-    "text": {"path", "task", "as_name", "text_column", "label_column", "split_column"},
-    "tabular": {"path", "task", "as_name", "features", "label_column", "split_column"},
+    "text": {"path", "task", "as_name", "text_column", "label_column", "split_column", "sheet"},
+    "tabular": {"path", "task", "as_name", "features", "label_column", "split_column", "sheet"},
 }
 
 
@@ -67,7 +67,7 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
         elif name == "text":
             task, recs, total, notes, text_cols = text_source(
                 o["path"], text_column=o.get("text_column"), label_column=o.get("label_column"),
-                split_column=o.get("split_column"), **common,
+                split_column=o.get("split_column"), sheet=o.get("sheet"), **common,
             )
             meta = {"notes": notes, "text_columns": list(text_cols)}
         else:
@@ -79,7 +79,7 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
                 features, categorical = list(stored.features), list(stored.categorical)
             task, recs, total, feats, notes = tabular_source(
                 o["path"], features=features, categorical=categorical, label_column=o.get("label_column"),
-                split_column=o.get("split_column"), **common)
+                split_column=o.get("split_column"), sheet=o.get("sheet"), **common)
             meta = {"features": feats, "notes": notes}
     return task, recs, total, meta
 
@@ -101,7 +101,8 @@ def add_dataset(
 
     ``options``: ``path``, ``limit`` (first N per source split), ``task`` (TOML path or Task), ``as_name``
     (dataset name), ``text_column``, ``label_column``, ``split_column``, ``features`` (list of column names);
-    image-folder: ``labels`` (a table of file names and labels), ``label_column``, ``file_column``.
+    ``sheet`` (an Excel workbook's sheet by name); image-folder: ``labels`` (a table of file names and labels),
+    ``label_column``, ``file_column``.
     Split sizes: a float < 1 is a fraction of the non-test items, an int a count, None (val, calib) 5 % raised
     for a small dataset (:func:`llm_flywheel.core.splits.auto_size`); ``test`` applies only when the
     source has no test split.  Splits already made stay fixed (new items join ``train``) unless ``resplit``,

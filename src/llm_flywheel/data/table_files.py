@@ -59,13 +59,16 @@ class Table:
     dialect: dict[str, Any] = field(default_factory=dict)
 
 
-def read_table(path: str | Path) -> Table:
-    """The rows of a .csv/.tsv/.txt, .jsonl/.ndjson/.json (a list of objects), .parquet or .xlsx file.  A file
-    without a single row is an error: importing it would register an empty dataset and exit 0."""
+def read_table(path: str | Path, sheet: str | None = None) -> Table:
+    """The rows of a .csv/.tsv/.txt, .jsonl/.ndjson/.json (a list of objects), .parquet or .xlsx file (``sheet``:
+    a workbook's sheet by name, else its first).  A file without a single row is an error: importing it would
+    register an empty dataset and exit 0."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist or is not a file")
     suffix = p.suffix.lower()
+    if sheet is not None and suffix != ".xlsx":
+        raise ValueError(f"{p}: --sheet is for Excel workbooks (.xlsx); a {suffix or 'plain'} file has no sheets")
     if suffix in JSON_SUFFIXES:
         table = _read_json(p)
     elif suffix in CSV_SUFFIXES:
@@ -73,16 +76,23 @@ def read_table(path: str | Path) -> Table:
     elif suffix == ".parquet":
         table = _read_parquet(p)
     elif suffix == ".xlsx":
-        table = _read_xlsx(p)
+        table = _read_xlsx(p, sheet)
     elif suffix == ".xls":
         raise ValueError(f"{p}: the old Excel format (.xls) is not read; save it as .xlsx or CSV")
     else:
         raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json, .parquet or .xlsx")
     if not table.rows:
         cols = table.columns
-        raise ValueError(f"{p}: no rows to import ({'only a header: ' + ', '.join(cols) if cols else 'empty'}); "
-                         "check the path")
+        raise on_other_sheets(table, ValueError(
+            f"{p}: no rows to import ({'only a header: ' + ', '.join(cols) if cols else 'empty'}); check the path"))
     return table
+
+
+def on_other_sheets(table: Table, e: ValueError) -> ValueError:
+    """``e`` (a column not found, say) with the note that other sheets were not read, where the table has one:
+    the first sheet of a workbook may just be a cover sheet."""
+    other = next((n for n in table.notes if n.endswith("--sheet NAME reads another")), None)
+    return type(e)(f"{e} -- {other.split(': ', 1)[1]}") if other else e
 
 
 def cell_str(v: Any) -> str | None:
@@ -267,9 +277,9 @@ def _read_parquet(p: Path) -> Table:
     return Table(columns, rows)
 
 
-def _read_xlsx(p: Path) -> Table:
-    """Rows of an Excel workbook's first sheet (openpyxl, an optional extra): its first row is the header; values
-    as Excel computed them (formulas' cached results)."""
+def _read_xlsx(p: Path, sheet_name: str | None = None) -> Table:
+    """Rows of an Excel workbook's sheet (openpyxl, an optional extra; the first unless named): its first row is
+    the header; values as Excel computed them (formulas' cached results)."""
     try:
         import openpyxl
     except ImportError:
@@ -280,9 +290,12 @@ def _read_xlsx(p: Path) -> Table:
     except Exception as e:  # zipfile.BadZipFile, KeyError, InvalidFileException for a file that is not .xlsx
         raise ValueError(f"{p}: not a readable .xlsx workbook ({type(e).__name__}: {str(e)[:200]})") from None
     try:
-        sheet = wb.worksheets[0]
+        if sheet_name is not None and sheet_name not in wb.sheetnames:
+            raise ValueError(f"{p}: no sheet {sheet_name!r}; its sheets: {', '.join(wb.sheetnames)}")
+        sheet = wb[sheet_name] if sheet_name is not None else wb.worksheets[0]
         notes = [f"{p.name}: read its first sheet {sheet.title!r} (of {len(wb.sheetnames)}: "
-                 f"{', '.join(wb.sheetnames)}); save the sheet you want first"] if len(wb.sheetnames) > 1 else []
+                 f"{', '.join(wb.sheetnames)}); --sheet NAME reads another"] \
+            if len(wb.sheetnames) > 1 and sheet_name is None else []
         it = sheet.iter_rows(values_only=True)
         first = next(it, None)
         if first is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
-from llm_flywheel.data.table_files import MISSING, cell_str, read_table
+from llm_flywheel.data.table_files import MISSING, cell_str, on_other_sheets, read_table
 from llm_flywheel.data.text import label_hint, label_of, resolve_label_column, task_for
 
 CATEGORY_MAX = 50  # distinct values a text column may have to be used as a categorical feature by default
@@ -159,21 +159,26 @@ def tabular_source(
     split_column: str | None = None,
     task: str | Path | Task | None = None,
     name: str | None = None,
+    sheet: str | None = None,
 ) -> tuple[Task, Iterator[Record], int, list[str], list[str]]:
     """(task, records, count, feature names, notes) for a table file.  ``categorical``: which of the given
     ``features`` are categories, when known (rows joining a stored table are read as it was), else detected."""
     p = Path(path)
-    table = read_table(p)
+    table = read_table(p, sheet)
     columns, rows = table.columns, table.rows
-    lab_col = resolve_label_column(columns, label_column, p)
-    if split_column and split_column not in columns:
-        raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
+    try:
+        lab_col = resolve_label_column(columns, label_column, p)
+        if split_column and split_column not in columns:
+            raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
+    except ValueError as e:
+        raise on_other_sheets(table, e) from None
     good = [r.values for r in rows if r.values is not None]
     notes: list[str] = list(table.notes)
     if features:
         missing = [c for c in features if c not in columns]
         if missing:
-            raise ValueError(f"{p}: feature column(s) {missing} not found; columns: {', '.join(columns)}")
+            raise on_other_sheets(table, ValueError(f"{p}: feature column(s) {missing} not found; columns: "
+                                                    f"{', '.join(columns)}"))
         if lab_col in features:
             raise ValueError(f"{p}: the label column {lab_col!r} cannot also be a feature")
         feats = list(features)

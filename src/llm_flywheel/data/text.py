@@ -21,7 +21,7 @@ from typing import Any
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.image_folder import dataset_name
-from llm_flywheel.data.table_files import cell_str, read_table
+from llm_flywheel.data.table_files import cell_str, on_other_sheets, read_table
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_TEXT_COLUMN = "text"
@@ -149,16 +149,21 @@ def text_source(
     split_column: str | None = None,
     task: str | Path | Task | None = None,
     name: str | None = None,
+    sheet: str | None = None,
 ) -> tuple[Task, Iterator[Record], int, list[str], tuple[str, ...]]:
     """Task, records, count, notes (how the file was read) and the text columns for a text file."""
     p = Path(path)
-    table = read_table(p)
+    table = read_table(p, sheet)
     columns, rows = table.columns, table.rows
-    if split_column and split_column not in columns:
-        raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
-    lab_col = resolve_label_column(columns, label_column, p)
     good = [r.values for r in rows if r.values is not None]
-    text_cols, notes = resolve_text_columns(columns, good, text_column, [c for c in (lab_col, split_column) if c], p)
+    try:
+        if split_column and split_column not in columns:
+            raise ValueError(f"{p}: split column {split_column!r} not found; columns: {', '.join(columns)}")
+        lab_col = resolve_label_column(columns, label_column, p)
+        text_cols, notes = resolve_text_columns(columns, good, text_column,
+                                                [c for c in (lab_col, split_column) if c], p)
+    except ValueError as e:
+        raise on_other_sheets(table, e) from None
     if lab_col in text_cols:
         raise ValueError(f"{p}: the label column {lab_col!r} cannot also be the text")
     what = text_cols[0] if len(text_cols) == 1 else "+".join(text_cols)
@@ -175,6 +180,9 @@ def text_source(
         records.append(Record(r.ref, text=text, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
     hint = "" if lab_col else label_hint(columns, good, [*text_cols, *([split_column] if split_column else [])])
-    t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
-                 "Classify this text.", hint)
+    try:
+        t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
+                     "Classify this text.", hint)
+    except ValueError as e:  # TaskError too: no labels on a cover sheet
+        raise on_other_sheets(table, e) from None
     return t, iter(records), len(records), [*table.notes, *notes], text_cols

@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
-from llm_flywheel.data.table_files import TABLE_SUFFIXES, cell_str, decode, read_table
+from llm_flywheel.data.table_files import TABLE_SUFFIXES, decode, on_other_sheets, read_table
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,8 @@ def table_text_columns(ws: Any, dataset: str, given: str | Sequence[str] | None)
         return imported_text_columns(store, dataset)
 
 
-def expand_tables(inputs: Sequence[Path | str], task: Task,
-                  text_columns: Sequence[str] = ("text",)) -> list[Path | str | RowInput]:
+def expand_tables(inputs: Sequence[Path | str], task: Task, text_columns: Sequence[str] = ("text",),
+                  sheet: str | None = None) -> list[Path | str | RowInput]:
     """A table file (:data:`TABLE_SUFFIXES`) given to a text or tabular dataset stands for its rows -- a CSV of new
     tickets is many tickets, not one text -- read as ``flywheel data add`` reads them: the text column(s), or the
     task's feature columns by name (the columns other than ``label`` in file order for a task stored without
@@ -60,23 +60,24 @@ def expand_tables(inputs: Sequence[Path | str], task: Task,
     out: list[Path | str | RowInput] = []
     for f in inputs:
         if is_table(f) and task.modality in ("text", "tabular"):
-            out += _table_rows(f, task, tuple(text_columns))
+            out += _table_rows(f, task, tuple(text_columns), sheet)
         else:
             out.append(f)
     return out
 
 
-def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...]) -> list[RowInput]:
+def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...], sheet: str | None) -> list[RowInput]:
     from llm_flywheel.data.tabular import feature_row
     from llm_flywheel.data.text import join_text
 
-    table = read_table(path)
+    table = read_table(path, sheet if path.suffix.lower() == ".xlsx" else None)
     columns, rows = table.columns, table.rows
     if task.modality == "text":
         missing = [c for c in text_columns if c not in columns]
         if missing:
-            raise ValueError(f"{path}: no {', '.join(map(repr, missing))} column (columns: {', '.join(columns)}); "
-                             "name the text column(s) with --text-column (several as a,b)")
+            raise on_other_sheets(table, ValueError(
+                f"{path}: no {', '.join(map(repr, missing))} column (columns: {', '.join(columns)}); name the text "
+                "column(s) with --text-column (several as a,b)"))
         what, d = "+".join(text_columns), table.dialect
         texts = [(r, None if r.values is None else join_text(r.values, text_columns)) for r in rows]
         return [RowInput(r.ref, error=r.error or f"empty or missing {what!r}", values=r.written, dialect=d)
@@ -85,8 +86,8 @@ def _table_rows(path: Path, task: Task, text_columns: tuple[str, ...]) -> list[R
     wanted = list(task.features) or [c for c in columns if c != "label"]
     missing = [c for c in wanted if c not in columns]
     if missing:
-        raise ValueError(f"{path}: the model reads column(s) {', '.join(missing)}, missing here (columns: "
-                         f"{', '.join(columns)})")
+        raise on_other_sheets(table, ValueError(f"{path}: the model reads column(s) {', '.join(missing)}, missing "
+                                                f"here (columns: {', '.join(columns)})"))
     out = []
     for r in rows:
         try:

@@ -70,7 +70,8 @@ class Workspace:
         shows), a bar on a terminal, and then how the file was read (``flywheel data add``'s notes: its
         delimiter or encoding when guessed, the columns used); False is silent.  Rows or files that could not be
         read are a :class:`FlywheelWarning`; the whole report is ``ds.last_import``.  ``options`` as the command's
-        flags: ``text_column`` (a name, ``"a,b"`` or a list), ``label_column``, ``split_column``, ``features``;
+        flags: ``text_column`` (a name, ``"a,b"`` or a list), ``label_column``, ``split_column``, ``features``,
+        ``sheet``;
         for an image folder ``labels`` (a table of file names and labels) and ``file_column``."""
         from llm_flywheel.data.registry import add_dataset
 

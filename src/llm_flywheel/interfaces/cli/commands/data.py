@@ -87,6 +87,7 @@ def _auto_rule(split: str) -> str:
 @click.option("--file-column", help="image-folder --labels: column naming each picture (default: file_name, "
                                     "filename, image, image_id, id, ...).")
 @click.option("--split-column", help="text/tabular: column saying train/test; rows marked test become the test split.")
+@click.option("--sheet", help="text/tabular: the sheet of an .xlsx workbook to read (default: its first).")
 @click.option("--features", help="tabular: comma-separated feature columns (default: every numeric and categorical "
                                  "column; a text column named here is categorical).")
 @click.option("--val", default="auto", show_default=True, help="Validation split: fraction of non-test items or a "
@@ -102,8 +103,8 @@ def _auto_rule(split: str) -> str:
 @pass_ctx
 def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit: int | None, task_file: str | None,
         as_name: str | None, text_column: str | None, label_column: str | None, labels_file: str | None,
-        file_column: str | None, split_column: str | None, features: str | None, val: str, calib: str, stream: str, test_size: str, seed: int, resplit: bool,
-        no_progress: bool) -> None:
+        file_column: str | None, split_column: str | None, sheet: str | None, features: str | None, val: str,
+        calib: str, stream: str, test_size: str, seed: int, resplit: bool, no_progress: bool) -> None:
     """Import DATASET into the workspace, store each item once (by content hash) and make its splits.
 
     Splits are made once: train (the pool the teacher labels), val, calib, stream, and test (the source's own
@@ -117,7 +118,8 @@ def add(ctx: Ctx, dataset: str, source: str | None, path_opt: str | None, limit:
         report = add_dataset(
             ws, dataset, path=source or path_opt, limit=limit, task=task_file, as_name=as_name,
             text_column=text_column, label_column=label_column, split_column=split_column, labels=labels_file,
-            file_column=file_column, features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
+            file_column=file_column, sheet=sheet,
+            features=[f.strip() for f in features.split(",") if f.strip()] if features else None,
             val=_size(val, auto=True), calib=_size(calib, auto=True), stream=_size(stream), test=_size(test_size), seed=seed,
             resplit=resplit, progress=not no_progress,
         )

@@ -36,6 +36,7 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--text-column", default=None,
               help="In table FILES (.csv/.tsv/.jsonl/.parquet/.xlsx) of a text dataset: the column(s) holding the "
                    "text, several as a,b (each row is one input) [default: those the dataset was imported from].")
+@click.option("--sheet", help="In .xlsx FILES: the sheet to read (default: each workbook's first).")
 @click.option("--text", "texts", multiple=True,
               help="A text to answer (text datasets; repeat for several), instead of or beside FILES.")
 @click.option("--split", help="Answer the items of this split of the store instead of files (e.g. stream).")
@@ -62,8 +63,8 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--show", type=click.IntRange(min=0), default=20, show_default=True, help="Print the first N answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
-def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | None, texts: tuple[str, ...], split: str | None,
-            limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
+def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | None, sheet: str | None,
+            texts: tuple[str, ...], split: str | None, limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
             threshold: float | None, concurrency: int | None, engine: str, ray_address: str | None, workers: int | None,
             batch_size: int | None, parquet: Path | None, output: Path | None, no_log: bool, show: int,
             as_json: bool) -> None:
@@ -117,7 +118,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | 
         if texts and casc.task.modality != "text":
             raise click.UsageError(f"--text is for text datasets; {dataset} is {casc.task.modality}: give FILES")
         try:
-            inputs = expand_tables(inputs, casc.task, table_text_columns(ws, dataset, text_column))
+            inputs = expand_tables(inputs, casc.task, table_text_columns(ws, dataset, text_column), sheet)
         except (OSError, ValueError) as e:
             casc.close()
             raise _fail(e) from None
