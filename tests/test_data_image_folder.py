@@ -64,6 +64,35 @@ def test_corrupt_files_are_counted_and_skipped(ws, tmp_path):
     assert "4 unreadable skipped" in rep.summary()
 
 
+def test_files_are_converted_in_parallel_in_order_and_not_again_on_a_re_import(ws, tmp_path, monkeypatch):
+    import threading
+
+    import llm_flywheel.data.base as base
+
+    root = tmp_path / "pics"
+    make_folder(root)
+    (root / "apple" / "bad.png").write_bytes(b"not a picture")
+    calls, threads = [], set()
+    real = base._image_bytes
+
+    def spy(img):
+        calls.append(img)
+        threads.add(threading.current_thread().name)
+        return real(img)
+
+    monkeypatch.setattr(base, "_image_bytes", spy)
+    rep = add_dataset(ws, "image-folder", path=root, as_name="pics", progress=False)
+    assert rep.added == 9 and rep.skipped == 1 and "bad.png" in rep.skipped_examples[0]
+    assert len(calls) == 10 and all(t.startswith("import") for t in threads)
+    with ws.store() as s:  # stored in the folder's order, each with its own picture
+        rows = s.query("SELECT source_ref, content_hash FROM items ORDER BY id")
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert len({r[1] for r in rows}) == 9
+    calls.clear()
+    assert add_dataset(ws, "image-folder", path=root, as_name="pics", progress=False).already_present == 9
+    assert len(calls) == 1  # only the unreadable file is tried again
+
+
 def test_train_test_layout_gives_source_splits(ws, tmp_path):
     seeds = iter(range(1000))  # distinct images: hash() of a tuple of str changes per process and could collide
     for split, n in (("train", 12), ("test", 4)):
