@@ -112,3 +112,23 @@ def test_a_table_without_a_label_column_names_the_candidates(ws, tmp_path):
     with pytest.raises(TaskError, match=r"--label-column plan \(2 values: basic, pro\); --label-column churned "
                                         r"\(2 values: no, yes\)$"):
         add_dataset(ws, "tabular", path=tmp_path / "churn.csv", progress=False)
+
+
+def test_a_test_split_with_some_gold_labels_missing_is_measured_on_the_rest(tmp_path):
+    """A labels column with gaps (a Kaggle table missing a few rows): before, "the test split has items without a
+    gold label: accuracies not measured" -- nothing measured at all; now the gold part is, and the run says so."""
+    topics = {"billing": "invoice refund payment charged bill", "hardware": "printer laptop screen keyboard broken",
+              "account": "password login locked two-factor username"}
+    rows = [f"{' '.join(w.split()[i % 5:] + w.split()[:i % 5])} ticket {i},{lab if i % 10 else ''}"
+            for i in range(240) for lab, w in [list(topics.items())[i % 3]]]
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    w = ["--workspace", str(tmp_path / "ws")]
+    r = CliRunner().invoke(main, [*w, "data", "add", "text", str(tmp_path / "t.csv"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, [*w, "run", "t", "--teacher", "simulated", "--rounds", "1", "--student-kind",
+                                  "text-tfidf", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "test items that have a gold label (the others have none)" in out and "accuracies not measured" not in out
+    summary = json.loads((tmp_path / "ws" / "reports" / "summary.json").read_text())
+    assert summary["rounds"][0]["student_accuracy"] is not None

@@ -51,7 +51,7 @@ def evaluate_stage(ctx: WheelContext, r: int, version: str) -> EvalResult | None
     items = ctx.items(ctx.test_ids)
     gold = [it.gold_label for it in items]
     if not items or any(g is None for g in gold):
-        why = "the dataset has no test split" if not items else "the test split has items without a gold label"
+        why = "the dataset has no test split" if not items else "the test split has no gold labels"
         ctx.con.print(f"[yellow]  {why}: accuracies not measured[/]")
         return None
     ctx.con.print(f"  measuring on {len(items):,} test items (gold)")
