@@ -238,3 +238,41 @@ def test_the_python_api_says_how_it_read_a_file_and_warns_about_skipped_rows(tmp
     with pytest.warns(FlywheelWarning):  # the bad row is still in the file
         ws.add_dataset("text", p, progress=False)  # otherwise silent: no note printed
     assert "note:" not in capsys.readouterr().err
+
+
+def test_predict_reads_each_input_file_only_when_its_turn_comes(tmp_path, monkeypatch):
+    """240 phone photos were all read before the first answer (800 MB held); now at most ``concurrency`` inputs
+    are read ahead of their answers, off the event loop."""
+    import asyncio
+    import threading
+
+    import llm_flywheel.pipeline.predict_files as pf
+
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"{i}.txt")
+        files[-1].write_text(f"ticket {i}")
+    reads, answered, ahead, threads = [], [], [], set()
+    real = pf.read_input
+
+    def spy(path, task):
+        threads.add(threading.current_thread().name)
+        reads.append(path)
+        return real(path, task)
+
+    class Cascade:  # what answer_inputs needs of a cascade: its task, an answer per input, a close
+        task = Task(name="t", modality="text", labels=("a", "b"))
+
+        async def apredict_raw(self, content, **kw):
+            ahead.append(len(reads) - len(answered))
+            await asyncio.sleep(0.01)
+            answered.append(content)
+            return content
+
+        async def aclose(self):
+            pass
+
+    monkeypatch.setattr(pf, "read_input", spy)
+    got = asyncio.run(pf.answer_inputs(Cascade(), files, log=False, concurrency=3))
+    assert got == [f"ticket {i}" for i in range(12)]
+    assert max(ahead) <= 3 and threading.main_thread().name not in threads
