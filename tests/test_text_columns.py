@@ -81,6 +81,7 @@ def test_several_text_columns_are_joined_and_a_new_file_is_read_the_same_way(tmp
     with ws.store() as s:
         first = s.query("SELECT text, content_hash FROM items WHERE source_ref = 't.csv:2'")[0]
     assert first[0] == f"subject: {TOPICS['billing'][0]} #0\nbody: {TOPICS['billing'][1]} (ticket 0)"
+    assert "text: the column(s) subject, body" in " ".join(run("data", "info", "desk").output.split())
     rows = expand_tables([src], _task(ws, "desk"), table_text_columns(ws, "desk", None))
     assert rows[0].content == first[0] and rows[0].content_hash == first[1]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_flywheel.core.task import Task
+from llm_flywheel.data.registry import imported_text_columns
 from llm_flywheel.pipeline.served_import import served_not_added
 from llm_flywheel.pipeline.splits import check_duplicates
 from llm_flywheel.store.base import SPLITS, Store
@@ -38,6 +39,8 @@ class DatasetInfo:
     open_batches: list[dict[str, Any]] = field(default_factory=list)
     # inputs `flywheel serve` kept that the dataset does not hold yet (`flywheel data add-served` adds them)
     served_not_added: int = 0
+    # a text dataset's source columns (its last import): what `flywheel predict` reads from a new file
+    text_columns: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,5 +69,6 @@ def dataset_info(store: Store, dataset: str, root: Path | None = None) -> Datase
         open_batches=[{"batch_id": b.batch_id, "model": b.model, "status": b.status, "requests": b.n_lines,
                        "submitted_at": b.created_at} for b in store.batches(dataset) if b.collected_at is None],
         served_not_added=served_not_added(store, dataset, root),
+        text_columns=list(imported_text_columns(store, dataset)) if task.modality == "text" else [],
     )
 

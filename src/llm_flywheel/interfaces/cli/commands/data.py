@@ -144,6 +144,10 @@ def _print_info(out: Console, info: dict[str, Any]) -> None:
     src = ", ".join(f"{k} {v:,}" for k, v in info["by_source_split"].items())
     out.print(f"[bold]{info['dataset']}[/] ({info['modality']}): [bold]{info['items']:,}[/] items ({src}); "
               f"task has {len(info['labels'])} labels, {len(gold_known)} gold labels present")
+    cols = info.get("text_columns") or []
+    if cols and cols != ["text"]:
+        out.print(f"text: the column(s) {escape(', '.join(cols))} (`flywheel predict` reads a new "
+                  "file's rows from them)", highlight=False)
     d = info["duplicates"]
     line = (f"duplicates: {d['duplicate_items']:,} items repeat another ({d['groups']:,} groups); "
             f"{d['cross_split_groups']:,} groups cross splits")
