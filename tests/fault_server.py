@@ -196,7 +196,8 @@ def inline_thinker(thought: int = 100, content: str = '{"label": "bar", "confide
     """A reasoning model served without a reasoning parser (Qwen3 or DeepSeek-R1 through Ollama, vLLM or
     llama.cpp): ``thought`` tokens of thinking inside ``<think>`` in the reply itself, a draft label among them, then
     the answer; ``usage`` itemises nothing.  A ``max_tokens`` the thinking uses up cuts the reply off mid-thought."""
-    words = (f"Let me think. A draft answer would be {draft} but let me check. " + "hmm " * thought).split(" ")[:thought]
+    words = (f"Let me think. A draft answer would be {draft} but let me check. " + "hmm " * thought).split(" ")
+    words = words[:thought]
     def act(h: BaseHTTPRequestHandler, body: dict) -> None:
         room = int(body.get("max_tokens") or body.get("max_completion_tokens") or 1_000_000)
         if room < thought + 20:

@@ -147,10 +147,10 @@ def register(
 def _converted(records: Iterable[Record], present: set[str] | Any,
                workers: int = min(4, os.cpu_count() or 1)) -> Iterator[tuple[Record, Any]]:
     """Each record with its image file as stored (:func:`_image_bytes`' bytes and suffix, or the exception it
-    raised), converted ``workers`` at a time, in order (an in-memory array is encoded by :func:`_to_row`).  Why: decoding a phone photo (and re-encoding a HEIC as JPEG) is
-    most of an import's time and Pillow / libheif release the GIL while they do it -- 10 HEIC photos of 12 MP took
-    3.5 s one at a time, 2.0 s two at a time.  At most ``2 * workers`` records are held, so a folder of 5,000
-    photos is never read into memory at once."""
+    raised), converted ``workers`` at a time, in order (an in-memory array is encoded by :func:`_to_row`).
+    Why: decoding a phone photo (and re-encoding a HEIC as JPEG) is most of an import's time and Pillow / libheif
+    release the GIL while they do it -- 10 HEIC photos of 12 MP took 3.5 s one at a time, 2.0 s two at a time.
+    At most ``2 * workers`` records are held, so a folder of 5,000 photos is never read into memory at once."""
     def convert(rec: Record) -> Any:
         try:
             return _image_bytes(rec.image)  # type: ignore[arg-type]

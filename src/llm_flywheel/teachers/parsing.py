@@ -18,7 +18,8 @@ from llm_flywheel.core.task import normalise_label
 
 _FENCE_RE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
 _THINK_OPEN_RE = re.compile(r"<(?:think|thinking|reasoning|thought)>|<\|channel\|>\s*analysis", re.I)
-_THINK_CLOSE_RE = re.compile(r"</(?:think|thinking|reasoning|thought)>|<\|channel\|>\s*final\s*(?:<\|message\|>)?", re.I)
+_THINK_CLOSE_RE = re.compile(r"</(?:think|thinking|reasoning|thought)>|<\|channel\|>\s*final\s*(?:<\|message\|>)?",
+                             re.I)
 
 
 def split_reasoning(text: str) -> tuple[str, str, bool]:

@@ -64,10 +64,10 @@ from llm_flywheel.interfaces.cli.commands.cascade import TEACHER_HELP, _fail, _t
 @click.option("--json", "as_json", is_flag=True, help="Print every answer as a JSON line on stdout.")
 @pass_ctx
 def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | None, sheet: str | None,
-            texts: tuple[str, ...], split: str | None, limit: int | None, version: str | None, spec: str | None, api_key_env: str | None,
-            threshold: float | None, concurrency: int | None, engine: str, ray_address: str | None, workers: int | None,
-            batch_size: int | None, parquet: Path | None, output: Path | None, no_log: bool, show: int,
-            as_json: bool) -> None:
+            texts: tuple[str, ...], split: str | None, limit: int | None, version: str | None, spec: str | None,
+            api_key_env: str | None, threshold: float | None, concurrency: int | None, engine: str,
+            ray_address: str | None, workers: int | None, batch_size: int | None, parquet: Path | None,
+            output: Path | None, no_log: bool, show: int, as_json: bool) -> None:
     """Answer FILES or folders (or a split of the store) with the calibrated cascade of DATASET.
 
     A table file (.csv/.tsv/.jsonl/.parquet/.xlsx) given to a text or tabular dataset stands for its rows (the text
