@@ -107,3 +107,31 @@ def test_a_metadata_file_without_labels_is_noted_not_fatal(ws, tmp_path):
     rep = add_dataset(ws, "image-folder", path=tmp_path / "f", progress=False)
     assert set(_gold(ws, "f").values()) == set(SHAPES)  # the class folders
     assert any(n.startswith("metadata.csv not used for labels (no label column") for n in rep.notes)
+
+
+def test_an_unlabelled_test_folder_is_traffic_not_the_test_split(ws, tmp_path):
+    """Kaggle: train/ labelled by train.csv, test/ without labels.  Before: test/ became the test split, and with
+    no gold label in it nothing was ever measured."""
+    for i in range(60):
+        _picture(tmp_path / "kaggle" / "train" / f"{i}.png", i)
+    for i in range(20):
+        _picture(tmp_path / "kaggle" / "test" / f"t{i}.png", 100 + i)
+    (tmp_path / "train.csv").write_text("id,label\n" + "".join(f"{i},{SHAPES[i % 3]}\n" for i in range(60)))
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "kaggle", labels=tmp_path / "train.csv", progress=False)
+    assert any(n.startswith("the source's test split has no gold labels") for n in rep.notes)
+    with ws.store() as s:
+        test = list(s.items("kaggle", split="test"))
+        assert test and any(it.gold_label for it in test)  # something to measure on
+        spread = {it.split for it in s.items("kaggle") if it.source_ref.startswith("test/")}
+    assert spread - {"test"}  # the unlabelled pictures are split like the others
+
+
+def test_a_labelled_test_folder_stays_the_test_split(ws, tmp_path):
+    for part, n in (("train", 30), ("test", 9)):
+        for i in range(n):
+            _picture(tmp_path / "d" / part / SHAPES[i % 3] / f"{part}{i}.png", i + (0 if part == "train" else 500))
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "d", progress=False)
+    assert not any("no gold labels" in n for n in rep.notes)
+    with ws.store() as s:
+        assert sorted(it.source_ref for it in s.items("d", split="test")) == sorted(
+            f"test/{SHAPES[i % 3]}/test{i}.png" for i in range(9))

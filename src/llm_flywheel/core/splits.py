@@ -7,8 +7,8 @@ group with a member in the source's test split goes to test whole.
 
 Why here and not in the pipeline: the import (``data``), the splitting stage (``pipeline.splits``) and the store's
 de-duplicated test view all need the same grouping rule, and they sit in different layers; the core is the one
-they may all import.  A "row" is anything indexable by ``id``, ``source_split``, ``split``, ``content_hash`` and
-``text`` (a row from ``Store.split_rows`` or a dict).
+they may all import.  A "row" is anything indexable by ``id``, ``source_split``, ``split``, ``content_hash``,
+``text`` and (optionally) ``gold_label`` (a row from ``Store.split_rows`` or a dict).
 """
 
 from __future__ import annotations
@@ -133,8 +133,24 @@ def plan_splits(rows: Sequence[SplitRow], spec: SplitSpec | None = None, *, forc
     return _fresh_plan(groups, spec or SplitSpec(), dataset)
 
 
+def _gold(r: SplitRow) -> Any:
+    try:
+        return r["gold_label"]
+    except (KeyError, IndexError):  # a row without the column: as if unknown
+        return None
+
+
+def unlabelled_source_test(rows: Sequence[SplitRow]) -> bool:
+    """True when the source's test split has no gold label while other items have some: Kaggle's ``test/``
+    folder or a competition's unlabelled test rows -- inputs to answer, not a test set.  Such a split is split like
+    the rest (test drawn at random, measured on the items with gold); keeping it as test left nothing to measure."""
+    test = [r for r in rows if r["source_split"] == "test"]
+    return bool(test) and not any(_gold(r) for r in test) and any(_gold(r) for r in rows)
+
+
 def _fresh_plan(groups: list[list[SplitRow]], spec: SplitSpec, dataset: str) -> list[tuple[int, str]]:
-    has_source_test = any(r["source_split"] == "test" for g in groups for r in g)
+    has_source_test = (any(r["source_split"] == "test" for g in groups for r in g)
+                       and not unlabelled_source_test([r for g in groups for r in g]))
     test_groups = [g for g in groups if any(r["source_split"] == "test" for r in g)] if has_source_test else []
     rest = [g for g in groups if not has_source_test or all(r["source_split"] != "test" for r in g)]
     order = np.arange(len(rest))

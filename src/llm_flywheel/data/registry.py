@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from llm_flywheel.core.splits import SplitSpec, plan_splits
+from llm_flywheel.core.splits import SplitSpec, plan_splits, unlabelled_source_test
 from llm_flywheel.core.task import Task, load_task, unreadable_labels
 from llm_flywheel.store.base import Store
 from llm_flywheel.store.workspace import Workspace
@@ -218,7 +218,13 @@ def _split(store: Store, dataset: str, spec: SplitSpec, report: ImportReport, *,
         return
     if report.added or resplit or counts.get(None):
         before_test = counts.get("test", 0)
-        store.set_splits(plan_splits(store.split_rows(dataset), spec, force=resplit, dataset=dataset))
+        rows = store.split_rows(dataset)
+        store.set_splits(plan_splits(rows, spec, force=resplit, dataset=dataset))
+        if (resplit or not any(r["split"] for r in rows)) and unlabelled_source_test(rows):
+            report.notes.append(
+                "the source's test split has no gold labels (inputs to answer, like a Kaggle test/ folder): its items "
+                "are split like the others and test is drawn at random -- accuracies are measured on the test items "
+                "that have a gold label")
         joined = store.source_test_outside_test(dataset)
         if joined and not resplit and before_test:
             report.notes.append(

@@ -126,9 +126,10 @@ class ItemQueries:
             c.executemany("UPDATE items SET split=? WHERE id=?", [(s, i) for i, s in assignments])
 
     def split_rows(self, dataset: str) -> list[Any]:
-        """id, source_split, split, content_hash, text of every item (by id): what splitting and its checks need."""
-        return self.query("SELECT id, source_split, split, content_hash, text FROM items WHERE dataset=? ORDER BY id",
-                          (dataset,))
+        """id, source_split, split, content_hash, text, gold_label of every item (by id): what splitting and its
+        checks need."""
+        return self.query("SELECT id, source_split, split, content_hash, text, gold_label FROM items WHERE dataset=? "
+                          "ORDER BY id", (dataset,))
 
     def split_counts(self, dataset: str) -> dict[str | None, int]:
         """split (None: unassigned) -> number of items."""
