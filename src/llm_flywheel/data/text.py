@@ -64,8 +64,9 @@ def free_text_columns(columns: Sequence[str], rows: list[dict[str, Any]], exclud
 
 
 def label_hint(columns: Sequence[str], rows: list[dict[str, Any]], exclude: Sequence[str]) -> str:
-    """`` or --label-column X (N values: a, b, ...)`` for the columns that look like a class (a few short words,
-    each used many times), to end the "no label values" error with; empty when none does."""
+    """``, or name the column that holds them: --label-column X (N values: a, b, ...)`` for the columns that look
+    like a class (a few short words, each used many times), to end the "no label values" error with; empty when
+    none does."""
     hints = []
     for c in columns:
         cells = _filled(rows, c)
