@@ -92,6 +92,23 @@ def test_several_text_columns_are_joined_and_a_new_file_is_read_the_same_way(tmp
     assert [a.get("student_label") for a in got] == ["hardware", "billing", None]
     assert "empty or missing 'subject+body'" in got[2]["error"]
 
+    # served over HTTP: {"fields": {...}} is joined as the import joined it -- the stored row's hash, its answer
+    import httpx
+    from test_serve import running
+
+    from llm_flywheel.interfaces.serve import create_app
+
+    subject, body = TOPICS["billing"][0] + " #0", TOPICS["billing"][1] + " (ticket 0)"
+    with running(create_app(ws, "desk", seed=0)) as url:
+        a = httpx.post(f"{url}/v1/predict", json={"fields": {"body": body, "subject": subject}})
+        b = httpx.post(f"{url}/v1/predict/batch", json={"inputs": [{"fields": {"subject": subject, "body": body}}]})
+        unknown = httpx.post(f"{url}/v1/predict", json={"fields": {"title": "x"}})
+        both = httpx.post(f"{url}/v1/predict", json={"text": "x", "fields": {"body": "x"}})
+    assert a.status_code == 200 and a.json()["input_hash"] == first[1][:16] and a.json()["student_label"] == "billing"
+    assert b.status_code == 200 and b.json()["results"][0]["input_hash"] == first[1][:16], b.text
+    assert unknown.status_code == 422 and "not this dataset's text columns (subject, body)" in unknown.text
+    assert both.status_code == 422 and "or" in both.text and "one of them" in both.text
+
     # the same dataset from a body-only export would mix two kinds of text: refused, naming the fix
     with pytest.raises(DatasetError, match="made of the column.s. subject, body; this import reads body. Pass "
                                            "--text-column subject,body"):

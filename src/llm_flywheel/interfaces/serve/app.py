@@ -40,6 +40,7 @@ from llm_flywheel.interfaces.serve.retention import apply_retention
 from llm_flywheel.interfaces.serve.unseen import UnseenLog
 from llm_flywheel.pipeline.cascade import Cascade, CascadeAnswer
 from llm_flywheel.pipeline.cascade_guard import DeadlineExceeded
+from llm_flywheel.pipeline.predict_files import table_text_columns
 from llm_flywheel.pipeline.unseen import unseen_categories
 from llm_flywheel.pipeline.served_model import check_served_model
 from llm_flywheel.store.workspace import Workspace
@@ -87,10 +88,15 @@ class ServeState:
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     cap: Any = None  # the teacher's spend cap (pipeline.serve_budget.TeacherSpendCap), when one is set
     unseen_log: UnseenLog = field(default_factory=UnseenLog)
+    text_columns: tuple[str, ...] = ("text",)  # a text dataset's source columns: JSON {"fields": {...}} joins them
 
     @property
     def modality(self) -> str:
         return self.cascade.task.modality
+
+    def columns(self, cascade: Cascade) -> tuple[str, ...]:
+        """What a JSON input names by key: a table's feature columns, a text dataset's source columns."""
+        return self.text_columns if self.modality == "text" else tuple(cascade.task.features)
 
     def answered(self, ans: CascadeAnswer, inp: RawInput, seconds: float) -> None:
         """Count an answer (and any category its model never saw) and queue it as feedback when sampled."""
@@ -119,7 +125,7 @@ class ServeState:
                 heavy: bool) -> tuple[RawInput, tuple[str, float] | None]:
         """(input, student guess) -- or (input, None) when it is a large image that belongs on the heavy pool."""
         if inp is None:
-            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, cascade.task.features,
+            inp = extract(body, ctype, self.modality, self.cfg.max_bytes, self.columns(cascade),
                           cascade.task.categorical)
         if inp.kind == "image":
             im = open_image(inp.raw, self.cfg.max_image_pixels)
@@ -260,6 +266,8 @@ def create_app(ws: Workspace, dataset: str, *, version: str | None = None, teach
                     WorkerPool("heavy", 1, cfg.heavy_queue),
                     FeedbackLog(cascade, ws.root, cfg.max_logged_payload_bytes), random.Random(cfg.seed))
     st.cap = cap
+    if st.modality == "text":
+        st.text_columns = table_text_columns(ws, dataset, None)
     _warm_up(st)
     _gauges(st)
 

@@ -99,7 +99,7 @@ def _decode(st: ServeState, inp: RawInput) -> RawInput:
 
 def prepare(st: ServeState, cascade: Cascade, body: bytes) -> list[tuple[RawInput, tuple[str, float]] | HTTPProblem]:
     """Parse, decode and run the student over every input that decodes, in one student call (worker-pool work)."""
-    items: list[Any] = parse_batch(body, st.modality, st.cfg.max_bytes, st.cfg.max_batch, cascade.task.features,
+    items: list[Any] = parse_batch(body, st.modality, st.cfg.max_bytes, st.cfg.max_batch, st.columns(cascade),
                                    cascade.task.categorical)
     for i, it in enumerate(items):
         if isinstance(it, RawInput):

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.requests import Request
 
 from llm_flywheel.data.base import row_json
 from llm_flywheel.data.images import KEPT_FORMATS, orientation, storable_bytes
 from llm_flywheel.data.tabular import feature_row
+from llm_flywheel.data.text import join_text
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/heic", "image/heif",
                "image/avif", "application/octet-stream")
@@ -34,7 +35,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "tabular": ("application/json",),
 }
 HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|heic|avif|webp|gif|bmp bytes)",
-        "text": 'JSON {"text": ...}, text/plain, or a multipart "text" field',
+        "text": 'JSON {"text": ...} (or {"fields": {"column": ...}}), text/plain, or a multipart "text" field',
         "tabular": 'JSON {"features": [...]} in column order, or {"features": {"column": value, ...}}'}
 
 
@@ -53,7 +54,16 @@ class ImageJSON(BaseModel):
 
 class TextJSON(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, description="the text to classify")
+    text: str | None = Field(default=None, min_length=1, description="the text to classify")
+    fields: dict[str, str | None] | None = Field(
+        default=None, description="instead of text: the row's text columns by name, for a dataset imported from "
+                                  "several (--text-column subject,body); joined as the import joined them")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "TextJSON":
+        if (self.text is None) == (self.fields is None):
+            raise ValueError('give "text" or "fields", one of them')
+        return self
 
 
 class TabularJSON(BaseModel):
@@ -164,13 +174,23 @@ def from_json_object(obj: dict[str, Any], modality: str, max_bytes: int, columns
         data = _b64(req.image_base64, max_bytes)
         return RawInput("image", data, data, _image_ext(data))
     if isinstance(req, TextJSON):
-        return _text(req.text)
+        return _text(req.text if req.fields is None else _joined(req.fields, columns))
     assert isinstance(req, TabularJSON)
     try:
         feats = feature_row(_in_column_order(req.features, columns), tuple(columns), tuple(categorical))
     except ValueError as e:
         raise HTTPProblem(422, str(e)) from None
     return RawInput("tabular", feats, row_json(feats).encode(), ".json")  # hashed as `data add` stores the row
+
+
+def _joined(fields: dict[str, str | None], columns: Sequence[str]) -> str:
+    """A row's text columns as the import joined them (:func:`llm_flywheel.data.text.join_text`): the same row,
+    the same hash, the same cached answer."""
+    cols = tuple(columns) or ("text",)
+    unknown = sorted(set(fields) - set(cols))
+    if unknown:
+        raise HTTPProblem(422, f"fields {unknown} are not this dataset's text columns ({', '.join(cols)})")
+    return join_text(fields, cols) or ""
 
 
 def _in_column_order(features: list[float | str | None] | dict[str, float | str | None],
