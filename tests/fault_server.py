@@ -51,8 +51,17 @@ def completion(content: str | None, *, usage: dict | None = None, logprobs: list
             "usage": usage or {"prompt_tokens": 300, "completion_tokens": 20, "total_tokens": 320}}
 
 
+def prompt_tokens(body: dict) -> int:
+    """A prompt's tokens as a server would count them, roughly (4 characters a token, at least 300)."""
+    n = sum(len(m.get("content") or "") for m in body.get("messages") or [] if isinstance(m.get("content"), str))
+    return max(300, n // 4)
+
+
 def ok(content: str = '{"label": "bar", "confidence": 0.9, "reason": "r"}', **kw: Any) -> Action:
-    return lambda h, body: _send(h, 200, completion(content, **kw))
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        usage = kw.get("usage") or {"prompt_tokens": prompt_tokens(body), "completion_tokens": 20}
+        _send(h, 200, completion(content, **{**kw, "usage": usage}))
+    return act
 
 
 def status(code: int, body: Any = None, headers: dict[str, str] | None = None) -> Action:
@@ -153,6 +162,19 @@ def context_exceeded_above(max_chars: int, then: Action | None = None, style: st
                 f"{n // 4 + 200 + mt} tokens ({n // 4 + 200} in the messages, {mt} in the completion). Please reduce "
                 f"the length of the messages or completion."), "type": "invalid_request_error", "param": "messages",
                 "code": "context_length_exceeded"}})
+    return act
+
+
+def ollama_context(num_ctx: int = 4096, good: str = '{"label": "spam", "confidence": 0.9}',
+                   guess: str = '{"label": "ham", "confidence": 0.9}') -> Action:
+    """Ollama at its default context: a prompt longer than ``num_ctx`` tokens (4 characters a token here) is cut
+    to half the context without an error -- its instructions lost, the answer a ``guess`` -- and ``usage``
+    reports the tokens it kept; a prompt that fits gets the ``good`` answer."""
+    def act(h: BaseHTTPRequestHandler, body: dict) -> None:
+        n = prompt_tokens(body)
+        took = n if n <= num_ctx else num_ctx // 2 + 2
+        _send(h, 200, completion(good if n <= num_ctx else guess,
+                                 usage={"prompt_tokens": took, "completion_tokens": 12, "total_tokens": took + 12}))
     return act
 
 

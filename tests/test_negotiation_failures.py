@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fault_server import (FaultServer, context_exceeded_above, free_port, cut_off, inline_thinker, ok,
+from fault_server import (FaultServer, context_exceeded_above, free_port, cut_off, inline_thinker, ok, ollama_context,
                           openai_reasoning_model, slow, status, user_text)
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, is_fatal
@@ -341,6 +341,34 @@ def test_a_reply_cut_off_while_thinking_says_so():
     with FaultServer(default=inline_thinker(thought=100_000)) as srv:
         ans = _ask(_teacher(srv.url))
         assert not ans.ok and ans.error_kind == "truncated" and "while the model was still thinking" in ans.error_detail
+
+
+def test_a_prompt_a_server_cut_without_an_error_is_shortened_and_asked_again(caplog):
+    """Ollama at its default 4,096-token context keeps part of a longer prompt and answers 200 -- the instructions
+    lost, the label a guess.  Before: that guess was stored as the teacher's label."""
+    long_mail = "Dear customer, " + "you have won a prize, click the link to claim it. " * 600  # ~7,500 tokens
+    with FaultServer(default=ollama_context(num_ctx=4096)) as srv:
+        t = _teacher(srv.url)
+        with caplog.at_level("WARNING"):
+            ans = _ask(t, long_mail)
+            short = _ask(t, "Buy cheap pills now!!!")
+        assert ans.ok and ans.label == "spam" and ans.extra["input_truncated"] and ans.extra["discarded_replies"] == 1
+        assert "the server took only 2050 prompt tokens" in ans.error_detail
+        sent = [len(user_text(r["body"])) for r in srv.requests]
+        assert sent[0] == len(long_mail) and sent[1] < 4096 * 4 and user_text(srv.requests[1]["body"]).endswith(
+            "…[truncated]")
+        assert short.ok and short.label == "spam" and len(srv.requests) == 3  # a short item: one call, untouched
+        assert caplog.text.count("took 2,050 of about") == 1 and "OLLAMA_CONTEXT_LENGTH" in caplog.text
+
+
+def test_a_server_with_too_little_context_for_the_instructions_fails_as_context_exceeded():
+    with FaultServer(default=ollama_context(num_ctx=300)) as srv:  # room for the instructions and a little text
+        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
+        assert ans.ok and ans.extra["input_truncated"] and len(srv.requests) == 2
+    with FaultServer(default=ollama_context(num_ctx=60)) as srv:  # less room than the instructions take
+        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
+        assert not ans.ok and ans.error_kind == "context_exceeded" and "OLLAMA_CONTEXT_LENGTH" in ans.error_detail
+        assert len(srv.requests) == 1
 
 
 def _no_endpoints(what: str) -> dict:  # OpenRouter's provider routing, as it words it

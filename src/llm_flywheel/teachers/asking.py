@@ -25,7 +25,7 @@ from llm_flywheel.teachers.errors import (classify_transport_error, context_numb
                                           is_context_exceeded, is_out_of_credit, no_endpoint, redact,
                                           refused_response_format, retry_after, unsupported_param)
 from llm_flywheel.teachers.negotiation import MAX_REASONING_ROOM
-from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size
+from llm_flywheel.teachers.prompts import STRUCTURED_MODES, body_size, system_prompt
 from llm_flywheel.teachers.parsing import looks_like_json
 from llm_flywheel.teachers.response import read_response
 from llm_flywheel.teachers.server import slots_fingerprint
@@ -37,6 +37,8 @@ QUICK_RETRY_DELAY = 0.5  # s: the one retry a fatal (connection / DNS) failure g
 PROGRESS_CHECK_S = 5.0  # s between two looks at a llama.cpp server's /slots once a request is past its timeout
 MAX_REASKS = 3  # re-asks of one call cut off while a reasoning model thought (each is billed)
 RESEND = object()  # an attempt's outcome: send again at once (the request changed; not a retry)
+CHARS_PER_TOKEN = 4  # a rough count of English text's tokens; for scripts it undercounts (never a false cut)
+SILENT_CUT_MIN_TOKENS = 1_000  # below it no server's context is too small, and a rough count is too rough
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Call:
 
 class Asking:
     """The attempt loop; the teacher provides ``_body``, ``_headers``, ``_answer``, the negotiation and timeouts."""
+
+    _warned_silent_cut = False  # set on the instance at its first warning
 
     async def _ask_with(self: Any, client: httpx.AsyncClient, call: Call) -> TeacherAnswer:
         """Attempts until one ends in an answer: re-sends at once, retries after a backoff, gives up after
@@ -190,6 +194,9 @@ class Asking:
         ans = self._answer(call.item_id, call.content_hash, call.task, call.pass_index, **fields)
         self.latencies.append(latency)
         self.sizes.append(size)
+        cut = self._silently_cut(call, ans)
+        if cut is not None:
+            return cut
         text = ans.raw_text
         thought = int(ans.extra.get("reasoning_tokens") or 0)  # a reasoning model's hidden tokens count too
         prose = (mode in STRUCTURED_MODES and bool(text) and not looks_like_json(text)
@@ -285,6 +292,35 @@ class Asking:
                           f"HTTP {st}: the prompt does not fit the server's context window{cut} — give the server "
                           f"a larger context (llama.cpp: -c, and fewer parallel slots -np, which share it) or send "
                           f"fewer requests at once: {text[:200]}", extra={"status": st})
+
+    def _silently_cut(self: Any, call: Call, ans: TeacherAnswer) -> Any:
+        """A server that cut a long prompt without an error: it reports far fewer prompt tokens than the prompt
+        holds (about 4 characters a token; only the tokenisers of CJK scripts differ, and they count more).  Why:
+        Ollama keeps only part of a prompt longer than its context (4,096 by default) and answers 200 -- the
+        instructions go first, so the label is a guess.  The reply is discarded and the item text cut, once, to
+        what the server took; a second cut reply is ``context_exceeded``.  None: the prompt arrived whole."""
+        if not isinstance(call.content, str) or not ans.tokens_in:
+            return None
+        other = len(system_prompt(call.task, call.pass_index, reason=self.reason)) // CHARS_PER_TOKEN
+        sent = other + len(call.content) // CHARS_PER_TOKEN
+        if sent < SILENT_CUT_MIN_TOKENS or ans.tokens_in >= 0.5 * sent:
+            return None
+        call.spent.append(ans)
+        fix = (f"{self.base_url} took {ans.tokens_in:,} of about {sent:,} prompt tokens without an error: it cut the "
+               "prompt to fit its context (Ollama does, from a 4,096-token default) -- give it more context "
+               "(Ollama: OLLAMA_CONTEXT_LENGTH=16384 ollama serve; llama.cpp: -c)")
+        keep = (int(0.8 * ans.tokens_in) - other) * CHARS_PER_TOKEN
+        if call.shortened_from is not None or keep < 200:
+            return self._fail(call, "context_exceeded", f"{fix}; the item text is too long even cut to "
+                              f"{len(call.content):,} characters", extra={"tokens_taken": ans.tokens_in})
+        if not self._warned_silent_cut:
+            self._warned_silent_cut = True
+            log.warning("%s; long item texts are cut to fit (noted on each answer as input_truncated)", fix)
+        call.shortened_from = len(call.content)
+        call.content = call.content[:keep] + " …[truncated]"
+        call.notes.append(f"input_truncated: the item text was cut from {call.shortened_from} to "
+                          f"{len(call.content)} characters: the server took only {ans.tokens_in} prompt tokens")
+        return RESEND
 
     def _fail(self: Any, call: Call, kind: str, detail: str, **kw: Any) -> TeacherAnswer:
         extra = {"fatal": kind in FATAL_ERROR_KINDS, **kw.pop("extra", {})}
