@@ -362,13 +362,22 @@ def test_a_prompt_a_server_cut_without_an_error_is_shortened_and_asked_again(cap
 
 
 def test_a_server_with_too_little_context_for_the_instructions_fails_as_context_exceeded():
-    with FaultServer(default=ollama_context(num_ctx=300)) as srv:  # room for the instructions and a little text
-        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
-        assert ans.ok and ans.extra["input_truncated"] and len(srv.requests) == 2
-    with FaultServer(default=ollama_context(num_ctx=60)) as srv:  # less room than the instructions take
-        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
+    """77 intents, each described: the instructions alone are ~1,900 tokens, more than Ollama's 2,048-token
+    context keeps of a long prompt -- no cut of the item can help, so it fails naming the fix."""
+    labels = tuple(f"intent_{i}" for i in range(77))
+    task = Task(name="bank", modality="text", labels=labels, instructions="Which banking intent is this?",
+                descriptions={lab: f"the customer asks about {lab.replace('_', ' ')}: " + "card, transfer, fee " * 5
+                              for lab in labels})
+    with FaultServer(default=ollama_context(num_ctx=2048, good='{"label": "intent_3"}')) as srv:
+        t = OpenAICompatTeacher(srv.url, "fault-model", api_key_env=None, task=task, backoff_base=0.01,
+                                capability_cache=False)
+        ans = run_sync(t.alabel_raw("my card was charged twice " * 400, task, pass_index=0))
         assert not ans.ok and ans.error_kind == "context_exceeded" and "OLLAMA_CONTEXT_LENGTH" in ans.error_detail
-        assert len(srv.requests) == 1
+        assert len(srv.requests) == 1 and ans.extra["tokens_taken"] == 1026
+    cached = ok('{"label": "spam"}', usage={"prompt_tokens": 12, "completion_tokens": 5})  # prompt in its cache
+    with FaultServer(default=cached) as srv:  # counting only what it did not have cached: not a cut
+        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
+        assert ans.ok and "input_truncated" not in ans.extra and len(srv.requests) == 1
 
 
 def _no_endpoints(what: str) -> dict:  # OpenRouter's provider routing, as it words it

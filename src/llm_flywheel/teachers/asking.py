@@ -39,6 +39,9 @@ MAX_REASKS = 3  # re-asks of one call cut off while a reasoning model thought (e
 RESEND = object()  # an attempt's outcome: send again at once (the request changed; not a retry)
 CHARS_PER_TOKEN = 4  # a rough count of English text's tokens; for scripts it undercounts (never a false cut)
 SILENT_CUT_MIN_TOKENS = 1_000  # below it no server's context is too small, and a rough count is too rough
+# a cut keeps at least half of a context of 512+ tokens; a smaller count is a server that counted only the tokens
+# its prompt cache did not hold (Ollama before 0.30, a request sent again), not a cut prompt
+SILENT_CUT_MIN_TAKEN = 256
 
 
 @dataclass
@@ -303,7 +306,7 @@ class Asking:
             return None
         other = len(system_prompt(call.task, call.pass_index, reason=self.reason)) // CHARS_PER_TOKEN
         sent = other + len(call.content) // CHARS_PER_TOKEN
-        if sent < SILENT_CUT_MIN_TOKENS or ans.tokens_in >= 0.5 * sent:
+        if sent < SILENT_CUT_MIN_TOKENS or ans.tokens_in >= 0.5 * sent or ans.tokens_in < SILENT_CUT_MIN_TAKEN:
             return None
         call.spent.append(ans)
         fix = (f"{self.base_url} took {ans.tokens_in:,} of about {sent:,} prompt tokens without an error: it cut the "
