@@ -149,3 +149,20 @@ def test_a_test_split_with_some_gold_labels_missing_is_measured_on_the_rest(tmp_
     assert "test items that have a gold label (the others have none)" in out and "accuracies not measured" not in out
     summary = json.loads((tmp_path / "ws" / "reports" / "summary.json").read_text())
     assert summary["rounds"][0]["student_accuracy"] is not None
+
+
+def test_rows_with_several_labels_are_unlabelled_not_a_made_up_class(ws, tmp_path):
+    """A multi-label export: ["billing", "hardware"] used to become a class "billing_hardware"."""
+    rows = [{"text": f"ticket {i} about a charge", "label": [["billing", "hardware"], ["billing"], "account"][i % 3]}
+            for i in range(30)]
+    (tmp_path / "ml.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    rep = add_dataset(ws, "text", path=tmp_path / "ml.jsonl", progress=False)
+    assert _task(ws, "ml").labels == ("account", "billing")  # a one-element list is its element
+    assert any(n.startswith("WARNING: 10 row(s) have several labels in 'label' (e.g. ['billing', 'hardware'])")
+               for n in rep.notes)
+    with ws.store() as s:
+        golds = [r[0] for r in s.query("SELECT gold_label FROM items WHERE dataset = 'ml' ORDER BY id")]
+    assert golds[:3] == [None, "billing", "account"]
+    (tmp_path / "ml.csv").write_text('text,label\na,"[""x"", ""y""]"\nb,x\nc,x\n')  # the same, written in a CSV
+    with pytest.raises(TaskError, match=r"only one label value 'x'.* -- 1 row\(s\) have several labels"):
+        add_dataset(ws, "text", path=tmp_path / "ml.csv", progress=False)

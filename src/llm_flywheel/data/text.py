@@ -12,6 +12,7 @@ normalised like folder names (``"Not Spam"`` -> ``not_spam``); an empty label ce
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -135,11 +136,42 @@ def task_for(
     return replace(t, name=dataset_name(name)) if name else t
 
 
+def _label_list(v: Any) -> list[Any] | None:
+    """A label cell that holds a list (a JSON/Parquet list, or a CSV cell written as ``["a", "b"]``), else None."""
+    if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return None
+    return list(v) if isinstance(v, (list, tuple)) else None
+
+
 def label_of(values: dict[str, Any], column: str | None) -> str | None:
+    """The normalised gold label of a row; a one-element list is its element, a list of several is no label
+    (:func:`several_labels` counts those)."""
     if column is None:
         return None
-    s = cell_str(values.get(column))
+    v = values.get(column)
+    listed = _label_list(v)
+    if listed is not None:
+        if len(listed) != 1:
+            return None
+        v = listed[0]
+    s = cell_str(v)
     return normalise_label(s) or None if s is not None else None
+
+
+def several_labels(rows: list[dict[str, Any]], column: str | None) -> str | None:
+    """A WARNING note when label cells hold several labels (a multi-label export): each item here has one
+    label, so those rows get no gold label -- never a made-up ``a_b`` class (what they became before)."""
+    if column is None:
+        return None
+    multi = [lst for r in rows if (lst := _label_list(r.get(column))) is not None and len(lst) > 1]
+    if not multi:
+        return None
+    return (f"WARNING: {len(multi):,} row(s) have several labels in {column!r} (e.g. {multi[0]!r}); llm-flywheel "
+            "learns one label per item, so they count as unlabelled (the teacher labels them) -- keep the one "
+            "label each should have if they have one")
 
 
 def text_source(
@@ -180,7 +212,10 @@ def text_source(
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, text=text, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
-    hint = "" if lab_col else label_hint(columns, good, [*text_cols, *([split_column] if split_column else [])])
+    multi = several_labels(good, lab_col)
+    notes += [multi] if multi else []
+    hint = (f" -- {multi.removeprefix('WARNING: ')}" if multi else "") if lab_col else label_hint(
+        columns, good, [*text_cols, *([split_column] if split_column else [])])
     try:
         t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
                      "Classify this text.", hint)
