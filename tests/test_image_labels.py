@@ -135,3 +135,15 @@ def test_a_labelled_test_folder_stays_the_test_split(ws, tmp_path):
     with ws.store() as s:
         assert sorted(it.source_ref for it in s.items("d", split="test")) == sorted(
             f"test/{SHAPES[i % 3]}/test{i}.png" for i in range(9))
+
+
+def test_a_row_with_several_labels_leaves_its_picture_unlabelled(ws, tmp_path):
+    for i in range(6):
+        _picture(tmp_path / "p" / f"{i}.png", i)
+    meta = [{"file_name": f"{i}.png", "label": [SHAPES[i % 3], "ring"] if i == 5 else [SHAPES[i % 3]]}
+            for i in range(6)]
+    (tmp_path / "p" / "metadata.jsonl").write_text("\n".join(json.dumps(m) for m in meta) + "\n")
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "p", progress=False)
+    gold = _gold(ws, "p")
+    assert gold["5.png"] is None and gold["0.png"] == "square" and _task(ws, "p").labels == ("cross", "ring", "square")
+    assert any(n.startswith("WARNING: 1 row(s) of metadata.jsonl give several labels") for n in rep.notes)

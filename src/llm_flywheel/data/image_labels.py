@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm_flywheel.data.table_files import cell_str, read_table
+from llm_flywheel.data.table_files import cell_list, cell_str, read_table
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # Hugging Face's ImageFolder convention
 FILE_COLUMNS = ("file_name", "filename", "file", "image", "image_name", "image_id", "img", "path", "id", "name")
@@ -80,9 +80,14 @@ def table_labels(path: Path, files: list[Path], root: Path, *, label_column: str
     labels: dict[Path, str] = {}
     unmatched: list[str] = []
     conflicting = 0
+    several = 0
     for r in table.rows:
         values: dict[str, Any] = r.values or {}
-        name, lab = cell_str(values.get(fcol)), cell_str(values.get(lcol))
+        listed = cell_list(values.get(lcol))
+        if listed is not None and len(listed) != 1:
+            several += len(listed) > 1  # one label per picture: a multi-label row is no label, never "a_b"
+            continue
+        name, lab = cell_str(values.get(fcol)), cell_str(listed[0] if listed else values.get(lcol))
         if name is None or lab is None:
             continue
         f = _match(name, indexes)
@@ -97,6 +102,9 @@ def table_labels(path: Path, files: list[Path], root: Path, *, label_column: str
     if unmatched:
         shown = ", ".join(repr(u) for u in unmatched[:3]) + (", ..." if len(unmatched) > 3 else "")
         notes.append(f"WARNING: {len(unmatched):,} row(s) of {path.name} name no image in this folder ({shown})")
+    if several:
+        notes.append(f"WARNING: {several:,} row(s) of {path.name} give several labels: one label per picture is "
+                     "learnt, so those pictures are unlabelled (the teacher labels them)")
     if conflicting:
         notes.append(f"WARNING: {conflicting:,} image(s) have two different labels in {path.name}: the first is used")
     return labels, notes

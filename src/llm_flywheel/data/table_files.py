@@ -95,6 +95,16 @@ def on_other_sheets(table: Table, e: ValueError) -> ValueError:
     return type(e)(f"{e} -- {other.split(': ', 1)[1]}") if other else e
 
 
+def cell_list(v: Any) -> list[Any] | None:
+    """A cell that holds a list (a JSON/Parquet list, or a CSV cell written as ``["a", "b"]``), else None."""
+    if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return None
+    return list(v) if isinstance(v, (list, tuple)) else None
+
+
 def cell_str(v: Any) -> str | None:
     """A cell as text; ``None`` when it is missing (empty, null, or a float NaN as pandas writes a gap)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):

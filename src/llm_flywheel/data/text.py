@@ -12,7 +12,6 @@ normalised like folder names (``"Not Spam"`` -> ``not_spam``); an empty label ce
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -22,7 +21,7 @@ from typing import Any
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.image_folder import dataset_name
-from llm_flywheel.data.table_files import cell_str, on_other_sheets, read_table
+from llm_flywheel.data.table_files import cell_list, cell_str, on_other_sheets, read_table
 
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_TEXT_COLUMN = "text"
@@ -136,23 +135,13 @@ def task_for(
     return replace(t, name=dataset_name(name)) if name else t
 
 
-def _label_list(v: Any) -> list[Any] | None:
-    """A label cell that holds a list (a JSON/Parquet list, or a CSV cell written as ``["a", "b"]``), else None."""
-    if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
-        try:
-            v = json.loads(v)
-        except ValueError:
-            return None
-    return list(v) if isinstance(v, (list, tuple)) else None
-
-
 def label_of(values: dict[str, Any], column: str | None) -> str | None:
     """The normalised gold label of a row; a one-element list is its element, a list of several is no label
     (:func:`several_labels` counts those)."""
     if column is None:
         return None
     v = values.get(column)
-    listed = _label_list(v)
+    listed = cell_list(v)
     if listed is not None:
         if len(listed) != 1:
             return None
@@ -166,7 +155,7 @@ def several_labels(rows: list[dict[str, Any]], column: str | None) -> str | None
     label, so those rows get no gold label -- never a made-up ``a_b`` class (what they became before)."""
     if column is None:
         return None
-    multi = [lst for r in rows if (lst := _label_list(r.get(column))) is not None and len(lst) > 1]
+    multi = [lst for r in rows if (lst := cell_list(r.get(column))) is not None and len(lst) > 1]
     if not multi:
         return None
     return (f"WARNING: {len(multi):,} row(s) have several labels in {column!r} (e.g. {multi[0]!r}); llm-flywheel "
