@@ -80,7 +80,7 @@ def test_several_text_columns_are_joined_and_a_new_file_is_read_the_same_way(tmp
     ws_root = tmp_path / "ws"
     from llm_flywheel.store.workspace import Workspace
 
-    ws = Workspace(ws_root)
+    ws = Workspace.open(ws_root)
     with ws.store() as s:
         first = s.query("SELECT text, content_hash FROM items WHERE source_ref = 't.csv:2'")[0]
     assert first[0] == f"subject: {TOPICS['billing'][0]} #0\nbody: {TOPICS['billing'][1]} (ticket 0)"
