@@ -77,6 +77,20 @@ def test_two_column_tables_names_stems_and_paths_from_above(ws, tmp_path):
     assert any("only ids" in n for n in rep.notes)  # 0/1 say nothing to a teacher: warned as for any table
 
 
+def test_ids_stored_as_numbers_find_their_zero_padded_files(ws, tmp_path):
+    """A Parquet or Excel table keeps id 7 as a number (7, 7.0): it names 0007.png."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    for i in range(9):
+        _picture(tmp_path / "train" / f"{i:04d}.png", i)
+    pq.write_table(pa.table({"id": [float(i) for i in range(9)], "label": [SHAPES[i % 3] for i in range(9)]}),
+                   tmp_path / "train.parquet")
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "train", labels=tmp_path / "train.parquet",
+                      progress=False)
+    assert "labels from train.parquet ('id' -> 'label'): 9 of 9 image(s)" in rep.notes
+    assert _gold(ws, "train")["0007.png"] == SHAPES[1]
+
+
 def test_a_table_without_the_columns_says_which_to_name(ws, tmp_path):
     _picture(tmp_path / "p" / "a.png", 0)
     (tmp_path / "t.csv").write_text("picture,kind,size\na.png,ring,3\n")

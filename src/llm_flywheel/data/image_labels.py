@@ -4,14 +4,15 @@ Why: that is how most labelled image sets arrive -- Kaggle's ``train.csv`` (``id
 folder) and Hugging Face's ImageFolder layout (``metadata.csv`` or ``metadata.jsonl`` with a ``file_name`` column
 in the folder itself).  Without this, such a folder imported as unlabelled and its gold labels were lost.
 
-A row names its picture by relative path, file name, or name without extension (Kaggle ids); the first that is
-unambiguous in the folder counts.  Every mismatch is counted in the import notes: pictures without a row stay
+A row names its picture by relative path, file name, or name without extension (Kaggle ids, also as numbers:
+``42`` finds ``0042.png``); the first that is unambiguous in the folder counts.  Every mismatch is counted in the import notes: pictures without a row stay
 unlabelled, rows that name no picture here are listed, a table label that contradicts a class folder wins and is
 counted.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,29 @@ def _column(columns: list[str], asked: str | None, known: tuple[str, ...], what:
     return found
 
 
+def _number(s: str) -> str | None:
+    """``"0042"``, ``"42"`` and ``"42.0"`` (an id a spreadsheet or Parquet stored as a number) as ``"42"``."""
+    m = re.fullmatch(r"0*(\d+)(?:\.0+)?", s)
+    return m.group(1) if m else None
+
+
 def _indexes(files: list[Path], root: Path) -> list[dict[str, Path]]:
-    """Lookups by relative path, file name and stem; a name two pictures share is left out of its lookup."""
+    """Lookups by relative path, file name, stem and numeric stem; a name two pictures share is left out."""
     out: list[dict[str, Path]] = []
-    for key in (lambda f: f.relative_to(root).as_posix(), lambda f: f.name, lambda f: f.stem):
+    for key in (lambda f: f.relative_to(root).as_posix(), lambda f: f.name, lambda f: f.stem,
+                lambda f: _number(f.stem) or ""):
         idx: dict[str, Path | None] = {}
         for f in files:
             k = key(f).lower()
             idx[k] = None if k in idx else f
-        out.append({k: f for k, f in idx.items() if f is not None})
+        out.append({k: f for k, f in idx.items() if f is not None and k})
     return out
 
 
 def _match(cell: str, indexes: list[dict[str, Path]]) -> Path | None:
     s = cell.strip().replace("\\", "/").removeprefix("./").lower()
     name = s.rsplit("/", 1)[-1]
-    for idx, key in zip(indexes, (s, name, name)):
+    for idx, key in zip(indexes, (s, name, name, _number(name) or "")):
         if key in idx:
             return idx[key]
     parts = s.split("/")  # a path from somewhere above the folder (train/ab.jpg for the train folder)
