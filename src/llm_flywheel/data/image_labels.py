@@ -5,9 +5,9 @@ folder) and Hugging Face's ImageFolder layout (``metadata.csv`` or ``metadata.js
 in the folder itself).  Without this, such a folder imported as unlabelled and its gold labels were lost.
 
 A row names its picture by relative path, file name, or name without extension (Kaggle ids, also as numbers:
-``42`` finds ``0042.png``); the first that is unambiguous in the folder counts.  Every mismatch is counted in the import notes: pictures without a row stay
-unlabelled, rows that name no picture here are listed, a table label that contradicts a class folder wins and is
-counted.
+``42`` finds ``0042.png``); the first that is unambiguous in the folder counts.  Every mismatch is counted in the
+import notes: pictures without a row stay unlabelled, rows that name no picture here are listed, a table label that
+contradicts a class folder wins and is counted.
 """
 
 from __future__ import annotations
