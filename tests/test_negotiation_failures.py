@@ -374,6 +374,7 @@ def test_a_server_with_too_little_context_for_the_instructions_fails_as_context_
         ans = run_sync(t.alabel_raw("my card was charged twice " * 400, task, pass_index=0))
         assert not ans.ok and ans.error_kind == "context_exceeded" and "OLLAMA_CONTEXT_LENGTH" in ans.error_detail
         assert len(srv.requests) == 1 and ans.extra["tokens_taken"] == 1026
+        assert "the instructions alone take most of what it keeps" in ans.error_detail
     cached = ok('{"label": "spam"}', usage={"prompt_tokens": 12, "completion_tokens": 5})  # prompt in its cache
     with FaultServer(default=cached) as srv:  # counting only what it did not have cached: not a cut
         ans = _ask(_teacher(srv.url), "win a prize " * 2000)

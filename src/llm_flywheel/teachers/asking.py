@@ -314,8 +314,9 @@ class Asking:
                "(Ollama: OLLAMA_CONTEXT_LENGTH=16384 ollama serve; llama.cpp: -c)")
         keep = (int(0.8 * ans.tokens_in) - other) * CHARS_PER_TOKEN
         if call.shortened_from is not None or keep < 200:
-            return self._fail(call, "context_exceeded", f"{fix}; the item text is too long even cut to "
-                              f"{len(call.content):,} characters", extra={"tokens_taken": ans.tokens_in})
+            why = (f"the item text is too long even cut to {len(call.content):,} characters" if call.shortened_from
+                   is not None else "the instructions alone take most of what it keeps")
+            return self._fail(call, "context_exceeded", f"{fix}; {why}", extra={"tokens_taken": ans.tokens_in})
         if not self._warned_silent_cut:
             self._warned_silent_cut = True
             log.warning("%s; long item texts are cut to fit (noted on each answer as input_truncated)", fix)
