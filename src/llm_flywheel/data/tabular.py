@@ -28,7 +28,7 @@ from typing import Any
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.table_files import MISSING, cell_str, on_other_sheets, read_table
-from llm_flywheel.data.text import label_hint, label_of, resolve_label_column, several_labels, task_for
+from llm_flywheel.data.text import label_advice, label_of, resolve_label_column, task_for
 
 CATEGORY_MAX = 50  # distinct values a text column may have to be used as a categorical feature by default
 
@@ -214,10 +214,8 @@ def tabular_source(
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, features=vec, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
-    multi = several_labels(good, lab_col)
-    notes += [multi] if multi else []
-    hint = (f" -- {multi.removeprefix('WARNING: ')}" if multi else "") if lab_col else label_hint(
-        columns, good, [split_column] if split_column else [])
+    more, hint = label_advice(columns, good, lab_col, [split_column] if split_column else [])
+    notes += more
     t = task_for("tabular", {r.gold_label for r in records if r.gold_label}, task, name, p,
                  "Classify this record from its feature values.", hint)
     return replace(t, features=tuple(feats), categorical=tuple(cats)), iter(records), len(records), feats, notes

@@ -137,7 +137,7 @@ def task_for(
 
 def label_of(values: dict[str, Any], column: str | None) -> str | None:
     """The normalised gold label of a row; a one-element list is its element, a list of several is no label
-    (:func:`several_labels` counts those)."""
+    (:func:`label_advice` counts those)."""
     if column is None:
         return None
     v = values.get(column)
@@ -150,17 +150,21 @@ def label_of(values: dict[str, Any], column: str | None) -> str | None:
     return normalise_label(s) or None if s is not None else None
 
 
-def several_labels(rows: list[dict[str, Any]], column: str | None) -> str | None:
-    """A WARNING note when label cells hold several labels (a multi-label export): each item here has one
-    label, so those rows get no gold label -- never a made-up ``a_b`` class (what they became before)."""
+def label_advice(columns: Sequence[str], rows: list[dict[str, Any]], column: str | None,
+                 exclude: Sequence[str]) -> tuple[list[str], str]:
+    """(notes, hint) about a file's labels, the hint to end a "no label values" error with: without a label
+    ``column``, the columns that look like one (:func:`label_hint`); with one whose cells hold several labels (a
+    multi-label export), a WARNING -- each item here has one label, so those rows get no gold label, never a
+    made-up ``a_b`` class (what they became before)."""
     if column is None:
-        return None
+        return [], label_hint(columns, rows, exclude)
     multi = [lst for r in rows if (lst := cell_list(r.get(column))) is not None and len(lst) > 1]
     if not multi:
-        return None
-    return (f"WARNING: {len(multi):,} row(s) have several labels in {column!r} (e.g. {multi[0]!r}); llm-flywheel "
-            "learns one label per item, so they count as unlabelled (the teacher labels them) -- keep the one "
-            "label each should have if they have one")
+        return [], ""
+    why = (f"{len(multi):,} row(s) have several labels in {column!r} (e.g. {multi[0]!r}); llm-flywheel learns one "
+           "label per item, so they count as unlabelled (the teacher labels them) -- keep the one label each "
+           "should have if they have one")
+    return [f"WARNING: {why}"], f" -- {why}"
 
 
 def text_source(
@@ -201,10 +205,8 @@ def text_source(
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, text=text, gold_label=label_of(r.values, lab_col),
                               source_split=split.strip().lower() if split else None))
-    multi = several_labels(good, lab_col)
-    notes += [multi] if multi else []
-    hint = (f" -- {multi.removeprefix('WARNING: ')}" if multi else "") if lab_col else label_hint(
-        columns, good, [*text_cols, *([split_column] if split_column else [])])
+    more, hint = label_advice(columns, good, lab_col, [*text_cols, *([split_column] if split_column else [])])
+    notes += more
     try:
         t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
                      "Classify this text.", hint)
