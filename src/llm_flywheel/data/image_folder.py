@@ -27,6 +27,7 @@ from pathlib import Path
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.image_labels import find_metadata, table_labels
+from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def _with_table_labels(files: list[tuple[Path, str | None, str | None]], root: P
 def _labels_hint(root: Path) -> str:
     """`` -- e.g. --labels data/train.csv`` for a table beside the folder with its name (Kaggle's layout) or
     inside it, where there is one."""
-    from llm_flywheel.data.table_files import TABLE_SUFFIXES
-
     near = [root.parent / f"{root.name}{ext}" for ext in sorted(TABLE_SUFFIXES)]
     near += sorted(p for p in root.iterdir() if p.suffix.lower() in TABLE_SUFFIXES)
     found = next((p for p in near if p.is_file()), None)

@@ -71,8 +71,7 @@ class Workspace:
         delimiter or encoding when guessed, the columns used); False is silent.  Rows or files that could not be
         read are a :class:`FlywheelWarning`; the whole report is ``ds.last_import``.  ``options`` as the command's
         flags: ``text_column`` (a name, ``"a,b"`` or a list), ``label_column``, ``split_column``, ``features``,
-        ``sheet``;
-        for an image folder ``labels`` (a table of file names and labels) and ``file_column``."""
+        ``sheet``; for an image folder ``labels`` (a table of file names and labels) and ``file_column``."""
         from llm_flywheel.data.registry import add_dataset
 
         with translate_errors():
