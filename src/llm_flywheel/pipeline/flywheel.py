@@ -89,8 +89,9 @@ def setup(ws: Workspace, dataset: str, cfg: WheelConfig, con: Console, progress:
         task = Task.from_json(store.dataset_task_json(dataset))
         if store.split_counts(dataset).get(None):
             make_splits(store, dataset)
-        ids = {s: [it.id for it in store.items(dataset, split=s)] for s in SPLITS}
-        gold_test = [it.id for it in store.items(dataset, split="test") if it.gold_label is not None]
+        test = store.items(dataset, split="test")
+        ids = {s: [it.id for it in (test if s == "test" else store.items(dataset, split=s))] for s in SPLITS}
+    gold_test = [it.id for it in test if it.gold_label is not None]
     if 0 < len(gold_test) < len(ids["test"]):  # measure on what can be measured, and say what was left out
         con.print(f"[yellow]measuring on the {len(gold_test):,} of {len(ids['test']):,} test items that have a gold "
                   "label (the others have none)[/]")
