@@ -116,8 +116,8 @@ def image_folder_source(
             more = [f"{table.name} not used for labels ({str(e).split(': ', 1)[-1]})"]  # captions only, say
             table = None
         notes += more
-    norm = _normalised_labels(files)
-    t = _folder_task(root, norm, task, name, table)
+    norm = normalised_labels(files)
+    t = folder_task(root, norm, task, name, table)
 
     def gen() -> Iterator[Record]:
         for f, split, lab in files:
@@ -135,7 +135,7 @@ def image_folder_source(
     return t, gen(), len(files), notes
 
 
-def _normalised_labels(files: list[tuple[Path, str | None, str | None]]) -> dict[str, str]:
+def normalised_labels(files: list[tuple[Path, str | None, str | None]]) -> dict[str, str]:
     """{label as written: normalised}; a name without letters or two that normalise alike is an error."""
     raw_labels = sorted({lab for _, _, lab in files if lab is not None})
     norm = {lab: normalise_label(lab) for lab in raw_labels}
@@ -151,13 +151,15 @@ def _normalised_labels(files: list[tuple[Path, str | None, str | None]]) -> dict
     return norm
 
 
-def _folder_task(root: Path, norm: dict[str, str], task: str | Path | Task | None, name: str | None,
-                 table: Path | None) -> Task:
-    """The given task (the labels found must be among its own) or one made of the labels found (two at least)."""
+def folder_task(root: Path, norm: dict[str, str], task: str | Path | Task | None, name: str | None,
+                table: Path | None, modality: str = "image") -> Task:
+    """The given task (the labels found must be among its own) or one made of the labels found (two at least);
+    ``modality``: what the folder holds (images, or text files: ``data.text_folder``)."""
     if task is not None:
         t = task if isinstance(task, Task) else load_task(task)
-        if t.modality != "image":
-            raise TaskError(f"task {t.name!r} has modality {t.modality!r}; an image folder needs 'image'")
+        if t.modality != modality:
+            raise TaskError(f"task {t.name!r} has modality {t.modality!r}; a folder of {modality} files needs "
+                            f"{modality!r}")
         unknown = sorted(n for n in norm.values() if n not in t.labels)
         if unknown:
             raise TaskError(
@@ -173,11 +175,12 @@ def _folder_task(root: Path, norm: dict[str, str], task: str | Path | Task | Non
             raise TaskError(
                 f"{root} has {what}; pass --task FILE.toml naming the labels (an unlabelled folder is labelled by "
                 "the teacher)" + (", or --labels FILE: a table of file names and labels (Kaggle's train.csv)"
-                                  + _labels_hint(root) if table is None and not classes else ""))
+                                  + _labels_hint(root) if table is None and not classes and modality == "image"
+                                  else ""))
         t = Task(
-            name=dataset_name(name or root.name), modality="image", labels=tuple(classes),
+            name=dataset_name(name or root.name), modality=modality, labels=tuple(classes),
             descriptions={lab: lab.replace("_", " ") for lab in classes},
-            instructions="Classify the main object in this image.",
+            instructions="Classify the main object in this image." if modality == "image" else "Classify this text.",
         )
     if name:
         t = replace(t, name=dataset_name(name))

