@@ -7,8 +7,8 @@ The gold label comes from the group (``spam-1``/``spam-2`` -> spam, ``easy-ham-*
 
 Why the email is reduced: the raw message is mostly transport headers (``Received:``, ``X-...``), which cost LLM tokens
 and crowd the student's 256-token window.  An item keeps Subject and From, then the body as plain text (the text
-part, else the HTML part with tags stripped), capped at 2,000 characters (:func:`llm_flywheel.data.documents.email_text`,
-the same reduction a folder of ``.eml`` files gets).
+part, else the HTML part with tags stripped), capped at 2,000 characters
+(:func:`llm_flywheel.data.documents.email_text`, the same reduction a folder of ``.eml`` files gets).
 """
 
 from __future__ import annotations
