@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
-from llm_flywheel.core.task import Task
+from llm_flywheel.core.task import Task, TaskError
 from llm_flywheel.data.registry import DatasetError, add_dataset
 from llm_flywheel.data.tabular import FeatureError, category_value, feature_row, parse_number
 
@@ -156,3 +157,18 @@ def test_the_teacher_is_told_the_feature_names_and_a_reimport_keeps_the_prompt(w
     add_dataset(ws, "tabular", path=p, progress=False)
     with ws.store() as s:
         assert Task.from_json(s.dataset_task_json("wine")).features == ()
+
+
+def test_a_label_column_of_quantities_or_ids_is_refused_naming_the_fix(ws, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["rooms,area,price"] + [f"{r},{a},{a * 3500 + r * 10000 + rng.normal(0, 2e4):.2f}"
+                                   for r, a in zip(rng.integers(1, 7, 120), rng.integers(30, 200, 120))]
+    (tmp_path / "houses.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(TaskError, match=r"'price' has 120 distinct values in 120 labelled rows.*regression target"):
+        add_dataset(ws, "tabular", path=tmp_path / "houses.csv", label_column="price", progress=False)
+    (tmp_path / "tickets.csv").write_text("text,ticket_id\n" + "".join(f"t {i},T-{i:04d}\n" for i in range(60)))
+    with pytest.raises(TaskError, match="look like ids or free text"):
+        add_dataset(ws, "text", path=tmp_path / "tickets.csv", label_column="ticket_id", progress=False)
+    # many classes that recur (an intent set: 40 intents, 3 examples each) are classes
+    (tmp_path / "intents.csv").write_text("text,label\n" + "".join(f"ask {i},intent_{i % 40}\n" for i in range(120)))
+    assert add_dataset(ws, "text", path=tmp_path / "intents.csv", progress=False).added == 120

@@ -216,8 +216,8 @@ def tabular_source(
                               source_split=split.strip().lower() if split else None))
     more, hint = label_advice(columns, good, lab_col, [split_column] if split_column else [])
     notes += more
-    t = task_for("tabular", {r.gold_label for r in records if r.gold_label}, task, name, p,
-                 "Classify this record from its feature values.", hint)
+    t = task_for("tabular", [r.gold_label for r in records if r.gold_label], task, name, p,
+                 "Classify this record from its feature values.", hint, lab_col)
     return replace(t, features=tuple(feats), categorical=tuple(cats)), iter(records), len(records), feats, notes
 
 

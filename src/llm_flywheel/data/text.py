@@ -13,6 +13,7 @@ normalised like folder names (``"Not Spam"`` -> ``not_spam``); an empty label ce
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -114,25 +115,42 @@ def join_text(values: dict[str, Any], columns: Sequence[str]) -> str | None:
 
 
 def task_for(
-    modality: str, labels_seen: set[str], task: str | Path | Task | None, name: str | None, path: Path,
-    instructions: str, hint: str = "",
+    modality: str, labels_seen: Sequence[str], task: str | Path | Task | None, name: str | None, path: Path,
+    instructions: str, hint: str = "", column: str | None = None,
 ) -> Task:
-    """The given task (checked for modality) or one derived from the label values seen; ``hint`` ends the error
-    for a file without labels (:func:`label_hint`)."""
+    """The given task (checked for modality) or one derived from the gold labels seen (one per labelled row);
+    ``hint`` ends the error for a file without labels (:func:`label_hint`)."""
     if task is not None:
         t = task if isinstance(task, Task) else load_task(task)
         if t.modality != modality:
             raise TaskError(f"task {t.name!r} has modality {t.modality!r}; this source needs {modality!r}")
     else:
-        labels = sorted(labels_seen)
+        labels = sorted(set(labels_seen))
         if len(labels) < 2:
             raise TaskError(
                 f"{path}: {'no label values' if not labels else 'only one label value ' + repr(labels[0])}; "
                 f"pass --task FILE.toml naming the labels (unlabelled rows are labelled by the teacher){hint}"
             )
+        _check_recurring(labels_seen, path, column, hint)
         t = Task(name=dataset_name(name or path.stem), modality=modality, labels=tuple(labels),
                  descriptions={lab: lab.replace("_", " ") for lab in labels}, instructions=instructions)
     return replace(t, name=dataset_name(name)) if name else t
+
+
+def _check_recurring(labels_seen: Sequence[str], path: Path, column: str | None, hint: str) -> None:
+    """Refuse a label column whose values mostly occur once (a price, a score, an id): 300 "classes" of one row
+    each teach a student nothing, and every one would be a label in the teacher's prompt."""
+    counts = Counter(labels_seen)
+    once = sum(1 for n in counts.values() if n == 1)
+    if len(counts) <= 20 or once <= len(counts) / 2:
+        return
+    numeric = sum(1 for lab in counts if _is_number(lab.replace("_", "."))) > 0.9 * len(counts)
+    what = (f"label column {column!r}" if column else "the labels") + (
+        f" has {len(counts):,} distinct values in {len(labels_seen):,} labelled rows, {once:,} of them seen once")
+    fix = ("these are numbers to predict (a regression target): bin them into a few ranges in the file (a column "
+           "low / medium / high) and pass that column with --label-column" if numeric else
+           "these look like ids or free text: name the column of classes with --label-column")
+    raise TaskError(f"{path}: {what}; llm-flywheel learns classes that recur, so {fix}{hint}")
 
 
 def label_of(values: dict[str, Any], column: str | None) -> str | None:
@@ -208,8 +226,8 @@ def text_source(
     more, hint = label_advice(columns, good, lab_col, [*text_cols, *([split_column] if split_column else [])])
     notes += more
     try:
-        t = task_for("text", {r.gold_label for r in records if r.gold_label}, task, name, p,
-                     "Classify this text.", hint)
+        t = task_for("text", [r.gold_label for r in records if r.gold_label], task, name, p,
+                     "Classify this text.", hint, lab_col)
     except ValueError as e:  # TaskError too: no labels on a cover sheet
         raise on_other_sheets(table, e) from None
     return t, iter(records), len(records), [*table.notes, *notes], text_cols
