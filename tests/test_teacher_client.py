@@ -245,6 +245,9 @@ def test_specs():
     assert parse_spec("openai:gpt-4o-mini")[2] == "OPENAI_API_KEY"
     assert parse_spec("gemini:gemini-2.5-flash")[0].startswith("https://generativelanguage.googleapis.com")
     assert parse_spec("ollama:llama3.2-vision") == ("http://127.0.0.1:11434/v1", "llama3.2-vision", None)
+    assert parse_spec("anthropic:claude-haiku-4-5") == ("https://api.anthropic.com/v1", "claude-haiku-4-5",
+                                                        "ANTHROPIC_API_KEY")
+    assert parse_spec("groq:llama-3.1-8b-instant")[:2] == ("https://api.groq.com/openai/v1", "llama-3.1-8b-instant")
     assert parse_spec("http://127.0.0.1:9/v1/|m/x") == ("http://127.0.0.1:9/v1", "m/x", None)
     with pytest.raises(TeacherConfigError, match="PROVIDER:MODEL"):
         parse_spec("nonsense")

@@ -4,6 +4,8 @@
     openai:gpt-4o-mini                     https://api.openai.com/v1, $OPENAI_API_KEY
     gemini:gemini-2.5-flash                Google's OpenAI-compatible endpoint, $GEMINI_API_KEY
     azure:DEPLOYMENT                       Azure OpenAI's v1 API at $AZURE_OPENAI_ENDPOINT, $AZURE_OPENAI_API_KEY
+    anthropic:claude-haiku-4-5             https://api.anthropic.com/v1, $ANTHROPIC_API_KEY (also mistral:, groq:,
+                                           together:, deepseek:, fireworks: -- each with its $NAME_API_KEY)
     ollama:llama3.2-vision                 http://127.0.0.1:11434/v1, no key
     vllm:MODEL / llamacpp:MODEL / lmstudio:MODEL   local servers, no key
     http://host:port/v1|MODEL              any OpenAI-compatible base URL (the simulated teacher too)
@@ -33,6 +35,13 @@ PROVIDERS: dict[str, tuple[str, str | None]] = {
     "llamacpp": ("http://127.0.0.1:8080/v1", None),
     "lmstudio": ("http://127.0.0.1:1234/v1", None),
     "azure": ("", "AZURE_OPENAI_API_KEY"),  # the resource's endpoint from $AZURE_OPENAI_ENDPOINT (see parse_spec)
+    # hosted APIs with an OpenAI-compatible endpoint (what each ignores or refuses is negotiated like any server's)
+    "anthropic": ("https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
+    "mistral": ("https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+    "groq": ("https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    "deepseek": ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+    "fireworks": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY"),
 }
 AZURE_ENDPOINT_ENV = "AZURE_OPENAI_ENDPOINT"
 LOCAL_BASE_ENV = {"ollama": "OLLAMA_BASE_URL", "vllm": "VLLM_BASE_URL", "llamacpp": "LLAMACPP_BASE_URL"}
