@@ -169,3 +169,36 @@ def test_flat_train_test_folders_are_splits_not_classes(ws, tmp_path):
     assert rep.added == 6 and rep.splits["test"] == 3
     with ws.store() as s:
         assert s.query("SELECT COUNT(*) FROM items WHERE gold_label IS NOT NULL")[0][0] == 0
+
+
+def test_split_folders_spelt_otherwise_and_wrapper_folders_are_not_classes(ws, tmp_path):
+    """train/ val/ test/ (Kaggle's chest X-rays) became three classes named after the splits, the real labels lost."""
+    seed = iter(range(1000, 2000))
+    for split, n in (("train", 4), ("val", 2), ("test", 3)):
+        for c in ("NORMAL", "PNEUMONIA"):
+            for i in range(n):
+                save(tmp_path / "zip" / "chest_xray" / split / c / f"{i}.jpeg", next(seed))
+    (tmp_path / "zip" / "__MACOSX").mkdir()  # what macOS's zip adds beside the data
+    (tmp_path / "zip" / "__MACOSX" / "._0.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "zip", as_name="xray", progress=False)
+    assert rep.added == 18
+    with ws.store() as s:
+        items = list(s.items("xray"))
+    assert {it.gold_label for it in items} == {"normal", "pneumonia"}
+    assert {it.source_ref for it in items if it.split == "test"} == {
+        f"chest_xray/test/{c}/{i}.jpeg" for c in ("NORMAL", "PNEUMONIA") for i in range(3)}
+    assert "chest_xray/val/ as val (4)" in " ".join(rep.notes)
+    # Intel's scenes: seg_train/seg_train/CLASS, seg_test/seg_test/CLASS
+    for split in ("seg_train", "seg_test"):
+        for c in ("sea", "street"):
+            for i in range(3):
+                save(tmp_path / "intel" / split / split / c / f"{i}.jpg", next(seed))
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "intel", progress=False)
+    with ws.store() as s:
+        items = list(s.items("intel"))
+    assert {it.gold_label for it in items} == {"sea", "street"}
+    assert sum(it.split == "test" for it in items) == 6
+    # one class folder of files is a class, not a wrapper: it needs a task, as before
+    save(tmp_path / "one" / "cats" / "0.png", 7)
+    with pytest.raises(TaskError, match="only one class"):
+        add_dataset(ws, "image-folder", path=tmp_path / "one", progress=False)

@@ -138,3 +138,23 @@ def test_cli_imports_a_folder_and_a_binary_file_is_no_predict_input(tmp_path):
     (tmp_path / "new" / "report.pdf").write_bytes(b"%PDF-1.7\n\x00\xff")
     with pytest.raises(ValueError, match="binary"):  # a PDF is never decoded as Windows-1252 and paid for
         read_input(tmp_path / "new" / "report.pdf", task)
+
+
+def test_20_newsgroups_split_folders_and_a_split_column_spelt_testing(ws, tmp_path):
+    for split in ("20news-bydate-train", "20news-bydate-test"):
+        for group in ("rec.autos", "sci.space"):
+            (tmp_path / "news" / split / group).mkdir(parents=True)
+            for i in range(4):
+                (tmp_path / "news" / split / group / str(50000 + i)).write_text(
+                    f"From: x{i}@y.edu\nSubject: {group} {split} {i}\nOrganization: U\nLines: 1\n\nAbout {group}.\n")
+    rep = add_dataset(ws, "text", path=tmp_path / "news", progress=False)
+    with ws.store() as s:
+        items = list(s.items("news"))
+    assert {it.gold_label for it in items} == {"rec_autos", "sci_space"}
+    assert {it.source_ref.split("/")[0] for it in items if it.split == "test"} == {"20news-bydate-test"}
+    assert "20news-bydate-test/ as test (8)" in " ".join(rep.notes) and "16 file(s) read as emails" in " ".join(rep.notes)
+    (tmp_path / "rows.csv").write_text("text,label,split\n" + "".join(
+        f"row {i},{'a' if i % 2 else 'b'},{'Testing' if i < 4 else 'training'}\n" for i in range(20)))
+    add_dataset(ws, "text", path=tmp_path / "rows.csv", split_column="split", progress=False)
+    with ws.store() as s:
+        assert sorted(it.source_ref for it in s.items("rows") if it.split == "test") == [f"rows.csv:{i}" for i in (2, 3, 4, 5)]

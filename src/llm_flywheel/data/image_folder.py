@@ -3,7 +3,8 @@
 Layouts understood::
 
     photos/cat/1.jpg  photos/dog/2.png            labels from folder names (normalised to snake_case)
-    photos/train/cat/1.jpg  photos/test/cat/9.jpg  the same, with the source's own train/test split
+    photos/train/cat/1.jpg  photos/test/cat/9.jpg  the same, with the source's own train/test split (also val/,
+                                                   training/, seg_test/, an archive's wrapper: ``data.folders``)
     photos/train/1.jpg  photos/test/9.jpg          unlabelled, with the source's split
     photos/1.jpg  photos/2.png                     unlabelled: the teacher will label them (needs --task)
     photos/1.jpg  photos/metadata.csv              labels from a table (or --labels FILE: Kaggle's train.csv;
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
+from llm_flywheel.data.folders import entries, split_folders, split_note, visible_files
 from llm_flywheel.data.image_labels import find_metadata, table_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                               ".heic", ".heif", ".avif"})
-SOURCE_SPLITS = ("train", "test")
 
 
 def dataset_name(name: str) -> str:
@@ -42,23 +43,14 @@ def dataset_name(name: str) -> str:
     return s or "dataset"
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
-
-
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in _visible_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _visible_files(root: Path) -> Iterator[Path]:
-    return (p for p in root.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in visible_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def ignored_note(root: Path, used: Path | None = None) -> list[str]:
     """A note naming the visible files that are not images by extension (``3 .dng, 1 .mov``), if any; ``used``
     (the labels table) is not one of them."""
-    other = Counter(p.suffix.lower() or "(none)" for p in _visible_files(root)
+    other = Counter(p.suffix.lower() or "(none)" for p in visible_files(root)
                     if p.suffix.lower() not in IMAGE_EXTENSIONS and p != used)
     if not other:
         return []
@@ -68,20 +60,14 @@ def ignored_note(root: Path, used: Path | None = None) -> list[str]:
 
 
 def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
-    """(file, source split, folder label) for every image file under ``root`` in a stable order."""
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
-    # train/ and test/ at the top are the source's splits (classes below them, or flat unlabelled files)
-    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS)
+    """(file, source split, folder label) for every image file under ``root`` in a stable order; the source's split
+    folders (``train/ val/ test/``, ``seg_train/``, ...) and wrapper folders are read as :mod:`data.folders` says."""
     out: list[tuple[Path, str | None, str | None]] = []
-    roots = [(d, d.name.lower()) for d in subdirs] if split_layout else [(root, None)]
-    for base, split in roots:
-        for p in sorted(base.iterdir()):
-            if not _visible(p):
-                continue
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-                out.append((p, split, None))  # top-level file: unlabelled
-            elif p.is_dir():
-                out += [(f, split, p.name) for f in _images_under(p)]
+    for base, split in split_folders(root):
+        dirs, files = entries(base)
+        out += [(f, split, None) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]  # top level: unlabelled
+        for d in dirs:
+            out += [(f, split, d.name) for f in _images_under(d)]
     return out
 
 
@@ -103,7 +89,7 @@ def image_folder_source(
     table = Path(labels) if labels is not None else find_metadata(root)
     if labels is not None and not table.is_file():
         raise FileNotFoundError(f"labels file {table} does not exist")
-    notes = ignored_note(root, table)
+    notes = ignored_note(root, table) + split_note(split_folders(root), Counter(s for _, s, _ in files), root)
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
                          + (f"; {notes[0].split(';')[0]}" if notes else ""))

@@ -27,6 +27,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
+from llm_flywheel.data.folders import split_cell
 from llm_flywheel.data.table_files import MISSING, cell_str, on_other_sheets, read_table
 from llm_flywheel.data.text import label_advice, label_of, resolve_label_column, task_for
 
@@ -213,7 +214,7 @@ def tabular_source(
             continue
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, features=vec, gold_label=label_of(r.values, lab_col),
-                              source_split=split.strip().lower() if split else None))
+                              source_split=split_cell(split) if split else None))
     more, hint = label_advice(columns, good, lab_col, [split_column] if split_column else [])
     notes += more
     t = task_for("tabular", [r.gold_label for r in records if r.gold_label], task, name, p,

@@ -21,6 +21,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
+from llm_flywheel.data.folders import split_cell
 from llm_flywheel.data.image_folder import dataset_name
 from llm_flywheel.data.table_files import cell_list, cell_str, on_other_sheets, read_table
 
@@ -222,7 +223,7 @@ def text_source(
             continue
         split = cell_str(r.values.get(split_column)) if split_column else None
         records.append(Record(r.ref, text=text, gold_label=label_of(r.values, lab_col),
-                              source_split=split.strip().lower() if split else None))
+                              source_split=split_cell(split) if split else None))
     more, hint = label_advice(columns, good, lab_col, [*text_cols, *([split_column] if split_column else [])])
     notes += more
     try:

@@ -24,7 +24,8 @@ from pathlib import Path
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.documents import TEXT_EXTENSIONS, NotTextError, document_text, is_document
-from llm_flywheel.data.image_folder import SOURCE_SPLITS, folder_task, normalised_labels
+from llm_flywheel.data.folders import entries, split_folders, split_note, unwrap, visible_files
+from llm_flywheel.data.image_folder import folder_task, normalised_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
 UNLABELLED_FOLDERS = frozenset({"unsup", "unlabeled", "unlabelled", "unknown"})
@@ -35,50 +36,46 @@ NOT_DOCUMENTS = frozenset({"cmds", "readme", "license", "licence", "copying", "m
 Found = list[tuple[Path, str | None, str | None]]  # (file, source split, folder label)
 
 
-def _visible(root: Path, p: Path) -> bool:
-    return not any(part.startswith(".") for part in p.relative_to(root).parts)
-
-
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _visible(folder, p))
-
-
 @dataclass
 class Scan:
     found: Found  # (document, source split, folder label or None)
     loose: list[Path] = field(default_factory=list)  # beside class folders: left out
     other: list[Path] = field(default_factory=list)  # not documents by name
     unlabelled: Counter[str] = field(default_factory=Counter)  # "train/unsup" -> files imported without a label
+    bases: list[tuple[Path, str | None]] = field(default_factory=list)  # the folders read, with their source split
+
+
+def _not_document(f: Path) -> bool:
+    return f.stem.lower() in NOT_DOCUMENTS
 
 
 def scan(root: Path) -> Scan:
-    """The documents under ``root`` with their split and folder label, and what was left out."""
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and _visible(root, p))
-    split_layout = bool(subdirs) and {d.name.lower() for d in subdirs} <= set(SOURCE_SPLITS)
-    bases = [(d, d.name.lower()) for d in subdirs] if split_layout else [(root, None)]
-    out = Scan([], loose=[p for p in root.iterdir() if p.is_file() and _visible(root, p)] if split_layout else [])
+    """The documents under ``root`` with their split and folder label, and what was left out; split and wrapper
+    folders as :mod:`llm_flywheel.data.folders` reads them."""
+    bases = split_folders(root)
+    out = Scan([], bases=bases)
+    if bases[0][1] is not None:  # files beside the split folders (aclImdb's README, imdb.vocab)
+        out.loose += entries(unwrap(root))[1]
     for base, split in bases:
-        classes = sorted(p for p in base.iterdir() if p.is_dir() and _visible(root, p))
-        here = sorted(p for p in base.iterdir() if p.is_file() and _visible(root, p))
+        classes, here = entries(base)
         if classes:
             out.loose += here
         else:
-            out.loose += [f for f in here if f.stem.lower() in NOT_DOCUMENTS]
-            here = [f for f in here if f.stem.lower() not in NOT_DOCUMENTS]
+            out.loose += [f for f in here if _not_document(f)]
+            here = [f for f in here if not _not_document(f)]
             out.found += [(f, split, None) for f in here if is_document(f.name)]
             out.other += [f for f in here if not is_document(f.name)]
         for d in classes:
             label = None if d.name.lower() in UNLABELLED_FOLDERS else d.name
-            for f in _files_under(d):
-                if f.stem.lower() in NOT_DOCUMENTS:
+            for f in sorted(visible_files(d)):
+                if _not_document(f):
                     out.loose.append(f)
-                    continue
-                if not is_document(f.name):
+                elif not is_document(f.name):
                     out.other.append(f)
-                    continue
-                out.found.append((f, split, label))
-                if label is None:
-                    out.unlabelled[d.relative_to(root).as_posix()] += 1
+                else:
+                    out.found.append((f, split, label))
+                    if label is None:
+                        out.unlabelled[d.relative_to(root).as_posix()] += 1
     out.loose.sort()
     return out
 
@@ -99,7 +96,7 @@ def _scan_notes(root: Path, sc: Scan) -> list[str]:
                         if tables else ""))
     for folder, n in sorted(sc.unlabelled.items()):
         notes.append(f"{folder}/: {n:,} file(s) imported without a label (the teacher labels them)")
-    return notes
+    return notes + split_note(sc.bases, Counter(s for _, s, _ in sc.found), root)
 
 
 def text_folder_source(path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,
