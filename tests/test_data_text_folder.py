@@ -152,9 +152,11 @@ def test_20_newsgroups_split_folders_and_a_split_column_spelt_testing(ws, tmp_pa
         items = list(s.items("news"))
     assert {it.gold_label for it in items} == {"rec_autos", "sci_space"}
     assert {it.source_ref.split("/")[0] for it in items if it.split == "test"} == {"20news-bydate-test"}
-    assert "20news-bydate-test/ as test (8)" in " ".join(rep.notes) and "16 file(s) read as emails" in " ".join(rep.notes)
+    notes = " ".join(rep.notes)
+    assert "20news-bydate-test/ as test (8)" in notes and "16 file(s) read as emails" in notes
     (tmp_path / "rows.csv").write_text("text,label,split\n" + "".join(
         f"row {i},{'a' if i % 2 else 'b'},{'Testing' if i < 4 else 'training'}\n" for i in range(20)))
     add_dataset(ws, "text", path=tmp_path / "rows.csv", split_column="split", progress=False)
     with ws.store() as s:
-        assert sorted(it.source_ref for it in s.items("rows") if it.split == "test") == [f"rows.csv:{i}" for i in (2, 3, 4, 5)]
+        test = sorted(it.source_ref for it in s.items("rows") if it.split == "test")
+    assert test == [f"rows.csv:{i}" for i in (2, 3, 4, 5)]
