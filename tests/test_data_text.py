@@ -114,3 +114,14 @@ def test_a_label_column_with_no_values_says_so(ws, tmp_path):
     (tmp_path / "t.csv").write_text("text,label\nhello,\nworld,\n")
     with pytest.raises(TaskError, match="no label values"):
         add_dataset(ws, "text", path=tmp_path / "t.csv", progress=False)
+
+
+def test_label_cells_that_mean_missing_are_no_label(ws, tmp_path):
+    """R's write.csv writes NA for a missing label, Excel #N/A: those rows are unlabelled, not a class 'na'."""
+    rows = "".join(f"ticket {i},{['billing', 'hardware', 'NA', '#N/A', 'none'][i % 5]}\n" for i in range(20))
+    (tmp_path / "r.csv").write_text("text,label\n" + rows)
+    rep = add_dataset(ws, "text", path=tmp_path / "r.csv", progress=False)
+    with ws.store() as s:
+        labels = {it.source_ref: it.gold_label for it in s.items("r")}
+    assert set(labels.values()) == {"billing", "hardware", "none", None}
+    assert "8 label cell(s) in 'label' read as no label (4 'NA', 4 '#N/A')" in " ".join(rep.notes)

@@ -29,6 +29,9 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".xlsx")  # f
 DELIMITERS = (",", ";", "\t", "|")  # in order of preference when two read a file equally well
 FILES_EXTRA = "pip install 'llm-flywheel[files]'"
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # cells that mean "no value" (data.tabular)
+# label cells that mean "not labelled": R's write.csv writes NA, Excel #N/A, others null -- never a class "na"
+# ("none" stays a label: it is one in many tasks)
+MISSING_LABELS = frozenset({"na", "n/a", "#n/a", "nan", "null", "?"})
 _SAMPLE_ROWS = 50
 _DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$")  # 3,5  1.234,5  12 (not 1.5)
 
