@@ -247,3 +247,22 @@ def test_a_calib_part_too_small_for_the_budget_names_fits_own_fix(text_data, tex
     clf2 = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", calib_size=0.26)
     clf2.fit(X[:150])
     assert not [w for w in clf2.calibration_.warnings if w.code == "budget_defers_nothing"]  # the fix it named works
+
+
+def test_files_given_as_paths_are_read_as_the_folder_import_reads_them(text_data, text_teacher, tmp_path):
+    """`clf.fit(sorted(Path("tickets").glob("*.txt")))` raised "float() argument must be ... not 'PosixPath'"."""
+    X, _ = text_data
+    paths = []
+    for i, text in enumerate(X[:200]):
+        paths.append(tmp_path / "docs" / f"{i:03d}.txt")
+        paths[-1].parent.mkdir(exist_ok=True)
+        paths[-1].write_text(text + "\n")
+    clf = DistilledClassifier(teacher=text_teacher, labels=LABELS, student="text-tfidf", passes=1)
+    clf.fit(paths)  # the same items as the texts: the simulated teacher knows them, the answers are real
+    assert clf.label_report_.labelled >= 100
+    assert list(clf.predict(paths[:8])) == list(clf.predict(list(X[:8])))
+    with pytest.raises(fw.InputError, match="no such file"):
+        clf.predict([tmp_path / "missing.txt"])
+    (tmp_path / "rows.csv").write_text("text\nhello\n")
+    with pytest.raises(fw.InputError, match="pd.read_csv"):
+        clf.predict([tmp_path / "rows.csv"])

@@ -32,7 +32,7 @@ from llm_flywheel.interfaces.api.results import (Calibration, InputError, LabelR
                                                  translate_errors, warn_each)
 from llm_flywheel.interfaces.api.simulate import label_names
 from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, infer_modality, item_key, make_splits_once,
-                                             register_items, text_columns)
+                                             read_paths, register_items, text_columns)
 
 _CASCADES: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()  # estimator -> engine Cascade
 # (kept outside the estimator's __dict__: predicting must not change the estimator, as scikit-learn requires)
@@ -142,6 +142,7 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
             raise InputError("X must be a sequence of inputs (e.g. a list of texts), not one string")
         if hasattr(X, "iloc") and getattr(X, "ndim", 2) == 1:  # a pandas Series of texts
             X = X.tolist()
+        X = read_paths(X)  # files as paths: their pictures' bytes, their documents' text
         modality = self.modality_ if not reset else None
         if modality is None:
             try:

@@ -8,8 +8,10 @@ of texts, rows of numbers, images) into the same store items and teacher clients
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,6 +93,42 @@ def text_columns(items: Any) -> tuple[str, ...]:
     if not is_dataframe(items):
         return ()
     return tuple(str(c) for c, dt in zip(items.columns, items.dtypes) if getattr(dt, "kind", "O") not in "biuf")
+
+
+def read_paths(items: Any) -> Any:
+    """Files given as paths (``sorted(Path("photos").glob("*.jpg"))``) as what they hold: an image file's bytes, a
+    document's text as a folder import reads it (:func:`llm_flywheel.data.documents.document_text`), so a file is
+    the same item here and in ``flywheel data add``.  Other inputs are returned as they are; plain strings are texts,
+    never paths."""
+    if isinstance(items, (str, bytes, np.ndarray)) or is_dataframe(items) or not isinstance(items, Sequence):
+        return items
+    if not items or not isinstance(items[0], os.PathLike):
+        return items
+    from llm_flywheel.data.documents import document_text, is_document
+    from llm_flywheel.data.image_folder import IMAGE_EXTENSIONS
+
+    out: list[Any] = []
+    for x in items:
+        if not isinstance(x, os.PathLike):
+            raise InputError(f"mixed inputs: paths and {type(x).__name__}; give all files as paths, or none")
+        p = Path(x)
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+        suffix = p.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            out.append(p.read_bytes())
+        elif is_document(p.name):
+            try:
+                out.append(document_text(p.read_bytes(), p.name)[0])
+            except ValueError as e:
+                raise InputError(f"{p}: {e}") from None
+        else:
+            raise InputError(f"{p}: not an image or a text document; a table is read with pandas (pd.read_csv) and "
+                             "given as a DataFrame, or as its text column")
+    kinds = {type(v) for v in out}
+    if len(kinds) > 1:
+        raise InputError("the files mix images and text documents; give one kind")
+    return out
 
 
 def infer_modality(items: Sequence[Any]) -> str:
@@ -202,6 +240,7 @@ def raw_inputs(task: Any, inputs: Any) -> list[Any]:
     modality = task.modality
     if isinstance(inputs, str):
         raise InputError("pass a list of inputs, e.g. predict(['my printer is on fire'])")
+    inputs = read_paths(inputs)
     if modality == "tabular":
         from llm_flywheel.data.tabular import nan_missing
 

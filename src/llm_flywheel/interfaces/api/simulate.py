@@ -21,7 +21,8 @@ import numpy as np
 from llm_flywheel.core.task import normalise_label
 from llm_flywheel.data.base import stored_row
 from llm_flywheel.interfaces.api.results import InputError
-from llm_flywheel.interfaces.api.inputs import Teacher, dataframe_rows, infer_modality, is_dataframe, register_items
+from llm_flywheel.interfaces.api.inputs import (Teacher, dataframe_rows, infer_modality, is_dataframe, read_paths,
+                                             register_items)
 from llm_flywheel.teachers.prompts import row_content
 
 
@@ -109,6 +110,7 @@ def simulated_teacher(X: Sequence[Any], y: Sequence[Any], *, labels: Sequence[An
     from llm_flywheel.teachers.simulated import SimConfig
     from llm_flywheel.store.workspace import Workspace as _Ws
 
+    X = read_paths(X)  # files as paths: as the classifier reads them
     if len(X) != len(y):
         raise InputError(f"X has {len(X)} items but y has {len(y)} labels")
     modality = infer_modality(X)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm_flywheel.interfaces.api.inputs import (Teacher, as_teacher, dataframe_rows, infer_modality, make_splits_once,
-                                                register_items)
+                                                read_paths, register_items)
 from llm_flywheel.interfaces.api.model import Model
 from llm_flywheel.interfaces.api.results import (FlywheelError, FlywheelWarning, InputError, LabelPlan, LabelReport,
                                                  NotReadyError, RunReport, TeacherError, translate_errors)
@@ -107,6 +107,7 @@ class Workspace:
         from llm_flywheel.core.task import Task
 
         descriptions = dict(labels) if isinstance(labels, Mapping) else {str(k): str(k).replace("_", " ") for k in labels}
+        items = read_paths(items)  # files as paths: their pictures' bytes, their documents' text
         modality = modality or infer_modality(items)
         items, columns, categorical = dataframe_rows(items)
         with translate_errors():
