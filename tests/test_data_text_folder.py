@@ -160,3 +160,17 @@ def test_20_newsgroups_split_folders_and_a_split_column_spelt_testing(ws, tmp_pa
     with ws.store() as s:
         test = sorted(it.source_ref for it in s.items("rows") if it.split == "test")
     assert test == [f"rows.csv:{i}" for i in (2, 3, 4, 5)]
+
+
+def test_a_cross_post_in_two_class_folders_is_counted_as_a_gold_conflict(ws, tmp_path):
+    for group in ("a", "b"):
+        (tmp_path / "d" / group).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "d" / group / f"{i}.txt").write_text(f"post {i} in {group}")
+        (tmp_path / "d" / group / "x.txt").write_text("the same post, sent to both groups")
+    rep = add_dataset(ws, "text", path=tmp_path / "d", progress=False)
+    assert (rep.added, rep.duplicates, rep.gold_conflicts) == (12, 1, 1)
+    assert "1 of them with another gold label than their copy" in " ".join(rep.notes)
+    with ws.store() as s:
+        copies = [it for it in s.items("d") if it.source_ref.endswith("x.txt")]
+    assert len({it.split for it in copies}) == 1 and {it.gold_label for it in copies} == {"a", "b"}

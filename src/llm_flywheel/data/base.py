@@ -56,6 +56,7 @@ class ImportReport:
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     duplicates: int = 0  # added items whose content repeats another item of the dataset (splits keep them together)
+    gold_conflicts: int = 0  # of those, how many carry another gold label than the item they repeat
     notes: list[str] = field(default_factory=list)  # what the adapter decided (columns used, ...)
     splits: dict[str, int] = field(default_factory=dict)  # counts per split after the import
 
@@ -113,7 +114,7 @@ def register(
         store.put_dataset(task.name, _keep_stored_features(store, task).to_json())
         existing = store.split_rows(task.name)
         present = store.source_refs(task.name)
-        seen_keys = {group_key(r["content_hash"], r["text"]) for r in existing}
+        gold_of = {group_key(r["content_hash"], r["text"]): r["gold_label"] for r in existing}
         batch: list[dict[str, Any]] = []
         recs = _progress(records, total, f"importing {task.name}", progress)
         for rec, image in _converted(recs, present) if task.modality == "image" else ((r, None) for r in recs):
@@ -125,9 +126,11 @@ def register(
             if row is None:
                 continue
             key = group_key(row["content_hash"], row.get("text"))
-            if key in seen_keys:
+            if key in gold_of:
                 report.duplicates += 1
-            seen_keys.add(key)
+                first, gold = gold_of[key], row.get("gold_label")
+                report.gold_conflicts += first is not None and gold is not None and first != gold
+            gold_of.setdefault(key, row.get("gold_label"))
             batch.append(row)
             if len(batch) >= BATCH:
                 report.added += store.add_items(batch)
@@ -138,7 +141,10 @@ def register(
         store.close()
     if report.duplicates:
         report.notes.append(f"{report.duplicates:,} added items repeat the content of another item (same bytes, or for "
-                            "text the same text ignoring case and whitespace); they are kept and always share a split")
+                            "text the same text ignoring case and whitespace); they are kept and always share a split"
+                            + (f"; {report.gold_conflicts:,} of them with another gold label than their copy (one "
+                               "input in two classes, a cross-post: no answer can be right for both, so the gold "
+                               "accuracy measured on them is at most half)" if report.gold_conflicts else ""))
     if report.skipped:
         log.warning(report.summary())
     return report
