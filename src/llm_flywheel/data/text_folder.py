@@ -110,8 +110,11 @@ def text_folder_source(path: str | Path, *, task: str | Path | Task | None = Non
     found = sc.found
     notes = _scan_notes(root, sc)
     if not found:
+        tables = sorted(p for p in sc.other if p.suffix.lower() in TABLE_SUFFIXES)
         raise ValueError(f"no text documents under {root} (files with {', '.join(sorted(TEXT_EXTENSIONS))} or no "
-                         "extension)" + (f"; {notes[-1].split(';')[0]}" if sc.other else ""))
+                         "extension)" + (f"; {notes[-1].split(';')[0]}" if sc.other else "")
+                         + (f" -- a table of texts is imported one file at a time: flywheel data add text {tables[0]} "
+                            "(the next with the same --name joins it)" if tables else ""))
     norm = normalised_labels(found)
     t = folder_task(root, norm, task, name, None, modality="text")
 
