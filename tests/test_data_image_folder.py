@@ -198,6 +198,11 @@ def test_split_folders_spelt_otherwise_and_wrapper_folders_are_not_classes(ws, t
         items = list(s.items("intel"))
     assert {it.gold_label for it in items} == {"sea", "street"}
     assert sum(it.split == "test" for it in items) == 6
+    # a wrapper folder without split folders: stepped into, and said
+    for c in ("sea", "street"):
+        save(tmp_path / "wrapped" / "inner" / c / "0.png", next(seed))
+    rep = add_dataset(ws, "image-folder", path=tmp_path / "wrapped", progress=False)
+    assert "wrapped/ holds only inner/: its sub-folders are read as the classes" in rep.notes
     # one class folder of files is a class, not a wrapper: it needs a task, as before
     save(tmp_path / "one" / "cats" / "0.png", 7)
     with pytest.raises(TaskError, match="only one class"):

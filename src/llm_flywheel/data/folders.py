@@ -78,9 +78,12 @@ def split_folders(root: Path) -> list[tuple[Path, str | None]]:
 
 
 def split_note(bases: list[tuple[Path, str | None]], counts: dict[str | None, int], root: Path) -> list[str]:
-    """A note naming the split folders read, when they are not simply ``train/`` and ``test/``."""
+    """A note naming the split folders read, when they are not simply ``train/`` and ``test/``, or the wrapper
+    folder stepped into (its sub-folders are the classes: say so, it may be a class of its own)."""
     if not any(s for _, s in bases):
-        return []
+        inner = bases[0][0]
+        return [f"{root.name}/ holds only {inner.relative_to(root).as_posix()}/: its sub-folders are read as the "
+                "classes"] if inner != root else []
     named = [(b.relative_to(root).as_posix(), s) for b, s in bases]
     if all(path == s for path, s in named) and "val" not in counts:
         return []
