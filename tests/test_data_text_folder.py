@@ -174,3 +174,16 @@ def test_a_cross_post_in_two_class_folders_is_counted_as_a_gold_conflict(ws, tmp
     with ws.store() as s:
         copies = [it for it in s.items("d") if it.source_ref.endswith("x.txt")]
     assert len({it.split for it in copies}) == 1 and {it.gold_label for it in copies} == {"a", "b"}
+
+
+def test_predict_reads_from_a_folder_what_the_import_would(tmp_path):
+    from llm_flywheel.pipeline.predict_files import expand_inputs
+
+    root = spam_assassin_raw(tmp_path / "corpus")
+    (root / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "._x").write_bytes(b"\x00\x05")
+    found, left = expand_inputs([root], "text")
+    assert {p.name for p in left} == {"cmds", "scan.pdf"}
+    assert len(found) == 13 and all("__MACOSX" not in p.parts for p in found)  # 12 emails + one binary (an error)
+    found, left = expand_inputs([root, root / "spam" / "scan.pdf"], "image")  # a file named is kept, to fail loudly
+    assert [p.name for p in found] == ["scan.pdf"] and len(left) == 16

@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
-from llm_flywheel.data.documents import document_text
+from llm_flywheel.data.documents import document_text, is_document
 from llm_flywheel.data.table_files import TABLE_SUFFIXES, on_other_sheets, read_table
 
 
@@ -127,16 +127,44 @@ def read_input(path: Path, task: Task) -> tuple[Any, str]:
     return row, sha256(row_json(row).encode())
 
 
-def expand_inputs(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; a folder stands for the files under it (sorted, hidden ones skipped)."""
+def dataset_modality(ws: Any, dataset: str) -> str:
+    """What DATASET's inputs are (image, text, tabular), from its stored task."""
+    with ws.store(readonly=True) as s:
+        return Task.from_json(s.dataset_task_json(dataset)).modality
+
+
+def reads(modality: str | None, f: Path) -> bool:
+    """Whether a file found in a folder is an input of this modality, as the folder import decides: a picture by
+    its extension, a document by :func:`llm_flywheel.data.documents.is_document` (not a README or SpamAssassin's
+    ``cmds``), a table always (its rows are the inputs)."""
+    if modality is None or is_table(f):
+        return True
+    if modality == "image":
+        from llm_flywheel.data.image_folder import IMAGE_EXTENSIONS
+
+        return f.suffix.lower() in IMAGE_EXTENSIONS
+    if modality == "text":
+        from llm_flywheel.data.text_folder import NOT_DOCUMENTS
+
+        return is_document(f.name) and f.stem.lower() not in NOT_DOCUMENTS
+    return f.suffix.lower() == ".json"
+
+
+def expand_inputs(paths: Iterable[Path], modality: str | None = None) -> tuple[list[Path], list[Path]]:
+    """(inputs, left out): files as given; a folder stands for the files under it that ``modality`` reads
+    (:func:`reads`; sorted, hidden ones and macOS's ``__MACOSX`` skipped) -- a README or a PDF beside the
+    documents is left out, never decoded and sent to a paid teacher."""
+    from llm_flywheel.data.folders import visible_files
+
     out: list[Path] = []
+    left: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file()
-                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            for f in sorted(visible_files(p)):
+                (out if reads(modality, f) else left).append(f)
         else:
             out.append(p)
-    return out
+    return out, left
 
 
 async def answer_inputs(casc: Any, inputs: Sequence[Path | str | RowInput], *, log: bool, concurrency: int = 16,

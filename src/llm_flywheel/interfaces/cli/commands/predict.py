@@ -76,7 +76,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | 
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
     from llm_flywheel.pipeline.cascade import Cascade, CascadeError
-    from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables, is_table, table_text_columns
+    from llm_flywheel.pipeline.predict_files import (dataset_modality, expand_inputs, expand_tables, is_table,
+                                                     table_text_columns)
     from llm_flywheel.store.base import SPLITS, StoreError
     from llm_flywheel.students.base import StudentError
     from llm_flywheel.teachers.concurrency import fixed_concurrency
@@ -93,13 +94,19 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | 
         _require_ray()
     if output is not None:
         _check_output(output, engine, split)
-    inputs: list[Any] = [*expand_inputs(files), *texts]
+    ws = open_dataset(ctx, dataset)
+    modality = dataset_modality(ws, dataset)
+    found, left_out = expand_inputs(files, modality)
+    inputs: list[Any] = [*found, *texts]
+    if left_out:
+        kinds = Counter(p.suffix.lower() or p.name for p in left_out)
+        console.print(f"note: {len(left_out):,} file(s) in the folders are not {modality} inputs, left "
+                      f"out ({', '.join(f'{n:,} {k}' for k, n in kinds.most_common(5))})")
     if (files or texts) and not inputs:
-        raise click.UsageError("the folders given hold no files")
+        raise click.UsageError("the folders given hold no files" + (" this dataset reads" if left_out else ""))
     if engine == "ray" and any(is_table(p) for p in inputs):
         raise click.UsageError("--engine ray answers one input per file; answer a table's rows with --engine local, "
                                "or import them (`flywheel data add`) and answer the split")
-    ws = open_dataset(ctx, dataset)
     with _teacher(ws, dataset, spec, api_key_env) as teacher:
         concurrency = fixed_concurrency(bool(teacher is not None and teacher.local), concurrency)
         if engine == "ray":
