@@ -180,3 +180,18 @@ def test_labeller_backs_off_a_crowded_local_server(synth_ws, synth_task):
     mean_level = sum(d * level for d, level in spans) / max(sum(d for d, _ in spans), 1e-9)
     assert mean_level <= 5, changes
     assert adaptive[0].concurrency["final"] <= 6, changes
+
+
+def test_a_server_that_says_its_slot_count_is_never_asked_more():
+    """Requests beyond llama.cpp's slots only queue there: on a 2-core machine the search climbed to 16 on a
+    4-slot llama-server (calls 7x slower, no more of them a second) when windows of long and short emails looked
+    like gains.  Its /props slot count is the ceiling."""
+    clk = Clock()
+    ctl = AdaptiveConcurrency(16, start=4, ceiling=4, clock=clk)
+    rate, fails = simulate(ctl, clk, 3000, slots=4, alpha=0.0, overload_at=100)
+    assert ctl.max_limit == 4 and fails == 0
+    clk2 = Clock()
+    best = simulate(AdaptiveConcurrency(4, adaptive=False, clock=clk2), clk2, 3000, slots=4, alpha=0.0,
+                    overload_at=100)[0]
+    assert rate >= 0.95 * best
+    assert AdaptiveConcurrency(16, start=8, ceiling=4).limit == 4  # a learned level above it starts at it

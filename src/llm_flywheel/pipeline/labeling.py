@@ -56,6 +56,7 @@ from llm_flywheel.teachers.base import Teacher, TeacherAnswer
 from llm_flywheel.teachers.concurrency import (
     AdaptiveConcurrency,
     remember_level,
+    slot_ceiling,
     start_level,
 )
 from llm_flywheel.teachers.errors import require_readable_labels
@@ -150,7 +151,7 @@ def label_items(
         ctl = AdaptiveConcurrency(cfg.concurrency, adaptive=cfg.adaptive,
                                   start=start_level(teacher.base_url, teacher.model, cfg.concurrency,
                                                     local=teacher.local),
-                                  timeout_s=teacher.timeout)
+                                  ceiling=slot_ceiling(teacher.base_url), timeout_s=teacher.timeout)
         runner = LabelRunner(ws, store, task, teacher, cfg, _budget(store, teacher, task, cfg), result, run_id,
                              prog, ctl)
         status, skipped = "failed", set()
