@@ -136,9 +136,11 @@ def dataset_modality(ws: Any, dataset: str) -> str:
 def reads(modality: str | None, f: Path) -> bool:
     """Whether a file found in a folder is an input of this modality, as the folder import decides: a picture by
     its extension, a document by :func:`llm_flywheel.data.documents.is_document` (not a README or SpamAssassin's
-    ``cmds``), a table always (its rows are the inputs)."""
-    if modality is None or is_table(f):
+    ``cmds``), a table for text and tables (its rows are the inputs; beside pictures it is their metadata)."""
+    if modality is None:
         return True
+    if is_table(f):
+        return modality != "image"
     if modality == "image":
         from llm_flywheel.data.image_folder import IMAGE_EXTENSIONS
 
