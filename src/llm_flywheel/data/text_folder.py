@@ -28,7 +28,7 @@ from llm_flywheel.data.folders import entries, split_folders, split_note, unwrap
 from llm_flywheel.data.image_folder import folder_task, normalised_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
-UNLABELLED_FOLDERS = frozenset({"unsup", "unlabeled", "unlabelled", "unknown"})
+UNLABELLED_FOLDERS = frozenset({"unsup", "unlabeled", "unlabelled"})  # aclImdb's train/unsup
 # files that travel with a corpus and are not one of its documents: SpamAssassin's ``cmds`` (its renames) in every
 # class folder, a README or licence anywhere
 NOT_DOCUMENTS = frozenset({"cmds", "readme", "license", "licence", "copying", "makefile"})
@@ -87,16 +87,19 @@ def _scan_notes(root: Path, sc: Scan) -> list[str]:
         notes.append(f"{len(sc.loose):,} file(s) that describe the set rather than being items of it left out "
                      f"(beside the class folders, or a README, licence, SpamAssassin's cmds): {names}")
     if sc.other:
-        kinds = Counter(p.suffix.lower() for p in sc.other)
-        shown = ", ".join(f"{n:,} {ext}" for ext, n in kinds.most_common(6))
         tables = [p for p in sc.other if p.suffix.lower() in TABLE_SUFFIXES]
-        notes.append(f"{len(sc.other):,} file(s) that are not text documents ignored ({shown}); documents are "
-                     f"{', '.join(sorted(TEXT_EXTENSIONS))} or files without an extension"
-                     + (f" -- a table of texts is imported by itself: flywheel data add text {tables[0]}"
-                        if tables else ""))
+        notes.append(f"{_other_kinds(sc.other)}; documents are {', '.join(sorted(TEXT_EXTENSIONS))} or files "
+                     "without an extension" + (f" -- a table of texts is imported by itself: flywheel data add text "
+                                               f"{tables[0]}" if tables else ""))
     for folder, n in sorted(sc.unlabelled.items()):
         notes.append(f"{folder}/: {n:,} file(s) imported without a label (the teacher labels them)")
     return notes + split_note(sc.bases, Counter(s for _, s, _ in sc.found), root)
+
+
+def _other_kinds(other: list[Path]) -> str:
+    kinds = Counter(p.suffix.lower() for p in other)
+    shown = ", ".join(f"{n:,} {ext}" for ext, n in kinds.most_common(6))
+    return f"{len(other):,} file(s) that are not text documents ignored ({shown})"
 
 
 def text_folder_source(path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,
@@ -113,7 +116,7 @@ def text_folder_source(path: str | Path, *, task: str | Path | Task | None = Non
         tables = sorted(p for p in sc.other if p.suffix.lower() in TABLE_SUFFIXES)
         arrow = any(p.suffix.lower() == ".arrow" for p in sc.other)
         raise ValueError(f"no text documents under {root} (files with {', '.join(sorted(TEXT_EXTENSIONS))} or no "
-                         "extension)" + (f"; {notes[-1].split(';')[0]}" if sc.other else "")
+                         "extension)" + (f"; {_other_kinds(sc.other)}" if sc.other else "")
                          + (f" -- a table of texts is imported one file at a time: flywheel data add text {tables[0]} "
                             "(the next with the same --name joins it)" if tables else "")
                          + (" -- a Hugging Face dataset saved with save_to_disk: write a split as a file, "
