@@ -18,6 +18,7 @@ import email
 import email.policy
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 from llm_flywheel.data.table_files import decode_as
@@ -33,6 +34,11 @@ _HEADER = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:[ \t]")
 _KEY_HEADERS = frozenset({"from", "received", "return-path", "message-id", "newsgroups", "delivered-to"})
 
 
+# files that travel with a corpus and are not one of its documents: SpamAssassin's ``cmds`` (its renames) in every
+# class folder, a README or licence anywhere
+NOT_DOCUMENTS = frozenset({"cmds", "readme", "license", "licence", "copying", "makefile"})
+
+
 class NotTextError(ValueError):
     """The file is not a text document (binary content)."""
 
@@ -45,6 +51,16 @@ def is_document(name: str) -> bool:
         return True
     ext = name[dot:].lower()
     return ext in TEXT_EXTENSIONS or not ext[1:].isalpha() or len(ext) > 6
+
+
+def describes_set(name: str) -> bool:
+    """A README, licence or SpamAssassin's ``cmds``: a file about the corpus, not one of its documents."""
+    return Path(name).stem.lower() in NOT_DOCUMENTS
+
+
+def is_item_document(name: str) -> bool:
+    """A document that is an item of its folder: the folder import's rule, and ``flywheel predict``'s on folders."""
+    return is_document(name) and not describes_set(name)
 
 
 def html_to_text(s: str) -> str:

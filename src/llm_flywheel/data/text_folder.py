@@ -23,15 +23,12 @@ from pathlib import Path
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
-from llm_flywheel.data.documents import TEXT_EXTENSIONS, NotTextError, document_text, is_document
+from llm_flywheel.data.documents import TEXT_EXTENSIONS, NotTextError, describes_set, document_text, is_document
 from llm_flywheel.data.folders import entries, split_folders, split_note, unwrap, visible_files
 from llm_flywheel.data.image_folder import folder_task, normalised_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
 UNLABELLED_FOLDERS = frozenset({"unsup", "unlabeled", "unlabelled"})  # aclImdb's train/unsup
-# files that travel with a corpus and are not one of its documents: SpamAssassin's ``cmds`` (its renames) in every
-# class folder, a README or licence anywhere
-NOT_DOCUMENTS = frozenset({"cmds", "readme", "license", "licence", "copying", "makefile"})
 
 Found = list[tuple[Path, str | None, str | None]]  # (file, source split, folder label)
 
@@ -43,10 +40,6 @@ class Scan:
     other: list[Path] = field(default_factory=list)  # not documents by name
     unlabelled: Counter[str] = field(default_factory=Counter)  # "train/unsup" -> files imported without a label
     bases: list[tuple[Path, str | None]] = field(default_factory=list)  # the folders read, with their source split
-
-
-def _not_document(f: Path) -> bool:
-    return f.stem.lower() in NOT_DOCUMENTS
 
 
 def scan(root: Path) -> Scan:
@@ -61,14 +54,14 @@ def scan(root: Path) -> Scan:
         if classes:
             out.loose += here
         else:
-            out.loose += [f for f in here if _not_document(f)]
-            here = [f for f in here if not _not_document(f)]
+            out.loose += [f for f in here if describes_set(f.name)]
+            here = [f for f in here if not describes_set(f.name)]
             out.found += [(f, split, None) for f in here if is_document(f.name)]
             out.other += [f for f in here if not is_document(f.name)]
         for d in classes:
             label = None if d.name.lower() in UNLABELLED_FOLDERS else d.name
             for f in sorted(visible_files(d)):
-                if _not_document(f):
+                if describes_set(f.name):
                     out.loose.append(f)
                 elif not is_document(f.name):
                     out.other.append(f)

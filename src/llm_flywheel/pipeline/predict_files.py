@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
-from llm_flywheel.data.documents import document_text, is_document
+from llm_flywheel.data.documents import document_text, is_item_document
 from llm_flywheel.data.table_files import TABLE_SUFFIXES, on_other_sheets, read_table
 
 
@@ -135,8 +135,8 @@ def dataset_modality(ws: Any, dataset: str) -> str:
 
 def reads(modality: str | None, f: Path) -> bool:
     """Whether a file found in a folder is an input of this modality, as the folder import decides: a picture by
-    its extension, a document by :func:`llm_flywheel.data.documents.is_document` (not a README or SpamAssassin's
-    ``cmds``), a table for text and tables (its rows are the inputs; beside pictures it is their metadata)."""
+    its extension, a document by :func:`llm_flywheel.data.documents.is_item_document` (not a README or
+    SpamAssassin's ``cmds``), a table for text and tables (its rows are the inputs; beside pictures it is their metadata)."""
     if modality is None:
         return True
     if is_table(f):
@@ -146,9 +146,7 @@ def reads(modality: str | None, f: Path) -> bool:
 
         return f.suffix.lower() in IMAGE_EXTENSIONS
     if modality == "text":
-        from llm_flywheel.data.text_folder import NOT_DOCUMENTS
-
-        return is_document(f.name) and f.stem.lower() not in NOT_DOCUMENTS
+        return is_item_document(f.name)
     return f.suffix.lower() == ".json"
 
 
