@@ -136,7 +136,8 @@ def dataset_modality(ws: Any, dataset: str) -> str:
 def reads(modality: str | None, f: Path) -> bool:
     """Whether a file found in a folder is an input of this modality, as the folder import decides: a picture by
     its extension, a document by :func:`llm_flywheel.data.documents.is_item_document` (not a README or
-    SpamAssassin's ``cmds``), a table for text and tables (its rows are the inputs; beside pictures it is their metadata)."""
+    SpamAssassin's ``cmds``), a table for text and tables (its rows are the inputs; beside pictures it is their
+    metadata)."""
     if modality is None:
         return True
     if is_table(f):
