@@ -59,11 +59,12 @@ def ignored_note(root: Path, used: Path | None = None) -> list[str]:
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}"]
 
 
-def scan(root: Path) -> list[tuple[Path, str | None, str | None]]:
-    """(file, source split, folder label) for every image file under ``root`` in a stable order; the source's split
-    folders (``train/ val/ test/``, ``seg_train/``, ...) and wrapper folders are read as :mod:`data.folders` says."""
+def scan(bases: list[tuple[Path, str | None]]) -> list[tuple[Path, str | None, str | None]]:
+    """(file, source split, folder label) for every image file under the folders ``bases`` in a stable order: the
+    source's split folders (``train/ val/ test/``, ``seg_train/``, ...) and wrapper folders as
+    :func:`llm_flywheel.data.folders.split_folders` reads them."""
     out: list[tuple[Path, str | None, str | None]] = []
-    for base, split in split_folders(root):
+    for base, split in bases:
         dirs, files = entries(base)
         out += [(f, split, None) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]  # top level: unlabelled
         for d in dirs:
@@ -85,11 +86,12 @@ def image_folder_source(
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    files = scan(root)
+    bases = split_folders(root)
+    files = scan(bases)
     table = Path(labels) if labels is not None else find_metadata(root)
     if labels is not None and not table.is_file():
         raise FileNotFoundError(f"labels file {table} does not exist")
-    notes = ignored_note(root, table) + split_note(split_folders(root), Counter(s for _, s, _ in files), root)
+    notes = ignored_note(root, table) + split_note(bases, Counter(s for _, s, _ in files), root)
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}"
                          + (f"; {notes[0].split(';')[0]}" if notes else ""))

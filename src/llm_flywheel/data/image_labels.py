@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llm_flywheel.data.table_files import MISSING_LABELS, cell_list, cell_str, read_table
+from llm_flywheel.data.table_files import cell_list, cell_str, missing_label, read_table
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # Hugging Face's ImageFolder convention
 FILE_COLUMNS = ("file_name", "filename", "file", "image", "image_name", "image_id", "img", "path", "id", "name")
@@ -96,7 +96,7 @@ def table_labels(path: Path, files: list[Path], root: Path, *, label_column: str
             several += len(listed) > 1  # one label per picture: a multi-label row is no label, never "a_b"
             continue
         name, lab = cell_str(values.get(fcol)), cell_str(listed[0] if listed else values.get(lcol))
-        if name is None or lab is None or lab.strip().lower() in MISSING_LABELS:  # R's NA: no label, not a class
+        if name is None or lab is None or missing_label(lab):  # R's NA: no label, not a class
             continue
         f = _match(name, indexes)
         if f is None:

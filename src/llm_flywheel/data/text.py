@@ -23,10 +23,9 @@ from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.folders import split_cell
 from llm_flywheel.data.image_folder import dataset_name
-from llm_flywheel.data.table_files import MISSING_LABELS, cell_list, cell_str, on_other_sheets, read_table
+from llm_flywheel.data.table_files import cell_list, cell_str, missing_label, on_other_sheets, read_table
 
 DEFAULT_LABEL_COLUMN = "label"
-
 DEFAULT_TEXT_COLUMN = "text"
 
 
@@ -167,7 +166,7 @@ def label_of(values: dict[str, Any], column: str | None) -> str | None:
             return None
         v = listed[0]
     s = cell_str(v)
-    return normalise_label(s) or None if s is not None and s.strip().lower() not in MISSING_LABELS else None
+    return normalise_label(s) or None if s is not None and not missing_label(s) else None
 
 
 def label_advice(columns: Sequence[str], rows: list[dict[str, Any]], column: str | None,
@@ -178,7 +177,7 @@ def label_advice(columns: Sequence[str], rows: list[dict[str, Any]], column: str
     made-up ``a_b`` class (what they became before)."""
     if column is None:
         return [], label_hint(columns, rows, exclude)
-    missing = Counter(s.strip() for r in rows if (s := cell_str(r.get(column))) and s.strip().lower() in MISSING_LABELS)
+    missing = Counter(s.strip() for r in rows if (s := cell_str(r.get(column))) and missing_label(s))
     notes = [f"{sum(missing.values()):,} label cell(s) in {column!r} read as no label ("
              + ", ".join(f"{n:,} {v!r}" for v, n in missing.most_common()) + "): the teacher labels those rows"
              ] if missing else []
