@@ -348,7 +348,7 @@ def test_a_prompt_a_server_cut_without_an_error_is_shortened_and_asked_again(cap
     lost, the label a guess.  Before: that guess was stored as the teacher's label."""
     long_mail = "Dear customer, " + "you have won a prize, click the link to claim it. " * 600  # ~7,500 tokens
     with FaultServer(default=ollama_context(num_ctx=4096)) as srv:
-        t = _teacher(srv.url)
+        t = _teacher(srv.url, text_max_chars=0)  # sent whole (within the default 16,000 characters it would fit)
         with caplog.at_level("WARNING"):
             ans = _ask(t, long_mail)
             short = _ask(t, "Buy cheap pills now!!!")
@@ -377,7 +377,7 @@ def test_a_server_with_too_little_context_for_the_instructions_fails_as_context_
         assert "the instructions alone take most of what it keeps" in ans.error_detail
     cached = ok('{"label": "spam"}', usage={"prompt_tokens": 12, "completion_tokens": 5})  # prompt in its cache
     with FaultServer(default=cached) as srv:  # counting only what it did not have cached: not a cut
-        ans = _ask(_teacher(srv.url), "win a prize " * 2000)
+        ans = _ask(_teacher(srv.url, text_max_chars=0), "win a prize " * 2000)
         assert ans.ok and "input_truncated" not in ans.extra and len(srv.requests) == 1
 
 

@@ -296,6 +296,14 @@ def write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Seq
     result.labelled = counts["agreed"] + counts["tie_broken"] + counts["single"]
 
 
+def _mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
+    """Mean characters a teacher is sent per text item (each at most its ``text_max_chars``): the token guess."""
+    cap = getattr(teacher, "text_max_chars", 0)
+    lens = [len(it.text or "") for it in items if it.modality == "text"]
+    lens = [min(n, cap) for n in lens] if cap else lens
+    return round(sum(lens) / len(lens)) if lens else 0
+
+
 def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
          config: LabelConfig | None = None) -> dict[str, Any]:
     """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
@@ -327,7 +335,7 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         stats = store.answer_cost_stats(teacher.model)
     finally:
         store.close()
-    tin, tout, est = teacher.estimate_call(task)
+    tin, tout, est = teacher.estimate_call(task, text_len=_mean_text_len(items, teacher))
     note = None
     if stats.n:
         per_call, source = stats.mean_cost_usd, "observed"

@@ -210,8 +210,8 @@ def request_line(teacher: OpenAICompatTeacher, task: Task, item: Item, pass_inde
 
     Thin wrapper: the online client builds its body in private methods (``_content_for_item``, ``_body``); there
     is no negotiation inside a batch, so the mode is the one the client would start with."""
-    try:
-        content = teacher._content_for_item(item, ws)
+    try:  # a long text is cut as the online client cuts it (fit_context: the text limit; no server context here)
+        content = teacher.fit_context(task, teacher._content_for_item(item, ws))[0]
     except OSError as e:
         raise TeacherConfigError(f"cannot read item {item.id}: {type(e).__name__}: {e}") from None
     return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT,

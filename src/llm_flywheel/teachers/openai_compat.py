@@ -46,13 +46,14 @@ from llm_flywheel.data.base import encode_png, sha256
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.asking import CONNECT_TIMEOUT, QUICK_RETRY_DELAY, Asking, Call
-from llm_flywheel.teachers.base import CallEstimate, ServerInfo, TeacherAnswer
+from llm_flywheel.teachers.base import ServerInfo, TeacherAnswer
 from llm_flywheel.teachers.concurrency import RateLimiter, is_local_url, note_server_slots
 from llm_flywheel.teachers.errors import (FATAL_STATUSES, RETRYABLE_KINDS, TeacherConfigError, classify_transport_error,
                                           fatal_fix, is_context_exceeded, redact, refused_response_format)
 from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
 from llm_flywheel.teachers.negotiation import PROBE_GIVE_UP, CapabilityCache, Negotiation, StoreCapabilityCache
 from llm_flywheel.teachers.parsing import LabelMatcher
+from llm_flywheel.teachers.pricing import Pricing
 from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REASON_MAX_WORDS, RESPONSE_FORMAT_MODES,
                                            STRUCTURED_MODES, TEMPERATURES, TEMPLATE_VERSION, WORDINGS,
                                            compute_prompt_version, image_content, label_order,
@@ -60,6 +61,7 @@ from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REA
                                            system_prompt)
 from llm_flywheel.teachers.server import fit_text, read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
+from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.timeouts import DEFAULT_TIMEOUT_CAP, TIMEOUT_FIRST, TIMEOUT_FLOOR, Timeouts
 
 __all__ = [  # the names callers imported from here before the split keep working
@@ -78,7 +80,7 @@ DEFAULT_API_KEY_ENV = "OPENROUTER_API_KEY"
 TOP_LOGPROBS = 20  # alternatives per token: the most OpenAI accepts; enough to see the other labels' first tokens
 
 
-class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
+class OpenAICompatTeacher(Negotiation, Asking, Timeouts, Pricing):
     """Implements the Teacher protocol against an OpenAI-compatible chat-completions endpoint.
 
     ``response_format``: ``"auto"`` (default) negotiates from ``json_schema`` down, starting from what the
@@ -115,6 +117,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         reason: bool | None = None,
         confidence: bool | None = None,
         image_max_side: int | None = None,
+        text_max_chars: int | None = None,
     ) -> None:
         if not re.match(r"^https?://", base_url or ""):
             raise TeacherConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -148,6 +151,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         self.price_out = price_out_per_mtok
         self.extra_body = dict(extra_body or {})
         self.image_max_side = image_max_side_from_env() if image_max_side is None else image_max_side  # 0: as stored
+        self.text_max_chars = text_max_chars_from_env() if text_max_chars is None else text_max_chars  # 0: whole
         self.limiter = RateLimiter(rpm)  # the default session's; a session given rpm= has its own
         self._matchers: dict[str, LabelMatcher] = {}
         self._pv_cache: dict[int, tuple[Task, str]] = {}
@@ -215,26 +219,6 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         if "openrouter.ai" in self.base_url:
             h["X-Title"] = "llm-flywheel"
         return h
-
-    # -- cost -------------------------------------------------------------------------------------------------
-    def price_per_mtok(self, task: Task | None) -> tuple[float | None, float | None]:
-        """USD per million tokens: the teacher's own prices, else the task's ``[prices]`` -- but the task's
-        prices describe a paid API, so a server on the user's own hardware (loopback, private address, ``*.local``)
-        gets none from the task and is priced by its measured latency instead (``cost.teacher_price``)."""
-        use_task = task is not None and not self.local
-        pin = self.price_in if self.price_in is not None else (task.input_per_mtok if use_task else None)
-        pout = self.price_out if self.price_out is not None else (task.output_per_mtok if use_task else None)
-        return pin, pout
-
-    def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> CallEstimate:
-        """Rough (tokens_in, tokens_out, usd) for one call before any is made: ~4 chars/token for text and a
-        Gemini-style 258 tokens per small image."""
-        prompt_chars = len(system_prompt(task, 1, reason=self.reason)) + 40
-        tin = prompt_chars // 4 + ((258 + 8) if (modality or task.modality) == "image" else text_len // 4 + 8)
-        tout = 40
-        pin, pout = self.price_per_mtok(task)
-        usd = None if pin is None or pout is None else (tin * pin + tout * pout) / 1e6
-        return CallEstimate(tin, tout, usd)
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _matcher(self, task: Task) -> LabelMatcher:
@@ -309,11 +293,18 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
         return self._server_info is not None and self._server_info.source == "llama.cpp /props"
 
     def fit_context(self, task: Task, content: Any) -> tuple[Any, str | None]:
-        """Cut an item's text to fit one slot of a server that said its context size (:func:`server.fit_text`)."""
+        """An item's text as sent, ``(text, input_truncated note or None)``: at most ``text_max_chars``
+        (:func:`texts.teacher_text`), or less where a server said its context size (:func:`server.fit_text`)."""
         info = self._server_info
-        if info is None or not info.n_ctx or not isinstance(content, str):
+        if not isinstance(content, str):
             return content, None
-        return fit_text(content, info.n_ctx, len(system_prompt(task, 1, reason=self.reason)), self.max_tokens)
+        if info is not None and info.n_ctx:
+            fitted, note = fit_text(content, info.n_ctx, len(system_prompt(task, 1, reason=self.reason)),
+                                    self.max_tokens)
+            if note and (not self.text_max_chars or len(fitted) <= self.text_max_chars):
+                return fitted, note
+        return teacher_text(content, self.text_max_chars)
+
     def label(self, items: Sequence[Item], task: Task, *, pass_index: int = 0,
               ws: Workspace | None = None, concurrency: int = 8) -> list[TeacherAnswer]:
         """Synchronous convenience wrapper (no cache: use :func:`llm_flywheel.pipeline.labeling.label_items` for that)."""
@@ -362,13 +353,16 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts):
     async def _label_raw(self, content: Any, task: Task, pass_index: int, client: httpx.AsyncClient | None,
                          limiter: RateLimiter) -> TeacherAnswer:
         self._attach_cache(None)
-        if isinstance(content, str):
-            h, payload = sha256(content.encode("utf-8")), content
+        note = None
+        if isinstance(content, str):  # keyed by the text itself; sent as the stored items' texts are
+            h, (payload, note) = sha256(content.encode("utf-8")), self.fit_context(task, content)
         else:
             data = bytes(content) if isinstance(content, (bytes, bytearray)) else encode_png(content)
             h = sha256(data)
             payload = image_content(*await asyncio.to_thread(teacher_image, data, self.image_max_side, h))
-        return await self._ask(Call(0, h, task, payload, pass_index, limiter), client)
+        call = Call(0, h, task, payload, pass_index, limiter)
+        call.notes.extend([note] if note else [])
+        return await self._ask(call, client)
 
     def make_client(self, concurrency: int = 16) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=max(concurrency, 1), max_keepalive_connections=max(concurrency, 1))

@@ -53,6 +53,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import sha256
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
+from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.prompts import row_content
 from llm_flywheel.teachers.simulated.batches import BatchSim
 from llm_flywheel.teachers.simulated.chat import ChatSim, text_key
@@ -86,6 +87,8 @@ def _load(ws: Workspace, dataset: str) -> tuple[Task, dict[str, str | None], dic
             gold = store.gold_by_hash(dataset)
             if task.modality == "image":
                 aliases = _scaled_aliases(ws, store.items(dataset))
+            elif task.modality == "text":
+                aliases = _cut_aliases(store.items(dataset))
     if not any(gold.values()):
         raise ValueError(f"dataset {dataset!r} has no gold labels; the simulated teacher needs them")
     return task, gold, aliases
@@ -110,6 +113,14 @@ def _scaled_aliases(ws: Workspace, items: Any) -> dict[str, str]:
         except (OSError, ValueError):  # an unreadable blob is the client's problem to report
             continue
     return out
+
+
+def _cut_aliases(items: Any) -> dict[str, str]:
+    """The same for a text longer than a client sends (``teachers.texts``, ``$FLYWHEEL_TEACHER_TEXT_MAX_CHARS``
+    here): its first part, as sent, is recognised as its item."""
+    cap = text_max_chars_from_env()
+    return {text_key(teacher_text(it.text, cap)[0]): it.content_hash
+            for it in items if cap and it.text and len(it.text) > cap}
 
 
 def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) -> FastAPI:

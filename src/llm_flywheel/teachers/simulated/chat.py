@@ -76,7 +76,7 @@ class ChatSim:
     def __init__(self, task: Task, gold: dict[str, str | None], cfg: SimConfig, model: str,
                  aliases: dict[str, str] | None = None) -> None:
         self.cfg, self.gold, self.model = cfg, gold, model
-        self.aliases = aliases or {}  # hash of a scaled-down image as sent -> its item's content hash
+        self.aliases = aliases or {}  # hash of a scaled-down image or a cut text as sent -> its item's content hash
         self.em = ErrorModel(task, cfg)
         self.noise = random.Random(cfg.seed + 1)
         self.lock = threading.Lock()

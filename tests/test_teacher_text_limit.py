@@ -1,0 +1,99 @@
+"""A long text is sent to a teacher cut to ``$FLYWHEEL_TEACHER_TEXT_MAX_CHARS`` (``teachers.texts``): online, in a
+Batch API line and at predict time alike, noted on the answer, priced at that length in the plan, and recognised by
+the simulated teacher.  Real servers on 127.0.0.1 (a recording FaultServer, the simulated teacher), a real store."""
+
+from __future__ import annotations
+
+import pytest
+
+from fault_server import FaultServer, ok, user_text
+from llm_flywheel.core.task import Task
+from llm_flywheel.data import Record, register
+from llm_flywheel.pipeline.labeling import LabelConfig, label_items, plan
+from llm_flywheel.store.records import Item
+from llm_flywheel.teachers.batch import request_line
+from llm_flywheel.teachers.errors import TeacherConfigError
+from llm_flywheel.teachers.openai_compat import OpenAICompatTeacher, run_sync
+from llm_flywheel.teachers.registry import teacher_from_spec
+from llm_flywheel.teachers.simulated import SimConfig, model_id, run_simulated_teacher
+from llm_flywheel.teachers.texts import TEXT_MAX_CHARS, TEXT_MAX_CHARS_ENV, teacher_text, text_max_chars_from_env
+
+TASK = Task(name="mail", modality="text", labels=("spam", "ham"), instructions="Is this email spam or ham?")
+LONG = "Dear customer, you have won a prize. " + "Click the link below to claim it today. " * 1500  # 60,037 chars
+
+
+def _item(i: int, text: str) -> Item:
+    return Item(id=i, dataset="mail", source_ref=str(i), content_hash=f"h{i:04d}", modality="text", blob_path=None,
+                text=text, features=None, source_split="train", split="train", gold_label=None)
+
+
+def test_a_text_is_cut_at_a_word_boundary_to_the_limit_and_said_so():
+    assert teacher_text("short mail", 16_000) == ("short mail", None)
+    assert teacher_text(LONG, 0) == (LONG, None)  # 0: whole
+    cut, note = teacher_text(LONG, 1000)
+    assert len(cut) <= 1000 + len(" …[truncated]") and cut.endswith(" …[truncated]")
+    assert LONG.startswith(cut.removesuffix(" …[truncated]")) and LONG[len(cut.removesuffix(" …[truncated]"))] == " "
+    assert note is not None and note.startswith("input_truncated") and "60,037" in note and TEXT_MAX_CHARS_ENV in note
+    assert teacher_text(LONG, 1000) == (cut, note)  # every pass sends the same text
+
+
+def test_the_limit_comes_from_the_environment_and_a_bad_value_names_the_variable():
+    assert text_max_chars_from_env({}) == TEXT_MAX_CHARS == 16_000
+    assert text_max_chars_from_env({TEXT_MAX_CHARS_ENV: "0"}) == 0
+    assert text_max_chars_from_env({TEXT_MAX_CHARS_ENV: "40_000"}) == 40_000
+    for bad in ("50", "lots", "-1", "1.5"):
+        with pytest.raises(TeacherConfigError, match=TEXT_MAX_CHARS_ENV):
+            text_max_chars_from_env({TEXT_MAX_CHARS_ENV: bad})
+
+
+def test_online_batch_and_raw_calls_send_the_cut_text_and_note_it(monkeypatch):
+    with FaultServer(default=ok('{"label": "spam", "confidence": 0.9}')) as srv:
+        t = OpenAICompatTeacher(srv.url, "fault-model", api_key_env=None, capability_cache=False)
+        assert t.text_max_chars == 16_000
+        short, long_ = (run_sync(t.session(TASK).alabel(_item(i, text))) for i, text in ((1, "hi, lunch?"), (2, LONG)))
+        raw = run_sync(t.session(TASK).alabel_raw(LONG))  # a cascade deferral of a text not in the store
+        whole = OpenAICompatTeacher(srv.url, "fault-model", api_key_env=None, capability_cache=False,
+                                    text_max_chars=0)
+        run_sync(whole.session(TASK).alabel(_item(3, LONG)))
+        monkeypatch.setenv(TEXT_MAX_CHARS_ENV, "2000")
+        env_t = OpenAICompatTeacher(srv.url, "fault-model", api_key_env=None, capability_cache=False)
+    sent = [user_text(r["body"]) for r in srv.requests]
+    assert sent[0] == "hi, lunch?" and short.ok and "input_truncated" not in short.extra
+    assert sent[1] == sent[2] == teacher_text(LONG, 16_000)[0] and len(sent[1]) <= 16_000 + 13
+    for ans in (long_, raw):
+        assert ans.ok and ans.label == "spam" and ans.extra["input_truncated"] is True
+        assert "cut from 60,037 to" in ans.error_detail
+    assert raw.content_hash != long_.content_hash  # keyed by the text, not by what was sent
+    assert sent[3] == LONG  # text_max_chars=0
+    assert env_t.text_max_chars == 2000
+    line = request_line(env_t, TASK, _item(4, LONG), 0, None, "item-4-pass-0")  # a Batch API line: cut alike
+    assert user_text(line["body"]) == teacher_text(LONG, 2000)[0]
+    assert env_t.estimate_call(TASK, text_len=60_037) == env_t.estimate_call(TASK, text_len=2000)
+
+
+def test_the_simulated_teacher_knows_a_cut_document_and_the_plan_prices_what_is_sent(ws):
+    """Three 60,000-character mails among short ones: labelled right (the simulator recognises the cut text as its
+    item), every answer of theirs noted, and the plan's guess of tokens is for 16,000 characters, not 60,000."""
+    task = Task(name="docs", modality="text", labels=("spam", "ham"), instructions="Spam or ham?",
+                input_per_mtok=1.0, output_per_mtok=1.0)
+    recs = [Record(f"short{i}", text=f"meeting notes number {i} for the team", gold_label="ham", source_split="train")
+            for i in range(30)]
+    recs += [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train") for i in range(3)]
+    register(ws, task, recs, progress=False)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("docs")]
+        long_hashes = {it.content_hash for it in s.items("docs") if len(it.text or "") > 16_000}
+    quiet = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=1.0)
+    with run_simulated_teacher(ws, "docs", quiet) as url:
+        t = teacher_from_spec(f"{url}|{model_id('docs', quiet)}", task, backoff_base=0.01)
+        p = plan(ws, "docs", ids, t, LabelConfig(passes=2, adaptive_passes=False))
+        rep = label_items(ws, "docs", ids, t, LabelConfig(passes=2, adaptive_passes=False), progress=False)
+    assert rep.labelled == 33 and rep.failed == 0
+    mean_sent = (30 * len("meeting notes number 10 for the team") + 3 * 16_000) / 33
+    assert p["est_tokens_in"] / (2 * 33) < (mean_sent + 2_000) / 4  # not the 60,000 characters stored
+    with ws.store() as s:
+        rows = s.query("SELECT content_hash, label, error_detail FROM teacher_answers WHERE ok=1")
+    long_rows = [r for r in rows if r["content_hash"] in long_hashes]
+    assert len(long_rows) == 6 and all(r["label"] == "spam" and "input_truncated" in (r["error_detail"] or "")
+                                       for r in long_rows)
+    assert all(r["label"] == "ham" and not r["error_detail"] for r in rows if r["content_hash"] not in long_hashes)
