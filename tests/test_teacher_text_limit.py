@@ -32,7 +32,8 @@ def test_a_text_is_cut_at_a_word_boundary_to_the_limit_and_said_so():
     assert teacher_text(LONG, 0) == (LONG, None)  # 0: whole
     cut, note = teacher_text(LONG, 1000)
     assert len(cut) <= 1000 + len(" …[truncated]") and cut.endswith(" …[truncated]")
-    assert LONG.startswith(cut.removesuffix(" …[truncated]")) and LONG[len(cut.removesuffix(" …[truncated]"))] == " "
+    assert LONG.startswith(cut.removesuffix(" …[truncated]"))
+    assert LONG[len(cut.removesuffix(" …[truncated]"))] == " "  # cut at a word
     assert note is not None and note.startswith("input_truncated") and "60,037" in note and TEXT_MAX_CHARS_ENV in note
     assert teacher_text(LONG, 1000) == (cut, note)  # every pass sends the same text
 
