@@ -187,3 +187,13 @@ def test_predict_reads_from_a_folder_what_the_import_would(tmp_path):
     assert len(found) == 13 and all("__MACOSX" not in p.parts for p in found)  # 12 emails + one binary (an error)
     found, left = expand_inputs([root, root / "spam" / "scan.pdf"], "image")  # a file named is kept, to fail loudly
     assert [p.name for p in found] == ["scan.pdf"] and len(left) == 16
+
+
+def test_left_out_files_are_counted_by_kind_one_way_everywhere():
+    from llm_flywheel.data.folders import kinds
+
+    files = [Path(n) for n in ("a.PDF", "b.pdf", "c.jpg", "cmds", "README", "d.csv", "e.arrow", "f.zip", "g.7z",
+                               "h.mov")]
+    assert kinds(files[:6]) == "2 .pdf, 2 without an extension, 1 .jpg, 1 .csv"
+    assert kinds(files) == "2 .pdf, 2 without an extension, 1 .jpg, 1 .csv, 1 .arrow, 1 .zip, 2 other"
+    assert kinds([]) == ""

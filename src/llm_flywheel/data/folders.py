@@ -13,7 +13,8 @@ the pool the wheel draws its own train / val / calib / stream splits from (only 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
@@ -33,6 +34,15 @@ def visible(root: Path, p: Path) -> bool:
 
 def visible_files(root: Path) -> Iterator[Path]:
     return (p for p in root.rglob("*") if p.is_file() and visible(root, p))
+
+
+def kinds(files: Iterable[Path], most: int = 6) -> str:
+    """How many files of each kind, commonest first: ``3 .pdf, 1 .jpg, 2 without an extension`` (for the notes that
+    say which files an import or ``flywheel predict`` left out)."""
+    counts = Counter(p.suffix.lower() or "without an extension" for p in files)
+    shown = [f"{n:,} {k}" for k, n in counts.most_common(most)]
+    rest = sum(counts.values()) - sum(n for _, n in counts.most_common(most))
+    return ", ".join(shown + ([f"{rest:,} other"] if rest else []))
 
 
 def entries(folder: Path) -> tuple[list[Path], list[Path]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from llm_flywheel.core.task import Task, TaskError, load_task, normalise_label
 from llm_flywheel.data.base import Record
-from llm_flywheel.data.folders import entries, split_folders, split_note, visible_files
+from llm_flywheel.data.folders import entries, kinds, split_folders, split_note, visible_files
 from llm_flywheel.data.image_labels import find_metadata, table_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
@@ -50,12 +50,10 @@ def _images_under(folder: Path) -> list[Path]:
 def ignored_note(root: Path, used: Path | None = None) -> list[str]:
     """A note naming the visible files that are not images by extension (``3 .dng, 1 .mov``), if any; ``used``
     (the labels table) is not one of them."""
-    other = Counter(p.suffix.lower() or "(none)" for p in visible_files(root)
-                    if p.suffix.lower() not in IMAGE_EXTENSIONS and p != used)
+    other = [p for p in visible_files(root) if p.suffix.lower() not in IMAGE_EXTENSIONS and p != used]
     if not other:
         return []
-    kinds = ", ".join(f"{n:,} {ext}" for ext, n in other.most_common(6))
-    return [f"{sum(other.values()):,} file(s) without an image extension ignored ({kinds}); images are "
+    return [f"{len(other):,} file(s) without an image extension ignored ({kinds(other)}); images are "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}"]
 
 

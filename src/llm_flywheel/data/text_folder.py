@@ -24,7 +24,7 @@ from pathlib import Path
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.documents import TEXT_EXTENSIONS, NotTextError, describes_set, document_text, is_document
-from llm_flywheel.data.folders import entries, split_folders, split_note, unwrap, visible_files
+from llm_flywheel.data.folders import entries, kinds, split_folders, split_note, unwrap, visible_files
 from llm_flywheel.data.image_folder import folder_task, normalised_labels
 from llm_flywheel.data.table_files import TABLE_SUFFIXES
 
@@ -90,9 +90,7 @@ def _scan_notes(root: Path, sc: Scan) -> list[str]:
 
 
 def _other_kinds(other: list[Path]) -> str:
-    kinds = Counter(p.suffix.lower() for p in other)
-    shown = ", ".join(f"{n:,} {ext}" for ext, n in kinds.most_common(6))
-    return f"{len(other):,} file(s) that are not text documents ignored ({shown})"
+    return f"{len(other):,} file(s) that are not text documents ignored ({kinds(other)})"
 
 
 def text_folder_source(path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,
@@ -119,7 +117,7 @@ def text_folder_source(path: str | Path, *, task: str | Path | Task | None = Non
     t = folder_task(root, norm, task, name, None, modality="text")
 
     def gen() -> Iterator[Record]:
-        kinds: Counter[str] = Counter()
+        read_as: Counter[str] = Counter()
         decoded: list[str] = []
         for f, split, lab in found:
             ref = f.relative_to(root).as_posix()
@@ -131,13 +129,13 @@ def text_folder_source(path: str | Path, *, task: str | Path | Task | None = Non
             except NotTextError as e:
                 yield Record(ref, error=str(e), source_split=split)
                 continue
-            kinds[kind] += 1
+            read_as[kind] += 1
             decoded += how
             if not text:
                 yield Record(ref, error="no text (empty file)", source_split=split)
                 continue
             yield Record(ref, text=text, source_split=split, gold_label=norm[lab] if lab is not None else None)
-        notes.extend(_content_notes(kinds, decoded))
+        notes.extend(_content_notes(read_as, decoded))
 
     return t, gen(), len(found), notes
 

@@ -75,6 +75,7 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | 
 
     Each answer says its label, source (student | teacher | teacher_failed | deferred), confidence and model version.
     """
+    from llm_flywheel.data.folders import kinds
     from llm_flywheel.pipeline.cascade import Cascade, CascadeError
     from llm_flywheel.pipeline.predict_files import (dataset_modality, expand_inputs, expand_tables, is_table,
                                                      table_text_columns)
@@ -99,9 +100,8 @@ def predict(ctx: Ctx, dataset: str, files: tuple[Path, ...], text_column: str | 
     found, left_out = expand_inputs(files, modality)
     inputs: list[Any] = [*found, *texts]
     if left_out:
-        kinds = Counter(p.suffix.lower() or p.name for p in left_out)
         console.print(f"note: {len(left_out):,} file(s) in the folders are not {modality} inputs, left "
-                      f"out ({', '.join(f'{n:,} {k}' for k, n in kinds.most_common(5))})")
+                      f"out ({kinds(left_out)})")
     if (files or texts) and not inputs:
         raise click.UsageError("the folders given hold no files" + (" this dataset reads" if left_out else ""))
     if engine == "ray" and any(is_table(p) for p in inputs):
