@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 
 from llm_flywheel.data.base import row_json
+from llm_flywheel.data.documents import NotTextError, document_text
 from llm_flywheel.data.images import KEPT_FORMATS, orientation, storable_bytes
 from llm_flywheel.data.tabular import feature_row
 from llm_flywheel.data.text import join_text
@@ -31,11 +32,12 @@ IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp"
                "image/avif", "application/octet-stream")
 ACCEPTED: dict[str, tuple[str, ...]] = {
     "image": ("multipart/form-data", "application/json", *IMAGE_TYPES),
-    "text": ("application/json", "text/plain", "multipart/form-data"),
+    "text": ("application/json", "text/plain", "multipart/form-data", "message/rfc822"),
     "tabular": ("application/json",),
 }
 HINT = {"image": "an image (multipart 'file', JSON image_base64, or raw image/png|jpeg|heic|avif|webp|gif|bmp bytes)",
-        "text": 'JSON {"text": ...} (or {"fields": {"column": ...}}), text/plain, or a multipart "text" field',
+        "text": 'JSON {"text": ...} (or {"fields": {"column": ...}}), text/plain, a multipart "text" field, or a '
+                'document as a file (multipart "file", message/rfc822): read as `flywheel data add text` reads it',
         "tabular": 'JSON {"features": [...]} in column order, or {"features": {"column": value, ...}}'}
 
 
@@ -134,6 +136,8 @@ def extract(body: bytes, ctype: str, modality: str, max_bytes: int, columns: Seq
         except UnicodeDecodeError:
             raise HTTPProblem(400, "text/plain body is not valid UTF-8") from None
         return _text(text)
+    if ctype == "message/rfc822":
+        return _document(body, "message.eml")
     return RawInput("image", body, body, _image_ext(body))
 
 
@@ -141,6 +145,18 @@ def _text(text: str) -> RawInput:
     if not text.strip():
         raise HTTPProblem(422, "text is empty")
     return RawInput("text", text, text.encode("utf-8", "surrogatepass"), ".txt")
+
+
+def _document(data: bytes, name: str) -> RawInput:
+    """A document file (an email, an HTML page, a text file) reduced to its text by the rule the folder import and
+    ``flywheel predict`` use (:func:`~llm_flywheel.data.documents.document_text`): a raw email posted here is the
+    same input, with the same hash and cached answer, as its imported copy."""
+    try:
+        text = document_text(data, name)[0]
+    except NotTextError as e:
+        raise HTTPProblem(422, f"{name}: {e}; this text model takes a text document (an email, HTML, plain "
+                               "text)") from None
+    return _text(text)
 
 
 def load_json(body: bytes) -> Any:
@@ -296,10 +312,12 @@ async def parse_multipart(request: Request, body: bytes, modality: str) -> RawIn
                     data = await f.read()
                     return RawInput("image", data, data, _image_ext(data))
         else:
-            v = form.get("text")
+            v, f = form.get("text"), form.get("file")
             if isinstance(v, str):
                 return _text(v)
+            if f is not None and not isinstance(f, str):
+                return _document(await f.read(), f.filename or "document")
     finally:
         await form.close()
-    field = "'file' field (an image)" if modality == "image" else "'text' field"
+    field = "'file' field (an image)" if modality == "image" else "'text' field or a 'file' (a document)"
     raise HTTPProblem(422, f"multipart form needs a {field} for this {modality} model")

@@ -16,9 +16,17 @@ def request_body(modality: str) -> dict[str, Any]:
         if ctype == "application/json":
             content[ctype] = {"schema": JSON_MODELS[modality].model_json_schema()}
         elif ctype == "multipart/form-data":
-            field = ({"file": {"type": "string", "format": "binary", "description": "the image file"}}
-                     if modality == "image" else {"text": {"type": "string", "minLength": 1}})
-            content[ctype] = {"schema": {"type": "object", "properties": field, "required": list(field)}}
+            if modality == "image":
+                schema = {"type": "object", "required": ["file"], "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the image file"}}}
+            else:
+                schema = {"type": "object", "minProperties": 1, "properties": {
+                    "text": {"type": "string", "minLength": 1},
+                    "file": {"type": "string", "format": "binary", "description": "a document (.eml, .html, "
+                             ".txt), read as `flywheel data add text FOLDER` reads it"}}}
+            content[ctype] = {"schema": schema}
+        elif ctype == "message/rfc822":
+            content[ctype] = {"schema": {"type": "string", "format": "binary", "description": "a raw email"}}
         elif ctype in IMAGE_TYPES:
             content[ctype] = {"schema": {"type": "string", "format": "binary"}}
         elif ctype == "text/plain":
