@@ -37,7 +37,7 @@ from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data.spam_assassin import cache_dir
 from llm_flywheel.store.workspace import Workspace
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.not_about_the_store]
 
 LLAMA_CPP_PYTHON_VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")  # the Makefile's pin
 MODEL_ALIAS = "smollm2-135m-instruct"
