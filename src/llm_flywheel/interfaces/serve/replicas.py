@@ -203,7 +203,7 @@ class RayServeDeployment:
         try:
             if on_connected is not None:
                 on_connected()
-            self.serve.start(http_options={"host": self.host, "port": self.port}, proxy_location="HeadOnly")
+            self._start_proxy()
             try:
                 self.serve.run(_deployment(self.serve, self.spec, self.scaling), name=APP_NAME, route_prefix="/",
                                blocking=False)
@@ -214,6 +214,17 @@ class RayServeDeployment:
             self.stop()
             raise
         return self.url
+
+    def _start_proxy(self) -> None:
+        """Ray Serve's HTTP proxy on ``host:port``.  Ray gives it 60 s to come up and then kills it: on a busy
+        machine (a cold cluster importing torch in every worker) that ended ``flywheel serve`` in a Ray traceback."""
+        try:
+            self.serve.start(http_options={"host": self.host, "port": self.port}, proxy_location="HeadOnly")
+        except self.ray.exceptions.RayError as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RuntimeError(f"Ray Serve's HTTP proxy on {self.host}:{self.port} did not start ({type(e).__name__}: "
+                               f"{why}); Ray gives it 60 s, which a busy machine can miss -- run it again, or start "
+                               "the cluster first (`ray start --head`) and pass --ray-address auto") from None
 
     def _wait_running(self, timeout_s: float) -> None:
         end = time.monotonic() + timeout_s
