@@ -96,6 +96,19 @@ class TeacherConfigError(RuntimeError):
     """A teacher that cannot be used as configured (missing API key, bad URL...)."""
 
 
+def limit_from_env(environ: object, name: str, default: int, minimum: int, unit: str, zero_means: str) -> int:
+    """A size limit from ``$name``: ``default`` when unset, 0 for none, else a whole number >= ``minimum``;
+    anything else is a ``TeacherConfigError`` (exit 2) naming the variable (``FLYWHEEL_TEACHER_*_MAX_*``)."""
+    env = os.environ if environ is None else environ
+    raw = str(env.get(name, "")).strip().replace("_", "")  # type: ignore[attr-defined]
+    if not raw:
+        return default
+    if not raw.isdigit() or 0 < int(raw) < minimum:
+        raise TeacherConfigError(f"${name} must be a whole number of {unit} >= {minimum}, or 0 to {zero_means}; "
+                                 f"got {raw!r}")
+    return int(raw)
+
+
 def require_readable_labels(task: Any, simulated: bool) -> None:
     """Refuse, before any call is paid, to ask a real teacher for labels that are only ids (``0``/``1``,
     ``label_1``) described by nothing more (``core.task.unreadable_labels``); the simulated teacher answers from

@@ -15,13 +15,12 @@ stored) re-buys nothing.
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections import OrderedDict
 
 from PIL import Image
 
-from llm_flywheel.teachers.errors import TeacherConfigError
+from llm_flywheel.teachers.errors import limit_from_env
 
 IMAGE_MAX_SIDE = 1568  # Anthropic's documented long side; OpenAI's high detail reads 768 on the short side
 IMAGE_MAX_SIDE_ENV = "FLYWHEEL_TEACHER_IMAGE_MAX_SIDE"
@@ -33,14 +32,7 @@ _lock = threading.Lock()
 def image_max_side_from_env(environ: object = None) -> int:
     """The limit from ``$FLYWHEEL_TEACHER_IMAGE_MAX_SIDE`` (pixels; 0 = no limit), else :data:`IMAGE_MAX_SIDE`.
     Raises ``TeacherConfigError`` (exit 2) naming the variable for anything but 0 or a whole number >= 64."""
-    env = os.environ if environ is None else environ
-    raw = str(env.get(IMAGE_MAX_SIDE_ENV, "")).strip()  # type: ignore[attr-defined]
-    if not raw:
-        return IMAGE_MAX_SIDE
-    if not raw.isdigit() or 0 < int(raw) < 64:
-        raise TeacherConfigError(f"${IMAGE_MAX_SIDE_ENV} must be a whole number of pixels >= 64, or 0 to send "
-                                 f"images as stored; got {raw!r}")
-    return int(raw)
+    return limit_from_env(environ, IMAGE_MAX_SIDE_ENV, IMAGE_MAX_SIDE, 64, "pixels", "send images as stored")
 
 
 def mime_of(data: bytes) -> str:

@@ -12,9 +12,7 @@ sent: changing the limit (``$FLYWHEEL_TEACHER_TEXT_MAX_CHARS``; 0 sends every te
 
 from __future__ import annotations
 
-import os
-
-from llm_flywheel.teachers.errors import TeacherConfigError
+from llm_flywheel.teachers.errors import limit_from_env
 
 TEXT_MAX_CHARS = 16_000  # ~4,000 tokens: an email, a review or a news post whole; a 200 KB file its first pages
 TEXT_MAX_CHARS_ENV = "FLYWHEEL_TEACHER_TEXT_MAX_CHARS"
@@ -24,14 +22,7 @@ CUT_MARK = " …[truncated]"  # the same mark as a cut to fit a server's context
 def text_max_chars_from_env(environ: object = None) -> int:
     """The limit from ``$FLYWHEEL_TEACHER_TEXT_MAX_CHARS`` (characters; 0 = no limit), else :data:`TEXT_MAX_CHARS`.
     Raises ``TeacherConfigError`` (exit 2) naming the variable for anything but 0 or a whole number >= 200."""
-    env = os.environ if environ is None else environ
-    raw = str(env.get(TEXT_MAX_CHARS_ENV, "")).strip().replace("_", "")  # type: ignore[attr-defined]
-    if not raw:
-        return TEXT_MAX_CHARS
-    if not raw.isdigit() or 0 < int(raw) < 200:
-        raise TeacherConfigError(f"${TEXT_MAX_CHARS_ENV} must be a whole number of characters >= 200, or 0 to "
-                                 f"send texts whole; got {raw!r}")
-    return int(raw)
+    return limit_from_env(environ, TEXT_MAX_CHARS_ENV, TEXT_MAX_CHARS, 200, "characters", "send texts whole")
 
 
 def teacher_text(text: str, max_chars: int | None) -> tuple[str, str | None]:
