@@ -100,12 +100,13 @@ def limit_from_env(environ: object, name: str, default: int, minimum: int, unit:
     """A size limit from ``$name``: ``default`` when unset, 0 for none, else a whole number >= ``minimum``;
     anything else is a ``TeacherConfigError`` (exit 2) naming the variable (``FLYWHEEL_TEACHER_*_MAX_*``)."""
     env = os.environ if environ is None else environ
-    raw = str(env.get(name, "")).strip().replace("_", "")  # type: ignore[attr-defined]
+    given = str(env.get(name, "")).strip()  # type: ignore[attr-defined]
+    raw = given.replace("_", "")  # 16_000 as Python writes it
     if not raw:
         return default
     if not raw.isdigit() or 0 < int(raw) < minimum:
         raise TeacherConfigError(f"${name} must be a whole number of {unit} >= {minimum}, or 0 to {zero_means}; "
-                                 f"got {raw!r}")
+                                 f"got {given!r}")
     return int(raw)
 
 
