@@ -53,10 +53,10 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import sha256
 from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
-from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.prompts import row_content
 from llm_flywheel.teachers.simulated.batches import BatchSim
 from llm_flywheel.teachers.simulated.chat import ChatSim, text_key
+from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.simulated.errors import (
     FASHION_CONFUSION,
     FASHION_DIFFICULTY,
