@@ -98,3 +98,22 @@ def test_the_simulated_teacher_knows_a_cut_document_and_the_plan_prices_what_is_
     assert len(long_rows) == 6 and all(r["label"] == "spam" and "input_truncated" in (r["error_detail"] or "")
                                        for r in long_rows)
     assert all(r["label"] == "ham" and not r["error_detail"] for r in rows if r["content_hash"] not in long_hashes)
+
+
+def test_a_small_budget_holds_for_long_texts_from_the_first_call(ws):
+    """Before any call is recorded the budget reserves the estimated price of a call; that estimate counted only the
+    instructions, so 16 calls of 16,000 characters each were let through at once against a budget for 4."""
+    task = Task(name="docs", modality="text", labels=("spam", "ham"), instructions="Spam or ham?",
+                input_per_mtok=0.30, output_per_mtok=2.50)
+    register(ws, task, [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train")
+                        for i in range(24)], progress=False)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("docs")]
+    quiet = SimConfig(latency_ms=50, malformed_rate=0, rate_429=0)
+    with run_simulated_teacher(ws, "docs", quiet) as url:
+        t = teacher_from_spec(f"{url}|{model_id('docs', quiet)}", task, backoff_base=0.01)
+        one = t.estimate_call(task, text_len=16_000).usd
+        budget = 4 * one
+        rep = label_items(ws, "docs", ids, t, LabelConfig(passes=1, concurrency=16, budget_usd=budget), progress=False)
+    assert rep.stopped_by_budget and 0 < rep.calls_made <= 4
+    assert rep.cost_usd <= budget

@@ -152,8 +152,8 @@ def label_items(
                                   start=start_level(teacher.base_url, teacher.model, cfg.concurrency,
                                                     local=teacher.local),
                                   ceiling=slot_ceiling(teacher.base_url), timeout_s=teacher.timeout)
-        runner = LabelRunner(ws, store, task, teacher, cfg, _budget(store, teacher, task, cfg), result, run_id,
-                             prog, ctl)
+        runner = LabelRunner(ws, store, task, teacher, cfg, _budget(store, teacher, task, cfg, items), result,
+                             run_id, prog, ctl)
         status, skipped = "failed", set()
         try:
             skipped = run_sync(_run_phases(runner, items, pv, hints, f"labelling {dataset}"
@@ -200,8 +200,8 @@ def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[
         log.info("%s -- %s", w["message"], w["fix"])
 
 
-def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig) -> Budget:
-    _, _, est = teacher.estimate_call(task)
+def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig, items: Sequence[Item]) -> Budget:
+    _, _, est = teacher.estimate_call(task, text_len=_mean_text_len(items, teacher))  # until a call is recorded
     observed = store.answer_cost_stats(teacher.model).mean_cost_usd
     return Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
 
