@@ -36,7 +36,7 @@ from llm_flywheel.pipeline.batch_jobs import Job, round_jobs
 from llm_flywheel.pipeline.batch_types import BatchConfig, BatchRunResult
 from llm_flywheel.pipeline.label_adaptive import Hints
 from llm_flywheel.pipeline.label_claims import CallClaims
-from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, cached_keys, load_items,
+from llm_flywheel.pipeline.labeling import (SIMULATED_NOTE, LabelConfig, cached_keys, load_items, mean_text_len,
                                             note_served_models, store_answer, write_labels)
 from llm_flywheel.pipeline.liveness import owner_id
 from llm_flywheel.pipeline.served_answers import adopt_for_items
@@ -81,7 +81,7 @@ class BatchRun:
 
     def per_line(self) -> float | None:
         """Estimated batch cost of one line: the task's prices x ratio, or the mean batch line seen so far."""
-        est = self.teacher.estimate_call(self.task)[2]
+        est = self.teacher.estimate_call(self.task, text_len=mean_text_len(self.items, self.teacher))[2]
         seen = self.store.batch_cost_means(self.teacher.model).get("batch")
         cands = [c for c in (None if est is None else est * self.bcfg.price_ratio, seen,
                              self.max_seen or None) if c is not None]

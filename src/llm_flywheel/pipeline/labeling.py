@@ -201,7 +201,7 @@ def note_served_models(store: Store, teacher: Teacher, pv: str, items: Sequence[
 
 
 def _budget(store: Store, teacher: Teacher, task: Task, cfg: LabelConfig, items: Sequence[Item]) -> Budget:
-    _, _, est = teacher.estimate_call(task, text_len=_mean_text_len(items, teacher))  # until a call is recorded
+    _, _, est = teacher.estimate_call(task, text_len=mean_text_len(items, teacher))  # until a call is recorded
     observed = store.answer_cost_stats(teacher.model).mean_cost_usd
     return Budget(cfg.budget_usd, cfg.max_calls, observed if observed is not None else est, cfg.cost_safety)
 
@@ -296,7 +296,7 @@ def write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Seq
     result.labelled = counts["agreed"] + counts["tie_broken"] + counts["single"]
 
 
-def _mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
+def mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
     """Mean characters a teacher is sent per text item (each at most its ``text_max_chars``): the token guess."""
     cap = getattr(teacher, "text_max_chars", 0)
     lens = [len(it.text or "") for it in items if it.modality == "text"]
@@ -335,7 +335,7 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         stats = store.answer_cost_stats(teacher.model)
     finally:
         store.close()
-    tin, tout, est = teacher.estimate_call(task, text_len=_mean_text_len(items, teacher))
+    tin, tout, est = teacher.estimate_call(task, text_len=mean_text_len(items, teacher))
     note = None
     if stats.n:
         per_call, source = stats.mean_cost_usd, "observed"
