@@ -9,6 +9,7 @@ import pytest
 from fault_server import FaultServer, ok, user_text
 from llm_flywheel.core.task import Task
 from llm_flywheel.data import Record, register
+from llm_flywheel.interfaces.api.results import LabelPlan
 from llm_flywheel.pipeline.labeling import LabelConfig, label_items, plan
 from llm_flywheel.store.records import Item
 from llm_flywheel.teachers.batch import request_line
@@ -92,6 +93,7 @@ def test_the_simulated_teacher_knows_a_cut_document_and_the_plan_prices_what_is_
     assert rep.labelled == 33 and rep.failed == 0
     mean_sent = (30 * len("meeting notes number 10 for the team") + 3 * 16_000) / 33
     assert p["est_tokens_in"] / (2 * 33) < (mean_sent + 2_000) / 4  # not the 60,000 characters stored
+    assert p["texts_cut"] == 3 and p["text_max_chars"] == 16_000 and LabelPlan.from_plan(p).texts_cut == 3
     with ws.store() as s:
         rows = s.query("SELECT content_hash, label, error_detail FROM teacher_answers WHERE ok=1")
     long_rows = [r for r in rows if r["content_hash"] in long_hashes]

@@ -304,6 +304,12 @@ def mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
     return round(sum(lens) / len(lens)) if lens else 0
 
 
+def texts_cut(items: Sequence[Item], teacher: Teacher) -> int:
+    """How many item texts are longer than a teacher is sent (they are cut: ``teachers.texts``)."""
+    cap = getattr(teacher, "text_max_chars", 0)
+    return sum(1 for it in items if cap and it.modality == "text" and len(it.text or "") > cap)
+
+
 def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
          config: LabelConfig | None = None) -> dict[str, Any]:
     """What a run would cost, before any call: calls needed (cached ones excluded), tokens and USD.
@@ -362,4 +368,5 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         "est_cost_usd": cost, "est_cost_usd_max": cost_max,
         "budget_usd": cfg.budget_usd, "max_calls": cfg.max_calls,
         "fits_budget": None if cfg.budget_usd is None or cost_max is None else cost_max <= cfg.budget_usd,
+        "texts_cut": texts_cut(items, teacher), "text_max_chars": getattr(teacher, "text_max_chars", 0),
     }

@@ -143,6 +143,7 @@ class LabelPlan:
     est_cost_batch_usd: float | None = None  # the same calls through the Batch API (``label(batch=True)``)
     est_cost_batch_usd_max: float | None = None
     estimate_note: str | None = None  # why a price from the task's token prices is only a guess (no call seen yet)
+    texts_cut: int = 0  # texts longer than a teacher is sent ($FLYWHEEL_TEACHER_TEXT_MAX_CHARS): their head is sent
 
     @classmethod
     def from_plan(cls, p: Mapping[str, Any]) -> "LabelPlan":
@@ -153,7 +154,8 @@ class LabelPlan:
                    est_cost_usd_max=_f(p.get("est_cost_usd_max")), price_source=str(p.get("price_source", "")),
                    fits_budget=p.get("fits_budget"), calls_in_open_batch=int(p.get("calls_in_open_batch") or 0),
                    est_cost_batch_usd=_f(p.get("est_cost_batch_usd")),
-                   est_cost_batch_usd_max=_f(p.get("est_cost_batch_usd_max")), estimate_note=p.get("estimate_note"))
+                   est_cost_batch_usd_max=_f(p.get("est_cost_batch_usd_max")), estimate_note=p.get("estimate_note"),
+                   texts_cut=int(p.get("texts_cut") or 0))
 
 
 @dataclass(frozen=True)

@@ -319,6 +319,8 @@ def _print_plan(p: dict[str, Any], use_batch: bool = False) -> None:
             ("estimated cost via --batch (expected / at most)" + ("  <- this run" if use_batch else ""),
              f"{_money(p['est_cost_batch_usd'])} / {_money(p['est_cost_batch_usd_max'])}"),
             ("estimated tokens in / out", f"{p['est_tokens_in']:,} / {p['est_tokens_out']:,}")]
+    if p.get("texts_cut"):
+        rows.append((f"texts cut to the {p['text_max_chars']:,} characters a teacher is sent", p["texts_cut"]))
     if p["budget_usd"] is not None:
         rows.append(("budget", f"${p['budget_usd']:g}" + ("" if p["fits_budget"] in (None, True) else " (will stop early)")))
     if p["max_calls"] is not None:
