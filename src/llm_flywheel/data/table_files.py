@@ -69,9 +69,13 @@ class Table:
 
 def read_table(path: str | Path, sheet: str | None = None) -> Table:
     """The rows of a .csv/.tsv/.txt, .jsonl/.ndjson/.json (a list of objects), .parquet or .xlsx file (``sheet``:
-    a workbook's sheet by name, else its first).  A file without a single row is an error: importing it would
-    register an empty dataset and exit 0."""
+    a workbook's sheet by name, else its first), or of a Hugging Face ``save_to_disk`` folder (``data.hf_disk``).
+    A file without a single row is an error: importing it would register an empty dataset and exit 0."""
     p = Path(path)
+    from llm_flywheel.data.hf_disk import is_hf_saved, read_hf_saved  # (it builds on this module's Table)
+
+    if is_hf_saved(p):
+        return _not_empty(read_hf_saved(p), p)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist or is not a file")
     suffix = p.suffix.lower()
@@ -89,6 +93,10 @@ def read_table(path: str | Path, sheet: str | None = None) -> Table:
         raise ValueError(f"{p}: the old Excel format (.xls) is not read; save it as .xlsx or CSV")
     else:
         raise ValueError(f"{p}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json, .parquet or .xlsx")
+    return _not_empty(table, p)
+
+
+def _not_empty(table: Table, p: Path) -> Table:
     if not table.rows:
         cols = table.columns
         raise on_other_sheets(table, ValueError(

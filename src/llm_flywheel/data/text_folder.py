@@ -105,14 +105,14 @@ def text_folder_source(path: str | Path, *, task: str | Path | Task | None = Non
     notes = _scan_notes(root, sc)
     if not found:
         tables = sorted(p for p in sc.other if p.suffix.lower() in TABLE_SUFFIXES)
-        arrow = any(p.suffix.lower() == ".arrow" for p in sc.other)
+        saved = sorted({p.parent.parent if p.parent.parent.joinpath("dataset_dict.json").is_file() else p.parent
+                        for p in sc.other if p.suffix.lower() == ".arrow"})
         raise ValueError(f"no text documents under {root} (files with {', '.join(sorted(TEXT_EXTENSIONS))} or no "
                          "extension)" + (f"; {_other_kinds(sc.other)}" if sc.other else "")
                          + (f" -- a table of texts is imported one file at a time: flywheel data add text {tables[0]} "
                             "(the next with the same --name joins it)" if tables else "")
-                         + (" -- a Hugging Face dataset saved with save_to_disk: write a split as a file, "
-                            "ds['train'].to_parquet('train.parquet') (its ClassLabel names: "
-                            "ds['train'].features['label'].names), and import that" if arrow else ""))
+                         + (f" -- a Hugging Face dataset saved with save_to_disk is imported from its own folder: "
+                            f"flywheel data add text {saved[0]}" if saved else ""))
     norm = normalised_labels(found)
     t = folder_task(root, norm, task, name, None, modality="text")
 

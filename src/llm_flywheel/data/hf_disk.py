@@ -1,0 +1,119 @@
+"""A Hugging Face ``save_to_disk`` folder read as a table: what a notebook user has after ``ds.save_to_disk("imdb")``.
+
+Why: the ``datasets`` library saves a ``Dataset`` as Arrow stream files (``data-00000-of-00001.arrow``) beside
+``state.json`` (which files, which split) and ``dataset_info.json`` (the features: a ``ClassLabel`` column stores
+class *numbers*, its ``names`` say what they mean), and a ``DatasetDict`` as one such folder per split under
+``dataset_dict.json``.  Those folders were refused with the export to run first.  They are read here with pyarrow
+(the ``files`` extra, as Parquet): a ClassLabel number becomes its name (-1, the library's "no label", is none), and
+the splits of a ``DatasetDict`` become a :data:`SPLIT_COLUMN` the import reads as the source's split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llm_flywheel.data.table_files import FILES_EXTRA, Row, Table
+
+SPLIT_COLUMN = "split"  # a DatasetDict's split names, one per row (``hf_split`` when the data has its own "split")
+
+
+def is_hf_saved(path: str | Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    p = Path(path)
+    return p.is_dir() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file())
+
+
+def split_column(path: str | Path) -> str | None:
+    """The column that holds a ``DatasetDict``'s splits, None for a single ``Dataset``."""
+    p = Path(path)
+    if not (p / "dataset_dict.json").is_file():
+        return None
+    d = p / _splits(p)[0]
+    files = _files(d)
+    names = [str(n) for n in _arrow(files[0]).schema.names] if files else []
+    return "hf_split" if SPLIT_COLUMN in names else SPLIT_COLUMN
+
+
+def read_hf_saved(path: str | Path) -> Table:
+    """Every row of every split, ClassLabel numbers as names; a ``DatasetDict``'s split in :func:`split_column`."""
+    p = Path(path)
+    col = split_column(p)
+    columns: list[str] = []
+    rows: list[Row] = []
+    splits = _splits(p) if col else [None]
+    for split in splits:
+        names, batch = _read_split(p / split if split else p, split)
+        columns = columns or [*names, *([col] if col else [])]
+        rows += [Row(ref, {**values, **({col: split} if col else {})}) for ref, values in batch]
+    kind = f"a Hugging Face DatasetDict saved to disk (splits: {', '.join(splits)})" if col else \
+        "a Hugging Face Dataset saved to disk"
+    return Table(columns, rows, notes=[f"{p.name}: {kind}; ClassLabel columns read as their names"])
+
+
+def _splits(p: Path) -> list[str]:
+    try:
+        splits = json.loads((p / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{p}/dataset_dict.json is not readable ({type(e).__name__}: {e})") from None
+    missing = [s for s in splits if not (p / s).is_dir()]
+    if not splits or missing:
+        raise ValueError(f"{p}: dataset_dict.json names split folders that are not there: {missing or splits}")
+    return [str(s) for s in splits]
+
+
+def _read_split(d: Path, split: str | None) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """(column names, [(row reference, values)]) of one saved ``Dataset`` folder."""
+    labels = _class_names(d / "dataset_info.json")
+    names: list[str] = []
+    out: list[tuple[str, dict[str, Any]]] = []
+    for f in _files(d):
+        table = _arrow(f).read_all()
+        names = names or [str(c) for c in table.column_names]
+        for i, rec in enumerate(table.to_pylist()):
+            out.append((f"{split + '/' if split else ''}{f.name}:{i}",
+                        {c: _class(v, labels[c]) if c in labels else v for c, v in rec.items()}))
+    return names, out
+
+
+def _files(d: Path) -> list[Path]:
+    """The Arrow files ``state.json`` lists, in its order (every ``*.arrow`` when it lists none)."""
+    try:
+        state = json.loads((d / "state.json").read_text(encoding="utf-8"))
+        files = [d / f["filename"] for f in state.get("_data_files", [])]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{d}/state.json is not readable ({type(e).__name__}: {e})") from None
+    return files or sorted(d.glob("*.arrow"))
+
+
+def _class_names(info: Path) -> dict[str, list[str]]:
+    """ClassLabel columns -> their names, from ``dataset_info.json`` (none when it is missing)."""
+    try:
+        features = json.loads(info.read_text(encoding="utf-8")).get("features") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(c): [str(n) for n in f["names"]] for c, f in features.items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
+
+
+def _class(v: Any, names: list[str]) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return names[v] if 0 <= v < len(names) else None  # -1: the library's "no label" (a test split's)
+    return v
+
+
+def _arrow(f: Path) -> Any:
+    """A reader of an Arrow file as ``datasets`` writes it (the IPC stream format; the file format read too)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise ValueError(f"{f}: reading a Hugging Face dataset saved to disk needs pyarrow: {FILES_EXTRA}") from None
+    try:
+        data = pa.py_buffer(f.read_bytes())
+        try:
+            return pa.ipc.open_stream(data)
+        except pa.ArrowInvalid:
+            return pa.ipc.open_file(data)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"{f}: not a readable Arrow file ({type(e).__name__}: {str(e)[:200]})") from None

@@ -1,0 +1,83 @@
+"""A Hugging Face ``save_to_disk`` folder as `flywheel data add text FOLDER`: the files the ``datasets`` library
+writes (Arrow IPC stream files listed in state.json, ClassLabel names in dataset_info.json, a DatasetDict's
+dataset_dict.json and split folders), written here with pyarrow as the library writes them; read through the CLI
+into a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from llm_flywheel.data.hf_disk import is_hf_saved, read_hf_saved, split_column
+from llm_flywheel.interfaces.cli import main
+from llm_flywheel.store.workspace import Workspace
+
+pa = pytest.importorskip("pyarrow")
+
+POS = "a wonderful film, moving and funny, the cast is superb"
+NEG = "dull plot, wooden acting, a waste of an evening"
+
+
+def save_split(d: Path, texts: list[str], labels: list[int], split: str | None) -> None:
+    """What ``Dataset.save_to_disk`` writes: one Arrow stream file, state.json naming it, dataset_info.json."""
+    d.mkdir(parents=True)
+    table = pa.table({"text": texts, "label": pa.array(labels, pa.int64())})
+    with pa.OSFile(str(d / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (d / "state.json").write_text(json.dumps({
+        "_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_fingerprint": "0f1e2d3c4b5a6978",
+        "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+        "_split": split}))
+    (d / "dataset_info.json").write_text(json.dumps({"citation": "", "description": "", "features": {
+        "text": {"dtype": "string", "_type": "Value"},
+        "label": {"names": ["neg", "pos"], "_type": "ClassLabel"}}, "homepage": "", "license": ""}))
+
+
+def imdb_like(root: Path) -> Path:
+    """``load_dataset("imdb").save_to_disk(root)`` in miniature: train labelled, test labelled, unsupervised -1."""
+    for split, n in (("train", 12), ("test", 6), ("unsupervised", 4)):
+        texts = [f"{POS if i % 2 else NEG} ({split} {i})" for i in range(n)]
+        save_split(root / split, texts, [-1] * n if split == "unsupervised" else [i % 2 for i in range(n)], split)
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test", "unsupervised"]}))
+    return root
+
+
+def test_a_dataset_dict_saved_to_disk_imports_with_its_class_names_and_splits(tmp_path):
+    root = imdb_like(tmp_path / "imdb")
+    assert is_hf_saved(root) and split_column(root) == "split"
+    table = read_hf_saved(root)
+    assert table.columns == ["text", "label", "split"] and len(table.rows) == 22
+    assert table.rows[1].values == {"text": f"{POS} (train 1)", "label": "pos", "split": "train"}
+    assert table.rows[-1].values["label"] is None  # -1: no label
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(root), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "22 added" in r.output and "Hugging Face DatasetDict saved to disk" in r.output
+    with Workspace.open(tmp_path / "ws").store(readonly=True) as s:
+        items = s.items("imdb")
+    assert {it.gold_label for it in items} == {"neg", "pos", None}
+    assert sum(it.source_split == "test" for it in items) == 6 and sum(it.gold_label is None for it in items) == 4
+    assert all(it.gold_label == ("pos" if it.text.startswith(POS) else "neg") for it in items if it.gold_label)
+
+
+def test_a_single_dataset_folder_and_a_folder_above_one(tmp_path):
+    save_split(tmp_path / "reviews", [f"{POS} {i}" if i % 2 else f"{NEG} {i}" for i in range(10)],
+               [i % 2 for i in range(10)], None)
+    assert split_column(tmp_path / "reviews") is None
+    assert {r.values["label"] for r in read_hf_saved(tmp_path / "reviews").rows} == {"neg", "pos"}
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(tmp_path / "reviews"),
+                                  "--no-progress"])
+    assert r.exit_code == 0 and "10 added" in r.output, r.output
+    imdb_like(tmp_path / "hub" / "imdb")  # the folder above it given by mistake: the error names the right one
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(tmp_path / "hub"),
+                                  "--no-progress"])
+    assert r.exit_code != 0 and f"flywheel data add text {tmp_path / 'hub' / 'imdb'}" in r.output, r.output
+
+
+def test_a_broken_saved_folder_is_a_clear_error(tmp_path):
+    root = imdb_like(tmp_path / "imdb")
+    (root / "test" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(root), "--no-progress"])
+    assert r.exit_code != 0 and "not a readable Arrow file" in r.output and "Traceback" not in r.output, r.output
