@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llm_flywheel.data.hf_disk import is_hf_saved, read_hf_saved, split_column
+from llm_flywheel.data.hf_disk import is_hf_saved, split_column
+from llm_flywheel.data.table_files import read_table
 from llm_flywheel.interfaces.cli import main
 from llm_flywheel.store.workspace import Workspace
 
@@ -48,7 +49,7 @@ def imdb_like(root: Path) -> Path:
 def test_a_dataset_dict_saved_to_disk_imports_with_its_class_names_and_splits(tmp_path):
     root = imdb_like(tmp_path / "imdb")
     assert is_hf_saved(root) and split_column(root) == "split"
-    table = read_hf_saved(root)
+    table = read_table(root)
     assert table.columns == ["text", "label", "split"] and len(table.rows) == 22
     assert table.rows[1].values == {"text": f"{POS} (train 1)", "label": "pos", "split": "train"}
     assert table.rows[-1].values["label"] is None  # -1: no label
@@ -66,7 +67,7 @@ def test_a_single_dataset_folder_and_a_folder_above_one(tmp_path):
     save_split(tmp_path / "reviews", [f"{POS} {i}" if i % 2 else f"{NEG} {i}" for i in range(10)],
                [i % 2 for i in range(10)], None)
     assert split_column(tmp_path / "reviews") is None
-    assert {r.values["label"] for r in read_hf_saved(tmp_path / "reviews").rows} == {"neg", "pos"}
+    assert {r.values["label"] for r in read_table(tmp_path / "reviews").rows} == {"neg", "pos"}
     r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(tmp_path / "reviews"),
                                   "--no-progress"])
     assert r.exit_code == 0 and "10 added" in r.output, r.output
@@ -81,3 +82,15 @@ def test_a_broken_saved_folder_is_a_clear_error(tmp_path):
     (root / "test" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
     r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(root), "--no-progress"])
     assert r.exit_code != 0 and "not a readable Arrow file" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_flywheel_predict_reads_a_saved_dataset_as_the_rows_it_holds(tmp_path):
+    from llm_flywheel.core.task import Task
+    from llm_flywheel.pipeline.predict_files import expand_inputs, expand_tables
+
+    root = imdb_like(tmp_path / "imdb")
+    found, left = expand_inputs([root], "text")
+    assert found == [root] and left == []  # not 3 .arrow files and 6 .json files
+    task = Task(name="imdb", modality="text", labels=("neg", "pos"), instructions="Sentiment?")
+    rows = expand_tables(found, task)
+    assert len(rows) == 22 and rows[1].content == f"{POS} (train 1)"

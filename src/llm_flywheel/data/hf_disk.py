@@ -4,8 +4,9 @@ Why: the ``datasets`` library saves a ``Dataset`` as Arrow stream files (``data-
 ``state.json`` (which files, which split) and ``dataset_info.json`` (the features: a ``ClassLabel`` column stores
 class *numbers*, its ``names`` say what they mean), and a ``DatasetDict`` as one such folder per split under
 ``dataset_dict.json``.  Those folders were refused with the export to run first.  They are read here with pyarrow
-(the ``files`` extra, as Parquet): a ClassLabel number becomes its name (-1, the library's "no label", is none), and
-the splits of a ``DatasetDict`` become a :data:`SPLIT_COLUMN` the import reads as the source's split.
+(the ``files`` extra, as Parquet; ``table_files.read_table`` makes the rows a table): a ClassLabel number becomes
+its name (-1, the library's "no label", is none), and the splits of a ``DatasetDict`` become a
+:data:`SPLIT_COLUMN` the import reads as the source's split.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-
-from llm_flywheel.data.table_files import FILES_EXTRA, Row, Table
 
 SPLIT_COLUMN = "split"  # a DatasetDict's split names, one per row (``hf_split`` when the data has its own "split")
 
@@ -36,20 +35,21 @@ def split_column(path: str | Path) -> str | None:
     return "hf_split" if SPLIT_COLUMN in names else SPLIT_COLUMN
 
 
-def read_hf_saved(path: str | Path) -> Table:
-    """Every row of every split, ClassLabel numbers as names; a ``DatasetDict``'s split in :func:`split_column`."""
+def read_hf_saved(path: str | Path) -> tuple[list[str], list[tuple[str, dict[str, Any]]], str]:
+    """(columns, [(row reference, values)], a note) for every row of every split, ClassLabel numbers as names; a
+    ``DatasetDict``'s split in :func:`split_column`.  ``data.table_files.read_table`` makes it a table."""
     p = Path(path)
     col = split_column(p)
     columns: list[str] = []
-    rows: list[Row] = []
+    rows: list[tuple[str, dict[str, Any]]] = []
     splits = _splits(p) if col else [None]
     for split in splits:
         names, batch = _read_split(p / split if split else p, split)
         columns = columns or [*names, *([col] if col else [])]
-        rows += [Row(ref, {**values, **({col: split} if col else {})}) for ref, values in batch]
+        rows += [(ref, {**values, **({col: split} if col else {})}) for ref, values in batch]
     kind = f"a Hugging Face DatasetDict saved to disk (splits: {', '.join(splits)})" if col else \
         "a Hugging Face Dataset saved to disk"
-    return Table(columns, rows, notes=[f"{p.name}: {kind}; ClassLabel columns read as their names"])
+    return columns, rows, f"{p.name}: {kind}; ClassLabel columns read as their names"
 
 
 def _splits(p: Path) -> list[str]:
@@ -105,10 +105,8 @@ def _class(v: Any, names: list[str]) -> Any:
 
 def _arrow(f: Path) -> Any:
     """A reader of an Arrow file as ``datasets`` writes it (the IPC stream format; the file format read too)."""
-    try:
-        import pyarrow as pa
-    except ImportError:
-        raise ValueError(f"{f}: reading a Hugging Face dataset saved to disk needs pyarrow: {FILES_EXTRA}") from None
+    import pyarrow as pa  # an ImportError is named with the extra by read_table
+
     try:
         data = pa.py_buffer(f.read_bytes())
         try:

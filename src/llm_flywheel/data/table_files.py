@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_flywheel.data.hf_disk import is_hf_saved, read_hf_saved
+
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are legitimate text items
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -72,10 +74,12 @@ def read_table(path: str | Path, sheet: str | None = None) -> Table:
     a workbook's sheet by name, else its first), or of a Hugging Face ``save_to_disk`` folder (``data.hf_disk``).
     A file without a single row is an error: importing it would register an empty dataset and exit 0."""
     p = Path(path)
-    from llm_flywheel.data.hf_disk import is_hf_saved, read_hf_saved  # (it builds on this module's Table)
-
     if is_hf_saved(p):
-        return _not_empty(read_hf_saved(p), p)
+        try:
+            columns, rows, note = read_hf_saved(p)
+        except ImportError:
+            raise ValueError(f"{p}: a Hugging Face dataset saved to disk is read with pyarrow: {FILES_EXTRA}") from None
+        return _not_empty(Table(columns, [Row(ref, values) for ref, values in rows], [note]), p)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist or is not a file")
     suffix = p.suffix.lower()

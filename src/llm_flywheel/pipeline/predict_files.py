@@ -17,6 +17,7 @@ from typing import Any
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import row_json, sha256
 from llm_flywheel.data.documents import document_text, is_item_document
+from llm_flywheel.data.hf_disk import is_hf_saved
 from llm_flywheel.data.table_files import TABLE_SUFFIXES, on_other_sheets, read_table
 
 
@@ -38,7 +39,7 @@ class RowInput:
 
 def is_table(f: Any) -> bool:
     """An input file that stands for its rows (for a text or tabular dataset), not one input."""
-    return isinstance(f, Path) and f.suffix.lower() in TABLE_SUFFIXES
+    return isinstance(f, Path) and (f.suffix.lower() in TABLE_SUFFIXES or is_hf_saved(f))
 
 
 def table_text_columns(ws: Any, dataset: str, given: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -160,7 +161,7 @@ def expand_inputs(paths: Iterable[Path], modality: str | None = None) -> tuple[l
     out: list[Path] = []
     left: list[Path] = []
     for p in paths:
-        if p.is_dir():
+        if p.is_dir() and not is_hf_saved(p):  # a saved Hugging Face dataset stands for its rows, as a table does
             for f in sorted(visible_files(p)):
                 (out if reads(modality, f) else left).append(f)
         else:
