@@ -82,6 +82,12 @@ def test_a_broken_saved_folder_is_a_clear_error(tmp_path):
     (root / "test" / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
     r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(root), "--no-progress"])
     assert r.exit_code != 0 and "not a readable Arrow file" in r.output and "Traceback" not in r.output, r.output
+    old = imdb_like(tmp_path / "old")  # an old `datasets` wrote a selection as an index file over every row
+    state = json.loads((old / "train" / "state.json").read_text())
+    (old / "train" / "state.json").write_text(json.dumps({**state, "_indices_data_files": [
+        {"filename": "indices-00000-of-00001.arrow"}]}))
+    r = CliRunner().invoke(main, ["-w", str(tmp_path / "ws"), "data", "add", "text", str(old), "--no-progress"])
+    assert r.exit_code != 0 and "ds.flatten_indices().save_to_disk" in r.output, r.output
 
 
 def test_flywheel_predict_reads_a_saved_dataset_as_the_rows_it_holds(tmp_path):

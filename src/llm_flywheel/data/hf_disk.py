@@ -84,6 +84,9 @@ def _files(d: Path) -> list[Path]:
         files = [d / f["filename"] for f in state.get("_data_files", [])]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{d}/state.json is not readable ({type(e).__name__}: {e})") from None
+    if state.get("_indices_data_files"):  # old `datasets` saved a select/shuffle/filter as an index over all rows
+        raise ValueError(f"{d}: saved with an indices mapping (rows chosen from a larger table), which would be read "
+                         "as every row; save it again flattened: ds.flatten_indices().save_to_disk(...)")
     return files or sorted(d.glob("*.arrow"))
 
 
