@@ -25,31 +25,31 @@ def is_hf_saved(path: str | Path) -> bool:
 
 
 def split_column(path: str | Path) -> str | None:
-    """The column that holds a ``DatasetDict``'s splits, None for a single ``Dataset``."""
+    """The column that holds a ``DatasetDict``'s splits, None for a single ``Dataset`` (the first file's schema
+    decides, read without its rows)."""
     p = Path(path)
     if not (p / "dataset_dict.json").is_file():
         return None
-    d = p / _splits(p)[0]
-    files = _files(d)
-    names = [str(n) for n in _arrow(files[0]).schema.names] if files else []
-    return "hf_split" if SPLIT_COLUMN in names else SPLIT_COLUMN
+    files = _files(p / _splits(p)[0])
+    return _split_col([str(n) for n in _arrow(files[0]).schema.names] if files else [])
 
 
 def read_hf_saved(path: str | Path) -> tuple[list[str], list[tuple[str, dict[str, Any]]], str]:
     """(columns, [(row reference, values)], a note) for every row of every split, ClassLabel numbers as names; a
     ``DatasetDict``'s split in :func:`split_column`.  ``data.table_files.read_table`` makes it a table."""
     p = Path(path)
-    col = split_column(p)
-    columns: list[str] = []
-    rows: list[tuple[str, dict[str, Any]]] = []
-    splits = _splits(p) if col else [None]
-    for split in splits:
-        names, batch = _read_split(p / split if split else p, split)
-        columns = columns or [*names, *([col] if col else [])]
-        rows += [(ref, {**values, **({col: split} if col else {})}) for ref, values in batch]
-    kind = f"a Hugging Face DatasetDict saved to disk (splits: {', '.join(splits)})" if col else \
+    splits: list[str | None] = [*_splits(p)] if (p / "dataset_dict.json").is_file() else [None]
+    parts = [(split, *_read_split(p / split if split else p, split)) for split in splits]
+    names = parts[0][1]
+    col = _split_col(names) if splits[0] else None
+    rows = [(ref, {**values, **({col: split} if col else {})}) for split, _, batch in parts for ref, values in batch]
+    kind = f"a Hugging Face DatasetDict saved to disk (splits: {', '.join(map(str, splits))})" if col else \
         "a Hugging Face Dataset saved to disk"
-    return columns, rows, f"{p.name}: {kind}; ClassLabel columns read as their names"
+    return [*names, *([col] if col else [])], rows, f"{p.name}: {kind}; ClassLabel columns read as their names"
+
+
+def _split_col(names: list[str]) -> str:
+    return "hf_split" if SPLIT_COLUMN in names else SPLIT_COLUMN
 
 
 def _splits(p: Path) -> list[str]:
@@ -110,11 +110,10 @@ def _arrow(f: Path) -> Any:
     """A reader of an Arrow file as ``datasets`` writes it (the IPC stream format; the file format read too)."""
     import pyarrow as pa  # an ImportError is named with the extra by read_table
 
-    try:
-        data = pa.py_buffer(f.read_bytes())
+    try:  # memory-mapped: a schema is read without the rows (split_column), the rows without a copy
         try:
-            return pa.ipc.open_stream(data)
+            return pa.ipc.open_stream(pa.memory_map(str(f)))
         except pa.ArrowInvalid:
-            return pa.ipc.open_file(data)
+            return pa.ipc.open_file(pa.memory_map(str(f)))
     except (OSError, pa.ArrowException) as e:
         raise ValueError(f"{f}: not a readable Arrow file ({type(e).__name__}: {str(e)[:200]})") from None
