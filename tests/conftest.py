@@ -3,7 +3,8 @@
 The whole suite runs on either store: SQLite by default, PostgreSQL with ``FLYWHEEL_TEST_STORE=postgresql`` (a
 real server started here for the session, one schema per workspace through ``FLYWHEEL_STORE``; tests about the
 SQLite file itself are marked ``sqlite_only`` and skipped there, and so are tests marked ``not_about_the_store``:
-a real LLM server's or a browser's minutes, whose store work the rest of the suite covers on PostgreSQL).  ``pg_url`` gives any test its own fresh schema.
+a real LLM server's or a browser's minutes, whose store work the rest of the suite covers on PostgreSQL).
+``pg_url`` gives any test its own fresh schema.
 """
 
 from __future__ import annotations

@@ -34,13 +34,13 @@ MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})  # cells that
 # label cells that mean "not labelled": R's write.csv writes NA, Excel #N/A, others null -- never a class "na"
 # ("none" stays a label: it is one in many tasks)
 MISSING_LABELS = frozenset({"na", "n/a", "#n/a", "nan", "null", "?"})
+_SAMPLE_ROWS = 50
+_DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$")  # 3,5  1.234,5  12 (not 1.5)
 
 
 def missing_label(cell: str) -> bool:
     """A label cell that means "not labelled" (:data:`MISSING_LABELS`)."""
     return cell.strip().lower() in MISSING_LABELS
-_SAMPLE_ROWS = 50
-_DECIMAL_COMMA = re.compile(r"^[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?$")  # 3,5  1.234,5  12 (not 1.5)
 
 
 class Row:
