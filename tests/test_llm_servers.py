@@ -170,8 +170,9 @@ def answers(ws: Path) -> list:
 
 def import_dataset(ws: Path, tmp_path: Path, n: int = 24) -> int:
     data = write_dataset(tmp_path / "mini.jsonl", n=n)
-    flywheel(ws, "data", "add", "text", str(data), "--name", "mini", "--val", "3", "--calib", "6", "--stream", "3",
-             "--test", "4", "--no-progress")
+    held = ["--val", "3", "--calib", "6", "--stream", "3", "--test", "4"] if n >= 20 else ["--val", "1", "--calib", "1",
+                                                                                          "--stream", "1", "--test", "2"]
+    flywheel(ws, "data", "add", "text", str(data), "--name", "mini", *held, "--no-progress")
     return n
 
 
@@ -235,7 +236,7 @@ def test_label_train_calibrate_predict_through_the_teacher_spec(server, request,
 
 def test_killed_labelling_resumes_without_asking_twice(cpp_server, tmp_path):
     ws = tmp_path / "ws"
-    n = import_dataset(ws, tmp_path, n=20)
+    n = import_dataset(ws, tmp_path, n=10)  # killed after 3 stored answers: 7 are left to resume (minutes on 2 cores)
     spec = f"{cpp_server}|{MODEL_ALIAS}"
     cmd = [sys.executable, "-m", "llm_flywheel", "-w", str(ws), "label", "mini", "--split", "all", "--teacher", spec,
            "--passes", "1", "--concurrency", "1"]
