@@ -298,7 +298,7 @@ def write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Seq
 
 def mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
     """Mean characters a teacher is sent per text item (each at most its ``text_max_chars``): the token guess."""
-    cap = getattr(teacher, "text_max_chars", 0)
+    cap = teacher.text_max_chars
     lens = [len(it.text or "") for it in items if it.modality == "text"]
     lens = [min(n, cap) for n in lens] if cap else lens
     return round(sum(lens) / len(lens)) if lens else 0
@@ -306,7 +306,7 @@ def mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
 
 def texts_cut(items: Sequence[Item], teacher: Teacher) -> int:
     """How many item texts are longer than a teacher is sent (they are cut: ``teachers.texts``)."""
-    cap = getattr(teacher, "text_max_chars", 0)
+    cap = teacher.text_max_chars
     return sum(1 for it in items if cap and it.modality == "text" and len(it.text or "") > cap)
 
 
@@ -368,5 +368,5 @@ def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,
         "est_cost_usd": cost, "est_cost_usd_max": cost_max,
         "budget_usd": cfg.budget_usd, "max_calls": cfg.max_calls,
         "fits_budget": None if cfg.budget_usd is None or cost_max is None else cost_max <= cfg.budget_usd,
-        "texts_cut": texts_cut(items, teacher), "text_max_chars": getattr(teacher, "text_max_chars", 0),
+        "texts_cut": texts_cut(items, teacher), "text_max_chars": teacher.text_max_chars,
     }

@@ -134,6 +134,7 @@ class Teacher(Protocol):
     base_url: str  # where the answers come from: printed, stored in run records and fatal-error messages
     local: bool  # on the user's own hardware: start concurrency low, no token prices
     timeout: float  # the cap (s) on one request's wait; the concurrency controller reads latency against it
+    text_max_chars: int  # the most characters of a text it is sent (0: whole texts); plans and budgets price with it
 
     @property
     def is_simulated(self) -> bool:
