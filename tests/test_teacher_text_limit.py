@@ -119,3 +119,43 @@ def test_a_small_budget_holds_for_long_texts_from_the_first_call(ws):
         rep = label_items(ws, "docs", ids, t, LabelConfig(passes=1, concurrency=16, budget_usd=budget), progress=False)
     assert rep.stopped_by_budget and 0 < rep.calls_made <= 4
     assert rep.cost_usd <= budget
+
+
+ZH = "我们明天下午三点开会讨论这个项目的设计方案。请大家在星期五之前把意见发给我，发布分支的构建在测试上失败了。"  # 53 characters
+
+
+def test_a_chinese_character_counts_as_a_token_in_the_limit_and_the_plan(ws):
+    """A CJK character is about a token on its own (English: ~4 characters a token), so 16,000 characters of
+    Chinese were ~16,000 tokens sent and priced as 4,000.  Now the limit and the token guess count one as 4."""
+    zh_long = ZH * 200  # 10,600 characters: as many tokens as 42,400 characters of English
+    cut, note = teacher_text(zh_long, 16_000)
+    assert 3_900 <= len(cut.removesuffix(" …[truncated]")) <= 4_000 and zh_long.startswith(cut[:3_900])
+    assert "cut from 10,600 to" in note and "CJK character counted as 4" in note
+    assert teacher_text(ZH * 70, 16_000) == (ZH * 70, None)  # 3,710 characters: within the limit, whole
+    mixed = "Meeting notes: " + ZH * 5
+    assert teacher_text(mixed, 16_000) == (mixed, None)
+
+    task = Task(name="zh", modality="text", labels=("会议", "其他"), instructions="这是会议通知吗？")
+    register(ws, task, [Record(f"m{i}", text=f"{i}: " + ZH * 40, gold_label="会议", source_split="train")
+                        for i in range(10)], progress=False)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("zh")]
+    t = OpenAICompatTeacher("http://127.0.0.1:9/v1", "m", api_key_env=None, capability_cache=False)
+    p = plan(ws, "zh", ids, t, LabelConfig(passes=1, adaptive_passes=False, tie_break=False))
+    per_call = p["est_tokens_in"] / p["calls_needed"]
+    assert per_call >= len(ZH * 40)  # 2,120 characters, about as many tokens (counted as a quarter before)
+    assert p["texts_cut"] == 0
+
+
+def test_the_token_guess_is_near_a_real_tokenizers_count_in_chinese_and_english():
+    """Measured against MiniLM's WordPiece tokenizer (shipped offline; it splits CJK text a character a token):
+    the guess ``latin_len / 4`` is within 35 % for both, where plain characters / 4 was four times low for Chinese."""
+    from llm_flywheel.core.scripts import latin_len
+    from llm_flywheel.students.minilm import _piece_counter
+
+    tok, _ = _piece_counter()
+    for text in (ZH * 20, LONG[:4000]):
+        pieces = len(tok.encode(text, add_special_tokens=False).ids)
+        assert 0.65 <= (latin_len(text) / 4) / pieces <= 1.35, (text[:20], latin_len(text) / 4, pieces)
+    zh_pieces = len(tok.encode(ZH * 20, add_special_tokens=False).ids)
+    assert len(ZH * 20) / 4 < 0.3 * zh_pieces  # the old guess

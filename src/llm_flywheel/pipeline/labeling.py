@@ -61,6 +61,7 @@ from llm_flywheel.teachers.concurrency import (
 )
 from llm_flywheel.teachers.errors import require_readable_labels
 from llm_flywheel.teachers.session import run_sync
+from llm_flywheel.teachers.texts import over_limit, sent_len
 
 __all__ = [
     "DEFAULT_CONFIDENCE", "STOP_REASONS", "WAIT", "Budget", "CircuitBreaker", "Consensus", "LabelConfig",
@@ -297,17 +298,15 @@ def write_labels(store: Store, task: Task, teacher: Teacher, pv: str, items: Seq
 
 
 def mean_text_len(items: Sequence[Item], teacher: Teacher) -> int:
-    """Mean characters a teacher is sent per text item (each at most its ``text_max_chars``): the token guess."""
-    cap = teacher.text_max_chars
-    lens = [len(it.text or "") for it in items if it.modality == "text"]
-    lens = [min(n, cap) for n in lens] if cap else lens
+    """Mean characters a teacher is sent per text item (each at most its ``text_max_chars``, a CJK character counted
+    as 4: ``teachers.texts.sent_len``): the token guess."""
+    lens = [sent_len(it.text or "", teacher.text_max_chars) for it in items if it.modality == "text"]
     return round(sum(lens) / len(lens)) if lens else 0
 
 
 def texts_cut(items: Sequence[Item], teacher: Teacher) -> int:
     """How many item texts are longer than a teacher is sent (they are cut: ``teachers.texts``)."""
-    cap = teacher.text_max_chars
-    return sum(1 for it in items if cap and it.modality == "text" and len(it.text or "") > cap)
+    return sum(1 for it in items if it.modality == "text" and over_limit(it.text or "", teacher.text_max_chars))
 
 
 def plan(ws: Workspace, dataset: str, item_ids: Sequence[int], teacher: Teacher,

@@ -162,7 +162,8 @@ class Teacher(Protocol):
         ...
 
     def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> CallEstimate:
-        """Rough tokens and USD for one call, before any is made (the budget's first guess)."""
+        """Rough tokens and USD for one call, before any is made (the budget's first guess); ``text_len`` is the
+        text's length as sent, in Latin-character equivalents (``core.scripts.latin_len``)."""
         ...
 
     def session(self, task: Task, *, ws: Workspace | None = None, rpm: float | None = None) -> TeacherSession:

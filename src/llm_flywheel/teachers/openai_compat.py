@@ -61,7 +61,7 @@ from llm_flywheel.teachers.prompts import (NO_REASON_NOTE, REASON_MAX_CHARS, REA
                                            system_prompt)
 from llm_flywheel.teachers.server import fit_text, read_server_info
 from llm_flywheel.teachers.session import OpenAICompatSession, run_sync
-from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
+from llm_flywheel.teachers.texts import over_limit, teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.timeouts import DEFAULT_TIMEOUT_CAP, TIMEOUT_FIRST, TIMEOUT_FLOOR, Timeouts
 
 __all__ = [  # the names callers imported from here before the split keep working
@@ -301,7 +301,7 @@ class OpenAICompatTeacher(Negotiation, Asking, Timeouts, Pricing):
         if info is not None and info.n_ctx:
             fitted, note = fit_text(content, info.n_ctx, len(system_prompt(task, 1, reason=self.reason)),
                                     self.max_tokens)
-            if note and (not self.text_max_chars or len(fitted) <= self.text_max_chars):
+            if note and not over_limit(fitted, self.text_max_chars):
                 return fitted, note
         return teacher_text(content, self.text_max_chars)
 

@@ -30,7 +30,8 @@ class Pricing:
         return pin, pout
 
     def estimate_call(self, task: Task, modality: str | None = None, text_len: int = 0) -> CallEstimate:
-        """Rough (tokens_in, tokens_out, usd) for one call before any is made: ~4 chars/token for text (at most the
+        """Rough (tokens_in, tokens_out, usd) for one call before any is made: ~4 chars/token for text (``text_len``
+        in Latin-character equivalents, a CJK character counted as 4: ``core.scripts.latin_len``; at most the
         ``text_max_chars`` a teacher is sent) and a Gemini-style 258 tokens per small image."""
         prompt_chars = len(system_prompt(task, 1, reason=self.reason)) + 40
         if self.text_max_chars:

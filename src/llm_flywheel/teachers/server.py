@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from llm_flywheel.core.scripts import head_within, latin_len
 from llm_flywheel.teachers.base import ServerInfo
 
 PROPS_TIMEOUT = 3.0  # s: a local server answers /props in milliseconds; a slow answer means "does not say"
@@ -85,11 +86,11 @@ def fit_text(text: str, n_ctx: int, system_chars: int, max_tokens: int) -> tuple
     """Cut ``text`` to what fits a slot of ``n_ctx`` tokens beside the instructions and the reply, so a long email
     is answered from its first part instead of refused; ``(text, note)``, the note recorded on the answer as
     ``input_truncated``.  Budget: the context less the instructions, ``max_tokens`` and a margin, at a
-    conservative :data:`CHARS_PER_TOKEN` characters per token."""
+    conservative :data:`CHARS_PER_TOKEN` characters per token (a CJK character counted as 4: ``latin_len``)."""
     budget = (n_ctx - system_chars // CHARS_PER_TOKEN - 1 - max_tokens - CONTEXT_MARGIN_TOKENS) * CHARS_PER_TOKEN
-    if budget <= 0 or len(text) <= budget:
+    if budget <= 0 or latin_len(text[: budget + 1]) <= budget:
         return text, None
-    cut = text[:budget] + " …[truncated]"
+    cut = text[: head_within(text, budget)] + " …[truncated]"
     return cut, (f"input_truncated: the item text was cut from {len(text)} to {len(cut)} characters to fit the "
                  f"server's context ({n_ctx} tokens per slot)")
 

@@ -56,7 +56,7 @@ from llm_flywheel.teachers.images import image_max_side_from_env, teacher_image
 from llm_flywheel.teachers.prompts import row_content
 from llm_flywheel.teachers.simulated.batches import BatchSim
 from llm_flywheel.teachers.simulated.chat import ChatSim, text_key
-from llm_flywheel.teachers.texts import teacher_text, text_max_chars_from_env
+from llm_flywheel.teachers.texts import over_limit, teacher_text, text_max_chars_from_env
 from llm_flywheel.teachers.simulated.errors import (
     FASHION_CONFUSION,
     FASHION_DIFFICULTY,
@@ -120,7 +120,7 @@ def _cut_aliases(items: Any) -> dict[str, str]:
     here): its first part, as sent, is recognised as its item."""
     cap = text_max_chars_from_env()
     return {text_key(teacher_text(it.text, cap)[0]): it.content_hash
-            for it in items if cap and it.text and len(it.text) > cap}
+            for it in items if it.text and over_limit(it.text, cap)}
 
 
 def simulated_app(ws: Workspace, dataset: str, config: SimConfig | None = None) -> FastAPI:

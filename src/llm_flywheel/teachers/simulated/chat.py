@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from llm_flywheel.core.scripts import latin_len
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.simulated.errors import ErrorModel, SimConfig, variant_key
 
@@ -128,8 +129,8 @@ class ChatSim:
         n_images = sum(
             1 for m in body["messages"] if isinstance(m, dict) and isinstance(m.get("content"), list)
             for p in m["content"] if isinstance(p, dict) and p.get("type") == "image_url")
-        tin = max(1, len(prompt_text) // 4) + self.cfg.image_tokens * n_images
-        tout = max(1, len(content) // 4)
+        tin = max(1, latin_len(prompt_text) // 4) + self.cfg.image_tokens * n_images  # a CJK character ~ a token
+        tout = max(1, latin_len(content) // 4)
         cost = (tin * self.cfg.input_per_mtok + tout * self.cfg.output_per_mtok) / 1e6 * price_ratio
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": content},
                                   "finish_reason": "stop"}
