@@ -159,3 +159,30 @@ def test_the_token_guess_is_near_a_real_tokenizers_count_in_chinese_and_english(
         assert 0.65 <= (latin_len(text) / 4) / pieces <= 1.35, (text[:20], latin_len(text) / 4, pieces)
     zh_pieces = len(tok.encode(ZH * 20, add_special_tokens=False).ids)
     assert len(ZH * 20) / 4 < 0.3 * zh_pieces  # the old guess
+
+
+def test_a_batch_api_answer_for_a_cut_text_is_noted_as_online(ws):
+    """The Batch API line sends the cut text (``request_line``); its answer, read back from the output file, is
+    noted ``input_truncated`` as an online answer is (it was stored without a note)."""
+    from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
+
+    task = Task(name="docs", modality="text", labels=("spam", "ham"), instructions="Spam or ham?")
+    recs = [Record(f"short{i}", text=f"meeting notes number {i}", gold_label="ham", source_split="train")
+            for i in range(4)]
+    recs += [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train") for i in range(2)]
+    register(ws, task, recs, progress=False)
+    with ws.store() as s:
+        ids = [it.id for it in s.items("docs")]
+    quiet = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=1.0)
+    with run_simulated_teacher(ws, "docs", quiet) as url:
+        t = teacher_from_spec(f"{url}|{model_id('docs', quiet)}", task, backoff_base=0.01)
+        rep = label_items_batch(ws, "docs", ids, t, LabelConfig(passes=1), BatchConfig(poll_s=0.05), progress=False)
+    assert rep.labelled == 6
+    with ws.store() as s:
+        rows = s.query("SELECT a.label, a.error_detail, i.text FROM teacher_answers a JOIN items i "
+                       "ON i.content_hash = a.content_hash WHERE a.ok = 1")
+    assert len(rows) == 6
+    for r in rows:
+        cut = len(r["text"]) > 16_000
+        assert r["label"] == ("spam" if cut else "ham")
+        assert ("input_truncated" in (r["error_detail"] or "")) == cut, r["error_detail"]

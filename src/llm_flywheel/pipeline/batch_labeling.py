@@ -222,9 +222,11 @@ class BatchRun:
         lines = self.store.batch_lines(rec.id)
         why = f"batch {st.status}: {'; '.join(st.errors)}"[:300] if st.status != "completed" else None
         answers = []
+        texts = {it.id: it.text for it in self.items if it.modality == "text" and it.text}
         for ln in lines:
+            note = self.teacher.fit_context(self.task, texts[ln.item_id])[1] if ln.item_id in texts else None
             ans = answer_from_line(self.teacher, self.task, ln.item_id, ln.content_hash, ln.pass_index,
-                                   results.get(ln.custom_id), price_ratio=rec.price_ratio)
+                                   results.get(ln.custom_id), price_ratio=rec.price_ratio, note=note)
             if why and ln.custom_id not in results:
                 ans.error_detail = why
             answers.append((ln, ans))

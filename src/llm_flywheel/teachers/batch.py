@@ -219,9 +219,11 @@ def request_line(teacher: OpenAICompatTeacher, task: Task, item: Item, pass_inde
 
 
 def answer_from_line(teacher: OpenAICompatTeacher, task: Task, item_id: int, content_hash: str, pass_index: int,
-                     result: ResultLine | None, *, price_ratio: float) -> TeacherAnswer:
+                     result: ResultLine | None, *, price_ratio: float, note: str | None = None) -> TeacherAnswer:
     """The :class:`TeacherAnswer` for one line, read exactly like an online reply; where the provider reports no
     cost, tokens are priced at ``price_ratio`` x the teacher's online prices (a reported cost is what was billed).
+    ``note``: the ``input_truncated`` note of a text the line sent cut (:func:`request_line`), kept on an answer as
+    online.
 
     A line with no reply is a failure (``ok=False``) that the next batch asks again: a server error keeps its HTTP
     kind, a line an expired batch never reached is a ``timeout``."""
@@ -252,4 +254,8 @@ def answer_from_line(teacher: OpenAICompatTeacher, task: Task, item_id: int, con
     if fields.get("error_kind") == "truncated" and thought:  # the follow-up batch gives it room to think
         teacher._learn_room(min(MAX_REASONING_ROOM, max(600, 2 * teacher.max_tokens)), thought)
     fields["extra"] = {**(fields.get("extra") or {}), "batch": True}
-    return teacher._answer(item_id, content_hash, task, pass_index, **fields)
+    ans = teacher._answer(item_id, content_hash, task, pass_index, **fields)
+    if note and ans.ok:
+        ans.error_detail = f"{ans.error_detail}; {note}" if ans.error_detail else note
+        ans.extra["input_truncated"] = True
+    return ans
