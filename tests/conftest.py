@@ -3,7 +3,8 @@
 The whole suite runs on either store: SQLite by default, PostgreSQL with ``FLYWHEEL_TEST_STORE=postgresql`` (a
 real server started here for the session, one schema per workspace through ``FLYWHEEL_STORE``; tests about the
 SQLite file itself are marked ``sqlite_only`` and skipped there, and so are tests marked ``not_about_the_store``:
-a real LLM server's or a browser's minutes, whose store work the rest of the suite covers on PostgreSQL).
+a real LLM server's or a browser's minutes, whose store work the rest of the suite covers on PostgreSQL, and pure
+computations that open no store at all).
 ``pg_url`` gives any test its own fresh schema.
 """
 
@@ -72,7 +73,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if TEST_STORE != "sqlite":
         skip = pytest.mark.skip(reason="about the SQLite file itself (FLYWHEEL_TEST_STORE=postgresql)")
-        once = pytest.mark.skip(reason="about a real LLM server or browser, not the store: run on the SQLite pass")
+        once = pytest.mark.skip(reason="not about the store (a real LLM server, a browser, numpy): run on the SQLite pass")
         for item in items:
             if "sqlite_only" in item.keywords:
                 item.add_marker(skip)

@@ -89,6 +89,7 @@ def _draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return c, rng.random(n) < c**A
 
 
+@pytest.mark.not_about_the_store  # numpy only: the PostgreSQL pass would repeat it unchanged
 @pytest.mark.parametrize("n_calib,target,delta", [(400, 0.85, 0.1), (1500, 0.9, 0.05)])
 def test_accuracy_guarantee_holds_over_many_calibration_draws(n_calib, target, delta):
     rng = np.random.default_rng(123)
@@ -140,6 +141,7 @@ def test_budget_goal_respected_and_uses_the_budget():
                     assert beta.ppf(0.9, m + 2, n - m - 1) > f
 
 
+@pytest.mark.not_about_the_store
 def test_budget_holds_on_unseen_data_with_probability_1_minus_delta():
     rng = np.random.default_rng(5)
     over, fracs = 0, []
@@ -292,6 +294,7 @@ def _calibrate_parity(w: dict[str, np.ndarray], delta: float, cap: float | None 
     return T, ch, conf, s, te
 
 
+@pytest.mark.not_about_the_store
 @pytest.mark.parametrize("slope,n_calib,rho", [(0.3, 1000, 0.0), (0.1, 400, 0.0), (0.05, 1000, 0.0),
                                                (0.3, 1000, 0.3), (0.05, 1000, 0.3)])
 def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib, rho):
