@@ -73,7 +73,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if TEST_STORE != "sqlite":
         skip = pytest.mark.skip(reason="about the SQLite file itself (FLYWHEEL_TEST_STORE=postgresql)")
-        once = pytest.mark.skip(reason="not about the store (a real LLM server, a browser, numpy): run on the SQLite pass")
+        once = pytest.mark.skip(reason="not about the store (an LLM server, a browser, numpy): run on the SQLite pass")
         for item in items:
             if "sqlite_only" in item.keywords:
                 item.add_marker(skip)
