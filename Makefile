@@ -34,10 +34,11 @@ demo: setup
 
 # The whole suite, real servers included: the local LLM servers, the SpamAssassin corpus, Label Studio and chromium
 # are built/fetched first (cached in $(CACHE) and .venv-ls; cold about 10 min on 2 cores, warm seconds).  It runs
-# twice: on SQLite (the default store) and on a real PostgreSQL the tests start themselves (tests/pg_server.py).
+# twice: on SQLite (the default store) and on a real PostgreSQL the tests start themselves (tests/pg_server.py) --
+# the two passes side by side, then the tests marked `alone` (Ray, real LLM servers, a browser) one pass at a time
+# (tests/run_passes.py says why; each output line is prefixed with its pass).
 test: setup llm-servers spam-assassin label-studio chromium postgres
-	$(BIN)/python -m pytest -q
-	FLYWHEEL_TEST_STORE=postgresql $(BIN)/python -m pytest -q
+	$(BIN)/python tests/run_passes.py
 
 # Only the PostgreSQL pass (every test whose store is a workspace's runs on a fresh schema of a local server).
 test-postgres: setup postgres

@@ -37,7 +37,7 @@ from llm_flywheel.interfaces.cli import main
 from llm_flywheel.data.spam_assassin import cache_dir
 from llm_flywheel.store.workspace import Workspace
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.not_about_the_store]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.not_about_the_store, pytest.mark.alone]
 
 LLAMA_CPP_PYTHON_VERSION = os.environ.get("LLAMA_CPP_PYTHON_VERSION", "0.3.36")  # the Makefile's pin
 MODEL_ALIAS = "smollm2-135m-instruct"
@@ -170,8 +170,8 @@ def answers(ws: Path) -> list:
 
 def import_dataset(ws: Path, tmp_path: Path, n: int = 24) -> int:
     data = write_dataset(tmp_path / "mini.jsonl", n=n)
-    held = ["--val", "3", "--calib", "6", "--stream", "3", "--test", "4"] if n >= 20 else ["--val", "1", "--calib", "1",
-                                                                                          "--stream", "1", "--test", "2"]
+    held = (["--val", "3", "--calib", "6", "--stream", "3", "--test", "4"] if n >= 20
+            else ["--val", "1", "--calib", "1", "--stream", "1", "--test", "2"])
     flywheel(ws, "data", "add", "text", str(data), "--name", "mini", *held, "--no-progress")
     return n
 

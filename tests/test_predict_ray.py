@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from ports import free_port
 from test_cascade import sim_teacher, trained_calibrated_ws
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.alone]  # a Ray cluster: run_passes.py
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from llm_flywheel.pipeline.cascade import Cascade

@@ -198,6 +198,7 @@ def browser_exe() -> str:
 
 
 @pytest.mark.slow  # a small wheel run (~1-2 min on 2 shared cores) makes the report
+@pytest.mark.alone
 @pytest.mark.not_about_the_store  # Chromium's rendering; the report's store reads run on both stores elsewhere
 def test_report_renders_in_chromium_with_the_summary_numbers(ws, synth_task, browser_exe):
     from conftest import make_synth_dataset
@@ -247,6 +248,7 @@ def test_report_renders_in_chromium_with_the_summary_numbers(ws, synth_task, bro
         assert row[col["teacher_calls"]] == f"{r['teacher_calls']:,}"
 
 
+@pytest.mark.alone
 @pytest.mark.not_about_the_store  # Chromium's rendering; the report's store reads run on both stores elsewhere
 def test_browser_reports_a_broken_image_and_a_script_error(tmp_path, browser_exe):
     """The checks above can fail: a page with a corrupt PNG and a console error is caught."""

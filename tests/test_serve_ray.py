@@ -23,6 +23,9 @@ from ports import free_port
 from procs import die_with_parent
 from test_cascade import trained_calibrated_ws
 
+pytestmark = pytest.mark.alone  # a Ray cluster and Ray Serve's proxy: never beside another pass (tests/run_passes.py)
+
+
 @pytest.fixture(scope="module")
 def cal_ws(tmp_path_factory):
     return trained_calibrated_ws(tmp_path_factory.mktemp("serve-ray") / "ws")
