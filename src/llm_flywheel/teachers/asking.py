@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from llm_flywheel.core.scripts import head_within
 from llm_flywheel.core.task import Task
 from llm_flywheel.teachers.base import FATAL_ERROR_KINDS, TeacherAnswer
 from llm_flywheel.teachers.errors import (classify_transport_error, context_numbers, fatal_fix, is_content_refusal,
@@ -321,7 +322,7 @@ class Asking:
             self._warned_silent_cut = True
             log.warning("%s; long item texts are cut to fit (noted on each answer as input_truncated)", fix)
         call.shortened_from = len(call.content)
-        call.content = call.content[:keep] + " …[truncated]"
+        call.content = call.content[: head_within(call.content, keep)] + " …[truncated]"  # a CJK character: 4
         call.notes.append(f"input_truncated: the item text was cut from {call.shortened_from} to "
                           f"{len(call.content)} characters: the server took only {ans.tokens_in} prompt tokens")
         return RESEND
