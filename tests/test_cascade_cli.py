@@ -273,3 +273,33 @@ def test_an_xlsx_output_keeps_a_formula_looking_text_as_text(tmp_path):
     write_answers(tmp_path / "o.xlsx", ['=HYPERLINK("http://x","click")'], [ValueError("unreadable")])
     cell = openpyxl.load_workbook(tmp_path / "o.xlsx").active["A2"]
     assert cell.data_type == "s" and cell.value == '=HYPERLINK("http://x","click")'
+
+
+def test_predict_reads_a_saved_hugging_face_image_dataset_as_its_pictures(cal_ws, tmp_path):
+    """``ds.save_to_disk("new")`` of pictures given to predict: each row a picture, hashed as the import stores it
+    (the test items answer with their stored hash), an unreadable row reported on its own."""
+    from test_cascade import SYNTH_TASK
+    from test_data_hf_disk import IMAGE_TYPE, pa
+
+    from llm_flywheel.pipeline.predict_files import RowInput, expand_tables
+
+    ws, version = cal_ws
+    with ws.store() as s:
+        items = s.items("synth", split="test", limit=3)
+    cells = [{"bytes": (ws.root / it.blob_path).read_bytes(), "path": f"{it.id}.png"} for it in items]
+    cells.append({"bytes": b"not a picture", "path": "broken.png"})
+    d = tmp_path / "new"
+    d.mkdir()
+    table = pa.table({"image": pa.array(cells, IMAGE_TYPE)})
+    with pa.OSFile(str(d / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (d / "dataset_info.json").write_text(json.dumps({"features": {"image": {"_type": "Image"}}}))
+    rows = expand_tables([d], SYNTH_TASK)
+    assert [r.content_hash for r in rows[:3]] == [it.content_hash for it in items]
+    assert isinstance(rows[3], RowInput) and rows[3].error and "unreadable picture" in rows[3].error
+    r = _run(ws, "predict", "synth", str(d), "--json")
+    assert r.exit_code == 1 and "could not be read" in r.output, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(lines) == 4 and "error" in lines[-1]
+    assert all(a["model_version"] == version and a["source"] in ("student", "deferred") for a in lines[:3])

@@ -12,6 +12,7 @@ its name (-1, the library's "no label", is none), and the splits of a ``DatasetD
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,44 @@ def read_hf_saved(path: str | Path) -> tuple[list[str], list[tuple[str, dict[str
     return [*names, *([col] if col else [])], rows, f"{p.name}: {kind}; ClassLabel columns read as their names"
 
 
+def saved_splits(path: str | Path) -> list[str | None]:
+    """A ``DatasetDict``'s split names (its folders), ``[None]`` for a single ``Dataset``."""
+    p = Path(path)
+    return [*_splits(p)] if (p / "dataset_dict.json").is_file() else [None]
+
+
+def features(path: str | Path) -> dict[str, Any]:
+    """The ``features`` of ``dataset_info.json`` (the first split's for a ``DatasetDict``); {} when missing."""
+    p = Path(path)
+    split = saved_splits(p)[0]
+    try:
+        info = json.loads(((p / split if split else p) / "dataset_info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    feats = info.get("features") if isinstance(info, dict) else None
+    return feats if isinstance(feats, dict) else {}
+
+
+def class_names(path: str | Path) -> dict[str, list[str]]:
+    """ClassLabel columns -> their class names (the first split's, as :func:`features`)."""
+    return {str(c): [str(n) for n in f["names"]] for c, f in features(path).items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
+
+
+def arrow_files(d: str | Path) -> list[Path]:
+    """The Arrow files of one saved ``Dataset`` folder, in ``state.json``'s order."""
+    return _files(Path(d))
+
+
+def record_batches(f: Path) -> Iterator[Any]:
+    """An Arrow file's record batches, memory-mapped: a large set is never in memory whole."""
+    reader = _arrow(f)
+    if hasattr(reader, "num_record_batches"):  # the IPC file format
+        yield from (reader.get_batch(i) for i in range(reader.num_record_batches))
+    else:
+        yield from reader
+
+
 def _split_col(names: list[str]) -> str:
     return "hf_split" if SPLIT_COLUMN in names else SPLIT_COLUMN
 
@@ -65,7 +104,7 @@ def _splits(p: Path) -> list[str]:
 
 def _read_split(d: Path, split: str | None) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
     """(column names, [(row reference, values)]) of one saved ``Dataset`` folder."""
-    labels = _class_names(d / "dataset_info.json")
+    labels = class_names(d)
     names: list[str] = []
     out: list[tuple[str, dict[str, Any]]] = []
     for f in _files(d):
@@ -88,16 +127,6 @@ def _files(d: Path) -> list[Path]:
         raise ValueError(f"{d}: saved with an indices mapping (rows chosen from a larger table), which would be read "
                          "as every row; save it again flattened: ds.flatten_indices().save_to_disk(...)")
     return files or sorted(d.glob("*.arrow"))
-
-
-def _class_names(info: Path) -> dict[str, list[str]]:
-    """ClassLabel columns -> their names, from ``dataset_info.json`` (none when it is missing)."""
-    try:
-        features = json.loads(info.read_text(encoding="utf-8")).get("features") or {}
-    except (OSError, ValueError):
-        return {}
-    return {str(c): [str(n) for n in f["names"]] for c, f in features.items()
-            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
 
 
 def _class(v: Any, names: list[str]) -> Any:

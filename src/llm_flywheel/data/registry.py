@@ -19,6 +19,7 @@ from llm_flywheel.data.base import ImportReport, Record, register, stored_task
 from llm_flywheel.data.cifar5 import cifar5_source
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
 from llm_flywheel.data.hf_disk import is_hf_saved
+from llm_flywheel.data.hf_images import hf_image_source, image_columns, label_column_of
 from llm_flywheel.data.hf_disk import split_column as hf_split_column
 from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source
@@ -64,9 +65,13 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
         if not o.get("path"):
             raise DatasetError(f"{name} needs a path (flywheel data add {name} PATH)")
         common = {"task": o.get("task"), "name": o.get("as_name")}
-        if name in ("text", "tabular") and is_hf_saved(o["path"]) and not o.get("split_column"):
-            o = {**o, "split_column": hf_split_column(o["path"])}  # a DatasetDict's splits are the source's
-        if name == "image-folder":
+        if name in ("text", "tabular") and is_hf_saved(o["path"]):
+            o = _hf_table_options(name, o)
+        if name == "image-folder" and is_hf_saved(o["path"]):
+            _only_label_column(o)
+            task, recs, total, notes = hf_image_source(o["path"], label_column=o.get("label_column"), **common)
+            meta = {"notes": notes}
+        elif name == "image-folder":
             task, recs, total, notes = image_folder_source(
                 o["path"], labels=o.get("labels"), label_column=o.get("label_column"),
                 file_column=o.get("file_column"), **common)
@@ -93,6 +98,25 @@ def _source(ws: Workspace, name: str, o: dict[str, Any]) -> tuple[Task, Iterator
                 split_column=o.get("split_column"), sheet=o.get("sheet"), **common)
             meta = {"features": feats, "notes": notes}
     return task, recs, total, meta
+
+
+def _hf_table_options(name: str, o: dict[str, Any]) -> dict[str, Any]:
+    """A saved Hugging Face dataset read as a table: its ClassLabel column is the label column and a
+    ``DatasetDict``'s splits the source's, unless named otherwise; one of pictures is said to be an image set."""
+    pics = image_columns(o["path"])
+    if pics:
+        raise DatasetError(f"{o['path']} holds pictures (Image column {pics[0]!r}): import it with "
+                           f"`flywheel data add image-folder {o['path']}`")
+    return {**o, "split_column": o.get("split_column") or hf_split_column(o["path"]),
+            "label_column": o.get("label_column") or label_column_of(o["path"])}
+
+
+def _only_label_column(o: dict[str, Any]) -> None:
+    """A saved dataset of pictures has its own files and splits: only --label-column applies to it."""
+    given = [k for k in ("labels", "file_column") if o.get(k)]
+    if given:
+        raise DatasetError(f"{o['path']} is a Hugging Face dataset saved to disk: its labels are its ClassLabel "
+                           f"column (--label-column), not {', '.join('--' + k.replace('_', '-') for k in given)}")
 
 
 def _only_for_files(o: dict[str, Any]) -> None:

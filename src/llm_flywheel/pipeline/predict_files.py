@@ -63,8 +63,30 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_columns: Sequen
     for f in inputs:
         if is_table(f) and task.modality in ("text", "tabular"):
             out += _table_rows(f, task, tuple(text_columns), sheet)
+        elif isinstance(f, Path) and is_hf_saved(f) and task.modality == "image":
+            out += _saved_pictures(f)
         else:
             out.append(f)
+    return out
+
+
+def _saved_pictures(path: Path) -> list[RowInput]:
+    """A saved Hugging Face image dataset stands for its pictures, each as the import stores it (one hash)."""
+    from llm_flywheel.data.hf_images import image_columns, picture_records
+    from llm_flywheel.data.images import storable_bytes
+
+    if not image_columns(path):
+        raise ValueError(f"{path}: a Hugging Face dataset saved to disk without an Image column, and the model "
+                         "reads pictures")
+    out = []
+    for rec in picture_records(path)[0]:
+        try:
+            if rec.error is not None or not isinstance(rec.image, bytes):
+                raise ValueError(rec.error or "no picture")
+            data = storable_bytes(rec.image)[0]
+            out.append(RowInput(rec.source_ref, data, sha256(data)))
+        except (ValueError, OSError) as e:  # PIL's "cannot identify image file" is an OSError
+            out.append(RowInput(rec.source_ref, error=f"unreadable picture ({e})"))
     return out
 
 
