@@ -3,9 +3,13 @@
 
 Why side by side: one pass keeps about 1.2 of the CI machine's 2 cores busy (62 % of both, sampled from
 /proc/stat during a pass; the rest is waiting on subprocesses, servers and the database), and the two passes ran
-one after the other in about 27 + 26 minutes.  Why some tests run alone: a Ray cluster or a real LLM server starts
-several processes against start-up deadlines (Ray Serve's proxy has 60 s, hard-coded) and two Ray clusters on one
-machine can pick the same ports (ray-project/ray#53906), so those modules never share the machine with a pass.
+one after the other in about 27 + 26 minutes.  Why some tests run alone: a Ray cluster, a real LLM server or an
+example's own servers start several processes against start-up deadlines (Ray Serve's proxy has 60 s, hard-coded)
+and two Ray clusters on one machine can pick the same ports (ray-project/ray#53906), so those modules never share
+the machine with a pass.  In that phase the Ray tests run first and the others after them in the same process:
+a run that ended right after its Ray tests was once killed by SIGSEGV at interpreter exit, every test passed
+(Ray's driver threads at shutdown; 1 run in 4 here), and in one long pass they always had minutes of other tests
+after them.  ``PYTHONFAULTHANDLER`` is set so that a crash prints where it happened.
 
 Each line of output is prefixed with its pass; the exit status is the first failing pass's (0 when all pass).
 """
@@ -20,11 +24,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSES = (("sqlite", {}), ("postgresql", {"FLYWHEEL_TEST_STORE": "postgresql"}))
+RAY_FIRST = ("test_predict_ray.py", "test_serve_ray.py")
+
+
+def alone_order(extra: list[str]) -> list[str]:
+    """The test files in the order the alone phase runs them (Ray first), unless the caller named tests."""
+    if any(not a.startswith("-") for a in extra):
+        return []
+    files = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    return [f"tests/{f}" for f in (*RAY_FIRST, *(f for f in files if f not in RAY_FIRST))]
 
 
 def pytest(label: str, env: dict[str, str], args: list[str], codes: dict[str, int]) -> None:
     """One pytest run, its output streamed line by line under ``[label]``; its exit status into ``codes``."""
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", *args], cwd=ROOT, env={**os.environ, **env},
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             errors="replace")
     assert proc.stdout is not None
@@ -43,7 +57,7 @@ def main(extra: list[str]) -> int:
     for t in threads:
         t.join()
     for name, env in PASSES:
-        pytest(f"{name}, alone", env, ["-m", "alone", *extra], codes)
+        pytest(f"{name}, alone", env, ["-m", "alone", *extra, *alone_order(extra)], codes)
     print("passes:", ", ".join(f"{k} exit {v}" for k, v in codes.items()), flush=True)
     return next((v for v in codes.values() if v != 0), 0)
 

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# each example starts its own servers (flywheel serve, the simulated teacher) against start-up deadlines, and they run
+# after the Ray tests in the same process (tests/run_passes.py says why)
+pytestmark = pytest.mark.alone
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
