@@ -73,21 +73,30 @@ def test_online_batch_and_raw_calls_send_the_cut_text_and_note_it(monkeypatch):
     assert env_t.estimate_call(TASK, text_len=60_037) == env_t.estimate_call(TASK, text_len=2000)
 
 
+QUIET = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=1.0)
+
+
+def mails_and_long_offers(ws, task: Task, short: int, long: int) -> list[int]:
+    """``short`` meeting notes (ham) and ``long`` 60,000-character offers (spam) stored as dataset 'docs'; their ids."""
+    recs = [Record(f"short{i}", text=f"meeting notes number {i} for the team", gold_label="ham", source_split="train")
+            for i in range(short)]
+    recs += [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train")
+             for i in range(long)]
+    register(ws, task, recs, progress=False)
+    with ws.store() as s:
+        return [it.id for it in s.items("docs")]
+
+
 def test_the_simulated_teacher_knows_a_cut_document_and_the_plan_prices_what_is_sent(ws):
     """Three 60,000-character mails among short ones: labelled right (the simulator recognises the cut text as its
     item), every answer of theirs noted, and the plan's guess of tokens is for 16,000 characters, not 60,000."""
     task = Task(name="docs", modality="text", labels=("spam", "ham"), instructions="Spam or ham?",
                 input_per_mtok=1.0, output_per_mtok=1.0)
-    recs = [Record(f"short{i}", text=f"meeting notes number {i} for the team", gold_label="ham", source_split="train")
-            for i in range(30)]
-    recs += [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train") for i in range(3)]
-    register(ws, task, recs, progress=False)
+    ids = mails_and_long_offers(ws, task, 30, 3)
     with ws.store() as s:
-        ids = [it.id for it in s.items("docs")]
         long_hashes = {it.content_hash for it in s.items("docs") if len(it.text or "") > 16_000}
-    quiet = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=1.0)
-    with run_simulated_teacher(ws, "docs", quiet) as url:
-        t = teacher_from_spec(f"{url}|{model_id('docs', quiet)}", task, backoff_base=0.01)
+    with run_simulated_teacher(ws, "docs", QUIET) as url:
+        t = teacher_from_spec(f"{url}|{model_id('docs', QUIET)}", task, backoff_base=0.01)
         p = plan(ws, "docs", ids, t, LabelConfig(passes=2, adaptive_passes=False))
         rep = label_items(ws, "docs", ids, t, LabelConfig(passes=2, adaptive_passes=False), progress=False)
     assert rep.labelled == 33 and rep.failed == 0
@@ -167,15 +176,9 @@ def test_a_batch_api_answer_for_a_cut_text_is_noted_as_online(ws):
     from llm_flywheel.pipeline.batch_labeling import BatchConfig, label_items_batch
 
     task = Task(name="docs", modality="text", labels=("spam", "ham"), instructions="Spam or ham?")
-    recs = [Record(f"short{i}", text=f"meeting notes number {i}", gold_label="ham", source_split="train")
-            for i in range(4)]
-    recs += [Record(f"long{i}", text=f"offer {i}: " + LONG, gold_label="spam", source_split="train") for i in range(2)]
-    register(ws, task, recs, progress=False)
-    with ws.store() as s:
-        ids = [it.id for it in s.items("docs")]
-    quiet = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=1.0)
-    with run_simulated_teacher(ws, "docs", quiet) as url:
-        t = teacher_from_spec(f"{url}|{model_id('docs', quiet)}", task, backoff_base=0.01)
+    ids = mails_and_long_offers(ws, task, 4, 2)
+    with run_simulated_teacher(ws, "docs", QUIET) as url:
+        t = teacher_from_spec(f"{url}|{model_id('docs', QUIET)}", task, backoff_base=0.01)
         rep = label_items_batch(ws, "docs", ids, t, LabelConfig(passes=1), BatchConfig(poll_s=0.05), progress=False)
     assert rep.labelled == 6
     with ws.store() as s:
