@@ -20,8 +20,9 @@ from typing import Any
 
 import httpx
 
-from llm_flywheel.core.scripts import head_within, latin_len
+from llm_flywheel.core.scripts import head_within
 from llm_flywheel.teachers.base import ServerInfo
+from llm_flywheel.teachers.texts import over_limit
 
 PROPS_TIMEOUT = 3.0  # s: a local server answers /props in milliseconds; a slow answer means "does not say"
 CHARS_PER_TOKEN = 3  # conservative (English prose is ~4; mail headers, URLs and code are denser)
@@ -88,7 +89,7 @@ def fit_text(text: str, n_ctx: int, system_chars: int, max_tokens: int) -> tuple
     ``input_truncated``.  Budget: the context less the instructions, ``max_tokens`` and a margin, at a
     conservative :data:`CHARS_PER_TOKEN` characters per token (a CJK character counted as 4: ``latin_len``)."""
     budget = (n_ctx - system_chars // CHARS_PER_TOKEN - 1 - max_tokens - CONTEXT_MARGIN_TOKENS) * CHARS_PER_TOKEN
-    if budget <= 0 or latin_len(text[: budget + 1]) <= budget:
+    if budget <= 0 or not over_limit(text, budget):
         return text, None
     cut = text[: head_within(text, budget)] + " …[truncated]"
     return cut, (f"input_truncated: the item text was cut from {len(text)} to {len(cut)} characters to fit the "
