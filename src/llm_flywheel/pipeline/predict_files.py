@@ -79,14 +79,16 @@ def _saved_pictures(path: Path) -> list[RowInput]:
         raise ValueError(f"{path}: a Hugging Face dataset saved to disk without an Image column, and the model "
                          "reads pictures")
     out = []
-    for rec in picture_records(path)[0]:
-        try:
-            if rec.error is not None or not isinstance(rec.image, bytes):
-                raise ValueError(rec.error or "no picture")
-            data = storable_bytes(rec.image)[0]
-            out.append(RowInput(rec.source_ref, data, sha256(data)))
-        except (ValueError, OSError) as e:  # PIL's "cannot identify image file" is an OSError
-            out.append(RowInput(rec.source_ref, error=f"unreadable picture ({e})"))
+    for rec in picture_records(path)[0]:  # a record holds the picture's bytes or why there are none
+        why = rec.error
+        if why is None:
+            try:
+                data = storable_bytes(rec.image)[0]
+                out.append(RowInput(rec.source_ref, data, sha256(data)))
+            except (ValueError, OSError) as e:  # PIL's "cannot identify image file" is an OSError
+                why = str(e)
+        if why is not None:
+            out.append(RowInput(rec.source_ref, error=f"unreadable picture ({why})"))
     return out
 
 
