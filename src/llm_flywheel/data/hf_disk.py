@@ -73,6 +73,17 @@ def class_names(path: str | Path) -> dict[str, list[str]]:
             if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
 
 
+def image_columns(path: str | Path) -> list[str]:
+    """The columns of ``Image`` type in a saved folder (its first split's ``dataset_info.json``)."""
+    return [c for c, f in features(path).items() if isinstance(f, dict) and f.get("_type") == "Image"]
+
+
+def label_column_of(path: str | Path) -> str | None:
+    """The one ``ClassLabel`` column, which holds the gold label (None when there is none, or several)."""
+    labels = list(class_names(path))
+    return labels[0] if len(labels) == 1 else None
+
+
 def arrow_files(d: str | Path) -> list[Path]:
     """The Arrow files of one saved ``Dataset`` folder, in ``state.json``'s order."""
     return _files(Path(d))

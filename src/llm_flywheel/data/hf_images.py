@@ -17,19 +17,9 @@ from typing import Any
 from llm_flywheel.core.task import Task
 from llm_flywheel.data.base import Record
 from llm_flywheel.data.folders import split_cell
-from llm_flywheel.data.hf_disk import arrow_files, class_names, features, record_batches, saved_splits
+from llm_flywheel.data.hf_disk import (arrow_files, class_names, features, image_columns, label_column_of,
+                                       record_batches, saved_splits)
 from llm_flywheel.data.image_folder import folder_task, normalised_labels
-
-
-def image_columns(path: str | Path) -> list[str]:
-    """The columns of ``Image`` type in a saved folder (its first split's ``dataset_info.json``)."""
-    return [c for c, f in features(path).items() if isinstance(f, dict) and f.get("_type") == "Image"]
-
-
-def label_column_of(path: str | Path) -> str | None:
-    """The one ``ClassLabel`` column, which holds the gold label (None when there is none, or several)."""
-    labels = list(class_names(path))
-    return labels[0] if len(labels) == 1 else None
 
 
 def hf_image_source(path: str | Path, *, task: str | Path | Task | None = None, name: str | None = None,

@@ -18,8 +18,8 @@ from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.data.base import ImportReport, Record, register, stored_task
 from llm_flywheel.data.cifar5 import cifar5_source
 from llm_flywheel.data.fashion_mnist import fashion_mnist_source
-from llm_flywheel.data.hf_disk import is_hf_saved
-from llm_flywheel.data.hf_images import hf_image_source, image_columns, label_column_of
+from llm_flywheel.data.hf_disk import image_columns, is_hf_saved, label_column_of
+from llm_flywheel.data.hf_images import hf_image_source
 from llm_flywheel.data.hf_disk import split_column as hf_split_column
 from llm_flywheel.data.image_folder import dataset_name, image_folder_source
 from llm_flywheel.data.spam_assassin import spam_assassin_source

@@ -72,7 +72,8 @@ def expand_tables(inputs: Sequence[Path | str], task: Task, text_columns: Sequen
 
 def _saved_pictures(path: Path) -> list[RowInput]:
     """A saved Hugging Face image dataset stands for its pictures, each as the import stores it (one hash)."""
-    from llm_flywheel.data.hf_images import image_columns, picture_records
+    from llm_flywheel.data.hf_disk import image_columns
+    from llm_flywheel.data.hf_images import picture_records
     from llm_flywheel.data.images import storable_bytes
 
     if not image_columns(path):
