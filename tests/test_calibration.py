@@ -417,11 +417,61 @@ def test_calibrate_teacher_parity_end_to_end(tmp_path):
     assert rep["choice"]["goal"] == "parity+budget" and rep["teacher_single_call"]["n"] == len(scored)
 
 
+def test_parity_judged_by_review_asks_people_only_about_the_disagreements(tmp_path):
+    """reference='review': the calib items where the student and pass 0 disagree -- and only those -- are queued for
+    review (the CLI exits 1 naming `flywheel review export`); once a person labelled them, the sign test's wins and
+    losses are exactly those against gold on every item (where the two agree, the item is a tie whoever is right),
+    and no teacher accuracy is claimed from ties."""
+    from click.testing import CliRunner
+    from test_cascade import sim_teacher, trained_calibrated_ws
+
+    from llm_flywheel.interfaces.cli import main
+    from llm_flywheel.pipeline.calibration import ReviewNeeded, calibrate
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.pipeline.training import load_student
+    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
+
+    ws, version = trained_calibrated_ws(tmp_path / "ws")
+    with ws.store() as s:
+        calib = s.items("synth", split="calib")
+    sim = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)
+    with run_simulated_teacher(ws, "synth", sim) as url:
+        label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url), LabelConfig(passes=1), progress=False)
+    with pytest.raises(ValueError, match="judges the teacher-parity goal only"):
+        calibrate(ws, "synth", version, reference="review")
+    student = load_student(ws, version)
+    pred = dict(zip([it.id for it in calib], np.asarray(student.labels)[student.predict_proba(calib).argmax(1)]))
+    with ws.store() as s:
+        first = max(s.first_answers_by_hash([it.content_hash for it in calib]).values(), key=len)
+    answered = [it for it in calib if first.get(it.content_hash) is not None]
+    disagree = {it.id for it in answered if first[it.content_hash] != pred[it.id]}
+    assert 0 < len(disagree) < len(answered)
+    with pytest.raises(ReviewNeeded) as e:
+        calibrate(ws, "synth", version, teacher_parity=True, reference="review")
+    assert set(e.value.item_ids) == disagree
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity",
+                                  "--reference", "review"])
+    assert r.exit_code == 1 and "flywheel review export synth" in r.output, r.output
+    with ws.store() as s:
+        queued = {int(q["item_id"]) for q in s.query("SELECT item_id FROM review_queue WHERE reason='parity'")}
+        assert queued == disagree
+        s.record_reviews([(it.id, it.gold_label, "") for it in calib if it.id in disagree], reviewer="t", file="t")
+    res = calibrate(ws, "synth", version, teacher_parity=True, reference="review", delta=0.1)
+    gold_s = np.asarray([pred[it.id] == it.gold_label for it in answered])
+    gold_t = np.asarray([first[it.content_hash] == it.gold_label for it in answered])
+    single = res.teacher_single_call
+    assert single["reviewed"] == len(disagree) and single["n"] == len(answered)
+    assert single["student_only_right"] == int((gold_s & ~gold_t).sum())
+    assert single["teacher_only_right"] == int((~gold_s & gold_t).sum())
+    assert res.choice.teacher_accuracy is None and res.choice.cascade_accuracy is None
+    assert res.goal == "parity" and res.reference == "review"
+
+
 def test_an_unmet_parity_goal_under_a_cap_says_what_helps():
     """Parity + a cap that parity cannot meet yet: the cap's threshold serves, and the warning's fix is about the
     student (more rounds, a stronger student, a larger cap) -- not "use a teacher budget", which is already there."""
     from llm_flywheel.pipeline.wheel_results import CalibResult
-    from llm_flywheel.pipeline.wheel_stages import infeasible_goal_warning
+    from llm_flywheel.pipeline.wheel_calibrate import infeasible_goal_warning
 
     w = infeasible_goal_warning(3, CalibResult(calib_feasible=False, calib_goal="parity+budget", calib_note="x"))
     assert w["code"] == "goal_infeasible" and "stronger student" in w["fix"] and "use a teacher budget" not in w["fix"]

@@ -375,3 +375,51 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
                   progress=False)
         random_new = train_asked(other) - first
         assert len(random_new) == 30 and random_new != least_sure
+
+
+def test_parity_judged_by_review_stops_for_people_then_resumes_with_their_labels(wheel_ws, tmp_path):
+    """`parity_reference='review'`: without a reviewer the run stops (exit 5 on the CLI) with the calib items where
+    the student and the teacher's first answer disagree queued for review and exported by `flywheel review export`;
+    after `flywheel review import` the same command resumes and calibrates; a run given a reviewer asks it instead."""
+    import csv
+
+    from llm_flywheel.pipeline.flywheel import WheelConfig, WheelStopped, run_wheel
+    from llm_flywheel.pipeline.review import GoldReviewer
+    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
+
+    ws = wheel_ws
+    cfg = dict(SMALL, rounds=1, gold_ceiling=False, epochs=3, student_hparams={"width": 8}, target_accuracy=None,
+               teacher_parity=True, parity_reference="review", max_teacher_fraction=0.5)
+    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, rate_429=0.0)) as url:
+        t = _teacher(ws, url)
+        with pytest.raises(WheelStopped, match=r"calib items where the student and the teacher's first answer "
+                                               r"disagree have no human label.*flywheel review export synth") as stop:
+            run_wheel(ws, "synth", teacher=t, config=WheelConfig(**cfg), progress=False)
+        assert stop.value.kind == "review"
+        out = tmp_path / "review.csv"
+        r = CliRunner().invoke(main, ["--workspace", str(ws.root), "review", "export", "synth", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        with ws.store() as s:
+            gold = {it.id: it.gold_label for it in s.items("synth", split="calib")}
+        rows = list(csv.DictReader(out.open()))
+        assert any(row["queue_reason"] == "parity" for row in rows)  # queued by calibration: calib items only
+        assert all(int(row["item_id"]) in gold for row in rows if row["queue_reason"] == "parity")
+        parity = [row for row in rows if int(row["item_id"]) in gold]  # some were queued already (the passes split)
+        for row in parity:
+            row["label_final"] = gold[int(row["item_id"])]
+        with out.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(parity)
+        assert CliRunner().invoke(main, ["--workspace", str(ws.root), "review", "import", str(out)]).exit_code == 0
+        res = run_wheel(ws, "synth", teacher=t, config=WheelConfig(**cfg), progress=False)
+        rnd = res.rounds[0]
+        assert rnd["calib_goal"].startswith("parity") and not rnd.get("calib_reviewed")  # people did, not the run
+        assert rnd["calib_teacher_accuracy"] is None  # ties are not accuracies: none is claimed
+        # a run given a reviewer: the new students' new disagreements are asked of it, not stopped on
+        res2 = run_wheel(ws, "synth", teacher=t, config=WheelConfig(**(cfg | {"rounds": 2, "seed": 1})),
+                         progress=False, reviewer=GoldReviewer())
+    assert any((r.get("calib_reviewed") or 0) >= 1 for r in res2.rounds)
+    with ws.store() as s:
+        by = {r["reviewer"] for r in s.query("SELECT reviewer FROM reviews")}
+        assert GoldReviewer.name in by

@@ -28,9 +28,8 @@ from llm_flywheel.core.calibration import (  # noqa: F401  (re-exported)
     cascade_curve,
     fit_temperature,
 )
-from llm_flywheel.core.cost import DEFAULT_CPU_USD_PER_HOUR, teacher_price
+from llm_flywheel.core.cost import DEFAULT_CPU_USD_PER_HOUR
 from llm_flywheel.core.stats import ece, nll
-from llm_flywheel.core.task import Task
 from llm_flywheel.core.thresholds import (  # noqa: F401  (re-exported)
     PARITY_STARTS,
     SEQUENCES,
@@ -44,7 +43,15 @@ from llm_flywheel.core.thresholds import (  # noqa: F401  (re-exported)
     sign_test_p_value,
     start_size,
 )
-from llm_flywheel.store.base import Item, Store
+from llm_flywheel.pipeline.calib_inputs import (  # noqa: F401  (teacher_cost_per_item, REFERENCES re-exported)
+    REFERENCES,
+    ReviewNeeded,
+    accuracies_from_labels,
+    load_inputs,
+    parity_subset,
+    teacher_cost_per_item,
+)
+from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
 
 GOALS = ("accuracy", "parity", "budget")
@@ -107,122 +114,11 @@ class CalibrationResult:
         return self.to_dict().keys()
 
 
-def teacher_cost_per_item(store: Store, dataset: str, task: Any, usd_per_hour: float | None = None) -> tuple[float, str]:
-    """Mean recorded cost of a successful teacher call for ``dataset``; for a teacher that reports no token cost (a
-    local server) its measured latency x ``usd_per_hour``; else an estimate from the task's token prices."""
-    stats = store.teacher_cost_stats(dataset)
-    if stats["priced"] and stats["mean_cost_per_call"] > 0:
-        n = stats["ok_calls"]
-        return float(stats["mean_cost_per_call"]), f"mean of {n} recorded teacher calls"
-    if stats["calls"] and stats.get("mean_latency_s"):
-        price, note = teacher_price({**stats, "priced": False},
-                                    DEFAULT_CPU_USD_PER_HOUR if usd_per_hour is None else usd_per_hour)
-        if price is not None:
-            return price, note
-    pin, pout = getattr(task, "input_per_mtok", None), getattr(task, "output_per_mtok", None)
-    if pin is not None and pout is not None:
-        tin = 600 if task.modality == "image" else 400
-        return (tin * pin + 40 * pout) / 1e6, "estimated from the task's token prices (no recorded calls)"
-    return 0.0, "unknown (no recorded calls, no prices in the task)"
-
-
-@dataclass
-class _CalibInputs:
-    """The calib split as the stage scores it."""
-
-    task: Task
-    all_items: list[Item]  # every calib item: the budget goal counts them all (see choose_threshold)
-    items: list[Item]  # those with a usable reference label
-    ref: dict[int, str]
-    ref_note: str
-    teacher_labels: dict[int, str | None]  # consensus labels (reference='gold': the curve scores the teacher)
-    first_answers: dict[str, str | None]  # content hash -> the teacher's pass-0 label (parity goal)
-    first_model: str | None
-    second_answers: dict[str, str | None]  # content hash -> the same teacher's pass-1 label (None: failed)
-    second_asked: set[str]  # content hashes pass 1 was asked about (failed calls included)
-    t_cost: float
-    t_cost_note: str
-
-
-def _load_inputs(store: Store, dataset: str, version: str, reference: str, parity: bool,
-                 cpu: float) -> _CalibInputs:
-    from llm_flywheel.pipeline.training import model_row
-
-    row = model_row(store, version)
-    if row["dataset"] != dataset:
-        raise ValueError(f"model {version!r} belongs to dataset {row['dataset']!r}, not {dataset!r}")
-    task = Task.from_json(store.dataset_task_json(dataset))
-    all_items = store.items(dataset, split="calib")
-    if reference == "labels":
-        ref: dict[int, str] = store.effective_labels(dataset, split="calib")
-        ref_note = "calib split effective labels (teacher consensus; human corrections outrank it)"
-    else:
-        ref = {it.id: it.gold_label for it in all_items if it.gold_label is not None}
-        ref_note = "calib split GOLD labels (a human-verified dev set)"
-    items = [it for it in all_items if ref.get(it.id) in task.labels]
-    if not items:
-        raise ValueError(
-            f"the calib split of {dataset!r} has no usable {'labels' if reference == 'labels' else 'gold labels'}; "
-            f"label it first (e.g. `flywheel label {dataset} --split calib`) or make splits with a calib part")
-    t_cost, t_cost_note = teacher_cost_per_item(store, dataset, task, cpu)
-    teacher_labels = store.teacher_labels([it.id for it in items]) if reference == "gold" else {}
-    first: dict[str, str | None] = {}
-    second: dict[str, str | None] = {}
-    asked: set[str] = set()
-    first_model = None
-    if parity:  # every calib item: parity judged against pass 1 needs no consensus label
-        hashes = [it.content_hash for it in all_items]
-        by_model = store.first_answers_by_hash(hashes)
-        if by_model:
-            first_model, first = max(by_model.items(), key=lambda kv: len(kv[1]))
-            second = store.pass_answers_by_hash(hashes, 1, asked=True).get(first_model, {})  # failed: None
-            asked = set(second)
-    return _CalibInputs(task, all_items, items, ref, ref_note, teacher_labels, first, first_model, second, asked,
-                        t_cost, t_cost_note)
-
-
 def _student_probs(student: Any, items: list[Item]) -> tuple[np.ndarray, float]:
     """Raw probabilities of every item and the student's seconds per item (for the cost curve)."""
     t0 = time.perf_counter()
     probs = np.concatenate([student.predict_proba(items[s : s + 512]) for s in range(0, len(items), 512)])
     return probs, (time.perf_counter() - t0) / max(1, len(items))
-
-
-def _parity_subset(inp: _CalibInputs, dataset: str, reference: str, conf_all: np.ndarray, pred_all: list[str]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(confidences, the student's and the teacher's single-call correctness, a summary) of the items compared.
-
-    Why pass 1 and not the consensus is the reference (``reference='labels'``): pass 0 is one of the consensus's
-    votes, so against the consensus a single teacher call looks better than it is and a student that beats its
-    teacher on gold could not show it (the demo: never).  Pass 1 is an independent call of the same teacher, so the
-    comparison is "who agrees more often with a fresh teacher call", on every calib item (one without a consensus
-    too).  Items pass 1 was never asked about cannot be dropped: adaptive passes skip exactly the items whose pass 0
-    was sure, and the rest are the teacher's hard ones.  Items whose pass 1 failed or was off the list drop out (a
-    failure says nothing about who is right)."""
-    hs = [it.content_hash for it in inp.all_items]
-    if not any(h in inp.first_answers for h in hs):
-        raise ValueError("the teacher-parity goal needs the teacher's first answer (pass 0) on calib items and there "
-                         "is none; label the calib split with the teacher first (`flywheel label DATASET --split calib`)")
-    if reference == "gold":
-        ref = [inp.ref.get(it.id) for it in inp.all_items]
-        note = "pass 0 vs the gold labels on the same calib items"
-    else:
-        missing = sum(1 for h in hs if h in inp.first_answers and h not in inp.second_asked)
-        if missing:
-            raise ValueError(
-                f"the teacher-parity goal compares the student and the teacher's first answer with a second, "
-                f"independent teacher call (pass 1), and {missing:,} of {len(hs):,} calib items were never asked a "
-                f"pass 1 (labelled with one pass, or adaptive passes skipped them: those are the items whose first "
-                f"answer was sure, so they cannot simply be left out); ask them with "
-                f"`flywheel label {dataset} --split calib --fixed-passes` (cached answers are reused; "
-                f"`flywheel run --teacher-parity` does this by itself)")
-        ref = [inp.second_answers.get(h) for h in hs]
-        note = "pass 0 vs pass 1 (an independent call of the same teacher) on the same calib items"
-    have = np.asarray([h in inp.first_answers and r in inp.task.labels for h, r in zip(hs, ref)])
-    s = np.asarray([p == r for p, r in zip(pred_all, ref)])[have]
-    tc = np.asarray([inp.first_answers.get(h) == r for h, r in zip(hs, ref)])[have]
-    acc = float(tc.mean()) if len(tc) else 0.0
-    return conf_all[have], s, tc, {"model": inp.first_model, "n": int(have.sum()), "accuracy": acc, "note": note}
 
 
 def calibrate(
@@ -242,15 +138,20 @@ def calibrate(
     ``teacher_parity``: the goal "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta
     (see :func:`~llm_flywheel.core.thresholds.parity_threshold`); it lets a student that is already better than its
     teacher answer almost everything.  With ``reference='labels'`` it is judged against the teacher's pass 1 (an
-    independent call: see :func:`_parity_subset`), so every calib item needs a pass 1.  ``reference='labels'``: the
-    calib split's effective labels (teacher consensus, human outranks) -- what a real user has.
-    ``reference='gold'``: gold labels, i.e. a human-verified dev set (the report says so).
+    independent call: see :mod:`~llm_flywheel.pipeline.calib_inputs`), so every calib item needs a pass 1.
+    ``reference='labels'``: the calib split's effective labels (teacher consensus, human outranks) -- what a real
+    user has.  ``reference='gold'``: gold labels, i.e. a human-verified dev set (the report says so).
+    ``reference='review'`` (parity only): a person judges each calib item where the student and pass 0 disagree;
+    those without a human label are queued for review and :class:`ReviewNeeded` is raised.
     """
-    if reference not in ("labels", "gold"):
-        raise ValueError(f"reference must be 'labels' or 'gold', not {reference!r}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, not {reference!r}")
+    if reference == "review" and not teacher_parity:
+        raise ValueError("reference='review' judges the teacher-parity goal only (people look at the student/teacher "
+                         "disagreements); use it with teacher_parity=True (--goal teacher-parity)")
     cpu = DEFAULT_CPU_USD_PER_HOUR if cpu_usd_per_hour is None else cpu_usd_per_hour
     with ws.store() as store:
-        inp = _load_inputs(store, dataset, version, reference, teacher_parity, cpu)
+        inp = load_inputs(store, dataset, version, reference, teacher_parity, cpu)
     from llm_flywheel.pipeline.training import load_student
 
     student = load_student(ws, version)
@@ -269,10 +170,18 @@ def calibrate(
     if reference == "gold":
         teacher_correct = np.asarray([inp.teacher_labels.get(it.id) == inp.ref[it.id] for it in inp.items])
     if teacher_parity:
-        conf_c, correct_c, teacher_correct, single = _parity_subset(
-            inp, dataset, reference, all_conf, [labels[j] for j in all_cal.argmax(axis=1)])
+        try:
+            conf_c, correct_c, teacher_correct, single = parity_subset(
+                inp, dataset, reference, all_conf, [labels[j] for j in all_cal.argmax(axis=1)])
+        except ReviewNeeded as e:
+            with ws.store() as store:
+                store.queue_for_review(e.item_ids, "parity")
+            raise
         choice = choose_threshold(conf_c, correct_c, parity=True, teacher_correct=teacher_correct,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)
+        if reference == "review":  # ties were scored "both right": the accuracies come from the labels instead
+            accuracies_from_labels(choice, conf, correct)
+            conf_c, correct_c, teacher_correct = conf, correct, None
     else:
         choice = choose_threshold(conf, correct, target_accuracy=target_accuracy,
                                   max_teacher_fraction=max_teacher_fraction, delta=delta, budget_conf=all_conf)

@@ -33,8 +33,9 @@ from llm_flywheel.pipeline.wheel_config import (  # noqa: F401  (re-exported: th
     auto_sizes, plan_sizes, warning, without_unbinding)
 from llm_flywheel.pipeline.wheel_finish import cost_section, finish, teacher_source  # noqa: F401
 from llm_flywheel.pipeline.wheel_measure import collect_stage, evaluate_stage, serve_stage
+from llm_flywheel.pipeline.wheel_calibrate import calibrate_stage, infeasible_goal_warning
 from llm_flywheel.pipeline.wheel_results import EvalResult, RoundReport
-from llm_flywheel.pipeline.wheel_stages import (PhaseTimer, WheelContext, calibrate_stage, infeasible_goal_warning,
+from llm_flywheel.pipeline.wheel_stages import (PhaseTimer, WheelContext,
                                                 promote_stage, select_and_label, train_stage, training_labels)
 from llm_flywheel.store.workspace import Workspace
 
@@ -64,13 +65,16 @@ def run_wheel(
     progress: bool = True,
     console: Console | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    reviewer: Callable[[list[Any]], dict[int, str]] | None = None,
     **overrides: Any,
 ) -> WheelResult:
     """Turn the wheel ``config.rounds`` times on ``dataset``; returns per-round metrics (also stored in ``rounds``).
 
     Give either a ``teacher`` object (Teacher protocol, as used by ``labeling.label_items``) or a ``teacher_spec``
     (e.g. ``openrouter:google/gemini-2.5-flash`` or ``http://127.0.0.1:8111/v1|simulated/...``).  ``overrides`` are
-    WheelConfig fields.
+    WheelConfig fields.  ``reviewer``: with ``parity_reference='review'``, a callable given the calib items a
+    person must judge (a list of items) that returns ``{item id: label}``; without one the run stops with them
+    queued for `flywheel review`.
     """
     names = {f.name for f in fields(WheelConfig)}
     unknown = set(overrides) - names
@@ -79,6 +83,7 @@ def run_wheel(
     cfg = WheelConfig(**(asdict(config) | overrides)) if config is not None else WheelConfig(**overrides)
     con = console or Console(stderr=True, quiet=not progress)  # a given console prints even without progress bars
     ctx, sizing = setup(ws, dataset, cfg, con, progress, teacher, teacher_spec)
+    ctx.reviewer = reviewer
     return turn(ctx, sizing.warnings, sizing.sizes, on_round)
 
 

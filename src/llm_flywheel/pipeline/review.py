@@ -175,3 +175,14 @@ def _checked_decisions(store: Store, p: Path, rows: list[dict[str, str]],
         more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise ReviewImportError(f"{p}: {len(bad)} bad row(s); nothing was applied:\n{listing}{more}", bad)
     return todo
+
+
+class GoldReviewer:
+    """A person simulated by the items' gold labels, for demos and benchmarks whose data has them -- as the simulated
+    teacher stands in for an LLM.  Give it to ``run_wheel(reviewer=...)``; real people's labels arrive through
+    ``flywheel review import`` or Label Studio instead.  Items without a gold label are left unreviewed."""
+
+    name = "simulated reviewer (gold labels)"
+
+    def __call__(self, items: list[Any]) -> dict[int, str]:
+        return {it.id: it.gold_label for it in items if it.gold_label is not None}

@@ -83,6 +83,8 @@ class WheelConfig:
     target_accuracy: float | None = None  # threshold goal: accuracy on accepted items ...
     max_teacher_fraction: float | None = None  # ... and/or a teacher budget
     teacher_parity: bool = False  # ... and/or cascade accuracy no lower than the teacher's single call (guaranteed)
+    parity_reference: str = "labels"  # who judges parity: "labels" (the teacher's pass 1) or "review" (a person, on
+    #                                   the calib items where the student and pass 0 disagree; see calib_inputs)
     delta: float = 0.1
     audit_rate: float = 0.03
     concurrency: int = 16
@@ -109,6 +111,10 @@ class WheelConfig:
             raise ValueError(f"add_served {self.add_served!r}: choose 'all', 'deferred' or None")
         if self.add_served_limit is not None and self.add_served_limit < 0:
             raise ValueError("add_served_limit must be >= 0")
+        if self.parity_reference not in ("labels", "review"):
+            raise ValueError(f"parity_reference {self.parity_reference!r}: choose 'labels' or 'review'")
+        if self.parity_reference == "review" and not self.teacher_parity:
+            raise ValueError("parity_reference='review' judges the teacher-parity goal: add --teacher-parity")
         if self.teacher_parity and self.target_accuracy is not None:
             raise ValueError("give either --target-accuracy or --teacher-parity, not both")
         if self.target_accuracy is None and self.max_teacher_fraction is None and not self.teacher_parity:
@@ -124,7 +130,7 @@ class WheelConfig:
 NOT_BINDING = ("rounds", "gold_ceiling", "batch_poll_s", "add_served", "add_served_limit", "first_round")
 
 
-ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0, "student_hints": True}
+ADDED_LATER: dict[str, Any] = {"unlabelled": 0.0, "student_hints": True, "parity_reference": "labels"}
 """Settings newer than runs already stored: absent from a stored key means this value, so an unfinished run of an
 older version still resumes."""
 

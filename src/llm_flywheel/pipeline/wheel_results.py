@@ -66,6 +66,7 @@ class CalibResult(StageResult):
     calib_goal: str | None = None  # e.g. "budget", "parity+budget"
     calib_teacher_accuracy: float | None = None  # parity: the teacher's single call on calib (vs the reference)
     calib_cascade_accuracy: float | None = None  # parity: the cascade's on calib at the chosen threshold
+    calib_reviewed: int | None = None  # parity judged by review: disagreements a person labelled this round
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from llm_flywheel.core.task import Task
 from llm_flywheel.pipeline import feedback
 from llm_flywheel.pipeline.cost import spend_of
 from llm_flywheel.pipeline.wheel_config import WheelConfig, WheelStopped, warning
-from llm_flywheel.pipeline.wheel_results import (CalibResult, LabelResult, PromotionResult, RoundReport,
+from llm_flywheel.pipeline.wheel_results import (LabelResult, PromotionResult, RoundReport,
                                                   TrainResult)
 from llm_flywheel.store.base import Item
 from llm_flywheel.store.workspace import Workspace
@@ -57,6 +57,7 @@ class WheelContext:
     served_stream: list[int] = field(default_factory=list)
     served_import: dict[str, Any] | None = None  # what `add_served` imported before the run (ServedImport.to_dict)
     prior_student: str | None = None  # the serving student when the run began: it chooses round 1's items (or None)
+    reviewer: Callable[[list[Item]], dict[int, str]] | None = None  # labels what parity review asks (None: stop)
 
     def items(self, ids: Sequence[int]) -> list[Item]:
         """Items by id, in the order given (missing ids dropped)."""
@@ -298,40 +299,6 @@ def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors:
         ctx.con.print(f"  student: {tm.student.kind} -- {tm.metrics['student_choice']}")
     return TrainResult(trained_version=tm.version, student_kind=getattr(tm.student, "kind", cfg.student_kind),
                        labels_total=len(labels))
-
-
-# -- 3. calibrate ---------------------------------------------------------------------------------------------
-
-
-def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
-    """Temperature and threshold of ``version`` on the calib split for the run's cascade goal."""
-    from llm_flywheel.pipeline.calibration import calibrate
-
-    cfg = ctx.cfg
-    try:
-        cal = calibrate(ctx.ws, ctx.dataset, version, target_accuracy=cfg.target_accuracy,
-                        max_teacher_fraction=cfg.max_teacher_fraction, teacher_parity=cfg.teacher_parity,
-                        delta=cfg.delta)
-    except ValueError as e:  # e.g. no calib item has a teacher label
-        raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
-    choice = cal.choice
-    return CalibResult(threshold=cal.threshold, temperature=cal.temperature, calib_feasible=cal.feasible,
-                       calib_note=choice.note, student_agreement_calib=cal.student_accuracy_calib,
-                       calib_teacher_fraction=choice.teacher_fraction, calib_goal=choice.goal,
-                       calib_teacher_accuracy=choice.teacher_accuracy, calib_cascade_accuracy=choice.cascade_accuracy)
-
-
-def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None:
-    if calib.calib_feasible is not False:
-        return None
-    if (calib.calib_goal or "").startswith("parity"):  # parity + a cap: the cap's threshold serves meanwhile
-        fix = ("nothing to change if the cap is what you want: the student is not yet shown better than its teacher "
-               "on enough calib items; more rounds or labels, or a stronger student (e.g. --student-kind "
-               "efficientnet-lite0), let parity take over; a larger --max-teacher-fraction buys it now")
-    else:
-        fix = ("use a teacher budget, e.g. --max-teacher-fraction 0.1 (always feasible), or a --target-accuracy "
-               "below the teacher's own accuracy")
-    return warning("goal_infeasible", f"round {r}: the cascade goal cannot be met ({calib.calib_note})", fix)
 
 
 # -- 4. promote -----------------------------------------------------------------------------------------------

@@ -107,8 +107,10 @@ def _goal(config: dict[str, Any]) -> str | None:
     if ta is not None:
         parts.append(f"accuracy >= {100 * ta:g} % (agreement with teacher labels) on items the student answers")
     if config.get("teacher_parity"):
+        judge = ("a person's label on each calib item where the student and the teacher's first answer disagree"
+                 if config.get("parity_reference") == "review" else "the teacher's independent pass 1")
         parts.append("cascade accuracy no lower than the teacher's single call (on calib, with probability "
-                     f">= {100 * (1 - (config.get('delta') or 0.1)):g} %)")
+                     f">= {100 * (1 - (config.get('delta') or 0.1)):g} %, judged by {judge})")
     return " and ".join(parts) or None
 
 

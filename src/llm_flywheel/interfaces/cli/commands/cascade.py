@@ -75,8 +75,10 @@ def _teacher(ws: Any, dataset: str, spec: str | None, api_key_env: str | None) -
               help="Allowed probability that the accuracy guarantee fails.")
 @click.option("--max-teacher-fraction", type=click.FloatRange(0, 1),
               help="Goal: at most this fraction of items sent to the teacher.")
-@click.option("--reference", type=click.Choice(["labels", "gold"]), default="labels", show_default=True,
-              help="What 'correct' means on the calib split: its teacher/human labels, or gold labels.")
+@click.option("--reference", type=click.Choice(["labels", "gold", "review"]), default="labels", show_default=True,
+              help="What 'correct' means on the calib split: its teacher/human labels, or gold labels; review "
+                   "(with --goal teacher-parity): a person's label on each calib item where the student and the "
+                   "teacher's first answer disagree (those not yet reviewed are queued for `flywheel review`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stored report as JSON on stdout.")
 @pass_ctx
 def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, target_accuracy: float | None,

@@ -62,6 +62,12 @@ def _wheel_options(f: Any) -> Any:
                           "1 - delta (checked on the calib items against the teacher's independent pass 1, so calib "
                           "is asked every pass); add --max-teacher-fraction to cap the teacher's share too. Lets a "
                           "student better than its teacher answer almost everything."),
+        click.option("--parity-reference", type=click.Choice(["labels", "review"]), default="labels",
+                     show_default=True,
+                     help="Who judges --teacher-parity: the teacher's pass 1 (labels), or a person (review) on the "
+                          "calib items where the student and the teacher's first answer disagree -- proven much "
+                          "sooner when the teacher's passes repeat each other's mistakes. The run stops with those "
+                          "items queued (`flywheel review export|push`, then `review import|pull`, then re-run)."),
         click.option("--delta", type=click.FloatRange(0, 1), default=0.1, show_default=True, help="Risk level of the accuracy guarantee."),
         click.option("--audit-rate", type=click.FloatRange(0, 1), default=0.03, show_default=True,
                      help="Share of student-accepted stream items re-asked to the teacher to measure disagreement."),
@@ -211,7 +217,8 @@ RUN_EPILOG = (
 
 def stopped_exit(e: Exception) -> FlywheelExit:
     kind = getattr(e, "kind", "")
-    code = {"budget": ExitCode.BUDGET, "busy": ExitCode.ERROR}.get(kind, ExitCode.TEACHER_FAILED)
+    code = {"budget": ExitCode.BUDGET, "busy": ExitCode.ERROR, "review": ExitCode.INCOMPLETE}.get(
+        kind, ExitCode.TEACHER_FAILED)
     return FlywheelExit(str(e), code)
 
 
