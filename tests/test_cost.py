@@ -142,3 +142,22 @@ def test_nothing_deferred_on_a_small_sample_gives_a_bound_not_a_ratio():
     d = compare(CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=2000.0, teacher_fraction=0.125,
                            labelling_spend_usd=1.0, fraction_items=24))
     assert d["cost_ratio"] is not None and "cost_ratio" not in d["not_available"]
+
+
+def test_the_ratio_with_audits_paid_and_at_the_fractions_upper_bound():
+    """An audited deployment also pays the teacher for audit_rate of what the student answers, and a fraction of 1 in
+    2,000 supports far less than its point ratio: both are reported beside the headline."""
+    from llm_flywheel.core.cost import CostInputs, compare
+    from llm_flywheel.core.stats import wilson_interval
+
+    c = compare(CostInputs(teacher_cost_per_call=0.001, student_items_per_s=1e9, teacher_fraction=0.05,
+                           fraction_items=2000, audit_rate=0.03))
+    assert c["cost_ratio"] == pytest.approx(20.0, rel=1e-6)
+    assert c["cost_ratio_audited"] == pytest.approx(1 / (0.05 + 0.95 * 0.03), rel=1e-6)
+    hi = wilson_interval(100, 2000)[1]
+    assert c["teacher_fraction_upper"] == pytest.approx(hi)
+    assert c["cost_ratio_audited_at_upper"] == pytest.approx(1 / (hi + (1 - hi) * 0.03), rel=1e-6)
+    one = compare(CostInputs(teacher_cost_per_call=0.001, student_items_per_s=1e9, teacher_fraction=1 / 2000,
+                             fraction_items=2000))
+    assert one["cost_ratio"] == pytest.approx(2000, rel=1e-6) and one["cost_ratio_audited"] is None
+    assert one["cost_ratio_audited_at_upper"] < 400  # what 1 deferral in 2,000 supports

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llm_flywheel.core.stats import wilson_interval
+
 DEFAULT_CPU_USD_PER_HOUR = 0.09
 """Assumed price of the serving machine (about a 2-vCPU on-demand cloud instance).  Configurable everywhere."""
 
@@ -30,6 +32,7 @@ class CostInputs:
     cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR
     teacher_calls_per_item: int = 1  # passes when serving (the cascade asks once)
     fraction_items: int | None = None  # items the teacher fraction was measured on (None: unknown)
+    audit_rate: float = 0.0  # share of student-answered items also asked of the teacher, to watch for drift
 
 
 def fraction_upper_bound(n: int) -> float:
@@ -94,6 +97,26 @@ NA_FIXES: dict[str, str] = {
 }
 
 
+def _audited(inputs: CostInputs, teacher_1k: float, na: Mapping[str, str]) -> dict[str, Any]:
+    """The cascade's cost with its audit re-asks paid too, and the ratio at the teacher fraction's 95 % upper bound.
+
+    Why both: the headline ratio prices only deferrals, but an audited deployment also pays the teacher for
+    ``audit_rate`` of the items the student answers; and a fraction of 1 in 2,000 makes the point ratio a statement
+    about n (a cascade that deferred almost nothing looks 1,000x cheaper).  The bound (Wilson, 95 %) says what the
+    measurement supports."""
+    def ratio(fraction: float) -> float | None:
+        f = fraction + (1.0 - fraction) * inputs.audit_rate
+        c = cost_per_1k_cascade(inputs.teacher_cost_per_call, f, inputs.student_items_per_s,
+                                cpu_usd_per_hour=inputs.cpu_usd_per_hour, calls_per_item=inputs.teacher_calls_per_item)
+        return teacher_1k / c if c > 0 and teacher_1k > 0 and "cost_ratio" not in na else None
+
+    n = inputs.fraction_items
+    upper = wilson_interval(round(inputs.teacher_fraction * n), n)[1] if n else None
+    return {"cost_ratio_audited": ratio(inputs.teacher_fraction) if inputs.audit_rate > 0 else None,
+            "teacher_fraction_upper": upper,
+            "cost_ratio_audited_at_upper": ratio(upper) if upper is not None else None}
+
+
 def compare(inputs: CostInputs) -> dict[str, Any]:
     """The full comparison as a JSON-able dict (the report's cost section)."""
     teacher_1k = cost_per_1k_teacher_only(inputs.teacher_cost_per_call, inputs.teacher_calls_per_item)
@@ -138,6 +161,7 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
         be = None
     return {
         **asdict(inputs),
+        **_audited(inputs, teacher_1k, na),
         "student_cost_per_1k": 1000.0 * student_cost_per_item(inputs.student_items_per_s, inputs.cpu_usd_per_hour),
         "cost_per_1k_teacher_only": teacher_1k,
         "cost_per_1k_cascade": cascade_1k,

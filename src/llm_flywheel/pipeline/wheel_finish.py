@@ -149,7 +149,8 @@ def cost_section(cfg: WheelConfig, rounds: list[dict[str, Any]], throughput: dic
         spend = calls * price
     cost = costmod.compare(costmod.CostInputs(
         teacher_cost_per_call=price, student_items_per_s=throughput["items_per_s"], teacher_fraction=tf,
-        labelling_spend_usd=spend, cpu_usd_per_hour=cfg.cpu_usd_per_hour, fraction_items=tf_n))
+        labelling_spend_usd=spend, cpu_usd_per_hour=cfg.cpu_usd_per_hour, fraction_items=tf_n,
+        audit_rate=cfg.audit_rate))
     if tstats.get("note"):
         price_note = out["teacher_price_note"] = f"{price_note}; {tstats['note']}"
     cost["teacher_price_note"] = price_note

@@ -73,6 +73,8 @@ def build_summary(ws: Workspace, dataset: str, *, run_id: int | None = None) -> 
         "cost_per_1k_cascade": cost.get("cost_per_1k_cascade"),
         "breakeven_items": cost.get("breakeven_items"),
         "cost_ratio": cost.get("cost_ratio"),
+        "cost_ratio_audited": cost.get("cost_ratio_audited"),  # the audit re-asks paid too
+        "cost_ratio_audited_at_upper": cost.get("cost_ratio_audited_at_upper"),  # ... at the fraction's 95 % bound
         "labelling_spend_usd": cost.get("labelling_spend_usd"),
         "final_student_accuracy": last.get("student_accuracy"),
         "final_student_accuracy_ci": last.get("student_accuracy_ci"),

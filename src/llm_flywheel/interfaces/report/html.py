@@ -164,6 +164,8 @@ OVERALL_ROWS = (
     ("cost_per_1k_teacher_only", "cost per 1,000 items, teacher everywhere"),
     ("cost_per_1k_cascade", "cost per 1,000 items, cascade"),
     ("cost_ratio", "cost ratio (teacher / cascade)"),
+    ("cost_ratio_audited", "cost ratio with the audit re-asks paid"),
+    ("cost_ratio_audited_at_upper", "... and at the teacher fraction's 95 % upper bound"),
     ("labelling_spend_usd", "teacher spend of the whole run (USD)"),
     ("breakeven_items", "breakeven (items served until labelling has paid off)"),
 )
@@ -175,7 +177,7 @@ def _overall(summary: Mapping[str, Any]) -> str:
     na = summary.get("cost_not_available") or {}
     for k, name in OVERALL_ROWS:
         v = with_ci(summary, k) if f"{k}_ci" in summary else e(fmt(summary.get(k), k))
-        if k == "cost_ratio" and summary.get(k) is not None:
+        if k.startswith("cost_ratio") and summary.get(k) is not None:
             v = f"{summary[k]:.1f}×"
         if summary.get(k) is None and (na.get(k) or na.get("cost")) and (k.startswith("cost") or k in (
                 "breakeven_items", "labelling_spend_usd")):

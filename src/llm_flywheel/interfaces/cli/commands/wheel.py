@@ -187,6 +187,13 @@ def print_final(ws: Any, dataset: str, page: Path) -> dict[str, Any]:
         r = (na.get("cost_ratio", "ratio n/a") if ratio is None else f"{ratio:.1f}x cheaper" if ratio >= 1.05 else
              f"{ratio:.2f}x: no saving" if ratio >= 0.95 else f"{1 / ratio:.1f}x DEARER")
         lines.append(f"cost per 1,000 items: teacher everywhere ${c1:.4f}, cascade ${c2:.4f} ({r})")
+        cost = summary.get("cost") or {}
+        if ratio is not None and cost.get("cost_ratio_audited_at_upper") is not None:
+            audit = cost.get("audit_rate") or 0.0
+            audited = cost["cost_ratio_audited"] or ratio
+            lines.append(f"  with the {100 * audit:g} % audit re-asks paid: {audited:.1f}x; "
+                         f"at the teacher fraction's 95 % upper bound ({100 * cost['teacher_fraction_upper']:.1f} %): "
+                         f"{cost['cost_ratio_audited_at_upper']:.1f}x")
         if summary.get("teacher_price_note"):
             lines.append(f"teacher price: {summary['teacher_price_note']}")
     elif na.get("cost"):
