@@ -365,18 +365,10 @@ def test_parity_unit_cases():
         choose_threshold(conf, s, parity=True, teacher_correct=te, target_accuracy=0.9)
 
 
-def test_calibrate_teacher_parity_end_to_end(tmp_path):
-    """Through the store: the simulated teacher answers the calib split over HTTP.  With pass 0 alone, parity is
-    refused (no independent reference) with the command that fixes it; after that command (two fixed passes, pass 0
-    from the cache) calibrate(teacher_parity=True) compares the student and pass 0 against pass 1 on the same items;
-    the CLI shows the goal."""
-    import json
-
-    from click.testing import CliRunner
+def _calib_asked_once(tmp_path):
+    """A trained model whose calib split the simulated teacher (80 % right) answered once: (ws, version, calib, sim)."""
     from test_cascade import sim_teacher, trained_calibrated_ws
 
-    from llm_flywheel.interfaces.cli import main
-    from llm_flywheel.pipeline.calibration import calibrate, calibration_report
     from llm_flywheel.pipeline.labeling import LabelConfig, label_items
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
@@ -386,6 +378,25 @@ def test_calibrate_teacher_parity_end_to_end(tmp_path):
     sim = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)
     with run_simulated_teacher(ws, "synth", sim) as url:
         label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url), LabelConfig(passes=1), progress=False)
+    return ws, version, calib, sim
+
+
+def test_calibrate_teacher_parity_end_to_end(tmp_path):
+    """Through the store: the simulated teacher answers the calib split over HTTP.  With pass 0 alone, parity is
+    refused (no independent reference) with the command that fixes it; after that command (two fixed passes, pass 0
+    from the cache) calibrate(teacher_parity=True) compares the student and pass 0 against pass 1 on the same items;
+    the CLI shows the goal."""
+    import json
+
+    from click.testing import CliRunner
+    from test_cascade import sim_teacher
+
+    from llm_flywheel.interfaces.cli import main
+    from llm_flywheel.pipeline.calibration import calibrate, calibration_report
+    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
+    from llm_flywheel.teachers.simulated import run_simulated_teacher
+
+    ws, version, calib, sim = _calib_asked_once(tmp_path)
     with pytest.raises(ValueError, match=r"never asked a pass 1.*flywheel label synth --split calib --fixed-passes"):
         calibrate(ws, "synth", version, teacher_parity=True, delta=0.1)
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity"])
@@ -423,20 +434,12 @@ def test_parity_judged_by_review_asks_people_only_about_the_disagreements(tmp_pa
     losses are exactly those against gold on every item (where the two agree, the item is a tie whoever is right),
     and no teacher accuracy is claimed from ties."""
     from click.testing import CliRunner
-    from test_cascade import sim_teacher, trained_calibrated_ws
 
     from llm_flywheel.interfaces.cli import main
     from llm_flywheel.pipeline.calibration import ReviewNeeded, calibrate
-    from llm_flywheel.pipeline.labeling import LabelConfig, label_items
     from llm_flywheel.pipeline.training import load_student
-    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
-    ws, version = trained_calibrated_ws(tmp_path / "ws")
-    with ws.store() as s:
-        calib = s.items("synth", split="calib")
-    sim = SimConfig(latency_ms=0, malformed_rate=0, rate_429=0, accuracy=0.8)
-    with run_simulated_teacher(ws, "synth", sim) as url:
-        label_items(ws, "synth", [it.id for it in calib], sim_teacher(ws, url), LabelConfig(passes=1), progress=False)
+    ws, version, calib, _ = _calib_asked_once(tmp_path)
     with pytest.raises(ValueError, match="judges the teacher-parity goal only"):
         calibrate(ws, "synth", version, reference="review")
     student = load_student(ws, version)

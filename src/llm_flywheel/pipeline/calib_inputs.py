@@ -17,7 +17,8 @@ from llm_flywheel.core.thresholds import PARITY_STARTS, ThresholdChoice, clopper
 from llm_flywheel.store.base import Item, Store
 
 
-def teacher_cost_per_item(store: Store, dataset: str, task: Any, usd_per_hour: float | None = None) -> tuple[float, str]:
+def teacher_cost_per_item(store: Store, dataset: str, task: Any, usd_per_hour: float | None = None
+                          ) -> tuple[float, str]:
     """Mean recorded cost of a successful teacher call for ``dataset``; for a teacher that reports no token cost (a
     local server) its measured latency x ``usd_per_hour``; else an estimate from the task's token prices."""
     stats = store.teacher_cost_stats(dataset)
@@ -123,7 +124,8 @@ def parity_subset(inp: CalibInputs, dataset: str, reference: str, conf_all: np.n
     hs = [it.content_hash for it in inp.all_items]
     if not any(h in inp.first_answers for h in hs):
         raise ValueError("the teacher-parity goal needs the teacher's first answer (pass 0) on calib items and there "
-                         "is none; label the calib split with the teacher first (`flywheel label DATASET --split calib`)")
+                         "is none; label the calib split with the teacher first "
+                         "(`flywheel label DATASET --split calib`)")
     if reference == "gold":
         ref = [inp.ref.get(it.id) for it in inp.all_items]
         note = "pass 0 vs the gold labels on the same calib items"
@@ -171,10 +173,11 @@ def reviewed_subset(inp: CalibInputs, dataset: str, conf_all: np.ndarray, pred_a
         tc.append(first == r)
     if missing:
         raise ReviewNeeded(
-            f"teacher parity judged by review: {len(missing):,} calib items where the student and the teacher's "
-            f"first answer disagree have no human label yet; they are queued for review -- `flywheel review export "
-            f"{dataset} FILE` (or `flywheel review push {dataset}` to Label Studio), label them, `flywheel review "
-            f"import FILE`, then re-run", missing)
+            f"teacher parity judged by review: {len(missing):,} of the calib items where the student and the "
+            f"teacher's first answer disagree {'has' if len(missing) == 1 else 'have'} no human label yet; they are "
+            f"in the review queue (with whatever else it holds) -- `flywheel review export {dataset} -o FILE` (or "
+            f"`flywheel review push {dataset}` to Label Studio), label them, `flywheel review import FILE`, then "
+            f"re-run", missing)
     s_a, t_a = np.asarray(s, dtype=bool), np.asarray(tc, dtype=bool)
     n_rev = sum(1 for it, p in zip(inp.all_items, pred_all) if inp.first_answers.get(it.content_hash) != p
                 and it.id in inp.human)

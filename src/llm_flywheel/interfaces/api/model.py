@@ -59,13 +59,16 @@ class Model:
         return Evaluation.from_report(rep)
 
     def calibrate(self, *, target_accuracy: float | None = None, max_teacher_fraction: float | None = None,
-                  delta: float = 0.1, teacher: Teacher | str | None = None, teacher_parity: bool = False) -> "Cascade":
+                  delta: float = 0.1, teacher: Teacher | str | None = None, teacher_parity: bool = False,
+                  parity_reference: str = "labels") -> "Cascade":
         """Fit the temperature and choose the threshold on the calib split's labels, for an accuracy goal on the
         answers the student keeps and/or a cap on the share sent to the teacher (default: 0.1); returns the
         cascade (with ``teacher`` answering what the student defers, if given).  ``teacher_parity=True``: the goal
         "cascade accuracy no lower than the teacher's single call", guaranteed at 1 - delta, judged against the
         teacher's independent pass 1: every calib item needs one (``ds.label(teacher, split="calib",
-        adaptive=False)``)."""
+        adaptive=False)``); ``parity_reference="review"``: judged by a person on the calib items where the student
+        and the teacher's first answer disagree -- those not reviewed yet are queued (``flywheel review export``)
+        and NotReadyError says so."""
         from llm_flywheel.pipeline.calibration import calibrate
 
         if target_accuracy is None and max_teacher_fraction is None and not teacher_parity:
@@ -74,7 +77,7 @@ class Model:
             try:
                 calibrate(self.dataset.workspace._ws, self.dataset.name, self.version,
                           target_accuracy=target_accuracy, max_teacher_fraction=max_teacher_fraction, delta=delta,
-                          teacher_parity=teacher_parity)
+                          teacher_parity=teacher_parity, reference=parity_reference)
             except ValueError as e:
                 raise NotReadyError(str(e)) from e
         cascade = self.cascade(teacher)

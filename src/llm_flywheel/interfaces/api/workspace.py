@@ -350,7 +350,9 @@ class Dataset:
         ``options`` are ``WheelConfig`` fields (``seed_labels``, ``per_round_budget``, ``policy``, ...;
         ``add_served="all"`` or ``"deferred"`` first imports what ``flywheel serve`` kept, as :meth:`add_served`
         with this teacher; ``first_round="random"`` keeps round 1's random share where a serving student would
-        choose its new items).  A re-run with the same settings resumes the unfinished run."""
+        choose its new items; ``teacher_parity=True, parity_reference="review", reviewer=fn``: ``fn(items)`` returns
+        ``{item id: label}`` for the calib disagreements parity needs a person for).  A re-run with the same settings
+        resumes the unfinished run."""
         from llm_flywheel.pipeline.flywheel import run_wheel
         from llm_flywheel.pipeline.wheel_config import WheelStopped
 

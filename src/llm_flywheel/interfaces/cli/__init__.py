@@ -29,7 +29,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage or configuration: unknown option, bad value, missing API key, unknown dataset
     TEACHER_FAILED = 3  # stopped early on a teacher error that asking again cannot fix (connection, DNS, auth, 404)
     BUDGET = 4  # stopped at --budget-usd / --max-calls; re-run with a larger cap to continue
-    INCOMPLETE = 5  # finished, but some items still have no teacher answer (transient errors); re-run to retry them
+    INCOMPLETE = 5  # some items still have no teacher answer (transient errors), or wait for a person; re-run after
 
 
 EXIT_CODES_HELP = (
@@ -39,7 +39,8 @@ EXIT_CODES_HELP = (
     "  2  bad usage or configuration (bad option, missing API key, unknown dataset)\n"
     "  3  stopped early on a teacher error (connection refused, DNS, 401/403, 404)\n"
     "  4  --budget-usd / --max-calls reached (re-run with a larger cap to continue)\n"
-    "  5  finished, but some items still lack a teacher answer (re-run to retry them)"
+    "  5  finished, but some items still lack a teacher answer (re-run to retry them), or `flywheel run` waits\n"
+    "     for people to review calib items (--parity-reference review: review them, then re-run)"
 )
 
 
