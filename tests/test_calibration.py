@@ -333,6 +333,45 @@ def test_parity_guarantee_holds_over_many_calibration_draws(slope, n_calib, rho)
         assert np.mean(coverage) > 0.2
 
 
+@pytest.mark.not_about_the_store
+@pytest.mark.parametrize("slope", [0.3, 0.05])
+def test_parity_judged_by_review_holds_over_many_draws_and_is_not_fooled_by_shared_errors(slope):
+    """reference='review' through the pipeline's own filter (calib_inputs.reviewed_subset): a person (here: always
+    right) labels only the items where the student and pass 0 disagree.  Passes that share their errors (rho 0.3)
+    still cannot make the claim false, and -- unlike the pass-1 referee -- do not hide a student better than its
+    teacher (slope 0.05): it answers almost everything."""
+    from types import SimpleNamespace
+
+    from llm_flywheel.pipeline.calib_inputs import CalibInputs, reviewed_subset
+
+    rng = np.random.default_rng(21)
+    pop = _world(100_000, rng, slope)
+    trials, delta, n, labels = 200, 0.1, 1000, [str(k) for k in range(K)]
+    items = [SimpleNamespace(id=i, content_hash=f"h{i}") for i in range(n)]
+    violations, coverage, coverage_pass1, reviewed = 0, [], [], []
+    for _ in range(trials):
+        w = _world(n, rng, slope, rho=0.3)
+        T, by_pass1, conf, _, _ = _calibrate_parity(w, delta)
+        human = {i: str(w["gold"][i]) for i in range(n) if w["pred"][i] != w["a0"][i]}
+        inp = CalibInputs(task=SimpleNamespace(labels=labels), all_items=items, items=items, ref={}, ref_note="",
+                          teacher_labels={}, first_answers={f"h{i}": str(a) for i, a in enumerate(w["a0"])},
+                          first_model="m", second_answers={}, second_asked=set(), t_cost=0.0, t_cost_note="",
+                          human=human)
+        c, st, te, summary = reviewed_subset(inp, "d", conf, [str(p) for p in w["pred"]])
+        ch = choose_threshold(c, st, parity=True, teacher_correct=te, delta=delta, budget_conf=conf)
+        violations += _parity_gap(pop, T, ch.threshold) < 0
+        coverage.append(ch.coverage)
+        coverage_pass1.append(by_pass1.coverage)
+        reviewed.append(summary["reviewed"] / n)
+    slack = 3 * math.sqrt(delta * (1 - delta) / trials)
+    print(f"review slope={slope}: violations {violations}/{trials}, coverage {np.mean(coverage):.3f} (pass 1: "
+          f"{np.mean(coverage_pass1):.3f}), reviewed {np.mean(reviewed):.3f} of calib")
+    assert violations / trials <= delta + slack, violations
+    if slope < 0.3:
+        assert np.mean(coverage) > 0.9 and np.mean(coverage) > np.mean(coverage_pass1) + 0.2
+        assert np.mean(reviewed) < 0.25  # a person looks at a minority of the calib split
+
+
 def test_parity_against_the_consensus_hides_a_better_student():
     """Why pass 1 is the reference: against the consensus, of which pass 0 is a vote, a student better than its
     teacher on gold (92.5 % vs 87.5 %) is shown at parity far less often -- the teacher looks better than it is
