@@ -426,3 +426,5 @@ def test_parity_judged_by_review_stops_for_people_then_resumes_with_their_labels
     with ws.store() as s:
         by = {r["reviewer"] for r in s.query("SELECT reviewer FROM reviews")}
         assert GoldReviewer.name in by
+    page = write_report(ws, "synth")
+    assert "calib items reviewed (parity)" in page.read_text()  # the report's rounds table counts the reviews

@@ -189,10 +189,12 @@ def _overall(summary: Mapping[str, Any]) -> str:
 
 def _rounds(summary: Mapping[str, Any], images: Mapping[str, bytes | None]) -> str:
     e = html.escape
-    parts = ["<h2>Rounds</h2><table><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in ROUND_COLUMNS) + "</tr>"]
+    columns = ROUND_COLUMNS + ((("calib_reviewed", "calib items reviewed (parity)"),)
+                               if any(r.get("calib_reviewed") for r in summary.get("rounds", [])) else ())
+    parts = ["<h2>Rounds</h2><table><tr>" + "".join(f"<th>{e(n)}</th>" for _, n in columns) + "</tr>"]
     for r in summary.get("rounds", []):
         cells = []
-        for k, _ in ROUND_COLUMNS:
+        for k, _ in columns:
             if k == "threshold" and isinstance(r.get(k), (int, float)) and r[k] > 1:
                 cells.append("above 1: every item to the teacher" + (" (goal infeasible)" if r.get("calib_feasible") is False else ""))
                 continue
