@@ -507,6 +507,9 @@ def test_parity_judged_by_review_asks_people_only_about_the_disagreements(tmp_pa
     assert single["teacher_only_right"] == int((~gold_s & gold_t).sum())
     assert res.choice.teacher_accuracy is None and res.choice.cascade_accuracy is None
     assert res.goal == "parity" and res.reference == "review"
+    r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity",
+                                  "--reference", "review", "--version", version])
+    assert r.exit_code == 0 and "judged by people on" in r.output, r.output
 
 
 def test_an_unmet_parity_goal_under_a_cap_says_what_helps():

@@ -71,7 +71,7 @@ class ReviewNeeded(ValueError):
 
 
 def load_inputs(store: Store, dataset: str, version: str, reference: str, parity: bool,
-                 cpu: float) -> CalibInputs:
+                cpu: float) -> CalibInputs:
     from llm_flywheel.pipeline.training import model_row
 
     row = model_row(store, version)
@@ -107,11 +107,11 @@ def load_inputs(store: Store, dataset: str, version: str, reference: str, parity
             asked = set(second)
     human = store.human_labels(dataset) if reference == "review" else {}
     return CalibInputs(task, all_items, items, ref, ref_note, teacher_labels, first, first_model, second, asked,
-                        t_cost, t_cost_note, human)
+                       t_cost, t_cost_note, human)
 
 
 def parity_subset(inp: CalibInputs, dataset: str, reference: str, conf_all: np.ndarray, pred_all: list[str]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """(confidences, the student's and the teacher's single-call correctness, a summary) of the items compared.
 
     Why pass 1 and not the consensus is the reference (``reference='labels'``): pass 0 is one of the consensus's

@@ -123,10 +123,18 @@ def calibrate(ctx: Ctx, dataset: str, version: str | None, goal: str | None, tar
     t.add_row("ECE before → after", f"{rep['ece_before']:.4f} → {rep['ece_after']:.4f}")
     quality_goal = ch["goal"].startswith(("accuracy", "parity"))
     target = "teacher single-call accuracy" if ch["goal"].startswith("parity") else "target"
-    t.add_row("goal", f"{ch['goal']}  {target} {ch['target']:.4g}" + (f", delta {ch['delta']:g}" if quality_goal else ""))
+    single = rep.get("teacher_single_call") or {}
+    if ch.get("target") is None and "reviewed" in single:  # parity judged by review: ties give no accuracy
+        what = (f"judged by people on {single['reviewed']:,} calib disagreements: student alone right on "
+                f"{single['student_only_right']:,}, teacher alone on {single['teacher_only_right']:,}")
+    else:
+        what = f"{target} {ch['target']:.4g}" if ch.get("target") is not None else target
+    t.add_row("goal", f"{ch['goal']}  {what}" + (f", delta {ch['delta']:g}" if quality_goal else ""))
     t.add_row("threshold", "defer everything" if ch["threshold"] > 1 else f"{ch['threshold']:.4f}")
     t.add_row("student answers (calib)", pct(ch["coverage"]))
-    against = "accuracy vs GOLD labels" if rep.get("reference") == "gold" else "agreement with TEACHER labels"
+    against = ("accuracy vs GOLD labels" if rep.get("reference") == "gold" else
+               "agreement with TEACHER labels (human outranks)" if rep.get("reference") == "review" else
+               "agreement with TEACHER labels")
     t.add_row(f"{against} of those (calib)", pct(ch["accuracy_accepted"]))
     t.add_row(f"guaranteed lower bound ({1 - ch['delta']:.0%})", pct(ch["accuracy_bound"]))
     t.add_row("sent to the teacher (calib)", pct(ch["teacher_fraction"]))
