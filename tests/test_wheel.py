@@ -416,9 +416,13 @@ def test_parity_judged_by_review_stops_for_people_then_resumes_with_their_labels
         rnd = res.rounds[0]
         assert rnd["calib_goal"].startswith("parity") and not rnd.get("calib_reviewed")  # people did, not the run
         assert rnd["calib_teacher_accuracy"] is None  # ties are not accuracies: none is claimed
-        # a run given a reviewer: the new students' new disagreements are asked of it, not stopped on
-        res2 = run_wheel(ws, "synth", teacher=t, config=WheelConfig(**(cfg | {"rounds": 2, "seed": 1})),
-                         progress=False, reviewer=GoldReviewer())
+        # a run given a reviewer: the new students' new disagreements are asked of it, not stopped on; one that
+        # skips items stops the run for a person to finish them
+        cfg2 = WheelConfig(**(cfg | {"rounds": 2, "seed": 1}))
+        with pytest.raises(WheelStopped, match=r"the reviewer left \d+ of \d+ items without a label") as skipped:
+            run_wheel(ws, "synth", teacher=t, config=cfg2, progress=False, reviewer=lambda items: {})
+        assert skipped.value.kind == "review"
+        res2 = run_wheel(ws, "synth", teacher=t, config=cfg2, progress=False, reviewer=GoldReviewer())
     assert any((r.get("calib_reviewed") or 0) >= 1 for r in res2.rounds)
     from llm_flywheel.interfaces.cli.commands.wheel import stopped_exit
 

@@ -35,7 +35,11 @@ def calibrate_stage(ctx: WheelContext, r: int, version: str) -> CalibResult:
             if ctx.reviewer is None:
                 raise WheelStopped(f"round {r}: {e}", "review") from e
             reviewed = review_items(ctx, e.item_ids, f"wheel run {ctx.run_id} round {r} (teacher parity)")
-            cal = once()
+            try:
+                cal = once()
+            except ReviewNeeded as left:  # the reviewer skipped some: a person must finish them
+                raise WheelStopped(f"round {r}: the reviewer left {len(left.item_ids):,} of {len(e.item_ids):,} "
+                                   f"items without a label; {left}", "review") from left
     except ValueError as e:  # e.g. no calib item has a teacher label
         raise WheelStopped(f"calibrating round {r} failed: {e}", "no_labels") from e
     choice = cal.choice
@@ -50,16 +54,16 @@ def review_items(ctx: WheelContext, ids: Sequence[int], why: str) -> int:
     """Ask the run's reviewer about ``ids`` and store its answers as human labels; returns how many it labelled."""
     items = ctx.items(ids)
     answers = ctx.reviewer(items) or {}
-    bad = {i: lab for i, lab in answers.items() if lab not in ctx.task.labels}
+    bad = {i: lab for i, lab in answers.items() if lab is not None and lab not in ctx.task.labels}
     if bad:
         raise ValueError(f"the reviewer gave labels that are not the task's ({sorted(set(bad.values()))[:5]}); "
                          f"labels: {', '.join(ctx.task.labels)}")
     name = getattr(ctx.reviewer, "name", None) or getattr(ctx.reviewer, "__name__", "reviewer")
+    decisions = [(it.id, answers[it.id], why) for it in items if answers.get(it.id) is not None]
     with ctx.ws.store() as store:
-        store.record_reviews([(it.id, answers[it.id], why) for it in items if it.id in answers], reviewer=name,
-                             file=why)
-    ctx.con.print(f"  {name} reviewed {len(answers):,} calib items where the student and the teacher disagree")
-    return len(answers)
+        store.record_reviews(decisions, reviewer=name, file=why)
+    ctx.con.print(f"  {name} reviewed {len(decisions):,} calib items where the student and the teacher disagree")
+    return len(decisions)
 
 
 def infeasible_goal_warning(r: int, calib: CalibResult) -> dict[str, str] | None:
