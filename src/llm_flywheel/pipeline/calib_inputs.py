@@ -90,7 +90,7 @@ def load_inputs(store: Store, dataset: str, version: str, reference: str, parity
     items = [it for it in all_items if ref.get(it.id) in task.labels]
     if not items:
         raise ValueError(
-            f"the calib split of {dataset!r} has no usable {'labels' if reference == 'labels' else 'gold labels'}; "
+            f"the calib split of {dataset!r} has no usable {'gold labels' if reference == 'gold' else 'labels'}; "
             f"label it first (e.g. `flywheel label {dataset} --split calib`) or make splits with a calib part")
     t_cost, t_cost_note = teacher_cost_per_item(store, dataset, task, cpu)
     teacher_labels = store.teacher_labels([it.id for it in items]) if reference == "gold" else {}
