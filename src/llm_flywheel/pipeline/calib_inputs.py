@@ -161,6 +161,7 @@ def reviewed_subset(inp: CalibInputs, dataset: str, conf_all: np.ndarray, pred_a
     label raises :class:`ReviewNeeded` (it cannot be left out: they are exactly the items that decide)."""
     have = np.zeros(len(inp.all_items), dtype=bool)
     s, tc, missing = [], [], []
+    n_rev = 0  # disagreements a person judged
     for i, (it, p) in enumerate(zip(inp.all_items, pred_all)):
         first = inp.first_answers.get(it.content_hash)
         r = p if first == p else inp.human.get(it.id)  # a tie needs no referee
@@ -169,6 +170,7 @@ def reviewed_subset(inp: CalibInputs, dataset: str, conf_all: np.ndarray, pred_a
                 missing.append(it.id)
             continue
         have[i] = True
+        n_rev += first != p
         s.append(p == r)
         tc.append(first == r)
     if missing:
@@ -179,8 +181,6 @@ def reviewed_subset(inp: CalibInputs, dataset: str, conf_all: np.ndarray, pred_a
             f"`flywheel review push {dataset}` to Label Studio), label them, `flywheel review import FILE`, then "
             f"re-run", missing)
     s_a, t_a = np.asarray(s, dtype=bool), np.asarray(tc, dtype=bool)
-    n_rev = sum(1 for it, p in zip(inp.all_items, pred_all) if inp.first_answers.get(it.content_hash) != p
-                and it.id in inp.human)
     return conf_all[have], s_a, t_a, {
         "model": inp.first_model, "n": int(len(s_a)), "accuracy": None, "reviewed": n_rev,
         "student_only_right": int((s_a & ~t_a).sum()), "teacher_only_right": int((~s_a & t_a).sum()),
