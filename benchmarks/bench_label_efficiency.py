@@ -34,7 +34,8 @@ import numpy as np
 from bench_accuracy import log
 from llm_flywheel.data.fashion_mnist import IMAGES_MAGIC, LABELS_MAGIC, read_idx
 from llm_flywheel.pipeline.evaluation import accuracy_ci
-from llm_flywheel.students.base import fit_torch, predict_torch, set_torch_threads, softmax, targets_matrix
+from llm_flywheel.students.base import set_torch_threads, softmax, targets_matrix
+from llm_flywheel.students.torch_fit import fit_torch, predict_torch
 from llm_flywheel.students.image import _augment, _build_net
 from llm_flywheel.teachers.simulated import ErrorModel, SimConfig
 

@@ -380,7 +380,7 @@ def test_training_progress_in_a_log_is_a_few_lines_not_one_an_epoch(capsys):
     """Not a terminal: a 200-epoch budget that stops early prints its first epoch, each tenth and the last one."""
     import torch
 
-    from llm_flywheel.students.base import fit_torch
+    from llm_flywheel.students.torch_fit import fit_torch
 
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.normal(size=(64, 4)).astype(np.float32))
@@ -394,3 +394,35 @@ def test_training_progress_in_a_log_is_a_few_lines_not_one_an_epoch(capsys):
     assert 40 < ran < 200  # stopped early
     assert len(lines) <= 2 + 10 * ran // 200 + 1
     assert lines[0].startswith("head: epoch 1/200") and lines[-1].startswith(f"head: epoch {ran}/200")
+
+
+def test_image_training_runs_channels_last_but_leaves_the_ordinary_layout_behind():
+    """fit_torch/predict_torch train and predict image batches channels-last (faster oneDNN convolutions on CPU);
+    what they hand back -- the network that is saved, exported to ONNX and served -- is in torch's default layout,
+    and its predictions are those of a plain forward pass."""
+    import torch
+
+    from llm_flywheel.students import torch_fit
+
+    seen: list[bool] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+            return x
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Spy(), torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    x = torch.rand(40, 3, 12, 12)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0.5).numpy().astype(int)
+    torch_fit.fit_torch(net, x, targets_matrix(y, 2, None, 0.0), None, x[:8], y[:8], augment=None, epochs=2,
+                        batch_size=16, lr=0.01, weight_decay=0.0, patience=5, seed=0, progress=False, desc="cl")
+    assert seen and all(seen)  # every training and val batch reached the network channels-last
+    assert all(p.is_contiguous() for p in net.parameters())  # ... and the weights left in the default layout
+    seen.clear()
+    logits = torch_fit.predict_torch(net, x)
+    assert all(seen) and all(p.is_contiguous() for p in net.parameters())
+    with torch.inference_mode():
+        plain = net[1:](x).numpy()
+    np.testing.assert_allclose(logits, plain, rtol=1e-4, atol=1e-5)

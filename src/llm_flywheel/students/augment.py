@@ -78,7 +78,7 @@ def decide_mirror(net: Any, xv: Any, y_val: Any, mode: Any, flip: bool) -> tuple
 
     ``mode='auto'``: only where the task declares mirrors label-preserving (``flip``) and the average scores higher
     on val -- a tie keeps the single pass, half the compute; ``True``/``False``: as asked."""
-    from llm_flywheel.students.base import predict_torch
+    from llm_flywheel.students.torch_fit import predict_torch
 
     if mode is False or not flip or not len(y_val):
         why = ("off" if mode is False else "the task does not declare mirrors label-preserving" if not flip

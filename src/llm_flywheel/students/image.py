@@ -33,8 +33,6 @@ from llm_flywheel.students.augment import _augment, decide_mirror, mirror_averag
 from llm_flywheel.students.base import (
     ONNX_FILE,
     StudentError,
-    fit_torch,
-    predict_torch,
     read_meta,
     set_torch_threads,
     softmax,
@@ -42,6 +40,7 @@ from llm_flywheel.students.base import (
     write_meta,
 )
 from llm_flywheel.students.image_pixels import CNN_MAX_SIDE, _header, preprocess_images
+from llm_flywheel.students.torch_fit import fit_torch, predict_torch
 
 WEIGHTS_FILE = "weights.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -23,13 +23,12 @@ from llm_flywheel.store.workspace import Workspace
 from llm_flywheel.students.base import (
     ONNX_FILE,
     StudentError,
-    fit_torch,
-    predict_torch,
     read_meta,
     softmax,
     targets_matrix,
     write_meta,
 )
+from llm_flywheel.students.torch_fit import fit_torch, predict_torch
 from llm_flywheel.students.minilm import (  # noqa: F401 - re-exported: callers import the encoder from here
     EMBED_DIM,
     ENCODER_NAME,
