@@ -132,7 +132,7 @@ def test_nothing_deferred_on_a_small_sample_gives_a_bound_not_a_ratio():
     c = compare(CostInputs(teacher_cost_per_call=0.0002, student_items_per_s=2000.0, teacher_fraction=0.0,
                            labelling_spend_usd=1.0, fraction_items=24))
     assert c["cost_ratio"] is None
-    upper = fraction_upper_bound(24)
+    upper = fraction_upper_bound(0, 24)
     assert 0.11 < upper < 0.125  # 1 - 0.05**(1/24)
     cascade_hi = 1000 * (upper * 0.0002) + c["student_cost_per_1k"]
     assert f"at least {0.2 / cascade_hi:.1f}x cheaper" in c["not_available"]["cost_ratio"]
@@ -147,17 +147,28 @@ def test_nothing_deferred_on_a_small_sample_gives_a_bound_not_a_ratio():
 def test_the_ratio_with_audits_paid_and_at_the_fractions_upper_bound():
     """An audited deployment also pays the teacher for audit_rate of what the student answers, and a fraction of 1 in
     2,000 supports far less than its point ratio: both are reported beside the headline."""
-    from llm_flywheel.core.cost import CostInputs, compare
-    from llm_flywheel.core.stats import wilson_interval
+    from scipy.stats import binom
+
+    from llm_flywheel.core.cost import CostInputs, compare, fraction_upper_bound
 
     c = compare(CostInputs(teacher_cost_per_call=0.001, student_items_per_s=1e9, teacher_fraction=0.05,
                            fraction_items=2000, audit_rate=0.03))
     assert c["cost_ratio"] == pytest.approx(20.0, rel=1e-6)
     assert c["cost_ratio_audited"] == pytest.approx(1 / (0.05 + 0.95 * 0.03), rel=1e-6)
-    hi = wilson_interval(100, 2000)[1]
-    assert c["teacher_fraction_upper"] == pytest.approx(hi)
+    hi = c["teacher_fraction_upper"]
+    assert binom.cdf(100, 2000, hi) == pytest.approx(0.05, abs=1e-6)  # exact one-sided: 100 or fewer is 5 % likely
+    assert hi == pytest.approx(fraction_upper_bound(100, 2000))
     assert c["cost_ratio_audited_at_upper"] == pytest.approx(1 / (hi + (1 - hi) * 0.03), rel=1e-6)
     one = compare(CostInputs(teacher_cost_per_call=0.001, student_items_per_s=1e9, teacher_fraction=1 / 2000,
                              fraction_items=2000))
     assert one["cost_ratio"] == pytest.approx(2000, rel=1e-6) and one["cost_ratio_audited"] is None
-    assert one["cost_ratio_audited_at_upper"] < 400  # what 1 deferral in 2,000 supports
+    # what 1 deferral in 2,000 supports: 1 / 0.24 %, about a fifth of the point ratio
+    assert one["cost_ratio_audited_at_upper"] == pytest.approx(1 / fraction_upper_bound(1, 2000), rel=1e-6)
+    assert one["cost_ratio_audited_at_upper"] < 0.25 * one["cost_ratio"]
+    zero = compare(CostInputs(teacher_cost_per_call=0.001, student_items_per_s=1e9, teacher_fraction=0.0,
+                              fraction_items=24, audit_rate=0.03))
+    bound = fraction_upper_bound(0, 24)  # one definition: the "at least" message and the audited ratio agree
+    assert zero["teacher_fraction_upper"] == pytest.approx(bound)
+    assert f"({100 * bound:.1f} %)" in zero["not_available"]["cost_ratio"]
+    audited = 1 / (bound + (1 - bound) * 0.03)  # the bound's ratio with the audits paid, as for k > 0
+    assert f"{audited:.1f}x with the 3 % audit re-asks paid" in zero["not_available"]["cost_ratio"]

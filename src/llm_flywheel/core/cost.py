@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llm_flywheel.core.stats import wilson_interval
 
 DEFAULT_CPU_USD_PER_HOUR = 0.09
 """Assumed price of the serving machine (about a 2-vCPU on-demand cloud instance).  Configurable everywhere."""
@@ -35,9 +34,14 @@ class CostInputs:
     audit_rate: float = 0.0  # share of student-answered items also asked of the teacher, to watch for drift
 
 
-def fraction_upper_bound(n: int) -> float:
-    """95 % upper bound on a fraction observed as 0 of ``n`` (exact binomial: 1 - 0.05**(1/n), about 3/n)."""
-    return 1.0 - 0.05 ** (1.0 / n) if n > 0 else 1.0
+def fraction_upper_bound(k: int, n: int) -> float:
+    """Exact one-sided 95 % upper bound on a fraction observed as ``k`` of ``n`` (Clopper-Pearson; for 0 of n it is
+    1 - 0.05**(1/n), about 3/n).  One definition for every "at the fraction's upper bound" the cost section shows."""
+    if n <= 0 or k >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(0.95, k + 1, n - k))
 
 
 def student_cost_per_item(items_per_s: float, cpu_usd_per_hour: float = DEFAULT_CPU_USD_PER_HOUR) -> float:
@@ -102,8 +106,8 @@ def _audited(inputs: CostInputs, teacher_1k: float, na: Mapping[str, str]) -> di
 
     Why both: the headline ratio prices only deferrals, but an audited deployment also pays the teacher for
     ``audit_rate`` of the items the student answers; and a fraction of 1 in 2,000 makes the point ratio a statement
-    about n (a cascade that deferred almost nothing looks 1,000x cheaper).  The bound (Wilson, 95 %) says what the
-    measurement supports."""
+    about n (a cascade that deferred almost nothing looks 1,000x cheaper).  The bound (exact, one-sided 95 %) says
+    what the measurement supports."""
     def ratio(fraction: float) -> float | None:
         f = fraction + (1.0 - fraction) * inputs.audit_rate
         c = cost_per_1k_cascade(inputs.teacher_cost_per_call, f, inputs.student_items_per_s,
@@ -111,7 +115,7 @@ def _audited(inputs: CostInputs, teacher_1k: float, na: Mapping[str, str]) -> di
         return teacher_1k / c if c > 0 and teacher_1k > 0 and "cost_ratio" not in na else None
 
     n = inputs.fraction_items
-    upper = wilson_interval(round(inputs.teacher_fraction * n), n)[1] if n else None
+    upper = fraction_upper_bound(round(inputs.teacher_fraction * n), n) if n else None
     return {"cost_ratio_audited": ratio(inputs.teacher_fraction) if inputs.audit_rate > 0 else None,
             "teacher_fraction_upper": upper,
             "cost_ratio_audited_at_upper": ratio(upper) if upper is not None else None}
@@ -141,13 +145,21 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
     elif inputs.fraction_items is not None and round(inputs.teacher_fraction * inputs.fraction_items) == 0:
         # 0 of n deferred: the point ratio is the teacher's price over the student's CPU alone (e.g. "86466x"),
         # which says more about n than about the cascade.  Report what the data support: a bound.
-        upper = fraction_upper_bound(inputs.fraction_items)
+        upper = fraction_upper_bound(0, inputs.fraction_items)
         cascade_hi = cost_per_1k_cascade(inputs.teacher_cost_per_call, upper, inputs.student_items_per_s,
                                          cpu_usd_per_hour=inputs.cpu_usd_per_hour,
                                          calls_per_item=inputs.teacher_calls_per_item)
+        audited = ""
+        if inputs.audit_rate > 0:  # an audited deployment also re-asks audit_rate of what the student answers
+            cascade_audit = cost_per_1k_cascade(inputs.teacher_cost_per_call,
+                                                upper + (1.0 - upper) * inputs.audit_rate, inputs.student_items_per_s,
+                                                cpu_usd_per_hour=inputs.cpu_usd_per_hour,
+                                                calls_per_item=inputs.teacher_calls_per_item)
+            audited = f", {teacher_1k / cascade_audit:.1f}x with the {100 * inputs.audit_rate:g} % audit re-asks paid"
         na["cost_ratio"] = (f"n/a: none of the {inputs.fraction_items} items measured went to the teacher; with the "
                             f"teacher fraction at its 95 % upper bound ({100 * upper:.1f} %) the cascade is at least "
-                            f"{teacher_1k / cascade_hi:.1f}x cheaper (the breakeven shown uses that bound too)")
+                            f"{teacher_1k / cascade_hi:.1f}x cheaper{audited} (the breakeven shown uses that bound "
+                            f"too)")
         code["cost_ratio"] = "none_deferred"
         be = breakeven_items(inputs.labelling_spend_usd, (teacher_1k - cascade_hi) / 1000.0)  # conservative
         if be is None:
