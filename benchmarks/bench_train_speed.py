@@ -9,7 +9,8 @@ the same, only the order of float additions differs.
 Images: the first Fashion-MNIST train images with their gold labels (Debian ``dataset-fashion-mnist``), or random
 pixels if the dataset is absent (speed does not depend on pixel values; the accuracies are then meaningless).
 
-Run:  python benchmarks/bench_train_speed.py [--n 1500] [--epochs 3] [--rounds 2] [--students image-cnn,efficientnet-lite0]
+Run:  python benchmarks/bench_train_speed.py [--n 1500] [--epochs 3] [--rounds 2] \
+          [--students image-cnn,efficientnet-lite0]
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def fashion_mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-def train_once(kind: str, x, y: np.ndarray, xv, yv: np.ndarray, epochs: int, channels_last: bool) -> tuple[float, float]:
+def train_once(kind: str, x, y: np.ndarray, xv, yv: np.ndarray, epochs: int,
+               channels_last: bool) -> tuple[float, float]:
     """(seconds per epoch, val accuracy) of one fit through ``fit_torch`` in the given layout."""
     import torch
 
