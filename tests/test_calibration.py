@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import llm_flywheel as fw
 from llm_flywheel.pipeline.calibration import (
     DEFER_ALL,
     apply_temperature,
@@ -460,6 +461,10 @@ def test_calibrate_teacher_parity_end_to_end(tmp_path):
         assert res.choice.cascade_accuracy == pytest.approx(expected)  # all deferred: the cascade is the teacher
     stored = calibration_report(ws, version)
     assert stored["choice"]["goal"] == "parity" and stored["temperature"] == res.temperature and "T" not in stored
+    api = fw.Workspace(ws.root).dataset("synth").model(version).cascade().calibration  # what a notebook reads
+    assert api.goal == "parity" and api.teacher_single_call is not None
+    assert api.teacher_single_call["n"] == len(scored) and api.teacher_single_call["model"] == model
+    assert api.teacher_single_call["accuracy"] == pytest.approx(expected)
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity",
                                   "--max-teacher-fraction", "0.5", "--json"])
     assert r.exit_code == 0, r.output
@@ -507,6 +512,9 @@ def test_parity_judged_by_review_asks_people_only_about_the_disagreements(tmp_pa
     assert single["teacher_only_right"] == int((~gold_s & gold_t).sum())
     assert res.choice.teacher_accuracy is None and res.choice.cascade_accuracy is None
     assert res.goal == "parity" and res.reference == "review"
+    api = fw.Workspace(ws.root).dataset("synth").model(version).cascade().calibration  # the notebook sees the evidence
+    assert {k: api.teacher_single_call[k] for k in ("reviewed", "student_only_right", "teacher_only_right")} == {
+        k: single[k] for k in ("reviewed", "student_only_right", "teacher_only_right")}
     r = CliRunner().invoke(main, ["--workspace", str(ws.root), "calibrate", "synth", "--goal", "teacher-parity",
                                   "--reference", "review", "--version", version])
     assert r.exit_code == 0 and "judged by people on" in r.output, r.output

@@ -224,6 +224,9 @@ class Calibration:
     plot_path: str | None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     warnings: tuple["RunWarning", ...] = ()  # e.g. a teacher budget the calib split is too small to spend
+    # teacher parity goals, what the teacher's single call was judged on: {model, n, accuracy, note}; judged by
+    # review also reviewed, student_only_right and teacher_only_right (the sign test's wins and losses); else None
+    teacher_single_call: Mapping[str, Any] | None = None
 
     @classmethod
     def from_report(cls, rep: Mapping[str, Any]) -> "Calibration":
@@ -237,6 +240,7 @@ class Calibration:
             n_calib=int(rep.get("n_calib", ch.get("n_calib", 0)) or 0), ece_before=_f(rep.get("ece_before")),
             ece_after=_f(rep.get("ece_after")), note=str(ch.get("note", "")), plot_path=rep.get("plot"),
             raw=dict(rep), warnings=run_warnings(rep.get("warnings")),
+            teacher_single_call=dict(rep["teacher_single_call"]) if rep.get("teacher_single_call") else None,
         )
 
 
