@@ -101,6 +101,14 @@ NA_FIXES: dict[str, str] = {
 }
 
 
+def _ratio_audited(inputs: CostInputs, teacher_1k: float, fraction: float) -> float | None:
+    """Teacher everywhere over the cascade when ``fraction`` is deferred and ``audit_rate`` of the rest re-asked."""
+    c = cost_per_1k_cascade(inputs.teacher_cost_per_call, fraction + (1.0 - fraction) * inputs.audit_rate,
+                            inputs.student_items_per_s, cpu_usd_per_hour=inputs.cpu_usd_per_hour,
+                            calls_per_item=inputs.teacher_calls_per_item)
+    return teacher_1k / c if c > 0 and teacher_1k > 0 else None
+
+
 def _audited(inputs: CostInputs, teacher_1k: float, na: Mapping[str, str]) -> dict[str, Any]:
     """The cascade's cost with its audit re-asks paid too, and the ratio at the teacher fraction's 95 % upper bound.
 
@@ -109,10 +117,7 @@ def _audited(inputs: CostInputs, teacher_1k: float, na: Mapping[str, str]) -> di
     about n (a cascade that deferred almost nothing looks 1,000x cheaper).  The bound (exact, one-sided 95 %) says
     what the measurement supports."""
     def ratio(fraction: float) -> float | None:
-        f = fraction + (1.0 - fraction) * inputs.audit_rate
-        c = cost_per_1k_cascade(inputs.teacher_cost_per_call, f, inputs.student_items_per_s,
-                                cpu_usd_per_hour=inputs.cpu_usd_per_hour, calls_per_item=inputs.teacher_calls_per_item)
-        return teacher_1k / c if c > 0 and teacher_1k > 0 and "cost_ratio" not in na else None
+        return None if "cost_ratio" in na else _ratio_audited(inputs, teacher_1k, fraction)
 
     n = inputs.fraction_items
     upper = fraction_upper_bound(round(inputs.teacher_fraction * n), n) if n else None
@@ -151,11 +156,8 @@ def compare(inputs: CostInputs) -> dict[str, Any]:
                                          calls_per_item=inputs.teacher_calls_per_item)
         audited = ""
         if inputs.audit_rate > 0:  # an audited deployment also re-asks audit_rate of what the student answers
-            cascade_audit = cost_per_1k_cascade(inputs.teacher_cost_per_call,
-                                                upper + (1.0 - upper) * inputs.audit_rate, inputs.student_items_per_s,
-                                                cpu_usd_per_hour=inputs.cpu_usd_per_hour,
-                                                calls_per_item=inputs.teacher_calls_per_item)
-            audited = f", {teacher_1k / cascade_audit:.1f}x with the {100 * inputs.audit_rate:g} % audit re-asks paid"
+            audited = (f", {_ratio_audited(inputs, teacher_1k, upper):.1f}x with the {100 * inputs.audit_rate:g} % "
+                       f"audit re-asks paid")
         na["cost_ratio"] = (f"n/a: none of the {inputs.fraction_items} items measured went to the teacher; with the "
                             f"teacher fraction at its 95 % upper bound ({100 * upper:.1f} %) the cascade is at least "
                             f"{teacher_1k / cascade_hi:.1f}x cheaper{audited} (the breakeven shown uses that bound "
