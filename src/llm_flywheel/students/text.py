@@ -28,7 +28,6 @@ from llm_flywheel.students.base import (
     targets_matrix,
     write_meta,
 )
-from llm_flywheel.students.torch_fit import fit_torch, predict_torch
 from llm_flywheel.students.minilm import (  # noqa: F401 - re-exported: callers import the encoder from here
     EMBED_DIM,
     ENCODER_NAME,
@@ -44,6 +43,7 @@ from llm_flywheel.students.sklearn_student import (  # noqa: F401 - re-exported 
     expand_soft,
     full_proba,
 )
+from llm_flywheel.students.torch_fit import fit_torch, predict_torch
 
 
 class MiniLMStudent:

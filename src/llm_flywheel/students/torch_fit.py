@@ -181,7 +181,7 @@ def _memory_format(x: Any) -> Any:
     depthwise convolutions) faster in that layout (``benchmarks/bench_train_speed.py``)."""
     import torch
 
-    return torch.channels_last if getattr(x, "dim", lambda: 0)() == 4 else torch.contiguous_format
+    return torch.channels_last if x.dim() == 4 else torch.contiguous_format
 
 
 def predict_torch(model: Any, x: Any, batch: int = 256) -> np.ndarray:
