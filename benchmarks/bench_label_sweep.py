@@ -126,16 +126,21 @@ def plot(rows: list[dict], path: Path, student: str) -> None:
     plt.close(fig)
 
 
+def chosen_labels(ws: Workspace, order: list[int], n_train: int) -> dict[int, str]:
+    """The first ``n_train`` items of a label sequence that have a usable (consensus) teacher label."""
+    with ws.store() as store:
+        effective = store.effective_labels(DATASET, split="train")
+    return {i: effective[i] for i in order[:n_train] if effective.get(i) is not None}
+
+
 def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict]], counts: list[int],
              seed: int) -> list[dict]:
     """One label sequence and training seed: label (cached), train every recipe at every count (cached by version),
     score on all test items."""
     order = label(ws, counts[-1] - a.val, seed, a.latency_ms)
-    with ws.store() as store:
-        effective = store.effective_labels(DATASET, split="train")
     rows = []
     for n in counts:
-        chosen = {i: effective[i] for i in order[: n - a.val] if effective.get(i) is not None}
+        chosen = chosen_labels(ws, order, n - a.val)
         base_correct = None
         for rname, hp in recipes:
             version = (f"sweep-{a.student}-{n}-s{seed}" + ("" if rname == "default" else f"-{rname}")

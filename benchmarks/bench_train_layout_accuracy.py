@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from bench_label_sweep import DATASET, correct_on_test, label
+from bench_label_sweep import DATASET, chosen_labels, correct_on_test, label
 from llm_flywheel.pipeline.evaluation import paired_diff_ci
 from llm_flywheel.pipeline.training import train_student
 from llm_flywheel.store.workspace import Workspace
@@ -43,10 +43,7 @@ def main() -> None:
     print("| seed | NCHW | channels-last | channels-last - NCHW (paired, 95 % CI) |")
     print("|---|---|---|---|")
     for seed in (int(s) for s in a.seeds.split(",")):
-        order = label(ws, a.train, seed, 5.0)
-        with ws.store() as store:
-            eff = store.effective_labels(DATASET, split="train")
-        chosen = {i: eff[i] for i in order[: a.train] if eff.get(i) is not None}
+        chosen = chosen_labels(ws, label(ws, a.train, seed, 5.0), a.train)
         correct = []
         for name, fmt in layouts:
             version = f"layout-{'nchw' if fmt is not now else 'cl'}-{a.train}-s{seed}"
