@@ -143,18 +143,21 @@ def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict
         chosen = chosen_labels(ws, order, n - a.val)
         base_correct = None
         for rname, hp in recipes:
-            version = (f"sweep-{a.student}-{n}-s{seed}" + ("" if rname == "default" else f"-{rname}")
+            version = (f"sweep-{a.student or 'default'}-{n}-s{seed}" + ("" if rname == "default" else f"-{rname}")
                        + (f"-{a.tag}" if a.tag else ""))
             with ws.store() as store:
                 exists = store.model(version) is not None
             if not exists:
                 kw = dict(hp)
                 kind = kw.pop("kind", a.student)  # a recipe may name another student kind
-                log(f"training {kind} [{rname}] on {len(chosen)} train labels (+ {a.val} val)")
+                log(f"training {kind or 'the default candidates'} [{rname}] on {len(chosen)} train labels "
+                    f"(+ {a.val} val)")
                 tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=seed, epochs=a.epochs,
                                    progress=False, version=version, **kw)
                 tta = tm.metrics.get("tta") or {}
-                log(f"  {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s; mirror averaging "
+                log(f"  {tm.student.kind}: {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s"
+                    + (f" ({tm.metrics['student_choice']})" if tm.metrics.get("student_choice") else "")
+                    + "; mirror averaging "
                     f"{'on' if tta.get('used') else 'off'} ({tta.get('why', 'n/a')}"
                     + (f": val {tta['val_acc_single']:.4f} single, {tta['val_acc_mirror_avg']:.4f} averaged)"
                        if "val_acc_single" in tta else ")"))
@@ -162,13 +165,16 @@ def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict
             log(f"evaluating {version} on test" + (" (+ gold-label ceiling)" if ceiling else ""))
             rep = evaluate(ws, DATASET, version, ceiling=ceiling)
             correct = correct_on_test(ws, version)
+            with ws.store() as store:
+                kind_trained = (store.model(version) or {}).get("kind")
             vs_default = None
             if rname == "default":
                 base_correct = correct
             elif base_correct is not None:
                 d, lo, hi = paired_diff_ci(correct, base_correct)
                 vs_default = {"diff": d, "diff_ci95": [lo, hi]}
-            rows.append({"labels": n, "recipe": rname, "hparams": hp, "train_labels": len(chosen), "seed": seed,
+            rows.append({"labels": n, "recipe": rname, "kind": kind_trained, "hparams": hp,
+                         "train_labels": len(chosen), "seed": seed,
                          "correct": correct,
                          "student": rep["student"], "ceiling": rep.get("ceiling"),
                          "teacher_single_call": rep["teacher_single_call_on_split"], "vs_default": vs_default,
@@ -180,8 +186,9 @@ def print_seed(a: argparse.Namespace, rows: list[dict], recipes: list[tuple[str,
     """One seed's table and crossover per recipe."""
     print()
     print(f"seed {rows[0]['seed']}")
-    print(f"Fashion-MNIST, {a.student}, SIMULATED teacher; test n = {rows[0]['student']['n']}; labels = train + "
-          f"{a.val} val (2 passes + tie-break each); 95 % Wilson CIs; differences paired on the same test items")
+    print(f"Fashion-MNIST, {a.student or 'the default student (val keeps one of the candidates)'}, SIMULATED teacher; "
+          f"test n = {rows[0]['student']['n']}; labels = train + {a.val} val (2 passes + tie-break each); "
+          "95 % Wilson CIs; differences paired on the same test items")
     print("| labels | recipe | student | gold-label ceiling | teacher single call | student - teacher | "
           "recipe - default | teacher labels learned (train, vs gold) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -197,7 +204,7 @@ def print_seed(a: argparse.Namespace, rows: list[dict], recipes: list[tuple[str,
         if r["vs_default"]:
             lo, hi = r["vs_default"]["diff_ci95"]
             vs = f"{100 * r['vs_default']['diff']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {r['recipe']} | {fmt(r['student'])} | "
+        print(f"| {r['labels']:,} ({r['train_labels']:,} train) | {r['recipe']} ({r['kind']}) | {fmt(r['student'])} | "
               f"{fmt(r['ceiling'])} | {fmt(t)} | {diff} | {vs} | {fmt(r['training_label_accuracy'])} |")
     for name, hp in recipes:
         c = crossover[name]
@@ -247,7 +254,8 @@ def main() -> int:
     ap.add_argument("--counts", default="1500,3000,6000,12000", help="student label counts (train + val)")
     ap.add_argument("--val", type=int, default=500, help="val split size (teacher-labelled; counts toward each total)")
     ap.add_argument("--limit", type=int, default=20000, help="first N images of each source split")
-    ap.add_argument("--student", default="image-cnn")
+    ap.add_argument("--student", default=None, help="student kind of the default recipe (default: what the product "
+                    "trains without --student: with few labels image-cnn and efficientnet-lite0, val keeps one)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default=None, help="comma-separated seeds run one after another, then pooled "
@@ -283,7 +291,7 @@ def main() -> int:
         out = [{k: v for k, v in r.items() if k != "correct"} for r in rows]
         Path(a.out).write_text(json.dumps({"rows": out, "crossover": crossover}, indent=2, default=float))
     if a.plot:
-        plot([r for r in rows if r["recipe"] == "default"], Path(a.plot), a.student)
+        plot([r for r in rows if r["recipe"] == "default"], Path(a.plot), a.student or "default student")
         print(f"plot: {a.plot}")
     return 0
 

@@ -12,7 +12,14 @@ from PIL import Image
 from llm_flywheel.data import Record, register
 from llm_flywheel.students.base import StudentError, targets_matrix
 from llm_flywheel.students.onnx_runtime import OnnxStudent
-from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_student_kind, load_student_dir
+from llm_flywheel.students.registry import (
+    FEW_IMAGE_LABELS,
+    STUDENT_KINDS,
+    build_student,
+    default_candidates,
+    default_student_kind,
+    load_student_dir,
+)
 from llm_flywheel.students.text import expand_soft
 from llm_flywheel.core.task import Task
 
@@ -225,6 +232,10 @@ def test_registry_defaults():
     assert default_student_kind(Task("a", "image", ("x", "y"))) == "image-cnn"
     assert default_student_kind(Task("a", "text", ("x", "y"))) == "text-minilm"
     assert default_student_kind(Task("a", "tabular", ("x", "y"))) == "tabular-hgb"
+    image = Task("a", "image", ("x", "y"))  # few labels: the pretrained network is trained too, val keeps one
+    assert default_candidates(image, n_train=FEW_IMAGE_LABELS) == (("image-cnn", "efficientnet-lite0"), None)
+    assert default_candidates(image, n_train=FEW_IMAGE_LABELS + 1) == (("image-cnn",), None)
+    assert default_candidates(image) == (("image-cnn",), None)
     assert {"image-cnn", "efficientnet-lite0", "mobilenet-v3-small", "text-minilm", "text-tfidf", "tabular-hgb"} <= set(STUDENT_KINDS)
 
 
@@ -426,3 +437,11 @@ def test_image_training_runs_channels_last_but_leaves_the_ordinary_layout_behind
     with torch.inference_mode():
         plain = net[1:](x).numpy()
     np.testing.assert_allclose(logits, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_an_image_setting_of_one_default_candidate_leaves_the_other_out_and_says_so():
+    image = Task("a", "image", ("x", "y"))
+    kinds, why = default_candidates(image, n_train=100, hparams=["width", "epochs"])
+    assert kinds == ("image-cnn",) and why.startswith("width: a setting of image-cnn only")
+    both = (("image-cnn", "efficientnet-lite0"), None)
+    assert default_candidates(image, n_train=100, hparams=["epochs", "lr"]) == both

@@ -177,3 +177,21 @@ def test_cli_train_and_evaluate(labelled_ws):
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--unlabelled", "1"])
     assert r.exit_code == 0, r.output
     assert "self-training" in r.output and "every train" in r.output and "mirror averaging" in r.output
+
+
+def test_few_labelled_images_train_image_cnn_and_efficientnet_and_val_keeps_one(labelled_ws):
+    """With no kind and few labelled images the pretrained network is trained beside the fast CNN on the same labels;
+    the higher val score is kept (the CNN on a tie), saved, exported and recorded with both scores."""
+    tm = train_student(labelled_ws, "synth", epochs=1, progress=False)
+    choice = tm.metrics["student_choice"]
+    scores = dict(part.rsplit(" ", 1) for part in choice.removeprefix("chosen on val: ").split(", "))
+    assert list(scores) == ["image-cnn", "efficientnet-lite0"]
+    val = {k: float(v.rstrip("%")) for k, v in scores.items()}
+    best = "efficientnet-lite0" if val["efficientnet-lite0"] > val["image-cnn"] else "image-cnn"
+    assert tm.student.kind == best and tm.version.startswith(f"synth-{best}-")
+    assert f"{tm.metrics['val_acc']:.1%}" == scores[best]
+    with labelled_ws.store() as s:
+        assert s.model(tm.version)["kind"] == best
+        test = s.items("synth", split="test")
+    assert (tm.path / "model.onnx").exists() and tm.metrics["onnx_max_abs_diff"] < 1e-4
+    assert load_student(labelled_ws, tm.version).predict_proba(test).shape == (len(test), 4)

@@ -118,6 +118,26 @@ def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
     assert n_after == n_before
 
 
+@pytest.mark.slow  # two students a round (few labelled images) and the ceiling
+def test_the_gold_ceiling_is_of_the_student_kind_that_serves(wheel_ws):
+    """With no student kind the wheel trains the default candidates and serves the one val keeps; the gold-label
+    ceiling is that kind on gold labels, not a second contest between the candidates."""
+    from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
+    from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
+
+    ws = wheel_ws
+    cfg = dict(SMALL, rounds=1, student_kind=None, epochs=1, gold_ceiling=True)
+    with run_simulated_teacher(ws, "synth", SimConfig(latency_ms=0, rate_429=0.0)) as url:
+        res = run_wheel(ws, "synth", teacher=_teacher(ws, url), config=WheelConfig(**cfg), progress=False)
+    with ws.store() as s:
+        served = s.model(res.rounds[0]["trained_version"])
+        ceiling = s.model(res.extra["gold_ceiling_version"])
+    assert json.loads(served["metrics_json"])["student_choice"].startswith("chosen on val: image-cnn ")
+    assert ceiling["role"] == "reference" and ceiling["kind"] == served["kind"]
+    assert json.loads(ceiling["metrics_json"])["student_choice"] is None  # one kind trained, no contest
+    assert 0.0 <= res.extra["gold_ceiling_accuracy"] <= 1.0
+
+
 def test_default_goal_is_a_teacher_budget_and_bad_policy_is_refused():
     from llm_flywheel.pipeline.flywheel import DEFAULT_MAX_TEACHER_FRACTION, WheelConfig
 
@@ -176,7 +196,7 @@ def test_run_stops_on_a_dead_teacher_then_resumes_from_labelling(wheel_ws):
     runner = CliRunner()
     args = ["--workspace", str(wheel_ws.root), "run", "synth", "--rounds", "1", "--seed-labels", "30", "--val-labels",
             "20", "--calib-labels", "40", "--stream-per-round", "20", "--epochs", "1", "--audit-rate", "0",
-            "--no-gold-ceiling", "--test-limit", "30", "--no-progress"]
+            "--no-gold-ceiling", "--test-limit", "30", "--no-progress", "--student-kind", "image-cnn"]
     with FaultServer(default=status(401, {"error": {"message": "invalid api key"}})) as srv:
         spec = ["--teacher", f"{srv.url}|fault-model", "--api-key-env", "SOME_KEY_VAR"]
         out = runner.invoke(main, [*args, *spec], env={"SOME_KEY_VAR": "k-123"})
@@ -228,7 +248,8 @@ def test_later_round_resumes_with_the_items_it_had_selected(wheel_ws):
     with ws.store() as s:
         task = Task.from_json(s.dataset_task_json("synth"))
     cfg = WheelConfig(rounds=2, seed_labels=30, val_labels=20, calib_labels=40, per_round_budget=40, passes=2,
-                      stream_per_round=20, test_limit=20, epochs=1, audit_rate=0.0, gold_ceiling=False, concurrency=4)
+                      stream_per_round=20, test_limit=20, epochs=1, audit_rate=0.0, gold_ceiling=False, concurrency=4,
+                      student_kind="image-cnn")
     with FaultServer(default=_random_label_answer(list(SYNTH_LABELS))) as srv:
         teacher = teacher_from_spec(f"{srv.url}|fault-model", task, api_key_env="", max_retries=0)
 
@@ -319,7 +340,7 @@ def test_a_rerun_buys_round_one_where_the_serving_student_is_least_sure_and_resu
     from llm_flywheel.teachers.registry import teacher_from_spec
 
     common = dict(rounds=1, val_labels=20, calib_labels=40, passes=1, stream_per_round=20, test_limit=20, epochs=1,
-                  audit_rate=0.0, gold_ceiling=False, concurrency=4)
+                  audit_rate=0.0, gold_ceiling=False, concurrency=4, student_kind="image-cnn")
 
     def train_asked(w):
         with w.store() as s:

@@ -154,15 +154,15 @@ def train_student(
             raise StudentError(f"unknown student kind {kind!r}; choose one of {', '.join(STUDENT_KINDS)}")
         labels = _train_labels(store, dataset, task, labels)
         train_items = _train_items(store, dataset, labels)
-        kinds, why = ((kind,), None) if kind else default_candidates(task, [it.text or "" for it in train_items])
+        kinds, why = ((kind,), None) if kind else default_candidates(
+            task, [it.text or "" for it in train_items], len(train_items), hparams)
         split = _validation_split(store, dataset, train_items, labels, val_labels, seed)
         ids = [it.id for it in split.train]
         q, w, counts = soft_and_weights(task, ids, labels, store.label_details(ids))
         y = np.array([task.index(labels[i]) for i in ids], int)
         y_val = np.array([task.index(lab) for lab in split.val_labels], int)
         tq, tw = (q if soft else None), (w if weight_by_quality else None)
-        if epochs is not None:
-            hparams["epochs"] = epochs
+        hparams |= {} if epochs is None else {"epochs": epochs}
         config = {"dataset": dataset, "kind": "|".join(kinds), "role": role, "soft": soft,
                   "weight_by_quality": weight_by_quality, "seed": seed, "round": round, "val_labels": split.source,
                   "hparams": hparams, "unlabelled": unlabelled}

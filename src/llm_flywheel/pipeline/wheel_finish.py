@@ -53,7 +53,7 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
                                           teacher_accuracy=extra["teacher_quality"].get("accuracy"),
                                           cascade_ok=cascade_ok)
         if ctx.cfg.gold_ceiling:
-            extra |= gold_ceiling(ctx, test_items)
+            extra |= gold_ceiling(ctx, test_items, getattr(student, "kind", None) or ctx.cfg.student_kind)
         extra["throughput"] = measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
     with ctx.ws.store() as store:
         extra["teacher_cost"] = store.teacher_cost_stats(ctx.dataset, model=ctx.teacher.model)
@@ -72,8 +72,9 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
     return extra
 
 
-def gold_ceiling(ctx: WheelContext, test_items: list[Item]) -> dict[str, Any]:
-    """The same student kind trained on the same items with gold labels: how much the teacher's labels cost."""
+def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str | None) -> dict[str, Any]:
+    """The served model's student kind trained on the same items with gold labels: how much the teacher's labels
+    cost (``kind``, not the run's candidates: the ceiling is of the student that serves)."""
     from llm_flywheel.pipeline.training import train_student
 
     cfg = ctx.cfg
@@ -81,7 +82,7 @@ def gold_ceiling(ctx: WheelContext, test_items: list[Item]) -> dict[str, Any]:
     gold = {it.id: it.gold_label for it in ctx.items(ids) if it.gold_label is not None}
     ctx.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
     # hard gold labels, no teacher soft targets or quality weights: a pure gold ceiling
-    tm = train_student(ctx.ws, ctx.dataset, kind=cfg.student_kind, labels=gold, seed=cfg.seed, soft=False,
+    tm = train_student(ctx.ws, ctx.dataset, kind=kind, labels=gold, seed=cfg.seed, soft=False,
                        weight_by_quality=False, role="reference", epochs=cfg.epochs, round=None,
                        progress=ctx.progress, **cfg.student_hparams)
     probs = predict_in_batches(tm.student, test_items)

@@ -21,7 +21,7 @@ inside, so the PyTorch path and the ONNX Runtime path share :func:`preprocess_im
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,12 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def unknown_hparams(kind: str, hparams: Iterable[str]) -> set[str]:
+    """The names among ``hparams`` that image student ``kind`` does not take (``width`` is image-cnn's only)."""
+    return set(hparams) - set(ARCH_DEFAULTS[kind]) - {"label_smoothing", "flip", "augment", "channels", "seed",
+                                                      "progress", "tta"}
+
+
 class ImageStudent:
     """A torch image classifier for one task.  See the module docstring for the kinds."""
 
@@ -144,8 +150,7 @@ class ImageStudent:
     def __init__(self, kind: str, labels: Sequence[str], ws: Workspace | None = None, **hparams: Any) -> None:
         if kind not in ARCH_DEFAULTS:
             raise StudentError(f"unknown image student {kind!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
-        unknown = set(hparams) - set(ARCH_DEFAULTS[kind]) - {"label_smoothing", "flip", "augment", "channels", "seed",
-                                                             "progress", "tta"}
+        unknown = unknown_hparams(kind, hparams)
         if unknown:
             raise StudentError(f"{kind}: unknown hyper-parameter(s) {sorted(unknown)}")
         self.kind = kind

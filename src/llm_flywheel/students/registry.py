@@ -7,7 +7,7 @@ Why a registry: the CLI, the training loop, the label-noise tools and the flywhe
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,10 @@ DEFAULTS = {"image": "image-cnn", "text": "text-minilm", "tabular": "tabular-hgb
 
 
 NON_LATIN_SHARE = 0.5  # texts mostly in another script than Latin get text-tfidf (core.scripts)
+# at most this many labelled train images: efficientnet-lite0 is trained beside image-cnn and val keeps one.  Near
+# where image-cnn alone overtakes the teacher on Fashion-MNIST (between 3,000 and 4,500 labels); beyond it the
+# wheel's retraining every round would pay ~4x the training time for a smaller gain.
+FEW_IMAGE_LABELS = 3000
 
 
 def default_student_kind(task: Task, texts: Sequence[str] | None = None) -> str:
@@ -55,14 +59,29 @@ def default_student_kind(task: Task, texts: Sequence[str] | None = None) -> str:
     return default_candidates(task, texts)[0][0]
 
 
-def default_candidates(task: Task, texts: Sequence[str] | None = None) -> tuple[tuple[str, ...], str | None]:
+def default_candidates(task: Task, texts: Sequence[str] | None = None, n_train: int | None = None,
+                       hparams: Iterable[str] = ()) -> tuple[tuple[str, ...], str | None]:
     """(kinds to train when none is asked for -- the val split keeps the best --, why when the data narrowed them).
 
-    Images: the fast native-resolution CNN (the wheel retrains every round on 2 CPU cores); tables: gradient
-    boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin's
-    words, MiniLM's sentence embeddings on AFINN's word meanings by 15-25 points (``bench_text_students.py``).
-    When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF: MiniLM's encoder learnt
-    English."""
+    Images: the fast native-resolution CNN; with at most :data:`FEW_IMAGE_LABELS` labelled train images
+    (``n_train``) also the ImageNet-pretrained efficientnet-lite0, which learns more from few labels (Fashion-MNIST,
+    2,500 teacher labels: 2-6 points above image-cnn, and above the teacher's single call where image-cnn is
+    below it; ``bench_label_sweep.py``) at about 3x image-cnn's training time -- a price worth paying while the
+    labels are few, not every round on tens of thousands.  Tables: gradient boosting.  Text: MiniLM + head and
+    TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin's words, MiniLM's sentence embeddings on
+    AFINN's word meanings by 15-25 points (``bench_text_students.py``).  When most letters of ``texts`` (the
+    training texts) are not Latin, only TF-IDF: MiniLM's encoder learnt English.  Image kinds that do not take
+    one of the given ``hparams`` (names) are left out, saying so."""
+    if task.modality == "image":
+        from llm_flywheel.students.image import unknown_hparams
+
+        few = n_train is not None and n_train <= FEW_IMAGE_LABELS
+        kinds = (DEFAULTS["image"], "efficientnet-lite0") if few else (DEFAULTS["image"],)
+        fits = tuple(k for k in kinds if not unknown_hparams(k, hparams))
+        if len(kinds) > 1 and fits and fits != kinds:
+            left = sorted(set(hparams).intersection(*(unknown_hparams(k, hparams) for k in kinds if k not in fits)))
+            return fits, f"{', '.join(left)}: a setting of {', '.join(fits)} only (name the student kind to choose)"
+        return kinds, None
     if task.modality != "text":
         return (DEFAULTS[task.modality],), None
     if texts:

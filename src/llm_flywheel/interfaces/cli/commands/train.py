@@ -17,7 +17,8 @@ from llm_flywheel.students.registry import STUDENT_KINDS
 @click.command()
 @click.argument("dataset")
 @click.option("--kind", "-k", type=click.Choice(sorted(STUDENT_KINDS)), default=None,
-              help="Student kind (default: image-cnn for images, tabular-hgb for tables; for text text-minilm and "
+              help="Student kind (default: image-cnn for images -- with at most 3,000 labelled train images also "
+                   "efficientnet-lite0, the one val prefers --, tabular-hgb for tables; for text text-minilm and "
                    "text-tfidf, the one val prefers -- text-tfidf alone when most letters are not Latin).")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping on the val split may stop sooner).")
 @click.option("--no-soft", is_flag=True, help="Train on hard consensus labels instead of the teacher's pass distribution.")
