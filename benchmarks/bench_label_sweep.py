@@ -22,8 +22,12 @@ against the default recipe (same test items).  The gold-label ceiling is trained
 recipe's students averaged per test item, minus the teacher's single call, paired over the test items (CPU training
 is not bit-reproducible, so one seed's difference under ~0.6 pt is noise).
 
+The default recipe trains what the product trains without a student kind (few labelled images: image-cnn and
+efficientnet-lite0, val keeps one); ``--student KIND`` pins one kind.
+
 Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
-      python benchmarks/bench_label_sweep.py --counts 1500,2500,3000 --recipe steps:min_steps=4000
+      python benchmarks/bench_label_sweep.py --counts 2500 --no-ceiling --seeds 0,1,2 --recipe cnn:kind=image-cnn
+      python benchmarks/bench_label_sweep.py --student image-cnn --counts 1500,2500,3000 --recipe steps:min_steps=4000
       python benchmarks/bench_label_sweep.py --counts 2500 --no-ceiling --seeds 0,1,2 \
           --recipe effnet:kind=efficientnet-lite0 --recipe effself:kind=efficientnet-lite0,unlabelled=2
 """
