@@ -53,7 +53,7 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
                                           teacher_accuracy=extra["teacher_quality"].get("accuracy"),
                                           cascade_ok=cascade_ok)
         if ctx.cfg.gold_ceiling:
-            extra |= gold_ceiling(ctx, test_items, getattr(student, "kind", None) or ctx.cfg.student_kind)
+            extra |= gold_ceiling(ctx, test_items, student.kind)
         extra["throughput"] = measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
     with ctx.ws.store() as store:
         extra["teacher_cost"] = store.teacher_cost_stats(ctx.dataset, model=ctx.teacher.model)
@@ -72,7 +72,7 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
     return extra
 
 
-def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str | None) -> dict[str, Any]:
+def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str) -> dict[str, Any]:
     """The served model's student kind trained on the same items with gold labels: how much the teacher's labels
     cost (``kind``, not the run's candidates: the ceiling is of the student that serves)."""
     from llm_flywheel.pipeline.training import train_student

@@ -68,11 +68,11 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None, n_train: 
     2,500 teacher labels, 3 label draws: val kept it every time, 1.5-6 points above image-cnn on test, on average
     0.4 points above the teacher's single call where image-cnn is 3 below; ``bench_label_sweep.py``) at about 3x
     image-cnn's training time -- a price worth paying while the labels are few, not every round on tens of
-    thousands.  Tables: gradient boosting.  Text: MiniLM + head and
-    TF-IDF, because neither wins everywhere -- TF-IDF led on SpamAssassin's words, MiniLM's sentence embeddings on
-    AFINN's word meanings by 15-25 points (``bench_text_students.py``).  When most letters of ``texts`` (the
-    training texts) are not Latin, only TF-IDF: MiniLM's encoder learnt English.  Image kinds that do not take
-    one of the given ``hparams`` (names) are left out, saying so."""
+    thousands.  Image kinds that do not take one of the given ``hparams`` (names) are left out, saying so.
+    Tables: gradient boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on
+    SpamAssassin's words, MiniLM's sentence embeddings on AFINN's word meanings by 15-25 points
+    (``bench_text_students.py``).  When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF:
+    MiniLM's encoder learnt English."""
     if task.modality == "image":
         from llm_flywheel.students.image import unknown_hparams
 
@@ -80,7 +80,7 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None, n_train: 
         kinds = (DEFAULTS["image"], "efficientnet-lite0") if few else (DEFAULTS["image"],)
         fits = tuple(k for k in kinds if not unknown_hparams(k, hparams))
         if len(kinds) > 1 and fits and fits != kinds:
-            left = sorted(set(hparams).intersection(*(unknown_hparams(k, hparams) for k in kinds if k not in fits)))
+            left = sorted(set().union(*(unknown_hparams(k, hparams) for k in kinds if k not in fits)))
             return fits, f"{', '.join(left)}: a setting of {', '.join(fits)} only (name the student kind to choose)"
         return kinds, None
     if task.modality != "text":
