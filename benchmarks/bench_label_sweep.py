@@ -15,8 +15,12 @@ The crossover -- the smallest count where the paired CI lies above zero -- is wh
 teacher wants to know.  Teacher answers and models are cached in the workspace, so re-running is cheap.
 
 ``--recipe NAME:key=value,...`` (repeatable) trains the same student with other hyper-parameters (or, with
-``kind=...``, another student kind) on the same labels beside today's defaults, in the same run: each recipe's row has its own paired difference against the teacher and
-against the default recipe (same test items).  The gold-label ceiling is trained for the default recipe only.
+``kind=...``, another student kind) on the same labels beside today's defaults, in the same run: each recipe's row
+has its own paired difference against the teacher and against the default recipe (same test items).  The gold-label
+ceiling is trained for the default recipe only.
+
+``--fixed-passes`` asks every train and val item twice (+ tie-break), as before adaptive passes became the default:
+the labels differ, so it wants a workspace of its own.
 
 ``--seeds 0,1,2`` runs several label sequences and training seeds one after another and then pools them: each
 recipe's students averaged per test item, minus the teacher's single call, paired over the test items (CPU training
@@ -48,8 +52,11 @@ from llm_flywheel.pipeline.training import load_student, train_student
 from llm_flywheel.store.workspace import Workspace
 
 
-def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int]:
-    """Label the first ``n_train`` of a seeded permutation of train (+ val, 2 passes) and test (1 pass)."""
+def label(ws: Workspace, n_train: int, seed: int, latency_ms: float, fixed_passes: bool = False) -> list[int]:
+    """Label the first ``n_train`` of a seeded permutation of train (+ val, 2 passes) and test (1 pass).
+
+    The 2 passes are the product's adaptive passes (a second pass only where the first is unsure) unless
+    ``fixed_passes``: then every train and val item is asked twice, as before adaptive passes existed."""
     from llm_flywheel.pipeline.labeling import LabelConfig, label_items
     from llm_flywheel.core.task import Task
     from llm_flywheel.teachers.registry import teacher_from_spec
@@ -64,11 +71,13 @@ def label(ws: Workspace, n_train: int, seed: int, latency_ms: float) -> list[int
         raise SystemExit(f"only {len(train_ids)} train items; raise --limit")
     order = np.random.default_rng(seed).permutation(train_ids)[:n_train].tolist()
     cfg = SimConfig(latency_ms=latency_ms)
-    log(f"labelling {n_train} train + {len(val_ids)} val items (2 passes) and {len(test_ids)} test items (1 call) "
-        "with the SIMULATED teacher")
+    how = "fixed" if fixed_passes else "adaptive"
+    log(f"labelling {n_train} train + {len(val_ids)} val items (2 {how} passes) and {len(test_ids)} test items "
+        "(1 call) with the SIMULATED teacher")
     with run_simulated_teacher(ws, DATASET, cfg) as url:
         teacher = teacher_from_spec(f"{url}|{model_id(DATASET, cfg)}", task, api_key_env="")
-        r1 = label_items(ws, DATASET, order + val_ids, teacher, LabelConfig(passes=2, concurrency=16), progress=False)
+        cfg2 = LabelConfig(passes=2, concurrency=16, adaptive_passes=not fixed_passes)
+        r1 = label_items(ws, DATASET, order + val_ids, teacher, cfg2, progress=False)
         r2 = label_items(ws, DATASET, test_ids, teacher, LabelConfig(passes=1, concurrency=16), progress=False)
     log(f"labelled: calls {r1.calls_made + r2.calls_made}, cached {r1.answers_cached + r2.answers_cached}")
     return order
@@ -141,7 +150,7 @@ def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict
              seed: int) -> list[dict]:
     """One label sequence and training seed: label (cached), train every recipe at every count (cached by version),
     score on all test items."""
-    order = label(ws, counts[-1] - a.val, seed, a.latency_ms)
+    order = label(ws, counts[-1] - a.val, seed, a.latency_ms, a.fixed_passes)
     rows = []
     for n in counts:
         chosen = chosen_labels(ws, order, n - a.val)
@@ -269,6 +278,8 @@ def main() -> int:
     ap.add_argument("--plot", default=None, help="write a PNG of accuracy vs label count here")
     ap.add_argument("--only", default=None, help="run only these recipes (comma-separated names; 'default' included)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the gold-label ceiling (one training less per count)")
+    ap.add_argument("--fixed-passes", action="store_true", help="ask every train and val item twice (+ tie-break) "
+                    "instead of the product's adaptive passes; use its own --workspace (the labels differ)")
     ap.add_argument("--tag", default="", help="appended to every model version: retrains instead of reusing the models "
                     "an earlier run left in the workspace (the teacher's answers stay cached)")
     ap.add_argument("--recipe", action="append", default=[],
