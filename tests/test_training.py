@@ -177,6 +177,7 @@ def test_cli_train_and_evaluate(labelled_ws):
     r = runner.invoke(main, ["-w", str(labelled_ws.root), "train", "synth", "--epochs", "1", "--unlabelled", "1"])
     assert r.exit_code == 0, r.output
     assert "self-training" in r.output and "every train" in r.output and "mirror averaging" in r.output
+    assert "candidate" in r.output  # no --kind: both image students were fitted, and the seconds say so
 
 
 def test_few_labelled_images_train_image_cnn_and_efficientnet_and_val_keeps_one(labelled_ws):
@@ -190,6 +191,10 @@ def test_few_labelled_images_train_image_cnn_and_efficientnet_and_val_keeps_one(
     best = "efficientnet-lite0" if val["efficientnet-lite0"] > val["image-cnn"] else "image-cnn"
     assert tm.student.kind == best and tm.version.startswith(f"synth-{best}-")
     assert f"{tm.metrics['val_acc']:.1%}" == scores[best]
+    cands = tm.metrics["candidates"]  # the contest's whole cost: each kind's fitting time, not only the kept one's
+    assert [c["kind"] for c in cands] == ["image-cnn", "efficientnet-lite0"]
+    assert [c["kept"] for c in cands] == [k == best for k in ("image-cnn", "efficientnet-lite0")]
+    assert all(c["seconds"] > 0 for c in cands) and f"{cands[1]['val_acc']:.1%}" == scores["efficientnet-lite0"]
     with labelled_ws.store() as s:
         assert s.model(tm.version)["kind"] == best
         test = s.items("synth", split="test")

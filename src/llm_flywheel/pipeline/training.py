@@ -168,11 +168,11 @@ def train_student(
                   "hparams": hparams, "unlabelled": unlabelled}
         run_id = store.start_run("train", config)
         try:
-            kind, student, history, choice = fit_best(
+            kind, student, first, choice = fit_best(
                 kinds, lambda k: build_student(k, task, ws, seed=seed, progress=progress, **hparams),
                 lambda st: st.fit(split.train, y, split.val, y_val, soft_targets=tq, sample_weight=tw), why)
-            student, history, st = (student, history, None) if unlabelled <= 0 else self_train(
-                student, history, lambda: build_student(kind, task, ws, seed=seed, progress=progress, **hparams),
+            student, history, st = (student, first, None) if unlabelled <= 0 else self_train(
+                student, first, lambda: build_student(kind, task, ws, seed=seed, progress=progress, **hparams),
                 split.train, y, tq, tw, split.val, y_val,
                 unlabelled_pool(store, dataset, set(labels), int(unlabelled * len(split.train) + 0.5), seed))
         except BaseException:
@@ -184,7 +184,7 @@ def train_student(
             "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),
             "pretrained": history.get("pretrained"), "onnx_max_abs_diff": None,
-            "student_choice": choice,  # why the default kind was chosen, when the data chose it
+            "student_choice": choice, "candidates": first.get("candidates"),  # why, when the data chose the kind
             "tta": history.get("tta"),  # image students: whether val chose mirror averaging, and on what scores
             "self_training": st.as_dict() if st else None,
             "history": history.get("history") or history.get("trials"),
@@ -202,20 +202,24 @@ def fit_best(kinds: Sequence[str], build: Callable[[str], Student], fit: Callabl
              why: str | None = None) -> tuple[str, Student, dict[str, Any], str | None]:
     """Fit each of ``kinds`` on the same labels (``fit(student)``; val also picks its epoch / C) and keep the one
     with the highest val score, the first on a tie or without val items.  Returns (kind, student, history, why:
-    ``why`` as given, else the scores when there was a choice).
+    ``why`` as given, else the scores when there was a choice).  With more than one kind the kept history gains
+    ``candidates``: each kind's val score and fitting seconds, so the contest's whole cost is on record (the
+    model's ``train_seconds`` is the kept student's own).
 
     A val split of a few hundred items is a noisy judge: on SpamAssassin with 200 val emails it preferred MiniLM on
     two seeds of three while TF-IDF was 3.4 points better on test (scoring each kind on the half of val it did not
     tune on chose the same, at three times the training, so it was not kept; ``bench_text_students.py``)."""
     fitted = []
     for k in kinds:
-        student = build(k)
+        t0, student = time.perf_counter(), build(k)
         history = fit(student)
-        fitted.append((val_score(history), k, student, history))
+        fitted.append((val_score(history), k, student, history, round(time.perf_counter() - t0, 2)))
     best = max(fitted, key=lambda f: -1.0 if f[0] is None else f[0])  # max keeps the first of equals
-    why = why if why or len(fitted) == 1 else "chosen on val: " + ", ".join(
-        f"{k} {'-' if v is None else f'{v:.1%}'}" for v, k, _, _ in fitted)
-    return best[1], best[2], best[3], why
+    if len(fitted) == 1:
+        return best[1], best[2], best[3], why
+    candidates = [{"kind": k, "val_acc": v, "seconds": sec, "kept": k == best[1]} for v, k, _, _, sec in fitted]
+    why = why or "chosen on val: " + ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for v, k, *_ in fitted)
+    return best[1], best[2], {**best[3], "candidates": candidates}, why
 
 
 def _check_options(role: str, val_labels: str, unlabelled: float) -> None:

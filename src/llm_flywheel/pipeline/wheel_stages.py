@@ -297,7 +297,7 @@ def train_stage(ctx: WheelContext, r: int, labels: dict[int, str], label_errors:
                            f"this round (teacher answers are kept).", "no_labels") from e
     if tm.metrics.get("student_choice"):
         ctx.con.print(f"  student: {tm.student.kind} -- {tm.metrics['student_choice']}")
-    return TrainResult(trained_version=tm.version, student_kind=getattr(tm.student, "kind", cfg.student_kind),
+    return TrainResult(trained_version=tm.version, student_kind=tm.student.kind,
                        labels_total=len(labels))
 
 

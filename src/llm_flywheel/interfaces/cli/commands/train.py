@@ -107,13 +107,20 @@ def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported la
         (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
-        ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", m.get("train_seconds")),
+        ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", _seconds_text(m)),
         ("pretrained", m.get("pretrained") or "no"), ("mirror averaging", _mirror_text(m.get("tta"))),
         ("self-training", _self_training_text(m.get("self_training"))), ("ONNX max |diff|", m.get("onnx_max_abs_diff")),
         ("saved to", str(tm.path)),
     ):
         t.add_row(key, str(val))
     console.print(t)
+
+
+def _seconds_text(m: dict) -> str:
+    """The kept student's fitting time, and every candidate's when the data chose between kinds."""
+    c = m.get("candidates")
+    return str(m.get("train_seconds")) + ("" if not c else " (fitting every candidate: "
+                                          + ", ".join(f"{x['kind']} {x['seconds']:.0f} s" for x in c) + ")")
 
 
 def _mirror_text(t: dict | None) -> str:
