@@ -163,9 +163,10 @@ def run_seed(a: argparse.Namespace, ws: Workspace, recipes: list[tuple[str, dict
             if not exists:
                 kw = dict(hp)
                 kind = kw.pop("kind", a.student)  # a recipe may name another student kind
+                epochs = kw.pop("epochs", a.epochs)
                 log(f"training {kind or 'the default candidates'} [{rname}] on {len(chosen)} train labels "
                     f"(+ {a.val} val)")
-                tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=seed, epochs=a.epochs,
+                tm = train_student(ws, DATASET, kind=kind, labels=chosen, seed=seed, epochs=epochs,
                                    progress=False, version=version, **kw)
                 tta = tm.metrics.get("tta") or {}
                 log(f"  {tm.student.kind}: {tm.metrics['epochs_run']} epochs, {tm.metrics['train_seconds']} s"
