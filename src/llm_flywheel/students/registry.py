@@ -65,8 +65,9 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None, n_train: 
 
     Images: the fast native-resolution CNN; with at most :data:`FEW_IMAGE_LABELS` labelled train images
     (``n_train``) also the ImageNet-pretrained efficientnet-lite0, which learns more from few labels (Fashion-MNIST,
-    2,500 teacher labels, 3 label draws: val kept it every time, 1.5-6 points above image-cnn on test, on average
-    0.4 points above the teacher's single call where image-cnn is 3 below; ``bench_label_sweep.py``) at about 3x
+    2,500 teacher labels, 6 label draws: val kept it every time, -0.3 to +6 points against image-cnn on test (+2.1
+    on average), at the teacher's single call's level (-0.5 points on average) where image-cnn is 2.6 below;
+    ``bench_label_sweep.py``) at about 3x
     image-cnn's training time -- a price worth paying while the labels are few, not every round on tens of
     thousands.  Image kinds that do not take one of the given ``hparams`` (names) are left out, saying so.
     Tables: gradient boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on
