@@ -26,8 +26,9 @@ the labels differ, so it wants a workspace of its own.
 recipe's students averaged per test item, minus the teacher's single call, paired over the test items (CPU training
 is not bit-reproducible, so one seed's difference under ~0.6 pt is noise).
 
-The default recipe trains what the product trains without a student kind (few labelled images: image-cnn and
-efficientnet-lite0, val keeps one); ``--student KIND`` pins one kind.
+The default recipe trains what the product trains without a student kind (few labelled images: ``image-pair``,
+image-cnn and efficientnet-lite0 on the same labels, val log-loss keeps one or their average); ``--student KIND``
+pins one kind.
 
 Run:  python benchmarks/bench_label_sweep.py [--counts 1500,3000,6000,12000] [--student image-cnn] [--plot F.png]
       python benchmarks/bench_label_sweep.py --counts 2500 --no-ceiling --seeds 0,1,2 --recipe cnn:kind=image-cnn
@@ -236,11 +237,23 @@ def teacher_correct_on_test(ws: Workspace) -> np.ndarray:
     return np.array([answers.get(it.content_hash) == it.gold_label for it in items])
 
 
-def print_pooled(rows: list[dict], recipes: list[tuple[str, dict]], counts: list[int], teacher: np.ndarray) -> None:
-    """Each recipe's students averaged per test item over the seeds, minus the teacher's single call, paired.
+def pooled_diff(corrects: list[np.ndarray], teacher: np.ndarray
+                ) -> tuple[float, float, float, float, float, np.ndarray]:
+    """(d, lo, hi, lo with the seed spread, hi with it, per-seed d): several seeds' students (right/wrong per test
+    item) averaged per item, minus the teacher's single call, paired over the items.  The wider interval adds the
+    seed-to-seed spread (label draw, training randomness) as the standard error of the seeds' mean difference --
+    the conservative one to quote."""
+    mean = np.mean(corrects, axis=0)
+    d, lo, hi = paired_diff_ci(mean, teacher.astype(float))
+    per = np.array([c.mean() - teacher.mean() for c in corrects])
+    spread = per.std(ddof=1) / np.sqrt(len(per)) if len(per) > 1 else 0.0
+    se = float(np.hypot((hi - lo) / 2 / 1.959964, spread))
+    return d, lo, hi, d - 1.959964 * se, d + 1.959964 * se, per
 
-    Two intervals: over the test items alone, and with the seed-to-seed spread (label draw, training randomness)
-    added as the standard error of the seeds' mean difference -- the conservative one to quote."""
+
+def print_pooled(rows: list[dict], recipes: list[tuple[str, dict]], counts: list[int], teacher: np.ndarray) -> None:
+    """Each recipe's students averaged per test item over the seeds, minus the teacher's single call, paired
+    (:func:`pooled_diff`: over the test items alone, and with the seed spread added)."""
     seeds = sorted({r["seed"] for r in rows})
     print(f"\npooled over seeds {', '.join(map(str, seeds))}: the recipe's students averaged per test item minus the "
           "teacher's single call; 95 % CI over the test items, then with the seed spread added")
@@ -249,16 +262,12 @@ def print_pooled(rows: list[dict], recipes: list[tuple[str, dict]], counts: list
     print("|---|---|---|---|---|---|---|")
     for n in counts:
         for name, _ in recipes:
-            got = [r for r in rows if r["labels"] == n and r["recipe"] == name]
+            got = [r["correct"] for r in rows if r["labels"] == n and r["recipe"] == name]
             if len(got) < 2:
                 continue
-            mean = np.mean([r["correct"] for r in got], axis=0)
-            d, lo, hi = paired_diff_ci(mean, teacher.astype(float))
-            per = np.array([r["correct"].mean() - teacher.mean() for r in got])
-            se = float(np.hypot((hi - lo) / 2 / 1.959964, per.std(ddof=1) / np.sqrt(len(per))))
-            print(f"| {n:,} | {name} | {100 * mean.mean():.1f} % | {100 * teacher.mean():.1f} % | "
-                  f"{100 * d:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
-                  f"[{100 * (d - 1.959964 * se):+.1f}, {100 * (d + 1.959964 * se):+.1f}] | "
+            d, lo, hi, slo, shi, per = pooled_diff(got, teacher)
+            print(f"| {n:,} | {name} | {100 * np.mean(got):.1f} % | {100 * teacher.mean():.1f} % | "
+                  f"{100 * d:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}] | [{100 * slo:+.1f}, {100 * shi:+.1f}] | "
                   f"{' / '.join(f'{100 * x:+.1f}' for x in per)} pt |")
 
 
@@ -269,7 +278,7 @@ def main() -> int:
     ap.add_argument("--val", type=int, default=500, help="val split size (teacher-labelled; counts toward each total)")
     ap.add_argument("--limit", type=int, default=20000, help="first N images of each source split")
     ap.add_argument("--student", default=None, help="student kind of the default recipe (default: what the product "
-                    "trains without --student: with few labels image-cnn and efficientnet-lite0, val keeps one)")
+                    "trains without --student: with few labels image-pair)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default=None, help="comma-separated seeds run one after another, then pooled "

@@ -232,11 +232,12 @@ def test_registry_defaults():
     assert default_student_kind(Task("a", "image", ("x", "y"))) == "image-cnn"
     assert default_student_kind(Task("a", "text", ("x", "y"))) == "text-minilm"
     assert default_student_kind(Task("a", "tabular", ("x", "y"))) == "tabular-hgb"
-    image = Task("a", "image", ("x", "y"))  # few labels: the pretrained network is trained too, val keeps one
-    assert default_candidates(image, n_train=FEW_IMAGE_LABELS) == (("image-cnn", "efficientnet-lite0"), None)
+    image = Task("a", "image", ("x", "y"))  # few labels: image-cnn and the pretrained network, val keeps one or both
+    assert default_candidates(image, n_train=FEW_IMAGE_LABELS) == (("image-pair",), None)
     assert default_candidates(image, n_train=FEW_IMAGE_LABELS + 1) == (("image-cnn",), None)
     assert default_candidates(image) == (("image-cnn",), None)
-    assert {"image-cnn", "efficientnet-lite0", "mobilenet-v3-small", "text-minilm", "text-tfidf", "tabular-hgb"} <= set(STUDENT_KINDS)
+    assert {"image-cnn", "efficientnet-lite0", "image-pair", "mobilenet-v3-small", "text-minilm", "text-tfidf",
+            "tabular-hgb"} <= set(STUDENT_KINDS)
 
 
 def test_targets_matrix_soft_and_smoothing():
@@ -443,5 +444,4 @@ def test_an_image_setting_of_one_default_candidate_leaves_the_other_out_and_says
     image = Task("a", "image", ("x", "y"))
     kinds, why = default_candidates(image, n_train=100, hparams=["width", "epochs"])
     assert kinds == ("image-cnn",) and why.startswith("width: a setting of image-cnn only")
-    both = (("image-cnn", "efficientnet-lite0"), None)
-    assert default_candidates(image, n_train=100, hparams=["epochs", "lr"]) == both
+    assert default_candidates(image, n_train=100, hparams=["epochs", "lr"]) == (("image-pair",), None)

@@ -128,6 +128,10 @@ def test_english_texts_train_both_text_students_and_keep_the_one_val_prefers(tmp
     best = max(scores, key=lambda k: (float(scores[k].rstrip("%")), k == "text-minilm"))
     assert tm.student.kind == best and tm.version.startswith(f"en-{best}-")
     assert f"{tm.metrics['val_acc']:.1%}" == scores[best]
+    cands = tm.metrics["candidates"]  # the contest's whole cost: each kind's fitting time, not only the kept one's
+    assert [c["kind"] for c in cands] == ["text-minilm", "text-tfidf"]
+    assert [c["kept"] for c in cands] == [c["kind"] == best for c in cands]
+    assert all(c["seconds"] > 0 and f"{c['val_acc']:.1%}" == scores[c["kind"]] for c in cands)
 
 
 def test_labels_in_any_script_keep_their_letters():

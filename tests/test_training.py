@@ -180,23 +180,70 @@ def test_cli_train_and_evaluate(labelled_ws):
     assert "candidate" in r.output  # no --kind: both image students were fitted, and the seconds say so
 
 
-def test_few_labelled_images_train_image_cnn_and_efficientnet_and_val_keeps_one(labelled_ws):
-    """With no kind and few labelled images the pretrained network is trained beside the fast CNN on the same labels;
-    the higher val score is kept (the CNN on a tie), saved, exported and recorded with both scores."""
+def test_few_labelled_images_train_the_pair_and_val_log_loss_keeps_one_network_or_both(labelled_ws):
+    """With no kind and few labelled images the default is image-pair: the fast CNN and the pretrained network on the
+    same labels; the lowest val log-loss among each alone and their average is kept, and only what is kept is saved,
+    exported (one ONNX graph per network, checked against torch) and recorded with every candidate's scores."""
+    from llm_flywheel.students.image_pair import ImagePairStudent
+
     tm = train_student(labelled_ws, "synth", epochs=1, progress=False)
-    choice = tm.metrics["student_choice"]
-    scores = dict(part.rsplit(" ", 1) for part in choice.removeprefix("chosen on val: ").split(", "))
-    assert list(scores) == ["image-cnn", "efficientnet-lite0"]
-    val = {k: float(v.rstrip("%")) for k, v in scores.items()}
-    best = "efficientnet-lite0" if val["efficientnet-lite0"] > val["image-cnn"] else "image-cnn"
-    assert tm.student.kind == best and tm.version.startswith(f"synth-{best}-")
-    assert f"{tm.metrics['val_acc']:.1%}" == scores[best]
-    cands = tm.metrics["candidates"]  # the contest's whole cost: each kind's fitting time, not only the kept one's
-    assert [c["kind"] for c in cands] == ["image-cnn", "efficientnet-lite0"]
-    assert [c["kept"] for c in cands] == [k == best for k in ("image-cnn", "efficientnet-lite0")]
-    assert all(c["seconds"] > 0 for c in cands) and f"{cands[1]['val_acc']:.1%}" == scores["efficientnet-lite0"]
+    m = tm.metrics
+    assert tm.student.kind == "image-pair" and tm.version.startswith("synth-image-pair-")
+    cands = m["candidates"]  # each network alone and the average, with the scores the choice was made on
+    assert [c["kind"] for c in cands] == ["image-cnn", "efficientnet-lite0", "average"]
+    losses = [c["val_logloss"] for c in cands]
+    kept = cands[losses.index(min(losses))]["kind"]  # the first of equals
+    assert [c["kept"] for c in cands] == [c["kind"] == kept for c in cands]
+    assert m["student_choice"] == "kept on val log-loss: " + ", ".join(f"{c['kind']} {c['val_logloss']:.3f}"
+                                                                        for c in cands)
+    assert m["val_acc"] == cands[losses.index(min(losses))]["val_acc"]
+    assert all(c["seconds"] > 0 for c in cands[:2]) and cands[2]["seconds"] is None  # the average fits nothing
+    assert set(m["members"]) == {"image-cnn", "efficientnet-lite0"}  # both fitted: each one's epochs on record
+    members = ["image-cnn", "efficientnet-lite0"] if kept == "average" else [kept]
+    saved = sorted(p.name for p in (tm.path / "members").iterdir())
+    assert saved == sorted(members) and all((tm.path / "members" / k / "model.onnx").exists() for k in members)
+    assert m["onnx_max_abs_diff"] < 1e-4
     with labelled_ws.store() as s:
-        assert s.model(tm.version)["kind"] == best
+        assert s.model(tm.version)["kind"] == "image-pair"
         test = s.items("synth", split="test")
-    assert (tm.path / "model.onnx").exists() and tm.metrics["onnx_max_abs_diff"] < 1e-4
-    assert load_student(labelled_ws, tm.version).predict_proba(test).shape == (len(test), 4)
+    torch_p = load_student(labelled_ws, tm.version, runtime="torch").predict_proba(test)
+    onnx = load_student(labelled_ws, tm.version)
+    assert isinstance(onnx, ImagePairStudent) and all(isinstance(x, OnnxStudent) for x in onnx.members.values())
+    np.testing.assert_allclose(onnx.predict_proba(test), torch_p, atol=1e-4)
+    np.testing.assert_allclose(tm.student.predict_proba(test), torch_p, atol=1e-6)
+
+
+def test_the_pair_forced_to_average_serves_the_mean_of_its_networks(labelled_ws, tmp_path):
+    """The average is the members' mean probability, on stored items and raw images alike; it survives save/load
+    and its logits are the log of that mean (softmax gives it back)."""
+    from llm_flywheel.students.image import ImageStudent
+    from llm_flywheel.students.image_pair import ImagePairStudent
+    from llm_flywheel.students.registry import build_student, load_student_dir
+    from llm_flywheel.core.task import Task
+
+    with labelled_ws.store() as s:
+        task = Task.from_json(s.dataset_task_json("synth"))
+        train = s.items("synth", split="train")[:120]
+        test = s.items("synth", split="test")[:20]
+    y = np.array([task.index(it.gold_label) for it in train])
+    pair = build_student("image-pair", task, labelled_ws, epochs=1, seed=3)
+    history = pair.fit(train, y, [], np.zeros(0, int))  # no val: both kept, averaged
+    assert history["kept"] == "average" and "no val items" in history["choice"]
+    p = np.mean([m.predict_proba(test) for m in pair.members.values()], axis=0)
+    np.testing.assert_allclose(pair.predict_proba(test), p, atol=1e-6)
+    raw = [(labelled_ws.root / it.blob_path).read_bytes() for it in test]
+    np.testing.assert_allclose(pair.predict_proba_raw(raw), p, atol=1e-6)
+    np.testing.assert_allclose(np.exp(pair.predict_logits(test)), p, rtol=1e-5, atol=1e-7)
+    pair.save(tmp_path / "m")
+    pair.export_onnx(tmp_path / "m" / "model.onnx")
+    again = load_student_dir(tmp_path / "m", labelled_ws, runtime="torch")
+    assert isinstance(again, ImagePairStudent) and all(isinstance(m, ImageStudent) for m in again.members.values())
+    assert again.hp["seed"] == 3
+    np.testing.assert_allclose(again.predict_proba(test), p, atol=1e-5)
+    np.testing.assert_allclose(load_student_dir(tmp_path / "m", labelled_ws).predict_proba(test), p, atol=1e-4)
+    with pytest.raises(StudentError, match="setting of one network only"):
+        build_student("image-pair", task, labelled_ws, width=8)
+    with pytest.raises(StudentError, match="unknown hyper-parameter"):
+        build_student("image-pair", task, labelled_ws, nonsense=1)
+
+

@@ -120,8 +120,8 @@ def test_rerun_resumes_with_zero_new_teacher_calls(wheel_ws):
 
 @pytest.mark.slow  # two students a round (few labelled images) and the ceiling
 def test_the_gold_ceiling_is_of_the_student_kind_that_serves(wheel_ws):
-    """With no student kind the wheel trains the default candidates and serves the one val keeps; the gold-label
-    ceiling is that kind on gold labels, not a second contest between the candidates."""
+    """With no student kind and few labels the wheel trains image-pair (both image networks, val keeps one or their
+    average); the gold-label ceiling is that kind with the same seed on gold labels."""
     from llm_flywheel.pipeline.flywheel import WheelConfig, run_wheel
     from llm_flywheel.teachers.simulated import SimConfig, run_simulated_teacher
 
@@ -132,9 +132,11 @@ def test_the_gold_ceiling_is_of_the_student_kind_that_serves(wheel_ws):
     with ws.store() as s:
         served = s.model(res.rounds[0]["trained_version"])
         ceiling = s.model(res.extra["gold_ceiling_version"])
-    assert json.loads(served["metrics_json"])["student_choice"].startswith("chosen on val: image-cnn ")
+    assert served["kind"] == "image-pair"  # few labels: both image networks, val keeps one or their average
+    assert json.loads(served["metrics_json"])["student_choice"].startswith("kept on val log-loss: image-cnn ")
     assert ceiling["role"] == "reference" and ceiling["kind"] == served["kind"]
-    assert json.loads(ceiling["metrics_json"])["student_choice"] is None  # one kind trained, no contest
+    cmeta, smeta = (json.loads(r["meta_json"]) for r in (ceiling, served))
+    assert cmeta["hparams"]["seed"] == smeta["hparams"]["seed"] == 1  # the same kind and seed (round 1), on gold
     assert 0.0 <= res.extra["gold_ceiling_accuracy"] <= 1.0
 
 

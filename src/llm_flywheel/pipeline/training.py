@@ -26,7 +26,6 @@ from llm_flywheel.pipeline.self_training import self_train, unlabelled_pool, val
 from llm_flywheel.store.base import MODEL_ROLES, Item, Store
 from llm_flywheel.store.training import LabelDetail
 from llm_flywheel.students.base import ONNX_FILE, Student, StudentError
-from llm_flywheel.students.onnx_runtime import OnnxStudent
 from llm_flywheel.students.registry import STUDENT_KINDS, build_student, default_candidates, load_student_dir
 from llm_flywheel.core.task import Task
 from llm_flywheel.store.workspace import Workspace
@@ -184,7 +183,7 @@ def train_student(
             "weight_by_quality": weight_by_quality, "seed": seed, "epochs_run": history.get("epochs_run"),
             "best_epoch": history.get("best_epoch"), "train_seconds": history.get("train_seconds"),
             "pretrained": history.get("pretrained"), "onnx_max_abs_diff": None,
-            "student_choice": choice, "candidates": first.get("candidates"),  # why, when the data chose the kind
+            "student_choice": choice, "candidates": first.get("candidates"), "members": history.get("members"),
             "tta": history.get("tta"),  # image students: whether val chose mirror averaging, and on what scores
             "self_training": st.as_dict() if st else None,
             "history": history.get("history") or history.get("trials"),
@@ -216,7 +215,7 @@ def fit_best(kinds: Sequence[str], build: Callable[[str], Student], fit: Callabl
         fitted.append((val_score(history), k, student, history, round(time.perf_counter() - t0, 2)))
     best = max(fitted, key=lambda f: -1.0 if f[0] is None else f[0])  # max keeps the first of equals
     if len(fitted) == 1:
-        return best[1], best[2], best[3], why
+        return best[1], best[2], best[3], why or best[3].get("choice")  # a kind that chose within (image-pair)
     candidates = [{"kind": k, "val_acc": v, "seconds": sec, "kept": k == best[1]} for v, k, _, _, sec in fitted]
     why = why or "chosen on val: " + ", ".join(f"{k} {'-' if v is None else f'{v:.1%}'}" for v, k, *_ in fitted)
     return best[1], best[2], {**best[3], "candidates": candidates}, why
@@ -314,7 +313,7 @@ def _onnx_check(ws: Workspace, path: Path, student: Student, items: list[Item]) 
     if not items:
         return None
     a = student.predict_proba(items)
-    b = OnnxStudent(path, ws).predict_proba(items)
+    b = load_student_dir(path, ws, runtime="onnx").predict_proba(items)
     return float(np.abs(a - b).max())
 
 

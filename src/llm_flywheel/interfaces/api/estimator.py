@@ -53,7 +53,8 @@ class DistilledClassifier(ClassifierMixin, BaseEstimator):
         ``{class: description}`` (descriptions are what the teacher reads) or a list of classes.  ``classes_`` are
         these classes, sorted.
     student : str, optional
-        ``text-tfidf`` / ``text-minilm`` / ``tabular-hgb`` / ``image-cnn`` / ``efficientnet-lite0``; default per input.
+        ``text-tfidf`` / ``text-minilm`` / ``tabular-hgb`` / ``image-cnn`` / ``efficientnet-lite0`` /
+        ``image-pair``; default per input.
     student_params : dict, optional
         Hyper-parameters of the student (e.g. ``{"epochs": 5}`` for image students).
     instructions : str

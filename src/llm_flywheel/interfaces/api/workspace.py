@@ -306,10 +306,11 @@ class Dataset:
 
     def train(self, kind: str | None = None, *, seed: int = 0, epochs: int | None = None, soft: bool = True,
               progress: bool = True, **hparams: Any) -> "Model":
-        """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``;
-        default per modality) on the labelled train split; returns the new model version.  ``unlabelled=2``:
-        self-training on twice as many unlabelled train items (kept only if val prefers it); image students take
-        ``tta=True/False`` to force mirror averaging (default: decided on val where the task allows mirrors)."""
+        """Train a student (``text-minilm``, ``text-tfidf``, ``tabular-hgb``, ``image-cnn``, ``efficientnet-lite0``,
+        ``image-pair``; default per modality and label count) on the labelled train split; returns the new model
+        version.  ``unlabelled=2``: self-training on twice as many unlabelled train items (kept only if val prefers
+        it); image students take ``tta=True/False`` to force mirror averaging (default: decided on val where the
+        task allows mirrors)."""
         from llm_flywheel.pipeline.training import train_student
 
         with translate_errors():

@@ -17,9 +17,10 @@ from llm_flywheel.students.registry import STUDENT_KINDS
 @click.command()
 @click.argument("dataset")
 @click.option("--kind", "-k", type=click.Choice(sorted(STUDENT_KINDS)), default=None,
-              help="Student kind (default: image-cnn for images -- with at most 3,000 labelled train images also "
-                   "efficientnet-lite0, the one val prefers --, tabular-hgb for tables; for text text-minilm and "
-                   "text-tfidf, the one val prefers -- text-tfidf alone when most letters are not Latin).")
+              help="Student kind (default: image-cnn for images -- with at most 3,000 labelled train images "
+                   "image-pair: image-cnn and efficientnet-lite0, val keeps one or their average --, tabular-hgb "
+                   "for tables; for text text-minilm and text-tfidf, the one val prefers -- text-tfidf alone when "
+                   "most letters are not Latin).")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (early stopping on the val split may stop sooner).")
 @click.option("--no-soft", is_flag=True, help="Train on hard consensus labels instead of the teacher's pass distribution.")
 @click.option("--no-weights", is_flag=True, help="Do not weight items by label quality (pass agreement x confidence).")
@@ -107,7 +108,7 @@ def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported la
         (val_name, pct(m.get("val_acc"))), ("val labels", m.get("val_labels")),
         ("train items", m.get("n_train")), ("val items", m.get("n_val")), ("label sources", m.get("label_sources")),
         ("soft targets", m.get("soft")), ("quality weights", m.get("weight_by_quality")),
-        ("epochs run / best", f"{m.get('epochs_run')} / {m.get('best_epoch')}"), ("seconds", _seconds_text(m)),
+        ("epochs run / best", _epochs_text(m)), ("seconds", _seconds_text(m)),
         ("pretrained", m.get("pretrained") or "no"), ("mirror averaging", _mirror_text(m.get("tta"))),
         ("self-training", _self_training_text(m.get("self_training"))), ("ONNX max |diff|", m.get("onnx_max_abs_diff")),
         ("saved to", str(tm.path)),
@@ -116,9 +117,18 @@ def _print_trained(tm) -> None:  # a pipeline.training.TrainedModel (imported la
     console.print(t)
 
 
+def _epochs_text(m: dict) -> str:
+    """Epochs run / best; each network's for a pair of them (image-pair)."""
+    members = m.get("members")
+    if not members:
+        return f"{m.get('epochs_run')} / {m.get('best_epoch')}"
+    return ", ".join(f"{k} {x.get('epochs_run')} / {x.get('best_epoch')}" for k, x in members.items())
+
+
 def _seconds_text(m: dict) -> str:
-    """The kept student's fitting time, and every candidate's when the data chose between kinds."""
-    c = m.get("candidates")
+    """The kept student's fitting time, and every candidate's when the data chose between kinds (an average of
+    fitted networks costs no fitting of its own)."""
+    c = [x for x in m.get("candidates") or () if x.get("seconds") is not None]
     return str(m.get("train_seconds")) + ("" if not c else " (fitting every candidate: "
                                           + ", ".join(f"{x['kind']} {x['seconds']:.0f} s" for x in c) + ")")
 

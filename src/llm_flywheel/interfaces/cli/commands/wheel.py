@@ -48,7 +48,8 @@ def _wheel_options(f: Any) -> Any:
         click.option("--test-limit", type=click.IntRange(1), default=None, help="Measure on at most N test items (default all)."),
         click.option("--student-kind", default=None,
                      help="Student kind (default: the task's default; images: image-cnn, with at most 3,000 labelled "
-                          "train images also efficientnet-lite0, the one val prefers)."),
+                          "train images image-pair: image-cnn and efficientnet-lite0, val keeps one or their "
+                          "average)."),
         click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs (default: the student's)."),
         click.option("--unlabelled", type=click.FloatRange(0), default=0.0, show_default=True,
                      help="Self-training: R unlabelled train items per labelled one, learnt from the first student's "
