@@ -201,9 +201,9 @@ def print_seed(a: argparse.Namespace, rows: list[dict], recipes: list[tuple[str,
     """One seed's table and crossover per recipe."""
     print()
     print(f"seed {rows[0]['seed']}")
-    print(f"Fashion-MNIST, {a.student or 'the default student (val keeps one of the candidates)'}, SIMULATED teacher; "
-          f"test n = {rows[0]['student']['n']}; labels = train + {a.val} val (2 passes + tie-break each); "
-          "95 % Wilson CIs; differences paired on the same test items")
+    print(f"Fashion-MNIST, {a.student or 'the default student (what the product trains without a kind)'}, "
+          f"SIMULATED teacher; test n = {rows[0]['student']['n']}; labels = train + {a.val} val (2 passes + "
+          "tie-break each); 95 % Wilson CIs; differences paired on the same test items")
     print("| labels | recipe | student | gold-label ceiling | teacher single call | student - teacher | "
           "recipe - default | teacher labels learned (train, vs gold) |")
     print("|---|---|---|---|---|---|---|---|")

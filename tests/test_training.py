@@ -186,7 +186,7 @@ def test_few_labelled_images_train_the_pair_and_val_log_loss_keeps_one_network_o
     exported (one ONNX graph per network, checked against torch) and recorded with every candidate's scores."""
     from llm_flywheel.students.image_pair import ImagePairStudent
 
-    tm = train_student(labelled_ws, "synth", epochs=1, progress=False)
+    tm = train_student(labelled_ws, "synth", epochs=1, progress=False, seed=2)
     m = tm.metrics
     assert tm.student.kind == "image-pair" and tm.version.startswith("synth-image-pair-")
     cands = m["candidates"]  # each network alone and the average, with the scores the choice was made on
@@ -211,6 +211,14 @@ def test_few_labelled_images_train_the_pair_and_val_log_loss_keeps_one_network_o
     assert isinstance(onnx, ImagePairStudent) and all(isinstance(x, OnnxStudent) for x in onnx.members.values())
     np.testing.assert_allclose(onnx.predict_proba(test), torch_p, atol=1e-4)
     np.testing.assert_allclose(tm.student.predict_proba(test), torch_p, atol=1e-6)
+    from llm_flywheel.pipeline.evaluation import evaluate
+
+    ceiling = evaluate(labelled_ws, "synth", tm.version, ceiling=True)["ceiling"]["version"]  # same kind and seed
+    with labelled_ws.store() as s:
+        row = s.model(ceiling)
+    assert row["kind"] == "image-pair" and row["role"] == "reference"
+    assert json.loads(row["meta_json"])["hparams"]["seed"] == json.loads((tm.path / "meta.json").read_text())[
+        "hparams"]["seed"]
 
 
 def test_the_pair_forced_to_average_serves_the_mean_of_its_networks(labelled_ws, tmp_path):
