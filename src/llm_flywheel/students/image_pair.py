@@ -115,8 +115,7 @@ class ImagePairStudent:
 
     def _combine(self, probs: list[np.ndarray]) -> np.ndarray:
         """Log of the members' averaged probabilities: softmax of it gives the average back exactly."""
-        p = np.mean(probs, axis=0) if len(probs) > 1 else probs[0]
-        return np.log(np.clip(p, 1e-30, None)).astype(np.float32)
+        return np.log(np.clip(np.mean(probs, axis=0), 1e-30, None)).astype(np.float32)
 
     def predict_logits(self, items: Sequence[Item]) -> np.ndarray:
         self._check_ready()
